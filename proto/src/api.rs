@@ -1,0 +1,166 @@
+//! Request and response bodies of the registry's HTTP API (`/v1`).
+
+use crate::node::{Labels, NodeFacts};
+use crate::spec::NodeSpec;
+use crate::validate::Problem;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Every error body: a message, a machine-readable code and, for invalid input, every problem
+/// with its field path.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiError {
+    pub error: String,
+    pub code: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<Problem>,
+}
+
+/// `POST /v1/enrollment-tokens`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CreateEnrollmentToken {
+    /// How many enrolments the token allows (default 1).
+    pub uses: Option<u32>,
+    /// Lifetime such as `24h` (default `24h`).
+    pub expires_in: Option<String>,
+    /// Labels given to nodes enrolled with this token.
+    pub labels: Labels,
+    pub description: Option<String>,
+}
+
+/// An enrollment token as listed (never the secret itself).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnrollmentTokenInfo {
+    pub id: String,
+    pub description: Option<String>,
+    pub labels: Labels,
+    pub uses_total: u32,
+    pub uses_left: u32,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub revoked: bool,
+}
+
+/// Answer to `POST /v1/enrollment-tokens`: the only time the token is shown.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnrollmentTokenCreated {
+    pub token: String,
+    #[serde(flatten)]
+    pub info: EnrollmentTokenInfo,
+}
+
+/// `POST /v1/enroll`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollRequest {
+    pub token: String,
+    pub facts: NodeFacts,
+}
+
+/// Answer to an enrolment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnrollResponse {
+    pub node_id: String,
+    pub node_secret: String,
+    pub heartbeat_interval_secs: u64,
+    /// True when this machine was already enrolled and its secret was rotated.
+    pub rotated: bool,
+}
+
+/// `GET /v1/nodes/{id}/spec`: the effective spec and where it came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SpecDocument {
+    pub node_id: String,
+    pub generation: u64,
+    /// Effective spec: the node's own spec merged with every matching fragment.
+    pub spec: NodeSpec,
+    /// The node's own spec, as last written with `PUT /v1/nodes/{id}/spec`.
+    pub own: NodeSpec,
+    /// Names of the fragments merged in.
+    pub fragments: Vec<String>,
+}
+
+/// Answer to a spec or fragment write.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SpecWritten {
+    pub node_id: String,
+    pub generation: u64,
+}
+
+/// `PUT /v1/fragments/{name}`: a spec fragment applied to every node matching `selector`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FragmentWrite {
+    /// Label selector, e.g. `role=builder,env!=dev`.
+    pub selector: String,
+    pub spec: NodeSpec,
+}
+
+/// A stored fragment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fragment {
+    pub name: String,
+    pub selector: String,
+    pub spec: NodeSpec,
+    pub revision: u64,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Answer to a fragment write or delete: which nodes got a new generation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FragmentWritten {
+    pub name: String,
+    pub revision: u64,
+    pub affected: Vec<SpecWritten>,
+}
+
+/// `PATCH /v1/nodes/{id}`: JSON merge patch of labels (`null` removes a key).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodePatch {
+    pub labels: BTreeMap<String, Option<String>>,
+}
+
+/// Which kind of credential made a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CredentialKind {
+    Admin,
+    Read,
+    Node,
+    Enrollment,
+    System,
+}
+
+/// Kinds of event in the registry's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EventKind {
+    TokenCreated,
+    TokenRevoked,
+    NodeEnrolled,
+    NodeReenrolled,
+    SpecWritten,
+    FragmentWritten,
+    FragmentDeleted,
+    LabelsChanged,
+    HealthChanged,
+    StatusChanged,
+    NodeDecommissioned,
+}
+
+/// One entry of the append-only event log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub seq: u64,
+    pub time: DateTime<Utc>,
+    pub kind: EventKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
+    pub credential: CredentialKind,
+    pub message: String,
+}

@@ -1,0 +1,18 @@
+//! Steward's wire types and their validation: the only place where the API's serde types live.
+//!
+//! Both the agent and the registry compile this crate. Inner types of either side stay in that
+//! side; what crosses the wire is defined here.
+
+pub mod api;
+pub mod merge;
+pub mod node;
+pub mod parse;
+pub mod quantity;
+pub mod selector;
+pub mod spec;
+pub mod validate;
+
+pub use api::*;
+pub use node::*;
+pub use spec::*;
+pub use validate::{Problem, ValidationErrors};

@@ -1,0 +1,133 @@
+//! Merging a node's own spec with the fleet-wide fragments that match it.
+//!
+//! A resource (same kind, same name) defined by two sources is a conflict naming both; there is
+//! no precedence between sources, so the merge is independent of fragment order.
+
+use crate::spec::NodeSpec;
+use crate::validate::Problem;
+use std::collections::BTreeMap;
+
+/// Where a part of an effective spec came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source<'a> {
+    Node,
+    Fragment(&'a str),
+}
+
+impl std::fmt::Display for Source<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Node => f.write_str("the node's own spec"),
+            Source::Fragment(n) => write!(f, "fragment {n:?}"),
+        }
+    }
+}
+
+/// Merges `parts` (in order) into one spec; a resource defined twice is a problem naming both
+/// sources, reported on the field of the second definition.
+pub fn merge_specs<'a>(parts: &[(Source<'a>, &NodeSpec)]) -> Result<NodeSpec, Vec<Problem>> {
+    let mut out = NodeSpec::default();
+    let mut seen: BTreeMap<(&'static str, String), Source<'a>> = BTreeMap::new();
+    let mut problems = Vec::new();
+
+    let mut claim = |kind: &'static str, name: String, field: String, src: Source<'a>| {
+        match seen.get(&(kind, name.clone())) {
+            Some(first) => {
+                problems.push(Problem::new(
+                    field,
+                    format!("{kind} {name:?} is defined by both {first} and {src}"),
+                ));
+                false
+            }
+            None => {
+                seen.insert((kind, name), src);
+                true
+            }
+        }
+    };
+
+    for (src, spec) in parts {
+        let src = *src;
+        let prefix = match src {
+            Source::Node => String::new(),
+            Source::Fragment(n) => format!("fragments[{n}]."),
+        };
+        for (i, c) in spec.containers.iter().enumerate() {
+            if claim("container", c.name.clone(), format!("{prefix}containers[{i}].name"), src) {
+                out.containers.push(c.clone());
+            }
+        }
+        for (i, v) in spec.vms.iter().enumerate() {
+            if claim("vm", v.name.clone(), format!("{prefix}vms[{i}].name"), src) {
+                out.vms.push(v.clone());
+            }
+        }
+        for (i, p) in spec.payloads.iter().enumerate() {
+            if claim("payload", p.name.clone(), format!("{prefix}payloads[{i}].name"), src) {
+                out.payloads.push(p.clone());
+            }
+        }
+        for (i, v) in spec.networks.vlans.iter().enumerate() {
+            let f = format!("{prefix}networks.vlans[{i}].name");
+            if claim("link", v.name.clone(), f, src) {
+                out.networks.vlans.push(v.clone());
+            }
+        }
+        for (i, b) in spec.networks.bridges.iter().enumerate() {
+            let f = format!("{prefix}networks.bridges[{i}].name");
+            if claim("link", b.name.clone(), f, src) {
+                out.networks.bridges.push(b.clone());
+            }
+        }
+        for (i, l) in spec.networks.labs.iter().enumerate() {
+            let f = format!("{prefix}networks.labs[{i}].vlan");
+            if claim("lab", l.vlan.to_string(), f, src) {
+                out.networks.labs.push(l.clone());
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(out)
+    } else {
+        Err(problems)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parse::{parse_document, Format};
+
+    fn spec(yaml: &str) -> NodeSpec {
+        parse_document(yaml.as_bytes(), Format::Yaml).unwrap()
+    }
+
+    #[test]
+    fn disjoint_sources_merge() {
+        let own = spec("containers: [{name: web, image: nginx}]");
+        let frag = spec("containers: [{name: agent, image: x}]\npayloads: [{name: tc, version: '1', path: /opt/tc}]");
+        let m = merge_specs(&[(Source::Node, &own), (Source::Fragment("base"), &frag)]).unwrap();
+        let names: Vec<_> = m.containers.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["web", "agent"]);
+        assert_eq!(m.payloads.len(), 1);
+    }
+
+    #[test]
+    fn same_name_from_two_sources_names_both() {
+        let own = spec("containers: [{name: web, image: nginx}]");
+        let frag = spec("containers: [{name: web, image: other}]");
+        let errs = merge_specs(&[(Source::Node, &own), (Source::Fragment("base"), &frag)])
+            .unwrap_err();
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].field, "fragments[base].containers[0].name");
+        assert!(errs[0].reason.contains("the node's own spec"));
+        assert!(errs[0].reason.contains("fragment \"base\""));
+    }
+
+    #[test]
+    fn bridge_and_vlan_share_the_link_namespace() {
+        let own = spec("networks: {bridges: [{name: br1}]}");
+        let frag = spec("networks: {vlans: [{name: br1, parent: eth0, id: 5}]}");
+        assert!(merge_specs(&[(Source::Node, &own), (Source::Fragment("f"), &frag)]).is_err());
+    }
+}

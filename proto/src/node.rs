@@ -1,0 +1,217 @@
+//! Node, its facts, health, observed status and heartbeats.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Labels: `key -> value`. Keys and values are checked by `validate::validate_labels`.
+pub type Labels = BTreeMap<String, String>;
+
+/// What kind of machine the agent runs on (detected by the agent).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NodeKind {
+    BareMetal,
+    Vm,
+    Container,
+    #[default]
+    Unknown,
+}
+
+/// One mounted disk as the agent saw it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DiskFact {
+    pub mount_point: String,
+    pub total_bytes: u64,
+    pub available_bytes: u64,
+}
+
+/// Facts the agent reports at enrolment (and again when they change).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NodeFacts {
+    /// `/etc/machine-id`: the same machine enrolling again keeps its node.
+    pub machine_id: String,
+    pub hostname: String,
+    pub kind: NodeKind,
+    pub os: String,
+    pub kernel: String,
+    pub arch: String,
+    pub cpu_model: String,
+    pub cpus: u32,
+    pub memory_bytes: u64,
+    pub disks: Vec<DiskFact>,
+    pub docker: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub docker_version: Option<String>,
+    pub kvm: bool,
+    pub agent_version: String,
+}
+
+/// Health derived by the registry from heartbeats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Health {
+    Ready,
+    Stale,
+    Down,
+    Decommissioned,
+}
+
+impl Health {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Ready => "ready",
+            Health::Stale => "stale",
+            Health::Down => "down",
+            Health::Decommissioned => "decommissioned",
+        }
+    }
+}
+
+impl std::fmt::Display for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Health {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "ready" => Ok(Health::Ready),
+            "stale" => Ok(Health::Stale),
+            "down" => Ok(Health::Down),
+            "decommissioned" => Ok(Health::Decommissioned),
+            other => Err(format!(
+                "unknown health {other:?}: expected ready, stale, down or decommissioned"
+            )),
+        }
+    }
+}
+
+/// Host statistics sent with heartbeats.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HostStats {
+    pub cpu_percent: f32,
+    pub load1: f32,
+    pub load5: f32,
+    pub load15: f32,
+    pub memory_used_bytes: u64,
+    pub memory_total_bytes: u64,
+    pub data_dir_used_bytes: u64,
+    pub data_dir_total_bytes: u64,
+    pub uptime_secs: u64,
+}
+
+/// A node as the registry knows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Node {
+    pub id: String,
+    pub hostname: String,
+    pub labels: Labels,
+    pub facts: NodeFacts,
+    pub health: Health,
+    pub enrolled_at: DateTime<Utc>,
+    #[serde(default)]
+    pub last_heartbeat: Option<DateTime<Utc>>,
+    /// Round-trip of the previous heartbeat as measured by the agent, in milliseconds.
+    #[serde(default)]
+    pub heartbeat_rtt_ms: Option<f64>,
+    /// Generation of the node's effective desired spec (0: none written yet).
+    pub generation: u64,
+    /// Generation the agent last reported as applied.
+    pub observed_generation: u64,
+    #[serde(default)]
+    pub stats: Option<HostStats>,
+    /// The last full status the agent sent.
+    #[serde(default)]
+    pub status: Option<NodeStatus>,
+}
+
+/// State of one managed resource as the agent observed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ResourceState {
+    Pending,
+    Converged,
+    Failed,
+    Drifted,
+    /// A name held by something Steward does not own; left alone.
+    Conflict,
+}
+
+/// Kind of a managed resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ResourceKind {
+    Container,
+    Vm,
+    Network,
+    Payload,
+}
+
+/// Observed state of one resource.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResourceStatus {
+    pub kind: ResourceKind,
+    pub name: String,
+    pub state: ResourceState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub restarts: u32,
+    #[serde(default)]
+    pub escalation_level: u32,
+}
+
+/// A payload as found on disk.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PayloadAttestation {
+    pub name: String,
+    pub version: String,
+    pub path: String,
+    pub expected: String,
+    /// `None` when the file is missing.
+    #[serde(default)]
+    pub actual: Option<String>,
+}
+
+/// Full observed status, sent only when it changes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NodeStatus {
+    pub observed_generation: u64,
+    pub resources: Vec<ResourceStatus>,
+    pub payloads: Vec<PayloadAttestation>,
+    /// Opaque digest of this status (the agent's choice of hash); echoed in heartbeats.
+    pub digest: String,
+}
+
+/// The small, frequent message an agent sends.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Heartbeat {
+    pub observed_generation: u64,
+    /// Digest of the agent's current full status; the registry asks for the status when it
+    /// differs from the one it holds.
+    pub status_digest: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stats: Option<HostStats>,
+    /// Round-trip of the previous heartbeat, measured by the agent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rtt_ms: Option<f64>,
+}
+
+/// The registry's answer to a heartbeat.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeartbeatResponse {
+    /// Current generation of the node's effective spec.
+    pub generation: u64,
+    pub server_time: DateTime<Utc>,
+    /// True when the registry's copy of the status has another digest: send `PUT .../status`.
+    pub status_wanted: bool,
+    pub heartbeat_interval_secs: u64,
+}

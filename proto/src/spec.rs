@@ -1,0 +1,334 @@
+//! NodeSpec: the desired state of one node (containers, VMs, networks, payloads).
+//!
+//! Free-form values that need checking (ports, volumes, CIDRs, quantities, durations) are kept
+//! as strings here so that `validate` can report every problem with its field path; typed
+//! parsers for them live in `validate` and `quantity` and are used by the agent's drivers.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// Desired state of one node. Unknown fields are refused everywhere.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeSpec {
+    #[serde(skip_serializing_if = "NetworksSpec::is_empty")]
+    pub networks: NetworksSpec,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub containers: Vec<ContainerSpec>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub vms: Vec<VmSpec>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub payloads: Vec<PayloadSpec>,
+}
+
+impl NodeSpec {
+    /// True when the spec asks for nothing at all.
+    pub fn is_empty(&self) -> bool {
+        self.networks.is_empty()
+            && self.containers.is_empty()
+            && self.vms.is_empty()
+            && self.payloads.is_empty()
+    }
+}
+
+/// Host networks: VLAN interfaces, bridges (with ports and VLAN membership) and lab shorthands.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworksSpec {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub vlans: Vec<VlanSpec>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub bridges: Vec<BridgeSpec>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub labs: Vec<LabSpec>,
+}
+
+impl NetworksSpec {
+    pub fn is_empty(&self) -> bool {
+        self.vlans.is_empty() && self.bridges.is_empty() && self.labs.is_empty()
+    }
+}
+
+/// An 802.1Q VLAN interface on a parent link.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VlanSpec {
+    pub name: String,
+    pub parent: String,
+    pub id: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    /// Addresses in CIDR form, e.g. `10.0.0.1/24` or `fd00::1/64`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<String>,
+    #[serde(default = "default_true")]
+    pub up: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// A Linux bridge, optionally VLAN-aware.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BridgeSpec {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    #[serde(default)]
+    pub stp: bool,
+    #[serde(default)]
+    pub vlan_filtering: bool,
+    /// PVID given to ports without an explicit one (VLAN-filtering bridges only; kernel default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_pvid: Option<u16>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<BridgePort>,
+    #[serde(default = "default_true")]
+    pub up: bool,
+}
+
+/// An interface enslaved to a bridge, with its VLAN membership on VLAN-filtering bridges.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BridgePort {
+    pub iface: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vlans: Vec<PortVlan>,
+}
+
+/// VLAN membership of a bridge port: tagged unless `untagged`; `pvid` marks the native VLAN.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortVlan {
+    pub id: u16,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub pvid: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub untagged: bool,
+}
+
+/// Lab shorthand: expands to a VLAN interface on `parent`, a bridge and a /24 (see the network
+/// issue for the expansion rules).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabSpec {
+    pub vlan: u16,
+    pub parent: String,
+    /// Bridge name; defaults to `br<vlan>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bridge: Option<String>,
+    /// Subnet; defaults to the agent's lab template (`192.168.<vlan>.0/24`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cidr: Option<String>,
+}
+
+/// Restart policy of a container or VM.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    #[default]
+    Always,
+    OnFailure,
+    Never,
+}
+
+/// A number or a string such as `0.5`, `500m`, `256Mi`, `2Gi`; checked by `validate`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Quantity {
+    Number(f64),
+    Text(String),
+}
+
+impl std::fmt::Display for Quantity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Quantity::Number(n) => write!(f, "{n}"),
+            Quantity::Text(s) => f.write_str(s),
+        }
+    }
+}
+
+/// CPU and memory limits.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Resources {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<Quantity>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Quantity>,
+}
+
+/// A health check: exactly one of `http`, `tcp` or `exec`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthCheck {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http: Option<String>,
+    /// `host:port` to connect to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exec: Option<Vec<String>>,
+    /// Duration such as `10s`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start_period: Option<String>,
+}
+
+/// A Docker container.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerSpec {
+    pub name: String,
+    pub image: String,
+    /// Replaces the image's entrypoint when given.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// `[host_ip:][host_port:]container_port[/tcp|udp]`, e.g. `8080:80/tcp`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<String>,
+    /// `volume:/path[:ro]` or `/host/path:/path[:ro]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// A Docker network or a managed bridge name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(default)]
+    pub restart: RestartPolicy,
+    #[serde(default, skip_serializing_if = "is_default_resources")]
+    pub resources: Resources,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<HealthCheck>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub privileged: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub host_network: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub host_pid: bool,
+}
+
+fn is_default_resources(r: &Resources) -> bool {
+    *r == Resources::default()
+}
+
+/// Desired power state of a VM.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PowerState {
+    #[default]
+    Running,
+    Stopped,
+}
+
+/// A VM NIC on a managed bridge, optionally in a VLAN.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmNic {
+    pub bridge: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<u16>,
+    /// `aa:bb:cc:dd:ee:ff`; derived stably from node, VM and NIC index when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+}
+
+/// cloud-init NoCloud seed contents.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CloudInit {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_data: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub meta_data: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network_config: Option<String>,
+}
+
+/// A QEMU/KVM virtual machine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmSpec {
+    pub name: String,
+    /// Base image: an absolute path on the node.
+    pub image: String,
+    #[serde(default = "default_vm_cpus")]
+    pub cpus: u32,
+    pub memory: Quantity,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<Quantity>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nics: Vec<VmNic>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud_init: Option<CloudInit>,
+    #[serde(default)]
+    pub state: PowerState,
+    #[serde(default)]
+    pub restart: RestartPolicy,
+}
+
+fn default_vm_cpus() -> u32 {
+    1
+}
+
+/// What a payload is: a plain file, or a `docker save` tarball loaded into the engine.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PayloadKind {
+    #[default]
+    File,
+    DockerImage,
+}
+
+/// What to restart when a payload's content changes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OnChange {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub restart_containers: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub restart_vms: Vec<String>,
+}
+
+/// A versioned artifact deployed to a path, verified by sha256.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PayloadSpec {
+    pub name: String,
+    pub version: String,
+    pub path: String,
+    #[serde(default)]
+    pub kind: PayloadKind,
+    /// Octal file mode, e.g. `"0644"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// `user` or `user:group`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// Lower-case hex sha256; pinned by the registry when the spec is written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_change: Option<OnChange>,
+}
