@@ -94,6 +94,7 @@ pub fn merge_specs<'a>(parts: &[(Source<'a>, &NodeSpec)]) -> Result<NodeSpec, Ve
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::parse::{parse_document, Format};

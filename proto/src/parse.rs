@@ -56,6 +56,7 @@ pub fn parse_document<T: DeserializeOwned>(bytes: &[u8], format: Format) -> Resu
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::spec::NodeSpec;
