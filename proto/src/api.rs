@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 /// Every error body: a message, a machine-readable code and, for invalid input, every problem
 /// with its field path.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ApiError {
     pub error: String,
     pub code: String,
@@ -18,7 +18,7 @@ pub struct ApiError {
 }
 
 /// `POST /v1/enrollment-tokens`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct CreateEnrollmentToken {
     /// How many enrolments the token allows (default 1).
@@ -31,7 +31,7 @@ pub struct CreateEnrollmentToken {
 }
 
 /// An enrollment token as listed (never the secret itself).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct EnrollmentTokenInfo {
     pub id: String,
     pub description: Option<String>,
@@ -44,7 +44,7 @@ pub struct EnrollmentTokenInfo {
 }
 
 /// Answer to `POST /v1/enrollment-tokens`: the only time the token is shown.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct EnrollmentTokenCreated {
     pub token: String,
     #[serde(flatten)]
@@ -52,7 +52,7 @@ pub struct EnrollmentTokenCreated {
 }
 
 /// `POST /v1/enroll`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EnrollRequest {
     pub token: String,
@@ -60,7 +60,7 @@ pub struct EnrollRequest {
 }
 
 /// Answer to an enrolment.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct EnrollResponse {
     pub node_id: String,
     pub node_secret: String,
@@ -70,7 +70,7 @@ pub struct EnrollResponse {
 }
 
 /// `GET /v1/nodes/{id}/spec`: the effective spec and where it came from.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SpecDocument {
     pub node_id: String,
     pub generation: u64,
@@ -83,14 +83,14 @@ pub struct SpecDocument {
 }
 
 /// Answer to a spec or fragment write.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SpecWritten {
     pub node_id: String,
     pub generation: u64,
 }
 
 /// `PUT /v1/fragments/{name}`: a spec fragment applied to every node matching `selector`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FragmentWrite {
     /// Label selector, e.g. `role=builder,env!=dev`.
@@ -99,7 +99,7 @@ pub struct FragmentWrite {
 }
 
 /// A stored fragment.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Fragment {
     pub name: String,
     pub selector: String,
@@ -109,7 +109,7 @@ pub struct Fragment {
 }
 
 /// Answer to a fragment write or delete: which nodes got a new generation.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct FragmentWritten {
     pub name: String,
     pub revision: u64,
@@ -117,14 +117,14 @@ pub struct FragmentWritten {
 }
 
 /// `PATCH /v1/nodes/{id}`: JSON merge patch of labels (`null` removes a key).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct NodePatch {
     pub labels: BTreeMap<String, Option<String>>,
 }
 
 /// Which kind of credential made a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum CredentialKind {
     Admin,
@@ -135,7 +135,7 @@ pub enum CredentialKind {
 }
 
 /// Kinds of event in the registry's log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum EventKind {
     TokenCreated,
@@ -152,7 +152,7 @@ pub enum EventKind {
 }
 
 /// One entry of the append-only event log.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Event {
     pub seq: u64,
     pub time: DateTime<Utc>,

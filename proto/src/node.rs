@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 pub type Labels = BTreeMap<String, String>;
 
 /// What kind of machine the agent runs on (detected by the agent).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum NodeKind {
     BareMetal,
@@ -19,7 +19,7 @@ pub enum NodeKind {
 }
 
 /// One mounted disk as the agent saw it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default)]
 pub struct DiskFact {
     pub mount_point: String,
@@ -28,7 +28,7 @@ pub struct DiskFact {
 }
 
 /// Facts the agent reports at enrolment (and again when they change).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default)]
 pub struct NodeFacts {
     /// `/etc/machine-id`: the same machine enrolling again keeps its node.
@@ -50,7 +50,7 @@ pub struct NodeFacts {
 }
 
 /// Health derived by the registry from heartbeats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Health {
     Ready,
@@ -92,7 +92,7 @@ impl std::str::FromStr for Health {
 }
 
 /// Host statistics sent with heartbeats.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default)]
 pub struct HostStats {
     pub cpu_percent: f32,
@@ -107,7 +107,7 @@ pub struct HostStats {
 }
 
 /// A node as the registry knows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Node {
     pub id: String,
     pub hostname: String,
@@ -132,7 +132,7 @@ pub struct Node {
 }
 
 /// State of one managed resource as the agent observed it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum ResourceState {
     Pending,
@@ -144,7 +144,7 @@ pub enum ResourceState {
 }
 
 /// Kind of a managed resource.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum ResourceKind {
     Container,
@@ -154,7 +154,7 @@ pub enum ResourceKind {
 }
 
 /// Observed state of one resource.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ResourceStatus {
     pub kind: ResourceKind,
     pub name: String,
@@ -168,7 +168,7 @@ pub struct ResourceStatus {
 }
 
 /// A payload as found on disk.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PayloadAttestation {
     pub name: String,
     pub version: String,
@@ -180,7 +180,7 @@ pub struct PayloadAttestation {
 }
 
 /// Full observed status, sent only when it changes.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default)]
 pub struct NodeStatus {
     pub observed_generation: u64,
@@ -191,7 +191,7 @@ pub struct NodeStatus {
 }
 
 /// The small, frequent message an agent sends.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default)]
 pub struct Heartbeat {
     pub observed_generation: u64,
@@ -206,7 +206,7 @@ pub struct Heartbeat {
 }
 
 /// The registry's answer to a heartbeat.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct HeartbeatResponse {
     /// Current generation of the node's effective spec.
     pub generation: u64,

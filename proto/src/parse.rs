@@ -32,7 +32,7 @@ impl Format {
 /// Parses a document; on failure returns one problem naming the field where parsing stopped.
 pub fn parse_document<T: DeserializeOwned>(bytes: &[u8], format: Format) -> Result<T, Problem> {
     let problem = |path: String, e: String| {
-        let field = if path == "." || path.is_empty() {
+        let field = if path == "." || path == "?" || path.is_empty() {
             "(document)".to_string()
         } else {
             path

@@ -12,7 +12,7 @@ fn is_false(b: &bool) -> bool {
 }
 
 /// Desired state of one node. Unknown fields are refused everywhere.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct NodeSpec {
     #[serde(skip_serializing_if = "NetworksSpec::is_empty")]
@@ -36,7 +36,7 @@ impl NodeSpec {
 }
 
 /// Host networks: VLAN interfaces, bridges (with ports and VLAN membership) and lab shorthands.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct NetworksSpec {
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -54,7 +54,7 @@ impl NetworksSpec {
 }
 
 /// An 802.1Q VLAN interface on a parent link.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VlanSpec {
     pub name: String,
@@ -74,7 +74,7 @@ fn default_true() -> bool {
 }
 
 /// A Linux bridge, optionally VLAN-aware.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BridgeSpec {
     pub name: String,
@@ -96,7 +96,7 @@ pub struct BridgeSpec {
 }
 
 /// An interface enslaved to a bridge, with its VLAN membership on VLAN-filtering bridges.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BridgePort {
     pub iface: String,
@@ -105,7 +105,7 @@ pub struct BridgePort {
 }
 
 /// VLAN membership of a bridge port: tagged unless `untagged`; `pvid` marks the native VLAN.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PortVlan {
     pub id: u16,
@@ -117,7 +117,7 @@ pub struct PortVlan {
 
 /// Lab shorthand: expands to a VLAN interface on `parent`, a bridge and a /24 (see the network
 /// issue for the expansion rules).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LabSpec {
     pub vlan: u16,
@@ -131,7 +131,7 @@ pub struct LabSpec {
 }
 
 /// Restart policy of a container or VM.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum RestartPolicy {
     #[default]
@@ -141,7 +141,7 @@ pub enum RestartPolicy {
 }
 
 /// A number or a string such as `0.5`, `500m`, `256Mi`, `2Gi`; checked by `validate`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum Quantity {
     Number(f64),
@@ -158,7 +158,7 @@ impl std::fmt::Display for Quantity {
 }
 
 /// CPU and memory limits.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Resources {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -168,7 +168,7 @@ pub struct Resources {
 }
 
 /// A health check: exactly one of `http`, `tcp` or `exec`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthCheck {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -190,7 +190,7 @@ pub struct HealthCheck {
 }
 
 /// A Docker container.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ContainerSpec {
     pub name: String,
@@ -234,7 +234,7 @@ fn is_default_resources(r: &Resources) -> bool {
 }
 
 /// Desired power state of a VM.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum PowerState {
     #[default]
@@ -243,7 +243,7 @@ pub enum PowerState {
 }
 
 /// A VM NIC on a managed bridge, optionally in a VLAN.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VmNic {
     pub bridge: String,
@@ -255,7 +255,7 @@ pub struct VmNic {
 }
 
 /// cloud-init NoCloud seed contents.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct CloudInit {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -267,7 +267,7 @@ pub struct CloudInit {
 }
 
 /// A QEMU/KVM virtual machine.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VmSpec {
     pub name: String,
@@ -293,7 +293,7 @@ fn default_vm_cpus() -> u32 {
 }
 
 /// What a payload is: a plain file, or a `docker save` tarball loaded into the engine.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum PayloadKind {
     #[default]
@@ -302,7 +302,7 @@ pub enum PayloadKind {
 }
 
 /// What to restart when a payload's content changes.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct OnChange {
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -312,7 +312,7 @@ pub struct OnChange {
 }
 
 /// A versioned artifact deployed to a path, verified by sha256.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PayloadSpec {
     pub name: String,

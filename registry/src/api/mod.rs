@@ -1,0 +1,154 @@
+//! The HTTP API: one table of routes (method, path, who may call it, handler) from which both
+//! the router and the OpenAPI document are built, so the two cannot drift apart.
+
+mod body;
+mod events;
+mod fragments;
+mod meta;
+mod nodes;
+mod spec;
+mod tokens;
+pub mod openapi;
+#[cfg(test)]
+mod tests;
+
+use axum::extract::{RawPathParams, Request, State};
+use axum::http::{header, Method};
+use axum::middleware::{from_fn_with_state, Next};
+use axum::response::Response;
+use axum::routing::{on, MethodFilter, MethodRouter};
+use axum::Router;
+
+use crate::auth::{self, Access, Caller};
+use crate::error::RegistryError;
+use crate::state::AppState;
+
+pub use body::Doc;
+
+/// One route of the API.
+pub struct Route {
+    pub method: Method,
+    pub path: &'static str,
+    pub access: Access,
+    pub summary: &'static str,
+    /// Request body schema name (from the shared crate), if any.
+    pub request: Option<&'static str>,
+    /// Success response schema name, if any.
+    pub response: Option<&'static str>,
+    pub handler: fn() -> MethodRouter<AppState>,
+}
+
+macro_rules! route {
+    ($m:ident $path:literal, $access:ident, $summary:literal, $req:expr, $resp:expr, $h:path) => {
+        Route {
+            method: Method::$m,
+            path: $path,
+            access: Access::$access,
+            summary: $summary,
+            request: $req,
+            response: $resp,
+            handler: || on(MethodFilter::$m, $h),
+        }
+    };
+}
+
+/// Every route of the registry.
+pub fn routes() -> Vec<Route> {
+    vec![
+        route!(GET "/healthz", Public, "Liveness: the process answers.", None, None, meta::healthz),
+        route!(GET "/readyz", Public, "Readiness: the store answers.", None, None, meta::readyz),
+        route!(GET "/v1/openapi.json", Public, "This document.", None, None, meta::openapi),
+        route!(POST "/v1/enrollment-tokens", Admin, "Create an enrollment token; the token is shown only in this answer.", Some("CreateEnrollmentToken"), Some("EnrollmentTokenCreated"), tokens::create),
+        route!(GET "/v1/enrollment-tokens", AdminOrRead, "List enrollment tokens (never the tokens themselves).", None, Some("EnrollmentTokenInfo[]"), tokens::list),
+        route!(DELETE "/v1/enrollment-tokens/{id}", Admin, "Revoke an enrollment token.", None, Some("EnrollmentTokenInfo"), tokens::revoke),
+        route!(POST "/v1/enroll", Public, "Trade an enrollment token (in the body) for a node id and secret; the same machine-id enrolling again gets its secret rotated.", Some("EnrollRequest"), Some("EnrollResponse"), nodes::enroll),
+        route!(GET "/v1/nodes", AdminOrRead, "List nodes; filter with ?selector= and ?health=.", None, Some("Node[]"), nodes::list),
+        route!(GET "/v1/nodes/{id}", ReadOrOwnNode, "One node.", None, Some("Node"), nodes::get),
+        route!(PATCH "/v1/nodes/{id}", Admin, "Change labels (JSON merge patch; null removes a key).", Some("NodePatch"), Some("Node"), nodes::patch),
+        route!(DELETE "/v1/nodes/{id}", Admin, "Decommission: revoke the node's secret, keep its record and history.", None, Some("Node"), nodes::decommission),
+        route!(GET "/v1/nodes/{id}/spec", ReadOrOwnNode, "The node's effective spec; long-poll with ?after=GENERATION&wait=30s (304 when nothing newer arrived).", None, Some("SpecDocument"), spec::get),
+        route!(PUT "/v1/nodes/{id}/spec", Admin, "Write the node's own spec (JSON or YAML by Content-Type); If-Match: GENERATION for optimistic concurrency.", Some("NodeSpec"), Some("SpecWritten"), spec::put),
+        route!(POST "/v1/nodes/{id}/heartbeat", OwnNode, "Heartbeat: small, frequent; kept in memory.", Some("Heartbeat"), Some("HeartbeatResponse"), nodes::heartbeat),
+        route!(PUT "/v1/nodes/{id}/status", OwnNode, "Full observed status, sent when it changed.", Some("NodeStatus"), None, nodes::put_status),
+        route!(GET "/v1/fragments", AdminOrRead, "List fleet-wide spec fragments.", None, Some("Fragment[]"), fragments::list),
+        route!(GET "/v1/fragments/{name}", AdminOrRead, "One fragment.", None, Some("Fragment"), fragments::get),
+        route!(PUT "/v1/fragments/{name}", Admin, "Write a fragment (selector + spec); bumps the generation of exactly the nodes whose effective spec changes.", Some("FragmentWrite"), Some("FragmentWritten"), fragments::put),
+        route!(DELETE "/v1/fragments/{name}", Admin, "Delete a fragment.", None, Some("FragmentWritten"), fragments::delete),
+        route!(GET "/v1/events", AdminOrRead, "Events after ?after=SEQ (oldest first, ?limit= up to 1000, ?node= to filter).", None, Some("Event[]"), events::list),
+        route!(GET "/v1/events/stream", AdminOrRead, "Server-sent events: replays from ?after=SEQ (or Last-Event-ID), then follows live.", None, None, events::stream),
+    ]
+}
+
+/// Builds the router with authorisation, body-size limits and tracing.
+pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    let mut r: Router<AppState> = Router::new();
+    for route in routes() {
+        let mut mr = (route.handler)();
+        if route.access != Access::Public {
+            mr = mr.route_layer(from_fn_with_state(
+                (state.clone(), route.access),
+                authorize,
+            ));
+        }
+        r = r.route(route.path, mr);
+    }
+    r.layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Resolves the caller from `Authorization: Bearer` and checks it against the route's access.
+async fn authorize(
+    State((state, access)): State<(AppState, Access)>,
+    params: RawPathParams,
+    mut req: Request,
+    next: Next,
+) -> Result<Response, RegistryError> {
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(auth::bearer)
+        .ok_or(RegistryError::Unauthorized)?;
+    let caller = identify(&state, token).ok_or(RegistryError::Unauthorized)?;
+    let path_id = params
+        .iter()
+        .find(|(k, _)| *k == "id")
+        .map(|(_, v)| v.to_string());
+    let own = |c: &Caller| matches!((c, &path_id), (Caller::Node(n), Some(p)) if n == p);
+    let allowed = match access {
+        Access::Public => true,
+        Access::Admin => caller == Caller::Admin,
+        Access::AdminOrRead => matches!(caller, Caller::Admin | Caller::Read),
+        Access::ReadOrOwnNode => matches!(caller, Caller::Admin | Caller::Read) || own(&caller),
+        Access::OwnNode => own(&caller),
+    };
+    if !allowed {
+        return Err(RegistryError::Forbidden(format!(
+            "this endpoint needs {}",
+            access.describe()
+        )));
+    }
+    req.extensions_mut().insert(caller);
+    Ok(next.run(req).await)
+}
+
+/// Which credential a bearer token is, if any. Every comparison is constant-time on hashes.
+fn identify(state: &AppState, token: &str) -> Option<Caller> {
+    let h = auth::sha256(token);
+    let is_admin = auth::hash_eq(&h, &state.admin_sha256);
+    let is_read = state
+        .read_sha256
+        .as_ref()
+        .is_some_and(|r| auth::hash_eq(&h, r));
+    if is_admin {
+        return Some(Caller::Admin);
+    }
+    if is_read {
+        return Some(Caller::Read);
+    }
+    let id = auth::secret_id(token)?;
+    let ln = state.live(id)?;
+    let stored = ln.lock().secret_sha256?;
+    auth::hash_eq(&h, &stored).then(|| Caller::Node(id.to_string()))
+}

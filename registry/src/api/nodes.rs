@@ -1,0 +1,92 @@
+//! Node endpoints: enrol, list, get, label, decommission, heartbeat, status.
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::{Extension, Json};
+use steward_proto::selector::Selector;
+use steward_proto::{EnrollRequest, EnrollResponse, Health, Heartbeat, HeartbeatResponse, Node, NodePatch, NodeStatus};
+
+use super::Doc;
+use crate::auth::Caller;
+use crate::error::{ApiResult, RegistryError};
+use crate::nodes::{self as ops, to_wire};
+use crate::state::AppState;
+
+pub async fn enroll(
+    State(state): State<AppState>,
+    Doc(req): Doc<EnrollRequest>,
+) -> ApiResult<Json<EnrollResponse>> {
+    Ok(Json(ops::enroll(&state, req).await?))
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Vec<Node>>> {
+    let selector: Selector = q
+        .get("selector")
+        .map(|s| s.parse())
+        .transpose()
+        .map_err(|e: steward_proto::selector::SelectorError| RegistryError::invalid("selector", e.to_string()))?
+        .unwrap_or_default();
+    let health: Option<Vec<Health>> = q
+        .get("health")
+        .map(|h| h.split(',').map(|x| x.trim().parse::<Health>()).collect())
+        .transpose()
+        .map_err(|e| RegistryError::invalid("health", e))?;
+    let mut out: Vec<Node> = state
+        .store
+        .nodes()?
+        .into_iter()
+        .filter(|r| selector.matches(&r.labels))
+        .map(|r| to_wire(&state, r))
+        .filter(|n| health.as_ref().is_none_or(|h| h.contains(&n.health)))
+        .collect();
+    out.sort_by(|a, b| a.hostname.cmp(&b.hostname).then(a.id.cmp(&b.id)));
+    Ok(Json(out))
+}
+
+pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Node>> {
+    let rec = state
+        .store
+        .node(&id)?
+        .ok_or_else(|| RegistryError::NotFound(format!("no node with id {id:?}")))?;
+    Ok(Json(to_wire(&state, rec)))
+}
+
+pub async fn patch(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    Doc(p): Doc<NodePatch>,
+) -> ApiResult<Json<Node>> {
+    let rec = crate::specs::patch_node(&state, &id, p, caller.kind()).await?;
+    Ok(Json(to_wire(&state, rec)))
+}
+
+pub async fn decommission(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Node>> {
+    Ok(Json(ops::decommission(&state, &id, caller.kind()).await?))
+}
+
+pub async fn heartbeat(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Doc(hb): Doc<Heartbeat>,
+) -> ApiResult<Json<HeartbeatResponse>> {
+    Ok(Json(ops::heartbeat(&state, &id, hb)?))
+}
+
+pub async fn put_status(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Doc(status): Doc<NodeStatus>,
+) -> ApiResult<StatusCode> {
+    ops::put_status(&state, &id, status).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,92 @@
+//! A node's desired state: read (with long-poll) and write.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use steward_proto::{NodeSpec, SpecDocument, SpecWritten};
+
+use super::Doc;
+use crate::auth::Caller;
+use crate::error::{ApiResult, RegistryError};
+use crate::state::AppState;
+
+fn document(state: &AppState, id: &str) -> ApiResult<Response> {
+    let rec = state.store.spec(id)?.unwrap_or_default();
+    let etag = HeaderValue::from_str(&format!("\"{}\"", rec.generation))
+        .unwrap_or(HeaderValue::from_static("\"0\""));
+    let doc = SpecDocument {
+        node_id: id.to_string(),
+        generation: rec.generation,
+        spec: rec.effective,
+        own: rec.own,
+        fragments: rec.fragments,
+    };
+    Ok(([(header::ETAG, etag)], Json(doc)).into_response())
+}
+
+/// `GET /v1/nodes/{id}/spec[?after=G[&wait=30s]]`.
+pub async fn get(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Response> {
+    let ln = state
+        .live(&id)
+        .ok_or_else(|| RegistryError::NotFound(format!("no node with id {id:?}")))?;
+    let Some(after) = q.get("after") else {
+        return document(&state, &id);
+    };
+    let after: u64 = after
+        .parse()
+        .map_err(|_| RegistryError::invalid("after", "must be a generation number (0 or more)"))?;
+    let wait = match q.get("wait") {
+        None => Duration::ZERO,
+        Some(w) => humantime::parse_duration(w)
+            .map_err(|e| RegistryError::invalid("wait", format!("not a duration like 30s: {e}")))?,
+    };
+    if wait > state.settings.max_wait {
+        return Err(RegistryError::invalid(
+            "wait",
+            format!("at most {} allowed", humantime::format_duration(state.settings.max_wait)),
+        ));
+    }
+    let mut rx = ln.generation.subscribe();
+    drop(ln);
+    let woke = tokio::time::timeout(wait, rx.wait_for(|g| *g > after))
+        .await
+        .map(|r| r.is_ok())
+        .unwrap_or(false);
+    // Sender gone (cannot happen while the node exists) or time-out: check once more.
+    let newer = woke || *rx.borrow() > after;
+    if newer {
+        document(&state, &id)
+    } else {
+        Ok(StatusCode::NOT_MODIFIED.into_response())
+    }
+}
+
+/// `PUT /v1/nodes/{id}/spec`, JSON or YAML, optional `If-Match: <generation>`.
+pub async fn put(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Doc(spec): Doc<NodeSpec>,
+) -> ApiResult<Json<SpecWritten>> {
+    let if_match = headers
+        .get(header::IF_MATCH)
+        .map(|v| {
+            v.to_str()
+                .ok()
+                .map(|s| s.trim().trim_matches('"'))
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or_else(|| RegistryError::invalid("If-Match", "must be a generation number, e.g. If-Match: 3"))
+        })
+        .transpose()?;
+    let written = crate::specs::write_node_spec(&state, &id, spec, if_match, caller.kind()).await?;
+    Ok(Json(written))
+}

@@ -1,0 +1,107 @@
+//! Enrollment tokens: create (shown once), list, revoke.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::{Extension, Json};
+use chrono::Utc;
+use steward_proto::validate::validate_labels;
+use steward_proto::{CreateEnrollmentToken, EnrollmentTokenCreated, EnrollmentTokenInfo, EventKind};
+
+use super::Doc;
+use crate::auth::{self, Caller};
+use crate::error::{ApiResult, RegistryError};
+use crate::state::AppState;
+use crate::store::TokenRecord;
+
+fn info(t: &TokenRecord) -> EnrollmentTokenInfo {
+    EnrollmentTokenInfo {
+        id: t.id.clone(),
+        description: t.description.clone(),
+        labels: t.labels.clone(),
+        uses_total: t.uses_total,
+        uses_left: t.uses_left,
+        created_at: t.created_at,
+        expires_at: t.expires_at,
+        revoked: t.revoked,
+    }
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Doc(req): Doc<CreateEnrollmentToken>,
+) -> ApiResult<(StatusCode, Json<EnrollmentTokenCreated>)> {
+    let mut problems = validate_labels(&req.labels, "labels");
+    let uses = req.uses.unwrap_or(1);
+    if uses == 0 || uses > 1_000_000 {
+        problems.push(steward_proto::Problem::new("uses", "must be 1-1000000"));
+    }
+    let ttl = match humantime::parse_duration(req.expires_in.as_deref().unwrap_or("24h")) {
+        Ok(d) if d.as_secs() >= 1 && d.as_secs() <= 366 * 86400 => Some(d),
+        Ok(_) => {
+            problems.push(steward_proto::Problem::new("expires_in", "must be between 1s and 366d"));
+            None
+        }
+        Err(e) => {
+            problems.push(steward_proto::Problem::new("expires_in", format!("not a duration like 24h: {e}")));
+            None
+        }
+    };
+    let (Some(ttl), true) = (ttl, problems.is_empty()) else {
+        return Err(RegistryError::Invalid(problems));
+    };
+    let id = auth::new_id();
+    let token = auth::new_secret(&id);
+    let now = Utc::now();
+    let rec = TokenRecord {
+        id: id.clone(),
+        secret_sha256: auth::sha256(&token),
+        description: req.description,
+        labels: req.labels,
+        uses_total: uses,
+        uses_left: uses,
+        created_at: now,
+        expires_at: now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::days(1)),
+        revoked: false,
+    };
+    state.store.put_token(&rec)?;
+    state.event(
+        EventKind::TokenCreated,
+        None,
+        None,
+        caller.kind(),
+        format!("enrollment token {id} created ({uses} use(s), expires {})", rec.expires_at),
+    )?;
+    state.store.flush().await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(EnrollmentTokenCreated {
+            token,
+            info: info(&rec),
+        }),
+    ))
+}
+
+pub async fn list(State(state): State<AppState>) -> ApiResult<Json<Vec<EnrollmentTokenInfo>>> {
+    let mut v: Vec<_> = state.store.tokens()?.iter().map(info).collect();
+    v.sort_by_key(|t| t.created_at);
+    Ok(Json(v))
+}
+
+pub async fn revoke(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<EnrollmentTokenInfo>> {
+    let mut rec = state
+        .store
+        .token(&id)?
+        .ok_or_else(|| RegistryError::NotFound(format!("no enrollment token with id {id:?}")))?;
+    if !rec.revoked {
+        rec.revoked = true;
+        state.store.put_token(&rec)?;
+        state.event(EventKind::TokenRevoked, None, None, caller.kind(), format!("enrollment token {id} revoked"))?;
+        state.store.flush().await?;
+    }
+    Ok(Json(info(&rec)))
+}

@@ -1,0 +1,217 @@
+//! Registry configuration: flags > environment > config file > defaults.
+//!
+//! Every field is documented in `packaging/registry.toml.example`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+
+/// `steward-registry serve` flags; each also reads its environment variable.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeArgs {
+    /// Config file (TOML). Missing default file is fine; a missing explicit file is an error.
+    #[arg(long, env = "STEWARD_REGISTRY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:7700].
+    #[arg(long, env = "STEWARD_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Directory of the embedded store and generated secrets [default: /var/lib/steward-registry].
+    #[arg(long, env = "STEWARD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// File holding the admin token; when no admin token is configured one is generated into
+    /// DATA_DIR/admin.token (mode 0600).
+    #[arg(long, env = "STEWARD_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// File holding the optional read-only token (GETs that are not a node's own).
+    #[arg(long, env = "STEWARD_READ_TOKEN_FILE")]
+    pub read_token_file: Option<PathBuf>,
+    /// PEM certificate chain for TLS.
+    #[arg(long, env = "STEWARD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS.
+    #[arg(long, env = "STEWARD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Allow plain HTTP on a non-loopback address.
+    #[arg(long, env = "STEWARD_INSECURE_HTTP")]
+    pub insecure_http: bool,
+    /// Expected interval between a node's heartbeats [default: 10s].
+    #[arg(long, env = "STEWARD_HEARTBEAT_INTERVAL", value_parser = humantime::parse_duration)]
+    pub heartbeat_interval: Option<Duration>,
+    /// Missed intervals before a node is stale [default: 3].
+    #[arg(long, env = "STEWARD_STALE_AFTER")]
+    pub stale_after: Option<u32>,
+    /// Missed intervals before a node is down [default: 10].
+    #[arg(long, env = "STEWARD_DOWN_AFTER")]
+    pub down_after: Option<u32>,
+    /// Longest long-poll wait a client may ask for [default: 300s].
+    #[arg(long, env = "STEWARD_MAX_WAIT", value_parser = humantime::parse_duration)]
+    pub max_wait: Option<Duration>,
+    /// Largest request body accepted, in bytes [default: 1048576].
+    #[arg(long, env = "STEWARD_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+}
+
+/// The config file's shape (every field optional; unknown fields refused).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    admin_token_file: Option<PathBuf>,
+    read_token_file: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    insecure_http: Option<bool>,
+    #[serde(default, with = "humantime_serde_opt")]
+    heartbeat_interval: Option<Duration>,
+    stale_after: Option<u32>,
+    down_after: Option<u32>,
+    #[serde(default, with = "humantime_serde_opt")]
+    max_wait: Option<Duration>,
+    max_body_bytes: Option<usize>,
+}
+
+mod humantime_serde_opt {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let s: Option<String> = Option::deserialize(d)?;
+        s.map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct RegistryConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub admin_token_file: Option<PathBuf>,
+    pub read_token_file: Option<PathBuf>,
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub insecure_http: bool,
+    pub heartbeat_interval: Duration,
+    pub stale_after: u32,
+    pub down_after: u32,
+    pub max_wait: Duration,
+    pub max_body_bytes: usize,
+}
+
+pub const DEFAULT_CONFIG: &str = "/etc/steward/registry.toml";
+
+impl RegistryConfig {
+    /// Resolves flags/env over the config file over defaults, and checks the result.
+    pub fn resolve(args: ServeArgs) -> anyhow::Result<Self> {
+        let file = match &args.config {
+            Some(p) => load(p)?,
+            None if Path::new(DEFAULT_CONFIG).exists() => load(Path::new(DEFAULT_CONFIG))?,
+            None => FileConfig::default(),
+        };
+        let tls = match (args.tls_cert.or(file.tls_cert), args.tls_key.or(file.tls_key)) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => bail!("tls_cert and tls_key must be given together"),
+        };
+        let cfg = RegistryConfig {
+            listen: args
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7700))),
+            data_dir: args
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from("/var/lib/steward-registry")),
+            admin_token_file: args.admin_token_file.or(file.admin_token_file),
+            read_token_file: args.read_token_file.or(file.read_token_file),
+            tls,
+            insecure_http: args.insecure_http || file.insecure_http.unwrap_or(false),
+            heartbeat_interval: args
+                .heartbeat_interval
+                .or(file.heartbeat_interval)
+                .unwrap_or(Duration::from_secs(10)),
+            stale_after: args.stale_after.or(file.stale_after).unwrap_or(3),
+            down_after: args.down_after.or(file.down_after).unwrap_or(10),
+            max_wait: args
+                .max_wait
+                .or(file.max_wait)
+                .unwrap_or(Duration::from_secs(300)),
+            max_body_bytes: args
+                .max_body_bytes
+                .or(file.max_body_bytes)
+                .unwrap_or(1024 * 1024),
+        };
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        if self.heartbeat_interval < Duration::from_millis(100) {
+            bail!("heartbeat_interval must be at least 100ms");
+        }
+        if self.stale_after == 0 || self.down_after <= self.stale_after {
+            bail!(
+                "need 0 < stale_after < down_after (got stale_after={}, down_after={})",
+                self.stale_after,
+                self.down_after
+            );
+        }
+        if self.max_body_bytes < 1024 {
+            bail!("max_body_bytes must be at least 1024");
+        }
+        if self.tls.is_none() && !self.listen.ip().is_loopback() && !self.insecure_http {
+            bail!(
+                "refusing to serve plain HTTP on non-loopback address {}: give --tls-cert and --tls-key, or --insecure-http",
+                self.listen
+            );
+        }
+        Ok(())
+    }
+}
+
+fn load(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_beat_file_beat_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("r.toml");
+        std::fs::write(&p, "listen = \"127.0.0.1:9000\"\nstale_after = 4\ndown_after = 8\n").unwrap();
+        let args = ServeArgs {
+            config: Some(p),
+            stale_after: Some(5),
+            ..Default::default()
+        };
+        let c = RegistryConfig::resolve(args).unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.stale_after, 5);
+        assert_eq!(c.down_after, 8);
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn unknown_file_fields_and_plain_http_on_public_address_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("r.toml");
+        std::fs::write(&p, "lisen = \"127.0.0.1:9000\"\n").unwrap();
+        let e = RegistryConfig::resolve(ServeArgs { config: Some(p), ..Default::default() })
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("unknown field `lisen`"), "{e:#}");
+        let e = RegistryConfig::resolve(ServeArgs {
+            listen: Some("0.0.0.0:7700".parse().unwrap()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("refusing to serve plain HTTP"));
+    }
+}

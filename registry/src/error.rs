@@ -1,0 +1,83 @@
+//! The registry's error type and how each error maps to an HTTP answer.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use steward_proto::{ApiError, Problem};
+
+use crate::store::StoreError;
+
+/// Everything a request can fail with; each variant knows its status code.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("missing or invalid credential: send 'Authorization: Bearer <token>'")]
+    Unauthorized,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("invalid input: {}", .0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; "))]
+    Invalid(Vec<Problem>),
+    #[error("{message}")]
+    Conflict {
+        message: String,
+        problems: Vec<Problem>,
+    },
+    #[error("generation is {current}, If-Match asked for {expected}")]
+    PreconditionFailed { current: u64, expected: u64 },
+    #[error("enrollment refused: {0}")]
+    Enrollment(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl RegistryError {
+    pub fn invalid(field: &str, reason: impl Into<String>) -> Self {
+        RegistryError::Invalid(vec![Problem::new(field, reason)])
+    }
+
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            RegistryError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            RegistryError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            RegistryError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            RegistryError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid"),
+            RegistryError::Conflict { .. } => (StatusCode::CONFLICT, "conflict"),
+            RegistryError::PreconditionFailed { .. } => {
+                (StatusCode::PRECONDITION_FAILED, "precondition_failed")
+            }
+            RegistryError::Enrollment(_) => (StatusCode::FORBIDDEN, "enrollment_refused"),
+            RegistryError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            RegistryError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage"),
+        }
+    }
+}
+
+impl IntoResponse for RegistryError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        if status.is_server_error() {
+            tracing::error!(error = %format!("{self:#}"), "request failed");
+        }
+        let problems = match &self {
+            RegistryError::Invalid(p) => p.clone(),
+            RegistryError::Conflict { problems, .. } => problems.clone(),
+            _ => Vec::new(),
+        };
+        let body = ApiError {
+            error: self.to_string(),
+            code: code.to_string(),
+            problems,
+        };
+        let mut resp = (status, Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+pub type ApiResult<T> = Result<T, RegistryError>;

@@ -1,0 +1,13 @@
+//! steward-registry: the thin central registry of a Steward fleet (HTTP API, embedded store,
+//! node health, events). See docs/ARCHITECTURE.md for the map.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod nodes;
+pub mod schemas;
+pub mod server;
+pub mod specs;
+pub mod state;
+pub mod store;

@@ -1,0 +1,370 @@
+//! Nodes: enrolment, heartbeats, reported status, health transitions and decommissioning.
+//!
+//! Heartbeats update only the in-memory [`Live`](crate::state::Live) entry; the store is
+//! written when a node's health changes or it reports a new status, so disk writes do not grow
+//! with fleet size × heartbeat rate.
+
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use steward_proto::validate::validate_labels;
+use steward_proto::{
+    CredentialKind, EnrollRequest, EnrollResponse, EventKind, Health, Heartbeat,
+    HeartbeatResponse, Node, NodeStatus, Problem,
+};
+
+use crate::auth;
+use crate::error::{ApiResult, RegistryError};
+use crate::state::{AppState, Live};
+use crate::store::NodeRecord;
+
+/// The wire view of a node: its stored record overlaid with live heartbeat data.
+pub fn to_wire(state: &AppState, rec: NodeRecord) -> Node {
+    let mut node = Node {
+        hostname: rec.facts.hostname.clone(),
+        id: rec.id,
+        labels: rec.labels,
+        facts: rec.facts,
+        health: rec.health,
+        enrolled_at: rec.enrolled_at,
+        last_heartbeat: rec.last_heartbeat,
+        heartbeat_rtt_ms: rec.heartbeat_rtt_ms,
+        generation: 0,
+        observed_generation: rec.observed_generation,
+        stats: rec.stats,
+        status: rec.status,
+    };
+    if let Some(ln) = state.live(&node.id) {
+        node.generation = *ln.generation.borrow();
+        let l = ln.lock();
+        node.health = l.health;
+        node.last_heartbeat = l.last_heartbeat;
+        node.heartbeat_rtt_ms = l.rtt_ms;
+        node.observed_generation = l.observed_generation;
+        if l.stats.is_some() {
+            node.stats = l.stats.clone();
+        }
+    }
+    node
+}
+
+fn check_facts(req: &EnrollRequest) -> ApiResult<()> {
+    let mut problems = Vec::new();
+    let mid = &req.facts.machine_id;
+    if mid.is_empty() || mid.len() > 128 || !mid.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        problems.push(Problem::new(
+            "facts.machine_id",
+            "must be 1-128 letters, digits or '-' (the content of /etc/machine-id)",
+        ));
+    }
+    if req.facts.hostname.is_empty() || req.facts.hostname.len() > 253 {
+        problems.push(Problem::new("facts.hostname", "must be 1-253 characters"));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(RegistryError::Invalid(problems))
+    }
+}
+
+/// `POST /v1/enroll`: trades an enrollment token for a node id and secret. The same machine
+/// enrolling again keeps its node and gets its secret rotated.
+pub async fn enroll(state: &AppState, req: EnrollRequest) -> ApiResult<EnrollResponse> {
+    check_facts(&req)?;
+    let refused = || RegistryError::Enrollment("unknown enrollment token".into());
+    let token_id = auth::secret_id(&req.token).ok_or_else(refused)?;
+    let presented = auth::sha256(&req.token);
+    let now = Utc::now();
+    let taken = state
+        .store
+        .take_token_use(token_id, |t| {
+            if !auth::hash_eq(&t.secret_sha256, &presented) {
+                Err("unknown enrollment token".to_string())
+            } else if t.revoked {
+                Err(format!("enrollment token {} was revoked", t.id))
+            } else if t.expires_at <= now {
+                Err(format!("enrollment token {} expired at {}", t.id, t.expires_at))
+            } else if t.uses_left == 0 {
+                Err(format!("enrollment token {} has no uses left", t.id))
+            } else {
+                Ok(())
+            }
+        })?
+        .ok_or_else(refused)?
+        .map_err(RegistryError::Enrollment)?;
+
+    let _guard = state.spec_lock.lock().await;
+    let existing = match state.store.node_for_machine(&req.facts.machine_id)? {
+        Some(id) => state
+            .store
+            .node(&id)?
+            .filter(|n| n.health != Health::Decommissioned),
+        None => None,
+    };
+    let rotated = existing.is_some();
+    let mut rec = match existing {
+        Some(mut rec) => {
+            rec.facts = req.facts;
+            for (k, v) in &taken.labels {
+                rec.labels.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+            rec
+        }
+        None => NodeRecord {
+            id: uuid::Uuid::new_v4().to_string(),
+            labels: taken.labels.clone(),
+            facts: req.facts,
+            health: Health::Ready,
+            enrolled_at: now,
+            last_heartbeat: Some(now),
+            heartbeat_rtt_ms: None,
+            stats: None,
+            status: None,
+            observed_generation: 0,
+            secret_sha256: None,
+        },
+    };
+    let problems = validate_labels(&rec.labels, "labels");
+    if !problems.is_empty() {
+        return Err(RegistryError::Invalid(problems));
+    }
+    let secret = auth::new_secret(&rec.id);
+    rec.secret_sha256 = Some(auth::sha256(&secret));
+    rec.health = Health::Ready;
+    rec.last_heartbeat = Some(now);
+    state.store.put_node(&rec)?;
+    state.store.set_machine(&rec.facts.machine_id, Some(&rec.id))?;
+    let generation = state.store.spec(&rec.id)?.map(|s| s.generation).unwrap_or(0);
+    match state.live(&rec.id) {
+        Some(ln) => {
+            let mut l = ln.lock();
+            l.secret_sha256 = rec.secret_sha256;
+            l.health = Health::Ready;
+            l.last_seen = Instant::now();
+            l.last_heartbeat = Some(now);
+        }
+        None => {
+            state.insert_live(&rec, generation);
+        }
+    }
+    let (kind, what) = if rotated {
+        (EventKind::NodeReenrolled, "enrolled again; secret rotated")
+    } else {
+        (EventKind::NodeEnrolled, "enrolled")
+    };
+    state.event(
+        kind,
+        Some(&rec.id),
+        None,
+        CredentialKind::Enrollment,
+        format!("{} ({}) {what} with token {}", rec.facts.hostname, rec.facts.machine_id, taken.id),
+    )?;
+    state.store.flush().await?;
+    tracing::info!(node = %rec.id, hostname = %rec.facts.hostname, rotated, "node enrolled");
+    Ok(EnrollResponse {
+        node_id: rec.id,
+        node_secret: secret,
+        heartbeat_interval_secs: state.settings.heartbeat_interval.as_secs().max(1),
+        rotated,
+    })
+}
+
+/// Records a health transition in the store and the event log.
+fn transition(state: &AppState, id: &str, from: Health, l: &Live) -> ApiResult<()> {
+    let to = l.health;
+    let last = l.last_heartbeat;
+    let (rtt, stats, observed) = (l.rtt_ms, l.stats.clone(), l.observed_generation);
+    state.store.update_node(id, |r| {
+        if r.health != Health::Decommissioned {
+            r.health = to;
+        }
+        r.last_heartbeat = last;
+        r.heartbeat_rtt_ms = rtt;
+        r.stats = stats.clone();
+        r.observed_generation = observed;
+    })?;
+    state.event(
+        EventKind::HealthChanged,
+        Some(id),
+        None,
+        CredentialKind::System,
+        format!("{from} -> {to}"),
+    )?;
+    tracing::info!(node = %id, %from, %to, "node health changed");
+    Ok(())
+}
+
+/// `POST /v1/nodes/{id}/heartbeat` (already authorised for that node).
+pub fn heartbeat(state: &AppState, id: &str, hb: Heartbeat) -> ApiResult<HeartbeatResponse> {
+    let ln = state
+        .live(id)
+        .ok_or_else(|| RegistryError::NotFound(format!("no node with id {id:?}")))?;
+    let generation = *ln.generation.borrow();
+    let (status_wanted, from) = {
+        let mut l = ln.lock();
+        l.last_seen = Instant::now();
+        l.last_heartbeat = Some(Utc::now());
+        l.observed_generation = hb.observed_generation;
+        if hb.rtt_ms.is_some() {
+            l.rtt_ms = hb.rtt_ms;
+        }
+        if hb.stats.is_some() {
+            l.stats = hb.stats;
+        }
+        let from = l.health;
+        l.health = Health::Ready;
+        let wanted = !hb.status_digest.is_empty() && hb.status_digest != l.status_digest;
+        if from != Health::Ready {
+            transition(state, id, from, &l)?;
+        }
+        (wanted, from)
+    };
+    let _ = from;
+    Ok(HeartbeatResponse {
+        generation,
+        server_time: Utc::now(),
+        status_wanted,
+        heartbeat_interval_secs: state.settings.heartbeat_interval.as_secs().max(1),
+    })
+}
+
+/// `PUT /v1/nodes/{id}/status`: stores a full status (only sent when it changed).
+pub async fn put_status(state: &AppState, id: &str, status: NodeStatus) -> ApiResult<()> {
+    let ln = state
+        .live(id)
+        .ok_or_else(|| RegistryError::NotFound(format!("no node with id {id:?}")))?;
+    let (last, rtt, stats) = {
+        let mut l = ln.lock();
+        l.status_digest = status.digest.clone();
+        l.observed_generation = status.observed_generation;
+        l.last_seen = Instant::now();
+        l.last_heartbeat = Some(Utc::now());
+        (l.last_heartbeat, l.rtt_ms, l.stats.clone())
+    };
+    let summary = summarize(&status);
+    let observed = status.observed_generation;
+    state.store.update_node(id, |r| {
+        r.status = Some(status.clone());
+        r.observed_generation = observed;
+        r.last_heartbeat = last;
+        r.heartbeat_rtt_ms = rtt;
+        r.stats = stats.clone();
+    })?;
+    state.event(
+        EventKind::StatusChanged,
+        Some(id),
+        Some(observed),
+        CredentialKind::Node,
+        summary,
+    )?;
+    Ok(())
+}
+
+fn summarize(s: &NodeStatus) -> String {
+    use std::collections::BTreeMap;
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for r in &s.resources {
+        *counts
+            .entry(serde_json::to_value(r.state).map(|v| v.as_str().unwrap_or("").to_string()).unwrap_or_default())
+            .or_default() += 1;
+    }
+    let parts: Vec<String> = counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
+    format!(
+        "observed generation {}: {}",
+        s.observed_generation,
+        if parts.is_empty() { "no resources".into() } else { parts.join(", ") }
+    )
+}
+
+/// `DELETE /v1/nodes/{id}`: revokes the node's secret; its record and history stay.
+pub async fn decommission(state: &AppState, id: &str, cred: CredentialKind) -> ApiResult<Node> {
+    let _guard = state.spec_lock.lock().await;
+    let rec = state
+        .store
+        .update_node(id, |r| {
+            r.health = Health::Decommissioned;
+            r.secret_sha256 = None;
+        })?
+        .ok_or_else(|| RegistryError::NotFound(format!("no node with id {id:?}")))?;
+    if state.store.node_for_machine(&rec.facts.machine_id)?.as_deref() == Some(id) {
+        state.store.set_machine(&rec.facts.machine_id, None)?;
+    }
+    if let Some(ln) = state.live(id) {
+        let mut l = ln.lock();
+        l.secret_sha256 = None;
+        l.health = Health::Decommissioned;
+    }
+    state.event(
+        EventKind::NodeDecommissioned,
+        Some(id),
+        None,
+        cred,
+        format!("{} decommissioned; its secret is revoked", rec.facts.hostname),
+    )?;
+    state.store.flush().await?;
+    Ok(to_wire(state, rec))
+}
+
+/// Health a node should have after `silent` without heartbeats.
+pub fn health_for(silent: Duration, interval: Duration, stale_after: u32, down_after: u32) -> Health {
+    if silent >= interval * down_after {
+        Health::Down
+    } else if silent >= interval * stale_after {
+        Health::Stale
+    } else {
+        Health::Ready
+    }
+}
+
+/// One pass of the health monitor: moves silent nodes to stale or down.
+pub fn check_health(state: &AppState) {
+    let s = &state.settings;
+    let now = Instant::now();
+    for (id, ln) in state.all_live() {
+        let mut l = ln.lock();
+        if l.health == Health::Decommissioned {
+            continue;
+        }
+        let next = health_for(now.duration_since(l.last_seen), s.heartbeat_interval, s.stale_after, s.down_after);
+        // Only silence degrades health here; recovery happens on the next heartbeat.
+        if next > l.health {
+            let from = l.health;
+            l.health = next;
+            if let Err(e) = transition(state, &id, from, &l) {
+                tracing::error!(node = %id, error = %format!("{e:#}"), "recording health change failed");
+            }
+        }
+    }
+}
+
+/// Runs the health monitor until the task is dropped.
+pub async fn health_monitor(state: AppState) {
+    let tick = (state.settings.heartbeat_interval / 4).max(Duration::from_millis(50));
+    let mut iv = tokio::time::interval(tick);
+    iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        iv.tick().await;
+        check_health(&state);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_thresholds() {
+        let i = Duration::from_secs(10);
+        let cases = [
+            (0, Health::Ready),
+            (29, Health::Ready),
+            (30, Health::Stale),
+            (99, Health::Stale),
+            (100, Health::Down),
+            (1000, Health::Down),
+        ];
+        for (secs, want) in cases {
+            assert_eq!(health_for(Duration::from_secs(secs), i, 3, 10), want, "{secs}s");
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! Start-up: resolve secrets, open the store, spawn the health monitor, serve HTTP(S).
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use anyhow::Context;
+
+use crate::config::RegistryConfig;
+use crate::state::{AppState, Settings};
+use crate::store::Store;
+
+/// Reads a token file (trimmed); refuses an empty one.
+fn read_token(path: &Path) -> anyhow::Result<String> {
+    let t = std::fs::read_to_string(path)
+        .with_context(|| format!("reading token file {}", path.display()))?;
+    let t = t.trim().to_string();
+    anyhow::ensure!(t.len() >= 16, "token in {} is shorter than 16 characters", path.display());
+    Ok(t)
+}
+
+/// The admin token: from the configured file, or generated once into DATA_DIR/admin.token.
+fn admin_token(cfg: &RegistryConfig) -> anyhow::Result<String> {
+    if let Some(p) = &cfg.admin_token_file {
+        return read_token(p);
+    }
+    let path = cfg.data_dir.join("admin.token");
+    if path.exists() {
+        return read_token(&path);
+    }
+    let token = crate::auth::new_secret("admin");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    writeln!(f, "{token}")?;
+    f.sync_all()?;
+    tracing::warn!(path = %path.display(), "no admin token configured: generated one (mode 0600)");
+    Ok(token)
+}
+
+/// Opens the store and builds the shared state (without serving).
+pub fn build_state(cfg: &RegistryConfig) -> anyhow::Result<AppState> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+    let admin = admin_token(cfg)?;
+    let read = cfg.read_token_file.as_deref().map(read_token).transpose()?;
+    let store = Store::open(&cfg.data_dir)
+        .with_context(|| format!("opening store in {}", cfg.data_dir.display()))?;
+    let settings = Settings {
+        heartbeat_interval: cfg.heartbeat_interval,
+        stale_after: cfg.stale_after,
+        down_after: cfg.down_after,
+        max_wait: cfg.max_wait,
+    };
+    Ok(AppState::new(settings, store, &admin, read.as_deref())?)
+}
+
+/// Serves until SIGINT/SIGTERM.
+pub async fn serve(cfg: RegistryConfig) -> anyhow::Result<()> {
+    tracing::info!(
+        listen = %cfg.listen,
+        data_dir = %cfg.data_dir.display(),
+        admin_token_file = ?cfg.admin_token_file,
+        read_token = cfg.read_token_file.is_some(),
+        tls = cfg.tls.is_some(),
+        heartbeat_interval = ?cfg.heartbeat_interval,
+        stale_after = cfg.stale_after,
+        down_after = cfg.down_after,
+        max_wait = ?cfg.max_wait,
+        max_body_bytes = cfg.max_body_bytes,
+        "starting steward-registry"
+    );
+    let state = build_state(&cfg)?;
+    let monitor = tokio::spawn(crate::nodes::health_monitor(state.clone()));
+    let app = crate::api::router(state.clone(), cfg.max_body_bytes);
+    let handle = axum_server::Handle::new();
+    let h = handle.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        h.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
+    });
+    let svc = app.into_make_service();
+    match &cfg.tls {
+        Some((cert, key)) => {
+            // One crypto provider for the whole process (ring), chosen explicitly.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                .await
+                .with_context(|| format!("loading TLS cert {} / key {}", cert.display(), key.display()))?;
+            tracing::info!(addr = %cfg.listen, "listening (https)");
+            axum_server::bind_rustls(cfg.listen, tls).handle(handle).serve(svc).await?;
+        }
+        None => {
+            tracing::info!(addr = %cfg.listen, "listening (http)");
+            axum_server::bind(cfg.listen).handle(handle).serve(svc).await?;
+        }
+    }
+    monitor.abort();
+    state.store.flush().await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            s.recv().await;
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

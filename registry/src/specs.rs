@@ -1,0 +1,365 @@
+//! Desired state: node specs, fleet-wide fragments, and the effective spec of each node
+//! (its own spec merged with every fragment whose selector matches its labels).
+//!
+//! Every change that can alter effective specs runs under `spec_lock`, recomputes the affected
+//! nodes, refuses the change as a whole if any node would get an invalid or conflicting spec,
+//! writes all of it in one transaction, flushes, and only then wakes the watchers.
+
+use chrono::Utc;
+use steward_proto::merge::{merge_specs, Source};
+use steward_proto::selector::Selector;
+use steward_proto::validate::{validate_labels, validate_spec};
+use steward_proto::{
+    CredentialKind, EventKind, Fragment, FragmentWrite, FragmentWritten, Health, Labels, NodePatch,
+    NodeSpec, Problem, SpecWritten,
+};
+
+use crate::error::{ApiResult, RegistryError};
+use crate::state::AppState;
+use crate::store::{NodeRecord, SpecRecord, SpecWrite};
+
+/// The effective spec of a node with these labels, and the fragments merged in.
+pub fn effective_spec(
+    own: &NodeSpec,
+    labels: &Labels,
+    fragments: &[Fragment],
+) -> Result<(NodeSpec, Vec<String>), Vec<Problem>> {
+    let mut matching: Vec<&Fragment> = fragments
+        .iter()
+        .filter(|f| {
+            f.selector
+                .parse::<Selector>()
+                .map(|s| s.matches(labels))
+                .unwrap_or(false)
+        })
+        .collect();
+    matching.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut parts = vec![(Source::Node, own)];
+    parts.extend(
+        matching
+            .iter()
+            .map(|f| (Source::Fragment(f.name.as_str()), &f.spec)),
+    );
+    let merged = merge_specs(&parts)?;
+    validate_spec(&merged).map_err(|e| e.0)?;
+    Ok((merged, matching.iter().map(|f| f.name.clone()).collect()))
+}
+
+fn prefixed(problems: Vec<Problem>, prefix: &str) -> Vec<Problem> {
+    problems
+        .into_iter()
+        .map(|p| Problem::new(format!("{prefix}{}", p.field), p.reason))
+        .collect()
+}
+
+/// Validates a resource name used in a URL (fragment names).
+pub fn check_name(field: &str, name: &str) -> ApiResult<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(RegistryError::invalid(
+            field,
+            format!("{name:?} must be 1-63 letters, digits, '-', '_' or '.', starting with a letter or digit"),
+        ))
+    }
+}
+
+fn live_node(state: &AppState, id: &str) -> ApiResult<NodeRecord> {
+    state
+        .store
+        .node(id)?
+        .ok_or_else(|| RegistryError::NotFound(format!("no node with id {id:?}")))
+}
+
+/// Stores, flushes, then wakes watchers and logs one event per changed node.
+async fn commit(
+    state: &AppState,
+    writes: Vec<SpecWrite>,
+    fragment: Option<(&str, Option<&Fragment>)>,
+    node: Option<&NodeRecord>,
+    cred: CredentialKind,
+    why: &str,
+) -> ApiResult<Vec<SpecWritten>> {
+    state.store.write_specs(&writes, fragment, node)?;
+    state.store.flush().await?;
+    let mut out = Vec::with_capacity(writes.len());
+    for w in writes {
+        if let Some(ln) = state.live(&w.node_id) {
+            ln.generation.send_replace(w.record.generation);
+        }
+        state.event(
+            EventKind::SpecWritten,
+            Some(&w.node_id),
+            Some(w.record.generation),
+            cred,
+            format!("generation {} ({why})", w.record.generation),
+        )?;
+        out.push(SpecWritten {
+            node_id: w.node_id,
+            generation: w.record.generation,
+        });
+    }
+    Ok(out)
+}
+
+/// `PUT /v1/nodes/{id}/spec`.
+pub async fn write_node_spec(
+    state: &AppState,
+    id: &str,
+    own: NodeSpec,
+    if_match: Option<u64>,
+    cred: CredentialKind,
+) -> ApiResult<SpecWritten> {
+    validate_spec(&own).map_err(|e| RegistryError::Invalid(e.0))?;
+    let _guard = state.spec_lock.lock().await;
+    let node = live_node(state, id)?;
+    if node.health == Health::Decommissioned {
+        return Err(RegistryError::Conflict {
+            message: format!("node {id:?} is decommissioned"),
+            problems: vec![],
+        });
+    }
+    let current = state.store.spec(id)?.unwrap_or_default();
+    if let Some(expected) = if_match {
+        if expected != current.generation {
+            return Err(RegistryError::PreconditionFailed {
+                current: current.generation,
+                expected,
+            });
+        }
+    }
+    let fragments = state.store.fragments()?;
+    let (effective, names) =
+        effective_spec(&own, &node.labels, &fragments).map_err(|problems| {
+            RegistryError::Conflict {
+                message: "the spec conflicts with the fragments that apply to this node".into(),
+                problems,
+            }
+        })?;
+    if current.generation > 0 && current.own == own && current.effective == effective {
+        return Ok(SpecWritten {
+            node_id: id.to_string(),
+            generation: current.generation,
+        });
+    }
+    let record = SpecRecord {
+        generation: current.generation + 1,
+        own,
+        effective,
+        fragments: names,
+        updated_at: Some(Utc::now()),
+    };
+    let write = SpecWrite {
+        node_id: id.to_string(),
+        record,
+    };
+    let mut done = commit(state, vec![write], None, None, cred, "node spec written").await?;
+    Ok(done.remove(0))
+}
+
+/// Recomputes the effective spec of every (non-decommissioned) node for which `touches`
+/// holds, with `fragments` as the fragment set; returns the writes for nodes whose effective
+/// spec changed, or every problem found.
+fn recompute(
+    state: &AppState,
+    fragments: &[Fragment],
+    touches: impl Fn(&NodeRecord) -> bool,
+    label_override: Option<&NodeRecord>,
+) -> ApiResult<Vec<SpecWrite>> {
+    let mut writes = Vec::new();
+    let mut problems = Vec::new();
+    let nodes = match label_override {
+        Some(n) => vec![n.clone()],
+        None => state.store.nodes()?,
+    };
+    for node in nodes {
+        if node.health == Health::Decommissioned || !touches(&node) {
+            continue;
+        }
+        let current = state.store.spec(&node.id)?.unwrap_or_default();
+        match effective_spec(&current.own, &node.labels, fragments) {
+            Ok((effective, names)) => {
+                if effective != current.effective || names != current.fragments {
+                    writes.push(SpecWrite {
+                        node_id: node.id.clone(),
+                        record: SpecRecord {
+                            generation: current.generation + 1,
+                            own: current.own,
+                            effective,
+                            fragments: names,
+                            updated_at: Some(Utc::now()),
+                        },
+                    });
+                }
+            }
+            Err(ps) => problems.extend(prefixed(ps, &format!("nodes[{}].", node.id))),
+        }
+    }
+    if problems.is_empty() {
+        Ok(writes)
+    } else {
+        Err(RegistryError::Conflict {
+            message: "the change would give some nodes a conflicting or invalid spec".into(),
+            problems,
+        })
+    }
+}
+
+fn selector_matches(sel: &str, labels: &Labels) -> bool {
+    sel.parse::<Selector>()
+        .map(|s| s.matches(labels))
+        .unwrap_or(false)
+}
+
+/// `PUT /v1/fragments/{name}`.
+pub async fn write_fragment(
+    state: &AppState,
+    name: &str,
+    body: FragmentWrite,
+    cred: CredentialKind,
+) -> ApiResult<FragmentWritten> {
+    check_name("name", name)?;
+    let mut problems = Vec::new();
+    if let Err(e) = body.selector.parse::<Selector>() {
+        problems.push(Problem::new("selector", e.to_string()));
+    }
+    if let Err(e) = validate_spec(&body.spec) {
+        problems.extend(prefixed(e.0, "spec."));
+    }
+    if !problems.is_empty() {
+        return Err(RegistryError::Invalid(problems));
+    }
+    let _guard = state.spec_lock.lock().await;
+    let mut fragments = state.store.fragments()?;
+    let old = fragments.iter().position(|f| f.name == name);
+    let old_selector = old.map(|i| fragments[i].selector.clone());
+    let frag = Fragment {
+        name: name.to_string(),
+        selector: body.selector,
+        spec: body.spec,
+        revision: old.map(|i| fragments[i].revision).unwrap_or(0) + 1,
+        updated_at: Utc::now(),
+    };
+    match old {
+        Some(i) => fragments[i] = frag.clone(),
+        None => fragments.push(frag.clone()),
+    }
+    let writes = recompute(
+        state,
+        &fragments,
+        |n| {
+            selector_matches(&frag.selector, &n.labels)
+                || old_selector
+                    .as_deref()
+                    .is_some_and(|s| selector_matches(s, &n.labels))
+        },
+        None,
+    )?;
+    let why = format!("fragment {name:?} revision {}", frag.revision);
+    let affected = commit(state, writes, Some((name, Some(&frag))), None, cred, &why).await?;
+    state.event(
+        EventKind::FragmentWritten,
+        None,
+        None,
+        cred,
+        format!(
+            "fragment {name:?} revision {} (selector {:?}) written; {} node(s) affected",
+            frag.revision,
+            frag.selector,
+            affected.len()
+        ),
+    )?;
+    Ok(FragmentWritten {
+        name: name.to_string(),
+        revision: frag.revision,
+        affected,
+    })
+}
+
+/// `DELETE /v1/fragments/{name}`.
+pub async fn delete_fragment(
+    state: &AppState,
+    name: &str,
+    cred: CredentialKind,
+) -> ApiResult<FragmentWritten> {
+    let _guard = state.spec_lock.lock().await;
+    let mut fragments = state.store.fragments()?;
+    let Some(i) = fragments.iter().position(|f| f.name == name) else {
+        return Err(RegistryError::NotFound(format!("no fragment named {name:?}")));
+    };
+    let old = fragments.remove(i);
+    let writes = recompute(
+        state,
+        &fragments,
+        |n| selector_matches(&old.selector, &n.labels),
+        None,
+    )?;
+    let why = format!("fragment {name:?} deleted");
+    let affected = commit(state, writes, Some((name, None)), None, cred, &why).await?;
+    state.event(
+        EventKind::FragmentDeleted,
+        None,
+        None,
+        cred,
+        format!("fragment {name:?} deleted; {} node(s) affected", affected.len()),
+    )?;
+    Ok(FragmentWritten {
+        name: name.to_string(),
+        revision: old.revision,
+        affected,
+    })
+}
+
+/// `PATCH /v1/nodes/{id}`: label merge patch; re-evaluates which fragments apply.
+pub async fn patch_node(
+    state: &AppState,
+    id: &str,
+    patch: NodePatch,
+    cred: CredentialKind,
+) -> ApiResult<NodeRecord> {
+    let _guard = state.spec_lock.lock().await;
+    let mut node = live_node(state, id)?;
+    if node.health == Health::Decommissioned {
+        return Err(RegistryError::Conflict {
+            message: format!("node {id:?} is decommissioned"),
+            problems: vec![],
+        });
+    }
+    let before = node.labels.clone();
+    for (k, v) in patch.labels {
+        match v {
+            Some(v) => node.labels.insert(k, v),
+            None => node.labels.remove(&k),
+        };
+    }
+    let problems = validate_labels(&node.labels, "labels");
+    if !problems.is_empty() {
+        return Err(RegistryError::Invalid(problems));
+    }
+    if node.labels == before {
+        return Ok(node);
+    }
+    let fragments = state.store.fragments()?;
+    let writes = recompute(state, &fragments, |_| true, Some(&node))?;
+    commit(state, writes, None, Some(&node), cred, "labels changed").await?;
+    let fmt = |l: &Labels| {
+        l.iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    state.event(
+        EventKind::LabelsChanged,
+        Some(id),
+        Some(state.generation(id)),
+        cred,
+        format!("labels {} -> {}", fmt(&before), fmt(&node.labels)),
+    )?;
+    Ok(node)
+}

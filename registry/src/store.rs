@@ -1,0 +1,330 @@
+//! The registry's embedded store (sled): nodes, specs, fragments, enrollment tokens, events.
+//!
+//! Only this module touches sled. Writes that must be durable before they are acknowledged
+//! call [`Store::flush`] (fsync of the log) before the handler answers.
+
+use chrono::{DateTime, Utc};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+use steward_proto::{Event, Fragment, Health, HostStats, Labels, NodeFacts, NodeSpec, NodeStatus};
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage error: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("corrupt record in {tree}: {source}")]
+    Corrupt {
+        tree: &'static str,
+        source: serde_json::Error,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// A node as stored: the wire `Node` fields that are persisted, plus its credential hash.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub id: String,
+    pub labels: Labels,
+    pub facts: NodeFacts,
+    pub health: Health,
+    pub enrolled_at: DateTime<Utc>,
+    /// Last heartbeat as of the last write (heartbeats themselves live in memory).
+    pub last_heartbeat: Option<DateTime<Utc>>,
+    pub heartbeat_rtt_ms: Option<f64>,
+    pub stats: Option<HostStats>,
+    pub status: Option<NodeStatus>,
+    pub observed_generation: u64,
+    /// sha256 of the node secret; `None` once decommissioned.
+    pub secret_sha256: Option<[u8; 32]>,
+}
+
+/// A node's desired state as stored.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SpecRecord {
+    pub generation: u64,
+    pub own: NodeSpec,
+    pub effective: NodeSpec,
+    pub fragments: Vec<String>,
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+/// An enrollment token as stored (hash only).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub id: String,
+    pub secret_sha256: [u8; 32],
+    pub description: Option<String>,
+    pub labels: Labels,
+    pub uses_total: u32,
+    pub uses_left: u32,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub revoked: bool,
+}
+
+/// The sled database and its trees.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    nodes: sled::Tree,
+    machines: sled::Tree,
+    specs: sled::Tree,
+    fragments: sled::Tree,
+    tokens: sled::Tree,
+    events: sled::Tree,
+}
+
+fn enc<T: Serialize>(v: &T) -> Vec<u8> {
+    // Serialising our own plain structs to JSON cannot fail (no maps with non-string keys).
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+fn dec<T: DeserializeOwned>(tree: &'static str, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt { tree, source })
+}
+
+/// Changes to write atomically with a spec change.
+pub struct SpecWrite {
+    pub node_id: String,
+    pub record: SpecRecord,
+}
+
+impl Store {
+    pub fn open(dir: &std::path::Path) -> Result<Self> {
+        let db = sled::Config::new().path(dir.join("db")).open()?;
+        Ok(Self {
+            nodes: db.open_tree("nodes")?,
+            machines: db.open_tree("machines")?,
+            specs: db.open_tree("specs")?,
+            fragments: db.open_tree("fragments")?,
+            tokens: db.open_tree("tokens")?,
+            events: db.open_tree("events")?,
+            db,
+        })
+    }
+
+    /// Makes every write so far durable (fsync).
+    pub async fn flush(&self) -> Result<()> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    pub fn node(&self, id: &str) -> Result<Option<NodeRecord>> {
+        self.nodes
+            .get(id)?
+            .map(|b| dec("nodes", &b))
+            .transpose()
+    }
+
+    pub fn nodes(&self) -> Result<Vec<NodeRecord>> {
+        self.nodes
+            .iter()
+            .values()
+            .map(|v| dec("nodes", &v?))
+            .collect()
+    }
+
+    pub fn put_node(&self, n: &NodeRecord) -> Result<()> {
+        self.nodes.insert(n.id.as_bytes(), enc(n))?;
+        Ok(())
+    }
+
+    pub fn node_for_machine(&self, machine_id: &str) -> Result<Option<String>> {
+        Ok(self
+            .machines
+            .get(machine_id)?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    pub fn set_machine(&self, machine_id: &str, node_id: Option<&str>) -> Result<()> {
+        match node_id {
+            Some(id) => self.machines.insert(machine_id, id.as_bytes())?,
+            None => self.machines.remove(machine_id)?,
+        };
+        Ok(())
+    }
+
+    pub fn spec(&self, node_id: &str) -> Result<Option<SpecRecord>> {
+        self.specs
+            .get(node_id)?
+            .map(|b| dec("specs", &b))
+            .transpose()
+    }
+
+    /// Every node's spec generation, for the watchers at start-up.
+    pub fn generations(&self) -> Result<Vec<(String, u64)>> {
+        self.specs
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                let rec: SpecRecord = dec("specs", &v)?;
+                Ok((String::from_utf8_lossy(&k).into_owned(), rec.generation))
+            })
+            .collect()
+    }
+
+    pub fn fragment(&self, name: &str) -> Result<Option<Fragment>> {
+        self.fragments
+            .get(name)?
+            .map(|b| dec("fragments", &b))
+            .transpose()
+    }
+
+    pub fn fragments(&self) -> Result<Vec<Fragment>> {
+        self.fragments
+            .iter()
+            .values()
+            .map(|v| dec("fragments", &v?))
+            .collect()
+    }
+
+    /// Writes node specs, optionally a fragment change and a node record, in one transaction:
+    /// either all of them are stored or none is. `fragment`: `(name, Some(f))` stores,
+    /// `(name, None)` deletes.
+    pub fn write_specs(
+        &self,
+        specs: &[SpecWrite],
+        fragment: Option<(&str, Option<&Fragment>)>,
+        node: Option<&NodeRecord>,
+    ) -> Result<()> {
+        let encoded: Vec<(&str, Vec<u8>)> = specs
+            .iter()
+            .map(|w| (w.node_id.as_str(), enc(&w.record)))
+            .collect();
+        let frag = fragment.map(|(name, f)| (name, f.map(enc)));
+        let node = node.map(|n| (n.id.as_str(), enc(n)));
+        let res: std::result::Result<(), TransactionError<()>> =
+            (&self.specs, &self.fragments, &self.nodes).transaction(|(s, f, n)| {
+                if let Some((id, bytes)) = &node {
+                    n.insert(id.as_bytes(), bytes.as_slice())?;
+                }
+                for (id, bytes) in &encoded {
+                    s.insert(id.as_bytes(), bytes.as_slice())?;
+                }
+                if let Some((name, val)) = &frag {
+                    match val {
+                        Some(bytes) => {
+                            f.insert(name.as_bytes(), bytes.as_slice())?;
+                        }
+                        None => {
+                            f.remove(name.as_bytes())?;
+                        }
+                    }
+                }
+                Ok::<(), ConflictableTransactionError<()>>(())
+            });
+        match res {
+            Ok(()) => Ok(()),
+            Err(TransactionError::Storage(e)) => Err(e.into()),
+            Err(TransactionError::Abort(())) => Ok(()),
+        }
+    }
+
+    pub fn token(&self, id: &str) -> Result<Option<TokenRecord>> {
+        self.tokens
+            .get(id)?
+            .map(|b| dec("tokens", &b))
+            .transpose()
+    }
+
+    pub fn tokens(&self) -> Result<Vec<TokenRecord>> {
+        self.tokens
+            .iter()
+            .values()
+            .map(|v| dec("tokens", &v?))
+            .collect()
+    }
+
+    pub fn put_token(&self, t: &TokenRecord) -> Result<()> {
+        self.tokens.insert(t.id.as_bytes(), enc(t))?;
+        Ok(())
+    }
+
+    /// Takes one use of a token atomically; returns the record as it was before, or `None`
+    /// when it does not exist. The caller checks expiry, revocation and uses left first via
+    /// `check`, which runs inside the compare-and-swap loop.
+    pub fn take_token_use<E>(
+        &self,
+        id: &str,
+        check: impl Fn(&TokenRecord) -> std::result::Result<(), E>,
+    ) -> Result<Option<std::result::Result<TokenRecord, E>>> {
+        loop {
+            let Some(old) = self.tokens.get(id)? else {
+                return Ok(None);
+            };
+            let rec: TokenRecord = dec("tokens", &old)?;
+            if let Err(e) = check(&rec) {
+                return Ok(Some(Err(e)));
+            }
+            let mut next = rec.clone();
+            next.uses_left = next.uses_left.saturating_sub(1);
+            if self
+                .tokens
+                .compare_and_swap(id, Some(old), Some(enc(&next)))?
+                .is_ok()
+            {
+                return Ok(Some(Ok(rec)));
+            }
+        }
+    }
+
+    /// Sequence number of the last stored event (0 when none).
+    pub fn last_event_seq(&self) -> Result<u64> {
+        Ok(self
+            .events
+            .last()?
+            .map(|(k, _)| seq_from_key(&k))
+            .unwrap_or(0))
+    }
+
+    pub fn put_event(&self, e: &Event) -> Result<()> {
+        self.events.insert(e.seq.to_be_bytes(), enc(e))?;
+        Ok(())
+    }
+
+    /// Events with `seq > after`, oldest first, at most `limit`.
+    pub fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>> {
+        let start = after.saturating_add(1).to_be_bytes();
+        self.events
+            .range(start..)
+            .values()
+            .take(limit)
+            .map(|v| dec("events", &v?))
+            .collect()
+    }
+}
+
+fn seq_from_key(k: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    let n = k.len().min(8);
+    b[..n].copy_from_slice(&k[..n]);
+    u64::from_be_bytes(b)
+}
+
+impl Store {
+    /// Read-modify-write of one node record (compare-and-swap loop, so concurrent updates of
+    /// other fields are not lost). Returns the new record, or `None` when absent.
+    pub fn update_node(
+        &self,
+        id: &str,
+        mut f: impl FnMut(&mut NodeRecord),
+    ) -> Result<Option<NodeRecord>> {
+        loop {
+            let Some(old) = self.nodes.get(id)? else {
+                return Ok(None);
+            };
+            let mut rec: NodeRecord = dec("nodes", &old)?;
+            f(&mut rec);
+            if self
+                .nodes
+                .compare_and_swap(id, Some(old), Some(enc(&rec)))?
+                .is_ok()
+            {
+                return Ok(Some(rec));
+            }
+        }
+    }
+}
