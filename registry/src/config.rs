@@ -111,7 +111,10 @@ impl RegistryConfig {
             None if Path::new(DEFAULT_CONFIG).exists() => load(Path::new(DEFAULT_CONFIG))?,
             None => FileConfig::default(),
         };
-        let tls = match (args.tls_cert.or(file.tls_cert), args.tls_key.or(file.tls_key)) {
+        let tls = match (
+            args.tls_cert.or(file.tls_cert),
+            args.tls_key.or(file.tls_key),
+        ) {
             (Some(c), Some(k)) => Some((c, k)),
             (None, None) => None,
             _ => bail!("tls_cert and tls_key must be given together"),
@@ -186,7 +189,11 @@ mod tests {
     fn flags_beat_file_beat_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("r.toml");
-        std::fs::write(&p, "listen = \"127.0.0.1:9000\"\nstale_after = 4\ndown_after = 8\n").unwrap();
+        std::fs::write(
+            &p,
+            "listen = \"127.0.0.1:9000\"\nstale_after = 4\ndown_after = 8\n",
+        )
+        .unwrap();
         let args = ServeArgs {
             config: Some(p),
             stale_after: Some(5),
@@ -204,8 +211,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("r.toml");
         std::fs::write(&p, "lisen = \"127.0.0.1:9000\"\n").unwrap();
-        let e = RegistryConfig::resolve(ServeArgs { config: Some(p), ..Default::default() })
-            .unwrap_err();
+        let e = RegistryConfig::resolve(ServeArgs {
+            config: Some(p),
+            ..Default::default()
+        })
+        .unwrap_err();
         assert!(format!("{e:#}").contains("unknown field `lisen`"), "{e:#}");
         let e = RegistryConfig::resolve(ServeArgs {
             listen: Some("0.0.0.0:7700".parse().unwrap()),

@@ -4,7 +4,11 @@ use clap::{Parser, Subcommand};
 use steward_registry::config::{RegistryConfig, ServeArgs};
 
 #[derive(Parser)]
-#[command(name = "steward-registry", version, about = "Steward's central registry: desired state, enrolment, heartbeats and events for a fleet of hosts")]
+#[command(
+    name = "steward-registry",
+    version,
+    about = "Steward's central registry: desired state, enrolment, heartbeats and events for a fleet of hosts"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,

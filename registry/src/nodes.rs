@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use steward_proto::validate::validate_labels;
 use steward_proto::{
-    CredentialKind, EnrollRequest, EnrollResponse, EventKind, Health, Heartbeat,
-    HeartbeatResponse, Node, NodeStatus, Problem,
+    CredentialKind, EnrollRequest, EnrollResponse, EventKind, Health, Heartbeat, HeartbeatResponse,
+    Node, NodeStatus, Problem,
 };
 
 use crate::auth;
@@ -51,7 +51,10 @@ pub fn to_wire(state: &AppState, rec: NodeRecord) -> Node {
 fn check_facts(req: &EnrollRequest) -> ApiResult<()> {
     let mut problems = Vec::new();
     let mid = &req.facts.machine_id;
-    if mid.is_empty() || mid.len() > 128 || !mid.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+    if mid.is_empty()
+        || mid.len() > 128
+        || !mid.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    {
         problems.push(Problem::new(
             "facts.machine_id",
             "must be 1-128 letters, digits or '-' (the content of /etc/machine-id)",
@@ -83,7 +86,10 @@ pub async fn enroll(state: &AppState, req: EnrollRequest) -> ApiResult<EnrollRes
             } else if t.revoked {
                 Err(format!("enrollment token {} was revoked", t.id))
             } else if t.expires_at <= now {
-                Err(format!("enrollment token {} expired at {}", t.id, t.expires_at))
+                Err(format!(
+                    "enrollment token {} expired at {}",
+                    t.id, t.expires_at
+                ))
             } else if t.uses_left == 0 {
                 Err(format!("enrollment token {} has no uses left", t.id))
             } else {
@@ -133,8 +139,14 @@ pub async fn enroll(state: &AppState, req: EnrollRequest) -> ApiResult<EnrollRes
     rec.health = Health::Ready;
     rec.last_heartbeat = Some(now);
     state.store.put_node(&rec)?;
-    state.store.set_machine(&rec.facts.machine_id, Some(&rec.id))?;
-    let generation = state.store.spec(&rec.id)?.map(|s| s.generation).unwrap_or(0);
+    state
+        .store
+        .set_machine(&rec.facts.machine_id, Some(&rec.id))?;
+    let generation = state
+        .store
+        .spec(&rec.id)?
+        .map(|s| s.generation)
+        .unwrap_or(0);
     match state.live(&rec.id) {
         Some(ln) => {
             let mut l = ln.lock();
@@ -157,7 +169,10 @@ pub async fn enroll(state: &AppState, req: EnrollRequest) -> ApiResult<EnrollRes
         Some(&rec.id),
         None,
         CredentialKind::Enrollment,
-        format!("{} ({}) {what} with token {}", rec.facts.hostname, rec.facts.machine_id, taken.id),
+        format!(
+            "{} ({}) {what} with token {}",
+            rec.facts.hostname, rec.facts.machine_id, taken.id
+        ),
     )?;
     state.store.flush().await?;
     tracing::info!(node = %rec.id, hostname = %rec.facts.hostname, rotated, "node enrolled");
@@ -265,14 +280,22 @@ fn summarize(s: &NodeStatus) -> String {
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     for r in &s.resources {
         *counts
-            .entry(serde_json::to_value(r.state).map(|v| v.as_str().unwrap_or("").to_string()).unwrap_or_default())
+            .entry(
+                serde_json::to_value(r.state)
+                    .map(|v| v.as_str().unwrap_or("").to_string())
+                    .unwrap_or_default(),
+            )
             .or_default() += 1;
     }
     let parts: Vec<String> = counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
     format!(
         "observed generation {}: {}",
         s.observed_generation,
-        if parts.is_empty() { "no resources".into() } else { parts.join(", ") }
+        if parts.is_empty() {
+            "no resources".into()
+        } else {
+            parts.join(", ")
+        }
     )
 }
 
@@ -286,7 +309,12 @@ pub async fn decommission(state: &AppState, id: &str, cred: CredentialKind) -> A
             r.secret_sha256 = None;
         })?
         .ok_or_else(|| RegistryError::NotFound(format!("no node with id {id:?}")))?;
-    if state.store.node_for_machine(&rec.facts.machine_id)?.as_deref() == Some(id) {
+    if state
+        .store
+        .node_for_machine(&rec.facts.machine_id)?
+        .as_deref()
+        == Some(id)
+    {
         state.store.set_machine(&rec.facts.machine_id, None)?;
     }
     if let Some(ln) = state.live(id) {
@@ -299,14 +327,22 @@ pub async fn decommission(state: &AppState, id: &str, cred: CredentialKind) -> A
         Some(id),
         None,
         cred,
-        format!("{} decommissioned; its secret is revoked", rec.facts.hostname),
+        format!(
+            "{} decommissioned; its secret is revoked",
+            rec.facts.hostname
+        ),
     )?;
     state.store.flush().await?;
     Ok(to_wire(state, rec))
 }
 
 /// Health a node should have after `silent` without heartbeats.
-pub fn health_for(silent: Duration, interval: Duration, stale_after: u32, down_after: u32) -> Health {
+pub fn health_for(
+    silent: Duration,
+    interval: Duration,
+    stale_after: u32,
+    down_after: u32,
+) -> Health {
     if silent >= interval * down_after {
         Health::Down
     } else if silent >= interval * stale_after {
@@ -325,7 +361,12 @@ pub fn check_health(state: &AppState) {
         if l.health == Health::Decommissioned {
             continue;
         }
-        let next = health_for(now.duration_since(l.last_seen), s.heartbeat_interval, s.stale_after, s.down_after);
+        let next = health_for(
+            now.duration_since(l.last_seen),
+            s.heartbeat_interval,
+            s.stale_after,
+            s.down_after,
+        );
         // Only silence degrades health here; recovery happens on the next heartbeat.
         if next > l.health {
             let from = l.health;
@@ -364,7 +405,11 @@ mod tests {
             (1000, Health::Down),
         ];
         for (secs, want) in cases {
-            assert_eq!(health_for(Duration::from_secs(secs), i, 3, 10), want, "{secs}s");
+            assert_eq!(
+                health_for(Duration::from_secs(secs), i, 3, 10),
+                want,
+                "{secs}s"
+            );
         }
     }
 }

@@ -15,7 +15,11 @@ fn read_token(path: &Path) -> anyhow::Result<String> {
     let t = std::fs::read_to_string(path)
         .with_context(|| format!("reading token file {}", path.display()))?;
     let t = t.trim().to_string();
-    anyhow::ensure!(t.len() >= 16, "token in {} is shorter than 16 characters", path.display());
+    anyhow::ensure!(
+        t.len() >= 16,
+        "token in {} is shorter than 16 characters",
+        path.display()
+    );
     Ok(t)
 }
 
@@ -90,13 +94,25 @@ pub async fn serve(cfg: RegistryConfig) -> anyhow::Result<()> {
             let _ = rustls::crypto::ring::default_provider().install_default();
             let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
                 .await
-                .with_context(|| format!("loading TLS cert {} / key {}", cert.display(), key.display()))?;
+                .with_context(|| {
+                    format!(
+                        "loading TLS cert {} / key {}",
+                        cert.display(),
+                        key.display()
+                    )
+                })?;
             tracing::info!(addr = %cfg.listen, "listening (https)");
-            axum_server::bind_rustls(cfg.listen, tls).handle(handle).serve(svc).await?;
+            axum_server::bind_rustls(cfg.listen, tls)
+                .handle(handle)
+                .serve(svc)
+                .await?;
         }
         None => {
             tracing::info!(addr = %cfg.listen, "listening (http)");
-            axum_server::bind(cfg.listen).handle(handle).serve(svc).await?;
+            axum_server::bind(cfg.listen)
+                .handle(handle)
+                .serve(svc)
+                .await?;
         }
     }
     monitor.abort();
@@ -108,7 +124,8 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
             s.recv().await;
         }
     };

@@ -291,7 +291,9 @@ pub async fn delete_fragment(
     let _guard = state.spec_lock.lock().await;
     let mut fragments = state.store.fragments()?;
     let Some(i) = fragments.iter().position(|f| f.name == name) else {
-        return Err(RegistryError::NotFound(format!("no fragment named {name:?}")));
+        return Err(RegistryError::NotFound(format!(
+            "no fragment named {name:?}"
+        )));
     };
     let old = fragments.remove(i);
     let writes = recompute(
@@ -307,7 +309,10 @@ pub async fn delete_fragment(
         None,
         None,
         cred,
-        format!("fragment {name:?} deleted; {} node(s) affected", affected.len()),
+        format!(
+            "fragment {name:?} deleted; {} node(s) affected",
+            affected.len()
+        ),
     )?;
     Ok(FragmentWritten {
         name: name.to_string(),

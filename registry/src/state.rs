@@ -98,7 +98,10 @@ impl AppState {
         let now = Instant::now();
         for rec in store.nodes()? {
             let generation = generations.get(&rec.id).copied().unwrap_or(0);
-            nodes.insert(rec.id.clone(), Arc::new(live_from_record(&rec, generation, now)));
+            nodes.insert(
+                rec.id.clone(),
+                Arc::new(live_from_record(&rec, generation, now)),
+            );
         }
         let seq = store.last_event_seq()?;
         let (events, _) = broadcast::channel(4096);

@@ -113,10 +113,7 @@ impl Store {
     }
 
     pub fn node(&self, id: &str) -> Result<Option<NodeRecord>> {
-        self.nodes
-            .get(id)?
-            .map(|b| dec("nodes", &b))
-            .transpose()
+        self.nodes.get(id)?.map(|b| dec("nodes", &b)).transpose()
     }
 
     pub fn nodes(&self) -> Result<Vec<NodeRecord>> {
@@ -224,10 +221,7 @@ impl Store {
     }
 
     pub fn token(&self, id: &str) -> Result<Option<TokenRecord>> {
-        self.tokens
-            .get(id)?
-            .map(|b| dec("tokens", &b))
-            .transpose()
+        self.tokens.get(id)?.map(|b| dec("tokens", &b)).transpose()
     }
 
     pub fn tokens(&self) -> Result<Vec<TokenRecord>> {

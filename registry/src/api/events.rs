@@ -16,11 +16,10 @@ use crate::error::{ApiResult, RegistryError};
 use crate::state::AppState;
 
 fn after_param(q: &HashMap<String, String>, headers: &HeaderMap) -> ApiResult<u64> {
-    let raw = q.get("after").map(String::as_str).or_else(|| {
-        headers
-            .get("last-event-id")
-            .and_then(|v| v.to_str().ok())
-    });
+    let raw = q
+        .get("after")
+        .map(String::as_str)
+        .or_else(|| headers.get("last-event-id").and_then(|v| v.to_str().ok()));
     raw.map(|s| {
         s.parse::<u64>()
             .map_err(|_| RegistryError::invalid("after", "must be an event sequence number"))

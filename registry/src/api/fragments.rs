@@ -15,7 +15,10 @@ pub async fn list(State(state): State<AppState>) -> ApiResult<Json<Vec<Fragment>
     Ok(Json(v))
 }
 
-pub async fn get(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<Fragment>> {
+pub async fn get(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Fragment>> {
     state
         .store
         .fragment(&name)?
@@ -29,7 +32,9 @@ pub async fn put(
     Path(name): Path<String>,
     Doc(body): Doc<FragmentWrite>,
 ) -> ApiResult<Json<FragmentWritten>> {
-    Ok(Json(crate::specs::write_fragment(&state, &name, body, caller.kind()).await?))
+    Ok(Json(
+        crate::specs::write_fragment(&state, &name, body, caller.kind()).await?,
+    ))
 }
 
 pub async fn delete(
@@ -37,5 +42,7 @@ pub async fn delete(
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<FragmentWritten>> {
-    Ok(Json(crate::specs::delete_fragment(&state, &name, caller.kind()).await?))
+    Ok(Json(
+        crate::specs::delete_fragment(&state, &name, caller.kind()).await?,
+    ))
 }

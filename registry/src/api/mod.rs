@@ -6,11 +6,11 @@ mod events;
 mod fragments;
 mod meta;
 mod nodes;
-mod spec;
-mod tokens;
 pub mod openapi;
+mod spec;
 #[cfg(test)]
 mod tests;
+mod tokens;
 
 use axum::extract::{RawPathParams, Request, State};
 use axum::http::{header, Method};
@@ -85,10 +85,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     for route in routes() {
         let mut mr = (route.handler)();
         if route.access != Access::Public {
-            mr = mr.route_layer(from_fn_with_state(
-                (state.clone(), route.access),
-                authorize,
-            ));
+            mr = mr.route_layer(from_fn_with_state((state.clone(), route.access), authorize));
         }
         r = r.route(route.path, mr);
     }

@@ -6,7 +6,10 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use steward_proto::selector::Selector;
-use steward_proto::{EnrollRequest, EnrollResponse, Health, Heartbeat, HeartbeatResponse, Node, NodePatch, NodeStatus};
+use steward_proto::{
+    EnrollRequest, EnrollResponse, Health, Heartbeat, HeartbeatResponse, Node, NodePatch,
+    NodeStatus,
+};
 
 use super::Doc;
 use crate::auth::Caller;
@@ -29,7 +32,9 @@ pub async fn list(
         .get("selector")
         .map(|s| s.parse())
         .transpose()
-        .map_err(|e: steward_proto::selector::SelectorError| RegistryError::invalid("selector", e.to_string()))?
+        .map_err(|e: steward_proto::selector::SelectorError| {
+            RegistryError::invalid("selector", e.to_string())
+        })?
         .unwrap_or_default();
     let health: Option<Vec<Health>> = q
         .get("health")

@@ -6,7 +6,9 @@ use crate::auth::Access;
 
 fn schema_ref(name: &str) -> Value {
     match name.strip_suffix("[]") {
-        Some(item) => json!({"type": "array", "items": {"$ref": format!("#/components/schemas/{item}")}}),
+        Some(item) => {
+            json!({"type": "array", "items": {"$ref": format!("#/components/schemas/{item}")}})
+        }
         None => json!({"$ref": format!("#/components/schemas/{name}")}),
     }
 }
@@ -42,7 +44,9 @@ pub fn document() -> Value {
         }
         let mut responses = Map::new();
         let ok = match r.response {
-            Some(resp) => json!({"description": "success", "content": {"application/json": {"schema": schema_ref(resp)}}}),
+            Some(resp) => {
+                json!({"description": "success", "content": {"application/json": {"schema": schema_ref(resp)}}})
+            }
             None => json!({"description": "success"}),
         };
         responses.insert("200".into(), ok);
@@ -62,7 +66,9 @@ pub fn document() -> Value {
             m.insert(r.method.as_str().to_ascii_lowercase(), Value::Object(op));
         }
     }
-    schemas.entry("ApiError".to_string()).or_insert(json!({"type": "object"}));
+    schemas
+        .entry("ApiError".to_string())
+        .or_insert(json!({"type": "object"}));
     json!({
         "openapi": "3.0.3",
         "info": {

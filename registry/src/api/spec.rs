@@ -51,7 +51,10 @@ pub async fn get(
     if wait > state.settings.max_wait {
         return Err(RegistryError::invalid(
             "wait",
-            format!("at most {} allowed", humantime::format_duration(state.settings.max_wait)),
+            format!(
+                "at most {} allowed",
+                humantime::format_duration(state.settings.max_wait)
+            ),
         ));
     }
     let mut rx = ln.generation.subscribe();
@@ -84,7 +87,12 @@ pub async fn put(
                 .ok()
                 .map(|s| s.trim().trim_matches('"'))
                 .and_then(|s| s.parse::<u64>().ok())
-                .ok_or_else(|| RegistryError::invalid("If-Match", "must be a generation number, e.g. If-Match: 3"))
+                .ok_or_else(|| {
+                    RegistryError::invalid(
+                        "If-Match",
+                        "must be a generation number, e.g. If-Match: 3",
+                    )
+                })
         })
         .transpose()?;
     let written = crate::specs::write_node_spec(&state, &id, spec, if_match, caller.kind()).await?;

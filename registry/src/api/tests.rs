@@ -22,7 +22,13 @@ struct Fx {
     other: (String, String),
 }
 
-async fn call(state: &AppState, method: Method, uri: &str, token: Option<&str>, body: Option<(&str, String)>) -> (StatusCode, Value) {
+async fn call(
+    state: &AppState,
+    method: Method,
+    uri: &str,
+    token: Option<&str>,
+    body: Option<(&str, String)>,
+) -> (StatusCode, Value) {
     let mut b = Request::builder().method(method).uri(uri);
     if let Some(t) = token {
         b = b.header("authorization", format!("Bearer {t}"));
@@ -31,19 +37,43 @@ async fn call(state: &AppState, method: Method, uri: &str, token: Option<&str>, 
         Some((ct, text)) => b.header("content-type", ct).body(Body::from(text)).unwrap(),
         None => b.body(Body::empty()).unwrap(),
     };
-    let resp = super::router(state.clone(), 64 * 1024).oneshot(req).await.unwrap();
+    let resp = super::router(state.clone(), 64 * 1024)
+        .oneshot(req)
+        .await
+        .unwrap();
     let status = resp.status();
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
 }
 
 async fn enroll(state: &AppState, machine: &str) -> (String, String) {
-    let (st, tok) = call(state, Method::POST, "/v1/enrollment-tokens", Some(ADMIN), Some(("application/json", "{}".into()))).await;
+    let (st, tok) = call(
+        state,
+        Method::POST,
+        "/v1/enrollment-tokens",
+        Some(ADMIN),
+        Some(("application/json", "{}".into())),
+    )
+    .await;
     assert_eq!(st, StatusCode::CREATED);
-    let body = json!({"token": tok["token"], "facts": {"machine_id": machine, "hostname": machine}});
-    let (st, en) = call(state, Method::POST, "/v1/enroll", None, Some(("application/json", body.to_string()))).await;
+    let body =
+        json!({"token": tok["token"], "facts": {"machine_id": machine, "hostname": machine}});
+    let (st, en) = call(
+        state,
+        Method::POST,
+        "/v1/enroll",
+        None,
+        Some(("application/json", body.to_string())),
+    )
+    .await;
     assert_eq!(st, StatusCode::OK, "{en}");
-    (en["node_id"].as_str().unwrap().into(), en["node_secret"].as_str().unwrap().into())
+    (
+        en["node_id"].as_str().unwrap().into(),
+        en["node_secret"].as_str().unwrap().into(),
+    )
 }
 
 async fn fixture() -> Fx {
@@ -53,9 +83,21 @@ async fn fixture() -> Fx {
     let own = enroll(&state, "own-machine").await;
     let other = enroll(&state, "other-machine").await;
     let frag = json!({"selector": "x=y", "spec": {}}).to_string();
-    let (st, _) = call(&state, Method::PUT, "/v1/fragments/f1", Some(ADMIN), Some(("application/json", frag))).await;
+    let (st, _) = call(
+        &state,
+        Method::PUT,
+        "/v1/fragments/f1",
+        Some(ADMIN),
+        Some(("application/json", frag)),
+    )
+    .await;
     assert_eq!(st, StatusCode::OK);
-    Fx { _dir: dir, state, own, other }
+    Fx {
+        _dir: dir,
+        state,
+        own,
+        other,
+    }
 }
 
 /// Who may call what, written out by hand (not derived from the route table), in the order
@@ -64,34 +106,58 @@ fn expectations() -> Vec<(Method, &'static str, [bool; 4])> {
     use Method as M;
     //                                                  admin  read   own    other
     vec![
-        (M::POST, "/v1/enrollment-tokens", [true, false, false, false]),
+        (
+            M::POST,
+            "/v1/enrollment-tokens",
+            [true, false, false, false],
+        ),
         (M::GET, "/v1/enrollment-tokens", [true, true, false, false]),
-        (M::DELETE, "/v1/enrollment-tokens/{id}", [true, false, false, false]),
+        (
+            M::DELETE,
+            "/v1/enrollment-tokens/{id}",
+            [true, false, false, false],
+        ),
         (M::GET, "/v1/nodes", [true, true, false, false]),
         (M::GET, "/v1/nodes/{id}", [true, true, true, false]),
         (M::PATCH, "/v1/nodes/{id}", [true, false, false, false]),
         (M::DELETE, "/v1/nodes/{id}", [true, false, false, false]),
         (M::GET, "/v1/nodes/{id}/spec", [true, true, true, false]),
         (M::PUT, "/v1/nodes/{id}/spec", [true, false, false, false]),
-        (M::POST, "/v1/nodes/{id}/heartbeat", [false, false, true, false]),
+        (
+            M::POST,
+            "/v1/nodes/{id}/heartbeat",
+            [false, false, true, false],
+        ),
         (M::PUT, "/v1/nodes/{id}/status", [false, false, true, false]),
         (M::GET, "/v1/fragments", [true, true, false, false]),
         (M::GET, "/v1/fragments/{name}", [true, true, false, false]),
         (M::PUT, "/v1/fragments/{name}", [true, false, false, false]),
-        (M::DELETE, "/v1/fragments/{name}", [true, false, false, false]),
+        (
+            M::DELETE,
+            "/v1/fragments/{name}",
+            [true, false, false, false],
+        ),
         (M::GET, "/v1/events", [true, true, false, false]),
         (M::GET, "/v1/events/stream", [true, true, false, false]),
     ]
 }
 
-const PUBLIC: &[(&str, &str)] = &[("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/v1/openapi.json"), ("POST", "/v1/enroll")];
+const PUBLIC: &[(&str, &str)] = &[
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/v1/openapi.json"),
+    ("POST", "/v1/enroll"),
+];
 
 fn body_for(method: &Method, path: &str) -> Option<(&'static str, String)> {
     let json = |v: Value| Some(("application/json", v.to_string()));
     match (method.as_str(), path) {
         ("POST", "/v1/enrollment-tokens") => json(json!({"uses": 1})),
         ("PATCH", _) => json(json!({"labels": {"k": "v"}})),
-        ("PUT", "/v1/nodes/{id}/spec") => Some(("application/yaml", "containers: [{name: a, image: busybox}]".into())),
+        ("PUT", "/v1/nodes/{id}/spec") => Some((
+            "application/yaml",
+            "containers: [{name: a, image: busybox}]".into(),
+        )),
         ("POST", "/v1/nodes/{id}/heartbeat") => json(json!({"observed_generation": 0})),
         ("PUT", "/v1/nodes/{id}/status") => json(json!({"observed_generation": 0, "digest": "d"})),
         ("PUT", "/v1/fragments/{name}") => json(json!({"selector": "x=y", "spec": {}})),
@@ -101,12 +167,21 @@ fn body_for(method: &Method, path: &str) -> Option<(&'static str, String)> {
 
 #[tokio::test]
 async fn route_table_is_the_documented_one() {
-    let mut documented: Vec<String> = expectations().iter().map(|(m, p, _)| format!("{m} {p}")).collect();
+    let mut documented: Vec<String> = expectations()
+        .iter()
+        .map(|(m, p, _)| format!("{m} {p}"))
+        .collect();
     documented.extend(PUBLIC.iter().map(|(m, p)| format!("{m} {p}")));
     documented.sort();
-    let mut actual: Vec<String> = super::routes().iter().map(|r| format!("{} {}", r.method, r.path)).collect();
+    let mut actual: Vec<String> = super::routes()
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
     actual.sort();
-    assert_eq!(actual, documented, "a route was added or removed without updating the auth matrix");
+    assert_eq!(
+        actual, documented,
+        "a route was added or removed without updating the auth matrix"
+    );
 
     // The OpenAPI document lists exactly the routes of the router.
     let doc = super::openapi::document();
@@ -114,7 +189,12 @@ async fn route_table_is_the_documented_one() {
         .as_object()
         .unwrap()
         .iter()
-        .flat_map(|(p, ops)| ops.as_object().unwrap().keys().map(move |m| format!("{} {p}", m.to_uppercase())))
+        .flat_map(|(p, ops)| {
+            ops.as_object()
+                .unwrap()
+                .keys()
+                .map(move |m| format!("{} {p}", m.to_uppercase()))
+        })
         .collect();
     in_doc.sort();
     assert_eq!(in_doc, actual);
@@ -122,7 +202,10 @@ async fn route_table_is_the_documented_one() {
     let text = doc.to_string();
     for r in text.split("#/components/schemas/").skip(1) {
         let name = r.split('"').next().unwrap();
-        assert!(doc["components"]["schemas"].get(name).is_some(), "schema {name} is not defined");
+        assert!(
+            doc["components"]["schemas"].get(name).is_some(),
+            "schema {name} is not defined"
+        );
     }
 }
 
@@ -131,9 +214,23 @@ async fn auth_matrix_every_route_and_credential() {
     for (method, path, allowed) in expectations() {
         // A fresh registry per route so destructive calls do not affect the next rows.
         let fx = fixture().await;
-        let (_, tok) = call(&fx.state, Method::POST, "/v1/enrollment-tokens", Some(ADMIN), Some(("application/json", "{}".into()))).await;
+        let (_, tok) = call(
+            &fx.state,
+            Method::POST,
+            "/v1/enrollment-tokens",
+            Some(ADMIN),
+            Some(("application/json", "{}".into())),
+        )
+        .await;
         let uri = path
-            .replace("{id}", if path.starts_with("/v1/enrollment-tokens") { tok["id"].as_str().unwrap() } else { &fx.own.0 })
+            .replace(
+                "{id}",
+                if path.starts_with("/v1/enrollment-tokens") {
+                    tok["id"].as_str().unwrap()
+                } else {
+                    &fx.own.0
+                },
+            )
             .replace("{name}", "f1");
         let creds: [(&str, Option<&str>); 6] = [
             ("none", None),
@@ -153,12 +250,27 @@ async fn auth_matrix_every_route_and_credential() {
             };
             if path == "/v1/events/stream" && may {
                 // The stream never ends; check the status line only.
-                let req = Request::builder().method(method.clone()).uri(&uri).header("authorization", format!("Bearer {}", token.unwrap())).body(Body::empty()).unwrap();
-                let resp = super::router(fx.state.clone(), 64 * 1024).oneshot(req).await.unwrap();
+                let req = Request::builder()
+                    .method(method.clone())
+                    .uri(&uri)
+                    .header("authorization", format!("Bearer {}", token.unwrap()))
+                    .body(Body::empty())
+                    .unwrap();
+                let resp = super::router(fx.state.clone(), 64 * 1024)
+                    .oneshot(req)
+                    .await
+                    .unwrap();
                 assert_eq!(resp.status(), StatusCode::OK, "{method} {path} as {who}");
                 continue;
             }
-            let (st, body) = call(&fx.state, method.clone(), &uri, token, body_for(&method, path)).await;
+            let (st, body) = call(
+                &fx.state,
+                method.clone(),
+                &uri,
+                token,
+                body_for(&method, path),
+            )
+            .await;
             let want = match (who, may) {
                 ("none" | "wrong", _) => Some(StatusCode::UNAUTHORIZED),
                 (_, false) => Some(StatusCode::FORBIDDEN),
@@ -166,7 +278,10 @@ async fn auth_matrix_every_route_and_credential() {
             };
             match want {
                 Some(w) => assert_eq!(st, w, "{method} {path} as {who}: {body}"),
-                None => assert!(st.is_success(), "{method} {path} as {who} should succeed, got {st}: {body}"),
+                None => assert!(
+                    st.is_success(),
+                    "{method} {path} as {who} should succeed, got {st}: {body}"
+                ),
             }
         }
     }
@@ -212,40 +327,148 @@ async fn bad_input_is_refused_naming_the_field_and_changes_nothing() {
     let id = &fx.own.0;
     let uri = format!("/v1/nodes/{id}/spec");
     let good = "containers: [{name: keep, image: busybox}]";
-    let (st, _) = call(&fx.state, Method::PUT, &uri, Some(ADMIN), Some(("application/yaml", good.into()))).await;
+    let (st, _) = call(
+        &fx.state,
+        Method::PUT,
+        &uri,
+        Some(ADMIN),
+        Some(("application/yaml", good.into())),
+    )
+    .await;
     assert_eq!(st, StatusCode::OK);
     let (_, before) = call(&fx.state, Method::GET, &uri, Some(ADMIN), None).await;
     for (yaml, field) in BAD_SPECS {
-        let (st, err) = call(&fx.state, Method::PUT, &uri, Some(ADMIN), Some(("application/yaml", yaml.to_string()))).await;
+        let (st, err) = call(
+            &fx.state,
+            Method::PUT,
+            &uri,
+            Some(ADMIN),
+            Some(("application/yaml", yaml.to_string())),
+        )
+        .await;
         assert_eq!(st, StatusCode::BAD_REQUEST, "{yaml}: {err}");
-        let fields: Vec<&str> = err["problems"].as_array().unwrap().iter().map(|p| p["field"].as_str().unwrap()).collect();
-        assert!(fields.contains(field), "{yaml}: expected a problem on {field}, got {fields:?}");
-        assert!(err["problems"].as_array().unwrap().iter().all(|p| !p["reason"].as_str().unwrap().is_empty()));
+        let fields: Vec<&str> = err["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["field"].as_str().unwrap())
+            .collect();
+        assert!(
+            fields.contains(field),
+            "{yaml}: expected a problem on {field}, got {fields:?}"
+        );
+        assert!(err["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| !p["reason"].as_str().unwrap().is_empty()));
         let (_, after) = call(&fx.state, Method::GET, &uri, Some(ADMIN), None).await;
-        assert_eq!(after, before, "a refused spec changed the stored one: {yaml}");
+        assert_eq!(
+            after, before,
+            "a refused spec changed the stored one: {yaml}"
+        );
     }
     // Other inputs: labels, tokens, selectors, query parameters, bodies.
-    let cases: Vec<(Method, String, Option<(&str, String)>, &str)> = vec![
-        (Method::PATCH, format!("/v1/nodes/{id}"), Some(("application/json", json!({"labels": {"bad key!": "v"}}).to_string())), "labels.bad key!"),
-        (Method::POST, "/v1/enrollment-tokens".into(), Some(("application/json", json!({"uses": 0}).to_string())), "uses"),
-        (Method::POST, "/v1/enrollment-tokens".into(), Some(("application/json", json!({"expires_in": "soon"}).to_string())), "expires_in"),
-        (Method::PUT, "/v1/fragments/f2".into(), Some(("application/json", json!({"selector": "a b", "spec": {}}).to_string())), "selector"),
-        (Method::PUT, "/v1/fragments/f2".into(), Some(("application/json", json!({"selector": "", "spec": {"containers": [{"name": "x", "image": "BAD"}]}}).to_string())), "spec.containers[0].image"),
-        (Method::GET, "/v1/nodes?selector=a%20b".into(), None, "selector"),
-        (Method::GET, "/v1/nodes?health=sleepy".into(), None, "health"),
-        (Method::GET, format!("/v1/nodes/{id}/spec?after=x"), None, "after"),
-        (Method::GET, format!("/v1/nodes/{id}/spec?after=1&wait=forever"), None, "wait"),
-        (Method::PUT, uri.clone(), Some(("application/json", "{not json".into())), "(document)"),
+    type Case<'a> = (Method, String, Option<(&'a str, String)>, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            Method::PATCH,
+            format!("/v1/nodes/{id}"),
+            Some((
+                "application/json",
+                json!({"labels": {"bad key!": "v"}}).to_string(),
+            )),
+            "labels.bad key!",
+        ),
+        (
+            Method::POST,
+            "/v1/enrollment-tokens".into(),
+            Some(("application/json", json!({"uses": 0}).to_string())),
+            "uses",
+        ),
+        (
+            Method::POST,
+            "/v1/enrollment-tokens".into(),
+            Some((
+                "application/json",
+                json!({"expires_in": "soon"}).to_string(),
+            )),
+            "expires_in",
+        ),
+        (
+            Method::PUT,
+            "/v1/fragments/f2".into(),
+            Some((
+                "application/json",
+                json!({"selector": "a b", "spec": {}}).to_string(),
+            )),
+            "selector",
+        ),
+        (
+            Method::PUT,
+            "/v1/fragments/f2".into(),
+            Some((
+                "application/json",
+                json!({"selector": "", "spec": {"containers": [{"name": "x", "image": "BAD"}]}})
+                    .to_string(),
+            )),
+            "spec.containers[0].image",
+        ),
+        (
+            Method::GET,
+            "/v1/nodes?selector=a%20b".into(),
+            None,
+            "selector",
+        ),
+        (
+            Method::GET,
+            "/v1/nodes?health=sleepy".into(),
+            None,
+            "health",
+        ),
+        (
+            Method::GET,
+            format!("/v1/nodes/{id}/spec?after=x"),
+            None,
+            "after",
+        ),
+        (
+            Method::GET,
+            format!("/v1/nodes/{id}/spec?after=1&wait=forever"),
+            None,
+            "wait",
+        ),
+        (
+            Method::PUT,
+            uri.clone(),
+            Some(("application/json", "{not json".into())),
+            "(document)",
+        ),
     ];
     for (m, u, body, field) in cases {
         let (st, err) = call(&fx.state, m.clone(), &u, Some(ADMIN), body).await;
         assert_eq!(st, StatusCode::BAD_REQUEST, "{m} {u}: {err}");
-        let fields: Vec<&str> = err["problems"].as_array().unwrap().iter().map(|p| p["field"].as_str().unwrap()).collect();
-        assert!(fields.contains(&field), "{m} {u}: expected {field}, got {fields:?}");
+        let fields: Vec<&str> = err["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["field"].as_str().unwrap())
+            .collect();
+        assert!(
+            fields.contains(&field),
+            "{m} {u}: expected {field}, got {fields:?}"
+        );
     }
     let (_, after) = call(&fx.state, Method::GET, &uri, Some(ADMIN), None).await;
     assert_eq!(after, before);
-    let (st, _) = call(&fx.state, Method::GET, "/v1/fragments/f2", Some(ADMIN), None).await;
+    let (st, _) = call(
+        &fx.state,
+        Method::GET,
+        "/v1/fragments/f2",
+        Some(ADMIN),
+        None,
+    )
+    .await;
     assert_eq!(st, StatusCode::NOT_FOUND);
 }
 
@@ -253,6 +476,13 @@ async fn bad_input_is_refused_naming_the_field_and_changes_nothing() {
 async fn oversized_bodies_are_refused() {
     let fx = fixture().await;
     let big = format!("{{\"labels\": {{\"k\": \"{}\"}}}}", "x".repeat(100 * 1024));
-    let (st, _) = call(&fx.state, Method::PATCH, &format!("/v1/nodes/{}", fx.own.0), Some(ADMIN), Some(("application/json", big))).await;
+    let (st, _) = call(
+        &fx.state,
+        Method::PATCH,
+        &format!("/v1/nodes/{}", fx.own.0),
+        Some(ADMIN),
+        Some(("application/json", big)),
+    )
+    .await;
     assert_eq!(st, StatusCode::PAYLOAD_TOO_LARGE);
 }

@@ -5,7 +5,9 @@ use axum::http::StatusCode;
 use axum::{Extension, Json};
 use chrono::Utc;
 use steward_proto::validate::validate_labels;
-use steward_proto::{CreateEnrollmentToken, EnrollmentTokenCreated, EnrollmentTokenInfo, EventKind};
+use steward_proto::{
+    CreateEnrollmentToken, EnrollmentTokenCreated, EnrollmentTokenInfo, EventKind,
+};
 
 use super::Doc;
 use crate::auth::{self, Caller};
@@ -39,11 +41,17 @@ pub async fn create(
     let ttl = match humantime::parse_duration(req.expires_in.as_deref().unwrap_or("24h")) {
         Ok(d) if d.as_secs() >= 1 && d.as_secs() <= 366 * 86400 => Some(d),
         Ok(_) => {
-            problems.push(steward_proto::Problem::new("expires_in", "must be between 1s and 366d"));
+            problems.push(steward_proto::Problem::new(
+                "expires_in",
+                "must be between 1s and 366d",
+            ));
             None
         }
         Err(e) => {
-            problems.push(steward_proto::Problem::new("expires_in", format!("not a duration like 24h: {e}")));
+            problems.push(steward_proto::Problem::new(
+                "expires_in",
+                format!("not a duration like 24h: {e}"),
+            ));
             None
         }
     };
@@ -70,7 +78,10 @@ pub async fn create(
         None,
         None,
         caller.kind(),
-        format!("enrollment token {id} created ({uses} use(s), expires {})", rec.expires_at),
+        format!(
+            "enrollment token {id} created ({uses} use(s), expires {})",
+            rec.expires_at
+        ),
     )?;
     state.store.flush().await?;
     Ok((
@@ -100,7 +111,13 @@ pub async fn revoke(
     if !rec.revoked {
         rec.revoked = true;
         state.store.put_token(&rec)?;
-        state.event(EventKind::TokenRevoked, None, None, caller.kind(), format!("enrollment token {id} revoked"))?;
+        state.event(
+            EventKind::TokenRevoked,
+            None,
+            None,
+            caller.kind(),
+            format!("enrollment token {id} revoked"),
+        )?;
         state.store.flush().await?;
     }
     Ok(Json(info(&rec)))

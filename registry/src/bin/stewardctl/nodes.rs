@@ -1,0 +1,270 @@
+//! `stewardctl nodes`: list, show, label and decommission nodes.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use clap::Subcommand;
+use reqwest::Method;
+use steward_proto::selector::Selector;
+use steward_proto::{Health, Node, NodePatch, NodeStatus, ResourceState};
+
+use crate::error::CliError;
+use crate::node_view;
+use crate::output::{self, ago, kebab, or_dash};
+use crate::{Ctx, Exit};
+
+#[derive(Subcommand)]
+pub enum NodesCmd {
+    /// List nodes: health, labels, last heartbeat, generation and resource summary.
+    #[command(visible_alias = "ls")]
+    List {
+        /// Only nodes whose labels match this selector: comma-joined `key=value`,
+        /// `key!=value`, `key` (exists) and `!key` (absent), e.g. `role=builder,!retired`.
+        #[arg(long, short = 'l', value_name = "SELECTOR", value_parser = parse_selector)]
+        selector: Option<String>,
+        /// Only nodes in these health states, comma-separated: ready, stale, down,
+        /// decommissioned.
+        #[arg(long, value_name = "HEALTH,...", value_delimiter = ',', value_parser = parse_health)]
+        health: Vec<Health>,
+    },
+    /// Show one node: labels, facts, host statistics and the state of each managed resource.
+    #[command(visible_alias = "show")]
+    Get {
+        /// Node id (see `nodes list`).
+        id: String,
+    },
+    /// Set or remove labels: `key=value` sets a label, `key-` removes it.
+    #[command(after_help = "Example: stewardctl nodes label 3f2a… role=builder env=lab retired-")]
+    Label {
+        /// Node id.
+        id: String,
+        /// Changes to make, applied together.
+        #[arg(required = true, value_name = "KEY=VALUE|KEY-")]
+        changes: Vec<String>,
+    },
+    /// Decommission a node: revoke its secret; its record and history are kept.
+    #[command(visible_alias = "decommission")]
+    Delete {
+        /// Node id.
+        id: String,
+    },
+}
+
+/// Checks a selector locally so that typos fail before any request (exit 2).
+pub fn parse_selector(s: &str) -> Result<String, String> {
+    s.parse::<Selector>().map_err(|e| e.to_string())?;
+    Ok(s.to_string())
+}
+
+fn parse_health(s: &str) -> Result<Health, String> {
+    s.trim().parse()
+}
+
+pub async fn run(cmd: NodesCmd, ctx: &Ctx) -> Result<Exit, CliError> {
+    let client = ctx.client()?;
+    match cmd {
+        NodesCmd::List { selector, health } => {
+            let health = health
+                .iter()
+                .map(|h| h.as_str())
+                .collect::<Vec<_>>()
+                .join(",");
+            let query = [
+                ("selector", selector.unwrap_or_default()),
+                ("health", health),
+            ];
+            let nodes: Vec<Node> = client.get(&["v1", "nodes"], &query).await?;
+            print_list(ctx, &nodes)
+        }
+        NodesCmd::Get { id } => {
+            let node: Node = client.get(&["v1", "nodes", &id], &[]).await?;
+            if ctx.json() {
+                return output::json(&node).map(|()| Exit::Ok);
+            }
+            output::stdout(&node_view::describe(&node, Utc::now()));
+            Ok(Exit::Ok)
+        }
+        NodesCmd::Label { id, changes } => {
+            let labels = parse_label_changes(&changes).map_err(CliError::Usage)?;
+            let patch = NodePatch { labels };
+            let node: Node = client
+                .send_json(Method::PATCH, &["v1", "nodes", &id], &patch)
+                .await?;
+            if ctx.json() {
+                output::json(&node)?;
+            } else if !ctx.quiet {
+                output::line(format!(
+                    "node {}: labels {}",
+                    node.id,
+                    output::labels(&node.labels)
+                ));
+            }
+            Ok(Exit::Ok)
+        }
+        NodesCmd::Delete { id } => {
+            let node: Node = client.call(Method::DELETE, &["v1", "nodes", &id]).await?;
+            if ctx.json() {
+                output::json(&node)?;
+            } else if !ctx.quiet {
+                output::line(format!(
+                    "node {} ({}) decommissioned",
+                    node.id,
+                    or_dash(&node.hostname)
+                ));
+            }
+            Ok(Exit::Ok)
+        }
+    }
+}
+
+/// Parses `key=value` (set) and `key-` (remove) arguments into a merge patch.
+pub fn parse_label_changes(args: &[String]) -> Result<BTreeMap<String, Option<String>>, String> {
+    let mut out = BTreeMap::new();
+    for a in args {
+        let (key, value) = if let Some((k, v)) = a.split_once('=') {
+            (k, Some(v.to_string()))
+        } else if let Some(k) = a.strip_suffix('-') {
+            (k, None)
+        } else {
+            return Err(format!(
+                "label change {a:?} must be KEY=VALUE (set) or KEY- (remove)"
+            ));
+        };
+        if key.is_empty() {
+            return Err(format!("label change {a:?} has no key"));
+        }
+        if out.insert(key.to_string(), value).is_some() {
+            return Err(format!("label {key:?} is changed twice"));
+        }
+    }
+    Ok(out)
+}
+
+fn print_list(ctx: &Ctx, nodes: &[Node]) -> Result<Exit, CliError> {
+    if ctx.json() {
+        output::json(nodes)?;
+    } else if ctx.quiet {
+        for n in nodes {
+            output::line(&n.id);
+        }
+    } else if nodes.is_empty() {
+        output::note(false, "no nodes");
+    } else {
+        let now = Utc::now();
+        let rows: Vec<Vec<String>> = nodes.iter().map(|n| list_row(n, now)).collect();
+        output::table(
+            &[
+                "ID",
+                "HOSTNAME",
+                "HEALTH",
+                "KIND",
+                "LABELS",
+                "LAST HEARTBEAT",
+                "GEN",
+                "RESOURCES",
+                "AGENT",
+            ],
+            &rows,
+        );
+    }
+    Ok(Exit::Ok)
+}
+
+fn list_row(n: &Node, now: DateTime<Utc>) -> Vec<String> {
+    vec![
+        n.id.clone(),
+        or_dash(&n.hostname),
+        n.health.to_string(),
+        kebab(&n.facts.kind),
+        output::labels(&n.labels),
+        n.last_heartbeat
+            .map_or_else(|| "never".to_string(), |t| ago(now, t)),
+        format!("{}/{}", n.generation, n.observed_generation),
+        resource_summary(n.status.as_ref()),
+        or_dash(&n.facts.agent_version),
+    ]
+}
+
+/// `2 converged, 1 failed` from the last status; `-` without resources.
+pub fn resource_summary(status: Option<&NodeStatus>) -> String {
+    let Some(st) = status else {
+        return "-".into();
+    };
+    let order = [
+        ResourceState::Converged,
+        ResourceState::Pending,
+        ResourceState::Drifted,
+        ResourceState::Conflict,
+        ResourceState::Failed,
+    ];
+    let parts: Vec<String> = order
+        .iter()
+        .filter_map(|s| {
+            let n = st.resources.iter().filter(|r| r.state == *s).count();
+            (n > 0).then(|| format!("{n} {}", kebab(s)))
+        })
+        .collect();
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use steward_proto::{ResourceKind, ResourceStatus};
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn label_changes_set_and_remove() {
+        let p = parse_label_changes(&args(&["role=builder", "retired-", "note=a-b-", "x="]))
+            .expect("valid changes");
+        assert_eq!(p["role"], Some("builder".to_string()));
+        assert_eq!(p["retired"], None);
+        assert_eq!(p["note"], Some("a-b-".to_string()));
+        assert_eq!(p["x"], Some(String::new()));
+        assert_eq!(p.len(), 4);
+    }
+
+    #[test]
+    fn label_changes_refuse_nonsense() {
+        assert!(parse_label_changes(&args(&["role"])).is_err());
+        assert!(parse_label_changes(&args(&["=v"])).is_err());
+        assert!(parse_label_changes(&args(&["-"])).is_err());
+        assert!(parse_label_changes(&args(&["a=1", "a-"])).is_err());
+    }
+
+    #[test]
+    fn resource_summary_counts_states() {
+        let r = |state| ResourceStatus {
+            kind: ResourceKind::Container,
+            name: "x".into(),
+            state,
+            error: None,
+            restarts: 0,
+            escalation_level: 0,
+        };
+        let st = NodeStatus {
+            resources: vec![
+                r(ResourceState::Failed),
+                r(ResourceState::Converged),
+                r(ResourceState::Converged),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(resource_summary(Some(&st)), "2 converged, 1 failed");
+        assert_eq!(resource_summary(None), "-");
+    }
+
+    #[test]
+    fn selectors_are_checked_locally() {
+        assert!(parse_selector("role=builder,!retired").is_ok());
+        assert!(parse_selector("role=a b").is_err());
+        assert!(parse_selector("a,,b").is_err());
+    }
+}
