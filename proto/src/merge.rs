@@ -30,19 +30,19 @@ pub fn merge_specs<'a>(parts: &[(Source<'a>, &NodeSpec)]) -> Result<NodeSpec, Ve
     let mut seen: BTreeMap<(&'static str, String), Source<'a>> = BTreeMap::new();
     let mut problems = Vec::new();
 
-    let mut claim = |kind: &'static str, name: String, field: String, src: Source<'a>| {
-        match seen.get(&(kind, name.clone())) {
-            Some(first) => {
-                problems.push(Problem::new(
-                    field,
-                    format!("{kind} {name:?} is defined by both {first} and {src}"),
-                ));
-                false
-            }
-            None => {
-                seen.insert((kind, name), src);
-                true
-            }
+    let mut claim = |kind: &'static str, name: String, field: String, src: Source<'a>| match seen
+        .get(&(kind, name.clone()))
+    {
+        Some(first) => {
+            problems.push(Problem::new(
+                field,
+                format!("{kind} {name:?} is defined by both {first} and {src}"),
+            ));
+            false
+        }
+        None => {
+            seen.insert((kind, name), src);
+            true
         }
     };
 
@@ -53,7 +53,12 @@ pub fn merge_specs<'a>(parts: &[(Source<'a>, &NodeSpec)]) -> Result<NodeSpec, Ve
             Source::Fragment(n) => format!("fragments[{n}]."),
         };
         for (i, c) in spec.containers.iter().enumerate() {
-            if claim("container", c.name.clone(), format!("{prefix}containers[{i}].name"), src) {
+            if claim(
+                "container",
+                c.name.clone(),
+                format!("{prefix}containers[{i}].name"),
+                src,
+            ) {
                 out.containers.push(c.clone());
             }
         }
@@ -63,7 +68,12 @@ pub fn merge_specs<'a>(parts: &[(Source<'a>, &NodeSpec)]) -> Result<NodeSpec, Ve
             }
         }
         for (i, p) in spec.payloads.iter().enumerate() {
-            if claim("payload", p.name.clone(), format!("{prefix}payloads[{i}].name"), src) {
+            if claim(
+                "payload",
+                p.name.clone(),
+                format!("{prefix}payloads[{i}].name"),
+                src,
+            ) {
                 out.payloads.push(p.clone());
             }
         }
@@ -117,8 +127,8 @@ mod tests {
     fn same_name_from_two_sources_names_both() {
         let own = spec("containers: [{name: web, image: nginx}]");
         let frag = spec("containers: [{name: web, image: other}]");
-        let errs = merge_specs(&[(Source::Node, &own), (Source::Fragment("base"), &frag)])
-            .unwrap_err();
+        let errs =
+            merge_specs(&[(Source::Node, &own), (Source::Fragment("base"), &frag)]).unwrap_err();
         assert_eq!(errs.len(), 1);
         assert_eq!(errs[0].field, "fragments[base].containers[0].name");
         assert!(errs[0].reason.contains("the node's own spec"));

@@ -69,7 +69,11 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.field, "containers[0].colour");
-        assert!(err.reason.contains("unknown field `colour`"), "{}", err.reason);
+        assert!(
+            err.reason.contains("unknown field `colour`"),
+            "{}",
+            err.reason
+        );
     }
 
     #[test]

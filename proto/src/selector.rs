@@ -138,7 +138,10 @@ mod tests {
     #[test]
     fn bad_selectors_are_refused() {
         for bad in ["role=a b", "=x", "a,,b", "ro le"] {
-            assert!(bad.parse::<Selector>().is_err(), "{bad:?} should be refused");
+            assert!(
+                bad.parse::<Selector>().is_err(),
+                "{bad:?} should be refused"
+            );
         }
     }
 }

@@ -11,7 +11,13 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 /// Starts a long-poll for `id` after `after`; returns its task.
-fn watch(r: &Registry, id: &str, secret: &str, after: u64, wait: &str) -> tokio::task::JoinHandle<(u16, Value)> {
+fn watch(
+    r: &Registry,
+    id: &str,
+    secret: &str,
+    after: u64,
+    wait: &str,
+) -> tokio::task::JoinHandle<(u16, Value)> {
     let client = r.client.clone();
     let url = r.url(&format!("/v1/nodes/{id}/spec?after={after}&wait={wait}"));
     let secret = secret.to_string();
@@ -24,7 +30,10 @@ fn watch(r: &Registry, id: &str, secret: &str, after: u64, wait: &str) -> tokio:
 
 async fn assert_still_waiting(h: &tokio::task::JoinHandle<(u16, Value)>) {
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!h.is_finished(), "the long-poll answered before anything changed");
+    assert!(
+        !h.is_finished(),
+        "the long-poll answered before anything changed"
+    );
 }
 
 #[tokio::test]
@@ -36,10 +45,17 @@ async fn long_poll_wakes_on_spec_fragment_and_label_changes() {
     let h = watch(&r, &id, &secret, 0, "30s");
     assert_still_waiting(&h).await;
     let (st, w) = r
-        .put_yaml(&format!("/v1/nodes/{id}/spec"), &r.admin, "containers:\n  - {name: web, image: nginx:1.27}\n")
+        .put_yaml(
+            &format!("/v1/nodes/{id}/spec"),
+            &r.admin,
+            "containers:\n  - {name: web, image: nginx:1.27}\n",
+        )
         .await;
     assert_eq!(st, 200, "{w}");
-    let (st, doc) = tokio::time::timeout(Duration::from_secs(5), h).await.unwrap().unwrap();
+    let (st, doc) = tokio::time::timeout(Duration::from_secs(5), h)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(st, 200);
     assert_eq!(doc["generation"], 1);
     assert_eq!(doc["spec"]["containers"][0]["name"], "web");
@@ -51,7 +67,11 @@ async fn long_poll_wakes_on_spec_fragment_and_label_changes() {
              Some(json!({"selector": "role=db", "spec": {"containers": [{"name": "pg", "image": "postgres:16"}]}})))
         .await;
     assert_eq!(st, 200, "{fw}");
-    assert_eq!(fw["affected"], json!([]), "a non-matching fragment must not bump anyone");
+    assert_eq!(
+        fw["affected"],
+        json!([]),
+        "a non-matching fragment must not bump anyone"
+    );
     assert_still_waiting(&h).await;
     let (st, fw) = r
         .req(Method::PUT, "/v1/fragments/base", Some(&r.admin),
@@ -59,7 +79,10 @@ async fn long_poll_wakes_on_spec_fragment_and_label_changes() {
         .await;
     assert_eq!(st, 200, "{fw}");
     assert_eq!(fw["affected"][0]["node_id"], id.as_str());
-    let (st, doc) = tokio::time::timeout(Duration::from_secs(5), h).await.unwrap().unwrap();
+    let (st, doc) = tokio::time::timeout(Duration::from_secs(5), h)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(st, 200);
     assert_eq!(doc["generation"], 2);
     assert_eq!(doc["fragments"], json!(["base"]));
@@ -69,21 +92,41 @@ async fn long_poll_wakes_on_spec_fragment_and_label_changes() {
     let h = watch(&r, &id, &secret, 2, "30s");
     assert_still_waiting(&h).await;
     let (st, _) = r
-        .req(Method::PATCH, &format!("/v1/nodes/{id}"), Some(&r.admin), Some(json!({"labels": {"role": "db"}})))
+        .req(
+            Method::PATCH,
+            &format!("/v1/nodes/{id}"),
+            Some(&r.admin),
+            Some(json!({"labels": {"role": "db"}})),
+        )
         .await;
     assert_eq!(st, 200);
-    let (st, doc) = tokio::time::timeout(Duration::from_secs(5), h).await.unwrap().unwrap();
+    let (st, doc) = tokio::time::timeout(Duration::from_secs(5), h)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(st, 200);
     assert_eq!(doc["generation"], 3);
-    assert_eq!(doc["fragments"], json!(["db-only"]), "base no longer matches, db-only does");
-    let names: Vec<&str> = doc["spec"]["containers"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        doc["fragments"],
+        json!(["db-only"]),
+        "base no longer matches, db-only does"
+    );
+    let names: Vec<&str> = doc["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["web", "pg"]);
 
     // 4. Nothing new: 304 after `wait`.
     let started = std::time::Instant::now();
     let (st, _) = watch(&r, &id, &secret, 3, "1s").await.unwrap();
     assert_eq!(st, 304);
-    assert!(started.elapsed() >= Duration::from_millis(900), "304 came before wait elapsed");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "304 came before wait elapsed"
+    );
     // Already newer: answers at once.
     let (st, doc) = watch(&r, &id, &secret, 0, "30s").await.unwrap();
     assert_eq!((st, doc["generation"].clone()), (200, json!(3)));
@@ -94,7 +137,11 @@ async fn fragment_conflicts_are_refused_naming_both_sources() {
     let r = Registry::start(&[]).await;
     let (id, _) = r.enroll("m-conflict", json!({"role": "web"})).await;
     let (st, _) = r
-        .put_yaml(&format!("/v1/nodes/{id}/spec"), &r.admin, "containers:\n  - {name: web, image: nginx}\n")
+        .put_yaml(
+            &format!("/v1/nodes/{id}/spec"),
+            &r.admin,
+            "containers:\n  - {name: web, image: nginx}\n",
+        )
         .await;
     assert_eq!(st, 200);
     let (st, err) = r
@@ -103,7 +150,10 @@ async fn fragment_conflicts_are_refused_naming_both_sources() {
         .await;
     assert_eq!(st, 409, "{err}");
     let reason = err["problems"][0]["reason"].as_str().unwrap();
-    assert!(reason.contains("the node's own spec") && reason.contains("fragment \"dup\""), "{reason}");
+    assert!(
+        reason.contains("the node's own spec") && reason.contains("fragment \"dup\""),
+        "{reason}"
+    );
     // Refused as a whole: no fragment stored, generation unchanged.
     let (st, _) = r.get("/v1/fragments/dup", &r.admin).await;
     assert_eq!(st, 404);
@@ -124,9 +174,27 @@ async fn if_match_gives_optimistic_concurrency() {
             .body(yaml)
             .send()
     };
-    assert_eq!(put("0", "containers: [{name: a, image: x}]").await.unwrap().status(), 200);
-    assert_eq!(put("0", "containers: [{name: b, image: x}]").await.unwrap().status(), 412);
-    assert_eq!(put("\"1\"", "containers: [{name: c, image: x}]").await.unwrap().status(), 200);
+    assert_eq!(
+        put("0", "containers: [{name: a, image: x}]")
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        put("0", "containers: [{name: b, image: x}]")
+            .await
+            .unwrap()
+            .status(),
+        412
+    );
+    assert_eq!(
+        put("\"1\"", "containers: [{name: c, image: x}]")
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     let (_, doc) = r.get(&format!("/v1/nodes/{id}/spec"), &r.admin).await;
     assert_eq!(doc["generation"], 2);
     assert_eq!(doc["own"]["containers"][0]["name"], "c");
@@ -138,7 +206,9 @@ async fn spec_survives_kill_9_right_after_the_200() {
     let (id, _) = r.enroll("m-durable", json!({})).await;
     for gen in 1..=5u64 {
         let yaml = format!("containers:\n  - {{name: c{gen}, image: busybox}}\n");
-        let (st, w) = r.put_yaml(&format!("/v1/nodes/{id}/spec"), &r.admin, &yaml).await;
+        let (st, w) = r
+            .put_yaml(&format!("/v1/nodes/{id}/spec"), &r.admin, &yaml)
+            .await;
         assert_eq!(st, 200);
         assert_eq!(w["generation"], gen);
         r.kill9();
@@ -158,53 +228,150 @@ async fn reenrolment_rotates_the_secret_and_decommission_revokes_it() {
     assert_eq!(id1, id2, "same machine-id must keep its node");
     assert_ne!(s1, s2);
     let hb = json!({"observed_generation": 0});
-    let (st, _) = r.req(Method::POST, &format!("/v1/nodes/{id1}/heartbeat"), Some(&s1), Some(hb.clone())).await;
+    let (st, _) = r
+        .req(
+            Method::POST,
+            &format!("/v1/nodes/{id1}/heartbeat"),
+            Some(&s1),
+            Some(hb.clone()),
+        )
+        .await;
     assert_eq!(st, 401, "the old secret must stop working");
-    let (st, _) = r.req(Method::POST, &format!("/v1/nodes/{id1}/heartbeat"), Some(&s2), Some(hb.clone())).await;
+    let (st, _) = r
+        .req(
+            Method::POST,
+            &format!("/v1/nodes/{id1}/heartbeat"),
+            Some(&s2),
+            Some(hb.clone()),
+        )
+        .await;
     assert_eq!(st, 200);
     let (_, nodes) = r.get("/v1/nodes", &r.admin).await;
     assert_eq!(nodes.as_array().unwrap().len(), 1);
 
-    let (st, n) = r.req(Method::DELETE, &format!("/v1/nodes/{id1}"), Some(&r.admin), None).await;
+    let (st, n) = r
+        .req(
+            Method::DELETE,
+            &format!("/v1/nodes/{id1}"),
+            Some(&r.admin),
+            None,
+        )
+        .await;
     assert_eq!((st, n["health"].as_str()), (200, Some("decommissioned")));
-    let (st, _) = r.req(Method::POST, &format!("/v1/nodes/{id1}/heartbeat"), Some(&s2), Some(hb)).await;
+    let (st, _) = r
+        .req(
+            Method::POST,
+            &format!("/v1/nodes/{id1}/heartbeat"),
+            Some(&s2),
+            Some(hb),
+        )
+        .await;
     assert_eq!(st, 401);
     let (st, n) = r.get(&format!("/v1/nodes/{id1}"), &r.admin).await;
-    assert_eq!((st, n["health"].as_str()), (200, Some("decommissioned")), "history kept");
+    assert_eq!(
+        (st, n["health"].as_str()),
+        (200, Some("decommissioned")),
+        "history kept"
+    );
     let (_, ev) = r.get(&format!("/v1/events?node={id1}"), &r.admin).await;
-    let kinds: Vec<&str> = ev.as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["node-enrolled", "node-reenrolled", "node-decommissioned"]);
+    let kinds: Vec<&str> = ev
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["node-enrolled", "node-reenrolled", "node-decommissioned"]
+    );
 }
 
 #[tokio::test]
 async fn enrollment_tokens_are_limited_expire_and_revoke() {
     let r = Registry::start(&[]).await;
-    let (_, tok) = r.req(Method::POST, "/v1/enrollment-tokens", Some(&r.admin), Some(json!({"uses": 1}))).await;
+    let (_, tok) = r
+        .req(
+            Method::POST,
+            "/v1/enrollment-tokens",
+            Some(&r.admin),
+            Some(json!({"uses": 1})),
+        )
+        .await;
     let facts = |m: &str| json!({"token": tok["token"], "facts": {"machine_id": m, "hostname": m}});
-    let (st, _) = r.req(Method::POST, "/v1/enroll", None, Some(facts("one"))).await;
+    let (st, _) = r
+        .req(Method::POST, "/v1/enroll", None, Some(facts("one")))
+        .await;
     assert_eq!(st, 200);
-    let (st, e) = r.req(Method::POST, "/v1/enroll", None, Some(facts("two"))).await;
+    let (st, e) = r
+        .req(Method::POST, "/v1/enroll", None, Some(facts("two")))
+        .await;
     assert_eq!(st, 403);
     assert!(e["error"].as_str().unwrap().contains("no uses left"), "{e}");
 
-    let (_, tok2) = r.req(Method::POST, "/v1/enrollment-tokens", Some(&r.admin), Some(json!({"uses": 5, "expires_in": "1s"}))).await;
+    let (_, tok2) = r
+        .req(
+            Method::POST,
+            "/v1/enrollment-tokens",
+            Some(&r.admin),
+            Some(json!({"uses": 5, "expires_in": "1s"})),
+        )
+        .await;
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    let (st, e) = r.req(Method::POST, "/v1/enroll", None, Some(json!({"token": tok2["token"], "facts": {"machine_id": "x", "hostname": "x"}}))).await;
+    let (st, e) = r
+        .req(
+            Method::POST,
+            "/v1/enroll",
+            None,
+            Some(json!({"token": tok2["token"], "facts": {"machine_id": "x", "hostname": "x"}})),
+        )
+        .await;
     assert_eq!(st, 403);
     assert!(e["error"].as_str().unwrap().contains("expired"), "{e}");
 
-    let (_, tok3) = r.req(Method::POST, "/v1/enrollment-tokens", Some(&r.admin), Some(json!({"uses": 5}))).await;
+    let (_, tok3) = r
+        .req(
+            Method::POST,
+            "/v1/enrollment-tokens",
+            Some(&r.admin),
+            Some(json!({"uses": 5})),
+        )
+        .await;
     let id3 = tok3["id"].as_str().unwrap();
-    let (st, _) = r.req(Method::DELETE, &format!("/v1/enrollment-tokens/{id3}"), Some(&r.admin), None).await;
+    let (st, _) = r
+        .req(
+            Method::DELETE,
+            &format!("/v1/enrollment-tokens/{id3}"),
+            Some(&r.admin),
+            None,
+        )
+        .await;
     assert_eq!(st, 200);
-    let (st, e) = r.req(Method::POST, "/v1/enroll", None, Some(json!({"token": tok3["token"], "facts": {"machine_id": "y", "hostname": "y"}}))).await;
+    let (st, e) = r
+        .req(
+            Method::POST,
+            "/v1/enroll",
+            None,
+            Some(json!({"token": tok3["token"], "facts": {"machine_id": "y", "hostname": "y"}})),
+        )
+        .await;
     assert_eq!(st, 403);
     assert!(e["error"].as_str().unwrap().contains("revoked"), "{e}");
-    let (st, e) = r.req(Method::POST, "/v1/enroll", None, Some(json!({"token": "nope.nope", "facts": {"machine_id": "y", "hostname": "y"}}))).await;
+    let (st, e) = r
+        .req(
+            Method::POST,
+            "/v1/enroll",
+            None,
+            Some(json!({"token": "nope.nope", "facts": {"machine_id": "y", "hostname": "y"}})),
+        )
+        .await;
     assert_eq!(st, 403, "{e}");
     // Listing never shows the token itself.
     let (_, list) = r.get("/v1/enrollment-tokens", &r.admin).await;
     assert_eq!(list.as_array().unwrap().len(), 3);
     assert!(!list.to_string().contains(tok["token"].as_str().unwrap()));
-    assert!(list.as_array().unwrap().iter().all(|t| t.get("token").is_none()));
+    assert!(list
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|t| t.get("token").is_none()));
 }

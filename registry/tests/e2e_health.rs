@@ -25,12 +25,27 @@ async fn wait_for_health(r: &Registry, id: &str, want: &str) {
 
 #[tokio::test]
 async fn ready_stale_down_and_back_with_events() {
-    let r = Registry::start(&["--heartbeat-interval", "200ms", "--stale-after", "3", "--down-after", "10"]).await;
+    let r = Registry::start(&[
+        "--heartbeat-interval",
+        "200ms",
+        "--stale-after",
+        "3",
+        "--down-after",
+        "10",
+    ])
+    .await;
     let (id, secret) = r.enroll("m-health", json!({})).await;
     assert_eq!(health(&r, &id).await, "ready");
     // Heartbeats keep it ready and write no events.
     for _ in 0..8 {
-        let (st, hb) = r.req(Method::POST, &format!("/v1/nodes/{id}/heartbeat"), Some(&secret), Some(json!({"observed_generation": 0, "rtt_ms": 1.5}))).await;
+        let (st, hb) = r
+            .req(
+                Method::POST,
+                &format!("/v1/nodes/{id}/heartbeat"),
+                Some(&secret),
+                Some(json!({"observed_generation": 0, "rtt_ms": 1.5})),
+            )
+            .await;
         assert_eq!(st, 200);
         assert_eq!(hb["generation"], 0);
         assert!(hb["server_time"].is_string());
@@ -39,7 +54,14 @@ async fn ready_stale_down_and_back_with_events() {
     assert_eq!(health(&r, &id).await, "ready");
     wait_for_health(&r, &id, "stale").await;
     wait_for_health(&r, &id, "down").await;
-    let (st, _) = r.req(Method::POST, &format!("/v1/nodes/{id}/heartbeat"), Some(&secret), Some(json!({"observed_generation": 0}))).await;
+    let (st, _) = r
+        .req(
+            Method::POST,
+            &format!("/v1/nodes/{id}/heartbeat"),
+            Some(&secret),
+            Some(json!({"observed_generation": 0})),
+        )
+        .await;
     assert_eq!(st, 200);
     assert_eq!(health(&r, &id).await, "ready");
     let (_, ev) = r.get(&format!("/v1/events?node={id}"), &r.admin).await;
@@ -47,7 +69,12 @@ async fn ready_stale_down_and_back_with_events() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| (e["kind"].as_str().unwrap().to_string(), e["message"].as_str().unwrap().to_string()))
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap().to_string(),
+                e["message"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
     let expect = [
         ("node-enrolled", None),
@@ -74,13 +101,34 @@ async fn status_is_requested_when_its_digest_changes() {
     let r = Registry::start(&[]).await;
     let (id, secret) = r.enroll("m-status", json!({})).await;
     let hb = |d: &str| json!({"observed_generation": 0, "status_digest": d});
-    let (_, a) = r.req(Method::POST, &format!("/v1/nodes/{id}/heartbeat"), Some(&secret), Some(hb("d1"))).await;
+    let (_, a) = r
+        .req(
+            Method::POST,
+            &format!("/v1/nodes/{id}/heartbeat"),
+            Some(&secret),
+            Some(hb("d1")),
+        )
+        .await;
     assert_eq!(a["status_wanted"], true);
     let status = json!({"observed_generation": 0, "digest": "d1", "resources": [
         {"kind": "container", "name": "web", "state": "failed", "error": "image not found"}]});
-    let (st, _) = r.req(Method::PUT, &format!("/v1/nodes/{id}/status"), Some(&secret), Some(status)).await;
+    let (st, _) = r
+        .req(
+            Method::PUT,
+            &format!("/v1/nodes/{id}/status"),
+            Some(&secret),
+            Some(status),
+        )
+        .await;
     assert_eq!(st, 204);
-    let (_, a) = r.req(Method::POST, &format!("/v1/nodes/{id}/heartbeat"), Some(&secret), Some(hb("d1"))).await;
+    let (_, a) = r
+        .req(
+            Method::POST,
+            &format!("/v1/nodes/{id}/heartbeat"),
+            Some(&secret),
+            Some(hb("d1")),
+        )
+        .await;
     assert_eq!(a["status_wanted"], false);
     let (_, n) = r.get(&format!("/v1/nodes/{id}"), &r.admin).await;
     assert_eq!(n["status"]["resources"][0]["error"], "image not found");

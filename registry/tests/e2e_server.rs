@@ -15,12 +15,23 @@ use serde_json::{json, Value};
 #[tokio::test]
 async fn serves_tls_and_refuses_plain_http_on_public_addresses() {
     let dir = tempfile::tempdir().unwrap();
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
     let cert = dir.path().join("cert.pem");
     let key = dir.path().join("key.pem");
     std::fs::write(&cert, ck.cert.pem()).unwrap();
     std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
-    let mut r = Registry::start_with(&["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()], "https", Some(ck.cert.pem())).await;
+    let mut r = Registry::start_with(
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+        "https",
+        Some(ck.cert.pem()),
+    )
+    .await;
     let (st, _) = r.get("/v1/nodes", &r.admin).await;
     assert_eq!(st, 200);
     // Plain HTTP to the TLS port does not get an answer.
@@ -42,7 +53,10 @@ async fn serves_tls_and_refuses_plain_http_on_public_addresses() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("refusing to serve plain HTTP on non-loopback address"), "{err}");
+    assert!(
+        err.contains("refusing to serve plain HTTP on non-loopback address"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -56,8 +70,23 @@ async fn read_token_reads_but_never_writes() {
     assert_eq!(r.get("/v1/nodes", read).await.0, 200);
     assert_eq!(r.get(&format!("/v1/nodes/{id}/spec"), read).await.0, 200);
     assert_eq!(r.get("/v1/events", read).await.0, 200);
-    assert_eq!(r.put_yaml(&format!("/v1/nodes/{id}/spec"), read, "{}").await.0, 403);
-    assert_eq!(r.req(Method::POST, "/v1/enrollment-tokens", Some(read), Some(json!({}))).await.0, 403);
+    assert_eq!(
+        r.put_yaml(&format!("/v1/nodes/{id}/spec"), read, "{}")
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        r.req(
+            Method::POST,
+            "/v1/enrollment-tokens",
+            Some(read),
+            Some(json!({}))
+        )
+        .await
+        .0,
+        403
+    );
 }
 
 #[tokio::test]
@@ -72,25 +101,41 @@ async fn event_stream_replays_then_follows() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
     let mut stream = resp.bytes_stream();
     let mut buf = String::new();
     let mut events: Vec<Value> = Vec::new();
     let mut wrote = false;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while events.len() < 3 {
-        let chunk = tokio::time::timeout_at(deadline, stream.next()).await.expect("stream stalled").unwrap().unwrap();
+        let chunk = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .expect("stream stalled")
+            .unwrap()
+            .unwrap();
         buf.push_str(&String::from_utf8_lossy(&chunk));
         while let Some(end) = buf.find("\n\n") {
             let block: String = buf.drain(..end + 2).collect();
-            if let Some(data) = block.lines().find_map(|l| l.strip_prefix("data: ").or_else(|| l.strip_prefix("data:"))) {
+            if let Some(data) = block
+                .lines()
+                .find_map(|l| l.strip_prefix("data: ").or_else(|| l.strip_prefix("data:")))
+            {
                 events.push(serde_json::from_str(data).unwrap());
             }
         }
         if events.len() >= 2 && !wrote {
             // Replayed history is in; now a live event.
             wrote = true;
-            let (st, _) = r.put_yaml(&format!("/v1/nodes/{id}/spec"), &r.admin, "containers: [{name: a, image: busybox}]").await;
+            let (st, _) = r
+                .put_yaml(
+                    &format!("/v1/nodes/{id}/spec"),
+                    &r.admin,
+                    "containers: [{name: a, image: busybox}]",
+                )
+                .await;
             assert_eq!(st, 200);
         }
     }
@@ -126,15 +171,36 @@ async fn openapi_document_validates_and_lists_the_routes() {
 async fn secrets_never_reach_the_log_and_are_stored_0600() {
     use std::os::unix::fs::PermissionsExt;
     let r = Registry::start(&[]).await;
-    let (_, tok) = r.req(Method::POST, "/v1/enrollment-tokens", Some(&r.admin), Some(json!({}))).await;
+    let (_, tok) = r
+        .req(
+            Method::POST,
+            "/v1/enrollment-tokens",
+            Some(&r.admin),
+            Some(json!({})),
+        )
+        .await;
     let (id, secret) = r.enroll("m-secret", json!({})).await;
-    r.req(Method::POST, &format!("/v1/nodes/{id}/heartbeat"), Some(&secret), Some(json!({}))).await;
-    r.req(Method::GET, "/v1/nodes", Some("wrong-token"), None).await;
+    r.req(
+        Method::POST,
+        &format!("/v1/nodes/{id}/heartbeat"),
+        Some(&secret),
+        Some(json!({})),
+    )
+    .await;
+    r.req(Method::GET, "/v1/nodes", Some("wrong-token"), None)
+        .await;
     let meta = std::fs::metadata(r.dir.path().join("data/admin.token")).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
     let log = r.log();
-    assert!(log.contains("admin.token"), "the generated token's path is logged");
-    for s in [r.admin.as_str(), secret.as_str(), tok["token"].as_str().unwrap()] {
+    assert!(
+        log.contains("admin.token"),
+        "the generated token's path is logged"
+    );
+    for s in [
+        r.admin.as_str(),
+        secret.as_str(),
+        tok["token"].as_str().unwrap(),
+    ] {
         assert!(!log.contains(s), "a secret reached the log");
         let hex_part = s.split('.').nth(1).unwrap();
         assert!(!log.contains(hex_part));

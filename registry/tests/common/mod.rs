@@ -34,13 +34,18 @@ impl Registry {
     }
 
     /// Starts a registry speaking `scheme`, trusting `ca_pem` when given.
-    pub async fn start_with(extra: &[&str], scheme: &'static str, ca_pem: Option<String>) -> Registry {
+    pub async fn start_with(
+        extra: &[&str],
+        scheme: &'static str,
+        ca_pem: Option<String>,
+    ) -> Registry {
         let dir = tempfile::tempdir().unwrap();
         let mut builder = reqwest::Client::builder()
             .use_rustls_tls()
             .timeout(Duration::from_secs(120));
         if let Some(pem) = ca_pem {
-            builder = builder.add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).unwrap());
+            builder = builder
+                .add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).unwrap());
         }
         let mut r = Registry {
             child: None,
@@ -92,7 +97,10 @@ impl Registry {
                     std::fs::read_to_string(self.log_path()).unwrap_or_default()
                 );
             }
-            assert!(Instant::now() < deadline, "registry did not answer /healthz in 30 s");
+            assert!(
+                Instant::now() < deadline,
+                "registry did not answer /healthz in 30 s"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let tok = self.dir.path().join("data/admin.token");
@@ -135,7 +143,8 @@ impl Registry {
     }
 
     pub async fn get(&self, path: &str, token: &str) -> (u16, Value) {
-        self.req(reqwest::Method::GET, path, Some(token), None).await
+        self.req(reqwest::Method::GET, path, Some(token), None)
+            .await
     }
 
     pub async fn put_yaml(&self, path: &str, token: &str, yaml: &str) -> (u16, Value) {
