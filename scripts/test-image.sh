@@ -38,6 +38,15 @@ if [ "$force" = 0 ] && docker image inspect "$image" >/dev/null 2>&1; then
   exit 0
 fi
 
+# One builder at a time (test binaries may run this concurrently); then look again.
+if command -v flock >/dev/null; then
+  exec 9>"${TMPDIR:-/tmp}/steward-test-image.lock"
+  flock 9
+  if [ "$force" = 0 ] && docker image inspect "$image" >/dev/null 2>&1; then
+    exit 0
+  fi
+fi
+
 # A statically linked busybox: the image has no libc.
 busybox=""
 for candidate in /bin/busybox /usr/bin/busybox; do

@@ -1,0 +1,150 @@
+//! The one-shot commands: `enroll`, `apply --file`, `status`, and the start-up of `run`.
+
+use std::io::Write;
+
+use anyhow::{bail, Context};
+use steward_proto::parse::{parse_document, Format};
+use steward_proto::validate::validate_spec;
+use steward_proto::{NodeSpec, NodeStatus, ResourceState};
+
+use crate::client::{RegistryClient, TlsOptions};
+use crate::config::AgentConfig;
+use crate::docker::Docker;
+use crate::facts::collect_facts;
+use crate::reconciler::Reconciler;
+use crate::store::{Identity, Paths};
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+fn tls(cfg: &AgentConfig) -> TlsOptions {
+    TlsOptions {
+        ca_file: cfg.ca_file.clone(),
+        pin_sha256: cfg.ca_pin_sha256.clone(),
+    }
+}
+
+/// The stored identity, or a fresh enrolment with the configured token.
+pub async fn ensure_identity(
+    cfg: &AgentConfig,
+    force: bool,
+) -> anyhow::Result<(Identity, RegistryClient)> {
+    let paths = Paths::new(&cfg.data_dir);
+    paths.ensure_dir()?;
+    if !force {
+        if let Some(id) = paths.load_identity()? {
+            let url = cfg.registry.clone().unwrap_or_else(|| id.registry.clone());
+            let client = RegistryClient::new(&url, &tls(cfg))?
+                .with_credentials(id.node_id.clone(), id.node_secret.clone());
+            return Ok((id, client));
+        }
+    }
+    let Some(registry) = cfg.registry.clone() else {
+        bail!("not enrolled and no registry configured: set `registry` in the config, STEWARD_REGISTRY or --registry");
+    };
+    let Some(token) = cfg.enrollment_token.clone() else {
+        bail!("not enrolled: set `enrollment_token` in the config, STEWARD_ENROLLMENT_TOKEN or --token (stewardctl tokens create)");
+    };
+    let client = RegistryClient::new(&registry, &tls(cfg))?;
+    let docker_version = match Docker::connect(cfg.docker_socket.as_deref()).await {
+        Ok(d) => d.version().await.ok(),
+        Err(_) => None,
+    };
+    let facts = collect_facts(VERSION, docker_version);
+    let resp = client
+        .enroll(&token, &facts)
+        .await
+        .with_context(|| format!("enrolling with {registry}"))?;
+    let id = Identity {
+        registry: registry.clone(),
+        node_id: resp.node_id.clone(),
+        node_secret: resp.node_secret.clone(),
+        heartbeat_interval_secs: resp.heartbeat_interval_secs,
+    };
+    paths.save_identity(&id)?;
+    tracing::info!(node = %id.node_id, rotated = resp.rotated, path = %paths.identity().display(), "enrolled; node secret stored (0600)");
+    let client = client.with_credentials(id.node_id.clone(), id.node_secret.clone());
+    Ok((id, client))
+}
+
+/// Reads and validates a spec file (YAML or JSON by extension; `-` is stdin as YAML).
+pub fn read_spec(path: &str) -> anyhow::Result<NodeSpec> {
+    let (bytes, format) = if path == "-" {
+        let mut b = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)?;
+        (b, Format::Yaml)
+    } else {
+        (
+            std::fs::read(path).with_context(|| format!("reading {path}"))?,
+            Format::from_path(path),
+        )
+    };
+    let spec: NodeSpec =
+        parse_document(&bytes, format).map_err(|p| anyhow::anyhow!("{path}: {p}"))?;
+    if let Err(e) = validate_spec(&spec) {
+        let lines: Vec<String> = e.0.iter().map(|p| format!("  {p}")).collect();
+        bail!("{path} is not a valid spec:\n{}", lines.join("\n"));
+    }
+    Ok(spec)
+}
+
+/// `apply --file`: one reconcile of a local spec, no registry. Returns the status.
+pub async fn apply(cfg: &AgentConfig, path: &str) -> anyhow::Result<NodeStatus> {
+    let spec = read_spec(path)?;
+    let paths = Paths::new(&cfg.data_dir);
+    paths.ensure_dir()?;
+    // Hold the store's lock so a running daemon and this command never act at once.
+    let _store = crate::store::Store::open(&paths)?;
+    let node_id = paths
+        .load_identity()?
+        .map(|i| i.node_id)
+        .unwrap_or_else(|| "local".into());
+    let mut rec = Reconciler::new(cfg.docker_socket.clone(), cfg.policy.clone(), node_id);
+    let status = rec.reconcile(0, &spec).await;
+    paths.save_status(&status)?;
+    Ok(status)
+}
+
+/// Prints a status as a table (or JSON).
+#[allow(clippy::print_stdout)]
+pub fn print_status(status: &NodeStatus, json: bool, header: Option<String>) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(status)?)?;
+        return Ok(());
+    }
+    if let Some(h) = header {
+        writeln!(out, "{h}")?;
+    }
+    writeln!(
+        out,
+        "{:<10} {:<24} {:<10} {:>8}  ERROR",
+        "KIND", "NAME", "STATE", "RESTARTS"
+    )?;
+    for r in &status.resources {
+        let kind = serde_json::to_value(r.kind)?
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        let state = serde_json::to_value(r.state)?
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        writeln!(
+            out,
+            "{:<10} {:<24} {:<10} {:>8}  {}",
+            kind,
+            r.name,
+            state,
+            r.restarts,
+            r.error.as_deref().unwrap_or("")
+        )?;
+    }
+    Ok(())
+}
+
+/// True when every resource converged.
+pub fn all_converged(s: &NodeStatus) -> bool {
+    s.resources
+        .iter()
+        .all(|r| r.state == ResourceState::Converged)
+}

@@ -1,0 +1,812 @@
+//! The agent's client for the registry's HTTP API (see docs/API.md).
+//!
+//! One [`RegistryClient`] holds one `reqwest::Client` (so connections are kept alive and
+//! reused) over rustls with the *ring* crypto provider. For `https` URLs the server is
+//! verified either
+//!
+//! - against the built-in web PKI roots plus the certificates of [`TlsOptions::ca_file`], with
+//!   the usual hostname check; or
+//! - when [`TlsOptions::pin_sha256`] is set, by pinning: the server is accepted if and only if
+//!   the sha256 of its end-entity certificate (DER) is the pin. The handshake signatures are
+//!   still verified against that certificate's key, but neither the chain, the hostname nor the
+//!   validity period are checked, and `ca_file` is not used. [`cert_sha256_pem`] computes the
+//!   pin of a PEM certificate.
+//!
+//! The node secret and the enrollment token never appear in `Debug` output or in errors.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode, Url};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{CertificateError, DigitallySignedStruct, OtherError, SignatureScheme};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use steward_proto::{
+    ApiError, EnrollResponse, Heartbeat, HeartbeatResponse, NodeFacts, NodeStatus, Problem,
+    SpecDocument,
+};
+
+/// Timeout of every request except the long-poll.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
+/// Added to the long-poll's `wait` to get its HTTP timeout.
+pub const LONG_POLL_MARGIN: Duration = Duration::from_secs(15);
+/// Time allowed to open a connection (TCP and TLS).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How the registry's certificate is verified (only used for `https` URLs).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsOptions {
+    /// PEM file with one or more CA certificates trusted in addition to the web PKI roots.
+    pub ca_file: Option<PathBuf>,
+    /// Hex sha256 of the server's end-entity certificate (DER); colons and case are ignored.
+    /// When set, the certificate is pinned and `ca_file` is not used.
+    pub pin_sha256: Option<String>,
+}
+
+/// Why a call to the registry failed; each message says what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid registry URL {url:?}: {reason}")]
+    InvalidUrl { url: String, reason: String },
+
+    #[error("invalid TLS settings: {0}")]
+    TlsConfig(String),
+
+    #[error(
+        "cannot reach the registry at {url}: {detail}; check the registry URL, that the registry \
+         is running, and that this host can reach it (DNS, routes, firewall)"
+    )]
+    Unreachable { url: String, detail: String },
+
+    #[error(
+        "the registry at {url} did not answer within {}: it may be overloaded or the network \
+         may be dropping packets; the request will be retried",
+        humantime::format_duration(*.after)
+    )]
+    Timeout { url: String, after: Duration },
+
+    #[error(
+        "the registry's certificate did not match the pin: {url} presented a certificate with \
+         sha256 {actual}, but the pin is {expected}; if the registry's certificate was replaced \
+         on purpose, set pin_sha256 to the new certificate's sha256, otherwise something between \
+         this host and the registry is intercepting the connection"
+    )]
+    PinMismatch {
+        url: String,
+        expected: String,
+        actual: String,
+    },
+
+    #[error(
+        "the registry's certificate at {url} is not trusted ({detail}); give the CA that signed \
+         it with ca_file, or pin the certificate with pin_sha256"
+    )]
+    UntrustedCertificate { url: String, detail: String },
+
+    #[error(
+        "TLS handshake with the registry at {url} failed: {detail}; check that the URL's scheme \
+         (http or https) and port are the registry's"
+    )]
+    Tls { url: String, detail: String },
+
+    #[error(
+        "the registry no longer accepts this node's credentials ({message}): the node was \
+         decommissioned or enrolled again with another secret; enrol again with a new \
+         enrollment token"
+    )]
+    Unauthorized { message: String },
+
+    #[error(
+        "the registry refused the enrollment token ({message}): it is unknown, expired, revoked \
+         or used up; create a new one (POST /v1/enrollment-tokens) and enrol again"
+    )]
+    EnrollmentRefused { message: String },
+
+    #[error(
+        "the registry refused the request (HTTP {status}, {}): {}{}",
+        .error.code,
+        .error.error,
+        problems_suffix(&.error.error, &.error.problems)
+    )]
+    Refused { status: u16, error: ApiError },
+
+    #[error(
+        "this agent is not enrolled (no node id and secret): enrol with an enrollment token first"
+    )]
+    NotEnrolled,
+
+    #[error(
+        "unexpected answer from {url}: {detail}; check that the URL is a Steward registry of a \
+         compatible version"
+    )]
+    Protocol { url: String, detail: String },
+}
+
+impl ClientError {
+    /// The node's credentials are gone: only a new enrolment helps.
+    pub fn requires_reenrolment(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Unauthorized { .. } | ClientError::NotEnrolled
+        )
+    }
+
+    /// Worth retrying later unchanged: the network, a time-out, or a server-side failure.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Unreachable { .. } | ClientError::Timeout { .. } => true,
+            ClientError::Refused { status, .. } => *status >= 500 || *status == 429,
+            _ => false,
+        }
+    }
+
+    /// HTTP status of a refusal, if the registry answered with one.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Refused { status, .. } => Some(*status),
+            ClientError::Unauthorized { .. } => Some(401),
+            ClientError::EnrollmentRefused { .. } => Some(403),
+            _ => None,
+        }
+    }
+}
+
+/// Problems not already spelled out in the message, as `" (problems: a: x; b: y)"`.
+fn problems_suffix(message: &str, problems: &[Problem]) -> String {
+    let missing: Vec<String> = problems
+        .iter()
+        .map(ToString::to_string)
+        .filter(|p| !message.contains(p.as_str()))
+        .collect();
+    if missing.is_empty() {
+        String::new()
+    } else {
+        format!(" (problems: {})", missing.join("; "))
+    }
+}
+
+/// A secret string: usable, but never printed.
+#[derive(Clone)]
+struct Secret(String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Credentials {
+    node_id: String,
+    secret: Secret,
+}
+
+/// How `https` servers are verified.
+#[derive(Clone)]
+enum TlsMode {
+    Plain,
+    Roots { ca_file: Option<PathBuf> },
+    Pinned { pin: String },
+}
+
+impl fmt::Debug for TlsMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TlsMode::Plain => f.write_str("plain HTTP"),
+            TlsMode::Roots { ca_file: None } => f.write_str("web PKI roots"),
+            TlsMode::Roots { ca_file: Some(p) } => {
+                write!(f, "web PKI roots and {}", p.display())
+            }
+            TlsMode::Pinned { pin } => write!(f, "pinned sha256 {pin}"),
+        }
+    }
+}
+
+/// The agent's client for one registry.
+#[derive(Clone)]
+pub struct RegistryClient {
+    base: Url,
+    http: reqwest::Client,
+    tls: TlsMode,
+    creds: Option<Credentials>,
+}
+
+impl fmt::Debug for RegistryClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegistryClient")
+            .field("url", &self.base.as_str())
+            .field("tls", &self.tls)
+            .field("node_id", &self.creds.as_ref().map(|c| c.node_id.as_str()))
+            .field("secret", &self.creds.as_ref().map(|c| &c.secret))
+            .finish()
+    }
+}
+
+/// Body of `POST /v1/enroll` (borrowed, so the facts are not copied).
+#[derive(Serialize)]
+struct EnrollBody<'a> {
+    token: &'a str,
+    facts: &'a NodeFacts,
+}
+
+impl RegistryClient {
+    /// A client for the registry at `url` (`http(s)://host:port`, optionally with a path
+    /// prefix). For `https`, the server is verified as `tls` says (see the module docs); for
+    /// `http`, `tls` is ignored.
+    pub fn new(url: &str, tls: &TlsOptions) -> Result<Self, ClientError> {
+        let base = parse_base_url(url)?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let (config, mode) = if base.scheme() == "https" {
+            tls_config(provider, tls)?
+        } else {
+            (
+                tls_config(provider, &TlsOptions::default())?.0,
+                TlsMode::Plain,
+            )
+        };
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(config)
+            .timeout(DEFAULT_TIMEOUT)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_keepalive(Duration::from_secs(60))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("steward-agent/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ClientError::TlsConfig(format!("cannot build the HTTP client: {e}")))?;
+        Ok(RegistryClient {
+            base,
+            http,
+            tls: mode,
+            creds: None,
+        })
+    }
+
+    /// The same client, authenticating as node `node_id` with `secret` (from the enrolment).
+    pub fn with_credentials(self, node_id: String, secret: String) -> Self {
+        RegistryClient {
+            creds: Some(Credentials {
+                node_id,
+                secret: Secret(secret),
+            }),
+            ..self
+        }
+    }
+
+    /// The node id set by [`RegistryClient::with_credentials`].
+    pub fn node_id(&self) -> Option<&str> {
+        self.creds.as_ref().map(|c| c.node_id.as_str())
+    }
+
+    /// The registry's base URL.
+    pub fn url(&self) -> &str {
+        self.base.as_str()
+    }
+
+    /// `POST /v1/enroll`: enrols this machine with an enrollment token.
+    pub async fn enroll(
+        &self,
+        token: &str,
+        facts: &NodeFacts,
+    ) -> Result<EnrollResponse, ClientError> {
+        let url = self.endpoint(&["v1", "enroll"]);
+        let body = EnrollBody { token, facts };
+        let resp = self
+            .call(
+                Method::POST,
+                url.clone(),
+                Some(&body),
+                None,
+                DEFAULT_TIMEOUT,
+            )
+            .await?;
+        self.decode(&url, resp).await
+    }
+
+    /// `POST /v1/nodes/{id}/heartbeat`.
+    pub async fn heartbeat(&self, hb: &Heartbeat) -> Result<HeartbeatResponse, ClientError> {
+        let creds = self.creds()?;
+        let url = self.endpoint(&["v1", "nodes", &creds.node_id, "heartbeat"]);
+        let resp = self
+            .call(
+                Method::POST,
+                url.clone(),
+                Some(hb),
+                Some(creds),
+                DEFAULT_TIMEOUT,
+            )
+            .await?;
+        self.decode(&url, resp).await
+    }
+
+    /// `PUT /v1/nodes/{id}/status`.
+    pub async fn put_status(&self, status: &NodeStatus) -> Result<(), ClientError> {
+        let creds = self.creds()?;
+        let url = self.endpoint(&["v1", "nodes", &creds.node_id, "status"]);
+        self.call(Method::PUT, url, Some(status), Some(creds), DEFAULT_TIMEOUT)
+            .await?;
+        Ok(())
+    }
+
+    /// Long-poll `GET /v1/nodes/{id}/spec?after=G&wait=W`: the spec document as soon as its
+    /// generation is greater than `after`, or `Ok(None)` (`304`) when `wait` passed without
+    /// one. `wait` must not exceed the registry's `max_wait` (300 s by default). The HTTP
+    /// timeout of this call is `wait` + [`LONG_POLL_MARGIN`].
+    pub async fn wait_spec(
+        &self,
+        after: u64,
+        wait: Duration,
+    ) -> Result<Option<SpecDocument>, ClientError> {
+        let creds = self.creds()?;
+        let mut url = self.endpoint(&["v1", "nodes", &creds.node_id, "spec"]);
+        url.query_pairs_mut()
+            .append_pair("after", &after.to_string())
+            .append_pair("wait", &format!("{}ms", wait.as_millis()));
+        let resp = self
+            .call(
+                Method::GET,
+                url.clone(),
+                None::<&()>,
+                Some(creds),
+                wait.saturating_add(LONG_POLL_MARGIN),
+            )
+            .await?;
+        if resp.status() == StatusCode::NOT_MODIFIED {
+            return Ok(None);
+        }
+        self.decode(&url, resp).await.map(Some)
+    }
+
+    fn pin(&self) -> Option<&str> {
+        match &self.tls {
+            TlsMode::Pinned { pin } => Some(pin),
+            _ => None,
+        }
+    }
+
+    fn creds(&self) -> Result<&Credentials, ClientError> {
+        self.creds.as_ref().ok_or(ClientError::NotEnrolled)
+    }
+
+    /// The base URL with `segments` appended (each percent-encoded as needed).
+    fn endpoint(&self, segments: &[&str]) -> Url {
+        let mut url = self.base.clone();
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty().extend(segments);
+        }
+        url
+    }
+
+    /// Sends one request; `Ok` for 2xx and 304, the matching [`ClientError`] otherwise.
+    async fn call<B: Serialize + ?Sized>(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<&B>,
+        creds: Option<&Credentials>,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, ClientError> {
+        let mut rb = self.http.request(method, url.clone()).timeout(timeout);
+        if let Some(c) = creds {
+            rb = rb.bearer_auth(&c.secret.0);
+        }
+        if let Some(b) = body {
+            rb = rb.json(b);
+        }
+        let resp = rb
+            .send()
+            .await
+            .map_err(|e| transport_error(&url, &e, timeout, self.pin()))?;
+        let status = resp.status();
+        if status.is_success() || status == StatusCode::NOT_MODIFIED {
+            return Ok(resp);
+        }
+        Err(status_error(&url, resp).await)
+    }
+
+    async fn decode<T: DeserializeOwned>(
+        &self,
+        url: &Url,
+        resp: reqwest::Response,
+    ) -> Result<T, ClientError> {
+        let status = resp.status();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| transport_error(url, &e, DEFAULT_TIMEOUT, self.pin()))?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol {
+            url: display_url(url),
+            detail: format!("HTTP {status} with a body that is not the expected JSON: {e}"),
+        })
+    }
+}
+
+/// Checks and normalises the registry URL.
+fn parse_base_url(raw: &str) -> Result<Url, ClientError> {
+    let invalid = |reason: &str| ClientError::InvalidUrl {
+        url: raw.to_string(),
+        reason: reason.to_string(),
+    };
+    let url = Url::parse(raw.trim()).map_err(|e| invalid(&e.to_string()))?;
+    if url.password().is_some() || !url.username().is_empty() {
+        // Do not echo a password back.
+        return Err(ClientError::InvalidUrl {
+            url: format!("{}://…@{}", url.scheme(), url.host_str().unwrap_or("")),
+            reason: "credentials in the URL are not supported".into(),
+        });
+    }
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(invalid("the scheme must be http or https"));
+    }
+    if url.host_str().is_none_or(str::is_empty) || url.cannot_be_a_base() {
+        return Err(invalid(
+            "a host is required, as in https://registry.example:8443",
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(invalid("no query or fragment allowed"));
+    }
+    Ok(url)
+}
+
+/// The URL without its query, for messages.
+fn display_url(url: &Url) -> String {
+    let mut u = url.clone();
+    u.set_query(None);
+    u.to_string()
+}
+
+/// Parses a pin: 64 hex digits, colons and whitespace ignored, any case.
+fn parse_pin(pin: &str) -> Result<[u8; 32], ClientError> {
+    let cleaned: String = pin
+        .chars()
+        .filter(|c| *c != ':' && !c.is_whitespace())
+        .collect();
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(cleaned.to_ascii_lowercase(), &mut out).map_err(|_| {
+        ClientError::TlsConfig(format!(
+            "pin_sha256 {pin:?} is not a sha256: expected 64 hex digits (colons allowed), the \
+             sha256 of the registry certificate's DER"
+        ))
+    })?;
+    Ok(out)
+}
+
+/// The pin of the first certificate in `pem`: lower-case hex sha256 of its DER.
+pub fn cert_sha256_pem(pem: &str) -> Result<String, ClientError> {
+    let cert = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .next()
+        .ok_or_else(|| ClientError::TlsConfig("no CERTIFICATE block in the PEM text".into()))?
+        .map_err(|e| ClientError::TlsConfig(format!("cannot read the PEM certificate: {e}")))?;
+    Ok(hex::encode(Sha256::digest(cert.as_ref())))
+}
+
+/// The rustls configuration for `tls`, with ALPN for HTTP/2 and HTTP/1.1.
+fn tls_config(
+    provider: Arc<CryptoProvider>,
+    tls: &TlsOptions,
+) -> Result<(rustls::ClientConfig, TlsMode), ClientError> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientError::TlsConfig(format!("TLS protocol versions: {e}")))?;
+    let (mut config, mode) = if let Some(pin) = &tls.pin_sha256 {
+        let pin = parse_pin(pin)?;
+        let verifier = PinVerifier { pin, provider };
+        (
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(verifier))
+                .with_no_client_auth(),
+            TlsMode::Pinned {
+                pin: hex::encode(pin),
+            },
+        )
+    } else {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        if let Some(path) = &tls.ca_file {
+            let pem = std::fs::read(path).map_err(|e| {
+                ClientError::TlsConfig(format!("cannot read ca_file {}: {e}", path.display()))
+            })?;
+            let mut added = 0;
+            for cert in CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert.map_err(|e| {
+                    ClientError::TlsConfig(format!("ca_file {}: {e}", path.display()))
+                })?;
+                roots.add(cert).map_err(|e| {
+                    ClientError::TlsConfig(format!(
+                        "ca_file {}: not a usable CA certificate: {e}",
+                        path.display()
+                    ))
+                })?;
+                added += 1;
+            }
+            if added == 0 {
+                return Err(ClientError::TlsConfig(format!(
+                    "ca_file {} holds no PEM CERTIFICATE block",
+                    path.display()
+                )));
+            }
+        }
+        (
+            builder.with_root_certificates(roots).with_no_client_auth(),
+            TlsMode::Roots {
+                ca_file: tls.ca_file.clone(),
+            },
+        )
+    };
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok((config, mode))
+}
+
+/// Accepts exactly the server certificate whose DER hashes to the pin.
+#[derive(Debug)]
+struct PinVerifier {
+    pin: [u8; 32],
+    provider: Arc<CryptoProvider>,
+}
+
+/// Carried inside the rustls error so the client can report both hashes.
+#[derive(Debug, thiserror::Error)]
+#[error("the certificate's sha256 {actual} did not match the pin")]
+struct PinMismatchError {
+    actual: String,
+}
+
+impl ServerCertVerifier for PinVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let got: [u8; 32] = Sha256::digest(end_entity.as_ref()).into();
+        if got == self.pin {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+                OtherError(Arc::new(PinMismatchError {
+                    actual: hex::encode(got),
+                })),
+            )))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// The rustls error somewhere in `err`'s chain (looking inside `io::Error`s too).
+fn find_rustls_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(r) = e.downcast_ref::<rustls::Error>() {
+            return Some(r);
+        }
+        if let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            if let Some(r) = find_rustls_error(inner) {
+                return Some(r);
+            }
+        }
+        cur = e.source();
+    }
+    None
+}
+
+/// `err` and its causes, joined by `: ` (repeated messages once).
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        let s = e.to_string();
+        if !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+        cur = e.source();
+    }
+    parts.join(": ")
+}
+
+/// Maps a failure to get an answer at all.
+fn transport_error(
+    url: &Url,
+    err: &reqwest::Error,
+    timeout: Duration,
+    pin: Option<&str>,
+) -> ClientError {
+    let url_s = display_url(url);
+    // Without the URL (already in our message) reqwest's text is just its causes.
+    let detail = std::error::Error::source(err)
+        .map(error_chain)
+        .unwrap_or_else(|| err.to_string());
+    if let Some(tls) = find_rustls_error(err) {
+        return match tls {
+            rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(inner))) => {
+                match inner.downcast_ref::<PinMismatchError>() {
+                    Some(pm) => ClientError::PinMismatch {
+                        url: url_s,
+                        expected: pin.unwrap_or_default().to_string(),
+                        actual: pm.actual.clone(),
+                    },
+                    None => ClientError::UntrustedCertificate {
+                        url: url_s,
+                        detail: tls.to_string(),
+                    },
+                }
+            }
+            rustls::Error::InvalidCertificate(_) => ClientError::UntrustedCertificate {
+                url: url_s,
+                detail: tls.to_string(),
+            },
+            _ => ClientError::Tls {
+                url: url_s,
+                detail: tls.to_string(),
+            },
+        };
+    }
+    if err.is_connect() {
+        ClientError::Unreachable { url: url_s, detail }
+    } else if err.is_timeout() {
+        ClientError::Timeout {
+            url: url_s,
+            after: timeout,
+        }
+    } else if err.is_decode() {
+        ClientError::Protocol { url: url_s, detail }
+    } else {
+        ClientError::Unreachable { url: url_s, detail }
+    }
+}
+
+/// Maps an answer with an error status.
+async fn status_error(url: &Url, resp: reqwest::Response) -> ClientError {
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    let api: Option<ApiError> = serde_json::from_str(&text).ok();
+    match (status, api) {
+        (StatusCode::UNAUTHORIZED, api) => ClientError::Unauthorized {
+            message: api
+                .map(|a| a.error)
+                .unwrap_or_else(|| "HTTP 401".to_string()),
+        },
+        (StatusCode::FORBIDDEN, Some(api)) if api.code == "enrollment_refused" => {
+            ClientError::EnrollmentRefused { message: api.error }
+        }
+        (_, Some(api)) => ClientError::Refused {
+            status: status.as_u16(),
+            error: api,
+        },
+        (_, None) => {
+            let snippet: String = text.chars().take(200).collect();
+            ClientError::Protocol {
+                url: display_url(url),
+                detail: format!("HTTP {status} without an error body: {snippet:?}"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pins_parse_with_colons_and_any_case() {
+        let hex64 = "AB".repeat(32);
+        let colons = hex64
+            .as_bytes()
+            .chunks(2)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect::<Vec<_>>()
+            .join(":");
+        assert_eq!(parse_pin(&hex64).unwrap(), [0xab; 32]);
+        assert_eq!(parse_pin(&colons).unwrap(), [0xab; 32]);
+        assert_eq!(parse_pin(&hex64.to_lowercase()).unwrap(), [0xab; 32]);
+        assert!(parse_pin("abcd").is_err());
+        assert!(parse_pin(&"zz".repeat(32)).is_err());
+    }
+
+    #[test]
+    fn urls_are_checked() {
+        assert!(parse_base_url("https://r.example:8443").is_ok());
+        assert!(parse_base_url("http://127.0.0.1:7080/").is_ok());
+        assert!(parse_base_url("ftp://r.example").is_err());
+        assert!(parse_base_url("r.example:8443").is_err());
+        let e = parse_base_url("https://u:hunter2@r.example").unwrap_err();
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        assert!(!format!("{e:?}").contains("hunter2"), "{e:?}");
+    }
+
+    #[test]
+    fn endpoints_keep_a_path_prefix_and_encode_ids() {
+        let c = RegistryClient::new("https://r.example/steward/", &TlsOptions::default()).unwrap();
+        assert_eq!(
+            c.endpoint(&["v1", "nodes", "a/b", "spec"]).as_str(),
+            "https://r.example/steward/v1/nodes/a%2Fb/spec"
+        );
+        let c = RegistryClient::new("http://127.0.0.1:7080", &TlsOptions::default()).unwrap();
+        assert_eq!(
+            c.endpoint(&["v1", "enroll"]).as_str(),
+            "http://127.0.0.1:7080/v1/enroll"
+        );
+    }
+
+    #[test]
+    fn debug_redacts_the_secret() {
+        let c = RegistryClient::new("http://127.0.0.1:1", &TlsOptions::default())
+            .unwrap()
+            .with_credentials("node-1".into(), "node-1.s3cr3t-value".into());
+        let d = format!("{c:?}");
+        assert!(d.contains("node-1") && d.contains("redacted"), "{d}");
+        assert!(!d.contains("s3cr3t"), "{d}");
+    }
+
+    #[tokio::test]
+    async fn not_enrolled_is_reported() {
+        let c = RegistryClient::new("http://127.0.0.1:1", &TlsOptions::default()).unwrap();
+        let e = c.heartbeat(&Heartbeat::default()).await.unwrap_err();
+        assert!(matches!(e, ClientError::NotEnrolled), "{e:?}");
+        assert!(e.requires_reenrolment());
+    }
+
+    #[test]
+    fn refusals_list_problems_not_in_the_message() {
+        let e = ClientError::Refused {
+            status: 400,
+            error: ApiError {
+                error: "invalid input: a: bad".into(),
+                code: "invalid".into(),
+                problems: vec![Problem::new("a", "bad"), Problem::new("b", "worse")],
+            },
+        };
+        let s = e.to_string();
+        assert!(
+            s.contains("invalid input: a: bad (problems: b: worse)"),
+            "{s}"
+        );
+    }
+}

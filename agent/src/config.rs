@@ -1,0 +1,211 @@
+//! Agent configuration: flags > environment > config file > defaults.
+//!
+//! Every field is documented in `packaging/agent.toml.example`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+
+use crate::reconcile::Policy;
+
+pub const DEFAULT_CONFIG: &str = "/etc/steward/agent.toml";
+
+/// Flags shared by `run`, `enroll`, `apply` and `status`; each also reads its env variable.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct AgentArgs {
+    /// Config file (TOML) [default: /etc/steward/agent.toml, if it exists].
+    #[arg(long, short = 'c', env = "STEWARD_AGENT_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Registry URL, e.g. https://registry.example:7700.
+    #[arg(long, env = "STEWARD_REGISTRY", global = true)]
+    pub registry: Option<String>,
+    /// Enrollment token, used once when the agent has no node identity yet.
+    #[arg(
+        long,
+        env = "STEWARD_ENROLLMENT_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    pub token: Option<String>,
+    /// State directory (node identity, stored spec, status) [default: /var/lib/steward].
+    #[arg(long, env = "STEWARD_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// PEM file with the CA that signed the registry's certificate (added to the system roots).
+    #[arg(long, env = "STEWARD_CA_FILE", global = true)]
+    pub ca_file: Option<PathBuf>,
+    /// Accept the registry only if its certificate's sha256 (hex) is this.
+    #[arg(long, env = "STEWARD_CA_PIN", global = true)]
+    pub ca_pin_sha256: Option<String>,
+    /// Docker engine socket [default: /var/run/docker.sock].
+    #[arg(long, env = "STEWARD_DOCKER_SOCKET", global = true)]
+    pub docker_socket: Option<PathBuf>,
+    /// Periodic full reconcile even without changes [default: 30s].
+    #[arg(long, env = "STEWARD_RESYNC_INTERVAL", value_parser = humantime::parse_duration, global = true)]
+    pub resync_interval: Option<Duration>,
+}
+
+/// The config file's shape. Unknown fields are refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    registry: Option<String>,
+    enrollment_token: Option<String>,
+    data_dir: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
+    ca_pin_sha256: Option<String>,
+    docker_socket: Option<PathBuf>,
+    resync_interval: Option<String>,
+    long_poll_wait: Option<String>,
+    backoff_max: Option<String>,
+    #[serde(default)]
+    policy: Policy,
+}
+
+/// The resolved configuration.
+#[derive(Clone)]
+pub struct AgentConfig {
+    pub registry: Option<String>,
+    pub enrollment_token: Option<String>,
+    pub data_dir: PathBuf,
+    pub ca_file: Option<PathBuf>,
+    pub ca_pin_sha256: Option<String>,
+    pub docker_socket: Option<PathBuf>,
+    pub resync_interval: Duration,
+    pub long_poll_wait: Duration,
+    pub backoff_max: Duration,
+    pub policy: Policy,
+}
+
+impl std::fmt::Debug for AgentConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentConfig")
+            .field("registry", &self.registry)
+            .field(
+                "enrollment_token",
+                &self.enrollment_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("data_dir", &self.data_dir)
+            .field("ca_file", &self.ca_file)
+            .field("ca_pin_sha256", &self.ca_pin_sha256)
+            .field("docker_socket", &self.docker_socket)
+            .field("resync_interval", &self.resync_interval)
+            .field("long_poll_wait", &self.long_poll_wait)
+            .field("backoff_max", &self.backoff_max)
+            .field("policy", &self.policy)
+            .finish()
+    }
+}
+
+fn duration(field: &str, v: Option<String>) -> anyhow::Result<Option<Duration>> {
+    v.map(|s| {
+        humantime::parse_duration(&s)
+            .with_context(|| format!("config field {field}: {s:?} is not a duration like 30s"))
+    })
+    .transpose()
+}
+
+impl AgentConfig {
+    /// Resolves flags/env over the config file over defaults.
+    pub fn resolve(args: AgentArgs) -> anyhow::Result<Self> {
+        let file = match &args.config {
+            Some(p) => load(p)?,
+            None if Path::new(DEFAULT_CONFIG).exists() => load(Path::new(DEFAULT_CONFIG))?,
+            None => FileConfig::default(),
+        };
+        let cfg = AgentConfig {
+            registry: args.registry.or(file.registry),
+            enrollment_token: args
+                .token
+                .or(file.enrollment_token)
+                .filter(|t| !t.is_empty()),
+            data_dir: args
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from("/var/lib/steward")),
+            ca_file: args.ca_file.or(file.ca_file),
+            ca_pin_sha256: args.ca_pin_sha256.or(file.ca_pin_sha256),
+            docker_socket: args.docker_socket.or(file.docker_socket),
+            resync_interval: args
+                .resync_interval
+                .or(duration("resync_interval", file.resync_interval)?)
+                .unwrap_or(Duration::from_secs(30)),
+            long_poll_wait: duration("long_poll_wait", file.long_poll_wait)?
+                .unwrap_or(Duration::from_secs(60)),
+            backoff_max: duration("backoff_max", file.backoff_max)?
+                .unwrap_or(Duration::from_secs(60)),
+            policy: file.policy,
+        };
+        if cfg.resync_interval < Duration::from_secs(1) {
+            bail!("resync_interval must be at least 1s");
+        }
+        if cfg.long_poll_wait < Duration::from_secs(1)
+            || cfg.long_poll_wait > Duration::from_secs(300)
+        {
+            bail!("long_poll_wait must be between 1s and 300s");
+        }
+        if let Some(r) = &cfg.registry {
+            if !(r.starts_with("http://") || r.starts_with("https://")) {
+                bail!("registry must be an http:// or https:// URL, got {r:?}");
+            }
+        }
+        Ok(cfg)
+    }
+}
+
+fn load(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn precedence_and_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.toml");
+        std::fs::write(
+            &p,
+            "registry = \"http://file:1\"\nresync_interval = \"5s\"\n[policy]\nallow_privileged = true\nallowed_bind_roots = [\"/srv\"]\n",
+        )
+        .unwrap();
+        let c = AgentConfig::resolve(AgentArgs {
+            config: Some(p),
+            registry: Some("http://flag:2".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.registry.as_deref(), Some("http://flag:2"));
+        assert_eq!(c.resync_interval, Duration::from_secs(5));
+        assert!(c.policy.allow_privileged);
+        assert!(!c.policy.allow_host_network);
+        assert_eq!(c.policy.allowed_bind_roots, [PathBuf::from("/srv")]);
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/steward"));
+    }
+
+    #[test]
+    fn unknown_fields_refused_and_token_redacted() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.toml");
+        std::fs::write(&p, "[policy]\nallow_everything = true\n").unwrap();
+        let e = AgentConfig::resolve(AgentArgs {
+            config: Some(p),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(
+            format!("{e:#}").contains("unknown field `allow_everything`"),
+            "{e:#}"
+        );
+        let c = AgentConfig::resolve(AgentArgs {
+            token: Some("sekrit.123".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(!format!("{c:?}").contains("sekrit"));
+    }
+}

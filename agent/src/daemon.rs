@@ -1,0 +1,296 @@
+//! `steward-agent run`: the heartbeat ticker, the spec watcher and the reconciler, running
+//! concurrently. The agent keeps enforcing the last stored spec while the registry is
+//! unreachable and never stops a workload because of that.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use rand::Rng;
+use steward_proto::{Heartbeat, NodeStatus};
+use tokio::sync::{watch, Notify};
+use tracing::{debug, error, info, warn};
+
+use crate::client::RegistryClient;
+use crate::config::AgentConfig;
+use crate::docker::Docker;
+use crate::facts::StatsSampler;
+use crate::reconciler::Reconciler;
+use crate::store::{Identity, Paths, Store, StoredSpec};
+
+/// Jittered exponential backoff with a cap.
+pub struct Backoff {
+    next: Duration,
+    cap: Duration,
+}
+
+impl Backoff {
+    pub fn new(cap: Duration) -> Self {
+        Self {
+            next: Duration::from_millis(500),
+            cap,
+        }
+    }
+    pub fn reset(&mut self) {
+        self.next = Duration::from_millis(500);
+    }
+    /// The delay to wait now (full jitter between 50 % and 100 %), doubling the next one.
+    pub fn delay(&mut self) -> Duration {
+        let base = self.next.min(self.cap);
+        self.next = (self.next * 2).min(self.cap);
+        base.mul_f64(rand::thread_rng().gen_range(0.5..=1.0))
+    }
+}
+
+/// `d` ± 10 %.
+fn jitter(d: Duration) -> Duration {
+    d.mul_f64(rand::thread_rng().gen_range(0.9..=1.1))
+}
+
+/// Runs the agent until SIGINT/SIGTERM.
+pub async fn run(
+    cfg: AgentConfig,
+    identity: Identity,
+    client: RegistryClient,
+) -> anyhow::Result<()> {
+    let paths = Paths::new(&cfg.data_dir);
+    let store = Store::open(&paths)?;
+    let stored = store.spec()?;
+    match &stored {
+        Some(s) => info!(
+            generation = s.generation,
+            "enforcing the stored spec until the registry answers"
+        ),
+        None => info!("no spec stored yet; waiting for the registry"),
+    }
+    let (spec_tx, spec_rx) = watch::channel(stored);
+    let (status_tx, status_rx) =
+        watch::channel(paths.load_status().ok().flatten().unwrap_or_default());
+    let wake = Arc::new(Notify::new());
+    let client = Arc::new(client);
+
+    let watcher = tokio::spawn(watch_spec(
+        client.clone(),
+        store.clone(),
+        spec_tx,
+        cfg.clone(),
+    ));
+    let heart = tokio::spawn(heartbeat(
+        client.clone(),
+        identity.clone(),
+        status_rx,
+        spec_rx.clone(),
+        cfg.clone(),
+    ));
+    let events = tokio::spawn(docker_events(cfg.clone(), wake.clone()));
+    let recon = tokio::spawn(reconcile_loop(
+        cfg.clone(),
+        identity.node_id.clone(),
+        spec_rx,
+        status_tx,
+        wake,
+        paths,
+    ));
+
+    shutdown_signal().await;
+    info!("stopping (workloads keep running)");
+    for t in [watcher, heart, events, recon] {
+        t.abort();
+    }
+    Ok(())
+}
+
+async fn watch_spec(
+    client: Arc<RegistryClient>,
+    store: Store,
+    tx: watch::Sender<Option<StoredSpec>>,
+    cfg: AgentConfig,
+) {
+    let mut backoff = Backoff::new(cfg.backoff_max);
+    let mut unreachable_since: Option<Instant> = None;
+    loop {
+        let after = tx.borrow().as_ref().map(|s| s.generation).unwrap_or(0);
+        match client.wait_spec(after, cfg.long_poll_wait).await {
+            Ok(Some(doc)) => {
+                backoff.reset();
+                if unreachable_since.take().is_some() {
+                    info!("registry reachable again");
+                }
+                if doc.generation <= after && tx.borrow().is_some() {
+                    continue;
+                }
+                let s = StoredSpec {
+                    generation: doc.generation,
+                    spec: doc.spec,
+                };
+                // Durable before acting on it: a restart keeps enforcing it.
+                if let Err(e) = store.save_spec(&s).await {
+                    error!(error = %format!("{e:#}"), "storing the new spec failed");
+                }
+                info!(generation = s.generation, "new spec received");
+                tx.send_replace(Some(s));
+            }
+            Ok(None) => {
+                backoff.reset();
+                if tx.borrow().is_none() {
+                    // 304 for after=0 means the node has no spec yet: an empty one applies.
+                    tx.send_replace(Some(StoredSpec::default()));
+                }
+            }
+            Err(e) => {
+                let d = backoff.delay();
+                if unreachable_since.is_none() {
+                    unreachable_since = Some(Instant::now());
+                }
+                warn!(error = %format!("{e:#}"), retry_in = ?d, "spec watch failed; enforcing the stored spec");
+                tokio::time::sleep(d).await;
+            }
+        }
+    }
+}
+
+async fn heartbeat(
+    client: Arc<RegistryClient>,
+    identity: Identity,
+    status: watch::Receiver<NodeStatus>,
+    spec: watch::Receiver<Option<StoredSpec>>,
+    cfg: AgentConfig,
+) {
+    let mut interval = Duration::from_secs(identity.heartbeat_interval_secs.max(1));
+    let mut sampler = StatsSampler::new(&cfg.data_dir);
+    let mut rtt_ms: Option<f64> = None;
+    let mut sent_digest = String::new();
+    let mut backoff = Backoff::new(cfg.backoff_max);
+    loop {
+        let st = status.borrow().clone();
+        let hb = Heartbeat {
+            observed_generation: st.observed_generation,
+            status_digest: st.digest.clone(),
+            stats: Some(sampler.sample()),
+            rtt_ms,
+        };
+        let started = Instant::now();
+        match client.heartbeat(&hb).await {
+            Ok(resp) => {
+                backoff.reset();
+                rtt_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+                interval = Duration::from_secs(resp.heartbeat_interval_secs.max(1));
+                let known = spec.borrow().as_ref().map(|s| s.generation).unwrap_or(0);
+                if resp.generation > known {
+                    debug!(
+                        generation = resp.generation,
+                        "registry has a newer spec; the watcher will fetch it"
+                    );
+                }
+                if (resp.status_wanted || st.digest != sent_digest) && !st.digest.is_empty() {
+                    match client.put_status(&st).await {
+                        Ok(()) => sent_digest = st.digest.clone(),
+                        Err(e) => warn!(error = %format!("{e:#}"), "sending status failed"),
+                    }
+                }
+                tokio::time::sleep(jitter(interval)).await;
+            }
+            Err(e) => {
+                let d = backoff.delay().min(interval);
+                warn!(error = %format!("{e:#}"), retry_in = ?d, "heartbeat failed");
+                tokio::time::sleep(d).await;
+            }
+        }
+    }
+}
+
+async fn docker_events(cfg: AgentConfig, wake: Arc<Notify>) {
+    let mut backoff = Backoff::new(cfg.backoff_max);
+    loop {
+        match Docker::connect(cfg.docker_socket.as_deref()).await {
+            Ok(d) => {
+                let mut events = Box::pin(d.events());
+                backoff.reset();
+                while let Some(ev) = events.next().await {
+                    match ev {
+                        Ok(ev) => {
+                            debug!(container = %ev.name, action = %ev.action, "docker event");
+                            wake.notify_one();
+                        }
+                        Err(e) => {
+                            warn!(error = %format!("{e:#}"), "docker event stream failed");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => debug!(error = %format!("{e:#}"), "docker not reachable for events"),
+        }
+        tokio::time::sleep(backoff.delay()).await;
+    }
+}
+
+async fn reconcile_loop(
+    cfg: AgentConfig,
+    node_id: String,
+    mut spec: watch::Receiver<Option<StoredSpec>>,
+    status: watch::Sender<NodeStatus>,
+    wake: Arc<Notify>,
+    paths: Paths,
+) {
+    let mut rec = Reconciler::new(cfg.docker_socket.clone(), cfg.policy.clone(), node_id);
+    let mut resync = tokio::time::interval(cfg.resync_interval);
+    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            r = spec.changed() => if r.is_err() { return },
+            _ = resync.tick() => {},
+            _ = wake.notified() => {
+                // Debounce bursts of events (a recreate emits several).
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            },
+        }
+        let current = spec.borrow_and_update().clone();
+        let Some(current) = current else {
+            continue; // nothing known yet: never act on an empty spec we did not receive
+        };
+        let started = Instant::now();
+        let st = rec.reconcile(current.generation, &current.spec).await;
+        let failed = st
+            .resources
+            .iter()
+            .filter(|r| r.state != steward_proto::ResourceState::Converged)
+            .count();
+        info!(generation = current.generation, resources = st.resources.len(), not_converged = failed, took = ?started.elapsed(), "reconciled");
+        if let Err(e) = paths.save_status(&st) {
+            warn!(error = %format!("{e:#}"), "writing status.json failed");
+        }
+        status.send_replace(st);
+    }
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_the_cap_with_jitter() {
+        let mut b = Backoff::new(Duration::from_secs(4));
+        let ds: Vec<Duration> = (0..8).map(|_| b.delay()).collect();
+        assert!(ds[0] <= Duration::from_millis(500) && ds[0] >= Duration::from_millis(250));
+        assert!(ds.iter().all(|d| *d <= Duration::from_secs(4)));
+        assert!(ds[7] >= Duration::from_secs(2), "{ds:?}");
+        b.reset();
+        assert!(b.delay() <= Duration::from_millis(500));
+    }
+}

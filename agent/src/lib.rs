@@ -1,0 +1,11 @@
+//! steward-agent: the on-host agent of a Steward fleet. See docs/ARCHITECTURE.md.
+
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod docker;
+pub mod facts;
+pub mod reconcile;
+pub mod reconciler;
+pub mod store;

@@ -1,0 +1,242 @@
+//! The planner: `plan(desired, observed, policy) -> Plan`. Pure: no I/O, table-tested.
+//!
+//! Order of the actions: pulls first, then removals (freeing names and ports), then, in spec
+//! order, what each desired container needs.
+
+use std::collections::{BTreeMap, HashSet};
+
+use sha2::{Digest, Sha256};
+use steward_proto::quantity::{parse_cpus, parse_memory};
+use steward_proto::{ContainerSpec, RestartPolicy};
+
+use super::policy::Policy;
+use super::types::{Action, Observed, ObservedContainer, Plan, Verdict};
+
+/// Hash of a container spec, stored in the `io.steward.spec-hash` label; a different hash means
+/// the spec changed and the container is recreated.
+pub fn spec_hash(c: &ContainerSpec) -> String {
+    // Struct fields serialise in declaration order and maps are BTreeMaps: canonical.
+    let bytes = serde_json::to_vec(c).unwrap_or_default();
+    hex::encode(Sha256::digest(bytes))[..32].to_string()
+}
+
+/// The form Docker lists a reference in (`busybox` → `busybox:latest`,
+/// `docker.io/library/nginx:1` → `nginx:1`).
+pub fn normalize_image(image: &str) -> String {
+    let mut s = image;
+    for prefix in [
+        "docker.io/library/",
+        "index.docker.io/library/",
+        "docker.io/",
+    ] {
+        if let Some(rest) = s.strip_prefix(prefix) {
+            s = rest;
+            break;
+        }
+    }
+    let last = s.rsplit('/').next().unwrap_or(s);
+    if s.contains('@') || last.contains(':') {
+        s.to_string()
+    } else {
+        format!("{s}:latest")
+    }
+}
+
+/// Memory limit in bytes and CPU limit in nano-CPUs the spec asks for (0 = none).
+pub fn limits(c: &ContainerSpec) -> (i64, i64) {
+    let mem = c
+        .resources
+        .memory
+        .as_ref()
+        .and_then(|q| parse_memory(q).ok())
+        .map(|b| b as i64)
+        .unwrap_or(0);
+    let cpus = c
+        .resources
+        .cpus
+        .as_ref()
+        .and_then(|q| parse_cpus(q).ok())
+        .map(|c| (c * 1e9).round() as i64)
+        .unwrap_or(0);
+    (mem, cpus)
+}
+
+/// How a managed container differs from its spec beyond the hash (changed by hand).
+fn drift(c: &ContainerSpec, o: &ObservedContainer) -> Option<String> {
+    let (mem, cpus) = limits(c);
+    if o.config.image != c.image {
+        return Some(format!(
+            "image is {:?}, spec says {:?}",
+            o.config.image, c.image
+        ));
+    }
+    if o.config.memory != mem {
+        return Some(format!(
+            "memory limit is {} bytes, spec says {mem}",
+            o.config.memory
+        ));
+    }
+    if o.config.nano_cpus != cpus {
+        return Some(format!(
+            "CPU limit is {} nano-CPUs, spec says {cpus}",
+            o.config.nano_cpus
+        ));
+    }
+    if o.config.privileged != c.privileged {
+        return Some(format!(
+            "privileged is {}, spec says {}",
+            o.config.privileged, c.privileged
+        ));
+    }
+    None
+}
+
+/// Whether a stopped container should be started again under its restart policy.
+fn wants_start(c: &ContainerSpec, o: &ObservedContainer) -> bool {
+    if o.state == "created" {
+        return true; // created but never started (e.g. a crash between create and start)
+    }
+    match c.restart {
+        RestartPolicy::Always => true,
+        RestartPolicy::OnFailure => o.exit_code.unwrap_or(1) != 0,
+        RestartPolicy::Never => false,
+    }
+}
+
+/// Plans the container actions that make `observed` match `desired` within `policy`, for the
+/// agent whose identity is `node_id`. Only containers this node created (managed label and its
+/// node id) are ever changed; any other container holding a wanted name is a conflict.
+pub fn plan(
+    desired: &[ContainerSpec],
+    observed: &Observed,
+    policy: &Policy,
+    node_id: &str,
+) -> Plan {
+    let owned = |o: &ObservedContainer| o.managed && o.node.as_deref() == Some(node_id);
+    let by_name: BTreeMap<&str, &ObservedContainer> = observed
+        .containers
+        .iter()
+        .map(|o| (o.name.as_str(), o))
+        .collect();
+    let wanted: HashSet<&str> = desired.iter().map(|c| c.name.as_str()).collect();
+    let mut out = Plan::default();
+    let mut pulls: Vec<(String, Vec<String>)> = Vec::new();
+    let mut need_image = |image: &str, name: &str| {
+        if observed.images.contains(&normalize_image(image)) || observed.images.contains(image) {
+            return;
+        }
+        match pulls.iter_mut().find(|(i, _)| i == image) {
+            Some((_, v)) => v.push(name.to_string()),
+            None => pulls.push((image.to_string(), vec![name.to_string()])),
+        }
+    };
+
+    // Managed containers that no desired entry accounts for: dropped from the spec, or strays
+    // (a managed container whose Docker name is not the name it was created for).
+    let mut removals = Vec::new();
+    for o in observed.containers.iter().filter(|o| owned(o)) {
+        let own_name = o.steward_name.as_deref() == Some(o.name.as_str());
+        if !own_name {
+            removals.push(Action::Remove {
+                name: o.name.clone(),
+                id: o.id.clone(),
+                reason: format!(
+                    "managed container renamed by hand (created as {:?})",
+                    o.steward_name.as_deref().unwrap_or("?")
+                ),
+            });
+        } else if !wanted.contains(o.name.as_str()) {
+            removals.push(Action::Remove {
+                name: o.name.clone(),
+                id: o.id.clone(),
+                reason: "no longer in the spec".into(),
+            });
+        }
+    }
+
+    let mut steps = Vec::new();
+    for c in desired {
+        let existing = by_name.get(c.name.as_str()).copied();
+        if let Some(reason) = policy.refuses(c) {
+            if let Some(o) = existing.filter(|o| owned(o)) {
+                removals.push(Action::Remove {
+                    name: o.name.clone(),
+                    id: o.id.clone(),
+                    reason: format!("refused by policy: {reason}"),
+                });
+            }
+            out.verdicts
+                .push((c.name.clone(), Verdict::Refused(reason)));
+            continue;
+        }
+        let hash = spec_hash(c);
+        let verdict = match existing {
+            None => {
+                need_image(&c.image, &c.name);
+                steps.push(Action::Create { spec: c.clone(), hash });
+                Verdict::Pending
+            }
+            Some(o) if !owned(o) => Verdict::Conflict(match (&o.node, o.managed) {
+                (Some(other), true) => format!(
+                    "a container named {:?} belongs to another Steward node ({other}); left alone",
+                    o.name
+                ),
+                _ => format!(
+                    "a container named {:?} exists that Steward does not own (no {} label); left alone",
+                    o.name,
+                    super::types::LABEL_MANAGED
+                ),
+            }),
+            Some(o) if o.spec_hash.as_deref() != Some(hash.as_str()) => {
+                need_image(&c.image, &c.name);
+                steps.push(Action::Recreate {
+                    spec: c.clone(),
+                    hash,
+                    old_id: o.id.clone(),
+                    reason: "spec changed".into(),
+                });
+                Verdict::Pending
+            }
+            Some(o) => match drift(c, o) {
+                Some(why) => {
+                    need_image(&c.image, &c.name);
+                    let reason = format!("changed by hand: {why}");
+                    steps.push(Action::Recreate {
+                        spec: c.clone(),
+                        hash,
+                        old_id: o.id.clone(),
+                        reason: reason.clone(),
+                    });
+                    Verdict::Drifted(reason)
+                }
+                None if !o.running && wants_start(c, o) => {
+                    steps.push(Action::Start {
+                        name: c.name.clone(),
+                        id: o.id.clone(),
+                    });
+                    Verdict::Drifted(match o.exit_code {
+                        Some(code) if o.state != "created" => format!("not running ({}, exit code {code})", o.state),
+                        _ => format!("not running ({})", o.state),
+                    })
+                }
+                None => Verdict::Converged,
+            },
+        };
+        out.verdicts.push((c.name.clone(), verdict));
+    }
+    out.actions.extend(
+        pulls
+            .into_iter()
+            .map(|(image, for_containers)| Action::Pull {
+                image,
+                for_containers,
+            }),
+    );
+    out.actions.extend(removals);
+    out.actions.extend(steps);
+    out
+}
+
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+mod tests;

@@ -1,0 +1,265 @@
+//! The reconciler's I/O side: observe through the drivers, plan, apply the plan, and turn the
+//! outcome into a `NodeStatus`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+
+use sha2::{Digest, Sha256};
+use steward_proto::{NodeSpec, NodeStatus, ResourceKind, ResourceState, ResourceStatus};
+use tracing::{info, info_span, warn, Instrument};
+
+use crate::docker::Docker;
+use crate::reconcile::{plan, Action, Policy, Verdict};
+
+/// Carries out plans against the host and reports what came of them.
+pub struct Reconciler {
+    docker: Option<Docker>,
+    socket: Option<PathBuf>,
+    policy: Policy,
+    node_id: String,
+    /// Starts the agent made per container since it started (added to Docker's own count).
+    starts: HashMap<String, u32>,
+}
+
+/// Digest of a status (everything but the digest field itself).
+pub fn status_digest(s: &NodeStatus) -> String {
+    let mut copy = s.clone();
+    copy.digest = String::new();
+    hex::encode(Sha256::digest(
+        serde_json::to_vec(&copy).unwrap_or_default(),
+    ))[..32]
+        .to_string()
+}
+
+fn resource(
+    kind: ResourceKind,
+    name: &str,
+    state: ResourceState,
+    error: Option<String>,
+) -> ResourceStatus {
+    ResourceStatus {
+        kind,
+        name: name.to_string(),
+        state,
+        error,
+        restarts: 0,
+        escalation_level: 0,
+    }
+}
+
+/// Resources of kinds this agent version cannot converge yet: reported, never ignored silently.
+fn unsupported(spec: &NodeSpec) -> Vec<ResourceStatus> {
+    let mut out = Vec::new();
+    let msg = |what: &str| {
+        Some(format!(
+            "{what} are not supported by this agent version yet"
+        ))
+    };
+    for b in &spec.networks.bridges {
+        out.push(resource(
+            ResourceKind::Network,
+            &b.name,
+            ResourceState::Pending,
+            msg("host networks"),
+        ));
+    }
+    for v in &spec.networks.vlans {
+        out.push(resource(
+            ResourceKind::Network,
+            &v.name,
+            ResourceState::Pending,
+            msg("host networks"),
+        ));
+    }
+    for l in &spec.networks.labs {
+        out.push(resource(
+            ResourceKind::Network,
+            &format!("lab-{}", l.vlan),
+            ResourceState::Pending,
+            msg("lab networks"),
+        ));
+    }
+    for v in &spec.vms {
+        out.push(resource(
+            ResourceKind::Vm,
+            &v.name,
+            ResourceState::Pending,
+            msg("virtual machines"),
+        ));
+    }
+    for p in &spec.payloads {
+        out.push(resource(
+            ResourceKind::Payload,
+            &p.name,
+            ResourceState::Pending,
+            msg("payloads"),
+        ));
+    }
+    out
+}
+
+impl Reconciler {
+    pub fn new(socket: Option<PathBuf>, policy: Policy, node_id: String) -> Self {
+        Self {
+            docker: None,
+            socket,
+            policy,
+            node_id,
+            starts: HashMap::new(),
+        }
+    }
+
+    /// The Docker driver, connecting on first use (and again after a failure).
+    pub async fn docker(&mut self) -> Result<&Docker, String> {
+        if self.docker.is_none() {
+            let d = Docker::connect(self.socket.as_deref())
+                .await
+                .map_err(|e| format!("Docker engine unreachable: {e:#}"))?;
+            self.docker = Some(d);
+        }
+        self.docker
+            .as_ref()
+            .ok_or_else(|| "Docker engine unreachable".to_string())
+    }
+
+    /// Observe → plan → apply → report, for one generation of the spec.
+    pub async fn reconcile(&mut self, generation: u64, spec: &NodeSpec) -> NodeStatus {
+        let mut resources = self
+            .reconcile_containers(spec)
+            .instrument(info_span!("reconcile", generation))
+            .await;
+        resources.extend(unsupported(spec));
+        let mut status = NodeStatus {
+            observed_generation: generation,
+            resources,
+            payloads: Vec::new(),
+            digest: String::new(),
+        };
+        status.digest = status_digest(&status);
+        status
+    }
+
+    async fn reconcile_containers(&mut self, spec: &NodeSpec) -> Vec<ResourceStatus> {
+        let failed_all = |why: String| {
+            spec.containers
+                .iter()
+                .map(|c| {
+                    resource(
+                        ResourceKind::Container,
+                        &c.name,
+                        ResourceState::Failed,
+                        Some(why.clone()),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        if spec.containers.is_empty() && self.docker.is_none() && self.docker().await.is_err() {
+            return Vec::new(); // nothing wanted, and no engine to clean up on
+        }
+        let observed = match self.docker().await {
+            Ok(d) => d
+                .observe()
+                .await
+                .map_err(|e| format!("observing Docker failed: {e:#}")),
+            Err(e) => Err(e),
+        };
+        let observed = match observed {
+            Ok(o) => o,
+            Err(e) => {
+                warn!(error = %e, "cannot observe containers");
+                self.docker = None;
+                return failed_all(e);
+            }
+        };
+        let restart_counts: HashMap<String, u32> = observed
+            .containers
+            .iter()
+            .filter(|o| o.managed)
+            .map(|o| (o.name.clone(), o.restart_count))
+            .collect();
+        let plan = plan(&spec.containers, &observed, &self.policy, &self.node_id);
+        let mut failed: BTreeMap<String, String> = BTreeMap::new();
+        let node_id = self.node_id.clone();
+        let Ok(docker) = self.docker().await.cloned() else {
+            return failed_all("Docker engine unreachable".into());
+        };
+        for action in plan.actions {
+            let kind = action.kind();
+            let name = action.container().unwrap_or("").to_string();
+            if failed.contains_key(&name) {
+                continue;
+            }
+            let span = info_span!("action", kind, container = %name);
+            let res = async {
+                match &action {
+                    Action::Pull {
+                        image,
+                        for_containers,
+                    } => {
+                        if let Err(e) = docker.pull(image).await {
+                            for c in for_containers {
+                                failed.insert(c.clone(), format!("{e:#}"));
+                            }
+                        }
+                        Ok(())
+                    }
+                    Action::Create { spec, hash } => docker
+                        .create_and_start(spec, hash, &node_id)
+                        .await
+                        .map(|_| ()),
+                    Action::Recreate {
+                        spec,
+                        hash,
+                        old_id,
+                        reason,
+                    } => {
+                        info!(%reason, "recreating");
+                        docker.remove(old_id).await?;
+                        docker
+                            .create_and_start(spec, hash, &node_id)
+                            .await
+                            .map(|_| ())
+                    }
+                    Action::Start { id, .. } => {
+                        *self.starts.entry(name.clone()).or_default() += 1;
+                        docker.start(id).await
+                    }
+                    Action::Remove { id, reason, .. } => {
+                        info!(%reason, "removing");
+                        docker.remove(id).await
+                    }
+                }
+            }
+            .instrument(span)
+            .await;
+            match res {
+                Ok(()) => info!(kind, container = %name, "applied"),
+                Err(e) => {
+                    warn!(kind, container = %name, error = %format!("{e:#}"), "action failed");
+                    if !name.is_empty() {
+                        failed.insert(name, format!("{kind} failed: {e:#}"));
+                    }
+                }
+            }
+        }
+        plan.verdicts
+            .into_iter()
+            .map(|(name, verdict)| {
+                let (state, error) = match verdict {
+                    Verdict::Conflict(why) => (ResourceState::Conflict, Some(why)),
+                    Verdict::Refused(why) => (ResourceState::Failed, Some(why)),
+                    Verdict::Converged | Verdict::Pending | Verdict::Drifted(_) => {
+                        match failed.get(&name) {
+                            Some(e) => (ResourceState::Failed, Some(e.clone())),
+                            None => (ResourceState::Converged, None),
+                        }
+                    }
+                };
+                let mut r = resource(ResourceKind::Container, &name, state, error);
+                r.restarts = restart_counts.get(&name).copied().unwrap_or(0)
+                    + self.starts.get(&name).copied().unwrap_or(0);
+                r
+            })
+            .collect()
+    }
+}
