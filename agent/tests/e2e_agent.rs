@@ -301,3 +301,123 @@ async fn kill_9_during_applies_leaves_no_duplicates_or_leftovers() {
         );
     }
 }
+
+#[tokio::test]
+async fn changed_by_hand_is_recreated_to_the_spec() {
+    if !engine_ready() {
+        return;
+    }
+    let r = Registry::start().await;
+    let a = Agent::start(&r, "").await;
+    let name = format!("limited-{}", suffix());
+    let spec = format!("containers:\n  - {{name: {name}, image: '{IMAGE}', command: [sleep, '3600'], resources: {{memory: 64Mi}}}}\n");
+    let g = r.put_spec(&a.node_id, &spec).await;
+    r.wait_observed(&a.node_id, g).await;
+    let first = running(&name).await.unwrap();
+    let mem = |n: &str| docker(&["inspect", "-f", "{{.HostConfig.Memory}}", n]);
+    assert_eq!(mem(&name), (64 * 1024 * 1024).to_string());
+    docker(&["update", "--memory", "128m", "--memory-swap", "256m", &name]);
+    let back = wait_for(20, "the hand-changed container to be recreated", || {
+        let name = name.clone();
+        let old = first.id.clone();
+        async move { running(&name).await.filter(|s| s.id != old) }
+    })
+    .await;
+    assert_eq!(mem(&back.name), (64 * 1024 * 1024).to_string());
+}
+
+#[tokio::test]
+async fn apply_file_and_status_work_without_a_registry() {
+    if !engine_ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let name = format!("local-{}", suffix());
+    let spec = dir.path().join("spec.yaml");
+    std::fs::write(&spec, format!("containers:\n{}", sleeper(&name, "1"))).unwrap();
+    let agent = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_steward-agent"))
+            .arg("--data-dir")
+            .arg(dir.path().join("state"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = agent(&["apply", "--file", spec.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains(&name) && table.contains("converged"),
+        "{table}"
+    );
+    let seen = running(&name).await.expect("applied container runs");
+    assert_eq!(seen.labels["io.steward.node"], "local");
+
+    let out = agent(&["status", "--json"]);
+    assert!(out.status.success());
+    let st: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(st["resources"][0]["name"], name.as_str());
+    assert_eq!(st["resources"][0]["state"], "converged");
+
+    // A bad file is refused naming the field, and changes nothing.
+    std::fs::write(
+        &spec,
+        "containers: [{name: x, image: busybox, ports: ['99999:1']}]",
+    )
+    .unwrap();
+    let out = agent(&["apply", "--file", spec.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("containers[0].ports[0]"));
+    assert_eq!(running(&name).await.unwrap().id, seen.id);
+
+    // Applying an empty spec removes what this node created.
+    std::fs::write(&spec, "{}").unwrap();
+    let out = agent(&["apply", "--file", spec.to_str().unwrap()]);
+    assert!(out.status.success());
+    assert!(inspect(&name).is_none());
+}
+
+#[tokio::test]
+async fn secrets_stay_out_of_the_agent_log_and_identity_is_0600() {
+    use std::os::unix::fs::PermissionsExt;
+    if !engine_ready() {
+        return;
+    }
+    let r = Registry::start().await;
+    let a = Agent::start(&r, "").await;
+    let idfile = a.dir.path().join("state/node.json");
+    let id: Value = serde_json::from_slice(&std::fs::read(&idfile).unwrap()).unwrap();
+    let mode = std::fs::metadata(&idfile).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let secret = id["node_secret"].as_str().unwrap();
+    let config = std::fs::read_to_string(&a.config).unwrap();
+    let token = config
+        .lines()
+        .find_map(|l| l.strip_prefix("enrollment_token = \""))
+        .unwrap()
+        .trim_end_matches('"')
+        .to_string();
+    // Let it heartbeat and log its start-up config.
+    wait_for(20, "a heartbeat", || async {
+        r.node(&a.node_id).await["last_heartbeat"]
+            .as_str()
+            .map(|_| ())
+    })
+    .await;
+    let log = a.log();
+    assert!(log.contains("starting steward-agent"), "{log}");
+    assert!(
+        log.contains("<redacted>"),
+        "the config is logged with the token redacted"
+    );
+    for s in [secret, token.as_str()] {
+        assert!(
+            !log.contains(s.split('.').nth(1).unwrap()),
+            "a secret reached the agent log"
+        );
+    }
+}
