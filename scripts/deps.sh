@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs and starts what the test suite needs on a fresh Debian machine with Rust:
-# Python's openapi-spec-validator, busybox-static (test images), and a running Docker engine.
+# Python's openapi-spec-validator, busybox-static (test images), a running Docker engine, and
+# for the QEMU guest tests (tests/guest/) Debian's stock kernel, QEMU and iproute2.
 # Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,9 +14,61 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
+# QEMU guest tests: the guest boots linux-image-amd64's kernel (not the host's) with its
+# modules; iproute2 gives the guest a real ip/bridge. No recommends: nothing else is needed.
+need_guest=()
+dpkg-query -W -f '${Status}' linux-image-amd64 2>/dev/null | grep -q 'ok installed' \
+  || need_guest+=(linux-image-amd64)
+command -v qemu-system-x86_64 >/dev/null || need_guest+=(qemu-system-x86)
+command -v bridge >/dev/null || need_guest+=(iproute2)
+if [ ${#need_guest[@]} -gt 0 ]; then
+  [ ${#need_apt[@]} -gt 0 ] || apt-get update -qq
+  echo "installing ${need_guest[*]} for the guest tests (Debian)" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    "${need_guest[@]}" >/tmp/steward-apt-guest.log 2>&1 \
+    || { tail -n 20 /tmp/steward-apt-guest.log >&2; exit 1; }
+fi
+# Status page and metrics tests (registry/tests/e2e_ui.rs, agent/tests/e2e_metrics.rs):
+# headless Chromium (with its recommended fonts, for readable screenshots) and promtool
+# (Debian package prometheus; no recommends: only promtool is used, no service is started).
+need_ui=()
+command -v chromium >/dev/null || need_ui+=(chromium)
+command -v promtool >/dev/null || need_ui+=(prometheus)
+if [ ${#need_ui[@]} -gt 0 ]; then
+  apt-get update -qq
+  echo "installing ${need_ui[*]} for the status page and metrics tests (Debian)" >&2
+  for pkg in "${need_ui[@]}"; do
+    extra=()
+    [ "$pkg" = prometheus ] && extra=(--no-install-recommends)
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${extra[@]}" "$pkg" \
+      >/tmp/steward-apt-ui.log 2>&1 || { tail -n 20 /tmp/steward-apt-ui.log >&2; exit 1; }
+  done
+fi
 if ! python3 -c 'import openapi_spec_validator' 2>/dev/null; then
   python3 -m pip install -q openapi-spec-validator 2>/dev/null \
     || python3 -m pip install -q --break-system-packages openapi-spec-validator
 fi
 bash scripts/docker-up.sh
 bash scripts/test-image.sh steward-test/busybox:1
+# Packaging and install tests (registry/tests/e2e_install.rs): build the .deb files (dpkg-dev,
+# help2man, binutils), check them (lintian, systemd-analyze from systemd, shellcheck), check
+# cloud-init user-data (cloud-init: only `cloud-init schema` is used, and
+# /etc/cloud/cloud-init.disabled keeps it from acting at boot), and debootstrap the clean
+# Debian machine (debootstrap; flock from util-linux).
+need_pkg=()
+for tool in dpkg-shlibdeps:dpkg-dev help2man:help2man strip:binutils lintian:lintian \
+  systemd-analyze:systemd shellcheck:shellcheck debootstrap:debootstrap flock:util-linux; do
+  command -v "${tool%%:*}" >/dev/null || need_pkg+=("${tool#*:}")
+done
+new_cloud_init=0
+command -v cloud-init >/dev/null || { need_pkg+=(cloud-init); new_cloud_init=1; }
+if [ ${#need_pkg[@]} -gt 0 ]; then
+  apt-get update -qq
+  echo "installing ${need_pkg[*]} for the packaging tests (Debian)" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    "${need_pkg[@]}" >/tmp/steward-apt-packaging.log 2>&1 \
+    || { tail -n 20 /tmp/steward-apt-packaging.log >&2; exit 1; }
+  if [ "$new_cloud_init" = 1 ]; then
+    mkdir -p /etc/cloud && touch /etc/cloud/cloud-init.disabled
+  fi
+fi

@@ -164,3 +164,21 @@ pub struct Event {
     pub credential: CredentialKind,
     pub message: String,
 }
+
+/// A file the registry serves for download from its `packages_dir` (`GET /v1/packages`): the
+/// agent's Debian package, for `GET /install.sh` and `stewardctl cloud-init`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct PackageInfo {
+    /// File name, e.g. `steward-agent_0.1.0_amd64.deb`.
+    pub file: String,
+    /// Package name from the file name, e.g. `steward-agent`.
+    pub package: String,
+    pub version: String,
+    /// Debian architecture, e.g. `amd64`.
+    pub arch: String,
+    pub size: u64,
+    /// sha256 of the file, lower-case hex.
+    pub sha256: String,
+    /// Where to download it, relative to the registry's base URL: `/packages/{file}`.
+    pub path: String,
+}

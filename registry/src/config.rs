@@ -52,6 +52,18 @@ pub struct ServeArgs {
     /// Largest request body accepted, in bytes [default: 1048576].
     #[arg(long, env = "STEWARD_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
+    /// Directory whose files are public downloads at /packages/{file}: the agent's .deb for
+    /// /install.sh and `stewardctl cloud-init` [default: /usr/share/steward/packages].
+    #[arg(long, env = "STEWARD_PACKAGES_DIR")]
+    pub packages_dir: Option<PathBuf>,
+    /// URL new agents reach this registry at, written into their config by /install.sh
+    /// [default: the scheme and Host of the request for /install.sh].
+    #[arg(long, env = "STEWARD_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Serve the status page (/, /nodes/{id}, its event stream) and /metrics read-only
+    /// without credentials (env: true/false, 1/0, yes/no, on/off).
+    #[arg(long, env = "STEWARD_PUBLIC_STATUS", value_parser = clap::builder::BoolishValueParser::new())]
+    pub public_status: bool,
 }
 
 /// The config file's shape (every field optional; unknown fields refused).
@@ -72,6 +84,9 @@ struct FileConfig {
     #[serde(default, with = "humantime_serde_opt")]
     max_wait: Option<Duration>,
     max_body_bytes: Option<usize>,
+    public_status: Option<bool>,
+    packages_dir: Option<PathBuf>,
+    public_url: Option<String>,
 }
 
 mod humantime_serde_opt {
@@ -99,7 +114,15 @@ pub struct RegistryConfig {
     pub down_after: u32,
     pub max_wait: Duration,
     pub max_body_bytes: usize,
+    pub public_status: bool,
+    /// Served at /packages/{file}; see [`DEFAULT_PACKAGES_DIR`].
+    pub packages_dir: PathBuf,
+    /// Base URL written into agent configs by /install.sh (no trailing slash).
+    pub public_url: Option<String>,
 }
+
+/// Where the registry's Debian package puts the agent's package.
+pub const DEFAULT_PACKAGES_DIR: &str = "/usr/share/steward/packages";
 
 pub const DEFAULT_CONFIG: &str = "/etc/steward/registry.toml";
 
@@ -146,6 +169,15 @@ impl RegistryConfig {
                 .max_body_bytes
                 .or(file.max_body_bytes)
                 .unwrap_or(1024 * 1024),
+            public_status: args.public_status || file.public_status.unwrap_or(false),
+            packages_dir: args
+                .packages_dir
+                .or(file.packages_dir)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_PACKAGES_DIR)),
+            public_url: args
+                .public_url
+                .or(file.public_url)
+                .map(|u| u.trim_end_matches('/').to_string()),
         };
         cfg.check()?;
         Ok(cfg)
@@ -162,6 +194,9 @@ impl RegistryConfig {
                 self.down_after
             );
         }
+        if let Some(u) = &self.public_url {
+            check_public_url(u)?;
+        }
         if self.max_body_bytes < 1024 {
             bail!("max_body_bytes must be at least 1024");
         }
@@ -172,6 +207,24 @@ impl RegistryConfig {
             );
         }
         Ok(())
+    }
+}
+
+/// `public_url` ends up in a shell script and in TOML: an http(s) URL without quotes, spaces or
+/// other characters that would need escaping there.
+fn check_public_url(u: &str) -> anyhow::Result<()> {
+    let rest = u
+        .strip_prefix("https://")
+        .or_else(|| u.strip_prefix("http://"));
+    let ok_chars = u
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-._~:/[]%@".contains(c));
+    match rest {
+        Some(r) if !r.is_empty() && !r.starts_with('/') && ok_chars => Ok(()),
+        _ => bail!(
+            "public_url {u:?} must be an http:// or https:// URL such as \
+             https://registry.example.net:7700 (letters, digits and -._~:/[]%@ only)"
+        ),
     }
 }
 
@@ -207,6 +260,27 @@ mod tests {
     }
 
     #[test]
+    fn public_status_from_file_or_flag_and_the_example_config_parses() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("r.toml");
+        std::fs::write(&p, "public_status = true\n").unwrap();
+        let c = RegistryConfig::resolve(ServeArgs {
+            config: Some(p),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(c.public_status);
+        let c = RegistryConfig::resolve(ServeArgs::default()).unwrap();
+        assert!(!c.public_status);
+        let example = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../packaging/registry.toml.example"
+        );
+        let f = load(Path::new(example)).unwrap();
+        assert_eq!(f.public_status, Some(false));
+    }
+
+    #[test]
     fn unknown_file_fields_and_plain_http_on_public_address_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("r.toml");
@@ -223,5 +297,31 @@ mod tests {
         })
         .unwrap_err();
         assert!(e.to_string().contains("refusing to serve plain HTTP"));
+    }
+
+    #[test]
+    fn packages_dir_defaults_and_public_url_is_checked() {
+        let c = RegistryConfig::resolve(ServeArgs {
+            config: Some("/dev/null".into()),
+            public_url: Some("https://reg.example:7700/".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.packages_dir, PathBuf::from(DEFAULT_PACKAGES_DIR));
+        assert_eq!(c.public_url.as_deref(), Some("https://reg.example:7700"));
+        for bad in [
+            "reg.example",
+            "https://",
+            "https://a b",
+            "https://x/'$(id)'",
+        ] {
+            let e = RegistryConfig::resolve(ServeArgs {
+                config: Some("/dev/null".into()),
+                public_url: Some(bad.into()),
+                ..Default::default()
+            })
+            .unwrap_err();
+            assert!(e.to_string().contains("public_url"), "{bad}: {e:#}");
+        }
     }
 }

@@ -151,6 +151,7 @@ pub async fn enroll(state: &AppState, req: EnrollRequest) -> ApiResult<EnrollRes
         Some(ln) => {
             let mut l = ln.lock();
             l.secret_sha256 = rec.secret_sha256;
+            l.labels = rec.labels.clone();
             l.health = Health::Ready;
             l.last_seen = Instant::now();
             l.last_heartbeat = Some(now);
@@ -215,7 +216,7 @@ pub fn heartbeat(state: &AppState, id: &str, hb: Heartbeat) -> ApiResult<Heartbe
         .live(id)
         .ok_or_else(|| RegistryError::NotFound(format!("no node with id {id:?}")))?;
     let generation = *ln.generation.borrow();
-    let (status_wanted, from) = {
+    let status_wanted = {
         let mut l = ln.lock();
         l.last_seen = Instant::now();
         l.last_heartbeat = Some(Utc::now());
@@ -232,9 +233,8 @@ pub fn heartbeat(state: &AppState, id: &str, hb: Heartbeat) -> ApiResult<Heartbe
         if from != Health::Ready {
             transition(state, id, from, &l)?;
         }
-        (wanted, from)
+        wanted
     };
-    let _ = from;
     Ok(HeartbeatResponse {
         generation,
         server_time: Utc::now(),

@@ -45,6 +45,18 @@ fn admin_token(cfg: &RegistryConfig) -> anyhow::Result<String> {
     Ok(token)
 }
 
+/// sha256 (hex) of the first certificate in a PEM file: what an agent pins (`ca_pin_sha256`).
+fn cert_pin(path: &Path) -> anyhow::Result<String> {
+    use rustls::pki_types::pem::PemObject;
+    use sha2::Digest;
+    let cert = rustls::pki_types::CertificateDer::pem_file_iter(path)
+        .with_context(|| format!("reading TLS certificate {}", path.display()))?
+        .next()
+        .with_context(|| format!("no CERTIFICATE in {}", path.display()))?
+        .with_context(|| format!("reading TLS certificate {}", path.display()))?;
+    Ok(hex::encode(sha2::Sha256::digest(cert.as_ref())))
+}
+
 /// Opens the store and builds the shared state (without serving).
 pub fn build_state(cfg: &RegistryConfig) -> anyhow::Result<AppState> {
     std::fs::create_dir_all(&cfg.data_dir)
@@ -58,6 +70,15 @@ pub fn build_state(cfg: &RegistryConfig) -> anyhow::Result<AppState> {
         stale_after: cfg.stale_after,
         down_after: cfg.down_after,
         max_wait: cfg.max_wait,
+        public_status: cfg.public_status,
+        tls: cfg.tls.is_some(),
+        packages_dir: cfg.packages_dir.clone(),
+        public_url: cfg.public_url.clone(),
+        tls_pin: cfg
+            .tls
+            .as_ref()
+            .map(|(cert, _)| cert_pin(cert))
+            .transpose()?,
     };
     Ok(AppState::new(settings, store, &admin, read.as_deref())?)
 }
@@ -75,6 +96,9 @@ pub async fn serve(cfg: RegistryConfig) -> anyhow::Result<()> {
         down_after = cfg.down_after,
         max_wait = ?cfg.max_wait,
         max_body_bytes = cfg.max_body_bytes,
+        public_status = cfg.public_status,
+        packages_dir = %cfg.packages_dir.display(),
+        public_url = ?cfg.public_url,
         "starting steward-registry"
     );
     let state = build_state(&cfg)?;
@@ -102,14 +126,14 @@ pub async fn serve(cfg: RegistryConfig) -> anyhow::Result<()> {
                     )
                 })?;
             tracing::info!(addr = %cfg.listen, "listening (https)");
-            axum_server::bind_rustls(cfg.listen, tls)
+            axum_server::from_tcp_rustls(listener(cfg.listen)?, tls)
                 .handle(handle)
                 .serve(svc)
                 .await?;
         }
         None => {
             tracing::info!(addr = %cfg.listen, "listening (http)");
-            axum_server::bind(cfg.listen)
+            axum_server::from_tcp(listener(cfg.listen)?)
                 .handle(handle)
                 .serve(svc)
                 .await?;
@@ -118,6 +142,23 @@ pub async fn serve(cfg: RegistryConfig) -> anyhow::Result<()> {
     monitor.abort();
     state.store.flush().await?;
     Ok(())
+}
+
+/// Listen backlog: large enough that a whole fleet reconnecting after a restart is not
+/// dropped at the SYN queue (tokio's `bind` uses 128).
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn listener(addr: std::net::SocketAddr) -> anyhow::Result<std::net::TcpListener> {
+    let sock = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .context("creating the listening socket")?;
+    sock.set_reuseaddr(true)?;
+    sock.bind(addr).with_context(|| format!("binding {addr}"))?;
+    let l = sock.listen(LISTEN_BACKLOG)?;
+    Ok(l.into_std()?)
 }
 
 async fn shutdown_signal() {

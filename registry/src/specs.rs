@@ -163,31 +163,38 @@ pub async fn write_node_spec(
     Ok(done.remove(0))
 }
 
-/// Recomputes the effective spec of every (non-decommissioned) node for which `touches`
-/// holds, with `fragments` as the fragment set; returns the writes for nodes whose effective
-/// spec changed, or every problem found.
+/// Recomputes the effective spec of every (non-decommissioned) node whose labels satisfy
+/// `touches`, with `fragments` as the fragment set; returns the writes for nodes whose effective
+/// spec changed, or every problem found. Nodes are selected on the labels kept in memory, so
+/// only the matching nodes' specs are read from the store. `label_override` recomputes just
+/// that node, with the labels it is about to get.
 fn recompute(
     state: &AppState,
     fragments: &[Fragment],
-    touches: impl Fn(&NodeRecord) -> bool,
+    touches: impl Fn(&Labels) -> bool,
     label_override: Option<&NodeRecord>,
 ) -> ApiResult<Vec<SpecWrite>> {
+    let candidates: Vec<(String, Labels)> = match label_override {
+        Some(n) => vec![(n.id.clone(), n.labels.clone())],
+        None => state
+            .all_live()
+            .into_iter()
+            .filter_map(|(id, ln)| {
+                let l = ln.lock();
+                (l.health != Health::Decommissioned && touches(&l.labels))
+                    .then(|| (id, l.labels.clone()))
+            })
+            .collect(),
+    };
     let mut writes = Vec::new();
     let mut problems = Vec::new();
-    let nodes = match label_override {
-        Some(n) => vec![n.clone()],
-        None => state.store.nodes()?,
-    };
-    for node in nodes {
-        if node.health == Health::Decommissioned || !touches(&node) {
-            continue;
-        }
-        let current = state.store.spec(&node.id)?.unwrap_or_default();
-        match effective_spec(&current.own, &node.labels, fragments) {
+    for (id, labels) in candidates {
+        let current = state.store.spec(&id)?.unwrap_or_default();
+        match effective_spec(&current.own, &labels, fragments) {
             Ok((effective, names)) => {
                 if effective != current.effective || names != current.fragments {
                     writes.push(SpecWrite {
-                        node_id: node.id.clone(),
+                        node_id: id.clone(),
                         record: SpecRecord {
                             generation: current.generation + 1,
                             own: current.own,
@@ -198,7 +205,7 @@ fn recompute(
                     });
                 }
             }
-            Err(ps) => problems.extend(prefixed(ps, &format!("nodes[{}].", node.id))),
+            Err(ps) => problems.extend(prefixed(ps, &format!("nodes[{id}]."))),
         }
     }
     if problems.is_empty() {
@@ -209,12 +216,6 @@ fn recompute(
             problems,
         })
     }
-}
-
-fn selector_matches(sel: &str, labels: &Labels) -> bool {
-    sel.parse::<Selector>()
-        .map(|s| s.matches(labels))
-        .unwrap_or(false)
 }
 
 /// `PUT /v1/fragments/{name}`.
@@ -250,15 +251,14 @@ pub async fn write_fragment(
         Some(i) => fragments[i] = frag.clone(),
         None => fragments.push(frag.clone()),
     }
+    // Selectors were checked above; a stored one that no longer parses matches nothing.
+    let new_sel: Option<Selector> = frag.selector.parse().ok();
+    let old_sel: Option<Selector> = old_selector.as_deref().and_then(|s| s.parse().ok());
+    let matches = |sel: &Option<Selector>, l: &Labels| sel.as_ref().is_some_and(|s| s.matches(l));
     let writes = recompute(
         state,
         &fragments,
-        |n| {
-            selector_matches(&frag.selector, &n.labels)
-                || old_selector
-                    .as_deref()
-                    .is_some_and(|s| selector_matches(s, &n.labels))
-        },
+        |l| matches(&new_sel, l) || matches(&old_sel, l),
         None,
     )?;
     let why = format!("fragment {name:?} revision {}", frag.revision);
@@ -296,10 +296,11 @@ pub async fn delete_fragment(
         )));
     };
     let old = fragments.remove(i);
+    let old_sel: Option<Selector> = old.selector.parse().ok();
     let writes = recompute(
         state,
         &fragments,
-        |n| selector_matches(&old.selector, &n.labels),
+        |l| old_sel.as_ref().is_some_and(|s| s.matches(l)),
         None,
     )?;
     let why = format!("fragment {name:?} deleted");
@@ -353,6 +354,9 @@ pub async fn patch_node(
     let fragments = state.store.fragments()?;
     let writes = recompute(state, &fragments, |_| true, Some(&node))?;
     commit(state, writes, None, Some(&node), cred, "labels changed").await?;
+    if let Some(ln) = state.live(id) {
+        ln.lock().labels = node.labels.clone();
+    }
     let fmt = |l: &Labels| {
         l.iter()
             .map(|(k, v)| format!("{k}={v}"))

@@ -21,6 +21,16 @@ pub struct Settings {
     pub down_after: u32,
     /// Longest long-poll a client may ask for.
     pub max_wait: Duration,
+    /// Serve the status page and `/metrics` without credentials (read-only views).
+    pub public_status: bool,
+    /// Serving TLS: session cookies get the `Secure` flag.
+    pub tls: bool,
+    /// Public downloads (`/packages/{file}`, `/install.sh`).
+    pub packages_dir: std::path::PathBuf,
+    /// Base URL `/install.sh` writes into agent configs; from the request when unset.
+    pub public_url: Option<String>,
+    /// sha256 (hex) of the registry's TLS certificate, pinned by `/install.sh`.
+    pub tls_pin: Option<String>,
 }
 
 impl Default for Settings {
@@ -30,6 +40,11 @@ impl Default for Settings {
             stale_after: 3,
             down_after: 10,
             max_wait: Duration::from_secs(300),
+            public_status: false,
+            tls: false,
+            packages_dir: crate::config::DEFAULT_PACKAGES_DIR.into(),
+            public_url: None,
+            tls_pin: None,
         }
     }
 }
@@ -38,6 +53,8 @@ impl Default for Settings {
 #[derive(Debug)]
 pub struct Live {
     pub secret_sha256: Option<[u8; 32]>,
+    /// The node's labels, kept here so fragment writes select nodes without reading the store.
+    pub labels: steward_proto::Labels,
     pub health: Health,
     pub last_seen: Instant,
     pub last_heartbeat: Option<DateTime<Utc>>,
@@ -72,6 +89,8 @@ pub struct Inner {
     event_seq: Mutex<u64>,
     pub events: broadcast::Sender<Event>,
     pub started: Instant,
+    pub metrics: crate::metrics::Metrics,
+    pub sessions: crate::ui::access::Sessions,
 }
 
 #[derive(Clone)]
@@ -115,6 +134,8 @@ impl AppState {
             event_seq: Mutex::new(seq),
             events,
             started: now,
+            metrics: crate::metrics::Metrics::new(),
+            sessions: Default::default(),
         })))
     }
 
@@ -170,6 +191,7 @@ impl AppState {
         };
         self.store.put_event(&ev)?;
         *seq = ev.seq;
+        self.metrics.event(ev.kind);
         // No subscribers is fine.
         let _ = self.events.send(ev.clone());
         Ok(ev)
@@ -181,6 +203,7 @@ fn live_from_record(rec: &NodeRecord, generation: u64, now: Instant) -> LiveNode
     LiveNode {
         live: Mutex::new(Live {
             secret_sha256: rec.secret_sha256,
+            labels: rec.labels.clone(),
             health: rec.health,
             last_seen: now,
             last_heartbeat: rec.last_heartbeat,

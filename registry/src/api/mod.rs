@@ -4,6 +4,7 @@
 mod body;
 mod events;
 mod fragments;
+pub mod install;
 mod meta;
 mod nodes;
 pub mod openapi;
@@ -12,7 +13,7 @@ mod spec;
 mod tests;
 mod tokens;
 
-use axum::extract::{RawPathParams, Request, State};
+use axum::extract::{MatchedPath, RawPathParams, Request, State};
 use axum::http::{header, Method};
 use axum::middleware::{from_fn_with_state, Next};
 use axum::response::Response;
@@ -58,6 +59,9 @@ pub fn routes() -> Vec<Route> {
         route!(GET "/healthz", Public, "Liveness: the process answers.", None, None, meta::healthz),
         route!(GET "/readyz", Public, "Readiness: the store answers.", None, None, meta::readyz),
         route!(GET "/v1/openapi.json", Public, "This document.", None, None, meta::openapi),
+        route!(GET "/install.sh", Public, "The agent install script for `curl -fsSL URL/install.sh | sh -s -- --token TOKEN`, filled in with this registry's URL, certificate pin and packages (see docs/INSTALL.md).", None, None, install::install_sh),
+        route!(GET "/v1/packages", Public, "The Debian packages in packages_dir (the agent's), with size and sha256.", None, Some("PackageInfo[]"), install::list),
+        route!(GET "/packages/{file}", Public, "Download a file from packages_dir (public: packages hold no secret).", None, None, install::download),
         route!(POST "/v1/enrollment-tokens", Admin, "Create an enrollment token; the token is shown only in this answer.", Some("CreateEnrollmentToken"), Some("EnrollmentTokenCreated"), tokens::create),
         route!(GET "/v1/enrollment-tokens", AdminOrRead, "List enrollment tokens (never the tokens themselves).", None, Some("EnrollmentTokenInfo[]"), tokens::list),
         route!(DELETE "/v1/enrollment-tokens/{id}", Admin, "Revoke an enrollment token.", None, Some("EnrollmentTokenInfo"), tokens::revoke),
@@ -89,9 +93,52 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         }
         r = r.route(route.path, mr);
     }
-    r.layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
+    r.merge(crate::ui::router())
+        .layer(from_fn_with_state(state.clone(), instrument))
+        .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Metric hooks around the handlers: heartbeat count and latency, long-polls in flight, and
+/// accepted spec writes.
+async fn instrument(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let path = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+    let m = &state.metrics;
+    match (req.method().clone(), path.as_str()) {
+        (Method::POST, "/v1/nodes/{id}/heartbeat") => {
+            let started = std::time::Instant::now();
+            let resp = next.run(req).await;
+            if resp.status().is_success() {
+                m.heartbeat(started.elapsed());
+            }
+            resp
+        }
+        (Method::GET, "/v1/nodes/{id}/spec")
+            if req.uri().query().is_some_and(|q| q.contains("wait=")) =>
+        {
+            let _watching = crate::metrics::WatcherGuard::new(&m.longpoll_watchers);
+            next.run(req).await
+        }
+        (method, "/v1/nodes/{id}/spec" | "/v1/fragments/{name}")
+            if method == Method::PUT || method == Method::DELETE =>
+        {
+            let resp = next.run(req).await;
+            if resp.status().is_success() {
+                m.spec_write(if path.starts_with("/v1/fragments") {
+                    "fragment"
+                } else {
+                    "node"
+                });
+            }
+            resp
+        }
+        _ => next.run(req).await,
+    }
 }
 
 /// Resolves the caller from `Authorization: Bearer` and checks it against the route's access.

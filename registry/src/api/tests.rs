@@ -147,6 +147,9 @@ const PUBLIC: &[(&str, &str)] = &[
     ("GET", "/readyz"),
     ("GET", "/v1/openapi.json"),
     ("POST", "/v1/enroll"),
+    ("GET", "/install.sh"),
+    ("GET", "/v1/packages"),
+    ("GET", "/packages/{file}"),
 ];
 
 fn body_for(method: &Method, path: &str) -> Option<(&'static str, String)> {
@@ -290,7 +293,7 @@ async fn auth_matrix_every_route_and_credential() {
 #[tokio::test]
 async fn public_routes_need_no_credential() {
     let fx = fixture().await;
-    for path in ["/healthz", "/readyz", "/v1/openapi.json"] {
+    for path in ["/healthz", "/readyz", "/v1/openapi.json", "/v1/packages"] {
         let (st, _) = call(&fx.state, Method::GET, path, None, None).await;
         assert_eq!(st, StatusCode::OK, "{path}");
     }

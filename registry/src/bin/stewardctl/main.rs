@@ -1,6 +1,7 @@
 //! `stewardctl`, the admin CLI of the Steward registry: the command tree, global options and dispatch.
 
 mod client;
+mod cloud_init;
 mod config;
 mod error;
 mod events;
@@ -79,6 +80,9 @@ enum Cmd {
     },
     /// Show the registry's event log, or follow it live with --follow.
     Events(events::EventsArgs),
+    /// Print cloud-init user-data that installs, configures and starts the agent on a new host
+    /// (with a fresh enrolment token; see docs/INSTALL.md).
+    CloudInit(cloud_init::CloudInitArgs),
     /// Check that the registry is up and its store answers (GET /readyz); prints `ok`.
     Health,
 }
@@ -147,6 +151,7 @@ async fn run(cli: Cli, matches: &ArgMatches) -> Result<Exit, CliError> {
         Cmd::Fragments { cmd } => fragments::run(cmd, &ctx).await,
         Cmd::Tokens { cmd } => tokens::run(cmd, &ctx).await,
         Cmd::Events(args) => events::run(args, &ctx).await,
+        Cmd::CloudInit(args) => cloud_init::run(args, &ctx).await,
         Cmd::Health => health(&ctx).await,
     }
 }

@@ -1,0 +1,246 @@
+//! Prometheus metrics of the registry (`GET /metrics`, OpenMetrics text): counters and the
+//! heartbeat latency histogram are updated by hooks in the handlers; the fleet gauges (nodes by
+//! health, drifted nodes) are computed when scraped.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use steward_proto::{EventKind, Health};
+
+/// Content type of the exposition.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HealthLabel {
+    pub health: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
+/// What a spec write changed: `node` (its own spec) or `fragment`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabel {
+    pub target: &'static str,
+}
+
+/// Every metric of the registry, with the registry that encodes them.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub nodes: Family<HealthLabel, Gauge>,
+    pub drifted_nodes: Gauge,
+    pub heartbeats: Counter,
+    pub heartbeat_seconds: Histogram,
+    pub longpoll_watchers: Gauge,
+    pub spec_writes: Family<TargetLabel, Counter>,
+    pub events: Family<KindLabel, Counter>,
+    pub ui_sessions: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("steward_registry");
+        let nodes = Family::<HealthLabel, Gauge>::default();
+        registry.register(
+            "nodes",
+            "Nodes by health (ready, stale, down, decommissioned)",
+            nodes.clone(),
+        );
+        let drifted_nodes = Gauge::default();
+        registry.register(
+            "drifted_nodes",
+            "Nodes whose last status has a drifted resource or a payload that does not match",
+            drifted_nodes.clone(),
+        );
+        let heartbeats = Counter::default();
+        registry.register(
+            "heartbeats",
+            "Heartbeats received (any answer)",
+            heartbeats.clone(),
+        );
+        // 50 µs .. ~0.4 s
+        let heartbeat_seconds = Histogram::new(exponential_buckets(0.000_05, 2.5, 10));
+        registry.register(
+            "heartbeat_handling_seconds",
+            "Time to handle one heartbeat request, body parsing included",
+            heartbeat_seconds.clone(),
+        );
+        let longpoll_watchers = Gauge::default();
+        registry.register(
+            "longpoll_watchers",
+            "Spec long-polls (GET spec with wait=) in flight",
+            longpoll_watchers.clone(),
+        );
+        let spec_writes = Family::<TargetLabel, Counter>::default();
+        registry.register(
+            "spec_writes",
+            "Accepted spec writes: a node's own spec, or a fragment (write or delete)",
+            spec_writes.clone(),
+        );
+        let events = Family::<KindLabel, Counter>::default();
+        registry.register("events", "Events logged, by kind", events.clone());
+        let ui_sessions = Gauge::default();
+        registry.register(
+            "ui_sessions",
+            "Status page login sessions alive",
+            ui_sessions.clone(),
+        );
+        Self {
+            registry,
+            nodes,
+            drifted_nodes,
+            heartbeats,
+            heartbeat_seconds,
+            longpoll_watchers,
+            spec_writes,
+            events,
+            ui_sessions,
+        }
+    }
+
+    /// Counts one logged event.
+    pub fn event(&self, kind: EventKind) {
+        let kind = serde_json::to_value(kind)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        self.events.get_or_create(&KindLabel { kind }).inc();
+    }
+
+    /// Records one handled heartbeat.
+    pub fn heartbeat(&self, took: Duration) {
+        self.heartbeats.inc();
+        self.heartbeat_seconds.observe(took.as_secs_f64());
+    }
+
+    /// Counts one accepted spec write; `target` is `node` or `fragment`.
+    pub fn spec_write(&self, target: &'static str) {
+        self.spec_writes
+            .get_or_create(&TargetLabel { target })
+            .inc();
+    }
+
+    /// Sets the fleet gauges and encodes everything as OpenMetrics text (`openmetrics`) or
+    /// as the Prometheus text format 0.0.4 (what `promtool check metrics` reads).
+    pub fn render(&self, by_health: &[(Health, i64)], drifted: i64, openmetrics: bool) -> String {
+        for (h, n) in by_health {
+            self.nodes
+                .get_or_create(&HealthLabel { health: h.as_str() })
+                .set(*n);
+        }
+        self.drifted_nodes.set(drifted);
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        if openmetrics {
+            out
+        } else {
+            to_prometheus_text(&out)
+        }
+    }
+}
+
+/// Content type of the Prometheus text format.
+pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Whether a scraper's `Accept` header asks for OpenMetrics.
+pub fn wants_openmetrics(accept: Option<&str>) -> bool {
+    accept.is_some_and(|a| a.contains("application/openmetrics-text"))
+}
+
+/// OpenMetrics text to the Prometheus text format 0.0.4: counter families are named with
+/// their `_total` suffix (as their samples are), `# UNIT` and `# EOF` lines go.
+fn to_prometheus_text(om: &str) -> String {
+    let counters: std::collections::HashSet<&str> = om
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(om.len() + 64);
+    for line in om.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| line.strip_prefix(p).map(|rest| (p, rest)));
+        match meta {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                if counters.contains(name) {
+                    out.push_str(&format!("{prefix}{name}_total {tail}\n"));
+                } else {
+                    out.push_str(line);
+                    out.push('\n');
+                }
+            }
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+/// Counts a long-poll watcher while alive (decrements when dropped, even when the request is
+/// cancelled).
+pub struct WatcherGuard(Gauge);
+
+impl WatcherGuard {
+    pub fn new(g: &Gauge) -> Self {
+        g.inc();
+        Self(g.clone())
+    }
+}
+
+impl Drop for WatcherGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_family() {
+        let m = Metrics::new();
+        m.heartbeat(Duration::from_micros(300));
+        m.event(EventKind::StatusChanged);
+        m.spec_write("node");
+        let text = m.render(&[(Health::Ready, 3), (Health::Stale, 1)], 1, false);
+        assert!(text.contains("# TYPE steward_registry_heartbeats_total counter"));
+        assert!(!text.contains("# EOF"));
+        let om = m.render(&[], 1, true);
+        assert!(
+            om.contains("# TYPE steward_registry_heartbeats counter") && om.ends_with("# EOF\n")
+        );
+        for want in [
+            "steward_registry_nodes{health=\"ready\"} 3",
+            "steward_registry_drifted_nodes 1",
+            "steward_registry_heartbeats_total 1",
+            "steward_registry_heartbeat_handling_seconds_count 1",
+            "steward_registry_events_total{kind=\"status-changed\"} 1",
+            "steward_registry_spec_writes_total{target=\"node\"} 1",
+            "steward_registry_longpoll_watchers 0",
+        ] {
+            assert!(text.contains(want), "{want} missing in:\n{text}");
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! Who may see the status page: a bearer token (admin or read), a login session cookie, or
+//! nobody at all when the registry serves it publicly (`--public-status`).
+//!
+//! A session cookie carries a random 256-bit id; the registry keeps only its sha256, mapped in
+//! memory to the credential kind and an expiry. The token itself never goes into the cookie.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::http::{header, HeaderMap};
+
+use crate::auth;
+use crate::state::AppState;
+
+/// Name of the session cookie.
+pub const COOKIE: &str = "steward_session";
+/// How long a login lasts.
+pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
+/// Most sessions kept at once (the oldest go first).
+const MAX_SESSIONS: usize = 10_000;
+
+/// Who is looking at the page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Viewer {
+    Admin,
+    Read,
+    /// No credential, on a registry serving the status publicly.
+    Public,
+}
+
+impl Viewer {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Viewer::Admin => "admin",
+            Viewer::Read => "read-only",
+            Viewer::Public => "public",
+        }
+    }
+}
+
+/// Why a request may not see the page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Denied {
+    #[error("sign in with the admin or read token")]
+    NoCredential,
+    #[error("unknown credential: send 'Authorization: Bearer <admin or read token>'")]
+    BadCredential,
+    #[error("node secrets cannot open the status page; use the admin or read token")]
+    NodeCredential,
+}
+
+struct Session {
+    viewer: Viewer,
+    expires: Instant,
+}
+
+/// Login sessions, in memory only (a registry restart signs everyone out).
+#[derive(Default)]
+pub struct Sessions {
+    map: Mutex<HashMap<[u8; 32], Session>>,
+}
+
+impl Sessions {
+    /// Creates a session for `viewer` and returns the id to put in the cookie.
+    pub fn create(&self, viewer: Viewer) -> String {
+        let id = auth::new_id() + &auth::new_id() + &auth::new_id() + &auth::new_id();
+        let now = Instant::now();
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|_, s| s.expires > now);
+        if map.len() >= MAX_SESSIONS {
+            if let Some(oldest) = map.iter().min_by_key(|(_, s)| s.expires).map(|(k, _)| *k) {
+                map.remove(&oldest);
+            }
+        }
+        map.insert(
+            auth::sha256(&id),
+            Session {
+                viewer,
+                expires: now + SESSION_TTL,
+            },
+        );
+        id
+    }
+
+    /// The viewer of a live session.
+    pub fn get(&self, id: &str) -> Option<Viewer> {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&auth::sha256(id))
+            .filter(|s| s.expires > Instant::now())
+            .map(|s| s.viewer)
+    }
+
+    pub fn remove(&self, id: &str) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.remove(&auth::sha256(id));
+    }
+
+    /// Sessions not yet expired.
+    pub fn alive(&self) -> usize {
+        let now = Instant::now();
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.values().filter(|s| s.expires > now).count()
+    }
+}
+
+/// The value of our cookie in a request, if any.
+pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| v.trim())
+        .filter(|v| !v.is_empty())
+}
+
+/// Which admin/read credential a token is.
+pub fn token_viewer(state: &AppState, token: &str) -> Option<Viewer> {
+    let h = auth::sha256(token);
+    let admin = auth::hash_eq(&h, &state.admin_sha256);
+    let read = state
+        .read_sha256
+        .as_ref()
+        .is_some_and(|r| auth::hash_eq(&h, r));
+    if admin {
+        Some(Viewer::Admin)
+    } else if read {
+        Some(Viewer::Read)
+    } else {
+        None
+    }
+}
+
+/// Resolves the viewer: a bearer token first, then the session cookie, then public access.
+pub fn viewer(state: &AppState, headers: &HeaderMap) -> Result<Viewer, Denied> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(auth::bearer);
+    if let Some(token) = bearer {
+        if let Some(v) = token_viewer(state, token) {
+            return Ok(v);
+        }
+        let is_node = auth::secret_id(token)
+            .and_then(|id| state.live(id))
+            .and_then(|ln| ln.lock().secret_sha256)
+            .is_some_and(|s| auth::hash_eq(&s, &auth::sha256(token)));
+        return Err(if is_node {
+            Denied::NodeCredential
+        } else {
+            Denied::BadCredential
+        });
+    }
+    if let Some(v) = session_cookie(headers).and_then(|id| state.sessions.get(id)) {
+        return Ok(v);
+    }
+    if state.settings.public_status {
+        Ok(Viewer::Public)
+    } else {
+        Err(Denied::NoCredential)
+    }
+}
+
+/// The `Set-Cookie` value for a new session.
+pub fn set_cookie(id: &str, secure: bool) -> String {
+    format!(
+        "{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
+        SESSION_TTL.as_secs(),
+        if secure { "; Secure" } else { "" }
+    )
+}
+
+/// The `Set-Cookie` value that removes the session cookie.
+pub fn clear_cookie(secure: bool) -> String {
+    format!(
+        "{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{}",
+        if secure { "; Secure" } else { "" }
+    )
+}
+
+/// A local path to go back to after login (never another origin).
+pub fn safe_next(next: Option<&str>) -> String {
+    match next {
+        Some(n)
+            if n.starts_with('/')
+                && !n.starts_with("//")
+                && !n.starts_with("/\\")
+                && !n.chars().any(|c| c.is_control()) =>
+        {
+            n.to_string()
+        }
+        _ => "/".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_and_cookies() {
+        let s = Sessions::default();
+        let id = s.create(Viewer::Read);
+        assert_eq!(id.len(), 64);
+        assert_eq!(s.get(&id), Some(Viewer::Read));
+        assert_eq!(s.get("nope"), None);
+        s.remove(&id);
+        assert_eq!(s.get(&id), None);
+        let c = set_cookie("abc", true);
+        assert!(c.contains("HttpOnly") && c.contains("SameSite=Strict") && c.ends_with("Secure"));
+        assert!(!set_cookie("abc", false).contains("Secure"));
+        let mut h = HeaderMap::new();
+        h.insert(header::COOKIE, "a=b; steward_session=xyz".parse().unwrap());
+        assert_eq!(session_cookie(&h), Some("xyz"));
+    }
+
+    #[test]
+    fn next_stays_local() {
+        assert_eq!(safe_next(Some("/nodes/a?x=1")), "/nodes/a?x=1");
+        for bad in ["//evil.example", "https://evil.example", "/\\evil", ""] {
+            assert_eq!(safe_next(Some(bad)), "/", "{bad}");
+        }
+        assert_eq!(safe_next(None), "/");
+    }
+}

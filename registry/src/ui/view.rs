@@ -1,0 +1,476 @@
+//! What the status page shows, computed from the store and the live heartbeat data: one row per
+//! node, the fleet summary, and the table query (filter, search, sort, page).
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use steward_proto::selector::Selector;
+use steward_proto::{Health, Labels, Node, NodeKind, ResourceKind, ResourceState};
+
+use crate::state::AppState;
+use crate::store::StoreError;
+
+/// Nodes per page unless `per_page` says otherwise.
+pub const PER_PAGE: usize = 100;
+
+/// Payload attestation state of a node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Attest {
+    pub total: usize,
+    pub mismatched: usize,
+    pub missing: usize,
+}
+
+impl Attest {
+    pub fn label(&self) -> String {
+        match (self.total, self.mismatched, self.missing) {
+            (0, _, _) => "none".into(),
+            (t, 0, 0) => format!("{t} ok"),
+            (_, m, 0) => format!("{m} mismatch"),
+            (_, 0, x) => format!("{x} missing"),
+            (_, m, x) => format!("{m} mismatch, {x} missing"),
+        }
+    }
+    pub fn ok(&self) -> bool {
+        self.mismatched == 0 && self.missing == 0
+    }
+}
+
+/// One line of the node table.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub id: String,
+    pub hostname: String,
+    pub labels: Labels,
+    pub kind: NodeKind,
+    pub health: Health,
+    pub last_heartbeat: Option<DateTime<Utc>>,
+    pub rtt_ms: Option<f64>,
+    pub agent_version: String,
+    pub generation: u64,
+    pub observed: u64,
+    pub containers: usize,
+    pub vms: usize,
+    pub payloads: usize,
+    /// Resources in state failed.
+    pub failed: usize,
+    pub drifted: bool,
+    pub attest: Attest,
+}
+
+impl Row {
+    pub fn from_node(n: &Node) -> Row {
+        let (mut containers, mut vms, mut payloads, mut failed, mut drifted) = (0, 0, 0, 0, false);
+        let mut attest = Attest::default();
+        if let Some(st) = &n.status {
+            for r in &st.resources {
+                match r.kind {
+                    ResourceKind::Container => containers += 1,
+                    ResourceKind::Vm => vms += 1,
+                    ResourceKind::Payload => payloads += 1,
+                    ResourceKind::Network => {}
+                }
+                failed += usize::from(r.state == ResourceState::Failed);
+                drifted |= r.state == ResourceState::Drifted;
+            }
+            for p in &st.payloads {
+                attest.total += 1;
+                match &p.actual {
+                    None => attest.missing += 1,
+                    Some(a) if *a != p.expected => attest.mismatched += 1,
+                    Some(_) => {}
+                }
+            }
+            payloads = payloads.max(st.payloads.len());
+            drifted |= !attest.ok();
+        }
+        Row {
+            id: n.id.clone(),
+            hostname: n.hostname.clone(),
+            labels: n.labels.clone(),
+            kind: n.facts.kind,
+            health: n.health,
+            last_heartbeat: n.last_heartbeat,
+            rtt_ms: n.heartbeat_rtt_ms,
+            agent_version: n.facts.agent_version.clone(),
+            generation: n.generation,
+            observed: n.observed_generation,
+            containers,
+            vms,
+            payloads,
+            failed,
+            drifted,
+            attest,
+        }
+    }
+
+    /// The observed generation lags the desired one.
+    pub fn behind(&self) -> bool {
+        self.observed < self.generation
+    }
+}
+
+/// Every node as a row (live heartbeat data overlaid), in no particular order.
+pub fn all_rows(state: &AppState) -> Result<Vec<Row>, StoreError> {
+    Ok(state
+        .store
+        .nodes()?
+        .into_iter()
+        .map(|rec| Row::from_node(&crate::nodes::to_wire(state, rec)))
+        .collect())
+}
+
+/// One node's row, if it exists.
+pub fn row(state: &AppState, id: &str) -> Result<Option<Row>, StoreError> {
+    Ok(state
+        .store
+        .node(id)?
+        .map(|rec| Row::from_node(&crate::nodes::to_wire(state, rec))))
+}
+
+/// The fleet overview.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub total: usize,
+    pub ready: usize,
+    pub stale: usize,
+    pub down: usize,
+    pub decommissioned: usize,
+    pub drifted: usize,
+    /// Resources in state failed, fleet-wide, and the nodes holding them.
+    pub failed_workloads: usize,
+    pub failing_nodes: usize,
+}
+
+impl Summary {
+    pub fn of(rows: &[Row]) -> Summary {
+        let mut s = Summary {
+            total: rows.len(),
+            ..Default::default()
+        };
+        for r in rows {
+            match r.health {
+                Health::Ready => s.ready += 1,
+                Health::Stale => s.stale += 1,
+                Health::Down => s.down += 1,
+                Health::Decommissioned => s.decommissioned += 1,
+            }
+            let active = r.health != Health::Decommissioned;
+            s.drifted += usize::from(active && r.drifted);
+            if active && r.failed > 0 {
+                s.failed_workloads += r.failed;
+                s.failing_nodes += 1;
+            }
+        }
+        s
+    }
+}
+
+/// Columns the table sorts by.
+pub const SORT_KEYS: &[&str] = &[
+    "name",
+    "kind",
+    "health",
+    "heartbeat",
+    "rtt",
+    "version",
+    "generation",
+    "containers",
+    "vms",
+    "payloads",
+    "attestation",
+];
+
+/// The table's query string: `?selector=&health=&flag=&q=&sort=&dir=&page=&per_page=`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableQuery {
+    pub selector: String,
+    pub health: String,
+    /// `drifted` or `failed`.
+    pub flag: String,
+    pub q: String,
+    pub sort: String,
+    pub desc: bool,
+    pub page: usize,
+    pub per_page: usize,
+}
+
+/// A query parameter that makes no sense, with the reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct BadQuery {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+impl TableQuery {
+    pub fn from_params(p: &HashMap<String, String>) -> TableQuery {
+        let get = |k: &str| p.get(k).map(|s| s.trim().to_string()).unwrap_or_default();
+        let sort = get("sort");
+        TableQuery {
+            selector: get("selector"),
+            health: get("health"),
+            flag: get("flag"),
+            q: get("q"),
+            sort: if SORT_KEYS.contains(&sort.as_str()) {
+                sort
+            } else {
+                "name".into()
+            },
+            desc: get("dir") == "desc",
+            page: get("page").parse().unwrap_or(1).max(1),
+            per_page: get("per_page").parse().unwrap_or(PER_PAGE).clamp(10, 1000),
+        }
+    }
+
+    /// The query string for this query with `f` applied (for links).
+    pub fn href(&self, f: impl FnOnce(&mut TableQuery)) -> String {
+        let mut q = self.clone();
+        f(&mut q);
+        let mut parts: Vec<(&str, String)> = Vec::new();
+        for (k, v) in [
+            ("selector", &q.selector),
+            ("health", &q.health),
+            ("flag", &q.flag),
+            ("q", &q.q),
+        ] {
+            if !v.is_empty() {
+                parts.push((k, v.clone()));
+            }
+        }
+        if q.sort != "name" {
+            parts.push(("sort", q.sort.clone()));
+        }
+        if q.desc {
+            parts.push(("dir", "desc".into()));
+        }
+        if q.page > 1 {
+            parts.push(("page", q.page.to_string()));
+        }
+        if q.per_page != PER_PAGE {
+            parts.push(("per_page", q.per_page.to_string()));
+        }
+        let qs: Vec<String> = parts
+            .into_iter()
+            .map(|(k, v)| format!("{k}={}", urlencode(&v)))
+            .collect();
+        if qs.is_empty() {
+            "/".into()
+        } else {
+            format!("/?{}", qs.join("&"))
+        }
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// One page of the table.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub rows: Vec<Row>,
+    /// Rows matching the filter (all pages).
+    pub matching: usize,
+    pub page: usize,
+    pub pages: usize,
+}
+
+/// Filters, sorts and cuts `rows` to the page asked for.
+pub fn table(mut rows: Vec<Row>, q: &TableQuery) -> Result<Page, BadQuery> {
+    let selector: Selector = q.selector.parse().map_err(|e| BadQuery {
+        field: "selector",
+        reason: format!("{e}"),
+    })?;
+    let health: Vec<Health> = q
+        .health
+        .split(',')
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .map(|h| h.parse::<Health>())
+        .collect::<Result<_, _>>()
+        .map_err(|reason| BadQuery {
+            field: "health",
+            reason,
+        })?;
+    let flag = match q.flag.as_str() {
+        "" | "drifted" | "failed" => q.flag.as_str(),
+        other => {
+            return Err(BadQuery {
+                field: "flag",
+                reason: format!("unknown flag {other:?}: expected drifted or failed"),
+            })
+        }
+    };
+    let needle = q.q.to_lowercase();
+    rows.retain(|r| {
+        selector.matches(&r.labels)
+            && (health.is_empty() || health.contains(&r.health))
+            && match flag {
+                "drifted" => r.drifted,
+                "failed" => r.failed > 0,
+                _ => true,
+            }
+            && (needle.is_empty()
+                || r.hostname.to_lowercase().contains(&needle)
+                || r.id.starts_with(&needle))
+    });
+    rows.sort_by(|a, b| {
+        let by = match q.sort.as_str() {
+            "kind" => kind_str(a.kind).cmp(kind_str(b.kind)),
+            "health" => a.health.cmp(&b.health),
+            // Oldest heartbeat first when ascending by age.
+            "heartbeat" => b.last_heartbeat.cmp(&a.last_heartbeat),
+            "rtt" => a
+                .rtt_ms
+                .unwrap_or(f64::INFINITY)
+                .total_cmp(&b.rtt_ms.unwrap_or(f64::INFINITY)),
+            "version" => a.agent_version.cmp(&b.agent_version),
+            "generation" => (a.generation - a.observed.min(a.generation))
+                .cmp(&(b.generation - b.observed.min(b.generation)))
+                .then(a.generation.cmp(&b.generation)),
+            "containers" => a.containers.cmp(&b.containers),
+            "vms" => a.vms.cmp(&b.vms),
+            "payloads" => a.payloads.cmp(&b.payloads),
+            "attestation" => (a.attest.mismatched + a.attest.missing)
+                .cmp(&(b.attest.mismatched + b.attest.missing)),
+            _ => std::cmp::Ordering::Equal,
+        };
+        let by = if q.desc { by.reverse() } else { by };
+        by.then_with(|| a.hostname.cmp(&b.hostname))
+            .then_with(|| a.id.cmp(&b.id))
+    });
+    let matching = rows.len();
+    let pages = matching.div_ceil(q.per_page).max(1);
+    let page = q.page.min(pages);
+    let rows = rows
+        .into_iter()
+        .skip((page - 1) * q.per_page)
+        .take(q.per_page)
+        .collect();
+    Ok(Page {
+        rows,
+        matching,
+        page,
+        pages,
+    })
+}
+
+pub fn kind_str(k: NodeKind) -> &'static str {
+    match k {
+        NodeKind::BareMetal => "bare-metal",
+        NodeKind::Vm => "vm",
+        NodeKind::Container => "container",
+        NodeKind::Unknown => "unknown",
+    }
+}
+
+/// Nodes by health and the number of drifted nodes, for `/metrics`.
+pub fn fleet_gauges(rows: &[Row]) -> (Vec<(Health, i64)>, i64) {
+    let s = Summary::of(rows);
+    let n = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
+    (
+        vec![
+            (Health::Ready, n(s.ready)),
+            (Health::Stale, n(s.stale)),
+            (Health::Down, n(s.down)),
+            (Health::Decommissioned, n(s.decommissioned)),
+        ],
+        n(s.drifted),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(name: &str, health: Health, failed: usize, drifted: bool) -> Row {
+        Row {
+            id: format!("id-{name}"),
+            hostname: name.into(),
+            labels: [("role".to_string(), name[..1].to_string())].into(),
+            kind: NodeKind::Vm,
+            health,
+            last_heartbeat: None,
+            rtt_ms: None,
+            agent_version: "0.1.0".into(),
+            generation: 2,
+            observed: 1,
+            containers: failed,
+            vms: 0,
+            payloads: 0,
+            failed,
+            drifted,
+            attest: Attest::default(),
+        }
+    }
+
+    #[test]
+    fn filter_sort_page() {
+        let rows = vec![
+            row("b1", Health::Ready, 0, false),
+            row("a1", Health::Stale, 2, false),
+            row("a2", Health::Ready, 0, true),
+            row("c1", Health::Down, 0, false),
+        ];
+        let s = Summary::of(&rows);
+        assert_eq!((s.ready, s.stale, s.down, s.drifted), (2, 1, 1, 1));
+        assert_eq!((s.failed_workloads, s.failing_nodes), (2, 1));
+        let q = |p: &[(&str, &str)]| {
+            TableQuery::from_params(
+                &p.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            )
+        };
+        let names = |p: Page| p.rows.into_iter().map(|r| r.hostname).collect::<Vec<_>>();
+        assert_eq!(
+            names(table(rows.clone(), &q(&[])).unwrap()),
+            ["a1", "a2", "b1", "c1"]
+        );
+        assert_eq!(
+            names(table(rows.clone(), &q(&[("selector", "role=a")])).unwrap()),
+            ["a1", "a2"]
+        );
+        assert_eq!(
+            names(table(rows.clone(), &q(&[("health", "ready")])).unwrap()),
+            ["a2", "b1"]
+        );
+        assert_eq!(
+            names(table(rows.clone(), &q(&[("flag", "drifted")])).unwrap()),
+            ["a2"]
+        );
+        assert_eq!(
+            names(table(rows.clone(), &q(&[("q", "B")])).unwrap()),
+            ["b1"]
+        );
+        assert_eq!(
+            names(table(rows.clone(), &q(&[("sort", "containers"), ("dir", "desc")])).unwrap()),
+            ["a1", "a2", "b1", "c1"]
+        );
+        let p = table(rows.clone(), &q(&[("per_page", "10"), ("page", "9")])).unwrap();
+        assert_eq!((p.page, p.pages, p.matching), (1, 1, 4));
+        assert_eq!(
+            table(rows.clone(), &q(&[("health", "sick")]))
+                .unwrap_err()
+                .field,
+            "health"
+        );
+        assert_eq!(
+            table(rows, &q(&[("selector", "a b")])).unwrap_err().field,
+            "selector"
+        );
+        assert_eq!(
+            q(&[("q", "<x y>"), ("sort", "rtt")]).href(|q| q.page = 2),
+            "/?q=%3Cx%20y%3E&sort=rtt&page=2"
+        );
+    }
+}
