@@ -93,12 +93,17 @@ pub async fn apply(cfg: &AgentConfig, path: &str) -> anyhow::Result<NodeStatus> 
     let paths = Paths::new(&cfg.data_dir);
     paths.ensure_dir()?;
     // Hold the store's lock so a running daemon and this command never act at once.
-    let _store = crate::store::Store::open(&paths)?;
-    let node_id = paths
-        .load_identity()?
+    let store = crate::store::Store::open(&paths)?;
+    let identity = paths.load_identity()?;
+    let registry = cfg
+        .registry
+        .clone()
+        .or_else(|| identity.as_ref().map(|i| i.registry.clone()));
+    let node_id = identity
         .map(|i| i.node_id)
         .unwrap_or_else(|| "local".into());
-    let mut rec = Reconciler::new(cfg.docker_socket.clone(), cfg.policy.clone(), node_id);
+    let mut rec = Reconciler::new(cfg.docker_socket.clone(), cfg.policy.clone(), node_id)
+        .with_networks(cfg.lab_cidr_template.clone(), Some(store), registry);
     let status = rec.reconcile(0, &spec).await;
     paths.save_status(&status)?;
     Ok(status)

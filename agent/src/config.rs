@@ -44,6 +44,9 @@ pub struct AgentArgs {
     /// Periodic full reconcile even without changes [default: 30s].
     #[arg(long, env = "STEWARD_RESYNC_INTERVAL", value_parser = humantime::parse_duration, global = true)]
     pub resync_interval: Option<Duration>,
+    /// Address of the Prometheus metrics endpoint (GET /metrics), or "off" [default: 127.0.0.1:9475].
+    #[arg(long, env = "STEWARD_METRICS_LISTEN", global = true)]
+    pub metrics_listen: Option<String>,
 }
 
 /// The config file's shape. Unknown fields are refused.
@@ -59,6 +62,8 @@ struct FileConfig {
     resync_interval: Option<String>,
     long_poll_wait: Option<String>,
     backoff_max: Option<String>,
+    metrics_listen: Option<String>,
+    lab_cidr_template: Option<String>,
     #[serde(default)]
     policy: Policy,
 }
@@ -75,6 +80,10 @@ pub struct AgentConfig {
     pub resync_interval: Duration,
     pub long_poll_wait: Duration,
     pub backoff_max: Duration,
+    /// Where to serve metrics; `None` when "off".
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Subnet of a lab without `cidr`, e.g. `192.168.{vlan}.0/24` (see `network::lab`).
+    pub lab_cidr_template: String,
     pub policy: Policy,
 }
 
@@ -93,6 +102,8 @@ impl std::fmt::Debug for AgentConfig {
             .field("resync_interval", &self.resync_interval)
             .field("long_poll_wait", &self.long_poll_wait)
             .field("backoff_max", &self.backoff_max)
+            .field("metrics_listen", &self.metrics_listen)
+            .field("lab_cidr_template", &self.lab_cidr_template)
             .field("policy", &self.policy)
             .finish()
     }
@@ -135,8 +146,20 @@ impl AgentConfig {
                 .unwrap_or(Duration::from_secs(60)),
             backoff_max: duration("backoff_max", file.backoff_max)?
                 .unwrap_or(Duration::from_secs(60)),
+            metrics_listen: crate::metrics::parse_listen(
+                args.metrics_listen
+                    .as_deref()
+                    .or(file.metrics_listen.as_deref())
+                    .unwrap_or(crate::metrics::DEFAULT_LISTEN),
+            )
+            .context("config field metrics_listen")?,
+            lab_cidr_template: file
+                .lab_cidr_template
+                .unwrap_or_else(|| crate::network::lab::DEFAULT_LAB_TEMPLATE.to_string()),
             policy: file.policy,
         };
+        crate::network::lab::check_template(&cfg.lab_cidr_template)
+            .map_err(|e| anyhow::anyhow!("config field {e}"))?;
         if cfg.resync_interval < Duration::from_secs(1) {
             bail!("resync_interval must be at least 1s");
         }
@@ -185,6 +208,56 @@ mod tests {
         assert!(!c.policy.allow_host_network);
         assert_eq!(c.policy.allowed_bind_roots, [PathBuf::from("/srv")]);
         assert_eq!(c.data_dir, PathBuf::from("/var/lib/steward"));
+        assert_eq!(c.metrics_listen, Some(([127, 0, 0, 1], 9475).into()));
+    }
+
+    #[test]
+    fn lab_template_default_file_and_checked() {
+        let c = AgentConfig::resolve(AgentArgs::default()).unwrap();
+        assert_eq!(c.lab_cidr_template, "192.168.{vlan}.0/24");
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.toml");
+        std::fs::write(&p, "lab_cidr_template = \"10.{vlan_hi}.{vlan_lo}.0/24\"\n").unwrap();
+        let c = AgentConfig::resolve(AgentArgs {
+            config: Some(p.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.lab_cidr_template, "10.{vlan_hi}.{vlan_lo}.0/24");
+        std::fs::write(&p, "lab_cidr_template = \"10.0.0.0/24\"\n").unwrap();
+        let e = AgentConfig::resolve(AgentArgs {
+            config: Some(p),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("lab_cidr_template"), "{e:#}");
+    }
+
+    #[test]
+    fn metrics_listen_file_flag_and_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.toml");
+        std::fs::write(&p, "metrics_listen = \"127.0.0.1:9999\"\n").unwrap();
+        let c = AgentConfig::resolve(AgentArgs {
+            config: Some(p.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.metrics_listen, Some(([127, 0, 0, 1], 9999).into()));
+        let c = AgentConfig::resolve(AgentArgs {
+            config: Some(p.clone()),
+            metrics_listen: Some("off".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.metrics_listen, None);
+        let e = AgentConfig::resolve(AgentArgs {
+            config: Some(p),
+            metrics_listen: Some("nine".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("metrics_listen"), "{e:#}");
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! `steward-agent run`: the heartbeat ticker, the spec watcher and the reconciler, running
-//! concurrently. The agent keeps enforcing the last stored spec while the registry is
+//! `steward-agent run`: the heartbeat ticker, the spec watcher, the Docker and netlink event
+//! listeners and the reconciler, running concurrently. The agent keeps enforcing the last stored spec while the registry is
 //! unreachable and never stops a workload because of that.
 
 use std::sync::Arc;
@@ -68,6 +68,13 @@ pub async fn run(
         watch::channel(paths.load_status().ok().flatten().unwrap_or_default());
     let wake = Arc::new(Notify::new());
     let client = Arc::new(client);
+    let metrics = match cfg.metrics_listen {
+        Some(addr) => crate::metrics::serve(addr)
+            .await
+            .map_err(|e| warn!(error = %e, "metrics endpoint disabled"))
+            .ok(),
+        None => None,
+    };
 
     let watcher = tokio::spawn(watch_spec(
         client.clone(),
@@ -83,9 +90,20 @@ pub async fn run(
         cfg.clone(),
     ));
     let events = tokio::spawn(docker_events(cfg.clone(), wake.clone()));
+    let link_events = tokio::spawn(netlink_events(cfg.clone(), wake.clone()));
+    let rec = Reconciler::new(
+        cfg.docker_socket.clone(),
+        cfg.policy.clone(),
+        identity.node_id.clone(),
+    )
+    .with_networks(
+        cfg.lab_cidr_template.clone(),
+        Some(store.clone()),
+        Some(cfg.registry.clone().unwrap_or(identity.registry.clone())),
+    );
     let recon = tokio::spawn(reconcile_loop(
         cfg.clone(),
-        identity.node_id.clone(),
+        rec,
         spec_rx,
         status_tx,
         wake,
@@ -94,7 +112,10 @@ pub async fn run(
 
     shutdown_signal().await;
     info!("stopping (workloads keep running)");
-    for t in [watcher, heart, events, recon] {
+    for t in [watcher, heart, events, link_events, recon]
+        .into_iter()
+        .chain(metrics)
+    {
         t.abort();
     }
     Ok(())
@@ -174,6 +195,7 @@ async fn heartbeat(
             Ok(resp) => {
                 backoff.reset();
                 rtt_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+                crate::metrics::get().heartbeat(Some(started.elapsed()));
                 interval = Duration::from_secs(resp.heartbeat_interval_secs.max(1));
                 let known = spec.borrow().as_ref().map(|s| s.generation).unwrap_or(0);
                 if resp.generation > known {
@@ -192,6 +214,7 @@ async fn heartbeat(
             }
             Err(e) => {
                 let d = backoff.delay().min(interval);
+                crate::metrics::get().heartbeat(None);
                 warn!(error = %format!("{e:#}"), retry_in = ?d, "heartbeat failed");
                 tokio::time::sleep(d).await;
             }
@@ -225,15 +248,29 @@ async fn docker_events(cfg: AgentConfig, wake: Arc<Notify>) {
     }
 }
 
+/// Wakes the reconciler on every link and address change of the host (netlink), so a managed
+/// link deleted or changed by hand is restored at once.
+async fn netlink_events(cfg: AgentConfig, wake: Arc<Notify>) {
+    let mut backoff = Backoff::new(cfg.backoff_max);
+    loop {
+        let why = crate::network::events::follow(|ev| {
+            debug!(what = ev.what, index = ev.index, link = ?ev.name, "netlink event");
+            wake.notify_one();
+        })
+        .await;
+        warn!(error = %why, "netlink event listener stopped; restarting");
+        tokio::time::sleep(backoff.delay()).await;
+    }
+}
+
 async fn reconcile_loop(
     cfg: AgentConfig,
-    node_id: String,
+    mut rec: Reconciler,
     mut spec: watch::Receiver<Option<StoredSpec>>,
     status: watch::Sender<NodeStatus>,
     wake: Arc<Notify>,
     paths: Paths,
 ) {
-    let mut rec = Reconciler::new(cfg.docker_socket.clone(), cfg.policy.clone(), node_id);
     let mut resync = tokio::time::interval(cfg.resync_interval);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -241,8 +278,12 @@ async fn reconcile_loop(
             r = spec.changed() => if r.is_err() { return },
             _ = resync.tick() => {},
             _ = wake.notified() => {
-                // Debounce bursts of events (a recreate emits several).
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                // Debounce bursts of events (a recreate emits several), but never make a new
+                // spec wait for the debounce.
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {},
+                    r = spec.changed() => if r.is_err() { return },
+                }
             },
         }
         let current = spec.borrow_and_update().clone();
@@ -251,6 +292,7 @@ async fn reconcile_loop(
         };
         let started = Instant::now();
         let st = rec.reconcile(current.generation, &current.spec).await;
+        crate::metrics::get().reconciled(started.elapsed(), &st);
         let failed = st
             .resources
             .iter()

@@ -6,6 +6,8 @@ pub mod config;
 pub mod daemon;
 pub mod docker;
 pub mod facts;
+pub mod metrics;
+pub mod network;
 pub mod reconcile;
 pub mod reconciler;
 pub mod store;

@@ -48,7 +48,8 @@ enum Cmd {
     },
 }
 
-#[tokio::main]
+// One thread is plenty for an agent that mostly waits; it keeps the footprint small.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(

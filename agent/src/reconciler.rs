@@ -1,5 +1,7 @@
 //! The reconciler's I/O side: observe through the drivers, plan, apply the plan, and turn the
-//! outcome into a `NodeStatus`.
+//! outcome into a `NodeStatus`. Order of a pass: host networks (creations and changes), then
+//! containers (Docker networks on managed bridges first), then the deletion of managed links no
+//! longer wanted.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -9,7 +11,9 @@ use steward_proto::{NodeSpec, NodeStatus, ResourceKind, ResourceState, ResourceS
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::docker::Docker;
+use crate::network::{NetOutcome, Networks};
 use crate::reconcile::{plan, Action, Policy, Verdict};
+use crate::store::Store;
 
 /// Carries out plans against the host and reports what came of them.
 pub struct Reconciler {
@@ -19,6 +23,7 @@ pub struct Reconciler {
     node_id: String,
     /// Starts the agent made per container since it started (added to Docker's own count).
     starts: HashMap<String, u32>,
+    networks: Networks,
 }
 
 /// Digest of a status (everything but the digest field itself).
@@ -55,30 +60,6 @@ fn unsupported(spec: &NodeSpec) -> Vec<ResourceStatus> {
             "{what} are not supported by this agent version yet"
         ))
     };
-    for b in &spec.networks.bridges {
-        out.push(resource(
-            ResourceKind::Network,
-            &b.name,
-            ResourceState::Pending,
-            msg("host networks"),
-        ));
-    }
-    for v in &spec.networks.vlans {
-        out.push(resource(
-            ResourceKind::Network,
-            &v.name,
-            ResourceState::Pending,
-            msg("host networks"),
-        ));
-    }
-    for l in &spec.networks.labs {
-        out.push(resource(
-            ResourceKind::Network,
-            &format!("lab-{}", l.vlan),
-            ResourceState::Pending,
-            msg("lab networks"),
-        ));
-    }
     for v in &spec.vms {
         out.push(resource(
             ResourceKind::Vm,
@@ -106,7 +87,24 @@ impl Reconciler {
             policy,
             node_id,
             starts: HashMap::new(),
+            networks: Networks::new(
+                crate::network::lab::DEFAULT_LAB_TEMPLATE.to_string(),
+                None,
+                None,
+            ),
         }
+    }
+
+    /// Host networks: labs expand with `lab_template`; managed links and lab leases are kept
+    /// in `store`; the route to `registry` (its URL) is protected by policy.
+    pub fn with_networks(
+        mut self,
+        lab_template: String,
+        store: Option<Store>,
+        registry: Option<String>,
+    ) -> Self {
+        self.networks = Networks::new(lab_template, store, registry);
+        self
     }
 
     /// The Docker driver, connecting on first use (and again after a failure).
@@ -125,7 +123,7 @@ impl Reconciler {
     /// Observe → plan → apply → report, for one generation of the spec.
     pub async fn reconcile(&mut self, generation: u64, spec: &NodeSpec) -> NodeStatus {
         let mut resources = self
-            .reconcile_containers(spec)
+            .reconcile_all(spec)
             .instrument(info_span!("reconcile", generation))
             .await;
         resources.extend(unsupported(spec));
@@ -139,7 +137,78 @@ impl Reconciler {
         status
     }
 
-    async fn reconcile_containers(&mut self, spec: &NodeSpec) -> Vec<ResourceStatus> {
+    async fn reconcile_all(&mut self, spec: &NodeSpec) -> Vec<ResourceStatus> {
+        let mut net = self
+            .networks
+            .reconcile(spec, &self.policy, &self.node_id)
+            .await;
+        let containers = self.reconcile_containers(spec, &net).await;
+        // Docker networks go before the bridges under them (and only for bridges going away).
+        let doomed = net.bridges_to_delete();
+        if !doomed.is_empty() {
+            if let Ok(d) = self.docker().await.cloned() {
+                for b in doomed {
+                    if let Err(e) = d.remove_bridge_network(&b).await {
+                        warn!(bridge = %b, error = %e, "removing the Docker network on a bridge failed");
+                    }
+                }
+            }
+        }
+        self.networks.finish(&mut net).await;
+        let mut resources = std::mem::take(&mut net.resources);
+        resources.extend(containers);
+        resources
+    }
+
+    /// Docker networks for containers on managed bridges; returns why a container cannot be
+    /// created, by name.
+    async fn container_networks(
+        &self,
+        docker: &Docker,
+        spec: &NodeSpec,
+        net: &NetOutcome,
+    ) -> BTreeMap<String, String> {
+        let mut errors = net.container_errors.clone();
+        let mut ensured: BTreeMap<&str, Result<(), String>> = BTreeMap::new();
+        for c in &spec.containers {
+            let Some(br) = c.network.as_deref() else {
+                continue;
+            };
+            if !net.desired_bridges.contains(br) {
+                continue; // a plain Docker network
+            }
+            let res = if let Some(why) = net.unusable.get(br) {
+                Err(format!("bridge {br} cannot be used: {why}"))
+            } else if let Some(bn) = net.bridges.get(br) {
+                match ensured.get(br) {
+                    Some(r) => r.clone(),
+                    None => {
+                        let r = docker
+                            .ensure_bridge_network(br, bn.subnet, bn.gateway, &self.node_id)
+                            .await
+                            .map_err(|e| e.to_string());
+                        ensured.insert(br, r.clone());
+                        r
+                    }
+                }
+            } else {
+                Err(format!(
+                    "bridge {br} has no IPv4 address, so Docker cannot address containers on \
+                     it; give it one under networks.bridges[].addresses"
+                ))
+            };
+            if let Err(e) = res {
+                errors.entry(c.name.clone()).or_insert(e);
+            }
+        }
+        errors
+    }
+
+    async fn reconcile_containers(
+        &mut self,
+        spec: &NodeSpec,
+        net: &NetOutcome,
+    ) -> Vec<ResourceStatus> {
         let failed_all = |why: String| {
             spec.containers
                 .iter()
@@ -183,12 +252,20 @@ impl Reconciler {
         let Ok(docker) = self.docker().await.cloned() else {
             return failed_all("Docker engine unreachable".into());
         };
+        let net_errors = self.container_networks(&docker, spec, net).await;
         for action in plan.actions {
             let kind = action.kind();
             let name = action.container().unwrap_or("").to_string();
             if failed.contains_key(&name) {
                 continue;
             }
+            if let (Action::Create { .. } | Action::Recreate { .. }, Some(e)) =
+                (&action, net_errors.get(&name))
+            {
+                failed.insert(name, e.clone());
+                continue;
+            }
+            let ip = net.container_ips.get(&name).copied();
             let span = info_span!("action", kind, container = %name);
             let res = async {
                 match &action {
@@ -203,10 +280,9 @@ impl Reconciler {
                         }
                         Ok(())
                     }
-                    Action::Create { spec, hash } => docker
-                        .create_and_start(spec, hash, &node_id)
-                        .await
-                        .map(|_| ()),
+                    Action::Create { spec, hash } => {
+                        create(&docker, spec, hash, &node_id, ip).await
+                    }
                     Action::Recreate {
                         spec,
                         hash,
@@ -215,10 +291,7 @@ impl Reconciler {
                     } => {
                         info!(%reason, "recreating");
                         docker.remove(old_id).await?;
-                        docker
-                            .create_and_start(spec, hash, &node_id)
-                            .await
-                            .map(|_| ())
+                        create(&docker, spec, hash, &node_id, ip).await
                     }
                     Action::Start { id, .. } => {
                         *self.starts.entry(name.clone()).or_default() += 1;
@@ -232,6 +305,7 @@ impl Reconciler {
             }
             .instrument(span)
             .await;
+            crate::metrics::get().action(kind, res.is_ok());
             match res {
                 Ok(()) => info!(kind, container = %name, "applied"),
                 Err(e) => {
@@ -262,4 +336,19 @@ impl Reconciler {
             })
             .collect()
     }
+}
+
+/// Creates and starts a container, at its lab address when it has one.
+async fn create(
+    docker: &Docker,
+    spec: &steward_proto::ContainerSpec,
+    hash: &str,
+    node_id: &str,
+    ip: Option<std::net::IpAddr>,
+) -> Result<(), crate::docker::DockerError> {
+    match ip {
+        Some(ip) => docker.create_and_start_at(spec, hash, node_id, ip).await,
+        None => docker.create_and_start(spec, hash, node_id).await,
+    }
+    .map(|_| ())
 }

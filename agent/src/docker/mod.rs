@@ -5,6 +5,7 @@
 
 mod create;
 mod error;
+mod network;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -26,6 +27,7 @@ use crate::reconcile::types::{
 };
 pub use error::DockerError;
 use error::{describe, status};
+pub use network::BRIDGE_NAME_OPTION;
 
 /// Where the engine listens unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
@@ -244,7 +246,18 @@ impl Docker {
         hash: &str,
         node_id: &str,
     ) -> Result<String, DockerError> {
-        let body = create::container_body(spec, hash, node_id)?;
+        self.create_and_start_with(spec, hash, node_id, None).await
+    }
+
+    async fn create_and_start_with(
+        &self,
+        spec: &ContainerSpec,
+        hash: &str,
+        node_id: &str,
+        networking: Option<bollard::models::NetworkingConfig>,
+    ) -> Result<String, DockerError> {
+        let mut body = create::container_body(spec, hash, node_id)?;
+        body.networking_config = networking;
         let opts = CreateContainerOptionsBuilder::default()
             .name(&spec.name)
             .build();

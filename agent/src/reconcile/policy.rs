@@ -18,6 +18,12 @@ pub struct Policy {
     pub allow_host_pid: bool,
     /// Host paths under which bind mounts are allowed (none by default).
     pub allowed_bind_roots: Vec<PathBuf>,
+    /// Interfaces that may carry VLAN interfaces (including labs' VLANs): `[]` (the default)
+    /// refuses every VLAN, `["*"]` allows any parent.
+    pub allowed_vlan_parents: Vec<String>,
+    /// Allow changes that take down, re-address, delete or enslave the interface carrying the
+    /// agent's own route to the registry (or a link under it). Off by default.
+    pub allow_registry_interface_changes: bool,
 }
 
 fn under(path: &Path, root: &Path) -> bool {
@@ -53,6 +59,29 @@ impl Policy {
         }
         None
     }
+
+    /// Why a VLAN interface on `parent` is refused, or `None` when it is allowed.
+    pub fn refuses_vlan_parent(&self, parent: &str) -> Option<String> {
+        if self
+            .allowed_vlan_parents
+            .iter()
+            .any(|p| p == "*" || p == parent)
+        {
+            return None;
+        }
+        Some(if self.allowed_vlan_parents.is_empty() {
+            format!(
+                "VLAN interfaces are not allowed by this node's policy (policy.allowed_vlan_parents \
+                 is empty); add {parent:?} (or \"*\" for any parent) to allow VLANs on {parent}"
+            )
+        } else {
+            format!(
+                "VLANs on {parent} are not allowed by this node's policy \
+                 (policy.allowed_vlan_parents = {:?}); add {parent:?} to allow them",
+                self.allowed_vlan_parents
+            )
+        })
+    }
 }
 
 #[cfg(test)]
@@ -71,6 +100,7 @@ mod tests {
             allow_host_network: true,
             allow_host_pid: true,
             allowed_bind_roots: vec![PathBuf::from("/srv")],
+            ..Default::default()
         };
         let cases = [
             ("{name: a, image: x}", None, None),
@@ -116,5 +146,39 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn vlan_parents() {
+        let none = Policy::default();
+        let eth1 = Policy {
+            allowed_vlan_parents: vec!["eth1".into()],
+            ..Default::default()
+        };
+        let any = Policy {
+            allowed_vlan_parents: vec!["*".into()],
+            ..Default::default()
+        };
+        // (policy, parent, refusal fragment or allowed)
+        let cases: [(&Policy, &str, Option<&str>); 6] = [
+            (
+                &none,
+                "eth1",
+                Some("allowed_vlan_parents is empty); add \"eth1\""),
+            ),
+            (&none, "eth0", Some("\"*\" for any parent")),
+            (&eth1, "eth1", None),
+            (&eth1, "eth2", Some("VLANs on eth2 are not allowed")),
+            (&any, "eth2", None),
+            (&any, "bond0", None),
+        ];
+        for (p, parent, want) in cases {
+            match (p.refuses_vlan_parent(parent), want) {
+                (None, None) => {}
+                (Some(r), Some(w)) => assert!(r.contains(w), "{parent}: {r}"),
+                (got, want) => panic!("{parent}: got {got:?}, want {want:?}"),
+            }
+        }
+        assert!(!none.allow_registry_interface_changes);
     }
 }

@@ -3,6 +3,8 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod docker;
+pub mod guest;
+pub mod netns;
 
 use std::net::TcpListener;
 use std::path::PathBuf;

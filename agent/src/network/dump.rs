@@ -1,0 +1,266 @@
+//! The link dump, lean: one `RTM_GETLINK` dump (statistics skipped) on a plain netlink socket,
+//! reading only the attributes the planner needs (name, MTU, alias, master, parent, kind, and
+//! the bridge and VLAN settings) straight from the bytes. Decoding every attribute of every
+//! link with netlink-packet-route costs several times what the kernel spends on the dump, and
+//! the dump is most of what a converged pass does.
+
+use rtnetlink::sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+
+use super::error::NetworkError;
+use super::types::{ObservedKind, ObservedLink};
+
+const RTM_NEWLINK: u16 = 16;
+const RTM_GETLINK: u16 = 18;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const NLM_F_REQUEST: u16 = 1;
+const NLM_F_DUMP: u16 = 0x300;
+const IFLA_IFNAME: u16 = 3;
+const IFLA_MTU: u16 = 4;
+const IFLA_LINK: u16 = 5;
+const IFLA_MASTER: u16 = 10;
+const IFLA_LINKINFO: u16 = 18;
+const IFLA_IFALIAS: u16 = 20;
+const IFLA_EXT_MASK: u16 = 29;
+const IFLA_INFO_KIND: u16 = 1;
+const IFLA_INFO_DATA: u16 = 2;
+const IFLA_BR_STP_STATE: u16 = 5;
+const IFLA_BR_VLAN_FILTERING: u16 = 7;
+const IFLA_BR_VLAN_DEFAULT_PVID: u16 = 39;
+const IFLA_VLAN_ID: u16 = 1;
+const RTEXT_FILTER_SKIP_STATS: u32 = 1 << 3;
+const IFF_UP: u32 = 1;
+const NLA_TYPE_MASK: u16 = 0x3fff;
+
+/// One link before its master's and parent's indexes are resolved to names.
+pub(super) struct RawLink {
+    pub link: ObservedLink,
+    pub master: Option<u32>,
+    pub parent: Option<u32>,
+}
+
+fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
+}
+
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+/// The (type, value) pairs of a run of netlink attributes.
+fn attrs(mut b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    std::iter::from_fn(move || {
+        let len = usize::from(u16_at(b, 0)?);
+        let kind = u16_at(b, 2)? & NLA_TYPE_MASK;
+        if len < 4 || len > b.len() {
+            return None;
+        }
+        let value = &b[4..len];
+        b = b.get((len + 3) & !3..).unwrap_or(&[]);
+        Some((kind, value))
+    })
+}
+
+fn text(v: &[u8]) -> String {
+    String::from_utf8_lossy(v.split(|c| *c == 0).next().unwrap_or(&[])).into_owned()
+}
+
+fn kind(info: &[u8]) -> ObservedKind {
+    let mut name = String::new();
+    let mut data: &[u8] = &[];
+    for (t, v) in attrs(info) {
+        match t {
+            IFLA_INFO_KIND => name = text(v),
+            IFLA_INFO_DATA => data = v,
+            _ => {}
+        }
+    }
+    match name.as_str() {
+        "bridge" => {
+            let (mut stp, mut vlan_filtering, mut default_pvid) = (false, false, None);
+            for (t, v) in attrs(data) {
+                match t {
+                    IFLA_BR_STP_STATE => stp = u32_at(v, 0).unwrap_or(0) != 0,
+                    IFLA_BR_VLAN_FILTERING => vlan_filtering = v.first().is_some_and(|b| *b != 0),
+                    IFLA_BR_VLAN_DEFAULT_PVID => default_pvid = u16_at(v, 0),
+                    _ => {}
+                }
+            }
+            ObservedKind::Bridge {
+                stp,
+                vlan_filtering,
+                default_pvid,
+            }
+        }
+        "vlan" => ObservedKind::Vlan {
+            parent: None,
+            id: attrs(data)
+                .find(|(t, _)| *t == IFLA_VLAN_ID)
+                .and_then(|(_, v)| u16_at(v, 0))
+                .unwrap_or(0),
+        },
+        _ => ObservedKind::Other(name),
+    }
+}
+
+/// One `RTM_NEWLINK` payload (ifinfomsg + attributes).
+pub(super) fn parse_link(p: &[u8]) -> Option<RawLink> {
+    let index = u32_at(p, 4)?;
+    let flags = u32_at(p, 8)?;
+    let mut l = RawLink {
+        link: ObservedLink {
+            index,
+            name: String::new(),
+            kind: ObservedKind::Other(String::new()),
+            alias: None,
+            mtu: 0,
+            up: flags & IFF_UP != 0,
+            master: None,
+            addresses: Vec::new(),
+            vlans: None,
+        },
+        master: None,
+        parent: None,
+    };
+    for (t, v) in attrs(p.get(16..)?) {
+        match t {
+            IFLA_IFNAME => l.link.name = text(v),
+            IFLA_MTU => l.link.mtu = u32_at(v, 0).unwrap_or(0),
+            IFLA_LINK => l.parent = u32_at(v, 0).filter(|i| *i != 0),
+            IFLA_MASTER => l.master = u32_at(v, 0).filter(|i| *i != 0),
+            IFLA_IFALIAS => l.link.alias = Some(text(v)).filter(|s| !s.is_empty()),
+            IFLA_LINKINFO => l.link.kind = kind(v),
+            _ => {}
+        }
+    }
+    Some(l)
+}
+
+/// The request: RTM_GETLINK, dump, no statistics.
+fn request(seq: u32) -> Vec<u8> {
+    let mut b = Vec::with_capacity(40);
+    b.extend_from_slice(&40u32.to_ne_bytes());
+    b.extend_from_slice(&RTM_GETLINK.to_ne_bytes());
+    b.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    b.extend_from_slice(&seq.to_ne_bytes());
+    b.extend_from_slice(&0u32.to_ne_bytes());
+    b.extend_from_slice(&[0u8; 16]); // ifinfomsg: any family, any link
+    b.extend_from_slice(&8u16.to_ne_bytes());
+    b.extend_from_slice(&IFLA_EXT_MASK.to_ne_bytes());
+    b.extend_from_slice(&RTEXT_FILTER_SKIP_STATS.to_ne_bytes());
+    b
+}
+
+fn fail(reason: impl ToString) -> NetworkError {
+    NetworkError::Observe {
+        what: "dump links".into(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Every link of the current network namespace (blocking; a few milliseconds).
+pub(super) fn links() -> Result<Vec<RawLink>, NetworkError> {
+    let mut s = Socket::new(NETLINK_ROUTE).map_err(fail)?;
+    s.bind_auto().map_err(fail)?;
+    s.connect(&SocketAddr::new(0, 0)).map_err(fail)?;
+    let seq = 1;
+    s.send(&request(seq), 0).map_err(fail)?;
+    let mut out = Vec::new();
+    // Large enough for any chunk the kernel sends (it sizes dump chunks to the reader's buffer).
+    let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
+    loop {
+        buf.clear();
+        let n = s.recv(&mut buf, 0).map_err(fail)?;
+        let buf = &buf[..n.min(buf.len())];
+        let mut at = 0;
+        while at + 16 <= buf.len() {
+            let len = u32_at(buf, at).unwrap_or(0) as usize;
+            let kind = u16_at(buf, at + 4).unwrap_or(0);
+            if len < 16 || at + len > buf.len() {
+                return Err(fail("truncated netlink message"));
+            }
+            let payload = &buf[at + 16..at + len];
+            match kind {
+                NLMSG_DONE => return Ok(out),
+                NLMSG_ERROR => {
+                    let code = u32_at(payload, 0).unwrap_or(0) as i32;
+                    return Err(fail(std::io::Error::from_raw_os_error(code.abs())));
+                }
+                RTM_NEWLINK => out.extend(parse_link(payload)),
+                _ => {}
+            }
+            at += (len + 3) & !3;
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use rtnetlink::packet_core::Emitable;
+    use rtnetlink::packet_route::link::BridgeStpState;
+    use rtnetlink::{LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVlan};
+
+    fn bytes(m: rtnetlink::packet_route::link::LinkMessage) -> Vec<u8> {
+        let mut b = vec![0u8; m.buffer_len()];
+        m.emit(&mut b);
+        b
+    }
+
+    #[test]
+    fn parses_what_netlink_packet_route_emits() {
+        let br = LinkMessageBuilder::<LinkBridge>::new("br0")
+            .stp_state(BridgeStpState::KernelStp)
+            .vlan_filtering(true)
+            .vlan_default_pvid(7)
+            .mtu(1400)
+            .alias("steward:n1")
+            .controller(9)
+            .up()
+            .index(4)
+            .build();
+        let l = parse_link(&bytes(br)).unwrap();
+        assert_eq!(l.link.index, 4);
+        assert_eq!(l.link.name, "br0");
+        assert_eq!(l.link.mtu, 1400);
+        assert_eq!(l.link.alias.as_deref(), Some("steward:n1"));
+        assert!(l.link.up);
+        assert_eq!(l.master, Some(9));
+        assert_eq!(
+            l.link.kind,
+            ObservedKind::Bridge {
+                stp: true,
+                vlan_filtering: true,
+                default_pvid: Some(7)
+            }
+        );
+
+        let v = LinkVlan::new("eth1.5", 2, 5).index(6).build();
+        let l = parse_link(&bytes(v)).unwrap();
+        assert_eq!(
+            l.link.kind,
+            ObservedKind::Vlan {
+                parent: None,
+                id: 5
+            }
+        );
+        assert_eq!(l.parent, Some(2));
+        assert!(!l.link.up);
+
+        let plain = LinkUnspec::new_with_name("eth0").index(1).build();
+        let l = parse_link(&bytes(plain)).unwrap();
+        assert_eq!(l.link.kind, ObservedKind::Other(String::new()));
+        assert_eq!(l.link.alias, None);
+        assert!(parse_link(&[0u8; 3]).is_none());
+    }
+
+    #[test]
+    fn request_is_a_link_dump_without_stats() {
+        let r = request(7);
+        assert_eq!(r.len(), 40);
+        assert_eq!(u16_at(&r, 4), Some(RTM_GETLINK));
+        assert_eq!(u32_at(&r, 8), Some(7));
+        assert_eq!(u32_at(&r, 36), Some(RTEXT_FILTER_SKIP_STATS));
+    }
+}

@@ -1,0 +1,439 @@
+//! Host networks through netlink: bridges (STP, MTU, VLAN filtering, default PVID), 802.1Q VLAN
+//! interfaces, bridge ports with their VLAN membership, IPv4/IPv6 addresses, up/down; lab
+//! networks; drift re-assertion.
+//!
+//! - `types.rs`, `desired.rs`, `lab.rs`, `plan.rs` — pure: the spec expanded to desired links,
+//!   the planner (table-tested), lab expansion and address leases.
+//! - `driver.rs`, `dump.rs`, `events.rs` — the only code importing rtnetlink: observe / apply
+//!   (the link dump parsed lean in `dump.rs`), and link and address events.
+//! - this file — the I/O side: observe → plan → apply → record → report, in two phases so the
+//!   reconciler can deal with containers (and their Docker networks) before links are deleted.
+//!
+//! Every pass logs one line `networks reconciled links=N netlink_writes=W took_us=T` (target
+//! `steward_agent::network`): `netlink_writes` counts the write requests sent to the kernel,
+//! so a converged host shows `netlink_writes=0`. Tests and the bench read it.
+
+pub mod desired;
+pub mod driver;
+mod dump;
+pub mod error;
+pub mod events;
+pub mod lab;
+pub mod plan;
+pub mod types;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Instant;
+
+use ipnet::{IpNet, Ipv4Net};
+use steward_proto::{NodeSpec, ResourceKind, ResourceState, ResourceStatus};
+use tracing::{info, info_span, warn, Instrument};
+
+use crate::reconcile::{Policy, Verdict};
+use crate::store::Store;
+pub use driver::NetlinkDriver;
+pub use error::NetworkError;
+use types::{LinkKind, LinkRecord, NetAction, NetState};
+
+/// Lab leases: bridge -> consumer (`container:<name>`, `vm:<name>/<nic>`) -> address.
+pub type Leases = BTreeMap<String, BTreeMap<String, IpAddr>>;
+
+/// The IPv4 subnet and gateway a Docker network on a managed bridge gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BridgeNet {
+    pub subnet: Ipv4Net,
+    pub gateway: Ipv4Addr,
+}
+
+/// What the first phase hands to the reconciler.
+#[derive(Debug, Default)]
+pub struct NetOutcome {
+    /// One status per desired link (and per link kept by policy), in spec order.
+    pub resources: Vec<ResourceStatus>,
+    /// Names of every desired bridge (labs' included).
+    pub desired_bridges: BTreeSet<String>,
+    /// Desired bridges with an IPv4 address, for Docker networks backed by them.
+    pub bridges: BTreeMap<String, BridgeNet>,
+    /// Desired bridges that are not Steward's to use (conflict or refused), with the reason.
+    pub unusable: BTreeMap<String, String>,
+    /// Lab addresses of containers, by container name.
+    pub container_ips: BTreeMap<String, IpAddr>,
+    /// Containers that cannot get a lab address, with the reason.
+    pub container_errors: BTreeMap<String, String>,
+    /// Deletions left for [`Networks::finish`].
+    removals: Vec<NetAction>,
+    /// Time spent in the network phases (the containers' phase in between is not counted).
+    spent: Option<std::time::Duration>,
+    links: usize,
+    /// Netlink write requests sent in this pass.
+    writes: usize,
+}
+
+impl NetOutcome {
+    /// Managed bridges that [`Networks::finish`] will delete.
+    pub fn bridges_to_delete(&self) -> Vec<String> {
+        self.removals
+            .iter()
+            .filter_map(|a| match a {
+                NetAction::Delete { name, .. } => Some(name.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// The network side of the reconciler: owns the netlink driver and the agent's link records.
+pub struct Networks {
+    driver: Option<NetlinkDriver>,
+    lab_template: String,
+    store: Option<Store>,
+    registry: Option<String>,
+    registry_ip: Option<IpAddr>,
+    state: Option<NetState>,
+}
+
+fn status(name: &str, state: ResourceState, error: Option<String>) -> ResourceStatus {
+    ResourceStatus {
+        kind: ResourceKind::Network,
+        name: name.to_string(),
+        state,
+        error,
+        restarts: 0,
+        escalation_level: 0,
+    }
+}
+
+/// The host part of a registry URL, as an address (resolving a name).
+async fn resolve(url: &str) -> Option<IpAddr> {
+    let u = reqwest::Url::parse(url).ok()?;
+    let port = u.port_or_known_default().unwrap_or(443);
+    let host = u
+        .host_str()?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    let mut addrs = tokio::net::lookup_host((host.as_str(), port)).await.ok()?;
+    addrs.next().map(|s| s.ip())
+}
+
+impl Networks {
+    /// `lab_template` expands labs without a cidr; `store` keeps link records and leases
+    /// (without one, they live only as long as this value); `registry` is the registry's URL,
+    /// whose route is protected by policy.
+    pub fn new(lab_template: String, store: Option<Store>, registry: Option<String>) -> Self {
+        Self {
+            driver: None,
+            lab_template,
+            store,
+            registry,
+            registry_ip: None,
+            state: None,
+        }
+    }
+
+    fn load_state(&mut self) -> NetState {
+        if let Some(s) = &self.state {
+            return s.clone();
+        }
+        let s = match &self.store {
+            Some(st) => st.net_state().unwrap_or_else(|e| {
+                warn!(error = %e, "reading the managed-links record failed; starting empty");
+                NetState::default()
+            }),
+            None => NetState::default(),
+        };
+        self.state = Some(s.clone());
+        s
+    }
+
+    async fn save_state(&mut self, s: NetState) {
+        if self.state.as_ref() == Some(&s) {
+            return;
+        }
+        if let Some(st) = &self.store {
+            if let Err(e) = st.save_net_state(&s).await {
+                warn!(error = %e, "storing the managed-links record failed");
+            }
+        }
+        self.state = Some(s);
+    }
+
+    /// Lab leases for the spec's attached containers and VMs, kept stable through the store.
+    async fn leases(&mut self, spec: &NodeSpec, labs: &[lab::Lab], out: &mut NetOutcome) {
+        let before: Leases = match &self.store {
+            Some(st) => st.lab_leases().unwrap_or_default(),
+            None => Leases::new(),
+        };
+        let mut after = Leases::new();
+        for l in labs {
+            let consumers = lab::consumers(spec, &l.bridge);
+            let empty = BTreeMap::new();
+            let (got, errors) = lab::assign(l, &consumers, before.get(&l.bridge).unwrap_or(&empty));
+            for (c, ip) in &got {
+                if let Some(name) = c.strip_prefix("container:") {
+                    out.container_ips.insert(name.to_string(), *ip);
+                }
+            }
+            for (c, why) in errors {
+                if let Some(name) = c.strip_prefix("container:") {
+                    out.container_errors.insert(name.to_string(), why);
+                }
+            }
+            if !got.is_empty() {
+                after.insert(l.bridge.clone(), got);
+            }
+        }
+        if after != before {
+            if let Some(st) = &self.store {
+                if let Err(e) = st.save_lab_leases(&after).await {
+                    warn!(error = %e, "storing lab leases failed");
+                }
+            }
+        }
+    }
+
+    /// Phase one: observe, plan, apply creations and changes, report every desired link.
+    pub async fn reconcile(
+        &mut self,
+        spec: &NodeSpec,
+        policy: &Policy,
+        node_id: &str,
+    ) -> NetOutcome {
+        let started = Instant::now();
+        let mut out = self.apply_changes(spec, policy, node_id).await;
+        out.spent = Some(started.elapsed());
+        out
+    }
+
+    async fn apply_changes(
+        &mut self,
+        spec: &NodeSpec,
+        policy: &Policy,
+        node_id: &str,
+    ) -> NetOutcome {
+        let mut out = NetOutcome::default();
+        let (desired, labs) = desired::desired(&spec.networks, &self.lab_template);
+        self.leases(spec, &labs, &mut out).await;
+        for d in &desired.links {
+            if let LinkKind::Bridge { .. } = d.kind {
+                out.desired_bridges.insert(d.name.clone());
+                if let Some(IpNet::V4(a)) = d.addresses.iter().find(|a| a.addr().is_ipv4()) {
+                    out.bridges.insert(
+                        d.name.clone(),
+                        BridgeNet {
+                            subnet: a.trunc(),
+                            gateway: a.addr(),
+                        },
+                    );
+                }
+            }
+        }
+        let mut state = self.load_state();
+        if desired.links.is_empty() && desired.invalid.is_empty() && state.links.is_empty() {
+            return out; // nothing wanted, nothing of ours to clean up: no netlink at all
+        }
+        out.links = desired.links.len();
+        let failed_all = |why: String, out: &mut NetOutcome| {
+            for d in &desired.links {
+                out.resources
+                    .push(status(&d.name, ResourceState::Failed, Some(why.clone())));
+            }
+        };
+        if self.driver.is_none() {
+            match NetlinkDriver::connect() {
+                Ok(d) => self.driver = Some(d),
+                Err(e) => {
+                    failed_all(e.to_string(), &mut out);
+                    return out;
+                }
+            }
+        }
+        if self.registry_ip.is_none() {
+            if let Some(url) = &self.registry {
+                self.registry_ip = resolve(url).await;
+            }
+        }
+        let registry_ip = self.registry_ip;
+        let Some(driver) = self.driver.as_mut() else {
+            return out;
+        };
+        let bridge_vlans = desired.links.iter().any(|d| {
+            matches!(
+                d.kind,
+                LinkKind::Bridge {
+                    vlan_filtering: true,
+                    ..
+                }
+            )
+        });
+        let t_obs = Instant::now();
+        let observed = match driver.observe(bridge_vlans, registry_ip).await {
+            Ok(o) => o,
+            Err(e) => {
+                warn!(error = %e, "cannot observe links");
+                self.driver = None;
+                failed_all(e.to_string(), &mut out);
+                return out;
+            }
+        };
+        let t_plan = Instant::now();
+        let plan = plan::plan(&desired, &observed, &state, policy, node_id);
+        tracing::debug!(
+            observe_us = (t_plan - t_obs).as_micros() as u64,
+            plan_us = t_plan.elapsed().as_micros() as u64,
+            "observed and planned"
+        );
+        let writes_before = driver.writes();
+        let mut failed: BTreeMap<String, String> = BTreeMap::new();
+        for action in &plan.actions {
+            let res = action.resource().to_string();
+            if failed.contains_key(&res) {
+                continue;
+            }
+            let span = info_span!("net_action", kind = action.kind(), link = %res);
+            match driver.apply(action).instrument(span).await {
+                Ok(()) => {
+                    tracing::debug!(kind = action.kind(), link = %res, "applied");
+                    record(&mut state, action, driver);
+                }
+                Err(e) => {
+                    warn!(kind = action.kind(), link = %res, error = %e, "network action failed");
+                    failed.insert(res, e.to_string());
+                }
+            }
+        }
+        for (name, verdict) in &plan.verdicts {
+            let problems = plan.problems.get(name).map(|p| p.join("; "));
+            let fail = failed.get(name);
+            let (st, error) = match verdict {
+                Verdict::Conflict(why) => {
+                    out.unusable.insert(name.clone(), why.clone());
+                    (ResourceState::Conflict, Some(why.clone()))
+                }
+                Verdict::Refused(why) => {
+                    out.unusable.insert(name.clone(), why.clone());
+                    (ResourceState::Failed, Some(why.clone()))
+                }
+                Verdict::Drifted(why) => match fail {
+                    Some(e) => (
+                        ResourceState::Failed,
+                        Some(format!("drifted ({why}); restoring failed: {e}")),
+                    ),
+                    None => {
+                        warn!(link = %name, drift = %why, "restored a managed link after drift");
+                        (
+                            ResourceState::Drifted,
+                            Some(format!("restored after drift: {why}")),
+                        )
+                    }
+                },
+                Verdict::Converged | Verdict::Pending => match fail {
+                    Some(e) => (ResourceState::Failed, Some(e.clone())),
+                    None => (ResourceState::Converged, None),
+                },
+            };
+            let (st, error) = match problems {
+                Some(p) => (
+                    ResourceState::Failed,
+                    Some(match error {
+                        Some(e) => format!("{e}; {p}"),
+                        None => p,
+                    }),
+                ),
+                None => (st, error),
+            };
+            if st == ResourceState::Converged || st == ResourceState::Drifted {
+                if let (Some(hash), Some(idx)) = (plan.hashes.get(name), driver.index_of(name)) {
+                    state.links.insert(
+                        name.clone(),
+                        LinkRecord {
+                            index: idx,
+                            hash: hash.clone(),
+                        },
+                    );
+                }
+            }
+            out.resources.push(status(name, st, error));
+        }
+        out.removals = plan.removals;
+        out.writes += driver.writes() - writes_before;
+        self.save_state(state).await;
+        out
+    }
+
+    /// Phase two: delete the managed links no longer wanted, forget links that are gone, log
+    /// the pass's summary line.
+    pub async fn finish(&mut self, out: &mut NetOutcome) {
+        let Some(spent) = out.spent else {
+            return;
+        };
+        let started = Instant::now();
+        let mut state = self.load_state();
+        if let Some(driver) = self.driver.as_mut() {
+            let writes_before = driver.writes();
+            for action in std::mem::take(&mut out.removals) {
+                let name = action.resource().to_string();
+                let span = info_span!("net_action", kind = action.kind(), link = %name);
+                if let NetAction::Delete { reason, .. } = &action {
+                    info!(link = %name, %reason, "deleting managed link");
+                }
+                match driver.apply(&action).instrument(span).await {
+                    Ok(()) => record(&mut state, &action, driver),
+                    Err(e) => {
+                        warn!(link = %name, error = %e, "deleting a managed link failed");
+                        out.resources.push(status(
+                            &name,
+                            ResourceState::Failed,
+                            Some(format!("no longer in the spec, but {e}")),
+                        ));
+                    }
+                }
+            }
+            let known: BTreeSet<String> = out.resources.iter().map(|r| r.name.clone()).collect();
+            state
+                .links
+                .retain(|name, _| known.contains(name) || driver.index_of(name).is_some());
+            out.writes += driver.writes() - writes_before;
+        }
+        self.save_state(state).await;
+        info!(
+            target: "steward_agent::network",
+            links = out.links,
+            netlink_writes = out.writes,
+            took_us = (spent + started.elapsed()).as_micros() as u64,
+            "networks reconciled"
+        );
+    }
+}
+
+/// Updates the agent's record after a successful action.
+fn record(state: &mut NetState, action: &NetAction, driver: &NetlinkDriver) {
+    match action {
+        NetAction::Create { link, .. } => {
+            if let Some(idx) = driver.index_of(&link.name) {
+                state.links.insert(
+                    link.name.clone(),
+                    LinkRecord {
+                        index: idx,
+                        hash: String::new(),
+                    },
+                );
+            }
+        }
+        NetAction::Delete { name, .. } => {
+            state.links.remove(name);
+            state.ports.retain(|p, b| p != name && b != name);
+        }
+        NetAction::Enslave { port, bridge, .. } => {
+            state.ports.insert(port.clone(), bridge.clone());
+        }
+        NetAction::Release { port, .. } => {
+            state.ports.remove(port);
+        }
+        _ => {}
+    }
+}

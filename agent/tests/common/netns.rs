@@ -1,0 +1,231 @@
+//! Network-namespace helpers for the host-network tests: every test that changes links gets
+//! its own namespace (`ip netns add steward-test-<random>`), runs the real agent binary in it
+//! with `ip netns exec`, and inspects it with `ip -n <ns> -d -j link` / `addr`. The namespace
+//! is deleted when the [`NetNs`] is dropped, also when the test panics; nothing here touches
+//! the host's own namespace.
+//!
+//! Without `ip` or without the right to make namespaces (not root): in CI (`CI` set) the test
+//! fails; elsewhere it is skipped with a loud message.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+
+use super::docker::in_ci;
+
+/// A fresh network namespace with `lo` up, deleted on drop.
+pub struct NetNs {
+    pub name: String,
+}
+
+/// Creates a namespace, or returns `None` (skipping loudly; panicking under CI) when this
+/// machine cannot.
+pub fn require_netns() -> Option<NetNs> {
+    let name = format!("steward-test-{:08x}", rand::random::<u32>());
+    let made = Command::new("ip")
+        .args(["netns", "add", &name])
+        .output()
+        .map_err(|e| format!("cannot run `ip` ({e}); install iproute2"))
+        .and_then(|o| {
+            if o.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "`ip netns add` failed: {} (the tests need root)",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                ))
+            }
+        });
+    match made {
+        Ok(()) => {
+            let ns = NetNs { name };
+            ns.ip(&["link", "set", "lo", "up"]);
+            Some(ns)
+        }
+        Err(e) => {
+            if in_ci() {
+                panic!("CI is set but network namespaces are not usable: {e}");
+            }
+            let _ = writeln!(
+                std::io::stderr(),
+                "\n*** SKIP {}: {e}; this test did NOT run (with CI=true it fails). ***",
+                std::thread::current().name().unwrap_or("test")
+            );
+            None
+        }
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// Removes terminal colour codes from log text.
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// What one `steward-agent apply` run in the namespace reported.
+pub struct Applied {
+    pub code: i32,
+    /// The `--json` status.
+    pub status: Value,
+    /// The agent's log (stderr), colours removed.
+    pub log: String,
+}
+
+impl Applied {
+    /// (state, error) of a resource.
+    pub fn state(&self, name: &str) -> (String, String) {
+        let r = self.status["resources"]
+            .as_array()
+            .and_then(|a| a.iter().find(|r| r["name"] == name))
+            .unwrap_or_else(|| panic!("{name} not in {}", self.status));
+        (
+            r["state"].as_str().unwrap_or("").to_string(),
+            r["error"].as_str().unwrap_or("").to_string(),
+        )
+    }
+
+    /// A number from the `networks reconciled ... key=N` log line.
+    pub fn summary(&self, key: &str) -> u64 {
+        let line = self
+            .log
+            .lines()
+            .rev()
+            .find(|l| l.contains("networks reconciled"))
+            .unwrap_or_else(|| panic!("no summary line in the log:\n{}", self.log));
+        let pat = format!("{key}=");
+        let at = line
+            .find(&pat)
+            .unwrap_or_else(|| panic!("no {key} in {line}"));
+        line[at + pat.len()..]
+            .chars()
+            .take_while(|c| c.is_ascii_digit())
+            .collect::<String>()
+            .parse()
+            .unwrap()
+    }
+
+    /// Netlink write requests the agent made.
+    pub fn writes(&self) -> u64 {
+        self.summary("netlink_writes")
+    }
+}
+
+impl NetNs {
+    /// `ip -n <ns> args...`, asserting success; returns stdout.
+    pub fn ip(&self, args: &[&str]) -> String {
+        let out = Command::new("ip")
+            .arg("-n")
+            .arg(&self.name)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ip -n {} {args:?}: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    /// A command run inside the namespace (`ip netns exec <ns> program`).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).arg(program);
+        c
+    }
+
+    /// Every link, as `ip -d -j link` shows it.
+    pub fn links(&self) -> Vec<Value> {
+        serde_json::from_str(&self.ip(&["-d", "-j", "link", "show"])).unwrap()
+    }
+
+    pub fn link(&self, name: &str) -> Option<Value> {
+        self.links().into_iter().find(|l| l["ifname"] == name)
+    }
+
+    /// The addresses of `name` as `addr/prefix`, link-local ones left out.
+    pub fn addrs(&self, name: &str) -> Vec<String> {
+        let v: Vec<Value> =
+            serde_json::from_str(&self.ip(&["-j", "addr", "show", "dev", name])).unwrap();
+        v.first()
+            .and_then(|l| l["addr_info"].as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter(|a| a["scope"] != "link")
+            .map(|a| format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]))
+            .collect()
+    }
+
+    /// A veth pair `a` / `b`, both in the namespace.
+    pub fn veth(&self, a: &str, b: &str) {
+        self.ip(&["link", "add", a, "type", "veth", "peer", "name", b]);
+    }
+
+    /// Runs `steward-agent --data-dir <data> apply --file <spec> --json` in the namespace, with
+    /// no Docker engine (networks only) unless `docker` is set.
+    pub fn apply(&self, data: &Path, spec: &str, config: Option<&Path>) -> Applied {
+        let file = data.with_extension("spec.yaml");
+        std::fs::write(&file, spec).unwrap();
+        let mut c = self.command(env!("CARGO_BIN_EXE_steward-agent"));
+        c.arg("--data-dir")
+            .arg(data)
+            .args(["--docker-socket", "/nonexistent/docker.sock"]);
+        if let Some(cfg) = config {
+            c.arg("--config").arg(cfg);
+        }
+        let out: Output = c
+            .arg("apply")
+            .arg("--file")
+            .arg(&file)
+            .arg("--json")
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let log = strip_ansi(&String::from_utf8_lossy(&out.stderr));
+        let status = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "apply printed no JSON status ({e}); exit {:?}\nstdout: {}\nlog:\n{log}",
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout)
+            )
+        });
+        Applied {
+            code: out.status.code().unwrap_or(-1),
+            status,
+            log,
+        }
+    }
+}
+
+/// A temporary data dir for one agent.
+pub fn data_dir() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("state");
+    (dir, data)
+}

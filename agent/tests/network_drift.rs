@@ -1,0 +1,186 @@
+//! Drift re-assertion: the real agent runs as a daemon (`steward-agent run`) in a fresh network
+//! namespace, next to the real registry in the same namespace (the agent must reach it on
+//! 127.0.0.1 there); the spec is written with the real `stewardctl`. A managed bridge deleted
+//! by hand, and its MTU changed by hand, are put back through netlink events (the periodic
+//! resync is set to 300 s, so it cannot be what restores them), and the drift is logged.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::netns::{require_netns, strip_ansi, NetNs};
+use common::workspace_bin;
+use serde_json::Value;
+
+/// Kills the child on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Polls `f` every 50 ms until it returns Some; panics with `what` after `secs` (a generous
+/// bound against hangs, not a timing assertion).
+fn wait<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs}s waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn ctl(ns: &NetNs, url: &str, token: &Path, args: &[&str]) -> String {
+    let out = ns
+        .command(workspace_bin("stewardctl"))
+        .args(["--registry", url, "--token-file"])
+        .arg(token)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "stewardctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn status_of(data: &Path, name: &str) -> Option<(String, String)> {
+    let v: Value = serde_json::from_slice(&std::fs::read(data.join("status.json")).ok()?).ok()?;
+    let r = v["resources"]
+        .as_array()?
+        .iter()
+        .find(|r| r["name"] == name)?;
+    Some((
+        r["state"].as_str()?.to_string(),
+        r["error"].as_str().unwrap_or("").to_string(),
+    ))
+}
+
+#[test]
+fn managed_bridge_changed_or_deleted_by_hand_is_restored() {
+    let Some(ns) = require_netns() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let reg_dir = tmp.path().join("registry");
+    let url = "http://127.0.0.1:7700";
+    let _registry = Proc(
+        ns.command(workspace_bin("steward-registry"))
+            .args([
+                "serve",
+                "--heartbeat-interval",
+                "1s",
+                "--listen",
+                "127.0.0.1:7700",
+            ])
+            .arg("--data-dir")
+            .arg(&reg_dir)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(tmp.path().join("registry.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let admin = reg_dir.join("admin.token");
+    wait(30, "the registry to answer", || {
+        let ok = admin.exists()
+            && ns
+                .command(workspace_bin("stewardctl"))
+                .args(["--registry", url, "--token-file"])
+                .arg(&admin)
+                .arg("health")
+                .output()
+                .is_ok_and(|o| o.status.success());
+        ok.then_some(())
+    });
+    let token = ctl(&ns, url, &admin, &["tokens", "create", "--uses", "1"]);
+
+    ns.veth("d0", "d0peer");
+    let data = tmp.path().join("agent");
+    let cfg = tmp.path().join("agent.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "registry = \"{url}\"\nenrollment_token = \"{token}\"\ndata_dir = \"{}\"\nresync_interval = \"300s\"\nlong_poll_wait = \"30s\"\nbackoff_max = \"1s\"\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let log_path = tmp.path().join("agent.log");
+    let _agent = Proc(
+        ns.command(env!("CARGO_BIN_EXE_steward-agent"))
+            .arg("--config")
+            .arg(&cfg)
+            .arg("run")
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let log = || strip_ansi(&std::fs::read_to_string(&log_path).unwrap_or_default());
+    let node: Value = wait(30, "the agent to enrol", || {
+        serde_json::from_slice(&std::fs::read(data.join("node.json")).ok()?).ok()
+    });
+    let node = node["node_id"].as_str().unwrap().to_string();
+
+    let spec = tmp.path().join("spec.yaml");
+    std::fs::write(
+        &spec,
+        "networks:\n  bridges:\n    - {name: brd, mtu: 1400, addresses: [10.40.0.1/24], ports: [{iface: d0}]}\n",
+    )
+    .unwrap();
+    ctl(
+        &ns,
+        url,
+        &admin,
+        &["spec", "apply", &node, "-f", spec.to_str().unwrap()],
+    );
+    wait(30, "brd to converge", || {
+        (status_of(&data, "brd")?.0 == "converged").then_some(())
+    });
+    let first = ns.link("brd").unwrap();
+    assert_eq!(first["ifalias"], format!("steward:{node}"));
+
+    // Deleted by hand: recreated, with its address and port.
+    ns.ip(&["link", "del", "dev", "brd"]);
+    let started = Instant::now();
+    let back = wait(20, &format!("brd to come back\n{}", log()), || {
+        ns.link("brd")
+    });
+    eprintln!("brd restored after deletion in {:?}", started.elapsed());
+    assert_ne!(back["ifindex"], first["ifindex"], "a new link");
+    wait(20, "brd's address and port", || {
+        (ns.addrs("brd") == ["10.40.0.1/24"] && ns.link("d0")?["master"] == "brd").then_some(())
+    });
+    wait(20, "the drift to be logged", || {
+        log().contains("brd was deleted by hand").then_some(())
+    });
+
+    // MTU changed by hand: put back.
+    ns.ip(&["link", "set", "dev", "brd", "mtu", "1300"]);
+    let started = Instant::now();
+    wait(20, &format!("brd's MTU to be restored\n{}", log()), || {
+        (ns.link("brd")?["mtu"] == 1400).then_some(())
+    });
+    eprintln!("brd's MTU restored in {:?}", started.elapsed());
+    wait(20, "the MTU drift to be logged", || {
+        log().contains("MTU is 1300, spec says 1400").then_some(())
+    });
+    let l = log();
+    assert!(l.contains("restored a managed link after drift"), "{l}");
+    wait(20, "brd to be reported converged again", || {
+        (status_of(&data, "brd")?.0 == "converged").then_some(())
+    });
+}
