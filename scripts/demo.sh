@@ -13,6 +13,7 @@ cd "$(dirname "$0")/.."
 DIR="${STEWARD_DEMO_DIR:-/tmp/steward-demo}"
 PORT="${STEWARD_DEMO_PORT:-7700}"
 BIN="$PWD/target/release"
+AGENT="$PWD/target/release-agent/steward-agent"
 export STEWARD_REGISTRY="http://127.0.0.1:$PORT"
 
 stop() {
@@ -40,7 +41,8 @@ bash scripts/docker-up.sh
 echo "== demo image steward-demo/busybox:1 (built locally from busybox-static: no image registry is reachable)"
 bash scripts/test-image.sh steward-demo/busybox:1
 echo "== build (release)"
-cargo build --release --locked -q -p steward-registry -p steward-agent
+cargo build --release --locked -q -p steward-registry
+cargo build --profile release-agent --locked -q -p steward-agent   # the agent's shipped build
 
 stop
 mkdir -p "$DIR"
@@ -64,7 +66,7 @@ data_dir = "$DIR/agent"
 resync_interval = "10s"
 TOML
 chmod 600 "$DIR/agent.toml"
-"$BIN/steward-agent" --config "$DIR/agent.toml" run >"$DIR/agent.log" 2>&1 &
+"$AGENT" --config "$DIR/agent.toml" run >"$DIR/agent.log" 2>&1 &
 echo $! >"$DIR/agent.pid"
 for _ in $(seq 200); do [ -f "$DIR/agent/node.json" ] && break; sleep 0.1; done
 NODE=$(python3 -c 'import json,sys;print(json.load(open(sys.argv[1]))["node_id"])' "$DIR/agent/node.json")
@@ -85,7 +87,7 @@ sys.exit(0 if ok and n["health"]=="ready" else 1)' "$GEN"; then break; fi
 done
 "$CTL" nodes list
 echo
-"$BIN/steward-agent" --config "$DIR/agent.toml" status
+"$AGENT" --config "$DIR/agent.toml" status
 echo
 echo "== the web container answers on 127.0.0.1:18080:"
 curl -fsS http://127.0.0.1:18080/ | head -3
