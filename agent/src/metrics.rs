@@ -24,8 +24,9 @@ use steward_proto::{NodeStatus, ResourceKind};
 /// Default listen address of the metrics endpoint.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9475";
 
-const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-const TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+use steward_proto::metrics_text::{
+    to_prometheus_text, wants_openmetrics, OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE,
+};
 
 /// Errors of the metrics endpoint.
 #[derive(Debug, thiserror::Error)]
@@ -191,41 +192,13 @@ impl Metrics {
     }
 }
 
-/// OpenMetrics text to the Prometheus text format 0.0.4: counter families are named with
-/// their `_total` suffix (as their samples are), `# UNIT` and `# EOF` lines go.
-fn to_prometheus_text(om: &str) -> String {
-    let counters: std::collections::HashSet<&str> = om
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|l| l.strip_suffix(" counter"))
-        .collect();
-    let mut out = String::with_capacity(om.len() + 64);
-    for line in om.lines() {
-        if line == "# EOF" || line.starts_with("# UNIT ") {
-            continue;
-        }
-        let meta = ["# HELP ", "# TYPE "]
-            .into_iter()
-            .find_map(|p| line.strip_prefix(p).map(|rest| (p, rest)));
-        if let Some((prefix, rest)) = meta {
-            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
-            if counters.contains(name) {
-                out.push_str(&format!("{prefix}{name}_total {tail}\n"));
-                continue;
-            }
-        }
-        out.push_str(line);
-        out.push('\n');
-    }
-    out
-}
-
 async fn handler(headers: HeaderMap) -> impl IntoResponse {
-    let om = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|a| a.contains("application/openmetrics-text"));
-    let ct = if om { OPENMETRICS } else { TEXT };
+    let om = wants_openmetrics(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
+    let ct = if om {
+        OPENMETRICS_CONTENT_TYPE
+    } else {
+        TEXT_CONTENT_TYPE
+    };
     ([(header::CONTENT_TYPE, ct)], get().render(om))
 }
 

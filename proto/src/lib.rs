@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod merge;
+pub mod metrics_text;
 pub mod node;
 pub mod parse;
 pub mod quantity;

@@ -13,7 +13,7 @@ use prometheus_client::registry::Registry;
 use steward_proto::{EventKind, Health};
 
 /// Content type of the exposition.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub use steward_proto::metrics_text::OPENMETRICS_CONTENT_TYPE as CONTENT_TYPE;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HealthLabel {
@@ -154,48 +154,8 @@ impl Metrics {
     }
 }
 
-/// Content type of the Prometheus text format.
-pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-/// Whether a scraper's `Accept` header asks for OpenMetrics.
-pub fn wants_openmetrics(accept: Option<&str>) -> bool {
-    accept.is_some_and(|a| a.contains("application/openmetrics-text"))
-}
-
-/// OpenMetrics text to the Prometheus text format 0.0.4: counter families are named with
-/// their `_total` suffix (as their samples are), `# UNIT` and `# EOF` lines go.
-fn to_prometheus_text(om: &str) -> String {
-    let counters: std::collections::HashSet<&str> = om
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|l| l.strip_suffix(" counter"))
-        .collect();
-    let mut out = String::with_capacity(om.len() + 64);
-    for line in om.lines() {
-        if line == "# EOF" || line.starts_with("# UNIT ") {
-            continue;
-        }
-        let meta = ["# HELP ", "# TYPE "]
-            .into_iter()
-            .find_map(|p| line.strip_prefix(p).map(|rest| (p, rest)));
-        match meta {
-            Some((prefix, rest)) => {
-                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
-                if counters.contains(name) {
-                    out.push_str(&format!("{prefix}{name}_total {tail}\n"));
-                } else {
-                    out.push_str(line);
-                    out.push('\n');
-                }
-            }
-            None => {
-                out.push_str(line);
-                out.push('\n');
-            }
-        }
-    }
-    out
-}
+use steward_proto::metrics_text::to_prometheus_text;
+pub use steward_proto::metrics_text::{wants_openmetrics, TEXT_CONTENT_TYPE};
 
 /// Counts a long-poll watcher while alive (decrements when dropped, even when the request is
 /// cancelled).
