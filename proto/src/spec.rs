@@ -335,6 +335,9 @@ pub struct PayloadSpec {
     /// Lower-case hex sha256; pinned by the registry when the spec is written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// Size in bytes; pinned by the registry with `sha256` when the spec is written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_change: Option<OnChange>,
 }
