@@ -64,6 +64,7 @@ struct FileConfig {
     backoff_max: Option<String>,
     metrics_listen: Option<String>,
     lab_cidr_template: Option<String>,
+    watchdog_max_pass: Option<String>,
     #[serde(default)]
     policy: Policy,
 }
@@ -84,6 +85,8 @@ pub struct AgentConfig {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Subnet of a lab without `cidr`, e.g. `192.168.{vlan}.0/24` (see `network::lab`).
     pub lab_cidr_template: String,
+    /// Longest a reconcile pass may run before the systemd watchdog is no longer fed.
+    pub watchdog_max_pass: Duration,
     pub policy: Policy,
 }
 
@@ -104,6 +107,7 @@ impl std::fmt::Debug for AgentConfig {
             .field("backoff_max", &self.backoff_max)
             .field("metrics_listen", &self.metrics_listen)
             .field("lab_cidr_template", &self.lab_cidr_template)
+            .field("watchdog_max_pass", &self.watchdog_max_pass)
             .field("policy", &self.policy)
             .finish()
     }
@@ -156,6 +160,8 @@ impl AgentConfig {
             lab_cidr_template: file
                 .lab_cidr_template
                 .unwrap_or_else(|| crate::network::lab::DEFAULT_LAB_TEMPLATE.to_string()),
+            watchdog_max_pass: duration("watchdog_max_pass", file.watchdog_max_pass)?
+                .unwrap_or(Duration::from_secs(15 * 60)),
             policy: file.policy,
         };
         crate::network::lab::check_template(&cfg.lab_cidr_template)

@@ -15,8 +15,10 @@ use crate::client::RegistryClient;
 use crate::config::AgentConfig;
 use crate::docker::Docker;
 use crate::facts::StatsSampler;
+use crate::network::EventFeed;
 use crate::reconciler::Reconciler;
 use crate::store::{Identity, Paths, Store, StoredSpec};
+use crate::watchdog::Liveness;
 
 /// Jittered exponential backoff with a cap.
 pub struct Backoff {
@@ -68,6 +70,8 @@ pub async fn run(
         watch::channel(paths.load_status().ok().flatten().unwrap_or_default());
     let wake = Arc::new(Notify::new());
     let client = Arc::new(client);
+    let live = Arc::new(Liveness::default());
+    let watchdog = crate::watchdog::start(live.clone(), cfg.watchdog_max_pass);
     let metrics = match cfg.metrics_listen {
         Some(addr) => crate::metrics::serve(addr)
             .await
@@ -90,7 +94,8 @@ pub async fn run(
         cfg.clone(),
     ));
     let events = tokio::spawn(docker_events(cfg.clone(), wake.clone()));
-    let link_events = tokio::spawn(netlink_events(cfg.clone(), wake.clone()));
+    let feed = Arc::new(EventFeed::default());
+    let link_events = tokio::spawn(netlink_events(cfg.clone(), wake.clone(), feed.clone()));
     let rec = Reconciler::new(
         cfg.docker_socket.clone(),
         cfg.policy.clone(),
@@ -100,7 +105,8 @@ pub async fn run(
         cfg.lab_cidr_template.clone(),
         Some(store.clone()),
         Some(cfg.registry.clone().unwrap_or(identity.registry.clone())),
-    );
+    )
+    .with_link_events(feed);
     let recon = tokio::spawn(reconcile_loop(
         cfg.clone(),
         rec,
@@ -108,6 +114,7 @@ pub async fn run(
         status_tx,
         wake,
         paths,
+        live,
     ));
 
     shutdown_signal().await;
@@ -115,6 +122,7 @@ pub async fn run(
     for t in [watcher, heart, events, link_events, recon]
         .into_iter()
         .chain(metrics)
+        .chain(watchdog)
     {
         t.abort();
     }
@@ -222,7 +230,7 @@ async fn heartbeat(
     }
 }
 
-async fn docker_events(cfg: AgentConfig, wake: Arc<Notify>) {
+pub(crate) async fn docker_events(cfg: AgentConfig, wake: Arc<Notify>) {
     let mut backoff = Backoff::new(cfg.backoff_max);
     loop {
         match Docker::connect(cfg.docker_socket.as_deref()).await {
@@ -250,10 +258,10 @@ async fn docker_events(cfg: AgentConfig, wake: Arc<Notify>) {
 
 /// Wakes the reconciler on every link and address change of the host (netlink), so a managed
 /// link deleted or changed by hand is restored at once.
-async fn netlink_events(cfg: AgentConfig, wake: Arc<Notify>) {
+pub(crate) async fn netlink_events(cfg: AgentConfig, wake: Arc<Notify>, feed: Arc<EventFeed>) {
     let mut backoff = Backoff::new(cfg.backoff_max);
     loop {
-        let why = crate::network::events::follow(|ev| {
+        let why = crate::network::events::follow(&feed, |ev| {
             debug!(what = ev.what, index = ev.index, link = ?ev.name, "netlink event");
             wake.notify_one();
         })
@@ -263,20 +271,22 @@ async fn netlink_events(cfg: AgentConfig, wake: Arc<Notify>) {
     }
 }
 
-async fn reconcile_loop(
+pub(crate) async fn reconcile_loop(
     cfg: AgentConfig,
     mut rec: Reconciler,
     mut spec: watch::Receiver<Option<StoredSpec>>,
     status: watch::Sender<NodeStatus>,
     wake: Arc<Notify>,
     paths: Paths,
+    live: Arc<Liveness>,
 ) {
     let mut resync = tokio::time::interval(cfg.resync_interval);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             r = spec.changed() => if r.is_err() { return },
-            _ = resync.tick() => {},
+            // The resync looks at everything afresh, whatever the event feeds said.
+            _ = resync.tick() => rec.force_full_observe(),
             _ = wake.notified() => {
                 // Debounce bursts of events (a recreate emits several), but never make a new
                 // spec wait for the debounce.
@@ -291,7 +301,9 @@ async fn reconcile_loop(
             continue; // nothing known yet: never act on an empty spec we did not receive
         };
         let started = Instant::now();
+        live.pass_started();
         let st = rec.reconcile(current.generation, &current.spec).await;
+        live.pass_finished();
         crate::metrics::get().reconciled(started.elapsed(), &st);
         let failed = st
             .resources
@@ -306,7 +318,7 @@ async fn reconcile_loop(
     }
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut s) => {

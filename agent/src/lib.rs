@@ -10,4 +10,6 @@ pub mod metrics;
 pub mod network;
 pub mod reconcile;
 pub mod reconciler;
+pub mod standalone;
 pub mod store;
+pub mod watchdog;

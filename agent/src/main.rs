@@ -31,7 +31,8 @@ enum Cmd {
         #[arg(long)]
         force: bool,
     },
-    /// Apply a local spec file once, without a registry (same reconciler), and print the result.
+    /// Apply a local spec file without a registry (same reconciler): once, printing the result,
+    /// or with --watch until stopped.
     Apply {
         /// Spec file, YAML or JSON by extension; `-` reads YAML from stdin.
         #[arg(long, short = 'f')]
@@ -39,6 +40,11 @@ enum Cmd {
         /// Print the status as JSON.
         #[arg(long)]
         json: bool,
+        /// Keep running: re-apply when the file changes or on SIGHUP, restore drift on Docker and
+        /// netlink events and every resync interval; the status goes to the data dir
+        /// (`steward-agent status`). SIGTERM stops it; workloads keep running.
+        #[arg(long, conflicts_with = "json")]
+        watch: bool,
     },
     /// Show every resource and its state as of the last reconcile on this host.
     Status {
@@ -71,7 +77,12 @@ async fn main() -> ExitCode {
             tracing::info!(node = %id.node_id, "enrolled");
             ExitCode::SUCCESS
         }),
-        Cmd::Apply { file, json } => match cli::apply(&cfg, &file).await {
+        Cmd::Apply {
+            file, watch: true, ..
+        } => steward_agent::standalone::apply_watch(cfg, file)
+            .await
+            .map(|()| ExitCode::SUCCESS),
+        Cmd::Apply { file, json, .. } => match cli::apply(&cfg, &file).await {
             Ok(st) => cli::print_status(&st, json, None).map(|_| {
                 if cli::all_converged(&st) {
                     ExitCode::SUCCESS

@@ -5,13 +5,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use steward_proto::{NodeSpec, NodeStatus, ResourceKind, ResourceState, ResourceStatus};
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::docker::Docker;
-use crate::network::{NetOutcome, Networks};
+use crate::network::{EventFeed, NetOutcome, Networks};
 use crate::reconcile::{plan, Action, Policy, Verdict};
 use crate::store::Store;
 
@@ -105,6 +106,18 @@ impl Reconciler {
     ) -> Self {
         self.networks = Networks::new(lab_template, store, registry);
         self
+    }
+
+    /// Host-network passes may reuse what an earlier pass observed while the netlink event
+    /// listener behind `feed` announces no change (see `Networks::with_event_feed`).
+    pub fn with_link_events(mut self, feed: Arc<EventFeed>) -> Self {
+        self.networks = self.networks.with_event_feed(feed);
+        self
+    }
+
+    /// The next pass observes every host resource afresh (the periodic resync).
+    pub fn force_full_observe(&mut self) {
+        self.networks.force_full_observe();
     }
 
     /// The Docker driver, connecting on first use (and again after a failure).

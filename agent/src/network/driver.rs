@@ -212,16 +212,21 @@ impl NetlinkDriver {
         }
 
         self.index = links.iter().map(|l| (l.name.clone(), l.index)).collect();
-        let registry_route = match registry {
+        let registry_route = self.registry_route(registry).await?;
+        Ok(NetObserved::new(links, registry_route))
+    }
+
+    /// The interface carrying the route to the registry (names as of the last observe).
+    pub async fn registry_route(
+        &self,
+        registry: Option<IpAddr>,
+    ) -> Result<Option<RegistryRoute>, NetworkError> {
+        Ok(match registry {
             Some(ip) => self.route_iface(ip).await?.map(|iface| RegistryRoute {
                 registry: ip,
                 iface,
             }),
             None => None,
-        };
-        Ok(NetObserved {
-            links,
-            registry_route,
         })
     }
 

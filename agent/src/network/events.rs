@@ -3,6 +3,8 @@
 //! so a managed link deleted or changed by hand is restored at once instead of at the next
 //! periodic resync.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
 use futures_util::StreamExt;
 use rtnetlink::packet_core::NetlinkPayload;
 use rtnetlink::packet_route::link::LinkAttribute;
@@ -57,9 +59,40 @@ fn convert(m: RouteNetlinkMessage) -> LinkEvent {
     }
 }
 
+/// What the event listener tells the observer: an epoch that moves on every event (and on every
+/// (re)subscription), valid only while the listener is subscribed. Two equal snapshots with no
+/// write of the agent's own in between mean the kernel announced no link or address change, so
+/// the links observed at the first are still exact (see `Networks` in `mod.rs`).
+#[derive(Debug, Default)]
+pub struct EventFeed {
+    epoch: AtomicU64,
+    live: AtomicBool,
+}
+
+impl EventFeed {
+    /// The current epoch, or `None` while no listener is subscribed (nothing may be cached).
+    pub fn snapshot(&self) -> Option<u64> {
+        // `live` first: an epoch read while live can only be invalidated by a later bump.
+        self.live
+            .load(Ordering::Acquire)
+            .then(|| self.epoch.load(Ordering::Acquire))
+    }
+
+    fn bump(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn set_live(&self, live: bool) {
+        self.bump();
+        self.live.store(live, Ordering::Release);
+        self.bump();
+    }
+}
+
 /// Follows link and address events of the agent's network namespace, calling `on_event` for
-/// each, until the socket fails. Returns the reason it stopped.
-pub async fn follow(mut on_event: impl FnMut(LinkEvent)) -> NetworkError {
+/// each, until the socket fails. Returns the reason it stopped. `feed` is live from the moment
+/// the subscription exists until this returns, and its epoch moves on every message.
+pub async fn follow(feed: &EventFeed, mut on_event: impl FnMut(LinkEvent)) -> NetworkError {
     let groups = [
         MulticastGroup::Link,
         MulticastGroup::Ipv4Ifaddr,
@@ -74,11 +107,15 @@ pub async fn follow(mut on_event: impl FnMut(LinkEvent)) -> NetworkError {
         }
     };
     let conn = tokio::spawn(conn);
+    feed.set_live(true);
     while let Some((msg, _)) = messages.next().await {
+        // Any message, even one we cannot read (an overrun error among them), moves the epoch.
+        feed.bump();
         if let NetlinkPayload::InnerMessage(m) = msg.payload {
             on_event(convert(m));
         }
     }
+    feed.set_live(false);
     conn.abort();
     NetworkError::Observe {
         what: "follow link events".into(),

@@ -9,9 +9,12 @@
 //! - this file — the I/O side: observe → plan → apply → record → report, in two phases so the
 //!   reconciler can deal with containers (and their Docker networks) before links are deleted.
 //!
-//! Every pass logs one line `networks reconciled links=N netlink_writes=W took_us=T` (target
-//! `steward_agent::network`): `netlink_writes` counts the write requests sent to the kernel,
-//! so a converged host shows `netlink_writes=0`. Tests and the bench read it.
+//! Every pass logs one line `networks reconciled links=N netlink_writes=W observed=dump|events
+//! took_us=T` (target `steward_agent::network`): `netlink_writes` counts the write requests sent
+//! to the kernel, so a converged host shows `netlink_writes=0`; `observed=events` says the pass
+//! reused the links an earlier pass dumped, because the netlink event listener (daemon and
+//! `apply --watch` only) announced no change since and the agent wrote nothing. Tests and the
+//! bench read it.
 
 pub mod desired;
 pub mod driver;
@@ -24,6 +27,7 @@ pub mod types;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 use std::time::Instant;
 
 use ipnet::{IpNet, Ipv4Net};
@@ -34,7 +38,8 @@ use crate::reconcile::{Policy, Verdict};
 use crate::store::Store;
 pub use driver::NetlinkDriver;
 pub use error::NetworkError;
-use types::{LinkKind, LinkRecord, NetAction, NetState};
+pub use events::EventFeed;
+use types::{LinkKind, LinkRecord, NetAction, NetObserved, NetState};
 
 /// Lab leases: bridge -> consumer (`container:<name>`, `vm:<name>/<nic>`) -> address.
 pub type Leases = BTreeMap<String, BTreeMap<String, IpAddr>>;
@@ -68,6 +73,8 @@ pub struct NetOutcome {
     links: usize,
     /// Netlink write requests sent in this pass.
     writes: usize,
+    /// The links came from the event-fed cache, not from a dump.
+    pub observed_from_cache: bool,
 }
 
 impl NetOutcome {
@@ -91,6 +98,14 @@ pub struct Networks {
     registry: Option<String>,
     registry_ip: Option<IpAddr>,
     state: Option<NetState>,
+    /// The netlink event listener's feed, when one runs (the daemon): lets a pass reuse the
+    /// links observed by an earlier one (see `observe`).
+    feed: Option<Arc<EventFeed>>,
+    /// Links observed at an epoch of `feed` (with bridge VLAN entries or not), after which
+    /// this agent wrote nothing.
+    cache: Option<(u64, bool, NetObserved)>,
+    /// The next pass dumps the kernel's links whatever the feed says (periodic resync).
+    full_observe: bool,
 }
 
 fn status(name: &str, state: ResourceState, error: Option<String>) -> ResourceStatus {
@@ -132,7 +147,52 @@ impl Networks {
             registry,
             registry_ip: None,
             state: None,
+            feed: None,
+            cache: None,
+            full_observe: false,
         }
+    }
+
+    /// Lets passes reuse the links observed by an earlier pass while `feed` (the netlink event
+    /// listener) announces no change and the agent itself wrote nothing since.
+    pub fn with_event_feed(mut self, feed: Arc<EventFeed>) -> Self {
+        self.feed = Some(feed);
+        self
+    }
+
+    /// Makes the next pass dump the kernel's links even if the event feed says nothing
+    /// changed: the periodic resync does, so that a lost event costs at most one interval.
+    pub fn force_full_observe(&mut self) {
+        self.full_observe = true;
+    }
+
+    /// The links as they are: from the cache when the event feed's epoch has not moved since it
+    /// was filled (and no full observe is due), otherwise from the kernel. Returns whether the
+    /// cache was used.
+    async fn observe(
+        driver: &mut NetlinkDriver,
+        feed: Option<&EventFeed>,
+        cache: &mut Option<(u64, bool, NetObserved)>,
+        full: bool,
+        bridge_vlans: bool,
+        registry_ip: Option<IpAddr>,
+    ) -> Result<(NetObserved, bool), NetworkError> {
+        // Taken before the dump: an event for anything the dump might miss moves it after.
+        let epoch = feed.and_then(EventFeed::snapshot);
+        if let (Some(now), Some((then, with_vlans, observed)), false) =
+            (epoch, cache.as_ref(), full)
+        {
+            // Bridge VLAN entries are only in the cache when that pass asked for them.
+            if now == *then && (*with_vlans || !bridge_vlans) {
+                let mut observed = observed.clone();
+                // Routes are not among the events followed: looked up every time.
+                observed.registry_route = driver.registry_route(registry_ip).await?;
+                return Ok((observed, true));
+            }
+        }
+        let observed = driver.observe(bridge_vlans, registry_ip).await?;
+        *cache = epoch.map(|e| (e, bridge_vlans, observed.clone()));
+        Ok((observed, false))
     }
 
     fn load_state(&mut self) -> NetState {
@@ -271,11 +331,25 @@ impl Networks {
             )
         });
         let t_obs = Instant::now();
-        let observed = match driver.observe(bridge_vlans, registry_ip).await {
-            Ok(o) => o,
+        let full = std::mem::take(&mut self.full_observe);
+        let observed = match Self::observe(
+            driver,
+            self.feed.as_deref(),
+            &mut self.cache,
+            full,
+            bridge_vlans,
+            registry_ip,
+        )
+        .await
+        {
+            Ok((o, cached)) => {
+                out.observed_from_cache = cached;
+                o
+            }
             Err(e) => {
                 warn!(error = %e, "cannot observe links");
                 self.driver = None;
+                self.cache = None;
                 failed_all(e.to_string(), &mut out);
                 return out;
             }
@@ -285,6 +359,7 @@ impl Networks {
         tracing::debug!(
             observe_us = (t_plan - t_obs).as_micros() as u64,
             plan_us = t_plan.elapsed().as_micros() as u64,
+            cached = out.observed_from_cache,
             "observed and planned"
         );
         let writes_before = driver.writes();
@@ -361,6 +436,10 @@ impl Networks {
         }
         out.removals = plan.removals;
         out.writes += driver.writes() - writes_before;
+        if out.writes > 0 {
+            // What we observed is no longer what is there.
+            self.cache = None;
+        }
         self.save_state(state).await;
         out
     }
@@ -398,12 +477,16 @@ impl Networks {
                 .links
                 .retain(|name, _| known.contains(name) || driver.index_of(name).is_some());
             out.writes += driver.writes() - writes_before;
+            if driver.writes() > writes_before {
+                self.cache = None;
+            }
         }
         self.save_state(state).await;
         info!(
             target: "steward_agent::network",
             links = out.links,
             netlink_writes = out.writes,
+            observed = %if out.observed_from_cache { "events" } else { "dump" },
             took_us = (spent + started.elapsed()).as_micros() as u64,
             "networks reconciled"
         );

@@ -200,13 +200,13 @@ fn run(cases: Vec<Case>) {
             links: c.desired,
             invalid: vec![],
         };
-        let observed = NetObserved {
-            links: c.observed,
-            registry_route: c.route.map(|iface| RegistryRoute {
+        let observed = NetObserved::new(
+            c.observed,
+            c.route.map(|iface| RegistryRoute {
                 registry: "10.0.0.1".parse().unwrap(),
                 iface: iface.into(),
             }),
-        };
+        );
         let state = NetState {
             links: c.records.into_iter().collect(),
             ports: c

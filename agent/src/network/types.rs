@@ -122,7 +122,9 @@ pub struct RegistryRoute {
     pub iface: String,
 }
 
-/// Everything observed in one pass.
+/// Everything observed in one pass. `links` is sorted by name (build it with [`NetObserved::new`])
+/// so that lookups by name are binary searches: the planner looks up every desired link and
+/// port, which with a linear scan cost O(links²) on a host with hundreds of links.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct NetObserved {
     pub links: Vec<ObservedLink>,
@@ -130,8 +132,19 @@ pub struct NetObserved {
 }
 
 impl NetObserved {
+    pub fn new(mut links: Vec<ObservedLink>, registry_route: Option<RegistryRoute>) -> Self {
+        links.sort_by(|a, b| a.name.cmp(&b.name));
+        NetObserved {
+            links,
+            registry_route,
+        }
+    }
+
     pub fn link(&self, name: &str) -> Option<&ObservedLink> {
-        self.links.iter().find(|l| l.name == name)
+        self.links
+            .binary_search_by(|l| l.name.as_str().cmp(name))
+            .ok()
+            .map(|i| &self.links[i])
     }
 }
 
