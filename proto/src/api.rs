@@ -149,6 +149,55 @@ pub enum EventKind {
     HealthChanged,
     StatusChanged,
     NodeDecommissioned,
+    /// An alert reached a webhook.
+    AlertDelivered,
+    /// An attempt to deliver an alert failed (retried, or given up as the message says).
+    AlertFailed,
+}
+
+/// What an alert is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum AlertKind {
+    /// A node stopped heartbeating for `down_after` intervals.
+    NodeDown,
+    /// A workload reached the top of its escalation ladder and was marked failed.
+    WorkloadFailed,
+    /// A deployed payload no longer matches its pinned sha256 (or is missing).
+    PayloadDrift,
+    /// The agent returned a workload to its last healthy configuration.
+    Rollback,
+}
+
+impl AlertKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertKind::NodeDown => "node-down",
+            AlertKind::WorkloadFailed => "workload-failed",
+            AlertKind::PayloadDrift => "payload-drift",
+            AlertKind::Rollback => "rollback",
+        }
+    }
+}
+
+/// The JSON body the registry POSTs to a webhook. With a webhook secret, the request carries
+/// `X-Steward-Signature: sha256=<hex HMAC-SHA256 of the body>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Alert {
+    /// Unique per alert; the same on every retry (receivers can deduplicate on it).
+    pub id: String,
+    pub kind: AlertKind,
+    pub node_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// The workload or payload concerned, when the alert is about one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<String>,
+    pub time: DateTime<Utc>,
+    pub message: String,
+    /// The registry's public URL, when configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<String>,
 }
 
 /// One entry of the append-only event log.

@@ -87,6 +87,7 @@ struct FileConfig {
     public_status: Option<bool>,
     packages_dir: Option<PathBuf>,
     public_url: Option<String>,
+    alerts: Option<crate::alerts::AlertsConfig>,
 }
 
 mod humantime_serde_opt {
@@ -119,6 +120,8 @@ pub struct RegistryConfig {
     pub packages_dir: PathBuf,
     /// Base URL written into agent configs by /install.sh (no trailing slash).
     pub public_url: Option<String>,
+    /// Webhooks and their retry policy (config file only).
+    pub alerts: crate::alerts::AlertsConfig,
 }
 
 /// Where the registry's Debian package puts the agent's package.
@@ -178,6 +181,7 @@ impl RegistryConfig {
                 .public_url
                 .or(file.public_url)
                 .map(|u| u.trim_end_matches('/').to_string()),
+            alerts: file.alerts.unwrap_or_default(),
         };
         cfg.check()?;
         Ok(cfg)

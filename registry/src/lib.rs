@@ -1,6 +1,7 @@
 //! steward-registry: the thin central registry of a Steward fleet (HTTP API, embedded store,
 //! node health, events). See docs/ARCHITECTURE.md for the map.
 
+pub mod alerts;
 pub mod api;
 pub mod auth;
 pub mod config;

@@ -207,6 +207,17 @@ fn transition(state: &AppState, id: &str, from: Health, l: &Live) -> ApiResult<(
         format!("{from} -> {to}"),
     )?;
     tracing::info!(node = %id, %from, %to, "node health changed");
+    if to == Health::Down && from != Health::Down {
+        state.alert(crate::alerts::alert(
+            steward_proto::api::AlertKind::NodeDown,
+            id,
+            None,
+            format!(
+                "node {id} is down: no heartbeat for {} intervals (was {from})",
+                state.settings.down_after
+            ),
+        ));
+    }
     Ok(())
 }
 

@@ -99,9 +99,13 @@ pub async fn serve(cfg: RegistryConfig) -> anyhow::Result<()> {
         public_status = cfg.public_status,
         packages_dir = %cfg.packages_dir.display(),
         public_url = ?cfg.public_url,
+        webhooks = cfg.alerts.webhooks.len(),
         "starting steward-registry"
     );
     let state = build_state(&cfg)?;
+    if let Some(alerts) = crate::alerts::start(&state, &cfg.alerts)? {
+        let _ = state.alerts.set(alerts);
+    }
     let monitor = tokio::spawn(crate::nodes::health_monitor(state.clone()));
     let app = crate::api::router(state.clone(), cfg.max_body_bytes);
     let handle = axum_server::Handle::new();

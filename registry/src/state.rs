@@ -91,6 +91,8 @@ pub struct Inner {
     pub started: Instant,
     pub metrics: crate::metrics::Metrics,
     pub sessions: crate::ui::access::Sessions,
+    /// Set at start-up when webhooks are configured.
+    pub alerts: std::sync::OnceLock<crate::alerts::AlertSender>,
 }
 
 #[derive(Clone)]
@@ -136,6 +138,7 @@ impl AppState {
             started: now,
             metrics: crate::metrics::Metrics::new(),
             sessions: Default::default(),
+            alerts: Default::default(),
         })))
     }
 
@@ -168,6 +171,13 @@ impl AppState {
     /// Current spec generation of a node (0 when unknown).
     pub fn generation(&self, id: &str) -> u64 {
         self.live(id).map(|l| *l.generation.borrow()).unwrap_or(0)
+    }
+
+    /// Raises an alert (sent to the webhooks that take its kind, if any are configured).
+    pub fn alert(&self, a: steward_proto::api::Alert) {
+        if let Some(s) = self.alerts.get() {
+            s.send(a);
+        }
     }
 
     /// Appends an event to the log and to live subscribers.
