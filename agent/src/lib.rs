@@ -6,6 +6,7 @@ pub mod config;
 pub mod daemon;
 pub mod docker;
 pub mod facts;
+pub mod heal;
 pub mod metrics;
 pub mod network;
 pub mod reconcile;
