@@ -173,7 +173,11 @@ mod tests {
             (500, Decision::Failed { newly: false }, "failed"),
         ];
         for (now, want, pos) in cases {
-            assert_eq!(l.on_failure(CONTAINER_RUNGS, &p, *now), *want, "at {now}: {l:?}");
+            assert_eq!(
+                l.on_failure(CONTAINER_RUNGS, &p, *now),
+                *want,
+                "at {now}: {l:?}"
+            );
             assert_eq!(l.position(CONTAINER_RUNGS), *pos, "at {now}");
         }
         // Healthy does not undo a failure; an operator's reset does.
