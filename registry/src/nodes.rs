@@ -32,8 +32,11 @@ pub fn to_wire(state: &AppState, rec: NodeRecord) -> Node {
         generation: 0,
         observed_generation: rec.observed_generation,
         stats: rec.stats,
+        drift: rec.status.as_ref().map(|s| s.drift()).unwrap_or_default(),
+        drifted: false,
         status: rec.status,
     };
+    node.drifted = !node.drift.is_empty();
     if let Some(ln) = state.live(&node.id) {
         node.generation = *ln.generation.borrow();
         let l = ln.lock();

@@ -370,3 +370,52 @@ async fn a_512_mib_upload_is_streamed_not_buffered() {
     let on_disk = std::fs::metadata(r.dir.path().join("data/blobs").join(&digest)).unwrap();
     assert_eq!(on_disk.len(), (TOTAL_MIB * MIB) as u64);
 }
+
+/// A status whose payload attestation differs from the pinned hash (or whose file is missing)
+/// marks the node drifted in the node API, and `?drifted=true` finds it.
+#[tokio::test]
+async fn attestation_mismatch_marks_the_node_drifted() {
+    let r = Registry::start(&[]).await;
+    let (a, a_secret) = r.enroll("m-a", json!({})).await;
+    let (b, _) = r.enroll("m-b", json!({})).await;
+    let expected = "e".repeat(64);
+    let status = |actual: Option<String>| {
+        json!({"observed_generation": 1, "digest": format!("d-{actual:?}"),
+               "resources": [{"kind": "payload", "name": "tc", "state": "converged"}],
+               "payloads": [{"name": "tc", "version": "1", "path": "/opt/tc",
+                             "expected": expected, "actual": actual}]})
+    };
+    let status_url = format!("/v1/nodes/{a}/status");
+    let put = |body: Value| r.req(Method::PUT, &status_url, Some(&a_secret), Some(body));
+    assert!(put(status(Some(expected.clone()))).await.0 < 300);
+    let (_, n) = r.get(&format!("/v1/nodes/{a}"), &r.admin).await;
+    assert_eq!(n["drifted"], false, "{n}");
+
+    assert!(put(status(Some("f".repeat(64)))).await.0 < 300);
+    let (_, n) = r.get(&format!("/v1/nodes/{a}"), &r.admin).await;
+    assert_eq!(n["drifted"], true, "{n}");
+    assert_eq!(n["drift"][0]["path"], "/opt/tc");
+    assert_eq!(n["drift"][0]["actual"], "f".repeat(64));
+    let (_, list) = r.get("/v1/nodes?drifted=true", &r.admin).await;
+    let ids: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [a.as_str()]);
+    let (_, list) = r.get("/v1/nodes?drifted=false", &r.admin).await;
+    assert_eq!(list[0]["id"], b.as_str());
+
+    assert!(put(status(None)).await.0 < 300);
+    let (_, n) = r.get(&format!("/v1/nodes/{a}"), &r.admin).await;
+    assert_eq!(n["drifted"], true);
+    assert!(
+        n["drift"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("file missing"),
+        "{n}"
+    );
+    assert!(n["drift"][0].get("actual").is_none(), "{n}");
+}

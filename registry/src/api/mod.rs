@@ -67,7 +67,7 @@ pub fn routes() -> Vec<Route> {
         route!(GET "/v1/enrollment-tokens", AdminOrRead, "List enrollment tokens (never the tokens themselves).", None, Some("EnrollmentTokenInfo[]"), tokens::list),
         route!(DELETE "/v1/enrollment-tokens/{id}", Admin, "Revoke an enrollment token.", None, Some("EnrollmentTokenInfo"), tokens::revoke),
         route!(POST "/v1/enroll", Public, "Trade an enrollment token (in the body) for a node id and secret; the same machine-id enrolling again gets its secret rotated.", Some("EnrollRequest"), Some("EnrollResponse"), nodes::enroll),
-        route!(GET "/v1/nodes", AdminOrRead, "List nodes; filter with ?selector= and ?health=.", None, Some("Node[]"), nodes::list),
+        route!(GET "/v1/nodes", AdminOrRead, "List nodes; filter with ?selector=, ?health= and ?drifted=true|false (payload or resource drift in the last status).", None, Some("Node[]"), nodes::list),
         route!(GET "/v1/nodes/{id}", ReadOrOwnNode, "One node.", None, Some("Node"), nodes::get),
         route!(PATCH "/v1/nodes/{id}", Admin, "Change labels (JSON merge patch; null removes a key).", Some("NodePatch"), Some("Node"), nodes::patch),
         route!(DELETE "/v1/nodes/{id}", Admin, "Decommission: revoke the node's secret, keep its record and history.", None, Some("Node"), nodes::decommission),
