@@ -43,6 +43,8 @@ pub fn all() -> Map<String, Value> {
     add::<p::PackageInfo>(&mut gen, &mut out);
     add::<p::PayloadVersion>(&mut gen, &mut out);
     add::<p::PayloadSummary>(&mut gen, &mut out);
+    add::<p::StartRollout>(&mut gen, &mut out);
+    add::<p::Rollout>(&mut gen, &mut out);
     for (k, v) in gen.take_definitions(true) {
         out.entry(k).or_insert(v);
     }

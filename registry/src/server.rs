@@ -103,6 +103,7 @@ pub async fn serve(cfg: RegistryConfig) -> anyhow::Result<()> {
     );
     let state = build_state(&cfg)?;
     let monitor = tokio::spawn(crate::nodes::health_monitor(state.clone()));
+    crate::rollout::resume_all(&state).context("resuming rollouts")?;
     let app = crate::api::router(state.clone(), cfg.max_body_bytes);
     let handle = axum_server::Handle::new();
     let h = handle.clone();

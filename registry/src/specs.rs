@@ -384,3 +384,53 @@ pub async fn patch_node(
     )?;
     Ok(node)
 }
+
+/// Sets (`Some`) or removes (`None`) a node's rollout override of a payload's version
+/// (`(node id, payload, version)`), recomputes the effective specs, and bumps and wakes exactly
+/// the nodes whose effective spec changed, like a fragment write.
+pub async fn set_payload_overrides(
+    state: &AppState,
+    changes: &[(String, String, Option<String>)],
+    cred: CredentialKind,
+    why: &str,
+) -> ApiResult<Vec<SpecWritten>> {
+    let _guard = state.spec_lock.lock().await;
+    let fragments = state.store.fragments()?;
+    let mut writes = Vec::new();
+    for (id, payload, version) in changes {
+        let labels = state
+            .live(id)
+            .map(|l| l.lock().labels.clone())
+            .unwrap_or_default();
+        let current = state.store.spec(id)?.unwrap_or_default();
+        let mut overrides = current.payload_overrides.clone();
+        match version {
+            Some(v) => overrides.insert(payload.clone(), v.clone()),
+            None => overrides.remove(payload),
+        };
+        if overrides == current.payload_overrides {
+            continue;
+        }
+        let (mut effective, names) =
+            effective_spec(&current.own, &labels, &fragments).map_err(|problems| {
+                RegistryError::Conflict {
+                    message: format!("node {id}'s spec no longer merges"),
+                    problems,
+                }
+            })?;
+        crate::payloads::apply_overrides(state, &mut effective, &overrides)?;
+        let bump = u64::from(effective != current.effective || names != current.fragments);
+        writes.push(SpecWrite {
+            node_id: id.clone(),
+            record: SpecRecord {
+                generation: current.generation + bump,
+                own: current.own,
+                effective,
+                fragments: names,
+                updated_at: Some(Utc::now()),
+                payload_overrides: overrides,
+            },
+        });
+    }
+    commit(state, writes, None, None, cred, why).await
+}

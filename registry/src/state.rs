@@ -96,6 +96,8 @@ pub struct Inner {
     /// Serialises payload metadata changes and blob collection (taken after `spec_lock`
     /// when both are needed).
     pub payload_lock: tokio::sync::Mutex<()>,
+    /// Rollout record lock and running drivers.
+    pub rollouts: crate::rollout::Rollouts,
 }
 
 #[derive(Clone)]
@@ -144,6 +146,7 @@ impl AppState {
             sessions: Default::default(),
             blobs,
             payload_lock: tokio::sync::Mutex::new(()),
+            rollouts: Default::default(),
         })))
     }
 

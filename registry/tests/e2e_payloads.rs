@@ -304,7 +304,7 @@ async fn specs_pin_versions_and_referenced_versions_cannot_be_deleted() {
         msg.contains(&format!("node {a}")) && msg.contains("fragment tools"),
         "{msg}"
     );
-    assert_eq!(blob_files(&r), [digest.clone()]);
+    assert_eq!(blob_files(&r), vec![digest.clone()]);
 
     // Unreferenced: deleted, and the blob collected.
     assert_eq!(r.put_yaml(&spec_url, &r.admin, "{}").await.0, 200);

@@ -9,6 +9,7 @@ mod meta;
 mod nodes;
 pub mod openapi;
 mod payloads;
+mod rollouts;
 mod spec;
 #[cfg(test)]
 mod tests;
@@ -86,6 +87,13 @@ pub fn routes() -> Vec<Route> {
         route!(GET "/v1/payloads/{name}/{version}", AdminOrRead, "One payload version's metadata.", None, Some("PayloadVersion"), payloads::get),
         route!(DELETE "/v1/payloads/{name}/{version}", Admin, "Delete a payload version; 409 naming the nodes and fragments that still reference it. Its blob is removed when no other version has the same content.", None, Some("PayloadVersion"), payloads::delete),
         route!(GET "/v1/blobs/{sha256}", ReadOrAnyNode, "Download a blob by sha256, as stored on disk; Range (bytes=N-, bytes=N-M) answers 206 with Content-Range; ETag is the quoted sha256. A node secret may read only blobs its effective spec references.", None, None, payloads::blob),
+        route!(POST "/v1/rollouts", Admin, "Start a rollout: move a payload to a version across the nodes matching a selector, in batches (count or percent); each batch must report converged and attested before the next starts.", Some("StartRollout"), Some("Rollout"), rollouts::start),
+        route!(GET "/v1/rollouts", AdminOrRead, "List rollouts, oldest first.", None, Some("Rollout[]"), rollouts::list),
+        route!(GET "/v1/rollouts/{rollout}", AdminOrRead, "One rollout: state, batches, per-node outcome, last message.", None, Some("Rollout"), rollouts::get),
+        route!(POST "/v1/rollouts/{rollout}/pause", Admin, "Pause a running rollout: no new batch starts.", None, Some("Rollout"), rollouts::pause),
+        route!(POST "/v1/rollouts/{rollout}/resume", Admin, "Resume a paused or halted rollout (the current batch gets a fresh time-out).", None, Some("Rollout"), rollouts::resume),
+        route!(POST "/v1/rollouts/{rollout}/abort", Admin, "Abort: stop for good; nodes keep the version they have.", None, Some("Rollout"), rollouts::abort),
+        route!(POST "/v1/rollouts/{rollout}/rollback", Admin, "Roll back: put the previous version back on every node the rollout touched.", None, Some("Rollout"), rollouts::rollback),
         route!(GET "/v1/events/stream", AdminOrRead, "Server-sent events: replays from ?after=SEQ (or Last-Event-ID), then follows live.", None, None, events::stream),
     ]
 }

@@ -185,6 +185,29 @@ fn expectations() -> Vec<(Method, &'static str, [bool; 4])> {
         ),
         // A node may download only blobs its own spec references (the own node's does).
         (M::GET, "/v1/blobs/{sha256}", [true, true, true, false]),
+        (M::POST, "/v1/rollouts", [true, false, false, false]),
+        (M::GET, "/v1/rollouts", [true, true, false, false]),
+        (M::GET, "/v1/rollouts/{rollout}", [true, true, false, false]),
+        (
+            M::POST,
+            "/v1/rollouts/{rollout}/pause",
+            [true, false, false, false],
+        ),
+        (
+            M::POST,
+            "/v1/rollouts/{rollout}/resume",
+            [true, false, false, false],
+        ),
+        (
+            M::POST,
+            "/v1/rollouts/{rollout}/abort",
+            [true, false, false, false],
+        ),
+        (
+            M::POST,
+            "/v1/rollouts/{rollout}/rollback",
+            [true, false, false, false],
+        ),
         (M::GET, "/v1/events", [true, true, false, false]),
         (M::GET, "/v1/events/stream", [true, true, false, false]),
     ]
@@ -212,6 +235,7 @@ fn body_for(method: &Method, path: &str) -> Option<(&'static str, String)> {
         ("POST", "/v1/nodes/{id}/heartbeat") => json(json!({"observed_generation": 0})),
         ("PUT", "/v1/nodes/{id}/status") => json(json!({"observed_generation": 0, "digest": "d"})),
         ("PUT", "/v1/fragments/{name}") => json(json!({"selector": "x=y", "spec": {}})),
+        ("POST", "/v1/rollouts") => json(json!({"payload": "f1", "version": "2", "timeout": "1h"})),
         ("PUT", "/v1/payloads/{name}/{version}") => {
             Some(("application/octet-stream", "two".into()))
         }
@@ -276,7 +300,28 @@ async fn auth_matrix_every_route_and_credential() {
             Some(("application/json", "{}".into())),
         )
         .await;
+        let rollout = if path.contains("{rollout}") {
+            let body = body_for(&Method::POST, "/v1/rollouts");
+            let (st, r) = call(&fx.state, Method::POST, "/v1/rollouts", Some(ADMIN), body).await;
+            assert_eq!(st, StatusCode::CREATED, "{r}");
+            let id = r["id"].as_str().unwrap().to_string();
+            if path.ends_with("/resume") {
+                let (st, r) = call(
+                    &fx.state,
+                    Method::POST,
+                    &format!("/v1/rollouts/{id}/pause"),
+                    Some(ADMIN),
+                    None,
+                )
+                .await;
+                assert_eq!(st, StatusCode::OK, "{r}");
+            }
+            id
+        } else {
+            String::new()
+        };
         let uri = path
+            .replace("{rollout}", &rollout)
             .replace(
                 "{id}",
                 if path.starts_with("/v1/enrollment-tokens") {

@@ -128,7 +128,7 @@ where
 pub fn list(state: &AppState) -> ApiResult<Vec<PayloadSummary>> {
     let mut by_name: BTreeMap<String, PayloadSummary> = BTreeMap::new();
     let mut all = state.store.payload_versions()?;
-    all.sort_by(|a, b| a.created_at.cmp(&b.created_at));
+    all.sort_by_key(|a| a.created_at);
     for v in all {
         let e = by_name
             .entry(v.name.clone())
@@ -156,7 +156,7 @@ pub fn versions(state: &AppState, name: &str) -> ApiResult<Vec<PayloadVersion>> 
             "no payload named {name:?}"
         )));
     }
-    v.sort_by(|a, b| a.created_at.cmp(&b.created_at));
+    v.sort_by_key(|a| a.created_at);
     Ok(v)
 }
 
@@ -194,6 +194,16 @@ fn references(state: &AppState, name: &str, version: &str) -> ApiResult<Vec<Stri
     for f in state.store.fragments()? {
         if uses(&f.spec) {
             out.push(format!("fragment {}", f.name));
+        }
+    }
+    // An active rollout may still move nodes to, or back to, these versions.
+    for r in state.store.rollouts::<steward_proto::Rollout>()? {
+        let needs = r.version == version
+            || r.nodes.iter().any(|n| {
+                n.previous_version == version || n.previous_override.as_deref() == Some(version)
+            });
+        if r.payload == name && r.state.is_active() && needs {
+            out.push(format!("rollout {}", r.id));
         }
     }
     Ok(out)
