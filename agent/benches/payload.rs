@@ -1,0 +1,2 @@
+//! Payload benchmarks (filled in below).
+fn main() {}
