@@ -149,6 +149,11 @@ pub enum EventKind {
     HealthChanged,
     StatusChanged,
     NodeDecommissioned,
+    PayloadUploaded,
+    PayloadDeleted,
+    /// A rollout step: started, batch started/converged, halted, paused, resumed, aborted,
+    /// done, rolled back (the message says which).
+    Rollout,
 }
 
 /// One entry of the append-only event log.
@@ -181,4 +186,26 @@ pub struct PackageInfo {
     pub sha256: String,
     /// Where to download it, relative to the registry's base URL: `/packages/{file}`.
     pub path: String,
+}
+
+/// One immutable version of a payload (`PUT /v1/payloads/{name}/{version}`): its content is the
+/// blob `GET /v1/blobs/{sha256}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct PayloadVersion {
+    pub name: String,
+    pub version: String,
+    /// sha256 of the content, lower-case hex.
+    pub sha256: String,
+    /// Size in bytes.
+    pub size: u64,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A payload as listed by `GET /v1/payloads`: its name and versions (oldest first).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct PayloadSummary {
+    pub name: String,
+    pub versions: Vec<String>,
+    /// Sum of the sizes of its versions (a blob shared by two versions counts twice).
+    pub total_size: u64,
 }

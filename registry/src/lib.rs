@@ -7,6 +7,7 @@ pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod nodes;
+pub mod payloads;
 pub mod schemas;
 pub mod server;
 pub mod specs;

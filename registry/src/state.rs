@@ -91,6 +91,11 @@ pub struct Inner {
     pub started: Instant,
     pub metrics: crate::metrics::Metrics,
     pub sessions: crate::ui::access::Sessions,
+    /// Payload contents (`<data_dir>/blobs`).
+    pub blobs: crate::payloads::blobs::Blobs,
+    /// Serialises payload metadata changes and blob collection (taken after `spec_lock`
+    /// when both are needed).
+    pub payload_lock: tokio::sync::Mutex<()>,
 }
 
 #[derive(Clone)]
@@ -124,6 +129,7 @@ impl AppState {
         }
         let seq = store.last_event_seq()?;
         let (events, _) = broadcast::channel(4096);
+        let blobs = crate::payloads::blobs::Blobs::new(store.dir());
         Ok(AppState(Arc::new(Inner {
             settings,
             store,
@@ -136,6 +142,8 @@ impl AppState {
             started: now,
             metrics: crate::metrics::Metrics::new(),
             sessions: Default::default(),
+            blobs,
+            payload_lock: tokio::sync::Mutex::new(()),
         })))
     }
 

@@ -8,6 +8,7 @@ pub mod install;
 mod meta;
 mod nodes;
 pub mod openapi;
+mod payloads;
 mod spec;
 #[cfg(test)]
 mod tests;
@@ -79,6 +80,12 @@ pub fn routes() -> Vec<Route> {
         route!(PUT "/v1/fragments/{name}", Admin, "Write a fragment (selector + spec); bumps the generation of exactly the nodes whose effective spec changes.", Some("FragmentWrite"), Some("FragmentWritten"), fragments::put),
         route!(DELETE "/v1/fragments/{name}", Admin, "Delete a fragment.", None, Some("FragmentWritten"), fragments::delete),
         route!(GET "/v1/events", AdminOrRead, "Events after ?after=SEQ (oldest first, ?limit= up to 1000, ?node= to filter).", None, Some("Event[]"), events::list),
+        route!(PUT "/v1/payloads/{name}/{version}", Admin, "Upload a payload version: the raw body is streamed to disk and hashed (no body-size limit; optional x-steward-sha256 header checked). 201 new, 200 same content again, 409 other content (versions are immutable).", None, Some("PayloadVersion"), payloads::put),
+        route!(GET "/v1/payloads", AdminOrRead, "List payloads and their versions.", None, Some("PayloadSummary[]"), payloads::list),
+        route!(GET "/v1/payloads/{name}", AdminOrRead, "The versions of one payload, oldest first.", None, Some("PayloadVersion[]"), payloads::versions),
+        route!(GET "/v1/payloads/{name}/{version}", AdminOrRead, "One payload version's metadata.", None, Some("PayloadVersion"), payloads::get),
+        route!(DELETE "/v1/payloads/{name}/{version}", Admin, "Delete a payload version; 409 naming the nodes and fragments that still reference it. Its blob is removed when no other version has the same content.", None, Some("PayloadVersion"), payloads::delete),
+        route!(GET "/v1/blobs/{sha256}", ReadOrAnyNode, "Download a blob by sha256, as stored on disk; Range (bytes=N-, bytes=N-M) answers 206 with Content-Range; ETag is the quoted sha256. A node secret may read only blobs its effective spec references.", None, None, payloads::blob),
         route!(GET "/v1/events/stream", AdminOrRead, "Server-sent events: replays from ?after=SEQ (or Last-Event-ID), then follows live.", None, None, events::stream),
     ]
 }
@@ -166,6 +173,7 @@ async fn authorize(
         Access::AdminOrRead => matches!(caller, Caller::Admin | Caller::Read),
         Access::ReadOrOwnNode => matches!(caller, Caller::Admin | Caller::Read) || own(&caller),
         Access::OwnNode => own(&caller),
+        Access::ReadOrAnyNode => true,
     };
     if !allowed {
         return Err(RegistryError::Forbidden(format!(
