@@ -175,7 +175,10 @@ async fn path_escapes_and_foreign_files_are_refused() {
         .unwrap()
         .file_type()
         .is_symlink());
-    assert_eq!(std::fs::read(root.join("foreign")).unwrap(), b"not steward's");
+    assert_eq!(
+        std::fs::read(root.join("foreign")).unwrap(),
+        b"not steward's"
+    );
 
     // `..` never reaches the agent: the registry refuses it when the spec is written.
     let resp = r
@@ -223,12 +226,15 @@ async fn kill_9_mid_download_never_leaves_a_partial_target_and_resumes() {
     );
 
     a.spawn();
-    let done = wait_for(120, "the payload to be deployed after the restart", || async {
-        let att = r.attestations(&a.node_id).await;
-        (att.first()?["actual"] == sha.as_str()).then_some(())
-    })
+    wait_for(
+        120,
+        "the payload to be deployed after the restart",
+        || async {
+            let att = r.attestations(&a.node_id).await;
+            (att.first()?["actual"] == sha.as_str()).then_some(())
+        },
+    )
     .await;
-    let _ = done;
     let (h, n) = steward_agent::payload::hash_file(&target).unwrap();
     assert_eq!((h, n), (sha.clone(), 192 << 20));
     assert!(
@@ -306,5 +312,9 @@ async fn drift_by_hand_is_reported_then_restored() {
         (std::fs::read(&target).ok()? == body).then_some(())
     })
     .await;
-    assert!(a.log().contains("payload drifted; restoring"), "{}", a.log());
+    assert!(
+        a.log().contains("payload drifted; restoring"),
+        "{}",
+        a.log()
+    );
 }

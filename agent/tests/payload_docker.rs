@@ -93,7 +93,11 @@ async fn docker_image_payload_is_loaded_and_a_container_runs_from_it() {
         (started_at(&cname) != first_start).then_some(())
     })
     .await;
-    assert_eq!(inspect(&cname).unwrap().id, c.id, "restarted, not recreated");
+    assert_eq!(
+        inspect(&cname).unwrap().id,
+        c.id,
+        "restarted, not recreated"
+    );
     let att = r.attestations(&a.node_id).await;
     assert_eq!(att[0]["actual"], sha2.as_str());
 }

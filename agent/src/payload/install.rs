@@ -212,7 +212,11 @@ mod tests {
         let blob = dir.path().join("blob");
         std::fs::write(&blob, b"hello").unwrap();
         let sha = super::super::attest::hash_file(&blob).unwrap().0;
-        let t = check_path(root.join("sub/f").to_str().unwrap(), &[root.clone()]).unwrap();
+        let t = check_path(
+            root.join("sub/f").to_str().unwrap(),
+            std::slice::from_ref(&root),
+        )
+        .unwrap();
         let d = open_dir(&t, true).unwrap().unwrap();
         std::fs::write(root.join("sub/f"), b"old").unwrap();
         let mut i = Install {

@@ -170,7 +170,8 @@ mod tests {
     #[test]
     fn paths_are_checked_lexically() {
         // (path, Ok((root, dirs, file)) or Err(fragment of the reason))
-        let cases: &[(&str, Result<(&str, &[&str], &str), &str>)] = &[
+        type Want = Result<(&'static str, &'static [&'static str], &'static str), &'static str>;
+        let cases: &[(&str, Want)] = &[
             ("/opt/payloads/a.bin", Ok(("/opt/payloads", &[], "a.bin"))),
             (
                 "/opt/payloads/x/y/a",
