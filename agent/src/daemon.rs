@@ -100,7 +100,13 @@ pub async fn run(
         cfg.lab_cidr_template.clone(),
         Some(store.clone()),
         Some(cfg.registry.clone().unwrap_or(identity.registry.clone())),
-    );
+    )
+    .with_payloads(crate::payload::Payloads::new(
+        &cfg.data_dir,
+        Some(store.clone()),
+        Some(client.clone()),
+        identity.node_id.clone(),
+    ));
     let recon = tokio::spawn(reconcile_loop(
         cfg.clone(),
         rec,

@@ -8,6 +8,7 @@ pub mod docker;
 pub mod facts;
 pub mod metrics;
 pub mod network;
+pub mod payload;
 pub mod reconcile;
 pub mod reconciler;
 pub mod store;
