@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use common::Registry;
 use reqwest::Method;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 /// A binary of the workspace built next to this test's executable (`cargo test --workspace`
 /// builds the agent too).
