@@ -157,6 +157,27 @@ impl Blobs {
         Ok(true)
     }
 
+    /// Start-up housekeeping: removes uploads a crash left in `.tmp/`, and blob files in
+    /// `unreferenced` says no version uses (a crash between storing a blob and recording its
+    /// version). Returns how many files were removed.
+    pub fn collect_at_start(&self, unreferenced: impl Fn(&str) -> bool) -> usize {
+        let mut removed = 0;
+        if let Ok(rd) = std::fs::read_dir(self.tmp_dir()) {
+            for e in rd.flatten() {
+                removed += usize::from(std::fs::remove_file(e.path()).is_ok());
+            }
+        }
+        if let Ok(rd) = std::fs::read_dir(&self.dir) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if is_sha256(&name) && unreferenced(&name) {
+                    removed += usize::from(std::fs::remove_file(e.path()).is_ok());
+                }
+            }
+        }
+        removed
+    }
+
     /// Removes a blob (absent is fine).
     pub async fn remove(&self, sha256: &str) -> Result<(), BlobError> {
         let p = self.path(sha256);
@@ -215,6 +236,24 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, BlobError::Mismatch { .. }), "{err}");
+        assert_eq!(std::fs::read_dir(b.tmp_dir()).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn start_up_collects_interrupted_uploads_and_orphans() {
+        let d = tempfile::tempdir().unwrap();
+        let b = Blobs::new(d.path());
+        let keep = b.ingest(chunks(&[b"keep"]), None).await.unwrap();
+        let keep_sha = keep.sha256.clone();
+        b.commit(keep).await.unwrap();
+        let orphan = b.ingest(chunks(&[b"orphan"]), None).await.unwrap();
+        let orphan_sha = orphan.sha256.clone();
+        b.commit(orphan).await.unwrap();
+        std::fs::write(b.tmp_dir().join("upload-x"), b"half").unwrap();
+        let removed = b.collect_at_start(|sha| sha != keep_sha);
+        assert_eq!(removed, 2);
+        assert!(b.path(&keep_sha).exists());
+        assert!(!b.path(&orphan_sha).exists());
         assert_eq!(std::fs::read_dir(b.tmp_dir()).unwrap().count(), 0);
     }
 

@@ -124,6 +124,17 @@ where
     })
 }
 
+/// Start-up: removes interrupted uploads and blobs no version references.
+pub fn collect_at_start(state: &AppState) -> ApiResult<usize> {
+    let used: std::collections::HashSet<String> = state
+        .store
+        .payload_versions()?
+        .into_iter()
+        .map(|v| v.sha256)
+        .collect();
+    Ok(state.blobs.collect_at_start(|sha| !used.contains(sha)))
+}
+
 /// Every payload with its versions.
 pub fn list(state: &AppState) -> ApiResult<Vec<PayloadSummary>> {
     let mut by_name: BTreeMap<String, PayloadSummary> = BTreeMap::new();

@@ -17,18 +17,49 @@ use crate::state::AppState;
 const POLL: Duration = Duration::from_millis(300);
 const CRED: CredentialKind = CredentialKind::System;
 
-/// Runs rollout `id` until it stops (paused, halted, aborted, done, rolled back).
+/// Runs rollout `id` until it stops (paused, halted, aborted, done, rolled back), then gives
+/// up its driver slot — under the rollout lock, so a command that restarts the rollout either
+/// finds the slot free or is seen by this loop.
 pub async fn drive(state: &AppState, id: &str) {
     loop {
         match step(state, id).await {
             Ok(true) => tokio::time::sleep(POLL).await,
-            Ok(false) | Err(RegistryError::NotFound(_)) => return,
-            Err(e) => {
+            Ok(false) | Err(RegistryError::NotFound(_)) => {
+                let _guard = state.rollouts.lock.lock().await;
+                let again = super::get(state, id).is_ok_and(|r| {
+                    matches!(r.state, RolloutState::Running | RolloutState::RollingBack)
+                });
+                if !again {
+                    state.rollouts.release(id);
+                    return;
+                }
+            }
+            Err(e @ RegistryError::Store(_)) => {
                 tracing::warn!(rollout = id, error = %format!("{e:#}"), "rollout step failed; retrying");
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }
+            Err(e) => {
+                // Not transient (e.g. a node's spec no longer merges): halt, saying why.
+                tracing::warn!(rollout = id, error = %format!("{e:#}"), "rollout halted by an error");
+                if let Err(e2) = halt_on_error(state, id, &e).await {
+                    tracing::warn!(rollout = id, error = %format!("{e2:#}"), "recording the halt failed");
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+            }
         }
     }
+}
+
+async fn halt_on_error(state: &AppState, id: &str, e: &RegistryError) -> ApiResult<()> {
+    let _guard = state.rollouts.lock.lock().await;
+    let mut r = super::get(state, id)?;
+    r.state = RolloutState::Halted;
+    let msg = format!(
+        "halted at batch {}/{}: {e}",
+        r.current_batch + 1,
+        r.batch_count
+    );
+    finish(state, &mut r, msg).await
 }
 
 /// One step; `Ok(true)` to be called again.

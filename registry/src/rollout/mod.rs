@@ -38,7 +38,7 @@ impl Rollouts {
             .insert(id.to_string())
     }
 
-    fn release(&self, id: &str) {
+    pub(crate) fn release(&self, id: &str) {
         self.drivers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -50,10 +50,7 @@ impl Rollouts {
 pub fn spawn_driver(state: &AppState, id: &str) {
     if state.rollouts.claim(id) {
         let (state, id) = (state.clone(), id.to_string());
-        tokio::spawn(async move {
-            driver::drive(&state, &id).await;
-            state.rollouts.release(&id);
-        });
+        tokio::spawn(async move { driver::drive(&state, &id).await });
     }
 }
 
