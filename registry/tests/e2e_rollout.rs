@@ -360,3 +360,106 @@ async fn rollout_over_five_agents_halts_on_a_failing_batch_and_rolls_back() {
         .await;
     assert_eq!(st, 200, "{err}");
 }
+
+/// Pause holds the next batch back; resume continues, also across a registry restart (`kill -9`
+/// mid-rollout); a finished rollout can be rolled back; commands that do not fit the state are
+/// refused.
+#[tokio::test]
+async fn pause_resume_survive_a_registry_restart_and_roll_back_a_finished_rollout() {
+    let mut r = Registry::start(&["--heartbeat-interval", "1s"]).await;
+    let (st, tok) = r
+        .req(
+            Method::POST,
+            "/v1/enrollment-tokens",
+            Some(&r.admin),
+            Some(json!({"uses": 3, "labels": {"role": "builder"}})),
+        )
+        .await;
+    assert_eq!(st, 201, "{tok}");
+    let token = tok["token"].as_str().unwrap().to_string();
+    let mut agents = Vec::new();
+    for _ in 0..3 {
+        agents.push(Agent::start(&r, &token).await);
+    }
+    agents.sort_by(|a, b| a.id.cmp(&b.id));
+    let (v1, v2) = (content(200_000, 11), content(200_000, 12));
+    let sha1 = upload(&r, "1", v1.clone()).await;
+    let sha2 = upload(&r, "2", v2.clone()).await;
+    for a in &agents {
+        let yaml = format!(
+            "payloads: [{{name: tc, version: '1', path: '{}'}}]",
+            a.target().display()
+        );
+        let (st, w) = r
+            .put_yaml(&format!("/v1/nodes/{}/spec", a.id), &r.admin, &yaml)
+            .await;
+        assert_eq!(st, 200, "{w}");
+    }
+    all_at(&r, &agents, &v1, &sha1, "version 1").await;
+
+    let (st, ro) = r
+        .req(
+            Method::POST,
+            "/v1/rollouts",
+            Some(&r.admin),
+            Some(json!({"payload": "tc", "version": "2", "batch": "1", "timeout": "60s"})),
+        )
+        .await;
+    assert_eq!(st, 201, "{ro}");
+    let id = ro["id"].as_str().unwrap().to_string();
+    let cmd = |what: &str| format!("/v1/rollouts/{id}/{what}");
+    let (st, p) = r
+        .req(Method::POST, &cmd("pause"), Some(&r.admin), None)
+        .await;
+    assert_eq!((st, p["state"].as_str()), (200, Some("paused")), "{p}");
+    let (st, _) = r
+        .req(Method::POST, &cmd("pause"), Some(&r.admin), None)
+        .await;
+    assert_eq!(st, 409, "pausing a paused rollout");
+    // Paused: the later batches do not start.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let ro = rollout(&r, &id).await;
+    assert_eq!(ro["state"], "paused");
+    assert_eq!(ro["current_batch"], 0, "{ro}");
+    for a in &agents[1..] {
+        assert_eq!(std::fs::read(a.target()).unwrap(), v1);
+    }
+
+    let (st, p) = r
+        .req(Method::POST, &cmd("resume"), Some(&r.admin), None)
+        .await;
+    assert_eq!((st, p["state"].as_str()), (200, Some("running")), "{p}");
+    // The registry dies mid-rollout and comes back: the rollout carries on.
+    r.kill9();
+    r.spawn().await;
+    let done = wait_for(120, "the rollout to finish", || async {
+        let ro = rollout(&r, &id).await;
+        (ro["state"] != "running").then_some(ro)
+    })
+    .await;
+    assert_eq!(done["state"], "done", "{done}");
+    assert_eq!(done["message"], "done: 3 node(s) at version 2");
+    all_at(&r, &agents, &v2, &sha2, "version 2").await;
+    let (st, _) = r
+        .req(Method::POST, &cmd("resume"), Some(&r.admin), None)
+        .await;
+    assert_eq!(st, 409, "resuming a finished rollout");
+
+    let (st, _) = r
+        .req(Method::POST, &cmd("rollback"), Some(&r.admin), None)
+        .await;
+    assert_eq!(st, 200);
+    let back = wait_for(120, "the rollback", || async {
+        let ro = rollout(&r, &id).await;
+        (ro["state"] == "rolled-back").then_some(ro)
+    })
+    .await;
+    assert!(
+        back["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("rolled back: 3 node(s)"),
+        "{back}"
+    );
+    all_at(&r, &agents, &v1, &sha1, "version 1 after the rollback").await;
+}

@@ -106,9 +106,11 @@ fn names(halt: &[(String, String)]) -> String {
 
 async fn finish(state: &AppState, r: &mut Rollout, msg: String) -> ApiResult<()> {
     r.message = msg.clone();
+    // The event first: whoever sees the new state also finds its event.
+    log(state, r, CRED, msg)?;
     save(state, r)?;
     state.store.flush().await?;
-    log(state, r, CRED, msg)
+    Ok(())
 }
 
 async fn forward(state: &AppState, r: &mut Rollout) -> ApiResult<bool> {

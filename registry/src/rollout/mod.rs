@@ -323,9 +323,9 @@ pub async fn command(
     };
     r.state = next;
     r.message = what.clone();
+    log(state, &r, cred, what)?;
     save(state, &mut r)?;
     state.store.flush().await?;
-    log(state, &r, cred, what)?;
     if matches!(next, S::Running | S::RollingBack) {
         spawn_driver(state, id);
     }
