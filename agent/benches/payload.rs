@@ -90,7 +90,10 @@ fn main() -> ExitCode {
         .tempdir_in(&base)
         .unwrap();
     let src = work.path().join("blob.bin");
-    println!("payload bench: {mib} MiB, {rounds} round(s), files in {}", work.path().display());
+    println!(
+        "payload bench: {mib} MiB, {rounds} round(s), files in {}",
+        work.path().display()
+    );
     write_content(&src, size);
     let src_s = src.to_str().unwrap();
     // Warm the page cache, and the reference hash.
@@ -129,7 +132,10 @@ fn main() -> ExitCode {
     }
     let auth = format!("Authorization: Bearer {}", reg.admin);
     let put = reg.url("/v1/payloads/bench/1");
-    let (_, _) = timed("curl", &["-sSf", "-o", "/dev/null", "-T", src_s, "-H", &auth, &put]);
+    let (_, _) = timed(
+        "curl",
+        &["-sSf", "-o", "/dev/null", "-T", src_s, "-H", &auth, &put],
+    );
     let blob_url = reg.url(&format!("/v1/blobs/{expected}"));
     let client = RegistryClient::new(&reg.url(""), &TlsOptions::default())
         .unwrap()
