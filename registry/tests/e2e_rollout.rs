@@ -408,20 +408,33 @@ async fn pause_resume_survive_a_registry_restart_and_roll_back_a_finished_rollou
     assert_eq!(st, 201, "{ro}");
     let id = ro["id"].as_str().unwrap().to_string();
     let cmd = |what: &str| format!("/v1/rollouts/{id}/{what}");
-    let (st, p) = r
-        .req(Method::POST, &cmd("pause"), Some(&r.admin), None)
-        .await;
-    assert_eq!((st, p["state"].as_str()), (200, Some("paused")), "{p}");
+    // Paused with stewardctl (JSON output).
+    let out = Command::new(env!("CARGO_BIN_EXE_stewardctl"))
+        .args(["--registry", &r.url(""), "--token", &r.admin, "-o", "json"])
+        .args(["rollout", "pause", &id])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let p: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(p["state"], "paused", "{p}");
     let (st, _) = r
         .req(Method::POST, &cmd("pause"), Some(&r.admin), None)
         .await;
     assert_eq!(st, 409, "pausing a paused rollout");
-    // Paused: the later batches do not start.
+    // Paused: no later batch starts (the pause landed within the first batch or two).
+    let at = p["current_batch"].as_u64().unwrap();
+    assert!(at < 2, "{p}");
     tokio::time::sleep(Duration::from_secs(3)).await;
     let ro = rollout(&r, &id).await;
     assert_eq!(ro["state"], "paused");
-    assert_eq!(ro["current_batch"], 0, "{ro}");
-    for a in &agents[1..] {
+    assert_eq!(ro["current_batch"], at, "{ro}");
+    for (i, a) in agents.iter().enumerate().skip(at as usize + 1) {
+        assert_eq!(ro["nodes"][i]["node_id"], a.id.as_str());
+        assert_eq!(ro["nodes"][i]["state"], "waiting", "{ro}");
         assert_eq!(std::fs::read(a.target()).unwrap(), v1);
     }
 
