@@ -92,7 +92,10 @@ impl Blobs {
         E: std::fmt::Display,
     {
         let tmp_dir = self.tmp_dir();
-        tokio::fs::create_dir_all(&tmp_dir)
+        // Owner-only: payloads may hold anything (the data dir's sled files are private too).
+        let mut dirs = tokio::fs::DirBuilder::new();
+        dirs.recursive(true).mode(0o700);
+        dirs.create(&tmp_dir)
             .await
             .map_err(io("creating", &tmp_dir))?;
         let tmp = tmp_dir.join(format!("upload-{}", uuid::Uuid::new_v4()));
@@ -224,6 +227,12 @@ mod tests {
             .unwrap();
         assert!(!b.commit(again).await.unwrap());
         assert_eq!(std::fs::read(b.path(&sha)).unwrap(), b"hello world");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(d.path().join("blobs"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
         assert_eq!(std::fs::read_dir(b.tmp_dir()).unwrap().count(), 0);
     }
 
