@@ -291,8 +291,21 @@ fn summarize(s: &NodeStatus) -> String {
             .or_default() += 1;
     }
     let parts: Vec<String> = counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
+    let drift = s.drift();
+    let drift = if drift.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; DRIFTED: {}",
+            drift
+                .iter()
+                .map(|d| format!("{} {}", d.name, d.detail))
+                .collect::<Vec<_>>()
+                .join("; ")
+        )
+    };
     format!(
-        "observed generation {}: {}",
+        "observed generation {}: {}{drift}",
         s.observed_generation,
         if parts.is_empty() {
             "no resources".into()

@@ -418,4 +418,18 @@ async fn attestation_mismatch_marks_the_node_drifted() {
         "{n}"
     );
     assert!(n["drift"][0].get("actual").is_none(), "{n}");
+    // The status change is in the event log, with the drift named.
+    let (_, events) = r.get(&format!("/v1/events?node={a}"), &r.admin).await;
+    assert!(
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "status-changed"
+                && e["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("DRIFTED: tc /opt/tc: file missing")),
+        "{events}"
+    );
 }
