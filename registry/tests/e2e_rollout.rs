@@ -476,3 +476,93 @@ async fn pause_resume_survive_a_registry_restart_and_roll_back_a_finished_rollou
     );
     all_at(&r, &agents, &v1, &sha1, "version 1 after the rollback").await;
 }
+
+/// A node that does not report back within the batch time-out halts the rollout, named as
+/// timed out; abort then stops it for good.
+#[tokio::test]
+async fn a_silent_node_times_the_batch_out_and_abort_stops_it() {
+    let r = Registry::start(&["--heartbeat-interval", "1s"]).await;
+    let (st, tok) = r
+        .req(
+            Method::POST,
+            "/v1/enrollment-tokens",
+            Some(&r.admin),
+            Some(json!({"uses": 2})),
+        )
+        .await;
+    assert_eq!(st, 201, "{tok}");
+    let token = tok["token"].as_str().unwrap().to_string();
+    let mut agents = vec![
+        Agent::start(&r, &token).await,
+        Agent::start(&r, &token).await,
+    ];
+    let (v1, v2) = (content(100_000, 21), content(100_000, 22));
+    let sha1 = upload(&r, "1", v1.clone()).await;
+    upload(&r, "2", v2).await;
+    for a in &agents {
+        let yaml = format!(
+            "payloads: [{{name: tc, version: '1', path: '{}'}}]",
+            a.target().display()
+        );
+        let (st, w) = r
+            .put_yaml(&format!("/v1/nodes/{}/spec", a.id), &r.admin, &yaml)
+            .await;
+        assert_eq!(st, 200, "{w}");
+    }
+    all_at(&r, &agents, &v1, &sha1, "version 1").await;
+    // One agent stops answering.
+    let silent = agents.pop().unwrap();
+    let silent_id = silent.id.clone();
+    drop(silent);
+
+    let (st, ro) = r
+        .req(
+            Method::POST,
+            "/v1/rollouts",
+            Some(&r.admin),
+            Some(json!({"payload": "tc", "version": "2", "batch": "100%", "timeout": "3s"})),
+        )
+        .await;
+    assert_eq!(st, 201, "{ro}");
+    assert_eq!(ro["batch_count"], 1);
+    let id = ro["id"].as_str().unwrap().to_string();
+    let halted = wait_for(60, "the rollout to time out", || async {
+        let ro = rollout(&r, &id).await;
+        (ro["state"] != "running").then_some(ro)
+    })
+    .await;
+    assert_eq!(halted["state"], "halted", "{halted}");
+    let msg = halted["message"].as_str().unwrap();
+    assert!(
+        msg.contains(&silent_id) && msg.contains("timed out") && !msg.contains(&agents[0].id),
+        "{msg}"
+    );
+    let (st, ab) = r
+        .req(
+            Method::POST,
+            &format!("/v1/rollouts/{id}/abort"),
+            Some(&r.admin),
+            None,
+        )
+        .await;
+    assert_eq!((st, ab["state"].as_str()), (200, Some("aborted")), "{ab}");
+    let (st, _) = r
+        .req(
+            Method::POST,
+            &format!("/v1/rollouts/{id}/resume"),
+            Some(&r.admin),
+            None,
+        )
+        .await;
+    assert_eq!(st, 409, "an aborted rollout cannot resume");
+    // Aborted is not active: a new rollout of the payload may start.
+    let (st, ro) = r
+        .req(
+            Method::POST,
+            "/v1/rollouts",
+            Some(&r.admin),
+            Some(json!({"payload": "tc", "version": "1", "selector": "nope=1"})),
+        )
+        .await;
+    assert_eq!(st, 422, "no node matches: {ro}");
+}
