@@ -102,8 +102,15 @@ pub async fn apply(cfg: &AgentConfig, path: &str) -> anyhow::Result<NodeStatus> 
     let node_id = identity
         .map(|i| i.node_id)
         .unwrap_or_else(|| "local".into());
+    let payloads = crate::payload::Payloads::new(
+        &cfg.data_dir,
+        Some(store.clone()),
+        None, // registry-less: only blobs already in the cache can be deployed
+        node_id.clone(),
+    );
     let mut rec = Reconciler::new(cfg.docker_socket.clone(), cfg.policy.clone(), node_id)
-        .with_networks(cfg.lab_cidr_template.clone(), Some(store), registry);
+        .with_networks(cfg.lab_cidr_template.clone(), Some(store), registry)
+        .with_payloads(payloads);
     let status = rec.reconcile(0, &spec).await;
     paths.save_status(&status)?;
     Ok(status)

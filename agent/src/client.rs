@@ -37,6 +37,8 @@ use steward_proto::{
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
 /// Added to the long-poll's `wait` to get its HTTP timeout.
 pub const LONG_POLL_MARGIN: Duration = Duration::from_secs(15);
+/// Timeout of one whole blob download (payloads can be large; stalls are caught by the caller).
+pub const BLOB_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
 /// Time allowed to open a connection (TCP and TLS).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -362,6 +364,32 @@ impl RegistryClient {
             return Ok(None);
         }
         self.decode(&url, resp).await.map(Some)
+    }
+
+    /// `GET /v1/blobs/{sha256}` from byte `offset` on (with `Range: bytes=offset-` when
+    /// `offset > 0`), authenticated as this node: the response (`200`, `206`, or `416` when
+    /// `offset` is at or past the end) with its body not read yet. The whole download may
+    /// take up to [`BLOB_TIMEOUT`]; the caller watches for a stalled stream itself.
+    pub async fn blob(&self, sha256: &str, offset: u64) -> Result<reqwest::Response, ClientError> {
+        let creds = self.creds()?;
+        let url = self.endpoint(&["v1", "blobs", sha256]);
+        let mut rb = self
+            .http
+            .get(url.clone())
+            .timeout(BLOB_TIMEOUT)
+            .bearer_auth(&creds.secret.0);
+        if offset > 0 {
+            rb = rb.header(reqwest::header::RANGE, format!("bytes={offset}-"));
+        }
+        let resp = rb
+            .send()
+            .await
+            .map_err(|e| transport_error(&url, &e, BLOB_TIMEOUT, self.pin()))?;
+        let status = resp.status();
+        if status.is_success() || status == StatusCode::RANGE_NOT_SATISFIABLE {
+            return Ok(resp);
+        }
+        Err(status_error(&url, resp).await)
     }
 
     fn pin(&self) -> Option<&str> {

@@ -166,6 +166,17 @@ impl AgentConfig {
         };
         crate::network::lab::check_template(&cfg.lab_cidr_template)
             .map_err(|e| anyhow::anyhow!("config field {e}"))?;
+        for r in &cfg.policy.payload_roots {
+            if !r.is_absolute() || r.components().any(|c| c == std::path::Component::ParentDir) {
+                bail!(
+                    "policy.payload_roots: {} must be an absolute path without '..'",
+                    r.display()
+                );
+            }
+        }
+        if cfg.policy.attest_rehash_secs == Some(0) {
+            bail!("policy.attest_rehash_secs must be at least 1");
+        }
         if cfg.resync_interval < Duration::from_secs(1) {
             bail!("resync_interval must be at least 1s");
         }
@@ -264,6 +275,36 @@ mod tests {
         })
         .unwrap_err();
         assert!(format!("{e:#}").contains("metrics_listen"), "{e:#}");
+    }
+
+    #[test]
+    fn payload_policy_defaults_file_and_bad_values() {
+        let c = AgentConfig::resolve(AgentArgs::default()).unwrap();
+        assert!(c.policy.payload_roots.is_empty());
+        assert_eq!(c.policy.payload_drift, crate::payload::DriftPolicy::Restore);
+        assert_eq!(c.policy.attest_rehash_secs, None);
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.toml");
+        std::fs::write(
+            &p,
+            "[policy]\npayload_roots = [\"/opt/p\"]\npayload_drift = \"report\"\nattest_rehash_secs = 60\n",
+        )
+        .unwrap();
+        let c = AgentConfig::resolve(AgentArgs {
+            config: Some(p.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.policy.payload_roots, [PathBuf::from("/opt/p")]);
+        assert_eq!(c.policy.payload_drift, crate::payload::DriftPolicy::Report);
+        assert_eq!(c.policy.attest_rehash_secs, Some(60));
+        std::fs::write(&p, "[policy]\npayload_drift = \"fix\"\n").unwrap();
+        let e = AgentConfig::resolve(AgentArgs {
+            config: Some(p),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("payload_drift"), "{e:#}");
     }
 
     #[test]

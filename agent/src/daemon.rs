@@ -106,7 +106,13 @@ pub async fn run(
         Some(store.clone()),
         Some(cfg.registry.clone().unwrap_or(identity.registry.clone())),
     )
-    .with_link_events(feed);
+    .with_link_events(feed)
+    .with_payloads(crate::payload::Payloads::new(
+        &cfg.data_dir,
+        Some(store.clone()),
+        Some(client.clone()),
+        identity.node_id.clone(),
+    ));
     let recon = tokio::spawn(reconcile_loop(
         cfg.clone(),
         rec,

@@ -64,7 +64,7 @@ pub struct Metrics {
     reconcile_seconds: Histogram,
     actions: Family<ActionLabels, Counter>,
     container_restarts: Counter,
-    /// Payload hash checks (payloads are not converged by this agent version yet: stays 0).
+    /// Full payload hash checks (attestation re-hashes and first looks).
     pub payload_checks: Counter,
     heartbeat_rtt: Gauge<f64, AtomicU64>,
     heartbeat_rtt_seconds: Histogram,

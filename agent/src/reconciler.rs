@@ -1,7 +1,7 @@
 //! The reconciler's I/O side: observe through the drivers, plan, apply the plan, and turn the
 //! outcome into a `NodeStatus`. Order of a pass: host networks (creations and changes), then
-//! containers (Docker networks on managed bridges first), then the deletion of managed links no
-//! longer wanted.
+//! payloads (so images loaded from `docker-image` payloads exist), then containers (Docker
+//! networks on managed bridges first), then the deletion of managed links no longer wanted.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -25,6 +25,7 @@ pub struct Reconciler {
     /// Starts the agent made per container since it started (added to Docker's own count).
     starts: HashMap<String, u32>,
     networks: Networks,
+    payloads: crate::payload::Payloads,
 }
 
 /// Digest of a status (everything but the digest field itself).
@@ -69,14 +70,6 @@ fn unsupported(spec: &NodeSpec) -> Vec<ResourceStatus> {
             msg("virtual machines"),
         ));
     }
-    for p in &spec.payloads {
-        out.push(resource(
-            ResourceKind::Payload,
-            &p.name,
-            ResourceState::Pending,
-            msg("payloads"),
-        ));
-    }
     out
 }
 
@@ -93,7 +86,14 @@ impl Reconciler {
                 None,
                 None,
             ),
+            payloads: crate::payload::Payloads::disabled(),
         }
+    }
+
+    /// Payloads: blob cache, records and downloads (see `payload`).
+    pub fn with_payloads(mut self, payloads: crate::payload::Payloads) -> Self {
+        self.payloads = payloads;
+        self
     }
 
     /// Host networks: labs expand with `lab_template`; managed links and lab leases are kept
@@ -143,7 +143,7 @@ impl Reconciler {
         let mut status = NodeStatus {
             observed_generation: generation,
             resources,
-            payloads: Vec::new(),
+            payloads: self.payloads.attestations(),
             digest: String::new(),
         };
         status.digest = status_digest(&status);
@@ -155,6 +155,7 @@ impl Reconciler {
             .networks
             .reconcile(spec, &self.policy, &self.node_id)
             .await;
+        let payloads = self.reconcile_payloads(spec).await;
         let containers = self.reconcile_containers(spec, &net).await;
         // Docker networks go before the bridges under them (and only for bridges going away).
         let doomed = net.bridges_to_delete();
@@ -169,8 +170,20 @@ impl Reconciler {
         }
         self.networks.finish(&mut net).await;
         let mut resources = std::mem::take(&mut net.resources);
+        resources.extend(payloads);
         resources.extend(containers);
         resources
+    }
+
+    async fn reconcile_payloads(&mut self, spec: &NodeSpec) -> Vec<ResourceStatus> {
+        let docker = if crate::payload::needs_docker(spec) {
+            self.docker().await.ok().cloned()
+        } else {
+            None
+        };
+        self.payloads
+            .reconcile(spec, &self.policy, docker.as_ref())
+            .await
     }
 
     /// Docker networks for containers on managed bridges; returns why a container cannot be

@@ -52,9 +52,16 @@ pub async fn apply_watch(cfg: AgentConfig, path: String) -> anyhow::Result<()> {
 
     let feed = Arc::new(EventFeed::default());
     let wake = Arc::new(Notify::new());
+    let payloads = crate::payload::Payloads::new(
+        &cfg.data_dir,
+        Some(store.clone()),
+        None, // registry-less: only blobs already in the cache can be deployed
+        node_id.clone(),
+    );
     let rec = Reconciler::new(cfg.docker_socket.clone(), cfg.policy.clone(), node_id)
         .with_networks(cfg.lab_cidr_template.clone(), Some(store), registry)
-        .with_link_events(feed.clone());
+        .with_link_events(feed.clone())
+        .with_payloads(payloads);
     let (spec_tx, spec_rx) = watch::channel(Some(StoredSpec {
         generation: 1,
         spec,

@@ -1,7 +1,8 @@
 //! The agent's local state under its data dir: the node identity (a 0600 file), the last spec
 //! received (so a restart without the registry keeps enforcing it), the links the agent created
 //! (`state/network-links.json`: name -> ifindex and desired hash, plus the ports it enslaved),
-//! the lab address leases (`state/network-leases.json`), and the last status (`status.json`,
+//! the lab address leases (`state/network-leases.json`), the payloads it deployed
+//! (`state/payloads.json`: path -> name, version, sha256, last hash), and the last status (`status.json`,
 //! which `steward-agent status` reads while the daemon runs).
 //!
 //! Each record is a small JSON file replaced atomically (temp file, fsync, rename, fsync of the
@@ -164,6 +165,7 @@ pub struct Store {
 const SPEC_KEY: &str = "spec";
 const NET_LINKS_KEY: &str = "network-links";
 const NET_LEASES_KEY: &str = "network-leases";
+const PAYLOADS_KEY: &str = "payloads";
 
 impl Store {
     pub fn open(paths: &Paths) -> Result<Self, StoreError> {
@@ -238,6 +240,19 @@ impl Store {
     /// Records the lab address leases durably.
     pub async fn save_lab_leases(&self, l: &Leases) -> Result<(), StoreError> {
         self.put(NET_LEASES_KEY, l)
+    }
+
+    /// The payloads the agent deployed, by path.
+    pub fn payload_records(&self) -> Result<crate::payload::PayloadRecords, StoreError> {
+        Ok(self.get(PAYLOADS_KEY)?.unwrap_or_default())
+    }
+
+    /// Records the deployed payloads durably.
+    pub async fn save_payload_records(
+        &self,
+        r: &crate::payload::PayloadRecords,
+    ) -> Result<(), StoreError> {
+        self.put(PAYLOADS_KEY, r)
     }
 }
 

@@ -153,6 +153,11 @@ pub enum EventKind {
     AlertDelivered,
     /// An attempt to deliver an alert failed (retried, or given up as the message says).
     AlertFailed,
+    PayloadUploaded,
+    PayloadDeleted,
+    /// A rollout step: started, batch started/converged, halted, paused, resumed, aborted,
+    /// done, rolled back (the message says which).
+    Rollout,
 }
 
 /// What an alert is about.
@@ -230,4 +235,132 @@ pub struct PackageInfo {
     pub sha256: String,
     /// Where to download it, relative to the registry's base URL: `/packages/{file}`.
     pub path: String,
+}
+
+/// One immutable version of a payload (`PUT /v1/payloads/{name}/{version}`): its content is the
+/// blob `GET /v1/blobs/{sha256}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct PayloadVersion {
+    pub name: String,
+    pub version: String,
+    /// sha256 of the content, lower-case hex.
+    pub sha256: String,
+    /// Size in bytes.
+    pub size: u64,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A payload as listed by `GET /v1/payloads`: its name and versions (oldest first).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct PayloadSummary {
+    pub name: String,
+    pub versions: Vec<String>,
+    /// Sum of the sizes of its versions (a blob shared by two versions counts twice).
+    pub total_size: u64,
+}
+
+/// `POST /v1/rollouts`: move payload `payload` to `version` on the nodes matching `selector`,
+/// in batches.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartRollout {
+    pub payload: String,
+    pub version: String,
+    /// Label selector (empty: every node whose spec has the payload).
+    #[serde(default)]
+    pub selector: String,
+    /// Batch size: a count (`"2"`) or a percentage of the nodes (`"25%"`); default `"1"`.
+    #[serde(default)]
+    pub batch: Option<String>,
+    /// How long one batch may take to report converged and attested, e.g. `"5m"`;
+    /// default `"10m"`.
+    #[serde(default)]
+    pub timeout: Option<String>,
+}
+
+/// Where a rollout stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum RolloutState {
+    Running,
+    /// Stopped by an operator; no new batch starts until resumed.
+    Paused,
+    /// Stopped by a failed or timed-out batch (the message names the nodes).
+    Halted,
+    /// Stopped for good; nodes keep the version they have.
+    Aborted,
+    Done,
+    /// Putting the previous version back on every node touched.
+    RollingBack,
+    RolledBack,
+}
+
+impl RolloutState {
+    /// A rollout in this state may still change nodes (one per payload at a time).
+    pub fn is_active(self) -> bool {
+        matches!(
+            self,
+            RolloutState::Running
+                | RolloutState::Paused
+                | RolloutState::Halted
+                | RolloutState::RollingBack
+        )
+    }
+}
+
+/// Where one node of a rollout stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum RolloutNodeState {
+    /// Its batch has not started.
+    Waiting,
+    /// The new version is in its spec; waiting for it to report converged and attested.
+    Applying,
+    Converged,
+    /// Reported the payload failed, or did not converge in time (see `error`).
+    Failed,
+    /// The previous version was put back.
+    RolledBack,
+}
+
+/// One node of a rollout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct RolloutNode {
+    pub node_id: String,
+    /// Index of its batch (0-based).
+    pub batch: usize,
+    /// The payload version in its effective spec before the rollout.
+    pub previous_version: String,
+    pub previous_sha256: Option<String>,
+    /// The rollout override it had before (from an earlier rollout), restored on rollback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_override: Option<String>,
+    pub state: RolloutNodeState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A rollout and its progress (`GET /v1/rollouts/{rollout}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Rollout {
+    pub id: String,
+    pub payload: String,
+    pub version: String,
+    /// sha256 of `payload@version`.
+    pub sha256: String,
+    pub selector: String,
+    pub batch: String,
+    pub timeout_secs: u64,
+    pub state: RolloutState,
+    pub batch_count: usize,
+    /// The batch in progress (or next to start); `batch_count` when all are done.
+    pub current_batch: usize,
+    /// When the current batch (or the rollback) started; `None` before it starts.
+    #[serde(default)]
+    pub batch_started_at: Option<DateTime<Utc>>,
+    pub nodes: Vec<RolloutNode>,
+    /// What happened last, e.g. why it halted (naming the nodes).
+    pub message: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
 }

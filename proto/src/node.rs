@@ -143,6 +143,68 @@ pub struct Node {
     /// The last full status the agent sent.
     #[serde(default)]
     pub status: Option<NodeStatus>,
+    /// True when the last status shows drift (see `drift`); computed by the registry.
+    #[serde(default)]
+    pub drifted: bool,
+    /// What drifted according to the last status: payloads whose file on disk does not have
+    /// the pinned sha256 (or is missing), and resources in state `drifted`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drift: Vec<Drift>,
+}
+
+/// One drifted resource of a node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Drift {
+    pub kind: ResourceKind,
+    pub name: String,
+    /// Payloads: the deployed file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Payloads: the pinned sha256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected: Option<String>,
+    /// Payloads: the sha256 found on disk; `None` when the file is missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actual: Option<String>,
+    /// One line for people, e.g. `/opt/tc: sha256 abc… expected def…` or `file missing`.
+    pub detail: String,
+}
+
+impl NodeStatus {
+    /// Every drift this status shows: payload attestations with `actual != expected` (or a
+    /// missing file), then resources in state `drifted` not already listed.
+    pub fn drift(&self) -> Vec<Drift> {
+        let mut out: Vec<Drift> = self
+            .payloads
+            .iter()
+            .filter(|p| p.actual.as_deref() != Some(p.expected.as_str()))
+            .map(|p| Drift {
+                kind: ResourceKind::Payload,
+                name: p.name.clone(),
+                path: Some(p.path.clone()),
+                expected: Some(p.expected.clone()),
+                actual: p.actual.clone(),
+                detail: match &p.actual {
+                    None => format!("{}: file missing (expected sha256 {})", p.path, p.expected),
+                    Some(a) => format!("{}: sha256 {a}, expected {}", p.path, p.expected),
+                },
+            })
+            .collect();
+        for r in &self.resources {
+            let listed = out.iter().any(|d| d.kind == r.kind && d.name == r.name);
+            if r.state == ResourceState::Drifted && !listed {
+                out.push(Drift {
+                    kind: r.kind,
+                    name: r.name.clone(),
+                    path: None,
+                    expected: None,
+                    actual: None,
+                    detail: r.error.clone().unwrap_or_else(|| "drifted".into()),
+                });
+            }
+        }
+        out
+    }
 }
 
 /// State of one managed resource as the agent observed it.

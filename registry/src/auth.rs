@@ -39,6 +39,9 @@ pub enum Access {
     ReadOrOwnNode,
     /// Only the node named by `{id}`.
     OwnNode,
+    /// Admin or read token, or any node's secret; the handler narrows what a node may see
+    /// (blob downloads: only blobs the node's spec references).
+    ReadOrAnyNode,
 }
 
 impl Access {
@@ -49,6 +52,9 @@ impl Access {
             Access::AdminOrRead => "admin or read token",
             Access::ReadOrOwnNode => "admin or read token, or the node's own secret",
             Access::OwnNode => "the node's own secret",
+            Access::ReadOrAnyNode => {
+                "admin or read token, or a node secret (a node reads only what its spec references)"
+            }
         }
     }
 }

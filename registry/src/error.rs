@@ -29,6 +29,14 @@ pub enum RegistryError {
     Enrollment(String),
     #[error("{0}")]
     TooLarge(String),
+    /// Well-formed input that refers to something that does not exist or does not match
+    /// (a payload version missing from the registry, a sha256 that differs from the pinned one).
+    #[error("unprocessable: {}", .0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; "))]
+    Unprocessable(Vec<Problem>),
+    #[error("range not satisfiable: {0}")]
+    RangeNotSatisfiable(String),
+    #[error(transparent)]
+    Blob(#[from] crate::payloads::blobs::BlobError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -50,6 +58,17 @@ impl RegistryError {
             }
             RegistryError::Enrollment(_) => (StatusCode::FORBIDDEN, "enrollment_refused"),
             RegistryError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            RegistryError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unprocessable"),
+            RegistryError::RangeNotSatisfiable(_) => {
+                (StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable")
+            }
+            RegistryError::Blob(crate::payloads::blobs::BlobError::Mismatch { .. }) => {
+                (StatusCode::BAD_REQUEST, "sha256_mismatch")
+            }
+            RegistryError::Blob(crate::payloads::blobs::BlobError::Body { .. }) => {
+                (StatusCode::BAD_REQUEST, "body")
+            }
+            RegistryError::Blob(_) => (StatusCode::INTERNAL_SERVER_ERROR, "blob_store"),
             RegistryError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage"),
         }
     }
@@ -62,7 +81,7 @@ impl IntoResponse for RegistryError {
             tracing::error!(error = %format!("{self:#}"), "request failed");
         }
         let problems = match &self {
-            RegistryError::Invalid(p) => p.clone(),
+            RegistryError::Invalid(p) | RegistryError::Unprocessable(p) => p.clone(),
             RegistryError::Conflict { problems, .. } => problems.clone(),
             _ => Vec::new(),
         };

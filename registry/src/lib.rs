@@ -8,6 +8,8 @@ pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod nodes;
+pub mod payloads;
+pub mod rollout;
 pub mod schemas;
 pub mod server;
 pub mod specs;

@@ -32,8 +32,11 @@ pub fn to_wire(state: &AppState, rec: NodeRecord) -> Node {
         generation: 0,
         observed_generation: rec.observed_generation,
         stats: rec.stats,
+        drift: rec.status.as_ref().map(|s| s.drift()).unwrap_or_default(),
+        drifted: false,
         status: rec.status,
     };
+    node.drifted = !node.drift.is_empty();
     if let Some(ln) = state.live(&node.id) {
         node.generation = *ln.generation.borrow();
         let l = ln.lock();
@@ -299,8 +302,21 @@ fn summarize(s: &NodeStatus) -> String {
             .or_default() += 1;
     }
     let parts: Vec<String> = counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
+    let drift = s.drift();
+    let drift = if drift.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; DRIFTED: {}",
+            drift
+                .iter()
+                .map(|d| format!("{} {}", d.name, d.detail))
+                .collect::<Vec<_>>()
+                .join("; ")
+        )
+    };
     format!(
-        "observed generation {}: {}",
+        "observed generation {}: {}{drift}",
         s.observed_generation,
         if parts.is_empty() {
             "no resources".into()

@@ -41,6 +41,10 @@ pub fn all() -> Map<String, Value> {
     add::<p::FragmentWritten>(&mut gen, &mut out);
     add::<p::Event>(&mut gen, &mut out);
     add::<p::PackageInfo>(&mut gen, &mut out);
+    add::<p::PayloadVersion>(&mut gen, &mut out);
+    add::<p::PayloadSummary>(&mut gen, &mut out);
+    add::<p::StartRollout>(&mut gen, &mut out);
+    add::<p::Rollout>(&mut gen, &mut out);
     for (k, v) in gen.take_definitions(true) {
         out.entry(k).or_insert(v);
     }

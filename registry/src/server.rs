@@ -107,6 +107,14 @@ pub async fn serve(cfg: RegistryConfig) -> anyhow::Result<()> {
         let _ = state.alerts.set(alerts);
     }
     let monitor = tokio::spawn(crate::nodes::health_monitor(state.clone()));
+    let collected = crate::payloads::collect_at_start(&state).context("cleaning the blob store")?;
+    if collected > 0 {
+        tracing::info!(
+            files = collected,
+            "removed interrupted uploads and unreferenced blobs"
+        );
+    }
+    crate::rollout::resume_all(&state).context("resuming rollouts")?;
     let app = crate::api::router(state.clone(), cfg.max_body_bytes);
     let handle = axum_server::Handle::new();
     let h = handle.clone();

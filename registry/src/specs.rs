@@ -112,12 +112,14 @@ async fn commit(
 pub async fn write_node_spec(
     state: &AppState,
     id: &str,
-    own: NodeSpec,
+    mut own: NodeSpec,
     if_match: Option<u64>,
     cred: CredentialKind,
 ) -> ApiResult<SpecWritten> {
     validate_spec(&own).map_err(|e| RegistryError::Invalid(e.0))?;
     let _guard = state.spec_lock.lock().await;
+    // Under spec_lock: a version cannot be deleted between pinning and storing.
+    crate::payloads::pin(state, &mut own, "")?;
     let node = live_node(state, id)?;
     if node.health == Health::Decommissioned {
         return Err(RegistryError::Conflict {
@@ -135,13 +137,14 @@ pub async fn write_node_spec(
         }
     }
     let fragments = state.store.fragments()?;
-    let (effective, names) =
+    let (mut effective, names) =
         effective_spec(&own, &node.labels, &fragments).map_err(|problems| {
             RegistryError::Conflict {
                 message: "the spec conflicts with the fragments that apply to this node".into(),
                 problems,
             }
         })?;
+    crate::payloads::apply_overrides(state, &mut effective, &current.payload_overrides)?;
     if current.generation > 0 && current.own == own && current.effective == effective {
         return Ok(SpecWritten {
             node_id: id.to_string(),
@@ -154,6 +157,7 @@ pub async fn write_node_spec(
         effective,
         fragments: names,
         updated_at: Some(Utc::now()),
+        payload_overrides: current.payload_overrides,
     };
     let write = SpecWrite {
         node_id: id.to_string(),
@@ -191,7 +195,12 @@ fn recompute(
     for (id, labels) in candidates {
         let current = state.store.spec(&id)?.unwrap_or_default();
         match effective_spec(&current.own, &labels, fragments) {
-            Ok((effective, names)) => {
+            Ok((mut effective, names)) => {
+                crate::payloads::apply_overrides(
+                    state,
+                    &mut effective,
+                    &current.payload_overrides,
+                )?;
                 if effective != current.effective || names != current.fragments {
                     writes.push(SpecWrite {
                         node_id: id.clone(),
@@ -201,6 +210,7 @@ fn recompute(
                             effective,
                             fragments: names,
                             updated_at: Some(Utc::now()),
+                            payload_overrides: current.payload_overrides,
                         },
                     });
                 }
@@ -236,7 +246,9 @@ pub async fn write_fragment(
     if !problems.is_empty() {
         return Err(RegistryError::Invalid(problems));
     }
+    let mut body = body;
     let _guard = state.spec_lock.lock().await;
+    crate::payloads::pin(state, &mut body.spec, "spec.")?;
     let mut fragments = state.store.fragments()?;
     let old = fragments.iter().position(|f| f.name == name);
     let old_selector = old.map(|i| fragments[i].selector.clone());
@@ -371,4 +383,54 @@ pub async fn patch_node(
         format!("labels {} -> {}", fmt(&before), fmt(&node.labels)),
     )?;
     Ok(node)
+}
+
+/// Sets (`Some`) or removes (`None`) a node's rollout override of a payload's version
+/// (`(node id, payload, version)`), recomputes the effective specs, and bumps and wakes exactly
+/// the nodes whose effective spec changed, like a fragment write.
+pub async fn set_payload_overrides(
+    state: &AppState,
+    changes: &[(String, String, Option<String>)],
+    cred: CredentialKind,
+    why: &str,
+) -> ApiResult<Vec<SpecWritten>> {
+    let _guard = state.spec_lock.lock().await;
+    let fragments = state.store.fragments()?;
+    let mut writes = Vec::new();
+    for (id, payload, version) in changes {
+        let labels = state
+            .live(id)
+            .map(|l| l.lock().labels.clone())
+            .unwrap_or_default();
+        let current = state.store.spec(id)?.unwrap_or_default();
+        let mut overrides = current.payload_overrides.clone();
+        match version {
+            Some(v) => overrides.insert(payload.clone(), v.clone()),
+            None => overrides.remove(payload),
+        };
+        if overrides == current.payload_overrides {
+            continue;
+        }
+        let (mut effective, names) =
+            effective_spec(&current.own, &labels, &fragments).map_err(|problems| {
+                RegistryError::Conflict {
+                    message: format!("node {id}'s spec no longer merges"),
+                    problems,
+                }
+            })?;
+        crate::payloads::apply_overrides(state, &mut effective, &overrides)?;
+        let bump = u64::from(effective != current.effective || names != current.fragments);
+        writes.push(SpecWrite {
+            node_id: id.clone(),
+            record: SpecRecord {
+                generation: current.generation + bump,
+                own: current.own,
+                effective,
+                fragments: names,
+                updated_at: Some(Utc::now()),
+                payload_overrides: overrides,
+            },
+        });
+    }
+    commit(state, writes, None, None, cred, why).await
 }

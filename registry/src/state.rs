@@ -93,6 +93,13 @@ pub struct Inner {
     pub sessions: crate::ui::access::Sessions,
     /// Set at start-up when webhooks are configured.
     pub alerts: std::sync::OnceLock<crate::alerts::AlertSender>,
+    /// Payload contents (`<data_dir>/blobs`).
+    pub blobs: crate::payloads::blobs::Blobs,
+    /// Serialises payload metadata changes and blob collection (taken after `spec_lock`
+    /// when both are needed).
+    pub payload_lock: tokio::sync::Mutex<()>,
+    /// Rollout record lock and running drivers.
+    pub rollouts: crate::rollout::Rollouts,
 }
 
 #[derive(Clone)]
@@ -126,6 +133,7 @@ impl AppState {
         }
         let seq = store.last_event_seq()?;
         let (events, _) = broadcast::channel(4096);
+        let blobs = crate::payloads::blobs::Blobs::new(store.dir());
         Ok(AppState(Arc::new(Inner {
             settings,
             store,
@@ -139,6 +147,9 @@ impl AppState {
             metrics: crate::metrics::Metrics::new(),
             sessions: Default::default(),
             alerts: Default::default(),
+            blobs,
+            payload_lock: tokio::sync::Mutex::new(()),
+            rollouts: Default::default(),
         })))
     }
 

@@ -1,4 +1,5 @@
-//! The registry's embedded store (sled): nodes, specs, fragments, enrollment tokens, events.
+//! The registry's embedded store (sled): nodes, specs, fragments, enrollment tokens, events,
+//! payload version metadata and rollouts (payload contents are files, see `payloads/blobs.rs`).
 //!
 //! Only this module touches sled. Writes that must be durable before they are acknowledged
 //! call [`Store::flush`] (fsync of the log) before the handler answers.
@@ -7,7 +8,9 @@ use chrono::{DateTime, Utc};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
-use steward_proto::{Event, Fragment, Health, HostStats, Labels, NodeFacts, NodeSpec, NodeStatus};
+use steward_proto::{
+    Event, Fragment, Health, HostStats, Labels, NodeFacts, NodeSpec, NodeStatus, PayloadVersion,
+};
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +52,10 @@ pub struct SpecRecord {
     pub effective: NodeSpec,
     pub fragments: Vec<String>,
     pub updated_at: Option<DateTime<Utc>>,
+    /// Payload versions set for this node alone by a rollout (payload name -> version),
+    /// applied over the merged spec when the effective spec is computed.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub payload_overrides: std::collections::BTreeMap<String, String>,
 }
 
 /// An enrollment token as stored (hash only).
@@ -75,6 +82,9 @@ pub struct Store {
     fragments: sled::Tree,
     tokens: sled::Tree,
     events: sled::Tree,
+    payloads: sled::Tree,
+    rollouts: sled::Tree,
+    dir: std::path::PathBuf,
 }
 
 fn enc<T: Serialize>(v: &T) -> Vec<u8> {
@@ -102,6 +112,9 @@ impl Store {
             fragments: db.open_tree("fragments")?,
             tokens: db.open_tree("tokens")?,
             events: db.open_tree("events")?,
+            payloads: db.open_tree("payloads")?,
+            rollouts: db.open_tree("rollouts")?,
+            dir: dir.to_path_buf(),
             db,
         })
     }
@@ -320,5 +333,80 @@ impl Store {
                 return Ok(Some(rec));
             }
         }
+    }
+}
+
+/// Key of a payload version: `name`, a NUL, `version` (so one name's versions are a prefix).
+fn payload_key(name: &str, version: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(name.len() + version.len() + 1);
+    k.extend_from_slice(name.as_bytes());
+    k.push(0);
+    k.extend_from_slice(version.as_bytes());
+    k
+}
+
+impl Store {
+    /// The data directory the store was opened in (blobs live under `<dir>/blobs`).
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    pub fn payload_version(&self, name: &str, version: &str) -> Result<Option<PayloadVersion>> {
+        self.payloads
+            .get(payload_key(name, version))?
+            .map(|b| dec("payloads", &b))
+            .transpose()
+    }
+
+    /// Every payload version (ordered by name, then version bytes).
+    pub fn payload_versions(&self) -> Result<Vec<PayloadVersion>> {
+        self.payloads
+            .iter()
+            .values()
+            .map(|v| dec("payloads", &v?))
+            .collect()
+    }
+
+    pub fn put_payload_version(&self, v: &PayloadVersion) -> Result<()> {
+        self.payloads
+            .insert(payload_key(&v.name, &v.version), enc(v))?;
+        Ok(())
+    }
+
+    pub fn remove_payload_version(&self, name: &str, version: &str) -> Result<()> {
+        self.payloads.remove(payload_key(name, version))?;
+        Ok(())
+    }
+
+    /// Every node's spec record.
+    pub fn specs(&self) -> Result<Vec<(String, SpecRecord)>> {
+        self.specs
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((String::from_utf8_lossy(&k).into_owned(), dec("specs", &v)?))
+            })
+            .collect()
+    }
+
+    /// A stored rollout record (opaque JSON owned by `rollout/`).
+    pub fn rollout<T: DeserializeOwned>(&self, id: &str) -> Result<Option<T>> {
+        self.rollouts
+            .get(id)?
+            .map(|b| dec("rollouts", &b))
+            .transpose()
+    }
+
+    pub fn rollouts<T: DeserializeOwned>(&self) -> Result<Vec<T>> {
+        self.rollouts
+            .iter()
+            .values()
+            .map(|v| dec("rollouts", &v?))
+            .collect()
+    }
+
+    pub fn put_rollout<T: Serialize>(&self, id: &str, r: &T) -> Result<()> {
+        self.rollouts.insert(id.as_bytes(), enc(r))?;
+        Ok(())
     }
 }

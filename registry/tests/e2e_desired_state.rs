@@ -73,6 +73,16 @@ async fn long_poll_wakes_on_spec_fragment_and_label_changes() {
         "a non-matching fragment must not bump anyone"
     );
     assert_still_waiting(&h).await;
+    // Payload versions must exist before a spec names them (the registry pins their sha256).
+    let up = r
+        .client
+        .put(r.url("/v1/payloads/tc/1.0"))
+        .bearer_auth(&r.admin)
+        .body("toolchain")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(up.status(), 201);
     let (st, fw) = r
         .req(Method::PUT, "/v1/fragments/base", Some(&r.admin),
              Some(json!({"selector": "role=web", "spec": {"payloads": [{"name": "tc", "version": "1.0", "path": "/opt/tc"}]}})))

@@ -119,6 +119,51 @@ async fn stewardctl_round_trip_and_exit_codes() {
     let node: Value =
         serde_json::from_str(&ok(ctl(&r, a, &["-o", "json", "nodes", "get", &id]))).unwrap();
     assert_eq!(node["labels"], json!({"tier": "gold"}));
+    // Payloads: uploaded (hashed locally, streamed), listed; a spec naming a version the
+    // registry lacks is refused (exit 6), then the fragment pins the uploaded one.
+    let blob = r.dir.path().join("tc.bin");
+    std::fs::write(&blob, vec![7u8; 300_000]).unwrap();
+    let up = ok(ctl(
+        &r,
+        a,
+        &["payloads", "upload", "tc", "1", blob.to_str().unwrap()],
+    ));
+    assert!(up.contains("tc@1 uploaded"), "{up}");
+    let again = ok(ctl(
+        &r,
+        a,
+        &["payloads", "upload", "tc", "1", blob.to_str().unwrap()],
+    ));
+    assert!(again.contains("already stored"), "{again}");
+    std::fs::write(&blob, b"other content").unwrap();
+    let clash = ctl(
+        &r,
+        a,
+        &["payloads", "upload", "tc", "1", blob.to_str().unwrap()],
+    );
+    assert_eq!(clash.status.code(), Some(6));
+    let list = ok(ctl(&r, a, &["payloads", "list"]));
+    assert!(list.contains("tc") && list.contains("293.0 KiB"), "{list}");
+    std::fs::write(
+        &file,
+        "payloads:\n  - {name: tc, version: '2', path: /opt/tc}\n",
+    )
+    .unwrap();
+    let missing = ctl(
+        &r,
+        a,
+        &[
+            "fragments",
+            "apply",
+            "gold",
+            "--selector",
+            "tier=gold",
+            "-f",
+            file.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(missing.status.code(), Some(6));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("payloads[0].version"));
     std::fs::write(
         &file,
         "payloads:\n  - {name: tc, version: '1', path: /opt/tc}\n",

@@ -308,6 +308,29 @@ impl Docker {
         }
     }
 
+    /// Restarts the container `name` if it exists and belongs to `node_id` (Steward labels);
+    /// true when it was restarted. A missing container is `Ok(false)`; one not owned by this
+    /// node is refused.
+    pub async fn restart_managed(&self, name: &str, node_id: &str) -> Result<bool, DockerError> {
+        let inspect = match self.api.inspect_container(name, None).await {
+            Ok(i) => i,
+            Err(e) if status(&e) == Some(404) => return Ok(false),
+            Err(e) => return Err(DockerError::engine(format!("inspect container {name}"), &e)),
+        };
+        let labels = inspect.config.and_then(|c| c.labels).unwrap_or_default();
+        if labels.get(LABEL_NODE).map(String::as_str) != Some(node_id) {
+            return Err(DockerError::NameConflict {
+                name: name.to_string(),
+                reason: "it is not managed by this node's agent, so it is not restarted".into(),
+            });
+        }
+        self.api
+            .restart_container(name, None)
+            .await
+            .map_err(|e| DockerError::engine(format!("restart container {name}"), &e))?;
+        Ok(true)
+    }
+
     /// Force-removes a container (by id or name), killing it if it runs. Named volumes are kept;
     /// its anonymous volumes go with it. A container that does not exist counts as removed.
     pub async fn remove(&self, id: &str) -> Result<(), DockerError> {

@@ -24,6 +24,14 @@ pub struct Policy {
     /// Allow changes that take down, re-address, delete or enslave the interface carrying the
     /// agent's own route to the registry (or a link under it). Off by default.
     pub allow_registry_interface_changes: bool,
+    /// Directories under which payloads may be deployed (none by default: every payload is
+    /// refused). Paths with `..`, outside these roots or through a symbolic link are refused.
+    pub payload_roots: Vec<PathBuf>,
+    /// What to do when a deployed payload drifts: `restore` (default) or `report`.
+    pub payload_drift: crate::payload::DriftPolicy,
+    /// Full re-hash period of deployed payloads in seconds (default 3600); between full
+    /// hashes a stat (size, mtime, ctime, inode) decides whether the file changed.
+    pub attest_rehash_secs: Option<u64>,
 }
 
 fn under(path: &Path, root: &Path) -> bool {

@@ -5,6 +5,7 @@
 pub mod docker;
 pub mod guest;
 pub mod netns;
+pub mod payload;
 
 use std::net::TcpListener;
 use std::path::PathBuf;

@@ -8,6 +8,8 @@ pub mod install;
 mod meta;
 mod nodes;
 pub mod openapi;
+mod payloads;
+mod rollouts;
 mod spec;
 #[cfg(test)]
 mod tests;
@@ -66,7 +68,7 @@ pub fn routes() -> Vec<Route> {
         route!(GET "/v1/enrollment-tokens", AdminOrRead, "List enrollment tokens (never the tokens themselves).", None, Some("EnrollmentTokenInfo[]"), tokens::list),
         route!(DELETE "/v1/enrollment-tokens/{id}", Admin, "Revoke an enrollment token.", None, Some("EnrollmentTokenInfo"), tokens::revoke),
         route!(POST "/v1/enroll", Public, "Trade an enrollment token (in the body) for a node id and secret; the same machine-id enrolling again gets its secret rotated.", Some("EnrollRequest"), Some("EnrollResponse"), nodes::enroll),
-        route!(GET "/v1/nodes", AdminOrRead, "List nodes; filter with ?selector= and ?health=.", None, Some("Node[]"), nodes::list),
+        route!(GET "/v1/nodes", AdminOrRead, "List nodes; filter with ?selector=, ?health= and ?drifted=true|false (payload or resource drift in the last status).", None, Some("Node[]"), nodes::list),
         route!(GET "/v1/nodes/{id}", ReadOrOwnNode, "One node.", None, Some("Node"), nodes::get),
         route!(PATCH "/v1/nodes/{id}", Admin, "Change labels (JSON merge patch; null removes a key).", Some("NodePatch"), Some("Node"), nodes::patch),
         route!(DELETE "/v1/nodes/{id}", Admin, "Decommission: revoke the node's secret, keep its record and history.", None, Some("Node"), nodes::decommission),
@@ -79,6 +81,19 @@ pub fn routes() -> Vec<Route> {
         route!(PUT "/v1/fragments/{name}", Admin, "Write a fragment (selector + spec); bumps the generation of exactly the nodes whose effective spec changes.", Some("FragmentWrite"), Some("FragmentWritten"), fragments::put),
         route!(DELETE "/v1/fragments/{name}", Admin, "Delete a fragment.", None, Some("FragmentWritten"), fragments::delete),
         route!(GET "/v1/events", AdminOrRead, "Events after ?after=SEQ (oldest first, ?limit= up to 1000, ?node= to filter).", None, Some("Event[]"), events::list),
+        route!(PUT "/v1/payloads/{name}/{version}", Admin, "Upload a payload version: the raw body is streamed to disk and hashed (no body-size limit; optional x-steward-sha256 header checked). 201 new, 200 same content again, 409 other content (versions are immutable).", None, Some("PayloadVersion"), payloads::put),
+        route!(GET "/v1/payloads", AdminOrRead, "List payloads and their versions.", None, Some("PayloadSummary[]"), payloads::list),
+        route!(GET "/v1/payloads/{name}", AdminOrRead, "The versions of one payload, oldest first.", None, Some("PayloadVersion[]"), payloads::versions),
+        route!(GET "/v1/payloads/{name}/{version}", AdminOrRead, "One payload version's metadata.", None, Some("PayloadVersion"), payloads::get),
+        route!(DELETE "/v1/payloads/{name}/{version}", Admin, "Delete a payload version; 409 naming the nodes and fragments that still reference it. Its blob is removed when no other version has the same content.", None, Some("PayloadVersion"), payloads::delete),
+        route!(GET "/v1/blobs/{sha256}", ReadOrAnyNode, "Download a blob by sha256, as stored on disk; Range (bytes=N-, bytes=N-M) answers 206 with Content-Range; ETag is the quoted sha256. A node secret may read only blobs its effective spec references.", None, None, payloads::blob),
+        route!(POST "/v1/rollouts", Admin, "Start a rollout: move a payload to a version across the nodes matching a selector, in batches (count or percent); each batch must report converged and attested before the next starts.", Some("StartRollout"), Some("Rollout"), rollouts::start),
+        route!(GET "/v1/rollouts", AdminOrRead, "List rollouts, oldest first.", None, Some("Rollout[]"), rollouts::list),
+        route!(GET "/v1/rollouts/{rollout}", AdminOrRead, "One rollout: state, batches, per-node outcome, last message.", None, Some("Rollout"), rollouts::get),
+        route!(POST "/v1/rollouts/{rollout}/pause", Admin, "Pause a running rollout: no new batch starts.", None, Some("Rollout"), rollouts::pause),
+        route!(POST "/v1/rollouts/{rollout}/resume", Admin, "Resume a paused or halted rollout (the current batch gets a fresh time-out).", None, Some("Rollout"), rollouts::resume),
+        route!(POST "/v1/rollouts/{rollout}/abort", Admin, "Abort: stop for good; nodes keep the version they have.", None, Some("Rollout"), rollouts::abort),
+        route!(POST "/v1/rollouts/{rollout}/rollback", Admin, "Roll back: put the previous version back on every node the rollout touched.", None, Some("Rollout"), rollouts::rollback),
         route!(GET "/v1/events/stream", AdminOrRead, "Server-sent events: replays from ?after=SEQ (or Last-Event-ID), then follows live.", None, None, events::stream),
     ]
 }
@@ -166,6 +181,7 @@ async fn authorize(
         Access::AdminOrRead => matches!(caller, Caller::Admin | Caller::Read),
         Access::ReadOrOwnNode => matches!(caller, Caller::Admin | Caller::Read) || own(&caller),
         Access::OwnNode => own(&caller),
+        Access::ReadOrAnyNode => true,
     };
     if !allowed {
         return Err(RegistryError::Forbidden(format!(

@@ -41,6 +41,12 @@ pub async fn list(
         .map(|h| h.split(',').map(|x| x.trim().parse::<Health>()).collect())
         .transpose()
         .map_err(|e| RegistryError::invalid("health", e))?;
+    let drifted: Option<bool> = match q.get("drifted").map(String::as_str) {
+        None | Some("") => None,
+        Some("true") => Some(true),
+        Some("false") => Some(false),
+        Some(_) => return Err(RegistryError::invalid("drifted", "must be true or false")),
+    };
     let mut out: Vec<Node> = state
         .store
         .nodes()?
@@ -48,6 +54,7 @@ pub async fn list(
         .filter(|r| selector.matches(&r.labels))
         .map(|r| to_wire(&state, r))
         .filter(|n| health.as_ref().is_none_or(|h| h.contains(&n.health)))
+        .filter(|n| drifted.is_none_or(|d| d == n.drifted))
         .collect();
     out.sort_by(|a, b| a.hostname.cmp(&b.hostname).then(a.id.cmp(&b.id)));
     Ok(Json(out))

@@ -49,6 +49,11 @@ async fn call(
     )
 }
 
+fn hex_sha256(b: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(b))
+}
+
 async fn enroll(state: &AppState, machine: &str) -> (String, String) {
     let (st, tok) = call(
         state,
@@ -92,6 +97,30 @@ async fn fixture() -> Fx {
     )
     .await;
     assert_eq!(st, StatusCode::OK);
+    // Payload f1: version 1 referenced by the own node's spec, version 2 by nothing.
+    for (v, content) in [("1", "one"), ("2", "two")] {
+        let (st, body) = call(
+            &state,
+            Method::PUT,
+            &format!("/v1/payloads/f1/{v}"),
+            Some(ADMIN),
+            Some(("application/octet-stream", content.into())),
+        )
+        .await;
+        assert_eq!(st, StatusCode::CREATED, "{body}");
+    }
+    let (st, body) = call(
+        &state,
+        Method::PUT,
+        &format!("/v1/nodes/{}/spec", own.0),
+        Some(ADMIN),
+        Some((
+            "application/yaml",
+            "payloads: [{name: f1, version: '1', path: /opt/f1}]".into(),
+        )),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{body}");
     Fx {
         _dir: dir,
         state,
@@ -137,6 +166,48 @@ fn expectations() -> Vec<(Method, &'static str, [bool; 4])> {
             "/v1/fragments/{name}",
             [true, false, false, false],
         ),
+        (
+            M::PUT,
+            "/v1/payloads/{name}/{version}",
+            [true, false, false, false],
+        ),
+        (M::GET, "/v1/payloads", [true, true, false, false]),
+        (M::GET, "/v1/payloads/{name}", [true, true, false, false]),
+        (
+            M::GET,
+            "/v1/payloads/{name}/{version}",
+            [true, true, false, false],
+        ),
+        (
+            M::DELETE,
+            "/v1/payloads/{name}/{version}",
+            [true, false, false, false],
+        ),
+        // A node may download only blobs its own spec references (the own node's does).
+        (M::GET, "/v1/blobs/{sha256}", [true, true, true, false]),
+        (M::POST, "/v1/rollouts", [true, false, false, false]),
+        (M::GET, "/v1/rollouts", [true, true, false, false]),
+        (M::GET, "/v1/rollouts/{rollout}", [true, true, false, false]),
+        (
+            M::POST,
+            "/v1/rollouts/{rollout}/pause",
+            [true, false, false, false],
+        ),
+        (
+            M::POST,
+            "/v1/rollouts/{rollout}/resume",
+            [true, false, false, false],
+        ),
+        (
+            M::POST,
+            "/v1/rollouts/{rollout}/abort",
+            [true, false, false, false],
+        ),
+        (
+            M::POST,
+            "/v1/rollouts/{rollout}/rollback",
+            [true, false, false, false],
+        ),
         (M::GET, "/v1/events", [true, true, false, false]),
         (M::GET, "/v1/events/stream", [true, true, false, false]),
     ]
@@ -164,6 +235,10 @@ fn body_for(method: &Method, path: &str) -> Option<(&'static str, String)> {
         ("POST", "/v1/nodes/{id}/heartbeat") => json(json!({"observed_generation": 0})),
         ("PUT", "/v1/nodes/{id}/status") => json(json!({"observed_generation": 0, "digest": "d"})),
         ("PUT", "/v1/fragments/{name}") => json(json!({"selector": "x=y", "spec": {}})),
+        ("POST", "/v1/rollouts") => json(json!({"payload": "f1", "version": "2", "timeout": "1h"})),
+        ("PUT", "/v1/payloads/{name}/{version}") => {
+            Some(("application/octet-stream", "two".into()))
+        }
         _ => None,
     }
 }
@@ -225,7 +300,28 @@ async fn auth_matrix_every_route_and_credential() {
             Some(("application/json", "{}".into())),
         )
         .await;
+        let rollout = if path.contains("{rollout}") {
+            let body = body_for(&Method::POST, "/v1/rollouts");
+            let (st, r) = call(&fx.state, Method::POST, "/v1/rollouts", Some(ADMIN), body).await;
+            assert_eq!(st, StatusCode::CREATED, "{r}");
+            let id = r["id"].as_str().unwrap().to_string();
+            if path.ends_with("/resume") {
+                let (st, r) = call(
+                    &fx.state,
+                    Method::POST,
+                    &format!("/v1/rollouts/{id}/pause"),
+                    Some(ADMIN),
+                    None,
+                )
+                .await;
+                assert_eq!(st, StatusCode::OK, "{r}");
+            }
+            id
+        } else {
+            String::new()
+        };
         let uri = path
+            .replace("{rollout}", &rollout)
             .replace(
                 "{id}",
                 if path.starts_with("/v1/enrollment-tokens") {
@@ -234,7 +330,9 @@ async fn auth_matrix_every_route_and_credential() {
                     &fx.own.0
                 },
             )
-            .replace("{name}", "f1");
+            .replace("{name}", "f1")
+            .replace("{version}", "2")
+            .replace("{sha256}", &hex_sha256(b"one"));
         let creds: [(&str, Option<&str>); 6] = [
             ("none", None),
             ("wrong", Some("wrong-token")),

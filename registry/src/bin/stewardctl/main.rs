@@ -9,6 +9,8 @@ mod fragments;
 mod node_view;
 mod nodes;
 mod output;
+mod payloads;
+mod rollout;
 mod spec;
 mod sse;
 mod tokens;
@@ -79,6 +81,18 @@ enum Cmd {
         cmd: tokens::TokensCmd,
     },
     /// Show the registry's event log, or follow it live with --follow.
+    /// Versioned, content-addressed artifacts: upload, list, show, delete.
+    #[command(visible_alias = "payload")]
+    Payloads {
+        #[command(subcommand)]
+        cmd: payloads::PayloadsCmd,
+    },
+    /// Batched payload rollouts: start, status, pause, resume, abort, rollback.
+    #[command(visible_alias = "rollouts")]
+    Rollout {
+        #[command(subcommand)]
+        cmd: rollout::RolloutCmd,
+    },
     Events(events::EventsArgs),
     /// Print cloud-init user-data that installs, configures and starts the agent on a new host
     /// (with a fresh enrolment token; see docs/INSTALL.md).
@@ -150,6 +164,8 @@ async fn run(cli: Cli, matches: &ArgMatches) -> Result<Exit, CliError> {
         Cmd::Spec { cmd } => spec::run(cmd, &ctx).await,
         Cmd::Fragments { cmd } => fragments::run(cmd, &ctx).await,
         Cmd::Tokens { cmd } => tokens::run(cmd, &ctx).await,
+        Cmd::Payloads { cmd } => payloads::run(cmd, &ctx).await,
+        Cmd::Rollout { cmd } => rollout::run(cmd, &ctx).await,
         Cmd::Events(args) => events::run(args, &ctx).await,
         Cmd::CloudInit(args) => cloud_init::run(args, &ctx).await,
         Cmd::Health => health(&ctx).await,

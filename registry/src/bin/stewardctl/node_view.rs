@@ -37,6 +37,14 @@ pub fn describe(n: &Node, now: DateTime<Utc>) -> String {
                     n.generation, n.observed_generation
                 ),
             ),
+            (
+                "Drift",
+                if n.drifted {
+                    format!("DRIFTED ({} resource(s), listed below)", n.drift.len())
+                } else {
+                    "none".into()
+                },
+            ),
         ],
         0,
     );
@@ -105,6 +113,15 @@ pub fn describe(n: &Node, now: DateTime<Utc>) -> String {
     match &n.status {
         None => out.push_str("\nResources: no status reported yet\n"),
         Some(st) => describe_status(st, &mut out),
+    }
+    if !n.drift.is_empty() {
+        out.push_str("\nDrift:\n");
+        let rows: Vec<Vec<String>> = n
+            .drift
+            .iter()
+            .map(|d| vec![kebab(&d.kind), d.name.clone(), d.detail.clone()])
+            .collect();
+        out.push_str(&render_table(&["KIND", "NAME", "DETAIL"], &rows, 2));
     }
     out
 }
@@ -209,6 +226,22 @@ mod tests {
             "{s}"
         );
         assert!(s.contains("Resources: no status reported yet"), "{s}");
+        assert!(s.contains("Drift:           none\n"), "{s}");
+    }
+
+    #[test]
+    fn describes_payload_drift() {
+        let e = "a".repeat(64);
+        let st = serde_json::json!({"drifted": true, "drift": [
+            {"kind": "payload", "name": "tc", "path": "/opt/tc", "expected": e,
+             "detail": "/opt/tc: file missing"}
+        ]});
+        let s = describe(&node(st), Utc::now());
+        assert!(s.contains("Drift:           DRIFTED (1 resource(s)"), "{s}");
+        assert!(
+            s.contains("  payload   tc     /opt/tc: file missing"),
+            "{s}"
+        );
     }
 
     #[test]

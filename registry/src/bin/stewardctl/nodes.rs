@@ -26,6 +26,10 @@ pub enum NodesCmd {
         /// decommissioned.
         #[arg(long, value_name = "HEALTH,...", value_delimiter = ',', value_parser = parse_health)]
         health: Vec<Health>,
+        /// Only nodes whose last status shows drift (a payload not as pinned, a resource
+        /// changed by hand).
+        #[arg(long)]
+        drifted: bool,
     },
     /// Show one node: labels, facts, host statistics and the state of each managed resource.
     #[command(visible_alias = "show")]
@@ -63,7 +67,11 @@ fn parse_health(s: &str) -> Result<Health, String> {
 pub async fn run(cmd: NodesCmd, ctx: &Ctx) -> Result<Exit, CliError> {
     let client = ctx.client()?;
     match cmd {
-        NodesCmd::List { selector, health } => {
+        NodesCmd::List {
+            selector,
+            health,
+            drifted,
+        } => {
             let health = health
                 .iter()
                 .map(|h| h.as_str())
@@ -72,6 +80,14 @@ pub async fn run(cmd: NodesCmd, ctx: &Ctx) -> Result<Exit, CliError> {
             let query = [
                 ("selector", selector.unwrap_or_default()),
                 ("health", health),
+                (
+                    "drifted",
+                    if drifted {
+                        "true".into()
+                    } else {
+                        String::new()
+                    },
+                ),
             ];
             let nodes: Vec<Node> = client.get(&["v1", "nodes"], &query).await?;
             print_list(ctx, &nodes)
@@ -162,6 +178,7 @@ fn print_list(ctx: &Ctx, nodes: &[Node]) -> Result<Exit, CliError> {
                 "LAST HEARTBEAT",
                 "GEN",
                 "RESOURCES",
+                "DRIFT",
                 "AGENT",
             ],
             &rows,
@@ -181,6 +198,11 @@ fn list_row(n: &Node, now: DateTime<Utc>) -> Vec<String> {
             .map_or_else(|| "never".to_string(), |t| ago(now, t)),
         format!("{}/{}", n.generation, n.observed_generation),
         resource_summary(n.status.as_ref()),
+        if n.drifted {
+            format!("DRIFTED ({})", n.drift.len())
+        } else {
+            "-".into()
+        },
         or_dash(&n.facts.agent_version),
     ]
 }

@@ -138,8 +138,9 @@ pub async fn run(cmd: SpecCmd, ctx: &Ctx) -> Result<Exit, CliError> {
         }
         SpecCmd::Diff { id, file } => {
             let input = read_input(&file)?;
-            let local = parse_spec(&input)?;
+            let mut local = parse_spec(&input)?;
             let doc: SpecDocument = client.get(&["v1", "nodes", &id, "spec"], &[]).await?;
+            pin_like(&mut local, &doc.own);
             let remote_name = format!("node {id} (own spec, generation {})", doc.generation);
             let diff = spec_diff(&doc.own, &local, &remote_name, &input.name)?;
             if ctx.json() {
@@ -186,6 +187,26 @@ fn header_comment(doc: &SpecDocument, own: bool) -> String {
     )
 }
 
+/// Fills in the `sha256` and `size` the registry pinned into `stored` for payloads of `local`
+/// that leave them out with the same name and version, so that a file without hashes is not
+/// reported as different from what the registry made of it.
+pub fn pin_like(local: &mut NodeSpec, stored: &NodeSpec) {
+    for p in local.payloads.iter_mut() {
+        if let Some(s) = stored
+            .payloads
+            .iter()
+            .find(|s| s.name == p.name && s.version == p.version)
+        {
+            if p.sha256.is_none() {
+                p.sha256 = s.sha256.clone();
+            }
+            if p.size.is_none() {
+                p.size = s.size;
+            }
+        }
+    }
+}
+
 /// Both specs rendered as YAML and compared; `None` when they are the same.
 pub fn spec_diff(
     old: &NodeSpec,
@@ -219,6 +240,22 @@ mod tests {
         let a = spec("containers:\n  - {name: web, image: 'nginx:1.27'}\n");
         let b = spec("containers:\n- name: web\n  image: nginx:1.27\n  restart: always\n");
         assert_eq!(spec_diff(&a, &b, "a", "b").expect("renders"), None);
+    }
+
+    #[test]
+    fn pinned_hashes_are_not_a_difference() {
+        let sha = "a".repeat(64);
+        let stored = spec(&format!(
+            "payloads: [{{name: tc, version: '1', path: /x, sha256: {sha}, size: 3}}]"
+        ));
+        let mut local = spec("payloads: [{name: tc, version: '1', path: /x}]");
+        pin_like(&mut local, &stored);
+        assert_eq!(spec_diff(&stored, &local, "a", "b").expect("renders"), None);
+        let mut newer = spec("payloads: [{name: tc, version: '2', path: /x}]");
+        pin_like(&mut newer, &stored);
+        assert!(spec_diff(&stored, &newer, "a", "b")
+            .expect("renders")
+            .is_some());
     }
 
     #[test]

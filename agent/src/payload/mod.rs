@@ -1,0 +1,618 @@
+//! Payloads: versioned, content-addressed files (and `docker save` tarballs) deployed to paths
+//! under the node's allowed roots, verified by sha256, attested on every pass and restored when
+//! they drift. This module owns the blob cache (`<data_dir>/blobs/`), the record of what the
+//! agent deployed (`state/payloads.json`, through the store) and every file it writes.
+//!
+//! One pass ([`Payloads::reconcile`]), per payload: check the path against the policy
+//! ([`policy`]), look at the file ([`attest`]: cheap stat check, full hash when it changed or
+//! is due), decide ([`plan`]), then deploy or restore (download into the cache with resume
+//! ([`fetch`]), copy into a temp file next to the target while hashing, fsync, rename
+//! ([`install`])), load `docker-image` payloads into the engine, and restart the containers
+//! `on_change` names. Files the agent did not deploy are never replaced (unless they already
+//! hold the expected content, which the agent then records as its own).
+
+pub mod attest;
+pub mod fetch;
+pub mod install;
+pub mod plan;
+pub mod policy;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use steward_proto::{
+    NodeSpec, PayloadAttestation, PayloadKind, PayloadSpec, ResourceKind, ResourceState,
+    ResourceStatus,
+};
+use tracing::{info, info_span, warn, Instrument};
+
+use crate::client::RegistryClient;
+use crate::docker::Docker;
+use crate::reconcile::Policy;
+use crate::store::Store;
+pub use attest::{hash_file, Hashed};
+pub use plan::DriftPolicy;
+
+/// Full re-hash period when `policy.attest_rehash_secs` is not set.
+pub const DEFAULT_REHASH_SECS: u64 = 3600;
+
+/// Everything that can go wrong with a payload; each message names the path or blob and what
+/// to do.
+#[derive(Debug, thiserror::Error)]
+pub enum PayloadError {
+    #[error("payload path {path:?} is refused by this node's policy: {reason}")]
+    PathRefused { path: String, reason: String },
+    #[error(
+        "payload path {}: {} is a symbolic link; payload paths may not pass through symbolic \
+         links (use the real directory in the spec)", path.display(), link.display()
+    )]
+    SymlinkInPath { path: PathBuf, link: PathBuf },
+    #[error("payload path {}: {} exists and is not a directory", path.display(), what.display())]
+    NotADirectory { path: PathBuf, what: PathBuf },
+    #[error(
+        "the payload root {} does not exist; create it (it is listed in policy.payload_roots)",
+        root.display()
+    )]
+    RootMissing { root: PathBuf },
+    #[error(
+        "payload {name} has no sha256: the registry pins it when the spec is written; write the \
+         spec through the registry"
+    )]
+    Unpinned { name: String },
+    #[error(
+        "{what} is corrupt: expected sha256 {expected}, got {actual} ({bytes} bytes); the \
+         target was not replaced"
+    )]
+    HashMismatch {
+        what: &'static str,
+        expected: String,
+        actual: String,
+        bytes: u64,
+    },
+    #[error("downloading blob {sha256} failed: {reason}")]
+    Download { sha256: String, reason: String },
+    #[error(
+        "blob {sha256} is not in the cache ({}) and there is no registry to download it from",
+        dir.display()
+    )]
+    NoRegistry { sha256: String, dir: PathBuf },
+    #[error("mode {0:?} is not an octal file mode")]
+    BadMode(String),
+    #[error("owner {owner:?}: {reason}")]
+    BadOwner { owner: String, reason: String },
+    #[error("cannot {op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("docker-image payload: {0}")]
+    Docker(String),
+    #[error("payloads need the agent's data directory (for the blob cache and records)")]
+    NoDataDir,
+}
+
+impl PayloadError {
+    pub(crate) fn io(op: &'static str, path: &Path, source: std::io::Error) -> Self {
+        PayloadError::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// What the agent deployed at a path (kept in the store, keyed by path).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PayloadRecord {
+    pub name: String,
+    pub version: String,
+    pub sha256: String,
+    /// The last full hash (so a restart does not re-hash everything at once).
+    #[serde(default)]
+    pub hashed: Option<Hashed>,
+    /// The sha256 last loaded into the Docker engine (`docker-image` payloads).
+    #[serde(default)]
+    pub image_loaded: Option<String>,
+}
+
+/// The payload records, by path.
+pub type PayloadRecords = BTreeMap<String, PayloadRecord>;
+
+/// The payload side of the reconciler.
+pub struct Payloads {
+    blobs: Option<PathBuf>,
+    store: Option<Store>,
+    client: Option<Arc<RegistryClient>>,
+    node_id: String,
+    records: Option<PayloadRecords>,
+    /// The last full hash of every payload path seen (owned or not).
+    hashes: HashMap<String, Hashed>,
+    attestations: Vec<PayloadAttestation>,
+}
+
+impl Default for Payloads {
+    fn default() -> Self {
+        Payloads::disabled()
+    }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn status(name: &str, state: ResourceState, error: Option<String>) -> ResourceStatus {
+    ResourceStatus {
+        kind: ResourceKind::Payload,
+        name: name.to_string(),
+        state,
+        error,
+        restarts: 0,
+        escalation_level: 0,
+    }
+}
+
+/// Whether a pass over `spec` needs the Docker engine (image loads or container restarts).
+pub fn needs_docker(spec: &NodeSpec) -> bool {
+    spec.payloads.iter().any(|p| {
+        p.kind == PayloadKind::DockerImage
+            || p.on_change
+                .as_ref()
+                .is_some_and(|o| !o.restart_containers.is_empty())
+    })
+}
+
+impl Payloads {
+    /// Payloads with the blob cache under `data_dir/blobs`, records in `store`, and blobs
+    /// downloaded from `client` (`None`: only cached blobs can be deployed).
+    pub fn new(
+        data_dir: &Path,
+        store: Option<Store>,
+        client: Option<Arc<RegistryClient>>,
+        node_id: String,
+    ) -> Self {
+        Payloads {
+            blobs: Some(data_dir.join("blobs")),
+            store,
+            client,
+            node_id,
+            records: None,
+            hashes: HashMap::new(),
+            attestations: Vec::new(),
+        }
+    }
+
+    /// No data dir: every payload is reported failed with the reason.
+    pub fn disabled() -> Self {
+        Payloads {
+            blobs: None,
+            store: None,
+            client: None,
+            node_id: String::new(),
+            records: None,
+            hashes: HashMap::new(),
+            attestations: Vec::new(),
+        }
+    }
+
+    /// The attestations of the last pass.
+    pub fn attestations(&self) -> Vec<PayloadAttestation> {
+        self.attestations.clone()
+    }
+
+    fn load_records(&mut self) -> PayloadRecords {
+        if let Some(r) = self.records.take() {
+            return r;
+        }
+        let recs = match &self.store {
+            Some(s) => s.payload_records().unwrap_or_else(|e| {
+                warn!(error = %format!("{e:#}"), "reading the payload records failed; starting empty");
+                PayloadRecords::new()
+            }),
+            None => PayloadRecords::new(),
+        };
+        for (path, r) in &recs {
+            if let Some(h) = &r.hashed {
+                self.hashes.entry(path.clone()).or_insert_with(|| h.clone());
+            }
+        }
+        recs
+    }
+
+    /// One pass over the spec's payloads (see the module docs); returns a status per payload
+    /// and keeps the attestations for [`Payloads::attestations`].
+    pub async fn reconcile(
+        &mut self,
+        spec: &NodeSpec,
+        policy: &Policy,
+        docker: Option<&Docker>,
+    ) -> Vec<ResourceStatus> {
+        self.attestations.clear();
+        let Some(blobs) = self.blobs.clone() else {
+            return spec
+                .payloads
+                .iter()
+                .map(|p| {
+                    status(
+                        &p.name,
+                        ResourceState::Failed,
+                        Some(PayloadError::NoDataDir.to_string()),
+                    )
+                })
+                .collect();
+        };
+        let mut records = self.load_records();
+        let before = records.clone();
+        let mut out = Vec::new();
+        let mut restart: BTreeSet<String> = BTreeSet::new();
+        for p in &spec.payloads {
+            let span = info_span!("payload", name = %p.name, version = %p.version);
+            let (st, att, changed) = self
+                .one(p, policy, docker, &blobs, &mut records)
+                .instrument(span)
+                .await;
+            if changed {
+                if let Some(oc) = &p.on_change {
+                    restart.extend(oc.restart_containers.iter().cloned());
+                    if !oc.restart_vms.is_empty() {
+                        // TODO(vms): restart these VMs once the VM driver exists (issue #6 hook).
+                        warn!(payload = %p.name, vms = ?oc.restart_vms, "on_change.restart_vms is not supported by this agent version yet");
+                    }
+                }
+            }
+            out.push(st);
+            self.attestations.extend(att);
+        }
+        let wanted: BTreeSet<&str> = spec.payloads.iter().map(|p| p.path.as_str()).collect();
+        for path in plan::removals(&records, &wanted)
+            .into_iter()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+        {
+            if let Some(r) = records.remove(&path) {
+                self.remove(&path, &r, policy).await;
+            }
+            self.hashes.remove(&path);
+        }
+        let keep: BTreeSet<&str> = spec
+            .payloads
+            .iter()
+            .filter_map(|p| p.sha256.as_deref())
+            .collect();
+        fetch::collect_garbage(&blobs, &keep);
+        if records != before {
+            if let Some(s) = &self.store {
+                if let Err(e) = s.save_payload_records(&records).await {
+                    warn!(error = %format!("{e:#}"), "recording the deployed payloads failed");
+                }
+            }
+        }
+        self.records = Some(records);
+        if let Some(d) = docker {
+            for c in restart {
+                match d.restart_managed(&c, &self.node_id).await {
+                    Ok(true) => info!(container = %c, "restarted after a payload changed"),
+                    Ok(false) => {}
+                    Err(e) => {
+                        warn!(container = %c, error = %format!("{e:#}"), "restart after a payload change failed")
+                    }
+                }
+            }
+        } else if !restart.is_empty() {
+            warn!(containers = ?restart, "cannot restart containers after a payload change: Docker engine unreachable");
+        }
+        out
+    }
+
+    /// One payload: returns its status, its attestation and whether its content changed.
+    async fn one(
+        &mut self,
+        p: &PayloadSpec,
+        policy: &Policy,
+        docker: Option<&Docker>,
+        blobs: &Path,
+        records: &mut PayloadRecords,
+    ) -> (ResourceStatus, Option<PayloadAttestation>, bool) {
+        let failed = |e: String| status(&p.name, ResourceState::Failed, Some(e));
+        let Some(expected) = p.sha256.clone() else {
+            let e = PayloadError::Unpinned {
+                name: p.name.clone(),
+            };
+            return (failed(e.to_string()), None, false);
+        };
+        let attest = |actual: Option<String>| PayloadAttestation {
+            name: p.name.clone(),
+            version: p.version.clone(),
+            path: p.path.clone(),
+            expected: expected.clone(),
+            actual,
+        };
+        let target = match policy::check_path(&p.path, &policy.payload_roots) {
+            Ok(t) => t,
+            Err(e) => return (failed(e.to_string()), Some(attest(None)), false),
+        };
+        let rehash = policy.attest_rehash_secs.unwrap_or(DEFAULT_REHASH_SECS);
+        let last = self.hashes.get(&p.path).cloned();
+        let t = target.clone();
+        let now = now_secs();
+        let seen = tokio::task::spawn_blocking(move || {
+            let dir = policy::open_dir(&t, false)?;
+            attest::observe(
+                dir.as_ref(),
+                &t.file_name,
+                &t.path,
+                last.as_ref(),
+                rehash,
+                now,
+            )
+        })
+        .await
+        .unwrap_or_else(|e| Err(PayloadError::Docker(format!("attestation task: {e}"))));
+        let seen = match seen {
+            Ok(s) => s,
+            Err(e) => return (failed(e.to_string()), Some(attest(None)), false),
+        };
+        if seen.rehashed {
+            crate::metrics::get().payload_checks.inc();
+        }
+        match &seen.hashed {
+            Some(h) => self.hashes.insert(p.path.clone(), h.clone()),
+            None => self.hashes.remove(&p.path),
+        };
+        let found = seen.on_disk.actual();
+        let recorded = records.get(&p.path).map(|r| r.sha256.clone());
+        let decision = plan::decide(
+            &expected,
+            &seen.on_disk,
+            recorded.as_deref(),
+            policy.payload_drift,
+        );
+        let (mut st, actual, changed) = match decision {
+            plan::Decision::Converged { record } => {
+                if record {
+                    info!(path = %p.path, "the expected content is already there; recording it as deployed");
+                    self.record(records, p, &expected, seen.hashed.clone());
+                }
+                if let (Some(h), DriftPolicy::Restore) = (&seen.hashed, policy.payload_drift) {
+                    self.fix_mode_owner(p, &target, h).await;
+                }
+                (
+                    status(&p.name, ResourceState::Converged, None),
+                    found,
+                    false,
+                )
+            }
+            plan::Decision::Deploy(reason) => {
+                info!(path = %p.path, %reason, "deploying");
+                match self.deploy(p, &target, &expected, blobs).await {
+                    Ok(h) => {
+                        self.record(records, p, &expected, Some(h));
+                        (
+                            status(&p.name, ResourceState::Converged, None),
+                            Some(expected.clone()),
+                            true,
+                        )
+                    }
+                    Err(e) => {
+                        warn!(path = %p.path, error = %e, "deploy failed");
+                        (failed(e.to_string()), found, false)
+                    }
+                }
+            }
+            plan::Decision::Restore(reason) => {
+                warn!(path = %p.path, %reason, "payload drifted; restoring");
+                match self.deploy(p, &target, &expected, blobs).await {
+                    Ok(h) => {
+                        self.record(records, p, &expected, Some(h));
+                        let msg = format!("restored after drift: {reason}");
+                        (
+                            status(&p.name, ResourceState::Drifted, Some(msg)),
+                            found,
+                            true,
+                        )
+                    }
+                    Err(e) => {
+                        let msg = format!("{reason}; restoring it failed: {e}");
+                        (
+                            status(&p.name, ResourceState::Drifted, Some(msg)),
+                            found,
+                            false,
+                        )
+                    }
+                }
+            }
+            plan::Decision::ReportDrift(reason) => {
+                warn!(path = %p.path, %reason, "payload drifted; reporting only (policy)");
+                let msg = format!("{reason}; left as found (policy.payload_drift = \"report\")");
+                (
+                    status(&p.name, ResourceState::Drifted, Some(msg)),
+                    found,
+                    false,
+                )
+            }
+            plan::Decision::Conflict(reason) => (
+                status(&p.name, ResourceState::Conflict, Some(reason)),
+                found,
+                false,
+            ),
+        };
+        let holds_expected = matches!(st.state, ResourceState::Converged)
+            || (st.state == ResourceState::Drifted && changed);
+        if p.kind == PayloadKind::DockerImage && holds_expected {
+            if let Err(e) = self.load_image(p, &expected, docker, records).await {
+                st = failed(e.to_string());
+            }
+        }
+        (st, Some(attest(actual)), changed)
+    }
+
+    fn record(
+        &mut self,
+        records: &mut PayloadRecords,
+        p: &PayloadSpec,
+        sha256: &str,
+        hashed: Option<Hashed>,
+    ) {
+        if let Some(h) = &hashed {
+            self.hashes.insert(p.path.clone(), h.clone());
+        }
+        let image_loaded = records
+            .get(&p.path)
+            .and_then(|r| r.image_loaded.clone())
+            .filter(|s| s == sha256);
+        records.insert(
+            p.path.clone(),
+            PayloadRecord {
+                name: p.name.clone(),
+                version: p.version.clone(),
+                sha256: sha256.to_string(),
+                hashed,
+                image_loaded,
+            },
+        );
+    }
+
+    /// Download (or take from the cache) and install; returns the installed file's hash record.
+    async fn deploy(
+        &self,
+        p: &PayloadSpec,
+        target: &policy::Target,
+        expected: &str,
+        blobs: &Path,
+    ) -> Result<Hashed, PayloadError> {
+        let mode = install::parse_mode(p.mode.as_deref())?;
+        let owner = install::resolve_owner(p.owner.as_deref())?;
+        let fetched = fetch::ensure_blob(self.client.as_deref(), blobs, expected, p.size).await?;
+        let (t, blob, sha) = (target.clone(), fetched.path.clone(), expected.to_string());
+        let res = tokio::task::spawn_blocking(move || {
+            let dir = policy::open_dir(&t, true)?.ok_or_else(|| PayloadError::RootMissing {
+                root: t.root.clone(),
+            })?;
+            install::install(
+                &dir,
+                &install::Install {
+                    target: &t,
+                    blob: &blob,
+                    sha256: &sha,
+                    mode,
+                    owner,
+                },
+            )
+        })
+        .await
+        .unwrap_or_else(|e| Err(PayloadError::Docker(format!("install task: {e}"))));
+        match res {
+            Ok(meta) => {
+                info!(path = %p.path, sha256 = expected, "payload installed");
+                Ok(Hashed {
+                    sha256: expected.to_string(),
+                    meta,
+                    at: now_secs(),
+                })
+            }
+            Err(e) => {
+                if matches!(e, PayloadError::HashMismatch { .. }) {
+                    // The cached copy went bad on disk: fetch it again next time.
+                    let _ = std::fs::remove_file(&fetched.path);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn fix_mode_owner(&self, p: &PayloadSpec, target: &policy::Target, h: &Hashed) {
+        let (Ok(mode), Ok(owner)) = (
+            install::parse_mode(p.mode.as_deref()),
+            install::resolve_owner(p.owner.as_deref()),
+        ) else {
+            return;
+        };
+        let (t, meta) = (target.clone(), h.meta);
+        let res = tokio::task::spawn_blocking(move || {
+            let Some(dir) = policy::open_dir(&t, false)? else {
+                return Ok(false);
+            };
+            install::fix_mode_owner(&dir, &t.file_name, &t.path, mode, owner, &meta)
+        })
+        .await;
+        match res {
+            Ok(Ok(true)) => info!(path = %p.path, "mode/owner put back"),
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => warn!(path = %p.path, error = %e, "putting mode/owner back failed"),
+            Err(e) => warn!(path = %p.path, error = %e, "mode/owner task failed"),
+        }
+    }
+
+    async fn load_image(
+        &self,
+        p: &PayloadSpec,
+        expected: &str,
+        docker: Option<&Docker>,
+        records: &mut PayloadRecords,
+    ) -> Result<(), PayloadError> {
+        let done = records
+            .get(&p.path)
+            .is_some_and(|r| r.image_loaded.as_deref() == Some(expected));
+        if done {
+            return Ok(());
+        }
+        let d = docker.ok_or_else(|| {
+            PayloadError::Docker(
+                "the Docker engine is unreachable, so the image cannot be loaded".into(),
+            )
+        })?;
+        let refs = d
+            .load_image(Path::new(&p.path))
+            .await
+            .map_err(|e| PayloadError::Docker(format!("{e:#}")))?;
+        info!(path = %p.path, images = ?refs, "docker-image payload loaded");
+        if let Some(r) = records.get_mut(&p.path) {
+            r.image_loaded = Some(expected.to_string());
+        }
+        Ok(())
+    }
+
+    /// A recorded payload the spec no longer wants: its file is removed when it still holds
+    /// what the agent deployed; otherwise it is left in place. The record goes either way.
+    async fn remove(&mut self, path: &str, r: &PayloadRecord, policy: &Policy) {
+        let Ok(t) = policy::check_path(path, &policy.payload_roots) else {
+            return;
+        };
+        let (sha, last) = (r.sha256.clone(), self.hashes.get(path).cloned());
+        let rehash = policy.attest_rehash_secs.unwrap_or(DEFAULT_REHASH_SECS);
+        let now = now_secs();
+        let res = tokio::task::spawn_blocking(move || {
+            let Some(dir) = policy::open_dir(&t, false)? else {
+                return Ok(false);
+            };
+            let seen = attest::observe(
+                Some(&dir),
+                &t.file_name,
+                &t.path,
+                last.as_ref(),
+                rehash,
+                now,
+            )?;
+            if seen.on_disk == plan::OnDisk::File(sha) {
+                install::remove(&dir, &t)?;
+                return Ok(true);
+            }
+            Ok::<_, PayloadError>(false)
+        })
+        .await;
+        match res {
+            Ok(Ok(true)) => info!(path, "removed a payload the spec no longer wants"),
+            Ok(Ok(false)) => info!(
+                path,
+                "a payload left the spec; its file was changed or is gone, so it is left in place"
+            ),
+            Ok(Err(e)) => warn!(path, error = %e, "removing a payload failed"),
+            Err(e) => warn!(path, error = %e, "payload removal task failed"),
+        }
+    }
+}

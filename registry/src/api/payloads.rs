@@ -1,0 +1,130 @@
+//! Payload endpoints: upload (streamed), list, metadata, delete, and blob download with Range.
+
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use futures_util::TryStreamExt;
+use steward_proto::{PayloadSummary, PayloadVersion};
+use tower::ServiceExt;
+
+use crate::auth::Caller;
+use crate::error::{ApiResult, RegistryError};
+use crate::payloads::{self as ops, blobs};
+use crate::state::AppState;
+
+/// Optional request header carrying the sha256 the uploader expects.
+pub const SHA256_HEADER: &str = "x-steward-sha256";
+
+/// `PUT /v1/payloads/{name}/{version}`: the raw body, streamed (no body-size limit applies).
+pub async fn put(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((name, version)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let expected = headers
+        .get(SHA256_HEADER)
+        .map(|v| {
+            v.to_str().map(|s| s.trim().to_string()).map_err(|_| {
+                RegistryError::invalid(SHA256_HEADER, "must be 64 lower-case hex characters")
+            })
+        })
+        .transpose()?;
+    let stream = body.into_data_stream().map_err(|e| e.to_string());
+    let up = ops::upload(
+        &state,
+        &name,
+        &version,
+        expected.as_deref(),
+        stream,
+        caller.kind(),
+    )
+    .await?;
+    let status = if up.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(up.version)).into_response())
+}
+
+pub async fn list(State(state): State<AppState>) -> ApiResult<Json<Vec<PayloadSummary>>> {
+    Ok(Json(ops::list(&state)?))
+}
+
+pub async fn versions(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Vec<PayloadVersion>>> {
+    Ok(Json(ops::versions(&state, &name)?))
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    Path((name, version)): Path<(String, String)>,
+) -> ApiResult<Json<PayloadVersion>> {
+    Ok(Json(ops::get(&state, &name, &version)?))
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((name, version)): Path<(String, String)>,
+) -> ApiResult<Json<PayloadVersion>> {
+    Ok(Json(
+        ops::delete(&state, &name, &version, caller.kind()).await?,
+    ))
+}
+
+/// `GET /v1/blobs/{sha256}`: the file as it is on disk (not re-hashed: the agent verifies),
+/// with `Range` (206 + `Content-Range`), `Accept-Ranges`, `Content-Length` and
+/// `ETag: "<sha256>"`. A node may read only blobs its effective spec references.
+pub async fn blob(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(sha256): Path<String>,
+    req: Request,
+) -> ApiResult<Response> {
+    if !blobs::is_sha256(&sha256) {
+        return Err(RegistryError::invalid(
+            "sha256",
+            "must be 64 lower-case hex characters",
+        ));
+    }
+    if let Caller::Node(id) = &caller {
+        if !ops::node_may_read(&state, id, &sha256)? {
+            return Err(RegistryError::Forbidden(format!(
+                "node {id} may download only blobs its spec references; {sha256} is not one"
+            )));
+        }
+    }
+    if !state.blobs.exists(&sha256).await {
+        return Err(RegistryError::NotFound(format!("no blob {sha256}")));
+    }
+    let path = state.blobs.path(&sha256);
+    // ServeFile's error type is Infallible: I/O failures come back as 500 responses.
+    let Ok(resp) = tower_http::services::ServeFile::new(&path)
+        .oneshot(req)
+        .await;
+    let mut resp = resp.map(Body::new);
+    if resp.status() == StatusCode::RANGE_NOT_SATISFIABLE {
+        return Err(RegistryError::RangeNotSatisfiable(format!(
+            "the blob's size does not contain the requested range ({})",
+            resp.headers()
+                .get(header::CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("?")
+        )));
+    }
+    if let Ok(etag) = HeaderValue::from_str(&format!("\"{sha256}\"")) {
+        resp.headers_mut().insert(header::ETAG, etag);
+    }
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, max-age=31536000, immutable"),
+    );
+    Ok(resp)
+}

@@ -1,0 +1,255 @@
+//! The rollout driver: one task per running rollout. Each step (under the rollout lock) either
+//! starts the current batch (per-node version overrides, which bump and wake exactly those
+//! nodes), or judges it from the nodes' reported status; rollback puts the previous override
+//! back on every node touched and waits for them to attest the previous hash.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use steward_proto::{CredentialKind, Rollout, RolloutNodeState, RolloutState};
+
+use super::plan::{self, Progress, Verdict};
+use super::{log, save};
+use crate::error::{ApiResult, RegistryError};
+use crate::state::AppState;
+
+/// How often a running batch is judged.
+const POLL: Duration = Duration::from_millis(300);
+const CRED: CredentialKind = CredentialKind::System;
+
+/// Runs rollout `id` until it stops (paused, halted, aborted, done, rolled back), then gives
+/// up its driver slot — under the rollout lock, so a command that restarts the rollout either
+/// finds the slot free or is seen by this loop.
+pub async fn drive(state: &AppState, id: &str) {
+    loop {
+        match step(state, id).await {
+            Ok(true) => tokio::time::sleep(POLL).await,
+            Ok(false) | Err(RegistryError::NotFound(_)) => {
+                let _guard = state.rollouts.lock.lock().await;
+                let again = super::get(state, id).is_ok_and(|r| {
+                    matches!(r.state, RolloutState::Running | RolloutState::RollingBack)
+                });
+                if !again {
+                    state.rollouts.release(id);
+                    return;
+                }
+            }
+            Err(e @ RegistryError::Store(_)) => {
+                tracing::warn!(rollout = id, error = %format!("{e:#}"), "rollout step failed; retrying");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            Err(e) => {
+                // Not transient (e.g. a node's spec no longer merges): halt, saying why.
+                tracing::warn!(rollout = id, error = %format!("{e:#}"), "rollout halted by an error");
+                if let Err(e2) = halt_on_error(state, id, &e).await {
+                    tracing::warn!(rollout = id, error = %format!("{e2:#}"), "recording the halt failed");
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+            }
+        }
+    }
+}
+
+async fn halt_on_error(state: &AppState, id: &str, e: &RegistryError) -> ApiResult<()> {
+    let _guard = state.rollouts.lock.lock().await;
+    let mut r = super::get(state, id)?;
+    r.state = RolloutState::Halted;
+    let msg = format!(
+        "halted at batch {}/{}: {e}",
+        r.current_batch + 1,
+        r.batch_count
+    );
+    finish(state, &mut r, msg).await
+}
+
+/// One step; `Ok(true)` to be called again.
+async fn step(state: &AppState, id: &str) -> ApiResult<bool> {
+    let _guard = state.rollouts.lock.lock().await;
+    let mut r = super::get(state, id)?;
+    match r.state {
+        RolloutState::Running => forward(state, &mut r).await,
+        RolloutState::RollingBack => back(state, &mut r).await,
+        _ => Ok(false),
+    }
+}
+
+fn timed_out(r: &Rollout) -> bool {
+    r.batch_started_at.is_some_and(|t| {
+        (Utc::now() - t).to_std().unwrap_or_default() > Duration::from_secs(r.timeout_secs)
+    })
+}
+
+fn progress_of(
+    state: &AppState,
+    r: &Rollout,
+    node: &str,
+    sha256: Option<&str>,
+) -> ApiResult<Progress> {
+    let Some(sha) = sha256 else {
+        return Ok(Progress::Converged);
+    };
+    let status = state.store.node(node)?.and_then(|n| n.status);
+    Ok(plan::node_progress(
+        state.generation(node),
+        status.as_ref(),
+        &r.payload,
+        sha,
+    ))
+}
+
+fn names(halt: &[(String, String)]) -> String {
+    halt.iter()
+        .map(|(id, why)| format!("node {id}: {why}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+async fn finish(state: &AppState, r: &mut Rollout, msg: String) -> ApiResult<()> {
+    r.message = msg.clone();
+    // The event first: whoever sees the new state also finds its event.
+    log(state, r, CRED, msg)?;
+    save(state, r)?;
+    state.store.flush().await?;
+    Ok(())
+}
+
+async fn forward(state: &AppState, r: &mut Rollout) -> ApiResult<bool> {
+    let (b, count) = (r.current_batch, r.batch_count);
+    if b >= count {
+        r.state = RolloutState::Done;
+        let msg = format!("done: {} node(s) at version {}", r.nodes.len(), r.version);
+        finish(state, r, msg).await?;
+        return Ok(false);
+    }
+    let batch: Vec<String> = r
+        .nodes
+        .iter()
+        .filter(|n| n.batch == b)
+        .map(|n| n.node_id.clone())
+        .collect();
+    if r.batch_started_at.is_none() {
+        let changes: Vec<_> = batch
+            .iter()
+            .map(|id| (id.clone(), r.payload.clone(), Some(r.version.clone())))
+            .collect();
+        let why = format!("rollout {} batch {}/{count}", r.id, b + 1);
+        crate::specs::set_payload_overrides(state, &changes, CRED, &why).await?;
+        for n in r.nodes.iter_mut().filter(|n| n.batch == b) {
+            n.state = RolloutNodeState::Applying;
+        }
+        r.batch_started_at = Some(Utc::now());
+        let msg = format!("batch {}/{count} started: {}", b + 1, batch.join(", "));
+        finish(state, r, msg).await?;
+        return Ok(true);
+    }
+    let mut progress = Vec::new();
+    for id in &batch {
+        progress.push((id.clone(), progress_of(state, r, id, Some(&r.sha256))?));
+    }
+    match plan::verdict(&progress, timed_out(r)) {
+        Verdict::Waiting => Ok(true),
+        Verdict::Converged => {
+            for n in r.nodes.iter_mut().filter(|n| n.batch == b) {
+                n.state = RolloutNodeState::Converged;
+            }
+            r.current_batch += 1;
+            r.batch_started_at = None;
+            let msg = format!(
+                "batch {}/{count} converged and attested: {}",
+                b + 1,
+                batch.join(", ")
+            );
+            finish(state, r, msg).await?;
+            Ok(true)
+        }
+        Verdict::Halt(failed) => {
+            for (id, why) in &failed {
+                if let Some(n) = r.nodes.iter_mut().find(|n| &n.node_id == id) {
+                    n.state = RolloutNodeState::Failed;
+                    n.error = Some(why.clone());
+                }
+            }
+            for (id, p) in &progress {
+                if *p == Progress::Converged {
+                    if let Some(n) = r.nodes.iter_mut().find(|n| &n.node_id == id) {
+                        n.state = RolloutNodeState::Converged;
+                    }
+                }
+            }
+            r.state = RolloutState::Halted;
+            let msg = format!("halted at batch {}/{count}: {}", b + 1, names(&failed));
+            finish(state, r, msg).await?;
+            Ok(false)
+        }
+    }
+}
+
+async fn back(state: &AppState, r: &mut Rollout) -> ApiResult<bool> {
+    let touched: Vec<usize> = (0..r.nodes.len())
+        .filter(|&i| r.nodes[i].state != RolloutNodeState::Waiting)
+        .collect();
+    if r.batch_started_at.is_none() {
+        let changes: Vec<_> = touched
+            .iter()
+            .map(|&i| {
+                let n = &r.nodes[i];
+                (
+                    n.node_id.clone(),
+                    r.payload.clone(),
+                    n.previous_override.clone(),
+                )
+            })
+            .collect();
+        let why = format!("rollout {} rollback", r.id);
+        crate::specs::set_payload_overrides(state, &changes, CRED, &why).await?;
+        r.batch_started_at = Some(Utc::now());
+        let ids: Vec<&str> = touched
+            .iter()
+            .map(|&i| r.nodes[i].node_id.as_str())
+            .collect();
+        let msg = format!(
+            "rollback applied to {} node(s): {}",
+            ids.len(),
+            ids.join(", ")
+        );
+        finish(state, r, msg).await?;
+        return Ok(true);
+    }
+    let mut progress = Vec::new();
+    for &i in &touched {
+        let n = &r.nodes[i];
+        progress.push((
+            n.node_id.clone(),
+            progress_of(state, r, &n.node_id, n.previous_sha256.as_deref())?,
+        ));
+    }
+    let failed = match plan::verdict(&progress, timed_out(r)) {
+        Verdict::Waiting => return Ok(true),
+        Verdict::Converged => vec![],
+        Verdict::Halt(f) => f,
+    };
+    for &i in &touched {
+        let n = &mut r.nodes[i];
+        match failed.iter().find(|(id, _)| *id == n.node_id) {
+            Some((_, why)) => {
+                n.state = RolloutNodeState::Failed;
+                n.error = Some(format!("rollback: {why}"));
+            }
+            None => {
+                n.state = RolloutNodeState::RolledBack;
+                n.error = None;
+            }
+        }
+    }
+    r.state = RolloutState::RolledBack;
+    let msg = if failed.is_empty() {
+        format!(
+            "rolled back: {} node(s) attest their previous version",
+            touched.len()
+        )
+    } else {
+        format!("rolled back, but not confirmed by {}", names(&failed))
+    };
+    finish(state, r, msg).await?;
+    Ok(false)
+}
