@@ -12,6 +12,7 @@ use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use sha2::Sha256;
 use steward_proto::api::{Alert, AlertKind, CredentialKind, EventKind};
+use steward_proto::{NodeStatus, ResourceKind};
 use tokio::sync::mpsc;
 use tracing::{info, warn, Instrument};
 
@@ -161,6 +162,34 @@ pub fn alert(kind: AlertKind, node_id: &str, resource: Option<&str>, message: St
     }
 }
 
+/// The alerts a new status raises against the one before it: a payload that turned drifted
+/// (wrong hash or missing) since the last status. Only transitions raise, so a drift reported in
+/// every status alerts once.
+pub fn from_status(node_id: &str, before: Option<&NodeStatus>, now: &NodeStatus) -> Vec<Alert> {
+    let drifted = |s: &NodeStatus| -> Vec<(String, String)> {
+        s.drift()
+            .into_iter()
+            .filter(|d| d.kind == ResourceKind::Payload)
+            .map(|d| (d.name, d.detail))
+            .collect()
+    };
+    let was: Vec<String> = before
+        .map(|b| drifted(b).into_iter().map(|(n, _)| n).collect())
+        .unwrap_or_default();
+    drifted(now)
+        .into_iter()
+        .filter(|(name, _)| !was.contains(name))
+        .map(|(name, detail)| {
+            alert(
+                AlertKind::PayloadDrift,
+                node_id,
+                Some(&name),
+                format!("payload {name} on node {node_id} drifted: {detail}"),
+            )
+        })
+        .collect()
+}
+
 /// Checks the config and starts the dispatcher; `None` when no webhook is configured.
 pub fn start(state: &AppState, cfg: &AlertsConfig) -> anyhow::Result<Option<AlertSender>> {
     let hooks = webhooks(cfg)?;
@@ -281,6 +310,39 @@ fn record(state: &AppState, kind: EventKind, node: &str, msg: String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn payload_drift_alerts_on_the_transition_only() {
+        use steward_proto::PayloadAttestation;
+        let status = |actual: Option<&str>| NodeStatus {
+            payloads: vec![PayloadAttestation {
+                name: "tool".into(),
+                version: "1".into(),
+                path: "/opt/tool".into(),
+                expected: "aa".into(),
+                actual: actual.map(str::to_string),
+            }],
+            ..Default::default()
+        };
+        let cases = [
+            (None, status(Some("aa")), 0),
+            (None, status(Some("bb")), 1),
+            (Some(status(Some("aa"))), status(Some("bb")), 1),
+            (Some(status(Some("aa"))), status(None), 1),
+            (Some(status(Some("bb"))), status(Some("bb")), 0),
+            (Some(status(Some("bb"))), status(None), 0),
+            (Some(status(Some("bb"))), status(Some("aa")), 0),
+        ];
+        for (i, (before, now, n)) in cases.iter().enumerate() {
+            let got = from_status("n1", before.as_ref(), now);
+            assert_eq!(got.len(), *n, "case {i}: {got:?}");
+            if let Some(a) = got.first() {
+                assert_eq!(a.kind, AlertKind::PayloadDrift);
+                assert_eq!(a.resource.as_deref(), Some("tool"));
+                assert!(a.message.contains("/opt/tool"), "{}", a.message);
+            }
+        }
+    }
 
     #[test]
     fn backoff_doubles_up_to_the_cap() {

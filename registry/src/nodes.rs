@@ -272,6 +272,8 @@ pub async fn put_status(state: &AppState, id: &str, status: NodeStatus) -> ApiRe
     };
     let summary = summarize(&status);
     let observed = status.observed_generation;
+    let before = state.store.node(id)?.and_then(|r| r.status);
+    let alerts = crate::alerts::from_status(id, before.as_ref(), &status);
     state.store.update_node(id, |r| {
         r.status = Some(status.clone());
         r.observed_generation = observed;
@@ -286,6 +288,9 @@ pub async fn put_status(state: &AppState, id: &str, status: NodeStatus) -> ApiRe
         CredentialKind::Node,
         summary,
     )?;
+    for a in alerts {
+        state.alert(a);
+    }
     Ok(())
 }
 

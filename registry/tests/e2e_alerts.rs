@@ -154,3 +154,54 @@ kinds = ["workload-failed"]
     let all = format!("{delivered:?}{failed:?}{}", r.log());
     assert!(!all.contains("do-not-log-me"), "{all}");
 }
+
+#[tokio::test]
+async fn a_payload_turning_drifted_alerts_once() {
+    let seen: Seen = Arc::default();
+    let port = receiver(seen.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("registry.toml");
+    std::fs::write(
+        &cfg,
+        format!("[[alerts.webhooks]]\nurl = \"http://127.0.0.1:{port}/hook\"\nkinds = [\"payload-drift\"]\n"),
+    )
+    .unwrap();
+    let r = Registry::start(&["--config", cfg.to_str().unwrap()]).await;
+    let (id, secret) = r.enroll("m-drift", json!({})).await;
+    let status = |actual: &str, digest: &str| {
+        json!({"observed_generation": 0, "resources": [], "digest": digest, "payloads": [
+            {"name": "tool", "version": "1", "path": "/opt/tool", "expected": "aa", "actual": actual}
+        ]})
+    };
+    // Matching, drifted, drifted again (another digest), matching: one alert.
+    for (actual, digest) in [("aa", "d1"), ("bb", "d2"), ("cc", "d3"), ("aa", "d4")] {
+        let (st, body) = r
+            .req(
+                reqwest::Method::PUT,
+                &format!("/v1/nodes/{id}/status"),
+                Some(&secret),
+                Some(status(actual, digest)),
+            )
+            .await;
+        assert!(st == 204 || st == 200, "{st} {body}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while events(&r, "alert-delivered").await.is_empty() {
+        assert!(Instant::now() < deadline, "no delivery:\n{}", r.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got = seen.lock().unwrap().clone();
+    assert_eq!(got.len(), 1, "{got:?}");
+    let body: Value = serde_json::from_slice(&got[0].1).unwrap();
+    assert_eq!(body["kind"], "payload-drift");
+    assert_eq!(body["resource"], "tool");
+    assert!(
+        body["message"].as_str().unwrap().contains("sha256 bb"),
+        "{body}"
+    );
+    assert!(
+        got[0].0.get("x-steward-signature").is_none(),
+        "no secret, no signature"
+    );
+}
