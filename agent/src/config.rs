@@ -67,6 +67,8 @@ struct FileConfig {
     watchdog_max_pass: Option<String>,
     #[serde(default)]
     policy: Policy,
+    #[serde(default)]
+    heal: crate::heal::HealConfig,
 }
 
 /// The resolved configuration.
@@ -88,6 +90,8 @@ pub struct AgentConfig {
     /// Longest a reconcile pass may run before the systemd watchdog is no longer fed.
     pub watchdog_max_pass: Duration,
     pub policy: Policy,
+    /// The escalation ladder's pace (`[heal]`).
+    pub heal: crate::heal::ladder::LadderPolicy,
 }
 
 impl std::fmt::Debug for AgentConfig {
@@ -109,6 +113,7 @@ impl std::fmt::Debug for AgentConfig {
             .field("lab_cidr_template", &self.lab_cidr_template)
             .field("watchdog_max_pass", &self.watchdog_max_pass)
             .field("policy", &self.policy)
+            .field("heal", &self.heal)
             .finish()
     }
 }
@@ -163,6 +168,7 @@ impl AgentConfig {
             watchdog_max_pass: duration("watchdog_max_pass", file.watchdog_max_pass)?
                 .unwrap_or(Duration::from_secs(15 * 60)),
             policy: file.policy,
+            heal: file.heal.resolve()?,
         };
         crate::network::lab::check_template(&cfg.lab_cidr_template)
             .map_err(|e| anyhow::anyhow!("config field {e}"))?;

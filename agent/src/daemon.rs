@@ -107,6 +107,7 @@ pub async fn run(
         Some(cfg.registry.clone().unwrap_or(identity.registry.clone())),
     )
     .with_link_events(feed)
+    .with_heal(cfg.heal, Some(store.clone()))
     .with_payloads(crate::payload::Payloads::new(
         &cfg.data_dir,
         Some(store.clone()),

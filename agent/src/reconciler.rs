@@ -12,6 +12,8 @@ use steward_proto::{NodeSpec, NodeStatus, ResourceKind, ResourceState, ResourceS
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::docker::Docker;
+use crate::heal::containers::{heal, HealState, Healed};
+use crate::heal::ladder::LadderPolicy;
 use crate::network::{EventFeed, NetOutcome, Networks};
 use crate::reconcile::{plan, Action, Policy, Verdict};
 use crate::store::Store;
@@ -26,6 +28,16 @@ pub struct Reconciler {
     starts: HashMap<String, u32>,
     networks: Networks,
     payloads: crate::payload::Payloads,
+    heal: Heal,
+}
+
+/// The escalation ladders of the containers and where they are kept.
+#[derive(Default)]
+struct Heal {
+    policy: LadderPolicy,
+    store: Option<Store>,
+    /// Loaded from the store on first use.
+    state: Option<HealState>,
 }
 
 /// Digest of a status (everything but the digest field itself).
@@ -51,6 +63,7 @@ fn resource(
         error,
         restarts: 0,
         escalation_level: 0,
+        escalation: None,
     }
 }
 
@@ -87,7 +100,18 @@ impl Reconciler {
                 None,
             ),
             payloads: crate::payload::Payloads::disabled(),
+            heal: Heal::default(),
         }
+    }
+
+    /// Self-healing: the ladders climb at `policy`'s pace and are kept in `store`.
+    pub fn with_heal(mut self, policy: LadderPolicy, store: Option<Store>) -> Self {
+        self.heal = Heal {
+            policy,
+            store,
+            state: None,
+        };
+        self
     }
 
     /// Payloads: blob cache, records and downloads (see `payload`).
@@ -272,7 +296,8 @@ impl Reconciler {
             .filter(|o| o.managed)
             .map(|o| (o.name.clone(), o.restart_count))
             .collect();
-        let plan = plan(&spec.containers, &observed, &self.policy, &self.node_id);
+        let mut plan = plan(&spec.containers, &observed, &self.policy, &self.node_id);
+        let healed = self.heal_containers(spec, &observed, &mut plan).await;
         let mut failed: BTreeMap<String, String> = BTreeMap::new();
         let node_id = self.node_id.clone();
         let Ok(docker) = self.docker().await.cloned() else {
@@ -323,6 +348,15 @@ impl Reconciler {
                         *self.starts.entry(name.clone()).or_default() += 1;
                         docker.start(id).await
                     }
+                    Action::Restart { id, .. } => {
+                        *self.starts.entry(name.clone()).or_default() += 1;
+                        info!("restarting (escalation)");
+                        docker.restart(id).await
+                    }
+                    Action::Stop { id, .. } => {
+                        warn!("stopping: escalation exhausted, the container stays stopped");
+                        docker.stop(id).await
+                    }
                     Action::Remove { id, reason, .. } => {
                         info!(%reason, "removing");
                         docker.remove(id).await
@@ -355,12 +389,73 @@ impl Reconciler {
                         }
                     }
                 };
+                let (state, error) = match healed.failed.get(&name) {
+                    Some(why) if state != ResourceState::Conflict => {
+                        (ResourceState::Failed, Some(why.clone()))
+                    }
+                    _ => (state, error),
+                };
                 let mut r = resource(ResourceKind::Container, &name, state, error);
+                if let Some((level, e)) = healed.escalation.get(&name) {
+                    r.escalation_level = *level;
+                    if r.error.is_none() {
+                        r.error = Some(format!(
+                            "failing: escalation at {} (attempt {})",
+                            e.position, e.attempts
+                        ));
+                    }
+                    r.escalation = Some(e.clone());
+                }
                 r.restarts = restart_counts.get(&name).copied().unwrap_or(0)
                     + self.starts.get(&name).copied().unwrap_or(0);
                 r
             })
             .collect()
+    }
+}
+
+impl Reconciler {
+    /// Walks the failing containers' ladders (rewriting `plan`) and stores them if they moved.
+    async fn heal_containers(
+        &mut self,
+        spec: &NodeSpec,
+        observed: &crate::reconcile::Observed,
+        plan: &mut crate::reconcile::Plan,
+    ) -> Healed {
+        let h = &mut self.heal;
+        let state = h.state.get_or_insert_with(|| {
+            h.store
+                .as_ref()
+                .map(|s| {
+                    s.heal_state().unwrap_or_else(|e| {
+                        warn!(error = %e, "reading the escalation ladders failed; starting afresh");
+                        HealState::default()
+                    })
+                })
+                .unwrap_or_default()
+        });
+        let before = state.clone();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let healed = heal(
+            state,
+            &spec.containers,
+            observed,
+            plan,
+            &h.policy,
+            &self.node_id,
+            now,
+        );
+        if *state != before {
+            if let Some(store) = &h.store {
+                if let Err(e) = store.save_heal_state(state).await {
+                    warn!(error = %e, "storing the escalation ladders failed");
+                }
+            }
+        }
+        healed
     }
 }
 

@@ -59,8 +59,9 @@ pub async fn apply_watch(cfg: AgentConfig, path: String) -> anyhow::Result<()> {
         node_id.clone(),
     );
     let rec = Reconciler::new(cfg.docker_socket.clone(), cfg.policy.clone(), node_id)
-        .with_networks(cfg.lab_cidr_template.clone(), Some(store), registry)
+        .with_networks(cfg.lab_cidr_template.clone(), Some(store.clone()), registry)
         .with_link_events(feed.clone())
+        .with_heal(cfg.heal, Some(store.clone()))
         .with_payloads(payloads);
     let (spec_tx, spec_rx) = watch::channel(Some(StoredSpec {
         generation: 1,

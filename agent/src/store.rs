@@ -166,6 +166,7 @@ const SPEC_KEY: &str = "spec";
 const NET_LINKS_KEY: &str = "network-links";
 const NET_LEASES_KEY: &str = "network-leases";
 const PAYLOADS_KEY: &str = "payloads";
+const HEAL_KEY: &str = "heal";
 
 impl Store {
     pub fn open(paths: &Paths) -> Result<Self, StoreError> {
@@ -253,6 +254,19 @@ impl Store {
         r: &crate::payload::PayloadRecords,
     ) -> Result<(), StoreError> {
         self.put(PAYLOADS_KEY, r)
+    }
+
+    /// The containers' escalation ladders.
+    pub fn heal_state(&self) -> Result<crate::heal::containers::HealState, StoreError> {
+        Ok(self.get(HEAL_KEY)?.unwrap_or_default())
+    }
+
+    /// Records the escalation ladders durably.
+    pub async fn save_heal_state(
+        &self,
+        s: &crate::heal::containers::HealState,
+    ) -> Result<(), StoreError> {
+        self.put(HEAL_KEY, s)
     }
 }
 

@@ -243,6 +243,25 @@ pub struct ResourceStatus {
     pub restarts: u32,
     #[serde(default)]
     pub escalation_level: u32,
+    /// Where the workload stands on its escalation ladder; absent while it has not failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalation: Option<Escalation>,
+}
+
+/// A workload's escalation ladder (restart → recreate, VMs: restart → reset → recreate → failed).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Escalation {
+    /// `restart`, `reset`, `recreate`, or `failed` (the top: left stopped until reset).
+    pub position: String,
+    /// Attempts made on the current rung.
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_action: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_action_at: Option<DateTime<Utc>>,
+    /// No further step before this time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_step_at: Option<DateTime<Utc>>,
 }
 
 /// A payload as found on disk.

@@ -163,8 +163,8 @@ pub fn alert(kind: AlertKind, node_id: &str, resource: Option<&str>, message: St
 }
 
 /// The alerts a new status raises against the one before it: a payload that turned drifted
-/// (wrong hash or missing) since the last status. Only transitions raise, so a drift reported in
-/// every status alerts once.
+/// (wrong hash or missing), a workload that reached the top of its escalation ladder. Only
+/// transitions raise, so a state reported in every status alerts once.
 pub fn from_status(node_id: &str, before: Option<&NodeStatus>, now: &NodeStatus) -> Vec<Alert> {
     let drifted = |s: &NodeStatus| -> Vec<(String, String)> {
         s.drift()
@@ -176,7 +176,7 @@ pub fn from_status(node_id: &str, before: Option<&NodeStatus>, now: &NodeStatus)
     let was: Vec<String> = before
         .map(|b| drifted(b).into_iter().map(|(n, _)| n).collect())
         .unwrap_or_default();
-    drifted(now)
+    let mut out: Vec<Alert> = drifted(now)
         .into_iter()
         .filter(|(name, _)| !was.contains(name))
         .map(|(name, detail)| {
@@ -187,7 +187,36 @@ pub fn from_status(node_id: &str, before: Option<&NodeStatus>, now: &NodeStatus)
                 format!("payload {name} on node {node_id} drifted: {detail}"),
             )
         })
-        .collect()
+        .collect();
+    // Workloads that reached the top of their escalation ladder since the last status.
+    let failed = |s: &NodeStatus| -> Vec<(String, String)> {
+        s.resources
+            .iter()
+            .filter(|r| {
+                r.escalation
+                    .as_ref()
+                    .is_some_and(|e| e.position == "failed")
+            })
+            .map(|r| (r.name.clone(), r.error.clone().unwrap_or_default()))
+            .collect()
+    };
+    let was_failed: Vec<String> = before
+        .map(|b| failed(b).into_iter().map(|(n, _)| n).collect())
+        .unwrap_or_default();
+    out.extend(
+        failed(now)
+            .into_iter()
+            .filter(|(name, _)| !was_failed.contains(name))
+            .map(|(name, why)| {
+                alert(
+                    AlertKind::WorkloadFailed,
+                    node_id,
+                    Some(&name),
+                    format!("workload {name} on node {node_id} {why}"),
+                )
+            }),
+    );
+    out
 }
 
 /// Checks the config and starts the dispatcher; `None` when no webhook is configured.

@@ -171,6 +171,7 @@ impl Docker {
                 state,
                 exit_code,
                 restart_count: 0,
+                health: None,
                 config: ObservedConfig {
                     image: s.image.unwrap_or_default(),
                     ..Default::default()
@@ -183,6 +184,12 @@ impl Docker {
             Err(e) => return Err(DockerError::engine(format!("inspect container {id}"), &e)),
         };
         let state = inspect.state.unwrap_or_default();
+        let health = state
+            .health
+            .as_ref()
+            .and_then(|h| h.status)
+            .map(|s| s.to_string())
+            .filter(|s| !s.is_empty() && s != "none");
         let state_word = state.status.map(|st| st.to_string()).unwrap_or_default();
         let running = state.running.unwrap_or(false);
         let exit_code = match state_word.as_str() {
@@ -208,6 +215,7 @@ impl Docker {
                 .restart_count
                 .map(|n| u32::try_from(n.max(0)).unwrap_or(u32::MAX))
                 .unwrap_or(0),
+            health,
             config: ObservedConfig {
                 image: inspect.config.and_then(|c| c.image).unwrap_or_default(),
                 memory: host.memory.unwrap_or(0),
@@ -329,6 +337,24 @@ impl Docker {
             .await
             .map_err(|e| DockerError::engine(format!("restart container {name}"), &e))?;
         Ok(true)
+    }
+
+    /// Restarts a container (by id): stop (10 s grace) then start.
+    pub async fn restart(&self, id: &str) -> Result<(), DockerError> {
+        self.api
+            .restart_container(id, None)
+            .await
+            .map_err(|e| DockerError::engine(format!("restart container {id}"), &e))
+    }
+
+    /// Stops a container (by id); Docker's restart policy leaves a container stopped this way
+    /// alone. Stopping a stopped one succeeds.
+    pub async fn stop(&self, id: &str) -> Result<(), DockerError> {
+        match self.api.stop_container(id, None).await {
+            Ok(()) => Ok(()),
+            Err(e) if status(&e) == Some(304) => Ok(()),
+            Err(e) => Err(DockerError::engine(format!("stop container {id}"), &e)),
+        }
     }
 
     /// Force-removes a container (by id or name), killing it if it runs. Named volumes are kept;

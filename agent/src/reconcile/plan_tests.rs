@@ -21,6 +21,7 @@ fn running(c: &ContainerSpec) -> ObservedContainer {
         state: "running".into(),
         exit_code: None,
         restart_count: 0,
+        health: None,
         config: ObservedConfig {
             image: c.image.clone(),
             memory,

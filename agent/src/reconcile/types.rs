@@ -42,6 +42,8 @@ pub struct ObservedContainer {
     pub state: String,
     pub exit_code: Option<i64>,
     pub restart_count: u32,
+    /// Docker's health check verdict (`starting`, `healthy`, `unhealthy`), when it has one.
+    pub health: Option<String>,
     pub config: ObservedConfig,
 }
 
@@ -72,6 +74,10 @@ pub enum Action {
         old_id: String,
         reason: String,
     },
+    /// Restart a managed container (the escalation ladder's first rung).
+    Restart { name: String, id: String },
+    /// Stop a managed container and leave it stopped (the top of the ladder: failed).
+    Stop { name: String, id: String },
     /// Remove a managed container no longer wanted (or a stray duplicate).
     Remove {
         name: String,
@@ -87,6 +93,8 @@ impl Action {
             Action::Pull { .. } => "pull",
             Action::Create { .. } => "create",
             Action::Start { .. } => "start",
+            Action::Restart { .. } => "restart",
+            Action::Stop { .. } => "stop",
             Action::Recreate { .. } => "recreate",
             Action::Remove { .. } => "remove",
         }
@@ -97,7 +105,10 @@ impl Action {
         match self {
             Action::Pull { .. } => None,
             Action::Create { spec, .. } | Action::Recreate { spec, .. } => Some(&spec.name),
-            Action::Start { name, .. } | Action::Remove { name, .. } => Some(name),
+            Action::Start { name, .. }
+            | Action::Restart { name, .. }
+            | Action::Stop { name, .. }
+            | Action::Remove { name, .. } => Some(name),
         }
     }
 }

@@ -62,11 +62,19 @@ pub struct Registry {
     pub dir: tempfile::TempDir,
     pub admin: String,
     pub http: reqwest::Client,
+    /// Extra `serve` arguments.
+    pub extra: Vec<String>,
 }
 
 impl Registry {
     pub async fn start() -> Registry {
+        Self::start_with(&[]).await
+    }
+
+    /// Starts a registry with extra `serve` arguments.
+    pub async fn start_with(extra: &[&str]) -> Registry {
         let mut r = Registry {
+            extra: extra.iter().map(|s| s.to_string()).collect(),
             child: None,
             port: free_port(),
             dir: tempfile::tempdir().unwrap(),
@@ -92,6 +100,7 @@ impl Registry {
                 .arg(format!("127.0.0.1:{}", self.port))
                 .arg("--data-dir")
                 .arg(self.dir.path().join("data"))
+                .args(&self.extra)
                 .stdout(Stdio::null())
                 .stderr(log)
                 .spawn()

@@ -212,6 +212,7 @@ mod tests {
                     error: (s == ResourceState::Failed).then(|| "sha256 mismatch".into()),
                     restarts: 0,
                     escalation_level: 0,
+                    escalation: None,
                 })
                 .into_iter()
                 .collect(),

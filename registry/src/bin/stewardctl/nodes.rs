@@ -270,6 +270,7 @@ mod tests {
             error: None,
             restarts: 0,
             escalation_level: 0,
+            escalation: None,
         };
         let st = NodeStatus {
             resources: vec![
