@@ -116,6 +116,10 @@ pub struct PayloadRecord {
     /// The sha256 last loaded into the Docker engine (`docker-image` payloads).
     #[serde(default)]
     pub image_loaded: Option<String>,
+    /// The image references that load produced (checked every pass; loaded again when one is
+    /// gone from the engine).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<String>,
 }
 
 /// The payload records, by path.
@@ -461,10 +465,11 @@ impl Payloads {
         if let Some(h) = &hashed {
             self.hashes.insert(p.path.clone(), h.clone());
         }
-        let image_loaded = records
+        let (image_loaded, images) = records
             .get(&p.path)
-            .and_then(|r| r.image_loaded.clone())
-            .filter(|s| s == sha256);
+            .filter(|r| r.image_loaded.as_deref() == Some(sha256))
+            .map(|r| (r.image_loaded.clone(), r.images.clone()))
+            .unwrap_or_default();
         records.insert(
             p.path.clone(),
             PayloadRecord {
@@ -473,6 +478,7 @@ impl Payloads {
                 sha256: sha256.to_string(),
                 hashed,
                 image_loaded,
+                images,
             },
         );
     }
@@ -555,11 +561,23 @@ impl Payloads {
         docker: Option<&Docker>,
         records: &mut PayloadRecords,
     ) -> Result<(), PayloadError> {
-        let done = records
+        let loaded = records
             .get(&p.path)
-            .is_some_and(|r| r.image_loaded.as_deref() == Some(expected));
-        if done {
-            return Ok(());
+            .filter(|r| r.image_loaded.as_deref() == Some(expected))
+            .map(|r| r.images.clone());
+        if let (Some(refs), Some(d)) = (&loaded, docker) {
+            let mut all = true;
+            for r in refs {
+                if !d.image_exists(r).await.unwrap_or(true) {
+                    warn!(path = %p.path, image = %r, "an image of a docker-image payload is gone from the engine; loading it again");
+                    all = false;
+                }
+            }
+            if all {
+                return Ok(());
+            }
+        } else if loaded.is_some() {
+            return Ok(()); // no engine to check against right now
         }
         let d = docker.ok_or_else(|| {
             PayloadError::Docker(
@@ -573,6 +591,7 @@ impl Payloads {
         info!(path = %p.path, images = ?refs, "docker-image payload loaded");
         if let Some(r) = records.get_mut(&p.path) {
             r.image_loaded = Some(expected.to_string());
+            r.images = refs;
         }
         Ok(())
     }
