@@ -85,6 +85,20 @@ fn main() -> ExitCode {
     let results = harness::results_dir();
     std::fs::create_dir_all(&results).unwrap();
     let base = results.parent().unwrap().to_path_buf();
+    // Peak use: the source, the registry's copy, curl's copy or the agent's cache + target.
+    if let Ok(v) = nix::sys::statvfs::statvfs(&base) {
+        let free = v.blocks_available().saturating_mul(v.fragment_size());
+        if free < 5 * size {
+            println!(
+                "not enough free space in {}: {} MiB free, the bench needs {} MiB (5 × the \
+                 payload); free some or set STEWARD_BENCH_PAYLOAD_MIB lower",
+                base.display(),
+                free >> 20,
+                (5 * size) >> 20
+            );
+            return ExitCode::FAILURE;
+        }
+    }
     let work = tempfile::Builder::new()
         .prefix("payload-bench-")
         .tempdir_in(&base)

@@ -284,6 +284,14 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_parses() {
+        let f: FileConfig =
+            toml::from_str(include_str!("../../packaging/agent.toml.example")).unwrap();
+        assert_eq!(f.policy.attest_rehash_secs, Some(3600));
+        assert_eq!(f.policy.payload_drift, crate::payload::DriftPolicy::Restore);
+    }
+
+    #[test]
     fn payload_policy_defaults_file_and_bad_values() {
         let c = AgentConfig::resolve(AgentArgs::default()).unwrap();
         assert!(c.policy.payload_roots.is_empty());

@@ -1,7 +1,7 @@
 //! `docker-image` payloads end to end: a `docker save` tarball uploaded to the real registry is
 //! deployed by the real agent, loaded into the real engine, and a container of the same spec
 //! runs from it (no image can be pulled here); a new version restarts the containers
-//! `on_change` names.
+//! `on_change` names; an image removed from the engine by hand is loaded again.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -100,4 +100,15 @@ async fn docker_image_payload_is_loaded_and_a_container_runs_from_it() {
     );
     let att = r.attestations(&a.node_id).await;
     assert_eq!(att[0]["actual"], sha2.as_str());
+
+    // An image removed from the engine by hand is loaded again from the deployed payload.
+    docker(&["rmi", &extra]);
+    wait_for(30, "the removed tag to be loaded again", || async {
+        let out = std::process::Command::new("docker")
+            .args(["image", "inspect", &extra])
+            .output()
+            .ok()?;
+        out.status.success().then_some(())
+    })
+    .await;
 }

@@ -316,6 +316,18 @@ impl Docker {
         }
     }
 
+    /// Whether the engine has an image by this reference (`repo:tag`, `sha256:...`).
+    pub async fn image_exists(&self, reference: &str) -> Result<bool, DockerError> {
+        match self.api.inspect_image(reference).await {
+            Ok(_) => Ok(true),
+            Err(e) if status(&e) == Some(404) => Ok(false),
+            Err(e) => Err(DockerError::engine(
+                format!("inspect image {reference}"),
+                &e,
+            )),
+        }
+    }
+
     /// Restarts the container `name` if it exists and belongs to `node_id` (Steward labels);
     /// true when it was restarted. A missing container is `Ok(false)`; one not owned by this
     /// node is refused.

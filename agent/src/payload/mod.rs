@@ -12,6 +12,7 @@
 //! hold the expected content, which the agent then records as its own).
 
 pub mod attest;
+mod error;
 pub mod fetch;
 pub mod install;
 pub mod plan;
@@ -33,76 +34,11 @@ use crate::docker::Docker;
 use crate::reconcile::Policy;
 use crate::store::Store;
 pub use attest::{hash_file, Hashed};
+pub use error::PayloadError;
 pub use plan::DriftPolicy;
 
 /// Full re-hash period when `policy.attest_rehash_secs` is not set.
 pub const DEFAULT_REHASH_SECS: u64 = 3600;
-
-/// Everything that can go wrong with a payload; each message names the path or blob and what
-/// to do.
-#[derive(Debug, thiserror::Error)]
-pub enum PayloadError {
-    #[error("payload path {path:?} is refused by this node's policy: {reason}")]
-    PathRefused { path: String, reason: String },
-    #[error(
-        "payload path {}: {} is a symbolic link; payload paths may not pass through symbolic \
-         links (use the real directory in the spec)", path.display(), link.display()
-    )]
-    SymlinkInPath { path: PathBuf, link: PathBuf },
-    #[error("payload path {}: {} exists and is not a directory", path.display(), what.display())]
-    NotADirectory { path: PathBuf, what: PathBuf },
-    #[error(
-        "the payload root {} does not exist; create it (it is listed in policy.payload_roots)",
-        root.display()
-    )]
-    RootMissing { root: PathBuf },
-    #[error(
-        "payload {name} has no sha256: the registry pins it when the spec is written; write the \
-         spec through the registry"
-    )]
-    Unpinned { name: String },
-    #[error(
-        "{what} is corrupt: expected sha256 {expected}, got {actual} ({bytes} bytes); the \
-         target was not replaced"
-    )]
-    HashMismatch {
-        what: &'static str,
-        expected: String,
-        actual: String,
-        bytes: u64,
-    },
-    #[error("downloading blob {sha256} failed: {reason}")]
-    Download { sha256: String, reason: String },
-    #[error(
-        "blob {sha256} is not in the cache ({}) and there is no registry to download it from",
-        dir.display()
-    )]
-    NoRegistry { sha256: String, dir: PathBuf },
-    #[error("mode {0:?} is not an octal file mode")]
-    BadMode(String),
-    #[error("owner {owner:?}: {reason}")]
-    BadOwner { owner: String, reason: String },
-    #[error("cannot {op} {}: {source}", path.display())]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("docker-image payload: {0}")]
-    Docker(String),
-    #[error("payloads need the agent's data directory (for the blob cache and records)")]
-    NoDataDir,
-}
-
-impl PayloadError {
-    pub(crate) fn io(op: &'static str, path: &Path, source: std::io::Error) -> Self {
-        PayloadError::Io {
-            op,
-            path: path.to_path_buf(),
-            source,
-        }
-    }
-}
 
 /// What the agent deployed at a path (kept in the store, keyed by path).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,6 +52,10 @@ pub struct PayloadRecord {
     /// The sha256 last loaded into the Docker engine (`docker-image` payloads).
     #[serde(default)]
     pub image_loaded: Option<String>,
+    /// The image references that load produced (checked every pass; loaded again when one is
+    /// gone from the engine).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<String>,
 }
 
 /// The payload records, by path.
@@ -462,10 +402,11 @@ impl Payloads {
         if let Some(h) = &hashed {
             self.hashes.insert(p.path.clone(), h.clone());
         }
-        let image_loaded = records
+        let (image_loaded, images) = records
             .get(&p.path)
-            .and_then(|r| r.image_loaded.clone())
-            .filter(|s| s == sha256);
+            .filter(|r| r.image_loaded.as_deref() == Some(sha256))
+            .map(|r| (r.image_loaded.clone(), r.images.clone()))
+            .unwrap_or_default();
         records.insert(
             p.path.clone(),
             PayloadRecord {
@@ -474,6 +415,7 @@ impl Payloads {
                 sha256: sha256.to_string(),
                 hashed,
                 image_loaded,
+                images,
             },
         );
     }
@@ -556,11 +498,23 @@ impl Payloads {
         docker: Option<&Docker>,
         records: &mut PayloadRecords,
     ) -> Result<(), PayloadError> {
-        let done = records
+        let loaded = records
             .get(&p.path)
-            .is_some_and(|r| r.image_loaded.as_deref() == Some(expected));
-        if done {
-            return Ok(());
+            .filter(|r| r.image_loaded.as_deref() == Some(expected))
+            .map(|r| r.images.clone());
+        if let (Some(refs), Some(d)) = (&loaded, docker) {
+            let mut all = true;
+            for r in refs {
+                if !d.image_exists(r).await.unwrap_or(true) {
+                    warn!(path = %p.path, image = %r, "an image of a docker-image payload is gone from the engine; loading it again");
+                    all = false;
+                }
+            }
+            if all {
+                return Ok(());
+            }
+        } else if loaded.is_some() {
+            return Ok(()); // no engine to check against right now
         }
         let d = docker.ok_or_else(|| {
             PayloadError::Docker(
@@ -574,6 +528,7 @@ impl Payloads {
         info!(path = %p.path, images = ?refs, "docker-image payload loaded");
         if let Some(r) = records.get_mut(&p.path) {
             r.image_loaded = Some(expected.to_string());
+            r.images = refs;
         }
         Ok(())
     }
