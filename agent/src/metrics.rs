@@ -246,6 +246,7 @@ mod tests {
             error: None,
             restarts: 1,
             escalation_level: 0,
+            detail: None,
         });
         m.reconciled(Duration::from_millis(20), &st);
         st.resources[0].restarts = 3;

@@ -49,6 +49,7 @@ fn resource(
         error,
         restarts: 0,
         escalation_level: 0,
+        detail: None,
     }
 }
 

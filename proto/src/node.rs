@@ -181,6 +181,10 @@ pub struct ResourceStatus {
     pub restarts: u32,
     #[serde(default)]
     pub escalation_level: u32,
+    /// Extra facts about a converged resource, e.g. a VM's accelerator ("tcg (KVM not used:
+    /// ...)"). Absent in older agents' reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// A payload as found on disk.

@@ -31,6 +31,7 @@ fn record(i: usize) -> NodeRecord {
         error: (state == ResourceState::Failed).then(|| "pull failed: manifest unknown".into()),
         restarts: (i % 4) as u32,
         escalation_level: 0,
+        detail: None,
     };
     let failing = i % 50 == 0;
     let drifted = i % 70 == 0;

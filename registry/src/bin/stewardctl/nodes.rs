@@ -248,6 +248,7 @@ mod tests {
             error: None,
             restarts: 0,
             escalation_level: 0,
+            detail: None,
         };
         let st = NodeStatus {
             resources: vec![
