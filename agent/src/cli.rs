@@ -103,7 +103,8 @@ pub async fn apply(cfg: &AgentConfig, path: &str) -> anyhow::Result<NodeStatus> 
         .map(|i| i.node_id)
         .unwrap_or_else(|| "local".into());
     let mut rec = Reconciler::new(cfg.docker_socket.clone(), cfg.policy.clone(), node_id)
-        .with_networks(cfg.lab_cidr_template.clone(), Some(store), registry);
+        .with_networks(cfg.lab_cidr_template.clone(), Some(store), registry)
+        .with_vms(cfg.vms.clone());
     let status = rec.reconcile(0, &spec).await;
     paths.save_status(&status)?;
     Ok(status)

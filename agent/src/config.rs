@@ -47,6 +47,12 @@ pub struct AgentArgs {
     /// Address of the Prometheus metrics endpoint (GET /metrics), or "off" [default: 127.0.0.1:9475].
     #[arg(long, env = "STEWARD_METRICS_LISTEN", global = true)]
     pub metrics_listen: Option<String>,
+    /// Directory holding one directory per VM [default: /var/lib/steward/vms].
+    #[arg(long, env = "STEWARD_VM_DIR", global = true)]
+    pub vm_dir: Option<PathBuf>,
+    /// VM accelerator: auto (KVM when it works, else TCG), kvm or tcg [default: auto].
+    #[arg(long, env = "STEWARD_VM_ACCEL", global = true)]
+    pub vm_accel: Option<String>,
 }
 
 /// The config file's shape. Unknown fields are refused.
@@ -64,6 +70,9 @@ struct FileConfig {
     backoff_max: Option<String>,
     metrics_listen: Option<String>,
     lab_cidr_template: Option<String>,
+    vm_dir: Option<PathBuf>,
+    vm_accel: Option<String>,
+    vm_stop_timeout: Option<String>,
     #[serde(default)]
     policy: Policy,
 }
@@ -84,6 +93,8 @@ pub struct AgentConfig {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Subnet of a lab without `cidr`, e.g. `192.168.{vlan}.0/24` (see `network::lab`).
     pub lab_cidr_template: String,
+    /// VM directory, accelerator, stop timeout.
+    pub vms: crate::vm::VmSettings,
     pub policy: Policy,
 }
 
@@ -104,6 +115,7 @@ impl std::fmt::Debug for AgentConfig {
             .field("backoff_max", &self.backoff_max)
             .field("metrics_listen", &self.metrics_listen)
             .field("lab_cidr_template", &self.lab_cidr_template)
+            .field("vms", &self.vms)
             .field("policy", &self.policy)
             .finish()
     }
@@ -156,6 +168,22 @@ impl AgentConfig {
             lab_cidr_template: file
                 .lab_cidr_template
                 .unwrap_or_else(|| crate::network::lab::DEFAULT_LAB_TEMPLATE.to_string()),
+            vms: crate::vm::VmSettings {
+                dir: args
+                    .vm_dir
+                    .or(file.vm_dir)
+                    .unwrap_or_else(|| PathBuf::from("/var/lib/steward/vms")),
+                accel: args
+                    .vm_accel
+                    .or(file.vm_accel)
+                    .map(|a| a.parse())
+                    .transpose()
+                    .map_err(|e| anyhow::anyhow!("config field vm_accel: {e}"))?
+                    .unwrap_or_default(),
+                stop_timeout: duration("vm_stop_timeout", file.vm_stop_timeout)?
+                    .unwrap_or(Duration::from_secs(30)),
+                ..Default::default()
+            },
             policy: file.policy,
         };
         crate::network::lab::check_template(&cfg.lab_cidr_template)
@@ -209,6 +237,34 @@ mod tests {
         assert_eq!(c.policy.allowed_bind_roots, [PathBuf::from("/srv")]);
         assert_eq!(c.data_dir, PathBuf::from("/var/lib/steward"));
         assert_eq!(c.metrics_listen, Some(([127, 0, 0, 1], 9475).into()));
+        assert_eq!(c.vms.dir, PathBuf::from("/var/lib/steward/vms"));
+        assert_eq!(c.vms.accel, crate::vm::Accel::Auto);
+    }
+
+    #[test]
+    fn vm_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.toml");
+        std::fs::write(
+            &p,
+            "vm_dir = \"/srv/vms\"\nvm_accel = \"tcg\"\nvm_stop_timeout = \"5s\"\n",
+        )
+        .unwrap();
+        let c = AgentConfig::resolve(AgentArgs {
+            config: Some(p.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.vms.dir, PathBuf::from("/srv/vms"));
+        assert_eq!(c.vms.accel, crate::vm::Accel::Tcg);
+        assert_eq!(c.vms.stop_timeout, Duration::from_secs(5));
+        let e = AgentConfig::resolve(AgentArgs {
+            config: Some(p),
+            vm_accel: Some("xen".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("vm_accel"), "{e:#}");
     }
 
     #[test]

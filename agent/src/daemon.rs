@@ -100,7 +100,8 @@ pub async fn run(
         cfg.lab_cidr_template.clone(),
         Some(store.clone()),
         Some(cfg.registry.clone().unwrap_or(identity.registry.clone())),
-    );
+    )
+    .with_vms(cfg.vms.clone());
     let recon = tokio::spawn(reconcile_loop(
         cfg.clone(),
         rec,

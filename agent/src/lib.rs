@@ -11,3 +11,4 @@ pub mod network;
 pub mod reconcile;
 pub mod reconciler;
 pub mod store;
+pub mod vm;

@@ -1,7 +1,7 @@
 //! The reconciler's I/O side: observe through the drivers, plan, apply the plan, and turn the
 //! outcome into a `NodeStatus`. Order of a pass: host networks (creations and changes), then
-//! containers (Docker networks on managed bridges first), then the deletion of managed links no
-//! longer wanted.
+//! containers (Docker networks on managed bridges first), then VMs (`vm/`), then the deletion of
+//! managed links no longer wanted.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -24,6 +24,7 @@ pub struct Reconciler {
     /// Starts the agent made per container since it started (added to Docker's own count).
     starts: HashMap<String, u32>,
     networks: Networks,
+    vms: Option<crate::vm::Vms>,
 }
 
 /// Digest of a status (everything but the digest field itself).
@@ -61,14 +62,6 @@ fn unsupported(spec: &NodeSpec) -> Vec<ResourceStatus> {
             "{what} are not supported by this agent version yet"
         ))
     };
-    for v in &spec.vms {
-        out.push(resource(
-            ResourceKind::Vm,
-            &v.name,
-            ResourceState::Pending,
-            msg("virtual machines"),
-        ));
-    }
     for p in &spec.payloads {
         out.push(resource(
             ResourceKind::Payload,
@@ -93,7 +86,14 @@ impl Reconciler {
                 None,
                 None,
             ),
+            vms: None,
         }
+    }
+
+    /// VMs with these settings (without this, a spec's VMs are reported failed).
+    pub fn with_vms(mut self, settings: crate::vm::VmSettings) -> Self {
+        self.vms = Some(crate::vm::Vms::new(settings, self.node_id.clone()));
+        self
     }
 
     /// Host networks: labs expand with `lab_template`; managed links and lab leases are kept
@@ -144,6 +144,17 @@ impl Reconciler {
             .reconcile(spec, &self.policy, &self.node_id)
             .await;
         let containers = self.reconcile_containers(spec, &net).await;
+        let vms = match self.vms.as_mut() {
+            Some(v) => v.reconcile(spec, &net.unusable).await,
+            None => spec
+                .vms
+                .iter()
+                .map(|v| {
+                    let why = "VMs are not enabled in this agent".to_string();
+                    resource(ResourceKind::Vm, &v.name, ResourceState::Failed, Some(why))
+                })
+                .collect(),
+        };
         // Docker networks go before the bridges under them (and only for bridges going away).
         let doomed = net.bridges_to_delete();
         if !doomed.is_empty() {
@@ -158,6 +169,7 @@ impl Reconciler {
         self.networks.finish(&mut net).await;
         let mut resources = std::mem::take(&mut net.resources);
         resources.extend(containers);
+        resources.extend(vms);
         resources
     }
 

@@ -438,3 +438,16 @@ fn record(state: &mut NetState, action: &NetAction, driver: &NetlinkDriver) {
         _ => {}
     }
 }
+
+/// Makes a VM's tap a port of a managed bridge, with its VLAN (see
+/// [`NetlinkDriver::attach_port`]); the VM module's way to netlink.
+pub async fn attach_port(
+    port: &str,
+    bridge: &str,
+    vlan: Option<u16>,
+    alias: &str,
+) -> Result<(), NetworkError> {
+    NetlinkDriver::connect()?
+        .attach_port(port, bridge, vlan, alias)
+        .await
+}

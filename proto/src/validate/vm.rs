@@ -31,11 +31,16 @@ pub(super) fn check(vms: &[VmSpec], out: &mut Problems) {
             }
         }
         if vm.kernel.is_none() {
-            for (what, set) in [("initrd", vm.initrd.is_some()), ("cmdline", vm.cmdline.is_some())] {
+            for (what, set) in [
+                ("initrd", vm.initrd.is_some()),
+                ("cmdline", vm.cmdline.is_some()),
+            ] {
                 if set {
                     out.push(
                         format!("{f}.{what}"),
-                        format!("{what} needs kernel (direct kernel boot); set kernel or remove {what}"),
+                        format!(
+                            "{what} needs kernel (direct kernel boot); set kernel or remove {what}"
+                        ),
                     );
                 }
             }
