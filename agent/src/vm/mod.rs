@@ -403,6 +403,10 @@ impl Vms {
             rand::random::<u32>()
         ));
         std::fs::create_dir(&tmp).map_err(io_err(format!("creating {}", tmp.display())))?;
+        // The seed may carry secrets in its user-data: the VM's files are the agent's only.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o700))
+            .map_err(io_err(format!("chmod {}", tmp.display())))?;
         let res = async {
             let p = VmPaths::new(tmp.clone());
             p.save(&VmRecord {
