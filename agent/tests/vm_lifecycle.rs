@@ -8,6 +8,7 @@
 //!   mtools); the overlay's backing file is the base, which is left unchanged;
 //! - kill -9 of the agent leaves the VM running; the restarted agent adopts it (same pid, one
 //!   QEMU);
+//! - more memory in the spec: a clean restart with the new `-m`;
 //! - QEMU killed by hand is restarted (policy always) and the restart counted;
 //! - the VM removed from the spec: process, directory (overlay, seed) and tap gone.
 //!
@@ -418,15 +419,56 @@ fn vm_boots_on_bridge_outlives_agent_restarts_per_policy_and_is_removed() {
     assert_eq!(qemu_pids(&dir), vec![pid], "adopted, not duplicated");
     assert_eq!(status_of(&data, "e2e").unwrap()["restarts"], 0);
 
+    // More memory: a clean restart with the new config (not counted as a crash restart).
+    // (Each agent process tries KVM once before TCG: that short-lived QEMU is not the VM, so
+    // the test waits for the agent to report the action applied before looking at processes.)
+    let applied = |kind: &str| log().matches(&format!("applied action=\"{kind}\"")).count();
+    let restarts_before = applied("restart");
+    std::fs::write(
+        &spec,
+        format!(
+            "{net}vms:\n{}",
+            vm_spec.replace("memory: 256Mi", "memory: 320Mi")
+        ),
+    )
+    .unwrap();
+    ctl(
+        &ns,
+        url,
+        &admin,
+        &["spec", "apply", &node, "-f", spec.to_str().unwrap()],
+    );
+    wait(90, &|| format!("the config restart\n{}", log()), || {
+        (applied("restart") > restarts_before).then_some(())
+    });
+    let p = qemu_pids(&dir);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_ne!(p[0], pid);
+    let pid = p[0];
+    let cmd = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap())
+        .replace('\0', " ");
+    assert!(cmd.contains("-m 320M"), "{cmd}");
+    wait(
+        60,
+        &|| format!("QMP running after the config restart\n{}", log()),
+        || (qmp_status(&dir.join("qmp.sock")).as_deref() == Some("running")).then_some(()),
+    );
+    assert!(log().contains("config changed"), "{}", log());
+    assert_eq!(status_of(&data, "e2e").unwrap()["restarts"], 0);
+
     // QEMU killed by hand: restarted per policy (always), the restart counted.
+    let starts_before = applied("start");
     Command::new("kill")
         .args(["-9", &pid.to_string()])
         .status()
         .unwrap();
-    let new_pid = wait(60, &|| format!("QEMU to be restarted\n{}", log()), || {
-        let p = qemu_pids(&dir);
-        (p.len() == 1 && p[0] != pid).then(|| p[0])
+    wait(60, &|| format!("QEMU to be restarted\n{}", log()), || {
+        (applied("start") > starts_before).then_some(())
     });
+    let p = qemu_pids(&dir);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_ne!(p[0], pid);
+    let new_pid = p[0];
     wait(
         60,
         &|| format!("QMP running after the restart\n{}", log()),
@@ -434,7 +476,13 @@ fn vm_boots_on_bridge_outlives_agent_restarts_per_policy_and_is_removed() {
     );
     wait(
         30,
-        &|| format!("the restart to be counted\n{}", log()),
+        &|| {
+            format!(
+                "the restart to be counted: {:?}\n{}",
+                status_of(&data, "e2e"),
+                log()
+            )
+        },
         || (status_of(&data, "e2e")?["restarts"] == 1).then_some(()),
     );
     eprintln!("vm e2e: QEMU {pid} killed, restarted as {new_pid}");

@@ -523,6 +523,7 @@ impl Vms {
             rec.restarts += 1;
         }
         p.save(&rec)?;
+        self.seen.insert(name.to_string());
         info!(vm = %name, accel, pid = driver::live_pid(&p), "QEMU started (detached)");
         Ok(())
     }
