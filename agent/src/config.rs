@@ -47,7 +47,7 @@ pub struct AgentArgs {
     /// Address of the Prometheus metrics endpoint (GET /metrics), or "off" [default: 127.0.0.1:9475].
     #[arg(long, env = "STEWARD_METRICS_LISTEN", global = true)]
     pub metrics_listen: Option<String>,
-    /// Directory holding one directory per VM [default: /var/lib/steward/vms].
+    /// Directory holding one directory per VM [default: <data dir>/vms].
     #[arg(long, env = "STEWARD_VM_DIR", global = true)]
     pub vm_dir: Option<PathBuf>,
     /// VM accelerator: auto (KVM when it works, else TCG), kvm or tcg [default: auto].
@@ -137,16 +137,18 @@ impl AgentConfig {
             None if Path::new(DEFAULT_CONFIG).exists() => load(Path::new(DEFAULT_CONFIG))?,
             None => FileConfig::default(),
         };
+        let data_dir = args
+            .data_dir
+            .clone()
+            .or(file.data_dir.clone())
+            .unwrap_or_else(|| PathBuf::from("/var/lib/steward"));
         let cfg = AgentConfig {
             registry: args.registry.or(file.registry),
             enrollment_token: args
                 .token
                 .or(file.enrollment_token)
                 .filter(|t| !t.is_empty()),
-            data_dir: args
-                .data_dir
-                .or(file.data_dir)
-                .unwrap_or_else(|| PathBuf::from("/var/lib/steward")),
+            data_dir: data_dir.clone(),
             ca_file: args.ca_file.or(file.ca_file),
             ca_pin_sha256: args.ca_pin_sha256.or(file.ca_pin_sha256),
             docker_socket: args.docker_socket.or(file.docker_socket),
@@ -172,7 +174,7 @@ impl AgentConfig {
                 dir: args
                     .vm_dir
                     .or(file.vm_dir)
-                    .unwrap_or_else(|| PathBuf::from("/var/lib/steward/vms")),
+                    .unwrap_or_else(|| data_dir.join("vms")),
                 accel: args
                     .vm_accel
                     .or(file.vm_accel)

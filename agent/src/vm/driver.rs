@@ -264,6 +264,7 @@ pub async fn spawn(qemu: &Path, p: &VmPaths, l: &Launch, accel: &str) -> Result<
                 qemu.display()
             ),
         })?;
+    tracing::debug!("QEMU's parent returned");
     if !st.success() {
         let text = std::fs::read(p.qemu_log()).unwrap_or_default();
         let new = String::from_utf8_lossy(text.get(mark as usize..).unwrap_or(&[])).to_string();
@@ -296,7 +297,7 @@ pub async fn spawn(qemu: &Path, p: &VmPaths, l: &Launch, accel: &str) -> Result<
                 }
             }
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

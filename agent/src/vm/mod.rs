@@ -352,7 +352,7 @@ impl Vms {
         match a {
             VmAction::Create { name, start } => {
                 let vm = vm.ok_or_else(|| need("spec"))?;
-                self.create(vm).await?;
+                self.create(vm, l.ok_or_else(|| need("launch"))?).await?;
                 if *start {
                     self.start(name, l.ok_or_else(|| need("launch"))?, false, unusable)
                         .await?;
@@ -390,9 +390,19 @@ impl Vms {
     }
 
     /// Directory, record and overlay, made under a temporary name and renamed into place.
-    async fn create(&mut self, vm: &VmSpec) -> Result<(), VmError> {
+    async fn create(&mut self, vm: &VmSpec, l: &Launch) -> Result<(), VmError> {
+        // The taps are recorded with the directory (one durable write less on the way to a
+        // running VM), so their names must be free now.
+        for n in &l.nics {
+            if tap::exists(&n.tap) {
+                return Err(VmError::Conflict(format!(
+                    "a link named {} exists that Steward did not create for this VM; left alone",
+                    n.tap
+                )));
+            }
+        }
         let base = Path::new(&vm.image);
-        disk::probe(base).await?;
+        let info = disk::probe(base).await?;
         let size = match &vm.disk {
             Some(q) => Some(parse_memory(q).map_err(|e| VmError::Disk { reason: e })?),
             None => None,
@@ -412,9 +422,10 @@ impl Vms {
             p.save(&VmRecord {
                 node: self.node.clone(),
                 name: vm.name.clone(),
+                taps: l.nics.iter().map(|n| n.tap.clone()).collect(),
                 ..Default::default()
             })?;
-            disk::create_overlay(base, &p.disk(), size).await?;
+            disk::create_overlay(base, &info, &p.disk(), size).await?;
             let dest = self.paths(&vm.name).dir;
             std::fs::rename(&tmp, &dest).map_err(io_err(format!("renaming to {}", dest.display())))
         }
@@ -434,6 +445,7 @@ impl Vms {
         crash: bool,
         unusable: &BTreeMap<String, String>,
     ) -> Result<(), VmError> {
+        let t0 = std::time::Instant::now();
         let p = self.paths(name);
         let mut rec = p
             .load()
@@ -445,6 +457,7 @@ impl Vms {
                 .map(|(n, c)| (n.as_str(), c.clone()))
                 .collect::<Vec<_>>(),
         )?;
+        tracing::debug!(us = t0.elapsed().as_micros() as u64, "seed built");
         // Taps: recorded first, then made and put on their bridge.
         let alias = crate::network::types::alias_for(&self.node);
         for n in &l.nics {
@@ -494,6 +507,7 @@ impl Vms {
             rec.taps.retain(|x| x != &t);
             p.save(&rec)?;
         }
+        tracing::debug!(us = t0.elapsed().as_micros() as u64, "taps ready");
         let (accel, note) = match (self.s.accel, &self.kvm_broken) {
             (Accel::Tcg, _) => ("tcg", Some("configured: vm_accel = tcg".to_string())),
             (Accel::Kvm, _) => ("kvm", None),
@@ -512,6 +526,7 @@ impl Vms {
             }
             Err(e) => return Err(e),
         };
+        tracing::debug!(us = t0.elapsed().as_micros() as u64, "QEMU answers QMP");
         if accel == "kvm" && driver::kvm_enabled(&p).await == Some(false) {
             warn!(vm = %name, "QMP says KVM is not enabled");
         }

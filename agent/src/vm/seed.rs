@@ -35,8 +35,8 @@ pub fn build(path: &Path, files: &[(&str, String)]) -> Result<(), VmError> {
         reason: e.to_string(),
     };
     let content: u64 = files.iter().map(|(_, c)| c.len() as u64).sum();
-    // FAT12 with room for the files: 1 MiB plus twice the content, rounded to 64 KiB.
-    let size = ((1 << 20) + 2 * content).div_ceil(65536) * 65536;
+    // FAT12 with room for the files: 512 KiB plus twice the content, rounded to 64 KiB.
+    let size = ((512 << 10) + 2 * content).div_ceil(65536) * 65536;
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::OpenOptions::new()
         .read(true)
@@ -65,7 +65,8 @@ pub fn build(path: &Path, files: &[(&str, String)]) -> Result<(), VmError> {
         }
         fs.unmount().map_err(err)?;
     }
-    f.sync_all().map_err(err)?;
+    // No fsync: the seed is rebuilt from the spec before every start, and QEMU reads it
+    // through the same page cache.
     std::fs::rename(&tmp, path).map_err(err)
 }
 
