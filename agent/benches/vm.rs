@@ -396,7 +396,7 @@ fn main() -> ExitCode {
             .join(" ")
     };
     println!(
-        "rounds (ms): agent [{}]  by-hand sequence [{}]  QEMU alone [{}]",
+        "rounds (ms): apply [{}]  by-hand sequence [{}]  QEMU alone [{}]",
         list(&a_t),
         list(&h_full),
         list(&h_qemu)
@@ -434,7 +434,9 @@ fn main() -> ExitCode {
         ms(nop)
     );
     println!(
-        "\nagent / by-hand sequence = {:.2}× (goal ≤ 1.2×); agent / QEMU alone = {:.2}×",
+        "\ndaemon / by-hand sequence = {:.2}× (goal ≤ 1.2×); apply / by-hand sequence = {:.2}×; \
+         apply / QEMU alone = {:.2}×",
+        ms(dm) / ms(hf),
         ms(a) / ms(hf),
         ms(a) / ms(hq)
     );
