@@ -274,7 +274,14 @@ mod tests {
         use RestartPolicy::{Always, Never, OnFailure};
         let ours = Some(NODE);
         // (case, desired, observed, expected action kinds, expected verdict prefix)
-        let cases: Vec<(&str, Option<DesiredVm>, Option<ObservedVm>, Vec<&str>, &str)> = vec![
+        type Case<'a> = (
+            &'a str,
+            Option<DesiredVm>,
+            Option<ObservedVm>,
+            Vec<&'a str>,
+            &'a str,
+        );
+        let cases: Vec<Case> = vec![
             (
                 "create and start",
                 Some(want(Running, Always)),
