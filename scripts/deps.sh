@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs and starts what the test suite needs on a fresh Debian machine with Rust:
 # Python's openapi-spec-validator, busybox-static (test images), a running Docker engine, and
-# for the QEMU guest tests (tests/guest/) Debian's stock kernel, QEMU and iproute2.
+# for the QEMU guest and VM tests (tests/guest/) Debian's stock kernel, QEMU, qemu-utils, mtools
+# and iproute2.
 # Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +22,10 @@ dpkg-query -W -f '${Status}' linux-image-amd64 2>/dev/null | grep -q 'ok install
   || need_guest+=(linux-image-amd64)
 command -v qemu-system-x86_64 >/dev/null || need_guest+=(qemu-system-x86)
 command -v bridge >/dev/null || need_guest+=(iproute2)
+# VM tests and bench (agent/tests/vm_*.rs, agent/benches/vm.rs): overlays with qemu-img, the
+# cloud-init seed read back with mtools.
+command -v qemu-img >/dev/null || need_guest+=(qemu-utils)
+command -v mtype >/dev/null || need_guest+=(mtools)
 if [ ${#need_guest[@]} -gt 0 ]; then
   [ ${#need_apt[@]} -gt 0 ] || apt-get update -qq
   echo "installing ${need_guest[*]} for the guest tests (Debian)" >&2

@@ -111,7 +111,8 @@ pub async fn apply(cfg: &AgentConfig, path: &str) -> anyhow::Result<NodeStatus> 
     let mut rec = Reconciler::new(cfg.docker_socket.clone(), cfg.policy.clone(), node_id)
         .with_networks(cfg.lab_cidr_template.clone(), Some(store.clone()), registry)
         .with_payloads(payloads)
-        .with_heal(cfg.heal, Some(store.clone()));
+        .with_heal(cfg.heal, Some(store.clone()))
+        .with_vms(cfg.vms.clone());
     let status = rec.reconcile(0, &spec).await;
     paths.save_status(&status)?;
     Ok(status)

@@ -47,6 +47,12 @@ pub struct AgentArgs {
     /// Address of the Prometheus metrics endpoint (GET /metrics), or "off" [default: 127.0.0.1:9475].
     #[arg(long, env = "STEWARD_METRICS_LISTEN", global = true)]
     pub metrics_listen: Option<String>,
+    /// Directory holding one directory per VM [default: <data dir>/vms].
+    #[arg(long, env = "STEWARD_VM_DIR", global = true)]
+    pub vm_dir: Option<PathBuf>,
+    /// VM accelerator: auto (KVM when it works, else TCG), kvm or tcg [default: auto].
+    #[arg(long, env = "STEWARD_VM_ACCEL", global = true)]
+    pub vm_accel: Option<String>,
 }
 
 /// The config file's shape. Unknown fields are refused.
@@ -65,6 +71,9 @@ struct FileConfig {
     metrics_listen: Option<String>,
     lab_cidr_template: Option<String>,
     watchdog_max_pass: Option<String>,
+    vm_dir: Option<PathBuf>,
+    vm_accel: Option<String>,
+    vm_stop_timeout: Option<String>,
     #[serde(default)]
     policy: Policy,
     #[serde(default)]
@@ -89,6 +98,8 @@ pub struct AgentConfig {
     pub lab_cidr_template: String,
     /// Longest a reconcile pass may run before the systemd watchdog is no longer fed.
     pub watchdog_max_pass: Duration,
+    /// VM directory, accelerator, stop timeout.
+    pub vms: crate::vm::VmSettings,
     pub policy: Policy,
     /// The escalation ladder's pace (`[heal]`).
     pub heal: crate::heal::ladder::LadderPolicy,
@@ -112,6 +123,7 @@ impl std::fmt::Debug for AgentConfig {
             .field("metrics_listen", &self.metrics_listen)
             .field("lab_cidr_template", &self.lab_cidr_template)
             .field("watchdog_max_pass", &self.watchdog_max_pass)
+            .field("vms", &self.vms)
             .field("policy", &self.policy)
             .field("heal", &self.heal)
             .finish()
@@ -134,16 +146,18 @@ impl AgentConfig {
             None if Path::new(DEFAULT_CONFIG).exists() => load(Path::new(DEFAULT_CONFIG))?,
             None => FileConfig::default(),
         };
+        let data_dir = args
+            .data_dir
+            .clone()
+            .or(file.data_dir.clone())
+            .unwrap_or_else(|| PathBuf::from("/var/lib/steward"));
         let cfg = AgentConfig {
             registry: args.registry.or(file.registry),
             enrollment_token: args
                 .token
                 .or(file.enrollment_token)
                 .filter(|t| !t.is_empty()),
-            data_dir: args
-                .data_dir
-                .or(file.data_dir)
-                .unwrap_or_else(|| PathBuf::from("/var/lib/steward")),
+            data_dir: data_dir.clone(),
             ca_file: args.ca_file.or(file.ca_file),
             ca_pin_sha256: args.ca_pin_sha256.or(file.ca_pin_sha256),
             docker_socket: args.docker_socket.or(file.docker_socket),
@@ -167,6 +181,22 @@ impl AgentConfig {
                 .unwrap_or_else(|| crate::network::lab::DEFAULT_LAB_TEMPLATE.to_string()),
             watchdog_max_pass: duration("watchdog_max_pass", file.watchdog_max_pass)?
                 .unwrap_or(Duration::from_secs(15 * 60)),
+            vms: crate::vm::VmSettings {
+                dir: args
+                    .vm_dir
+                    .or(file.vm_dir)
+                    .unwrap_or_else(|| data_dir.join("vms")),
+                accel: args
+                    .vm_accel
+                    .or(file.vm_accel)
+                    .map(|a| a.parse())
+                    .transpose()
+                    .map_err(|e| anyhow::anyhow!("config field vm_accel: {e}"))?
+                    .unwrap_or_default(),
+                stop_timeout: duration("vm_stop_timeout", file.vm_stop_timeout)?
+                    .unwrap_or(Duration::from_secs(30)),
+                ..Default::default()
+            },
             policy: file.policy,
             heal: file.heal.resolve()?,
         };
@@ -232,6 +262,34 @@ mod tests {
         assert_eq!(c.policy.allowed_bind_roots, [PathBuf::from("/srv")]);
         assert_eq!(c.data_dir, PathBuf::from("/var/lib/steward"));
         assert_eq!(c.metrics_listen, Some(([127, 0, 0, 1], 9475).into()));
+        assert_eq!(c.vms.dir, PathBuf::from("/var/lib/steward/vms"));
+        assert_eq!(c.vms.accel, crate::vm::Accel::Auto);
+    }
+
+    #[test]
+    fn vm_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.toml");
+        std::fs::write(
+            &p,
+            "vm_dir = \"/srv/vms\"\nvm_accel = \"tcg\"\nvm_stop_timeout = \"5s\"\n",
+        )
+        .unwrap();
+        let c = AgentConfig::resolve(AgentArgs {
+            config: Some(p.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.vms.dir, PathBuf::from("/srv/vms"));
+        assert_eq!(c.vms.accel, crate::vm::Accel::Tcg);
+        assert_eq!(c.vms.stop_timeout, Duration::from_secs(5));
+        let e = AgentConfig::resolve(AgentArgs {
+            config: Some(p),
+            vm_accel: Some("xen".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("vm_accel"), "{e:#}");
     }
 
     #[test]

@@ -113,7 +113,8 @@ pub async fn run(
         Some(store.clone()),
         Some(client.clone()),
         identity.node_id.clone(),
-    ));
+    ))
+    .with_vms(cfg.vms.clone());
     let recon = tokio::spawn(reconcile_loop(
         cfg.clone(),
         rec,

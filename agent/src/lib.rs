@@ -14,4 +14,5 @@ pub mod reconcile;
 pub mod reconciler;
 pub mod standalone;
 pub mod store;
+pub mod vm;
 pub mod watchdog;

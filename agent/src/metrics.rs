@@ -247,6 +247,7 @@ mod tests {
             restarts: 1,
             escalation_level: 0,
             escalation: None,
+            detail: None,
         });
         m.reconciled(Duration::from_millis(20), &st);
         st.resources[0].restarts = 3;

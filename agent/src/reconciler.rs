@@ -1,7 +1,8 @@
 //! The reconciler's I/O side: observe through the drivers, plan, apply the plan, and turn the
 //! outcome into a `NodeStatus`. Order of a pass: host networks (creations and changes), then
 //! payloads (so images loaded from `docker-image` payloads exist), then containers (Docker
-//! networks on managed bridges first), then the deletion of managed links no longer wanted.
+//! networks on managed bridges first), then VMs (`vm/`), then the deletion of managed links no
+//! longer wanted.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -29,6 +30,7 @@ pub struct Reconciler {
     networks: Networks,
     payloads: crate::payload::Payloads,
     heal: Heal,
+    vms: Option<crate::vm::Vms>,
 }
 
 /// The escalation ladders of the containers and where they are kept.
@@ -63,27 +65,9 @@ fn resource(
         error,
         restarts: 0,
         escalation_level: 0,
+        detail: None,
         escalation: None,
     }
-}
-
-/// Resources of kinds this agent version cannot converge yet: reported, never ignored silently.
-fn unsupported(spec: &NodeSpec) -> Vec<ResourceStatus> {
-    let mut out = Vec::new();
-    let msg = |what: &str| {
-        Some(format!(
-            "{what} are not supported by this agent version yet"
-        ))
-    };
-    for v in &spec.vms {
-        out.push(resource(
-            ResourceKind::Vm,
-            &v.name,
-            ResourceState::Pending,
-            msg("virtual machines"),
-        ));
-    }
-    out
 }
 
 impl Reconciler {
@@ -101,6 +85,7 @@ impl Reconciler {
             ),
             payloads: crate::payload::Payloads::disabled(),
             heal: Heal::default(),
+            vms: None,
         }
     }
 
@@ -111,6 +96,12 @@ impl Reconciler {
             store,
             state: None,
         };
+        self
+    }
+
+    /// VMs with these settings (without this, a spec's VMs are reported failed).
+    pub fn with_vms(mut self, settings: crate::vm::VmSettings) -> Self {
+        self.vms = Some(crate::vm::Vms::new(settings, self.node_id.clone()));
         self
     }
 
@@ -159,11 +150,10 @@ impl Reconciler {
 
     /// Observe → plan → apply → report, for one generation of the spec.
     pub async fn reconcile(&mut self, generation: u64, spec: &NodeSpec) -> NodeStatus {
-        let mut resources = self
+        let resources = self
             .reconcile_all(spec)
             .instrument(info_span!("reconcile", generation))
             .await;
-        resources.extend(unsupported(spec));
         let mut status = NodeStatus {
             observed_generation: generation,
             resources,
@@ -181,6 +171,17 @@ impl Reconciler {
             .await;
         let payloads = self.reconcile_payloads(spec).await;
         let containers = self.reconcile_containers(spec, &net).await;
+        let vms = match self.vms.as_mut() {
+            Some(v) => v.reconcile(spec, &net.unusable).await,
+            None => spec
+                .vms
+                .iter()
+                .map(|v| {
+                    let why = "VMs are not enabled in this agent".to_string();
+                    resource(ResourceKind::Vm, &v.name, ResourceState::Failed, Some(why))
+                })
+                .collect(),
+        };
         // Docker networks go before the bridges under them (and only for bridges going away).
         let doomed = net.bridges_to_delete();
         if !doomed.is_empty() {
@@ -196,6 +197,7 @@ impl Reconciler {
         let mut resources = std::mem::take(&mut net.resources);
         resources.extend(payloads);
         resources.extend(containers);
+        resources.extend(vms);
         resources
     }
 

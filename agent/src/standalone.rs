@@ -62,6 +62,7 @@ pub async fn apply_watch(cfg: AgentConfig, path: String) -> anyhow::Result<()> {
         .with_networks(cfg.lab_cidr_template.clone(), Some(store.clone()), registry)
         .with_link_events(feed.clone())
         .with_heal(cfg.heal, Some(store.clone()))
+        .with_vms(cfg.vms.clone())
         .with_payloads(payloads);
     let (spec_tx, spec_rx) = watch::channel(Some(StoredSpec {
         generation: 1,

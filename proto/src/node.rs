@@ -243,6 +243,10 @@ pub struct ResourceStatus {
     pub restarts: u32,
     #[serde(default)]
     pub escalation_level: u32,
+    /// Extra facts about a converged resource, e.g. a VM's accelerator ("tcg (KVM not used:
+    /// ...)"). Absent in older agents' reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
     /// Where the workload stands on its escalation ladder; absent while it has not failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub escalation: Option<Escalation>,

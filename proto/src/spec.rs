@@ -290,6 +290,16 @@ pub struct VmSpec {
     pub state: PowerState,
     #[serde(default)]
     pub restart: RestartPolicy,
+    /// Direct kernel boot: an absolute path to a kernel on the node (the disk is still
+    /// attached). Without it the VM boots from its disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
+    /// Initramfs for direct kernel boot (needs `kernel`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd: Option<String>,
+    /// Kernel command line for direct kernel boot (needs `kernel`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmdline: Option<String>,
 }
 
 fn default_vm_cpus() -> u32 {

@@ -32,6 +32,7 @@ fn record(i: usize) -> NodeRecord {
         restarts: (i % 4) as u32,
         escalation_level: 0,
         escalation: None,
+        detail: None,
     };
     let failing = i % 50 == 0;
     let drifted = i % 70 == 0;

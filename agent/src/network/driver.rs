@@ -294,6 +294,55 @@ impl NetlinkDriver {
         Ok(idx)
     }
 
+    /// Makes `port` (an existing link, e.g. a VM's tap) a port of `bridge`, up, with `alias`;
+    /// with `vlan`, its only VLAN on a VLAN-filtering bridge (PVID, untagged; the default
+    /// VLAN 1 removed). Used for VM taps, which are recorded by the VM module, not here.
+    pub async fn attach_port(
+        &mut self,
+        port: &str,
+        bridge: &str,
+        vlan: Option<u16>,
+        alias: &str,
+    ) -> Result<(), NetworkError> {
+        self.lookup(port).await?;
+        self.lookup(bridge).await?;
+        self.apply(&NetAction::Enslave {
+            port: port.to_string(),
+            bridge: bridge.to_string(),
+            up: true,
+        })
+        .await?;
+        self.apply(&NetAction::Set {
+            name: port.to_string(),
+            change: super::types::LinkChange {
+                alias: Some(alias.to_string()),
+                ..Default::default()
+            },
+        })
+        .await?;
+        if let Some(id) = vlan {
+            self.apply(&NetAction::AddPortVlan {
+                port: port.to_string(),
+                bridge: bridge.to_string(),
+                vlan: VlanMembership {
+                    id,
+                    pvid: true,
+                    untagged: true,
+                },
+            })
+            .await?;
+            if id != 1 {
+                self.apply(&NetAction::DelPortVlan {
+                    port: port.to_string(),
+                    bridge: bridge.to_string(),
+                    id: 1,
+                })
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Carries out one action. Idempotent where the kernel allows: deleting a missing link or
     /// address, and adding an address that is there, succeed.
     pub async fn apply(&mut self, action: &NetAction) -> Result<(), NetworkError> {

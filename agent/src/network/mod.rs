@@ -116,6 +116,7 @@ fn status(name: &str, state: ResourceState, error: Option<String>) -> ResourceSt
         error,
         restarts: 0,
         escalation_level: 0,
+        detail: None,
         escalation: None,
     }
 }
@@ -520,4 +521,17 @@ fn record(state: &mut NetState, action: &NetAction, driver: &NetlinkDriver) {
         }
         _ => {}
     }
+}
+
+/// Makes a VM's tap a port of a managed bridge, with its VLAN (see
+/// [`NetlinkDriver::attach_port`]); the VM module's way to netlink.
+pub async fn attach_port(
+    port: &str,
+    bridge: &str,
+    vlan: Option<u16>,
+    alias: &str,
+) -> Result<(), NetworkError> {
+    NetlinkDriver::connect()?
+        .attach_port(port, bridge, vlan, alias)
+        .await
 }

@@ -94,6 +94,7 @@ fn status(name: &str, state: ResourceState, error: Option<String>) -> ResourceSt
         error,
         restarts: 0,
         escalation_level: 0,
+        detail: None,
         escalation: None,
     }
 }

@@ -1,4 +1,5 @@
-//! VM checks: image path, CPUs, memory and disk sizes, NICs (bridge, VLAN, MAC).
+//! VM checks: image path, direct kernel boot paths, CPUs, memory and disk sizes, NICs (bridge,
+//! VLAN, MAC).
 
 use super::{abs_path_problem, check_names, iface_problem, vlan_id_problem, Problems};
 use crate::quantity::parse_memory;
@@ -24,6 +25,34 @@ pub(super) fn check(vms: &[VmSpec], out: &mut Problems) {
             })
         });
         out.check(format!("{f}.image"), image);
+        for (what, v) in [("kernel", &vm.kernel), ("initrd", &vm.initrd)] {
+            if let Some(path) = v {
+                out.check(format!("{f}.{what}"), abs_path_problem(what, path));
+            }
+        }
+        if vm.kernel.is_none() {
+            for (what, set) in [
+                ("initrd", vm.initrd.is_some()),
+                ("cmdline", vm.cmdline.is_some()),
+            ] {
+                if set {
+                    out.push(
+                        format!("{f}.{what}"),
+                        format!(
+                            "{what} needs kernel (direct kernel boot); set kernel or remove {what}"
+                        ),
+                    );
+                }
+            }
+        }
+        if let Some(c) = &vm.cmdline {
+            if c.contains('\0') || c.contains('\n') || c.len() > 4096 {
+                out.push(
+                    format!("{f}.cmdline"),
+                    "cmdline must be one line of at most 4096 bytes without NUL".to_string(),
+                );
+            }
+        }
         if !(1..=VM_MAX_CPUS).contains(&vm.cpus) {
             out.push(
                 format!("{f}.cpus"),
@@ -135,6 +164,10 @@ mod tests {
             (vm("    nics: [{bridge: br0, mac: \"01:00:5e:00:00:01\"}]\n"), "vms[0].nics[0].mac", "multicast"),
             (vm("    nics: [{bridge: br0, mac: \"00:00:00:00:00:00\"}]\n"), "vms[0].nics[0].mac", "all zeros"),
             (vm("    nics: [{bridge: br0, mac: \"52:54:00:12:34:56\"}, {bridge: br1, mac: \"52:54:00:12:34:56\"}]\n"), "vms[0].nics[1].mac", "already used by vms[0].nics[0]"),
+            (vm("    kernel: boot/vmlinuz\n"), "vms[0].kernel", "kernel \"boot/vmlinuz\" is not absolute"),
+            (vm("    kernel: /boot/vmlinuz\n    initrd: /boot/../x\n"), "vms[0].initrd", "'..'"),
+            (vm("    initrd: /boot/initrd.img\n"), "vms[0].initrd", "initrd needs kernel"),
+            (vm("    cmdline: console=ttyS0\n"), "vms[0].cmdline", "cmdline needs kernel"),
         ];
         let cases: Vec<(&str, &str, &str)> =
             cases.iter().map(|(y, f, r)| (y.as_str(), *f, *r)).collect();
@@ -145,6 +178,7 @@ mod tests {
     fn valid_vms() {
         run_valid(&[
             &vm("    cpus: 256\n    disk: 1Mi\n    nics: [{bridge: br0, vlan: 4094, mac: \"52:54:00:AB:cd:01\"}, {bridge: br1}]\n    state: stopped\n    restart: on-failure\n"),
+            &vm("    kernel: /boot/vmlinuz\n    initrd: /boot/initrd.img\n    cmdline: console=ttyS0 quiet\n"),
             "vms:\n  - {name: a, image: /i.qcow2, memory: 16Mi, cpus: 1}\n  - {name: b, image: /i.qcow2, memory: 16777216}\n",
         ]);
     }

@@ -271,6 +271,7 @@ mod tests {
             restarts: 0,
             escalation_level: 0,
             escalation: None,
+            detail: None,
         };
         let st = NodeStatus {
             resources: vec![

@@ -1,0 +1,536 @@
+//! Virtual machines with QEMU: the only module speaking QMP. Observe (VM directories, their
+//! records, pidfiles and QMP) → plan (`plan.rs`, pure) → apply (`driver.rs` for QEMU, `disk.rs`
+//! for overlays, `seed.rs` for cloud-init, `tap.rs` for taps; bridge ports through
+//! `network::attach_port`) → report one `ResourceStatus` per VM, with the accelerator in
+//! `detail`.
+//!
+//! Ownership: a VM directory `<vm_dir>/<name>/` is the agent's only when its `vm.json` record
+//! names this node; it is made under a temporary name with the record inside, then renamed,
+//! so a crash never leaves an unrecorded directory. Taps are recorded in the VM's record before
+//! they are created; a link holding a tap's name that is not recorded is a conflict.
+
+pub mod disk;
+pub mod driver;
+pub mod launch;
+pub mod plan;
+pub mod qmp;
+pub mod seed;
+pub mod tap;
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use steward_proto::quantity::parse_memory;
+use steward_proto::{NodeSpec, ResourceKind, ResourceState, ResourceStatus, VmSpec};
+use tracing::{info, info_span, warn, Instrument};
+
+use driver::{Launch, VmPaths, VmRecord};
+pub use launch::{derive_mac, launch};
+use plan::{DesiredVm, ObservedVm, Proc, VmAction, VmVerdict};
+
+/// Errors of the VM subsystem, each naming what failed and how to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("base image {path}: {reason} (the base image must be a readable file on this node)")]
+    BaseImage { path: PathBuf, reason: String },
+    #[error("disk: {reason}")]
+    Disk { reason: String },
+    #[error("cloud-init seed {path}: {reason}")]
+    Seed { path: PathBuf, reason: String },
+    #[error("tap {tap}: {reason}")]
+    Tap { tap: String, reason: String },
+    #[error("NIC on bridge {bridge}: {reason}")]
+    Nic { bridge: String, reason: String },
+    #[error("{reason}")]
+    Qemu { reason: String },
+    #[error("{what}: {reason}")]
+    Io { what: String, reason: String },
+    #[error("{0}")]
+    Conflict(String),
+}
+
+/// Which accelerator VMs get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Accel {
+    /// KVM when it works (tried once per agent process), TCG otherwise.
+    #[default]
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+impl std::str::FromStr for Accel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Accel::Auto),
+            "kvm" => Ok(Accel::Kvm),
+            "tcg" => Ok(Accel::Tcg),
+            o => Err(format!("{o:?} is not one of auto, kvm, tcg")),
+        }
+    }
+}
+
+/// VM settings from the agent config.
+#[derive(Debug, Clone)]
+pub struct VmSettings {
+    /// Parent of the VM directories (`/var/lib/steward/vms`).
+    pub dir: PathBuf,
+    pub accel: Accel,
+    /// How long a guest gets to power off after the ACPI button before `quit`.
+    pub stop_timeout: Duration,
+    /// The QEMU binary.
+    pub qemu: PathBuf,
+}
+
+impl Default for VmSettings {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("/var/lib/steward/vms"),
+            accel: Accel::Auto,
+            stop_timeout: Duration::from_secs(30),
+            qemu: PathBuf::from("qemu-system-x86_64"),
+        }
+    }
+}
+
+/// The VM side of the reconciler.
+pub struct Vms {
+    s: VmSettings,
+    node: String,
+    /// Why KVM did not work, once a start with KVM failed and TCG succeeded.
+    kvm_broken: Option<String>,
+    /// VMs seen running in this process (to log adoption once).
+    seen: HashSet<String>,
+}
+
+fn status(name: &str, state: ResourceState, error: Option<String>) -> ResourceStatus {
+    ResourceStatus {
+        kind: ResourceKind::Vm,
+        name: name.to_string(),
+        state,
+        error,
+        restarts: 0,
+        escalation_level: 0,
+        escalation: None,
+        detail: None,
+    }
+}
+
+fn io_err(what: String) -> impl FnOnce(std::io::Error) -> VmError {
+    move |e| VmError::Io {
+        what,
+        reason: e.to_string(),
+    }
+}
+
+impl Vms {
+    pub fn new(s: VmSettings, node: String) -> Self {
+        Self {
+            s,
+            node,
+            kvm_broken: None,
+            seen: HashSet::new(),
+        }
+    }
+
+    fn paths(&self, name: &str) -> VmPaths {
+        VmPaths::new(self.s.dir.join(name))
+    }
+
+    /// Removes what a crash in the middle of a create or delete left behind.
+    fn clean_leftovers(&self) {
+        let Ok(rd) = std::fs::read_dir(&self.s.dir) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().to_string();
+            let ours = VmPaths::new(e.path())
+                .load()
+                .is_some_and(|r| r.node == self.node);
+            if n.starts_with(".steward-deleting-") || (n.starts_with(".steward-creating-") && ours)
+            {
+                info!(dir = %e.path().display(), "removing a leftover of an interrupted VM create/delete");
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+
+    async fn observe(&mut self) -> Vec<ObservedVm> {
+        let mut out = Vec::new();
+        let Ok(rd) = std::fs::read_dir(&self.s.dir) else {
+            return out;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if name.starts_with('.') || !e.path().is_dir() {
+                continue;
+            }
+            let p = VmPaths::new(e.path());
+            let rec = p.load();
+            let owner = rec.as_ref().map(|r| r.node.clone());
+            let proc = if owner.as_deref() == Some(self.node.as_str()) {
+                driver::observe(&p).await
+            } else {
+                Proc::Absent
+            };
+            out.push(ObservedVm {
+                name,
+                owner,
+                launch_hash: rec
+                    .as_ref()
+                    .map(|r| r.launch_hash.clone())
+                    .unwrap_or_default(),
+                started: rec.as_ref().is_some_and(|r| r.started),
+                proc,
+            });
+        }
+        out
+    }
+
+    /// Observe → plan → apply → report for every VM of `spec`. `unusable` holds bridges that
+    /// are not Steward's to use, with the reason.
+    pub async fn reconcile(
+        &mut self,
+        spec: &NodeSpec,
+        unusable: &BTreeMap<String, String>,
+    ) -> Vec<ResourceStatus> {
+        if spec.vms.is_empty() && !self.s.dir.exists() {
+            return Vec::new();
+        }
+        if let Err(e) = std::fs::create_dir_all(&self.s.dir) {
+            let why = format!(
+                "cannot create the VM directory {}: {e}",
+                self.s.dir.display()
+            );
+            return spec
+                .vms
+                .iter()
+                .map(|v| status(&v.name, ResourceState::Failed, Some(why.clone())))
+                .collect();
+        }
+        self.clean_leftovers();
+        let mut observed = self.observe().await;
+        let mut failed: BTreeMap<String, String> = BTreeMap::new();
+        let mut launches: BTreeMap<String, Launch> = BTreeMap::new();
+        let mut desired = Vec::new();
+        for v in &spec.vms {
+            match launch(v, &self.node) {
+                Ok(l) => {
+                    desired.push(DesiredVm {
+                        name: v.name.clone(),
+                        launch_hash: l.hash(),
+                        state: v.state,
+                        restart: v.restart,
+                    });
+                    launches.insert(v.name.clone(), l);
+                }
+                Err(e) => {
+                    // Never planned, never deleted.
+                    observed.retain(|o| o.name != v.name);
+                    failed.insert(v.name.clone(), e);
+                }
+            }
+        }
+        let (actions, verdicts) = plan::plan(&desired, &observed, &self.node);
+        for o in &observed {
+            if matches!(o.proc, Proc::Alive(_)) && self.seen.insert(o.name.clone()) {
+                info!(vm = %o.name, "found a running VM through its QMP socket: adopted, not restarted");
+            }
+        }
+        for a in &actions {
+            let name = a.name().to_string();
+            let vm = spec.vms.iter().find(|v| v.name == name);
+            let span = info_span!("vm", action = a.kind(), vm = %name);
+            let res = self
+                .apply(a, vm, launches.get(&name), unusable)
+                .instrument(span)
+                .await;
+            crate::metrics::get().action(a.kind(), res.is_ok());
+            match res {
+                Ok(()) => info!(action = a.kind(), vm = %name, "applied"),
+                Err(e) => {
+                    warn!(action = a.kind(), vm = %name, error = %e, "VM action failed");
+                    failed.insert(name, format!("{} failed: {e}", a.kind()));
+                }
+            }
+        }
+        // Taps of running VMs put back on their bridge if it was recreated meanwhile.
+        for (name, l) in &launches {
+            if !self.seen.contains(name) || failed.contains_key(name) {
+                continue;
+            }
+            for n in &l.nics {
+                if tap::exists(&n.tap) && tap::master(&n.tap).as_deref() != Some(&n.bridge) {
+                    let alias = crate::network::types::alias_for(&self.node);
+                    match crate::network::attach_port(&n.tap, &n.bridge, n.vlan, &alias).await {
+                        Ok(()) => {
+                            info!(vm = %name, tap = %n.tap, bridge = %n.bridge, "tap put back on its bridge")
+                        }
+                        Err(e) => {
+                            warn!(vm = %name, tap = %n.tap, error = %e, "re-attaching a tap failed")
+                        }
+                    }
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for v in &spec.vms {
+            let p = self.paths(&v.name);
+            let verdict = verdicts.iter().find(|(n, _)| n == &v.name).map(|(_, v)| v);
+            let (state, error) = match (failed.get(&v.name), verdict) {
+                (Some(e), _) => (ResourceState::Failed, Some(e.clone())),
+                (None, Some(VmVerdict::Conflict(w))) => (ResourceState::Conflict, Some(w.clone())),
+                (None, Some(VmVerdict::Failed(w))) => (ResourceState::Failed, Some(w.clone())),
+                (None, Some(VmVerdict::Pending(w))) => (ResourceState::Pending, Some(w.clone())),
+                (None, _) => (ResourceState::Converged, None),
+            };
+            let mut r = status(&v.name, state, error);
+            if let Some(rec) = p.load().filter(|r| r.node == self.node) {
+                r.restarts = rec.restarts;
+                if rec.started && !rec.accel.is_empty() {
+                    r.detail = Some(match &rec.accel_note {
+                        Some(n) => format!("accelerator {} ({n})", rec.accel),
+                        None => format!("accelerator {}", rec.accel),
+                    });
+                }
+            }
+            out.push(r);
+        }
+        out
+    }
+
+    async fn apply(
+        &mut self,
+        a: &VmAction,
+        vm: Option<&VmSpec>,
+        l: Option<&Launch>,
+        unusable: &BTreeMap<String, String>,
+    ) -> Result<(), VmError> {
+        let need = |what: &str| VmError::Qemu {
+            reason: format!("internal: no {what} for this VM"),
+        };
+        match a {
+            VmAction::Create { name, start } => {
+                let vm = vm.ok_or_else(|| need("spec"))?;
+                self.create(vm, l.ok_or_else(|| need("launch"))?).await?;
+                if *start {
+                    self.start(name, l.ok_or_else(|| need("launch"))?, false, unusable)
+                        .await?;
+                }
+                Ok(())
+            }
+            VmAction::Start {
+                name,
+                reason,
+                crash,
+            } => {
+                info!(%reason, "starting");
+                self.start(name, l.ok_or_else(|| need("launch"))?, *crash, unusable)
+                    .await
+            }
+            VmAction::Restart {
+                name,
+                reason,
+                crash,
+            } => {
+                info!(%reason, "restarting");
+                self.stop(name).await?;
+                self.start(name, l.ok_or_else(|| need("launch"))?, *crash, unusable)
+                    .await
+            }
+            VmAction::Stop { name, reason } => {
+                info!(%reason, "stopping");
+                self.stop(name).await
+            }
+            VmAction::Delete { name, reason } => {
+                info!(%reason, "deleting");
+                self.delete(name).await
+            }
+        }
+    }
+
+    /// Directory, record and overlay, made under a temporary name and renamed into place.
+    async fn create(&mut self, vm: &VmSpec, l: &Launch) -> Result<(), VmError> {
+        // The taps are recorded with the directory (one durable write less on the way to a
+        // running VM), so their names must be free now.
+        for n in &l.nics {
+            if tap::exists(&n.tap) {
+                return Err(VmError::Conflict(format!(
+                    "a link named {} exists that Steward did not create for this VM; left alone",
+                    n.tap
+                )));
+            }
+        }
+        let base = Path::new(&vm.image);
+        let info = disk::probe(base).await?;
+        let size = match &vm.disk {
+            Some(q) => Some(parse_memory(q).map_err(|e| VmError::Disk { reason: e })?),
+            None => None,
+        };
+        let tmp = self.s.dir.join(format!(
+            ".steward-creating-{}-{:08x}",
+            vm.name,
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir(&tmp).map_err(io_err(format!("creating {}", tmp.display())))?;
+        // The seed may carry secrets in its user-data: the VM's files are the agent's only.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o700))
+            .map_err(io_err(format!("chmod {}", tmp.display())))?;
+        let res = async {
+            let p = VmPaths::new(tmp.clone());
+            p.save(&VmRecord {
+                node: self.node.clone(),
+                name: vm.name.clone(),
+                taps: l.nics.iter().map(|n| n.tap.clone()).collect(),
+                ..Default::default()
+            })?;
+            disk::create_overlay(base, &info, &p.disk(), size).await?;
+            let dest = self.paths(&vm.name).dir;
+            std::fs::rename(&tmp, &dest).map_err(io_err(format!("renaming to {}", dest.display())))
+        }
+        .await;
+        if res.is_err() {
+            let _ = std::fs::remove_dir_all(&tmp);
+        } else {
+            info!(vm = %vm.name, base = %vm.image, "VM directory and overlay created");
+        }
+        res
+    }
+
+    async fn start(
+        &mut self,
+        name: &str,
+        l: &Launch,
+        crash: bool,
+        unusable: &BTreeMap<String, String>,
+    ) -> Result<(), VmError> {
+        let t0 = std::time::Instant::now();
+        let p = self.paths(name);
+        let mut rec = p
+            .load()
+            .ok_or_else(|| VmError::Conflict(format!("{} has no record", p.dir.display())))?;
+        seed::build(
+            &p.seed(),
+            &l.seed
+                .iter()
+                .map(|(n, c)| (n.as_str(), c.clone()))
+                .collect::<Vec<_>>(),
+        )?;
+        tracing::debug!(us = t0.elapsed().as_micros() as u64, "seed built");
+        // Taps: recorded first, then made and put on their bridge.
+        let alias = crate::network::types::alias_for(&self.node);
+        for n in &l.nics {
+            if let Some(why) = unusable.get(&n.bridge) {
+                return Err(VmError::Nic {
+                    bridge: n.bridge.clone(),
+                    reason: format!("the bridge cannot be used: {why}"),
+                });
+            }
+            if !Path::new("/sys/class/net")
+                .join(&n.bridge)
+                .join("bridge")
+                .exists()
+            {
+                return Err(VmError::Nic {
+                    bridge: n.bridge.clone(),
+                    reason: "no such bridge on this host; declare it under networks.bridges".into(),
+                });
+            }
+            if !rec.taps.contains(&n.tap) {
+                if tap::exists(&n.tap) {
+                    return Err(VmError::Conflict(format!(
+                        "a link named {} exists that Steward did not create for this VM; left alone",
+                        n.tap
+                    )));
+                }
+                rec.taps.push(n.tap.clone());
+                p.save(&rec)?;
+            }
+            tap::create(&n.tap)?;
+            crate::network::attach_port(&n.tap, &n.bridge, n.vlan, &alias)
+                .await
+                .map_err(|e| VmError::Nic {
+                    bridge: n.bridge.clone(),
+                    reason: e.to_string(),
+                })?;
+        }
+        // Taps of NICs no longer wanted.
+        let stale: Vec<String> = rec
+            .taps
+            .iter()
+            .filter(|t| !l.nics.iter().any(|n| &n.tap == *t))
+            .cloned()
+            .collect();
+        for t in stale {
+            tap::remove(&t)?;
+            rec.taps.retain(|x| x != &t);
+            p.save(&rec)?;
+        }
+        tracing::debug!(us = t0.elapsed().as_micros() as u64, "taps ready");
+        let (accel, note) = match (self.s.accel, &self.kvm_broken) {
+            (Accel::Tcg, _) => ("tcg", Some("configured: vm_accel = tcg".to_string())),
+            (Accel::Kvm, _) => ("kvm", None),
+            (Accel::Auto, Some(why)) => ("tcg", Some(format!("KVM not used: {why}"))),
+            (Accel::Auto, None) => ("kvm", None),
+        };
+        let res = driver::spawn(&self.s.qemu, &p, l, accel).await;
+        let (accel, note) = match res {
+            Ok(_) => (accel, note),
+            Err(e) if self.s.accel == Accel::Auto && accel == "kvm" => {
+                let why = e.to_string();
+                warn!(vm = %name, error = %why, "QEMU with KVM failed; trying TCG");
+                driver::spawn(&self.s.qemu, &p, l, "tcg").await?;
+                self.kvm_broken = Some(why.clone());
+                ("tcg", Some(format!("KVM not used: {why}")))
+            }
+            Err(e) => return Err(e),
+        };
+        tracing::debug!(us = t0.elapsed().as_micros() as u64, "QEMU answers QMP");
+        if accel == "kvm" && driver::kvm_enabled(&p).await == Some(false) {
+            warn!(vm = %name, "QMP says KVM is not enabled");
+        }
+        rec.started = true;
+        rec.launch_hash = l.hash();
+        rec.accel = accel.to_string();
+        rec.accel_note = note;
+        if crash {
+            rec.restarts += 1;
+        }
+        p.save(&rec)?;
+        self.seen.insert(name.to_string());
+        info!(vm = %name, accel, pid = driver::live_pid(&p), "QEMU started (detached)");
+        Ok(())
+    }
+
+    async fn stop(&mut self, name: &str) -> Result<(), VmError> {
+        let p = self.paths(name);
+        driver::stop(&p, self.s.stop_timeout).await?;
+        if let Some(mut rec) = p.load() {
+            rec.started = false;
+            p.save(&rec)?;
+        }
+        self.seen.remove(name);
+        Ok(())
+    }
+
+    async fn delete(&mut self, name: &str) -> Result<(), VmError> {
+        self.stop(name).await?;
+        let p = self.paths(name);
+        if let Some(rec) = p.load() {
+            for t in &rec.taps {
+                tap::remove(t)?;
+            }
+        }
+        let trash = self.s.dir.join(format!(
+            ".steward-deleting-{name}-{:08x}",
+            rand::random::<u32>()
+        ));
+        std::fs::rename(&p.dir, &trash).map_err(io_err(format!("renaming {}", p.dir.display())))?;
+        std::fs::remove_dir_all(&trash).map_err(io_err(format!("removing {}", trash.display())))?;
+        info!(vm = %name, "VM deleted: process, taps, overlay and seed gone");
+        Ok(())
+    }
+}
