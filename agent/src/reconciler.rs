@@ -170,7 +170,15 @@ impl Reconciler {
             .reconcile(spec, &self.policy, &self.node_id)
             .await;
         let payloads = self.reconcile_payloads(spec).await;
+        let vm_restarts = self.payloads.take_vm_restarts();
         let containers = self.reconcile_containers(spec, &net).await;
+        if let Some(v) = self.vms.as_mut() {
+            for name in vm_restarts {
+                if let Err(e) = v.restart(&name).await {
+                    warn!(vm = %name, error = %e, "restarting a VM after its payload changed failed");
+                }
+            }
+        }
         let vms = match self.vms.as_mut() {
             Some(v) => v.reconcile(spec, &net.unusable).await,
             None => spec

@@ -284,9 +284,10 @@ fn vm_boots_on_bridge_outlives_agent_restarts_per_policy_and_is_removed() {
     std::fs::write(
         &cfg,
         format!(
-            "registry = \"{url}\"\nenrollment_token = \"{token}\"\ndata_dir = \"{}\"\nvm_dir = \"{}\"\nvm_stop_timeout = \"3s\"\nresync_interval = \"2s\"\nlong_poll_wait = \"30s\"\nbackoff_max = \"1s\"\nmetrics_listen = \"off\"\n",
+            "registry = \"{url}\"\nenrollment_token = \"{token}\"\ndata_dir = \"{}\"\nvm_dir = \"{}\"\nvm_stop_timeout = \"3s\"\nresync_interval = \"2s\"\nlong_poll_wait = \"30s\"\nbackoff_max = \"1s\"\nmetrics_listen = \"off\"\n[policy]\npayload_roots = [\"{}\"]\n",
             data.display(),
-            vms.display()
+            vms.display(),
+            tmp.path().join("payloads").display()
         ),
     )
     .unwrap();
@@ -486,6 +487,60 @@ fn vm_boots_on_bridge_outlives_agent_restarts_per_policy_and_is_removed() {
         || (status_of(&data, "e2e")?["restarts"] == 1).then_some(()),
     );
     eprintln!("vm e2e: QEMU {pid} killed, restarted as {new_pid}");
+
+    // A payload with `on_change.restart_vms`: a new version restarts the VM.
+    let root = tmp.path().join("payloads");
+    std::fs::create_dir_all(&root).unwrap();
+    for v in ["1", "2"] {
+        let f = tmp.path().join(format!("vm.conf.{v}"));
+        std::fs::write(&f, format!("version {v}\n")).unwrap();
+        ctl(
+            &ns,
+            url,
+            &admin,
+            &["payloads", "upload", "vmconf", v, f.to_str().unwrap()],
+        );
+    }
+    let with_payload = |v: &str| {
+        format!(
+            "{net}vms:\n{}payloads:\n  - {{name: vmconf, version: '{v}', path: {}, on_change: {{restart_vms: [e2e]}}}}\n",
+            vm_spec.replace("memory: 256Mi", "memory: 320Mi"),
+            root.join("vm.conf").display()
+        )
+    };
+    for v in ["1", "2"] {
+        let pid_before = qemu_pids(&dir);
+        let starts_before = applied("start");
+        std::fs::write(&spec, with_payload(v)).unwrap();
+        ctl(
+            &ns,
+            url,
+            &admin,
+            &["spec", "apply", &node, "-f", spec.to_str().unwrap()],
+        );
+        wait(
+            90,
+            &|| format!("payload {v} and the VM restart\n{}", log()),
+            || {
+                let deployed =
+                    std::fs::read_to_string(root.join("vm.conf")).ok()? == format!("version {v}\n");
+                (deployed && applied("start") > starts_before).then_some(())
+            },
+        );
+        let p = qemu_pids(&dir);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_ne!(p, pid_before, "payload {v}: the VM was not restarted");
+        wait(
+            60,
+            &|| format!("QMP running after the payload restart\n{}", log()),
+            || (qmp_status(&dir.join("qmp.sock")).as_deref() == Some("running")).then_some(()),
+        );
+    }
+    assert!(
+        log().contains("a payload it depends on changed"),
+        "{}",
+        log()
+    );
 
     // Removed from the spec: process, directory and tap gone; the bridge stays.
     std::fs::write(&spec, net).unwrap();

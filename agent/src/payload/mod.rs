@@ -71,6 +71,8 @@ pub struct Payloads {
     /// The last full hash of every payload path seen (owned or not).
     hashes: HashMap<String, Hashed>,
     attestations: Vec<PayloadAttestation>,
+    /// VMs to restart because a payload they depend on changed (`on_change.restart_vms`).
+    vm_restarts: BTreeSet<String>,
 }
 
 impl Default for Payloads {
@@ -126,6 +128,7 @@ impl Payloads {
             records: None,
             hashes: HashMap::new(),
             attestations: Vec::new(),
+            vm_restarts: BTreeSet::new(),
         }
     }
 
@@ -139,10 +142,16 @@ impl Payloads {
             records: None,
             hashes: HashMap::new(),
             attestations: Vec::new(),
+            vm_restarts: BTreeSet::new(),
         }
     }
 
     /// The attestations of the last pass.
+    /// The VMs whose payloads changed since the last call (`on_change.restart_vms`).
+    pub fn take_vm_restarts(&mut self) -> BTreeSet<String> {
+        std::mem::take(&mut self.vm_restarts)
+    }
+
     pub fn attestations(&self) -> Vec<PayloadAttestation> {
         self.attestations.clone()
     }
@@ -201,10 +210,8 @@ impl Payloads {
             if changed {
                 if let Some(oc) = &p.on_change {
                     restart.extend(oc.restart_containers.iter().cloned());
-                    if !oc.restart_vms.is_empty() {
-                        // TODO(vms): restart these VMs once the VM driver exists (issue #6 hook).
-                        warn!(payload = %p.name, vms = ?oc.restart_vms, "on_change.restart_vms is not supported by this agent version yet");
-                    }
+                    // Restarted by the reconciler through the VM driver, after this phase.
+                    self.vm_restarts.extend(oc.restart_vms.iter().cloned());
                 }
             }
             out.push(st);

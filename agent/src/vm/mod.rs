@@ -505,6 +505,20 @@ impl Vms {
         Ok(())
     }
 
+    /// Restarts a running VM this node owns (for a payload's `on_change.restart_vms`): a
+    /// graceful stop now; the next plan starts it again with its spec. False when it is not
+    /// running or not ours.
+    pub async fn restart(&mut self, name: &str) -> Result<bool, VmError> {
+        let p = self.paths(name);
+        let ours = p.load().is_some_and(|r| r.node == self.node);
+        if !ours || driver::live_pid(&p).is_none() {
+            return Ok(false);
+        }
+        info!(vm = %name, "restarting: a payload it depends on changed");
+        self.stop(name).await?;
+        Ok(true)
+    }
+
     async fn stop(&mut self, name: &str) -> Result<(), VmError> {
         let p = self.paths(name);
         driver::stop(&p, self.s.stop_timeout).await?;
