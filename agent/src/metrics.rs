@@ -247,6 +247,7 @@ mod tests {
             restarts: 1,
             escalation_level: 0,
             escalation: None,
+            rolled_back: None,
             detail: None,
         });
         m.reconciled(Duration::from_millis(20), &st);

@@ -13,7 +13,7 @@ use steward_proto::{NodeSpec, NodeStatus, ResourceKind, ResourceState, ResourceS
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::docker::Docker;
-use crate::heal::containers::{heal, HealState, Healed};
+use crate::heal::containers::{effective, heal, HealState, Healed};
 use crate::heal::ladder::LadderPolicy;
 use crate::network::{EventFeed, NetOutcome, Networks};
 use crate::reconcile::{plan, Action, Policy, Verdict};
@@ -27,6 +27,8 @@ pub struct Reconciler {
     node_id: String,
     /// Starts the agent made per container since it started (added to Docker's own count).
     starts: HashMap<String, u32>,
+    /// The generation of the spec being reconciled (for rollback reports).
+    generation: u64,
     networks: Networks,
     payloads: crate::payload::Payloads,
     heal: Heal,
@@ -67,6 +69,7 @@ fn resource(
         escalation_level: 0,
         detail: None,
         escalation: None,
+        rolled_back: None,
     }
 }
 
@@ -78,6 +81,7 @@ impl Reconciler {
             policy,
             node_id,
             starts: HashMap::new(),
+            generation: 0,
             networks: Networks::new(
                 crate::network::lab::DEFAULT_LAB_TEMPLATE.to_string(),
                 None,
@@ -150,6 +154,7 @@ impl Reconciler {
 
     /// Observe → plan → apply → report, for one generation of the spec.
     pub async fn reconcile(&mut self, generation: u64, spec: &NodeSpec) -> NodeStatus {
+        self.generation = generation;
         let resources = self
             .reconcile_all(spec)
             .instrument(info_span!("reconcile", generation))
@@ -306,8 +311,9 @@ impl Reconciler {
             .filter(|o| o.managed)
             .map(|o| (o.name.clone(), o.restart_count))
             .collect();
-        let mut plan = plan(&spec.containers, &observed, &self.policy, &self.node_id);
-        let healed = self.heal_containers(spec, &observed, &mut plan).await;
+        let desired = self.effective_containers(spec);
+        let mut plan = plan(&desired, &observed, &self.policy, &self.node_id);
+        let healed = self.heal_containers(&desired, &observed, &mut plan).await;
         let mut failed: BTreeMap<String, String> = BTreeMap::new();
         let node_id = self.node_id.clone();
         let Ok(docker) = self.docker().await.cloned() else {
@@ -399,10 +405,17 @@ impl Reconciler {
                         }
                     }
                 };
-                let (state, error) = match healed.failed.get(&name) {
-                    Some(why) if state != ResourceState::Conflict => {
+                let (state, error) = match (healed.failed.get(&name), healed.rolled_back.get(&name)) {
+                    (Some(why), _) if state != ResourceState::Conflict => {
                         (ResourceState::Failed, Some(why.clone()))
                     }
+                    (None, Some(rb)) if state != ResourceState::Conflict => (
+                        ResourceState::Failed,
+                        Some(format!(
+                            "rolled back from generation {} to the configuration of generation {}: {}",
+                            rb.from_generation, rb.to_generation, rb.reason
+                        )),
+                    ),
                     _ => (state, error),
                 };
                 let mut r = resource(ResourceKind::Container, &name, state, error);
@@ -416,6 +429,7 @@ impl Reconciler {
                     }
                     r.escalation = Some(e.clone());
                 }
+                r.rolled_back = healed.rolled_back.get(&name).cloned();
                 r.restarts = restart_counts.get(&name).copied().unwrap_or(0)
                     + self.starts.get(&name).copied().unwrap_or(0);
                 r
@@ -426,24 +440,22 @@ impl Reconciler {
 
 impl Reconciler {
     /// Walks the failing containers' ladders (rewriting `plan`) and stores them if they moved.
+    /// The containers to converge: the spec's, with rolled-back ones at their last healthy
+    /// configuration (see `heal::containers::effective`).
+    fn effective_containers(&mut self, spec: &NodeSpec) -> Vec<steward_proto::ContainerSpec> {
+        let h = &mut self.heal;
+        let state = h.state.get_or_insert_with(|| load_heal(h.store.as_ref()));
+        effective(state, &spec.containers)
+    }
+
     async fn heal_containers(
         &mut self,
-        spec: &NodeSpec,
+        desired: &[steward_proto::ContainerSpec],
         observed: &crate::reconcile::Observed,
         plan: &mut crate::reconcile::Plan,
     ) -> Healed {
         let h = &mut self.heal;
-        let state = h.state.get_or_insert_with(|| {
-            h.store
-                .as_ref()
-                .map(|s| {
-                    s.heal_state().unwrap_or_else(|e| {
-                        warn!(error = %e, "reading the escalation ladders failed; starting afresh");
-                        HealState::default()
-                    })
-                })
-                .unwrap_or_default()
-        });
+        let state = h.state.get_or_insert_with(|| load_heal(h.store.as_ref()));
         let before = state.clone();
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -451,11 +463,12 @@ impl Reconciler {
             .unwrap_or(0);
         let healed = heal(
             state,
-            &spec.containers,
+            desired,
             observed,
             plan,
             &h.policy,
             &self.node_id,
+            self.generation,
             now,
         );
         if *state != before {
@@ -467,6 +480,17 @@ impl Reconciler {
         }
         healed
     }
+}
+
+fn load_heal(store: Option<&Store>) -> HealState {
+    store
+        .map(|s| {
+            s.heal_state().unwrap_or_else(|e| {
+                warn!(error = %e, "reading the escalation ladders failed; starting afresh");
+                HealState::default()
+            })
+        })
+        .unwrap_or_default()
 }
 
 /// Creates and starts a container, at its lab address when it has one.

@@ -150,6 +150,10 @@ pub struct Node {
     /// the pinned sha256 (or is missing), and resources in state `drifted`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub drift: Vec<Drift>,
+    /// "rolled back from generation N": the newest generation the agent rolled a workload back
+    /// from, per the last status; computed by the registry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back_from: Option<u64>,
 }
 
 /// One drifted resource of a node.
@@ -250,6 +254,18 @@ pub struct ResourceStatus {
     /// Where the workload stands on its escalation ladder; absent while it has not failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub escalation: Option<Escalation>,
+    /// The agent returned this workload to its last healthy configuration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back: Option<RolledBack>,
+}
+
+/// An automatic rollback: the spec of `from_generation` left the workload failing past its
+/// grace period, so it runs the configuration it last ran healthy, from `to_generation`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct RolledBack {
+    pub from_generation: u64,
+    pub to_generation: u64,
+    pub reason: String,
 }
 
 /// A workload's escalation ladder (restart → recreate, VMs: restart → reset → recreate → failed).

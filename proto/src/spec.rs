@@ -229,6 +229,14 @@ pub struct ContainerSpec {
     pub host_network: bool,
     #[serde(default, skip_serializing_if = "is_false")]
     pub host_pid: bool,
+    /// Return to the last healthy configuration when a spec change leaves the container
+    /// failing past the agent's rollback grace period (default true).
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub rollback: bool,
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 fn is_default_resources(r: &Resources) -> bool {

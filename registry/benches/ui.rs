@@ -32,6 +32,7 @@ fn record(i: usize) -> NodeRecord {
         restarts: (i % 4) as u32,
         escalation_level: 0,
         escalation: None,
+        rolled_back: None,
         detail: None,
     };
     let failing = i % 50 == 0;

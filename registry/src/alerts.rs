@@ -203,6 +203,25 @@ pub fn from_status(node_id: &str, before: Option<&NodeStatus>, now: &NodeStatus)
     let was_failed: Vec<String> = before
         .map(|b| failed(b).into_iter().map(|(n, _)| n).collect())
         .unwrap_or_default();
+    // Workloads rolled back since the last status (or rolled back from another generation).
+    let rolled = |s: &NodeStatus| -> Vec<(String, steward_proto::RolledBack)> {
+        s.resources
+            .iter()
+            .filter_map(|r| r.rolled_back.clone().map(|b| (r.name.clone(), b)))
+            .collect()
+    };
+    let was_rolled = before.map(rolled).unwrap_or_default();
+    out.extend(rolled(now).into_iter().filter(|x| !was_rolled.contains(x)).map(|(name, b)| {
+        alert(
+            AlertKind::Rollback,
+            node_id,
+            Some(&name),
+            format!(
+                "workload {name} on node {node_id} rolled back from generation {} to the configuration of generation {}: {}",
+                b.from_generation, b.to_generation, b.reason
+            ),
+        )
+    }));
     out.extend(
         failed(now)
             .into_iter()

@@ -34,6 +34,12 @@ pub fn to_wire(state: &AppState, rec: NodeRecord) -> Node {
         stats: rec.stats,
         drift: rec.status.as_ref().map(|s| s.drift()).unwrap_or_default(),
         drifted: false,
+        rolled_back_from: rec.status.as_ref().and_then(|s| {
+            s.resources
+                .iter()
+                .filter_map(|r| r.rolled_back.as_ref().map(|b| b.from_generation))
+                .max()
+        }),
         status: rec.status,
     };
     node.drifted = !node.drift.is_empty();

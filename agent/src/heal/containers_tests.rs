@@ -29,6 +29,7 @@ fn policy() -> LadderPolicy {
         backoff_initial: 10,
         backoff_max: 100,
         cooldown: 1000,
+        rollback_grace: 1000,
     }
 }
 
@@ -55,6 +56,7 @@ fn pass(
         &mut plan,
         &policy(),
         "n1",
+        1,
         now,
     );
     (
@@ -220,4 +222,134 @@ fn containers_not_ours_or_being_recreated_are_left_to_the_planner() {
         let (got, pos, _) = pass(&mut st, &c, o, planned, 0);
         assert_eq!((got, pos), (vec!["start"], None));
     }
+}
+
+#[test]
+fn a_failing_update_is_rolled_back_to_the_last_healthy_config_until_the_spec_changes() {
+    let p = LadderPolicy {
+        rollback_grace: 30,
+        ..policy()
+    };
+    let v1 = spec("web", RestartPolicy::Always);
+    let mut v2 = v1.clone();
+    v2.image = "img:2".into();
+    let mut st = HealState::default();
+    let run =
+        |st: &mut HealState, desired: &ContainerSpec, o: ObservedContainer, gen: u64, now: u64| {
+            let observed = Observed {
+                containers: vec![o],
+                ..Default::default()
+            };
+            let mut plan = Plan::default();
+            let h = heal(
+                st,
+                std::slice::from_ref(desired),
+                &observed,
+                &mut plan,
+                &p,
+                "n1",
+                gen,
+                now,
+            );
+            (plan.actions, h)
+        };
+    let mut healthy = seen(&v1, "a", true, 0);
+    healthy.health = Some("healthy".into());
+    run(&mut st, &v1, healthy, 1, 0);
+    assert_eq!(
+        st.containers["web"]
+            .last_healthy
+            .as_ref()
+            .unwrap()
+            .generation,
+        1
+    );
+
+    // Generation 2 is unhealthy: the ladder acts within the grace period...
+    let mut sick = seen(&v2, "b", true, 0);
+    sick.health = Some("unhealthy".into());
+    assert_eq!(
+        effective(&mut st, std::slice::from_ref(&v2)),
+        vec![v2.clone()]
+    );
+    let (a, h) = run(&mut st, &v2, sick.clone(), 2, 10);
+    assert_eq!(a.iter().map(Action::kind).collect::<Vec<_>>(), ["restart"]);
+    assert!(h.rolled_back.is_empty());
+    // ...and past it, rolls back to generation 1's configuration.
+    let (a, h) = run(&mut st, &v2, sick, 2, 40);
+    match a.as_slice() {
+        [Action::Recreate { spec, reason, .. }] => {
+            assert_eq!(spec.image, "img:1");
+            assert!(reason.contains("rollback to generation 1"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let rb = &h.rolled_back["web"];
+    assert_eq!((rb.from_generation, rb.to_generation), (2, 1));
+    assert!(rb.reason.contains("health check failing"), "{}", rb.reason);
+
+    // While the spec stays at generation 2, generation 1's configuration is what converges.
+    assert_eq!(
+        effective(&mut st, std::slice::from_ref(&v2)),
+        vec![v1.clone()]
+    );
+    let (a, h) = run(&mut st, &v1, seen(&v1, "c", true, 0), 2, 50);
+    assert!(a.is_empty(), "{a:?}");
+    assert_eq!(h.rolled_back["web"].from_generation, 2);
+    // A new spec gets its chance.
+    let mut v3 = v1.clone();
+    v3.image = "img:3".into();
+    assert_eq!(
+        effective(&mut st, std::slice::from_ref(&v3)),
+        vec![v3.clone()]
+    );
+    assert!(st.containers["web"].rolled_back.is_none());
+}
+
+#[test]
+fn rollback_switched_off_leaves_it_to_the_ladder() {
+    let p = LadderPolicy {
+        rollback_grace: 0,
+        ..policy()
+    };
+    let v1 = spec("web", RestartPolicy::Always);
+    let mut v2 = v1.clone();
+    v2.image = "img:2".into();
+    v2.rollback = false;
+    let mut st = HealState::default();
+    let mut healthy = seen(&v1, "a", true, 0);
+    healthy.health = Some("healthy".into());
+    let observed = |o| Observed {
+        containers: vec![o],
+        ..Default::default()
+    };
+    let mut plan = Plan::default();
+    heal(
+        &mut st,
+        std::slice::from_ref(&v1),
+        &observed(healthy),
+        &mut plan,
+        &p,
+        "n1",
+        1,
+        0,
+    );
+    let mut sick = seen(&v2, "b", true, 0);
+    sick.health = Some("unhealthy".into());
+    let mut plan = Plan::default();
+    let h = heal(
+        &mut st,
+        std::slice::from_ref(&v2),
+        &observed(sick),
+        &mut plan,
+        &p,
+        "n1",
+        2,
+        100,
+    );
+    assert!(h.rolled_back.is_empty());
+    assert_eq!(
+        plan.actions.iter().map(Action::kind).collect::<Vec<_>>(),
+        ["restart"]
+    );
 }

@@ -40,6 +40,10 @@ pub struct LadderPolicy {
     pub backoff_max: u64,
     /// Healthy this long after the last action: back to the bottom.
     pub cooldown: u64,
+    /// A spec change that leaves a workload failing this long is rolled back; a workload
+    /// running this long without failing (or reported healthy) is its new last healthy
+    /// configuration.
+    pub rollback_grace: u64,
 }
 
 impl Default for LadderPolicy {
@@ -49,6 +53,7 @@ impl Default for LadderPolicy {
             backoff_initial: 10,
             backoff_max: 300,
             cooldown: 600,
+            rollback_grace: 60,
         }
     }
 }
@@ -153,6 +158,7 @@ mod tests {
             backoff_initial: 10,
             backoff_max: 40,
             cooldown: 100,
+            rollback_grace: 30,
         }
     }
 

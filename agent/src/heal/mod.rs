@@ -20,6 +20,8 @@ pub struct HealConfig {
     pub backoff_max: Option<String>,
     /// Healthy this long after the last action: back to the bottom. default "10m"
     pub cooldown: Option<String>,
+    /// A spec change failing this long is rolled back to the last healthy config. default "60s"
+    pub rollback_grace: Option<String>,
 }
 
 impl HealConfig {
@@ -42,6 +44,7 @@ impl HealConfig {
             backoff_initial: secs("backoff_initial", &self.backoff_initial, d.backoff_initial)?,
             backoff_max: secs("backoff_max", &self.backoff_max, d.backoff_max)?,
             cooldown: secs("cooldown", &self.cooldown, d.cooldown)?,
+            rollback_grace: secs("rollback_grace", &self.rollback_grace, d.rollback_grace)?,
         };
         if p.attempts_per_rung == 0 {
             anyhow::bail!("config field heal.attempts_per_rung must be at least 1");

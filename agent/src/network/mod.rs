@@ -118,6 +118,7 @@ fn status(name: &str, state: ResourceState, error: Option<String>) -> ResourceSt
         escalation_level: 0,
         detail: None,
         escalation: None,
+        rolled_back: None,
     }
 }
 

@@ -114,6 +114,7 @@ fn status(name: &str, state: ResourceState, error: Option<String>) -> ResourceSt
         restarts: 0,
         escalation_level: 0,
         escalation: None,
+        rolled_back: None,
         detail: None,
     }
 }

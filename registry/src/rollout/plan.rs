@@ -213,6 +213,7 @@ mod tests {
                     restarts: 0,
                     escalation_level: 0,
                     escalation: None,
+                    rolled_back: None,
                     detail: None,
                 })
                 .into_iter()

@@ -198,10 +198,10 @@ fn list_row(n: &Node, now: DateTime<Utc>) -> Vec<String> {
             .map_or_else(|| "never".to_string(), |t| ago(now, t)),
         format!("{}/{}", n.generation, n.observed_generation),
         resource_summary(n.status.as_ref()),
-        if n.drifted {
-            format!("DRIFTED ({})", n.drift.len())
-        } else {
-            "-".into()
+        match (n.drifted, n.rolled_back_from) {
+            (true, _) => format!("DRIFTED ({})", n.drift.len()),
+            (false, Some(g)) => format!("rolled back from generation {g}"),
+            _ => "-".into(),
         },
         or_dash(&n.facts.agent_version),
     ]
@@ -271,6 +271,7 @@ mod tests {
             restarts: 0,
             escalation_level: 0,
             escalation: None,
+            rolled_back: None,
             detail: None,
         };
         let st = NodeStatus {

@@ -1,0 +1,156 @@
+//! Automatic rollback end to end: real registry, real agent, real Docker engine. A container
+//! runs healthy (a Docker health check) at generation 1; generation 2 makes its health check
+//! fail; past the rollback grace period the agent returns it to generation 1's configuration,
+//! reports the rollback, the registry shows the node "rolled back from generation 2", and a
+//! webhook receiver gets one `rollback` alert.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::routing::post;
+use common::{docker, engine_ready, inspect, suffix, Agent, Registry, IMAGE};
+use serde_json::Value;
+
+fn container(name: &str, v: &str, health: &str) -> String {
+    format!(
+        "containers:\n  - {{name: {name}, image: '{IMAGE}', command: [sleep, '3600'], env: {{V: '{v}'}}, healthcheck: {{exec: [sh, -c, '{health}'], interval: 1s, retries: 1}}}}\n"
+    )
+}
+
+fn health(name: &str) -> String {
+    docker(&["inspect", "-f", "{{.State.Health.Status}}", name])
+        .trim()
+        .to_string()
+}
+
+fn env_v(name: &str) -> String {
+    docker(&[
+        "inspect",
+        "-f",
+        "{{range .Config.Env}}{{println .}}{{end}}",
+        name,
+    ])
+    .lines()
+    .find_map(|l| l.strip_prefix("V=").map(str::to_string))
+    .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn an_update_that_turns_unhealthy_is_rolled_back_and_reported() {
+    if !engine_ready() {
+        return;
+    }
+    let seen: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let app = {
+        let seen = seen.clone();
+        axum::Router::new().route(
+            "/hook",
+            post(move |body: Bytes| {
+                let seen = seen.clone();
+                async move {
+                    seen.lock()
+                        .unwrap()
+                        .push(serde_json::from_slice(&body).unwrap());
+                    "ok"
+                }
+            }),
+        )
+    };
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = l.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("registry.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[alerts.webhooks]]\nurl = \"http://127.0.0.1:{hook}/hook\"\nkinds = [\"rollback\"]\n"
+        ),
+    )
+    .unwrap();
+    let r = Registry::start_with(&["--config", cfg.to_str().unwrap()]).await;
+    let a = Agent::start(
+        &r,
+        "\n[heal]\nrollback_grace = \"3s\"\nbackoff_initial = \"1s\"\n",
+    )
+    .await;
+    let name = format!("rb-{}", suffix());
+
+    // Generation 1: healthy, and seen healthy by the agent (a resync is 2 s).
+    let g1 = r
+        .put_spec(&a.node_id, &container(&name, "1", "exit 0"))
+        .await;
+    r.wait_observed(&a.node_id, g1).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while health(&name) != "healthy" {
+        assert!(
+            Instant::now() < deadline,
+            "never healthy: {}",
+            health(&name)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // Generation 2 fails its health check: rolled back past the grace period.
+    let g2 = r
+        .put_spec(&a.node_id, &container(&name, "2", "exit 1"))
+        .await;
+    assert!(g2 > g1);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let res = loop {
+        let n = r.node(&a.node_id).await;
+        let res = n["status"]["resources"]
+            .as_array()
+            .and_then(|v| v.iter().find(|x| x["name"] == name.as_str()).cloned());
+        if let Some(res) = res.filter(|x| x["rolled_back"].is_object()) {
+            assert_eq!(n["rolled_back_from"], g2, "{n}");
+            break res;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no rollback reported\n{}",
+            a.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(res["rolled_back"]["from_generation"], g2, "{res}");
+    assert_eq!(res["rolled_back"]["to_generation"], g1, "{res}");
+    assert!(
+        res["error"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("rolled back from generation {g2}")),
+        "{res}"
+    );
+    // The container runs generation 1's configuration again, healthy.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(env_v(&name) == "1" && health(&name) == "healthy") {
+        assert!(
+            Instant::now() < deadline,
+            "not back to generation 1: V={} health={}",
+            env_v(&name),
+            health(&name)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(inspect(&name).unwrap().running);
+    // It stays there while the spec is generation 2 (a few resyncs), and one alert was sent.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(env_v(&name), "1");
+    let got = seen.lock().unwrap().clone();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["kind"], "rollback");
+    assert!(
+        got[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("from generation {g2}")),
+        "{got:?}"
+    );
+    docker(&["rm", "-f", &name]);
+}
