@@ -96,7 +96,15 @@ fn resources(n: &Node) -> Markup {
                             td { (r.name) }
                             td { span class={"badge s-" (state)} { (state) } }
                             td.num { (r.restarts) }
-                            td.num { (r.escalation_level) }
+                            td {
+                                @if let Some(e) = &r.escalation {
+                                    (e.position) " (attempt " (e.attempts) ")"
+                                    @if let Some(a) = &e.last_action { " · last " (a) }
+                                    @if let Some(t) = e.next_step_at { " · next step " (t.format("%H:%M:%S UTC")) }
+                                } @else if let Some(b) = &r.rolled_back {
+                                    "rolled back from generation " (b.from_generation)
+                                } @else { "-" }
+                            }
                             td.err { @if let Some(e) = &r.error { (e) } }
                         }
                     }

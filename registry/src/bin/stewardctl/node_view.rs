@@ -146,12 +146,24 @@ fn describe_status(st: &NodeStatus, out: &mut String) {
                     r.name.clone(),
                     kebab(&r.state),
                     r.restarts.to_string(),
+                    match (&r.escalation, &r.rolled_back) {
+                        (Some(e), _) => format!(
+                            "{} ({}){}",
+                            e.position,
+                            e.attempts,
+                            e.next_step_at
+                                .map(|t| format!(", next {}", t.format("%H:%M:%S")))
+                                .unwrap_or_default()
+                        ),
+                        (None, Some(b)) => format!("rolled back from gen {}", b.from_generation),
+                        _ => "-".into(),
+                    },
                     r.error.clone().unwrap_or_else(|| "-".into()),
                 ]
             })
             .collect();
         out.push_str(&render_table(
-            &["KIND", "NAME", "STATE", "RESTARTS", "ERROR"],
+            &["KIND", "NAME", "STATE", "RESTARTS", "ESCALATION", "ERROR"],
             &rows,
             2,
         ));
@@ -247,13 +259,24 @@ mod tests {
     #[test]
     fn describes_resources_with_their_errors() {
         let st = serde_json::json!({"status": {"observed_generation": 2, "resources": [
-            {"kind": "vm", "name": "v1", "state": "failed", "error": "qemu exited 1", "restarts": 3}
+            {"kind": "vm", "name": "v1", "state": "failed", "error": "qemu exited 1", "restarts": 3},
+            {"kind": "container", "name": "c1", "state": "failed", "error": "failed: stopped",
+             "escalation": {"position": "failed", "attempts": 0}}
         ]}});
         let s = describe(&node(st), Utc::now());
         assert!(s.contains("Resources (observed generation 2):"), "{s}");
-        assert!(
-            s.contains("  vm     v1     failed   3          qemu exited 1"),
-            "{s}"
+        let line = |name: &str| {
+            s.lines()
+                .find(|l| l.contains(&format!(" {name} ")))
+                .unwrap_or_else(|| panic!("{name}: {s}"))
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        assert_eq!(line("v1"), "vm v1 failed 3 - qemu exited 1");
+        assert_eq!(
+            line("c1"),
+            "container c1 failed 0 failed (0) failed: stopped"
         );
     }
 }
