@@ -87,12 +87,12 @@ pub fn read_spec(path: &str) -> anyhow::Result<NodeSpec> {
     Ok(spec)
 }
 
-/// `apply --file`: one reconcile of a local spec, no registry. Returns the status.
-pub async fn apply(cfg: &AgentConfig, path: &str) -> anyhow::Result<NodeStatus> {
-    let spec = read_spec(path)?;
+/// The reconciler of a registry-less run (`apply --file`, with or without `--watch`), holding
+/// the store's lock so that a running daemon and this command never act on one host at once.
+/// Payloads come only from blobs already in the cache.
+pub fn local_reconciler(cfg: &AgentConfig) -> anyhow::Result<(Reconciler, Paths)> {
     let paths = Paths::new(&cfg.data_dir);
     paths.ensure_dir()?;
-    // Hold the store's lock so a running daemon and this command never act at once.
     let store = crate::store::Store::open(&paths)?;
     let identity = paths.load_identity()?;
     let registry = cfg
@@ -102,17 +102,20 @@ pub async fn apply(cfg: &AgentConfig, path: &str) -> anyhow::Result<NodeStatus> 
     let node_id = identity
         .map(|i| i.node_id)
         .unwrap_or_else(|| "local".into());
-    let payloads = crate::payload::Payloads::new(
-        &cfg.data_dir,
-        Some(store.clone()),
-        None, // registry-less: only blobs already in the cache can be deployed
-        node_id.clone(),
-    );
-    let mut rec = Reconciler::new(cfg.docker_socket.clone(), cfg.policy.clone(), node_id)
+    let payloads =
+        crate::payload::Payloads::new(&cfg.data_dir, Some(store.clone()), None, node_id.clone());
+    let rec = Reconciler::new(cfg.docker_socket.clone(), cfg.policy.clone(), node_id)
         .with_networks(cfg.lab_cidr_template.clone(), Some(store.clone()), registry)
         .with_payloads(payloads)
-        .with_heal(cfg.heal, Some(store.clone()))
+        .with_heal(cfg.heal, Some(store))
         .with_vms(cfg.vms.clone());
+    Ok((rec, paths))
+}
+
+/// `apply --file`: one reconcile of a local spec, no registry. Returns the status.
+pub async fn apply(cfg: &AgentConfig, path: &str) -> anyhow::Result<NodeStatus> {
+    let spec = read_spec(path)?;
+    let (mut rec, paths) = local_reconciler(cfg)?;
     let status = rec.reconcile(0, &spec).await;
     paths.save_status(&status)?;
     Ok(status)

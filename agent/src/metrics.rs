@@ -239,17 +239,14 @@ mod tests {
         m.action("create", true);
         m.heartbeat(Some(Duration::from_millis(3)));
         let mut st = NodeStatus::default();
-        st.resources.push(steward_proto::ResourceStatus {
-            kind: ResourceKind::Container,
-            name: "web".into(),
-            state: steward_proto::ResourceState::Converged,
-            error: None,
-            restarts: 1,
-            escalation_level: 0,
-            escalation: None,
-            rolled_back: None,
-            detail: None,
-        });
+        let mut r = steward_proto::ResourceStatus::new(
+            ResourceKind::Container,
+            "web",
+            steward_proto::ResourceState::Converged,
+            None,
+        );
+        r.restarts = 1;
+        st.resources.push(r);
         m.reconciled(Duration::from_millis(20), &st);
         st.resources[0].restarts = 3;
         m.reconciled(Duration::from_millis(20), &st);

@@ -60,17 +60,7 @@ fn resource(
     state: ResourceState,
     error: Option<String>,
 ) -> ResourceStatus {
-    ResourceStatus {
-        kind,
-        name: name.to_string(),
-        state,
-        error,
-        restarts: 0,
-        escalation_level: 0,
-        detail: None,
-        escalation: None,
-        rolled_back: None,
-    }
+    ResourceStatus::new(kind, name, state, error)
 }
 
 impl Reconciler {

@@ -12,12 +12,11 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{watch, Notify};
 use tracing::{info, warn};
 
-use crate::cli::read_spec;
+use crate::cli::{local_reconciler, read_spec};
 use crate::config::AgentConfig;
 use crate::daemon::{docker_events, netlink_events, reconcile_loop, shutdown_signal};
 use crate::network::EventFeed;
-use crate::reconciler::Reconciler;
-use crate::store::{Paths, Store, StoredSpec};
+use crate::store::StoredSpec;
 use crate::watchdog::Liveness;
 
 /// How often the spec file's size and modification time are looked at.
@@ -36,34 +35,12 @@ pub async fn apply_watch(cfg: AgentConfig, path: String) -> anyhow::Result<()> {
         anyhow::bail!("--watch needs a spec file to watch, not stdin");
     }
     let spec = read_spec(&path)?;
-    let paths = Paths::new(&cfg.data_dir);
-    paths.ensure_dir()?;
-    // The store's lock: a daemon and this command never act on one host at once.
-    let store = Store::open(&paths)?;
-    let identity = paths.load_identity()?;
-    let registry = cfg
-        .registry
-        .clone()
-        .or_else(|| identity.as_ref().map(|i| i.registry.clone()));
-    let node_id = identity
-        .map(|i| i.node_id)
-        .unwrap_or_else(|| "local".into());
+    let (rec, paths) = local_reconciler(&cfg)?;
     info!(file = %path, config = ?cfg, "applying a local spec file, watching it for changes");
 
     let feed = Arc::new(EventFeed::default());
     let wake = Arc::new(Notify::new());
-    let payloads = crate::payload::Payloads::new(
-        &cfg.data_dir,
-        Some(store.clone()),
-        None, // registry-less: only blobs already in the cache can be deployed
-        node_id.clone(),
-    );
-    let rec = Reconciler::new(cfg.docker_socket.clone(), cfg.policy.clone(), node_id)
-        .with_networks(cfg.lab_cidr_template.clone(), Some(store.clone()), registry)
-        .with_link_events(feed.clone())
-        .with_heal(cfg.heal, Some(store.clone()))
-        .with_vms(cfg.vms.clone())
-        .with_payloads(payloads);
+    let rec = rec.with_link_events(feed.clone());
     let (spec_tx, spec_rx) = watch::channel(Some(StoredSpec {
         generation: 1,
         spec,

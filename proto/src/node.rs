@@ -268,6 +268,28 @@ pub struct RolledBack {
     pub reason: String,
 }
 
+impl ResourceStatus {
+    /// A status with no restarts, escalation, detail or rollback.
+    pub fn new(
+        kind: ResourceKind,
+        name: impl Into<String>,
+        state: ResourceState,
+        error: Option<String>,
+    ) -> Self {
+        ResourceStatus {
+            kind,
+            name: name.into(),
+            state,
+            error,
+            restarts: 0,
+            escalation_level: 0,
+            detail: None,
+            escalation: None,
+            rolled_back: None,
+        }
+    }
+}
+
 /// A workload's escalation ladder (restart → recreate, VMs: restart → reset → recreate → failed).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Escalation {

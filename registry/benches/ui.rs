@@ -24,16 +24,12 @@ use tower::ServiceExt;
 const ADMIN: &str = "bench-admin-token-0123456789";
 
 fn record(i: usize) -> NodeRecord {
-    let res = |kind, name: &str, state| ResourceStatus {
-        kind,
-        name: name.into(),
-        state,
-        error: (state == ResourceState::Failed).then(|| "pull failed: manifest unknown".into()),
-        restarts: (i % 4) as u32,
-        escalation_level: 0,
-        escalation: None,
-        rolled_back: None,
-        detail: None,
+    let res = |kind, name: &str, state| {
+        let error =
+            (state == ResourceState::Failed).then(|| "pull failed: manifest unknown".into());
+        let mut r = ResourceStatus::new(kind, name, state, error);
+        r.restarts = (i % 4) as u32;
+        r
     };
     let failing = i % 50 == 0;
     let drifted = i % 70 == 0;

@@ -109,17 +109,7 @@ pub struct Networks {
 }
 
 fn status(name: &str, state: ResourceState, error: Option<String>) -> ResourceStatus {
-    ResourceStatus {
-        kind: ResourceKind::Network,
-        name: name.to_string(),
-        state,
-        error,
-        restarts: 0,
-        escalation_level: 0,
-        detail: None,
-        escalation: None,
-        rolled_back: None,
-    }
+    ResourceStatus::new(ResourceKind::Network, name, state, error)
 }
 
 /// The host part of a registry URL, as an address (resolving a name).

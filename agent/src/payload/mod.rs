@@ -89,17 +89,7 @@ fn now_secs() -> u64 {
 }
 
 fn status(name: &str, state: ResourceState, error: Option<String>) -> ResourceStatus {
-    ResourceStatus {
-        kind: ResourceKind::Payload,
-        name: name.to_string(),
-        state,
-        error,
-        restarts: 0,
-        escalation_level: 0,
-        detail: None,
-        escalation: None,
-        rolled_back: None,
-    }
+    ResourceStatus::new(ResourceKind::Payload, name, state, error)
 }
 
 /// Whether a pass over `spec` needs the Docker engine (image loads or container restarts).

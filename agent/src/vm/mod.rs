@@ -106,17 +106,7 @@ pub struct Vms {
 }
 
 fn status(name: &str, state: ResourceState, error: Option<String>) -> ResourceStatus {
-    ResourceStatus {
-        kind: ResourceKind::Vm,
-        name: name.to_string(),
-        state,
-        error,
-        restarts: 0,
-        escalation_level: 0,
-        escalation: None,
-        rolled_back: None,
-        detail: None,
-    }
+    ResourceStatus::new(ResourceKind::Vm, name, state, error)
 }
 
 fn io_err(what: String) -> impl FnOnce(std::io::Error) -> VmError {

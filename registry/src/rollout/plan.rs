@@ -205,16 +205,9 @@ mod tests {
         NodeStatus {
             observed_generation: gen,
             resources: state
-                .map(|s| ResourceStatus {
-                    kind: ResourceKind::Payload,
-                    name: "tc".into(),
-                    state: s,
-                    error: (s == ResourceState::Failed).then(|| "sha256 mismatch".into()),
-                    restarts: 0,
-                    escalation_level: 0,
-                    escalation: None,
-                    rolled_back: None,
-                    detail: None,
+                .map(|s| {
+                    let error = (s == ResourceState::Failed).then(|| "sha256 mismatch".into());
+                    ResourceStatus::new(ResourceKind::Payload, "tc", s, error)
                 })
                 .into_iter()
                 .collect(),

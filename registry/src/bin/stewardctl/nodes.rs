@@ -263,17 +263,7 @@ mod tests {
 
     #[test]
     fn resource_summary_counts_states() {
-        let r = |state| ResourceStatus {
-            kind: ResourceKind::Container,
-            name: "x".into(),
-            state,
-            error: None,
-            restarts: 0,
-            escalation_level: 0,
-            escalation: None,
-            rolled_back: None,
-            detail: None,
-        };
+        let r = |state| ResourceStatus::new(ResourceKind::Container, "x", state, None);
         let st = NodeStatus {
             resources: vec![
                 r(ResourceState::Failed),
