@@ -71,6 +71,7 @@ pub async fn run(
     let wake = Arc::new(Notify::new());
     let client = Arc::new(client);
     let live = Arc::new(Liveness::default());
+    let resets: Resets = Arc::default();
     let watchdog = crate::watchdog::start(live.clone(), cfg.watchdog_max_pass);
     let metrics = match cfg.metrics_listen {
         Some(addr) => crate::metrics::serve(addr)
@@ -92,6 +93,8 @@ pub async fn run(
         status_rx,
         spec_rx.clone(),
         cfg.clone(),
+        resets.clone(),
+        wake.clone(),
     ));
     let events = tokio::spawn(docker_events(cfg.clone(), wake.clone()));
     let feed = Arc::new(EventFeed::default());
@@ -122,7 +125,7 @@ pub async fn run(
         status_tx,
         wake,
         paths,
-        live,
+        Control { live, resets },
     ));
 
     shutdown_signal().await;
@@ -192,6 +195,8 @@ async fn heartbeat(
     status: watch::Receiver<NodeStatus>,
     spec: watch::Receiver<Option<StoredSpec>>,
     cfg: AgentConfig,
+    resets: Resets,
+    wake: Arc<Notify>,
 ) {
     let mut interval = Duration::from_secs(identity.heartbeat_interval_secs.max(1));
     let mut sampler = StatsSampler::new(&cfg.data_dir);
@@ -213,6 +218,14 @@ async fn heartbeat(
                 rtt_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
                 crate::metrics::get().heartbeat(Some(started.elapsed()));
                 interval = Duration::from_secs(resp.heartbeat_interval_secs.max(1));
+                if !resp.reset.is_empty() {
+                    info!(workloads = ?resp.reset, "the registry asks to reset these workloads");
+                    resets
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .extend(resp.reset);
+                    wake.notify_one();
+                }
                 let known = spec.borrow().as_ref().map(|s| s.generation).unwrap_or(0);
                 if resp.generation > known {
                     debug!(
@@ -236,6 +249,16 @@ async fn heartbeat(
             }
         }
     }
+}
+
+/// Workload resets asked by the registry, waiting for the reconcile loop.
+pub(crate) type Resets = Arc<std::sync::Mutex<Vec<String>>>;
+
+/// What the reconcile loop reports to (the watchdog's liveness) and takes orders from (resets).
+#[derive(Default)]
+pub(crate) struct Control {
+    pub live: Arc<Liveness>,
+    pub resets: Resets,
 }
 
 pub(crate) async fn docker_events(cfg: AgentConfig, wake: Arc<Notify>) {
@@ -286,8 +309,9 @@ pub(crate) async fn reconcile_loop(
     status: watch::Sender<NodeStatus>,
     wake: Arc<Notify>,
     paths: Paths,
-    live: Arc<Liveness>,
+    control: Control,
 ) {
+    let Control { live, resets } = control;
     let mut resync = tokio::time::interval(cfg.resync_interval);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -308,6 +332,10 @@ pub(crate) async fn reconcile_loop(
         let Some(current) = current else {
             continue; // nothing known yet: never act on an empty spec we did not receive
         };
+        let asked = std::mem::take(&mut *resets.lock().unwrap_or_else(|p| p.into_inner()));
+        for name in asked {
+            rec.reset_workload(&name);
+        }
         let started = Instant::now();
         live.pass_started();
         let st = rec.reconcile(current.generation, &current.spec).await;

@@ -430,6 +430,24 @@ impl Reconciler {
 
 impl Reconciler {
     /// Walks the failing containers' ladders (rewriting `plan`) and stores them if they moved.
+    /// An operator's reset: the workload's ladder back to the bottom and its rollback dropped,
+    /// so the next pass converges it to its spec afresh.
+    pub fn reset_workload(&mut self, name: &str) {
+        let h = &mut self.heal;
+        let state = h.state.get_or_insert_with(|| load_heal(h.store.as_ref()));
+        match state.containers.get_mut(name) {
+            Some(e) => {
+                e.ladder.reset();
+                e.rolled_back = None;
+                e.failing_since = None;
+                info!(workload = %name, "escalation ladder reset by an operator");
+            }
+            None => {
+                info!(workload = %name, "reset asked for a workload with no escalation; nothing to do")
+            }
+        }
+    }
+
     /// The containers to converge: the spec's, with rolled-back ones at their last healthy
     /// configuration (see `heal::containers::effective`).
     fn effective_containers(&mut self, spec: &NodeSpec) -> Vec<steward_proto::ContainerSpec> {

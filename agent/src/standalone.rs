@@ -14,7 +14,7 @@ use tracing::{info, warn};
 
 use crate::cli::{local_reconciler, read_spec};
 use crate::config::AgentConfig;
-use crate::daemon::{docker_events, netlink_events, reconcile_loop, shutdown_signal};
+use crate::daemon::{docker_events, netlink_events, reconcile_loop, shutdown_signal, Control};
 use crate::network::EventFeed;
 use crate::store::StoredSpec;
 use crate::watchdog::Liveness;
@@ -53,7 +53,16 @@ pub async fn apply_watch(cfg: AgentConfig, path: String) -> anyhow::Result<()> {
         tokio::spawn(netlink_events(cfg.clone(), wake.clone(), feed)),
         tokio::spawn(watch_file(path, spec_tx)),
         tokio::spawn(reconcile_loop(
-            cfg, rec, spec_rx, status_tx, wake, paths, live,
+            cfg,
+            rec,
+            spec_rx,
+            status_tx,
+            wake,
+            paths,
+            Control {
+                live,
+                resets: Default::default(),
+            },
         )),
     ];
     shutdown_signal().await;

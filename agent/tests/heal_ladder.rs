@@ -125,5 +125,31 @@ async fn a_crash_loop_walks_the_ladder_ends_failed_and_alerts_once() {
     assert_eq!(got[0]["kind"], "workload-failed");
     assert_eq!(got[0]["resource"], name.as_str());
     assert_eq!(got[0]["node_id"], a.node_id.as_str());
+
+    // An operator's reset: the container is started afresh (and, still crashing, climbs again).
+    let started = |n: &str| common::docker(&["inspect", "-f", "{{.State.StartedAt}}", n]);
+    let before = started(&name);
+    let resp = r
+        .http
+        .post(r.url(&format!("/v1/nodes/{}/workloads/{name}/reset", a.node_id)))
+        .bearer_auth(&r.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while started(&name) == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not started after the reset\n{}",
+            a.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        a.log().contains("escalation ladder reset by an operator"),
+        "{}",
+        a.log()
+    );
     common::docker(&["rm", "-f", &name]);
 }

@@ -149,6 +149,8 @@ pub enum EventKind {
     HealthChanged,
     StatusChanged,
     NodeDecommissioned,
+    /// An operator reset a workload's escalation ladder.
+    WorkloadReset,
     /// An alert reached a webhook.
     AlertDelivered,
     /// An attempt to deliver an alert failed (retried, or given up as the message says).
@@ -158,6 +160,13 @@ pub enum EventKind {
     /// A rollout step: started, batch started/converged, halted, paused, resumed, aborted,
     /// done, rolled back (the message says which).
     Rollout,
+}
+
+/// The answer to a workload reset: queued for the node's next heartbeat.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ResetQueued {
+    pub node_id: String,
+    pub workload: String,
 }
 
 /// What an alert is about.

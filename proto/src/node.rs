@@ -353,4 +353,8 @@ pub struct HeartbeatResponse {
     /// True when the registry's copy of the status has another digest: send `PUT .../status`.
     pub status_wanted: bool,
     pub heartbeat_interval_secs: u64,
+    /// Workloads whose escalation ladder (and rollback) an operator reset since the last
+    /// heartbeat; the agent starts them afresh.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reset: Vec<String>,
 }

@@ -253,13 +253,56 @@ pub fn heartbeat(state: &AppState, id: &str, hb: Heartbeat) -> ApiResult<Heartbe
         if from != Health::Ready {
             transition(state, id, from, &l)?;
         }
-        wanted
+        (wanted, std::mem::take(&mut l.pending_resets))
     };
+    let (status_wanted, reset) = status_wanted;
     Ok(HeartbeatResponse {
         generation,
         server_time: Utc::now(),
         status_wanted,
         heartbeat_interval_secs: state.settings.heartbeat_interval.as_secs().max(1),
+        reset,
+    })
+}
+
+/// `POST /v1/nodes/{id}/workloads/{name}/reset`: queues a reset of the workload's escalation
+/// ladder (and rollback) for the node's next heartbeat.
+pub fn reset_workload(
+    state: &AppState,
+    id: &str,
+    name: &str,
+    cred: CredentialKind,
+) -> ApiResult<steward_proto::api::ResetQueued> {
+    let ln = state
+        .live(id)
+        .ok_or_else(|| RegistryError::NotFound(format!("no node with id {id:?}")))?;
+    let valid = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !valid {
+        return Err(RegistryError::Invalid(vec![steward_proto::Problem::new(
+            "name",
+            format!("{name:?} is not a workload name: give the name of a container or VM of the node's spec"),
+        )]));
+    }
+    {
+        let mut l = ln.lock();
+        if !l.pending_resets.iter().any(|n| n == name) {
+            l.pending_resets.push(name.to_string());
+        }
+    }
+    state.event(
+        EventKind::WorkloadReset,
+        Some(id),
+        None,
+        cred,
+        format!("reset of {name}'s escalation ladder queued for the next heartbeat"),
+    )?;
+    Ok(steward_proto::api::ResetQueued {
+        node_id: id.to_string(),
+        workload: name.to_string(),
     })
 }
 

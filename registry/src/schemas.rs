@@ -35,6 +35,7 @@ pub fn all() -> Map<String, Value> {
     add::<p::SpecWritten>(&mut gen, &mut out);
     add::<p::Heartbeat>(&mut gen, &mut out);
     add::<p::HeartbeatResponse>(&mut gen, &mut out);
+    add::<p::ResetQueued>(&mut gen, &mut out);
     add::<p::NodeStatus>(&mut gen, &mut out);
     add::<p::Fragment>(&mut gen, &mut out);
     add::<p::FragmentWrite>(&mut gen, &mut out);

@@ -86,6 +86,19 @@ pub async fn decommission(
     Ok(Json(ops::decommission(&state, &id, caller.kind()).await?))
 }
 
+pub async fn reset(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((id, name)): Path<(String, String)>,
+) -> ApiResult<Json<steward_proto::api::ResetQueued>> {
+    Ok(Json(ops::reset_workload(
+        &state,
+        &id,
+        &name,
+        caller.kind(),
+    )?))
+}
+
 pub async fn heartbeat(
     State(state): State<AppState>,
     Path(id): Path<String>,

@@ -158,6 +158,11 @@ fn expectations() -> Vec<(Method, &'static str, [bool; 4])> {
             [false, false, true, false],
         ),
         (M::PUT, "/v1/nodes/{id}/status", [false, false, true, false]),
+        (
+            M::POST,
+            "/v1/nodes/{id}/workloads/{name}/reset",
+            [true, false, false, false],
+        ),
         (M::GET, "/v1/fragments", [true, true, false, false]),
         (M::GET, "/v1/fragments/{name}", [true, true, false, false]),
         (M::PUT, "/v1/fragments/{name}", [true, false, false, false]),

@@ -1,4 +1,4 @@
-//! `stewardctl nodes`: list, show, label and decommission nodes.
+//! `stewardctl nodes`: list, show, label, reset a workload and decommission nodes.
 
 use std::collections::BTreeMap;
 
@@ -51,6 +51,14 @@ pub enum NodesCmd {
     Delete {
         /// Node id.
         id: String,
+    },
+    /// Reset a workload's escalation ladder (and rollback): a container kept stopped as
+    /// failed is started afresh. Takes effect at the node's next heartbeat.
+    Reset {
+        /// Node id.
+        id: String,
+        /// Container or VM name, as in the node's spec.
+        workload: String,
     },
 }
 
@@ -113,6 +121,23 @@ pub async fn run(cmd: NodesCmd, ctx: &Ctx) -> Result<Exit, CliError> {
                     "node {}: labels {}",
                     node.id,
                     output::labels(&node.labels)
+                ));
+            }
+            Ok(Exit::Ok)
+        }
+        NodesCmd::Reset { id, workload } => {
+            let q: steward_proto::api::ResetQueued = client
+                .call(
+                    Method::POST,
+                    &["v1", "nodes", &id, "workloads", &workload, "reset"],
+                )
+                .await?;
+            if ctx.json() {
+                output::json(&q)?;
+            } else if !ctx.quiet {
+                output::line(format!(
+                    "reset of {} on node {} queued for its next heartbeat",
+                    q.workload, q.node_id
                 ));
             }
             Ok(Exit::Ok)
