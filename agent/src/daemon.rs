@@ -315,10 +315,17 @@ pub(crate) async fn reconcile_loop(
     let mut resync = tokio::time::interval(cfg.resync_interval);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let probe_in = spec
+            .borrow()
+            .as_ref()
+            .and_then(|s| rec.next_probe_in(&s.spec))
+            .unwrap_or(Duration::from_secs(3600));
         tokio::select! {
             r = spec.changed() => if r.is_err() { return },
             // The resync looks at everything afresh, whatever the event feeds said.
             _ = resync.tick() => rec.force_full_observe(),
+            // An agent-side health probe is due.
+            _ = tokio::time::sleep(probe_in) => {},
             _ = wake.notified() => {
                 // Debounce bursts of events (a recreate emits several), but never make a new
                 // spec wait for the debounce.

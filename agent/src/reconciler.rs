@@ -32,6 +32,7 @@ pub struct Reconciler {
     networks: Networks,
     payloads: crate::payload::Payloads,
     heal: Heal,
+    probes: crate::heal::probes::Probes,
     vms: Option<crate::vm::Vms>,
 }
 
@@ -79,6 +80,7 @@ impl Reconciler {
             ),
             payloads: crate::payload::Payloads::disabled(),
             heal: Heal::default(),
+            probes: Default::default(),
             vms: None,
         }
     }
@@ -287,7 +289,7 @@ impl Reconciler {
                 .map_err(|e| format!("observing Docker failed: {e:#}")),
             Err(e) => Err(e),
         };
-        let observed = match observed {
+        let mut observed = match observed {
             Ok(o) => o,
             Err(e) => {
                 warn!(error = %e, "cannot observe containers");
@@ -302,6 +304,14 @@ impl Reconciler {
             .map(|o| (o.name.clone(), o.restart_count))
             .collect();
         let desired = self.effective_containers(spec);
+        self.probes
+            .run(&desired, &mut observed, std::time::Instant::now())
+            .await;
+        let health: HashMap<String, String> = observed
+            .containers
+            .iter()
+            .filter_map(|o| Some((o.name.clone(), o.health.clone()?)))
+            .collect();
         let mut plan = plan(&desired, &observed, &self.policy, &self.node_id);
         let healed = self.heal_containers(&desired, &observed, &mut plan).await;
         let mut failed: BTreeMap<String, String> = BTreeMap::new();
@@ -420,6 +430,7 @@ impl Reconciler {
                     r.escalation = Some(e.clone());
                 }
                 r.rolled_back = healed.rolled_back.get(&name).cloned();
+                r.health = health.get(&name).cloned();
                 r.restarts = restart_counts.get(&name).copied().unwrap_or(0)
                     + self.starts.get(&name).copied().unwrap_or(0);
                 r
@@ -430,6 +441,12 @@ impl Reconciler {
 
 impl Reconciler {
     /// Walks the failing containers' ladders (rewriting `plan`) and stores them if they moved.
+    /// How long until an agent-side probe of `spec`'s containers is due, if any runs.
+    pub fn next_probe_in(&self, spec: &NodeSpec) -> Option<std::time::Duration> {
+        self.probes
+            .next_due(&spec.containers, std::time::Instant::now())
+    }
+
     /// An operator's reset: the workload's ladder back to the bottom and its rollback dropped,
     /// so the next pass converges it to its spec afresh.
     pub fn reset_workload(&mut self, name: &str) {

@@ -153,3 +153,65 @@ async fn a_crash_loop_walks_the_ladder_ends_failed_and_alerts_once() {
     );
     common::docker(&["rm", "-f", &name]);
 }
+
+/// Agent-side TCP probes: a container whose probe target answers is `healthy` and left alone;
+/// one whose target refuses is `unhealthy`, and its ladder starts.
+#[tokio::test]
+async fn tcp_probes_give_health_and_start_the_ladder() {
+    if !engine_ready() {
+        return;
+    }
+    let open = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let open_port = open.local_addr().unwrap().port();
+    std::thread::spawn(move || for _ in open.incoming() {});
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let r = Registry::start().await;
+    let a = Agent::start(&r, "\n[heal]\nbackoff_initial = \"1s\"\n").await;
+    let (good, bad) = (format!("pgood-{}", suffix()), format!("pbad-{}", suffix()));
+    let c = |name: &str, port: u16| {
+        format!(
+            "  - {{name: {name}, image: '{IMAGE}', command: [sleep, '3600'], healthcheck: {{tcp: '127.0.0.1:{port}', interval: 1s, timeout: 1s, retries: 1}}}}\n"
+        )
+    };
+    r.put_spec(
+        &a.node_id,
+        &format!(
+            "containers:\n{}{}",
+            c(&good, open_port),
+            c(&bad, closed_port)
+        ),
+    )
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let n = r.node(&a.node_id).await;
+        let res = n["status"]["resources"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let of = |name: &str| res.iter().find(|x| x["name"] == name).cloned();
+        if let (Some(g), Some(b)) = (of(&good), of(&bad)) {
+            if g["health"] == "healthy" && b["health"] == "unhealthy" && b["escalation"].is_object()
+            {
+                assert!(g["escalation"].is_null(), "{g}");
+                assert_eq!(g["state"], "converged", "{g}");
+                assert!(
+                    b["error"].as_str().unwrap_or("").contains("escalation"),
+                    "{b}"
+                );
+                break;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "probes never told healthy from unhealthy: {res:?}\n{}",
+            a.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    common::docker(&["rm", "-f", &good, &bad]);
+}

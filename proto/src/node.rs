@@ -257,6 +257,10 @@ pub struct ResourceStatus {
     /// The agent returned this workload to its last healthy configuration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rolled_back: Option<RolledBack>,
+    /// `starting`, `healthy` or `unhealthy`: Docker's health check, or the agent's own TCP/HTTP
+    /// probe; absent without a health check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
 }
 
 /// An automatic rollback: the spec of `from_generation` left the workload failing past its
@@ -286,6 +290,7 @@ impl ResourceStatus {
             detail: None,
             escalation: None,
             rolled_back: None,
+            health: None,
         }
     }
 }

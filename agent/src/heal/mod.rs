@@ -5,6 +5,7 @@
 pub mod containers;
 pub mod ladder;
 pub mod probe;
+pub mod probes;
 
 use serde::Deserialize;
 

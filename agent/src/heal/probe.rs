@@ -25,7 +25,8 @@ fn dur(v: &Option<String>, default: Duration) -> Duration {
 impl ProbeSettings {
     pub fn from_spec(hc: &HealthCheck) -> Self {
         ProbeSettings {
-            interval: dur(&hc.interval, Duration::from_secs(30)),
+            // Never below a second: a probe loop must not spin.
+            interval: dur(&hc.interval, Duration::from_secs(30)).max(Duration::from_secs(1)),
             timeout: dur(&hc.timeout, Duration::from_secs(30)),
             retries: hc.retries.unwrap_or(3).max(1),
             start_period: dur(&hc.start_period, Duration::ZERO),
