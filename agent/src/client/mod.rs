@@ -20,18 +20,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode, Url};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{CertificateError, DigitallySignedStruct, OtherError, SignatureScheme};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use steward_proto::{
     ApiError, EnrollResponse, Heartbeat, HeartbeatResponse, NodeFacts, NodeStatus, Problem,
     SpecDocument,
 };
+
+mod errors;
+mod tls;
+
+use errors::{status_error, transport_error};
+pub use tls::cert_sha256_pem;
+use tls::tls_config;
 
 /// Timeout of every request except the long-poll.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -491,275 +492,10 @@ fn display_url(url: &Url) -> String {
     u.to_string()
 }
 
-/// Parses a pin: 64 hex digits, colons and whitespace ignored, any case.
-fn parse_pin(pin: &str) -> Result<[u8; 32], ClientError> {
-    let cleaned: String = pin
-        .chars()
-        .filter(|c| *c != ':' && !c.is_whitespace())
-        .collect();
-    let mut out = [0u8; 32];
-    hex::decode_to_slice(cleaned.to_ascii_lowercase(), &mut out).map_err(|_| {
-        ClientError::TlsConfig(format!(
-            "pin_sha256 {pin:?} is not a sha256: expected 64 hex digits (colons allowed), the \
-             sha256 of the registry certificate's DER"
-        ))
-    })?;
-    Ok(out)
-}
-
-/// The pin of the first certificate in `pem`: lower-case hex sha256 of its DER.
-pub fn cert_sha256_pem(pem: &str) -> Result<String, ClientError> {
-    let cert = CertificateDer::pem_slice_iter(pem.as_bytes())
-        .next()
-        .ok_or_else(|| ClientError::TlsConfig("no CERTIFICATE block in the PEM text".into()))?
-        .map_err(|e| ClientError::TlsConfig(format!("cannot read the PEM certificate: {e}")))?;
-    Ok(hex::encode(Sha256::digest(cert.as_ref())))
-}
-
-/// The rustls configuration for `tls`, with ALPN for HTTP/2 and HTTP/1.1.
-fn tls_config(
-    provider: Arc<CryptoProvider>,
-    tls: &TlsOptions,
-) -> Result<(rustls::ClientConfig, TlsMode), ClientError> {
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ClientError::TlsConfig(format!("TLS protocol versions: {e}")))?;
-    let (mut config, mode) = if let Some(pin) = &tls.pin_sha256 {
-        let pin = parse_pin(pin)?;
-        let verifier = PinVerifier { pin, provider };
-        (
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(verifier))
-                .with_no_client_auth(),
-            TlsMode::Pinned {
-                pin: hex::encode(pin),
-            },
-        )
-    } else {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        if let Some(path) = &tls.ca_file {
-            let pem = std::fs::read(path).map_err(|e| {
-                ClientError::TlsConfig(format!("cannot read ca_file {}: {e}", path.display()))
-            })?;
-            let mut added = 0;
-            for cert in CertificateDer::pem_slice_iter(&pem) {
-                let cert = cert.map_err(|e| {
-                    ClientError::TlsConfig(format!("ca_file {}: {e}", path.display()))
-                })?;
-                roots.add(cert).map_err(|e| {
-                    ClientError::TlsConfig(format!(
-                        "ca_file {}: not a usable CA certificate: {e}",
-                        path.display()
-                    ))
-                })?;
-                added += 1;
-            }
-            if added == 0 {
-                return Err(ClientError::TlsConfig(format!(
-                    "ca_file {} holds no PEM CERTIFICATE block",
-                    path.display()
-                )));
-            }
-        }
-        (
-            builder.with_root_certificates(roots).with_no_client_auth(),
-            TlsMode::Roots {
-                ca_file: tls.ca_file.clone(),
-            },
-        )
-    };
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok((config, mode))
-}
-
-/// Accepts exactly the server certificate whose DER hashes to the pin.
-#[derive(Debug)]
-struct PinVerifier {
-    pin: [u8; 32],
-    provider: Arc<CryptoProvider>,
-}
-
-/// Carried inside the rustls error so the client can report both hashes.
-#[derive(Debug, thiserror::Error)]
-#[error("the certificate's sha256 {actual} did not match the pin")]
-struct PinMismatchError {
-    actual: String,
-}
-
-impl ServerCertVerifier for PinVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let got: [u8; 32] = Sha256::digest(end_entity.as_ref()).into();
-        if got == self.pin {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::InvalidCertificate(CertificateError::Other(
-                OtherError(Arc::new(PinMismatchError {
-                    actual: hex::encode(got),
-                })),
-            )))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
-/// The rustls error somewhere in `err`'s chain (looking inside `io::Error`s too).
-fn find_rustls_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
-    let mut cur = Some(err);
-    while let Some(e) = cur {
-        if let Some(r) = e.downcast_ref::<rustls::Error>() {
-            return Some(r);
-        }
-        if let Some(inner) = e
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-        {
-            if let Some(r) = find_rustls_error(inner) {
-                return Some(r);
-            }
-        }
-        cur = e.source();
-    }
-    None
-}
-
-/// `err` and its causes, joined by `: ` (repeated messages once).
-fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut cur = Some(err);
-    while let Some(e) = cur {
-        let s = e.to_string();
-        if !parts.iter().any(|p| p.contains(&s)) {
-            parts.push(s);
-        }
-        cur = e.source();
-    }
-    parts.join(": ")
-}
-
-/// Maps a failure to get an answer at all.
-fn transport_error(
-    url: &Url,
-    err: &reqwest::Error,
-    timeout: Duration,
-    pin: Option<&str>,
-) -> ClientError {
-    let url_s = display_url(url);
-    // Without the URL (already in our message) reqwest's text is just its causes.
-    let detail = std::error::Error::source(err)
-        .map(error_chain)
-        .unwrap_or_else(|| err.to_string());
-    if let Some(tls) = find_rustls_error(err) {
-        return match tls {
-            rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(inner))) => {
-                match inner.downcast_ref::<PinMismatchError>() {
-                    Some(pm) => ClientError::PinMismatch {
-                        url: url_s,
-                        expected: pin.unwrap_or_default().to_string(),
-                        actual: pm.actual.clone(),
-                    },
-                    None => ClientError::UntrustedCertificate {
-                        url: url_s,
-                        detail: tls.to_string(),
-                    },
-                }
-            }
-            rustls::Error::InvalidCertificate(_) => ClientError::UntrustedCertificate {
-                url: url_s,
-                detail: tls.to_string(),
-            },
-            _ => ClientError::Tls {
-                url: url_s,
-                detail: tls.to_string(),
-            },
-        };
-    }
-    if err.is_connect() {
-        ClientError::Unreachable { url: url_s, detail }
-    } else if err.is_timeout() {
-        ClientError::Timeout {
-            url: url_s,
-            after: timeout,
-        }
-    } else if err.is_decode() {
-        ClientError::Protocol { url: url_s, detail }
-    } else {
-        ClientError::Unreachable { url: url_s, detail }
-    }
-}
-
-/// Maps an answer with an error status.
-async fn status_error(url: &Url, resp: reqwest::Response) -> ClientError {
-    let status = resp.status();
-    let text = resp.text().await.unwrap_or_default();
-    let api: Option<ApiError> = serde_json::from_str(&text).ok();
-    match (status, api) {
-        (StatusCode::UNAUTHORIZED, api) => ClientError::Unauthorized {
-            message: api
-                .map(|a| a.error)
-                .unwrap_or_else(|| "HTTP 401".to_string()),
-        },
-        (StatusCode::FORBIDDEN, Some(api)) if api.code == "enrollment_refused" => {
-            ClientError::EnrollmentRefused { message: api.error }
-        }
-        (_, Some(api)) => ClientError::Refused {
-            status: status.as_u16(),
-            error: api,
-        },
-        (_, None) => {
-            let snippet: String = text.chars().take(200).collect();
-            ClientError::Protocol {
-                url: display_url(url),
-                detail: format!("HTTP {status} without an error body: {snippet:?}"),
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use super::tls::parse_pin;
     use super::*;
 
     #[test]
