@@ -151,7 +151,7 @@ impl AgentConfig {
             .clone()
             .or(file.data_dir.clone())
             .unwrap_or_else(|| PathBuf::from("/var/lib/steward"));
-        let cfg = AgentConfig {
+        let mut cfg = AgentConfig {
             registry: args.registry.or(file.registry),
             enrollment_token: args
                 .token
@@ -200,6 +200,7 @@ impl AgentConfig {
             policy: file.policy,
             heal: file.heal.resolve()?,
         };
+        cfg.vms.heal = cfg.heal;
         crate::network::lab::check_template(&cfg.lab_cidr_template)
             .map_err(|e| anyhow::anyhow!("config field {e}"))?;
         for r in &cfg.policy.payload_roots {

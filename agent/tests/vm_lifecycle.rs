@@ -601,3 +601,126 @@ fn missing_base_is_a_per_vm_error_and_unmanaged_dirs_are_left_alone() {
         "not steward's"
     );
 }
+
+/// The VM escalation ladder: QEMU killed again and again is restarted, then "reset" (a fresh
+/// start of the dead QEMU), then recreated from the base (a new overlay), then left stopped and
+/// reported failed. Runs `apply --watch` in a fresh namespace with a fast `[heal]` pace.
+#[test]
+fn a_vm_whose_qemu_keeps_dying_walks_the_ladder_to_failed() {
+    let Some(ns) = require_netns() else { return };
+    let Some(()) = require_tools() else { return };
+    let mut g = Guest::new("vm-ladder");
+    g.file(common::guest::harness_dir().join("vm/test.sh"), "/test.sh")
+        .module("virtio_pci")
+        .module("virtio_net");
+    let Some(image) = g.build() else { return };
+    let (tmp, data) = data_dir();
+    let vms = tmp.path().join("vms");
+    let _reaper = QemuReaper(vms.clone());
+    let base = tmp.path().join("base.qcow2");
+    assert!(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&base)
+        .arg("32M")
+        .status()
+        .unwrap()
+        .success());
+    let cfg = tmp.path().join("agent.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir = \"{}\"\nvm_dir = \"{}\"\nvm_accel = \"tcg\"\nvm_stop_timeout = \"2s\"\nresync_interval = \"1s\"\nmetrics_listen = \"off\"\n[heal]\nattempts_per_rung = 1\nbackoff_initial = \"1s\"\nbackoff_max = \"2s\"\n",
+            data.display(),
+            vms.display()
+        ),
+    )
+    .unwrap();
+    let spec = tmp.path().join("spec.yaml");
+    std::fs::write(
+        &spec,
+        format!(
+            "vms:\n  - {{name: lad, image: {}, memory: 128Mi, kernel: {}, initrd: {}, cmdline: 'console=ttyS0 panic=-1 quiet', restart: always}}\n",
+            base.display(),
+            image.kernel.display(),
+            image.initramfs.display()
+        ),
+    )
+    .unwrap();
+    let log_path = tmp.path().join("agent.log");
+    let _agent = Proc(
+        ns.command(env!("CARGO_BIN_EXE_steward-agent"))
+            .arg("--config")
+            .arg(&cfg)
+            .args([
+                "--docker-socket",
+                "/nonexistent/docker.sock",
+                "apply",
+                "--watch",
+                "--file",
+            ])
+            .arg(&spec)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let log = || strip_ansi(&std::fs::read_to_string(&log_path).unwrap_or_default());
+    let dir = vms.join("lad");
+    let inode = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
+    // The daemonized QEMU (its pidfile), once QMP answers: never the short-lived parent.
+    let vm_pid = || -> Option<i32> {
+        let pid: i32 = std::fs::read_to_string(dir.join("qemu.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        (qemu_pids(&dir) == [pid]
+            && qmp_status(&dir.join("qmp.sock")).as_deref() == Some("running"))
+        .then_some(pid)
+    };
+    let mut pid = wait(60, &|| format!("the VM to run\n{}", log()), || {
+        let p = vm_pid()?;
+        (status_of(&data, "lad")?["state"] == "converged").then_some(p)
+    });
+    let first_disk = inode(&dir.join("disk.qcow2"));
+    let mut seen = Vec::new();
+    for step in ["restart", "reset", "recreate"] {
+        Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap();
+        pid = wait(60, &|| format!("QEMU back after {step}\n{}", log()), || {
+            vm_pid().filter(|p| *p != pid)
+        });
+        let pos = wait(30, &|| format!("escalation {step}\n{}", log()), || {
+            status_of(&data, "lad")?["escalation"]["position"]
+                .as_str()
+                .filter(|p| *p == step)
+                .map(str::to_string)
+        });
+        seen.push(pos);
+    }
+    assert_eq!(seen, ["restart", "reset", "recreate"]);
+    assert_ne!(
+        inode(&dir.join("disk.qcow2")),
+        first_disk,
+        "recreate makes a fresh overlay"
+    );
+    // Once more: the top. Left stopped and reported failed.
+    Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    let r = wait(60, &|| format!("the VM to be failed\n{}", log()), || {
+        status_of(&data, "lad").filter(|r| r["escalation"]["position"] == "failed")
+    });
+    assert_eq!(r["state"], "failed", "{r}");
+    assert!(r["error"].as_str().unwrap().contains("left stopped"), "{r}");
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        qemu_pids(&dir).is_empty(),
+        "QEMU started again after failed"
+    );
+}

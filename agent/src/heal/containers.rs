@@ -108,8 +108,13 @@ fn time(secs: u64) -> Option<DateTime<Utc>> {
 }
 
 fn escalation(l: &Ladder) -> Escalation {
+    escalation_of(l, CONTAINER_RUNGS)
+}
+
+/// A ladder as the status shows it.
+pub fn escalation_of(l: &Ladder, rungs: &[Rung]) -> Escalation {
     Escalation {
-        position: l.position(CONTAINER_RUNGS).to_string(),
+        position: l.position(rungs).to_string(),
         attempts: l.attempts,
         last_action: l.last_action.map(|(r, _)| r.as_str().to_string()),
         last_action_at: l.last_action.and_then(|(_, t)| time(t)),

@@ -82,6 +82,8 @@ pub struct VmSettings {
     pub stop_timeout: Duration,
     /// The QEMU binary.
     pub qemu: PathBuf,
+    /// The escalation ladder's pace (the agent's `[heal]`).
+    pub heal: crate::heal::ladder::LadderPolicy,
 }
 
 impl Default for VmSettings {
@@ -91,6 +93,7 @@ impl Default for VmSettings {
             accel: Accel::Auto,
             stop_timeout: Duration::from_secs(30),
             qemu: PathBuf::from("qemu-system-x86_64"),
+            heal: Default::default(),
         }
     }
 }
@@ -103,6 +106,8 @@ pub struct Vms {
     kvm_broken: Option<String>,
     /// VMs seen running in this process (to log adoption once).
     seen: HashSet<String>,
+    /// Escalation ladders of crashing VMs (in memory: an agent restart starts them afresh).
+    ladders: BTreeMap<String, crate::heal::ladder::Ladder>,
 }
 
 fn status(name: &str, state: ResourceState, error: Option<String>) -> ResourceStatus {
@@ -123,6 +128,7 @@ impl Vms {
             node,
             kvm_broken: None,
             seen: HashSet::new(),
+            ladders: BTreeMap::new(),
         }
     }
 
@@ -224,7 +230,25 @@ impl Vms {
                 }
             }
         }
-        let (actions, verdicts) = plan::plan(&desired, &observed, &self.node);
+        let (mut actions, verdicts) = plan::plan(&desired, &observed, &self.node);
+        let running: std::collections::BTreeSet<String> = observed
+            .iter()
+            .filter(|o| o.proc == Proc::Alive("running".into()))
+            .map(|o| o.name.clone())
+            .collect();
+        let wanted: Vec<String> = desired.iter().map(|d| d.name.clone()).collect();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let healed = crate::heal::vms::heal_vms(
+            &mut self.ladders,
+            &mut actions,
+            &wanted,
+            &running,
+            &self.s.heal,
+            now,
+        );
         for o in &observed {
             if matches!(o.proc, Proc::Alive(_)) && self.seen.insert(o.name.clone()) {
                 info!(vm = %o.name, "found a running VM through its QMP socket: adopted, not restarted");
@@ -272,12 +296,19 @@ impl Vms {
             let verdict = verdicts.iter().find(|(n, _)| n == &v.name).map(|(_, v)| v);
             let (state, error) = match (failed.get(&v.name), verdict) {
                 (Some(e), _) => (ResourceState::Failed, Some(e.clone())),
+                (None, _) if healed.failed.contains_key(&v.name) => {
+                    (ResourceState::Failed, healed.failed.get(&v.name).cloned())
+                }
                 (None, Some(VmVerdict::Conflict(w))) => (ResourceState::Conflict, Some(w.clone())),
                 (None, Some(VmVerdict::Failed(w))) => (ResourceState::Failed, Some(w.clone())),
                 (None, Some(VmVerdict::Pending(w))) => (ResourceState::Pending, Some(w.clone())),
                 (None, _) => (ResourceState::Converged, None),
             };
             let mut r = status(&v.name, state, error);
+            if let Some((level, e)) = healed.escalation.get(&v.name) {
+                r.escalation_level = *level;
+                r.escalation = Some(e.clone());
+            }
             if let Some(rec) = p.load().filter(|r| r.node == self.node) {
                 r.restarts = rec.restarts;
                 if rec.started && !rec.accel.is_empty() {
