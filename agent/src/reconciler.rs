@@ -450,6 +450,10 @@ impl Reconciler {
     /// An operator's reset: the workload's ladder back to the bottom and its rollback dropped,
     /// so the next pass converges it to its spec afresh.
     pub fn reset_workload(&mut self, name: &str) {
+        if self.vms.as_mut().is_some_and(|v| v.reset_ladder(name)) {
+            info!(workload = %name, "VM escalation ladder reset by an operator");
+            return;
+        }
         let h = &mut self.heal;
         let state = h.state.get_or_insert_with(|| load_heal(h.store.as_ref()));
         match state.containers.get_mut(name) {

@@ -132,6 +132,11 @@ impl Vms {
         }
     }
 
+    /// An operator's reset of a VM's escalation ladder; true when it had one.
+    pub fn reset_ladder(&mut self, name: &str) -> bool {
+        self.ladders.remove(name).is_some()
+    }
+
     fn paths(&self, name: &str) -> VmPaths {
         VmPaths::new(self.s.dir.join(name))
     }
