@@ -668,7 +668,6 @@ fn a_vm_whose_qemu_keeps_dying_walks_the_ladder_to_failed() {
     );
     let log = || strip_ansi(&std::fs::read_to_string(&log_path).unwrap_or_default());
     let dir = vms.join("lad");
-    let inode = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
     // The daemonized QEMU (its pidfile), once QMP answers: never the short-lived parent.
     let vm_pid = || -> Option<i32> {
         let pid: i32 = std::fs::read_to_string(dir.join("qemu.pid"))
@@ -684,7 +683,8 @@ fn a_vm_whose_qemu_keeps_dying_walks_the_ladder_to_failed() {
         let p = vm_pid()?;
         (status_of(&data, "lad")?["state"] == "converged").then_some(p)
     });
-    let first_disk = inode(&dir.join("disk.qcow2"));
+    // A file of the test's in the VM directory: a recreate removes the whole directory.
+    std::fs::write(dir.join("test-marker"), "before").unwrap();
     let mut seen = Vec::new();
     for step in ["restart", "reset", "recreate"] {
         Command::new("kill")
@@ -703,11 +703,16 @@ fn a_vm_whose_qemu_keeps_dying_walks_the_ladder_to_failed() {
         seen.push(pos);
     }
     assert_eq!(seen, ["restart", "reset", "recreate"]);
-    assert_ne!(
-        inode(&dir.join("disk.qcow2")),
-        first_disk,
-        "recreate makes a fresh overlay"
+    assert!(
+        !dir.join("test-marker").exists() && dir.join("disk.qcow2").exists(),
+        "recreate makes the directory and overlay afresh"
     );
+    assert!(
+        log().contains("escalation: recreate from the base image"),
+        "{}",
+        log()
+    );
+
     // Once more: the top. Left stopped and reported failed.
     Command::new("kill")
         .args(["-9", &pid.to_string()])
