@@ -6,39 +6,16 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::routing::post;
 use common::{engine_ready, inspect, suffix, wait_for, Agent, Registry, IMAGE};
-use serde_json::Value;
 
 #[tokio::test]
 async fn a_crash_loop_walks_the_ladder_ends_failed_and_alerts_once() {
     if !engine_ready() {
         return;
     }
-    // The webhook receiver.
-    let seen: Arc<Mutex<Vec<Value>>> = Arc::default();
-    let app = {
-        let seen = seen.clone();
-        axum::Router::new().route(
-            "/hook",
-            post(move |body: Bytes| {
-                let seen = seen.clone();
-                async move {
-                    seen.lock()
-                        .unwrap()
-                        .push(serde_json::from_slice(&body).unwrap());
-                    "ok"
-                }
-            }),
-        )
-    };
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let hook = l.local_addr().unwrap().port();
-    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    let (hook, seen) = common::webhook_receiver().await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("registry.toml");
     std::fs::write(

@@ -7,13 +7,9 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::routing::post;
 use common::{docker, engine_ready, inspect, suffix, Agent, Registry, IMAGE};
-use serde_json::Value;
 
 fn container(name: &str, v: &str, health: &str) -> String {
     format!(
@@ -44,25 +40,7 @@ async fn an_update_that_turns_unhealthy_is_rolled_back_and_reported() {
     if !engine_ready() {
         return;
     }
-    let seen: Arc<Mutex<Vec<Value>>> = Arc::default();
-    let app = {
-        let seen = seen.clone();
-        axum::Router::new().route(
-            "/hook",
-            post(move |body: Bytes| {
-                let seen = seen.clone();
-                async move {
-                    seen.lock()
-                        .unwrap()
-                        .push(serde_json::from_slice(&body).unwrap());
-                    "ok"
-                }
-            }),
-        )
-    };
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let hook = l.local_addr().unwrap().port();
-    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    let (hook, seen) = common::webhook_receiver().await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("registry.toml");
     std::fs::write(

@@ -399,3 +399,30 @@ pub fn engine_ready() -> bool {
     assert!(st.success(), "building the test image failed");
     true
 }
+
+/// Alerts received so far by [`webhook_receiver`], as JSON bodies.
+pub type Received = std::sync::Arc<std::sync::Mutex<Vec<Value>>>;
+
+/// An HTTP server on loopback recording every JSON body POSTed to `/hook`; returns its port.
+pub async fn webhook_receiver() -> (u16, Received) {
+    let seen: Received = Default::default();
+    let app = {
+        let seen = seen.clone();
+        axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                let seen = seen.clone();
+                async move {
+                    seen.lock()
+                        .unwrap()
+                        .push(serde_json::from_slice(&body).unwrap());
+                    "ok"
+                }
+            }),
+        )
+    };
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    (port, seen)
+}
