@@ -104,6 +104,10 @@ impl Guest {
 
     /// Builds (or reuses) the initramfs; `None` when skipped for a missing component.
     pub fn build(&self) -> Option<Image> {
+        // Tests of one binary build at the same time; guests with the same inputs share one
+        // cache entry, which two concurrent builds would race to create.
+        static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one_at_a_time = BUILD.lock().unwrap_or_else(|p| p.into_inner());
         let out = Command::new("bash")
             .arg(harness_dir().join("build-initramfs.sh"))
             .arg(cache_dir())
