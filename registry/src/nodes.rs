@@ -1,8 +1,8 @@
 //! Nodes: enrolment, heartbeats, reported status, health transitions and decommissioning.
 //!
 //! Heartbeats update only the in-memory [`Live`](crate::state::Live) entry; the store is
-//! written when a node's health changes or it reports a new status, so disk writes do not grow
-//! with fleet size × heartbeat rate.
+//! written when a node's health changes, it reports a new status or a heartbeat takes queued
+//! workload resets, so disk writes do not grow with fleet size × heartbeat rate.
 
 use std::time::{Duration, Instant};
 
@@ -231,7 +231,7 @@ fn transition(state: &AppState, id: &str, from: Health, l: &Live) -> ApiResult<(
 }
 
 /// `POST /v1/nodes/{id}/heartbeat` (already authorised for that node).
-pub fn heartbeat(state: &AppState, id: &str, hb: Heartbeat) -> ApiResult<HeartbeatResponse> {
+pub async fn heartbeat(state: &AppState, id: &str, hb: Heartbeat) -> ApiResult<HeartbeatResponse> {
     let ln = state
         .live(id)
         .ok_or_else(|| RegistryError::NotFound(format!("no node with id {id:?}")))?;
@@ -253,9 +253,15 @@ pub fn heartbeat(state: &AppState, id: &str, hb: Heartbeat) -> ApiResult<Heartbe
         if from != Health::Ready {
             transition(state, id, from, &l)?;
         }
-        (wanted, std::mem::take(&mut l.pending_resets))
+        wanted
     };
-    let (status_wanted, reset) = status_wanted;
+    // Queued resets are stored (they survive a registry restart) and taken once; their removal
+    // is made durable before they are handed over, so a restart does not deliver them again.
+    // Without resets nothing is written.
+    let reset = state.store.take_resets(id)?;
+    if !reset.is_empty() {
+        state.store.flush().await?;
+    }
     Ok(HeartbeatResponse {
         generation,
         server_time: Utc::now(),
@@ -266,16 +272,17 @@ pub fn heartbeat(state: &AppState, id: &str, hb: Heartbeat) -> ApiResult<Heartbe
 }
 
 /// `POST /v1/nodes/{id}/workloads/{name}/reset`: queues a reset of the workload's escalation
-/// ladder (and rollback) for the node's next heartbeat.
-pub fn reset_workload(
+/// ladder (and rollback) for the node's next heartbeat. The queue is in the store and flushed
+/// before the answer, so it survives a registry restart.
+pub async fn reset_workload(
     state: &AppState,
     id: &str,
     name: &str,
     cred: CredentialKind,
 ) -> ApiResult<steward_proto::api::ResetQueued> {
-    let ln = state
-        .live(id)
-        .ok_or_else(|| RegistryError::NotFound(format!("no node with id {id:?}")))?;
+    if state.live(id).is_none() {
+        return Err(RegistryError::NotFound(format!("no node with id {id:?}")));
+    }
     let valid = !name.is_empty()
         && name.len() <= 128
         && name
@@ -287,12 +294,7 @@ pub fn reset_workload(
             format!("{name:?} is not a workload name: give the name of a container or VM of the node's spec"),
         )]));
     }
-    {
-        let mut l = ln.lock();
-        if !l.pending_resets.iter().any(|n| n == name) {
-            l.pending_resets.push(name.to_string());
-        }
-    }
+    state.store.queue_reset(id, name)?;
     state.event(
         EventKind::WorkloadReset,
         Some(id),
@@ -300,6 +302,7 @@ pub fn reset_workload(
         cred,
         format!("reset of {name}'s escalation ladder queued for the next heartbeat"),
     )?;
+    state.store.flush().await?;
     Ok(steward_proto::api::ResetQueued {
         node_id: id.to_string(),
         workload: name.to_string(),
@@ -398,6 +401,8 @@ pub async fn decommission(state: &AppState, id: &str, cred: CredentialKind) -> A
     {
         state.store.set_machine(&rec.facts.machine_id, None)?;
     }
+    // Its queued resets can never be delivered now.
+    state.store.take_resets(id)?;
     if let Some(ln) = state.live(id) {
         let mut l = ln.lock();
         l.secret_sha256 = None;

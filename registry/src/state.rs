@@ -62,8 +62,6 @@ pub struct Live {
     pub stats: Option<HostStats>,
     pub observed_generation: u64,
     pub status_digest: String,
-    /// Workload resets waiting for the node's next heartbeat (memory only).
-    pub pending_resets: Vec<String>,
 }
 
 /// One node's live entry: its heartbeat data and its spec generation channel.
@@ -238,7 +236,6 @@ fn live_from_record(rec: &NodeRecord, generation: u64, now: Instant) -> LiveNode
                 .as_ref()
                 .map(|s| s.digest.clone())
                 .unwrap_or_default(),
-            pending_resets: Vec::new(),
         }),
         generation,
     }

@@ -1,5 +1,6 @@
 //! The registry's embedded store (sled): nodes, specs, fragments, enrollment tokens, events,
-//! payload version metadata and rollouts (payload contents are files, see `payloads/blobs.rs`).
+//! payload version metadata, rollouts and queued workload resets (payload contents are files,
+//! see `payloads/blobs.rs`).
 //!
 //! Only this module touches sled. Writes that must be durable before they are acknowledged
 //! call [`Store::flush`] (fsync of the log) before the handler answers.
@@ -84,6 +85,8 @@ pub struct Store {
     events: sled::Tree,
     payloads: sled::Tree,
     rollouts: sled::Tree,
+    /// Node id -> JSON list of workload names whose reset awaits the node's next heartbeat.
+    resets: sled::Tree,
     dir: std::path::PathBuf,
 }
 
@@ -114,6 +117,7 @@ impl Store {
             events: db.open_tree("events")?,
             payloads: db.open_tree("payloads")?,
             rollouts: db.open_tree("rollouts")?,
+            resets: db.open_tree("resets")?,
             dir: dir.to_path_buf(),
             db,
         })
@@ -408,5 +412,65 @@ impl Store {
     pub fn put_rollout<T: Serialize>(&self, id: &str, r: &T) -> Result<()> {
         self.rollouts.insert(id.as_bytes(), enc(r))?;
         Ok(())
+    }
+}
+
+impl Store {
+    /// Queues a reset of workload `name` for node `node` (once: a name already queued is not
+    /// added again). Compare-and-swap loop, so a concurrent [`Store::take_resets`] or queueing
+    /// loses nothing. Durable once [`Store::flush`] returns.
+    pub fn queue_reset(&self, node: &str, name: &str) -> Result<()> {
+        loop {
+            let old = self.resets.get(node)?;
+            let mut names: Vec<String> = match &old {
+                Some(b) => dec("resets", b)?,
+                None => Vec::new(),
+            };
+            if names.iter().any(|n| n == name) {
+                return Ok(());
+            }
+            names.push(name.to_string());
+            if self
+                .resets
+                .compare_and_swap(node, old, Some(enc(&names)))?
+                .is_ok()
+            {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Takes (reads and removes, in one atomic step) the resets queued for `node`, oldest first.
+    /// Writes nothing when none are queued, so calling it on every heartbeat costs no disk.
+    pub fn take_resets(&self, node: &str) -> Result<Vec<String>> {
+        self.resets
+            .remove(node)?
+            .map(|b| dec("resets", &b))
+            .transpose()
+            .map(Option::unwrap_or_default)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn queued_resets_survive_reopen_and_are_taken_once() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.queue_reset("n1", "web").unwrap();
+            store.queue_reset("n1", "db").unwrap();
+            store.queue_reset("n1", "web").unwrap();
+            store.queue_reset("n2", "vm").unwrap();
+            store.db.flush().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.take_resets("n1").unwrap(), vec!["web", "db"]);
+        assert!(store.take_resets("n1").unwrap().is_empty());
+        assert_eq!(store.take_resets("n2").unwrap(), vec!["vm"]);
+        assert!(store.take_resets("unknown").unwrap().is_empty());
     }
 }

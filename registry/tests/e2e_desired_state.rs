@@ -1,5 +1,5 @@
 //! End-to-end against the real registry binary: long-poll wake-ups, fragments, labels,
-//! durability across kill -9, enrolment and decommissioning.
+//! durability across kill -9 (specs and queued workload resets), enrolment and decommissioning.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -228,6 +228,64 @@ async fn spec_survives_kill_9_right_after_the_200() {
         assert_eq!(doc["generation"], gen, "generation lost after kill -9");
         assert_eq!(doc["own"]["containers"][0]["name"], format!("c{gen}"));
     }
+}
+
+/// Sends an empty heartbeat as the node.
+async fn heartbeat(r: &Registry, id: &str, secret: &str) -> (u16, Value) {
+    r.req(
+        Method::POST,
+        &format!("/v1/nodes/{id}/heartbeat"),
+        Some(secret),
+        Some(json!({})),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn queued_reset_survives_a_restart_and_is_delivered_once() {
+    let mut r = Registry::start(&[]).await;
+    let (id, secret) = r.enroll("m-reset", json!({})).await;
+    for name in ["web", "vm-1", "web"] {
+        let (st, q) = r
+            .req(
+                Method::POST,
+                &format!("/v1/nodes/{id}/workloads/{name}/reset"),
+                Some(&r.admin),
+                None,
+            )
+            .await;
+        assert_eq!(st, 200, "{q}");
+        assert_eq!(q["workload"], name);
+    }
+    // SIGKILL right after the 200s: the queue was durable before the answer.
+    r.kill9();
+    r.spawn().await;
+    let (st, hb) = heartbeat(&r, &id, &secret).await;
+    assert_eq!(st, 200, "{hb}");
+    assert_eq!(
+        hb["reset"],
+        json!(["web", "vm-1"]),
+        "queued resets lost in the restart or queued twice: {hb}"
+    );
+    let (st, hb) = heartbeat(&r, &id, &secret).await;
+    assert_eq!(st, 200, "{hb}");
+    let again = hb.get("reset").cloned().unwrap_or(json!([]));
+    assert_eq!(
+        again,
+        json!([]),
+        "a delivered reset was handed over again: {hb}"
+    );
+    // Nor does it come back after another restart.
+    r.kill9();
+    r.spawn().await;
+    let (st, hb) = heartbeat(&r, &id, &secret).await;
+    assert_eq!(st, 200, "{hb}");
+    let again = hb.get("reset").cloned().unwrap_or(json!([]));
+    assert_eq!(
+        again,
+        json!([]),
+        "a delivered reset came back after a restart: {hb}"
+    );
 }
 
 #[tokio::test]

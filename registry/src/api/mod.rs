@@ -75,7 +75,7 @@ pub fn routes() -> Vec<Route> {
         route!(GET "/v1/nodes/{id}/spec", ReadOrOwnNode, "The node's effective spec; long-poll with ?after=GENERATION&wait=30s (304 when nothing newer arrived).", None, Some("SpecDocument"), spec::get),
         route!(PUT "/v1/nodes/{id}/spec", Admin, "Write the node's own spec (JSON or YAML by Content-Type); If-Match: GENERATION for optimistic concurrency.", Some("NodeSpec"), Some("SpecWritten"), spec::put),
         route!(POST "/v1/nodes/{id}/heartbeat", OwnNode, "Heartbeat: small, frequent; kept in memory.", Some("Heartbeat"), Some("HeartbeatResponse"), nodes::heartbeat),
-        route!(POST "/v1/nodes/{id}/workloads/{name}/reset", Admin, "Reset a workload's escalation ladder (and rollback): a container kept stopped as failed is started afresh. Queued for the node's next heartbeat.", None, Some("ResetQueued"), nodes::reset),
+        route!(POST "/v1/nodes/{id}/workloads/{name}/reset", Admin, "Reset a workload's escalation ladder (and rollback): a container kept stopped as failed is started afresh. Queued (durably: it survives a registry restart) for the node's next heartbeat.", None, Some("ResetQueued"), nodes::reset),
         route!(PUT "/v1/nodes/{id}/status", OwnNode, "Full observed status, sent when it changed.", Some("NodeStatus"), None, nodes::put_status),
         route!(GET "/v1/fragments", AdminOrRead, "List fleet-wide spec fragments.", None, Some("Fragment[]"), fragments::list),
         route!(GET "/v1/fragments/{name}", AdminOrRead, "One fragment.", None, Some("Fragment"), fragments::get),

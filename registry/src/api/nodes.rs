@@ -91,12 +91,9 @@ pub async fn reset(
     Extension(caller): Extension<Caller>,
     Path((id, name)): Path<(String, String)>,
 ) -> ApiResult<Json<steward_proto::api::ResetQueued>> {
-    Ok(Json(ops::reset_workload(
-        &state,
-        &id,
-        &name,
-        caller.kind(),
-    )?))
+    Ok(Json(
+        ops::reset_workload(&state, &id, &name, caller.kind()).await?,
+    ))
 }
 
 pub async fn heartbeat(
@@ -104,7 +101,7 @@ pub async fn heartbeat(
     Path(id): Path<String>,
     Doc(hb): Doc<Heartbeat>,
 ) -> ApiResult<Json<HeartbeatResponse>> {
-    Ok(Json(ops::heartbeat(&state, &id, hb)?))
+    Ok(Json(ops::heartbeat(&state, &id, hb).await?))
 }
 
 pub async fn put_status(

@@ -592,3 +592,34 @@ async fn oversized_bodies_are_refused() {
     .await;
     assert_eq!(st, StatusCode::PAYLOAD_TOO_LARGE);
 }
+
+#[tokio::test]
+async fn decommission_drops_queued_resets() {
+    let fx = fixture().await;
+    for id in [&fx.own.0, &fx.other.0] {
+        let (st, body) = call(
+            &fx.state,
+            Method::POST,
+            &format!("/v1/nodes/{id}/workloads/web/reset"),
+            Some(ADMIN),
+            None,
+        )
+        .await;
+        assert_eq!(st, StatusCode::OK, "{body}");
+    }
+    let (st, body) = call(
+        &fx.state,
+        Method::DELETE,
+        &format!("/v1/nodes/{}", fx.own.0),
+        Some(ADMIN),
+        None,
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    assert!(fx.state.store.take_resets(&fx.own.0).unwrap().is_empty());
+    // Another node's queue is untouched.
+    assert_eq!(
+        fx.state.store.take_resets(&fx.other.0).unwrap(),
+        vec!["web"]
+    );
+}
