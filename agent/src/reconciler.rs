@@ -147,10 +147,22 @@ impl Reconciler {
     /// Observe → plan → apply → report, for one generation of the spec.
     pub async fn reconcile(&mut self, generation: u64, spec: &NodeSpec) -> NodeStatus {
         self.generation = generation;
-        let resources = self
-            .reconcile_all(spec)
-            .instrument(info_span!("reconcile", generation))
-            .await;
+        let resources = async {
+            let before = self.heal_state().clone();
+            let effective = self.effective_spec(spec);
+            let (mut resources, again) = self.reconcile_all(&effective).await;
+            if again {
+                // A workload was rolled back: its old configuration (and payload versions)
+                // is converged now rather than a resync later.
+                info!("rolled back in this pass; converging the old configuration now");
+                let effective = self.effective_spec(spec);
+                resources = self.reconcile_all(&effective).await.0;
+            }
+            self.save_heal_state(&before).await;
+            resources
+        }
+        .instrument(info_span!("reconcile", generation))
+        .await;
         let mut status = NodeStatus {
             observed_generation: generation,
             resources,
@@ -161,14 +173,16 @@ impl Reconciler {
         status
     }
 
-    async fn reconcile_all(&mut self, spec: &NodeSpec) -> Vec<ResourceStatus> {
+    /// One pass over `spec` (already the effective spec); true when a workload was rolled
+    /// back in it.
+    async fn reconcile_all(&mut self, spec: &NodeSpec) -> (Vec<ResourceStatus>, bool) {
         let mut net = self
             .networks
             .reconcile(spec, &self.policy, &self.node_id)
             .await;
         let payloads = self.reconcile_payloads(spec).await;
         let vm_restarts = self.payloads.take_vm_restarts();
-        let containers = self.reconcile_containers(spec, &net).await;
+        let (containers, containers_rolled_back) = self.reconcile_containers(spec, &net).await;
         if let Some(v) = self.vms.as_mut() {
             for name in vm_restarts {
                 if let Err(e) = v.restart(&name).await {
@@ -176,16 +190,26 @@ impl Reconciler {
                 }
             }
         }
-        let vms = match self.vms.as_mut() {
-            Some(v) => v.reconcile(spec, &net.unusable).await,
-            None => spec
-                .vms
-                .iter()
-                .map(|v| {
-                    let why = "VMs are not enabled in this agent".to_string();
-                    resource(ResourceKind::Vm, &v.name, ResourceState::Failed, Some(why))
-                })
-                .collect(),
+        let generation = self.generation;
+        let h = &mut self.heal;
+        let state = h.state.get_or_insert_with(|| load_heal(h.store.as_ref()));
+        let (vms, vms_rolled_back) = match self.vms.as_mut() {
+            Some(v) => {
+                let pass = v
+                    .reconcile(spec, &net.unusable, &mut state.vms, generation)
+                    .await;
+                (pass.statuses, !pass.rolled_back_now.is_empty())
+            }
+            None => (
+                spec.vms
+                    .iter()
+                    .map(|v| {
+                        let why = "VMs are not enabled in this agent".to_string();
+                        resource(ResourceKind::Vm, &v.name, ResourceState::Failed, Some(why))
+                    })
+                    .collect(),
+                false,
+            ),
         };
         // Docker networks go before the bridges under them (and only for bridges going away).
         let doomed = net.bridges_to_delete();
@@ -203,10 +227,15 @@ impl Reconciler {
         resources.extend(payloads);
         resources.extend(containers);
         resources.extend(vms);
-        resources
+        (resources, containers_rolled_back || vms_rolled_back)
     }
 
     async fn reconcile_payloads(&mut self, spec: &NodeSpec) -> Vec<ResourceStatus> {
+        // Blobs of the payload versions a rollback may return to stay in the cache (the
+        // registry serves a node only the blobs of its current spec).
+        let h = &mut self.heal;
+        let state = h.state.get_or_insert_with(|| load_heal(h.store.as_ref()));
+        self.payloads.retain_blobs(state.healthy_blobs());
         let docker = if crate::payload::needs_docker(spec) {
             self.docker().await.ok().cloned()
         } else {
@@ -261,11 +290,12 @@ impl Reconciler {
         errors
     }
 
+    /// The containers' pass; true when one was rolled back in it.
     async fn reconcile_containers(
         &mut self,
         spec: &NodeSpec,
         net: &NetOutcome,
-    ) -> Vec<ResourceStatus> {
+    ) -> (Vec<ResourceStatus>, bool) {
         let failed_all = |why: String| {
             spec.containers
                 .iter()
@@ -280,7 +310,7 @@ impl Reconciler {
                 .collect::<Vec<_>>()
         };
         if spec.containers.is_empty() && self.docker.is_none() && self.docker().await.is_err() {
-            return Vec::new(); // nothing wanted, and no engine to clean up on
+            return (Vec::new(), false); // nothing wanted, and no engine to clean up on
         }
         let observed = match self.docker().await {
             Ok(d) => d
@@ -294,7 +324,7 @@ impl Reconciler {
             Err(e) => {
                 warn!(error = %e, "cannot observe containers");
                 self.docker = None;
-                return failed_all(e);
+                return (failed_all(e), false);
             }
         };
         let restart_counts: HashMap<String, u32> = observed
@@ -303,7 +333,7 @@ impl Reconciler {
             .filter(|o| o.managed)
             .map(|o| (o.name.clone(), o.restart_count))
             .collect();
-        let desired = self.effective_containers(spec);
+        let desired = spec.containers.clone();
         self.probes
             .run(&desired, &mut observed, std::time::Instant::now())
             .await;
@@ -313,11 +343,15 @@ impl Reconciler {
             .filter_map(|o| Some((o.name.clone(), o.health.clone()?)))
             .collect();
         let mut plan = plan(&desired, &observed, &self.policy, &self.node_id);
-        let healed = self.heal_containers(&desired, &observed, &mut plan).await;
+        let healed = self.heal_containers(spec, &observed, &mut plan);
+        let rolled_back_now = !healed.rolled_back_now.is_empty();
         let mut failed: BTreeMap<String, String> = BTreeMap::new();
         let node_id = self.node_id.clone();
         let Ok(docker) = self.docker().await.cloned() else {
-            return failed_all("Docker engine unreachable".into());
+            return (
+                failed_all("Docker engine unreachable".into()),
+                rolled_back_now,
+            );
         };
         let net_errors = self.container_networks(&docker, spec, net).await;
         for action in plan.actions {
@@ -392,7 +426,8 @@ impl Reconciler {
                 }
             }
         }
-        plan.verdicts
+        let statuses = plan
+            .verdicts
             .into_iter()
             .map(|(name, verdict)| {
                 let (state, error) = match verdict {
@@ -435,79 +470,99 @@ impl Reconciler {
                     + self.starts.get(&name).copied().unwrap_or(0);
                 r
             })
-            .collect()
+            .collect();
+        (statuses, rolled_back_now)
     }
 }
 
 impl Reconciler {
-    /// Walks the failing containers' ladders (rewriting `plan`) and stores them if they moved.
-    /// How long until an agent-side probe of `spec`'s containers is due, if any runs.
+    /// How long until an agent-side probe of `spec`'s containers or VMs is due, if any runs.
     pub fn next_probe_in(&self, spec: &NodeSpec) -> Option<std::time::Duration> {
-        self.probes
-            .next_due(&spec.containers, std::time::Instant::now())
+        let containers = self
+            .probes
+            .next_due(&spec.containers, std::time::Instant::now());
+        let vms = self.vms.as_ref().and_then(|v| v.next_probe_in(&spec.vms));
+        containers.into_iter().chain(vms).min()
     }
 
     /// An operator's reset: the workload's ladder back to the bottom and its rollback dropped,
     /// so the next pass converges it to its spec afresh.
     pub fn reset_workload(&mut self, name: &str) {
-        if self.vms.as_mut().is_some_and(|v| v.reset_ladder(name)) {
-            info!(workload = %name, "VM escalation ladder reset by an operator");
-            return;
+        let state = self.heal_state();
+        let mut found = false;
+        if let Some(e) = state.containers.get_mut(name) {
+            e.ladder.reset();
+            e.track.reset();
+            found = true;
         }
-        let h = &mut self.heal;
-        let state = h.state.get_or_insert_with(|| load_heal(h.store.as_ref()));
-        match state.containers.get_mut(name) {
-            Some(e) => {
-                e.ladder.reset();
-                e.rolled_back = None;
-                e.failing_since = None;
-                info!(workload = %name, "escalation ladder reset by an operator");
-            }
-            None => {
-                info!(workload = %name, "reset asked for a workload with no escalation; nothing to do")
-            }
+        if let Some(e) = state.vms.get_mut(name) {
+            e.ladder.reset();
+            e.track.reset();
+            found = true;
+        }
+        if found {
+            info!(workload = %name, "escalation ladder and rollback reset by an operator");
+        } else {
+            info!(workload = %name, "reset asked for a workload with no escalation; nothing to do");
         }
     }
 
-    /// The containers to converge: the spec's, with rolled-back ones at their last healthy
-    /// configuration (see `heal::containers::effective`).
-    fn effective_containers(&mut self, spec: &NodeSpec) -> Vec<steward_proto::ContainerSpec> {
+    /// The ladders and rollback memory, loaded from the store on first use.
+    fn heal_state(&mut self) -> &mut HealState {
         let h = &mut self.heal;
-        let state = h.state.get_or_insert_with(|| load_heal(h.store.as_ref()));
-        effective(state, &spec.containers)
+        h.state.get_or_insert_with(|| load_heal(h.store.as_ref()))
     }
 
-    async fn heal_containers(
-        &mut self,
-        desired: &[steward_proto::ContainerSpec],
-        observed: &crate::reconcile::Observed,
-        plan: &mut crate::reconcile::Plan,
-    ) -> Healed {
-        let h = &mut self.heal;
-        let state = h.state.get_or_insert_with(|| load_heal(h.store.as_ref()));
-        let before = state.clone();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let healed = heal(
-            state,
-            desired,
-            observed,
-            plan,
-            &h.policy,
-            &self.node_id,
-            self.generation,
-            now,
-        );
-        if *state != before {
-            if let Some(store) = &h.store {
+    /// Stores the ladders when they differ from `before`.
+    async fn save_heal_state(&mut self, before: &HealState) {
+        let h = &self.heal;
+        if let (Some(state), Some(store)) = (&h.state, &h.store) {
+            if state != before {
                 if let Err(e) = store.save_heal_state(state).await {
                     warn!(error = %e, "storing the escalation ladders failed");
                 }
             }
         }
-        healed
+    }
+
+    /// What a pass converges: the spec, with rolled-back containers and VMs at their last
+    /// healthy configuration and those workloads' payloads at the versions they had then.
+    fn effective_spec(&mut self, spec: &NodeSpec) -> NodeSpec {
+        let state = self.heal_state();
+        let mut eff = spec.clone();
+        eff.containers = effective(state, &spec.containers, &spec.payloads);
+        eff.vms = crate::heal::vms::effective(&mut state.vms, &spec.vms, &spec.payloads);
+        let back = state.payloads_in_force();
+        for (name, from) in crate::heal::rollback::restore_payloads(&mut eff.payloads, &back) {
+            info!(payload = %name, from_version = %from, "payload held at its version from before the rollback");
+        }
+        eff
+    }
+
+    /// Walks the failing containers' ladders, rewriting `plan`.
+    fn heal_containers(
+        &mut self,
+        spec: &NodeSpec,
+        observed: &crate::reconcile::Observed,
+        plan: &mut crate::reconcile::Plan,
+    ) -> Healed {
+        let (policy, node_id, generation) =
+            (self.heal.policy, self.node_id.clone(), self.generation);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        heal(
+            self.heal_state(),
+            &spec.containers,
+            &spec.payloads,
+            observed,
+            plan,
+            &policy,
+            &node_id,
+            generation,
+            now,
+        )
     }
 }
 

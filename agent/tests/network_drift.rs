@@ -8,54 +8,13 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use std::time::Instant;
 
-use common::netns::{require_netns, strip_ansi, NetNs};
+use common::netns::{ctl, require_netns, strip_ansi};
+use common::vm::{wait, Proc};
 use common::workspace_bin;
 use serde_json::Value;
-
-/// Kills the child on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Polls `f` every 50 ms until it returns Some; panics with `what` after `secs` (a generous
-/// bound against hangs, not a timing assertion).
-fn wait<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {secs}s waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn ctl(ns: &NetNs, url: &str, token: &Path, args: &[&str]) -> String {
-    let out = ns
-        .command(workspace_bin("stewardctl"))
-        .args(["--registry", url, "--token-file"])
-        .arg(token)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "stewardctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
 
 fn status_of(data: &Path, name: &str) -> Option<(String, String)> {
     let v: Value = serde_json::from_slice(&std::fs::read(data.join("status.json")).ok()?).ok()?;
@@ -92,7 +51,7 @@ fn managed_bridge_changed_or_deleted_by_hand_is_restored() {
             .unwrap(),
     );
     let admin = reg_dir.join("admin.token");
-    wait(30, "the registry to answer", || {
+    wait(30, &|| "the registry to answer".into(), || {
         let ok = admin.exists()
             && ns
                 .command(workspace_bin("stewardctl"))
@@ -130,7 +89,7 @@ fn managed_bridge_changed_or_deleted_by_hand_is_restored() {
             .unwrap(),
     );
     let log = || strip_ansi(&std::fs::read_to_string(&log_path).unwrap_or_default());
-    let node: Value = wait(30, "the agent to enrol", || {
+    let node: Value = wait(30, &|| "the agent to enrol".into(), || {
         serde_json::from_slice(&std::fs::read(data.join("node.json")).ok()?).ok()
     });
     let node = node["node_id"].as_str().unwrap().to_string();
@@ -147,7 +106,7 @@ fn managed_bridge_changed_or_deleted_by_hand_is_restored() {
         &admin,
         &["spec", "apply", &node, "-f", spec.to_str().unwrap()],
     );
-    wait(30, "brd to converge", || {
+    wait(30, &|| "brd to converge".into(), || {
         (status_of(&data, "brd")?.0 == "converged").then_some(())
     });
     let first = ns.link("brd").unwrap();
@@ -156,31 +115,33 @@ fn managed_bridge_changed_or_deleted_by_hand_is_restored() {
     // Deleted by hand: recreated, with its address and port.
     ns.ip(&["link", "del", "dev", "brd"]);
     let started = Instant::now();
-    let back = wait(20, &format!("brd to come back\n{}", log()), || {
+    let back = wait(20, &|| format!("brd to come back\n{}", log()), || {
         ns.link("brd")
     });
     eprintln!("brd restored after deletion in {:?}", started.elapsed());
     assert_ne!(back["ifindex"], first["ifindex"], "a new link");
-    wait(20, "brd's address and port", || {
+    wait(20, &|| "brd's address and port".into(), || {
         (ns.addrs("brd") == ["10.40.0.1/24"] && ns.link("d0")?["master"] == "brd").then_some(())
     });
-    wait(20, "the drift to be logged", || {
+    wait(20, &|| "the drift to be logged".into(), || {
         log().contains("brd was deleted by hand").then_some(())
     });
 
     // MTU changed by hand: put back.
     ns.ip(&["link", "set", "dev", "brd", "mtu", "1300"]);
     let started = Instant::now();
-    wait(20, &format!("brd's MTU to be restored\n{}", log()), || {
-        (ns.link("brd")?["mtu"] == 1400).then_some(())
-    });
+    wait(
+        20,
+        &|| format!("brd's MTU to be restored\n{}", log()),
+        || (ns.link("brd")?["mtu"] == 1400).then_some(()),
+    );
     eprintln!("brd's MTU restored in {:?}", started.elapsed());
-    wait(20, "the MTU drift to be logged", || {
+    wait(20, &|| "the MTU drift to be logged".into(), || {
         log().contains("MTU is 1300, spec says 1400").then_some(())
     });
     let l = log();
     assert!(l.contains("restored a managed link after drift"), "{l}");
-    wait(20, "brd to be reported converged again", || {
+    wait(20, &|| "brd to be reported converged again".into(), || {
         (status_of(&data, "brd")?.0 == "converged").then_some(())
     });
 }

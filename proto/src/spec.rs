@@ -308,6 +308,14 @@ pub struct VmSpec {
     /// Kernel command line for direct kernel boot (needs `kernel`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cmdline: Option<String>,
+    /// Probed by the agent: `tcp` or `http` against the guest's address (on a managed bridge);
+    /// `exec` is for containers only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<HealthCheck>,
+    /// Return to the last healthy configuration (and its payload versions) when a spec change
+    /// leaves the VM failing past the agent's rollback grace period (default true).
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub rollback: bool,
 }
 
 fn default_vm_cpus() -> u32 {

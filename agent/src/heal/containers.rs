@@ -6,13 +6,14 @@
 //! ([`effective`] then keeps the old configuration until the spec changes again). The
 //! reconciler stores [`HealState`] so a restart of the agent forgets neither.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use steward_proto::{ContainerSpec, Escalation, RestartPolicy, RolledBack};
+use steward_proto::{ContainerSpec, Escalation, PayloadSpec, RestartPolicy, RolledBack};
 
 use super::ladder::{Decision, Ladder, LadderPolicy, Rung, CONTAINER_RUNGS};
+use super::rollback::{config_hash, payloads_of, Track};
 use crate::reconcile::plan::spec_hash;
 use crate::reconcile::{Action, Observed, Plan};
 
@@ -25,42 +26,42 @@ pub struct Entry {
     pub container_id: String,
     /// Docker's restart count of `container_id` at the last pass.
     pub restart_count: u32,
-    /// When the current spec was first seen failing (cleared once it proves healthy).
-    #[serde(default)]
-    pub failing_since: Option<u64>,
-    /// Since when the current spec has run without failing.
-    #[serde(default)]
-    pub healthy_since: Option<u64>,
-    /// The configuration that last ran healthy (kept across spec changes).
-    #[serde(default)]
-    pub last_healthy: Option<Healthy>,
-    /// In force while the spec is still the one rolled back from.
-    #[serde(default)]
-    pub rolled_back: Option<Rollback>,
-}
-
-/// A configuration that ran healthy, and the generation it came with.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Healthy {
-    pub spec: ContainerSpec,
-    pub hash: String,
-    pub generation: u64,
-}
-
-/// A rollback in force.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Rollback {
-    /// The hash of the spec rolled back from.
-    pub from_hash: String,
-    pub from_generation: u64,
-    pub to_generation: u64,
-    pub reason: String,
+    /// Last healthy configuration and rollback (stored in the same JSON object).
+    #[serde(flatten)]
+    pub track: Track<ContainerSpec>,
 }
 
 /// Every managed container's ladder (stored as `state/heal.json`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct HealState {
     pub containers: BTreeMap<String, Entry>,
+    /// The VMs' ladders and rollbacks (`vms.rs`).
+    #[serde(default)]
+    pub vms: BTreeMap<String, super::vms::VmEntry>,
+}
+
+impl HealState {
+    /// The payload versions the rollbacks in force hold their workloads' payloads at.
+    pub fn payloads_in_force(&self) -> Vec<PayloadSpec> {
+        let containers = self
+            .containers
+            .values()
+            .map(|e| e.track.payloads_in_force());
+        let vms = self.vms.values().map(|e| e.track.payloads_in_force());
+        containers.chain(vms).flatten().cloned().collect()
+    }
+
+    /// The sha256 of every payload a workload last ran healthy with: what a rollback may need
+    /// again, so the blob cache keeps them.
+    pub fn healthy_blobs(&self) -> BTreeSet<String> {
+        let containers = self.containers.values().map(|e| &e.track.last_healthy);
+        let vms = self.vms.values().map(|e| &e.track.last_healthy);
+        containers
+            .flat_map(|h| h.iter().flat_map(|h| &h.payloads))
+            .chain(vms.flat_map(|h| h.iter().flat_map(|h| &h.payloads)))
+            .filter_map(|p| p.sha256.clone())
+            .collect()
+    }
 }
 
 /// What healing concluded in one pass, by container name.
@@ -71,36 +72,28 @@ pub struct Healed {
     pub escalation: BTreeMap<String, (u32, Escalation)>,
     /// Rolled back to their last healthy configuration.
     pub rolled_back: BTreeMap<String, RolledBack>,
+    /// Rolled back in this pass.
+    pub rolled_back_now: Vec<String>,
 }
 
 /// The containers to converge: the spec's, except those rolled back, which keep their last
-/// healthy configuration until their spec changes again (then the rollback is forgotten).
-pub fn effective(state: &mut HealState, desired: &[ContainerSpec]) -> Vec<ContainerSpec> {
+/// healthy configuration until their spec (or a payload they restart on) changes again (then
+/// the rollback is forgotten). `payloads` are the spec's.
+pub fn effective(
+    state: &mut HealState,
+    desired: &[ContainerSpec],
+    payloads: &[PayloadSpec],
+) -> Vec<ContainerSpec> {
     desired
         .iter()
-        .map(|c| {
-            let Some(e) = state.containers.get_mut(&c.name) else {
-                return c.clone();
-            };
-            match (&e.rolled_back, &e.last_healthy) {
-                (Some(rb), Some(h)) if rb.from_hash == spec_hash(c) => h.spec.clone(),
-                (Some(_), _) => {
-                    e.rolled_back = None; // a new spec: a new chance
-                    c.clone()
-                }
-                _ => c.clone(),
+        .map(|c| match state.containers.get_mut(&c.name) {
+            Some(e) => {
+                let config = config_hash(c, &payloads_of(payloads, &c.name, false));
+                e.track.effective(c, &config)
             }
+            None => c.clone(),
         })
         .collect()
-}
-
-fn rolled_back(e: &Entry) -> RolledBack {
-    let rb = e.rolled_back.as_ref();
-    RolledBack {
-        from_generation: rb.map_or(0, |r| r.from_generation),
-        to_generation: rb.map_or(0, |r| r.to_generation),
-        reason: rb.map(|r| r.reason.clone()).unwrap_or_default(),
-    }
 }
 
 fn time(secs: u64) -> Option<DateTime<Utc>> {
@@ -119,6 +112,16 @@ pub fn escalation_of(l: &Ladder, rungs: &[Rung]) -> Escalation {
         last_action: l.last_action.map(|(r, _)| r.as_str().to_string()),
         last_action_at: l.last_action.and_then(|(_, t)| time(t)),
         next_step_at: l.next_due.and_then(time),
+    }
+}
+
+/// A health state as a verdict for the rollback memory: `healthy` proves the spec, no check
+/// leaves it to time, `starting` proves nothing yet.
+pub fn verdict(health: Option<&str>) -> Option<bool> {
+    match health {
+        None => None,
+        Some("healthy") => Some(true),
+        Some(_) => Some(false),
     }
 }
 
@@ -153,11 +156,13 @@ fn failure(
 }
 
 /// Rewrites `plan` (made for `desired`, the [`effective`] containers of spec `generation`) with
-/// each failing container's ladder step or rollback, at `now` (unix seconds).
+/// each failing container's ladder step or rollback, at `now` (unix seconds). `payloads` are
+/// the pass's payloads: those restarting a container go with its healthy configuration.
 #[allow(clippy::too_many_arguments)]
 pub fn heal(
     state: &mut HealState,
     desired: &[ContainerSpec],
+    payloads: &[PayloadSpec],
     observed: &Observed,
     plan: &mut Plan,
     policy: &LadderPolicy,
@@ -180,10 +185,11 @@ pub fn heal(
         };
         let e = state.containers.entry(c.name.clone()).or_default();
         if e.spec_hash != hash {
+            let mut track = std::mem::take(&mut e.track);
+            track.restart_clocks();
             *e = Entry {
                 spec_hash: hash.clone(),
-                last_healthy: e.last_healthy.take(),
-                rolled_back: e.rolled_back.take(),
+                track,
                 ..Entry::default()
             };
         }
@@ -193,6 +199,8 @@ pub fn heal(
             e.restart_count = o.restart_count;
         }
         let why = failure(c, o, e);
+        let mine = payloads_of(payloads, &c.name, false);
+        let config = config_hash(c, &mine);
         e.restart_count = o.restart_count;
         let ours = |a: &Action| a.container() == Some(c.name.as_str());
         if e.ladder.failed(CONTAINER_RUNGS) {
@@ -205,34 +213,31 @@ pub fn heal(
                 });
             }
         } else if let Some(why) = why {
-            e.healthy_since = None;
-            let since = *e.failing_since.get_or_insert(now);
-            let target = e
-                .last_healthy
-                .as_ref()
-                .filter(|h| h.hash != hash && c.rollback && e.rolled_back.is_none());
-            if let Some(h) = target.filter(|_| now.saturating_sub(since) >= policy.rollback_grace) {
-                let rb = Rollback {
-                    from_hash: hash.clone(),
-                    from_generation: generation,
-                    to_generation: h.generation,
-                    reason: why.clone(),
-                };
+            let back = e.track.failing(
+                &config,
+                c.rollback,
+                generation,
+                &why,
+                policy.rollback_grace,
+                now,
+            );
+            if let Some((h, failing_for)) = back {
                 plan.actions.retain(|a| !ours(a));
                 plan.actions.push(Action::Recreate {
-                    spec: h.spec.clone(),
-                    hash: h.hash.clone(),
+                    hash: spec_hash(&h.spec),
+                    spec: h.spec,
                     old_id: o.id.clone(),
                     reason: format!(
-                        "rollback to generation {}: generation {generation} failing for {}s ({why})",
-                        h.generation,
-                        now.saturating_sub(since)
+                        "rollback to generation {}: generation {generation} failing for \
+                         {failing_for}s ({why})",
+                        h.generation
                     ),
                 });
-                e.rolled_back = Some(rb);
                 e.ladder.reset();
-                e.failing_since = None;
-                out.rolled_back.insert(c.name.clone(), rolled_back(e));
+                if let Some(rb) = e.track.reported() {
+                    out.rolled_back.insert(c.name.clone(), rb);
+                }
+                out.rolled_back_now.push(c.name.clone());
                 continue;
             }
             let decision = e.ladder.on_failure(CONTAINER_RUNGS, policy, now);
@@ -271,20 +276,18 @@ pub fn heal(
             }
         } else if o.running {
             e.ladder.on_healthy(CONTAINER_RUNGS, policy, now);
-            let since = *e.healthy_since.get_or_insert(now);
-            let proven = o.health.as_deref() == Some("healthy")
-                || (o.health.is_none() && now.saturating_sub(since) >= policy.rollback_grace);
-            if proven && e.rolled_back.is_none() {
-                e.failing_since = None;
-                e.last_healthy = Some(Healthy {
-                    spec: c.clone(),
-                    hash: hash.clone(),
-                    generation,
-                });
-            }
+            e.track.running(
+                c,
+                &config,
+                generation,
+                mine,
+                verdict(o.health.as_deref()),
+                policy.rollback_grace,
+                now,
+            );
         }
-        if e.rolled_back.is_some() {
-            out.rolled_back.insert(c.name.clone(), rolled_back(e));
+        if let Some(rb) = e.track.reported() {
+            out.rolled_back.insert(c.name.clone(), rb);
         }
         if e.ladder.failed(CONTAINER_RUNGS) && !out.failed.contains_key(&c.name) {
             out.failed.insert(

@@ -1,5 +1,6 @@
 use super::*;
 use crate::reconcile::{ObservedConfig, ObservedContainer};
+use steward_proto::PayloadSpec;
 
 fn spec(name: &str, restart: RestartPolicy) -> ContainerSpec {
     serde_json::from_value(serde_json::json!({"name": name, "image": "img:1", "restart": restart}))
@@ -52,6 +53,7 @@ fn pass(
     let h = heal(
         st,
         std::slice::from_ref(c),
+        &[],
         &observed,
         &mut plan,
         &policy(),
@@ -64,6 +66,35 @@ fn pass(
         h.escalation.get(&c.name).map(|(_, e)| e.position.clone()),
         h.failed.contains_key(&c.name),
     )
+}
+
+/// One pass over container `c` seen as `o`: the healer's actions and conclusions.
+fn heal_one(
+    st: &mut HealState,
+    c: &ContainerSpec,
+    payloads: &[PayloadSpec],
+    o: ObservedContainer,
+    p: &LadderPolicy,
+    generation: u64,
+    now: u64,
+) -> (Vec<Action>, Healed) {
+    let observed = Observed {
+        containers: vec![o],
+        ..Default::default()
+    };
+    let mut plan = Plan::default();
+    let h = heal(
+        st,
+        std::slice::from_ref(c),
+        payloads,
+        &observed,
+        &mut plan,
+        p,
+        "n1",
+        generation,
+        now,
+    );
+    (plan.actions, h)
 }
 
 #[test]
@@ -236,28 +267,14 @@ fn a_failing_update_is_rolled_back_to_the_last_healthy_config_until_the_spec_cha
     let mut st = HealState::default();
     let run =
         |st: &mut HealState, desired: &ContainerSpec, o: ObservedContainer, gen: u64, now: u64| {
-            let observed = Observed {
-                containers: vec![o],
-                ..Default::default()
-            };
-            let mut plan = Plan::default();
-            let h = heal(
-                st,
-                std::slice::from_ref(desired),
-                &observed,
-                &mut plan,
-                &p,
-                "n1",
-                gen,
-                now,
-            );
-            (plan.actions, h)
+            heal_one(st, desired, &[], o, &p, gen, now)
         };
     let mut healthy = seen(&v1, "a", true, 0);
     healthy.health = Some("healthy".into());
     run(&mut st, &v1, healthy, 1, 0);
     assert_eq!(
         st.containers["web"]
+            .track
             .last_healthy
             .as_ref()
             .unwrap()
@@ -269,7 +286,7 @@ fn a_failing_update_is_rolled_back_to_the_last_healthy_config_until_the_spec_cha
     let mut sick = seen(&v2, "b", true, 0);
     sick.health = Some("unhealthy".into());
     assert_eq!(
-        effective(&mut st, std::slice::from_ref(&v2)),
+        effective(&mut st, std::slice::from_ref(&v2), &[]),
         vec![v2.clone()]
     );
     let (a, h) = run(&mut st, &v2, sick.clone(), 2, 10);
@@ -290,7 +307,7 @@ fn a_failing_update_is_rolled_back_to_the_last_healthy_config_until_the_spec_cha
 
     // While the spec stays at generation 2, generation 1's configuration is what converges.
     assert_eq!(
-        effective(&mut st, std::slice::from_ref(&v2)),
+        effective(&mut st, std::slice::from_ref(&v2), &[]),
         vec![v1.clone()]
     );
     let (a, h) = run(&mut st, &v1, seen(&v1, "c", true, 0), 2, 50);
@@ -300,10 +317,10 @@ fn a_failing_update_is_rolled_back_to_the_last_healthy_config_until_the_spec_cha
     let mut v3 = v1.clone();
     v3.image = "img:3".into();
     assert_eq!(
-        effective(&mut st, std::slice::from_ref(&v3)),
+        effective(&mut st, std::slice::from_ref(&v3), &[]),
         vec![v3.clone()]
     );
-    assert!(st.containers["web"].rolled_back.is_none());
+    assert!(st.containers["web"].track.rolled_back.is_none());
 }
 
 #[test]
@@ -327,6 +344,7 @@ fn rollback_switched_off_leaves_it_to_the_ladder() {
     heal(
         &mut st,
         std::slice::from_ref(&v1),
+        &[],
         &observed(healthy),
         &mut plan,
         &p,
@@ -340,6 +358,7 @@ fn rollback_switched_off_leaves_it_to_the_ladder() {
     let h = heal(
         &mut st,
         std::slice::from_ref(&v2),
+        &[],
         &observed(sick),
         &mut plan,
         &p,
@@ -352,4 +371,47 @@ fn rollback_switched_off_leaves_it_to_the_ladder() {
         plan.actions.iter().map(Action::kind).collect::<Vec<_>>(),
         ["restart"]
     );
+}
+
+fn conf(version: &str) -> PayloadSpec {
+    serde_json::from_value(serde_json::json!({
+        "name": "conf", "version": version, "path": "/srv/conf",
+        "sha256": format!("{:0>64}", version),
+        "on_change": {"restart_containers": ["web"]},
+    }))
+    .unwrap()
+}
+
+#[test]
+fn a_payload_only_update_that_breaks_the_container_rolls_the_payload_back() {
+    let p = LadderPolicy {
+        rollback_grace: 30,
+        ..policy()
+    };
+    let c = spec("web", RestartPolicy::Always);
+    let mut st = HealState::default();
+    let run = |st: &mut HealState, payloads: &[PayloadSpec], health: &str, gen: u64, now: u64| {
+        let mut o = seen(&c, "a", true, 0);
+        o.health = Some(health.into());
+        heal_one(st, &c, payloads, o, &p, gen, now)
+    };
+    run(&mut st, &[conf("1")], "healthy", 1, 0);
+    assert!(st.healthy_blobs().contains(&format!("{:0>64}", "1")));
+    // Generation 2 changes only the payload; the container turns unhealthy.
+    let (_, h) = run(&mut st, &[conf("2")], "unhealthy", 2, 10);
+    assert!(h.rolled_back.is_empty());
+    let (a, h) = run(&mut st, &[conf("2")], "unhealthy", 2, 40);
+    assert_eq!(a.iter().map(Action::kind).collect::<Vec<_>>(), ["recreate"]);
+    assert_eq!(h.rolled_back_now, ["web"]);
+    // The payload goes back with it, while the spec stays at generation 2.
+    assert_eq!(
+        effective(&mut st, std::slice::from_ref(&c), &[conf("2")]),
+        std::slice::from_ref(&c)
+    );
+    let back = st.payloads_in_force();
+    assert_eq!(back.len(), 1);
+    assert_eq!(back[0].version, "1");
+    // Payload version 3: a new chance, nothing held back.
+    effective(&mut st, std::slice::from_ref(&c), &[conf("3")]);
+    assert!(st.payloads_in_force().is_empty());
 }

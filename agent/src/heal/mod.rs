@@ -6,6 +6,7 @@ pub mod containers;
 pub mod ladder;
 pub mod probe;
 pub mod probes;
+pub mod rollback;
 pub mod vms;
 
 use serde::Deserialize;

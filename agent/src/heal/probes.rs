@@ -1,24 +1,33 @@
-//! The agent-side probes of running containers whose health check is `tcp` or `http` (Docker
-//! runs `exec` checks itself): each probed at its `interval`, all due ones at once, the results
-//! turned into a health by `probe::Tracker` and written into the observed container, where the
-//! ladder and rollback read it like Docker's own verdict.
+//! The agent-side probes of running workloads whose health check is `tcp` or `http`: containers
+//! (Docker runs their `exec` checks itself) and VMs (against the guest's address). Each target
+//! is probed at its `interval`, all due ones at once; the results become a health through
+//! `probe::Tracker`. For containers the health is written into the observed container, where
+//! the ladder and rollback read it like Docker's own verdict; VMs read it from [`Probes::probe`].
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use steward_proto::ContainerSpec;
+use steward_proto::{ContainerSpec, HealthCheck};
 
-use super::probe::{self, ProbeSettings, Tracker};
+use super::probe::{self, ProbeHealth, ProbeSettings, Tracker};
 use crate::reconcile::Observed;
 
 struct Probed {
-    container_id: String,
+    /// The instance probed (container id, QEMU pid): another one starts over.
+    instance: String,
     first_seen: Instant,
     last: Option<Instant>,
     tracker: Tracker,
 }
 
-/// Probe state per container name.
+/// One running workload to probe.
+pub struct Target<'a> {
+    pub name: &'a str,
+    pub instance: String,
+    pub check: &'a HealthCheck,
+}
+
+/// Probe state per workload name (one `Probes` per kind of workload).
 pub struct Probes {
     client: reqwest::Client,
     state: HashMap<String, Probed>,
@@ -33,9 +42,8 @@ impl Default for Probes {
     }
 }
 
-/// What a container's health check asks the agent to probe, if anything.
-fn target(c: &ContainerSpec) -> Option<(bool, String, ProbeSettings)> {
-    let hc = c.healthcheck.as_ref()?;
+/// What a health check asks the agent to probe, if anything: (http?, target, settings).
+fn target(hc: &HealthCheck) -> Option<(bool, String, ProbeSettings)> {
     let s = ProbeSettings::from_spec(hc);
     match (&hc.tcp, &hc.http) {
         (Some(t), _) => Some((false, t.clone(), s)),
@@ -45,49 +53,51 @@ fn target(c: &ContainerSpec) -> Option<(bool, String, ProbeSettings)> {
 }
 
 impl Probes {
-    /// Probes the due containers and sets `health` on every probed one Docker has no verdict
-    /// for. Containers not running or gone start over.
-    pub async fn run(&mut self, desired: &[ContainerSpec], observed: &mut Observed, now: Instant) {
+    /// Probes the due ones of `targets` (every running workload with a check) and returns the
+    /// health of each, with the last probe error. Workloads not among `targets` are forgotten.
+    pub async fn probe(
+        &mut self,
+        targets: &[Target<'_>],
+        now: Instant,
+    ) -> HashMap<String, (ProbeHealth, Option<String>)> {
         let mut due = Vec::new();
-        let mut keep = Vec::new();
-        for c in desired {
-            let Some((http, target, s)) = target(c) else {
+        for t in targets {
+            let Some((http, addr, s)) = target(t.check) else {
                 continue;
             };
-            let Some(o) = observed
-                .containers
-                .iter()
-                .find(|o| o.name == c.name && o.managed && o.running)
-            else {
-                continue;
-            };
-            keep.push(c.name.clone());
-            let p = self.state.entry(c.name.clone()).or_insert_with(|| Probed {
-                container_id: o.id.clone(),
-                first_seen: now,
-                last: None,
-                tracker: Tracker::default(),
-            });
-            if p.container_id != o.id {
+            let p = self
+                .state
+                .entry(t.name.to_string())
+                .or_insert_with(|| Probed {
+                    instance: t.instance.clone(),
+                    first_seen: now,
+                    last: None,
+                    tracker: Tracker::default(),
+                });
+            if p.instance != t.instance {
                 *p = Probed {
-                    container_id: o.id.clone(),
+                    instance: t.instance.clone(),
                     first_seen: now,
                     last: None,
                     tracker: Tracker::default(),
                 };
             }
-            if p.last.is_none_or(|t| now.duration_since(t) >= s.interval) {
-                due.push((c.name.clone(), http, target, s));
+            if p.last.is_none_or(|l| now.duration_since(l) >= s.interval) {
+                due.push((t.name.to_string(), http, addr, s));
             }
         }
-        self.state.retain(|n, _| keep.contains(n));
+        self.state.retain(|n, _| {
+            targets
+                .iter()
+                .any(|t| t.name == n && target(t.check).is_some())
+        });
         let client = &self.client;
         let results = futures_util::future::join_all(due.into_iter().map(
-            |(name, http, target, s)| async move {
+            |(name, http, addr, s)| async move {
                 let r = if http {
-                    probe::http(client, &target, s.timeout).await
+                    probe::http(client, &addr, s.timeout).await
                 } else {
-                    probe::tcp(&target, s.timeout).await
+                    probe::tcp(&addr, s.timeout).await
                 };
                 (name, r, s)
             },
@@ -97,11 +107,65 @@ impl Probes {
             if let Some(p) = self.state.get_mut(&name) {
                 p.last = Some(now);
                 let h = p.tracker.record(r, now.duration_since(p.first_seen), &s);
-                tracing::debug!(container = %name, health = h.as_str(), error = ?p.tracker.last_error, "probed");
+                tracing::debug!(workload = %name, health = h.as_str(), error = ?p.tracker.last_error, "probed");
             }
         }
+        self.state
+            .iter()
+            .map(|(n, p)| {
+                (
+                    n.clone(),
+                    (p.tracker.health(), p.tracker.last_error.clone()),
+                )
+            })
+            .collect()
+    }
+
+    /// Starts `name`'s probing over (its start period again), e.g. after a reset of the guest
+    /// that kept the same process.
+    pub fn forget(&mut self, name: &str) {
+        self.state.remove(name);
+    }
+
+    /// How long until the next probe of `checks` (name, check) is due, if any is probed.
+    pub fn next_due_of<'a>(
+        &self,
+        checks: impl Iterator<Item = (&'a str, &'a HealthCheck)>,
+        now: Instant,
+    ) -> Option<Duration> {
+        checks
+            .filter_map(|(name, hc)| {
+                let (_, _, s) = target(hc)?;
+                let p = self.state.get(name)?;
+                Some(match p.last {
+                    Some(t) => s.interval.saturating_sub(now.duration_since(t)),
+                    None => Duration::ZERO,
+                })
+            })
+            .min()
+    }
+
+    /// Probes the due containers and sets `health` on every probed one Docker has no verdict
+    /// for. Containers not running or gone start over.
+    pub async fn run(&mut self, desired: &[ContainerSpec], observed: &mut Observed, now: Instant) {
+        let targets: Vec<Target> = desired
+            .iter()
+            .filter_map(|c| {
+                let check = c.healthcheck.as_ref()?;
+                let o = observed
+                    .containers
+                    .iter()
+                    .find(|o| o.name == c.name && o.managed && o.running)?;
+                Some(Target {
+                    name: &c.name,
+                    instance: o.id.clone(),
+                    check,
+                })
+            })
+            .collect();
+        let _ = self.probe(&targets, now).await;
         for o in observed.containers.iter_mut() {
-            if let Some(p) = self.state.get(&o.name).filter(|p| p.container_id == o.id) {
+            if let Some(p) = self.state.get(&o.name).filter(|p| p.instance == o.id) {
                 if o.health.is_none() {
                     o.health = Some(p.tracker.health().as_str().to_string());
                 }
@@ -109,18 +173,13 @@ impl Probes {
         }
     }
 
-    /// How long until the next probe is due, when any container is probed.
+    /// How long until the next probe of `desired`'s containers is due, if any is probed.
     pub fn next_due(&self, desired: &[ContainerSpec], now: Instant) -> Option<Duration> {
-        desired
-            .iter()
-            .filter_map(|c| {
-                let (_, _, s) = target(c)?;
-                let p = self.state.get(&c.name)?;
-                Some(match p.last {
-                    Some(t) => s.interval.saturating_sub(now.duration_since(t)),
-                    None => Duration::ZERO,
-                })
-            })
-            .min()
+        self.next_due_of(
+            desired
+                .iter()
+                .filter_map(|c| Some((c.name.as_str(), c.healthcheck.as_ref()?))),
+            now,
+        )
     }
 }

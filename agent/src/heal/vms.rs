@@ -1,138 +1,249 @@
-//! The VM side of the escalation ladder, pure: the VM planner's crash restarts (QEMU gone, the
-//! guest powered off or panicked under restart policy always) become the ladder's step —
-//! restart, reset (for a dead QEMU, a fresh start), recreate (a fresh overlay from the base) —
-//! until the top, where the VM is left stopped and reported failed until its spec changes.
+//! The VM side of self-healing, pure. A VM fails when the VM planner restarts its QEMU after a
+//! crash (QEMU gone, the guest powered off or panicked under restart policy always) or when its
+//! health check says unhealthy while QEMU runs. A failure becomes the ladder's step — restart,
+//! reset (QMP `system_reset` of a live guest; a fresh start of a dead QEMU), recreate (a fresh
+//! overlay from the base) — until the top, where the VM is left stopped and reported failed
+//! until its spec changes. A spec change failing past the grace period is rolled back to the
+//! VM's last healthy configuration (`rollback.rs`). The reconciler stores the entries.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
-use steward_proto::Escalation;
+use serde::{Deserialize, Serialize};
+use steward_proto::{Escalation, PayloadSpec, RolledBack, VmSpec};
 
-use super::containers::escalation_of;
+use super::containers::{escalation_of, verdict};
 use super::ladder::{Decision, Ladder, LadderPolicy, Rung, VM_RUNGS};
+use super::rollback::{config_hash, payloads_of, Track};
 use crate::vm::plan::VmAction;
+
+/// One VM's ladder and rollback memory (stored in `state/heal.json`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct VmEntry {
+    pub ladder: Ladder,
+    #[serde(flatten)]
+    pub track: Track<VmSpec>,
+}
+
+/// How one VM was found this pass.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VmSeen {
+    /// QEMU alive and QMP says `running`.
+    pub running: bool,
+    /// The agent-side probe's health (`starting`, `healthy`, `unhealthy`), when it has a check.
+    pub health: Option<String>,
+    /// The probe's last error, for the failure reason.
+    pub probe_error: Option<String>,
+}
 
 /// What healing concluded for the VMs in one pass.
 #[derive(Debug, Default)]
 pub struct VmHealed {
     pub failed: BTreeMap<String, String>,
     pub escalation: BTreeMap<String, (u32, Escalation)>,
+    pub rolled_back: BTreeMap<String, RolledBack>,
+    /// Rolled back in this pass: the reconciler runs the pass again with the old configuration.
+    pub rolled_back_now: Vec<String>,
+    /// VMs acted on by the ladder: their probes start over.
+    pub acted: Vec<String>,
 }
 
-/// Rewrites `actions` with the ladder's step for every VM whose QEMU the planner restarts after
-/// a crash; `running` are the VMs QMP reports running (healthy for the cooldown).
+/// The VMs to converge: the spec's, with rolled-back ones at their last healthy configuration
+/// (`payloads` are the spec's).
+pub fn effective(
+    entries: &mut BTreeMap<String, VmEntry>,
+    desired: &[VmSpec],
+    payloads: &[PayloadSpec],
+) -> Vec<VmSpec> {
+    desired
+        .iter()
+        .map(|v| match entries.get_mut(&v.name) {
+            Some(e) => {
+                let config = config_hash(v, &payloads_of(payloads, &v.name, true));
+                e.track.effective(v, &config)
+            }
+            None => v.clone(),
+        })
+        .collect()
+}
+
+/// The pass being healed.
+pub struct Pass<'a> {
+    /// The effective VMs of the pass.
+    pub desired: &'a [VmSpec],
+    pub payloads: &'a [PayloadSpec],
+    pub seen: &'a BTreeMap<String, VmSeen>,
+    pub policy: &'a LadderPolicy,
+    pub generation: u64,
+    pub now: u64,
+}
+
+/// Rewrites `actions` (the VM planner's) with the ladder's step for every failing VM, or its
+/// rollback.
 pub fn heal_vms(
-    ladders: &mut BTreeMap<String, Ladder>,
+    entries: &mut BTreeMap<String, VmEntry>,
     actions: &mut Vec<VmAction>,
-    wanted: &[String],
-    running: &BTreeSet<String>,
-    policy: &LadderPolicy,
-    now: u64,
+    pass: &Pass,
 ) -> VmHealed {
-    ladders.retain(|n, _| wanted.contains(n));
+    let (policy, now) = (pass.policy, pass.now);
+    entries.retain(|n, _| pass.desired.iter().any(|v| &v.name == n));
     let mut out = VmHealed::default();
+    let mut planned: BTreeMap<String, Vec<VmAction>> = BTreeMap::new();
     let mut rewritten = Vec::new();
     for a in actions.drain(..) {
-        let (name, crash, config) = match &a {
-            VmAction::Start { name, crash, .. } => (name.clone(), *crash, false),
-            VmAction::Restart { name, crash, .. } => (name.clone(), *crash, !*crash),
-            _ => {
-                rewritten.push(a);
-                continue;
+        match &a {
+            VmAction::Start { .. } | VmAction::Restart { .. } => {
+                planned.entry(a.name().to_string()).or_default().push(a)
             }
+            _ => rewritten.push(a),
+        }
+    }
+    for v in pass.desired {
+        let its_payloads = payloads_of(pass.payloads, &v.name, true);
+        let hash = config_hash(v, &its_payloads);
+        let e = entries.entry(v.name.clone()).or_default();
+        let seen = pass.seen.get(&v.name).cloned().unwrap_or_default();
+        let mine = planned.remove(&v.name).unwrap_or_default();
+        // A restart for a new configuration gets a fresh ladder and is left as planned.
+        if mine
+            .iter()
+            .any(|a| matches!(a, VmAction::Restart { crash: false, .. }))
+        {
+            e.ladder.reset();
+            rewritten.extend(mine);
+            continue;
+        }
+        let crash = mine.iter().find_map(|a| match a {
+            VmAction::Start {
+                crash: true,
+                reason,
+                ..
+            }
+            | VmAction::Restart {
+                crash: true,
+                reason,
+                ..
+            } => Some(reason.clone()),
+            _ => None,
+        });
+        let unhealthy = (seen.running && seen.health.as_deref() == Some("unhealthy")).then(|| {
+            format!(
+                "health check failing ({})",
+                seen.probe_error.as_deref().unwrap_or("no answer")
+            )
+        });
+        let Some(why) = crash.or(unhealthy) else {
+            // Not failing: a plain start (first boot, or a start a failed VM does not get).
+            if !e.ladder.failed(VM_RUNGS) {
+                rewritten.extend(mine);
+            }
+            if seen.running && seen.health.as_deref() != Some("unhealthy") {
+                e.ladder.on_healthy(VM_RUNGS, policy, now);
+                e.track.running(
+                    v,
+                    &hash,
+                    pass.generation,
+                    its_payloads,
+                    verdict(seen.health.as_deref()),
+                    policy.rollback_grace,
+                    now,
+                );
+            }
+            report(&v.name, e, &mut out);
+            continue;
         };
-        let l = ladders.entry(name.clone()).or_default();
-        if config {
-            l.reset(); // a new config gets a fresh ladder
-            rewritten.push(a);
-            continue;
-        }
-        if !crash {
-            if !l.failed(VM_RUNGS) {
-                rewritten.push(a);
+        if e.ladder.failed(VM_RUNGS) {
+            if seen.running {
+                rewritten.push(VmAction::Stop {
+                    name: v.name.clone(),
+                    reason: "escalation exhausted: left stopped".into(),
+                });
             }
+            report(&v.name, e, &mut out);
             continue;
         }
-        match l.on_failure(VM_RUNGS, policy, now) {
-            Decision::Act(Rung::Restart) | Decision::Act(Rung::Reset) => rewritten.push(a),
+        let back = e.track.failing(
+            &hash,
+            v.rollback,
+            pass.generation,
+            &why,
+            policy.rollback_grace,
+            now,
+        );
+        if back.is_some() {
+            // The old configuration is applied by the pass the reconciler runs next.
+            e.ladder.reset();
+            out.rolled_back_now.push(v.name.clone());
+            report(&v.name, e, &mut out);
+            continue;
+        }
+        let dead = !seen.running && mine.iter().any(|a| matches!(a, VmAction::Start { .. }));
+        let decision = e.ladder.on_failure(VM_RUNGS, policy, now);
+        if matches!(decision, Decision::Act(_)) {
+            out.acted.push(v.name.clone());
+        }
+        match decision {
+            Decision::Act(Rung::Restart) => rewritten.push(VmAction::Restart {
+                name: v.name.clone(),
+                reason: format!("escalation: restart ({why})"),
+                crash: true,
+            }),
+            Decision::Act(Rung::Reset) if dead => rewritten.push(VmAction::Start {
+                name: v.name.clone(),
+                reason: format!("escalation: reset, QEMU is gone so a fresh start ({why})"),
+                crash: true,
+            }),
+            Decision::Act(Rung::Reset) => rewritten.push(VmAction::Reset {
+                name: v.name.clone(),
+                reason: format!("escalation: reset ({why})"),
+            }),
             Decision::Act(Rung::Recreate) => {
                 rewritten.push(VmAction::Delete {
-                    name: name.clone(),
-                    reason: "escalation: recreate from the base image".into(),
+                    name: v.name.clone(),
+                    reason: format!("escalation: recreate from the base image ({why})"),
                 });
                 rewritten.push(VmAction::Create {
-                    name: name.clone(),
+                    name: v.name.clone(),
                     start: true,
                 });
             }
-            Decision::Wait(_) | Decision::Failed { .. } => {}
+            Decision::Wait(_) => {}
+            Decision::Failed { .. } => {
+                if seen.running {
+                    rewritten.push(VmAction::Stop {
+                        name: v.name.clone(),
+                        reason: format!("escalation exhausted ({why}): left stopped"),
+                    });
+                }
+            }
         }
+        report(&v.name, e, &mut out);
     }
+    // Actions for VMs not in the spec (deletions) pass through.
+    rewritten.extend(planned.into_values().flatten());
     *actions = rewritten;
-    for (name, l) in ladders.iter_mut() {
-        if running.contains(name) {
-            l.on_healthy(VM_RUNGS, policy, now);
-        }
-        if l.failed(VM_RUNGS) {
-            out.failed.insert(
-                name.clone(),
-                "failed: QEMU kept stopping; restarts, a reset and a recreate did not help, so \
-                 it is left stopped until its spec changes"
-                    .into(),
-            );
-        }
-        if l.level > 0 {
-            out.escalation
-                .insert(name.clone(), (l.level, escalation_of(l, VM_RUNGS)));
-        }
-    }
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn crash(name: &str) -> VmAction {
-        VmAction::Start {
-            name: name.into(),
-            reason: "QEMU exited without being stopped".into(),
-            crash: true,
-        }
+fn report(name: &str, e: &VmEntry, out: &mut VmHealed) {
+    if e.ladder.failed(VM_RUNGS) {
+        out.failed.insert(
+            name.to_string(),
+            "failed: restarts, a reset and a recreate did not help, so it is left stopped \
+             until its spec changes"
+                .into(),
+        );
     }
-
-    #[test]
-    fn crashes_walk_restart_reset_recreate_then_failed() {
-        let p = LadderPolicy {
-            attempts_per_rung: 1,
-            backoff_initial: 0,
-            ..Default::default()
-        };
-        let mut ladders = BTreeMap::new();
-        let wanted = vec!["v".to_string()];
-        let none = BTreeSet::new();
-        let kinds = |a: &[VmAction]| a.iter().map(VmAction::kind).collect::<Vec<_>>();
-        let cases: &[(&[&str], &str)] = &[
-            (&["start"], "restart"),
-            (&["start"], "reset"),
-            (&["delete", "create"], "recreate"),
-            (&[], "failed"),
-            (&[], "failed"),
-        ];
-        for (i, (want, pos)) in cases.iter().enumerate() {
-            let mut a = vec![crash("v")];
-            let h = heal_vms(&mut ladders, &mut a, &wanted, &none, &p, i as u64);
-            assert_eq!(kinds(&a), *want, "step {i}");
-            assert_eq!(h.escalation["v"].1.position, *pos, "step {i}");
-            assert_eq!(h.failed.contains_key("v"), *pos == "failed", "step {i}");
-        }
-        // A config change (a restart that is not a crash) starts afresh.
-        let mut a = vec![VmAction::Restart {
-            name: "v".into(),
-            reason: "config changed".into(),
-            crash: false,
-        }];
-        let h = heal_vms(&mut ladders, &mut a, &wanted, &none, &p, 10);
-        assert_eq!(kinds(&a), ["restart"]);
-        assert!(h.escalation.is_empty() && h.failed.is_empty());
+    if e.ladder.level > 0 {
+        out.escalation.insert(
+            name.to_string(),
+            (e.ladder.level, escalation_of(&e.ladder, VM_RUNGS)),
+        );
+    }
+    if let Some(rb) = e.track.reported() {
+        out.rolled_back.insert(name.to_string(), rb);
     }
 }
+
+#[cfg(test)]
+#[path = "vms_tests.rs"]
+mod tests;

@@ -73,6 +73,8 @@ pub struct Payloads {
     attestations: Vec<PayloadAttestation>,
     /// VMs to restart because a payload they depend on changed (`on_change.restart_vms`).
     vm_restarts: BTreeSet<String>,
+    /// Blobs the cache keeps although the spec no longer names them (rollback targets).
+    retained: BTreeSet<String>,
 }
 
 impl Default for Payloads {
@@ -120,6 +122,7 @@ impl Payloads {
             hashes: HashMap::new(),
             attestations: Vec::new(),
             vm_restarts: BTreeSet::new(),
+            retained: BTreeSet::new(),
         }
     }
 
@@ -134,15 +137,22 @@ impl Payloads {
             hashes: HashMap::new(),
             attestations: Vec::new(),
             vm_restarts: BTreeSet::new(),
+            retained: BTreeSet::new(),
         }
     }
 
-    /// The attestations of the last pass.
+    /// Keeps these blobs (sha256) in the cache even when the spec no longer names them: the
+    /// payload versions a rollback may return to.
+    pub fn retain_blobs(&mut self, keep: BTreeSet<String>) {
+        self.retained = keep;
+    }
+
     /// The VMs whose payloads changed since the last call (`on_change.restart_vms`).
     pub fn take_vm_restarts(&mut self) -> BTreeSet<String> {
         std::mem::take(&mut self.vm_restarts)
     }
 
+    /// The attestations of the last pass.
     pub fn attestations(&self) -> Vec<PayloadAttestation> {
         self.attestations.clone()
     }
@@ -223,6 +233,7 @@ impl Payloads {
             .payloads
             .iter()
             .filter_map(|p| p.sha256.as_deref())
+            .chain(self.retained.iter().map(String::as_str))
             .collect();
         fetch::collect_garbage(&blobs, &keep);
         if records != before {

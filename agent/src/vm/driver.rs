@@ -367,6 +367,19 @@ pub async fn stop(p: &VmPaths, timeout: Duration) -> Result<(), VmError> {
     }
 }
 
+/// Hard-resets the guest through QMP (`system_reset`); QEMU and its process stay.
+pub async fn reset(p: &VmPaths) -> Result<(), VmError> {
+    let err = |e: qmp::QmpError| VmError::Qemu {
+        reason: format!("QMP system_reset: {e}"),
+    };
+    Qmp::connect(&p.qmp())
+        .await
+        .map_err(err)?
+        .system_reset()
+        .await
+        .map_err(err)
+}
+
 /// Asks QMP whether the VM runs with KVM.
 pub async fn kvm_enabled(p: &VmPaths) -> Option<bool> {
     Qmp::connect(&p.qmp()).await.ok()?.kvm_enabled().await.ok()

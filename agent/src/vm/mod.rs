@@ -98,6 +98,13 @@ impl Default for VmSettings {
     }
 }
 
+/// What a VM pass reports.
+pub struct VmPass {
+    pub statuses: Vec<ResourceStatus>,
+    /// VMs rolled back in this pass: the old configuration applies from the next pass.
+    pub rolled_back_now: Vec<String>,
+}
+
 /// The VM side of the reconciler.
 pub struct Vms {
     s: VmSettings,
@@ -106,8 +113,8 @@ pub struct Vms {
     kvm_broken: Option<String>,
     /// VMs seen running in this process (to log adoption once).
     seen: HashSet<String>,
-    /// Escalation ladders of crashing VMs (in memory: an agent restart starts them afresh).
-    ladders: BTreeMap<String, crate::heal::ladder::Ladder>,
+    /// Agent-side health probes of running VMs.
+    probes: crate::heal::probes::Probes,
 }
 
 fn status(name: &str, state: ResourceState, error: Option<String>) -> ResourceStatus {
@@ -128,13 +135,55 @@ impl Vms {
             node,
             kvm_broken: None,
             seen: HashSet::new(),
-            ladders: BTreeMap::new(),
+            probes: Default::default(),
         }
     }
 
-    /// An operator's reset of a VM's escalation ladder; true when it had one.
-    pub fn reset_ladder(&mut self, name: &str) -> bool {
-        self.ladders.remove(name).is_some()
+    /// How long until the next health probe of `vms` is due, if any is probed.
+    pub fn next_probe_in(&self, vms: &[VmSpec]) -> Option<Duration> {
+        self.probes.next_due_of(
+            vms.iter()
+                .filter_map(|v| Some((v.name.as_str(), v.healthcheck.as_ref()?))),
+            std::time::Instant::now(),
+        )
+    }
+
+    /// Probes the running VMs with a health check; how each VM was found, for healing.
+    async fn look(
+        &mut self,
+        spec: &NodeSpec,
+        observed: &[ObservedVm],
+    ) -> BTreeMap<String, crate::heal::vms::VmSeen> {
+        let running = |name: &str| {
+            observed
+                .iter()
+                .any(|o| o.name == name && o.proc == Proc::Alive("running".into()))
+        };
+        let targets: Vec<crate::heal::probes::Target> = spec
+            .vms
+            .iter()
+            .filter(|v| running(&v.name))
+            .filter_map(|v| {
+                Some(crate::heal::probes::Target {
+                    name: &v.name,
+                    instance: driver::live_pid(&self.paths(&v.name))?.to_string(),
+                    check: v.healthcheck.as_ref()?,
+                })
+            })
+            .collect();
+        let mut health = self.probes.probe(&targets, std::time::Instant::now()).await;
+        spec.vms
+            .iter()
+            .map(|v| {
+                let h = health.remove(&v.name);
+                let seen = crate::heal::vms::VmSeen {
+                    running: running(&v.name),
+                    health: h.as_ref().map(|(h, _)| h.as_str().to_string()),
+                    probe_error: h.and_then(|(_, e)| e),
+                };
+                (v.name.clone(), seen)
+            })
+            .collect()
     }
 
     fn paths(&self, name: &str) -> VmPaths {
@@ -191,26 +240,35 @@ impl Vms {
         out
     }
 
-    /// Observe → plan → apply → report for every VM of `spec`. `unusable` holds bridges that
-    /// are not Steward's to use, with the reason.
+    /// Observe → plan → heal → apply → report for every VM of `spec` (the pass's effective
+    /// spec, of `generation`). `unusable` holds bridges that are not Steward's to use, with the
+    /// reason; `heal` the VMs' ladders and rollback memory, which the caller stores. The names
+    /// rolled back in this pass come back in `VmPass::rolled_back_now`.
     pub async fn reconcile(
         &mut self,
         spec: &NodeSpec,
         unusable: &BTreeMap<String, String>,
-    ) -> Vec<ResourceStatus> {
+        heal: &mut BTreeMap<String, crate::heal::vms::VmEntry>,
+        generation: u64,
+    ) -> VmPass {
+        let statuses = |v: Vec<ResourceStatus>| VmPass {
+            statuses: v,
+            rolled_back_now: Vec::new(),
+        };
         if spec.vms.is_empty() && !self.s.dir.exists() {
-            return Vec::new();
+            return statuses(Vec::new());
         }
         if let Err(e) = std::fs::create_dir_all(&self.s.dir) {
             let why = format!(
                 "cannot create the VM directory {}: {e}",
                 self.s.dir.display()
             );
-            return spec
-                .vms
-                .iter()
-                .map(|v| status(&v.name, ResourceState::Failed, Some(why.clone())))
-                .collect();
+            return statuses(
+                spec.vms
+                    .iter()
+                    .map(|v| status(&v.name, ResourceState::Failed, Some(why.clone())))
+                    .collect(),
+            );
         }
         self.clean_leftovers();
         let mut observed = self.observe().await;
@@ -236,24 +294,33 @@ impl Vms {
             }
         }
         let (mut actions, verdicts) = plan::plan(&desired, &observed, &self.node);
-        let running: std::collections::BTreeSet<String> = observed
-            .iter()
-            .filter(|o| o.proc == Proc::Alive("running".into()))
-            .map(|o| o.name.clone())
-            .collect();
-        let wanted: Vec<String> = desired.iter().map(|d| d.name.clone()).collect();
+        let seen = self.look(spec, &observed).await;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
+        // VMs whose config cannot be launched are not healed (they are reported failed).
+        let healable: Vec<VmSpec> = spec
+            .vms
+            .iter()
+            .filter(|v| launches.contains_key(&v.name))
+            .cloned()
+            .collect();
         let healed = crate::heal::vms::heal_vms(
-            &mut self.ladders,
+            heal,
             &mut actions,
-            &wanted,
-            &running,
-            &self.s.heal,
-            now,
+            &crate::heal::vms::Pass {
+                desired: &healable,
+                payloads: &spec.payloads,
+                seen: &seen,
+                policy: &self.s.heal,
+                generation,
+                now,
+            },
         );
+        for name in &healed.acted {
+            self.probes.forget(name);
+        }
         for o in &observed {
             if matches!(o.proc, Proc::Alive(_)) && self.seen.insert(o.name.clone()) {
                 info!(vm = %o.name, "found a running VM through its QMP socket: adopted, not restarted");
@@ -309,11 +376,29 @@ impl Vms {
                 (None, Some(VmVerdict::Pending(w))) => (ResourceState::Pending, Some(w.clone())),
                 (None, _) => (ResourceState::Converged, None),
             };
+            let (state, error) = match healed.rolled_back.get(&v.name) {
+                Some(rb) if state != ResourceState::Conflict => (
+                    ResourceState::Failed,
+                    Some(format!(
+                        "rolled back from generation {} to the configuration of generation {}: {}",
+                        rb.from_generation, rb.to_generation, rb.reason
+                    )),
+                ),
+                _ => (state, error),
+            };
             let mut r = status(&v.name, state, error);
             if let Some((level, e)) = healed.escalation.get(&v.name) {
                 r.escalation_level = *level;
+                if r.error.is_none() {
+                    r.error = Some(format!(
+                        "failing: escalation at {} (attempt {})",
+                        e.position, e.attempts
+                    ));
+                }
                 r.escalation = Some(e.clone());
             }
+            r.rolled_back = healed.rolled_back.get(&v.name).cloned();
+            r.health = seen.get(&v.name).and_then(|s| s.health.clone());
             if let Some(rec) = p.load().filter(|r| r.node == self.node) {
                 r.restarts = rec.restarts;
                 if rec.started && !rec.accel.is_empty() {
@@ -325,7 +410,10 @@ impl Vms {
             }
             out.push(r);
         }
-        out
+        VmPass {
+            statuses: out,
+            rolled_back_now: healed.rolled_back_now,
+        }
     }
 
     async fn apply(
@@ -374,6 +462,15 @@ impl Vms {
             VmAction::Delete { name, reason } => {
                 info!(%reason, "deleting");
                 self.delete(name).await
+            }
+            VmAction::Reset { name, reason } => {
+                warn!(%reason, "resetting the guest");
+                driver::reset(&self.paths(name)).await?;
+                if let Some(mut rec) = self.paths(name).load() {
+                    rec.restarts += 1;
+                    self.paths(name).save(&rec)?;
+                }
+                Ok(())
             }
         }
     }

@@ -61,6 +61,8 @@ pub enum VmAction {
     },
     /// Stop, remove taps, overlay, seed and directory.
     Delete { name: String, reason: String },
+    /// Hard-reset the guest of a live QEMU (QMP `system_reset`); only the ladder asks for it.
+    Reset { name: String, reason: String },
 }
 
 impl VmAction {
@@ -70,7 +72,8 @@ impl VmAction {
             | VmAction::Start { name, .. }
             | VmAction::Stop { name, .. }
             | VmAction::Restart { name, .. }
-            | VmAction::Delete { name, .. } => name,
+            | VmAction::Delete { name, .. }
+            | VmAction::Reset { name, .. } => name,
         }
     }
     pub fn kind(&self) -> &'static str {
@@ -80,6 +83,7 @@ impl VmAction {
             VmAction::Stop { .. } => "stop",
             VmAction::Restart { .. } => "restart",
             VmAction::Delete { .. } => "delete",
+            VmAction::Reset { .. } => "reset",
         }
     }
 }

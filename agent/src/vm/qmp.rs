@@ -121,6 +121,11 @@ impl Qmp {
         self.execute("system_powerdown", None).await.map(|_| ())
     }
 
+    /// `system_reset`: a hard reset of the guest, as the reset button (QEMU stays).
+    pub async fn system_reset(&mut self) -> Result<(), QmpError> {
+        self.execute("system_reset", None).await.map(|_| ())
+    }
+
     /// `quit`: QEMU exits at once (the guest gets no say).
     pub async fn quit(&mut self) -> Result<(), QmpError> {
         match self.execute("quit", None).await {

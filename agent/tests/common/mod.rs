@@ -6,6 +6,7 @@ pub mod docker;
 pub mod guest;
 pub mod netns;
 pub mod payload;
+pub mod vm;
 
 use std::net::TcpListener;
 use std::path::PathBuf;

@@ -229,3 +229,21 @@ pub fn data_dir() -> (tempfile::TempDir, PathBuf) {
     let data = dir.path().join("state");
     (dir, data)
 }
+
+/// `stewardctl --registry URL --token-file TOKEN ARGS...` run in `ns`; its trimmed stdout
+/// (panics with its stderr when it fails).
+pub fn ctl(ns: &NetNs, url: &str, token: &std::path::Path, args: &[&str]) -> String {
+    let out = ns
+        .command(super::workspace_bin("stewardctl"))
+        .args(["--registry", url, "--token-file"])
+        .arg(token)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "stewardctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}

@@ -237,7 +237,7 @@ fn check_volumes(c: &ContainerSpec, f: &str, out: &mut Problems) {
     }
 }
 
-fn check_healthcheck(hc: &HealthCheck, f: &str, out: &mut Problems) {
+pub(super) fn check_healthcheck(hc: &HealthCheck, f: &str, out: &mut Problems) {
     let given: Vec<&str> = [
         ("http", hc.http.is_some()),
         ("tcp", hc.tcp.is_some()),

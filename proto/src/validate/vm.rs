@@ -1,5 +1,5 @@
 //! VM checks: image path, direct kernel boot paths, CPUs, memory and disk sizes, NICs (bridge,
-//! VLAN, MAC).
+//! VLAN, MAC), health check (tcp or http only).
 
 use super::{abs_path_problem, check_names, iface_problem, vlan_id_problem, Problems};
 use crate::quantity::parse_memory;
@@ -62,6 +62,17 @@ pub(super) fn check(vms: &[VmSpec], out: &mut Problems) {
         check_size(&vm.memory, VM_MIN_MEMORY, "memory", "16Mi", &f, out);
         if let Some(disk) = &vm.disk {
             check_size(disk, VM_MIN_DISK, "disk", "1Mi", &f, out);
+        }
+        if let Some(hc) = &vm.healthcheck {
+            let hf = format!("{f}.healthcheck");
+            super::container::check_healthcheck(hc, &hf, out);
+            if hc.exec.is_some() {
+                out.push(
+                    format!("{hf}.exec"),
+                    "exec checks run inside a container; for a VM use tcp or http against the \
+                     guest's address on its bridge, e.g. tcp: 10.0.0.2:22",
+                );
+            }
         }
         for (j, nic) in vm.nics.iter().enumerate() {
             let nf = format!("{f}.nics[{j}]");
@@ -168,6 +179,9 @@ mod tests {
             (vm("    kernel: /boot/vmlinuz\n    initrd: /boot/../x\n"), "vms[0].initrd", "'..'"),
             (vm("    initrd: /boot/initrd.img\n"), "vms[0].initrd", "initrd needs kernel"),
             (vm("    cmdline: console=ttyS0\n"), "vms[0].cmdline", "cmdline needs kernel"),
+            (vm("    healthcheck: {exec: [true]}\n"), "vms[0].healthcheck.exec", "for a VM use tcp or http"),
+            (vm("    healthcheck: {tcp: \"10.0.0.2\"}\n"), "vms[0].healthcheck.tcp", "no port"),
+            (vm("    healthcheck: {interval: 5s}\n"), "vms[0].healthcheck", "exactly one of http, tcp or exec"),
         ];
         let cases: Vec<(&str, &str, &str)> =
             cases.iter().map(|(y, f, r)| (y.as_str(), *f, *r)).collect();
@@ -179,6 +193,7 @@ mod tests {
         run_valid(&[
             &vm("    cpus: 256\n    disk: 1Mi\n    nics: [{bridge: br0, vlan: 4094, mac: \"52:54:00:AB:cd:01\"}, {bridge: br1}]\n    state: stopped\n    restart: on-failure\n"),
             &vm("    kernel: /boot/vmlinuz\n    initrd: /boot/initrd.img\n    cmdline: console=ttyS0 quiet\n"),
+            &vm("    healthcheck: {tcp: \"10.0.0.2:22\", interval: 5s, retries: 2}\n    rollback: false\n"),
             "vms:\n  - {name: a, image: /i.qcow2, memory: 16Mi, cpus: 1}\n  - {name: b, image: /i.qcow2, memory: 16777216}\n",
         ]);
     }

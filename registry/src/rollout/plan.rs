@@ -76,6 +76,22 @@ pub fn node_progress(
             st.observed_generation
         ));
     }
+    // A workload the new version broke was rolled back (payload included): that node failed.
+    if let Some((r, rb)) = st.resources.iter().find_map(|r| {
+        r.rolled_back
+            .as_ref()
+            .filter(|rb| rb.from_generation >= generation)
+            .map(|rb| (r, rb))
+    }) {
+        return Progress::Failed(format!(
+            "{} {} was rolled back from generation {} to generation {}'s configuration: {}",
+            format!("{:?}", r.kind).to_lowercase(),
+            r.name,
+            rb.from_generation,
+            rb.to_generation,
+            rb.reason
+        ));
+    }
     let resource = st
         .resources
         .iter()
@@ -277,6 +293,33 @@ mod tests {
             let p = node_progress(5, st.as_ref(), "tc", &new);
             assert!(want(&p), "{name}: {p:?}");
         }
+        // A workload rolled back from the rollout's generation (its payload with it).
+        let mut st = status(5, Some(S::Converged), &old, Some(&old));
+        let mut web = ResourceStatus::new(
+            ResourceKind::Container,
+            "web",
+            S::Failed,
+            Some("rolled back".into()),
+        );
+        web.rolled_back = Some(steward_proto::RolledBack {
+            from_generation: 5,
+            to_generation: 4,
+            reason: "health check failing".into(),
+        });
+        st.resources.push(web);
+        let Progress::Failed(e) = node_progress(5, Some(&st), "tc", &new) else {
+            panic!("a rollback fails the node");
+        };
+        assert!(e.contains("web was rolled back from generation 5"), "{e}");
+        // An older rollback (from before the rollout's generation) does not count.
+        st.resources[1]
+            .rolled_back
+            .as_mut()
+            .unwrap()
+            .from_generation = 3;
+        st.payloads[0].expected = new.clone();
+        st.payloads[0].actual = Some(new.clone());
+        assert_eq!(node_progress(5, Some(&st), "tc", &new), Progress::Converged);
         let Progress::Failed(e) =
             node_progress(5, Some(&status(5, Some(S::Failed), &new, None)), "tc", &new)
         else {

@@ -1,10 +1,12 @@
 #!/bin/bash
 # The guest of the VM tests (agent/tests/vm_*.rs): booted *by the agent* as a VM with a
 # virtio NIC on a managed bridge. Takes its address and peer from the kernel command line
-# (vm.ip=10.77.0.2/24 vm.peer=10.77.0.1), prints markers on the serial console the host-side
+# (vm.ip=10.77.0.2/24 vm.peer=10.77.0.1; vm.http=PORT also serves /health over HTTP on that
+# port, for health checks), prints markers on the serial console the host-side
 # test reads from serial.log, pings the bridge's address, and stays up (a VM, not a one-shot).
 ip_arg=$(tr ' ' '\n' </proc/cmdline | sed -n 's/^vm\.ip=//p')
 peer=$(tr ' ' '\n' </proc/cmdline | sed -n 's/^vm\.peer=//p')
+http=$(tr ' ' '\n' </proc/cmdline | sed -n 's/^vm\.http=//p')
 echo "VM-GUEST-UP"
 for _ in $(seq 1 100); do [ -e /sys/class/net/eth0 ] && break; sleep 0.1; done
 echo "VM-NIC $(cat /sys/class/net/eth0/address 2>/dev/null || echo none)"
@@ -17,6 +19,10 @@ if [ -n "$ip_arg" ]; then
     sleep 1
   done
   echo "VM-PING-$ok $peer"
+  if [ -n "$http" ]; then
+    mkdir -p /www && echo ok >/www/health
+    httpd -p "$http" -h /www && echo "VM-HTTP-UP $http"
+  fi
 fi
 echo "VM-READY"
 while true; do sleep 3600; done

@@ -1,0 +1,130 @@
+//! Test support for the VM tests: QEMU processes seen from `/proc`, QMP asked directly (not
+//! through the agent), the agent's status file, and cleanup guards.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::guest::missing;
+
+/// Kills the child on drop.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Kills every QEMU whose command line names `dir` (cleanup when a test fails midway).
+pub struct QemuReaper(pub PathBuf);
+
+impl Drop for QemuReaper {
+    fn drop(&mut self) {
+        for pid in qemu_pids(&self.0) {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+    }
+}
+
+/// Polls `f` every 100 ms until Some; panics with `what` after `secs` (a bound against hangs,
+/// not a timing assertion).
+pub fn wait<T>(secs: u64, what: &dyn Fn() -> String, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs}s waiting for {}",
+            what()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Live (non-zombie) processes whose command line has an argument under `dir`.
+pub fn qemu_pids(dir: &Path) -> Vec<i32> {
+    let needle = dir.display().to_string();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        let zombie = stat
+            .rsplit_once(')')
+            .is_some_and(|(_, r)| r.trim_start().starts_with('Z'));
+        let cmd = String::from_utf8_lossy(&cmd).to_string();
+        if !zombie && cmd.contains("qemu-system") && cmd.contains(&needle) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// QMP `query-status` asked by the test itself (not through the agent).
+pub fn qmp_status(sock: &Path) -> Option<String> {
+    let s = UnixStream::connect(sock).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let mut w = s.try_clone().ok()?;
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line).ok()?; // greeting
+    w.write_all(b"{\"execute\":\"qmp_capabilities\"}\n{\"execute\":\"query-status\"}\n")
+        .ok()?;
+    let mut answers = 0;
+    loop {
+        line.clear();
+        if r.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        let v: Value = serde_json::from_str(&line).ok()?;
+        if v.get("return").is_some() {
+            answers += 1;
+            if answers == 2 {
+                return v["return"]["status"].as_str().map(str::to_string);
+            }
+        }
+    }
+}
+
+pub fn have(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// QEMU, qemu-img and mtools, or None (skipped outside CI; a failure in CI).
+pub fn require_tools() -> Option<()> {
+    for (cmd, pkg) in [
+        ("qemu-system-x86_64", "qemu-system-x86"),
+        ("qemu-img", "qemu-utils"),
+        ("mtype", "mtools"),
+    ] {
+        if !have(cmd) {
+            return missing(&format!("{cmd} (Debian package {pkg})"));
+        }
+    }
+    Some(())
+}
+
+pub fn status_of(data: &Path, name: &str) -> Option<Value> {
+    let v: Value = serde_json::from_slice(&std::fs::read(data.join("status.json")).ok()?).ok()?;
+    v["resources"]
+        .as_array()?
+        .iter()
+        .find(|r| r["name"] == name)
+        .cloned()
+}
