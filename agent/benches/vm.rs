@@ -18,9 +18,7 @@
 //! does not converge fails the bench.
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
@@ -29,107 +27,11 @@ use serde_json::{json, Value};
 #[allow(dead_code)]
 #[path = "agent/harness.rs"]
 mod harness;
+#[allow(dead_code)]
+#[path = "agent/vmkit.rs"]
+mod vmkit;
 
-struct Ns(String);
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-    }
-}
-
-fn run(cmd: &str, args: &[&str]) {
-    let out = Command::new(cmd).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn qmp_running(sock: &Path) -> bool {
-    let Ok(s) = UnixStream::connect(sock) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-    let mut w = s.try_clone().unwrap();
-    let mut r = BufReader::new(s);
-    let mut line = String::new();
-    if r.read_line(&mut line).is_err() {
-        return false;
-    }
-    let _ = w.write_all(b"{\"execute\":\"qmp_capabilities\"}\n{\"execute\":\"query-status\"}\n");
-    let mut n = 0;
-    loop {
-        line.clear();
-        if r.read_line(&mut line).unwrap_or(0) == 0 {
-            return false;
-        }
-        let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
-        if v.get("return").is_some() {
-            n += 1;
-            if n == 2 {
-                return v["return"]["status"] == "running";
-            }
-        }
-    }
-}
-
-fn wait_running(sock: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !qmp_running(sock) {
-        assert!(
-            Instant::now() < deadline,
-            "{} never said running",
-            sock.display()
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
-fn kill_pidfile(p: &Path) {
-    if let Ok(pid) = std::fs::read_to_string(p) {
-        let _ = Command::new("kill").args(["-9", pid.trim()]).status();
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// Kills every QEMU whose command line names a path under the directory (also on panic).
-struct Reaper(PathBuf);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        let needle = self.0.display().to_string();
-        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
-                continue;
-            };
-            let cmd = String::from_utf8_lossy(&cmd);
-            if cmd.contains("qemu-system") && cmd.contains(&needle) {
-                let _ = Command::new("kill")
-                    .args(["-9", &e.file_name().to_string_lossy()])
-                    .status();
-            }
-        }
-    }
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-fn have(cmd: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {cmd}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
+use vmkit::{have, kill_pidfile, median, ms, results_dir, run, wait_running, Reaper};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
@@ -142,27 +44,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    let Ok(_ns) = std::env::var("STEWARD_BENCH_VM_NS") else {
-        // Outside: make the namespace and run this bench again inside it.
-        let ns = Ns(format!(
-            "steward-bench-vm-{:06x}",
-            rand::random::<u32>() & 0xffffff
-        ));
-        run("ip", &["netns", "add", &ns.0]);
-        run("ip", &["-n", &ns.0, "link", "set", "lo", "up"]);
-        let st = Command::new("ip")
-            .args(["netns", "exec", &ns.0])
-            .arg(std::env::current_exe().unwrap())
-            .args(&args[1..])
-            .env("STEWARD_BENCH_VM_NS", &ns.0)
-            .status()
-            .unwrap();
-        return if st.success() {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        };
-    };
+    if let Some(code) = vmkit::in_fresh_netns("vm", &args) {
+        return code;
+    }
     let registry_bin = match harness::registry_bin() {
         Ok(b) => b,
         Err(e) => {
@@ -460,10 +344,4 @@ fn main() -> ExitCode {
         serde_json::to_string_pretty(&out).unwrap(),
     );
     ExitCode::SUCCESS
-}
-
-/// `<target>/bench-results/`.
-fn results_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.ancestors().nth(3).unwrap().join("bench-results")
 }

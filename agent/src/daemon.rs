@@ -99,6 +99,7 @@ pub async fn run(
     let events = tokio::spawn(docker_events(cfg.clone(), wake.clone()));
     let feed = Arc::new(EventFeed::default());
     let link_events = tokio::spawn(netlink_events(cfg.clone(), wake.clone(), feed.clone()));
+    let vm_exit_events = tokio::spawn(vm_exits(cfg.clone(), wake.clone()));
     let rec = Reconciler::new(
         cfg.docker_socket.clone(),
         cfg.policy.clone(),
@@ -130,7 +131,7 @@ pub async fn run(
 
     shutdown_signal().await;
     info!("stopping (workloads keep running)");
-    for t in [watcher, heart, events, link_events, recon]
+    for t in [watcher, heart, events, link_events, vm_exit_events, recon]
         .into_iter()
         .chain(metrics)
         .chain(watchdog)
@@ -286,6 +287,19 @@ pub(crate) async fn docker_events(cfg: AgentConfig, wake: Arc<Notify>) {
         tokio::time::sleep(backoff.delay()).await;
     }
 }
+
+/// Wakes the reconciler when a VM's QEMU exits, so a crashed VM walks its ladder at once
+/// rather than at the next resync.
+pub(crate) async fn vm_exits(cfg: AgentConfig, wake: Arc<Notify>) {
+    crate::vm::watch_exits(cfg.vms.dir.clone(), VM_EXIT_POLL, |name| {
+        info!(vm = %name, "QEMU exited; reconciling now");
+        wake.notify_one();
+    })
+    .await;
+}
+
+/// How often the VM exit watcher looks at the QEMU processes.
+const VM_EXIT_POLL: Duration = Duration::from_millis(500);
 
 /// Wakes the reconciler on every link and address change of the host (netlink), so a managed
 /// link deleted or changed by hand is restored at once.

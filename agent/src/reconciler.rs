@@ -501,7 +501,7 @@ impl Reconciler {
             found = true;
         }
         if found {
-            info!(workload = %name, "escalation ladder and rollback reset by an operator");
+            info!(workload = %name, "escalation ladder reset by an operator (any rollback dropped)");
         } else {
             info!(workload = %name, "reset asked for a workload with no escalation; nothing to do");
         }

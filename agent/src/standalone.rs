@@ -14,7 +14,9 @@ use tracing::{info, warn};
 
 use crate::cli::{local_reconciler, read_spec};
 use crate::config::AgentConfig;
-use crate::daemon::{docker_events, netlink_events, reconcile_loop, shutdown_signal, Control};
+use crate::daemon::{
+    docker_events, netlink_events, reconcile_loop, shutdown_signal, vm_exits, Control,
+};
 use crate::network::EventFeed;
 use crate::store::StoredSpec;
 use crate::watchdog::Liveness;
@@ -51,6 +53,7 @@ pub async fn apply_watch(cfg: AgentConfig, path: String) -> anyhow::Result<()> {
     let tasks = [
         tokio::spawn(docker_events(cfg.clone(), wake.clone())),
         tokio::spawn(netlink_events(cfg.clone(), wake.clone(), feed)),
+        tokio::spawn(vm_exits(cfg.clone(), wake.clone())),
         tokio::spawn(watch_file(path, spec_tx)),
         tokio::spawn(reconcile_loop(
             cfg,

@@ -98,6 +98,28 @@ impl Default for VmSettings {
     }
 }
 
+/// Calls `on_exit(name)` whenever a VM's QEMU under `dir` goes away (crashed, killed, or
+/// stopped): every `every`, each VM directory's pidfile is checked against `/proc` (three small
+/// reads per VM, no QMP), so the reconcile loop restarts a crashed VM within about `every`
+/// rather than at the next resync. Runs until dropped.
+pub async fn watch_exits(dir: PathBuf, every: Duration, mut on_exit: impl FnMut(&str)) {
+    let mut live = std::collections::BTreeSet::new();
+    loop {
+        let now: std::collections::BTreeSet<String> = std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| driver::live_pid(&VmPaths::new(e.path())).is_some())
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .collect();
+        for gone in live.difference(&now) {
+            on_exit(gone);
+        }
+        live = now;
+        tokio::time::sleep(every).await;
+    }
+}
+
 /// What a VM pass reports.
 pub struct VmPass {
     pub statuses: Vec<ResourceStatus>,

@@ -87,7 +87,7 @@ fn resources(n: &Node) -> Markup {
     html! {
         @if st.resources.is_empty() { p.muted { "No resources." } } @else {
             table #resources.list {
-                thead { tr { th { "Kind" } th { "Name" } th { "State" } th { "Restarts" } th { "Escalation" } th { "Error" } } }
+                thead { tr { th { "Kind" } th { "Name" } th { "State" } th { "Restarts" } th { "Health" } th { "Escalation" } th { "Error" } } }
                 tbody {
                     @for r in &st.resources {
                         @let state = state_str(r.state);
@@ -96,6 +96,7 @@ fn resources(n: &Node) -> Markup {
                             td { (r.name) }
                             td { span class={"badge s-" (state)} { (state) } }
                             td.num { (r.restarts) }
+                            td { (r.health.as_deref().unwrap_or("-")) }
                             td {
                                 @if let Some(e) = &r.escalation {
                                     (e.position) " (attempt " (e.attempts) ")"

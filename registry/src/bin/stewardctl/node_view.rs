@@ -146,6 +146,7 @@ fn describe_status(st: &NodeStatus, out: &mut String) {
                     r.name.clone(),
                     kebab(&r.state),
                     r.restarts.to_string(),
+                    r.health.clone().unwrap_or_else(|| "-".into()),
                     match (&r.escalation, &r.rolled_back) {
                         (Some(e), _) => format!(
                             "{} ({}){}",
@@ -163,7 +164,15 @@ fn describe_status(st: &NodeStatus, out: &mut String) {
             })
             .collect();
         out.push_str(&render_table(
-            &["KIND", "NAME", "STATE", "RESTARTS", "ESCALATION", "ERROR"],
+            &[
+                "KIND",
+                "NAME",
+                "STATE",
+                "RESTARTS",
+                "HEALTH",
+                "ESCALATION",
+                "ERROR",
+            ],
             &rows,
             2,
         ));
@@ -259,7 +268,8 @@ mod tests {
     #[test]
     fn describes_resources_with_their_errors() {
         let st = serde_json::json!({"status": {"observed_generation": 2, "resources": [
-            {"kind": "vm", "name": "v1", "state": "failed", "error": "qemu exited 1", "restarts": 3},
+            {"kind": "vm", "name": "v1", "state": "failed", "error": "qemu exited 1", "restarts": 3,
+             "health": "unhealthy"},
             {"kind": "container", "name": "c1", "state": "failed", "error": "failed: stopped",
              "escalation": {"position": "failed", "attempts": 0}}
         ]}});
@@ -273,10 +283,10 @@ mod tests {
                 .collect::<Vec<_>>()
                 .join(" ")
         };
-        assert_eq!(line("v1"), "vm v1 failed 3 - qemu exited 1");
+        assert_eq!(line("v1"), "vm v1 failed 3 unhealthy - qemu exited 1");
         assert_eq!(
             line("c1"),
-            "container c1 failed 0 failed (0) failed: stopped"
+            "container c1 failed 0 - failed (0) failed: stopped"
         );
     }
 }
