@@ -99,7 +99,8 @@ pub async fn run(
     let events = tokio::spawn(docker_events(cfg.clone(), wake.clone()));
     let feed = Arc::new(EventFeed::default());
     let link_events = tokio::spawn(netlink_events(cfg.clone(), wake.clone(), feed.clone()));
-    let vm_exit_events = tokio::spawn(vm_exits(cfg.clone(), wake.clone()));
+    let urgent = Arc::new(Notify::new());
+    vm_exits(&cfg, urgent.clone());
     let rec = Reconciler::new(
         cfg.docker_socket.clone(),
         cfg.policy.clone(),
@@ -126,12 +127,16 @@ pub async fn run(
         status_tx,
         wake,
         paths,
-        Control { live, resets },
+        Control {
+            live,
+            resets,
+            urgent,
+        },
     ));
 
     shutdown_signal().await;
     info!("stopping (workloads keep running)");
-    for t in [watcher, heart, events, link_events, vm_exit_events, recon]
+    for t in [watcher, heart, events, link_events, recon]
         .into_iter()
         .chain(metrics)
         .chain(watchdog)
@@ -255,11 +260,13 @@ async fn heartbeat(
 /// Workload resets asked by the registry, waiting for the reconcile loop.
 pub(crate) type Resets = Arc<std::sync::Mutex<Vec<String>>>;
 
-/// What the reconcile loop reports to (the watchdog's liveness) and takes orders from (resets).
+/// What the reconcile loop reports to (the watchdog's liveness) and takes orders from (resets,
+/// and wake-ups that skip the event debounce: a VM's QEMU exited).
 #[derive(Default)]
 pub(crate) struct Control {
     pub live: Arc<Liveness>,
     pub resets: Resets,
+    pub urgent: Arc<Notify>,
 }
 
 pub(crate) async fn docker_events(cfg: AgentConfig, wake: Arc<Notify>) {
@@ -289,13 +296,21 @@ pub(crate) async fn docker_events(cfg: AgentConfig, wake: Arc<Notify>) {
 }
 
 /// Wakes the reconciler when a VM's QEMU exits, so a crashed VM walks its ladder at once
-/// rather than at the next resync.
-pub(crate) async fn vm_exits(cfg: AgentConfig, wake: Arc<Notify>) {
-    crate::vm::watch_exits(cfg.vms.dir.clone(), VM_EXIT_POLL, |name| {
-        info!(vm = %name, "QEMU exited; reconciling now");
-        wake.notify_one();
-    })
-    .await;
+/// rather than at the next resync. The watcher blocks in `poll`, so it gets a thread of its
+/// own, which ends with the process.
+pub(crate) fn vm_exits(cfg: &AgentConfig, wake: Arc<Notify>) {
+    let dir = cfg.vms.dir.clone();
+    let spawned = std::thread::Builder::new()
+        .name("vm-exits".into())
+        .spawn(move || {
+            crate::vm::watch_exits(&dir, VM_EXIT_POLL, |name| {
+                info!(vm = %name, "QEMU exited; reconciling now");
+                wake.notify_one();
+            })
+        });
+    if let Err(e) = spawned {
+        warn!(error = %e, "no VM exit watcher (a crashed VM is found at the next resync)");
+    }
 }
 
 /// How often the VM exit watcher looks at the QEMU processes.
@@ -325,7 +340,11 @@ pub(crate) async fn reconcile_loop(
     paths: Paths,
     control: Control,
 ) {
-    let Control { live, resets } = control;
+    let Control {
+        live,
+        resets,
+        urgent,
+    } = control;
     let mut resync = tokio::time::interval(cfg.resync_interval);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -340,6 +359,8 @@ pub(crate) async fn reconcile_loop(
             _ = resync.tick() => rec.force_full_observe(),
             // An agent-side health probe is due.
             _ = tokio::time::sleep(probe_in) => {},
+            // A VM's QEMU exited: one event, nothing to debounce.
+            _ = urgent.notified() => {},
             _ = wake.notified() => {
                 // Debounce bursts of events (a recreate emits several), but never make a new
                 // spec wait for the debounce.

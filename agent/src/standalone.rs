@@ -1,7 +1,7 @@
 //! `apply --file F --watch`: the daemon's reconcile loop without a registry. The desired state
 //! is a local spec file, re-applied when it changes (checked every second), on SIGHUP (even if
-//! unchanged), on Docker and netlink events and every `resync_interval` — for a node that has no
-//! registry (bootstrap, air-gapped, a lab bench) and for measuring the agent alone.
+//! unchanged), on Docker, netlink and VM exit events and every `resync_interval` — for a node
+//! that has no registry (bootstrap, air-gapped, a lab bench) and for measuring the agent alone.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -50,10 +50,11 @@ pub async fn apply_watch(cfg: AgentConfig, path: String) -> anyhow::Result<()> {
     let (status_tx, _) = watch::channel(NodeStatus::default());
     let live = Arc::new(Liveness::default());
     let watchdog = crate::watchdog::start(live.clone(), cfg.watchdog_max_pass);
+    let urgent = Arc::new(Notify::new());
+    vm_exits(&cfg, urgent.clone());
     let tasks = [
         tokio::spawn(docker_events(cfg.clone(), wake.clone())),
         tokio::spawn(netlink_events(cfg.clone(), wake.clone(), feed)),
-        tokio::spawn(vm_exits(cfg.clone(), wake.clone())),
         tokio::spawn(watch_file(path, spec_tx)),
         tokio::spawn(reconcile_loop(
             cfg,
@@ -65,6 +66,7 @@ pub async fn apply_watch(cfg: AgentConfig, path: String) -> anyhow::Result<()> {
             Control {
                 live,
                 resets: Default::default(),
+                urgent,
             },
         )),
     ];

@@ -18,8 +18,13 @@ use common::guest::{Guest, Image};
 use common::netns::{data_dir, require_netns, strip_ansi, NetNs};
 use common::vm::{qemu_pids, qmp_status, require_tools, status_of, wait, Proc, QemuReaper};
 
+/// One VM test at a time: TCG guests of three tests at once on a two-core machine make every
+/// boot slow and the timing of the ladder's steps hard to follow in a log.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// One test's VM bench: namespace, guest image, base disk, agent config and paths.
 struct Bench {
+    _serial: std::sync::MutexGuard<'static, ()>,
     ns: NetNs,
     image: Image,
     tmp: tempfile::TempDir,
@@ -34,6 +39,7 @@ struct Bench {
 impl Bench {
     /// None when a component is missing outside CI (a failure in CI).
     fn new(name: &str) -> Option<Bench> {
+        let serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let ns = require_netns()?;
         require_tools()?;
         let mut g = Guest::new(name);
@@ -63,6 +69,7 @@ impl Bench {
         .unwrap();
         let spec = tmp.path().join("spec.yaml");
         Some(Bench {
+            _serial: serial,
             _reaper: QemuReaper(vms.clone()),
             ns,
             image,
@@ -337,7 +344,7 @@ fn a_vm_whose_qemu_keeps_dying_walks_the_ladder_to_failed() {
         pid = wait(60, &|| format!("QEMU back after {step}\n{}", log()), || {
             vm_pid().filter(|p| *p != pid)
         });
-        let pos = wait(30, &|| format!("escalation {step}\n{}", log()), || {
+        let pos = wait(60, &|| format!("escalation {step}\n{}", log()), || {
             status_of(data, "lad")?["escalation"]["position"]
                 .as_str()
                 .filter(|p| *p == step)

@@ -112,7 +112,7 @@ pub fn heal_vms(
             rewritten.extend(mine);
             continue;
         }
-        let crash = mine.iter().find_map(|a| match a {
+        let crashed = mine.iter().find_map(|a| match a {
             VmAction::Start {
                 crash: true,
                 reason,
@@ -131,7 +131,8 @@ pub fn heal_vms(
                 seen.probe_error.as_deref().unwrap_or("no answer")
             )
         });
-        let Some(why) = crash.or(unhealthy) else {
+        let is_crash = crashed.is_some();
+        let Some(why) = crashed.or(unhealthy) else {
             // Not failing: a plain start (first boot, or a start a failed VM does not get).
             if !e.ladder.failed(VM_RUNGS) {
                 rewritten.extend(mine);
@@ -182,6 +183,8 @@ pub fn heal_vms(
             out.acted.push(v.name.clone());
         }
         match decision {
+            // A crash: the planner's own start (or restart of a powered-off guest).
+            Decision::Act(Rung::Restart) if is_crash => rewritten.extend(mine),
             Decision::Act(Rung::Restart) => rewritten.push(VmAction::Restart {
                 name: v.name.clone(),
                 reason: format!("escalation: restart ({why})"),

@@ -76,7 +76,7 @@ fn crashes_walk_restart_reset_recreate_then_failed() {
     let mut entries = BTreeMap::new();
     let dead = seen(false, None);
     let cases: &[(&[&str], &str)] = &[
-        (&["restart"], "restart"),
+        (&["start"], "restart"),
         (&["start"], "reset"),
         (&["delete", "create"], "recreate"),
         (&[], "failed"),

@@ -186,23 +186,31 @@ pub fn qemu_args(p: &VmPaths, l: &Launch, accel: &str) -> Vec<String> {
 
 /// The QEMU process of a VM directory, if one is alive: the pid from its pidfile, alive, not
 /// a zombie, and its command line naming this directory (so a reused pid is never mistaken).
+/// A QEMU in the middle of exiting counts as alive: the kernel drops its command line before
+/// it closes its files, and until then it still holds the disk image's lock, so a new QEMU
+/// started at that moment would fail.
 pub fn live_pid(p: &VmPaths) -> Option<i32> {
+    // Task flags (include/linux/sched.h): exiting, and kernel thread.
+    const PF_EXITING: u64 = 0x4;
+    const PF_KTHREAD: u64 = 0x0020_0000;
     let pid: i32 = std::fs::read_to_string(p.pidfile())
         .ok()?
         .trim()
         .parse()
         .ok()?;
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let state = stat.rsplit_once(')')?.1.split_whitespace().next()?;
-    if state == "Z" || state == "X" {
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    if matches!(fields.first(), None | Some(&"Z") | Some(&"X")) {
         return None;
     }
+    let flags: u64 = fields.get(6).and_then(|f| f.parse().ok()).unwrap_or(0);
     let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     let needle = p.pidfile().display().to_string();
-    String::from_utf8_lossy(&cmd)
+    let ours = String::from_utf8_lossy(&cmd)
         .split('\0')
-        .any(|a| a == needle)
-        .then_some(pid)
+        .any(|a| a == needle);
+    let exiting = cmd.is_empty() && flags & PF_EXITING != 0 && flags & PF_KTHREAD == 0;
+    (ours || exiting).then_some(pid)
 }
 
 /// The process state of a VM directory.

@@ -99,24 +99,62 @@ impl Default for VmSettings {
 }
 
 /// Calls `on_exit(name)` whenever a VM's QEMU under `dir` goes away (crashed, killed, or
-/// stopped): every `every`, each VM directory's pidfile is checked against `/proc` (three small
-/// reads per VM, no QMP), so the reconcile loop restarts a crashed VM within about `every`
-/// rather than at the next resync. Runs until dropped.
-pub async fn watch_exits(dir: PathBuf, every: Duration, mut on_exit: impl FnMut(&str)) {
-    let mut live = std::collections::BTreeSet::new();
+/// stopped), so the reconcile loop restarts a crashed VM at once rather than at the next
+/// resync. Blocking: run it on a thread of its own. Every `every` the VM directories' pidfiles
+/// are checked against `/proc` (three small reads per VM, no QMP) to find the running QEMUs;
+/// in between, each one is watched through a pidfd (Linux 5.3+) in one `poll`, which returns
+/// the moment a process has exited (after it closed its files, so its disk lock is free).
+/// Without pidfds the scan alone notices, within `every`.
+pub fn watch_exits(dir: &Path, every: Duration, mut on_exit: impl FnMut(&str)) -> ! {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let pidfd = |pid: i32| {
+        rustix::process::pidfd_open(
+            rustix::process::Pid::from_raw(pid)?,
+            rustix::process::PidfdFlags::empty(),
+        )
+        .ok()
+    };
+    let timeout = Timespec {
+        tv_sec: every.as_secs() as i64,
+        tv_nsec: i64::from(every.subsec_nanos()),
+    };
+    let mut live: BTreeMap<String, (i32, Option<std::os::fd::OwnedFd>)> = BTreeMap::new();
     loop {
-        let now: std::collections::BTreeSet<String> = std::fs::read_dir(&dir)
+        let now: BTreeMap<String, i32> = std::fs::read_dir(dir)
             .into_iter()
             .flatten()
             .flatten()
-            .filter(|e| driver::live_pid(&VmPaths::new(e.path())).is_some())
-            .map(|e| e.file_name().to_string_lossy().to_string())
+            .filter_map(|e| {
+                let pid = driver::live_pid(&VmPaths::new(e.path()))?;
+                Some((e.file_name().to_string_lossy().to_string(), pid))
+            })
             .collect();
-        for gone in live.difference(&now) {
-            on_exit(gone);
+        for name in live.keys().filter(|n| !now.contains_key(*n)) {
+            on_exit(name);
         }
-        live = now;
-        tokio::time::sleep(every).await;
+        live.retain(|n, (pid, _)| now.get(n) == Some(pid));
+        for (name, pid) in now {
+            live.entry(name).or_insert_with(|| (pid, pidfd(pid)));
+        }
+        let (names, mut fds): (Vec<&String>, Vec<PollFd>) = live
+            .iter()
+            .filter_map(|(n, (_, fd))| Some((n, PollFd::new(fd.as_ref()?, PollFlags::IN))))
+            .unzip();
+        if fds.is_empty() {
+            std::thread::sleep(every);
+            continue;
+        }
+        let _ = poll(&mut fds, Some(&timeout));
+        let exited: Vec<String> = fds
+            .iter()
+            .zip(names)
+            .filter(|(p, _)| !p.revents().is_empty())
+            .map(|(_, n)| n.clone())
+            .collect();
+        for name in exited {
+            live.remove(&name);
+            on_exit(&name);
+        }
     }
 }
 
