@@ -163,7 +163,8 @@ const CHECK: &str = "    healthcheck: {http: 'http://10.77.0.2:8080/health', int
 
 /// A spec change that leaves the VM unhealthy (the new kernel command line starts no HTTP
 /// server) is rolled back to generation 1's configuration after the grace period, and the
-/// status says so; the old configuration runs healthy again.
+/// status says so; the old configuration runs healthy again. A later change that does not even
+/// start (a kernel that is not there) is rolled back to it too.
 #[test]
 fn an_update_that_leaves_a_vm_unhealthy_is_rolled_back() {
     let Some(b) = Bench::new("vm-heal-rollback") else {
@@ -228,6 +229,40 @@ fn an_update_that_leaves_a_vm_unhealthy_is_rolled_back() {
         b.vm_pid("rb"),
         Some(pid),
         "the rolled-back VM is left running"
+    );
+
+    // Generation 3 does not even start (no such kernel): also rolled back to generation 1's
+    // configuration, the last one that ran healthy.
+    let text = std::fs::read_to_string(&b.spec).unwrap().replace(
+        &b.image.kernel.display().to_string(),
+        "/nonexistent/vmlinuz",
+    );
+    std::fs::write(&b.spec, text).unwrap();
+    let r = wait(
+        120,
+        &|| format!("the rollback of generation 3\n{}", log()),
+        || status_of(&b.data, "rb").filter(|r| r["rolled_back"]["from_generation"] == 3),
+    );
+    assert_eq!(r["rolled_back"]["to_generation"], 1, "{r}");
+    assert!(
+        r["rolled_back"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("does not start"),
+        "{r}"
+    );
+    let pid = wait(
+        60,
+        &|| format!("generation 1's VM once more\n{}", log()),
+        || {
+            b.vm_pid("rb")
+                .filter(|p| append_of(*p).contains("vm.http=8080"))
+        },
+    );
+    let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&cmd).contains("/nonexistent/vmlinuz"),
+        "generation 1's kernel"
     );
 }
 

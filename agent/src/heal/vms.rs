@@ -1,6 +1,6 @@
 //! The VM side of self-healing, pure. A VM fails when the VM planner restarts its QEMU after a
-//! crash (QEMU gone, the guest powered off or panicked under restart policy always) or when its
-//! health check says unhealthy while QEMU runs. A failure becomes the ladder's step — restart,
+//! crash (QEMU gone, the guest powered off or panicked under restart policy always), when its
+//! health check says unhealthy while QEMU runs, or when its start failed in the last pass. A failure becomes the ladder's step — restart,
 //! reset (QMP `system_reset` of a live guest; a fresh start of a dead QEMU), recreate (a fresh
 //! overlay from the base) — until the top, where the VM is left stopped and reported failed
 //! until its spec changes. A spec change failing past the grace period is rolled back to the
@@ -33,6 +33,8 @@ pub struct VmSeen {
     pub health: Option<String>,
     /// The probe's last error, for the failure reason.
     pub probe_error: Option<String>,
+    /// Its start failed in the last pass (the error): QEMU would not run this configuration.
+    pub start_failed: Option<String>,
 }
 
 /// What healing concluded for the VMs in one pass.
@@ -77,15 +79,15 @@ pub struct Pass<'a> {
     pub now: u64,
 }
 
-/// Rewrites `actions` (the VM planner's) with the ladder's step for every failing VM, or its
-/// rollback.
+/// Rewrites `actions` (the VM planner's) with the ladder's step for every failing VM of
+/// `pass.desired`, or its rollback. Entries of VMs not in it are left alone (the caller drops
+/// those of VMs gone from the spec).
 pub fn heal_vms(
     entries: &mut BTreeMap<String, VmEntry>,
     actions: &mut Vec<VmAction>,
     pass: &Pass,
 ) -> VmHealed {
     let (policy, now) = (pass.policy, pass.now);
-    entries.retain(|n, _| pass.desired.iter().any(|v| &v.name == n));
     let mut out = VmHealed::default();
     let mut planned: BTreeMap<String, Vec<VmAction>> = BTreeMap::new();
     let mut rewritten = Vec::new();
@@ -132,7 +134,12 @@ pub fn heal_vms(
             )
         });
         let is_crash = crashed.is_some();
-        let Some(why) = crashed.or(unhealthy) else {
+        let not_starting = seen
+            .start_failed
+            .as_ref()
+            .filter(|_| !seen.running)
+            .map(|e| format!("it does not start ({e})"));
+        let Some(why) = crashed.or(unhealthy).or(not_starting) else {
             // Not failing: a plain start (first boot, or a start a failed VM does not get).
             if !e.ladder.failed(VM_RUNGS) {
                 rewritten.extend(mine);

@@ -38,6 +38,7 @@ fn seen(running: bool, health: Option<&str>) -> BTreeMap<String, VmSeen> {
             probe_error: health
                 .filter(|h| *h == "unhealthy")
                 .map(|_| "tcp 10.0.0.2:80: connection refused".to_string()),
+            start_failed: None,
         },
     )])
 }
@@ -255,4 +256,58 @@ fn entries_survive_a_store_round_trip() {
     let back: BTreeMap<String, VmEntry> = serde_json::from_str(&json).unwrap();
     assert_eq!(back, entries);
     assert_eq!(back["v"].ladder.level, 1);
+}
+
+#[test]
+fn an_update_that_does_not_start_is_rolled_back() {
+    let p = LadderPolicy {
+        rollback_grace: 30,
+        ..policy()
+    };
+    let v1 = vm("v", "good");
+    let mut v2 = v1.clone();
+    v2.kernel = Some("/nonexistent/vmlinuz".into());
+    let mut entries = BTreeMap::new();
+    pass(
+        &mut entries,
+        &v1,
+        vec![],
+        &seen(true, Some("healthy")),
+        &p,
+        1,
+        0,
+    );
+    let start = || VmAction::Start {
+        name: "v".into(),
+        reason: "desired running".into(),
+        crash: false,
+    };
+    let mut failed = seen(false, None);
+    failed.get_mut("v").unwrap().start_failed = Some("could not open kernel file".into());
+    let (a, h) = pass(&mut entries, &v2, vec![start()], &failed, &p, 2, 10);
+    assert_eq!(kinds(&a), ["restart"], "the ladder's first rung");
+    assert_eq!(h.escalation["v"].1.position, "restart");
+    let (_, h) = pass(&mut entries, &v2, vec![start()], &failed, &p, 2, 40);
+    assert_eq!(h.rolled_back_now, ["v"]);
+    assert!(
+        h.rolled_back["v"].reason.contains("does not start"),
+        "{:?}",
+        h.rolled_back["v"]
+    );
+    assert_eq!(
+        effective(&mut entries, std::slice::from_ref(&v2), &[]),
+        std::slice::from_ref(&v1)
+    );
+    // Not running and no start failure: a plain start, nothing counted.
+    let (a, h) = pass(
+        &mut entries,
+        &v1,
+        vec![start()],
+        &seen(false, None),
+        &p,
+        2,
+        50,
+    );
+    assert_eq!(kinds(&a), ["start"]);
+    assert!(h.escalation.is_empty());
 }

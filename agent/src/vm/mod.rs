@@ -175,6 +175,9 @@ pub struct Vms {
     seen: HashSet<String>,
     /// Agent-side health probes of running VMs.
     probes: crate::heal::probes::Probes,
+    /// Why a VM's start (create, start, restart) failed in the last pass: a failure for its
+    /// ladder and rollback in the next one.
+    start_failed: BTreeMap<String, String>,
 }
 
 fn status(name: &str, state: ResourceState, error: Option<String>) -> ResourceStatus {
@@ -196,6 +199,7 @@ impl Vms {
             kvm_broken: None,
             seen: HashSet::new(),
             probes: Default::default(),
+            start_failed: BTreeMap::new(),
         }
     }
 
@@ -240,6 +244,7 @@ impl Vms {
                     running: running(&v.name),
                     health: h.as_ref().map(|(h, _)| h.as_str().to_string()),
                     probe_error: h.and_then(|(_, e)| e),
+                    start_failed: self.start_failed.get(&v.name).cloned(),
                 };
                 (v.name.clone(), seen)
             })
@@ -366,6 +371,9 @@ impl Vms {
             .filter(|v| launches.contains_key(&v.name))
             .cloned()
             .collect();
+        // Ladders and rollback memory of VMs gone from the spec go; a VM whose config cannot
+        // be launched right now keeps its own (its last healthy config among them).
+        heal.retain(|n, _| spec.vms.iter().any(|v| &v.name == n));
         let healed = crate::heal::vms::heal_vms(
             heal,
             &mut actions,
@@ -386,6 +394,7 @@ impl Vms {
                 info!(vm = %o.name, "found a running VM through its QMP socket: adopted, not restarted");
             }
         }
+        self.start_failed.clear();
         for a in &actions {
             let name = a.name().to_string();
             let vm = spec.vms.iter().find(|v| v.name == name);
@@ -399,6 +408,14 @@ impl Vms {
                 Ok(()) => info!(action = a.kind(), vm = %name, "applied"),
                 Err(e) => {
                     warn!(action = a.kind(), vm = %name, error = %e, "VM action failed");
+                    if matches!(
+                        a,
+                        VmAction::Create { start: true, .. }
+                            | VmAction::Start { .. }
+                            | VmAction::Restart { .. }
+                    ) {
+                        self.start_failed.insert(name.clone(), e.to_string());
+                    }
                     failed.insert(name, format!("{} failed: {e}", a.kind()));
                 }
             }
