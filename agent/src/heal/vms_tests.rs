@@ -158,15 +158,13 @@ fn healthy_and_starting_vms_are_left_alone() {
     assert!(a.is_empty());
 }
 
-#[test]
-fn a_failing_update_is_rolled_back_to_the_last_healthy_vm_config() {
+/// A 30 s rollback grace, and VM `v` seen healthy at generation 1.
+fn healthy_generation_1() -> (LadderPolicy, VmSpec, BTreeMap<String, VmEntry>) {
     let p = LadderPolicy {
         rollback_grace: 30,
         ..policy()
     };
     let v1 = vm("v", "good");
-    let mut v2 = v1.clone();
-    v2.cmdline = Some("bad".into());
     let mut entries = BTreeMap::new();
     pass(
         &mut entries,
@@ -177,6 +175,14 @@ fn a_failing_update_is_rolled_back_to_the_last_healthy_vm_config() {
         1,
         0,
     );
+    (p, v1, entries)
+}
+
+#[test]
+fn a_failing_update_is_rolled_back_to_the_last_healthy_vm_config() {
+    let (p, v1, mut entries) = healthy_generation_1();
+    let mut v2 = v1.clone();
+    v2.cmdline = Some("bad".into());
     assert_eq!(
         entries["v"].track.last_healthy.as_ref().unwrap().generation,
         1
@@ -260,23 +266,9 @@ fn entries_survive_a_store_round_trip() {
 
 #[test]
 fn an_update_that_does_not_start_is_rolled_back() {
-    let p = LadderPolicy {
-        rollback_grace: 30,
-        ..policy()
-    };
-    let v1 = vm("v", "good");
+    let (p, v1, mut entries) = healthy_generation_1();
     let mut v2 = v1.clone();
     v2.kernel = Some("/nonexistent/vmlinuz".into());
-    let mut entries = BTreeMap::new();
-    pass(
-        &mut entries,
-        &v1,
-        vec![],
-        &seen(true, Some("healthy")),
-        &p,
-        1,
-        0,
-    );
     let start = || VmAction::Start {
         name: "v".into(),
         reason: "desired running".into(),
