@@ -25,7 +25,7 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use vmkit::{have, median, ms, qmp_running, results_dir, run, wait_running, Reaper};
+use vmkit::{median, ms, qmp_running, results_dir, run, wait_running, Reaper};
 
 fn pid_in(pidfile: &Path) -> Option<i32> {
     std::fs::read_to_string(pidfile).ok()?.trim().parse().ok()
@@ -80,19 +80,11 @@ impl Drop for Group {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().collect();
-    let quick = args.iter().any(|a| a == "--quick")
-        || std::env::var("STEWARD_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
+    let quick = match vmkit::start("heal") {
+        Ok(quick) => quick,
+        Err(code) => return code,
+    };
     let rounds = if quick { 3 } else { 9 };
-    for c in ["qemu-system-x86_64", "qemu-img", "ip"] {
-        if !have(c) {
-            eprintln!("heal bench: {c} missing (scripts/deps.sh installs it)");
-            return ExitCode::FAILURE;
-        }
-    }
-    if let Some(code) = vmkit::in_fresh_netns("heal", &args) {
-        return code;
-    }
     let tmp = tempfile::tempdir().unwrap();
     let _reaper = Reaper(tmp.path().to_path_buf());
     let base = tmp.path().join("base.qcow2");

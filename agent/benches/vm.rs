@@ -31,22 +31,14 @@ mod harness;
 #[path = "agent/vmkit.rs"]
 mod vmkit;
 
-use vmkit::{have, kill_pidfile, median, ms, results_dir, run, wait_running, Reaper};
+use vmkit::{kill_pidfile, median, ms, results_dir, run, wait_running, Reaper};
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().collect();
-    let quick = args.iter().any(|a| a == "--quick")
-        || std::env::var("STEWARD_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
+    let quick = match vmkit::start("vm") {
+        Ok(quick) => quick,
+        Err(code) => return code,
+    };
     let rounds = if quick { 3 } else { 7 };
-    for c in ["qemu-system-x86_64", "qemu-img", "ip"] {
-        if !have(c) {
-            eprintln!("vm bench: {c} missing (scripts/deps.sh installs it)");
-            return ExitCode::FAILURE;
-        }
-    }
-    if let Some(code) = vmkit::in_fresh_netns("vm", &args) {
-        return code;
-    }
     let registry_bin = match harness::registry_bin() {
         Ok(b) => b,
         Err(e) => {

@@ -233,9 +233,8 @@ impl Reconciler {
     async fn reconcile_payloads(&mut self, spec: &NodeSpec) -> Vec<ResourceStatus> {
         // Blobs of the payload versions a rollback may return to stay in the cache (the
         // registry serves a node only the blobs of its current spec).
-        let h = &mut self.heal;
-        let state = h.state.get_or_insert_with(|| load_heal(h.store.as_ref()));
-        self.payloads.retain_blobs(state.healthy_blobs());
+        let keep = self.heal_state().healthy_blobs();
+        self.payloads.retain_blobs(keep);
         let docker = if crate::payload::needs_docker(spec) {
             self.docker().await.ok().cloned()
         } else {

@@ -11,9 +11,8 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Instant;
 
-use common::netns::{ctl, require_netns, strip_ansi};
+use common::netns::{ctl, registry, require_netns, strip_ansi};
 use common::vm::{wait, Proc};
-use common::workspace_bin;
 use serde_json::Value;
 
 fn status_of(data: &Path, name: &str) -> Option<(String, String)> {
@@ -32,36 +31,7 @@ fn status_of(data: &Path, name: &str) -> Option<(String, String)> {
 fn managed_bridge_changed_or_deleted_by_hand_is_restored() {
     let Some(ns) = require_netns() else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let reg_dir = tmp.path().join("registry");
-    let url = "http://127.0.0.1:7700";
-    let _registry = Proc(
-        ns.command(workspace_bin("steward-registry"))
-            .args([
-                "serve",
-                "--heartbeat-interval",
-                "1s",
-                "--listen",
-                "127.0.0.1:7700",
-            ])
-            .arg("--data-dir")
-            .arg(&reg_dir)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(tmp.path().join("registry.log")).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    let admin = reg_dir.join("admin.token");
-    wait(30, &|| "the registry to answer".into(), || {
-        let ok = admin.exists()
-            && ns
-                .command(workspace_bin("stewardctl"))
-                .args(["--registry", url, "--token-file"])
-                .arg(&admin)
-                .arg("health")
-                .output()
-                .is_ok_and(|o| o.status.success());
-        ok.then_some(())
-    });
+    let (_registry, url, admin) = registry(&ns, tmp.path());
     let token = ctl(&ns, url, &admin, &["tokens", "create", "--uses", "1"]);
 
     ns.veth("d0", "d0peer");

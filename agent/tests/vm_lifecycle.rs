@@ -23,9 +23,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::guest::Guest;
-use common::netns::{ctl, data_dir, require_netns, strip_ansi, NetNs};
+use common::netns::{ctl, data_dir, registry, require_netns, strip_ansi, NetNs};
 use common::vm::{qemu_pids, qmp_status, require_tools, status_of, wait, Proc, QemuReaper};
-use common::workspace_bin;
 use serde_json::Value;
 
 fn sha(path: &Path) -> String {
@@ -113,36 +112,7 @@ fn vm_boots_on_bridge_outlives_agent_restarts_per_policy_and_is_removed() {
     let base_sha = sha(&base);
 
     // Registry and agent daemon, both in the namespace.
-    let reg_dir = tmp.path().join("registry");
-    let url = "http://127.0.0.1:7700";
-    let _registry = Proc(
-        ns.command(workspace_bin("steward-registry"))
-            .args([
-                "serve",
-                "--heartbeat-interval",
-                "1s",
-                "--listen",
-                "127.0.0.1:7700",
-            ])
-            .arg("--data-dir")
-            .arg(&reg_dir)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(tmp.path().join("registry.log")).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    let admin = reg_dir.join("admin.token");
-    wait(30, &|| "the registry to answer".into(), || {
-        let ok = admin.exists()
-            && ns
-                .command(workspace_bin("stewardctl"))
-                .args(["--registry", url, "--token-file"])
-                .arg(&admin)
-                .arg("health")
-                .output()
-                .is_ok_and(|o| o.status.success());
-        ok.then_some(())
-    });
+    let (_registry, url, admin) = registry(&ns, tmp.path());
     let token = ctl(&ns, url, &admin, &["tokens", "create", "--uses", "1"]);
     let data = tmp.path().join("agent");
     let cfg = tmp.path().join("agent.toml");

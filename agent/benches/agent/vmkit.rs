@@ -9,9 +9,28 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// The start of a VM bench: its tools are checked, and outside a network namespace the bench
+/// runs again inside a fresh one. `Ok(quick)` (`--quick` or `STEWARD_BENCH_QUICK=1`) to go on
+/// here; `Err(code)` to exit with.
+pub fn start(bench: &str) -> Result<bool, ExitCode> {
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick")
+        || std::env::var("STEWARD_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
+    for c in ["qemu-system-x86_64", "qemu-img", "ip"] {
+        if !have(c) {
+            eprintln!("{bench} bench: {c} missing (scripts/deps.sh installs it)");
+            return Err(ExitCode::FAILURE);
+        }
+    }
+    match in_fresh_netns(bench, &args) {
+        Some(code) => Err(code),
+        None => Ok(quick),
+    }
+}
+
 /// Outside a namespace: makes a fresh one, runs this bench again inside it and returns its
 /// exit code. Inside (the second run): None, so the bench goes on.
-pub fn in_fresh_netns(bench: &str, args: &[String]) -> Option<ExitCode> {
+fn in_fresh_netns(bench: &str, args: &[String]) -> Option<ExitCode> {
     if std::env::var("STEWARD_BENCH_VM_NS").is_ok() {
         return None;
     }

@@ -247,3 +247,43 @@ pub fn ctl(ns: &NetNs, url: &str, token: &std::path::Path, args: &[&str]) -> Str
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
+
+/// The real registry in `ns` on 127.0.0.1:7700 (data in `dir/registry`, log in
+/// `dir/registry.log`), once `stewardctl health` answers: the process, its URL and the admin
+/// token file.
+pub fn registry(
+    ns: &NetNs,
+    dir: &std::path::Path,
+) -> (super::vm::Proc, &'static str, std::path::PathBuf) {
+    let reg_dir = dir.join("registry");
+    let url = "http://127.0.0.1:7700";
+    let child = super::vm::Proc(
+        ns.command(super::workspace_bin("steward-registry"))
+            .args([
+                "serve",
+                "--heartbeat-interval",
+                "1s",
+                "--listen",
+                "127.0.0.1:7700",
+            ])
+            .arg("--data-dir")
+            .arg(&reg_dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("registry.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let admin = reg_dir.join("admin.token");
+    super::vm::wait(30, &|| "the registry to answer".into(), || {
+        let ok = admin.exists()
+            && ns
+                .command(super::workspace_bin("stewardctl"))
+                .args(["--registry", url, "--token-file"])
+                .arg(&admin)
+                .arg("health")
+                .output()
+                .is_ok_and(|o| o.status.success());
+        ok.then_some(())
+    });
+    (child, url, admin)
+}
