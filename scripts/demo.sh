@@ -29,13 +29,22 @@ case "${1:-start}" in
   stop) stop; exit 0 ;;
   clean)
     stop
-    ids=$(docker ps -aq --filter label=io.steward.managed=true --filter "label=io.steward.node=$(python3 -c 'import json,sys;print(json.load(open(sys.argv[1]))["node_id"])' "$DIR/agent/node.json" 2>/dev/null || echo none)" 2>/dev/null || true)
+    ids=$(docker ps -aq --filter label=io.steward.managed=true --filter "label=io.steward.node=$(/usr/bin/python3 -c 'import json,sys;print(json.load(open(sys.argv[1]))["node_id"])' "$DIR/agent/node.json" 2>/dev/null || echo none)" 2>/dev/null || true)
     [ -n "$ids" ] && docker rm -f $ids >/dev/null && echo "removed the demo's containers"
     rm -rf "$DIR"; exit 0 ;;
   start) ;;
   *) echo "usage: $0 [start|stop|clean]" >&2; exit 2 ;;
 esac
 
+# What this script itself uses (a fresh Debian has neither): curl and python3 (JSON reading).
+need=()
+command -v curl >/dev/null || need+=(curl)
+[ -x /usr/bin/python3 ] || need+=(python3)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "== installing ${need[*]} (Debian)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
 echo "== Docker engine"
 bash scripts/docker-up.sh
 echo "== demo image steward-demo/busybox:1 (built locally from busybox-static: no image registry is reachable)"
@@ -69,7 +78,7 @@ chmod 600 "$DIR/agent.toml"
 "$AGENT" --config "$DIR/agent.toml" run >"$DIR/agent.log" 2>&1 &
 echo $! >"$DIR/agent.pid"
 for _ in $(seq 200); do [ -f "$DIR/agent/node.json" ] && break; sleep 0.1; done
-NODE=$(python3 -c 'import json,sys;print(json.load(open(sys.argv[1]))["node_id"])' "$DIR/agent/node.json")
+NODE=$(/usr/bin/python3 -c 'import json,sys;print(json.load(open(sys.argv[1]))["node_id"])' "$DIR/agent/node.json")
 echo "node $NODE enrolled"
 
 echo "== stewardctl spec apply $NODE -f examples/node-spec.yaml"
@@ -77,7 +86,7 @@ echo "== stewardctl spec apply $NODE -f examples/node-spec.yaml"
 GEN=$("$CTL" spec get "$NODE" --generation-only)
 echo "== waiting for the agent to converge generation $GEN"
 for i in $(seq 300); do
-  if "$CTL" -o json nodes get "$NODE" | python3 -c '
+  if "$CTL" -o json nodes get "$NODE" | /usr/bin/python3 -c '
 import json,sys
 n=json.load(sys.stdin); st=n.get("status") or {}
 ok = st.get("observed_generation")==int(sys.argv[1]) and st.get("resources") and all(r["state"]=="converged" for r in st["resources"])

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Installs and starts what the test suite needs on a fresh Debian machine with Rust:
-# Python's openapi-spec-validator, busybox-static (test images), a running Docker engine, and
+# a Python venv at /opt/steward-pytest with openapi-spec-validator and schemathesis (from PyPI;
+# Debian's python3 has no pip, so the venv comes from python3-venv), busybox-static (test
+# images), a running Docker engine, and
 # for the QEMU guest and VM tests (tests/guest/) Debian's stock kernel, QEMU, qemu-utils, mtools
 # and iproute2.
 # Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need_apt=()
-command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
+[ -x /usr/bin/python3 ] || need_apt+=(python3)
+/usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null || need_apt+=(python3-venv)
 command -v curl >/dev/null || need_apt+=(curl)
 [ -x /bin/busybox ] || need_apt+=(busybox-static)
 command -v dockerd >/dev/null || need_apt+=(docker.io)
@@ -24,7 +27,11 @@ command -v qemu-system-x86_64 >/dev/null || need_guest+=(qemu-system-x86)
 command -v bridge >/dev/null || need_guest+=(iproute2)
 # VM tests and bench (agent/tests/vm_*.rs, agent/benches/vm.rs): overlays with qemu-img, the
 # cloud-init seed read back with mtools.
-command -v qemu-img >/dev/null || need_guest+=(qemu-utils)
+# Installed together with qemu-system-x86 in any case: Debian's qemu-system-x86 removes a newer
+# (backported) qemu-utils that a machine may come with, taking qemu-img away.
+if ! command -v qemu-img >/dev/null || [[ " ${need_guest[*]} " == *" qemu-system-x86 "* ]]; then
+  need_guest+=(qemu-utils)
+fi
 command -v mtype >/dev/null || need_guest+=(mtools)
 if [ ${#need_guest[@]} -gt 0 ]; then
   [ ${#need_apt[@]} -gt 0 ] || apt-get update -qq
@@ -49,9 +56,16 @@ if [ ${#need_ui[@]} -gt 0 ]; then
       >/tmp/steward-apt-ui.log 2>&1 || { tail -n 20 /tmp/steward-apt-ui.log >&2; exit 1; }
   done
 fi
-if ! python3 -c 'import openapi_spec_validator' 2>/dev/null; then
-  python3 -m pip install -q openapi-spec-validator 2>/dev/null \
-    || python3 -m pip install -q --break-system-packages openapi-spec-validator
+# The OpenAPI checks (registry/tests/e2e_server.rs, e2e_openapi.rs) run this venv's python and
+# schemathesis; it is Debian's python3 (not whatever python3 is first on PATH), so a fresh
+# machine and a developer's give the same result.
+PYENV=/opt/steward-pytest
+if ! "$PYENV/bin/python" -c 'import openapi_spec_validator' 2>/dev/null \
+  || [ ! -x "$PYENV/bin/schemathesis" ]; then
+  echo "creating $PYENV (openapi-spec-validator, schemathesis from PyPI)" >&2
+  /usr/bin/python3 -m venv "$PYENV"
+  "$PYENV/bin/pip" install -q --disable-pip-version-check openapi-spec-validator 'schemathesis>=4,<5' \
+    >/tmp/steward-pip.log 2>&1 || { tail -n 20 /tmp/steward-pip.log >&2; exit 1; }
 fi
 bash scripts/docker-up.sh
 bash scripts/test-image.sh steward-test/busybox:1
@@ -77,3 +91,8 @@ if [ ${#need_pkg[@]} -gt 0 ]; then
     mkdir -p /etc/cloud && touch /etc/cloud/cloud-init.disabled
   fi
 fi
+# Everything the tests call, checked after all installs (one install can remove another's tools).
+for tool in docker qemu-system-x86_64 qemu-img mtype bridge chromium promtool debootstrap \
+  lintian shellcheck /opt/steward-pytest/bin/schemathesis; do
+  command -v "$tool" >/dev/null || { echo "deps.sh: $tool is still missing after the installs" >&2; exit 1; }
+done

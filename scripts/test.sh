@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh
-cargo test --workspace --locked "$@"
+# --no-fail-fast: one failing test binary must not hide the results of the ones after it.
+cargo test --workspace --locked --no-fail-fast "$@"
