@@ -228,9 +228,14 @@ impl Vms {
             .iter()
             .filter(|v| running(&v.name))
             .filter_map(|v| {
+                // A QMP reset reboots the guest in the same QEMU: the record's restart count
+                // (which a reset bumps) is part of the instance, so the check's start period
+                // begins again, as it does after a restart.
+                let p = self.paths(&v.name);
+                let restarts = p.load().map(|r| r.restarts).unwrap_or(0);
                 Some(crate::heal::probes::Target {
                     name: &v.name,
-                    instance: driver::live_pid(&self.paths(&v.name))?.to_string(),
+                    instance: format!("{}/{restarts}", driver::live_pid(&p)?),
                     check: v.healthcheck.as_ref()?,
                 })
             })
@@ -650,7 +655,7 @@ impl Vms {
                 rec.taps.push(n.tap.clone());
                 p.save(&rec)?;
             }
-            tap::create(&n.tap)?;
+            create_tap(&n.tap).await?;
             crate::network::attach_port(&n.tap, &n.bridge, n.vlan, &alias)
                 .await
                 .map_err(|e| VmError::Nic {
@@ -747,5 +752,28 @@ impl Vms {
         std::fs::remove_dir_all(&trash).map_err(io_err(format!("removing {}", trash.display())))?;
         info!(vm = %name, "VM deleted: process, taps, overlay and seed gone");
         Ok(())
+    }
+}
+
+/// Creates (or takes) the VM's tap, waiting up to 10 s while another process still holds it: a
+/// QEMU killed a moment ago lets go of its tap only when its exit completes, and failing the
+/// start then would count as one more failure on the VM's ladder.
+async fn create_tap(name: &str) -> Result<(), VmError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match tap::create_or_busy(name)? {
+            Ok(()) => return Ok(()),
+            Err(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(e) => {
+                return Err(VmError::Tap {
+                    tap: name.to_string(),
+                    reason: format!(
+                        "TUNSETIFF: {e}: another process (a QEMU?) still holds it after 10 s"
+                    ),
+                })
+            }
+        }
     }
 }

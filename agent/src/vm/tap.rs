@@ -38,7 +38,9 @@ pub fn master(name: &str) -> Option<String> {
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().to_string()))
 }
 
-fn attach(name: &str) -> Result<std::fs::File, VmError> {
+/// Opens /dev/net/tun attached to the tap `name`; the inner `Err` is TUNSETIFF's errno (EBUSY:
+/// another process holds the tap).
+fn attach(name: &str) -> Result<Result<std::fs::File, nix::errno::Errno>, VmError> {
     let err = |what: &str, e: std::io::Error| VmError::Tap {
         tap: name.to_string(),
         reason: format!("{what}: {e}"),
@@ -62,21 +64,30 @@ fn attach(name: &str) -> Result<std::fs::File, VmError> {
     req.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
     // SAFETY: the fd is open on /dev/net/tun and `req` lives for the call; TUNSETIFF reads
     // (and may write back the name into) the ifreq it points to.
-    unsafe { tun_set_iff(f.as_raw_fd(), std::ptr::addr_of_mut!(req) as u64) }
-        .map_err(|e| err("TUNSETIFF", e.into()))?;
-    Ok(f)
+    Ok(unsafe { tun_set_iff(f.as_raw_fd(), std::ptr::addr_of_mut!(req) as u64) }.map(|_| f))
 }
 
 /// Creates the persistent tap `name` (or takes the existing one: the caller checked that it
-/// is ours). Fails with EBUSY when a running QEMU holds it.
-pub fn create(name: &str) -> Result<(), VmError> {
-    let f = attach(name)?;
+/// is ours). A tap held by another process (EBUSY) is the inner `Err`: a QEMU that was just
+/// killed can still hold it while it exits, so a start waits for it to let go
+/// (`vm::create_tap`) rather than failing and costing the VM a rung of its ladder.
+pub fn create_or_busy(name: &str) -> Result<Result<(), nix::errno::Errno>, VmError> {
+    let f = match attach(name)? {
+        Ok(f) => f,
+        Err(nix::errno::Errno::EBUSY) => return Ok(Err(nix::errno::Errno::EBUSY)),
+        Err(e) => {
+            return Err(VmError::Tap {
+                tap: name.to_string(),
+                reason: format!("TUNSETIFF: {e}"),
+            })
+        }
+    };
     // SAFETY: TUNSETPERSIST takes an integer argument; the fd is ours.
     unsafe { tun_set_persist(f.as_raw_fd(), 1) }.map_err(|e| VmError::Tap {
         tap: name.to_string(),
         reason: format!("TUNSETPERSIST: {e}"),
     })?;
-    Ok(())
+    Ok(Ok(()))
 }
 
 /// Removes the tap `name` (succeeds when it does not exist).
@@ -84,7 +95,10 @@ pub fn remove(name: &str) -> Result<(), VmError> {
     if !exists(name) {
         return Ok(());
     }
-    let f = attach(name)?;
+    let f = attach(name)?.map_err(|e| VmError::Tap {
+        tap: name.to_string(),
+        reason: format!("TUNSETIFF: {e}"),
+    })?;
     // SAFETY: as in `create`.
     unsafe { tun_set_persist(f.as_raw_fd(), 0) }.map_err(|e| VmError::Tap {
         tap: name.to_string(),

@@ -35,9 +35,17 @@ impl Drop for QemuReaper {
 /// Polls `f` every 100 ms until Some; panics with `what` after `secs` (a bound against hangs,
 /// not a timing assertion).
 pub fn wait<T>(secs: u64, what: &dyn Fn() -> String, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(secs);
     loop {
         if let Some(v) = f() {
+            // The step's duration, for setting these bounds from measurements under load.
+            let first_line = what();
+            let first_line = first_line.lines().next().unwrap_or_default();
+            eprintln!(
+                "waited {:.1}s of {secs}s for {first_line}",
+                start.elapsed().as_secs_f64()
+            );
             return v;
         }
         assert!(
