@@ -128,6 +128,31 @@ async fn a_full_disk_answers_507_lets_payloads_be_deleted_and_recovers_without_r
     let filler = data.join("filler");
     let filled = fill(&filler);
     assert!(filled > 0);
+    // An upload on the full disk: 507 naming the blob directory, nothing left behind. (Its own
+    // client: the registry answers before reading the whole body and closes that connection.)
+    let resp = reqwest::Client::new()
+        .put(r.url("/v1/payloads/big/1"))
+        .bearer_auth(&r.admin)
+        .header("content-type", "application/octet-stream")
+        .body(vec![5u8; 256 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 507);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["code"], "insufficient_storage", "{body}");
+    assert_eq!(
+        body["error"],
+        format!(
+            "payload blob store at {data_dir}/blobs is out of disk space (ENOSPC): free space or \
+             delete payload versions"
+        )
+        .as_str()
+    );
+    assert_eq!(
+        std::fs::read_dir(data.join("blobs/.tmp")).unwrap().count(),
+        0
+    );
     let mut refused = None;
     for n in 1..=400u32 {
         let (st, body) = put_spec(&r, &id, n).await;
