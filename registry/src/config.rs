@@ -351,6 +351,43 @@ mod tests {
     }
 
     #[test]
+    fn connection_limits_and_store_reserve_default_and_are_checked() {
+        let c = RegistryConfig::resolve(ServeArgs {
+            config: Some("/dev/null".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.header_read_timeout, Duration::from_secs(30));
+        assert_eq!(
+            (c.max_connections, c.max_connections_per_address),
+            (8192, 256)
+        );
+        assert_eq!(c.store_reserve_bytes, 32 * 1024 * 1024);
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("r.toml");
+        std::fs::write(
+            &p,
+            "header_read_timeout = \"5s\"\nmax_connections_per_address = 9\n",
+        )
+        .unwrap();
+        let c = RegistryConfig::resolve(ServeArgs {
+            config: Some(p.clone()),
+            max_connections_per_address: Some(7),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.header_read_timeout, Duration::from_secs(5));
+        assert_eq!(c.max_connections_per_address, 7);
+        std::fs::write(&p, "header_read_timeout = \"10ms\"\n").unwrap();
+        let e = RegistryConfig::resolve(ServeArgs {
+            config: Some(p),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("header_read_timeout"), "{e:#}");
+    }
+
+    #[test]
     fn packages_dir_defaults_and_public_url_is_checked() {
         let c = RegistryConfig::resolve(ServeArgs {
             config: Some("/dev/null".into()),
