@@ -52,6 +52,20 @@ pub struct ServeArgs {
     /// Largest request body accepted, in bytes [default: 1048576].
     #[arg(long, env = "STEWARD_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
+    /// Disk space held in reserve in the data dir, released when the disk fills up so that
+    /// payload deletions can still be written [default: 33554432 (32 MiB); 0: none].
+    #[arg(long, env = "STEWARD_STORE_RESERVE_BYTES")]
+    pub store_reserve_bytes: Option<u64>,
+    /// Time a connection has to send a complete request head once it waits for one: after it
+    /// opens and after each response (so also the keep-alive idle timeout) [default: 30s].
+    #[arg(long, env = "STEWARD_HEADER_READ_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Option<Duration>,
+    /// Open connections at most, in total; lowered to fit the open-file limit [default: 8192].
+    #[arg(long, env = "STEWARD_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Open connections at most from one client IP address [default: 256].
+    #[arg(long, env = "STEWARD_MAX_CONNECTIONS_PER_ADDRESS")]
+    pub max_connections_per_address: Option<usize>,
     /// Directory whose files are public downloads at /packages/{file}: the agent's .deb for
     /// /install.sh and `stewardctl cloud-init` [default: /usr/share/steward/packages].
     #[arg(long, env = "STEWARD_PACKAGES_DIR")]
@@ -84,6 +98,11 @@ struct FileConfig {
     #[serde(default, with = "humantime_serde_opt")]
     max_wait: Option<Duration>,
     max_body_bytes: Option<usize>,
+    store_reserve_bytes: Option<u64>,
+    #[serde(default, with = "humantime_serde_opt")]
+    header_read_timeout: Option<Duration>,
+    max_connections: Option<usize>,
+    max_connections_per_address: Option<usize>,
     public_status: Option<bool>,
     packages_dir: Option<PathBuf>,
     public_url: Option<String>,
@@ -115,6 +134,12 @@ pub struct RegistryConfig {
     pub down_after: u32,
     pub max_wait: Duration,
     pub max_body_bytes: usize,
+    /// Bytes of the data dir's disk reserve (`disk.rs`); 0: none.
+    pub store_reserve_bytes: u64,
+    /// hyper's header read timeout, which also bounds a kept-alive connection's idle time.
+    pub header_read_timeout: Duration,
+    pub max_connections: usize,
+    pub max_connections_per_address: usize,
     pub public_status: bool,
     /// Served at /packages/{file}; see [`DEFAULT_PACKAGES_DIR`].
     pub packages_dir: PathBuf,
@@ -172,6 +197,22 @@ impl RegistryConfig {
                 .max_body_bytes
                 .or(file.max_body_bytes)
                 .unwrap_or(1024 * 1024),
+            store_reserve_bytes: args
+                .store_reserve_bytes
+                .or(file.store_reserve_bytes)
+                .unwrap_or(32 * 1024 * 1024),
+            header_read_timeout: args
+                .header_read_timeout
+                .or(file.header_read_timeout)
+                .unwrap_or(Duration::from_secs(30)),
+            max_connections: args
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(8192),
+            max_connections_per_address: args
+                .max_connections_per_address
+                .or(file.max_connections_per_address)
+                .unwrap_or(256),
             public_status: args.public_status || file.public_status.unwrap_or(false),
             packages_dir: args
                 .packages_dir
@@ -203,6 +244,12 @@ impl RegistryConfig {
         }
         if self.max_body_bytes < 1024 {
             bail!("max_body_bytes must be at least 1024");
+        }
+        if self.header_read_timeout < Duration::from_millis(100) {
+            bail!("header_read_timeout must be at least 100ms");
+        }
+        if self.max_connections == 0 || self.max_connections_per_address == 0 {
+            bail!("max_connections and max_connections_per_address must be at least 1");
         }
         if self.tls.is_none() && !self.listen.ip().is_loopback() && !self.insecure_http {
             bail!(
@@ -301,6 +348,43 @@ mod tests {
         })
         .unwrap_err();
         assert!(e.to_string().contains("refusing to serve plain HTTP"));
+    }
+
+    #[test]
+    fn connection_limits_and_store_reserve_default_and_are_checked() {
+        let c = RegistryConfig::resolve(ServeArgs {
+            config: Some("/dev/null".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.header_read_timeout, Duration::from_secs(30));
+        assert_eq!(
+            (c.max_connections, c.max_connections_per_address),
+            (8192, 256)
+        );
+        assert_eq!(c.store_reserve_bytes, 32 * 1024 * 1024);
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("r.toml");
+        std::fs::write(
+            &p,
+            "header_read_timeout = \"5s\"\nmax_connections_per_address = 9\n",
+        )
+        .unwrap();
+        let c = RegistryConfig::resolve(ServeArgs {
+            config: Some(p.clone()),
+            max_connections_per_address: Some(7),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.header_read_timeout, Duration::from_secs(5));
+        assert_eq!(c.max_connections_per_address, 7);
+        std::fs::write(&p, "header_read_timeout = \"10ms\"\n").unwrap();
+        let e = RegistryConfig::resolve(ServeArgs {
+            config: Some(p),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("header_read_timeout"), "{e:#}");
     }
 
     #[test]

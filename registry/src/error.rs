@@ -68,6 +68,13 @@ impl RegistryError {
             RegistryError::Blob(crate::payloads::blobs::BlobError::Body { .. }) => {
                 (StatusCode::BAD_REQUEST, "body")
             }
+            RegistryError::Blob(crate::payloads::blobs::BlobError::Full { .. })
+            | RegistryError::Store(StoreError::Full { .. }) => {
+                (StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage")
+            }
+            RegistryError::Store(StoreError::Io { .. } | StoreError::Unavailable { .. }) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
+            }
             RegistryError::Blob(_) => (StatusCode::INTERNAL_SERVER_ERROR, "blob_store"),
             RegistryError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage"),
         }

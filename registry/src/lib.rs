@@ -5,6 +5,8 @@ pub mod alerts;
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod connections;
+pub mod disk;
 pub mod error;
 pub mod metrics;
 pub mod nodes;

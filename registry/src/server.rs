@@ -63,7 +63,7 @@ pub fn build_state(cfg: &RegistryConfig) -> anyhow::Result<AppState> {
         .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
     let admin = admin_token(cfg)?;
     let read = cfg.read_token_file.as_deref().map(read_token).transpose()?;
-    let store = Store::open(&cfg.data_dir)
+    let store = Store::open_with_reserve(&cfg.data_dir, cfg.store_reserve_bytes)
         .with_context(|| format!("opening store in {}", cfg.data_dir.display()))?;
     let settings = Settings {
         heartbeat_interval: cfg.heartbeat_interval,
@@ -96,6 +96,8 @@ pub async fn serve(cfg: RegistryConfig) -> anyhow::Result<()> {
         down_after = cfg.down_after,
         max_wait = ?cfg.max_wait,
         max_body_bytes = cfg.max_body_bytes,
+        store_reserve_bytes = cfg.store_reserve_bytes,
+        header_read_timeout = ?cfg.header_read_timeout,
         public_status = cfg.public_status,
         packages_dir = %cfg.packages_dir.display(),
         public_url = ?cfg.public_url,
@@ -124,6 +126,17 @@ pub async fn serve(cfg: RegistryConfig) -> anyhow::Result<()> {
         h.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
     });
     let svc = app.into_make_service();
+    let nofile = crate::connections::raise_nofile_limit();
+    let max_total = crate::connections::fit_to_nofile(cfg.max_connections, nofile);
+    if max_total < cfg.max_connections {
+        tracing::warn!(max_connections = cfg.max_connections, open_file_limit = ?nofile,
+            lowered_to = max_total, "max_connections lowered to fit the open-file limit");
+    }
+    tracing::info!(max_connections = max_total,
+        max_connections_per_address = cfg.max_connections_per_address, open_file_limit = ?nofile,
+        "connection limits");
+    let (per_address, first_byte) = (cfg.max_connections_per_address, cfg.header_read_timeout);
+    use crate::connections::LimitAcceptor;
     match &cfg.tls {
         Some((cert, key)) => {
             // One crypto provider for the whole process (ring), chosen explicitly.
@@ -138,22 +151,39 @@ pub async fn serve(cfg: RegistryConfig) -> anyhow::Result<()> {
                     )
                 })?;
             tracing::info!(addr = %cfg.listen, "listening (https)");
-            axum_server::from_tcp_rustls(listener(cfg.listen)?, tls)
-                .handle(handle)
-                .serve(svc)
-                .await?;
+            let mut server = axum_server::from_tcp_rustls(listener(cfg.listen)?, tls)
+                .map(|a| LimitAcceptor::new(a, max_total, per_address, first_byte));
+            timeouts(server.http_builder(), cfg.header_read_timeout);
+            server.handle(handle).serve(svc).await?;
         }
         None => {
             tracing::info!(addr = %cfg.listen, "listening (http)");
-            axum_server::from_tcp(listener(cfg.listen)?)
-                .handle(handle)
-                .serve(svc)
-                .await?;
+            let mut server = axum_server::from_tcp(listener(cfg.listen)?)
+                .map(|a| LimitAcceptor::new(a, max_total, per_address, first_byte));
+            timeouts(server.http_builder(), cfg.header_read_timeout);
+            server.handle(handle).serve(svc).await?;
         }
     }
     monitor.abort();
     state.store.flush().await?;
     Ok(())
+}
+
+/// hyper's timeouts: HTTP/1's header read timeout runs whenever a connection waits for a
+/// request head (after it opens, and between kept-alive requests), so it is also the idle
+/// timeout; a request in progress (a long-poll, an event stream) is not bounded by it. HTTP/2
+/// connections (TLS only) are pinged at that interval and closed when the ping goes unanswered.
+fn timeouts(
+    b: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    header_read: std::time::Duration,
+) {
+    b.http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_read);
+    b.http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(header_read)
+        .keep_alive_timeout(std::time::Duration::from_secs(20));
 }
 
 /// Listen backlog: large enough that a whole fleet reconnecting after a restart is not

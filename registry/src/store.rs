@@ -13,6 +13,9 @@ use steward_proto::{
     Event, Fragment, Health, HostStats, Labels, NodeFacts, NodeSpec, NodeStatus, PayloadVersion,
 };
 
+mod health;
+pub use health::WriteKind;
+
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -22,6 +25,25 @@ pub enum StoreError {
     Corrupt {
         tree: &'static str,
         source: serde_json::Error,
+    },
+    /// The disk holding the data dir is full: writes are refused until space is freed.
+    #[error(
+        "registry store at {} is out of disk space (ENOSPC): free space or delete payload versions",
+        .dir.display()
+    )]
+    Full { dir: std::path::PathBuf },
+    /// The store cannot write (an I/O error); it is reopened at the next write or /readyz.
+    #[error("registry store at {} cannot write: {source}", .dir.display())]
+    Io {
+        dir: std::path::PathBuf,
+        #[source]
+        source: sled::Error,
+    },
+    /// A reopen after an error did not complete; the next write or /readyz tries again.
+    #[error("registry store at {} is unavailable: {reason}", .dir.display())]
+    Unavailable {
+        dir: std::path::PathBuf,
+        reason: String,
     },
 }
 
@@ -73,9 +95,18 @@ pub struct TokenRecord {
     pub revoked: bool,
 }
 
-/// The sled database and its trees.
+/// The store: the open sled database (reopened after an I/O error such as a full disk, since
+/// sled keeps failing every write once one happened), its health and the disk reserve.
 #[derive(Clone)]
 pub struct Store {
+    trees: std::sync::Arc<std::sync::RwLock<Option<std::sync::Arc<Trees>>>>,
+    health: std::sync::Arc<health::Health>,
+    reserve: crate::disk::Reserve,
+    dir: std::path::PathBuf,
+}
+
+/// The sled database and its trees.
+struct Trees {
     db: sled::Db,
     nodes: sled::Tree,
     machines: sled::Tree,
@@ -87,7 +118,6 @@ pub struct Store {
     rollouts: sled::Tree,
     /// Node id -> JSON list of workload names whose reset awaits the node's next heartbeat.
     resets: sled::Tree,
-    dir: std::path::PathBuf,
 }
 
 fn enc<T: Serialize>(v: &T) -> Vec<u8> {
@@ -105,8 +135,8 @@ pub struct SpecWrite {
     pub record: SpecRecord,
 }
 
-impl Store {
-    pub fn open(dir: &std::path::Path) -> Result<Self> {
+impl Trees {
+    fn open(dir: &std::path::Path) -> std::result::Result<Self, sled::Error> {
         let db = sled::Config::new().path(dir.join("db")).open()?;
         Ok(Self {
             nodes: db.open_tree("nodes")?,
@@ -118,23 +148,49 @@ impl Store {
             payloads: db.open_tree("payloads")?,
             rollouts: db.open_tree("rollouts")?,
             resets: db.open_tree("resets")?,
-            dir: dir.to_path_buf(),
             db,
         })
+    }
+}
+
+impl Store {
+    /// Opens the store in `dir` without a disk reserve.
+    pub fn open(dir: &std::path::Path) -> Result<Self> {
+        Self::open_with_reserve(dir, 0)
+    }
+
+    /// Opens the store in `dir` and keeps a reserve file of `reserve_bytes` there (created now
+    /// when the disk has room, else once it has).
+    pub fn open_with_reserve(dir: &std::path::Path, reserve_bytes: u64) -> Result<Self> {
+        let trees = Trees::open(dir)?;
+        let store = Self {
+            trees: std::sync::Arc::new(std::sync::RwLock::new(Some(std::sync::Arc::new(trees)))),
+            health: Default::default(),
+            reserve: crate::disk::Reserve::new(dir, reserve_bytes),
+            dir: dir.to_path_buf(),
+        };
+        store.start_reserve();
+        Ok(store)
     }
 
     /// Makes every write so far durable (fsync).
     pub async fn flush(&self) -> Result<()> {
-        self.db.flush_async().await?;
+        let t = self.w(health::WriteKind::Freeing)?;
+        t.db.flush_async().await.map_err(|e| self.fail(e))?;
         Ok(())
     }
 
     pub fn node(&self, id: &str) -> Result<Option<NodeRecord>> {
-        self.nodes.get(id)?.map(|b| dec("nodes", &b)).transpose()
+        self.t()?
+            .nodes
+            .get(id)?
+            .map(|b| dec("nodes", &b))
+            .transpose()
     }
 
     pub fn nodes(&self) -> Result<Vec<NodeRecord>> {
-        self.nodes
+        self.t()?
+            .nodes
             .iter()
             .values()
             .map(|v| dec("nodes", &v?))
@@ -142,27 +198,34 @@ impl Store {
     }
 
     pub fn put_node(&self, n: &NodeRecord) -> Result<()> {
-        self.nodes.insert(n.id.as_bytes(), enc(n))?;
+        let t = self.w(health::WriteKind::Ordinary)?;
+        t.nodes
+            .insert(n.id.as_bytes(), enc(n))
+            .map_err(|e| self.fail(e))?;
         Ok(())
     }
 
     pub fn node_for_machine(&self, machine_id: &str) -> Result<Option<String>> {
         Ok(self
+            .t()?
             .machines
             .get(machine_id)?
             .map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
     pub fn set_machine(&self, machine_id: &str, node_id: Option<&str>) -> Result<()> {
+        let t = self.w(health::WriteKind::Ordinary)?;
         match node_id {
-            Some(id) => self.machines.insert(machine_id, id.as_bytes())?,
-            None => self.machines.remove(machine_id)?,
-        };
+            Some(id) => t.machines.insert(machine_id, id.as_bytes()),
+            None => t.machines.remove(machine_id),
+        }
+        .map_err(|e| self.fail(e))?;
         Ok(())
     }
 
     pub fn spec(&self, node_id: &str) -> Result<Option<SpecRecord>> {
-        self.specs
+        self.t()?
+            .specs
             .get(node_id)?
             .map(|b| dec("specs", &b))
             .transpose()
@@ -170,7 +233,8 @@ impl Store {
 
     /// Every node's spec generation, for the watchers at start-up.
     pub fn generations(&self) -> Result<Vec<(String, u64)>> {
-        self.specs
+        self.t()?
+            .specs
             .iter()
             .map(|kv| {
                 let (k, v) = kv?;
@@ -181,14 +245,16 @@ impl Store {
     }
 
     pub fn fragment(&self, name: &str) -> Result<Option<Fragment>> {
-        self.fragments
+        self.t()?
+            .fragments
             .get(name)?
             .map(|b| dec("fragments", &b))
             .transpose()
     }
 
     pub fn fragments(&self) -> Result<Vec<Fragment>> {
-        self.fragments
+        self.t()?
+            .fragments
             .iter()
             .values()
             .map(|v| dec("fragments", &v?))
@@ -210,8 +276,9 @@ impl Store {
             .collect();
         let frag = fragment.map(|(name, f)| (name, f.map(enc)));
         let node = node.map(|n| (n.id.as_str(), enc(n)));
-        let res: std::result::Result<(), TransactionError<()>> =
-            (&self.specs, &self.fragments, &self.nodes).transaction(|(s, f, n)| {
+        let t = self.w(health::WriteKind::Ordinary)?;
+        let res: std::result::Result<(), TransactionError<()>> = (&t.specs, &t.fragments, &t.nodes)
+            .transaction(|(s, f, n)| {
                 if let Some((id, bytes)) = &node {
                     n.insert(id.as_bytes(), bytes.as_slice())?;
                 }
@@ -232,17 +299,22 @@ impl Store {
             });
         match res {
             Ok(()) => Ok(()),
-            Err(TransactionError::Storage(e)) => Err(e.into()),
+            Err(TransactionError::Storage(e)) => Err(self.fail(e)),
             Err(TransactionError::Abort(())) => Ok(()),
         }
     }
 
     pub fn token(&self, id: &str) -> Result<Option<TokenRecord>> {
-        self.tokens.get(id)?.map(|b| dec("tokens", &b)).transpose()
+        self.t()?
+            .tokens
+            .get(id)?
+            .map(|b| dec("tokens", &b))
+            .transpose()
     }
 
     pub fn tokens(&self) -> Result<Vec<TokenRecord>> {
-        self.tokens
+        self.t()?
+            .tokens
             .iter()
             .values()
             .map(|v| dec("tokens", &v?))
@@ -250,7 +322,11 @@ impl Store {
     }
 
     pub fn put_token(&self, t: &TokenRecord) -> Result<()> {
-        self.tokens.insert(t.id.as_bytes(), enc(t))?;
+        let trees = self.w(health::WriteKind::Ordinary)?;
+        trees
+            .tokens
+            .insert(t.id.as_bytes(), enc(t))
+            .map_err(|e| self.fail(e))?;
         Ok(())
     }
 
@@ -262,8 +338,9 @@ impl Store {
         id: &str,
         check: impl Fn(&TokenRecord) -> std::result::Result<(), E>,
     ) -> Result<Option<std::result::Result<TokenRecord, E>>> {
+        let t = self.w(health::WriteKind::Ordinary)?;
         loop {
-            let Some(old) = self.tokens.get(id)? else {
+            let Some(old) = t.tokens.get(id)? else {
                 return Ok(None);
             };
             let rec: TokenRecord = dec("tokens", &old)?;
@@ -272,9 +349,9 @@ impl Store {
             }
             let mut next = rec.clone();
             next.uses_left = next.uses_left.saturating_sub(1);
-            if self
-                .tokens
-                .compare_and_swap(id, Some(old), Some(enc(&next)))?
+            if t.tokens
+                .compare_and_swap(id, Some(old), Some(enc(&next)))
+                .map_err(|e| self.fail(e))?
                 .is_ok()
             {
                 return Ok(Some(Ok(rec)));
@@ -285,6 +362,7 @@ impl Store {
     /// Sequence number of the last stored event (0 when none).
     pub fn last_event_seq(&self) -> Result<u64> {
         Ok(self
+            .t()?
             .events
             .last()?
             .map(|(k, _)| seq_from_key(&k))
@@ -292,14 +370,18 @@ impl Store {
     }
 
     pub fn put_event(&self, e: &Event) -> Result<()> {
-        self.events.insert(e.seq.to_be_bytes(), enc(e))?;
+        let t = self.w(health::WriteKind::Freeing)?;
+        t.events
+            .insert(e.seq.to_be_bytes(), enc(e))
+            .map_err(|e| self.fail(e))?;
         Ok(())
     }
 
     /// Events with `seq > after`, oldest first, at most `limit`.
     pub fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>> {
         let start = after.saturating_add(1).to_be_bytes();
-        self.events
+        self.t()?
+            .events
             .range(start..)
             .values()
             .take(limit)
@@ -323,15 +405,16 @@ impl Store {
         id: &str,
         mut f: impl FnMut(&mut NodeRecord),
     ) -> Result<Option<NodeRecord>> {
+        let t = self.w(health::WriteKind::Ordinary)?;
         loop {
-            let Some(old) = self.nodes.get(id)? else {
+            let Some(old) = t.nodes.get(id)? else {
                 return Ok(None);
             };
             let mut rec: NodeRecord = dec("nodes", &old)?;
             f(&mut rec);
-            if self
-                .nodes
-                .compare_and_swap(id, Some(old), Some(enc(&rec)))?
+            if t.nodes
+                .compare_and_swap(id, Some(old), Some(enc(&rec)))
+                .map_err(|e| self.fail(e))?
                 .is_ok()
             {
                 return Ok(Some(rec));
@@ -356,7 +439,8 @@ impl Store {
     }
 
     pub fn payload_version(&self, name: &str, version: &str) -> Result<Option<PayloadVersion>> {
-        self.payloads
+        self.t()?
+            .payloads
             .get(payload_key(name, version))?
             .map(|b| dec("payloads", &b))
             .transpose()
@@ -364,7 +448,8 @@ impl Store {
 
     /// Every payload version (ordered by name, then version bytes).
     pub fn payload_versions(&self) -> Result<Vec<PayloadVersion>> {
-        self.payloads
+        self.t()?
+            .payloads
             .iter()
             .values()
             .map(|v| dec("payloads", &v?))
@@ -372,19 +457,25 @@ impl Store {
     }
 
     pub fn put_payload_version(&self, v: &PayloadVersion) -> Result<()> {
-        self.payloads
-            .insert(payload_key(&v.name, &v.version), enc(v))?;
+        let t = self.w(health::WriteKind::Ordinary)?;
+        t.payloads
+            .insert(payload_key(&v.name, &v.version), enc(v))
+            .map_err(|e| self.fail(e))?;
         Ok(())
     }
 
     pub fn remove_payload_version(&self, name: &str, version: &str) -> Result<()> {
-        self.payloads.remove(payload_key(name, version))?;
+        let t = self.w(health::WriteKind::Freeing)?;
+        t.payloads
+            .remove(payload_key(name, version))
+            .map_err(|e| self.fail(e))?;
         Ok(())
     }
 
     /// Every node's spec record.
     pub fn specs(&self) -> Result<Vec<(String, SpecRecord)>> {
-        self.specs
+        self.t()?
+            .specs
             .iter()
             .map(|kv| {
                 let (k, v) = kv?;
@@ -395,14 +486,16 @@ impl Store {
 
     /// A stored rollout record (opaque JSON owned by `rollout/`).
     pub fn rollout<T: DeserializeOwned>(&self, id: &str) -> Result<Option<T>> {
-        self.rollouts
+        self.t()?
+            .rollouts
             .get(id)?
             .map(|b| dec("rollouts", &b))
             .transpose()
     }
 
     pub fn rollouts<T: DeserializeOwned>(&self) -> Result<Vec<T>> {
-        self.rollouts
+        self.t()?
+            .rollouts
             .iter()
             .values()
             .map(|v| dec("rollouts", &v?))
@@ -410,7 +503,10 @@ impl Store {
     }
 
     pub fn put_rollout<T: Serialize>(&self, id: &str, r: &T) -> Result<()> {
-        self.rollouts.insert(id.as_bytes(), enc(r))?;
+        let t = self.w(health::WriteKind::Ordinary)?;
+        t.rollouts
+            .insert(id.as_bytes(), enc(r))
+            .map_err(|e| self.fail(e))?;
         Ok(())
     }
 }
@@ -420,8 +516,9 @@ impl Store {
     /// added again). Compare-and-swap loop, so a concurrent [`Store::take_resets`] or queueing
     /// loses nothing. Durable once [`Store::flush`] returns.
     pub fn queue_reset(&self, node: &str, name: &str) -> Result<()> {
+        let t = self.w(health::WriteKind::Ordinary)?;
         loop {
-            let old = self.resets.get(node)?;
+            let old = t.resets.get(node)?;
             let mut names: Vec<String> = match &old {
                 Some(b) => dec("resets", b)?,
                 None => Vec::new(),
@@ -430,9 +527,9 @@ impl Store {
                 return Ok(());
             }
             names.push(name.to_string());
-            if self
-                .resets
-                .compare_and_swap(node, old, Some(enc(&names)))?
+            if t.resets
+                .compare_and_swap(node, old, Some(enc(&names)))
+                .map_err(|e| self.fail(e))?
                 .is_ok()
             {
                 return Ok(());
@@ -443,8 +540,10 @@ impl Store {
     /// Takes (reads and removes, in one atomic step) the resets queued for `node`, oldest first.
     /// Writes nothing when none are queued, so calling it on every heartbeat costs no disk.
     pub fn take_resets(&self, node: &str) -> Result<Vec<String>> {
-        self.resets
-            .remove(node)?
+        let t = self.w(health::WriteKind::Freeing)?;
+        t.resets
+            .remove(node)
+            .map_err(|e| self.fail(e))?
             .map(|b| dec("resets", &b))
             .transpose()
             .map(Option::unwrap_or_default)
@@ -465,7 +564,7 @@ mod tests {
             store.queue_reset("n1", "db").unwrap();
             store.queue_reset("n1", "web").unwrap();
             store.queue_reset("n2", "vm").unwrap();
-            store.db.flush().unwrap();
+            store.flush_blocking().unwrap();
         }
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.take_resets("n1").unwrap(), vec!["web", "db"]);

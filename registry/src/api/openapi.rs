@@ -57,6 +57,16 @@ pub fn document() -> Value {
             responses.insert("403".into(), err.clone());
             op.insert("security".into(), json!([{"bearer": []}]));
         }
+        // The store out of disk space (507) or unable to write (503); /readyz says so (503).
+        if r.method != axum::http::Method::GET {
+            responses.insert("503".into(), err.clone());
+            responses.insert("507".into(), err.clone());
+        } else if r.path == "/readyz" {
+            responses.insert(
+                "503".into(),
+                json!({"description": "the store cannot write"}),
+            );
+        }
         op.insert("x-steward-access".into(), json!(r.access.describe()));
         op.insert("responses".into(), Value::Object(responses));
         let path_item = paths

@@ -18,6 +18,16 @@ pub enum BlobError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The disk holding the blobs is full (the temporary file is removed).
+    #[error(
+        "payload blob store at {} is out of disk space (ENOSPC): free space or delete payload versions",
+        .dir.display()
+    )]
+    Full {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("reading the request body failed after {received} bytes: {reason}")]
     Body { received: u64, reason: String },
     #[error("the content's sha256 is {actual}, but x-steward-sha256 said {expected}; nothing was stored")]
@@ -53,10 +63,21 @@ pub fn is_sha256(s: &str) -> bool {
 }
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> BlobError + 'a {
-    move |source| BlobError::Io {
-        what,
-        path: path.to_path_buf(),
-        source,
+    move |source| {
+        if crate::disk::is_out_of_space(&source) {
+            // `path` is in `blobs/` or `blobs/.tmp/`: name the blob directory.
+            let dir = path
+                .ancestors()
+                .find(|a| a.file_name().is_some_and(|n| n == "blobs"))
+                .unwrap_or(path)
+                .to_path_buf();
+            return BlobError::Full { dir, source };
+        }
+        BlobError::Io {
+            what,
+            path: path.to_path_buf(),
+            source,
+        }
     }
 }
 
