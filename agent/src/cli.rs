@@ -4,7 +4,7 @@ use std::io::Write;
 
 use anyhow::{bail, Context};
 use steward_proto::parse::{parse_document, Format};
-use steward_proto::validate::validate_spec;
+use steward_proto::validate::{validate_spec, SpecLimits};
 use steward_proto::{NodeSpec, NodeStatus, ResourceState};
 
 use crate::client::{RegistryClient, TlsOptions};
@@ -66,8 +66,9 @@ pub async fn ensure_identity(
     Ok((id, client))
 }
 
-/// Reads and validates a spec file (YAML or JSON by extension; `-` is stdin as YAML).
-pub fn read_spec(path: &str) -> anyhow::Result<NodeSpec> {
+/// Reads and validates a spec file (YAML or JSON by extension; `-` is stdin as YAML); a spec
+/// over `limits` is refused.
+pub fn read_spec(path: &str, limits: &SpecLimits) -> anyhow::Result<NodeSpec> {
     let (bytes, format) = if path == "-" {
         let mut b = Vec::new();
         std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)?;
@@ -80,7 +81,7 @@ pub fn read_spec(path: &str) -> anyhow::Result<NodeSpec> {
     };
     let spec: NodeSpec =
         parse_document(&bytes, format).map_err(|p| anyhow::anyhow!("{path}: {p}"))?;
-    if let Err(e) = validate_spec(&spec) {
+    if let Err(e) = validate_spec(&spec, limits) {
         let lines: Vec<String> = e.0.iter().map(|p| format!("  {p}")).collect();
         bail!("{path} is not a valid spec:\n{}", lines.join("\n"));
     }
@@ -114,7 +115,7 @@ pub fn local_reconciler(cfg: &AgentConfig) -> anyhow::Result<(Reconciler, Paths)
 
 /// `apply --file`: one reconcile of a local spec, no registry. Returns the status.
 pub async fn apply(cfg: &AgentConfig, path: &str) -> anyhow::Result<NodeStatus> {
-    let spec = read_spec(path)?;
+    let spec = read_spec(path, &cfg.limits)?;
     let (mut rec, paths) = local_reconciler(cfg)?;
     let status = rec.reconcile(0, &spec).await;
     paths.save_status(&status)?;

@@ -78,6 +78,8 @@ struct FileConfig {
     policy: Policy,
     #[serde(default)]
     heal: crate::heal::HealConfig,
+    #[serde(default)]
+    limits: steward_proto::validate::SpecLimits,
 }
 
 /// The resolved configuration.
@@ -103,6 +105,9 @@ pub struct AgentConfig {
     pub policy: Policy,
     /// The escalation ladder's pace (`[heal]`).
     pub heal: crate::heal::ladder::LadderPolicy,
+    /// Upper bounds on a spec (`[limits]`, each also `STEWARD_LIMITS_<KEY>`); a spec file or a
+    /// registry spec past them is refused.
+    pub limits: steward_proto::validate::SpecLimits,
 }
 
 impl std::fmt::Debug for AgentConfig {
@@ -126,6 +131,7 @@ impl std::fmt::Debug for AgentConfig {
             .field("vms", &self.vms)
             .field("policy", &self.policy)
             .field("heal", &self.heal)
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -199,7 +205,11 @@ impl AgentConfig {
             },
             policy: file.policy,
             heal: file.heal.resolve()?,
+            limits: file.limits,
         };
+        cfg.limits
+            .apply_env(|k| std::env::var(k).ok())
+            .map_err(anyhow::Error::msg)?;
         cfg.vms.heal = cfg.heal;
         crate::network::lab::check_template(&cfg.lab_cidr_template)
             .map_err(|e| anyhow::anyhow!("config field {e}"))?;
@@ -348,6 +358,8 @@ mod tests {
             toml::from_str(include_str!("../../packaging/agent.toml.example")).unwrap();
         assert_eq!(f.policy.attest_rehash_secs, Some(3600));
         assert_eq!(f.policy.payload_drift, crate::payload::DriftPolicy::Restore);
+        // The example documents the real defaults.
+        assert_eq!(f.limits, steward_proto::validate::SpecLimits::default());
     }
 
     #[test]

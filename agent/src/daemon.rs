@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use rand::Rng;
-use steward_proto::{Heartbeat, NodeStatus};
+use steward_proto::validate::SpecLimits;
+use steward_proto::{Heartbeat, NodeStatus, ResourceKind, ResourceState, ResourceStatus};
 use tokio::sync::{watch, Notify};
 use tracing::{debug, error, info, warn};
 
@@ -374,6 +375,13 @@ pub(crate) async fn reconcile_loop(
         let Some(current) = current else {
             continue; // nothing known yet: never act on an empty spec we did not receive
         };
+        if let Some(st) = refused_over_limits(&cfg.limits, &current) {
+            if let Err(e) = paths.save_status(&st) {
+                warn!(error = %format!("{e:#}"), "writing status.json failed");
+            }
+            status.send_replace(st);
+            continue;
+        }
         let asked = std::mem::take(&mut *resets.lock().unwrap_or_else(|p| p.into_inner()));
         for name in asked {
             rec.reset_workload(&name);
@@ -394,6 +402,27 @@ pub(crate) async fn reconcile_loop(
         }
         status.send_replace(st);
     }
+}
+
+/// The status for a spec over this agent's `[limits]`, which is not acted on at all (nothing
+/// created, nothing removed): one failed `spec` entry naming every limit exceeded.
+fn refused_over_limits(limits: &SpecLimits, spec: &StoredSpec) -> Option<NodeStatus> {
+    let over = limits.check(&spec.spec);
+    if over.is_empty() {
+        return None;
+    }
+    let why: Vec<String> = over.iter().map(|p| p.to_string()).collect();
+    let why = format!("refused, nothing done: {}", why.join("; "));
+    warn!(generation = spec.generation, reason = %why, "spec over this agent's limits");
+    let failed = ResourceStatus::new(ResourceKind::Spec, "spec", ResourceState::Failed, Some(why));
+    let mut st = NodeStatus {
+        observed_generation: spec.generation,
+        resources: vec![failed],
+        payloads: Vec::new(),
+        digest: String::new(),
+    };
+    st.digest = crate::reconciler::status_digest(&st);
+    Some(st)
 }
 
 pub(crate) async fn shutdown_signal() {

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use steward_proto::validate::SpecLimits;
 use steward_proto::NodeStatus;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{watch, Notify};
@@ -36,7 +37,7 @@ pub async fn apply_watch(cfg: AgentConfig, path: String) -> anyhow::Result<()> {
     if path == "-" {
         anyhow::bail!("--watch needs a spec file to watch, not stdin");
     }
-    let spec = read_spec(&path)?;
+    let spec = read_spec(&path, &cfg.limits)?;
     let (rec, paths) = local_reconciler(&cfg)?;
     info!(file = %path, config = ?cfg, "applying a local spec file, watching it for changes");
 
@@ -55,7 +56,7 @@ pub async fn apply_watch(cfg: AgentConfig, path: String) -> anyhow::Result<()> {
     let tasks = [
         tokio::spawn(docker_events(cfg.clone(), wake.clone())),
         tokio::spawn(netlink_events(cfg.clone(), wake.clone(), feed)),
-        tokio::spawn(watch_file(path, spec_tx)),
+        tokio::spawn(watch_file(path, cfg.limits.clone(), spec_tx)),
         tokio::spawn(reconcile_loop(
             cfg,
             rec,
@@ -79,7 +80,7 @@ pub async fn apply_watch(cfg: AgentConfig, path: String) -> anyhow::Result<()> {
 }
 
 /// Sends the file's spec with a new generation when its content changes, or on SIGHUP.
-async fn watch_file(path: String, tx: watch::Sender<Option<StoredSpec>>) {
+async fn watch_file(path: String, limits: SpecLimits, tx: watch::Sender<Option<StoredSpec>>) {
     let mut hup = match signal(SignalKind::hangup()) {
         Ok(s) => Some(s),
         Err(e) => {
@@ -98,7 +99,7 @@ async fn watch_file(path: String, tx: watch::Sender<Option<StoredSpec>>) {
             continue;
         }
         last = now;
-        match read_spec(&path) {
+        match read_spec(&path, &limits) {
             Ok(spec) => {
                 let (generation, same) = match tx.borrow().as_ref() {
                     Some(s) => (s.generation + 1, s.spec == spec),

@@ -233,6 +233,8 @@ pub enum ResourceKind {
     Vm,
     Network,
     Payload,
+    /// The spec as a whole, refused before any action (e.g. over the agent's `[limits]`).
+    Spec,
 }
 
 /// Observed state of one resource.

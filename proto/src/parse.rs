@@ -48,8 +48,13 @@ pub fn parse_document<T: DeserializeOwned>(bytes: &[u8], format: Format) -> Resu
         Format::Yaml => {
             let text = std::str::from_utf8(bytes)
                 .map_err(|e| Problem::new("(document)", format!("not UTF-8: {e}")))?;
-            let de = serde_norway::Deserializer::from_str(text);
-            serde_path_to_error::deserialize(de)
+            // Scalars are resolved to their YAML types first (null, booleans, numbers,
+            // strings), then the document is deserialized from that value, which is strict
+            // about types as JSON is. Deserializing from the text directly hands any plain
+            // scalar to a string field as its text: `selector: null` became "null".
+            let value: serde_norway::Value =
+                serde_norway::from_str(text).map_err(|e| problem(String::new(), e.to_string()))?;
+            serde_path_to_error::deserialize(value)
                 .map_err(|e| problem(e.path().to_string(), e.inner().to_string()))
         }
     }
@@ -84,6 +89,149 @@ mod tests {
         let b: NodeSpec = parse_document(json, Format::Json).unwrap();
         assert_eq!(a, b);
         assert_eq!(a.containers[0].env["MODE"], "lab");
+    }
+
+    /// Each case: (document, field, part of the reason). A YAML value of another type than the
+    /// field's is refused on that field, as JSON refuses it; it is never turned into text.
+    #[test]
+    fn yaml_values_of_the_wrong_type_are_refused_on_their_field() {
+        use crate::api::{CreateEnrollmentToken, FragmentWrite, NodePatch};
+        fn fails<T: DeserializeOwned + std::fmt::Debug>(yaml: &str) -> Result<Problem, String> {
+            match parse_document::<T>(yaml.as_bytes(), Format::Yaml) {
+                Ok(v) => Err(format!("accepted as {v:?}")),
+                Err(p) => Ok(p),
+            }
+        }
+        let cases: Vec<(&str, Result<Problem, String>, &str, &str)> = vec![
+            (
+                "selector: null",
+                fails::<FragmentWrite>("selector: null\nspec: {}\n"),
+                "selector",
+                "invalid type: unit value, expected a string",
+            ),
+            (
+                "selector: true",
+                fails::<FragmentWrite>("selector: true\nspec: {}\n"),
+                "selector",
+                "invalid type: boolean `true`, expected a string",
+            ),
+            (
+                "selector: 7",
+                fails::<FragmentWrite>("selector: 7\nspec: {}\n"),
+                "selector",
+                "invalid type: integer `7`, expected a string",
+            ),
+            (
+                "description: true",
+                fails::<CreateEnrollmentToken>("description: true\n"),
+                "description",
+                "invalid type: boolean `true`, expected a string",
+            ),
+            (
+                "token label false",
+                fails::<CreateEnrollmentToken>("labels: {role: false}\n"),
+                "labels.role",
+                "invalid type: boolean `false`, expected a string",
+            ),
+            (
+                "patch label false",
+                fails::<NodePatch>("labels: {role: false}\n"),
+                "labels.role",
+                "invalid type: boolean `false`, expected a string",
+            ),
+            (
+                "image: null",
+                fails::<NodeSpec>("containers: [{name: a, image: null}]\n"),
+                "containers[0].image",
+                "invalid type: unit value",
+            ),
+            (
+                "name: 12",
+                fails::<NodeSpec>("containers: [{name: 12, image: x}]\n"),
+                "containers[0].name",
+                "invalid type: integer `12`",
+            ),
+            (
+                "env value true",
+                fails::<NodeSpec>("containers: [{name: a, image: x, env: {DEBUG: true}}]\n"),
+                "containers[0].env.DEBUG",
+                "invalid type: boolean `true`",
+            ),
+            (
+                "container label false",
+                fails::<NodeSpec>("containers: [{name: a, image: x, labels: {tier: false}}]\n"),
+                "containers[0].labels.tier",
+                "invalid type: boolean `false`",
+            ),
+            (
+                "command entry null",
+                fails::<NodeSpec>("containers: [{name: a, image: x, command: [sh, null]}]\n"),
+                "containers[0].command[1]",
+                "invalid type: unit value",
+            ),
+            (
+                "payload version 1.5",
+                fails::<NodeSpec>("payloads: [{name: p, version: 1.5, path: /p}]\n"),
+                "payloads[0].version",
+                "invalid type: floating point `1.5`",
+            ),
+            (
+                "port as number",
+                fails::<NodeSpec>("containers: [{name: a, image: x, ports: [80]}]\n"),
+                "containers[0].ports[0]",
+                "invalid type: integer `80`",
+            ),
+            (
+                "stp as text",
+                fails::<NodeSpec>("networks: {bridges: [{name: br0, stp: \"no\"}]}\n"),
+                "networks.bridges[0].stp",
+                "invalid type: string \"no\", expected a boolean",
+            ),
+            (
+                "vlan id as text",
+                fails::<NodeSpec>("networks: {vlans: [{name: v, parent: eth1, id: \"7\"}]}\n"),
+                "networks.vlans[0].id",
+                "invalid type: string \"7\"",
+            ),
+        ];
+        let mut failures = Vec::new();
+        for (name, got, field, reason) in cases {
+            match got {
+                Ok(p) if p.field == field && p.reason.contains(reason) => {}
+                Ok(p) => failures.push(format!(
+                    "{name}: wanted `{field}: ...{reason}...`, got `{p}`"
+                )),
+                Err(e) => failures.push(format!("{name}: wanted `{field}: ...{reason}...`, {e}")),
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    #[test]
+    fn valid_yaml_keeps_its_strings_and_numbers() {
+        let yaml = "containers:\n  - name: \"007\"\n    image: nginx:1.27\n    \
+                    env: {PORT: \"8080\", DEBUG: \"true\", EMPTY: \"\", OCTAL: 0644}\n    \
+                    labels: {tier: \"false\"}\n    ports: [\"8080:80/tcp\", 9090:90]\n    \
+                    resources: {cpus: 0.5, memory: 256Mi}\n    healthcheck: {tcp: \"127.0.0.1:80\", retries: 3}\n\
+                    payloads:\n  - {name: p, version: \"1.5\", path: /p, mode: \"0644\"}\n\
+                    networks:\n  vlans: [{name: v, parent: eth1, id: 7, mtu: 1500}]\n";
+        let spec: NodeSpec = parse_document(yaml.as_bytes(), Format::Yaml).unwrap();
+        let c = &spec.containers[0];
+        assert_eq!(c.name, "007");
+        assert_eq!(c.env["PORT"], "8080");
+        assert_eq!(c.env["DEBUG"], "true");
+        assert_eq!(c.env["EMPTY"], "");
+        // YAML 1.2: digits with a leading zero are a string, not a number.
+        assert_eq!(c.env["OCTAL"], "0644");
+        assert_eq!(c.labels["tier"], "false");
+        assert_eq!(c.ports, ["8080:80/tcp", "9090:90"]);
+        assert_eq!(spec.payloads[0].version, "1.5");
+        assert_eq!(spec.payloads[0].mode.as_deref(), Some("0644"));
+        assert_eq!(spec.networks.vlans[0].id, 7);
+        let empty: NodeSpec = parse_document(b"", Format::Yaml).unwrap();
+        assert_eq!(empty, NodeSpec::default());
+        let example = include_str!("../../examples/node-spec.yaml");
+        parse_document::<NodeSpec>(example.as_bytes(), Format::Yaml).unwrap();
     }
 
     #[test]

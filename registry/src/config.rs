@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use serde::Deserialize;
+use steward_proto::validate::SpecLimits;
 
 /// `steward-registry serve` flags; each also reads its environment variable.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -107,6 +108,7 @@ struct FileConfig {
     packages_dir: Option<PathBuf>,
     public_url: Option<String>,
     alerts: Option<crate::alerts::AlertsConfig>,
+    limits: Option<SpecLimits>,
 }
 
 mod humantime_serde_opt {
@@ -147,6 +149,8 @@ pub struct RegistryConfig {
     pub public_url: Option<String>,
     /// Webhooks and their retry policy (config file only).
     pub alerts: crate::alerts::AlertsConfig,
+    /// Upper bounds on specs (`[limits]`, each also `STEWARD_LIMITS_<KEY>`).
+    pub limits: SpecLimits,
 }
 
 /// Where the registry's Debian package puts the agent's package.
@@ -223,6 +227,7 @@ impl RegistryConfig {
                 .or(file.public_url)
                 .map(|u| u.trim_end_matches('/').to_string()),
             alerts: file.alerts.unwrap_or_default(),
+            limits: limits(file.limits)?,
         };
         cfg.check()?;
         Ok(cfg)
@@ -279,6 +284,15 @@ fn check_public_url(u: &str) -> anyhow::Result<()> {
     }
 }
 
+/// `[limits]` from the file, each overridden by its `STEWARD_LIMITS_<KEY>` variable.
+fn limits(file: Option<SpecLimits>) -> anyhow::Result<SpecLimits> {
+    let mut limits = file.unwrap_or_default();
+    limits
+        .apply_env(|k| std::env::var(k).ok())
+        .map_err(anyhow::Error::msg)?;
+    Ok(limits)
+}
+
 fn load(path: &Path) -> anyhow::Result<FileConfig> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading config file {}", path.display()))?;
@@ -329,6 +343,29 @@ mod tests {
         );
         let f = load(Path::new(example)).unwrap();
         assert_eq!(f.public_status, Some(false));
+        // The example documents the real defaults.
+        assert_eq!(f.limits, Some(SpecLimits::default()));
+    }
+
+    #[test]
+    fn limits_come_from_the_file_over_the_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("r.toml");
+        std::fs::write(&p, "[limits]\nmax_containers = 900\n").unwrap();
+        let c = RegistryConfig::resolve(ServeArgs {
+            config: Some(p.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.limits.max_containers, 900);
+        assert_eq!(c.limits.max_vms, SpecLimits::default().max_vms);
+        std::fs::write(&p, "[limits]\nmax_containers = -1\n").unwrap();
+        let e = RegistryConfig::resolve(ServeArgs {
+            config: Some(p),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("max_containers"), "{e:#}");
     }
 
     #[test]

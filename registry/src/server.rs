@@ -79,6 +79,7 @@ pub fn build_state(cfg: &RegistryConfig) -> anyhow::Result<AppState> {
             .as_ref()
             .map(|(cert, _)| cert_pin(cert))
             .transpose()?,
+        limits: cfg.limits.clone(),
     };
     Ok(AppState::new(settings, store, &admin, read.as_deref())?)
 }

@@ -8,7 +8,7 @@
 use chrono::Utc;
 use steward_proto::merge::{merge_specs, Source};
 use steward_proto::selector::Selector;
-use steward_proto::validate::{validate_labels, validate_spec};
+use steward_proto::validate::{validate_labels, validate_spec, SpecLimits};
 use steward_proto::{
     CredentialKind, EventKind, Fragment, FragmentWrite, FragmentWritten, Health, Labels, NodePatch,
     NodeSpec, Problem, SpecWritten,
@@ -18,11 +18,13 @@ use crate::error::{ApiResult, RegistryError};
 use crate::state::AppState;
 use crate::store::{NodeRecord, SpecRecord, SpecWrite};
 
-/// The effective spec of a node with these labels, and the fragments merged in.
+/// The effective spec of a node with these labels, and the fragments merged in; it must be
+/// valid and within `limits` (so fragments cannot add up past them).
 pub fn effective_spec(
     own: &NodeSpec,
     labels: &Labels,
     fragments: &[Fragment],
+    limits: &SpecLimits,
 ) -> Result<(NodeSpec, Vec<String>), Vec<Problem>> {
     let mut matching: Vec<&Fragment> = fragments
         .iter()
@@ -41,7 +43,7 @@ pub fn effective_spec(
             .map(|f| (Source::Fragment(f.name.as_str()), &f.spec)),
     );
     let merged = merge_specs(&parts)?;
-    validate_spec(&merged).map_err(|e| e.0)?;
+    validate_spec(&merged, limits).map_err(|e| e.0)?;
     Ok((merged, matching.iter().map(|f| f.name.clone()).collect()))
 }
 
@@ -116,7 +118,7 @@ pub async fn write_node_spec(
     if_match: Option<u64>,
     cred: CredentialKind,
 ) -> ApiResult<SpecWritten> {
-    validate_spec(&own).map_err(|e| RegistryError::Invalid(e.0))?;
+    validate_spec(&own, &state.settings.limits).map_err(|e| RegistryError::Invalid(e.0))?;
     let _guard = state.spec_lock.lock().await;
     // Under spec_lock: a version cannot be deleted between pinning and storing.
     crate::payloads::pin(state, &mut own, "")?;
@@ -138,12 +140,12 @@ pub async fn write_node_spec(
     }
     let fragments = state.store.fragments()?;
     let (mut effective, names) =
-        effective_spec(&own, &node.labels, &fragments).map_err(|problems| {
-            RegistryError::Conflict {
+        effective_spec(&own, &node.labels, &fragments, &state.settings.limits).map_err(
+            |problems| RegistryError::Conflict {
                 message: "the spec conflicts with the fragments that apply to this node".into(),
                 problems,
-            }
-        })?;
+            },
+        )?;
     crate::payloads::apply_overrides(state, &mut effective, &current.payload_overrides)?;
     if current.generation > 0 && current.own == own && current.effective == effective {
         return Ok(SpecWritten {
@@ -194,7 +196,7 @@ fn recompute(
     let mut problems = Vec::new();
     for (id, labels) in candidates {
         let current = state.store.spec(&id)?.unwrap_or_default();
-        match effective_spec(&current.own, &labels, fragments) {
+        match effective_spec(&current.own, &labels, fragments, &state.settings.limits) {
             Ok((mut effective, names)) => {
                 crate::payloads::apply_overrides(
                     state,
@@ -240,7 +242,7 @@ pub async fn write_fragment(
     if let Err(e) = body.selector.parse::<Selector>() {
         problems.push(Problem::new("selector", e.to_string()));
     }
-    if let Err(e) = validate_spec(&body.spec) {
+    if let Err(e) = validate_spec(&body.spec, &state.settings.limits) {
         problems.extend(prefixed(e.0, "spec."));
     }
     if !problems.is_empty() {
@@ -412,12 +414,12 @@ pub async fn set_payload_overrides(
             continue;
         }
         let (mut effective, names) =
-            effective_spec(&current.own, &labels, &fragments).map_err(|problems| {
-                RegistryError::Conflict {
+            effective_spec(&current.own, &labels, &fragments, &state.settings.limits).map_err(
+                |problems| RegistryError::Conflict {
                     message: format!("node {id}'s spec no longer merges"),
                     problems,
-                }
-            })?;
+                },
+            )?;
         crate::payloads::apply_overrides(state, &mut effective, &overrides)?;
         let bump = u64::from(effective != current.effective || names != current.fragments);
         writes.push(SpecWrite {

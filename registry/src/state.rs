@@ -31,6 +31,8 @@ pub struct Settings {
     pub public_url: Option<String>,
     /// sha256 (hex) of the registry's TLS certificate, pinned by `/install.sh`.
     pub tls_pin: Option<String>,
+    /// Upper bounds on node specs, fragments and effective specs (`[limits]`).
+    pub limits: steward_proto::validate::SpecLimits,
 }
 
 impl Default for Settings {
@@ -45,6 +47,7 @@ impl Default for Settings {
             packages_dir: crate::config::DEFAULT_PACKAGES_DIR.into(),
             public_url: None,
             tls_pin: None,
+            limits: Default::default(),
         }
     }
 }

@@ -410,7 +410,7 @@ mod tests {
             (spec("    resources: {memory: 1Mi}\n"), "containers[0].resources.memory", "below the 4Mi minimum"),
             (spec("    resources: {memory: 512m}\n"), "containers[0].resources.memory", "ambiguous"),
             (spec("    healthcheck: {interval: 10s}\n"), "containers[0].healthcheck", "exactly one of http, tcp or exec"),
-            (spec("    healthcheck: {http: \"http://x/\", exec: [true]}\n"), "containers[0].healthcheck", "http and exec are both given"),
+            (spec("    healthcheck: {http: \"http://x/\", exec: [\"true\"]}\n"), "containers[0].healthcheck", "http and exec are both given"),
             (spec("    healthcheck: {http: \"localhost:80\"}\n"), "containers[0].healthcheck.http", "must start with http:// or https://"),
             (spec("    healthcheck: {http: \"http:///x\"}\n"), "containers[0].healthcheck.http", "no host"),
             (spec("    healthcheck: {tcp: localhost}\n"), "containers[0].healthcheck.tcp", "no port"),
@@ -419,10 +419,10 @@ mod tests {
             (spec("    healthcheck: {tcp: \"::1:80\"}\n"), "containers[0].healthcheck.tcp", "brackets"),
             (spec("    healthcheck: {exec: []}\n"), "containers[0].healthcheck.exec", "exec is empty"),
             (spec("    healthcheck: {exec: [\"\"]}\n"), "containers[0].healthcheck.exec[0]", "empty"),
-            (spec("    healthcheck: {exec: [true], interval: soon}\n"), "containers[0].healthcheck.interval", "not a duration"),
-            (spec("    healthcheck: {exec: [true], timeout: 0s}\n"), "containers[0].healthcheck.timeout", "greater than 0"),
-            (spec("    healthcheck: {exec: [true], start_period: 5}\n"), "containers[0].healthcheck.start_period", "not a duration"),
-            (spec("    healthcheck: {exec: [true], retries: 0}\n"), "containers[0].healthcheck.retries", "at least 1"),
+            (spec("    healthcheck: {exec: [\"true\"], interval: soon}\n"), "containers[0].healthcheck.interval", "not a duration"),
+            (spec("    healthcheck: {exec: [\"true\"], timeout: 0s}\n"), "containers[0].healthcheck.timeout", "greater than 0"),
+            (spec("    healthcheck: {exec: [\"true\"], start_period: \"5\"}\n"), "containers[0].healthcheck.start_period", "not a duration"),
+            (spec("    healthcheck: {exec: [\"true\"], retries: 0}\n"), "containers[0].healthcheck.retries", "at least 1"),
         ];
         let cases: Vec<(&str, &str, &str)> =
             cases.iter().map(|(y, f, r)| (y.as_str(), *f, *r)).collect();

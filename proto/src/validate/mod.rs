@@ -6,12 +6,14 @@
 
 mod container;
 mod image;
+mod limits;
 mod network;
 mod payload;
 mod ports;
 mod vm;
 mod volumes;
 
+pub use limits::{SpecLimits, LIMIT_KEYS};
 pub use ports::{parse_port, PortMapping, Protocol};
 pub use volumes::{parse_volume, VolumeMount, VolumeSource};
 
@@ -48,8 +50,13 @@ impl std::fmt::Display for Problem {
 #[error("{} problem(s): {}", .0.len(), .0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; "))]
 pub struct ValidationErrors(pub Vec<Problem>);
 
-/// Checks a whole spec; returns every problem found.
-pub fn validate_spec(spec: &NodeSpec) -> Result<(), ValidationErrors> {
+/// Checks a whole spec; returns every problem found. A spec over `limits` gets only the limit
+/// problems: its contents are not looked at further.
+pub fn validate_spec(spec: &NodeSpec, limits: &SpecLimits) -> Result<(), ValidationErrors> {
+    let over = limits.check(spec);
+    if !over.is_empty() {
+        return Err(ValidationErrors(over));
+    }
     let mut out = Problems::default();
     network::check(&spec.networks, &mut out);
     container::check(&spec.containers, &mut out);
@@ -339,7 +346,7 @@ pub(crate) mod test_support {
     pub fn problems(yaml: &str) -> Vec<Problem> {
         let spec: NodeSpec = parse_document(yaml.as_bytes(), Format::Yaml)
             .unwrap_or_else(|p| panic!("test spec does not parse: {p}\n{yaml}"));
-        match validate_spec(&spec) {
+        match validate_spec(&spec, &SpecLimits::default()) {
             Ok(()) => Vec::new(),
             Err(e) => e.0,
         }

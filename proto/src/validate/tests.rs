@@ -53,7 +53,10 @@ fn example_spec_is_valid() {
 
 #[test]
 fn empty_spec_is_valid() {
-    assert_eq!(validate_spec(&NodeSpec::default()), Ok(()));
+    assert_eq!(
+        validate_spec(&NodeSpec::default(), &SpecLimits::default()),
+        Ok(())
+    );
 }
 
 #[test]
@@ -115,7 +118,7 @@ payloads:
     // The error type lists them all too.
     let spec: NodeSpec =
         crate::parse::parse_document(yaml.as_bytes(), crate::parse::Format::Yaml).unwrap();
-    let err = validate_spec(&spec).unwrap_err();
+    let err = validate_spec(&spec, &SpecLimits::default()).unwrap_err();
     assert!(err.to_string().starts_with("11 problem(s): "), "{err}");
 }
 
@@ -126,7 +129,7 @@ fn problems_are_also_found_in_json() {
         crate::parse::Format::Json,
     )
     .unwrap();
-    let err = validate_spec(&spec).unwrap_err();
+    let err = validate_spec(&spec, &SpecLimits::default()).unwrap_err();
     assert_eq!(err.0.len(), 1);
     assert_eq!(err.0[0].field, "containers[0].ports[0]");
     assert!(err.0[0]

@@ -179,7 +179,7 @@ mod tests {
             (vm("    kernel: /boot/vmlinuz\n    initrd: /boot/../x\n"), "vms[0].initrd", "'..'"),
             (vm("    initrd: /boot/initrd.img\n"), "vms[0].initrd", "initrd needs kernel"),
             (vm("    cmdline: console=ttyS0\n"), "vms[0].cmdline", "cmdline needs kernel"),
-            (vm("    healthcheck: {exec: [true]}\n"), "vms[0].healthcheck.exec", "for a VM use tcp or http"),
+            (vm("    healthcheck: {exec: [\"true\"]}\n"), "vms[0].healthcheck.exec", "for a VM use tcp or http"),
             (vm("    healthcheck: {tcp: \"10.0.0.2\"}\n"), "vms[0].healthcheck.tcp", "no port"),
             (vm("    healthcheck: {interval: 5s}\n"), "vms[0].healthcheck", "exactly one of http, tcp or exec"),
         ];

@@ -22,7 +22,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Doc<T> {
         );
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
             if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                RegistryError::TooLarge(format!("request body too large: {e}"))
+                RegistryError::TooLarge(format!(
+                    "request body too large: {e} (the limit is max_body_bytes, env \
+                     STEWARD_MAX_BODY_BYTES)"
+                ))
             } else {
                 RegistryError::invalid("(body)", format!("could not read the body: {e}"))
             }

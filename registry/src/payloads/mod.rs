@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use axum::body::Bytes;
 use chrono::Utc;
 use futures_util::Stream;
-use steward_proto::validate::validate_spec;
+use steward_proto::validate::{validate_spec, SpecLimits};
 use steward_proto::{
     CredentialKind, EventKind, NodeSpec, PayloadSpec, PayloadSummary, PayloadVersion, Problem,
 };
@@ -34,7 +34,8 @@ pub fn check_name_version(name: &str, version: &str) -> ApiResult<()> {
         }],
         ..Default::default()
     };
-    match validate_spec(&spec) {
+    // One payload: no limit applies; the default limits keep the call simple.
+    match validate_spec(&spec, &SpecLimits::default()) {
         Ok(()) => Ok(()),
         Err(e) => Err(RegistryError::Invalid(
             e.0.into_iter()

@@ -68,7 +68,7 @@ impl Row {
                     ResourceKind::Container => containers += 1,
                     ResourceKind::Vm => vms += 1,
                     ResourceKind::Payload => payloads += 1,
-                    ResourceKind::Network => {}
+                    ResourceKind::Network | ResourceKind::Spec => {}
                 }
                 failed += usize::from(r.state == ResourceState::Failed);
                 drifted |= r.state == ResourceState::Drifted;
