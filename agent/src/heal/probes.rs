@@ -175,7 +175,9 @@ impl Probes {
                     name: &c.name,
                     instance: instance(o),
                     check,
-                    netns_of: o.pid,
+                    // Docker reports the pid of every running container; without it there
+                    // is no namespace to probe from (the host's would mean another address).
+                    netns_of: Some(o.pid?),
                 })
             })
             .collect();
