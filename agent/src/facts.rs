@@ -172,12 +172,34 @@ const PSEUDO_FILESYSTEMS: &[&str] = &[
     "tracefs",
 ];
 
+/// Directories whose mounts belong to container engines and network namespaces (a
+/// container's root file system, its bind mounts, its namespace files), not to the host's
+/// disks. A disk mounted *at* one of them (say `/var/lib/docker`) is still a disk.
+const CONTAINER_DIRS: &[&str] = &[
+    "/var/lib/docker",
+    "/run/docker",
+    "/var/run/docker",
+    "/var/lib/containerd",
+    "/run/containerd",
+    "/var/lib/containers",
+    "/run/containers",
+    "/var/lib/kubelet/pods",
+];
+
+/// Directories holding nothing but namespace and runtime mounts, skipped with their mounts.
+const RUNTIME_DIRS: &[&str] = &["/proc", "/sys", "/dev", "/run/netns", "/var/run/netns"];
+
+/// Union file systems of container images: a container's root, not a disk (except the root of
+/// a host that itself runs in a container, which is the disk the agent has).
+const UNION_FILESYSTEMS: &[&str] = &["overlay", "aufs", "fuse-overlayfs"];
+
 fn is_pseudo_filesystem(fs: &str, mount_point: &str) -> bool {
+    let under = |dir: &&str| mount_point.starts_with(&format!("{dir}/"));
     PSEUDO_FILESYSTEMS.contains(&fs)
         || fs.starts_with("fuse.")
-        || ["/proc", "/sys", "/dev"]
-            .iter()
-            .any(|p| mount_point == *p || mount_point.starts_with(&format!("{p}/")))
+        || (UNION_FILESYSTEMS.contains(&fs) && mount_point != "/")
+        || RUNTIME_DIRS.iter().any(|p| mount_point == *p || under(p))
+        || CONTAINER_DIRS.iter().any(under)
 }
 
 /// Mounted disks with their sizes, pseudo file systems left out, sorted by mount point.
@@ -570,13 +592,44 @@ mod tests {
     }
 
     #[test]
-    fn pseudo_filesystems_are_skipped() {
-        assert!(is_pseudo_filesystem("tmpfs", "/dev/shm"));
-        assert!(is_pseudo_filesystem("fuse.lxcfs", "/proc/cpuinfo"));
-        assert!(!is_pseudo_filesystem("ext4", "/run/media/usb"));
-        assert!(!is_pseudo_filesystem("ext4", "/"));
-        assert!(!is_pseudo_filesystem("xfs", "/var/lib/docker"));
-        assert!(!is_pseudo_filesystem("overlay", "/"));
+    fn pseudo_and_container_filesystems_are_skipped() {
+        // (file system, mount point, a disk?)
+        let cases = [
+            ("tmpfs", "/dev/shm", false),
+            ("tmpfs", "/run", false),
+            ("devtmpfs", "/dev", false),
+            ("squashfs", "/snap/core/1", false),
+            ("proc", "/proc", false),
+            ("sysfs", "/sys", false),
+            ("cgroup2", "/sys/fs/cgroup", false),
+            ("fuse.lxcfs", "/proc/cpuinfo", false),
+            ("overlay", "/var/lib/docker/overlay2/0a1b/merged", false),
+            (
+                "overlay",
+                "/var/lib/containers/storage/overlay/0a1b/merged",
+                false,
+            ),
+            ("overlay", "/mnt/overlay", false),
+            ("nsfs", "/run/docker/netns/3c2d1e", false),
+            ("ext4", "/run/netns", false),
+            ("nsfs", "/run/netns/lab", false),
+            ("ext4", "/var/lib/docker/containers/0a1b/mounts/shm", false),
+            ("xfs", "/var/lib/docker/volumes/data/_data", false),
+            ("ext4", "/var/lib/kubelet/pods/p1/volumes/v", false),
+            ("ext4", "/run/media/usb", true),
+            ("ext4", "/", true),
+            ("xfs", "/var/lib/docker", true),
+            ("ext4", "/var/lib/containerd", true),
+            ("btrfs", "/home", true),
+            ("overlay", "/", true),
+        ];
+        for (fs, mount_point, disk) in cases {
+            assert_eq!(
+                !is_pseudo_filesystem(fs, mount_point),
+                disk,
+                "{fs} on {mount_point}"
+            );
+        }
     }
 
     #[test]

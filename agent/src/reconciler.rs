@@ -452,15 +452,16 @@ impl Reconciler {
                     ),
                     _ => (state, error),
                 };
+                let seen = crate::heal::state::Seen {
+                    health: health.get(&name).map(String::as_str),
+                    probe_error: self.probes.last_error(&name),
+                    escalation: healed.escalation.get(&name).map(|(_, e)| e),
+                    now: chrono::Utc::now(),
+                };
+                let (state, error) = crate::heal::state::workload_state((state, error), seen);
                 let mut r = resource(ResourceKind::Container, &name, state, error);
                 if let Some((level, e)) = healed.escalation.get(&name) {
                     r.escalation_level = *level;
-                    if r.error.is_none() {
-                        r.error = Some(format!(
-                            "failing: escalation at {} (attempt {})",
-                            e.position, e.attempts
-                        ));
-                    }
                     r.escalation = Some(e.clone());
                 }
                 r.rolled_back = healed.rolled_back.get(&name).cloned();

@@ -172,6 +172,7 @@ impl Docker {
                 exit_code,
                 restart_count: 0,
                 health: None,
+                pid: None,
                 config: ObservedConfig {
                     image: s.image.unwrap_or_default(),
                     ..Default::default()
@@ -216,6 +217,11 @@ impl Docker {
                 .map(|n| u32::try_from(n.max(0)).unwrap_or(u32::MAX))
                 .unwrap_or(0),
             health,
+            pid: state
+                .pid
+                .filter(|_| running)
+                .and_then(|p| u32::try_from(p).ok())
+                .filter(|p| *p > 0),
             config: ObservedConfig {
                 image: inspect.config.and_then(|c| c.image).unwrap_or_default(),
                 memory: host.memory.unwrap_or(0),

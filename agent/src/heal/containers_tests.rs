@@ -20,6 +20,7 @@ fn seen(c: &ContainerSpec, id: &str, running: bool, restarts: u32) -> ObservedCo
         exit_code: (!running).then_some(1),
         restart_count: restarts,
         health: None,
+        pid: None,
         config: ObservedConfig::default(),
     }
 }

@@ -1,12 +1,15 @@
-//! Self-healing building blocks: the escalation ladder (`ladder.rs`, pure) and health probes
-//! (`probe.rs`: TCP and HTTP probes, the pure result tracker). The reconciler
-//! drives them and the drivers carry out their steps.
+//! Self-healing building blocks: the escalation ladder (`ladder.rs`, pure), health probes
+//! (`probe.rs`: TCP and HTTP probes, the pure result tracker; `inside.rs`: probes from a
+//! container's network namespace) and the state a workload's status shows (`state.rs`, pure).
+//! The reconciler drives them and the drivers carry out their steps.
 
 pub mod containers;
+pub mod inside;
 pub mod ladder;
 pub mod probe;
 pub mod probes;
 pub mod rollback;
+pub mod state;
 pub mod vms;
 
 use serde::Deserialize;

@@ -1,5 +1,6 @@
 //! The agent-side probes of running workloads whose health check is `tcp` or `http`: containers
-//! (Docker runs their `exec` checks itself) and VMs (against the guest's address). Each target
+//! (Docker runs their `exec` checks itself), probed from inside their network namespace
+//! (`inside.rs`), and VMs, probed from the host (against the guest's address). Each target
 //! is probed at its `interval`, all due ones at once; the results become a health through
 //! `probe::Tracker`. For containers the health is written into the observed container, where
 //! the ladder and rollback read it like Docker's own verdict; VMs read it from [`Probes::probe`].
@@ -25,6 +26,9 @@ pub struct Target<'a> {
     pub name: &'a str,
     pub instance: String,
     pub check: &'a HealthCheck,
+    /// Probe from the network namespace of this process (a container's init); `None`: from the
+    /// agent's own.
+    pub netns_of: Option<u32>,
 }
 
 /// Probe state per workload name (one `Probes` per kind of workload).
@@ -40,6 +44,11 @@ impl Default for Probes {
             state: HashMap::new(),
         }
     }
+}
+
+/// A container's run: its id and init pid (a restart keeps the id, not the pid).
+fn instance(o: &crate::reconcile::ObservedContainer) -> String {
+    format!("{}/{}", o.id, o.pid.unwrap_or(0))
 }
 
 /// What a health check asks the agent to probe, if anything: (http?, target, settings).
@@ -83,7 +92,7 @@ impl Probes {
                 };
             }
             if p.last.is_none_or(|l| now.duration_since(l) >= s.interval) {
-                due.push((t.name.to_string(), http, addr, s));
+                due.push((t.name.to_string(), http, addr, s, t.netns_of));
             }
         }
         self.state.retain(|n, _| {
@@ -93,11 +102,11 @@ impl Probes {
         });
         let client = &self.client;
         let results = futures_util::future::join_all(due.into_iter().map(
-            |(name, http, addr, s)| async move {
-                let r = if http {
-                    probe::http(client, &addr, s.timeout).await
-                } else {
-                    probe::tcp(&addr, s.timeout).await
+            |(name, http, addr, s, netns_of)| async move {
+                let r = match netns_of {
+                    Some(pid) => super::inside::probe_in(pid, http, addr, s.timeout).await,
+                    None if http => probe::http(client, &addr, s.timeout).await,
+                    None => probe::tcp(&addr, s.timeout).await,
                 };
                 (name, r, s)
             },
@@ -145,8 +154,14 @@ impl Probes {
             .min()
     }
 
-    /// Probes the due containers and sets `health` on every probed one Docker has no verdict
-    /// for. Containers not running or gone start over.
+    /// The last probe error of `name`, if its last probe failed.
+    pub fn last_error(&self, name: &str) -> Option<&str> {
+        self.state.get(name)?.tracker.last_error.as_deref()
+    }
+
+    /// Probes the due containers (each from inside its network namespace) and sets `health` on
+    /// every probed one Docker has no verdict for. Containers not running, gone, or started
+    /// again (another init process) start over, as Docker's own checks do.
     pub async fn run(&mut self, desired: &[ContainerSpec], observed: &mut Observed, now: Instant) {
         let targets: Vec<Target> = desired
             .iter()
@@ -158,14 +173,21 @@ impl Probes {
                     .find(|o| o.name == c.name && o.managed && o.running)?;
                 Some(Target {
                     name: &c.name,
-                    instance: o.id.clone(),
+                    instance: instance(o),
                     check,
+                    // Docker reports the pid of every running container; without it there
+                    // is no namespace to probe from (the host's would mean another address).
+                    netns_of: Some(o.pid?),
                 })
             })
             .collect();
         let _ = self.probe(&targets, now).await;
         for o in observed.containers.iter_mut() {
-            if let Some(p) = self.state.get(&o.name).filter(|p| p.instance == o.id) {
+            if let Some(p) = self
+                .state
+                .get(&o.name)
+                .filter(|p| p.instance == instance(o))
+            {
                 if o.health.is_none() {
                     o.health = Some(p.tracker.health().as_str().to_string());
                 }

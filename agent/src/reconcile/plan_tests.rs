@@ -22,6 +22,7 @@ fn running(c: &ContainerSpec) -> ObservedContainer {
         exit_code: None,
         restart_count: 0,
         health: None,
+        pid: None,
         config: ObservedConfig {
             image: c.image.clone(),
             memory,

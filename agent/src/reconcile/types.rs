@@ -44,6 +44,9 @@ pub struct ObservedContainer {
     pub restart_count: u32,
     /// Docker's health check verdict (`starting`, `healthy`, `unhealthy`), when it has one.
     pub health: Option<String>,
+    /// The pid of its init process while it runs (in the engine's pid namespace): the agent's
+    /// own probes run in this process's network namespace.
+    pub pid: Option<u32>,
     pub config: ObservedConfig,
 }
 

@@ -237,6 +237,7 @@ impl Vms {
                     name: &v.name,
                     instance: format!("{}/{restarts}", driver::live_pid(&p)?),
                     check: v.healthcheck.as_ref()?,
+                    netns_of: None, // from the host, against the guest's address
                 })
             })
             .collect();
@@ -468,15 +469,19 @@ impl Vms {
                 ),
                 _ => (state, error),
             };
+            let seen_now = seen.get(&v.name);
+            let (state, error) = crate::heal::state::workload_state(
+                (state, error),
+                crate::heal::state::Seen {
+                    health: seen_now.and_then(|s| s.health.as_deref()),
+                    probe_error: seen_now.and_then(|s| s.probe_error.as_deref()),
+                    escalation: healed.escalation.get(&v.name).map(|(_, e)| e),
+                    now: chrono::Utc::now(),
+                },
+            );
             let mut r = status(&v.name, state, error);
             if let Some((level, e)) = healed.escalation.get(&v.name) {
                 r.escalation_level = *level;
-                if r.error.is_none() {
-                    r.error = Some(format!(
-                        "failing: escalation at {} (attempt {})",
-                        e.position, e.attempts
-                    ));
-                }
                 r.escalation = Some(e.clone());
             }
             r.rolled_back = healed.rolled_back.get(&v.name).cloned();
