@@ -308,13 +308,15 @@ impl Vms {
     /// Observe → plan → heal → apply → report for every VM of `spec` (the pass's effective
     /// spec, of `generation`). `unusable` holds bridges that are not Steward's to use, with the
     /// reason; `heal` the VMs' ladders and rollback memory, which the caller stores. The names
-    /// rolled back in this pass come back in `VmPass::rolled_back_now`.
+    /// rolled back in this pass come back in `VmPass::rolled_back_now`. Once `pass` is
+    /// superseded, the actions left are not carried out (a VM's create-and-start is one).
     pub async fn reconcile(
         &mut self,
         spec: &NodeSpec,
         unusable: &BTreeMap<String, String>,
         heal: &mut BTreeMap<String, crate::heal::vms::VmEntry>,
         generation: u64,
+        pass: &crate::pass::Pass,
     ) -> VmPass {
         let statuses = |v: Vec<ResourceStatus>| VmPass {
             statuses: v,
@@ -395,7 +397,11 @@ impl Vms {
             }
         }
         self.start_failed.clear();
+        pass.planned(actions.len());
         for a in &actions {
+            if pass.superseded().is_some() {
+                break;
+            }
             let name = a.name().to_string();
             let vm = spec.vms.iter().find(|v| v.name == name);
             let span = info_span!("vm", action = a.kind(), vm = %name);
@@ -404,6 +410,7 @@ impl Vms {
                 .instrument(span)
                 .await;
             crate::metrics::get().action(a.kind(), res.is_ok());
+            pass.step();
             match res {
                 Ok(()) => info!(action = a.kind(), vm = %name, "applied"),
                 Err(e) => {
@@ -422,7 +429,8 @@ impl Vms {
         }
         // Taps of running VMs put back on their bridge if it was recreated meanwhile.
         for (name, l) in &launches {
-            if !self.seen.contains(name) || failed.contains_key(name) {
+            if !self.seen.contains(name) || failed.contains_key(name) || pass.stopped_by().is_some()
+            {
                 continue;
             }
             for n in &l.nics {
