@@ -95,9 +95,11 @@ pub async fn run(
         status_rx,
         spec_rx.clone(),
         cfg.clone(),
-        resets.clone(),
-        wake.clone(),
-        board.clone(),
+        LoopLink {
+            resets: resets.clone(),
+            wake: wake.clone(),
+            progress: board.clone(),
+        },
     ));
     let events = tokio::spawn(docker_events(cfg.clone(), wake.clone()));
     let feed = Arc::new(EventFeed::default());
@@ -205,10 +207,13 @@ async fn heartbeat(
     status: watch::Receiver<NodeStatus>,
     spec: watch::Receiver<Option<StoredSpec>>,
     cfg: AgentConfig,
-    resets: Resets,
-    wake: Arc<Notify>,
-    progress: crate::pass::Board,
+    link: LoopLink,
 ) {
+    let LoopLink {
+        resets,
+        wake,
+        progress,
+    } = link;
     let mut interval = Duration::from_secs(identity.heartbeat_interval_secs.max(1));
     let mut sampler = StatsSampler::new(&cfg.data_dir);
     let mut rtt_ms: Option<f64> = None;
@@ -261,6 +266,14 @@ async fn heartbeat(
             }
         }
     }
+}
+
+/// What the heartbeat shares with the reconcile loop: the resets it hands over (and the wake-up
+/// that makes the loop take them), and the progress of the loop's pass, which it reports.
+struct LoopLink {
+    resets: Resets,
+    wake: Arc<Notify>,
+    progress: crate::pass::Board,
 }
 
 /// Workload resets asked by the registry, waiting for the reconcile loop.

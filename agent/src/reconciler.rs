@@ -386,6 +386,7 @@ impl Reconciler {
             .filter_map(|o| Some((o.name.clone(), o.health.clone()?)))
             .collect();
         let mut plan = plan(&desired, &observed, &self.policy, &self.node_id);
+        let unhealed = self.heal_state().containers.clone();
         let healed = self.heal_containers(spec, &observed, &mut plan);
         let rolled_back_now = !healed.rolled_back_now.is_empty();
         let mut failed: BTreeMap<String, String> = BTreeMap::new();
@@ -399,7 +400,9 @@ impl Reconciler {
         let net_errors = self.container_networks(&docker, spec, net).await;
         let pass = self.pass.clone();
         pass.planned(plan.actions.len());
-        for action in plan.actions {
+        let mut actions = plan.actions.into_iter();
+        let mut skipped: Vec<Action> = Vec::new();
+        for action in actions.by_ref() {
             let kind = action.kind();
             let name = action.container().unwrap_or("").to_string();
             // Between two actions: a newer generation takes over from here.
@@ -408,6 +411,7 @@ impl Reconciler {
                     generation = self.generation,
                     newer, "a newer spec arrived; the containers' pass stops here"
                 );
+                skipped.push(action);
                 break;
             }
             if failed.contains_key(&name) {
@@ -482,6 +486,8 @@ impl Reconciler {
                 }
             }
         }
+        skipped.extend(actions);
+        self.unheal(&skipped, &unhealed);
         let statuses = plan
             .verdicts
             .into_iter()
@@ -593,6 +599,23 @@ impl Reconciler {
             info!(payload = %name, from_version = %from, "payload held at its version from before the rollback");
         }
         eff
+    }
+
+    /// A pass that stopped early did not carry out `skipped`: their containers' ladders and
+    /// rollbacks go back to what they were before this pass (`unhealed`), so a step never
+    /// taken is neither counted nor waited for, and the next pass decides afresh.
+    fn unheal(
+        &mut self,
+        skipped: &[Action],
+        unhealed: &BTreeMap<String, crate::heal::containers::Entry>,
+    ) {
+        let state = self.heal_state();
+        for name in skipped.iter().filter_map(Action::container) {
+            match unhealed.get(name) {
+                Some(e) => state.containers.insert(name.to_string(), e.clone()),
+                None => state.containers.remove(name),
+            };
+        }
     }
 
     /// Walks the failing containers' ladders, rewriting `plan`.

@@ -40,22 +40,47 @@ fn now_secs() -> u64 {
         .as_secs()
 }
 
-/// Names of the containers of `node` that Docker created since `since` (unix seconds), from the
-/// engine's event log (a container created then removed is counted too).
-fn created_since(node: &str, since: u64) -> Vec<String> {
-    let out = Command::new("docker")
-        .args(["events", "--since", &since.to_string(), "--until"])
-        .arg((now_secs() + 1).to_string())
-        .args(["--filter", "type=container", "--filter", "event=create"])
-        .args(["--filter", &format!("label=io.steward.node={node}")])
-        .args(["--format", "{{.Actor.Attributes.name}}"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "docker events failed");
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .map(str::to_string)
-        .collect()
+/// Docker's `create` events for the containers of one node, followed live from the moment it
+/// is made (the engine keeps only its last 256 events for later queries: too few here). Stops
+/// following when dropped.
+struct Creates {
+    child: Child,
+    out: tempfile::NamedTempFile,
+}
+
+impl Creates {
+    fn follow(node: &str) -> Creates {
+        let out = tempfile::NamedTempFile::new().unwrap();
+        // Replayed from a second ago, so nothing falls between starting and subscribing.
+        let since = now_secs().saturating_sub(1);
+        let child = Command::new("docker")
+            .args(["events", "--since", &since.to_string()])
+            .args(["--filter", "type=container", "--filter", "event=create"])
+            .args(["--filter", &format!("label=io.steward.node={node}")])
+            .args(["--format", "{{.Actor.Attributes.name}}"])
+            .stdout(out.reopen().unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Creates { child, out }
+    }
+
+    /// Names created so far that start with `prefix` (a container created then removed counts).
+    fn named(&self, prefix: &str) -> Vec<String> {
+        std::fs::read_to_string(self.out.path())
+            .unwrap()
+            .split_whitespace()
+            .filter(|n| n.starts_with(prefix))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for Creates {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// Waits until `node`'s containers are exactly `want`, all running.
@@ -108,7 +133,7 @@ async fn a_newer_spec_takes_over_a_long_pass_between_actions() {
     let a = Agent::start(&r, "").await;
     let node = a.node_id.clone();
     let (bulk, after) = (format!("bulk-{}", suffix()), format!("after-{}", suffix()));
-    let since = now_secs().saturating_sub(1);
+    let creates = Creates::follow(&node);
     let g1 = r.put_spec(&node, &many(&bulk)).await;
     wait_started(&node, 2).await;
     let g2 = r
@@ -132,10 +157,8 @@ async fn a_newer_spec_takes_over_a_long_pass_between_actions() {
         .collect();
     assert_eq!(names, [after.as_str()], "the status is generation 2's");
 
-    let created: Vec<String> = created_since(&node, since)
-        .into_iter()
-        .filter(|n| n.starts_with(&bulk))
-        .collect();
+    let created = creates.named(&bulk);
+    assert!(!created.is_empty(), "the creates were followed");
     assert!(
         created.len() < MANY,
         "the pass of generation {g1} ran to its end ({} of {MANY} containers created) although \
@@ -232,7 +255,7 @@ async fn a_restarted_agent_starts_from_its_newest_stored_spec() {
     // Agent and registry gone at once: only the store can tell the agent what to apply.
     a.kill9();
     r.kill9();
-    let restarted = now_secs();
+    let logged_before = a.log().len();
     a.spawn();
     wait_exactly(&node, &[&after]).await;
     let status = a.dir.path().join("state/status.json");
@@ -248,13 +271,21 @@ async fn a_restarted_agent_starts_from_its_newest_stored_spec() {
         },
     )
     .await;
-    let old: Vec<String> = created_since(&node, restarted)
-        .into_iter()
-        .filter(|n| n.starts_with(&bulk))
+    // The agent's own record of its actions (a create in flight at the kill may still land in
+    // Docker's event log after it, so that log cannot tell who made it).
+    let log = a.log();
+    let old: Vec<&str> = log[logged_before..]
+        .lines()
+        .filter(|l| l.contains(" applied ") && l.contains("kind=\"create\""))
+        .filter(|l| l.contains(&format!("container={bulk}-")))
         .collect();
     assert!(
         old.is_empty(),
-        "after the restart the agent worked on the older spec: created {old:?}"
+        "after the restart the agent worked on the older spec: {old:#?}"
+    );
+    assert!(
+        log[logged_before..].contains("starting steward-agent"),
+        "the restarted agent logs to this file"
     );
 }
 
@@ -267,9 +298,9 @@ struct Watch {
 }
 
 impl Watch {
-    fn start(spec: &str) -> Watch {
+    fn start(node: &str, spec: &str) -> Watch {
         let dir = tempfile::tempdir().unwrap();
-        let node = format!("watch-{}", suffix());
+        let node = node.to_string();
         let data = dir.path().join("state");
         std::fs::create_dir_all(&data).unwrap();
         let identity = serde_json::json!({
@@ -328,15 +359,14 @@ async fn apply_watch_hands_a_long_pass_over_to_the_newer_file() {
         return;
     }
     let (bulk, after) = (format!("file-{}", suffix()), format!("edit-{}", suffix()));
-    let since = now_secs().saturating_sub(1);
-    let w = Watch::start(&many(&bulk));
+    let node = format!("watch-{}", suffix());
+    let creates = Creates::follow(&node);
+    let w = Watch::start(&node, &many(&bulk));
     wait_started(&w.node, 2).await;
     w.write(&format!("containers:\n{}", sleeper(&after)));
     wait_exactly(&w.node, &[&after]).await;
-    let created: Vec<String> = created_since(&w.node, since)
-        .into_iter()
-        .filter(|n| n.starts_with(&bulk))
-        .collect();
+    let created = creates.named(&bulk);
+    assert!(!created.is_empty(), "the creates were followed");
     assert!(
         created.len() < MANY,
         "the pass over the first file ran to its end ({} of {MANY} containers created)",

@@ -376,6 +376,7 @@ impl Vms {
         // Ladders and rollback memory of VMs gone from the spec go; a VM whose config cannot
         // be launched right now keeps its own (its last healthy config among them).
         heal.retain(|n, _| spec.vms.iter().any(|v| &v.name == n));
+        let unhealed = heal.clone();
         let healed = crate::heal::vms::heal_vms(
             heal,
             &mut actions,
@@ -398,8 +399,15 @@ impl Vms {
         }
         self.start_failed.clear();
         pass.planned(actions.len());
-        for a in &actions {
+        for (i, a) in actions.iter().enumerate() {
             if pass.superseded().is_some() {
+                // Steps not taken are neither counted on the ladders nor waited for.
+                for name in actions[i..].iter().map(VmAction::name) {
+                    match unhealed.get(name) {
+                        Some(e) => heal.insert(name.to_string(), e.clone()),
+                        None => heal.remove(name),
+                    };
+                }
                 break;
             }
             let name = a.name().to_string();

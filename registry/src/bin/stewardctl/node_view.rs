@@ -260,6 +260,25 @@ mod tests {
     }
 
     #[test]
+    fn describes_the_pass_in_progress() {
+        let now = DateTime::parse_from_rfc3339("2024-05-01T12:00:10Z")
+            .expect("valid time")
+            .with_timezone(&Utc);
+        let p = serde_json::json!({"progress": {"generation": 3, "done": 12, "total": 40,
+            "phase": "containers", "started_at": "2024-05-01T12:00:04Z"}});
+        let s = describe(&node(p), now);
+        assert!(
+            s.contains(
+                "Applying:        generation 3: 12 of 40 actions done so far (containers), \
+                 started 2024-05-01 12:00:04 UTC (6s ago)\n"
+            ),
+            "{s}"
+        );
+        let s = describe(&node(serde_json::json!({})), now);
+        assert!(!s.contains("Applying"), "no pass, no line: {s}");
+    }
+
+    #[test]
     fn describes_payload_drift() {
         let e = "a".repeat(64);
         let st = serde_json::json!({"drifted": true, "drift": [
