@@ -17,6 +17,7 @@ use crate::config::AgentConfig;
 use crate::docker::Docker;
 use crate::facts::StatsSampler;
 use crate::network::EventFeed;
+use crate::pass::{Outcome, Pass};
 use crate::reconciler::Reconciler;
 use crate::store::{Identity, Paths, Store, StoredSpec};
 use crate::watchdog::Liveness;
@@ -73,6 +74,7 @@ pub async fn run(
     let client = Arc::new(client);
     let live = Arc::new(Liveness::default());
     let resets: Resets = Arc::default();
+    let board = crate::pass::Board::default();
     let watchdog = crate::watchdog::start(live.clone(), cfg.watchdog_max_pass);
     let metrics = match cfg.metrics_listen {
         Some(addr) => crate::metrics::serve(addr)
@@ -94,8 +96,11 @@ pub async fn run(
         status_rx,
         spec_rx.clone(),
         cfg.clone(),
-        resets.clone(),
-        wake.clone(),
+        LoopLink {
+            resets: resets.clone(),
+            wake: wake.clone(),
+            progress: board.clone(),
+        },
     ));
     let events = tokio::spawn(docker_events(cfg.clone(), wake.clone()));
     let feed = Arc::new(EventFeed::default());
@@ -132,6 +137,7 @@ pub async fn run(
             live,
             resets,
             urgent,
+            progress: board,
         },
     ));
 
@@ -202,9 +208,13 @@ async fn heartbeat(
     status: watch::Receiver<NodeStatus>,
     spec: watch::Receiver<Option<StoredSpec>>,
     cfg: AgentConfig,
-    resets: Resets,
-    wake: Arc<Notify>,
+    link: LoopLink,
 ) {
+    let LoopLink {
+        resets,
+        wake,
+        progress,
+    } = link;
     let mut interval = Duration::from_secs(identity.heartbeat_interval_secs.max(1));
     let mut sampler = StatsSampler::new(&cfg.data_dir);
     let mut rtt_ms: Option<f64> = None;
@@ -217,6 +227,7 @@ async fn heartbeat(
             status_digest: st.digest.clone(),
             stats: Some(sampler.sample()),
             rtt_ms,
+            progress: progress.snapshot(),
         };
         let started = Instant::now();
         match client.heartbeat(&hb).await {
@@ -258,16 +269,25 @@ async fn heartbeat(
     }
 }
 
+/// What the heartbeat shares with the reconcile loop: the resets it hands over (and the wake-up
+/// that makes the loop take them), and the progress of the loop's pass, which it reports.
+struct LoopLink {
+    resets: Resets,
+    wake: Arc<Notify>,
+    progress: crate::pass::Board,
+}
+
 /// Workload resets asked by the registry, waiting for the reconcile loop.
 pub(crate) type Resets = Arc<std::sync::Mutex<Vec<String>>>;
 
-/// What the reconcile loop reports to (the watchdog's liveness) and takes orders from (resets,
-/// and wake-ups that skip the event debounce: a VM's QEMU exited).
+/// What the reconcile loop reports to (the watchdog's liveness, the progress of its pass) and
+/// takes orders from (resets, and wake-ups that skip the event debounce: a VM's QEMU exited).
 #[derive(Default)]
 pub(crate) struct Control {
     pub live: Arc<Liveness>,
     pub resets: Resets,
     pub urgent: Arc<Notify>,
+    pub progress: crate::pass::Board,
 }
 
 pub(crate) async fn docker_events(cfg: AgentConfig, wake: Arc<Notify>) {
@@ -345,6 +365,7 @@ pub(crate) async fn reconcile_loop(
         live,
         resets,
         urgent,
+        progress,
     } = control;
     let mut resync = tokio::time::interval(cfg.resync_interval);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -388,8 +409,22 @@ pub(crate) async fn reconcile_loop(
         }
         let started = Instant::now();
         live.pass_started();
-        let st = rec.reconcile(current.generation, &current.spec).await;
+        // The pass stops between two actions once a newer generation has been received.
+        let newest = spec.clone();
+        let newest: crate::pass::Newest =
+            Arc::new(move || newest.borrow().as_ref().map_or(0, |s| s.generation));
+        let pass = Arc::new(Pass::new(current.generation, progress.clone(), newest));
+        let outcome = rec.reconcile_pass(pass, &current.spec).await;
         live.pass_finished();
+        progress.clear();
+        let st = match outcome {
+            Outcome::Applied(st) => st,
+            Outcome::Superseded { by, progress } => {
+                // Nothing of it is reported: the status keeps the last generation applied whole.
+                info!(generation = current.generation, newer = by, done = progress.done, planned = progress.total, took = ?started.elapsed(), "pass stopped between two actions: a newer spec takes over");
+                continue;
+            }
+        };
         crate::metrics::get().reconciled(started.elapsed(), &st);
         let failed = st
             .resources

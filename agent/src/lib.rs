@@ -9,6 +9,7 @@ pub mod facts;
 pub mod heal;
 pub mod metrics;
 pub mod network;
+pub mod pass;
 pub mod payload;
 pub mod reconcile;
 pub mod reconciler;

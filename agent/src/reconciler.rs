@@ -2,7 +2,9 @@
 //! outcome into a `NodeStatus`. Order of a pass: host networks (creations and changes), then
 //! payloads (so images loaded from `docker-image` payloads exist), then containers (Docker
 //! networks on managed bridges first), then VMs (`vm/`), then the deletion of managed links no
-//! longer wanted.
+//! longer wanted. Every apply loop asks the pass ([`Pass`]) before each action whether a newer
+//! generation has arrived, and stops there if one has: the newer spec takes over between two
+//! actions, and the stopped pass reports nothing as observed.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -16,6 +18,7 @@ use crate::docker::Docker;
 use crate::heal::containers::{effective, heal, HealState, Healed};
 use crate::heal::ladder::LadderPolicy;
 use crate::network::{EventFeed, NetOutcome, Networks};
+use crate::pass::{Outcome, Pass};
 use crate::reconcile::{plan, Action, Policy, Verdict};
 use crate::store::Store;
 
@@ -34,6 +37,8 @@ pub struct Reconciler {
     heal: Heal,
     probes: crate::heal::probes::Probes,
     vms: Option<crate::vm::Vms>,
+    /// The pass under way: asked between actions whether a newer generation took over.
+    pass: Arc<Pass>,
 }
 
 /// The escalation ladders of the containers and where they are kept.
@@ -82,6 +87,7 @@ impl Reconciler {
             heal: Heal::default(),
             probes: Default::default(),
             vms: None,
+            pass: Arc::new(Pass::unbounded(0)),
         }
     }
 
@@ -144,14 +150,31 @@ impl Reconciler {
             .ok_or_else(|| "Docker engine unreachable".to_string())
     }
 
-    /// Observe → plan → apply → report, for one generation of the spec.
+    /// Observe → plan → apply → report, for one generation of the spec, with nothing to
+    /// supersede the pass (`apply --file`).
     pub async fn reconcile(&mut self, generation: u64, spec: &NodeSpec) -> NodeStatus {
+        match self
+            .reconcile_pass(Arc::new(Pass::unbounded(generation)), spec)
+            .await
+        {
+            Outcome::Applied(status) => status,
+            // An unbounded pass never asks to stop; should it, nothing is claimed observed.
+            Outcome::Superseded { .. } => NodeStatus::default(),
+        }
+    }
+
+    /// One pass over `pass`'s generation of `spec`: `Applied` with the status when every phase
+    /// ran to its end, `Superseded` when a newer generation arrived and the pass stopped
+    /// between two actions (its partial status is not reported: it observed nothing whole).
+    pub async fn reconcile_pass(&mut self, pass: Arc<Pass>, spec: &NodeSpec) -> Outcome {
+        let generation = pass.generation();
         self.generation = generation;
+        self.pass = pass.clone();
         let resources = async {
             let before = self.heal_state().clone();
             let effective = self.effective_spec(spec);
             let (mut resources, again) = self.reconcile_all(&effective).await;
-            if again {
+            if again && self.pass.stopped_by().is_none() {
                 // A workload was rolled back: its old configuration (and payload versions)
                 // is converged now rather than a resync later.
                 info!("rolled back in this pass; converging the old configuration now");
@@ -163,6 +186,19 @@ impl Reconciler {
         }
         .instrument(info_span!("reconcile", generation))
         .await;
+        self.pass = Arc::new(Pass::unbounded(generation));
+        if let Some(by) = pass.stopped_by() {
+            let progress = pass
+                .progress()
+                .unwrap_or_else(|| steward_proto::PassProgress {
+                    generation,
+                    done: 0,
+                    total: 0,
+                    phase: String::new(),
+                    started_at: chrono::Utc::now(),
+                });
+            return Outcome::Superseded { by, progress };
+        }
         let mut status = NodeStatus {
             observed_generation: generation,
             resources,
@@ -170,20 +206,27 @@ impl Reconciler {
             digest: String::new(),
         };
         status.digest = status_digest(&status);
-        status
+        Outcome::Applied(status)
     }
 
     /// One pass over `spec` (already the effective spec); true when a workload was rolled
     /// back in it.
     async fn reconcile_all(&mut self, spec: &NodeSpec) -> (Vec<ResourceStatus>, bool) {
+        let pass = self.pass.clone();
+        pass.phase("networks");
         let mut net = self
             .networks
-            .reconcile(spec, &self.policy, &self.node_id)
+            .reconcile(spec, &self.policy, &self.node_id, &pass)
             .await;
+        pass.phase("payloads");
         let payloads = self.reconcile_payloads(spec).await;
         let vm_restarts = self.payloads.take_vm_restarts();
+        pass.phase("containers");
         let (containers, containers_rolled_back) = self.reconcile_containers(spec, &net).await;
+        pass.phase("vms");
         if let Some(v) = self.vms.as_mut() {
+            // Restarts owed to payloads deployed in this pass happen even when it stops early
+            // (the next pass would not know of them).
             for name in vm_restarts {
                 if let Err(e) = v.restart(&name).await {
                     warn!(vm = %name, error = %e, "restarting a VM after its payload changed failed");
@@ -195,10 +238,10 @@ impl Reconciler {
         let state = h.state.get_or_insert_with(|| load_heal(h.store.as_ref()));
         let (vms, vms_rolled_back) = match self.vms.as_mut() {
             Some(v) => {
-                let pass = v
-                    .reconcile(spec, &net.unusable, &mut state.vms, generation)
+                let out = v
+                    .reconcile(spec, &net.unusable, &mut state.vms, generation, &pass)
                     .await;
-                (pass.statuses, !pass.rolled_back_now.is_empty())
+                (out.statuses, !out.rolled_back_now.is_empty())
             }
             None => (
                 spec.vms
@@ -212,8 +255,9 @@ impl Reconciler {
             ),
         };
         // Docker networks go before the bridges under them (and only for bridges going away).
+        pass.phase("deletions");
         let doomed = net.bridges_to_delete();
-        if !doomed.is_empty() {
+        if !doomed.is_empty() && pass.superseded().is_none() {
             if let Ok(d) = self.docker().await.cloned() {
                 for b in doomed {
                     if let Err(e) = d.remove_bridge_network(&b).await {
@@ -222,7 +266,7 @@ impl Reconciler {
                 }
             }
         }
-        self.networks.finish(&mut net).await;
+        self.networks.finish(&mut net, &pass).await;
         let mut resources = std::mem::take(&mut net.resources);
         resources.extend(payloads);
         resources.extend(containers);
@@ -241,7 +285,7 @@ impl Reconciler {
             None
         };
         self.payloads
-            .reconcile(spec, &self.policy, docker.as_ref())
+            .reconcile(spec, &self.policy, docker.as_ref(), &self.pass)
             .await
     }
 
@@ -342,6 +386,7 @@ impl Reconciler {
             .filter_map(|o| Some((o.name.clone(), o.health.clone()?)))
             .collect();
         let mut plan = plan(&desired, &observed, &self.policy, &self.node_id);
+        let unhealed = self.heal_state().containers.clone();
         let healed = self.heal_containers(spec, &observed, &mut plan);
         let rolled_back_now = !healed.rolled_back_now.is_empty();
         let mut failed: BTreeMap<String, String> = BTreeMap::new();
@@ -353,16 +398,31 @@ impl Reconciler {
             );
         };
         let net_errors = self.container_networks(&docker, spec, net).await;
-        for action in plan.actions {
+        let pass = self.pass.clone();
+        pass.planned(plan.actions.len());
+        let mut actions = plan.actions.into_iter();
+        let mut skipped: Vec<Action> = Vec::new();
+        for action in actions.by_ref() {
             let kind = action.kind();
             let name = action.container().unwrap_or("").to_string();
+            // Between two actions: a newer generation takes over from here.
+            if let Some(newer) = pass.superseded() {
+                info!(
+                    generation = self.generation,
+                    newer, "a newer spec arrived; the containers' pass stops here"
+                );
+                skipped.push(action);
+                break;
+            }
             if failed.contains_key(&name) {
+                pass.step();
                 continue;
             }
             if let (Action::Create { .. } | Action::Recreate { .. }, Some(e)) =
                 (&action, net_errors.get(&name))
             {
                 failed.insert(name, e.clone());
+                pass.step();
                 continue;
             }
             let ip = net.container_ips.get(&name).copied();
@@ -415,6 +475,7 @@ impl Reconciler {
             .instrument(span)
             .await;
             crate::metrics::get().action(kind, res.is_ok());
+            pass.step();
             match res {
                 Ok(()) => info!(kind, container = %name, "applied"),
                 Err(e) => {
@@ -425,6 +486,8 @@ impl Reconciler {
                 }
             }
         }
+        skipped.extend(actions);
+        self.unheal(&skipped, &unhealed);
         let statuses = plan
             .verdicts
             .into_iter()
@@ -537,6 +600,23 @@ impl Reconciler {
             info!(payload = %name, from_version = %from, "payload held at its version from before the rollback");
         }
         eff
+    }
+
+    /// A pass that stopped early did not carry out `skipped`: their containers' ladders and
+    /// rollbacks go back to what they were before this pass (`unhealed`), so a step never
+    /// taken is neither counted nor waited for, and the next pass decides afresh.
+    fn unheal(
+        &mut self,
+        skipped: &[Action],
+        unhealed: &BTreeMap<String, crate::heal::containers::Entry>,
+    ) {
+        let state = self.heal_state();
+        for name in skipped.iter().filter_map(Action::container) {
+            match unhealed.get(name) {
+                Some(e) => state.containers.insert(name.to_string(), e.clone()),
+                None => state.containers.remove(name),
+            };
+        }
     }
 
     /// Walks the failing containers' ladders, rewriting `plan`.

@@ -68,6 +68,7 @@ pub async fn apply_watch(cfg: AgentConfig, path: String) -> anyhow::Result<()> {
                 live,
                 resets: Default::default(),
                 urgent,
+                progress: Default::default(),
             },
         )),
     ];

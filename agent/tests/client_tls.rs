@@ -231,6 +231,7 @@ async fn ca_file_mode_enrols_heartbeats_and_long_polls() {
             status_digest: "d0".into(),
             stats: None,
             rtt_ms: Some(1.0),
+            progress: None,
         })
         .await
         .unwrap();

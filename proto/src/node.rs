@@ -154,6 +154,28 @@ pub struct Node {
     /// from, per the last status; computed by the registry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rolled_back_from: Option<u64>,
+    /// The reconcile pass the agent is in, per its last heartbeat; absent between passes (and
+    /// from agents that do not report it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<PassProgress>,
+}
+
+/// How far the agent's current reconcile pass has got. A pass that a newer generation takes
+/// over stops between two actions; `observed_generation` only ever names a generation whose
+/// pass ran to its end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct PassProgress {
+    /// The generation being applied.
+    pub generation: u64,
+    /// Actions carried out so far in this pass (failed ones included).
+    pub done: u64,
+    /// Actions planned so far: each phase adds its own when it plans, so `total` grows as the
+    /// pass moves from one phase to the next.
+    pub total: u64,
+    /// The phase at work: `networks`, `payloads`, `containers`, `vms` or `deletions`.
+    pub phase: String,
+    /// When the pass started.
+    pub started_at: DateTime<Utc>,
 }
 
 /// One drifted resource of a node.
@@ -349,6 +371,9 @@ pub struct Heartbeat {
     /// Round-trip of the previous heartbeat, measured by the agent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rtt_ms: Option<f64>,
+    /// The reconcile pass in progress, if any (absent from older agents).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress: Option<PassProgress>,
 }
 
 /// The registry's answer to a heartbeat.

@@ -41,6 +41,7 @@ pub fn to_wire(state: &AppState, rec: NodeRecord) -> Node {
                 .max()
         }),
         status: rec.status,
+        progress: None,
     };
     node.drifted = !node.drift.is_empty();
     if let Some(ln) = state.live(&node.id) {
@@ -50,6 +51,8 @@ pub fn to_wire(state: &AppState, rec: NodeRecord) -> Node {
         node.last_heartbeat = l.last_heartbeat;
         node.heartbeat_rtt_ms = l.rtt_ms;
         node.observed_generation = l.observed_generation;
+        // A node that stopped heartbeating is in no pass we know of.
+        node.progress = l.progress.clone().filter(|_| l.health == Health::Ready);
         if l.stats.is_some() {
             node.stats = l.stats.clone();
         }
@@ -241,6 +244,7 @@ pub async fn heartbeat(state: &AppState, id: &str, hb: Heartbeat) -> ApiResult<H
         l.last_seen = Instant::now();
         l.last_heartbeat = Some(Utc::now());
         l.observed_generation = hb.observed_generation;
+        l.progress = hb.progress;
         if hb.rtt_ms.is_some() {
             l.rtt_ms = hb.rtt_ms;
         }

@@ -65,6 +65,8 @@ pub struct Live {
     pub stats: Option<HostStats>,
     pub observed_generation: u64,
     pub status_digest: String,
+    /// The reconcile pass in progress, per the last heartbeat (memory only).
+    pub progress: Option<steward_proto::PassProgress>,
 }
 
 /// One node's live entry: its heartbeat data and its spec generation channel.
@@ -239,6 +241,7 @@ fn live_from_record(rec: &NodeRecord, generation: u64, now: Instant) -> LiveNode
                 .as_ref()
                 .map(|s| s.digest.clone())
                 .unwrap_or_default(),
+            progress: None,
         }),
         generation,
     }

@@ -34,6 +34,7 @@ use ipnet::{IpNet, Ipv4Net};
 use steward_proto::{NodeSpec, ResourceKind, ResourceState, ResourceStatus};
 use tracing::{info, info_span, warn, Instrument};
 
+use crate::pass::Pass;
 use crate::reconcile::{Policy, Verdict};
 use crate::store::Store;
 pub use driver::NetlinkDriver;
@@ -249,15 +250,18 @@ impl Networks {
         }
     }
 
-    /// Phase one: observe, plan, apply creations and changes, report every desired link.
+    /// Phase one: observe, plan, apply creations and changes, report every desired link. Stops
+    /// between two actions once `pass` is superseded (the links left are reported failed and
+    /// not recorded as converged).
     pub async fn reconcile(
         &mut self,
         spec: &NodeSpec,
         policy: &Policy,
         node_id: &str,
+        pass: &Pass,
     ) -> NetOutcome {
         let started = Instant::now();
-        let mut out = self.apply_changes(spec, policy, node_id).await;
+        let mut out = self.apply_changes(spec, policy, node_id, pass).await;
         out.spent = Some(started.elapsed());
         out
     }
@@ -267,6 +271,7 @@ impl Networks {
         spec: &NodeSpec,
         policy: &Policy,
         node_id: &str,
+        pass: &Pass,
     ) -> NetOutcome {
         let mut out = NetOutcome::default();
         let (desired, labs) = desired::desired(&spec.networks, &self.lab_template);
@@ -357,11 +362,19 @@ impl Networks {
         );
         let writes_before = driver.writes();
         let mut failed: BTreeMap<String, String> = BTreeMap::new();
+        pass.planned(plan.actions.len());
         for action in &plan.actions {
             let res = action.resource().to_string();
             if failed.contains_key(&res) {
                 continue;
             }
+            if let Some(newer) = pass.superseded() {
+                // Not applied, so never recorded as converged.
+                let why = format!("not applied: generation {newer} took over this pass");
+                failed.insert(res, why);
+                continue;
+            }
+            pass.step();
             let span = info_span!("net_action", kind = action.kind(), link = %res);
             match driver.apply(action).instrument(span).await {
                 Ok(()) => {
@@ -437,9 +450,9 @@ impl Networks {
         out
     }
 
-    /// Phase two: delete the managed links no longer wanted, forget links that are gone, log
-    /// the pass's summary line.
-    pub async fn finish(&mut self, out: &mut NetOutcome) {
+    /// Phase two: delete the managed links no longer wanted (until `pass` is superseded: the
+    /// newer pass plans the rest), forget links that are gone, log the pass's summary line.
+    pub async fn finish(&mut self, out: &mut NetOutcome, pass: &Pass) {
         let Some(spent) = out.spent else {
             return;
         };
@@ -447,7 +460,13 @@ impl Networks {
         let mut state = self.load_state();
         if let Some(driver) = self.driver.as_mut() {
             let writes_before = driver.writes();
-            for action in std::mem::take(&mut out.removals) {
+            let removals = std::mem::take(&mut out.removals);
+            pass.planned(removals.len());
+            for action in removals {
+                if pass.superseded().is_some() {
+                    break;
+                }
+                pass.step();
                 let name = action.resource().to_string();
                 let span = info_span!("net_action", kind = action.kind(), link = %name);
                 if let NetAction::Delete { reason, .. } = &action {

@@ -31,6 +31,7 @@ use tracing::{info, info_span, warn, Instrument};
 
 use crate::client::RegistryClient;
 use crate::docker::Docker;
+use crate::pass::Pass;
 use crate::reconcile::Policy;
 use crate::store::Store;
 pub use attest::{hash_file, Hashed};
@@ -177,12 +178,15 @@ impl Payloads {
     }
 
     /// One pass over the spec's payloads (see the module docs); returns a status per payload
-    /// and keeps the attestations for [`Payloads::attestations`].
+    /// and keeps the attestations for [`Payloads::attestations`]. Once `pass` is superseded,
+    /// the payloads left are not looked at and nothing is removed; the records of what was
+    /// deployed are kept and its `on_change` restarts still happen.
     pub async fn reconcile(
         &mut self,
         spec: &NodeSpec,
         policy: &Policy,
         docker: Option<&Docker>,
+        pass: &Pass,
     ) -> Vec<ResourceStatus> {
         self.attestations.clear();
         let Some(blobs) = self.blobs.clone() else {
@@ -202,7 +206,11 @@ impl Payloads {
         let before = records.clone();
         let mut out = Vec::new();
         let mut restart: BTreeSet<String> = BTreeSet::new();
+        pass.planned(spec.payloads.len());
         for p in &spec.payloads {
+            if pass.superseded().is_some() {
+                break;
+            }
             let span = info_span!("payload", name = %p.name, version = %p.version);
             let (st, att, changed) = self
                 .one(p, policy, docker, &blobs, &mut records)
@@ -217,13 +225,17 @@ impl Payloads {
             }
             out.push(st);
             self.attestations.extend(att);
+            pass.step();
         }
         let wanted: BTreeSet<&str> = spec.payloads.iter().map(|p| p.path.as_str()).collect();
-        for path in plan::removals(&records, &wanted)
-            .into_iter()
-            .map(str::to_string)
-            .collect::<Vec<_>>()
-        {
+        let removals: Vec<String> = match pass.stopped_by() {
+            Some(_) => Vec::new(), // the newer pass decides what goes
+            None => plan::removals(&records, &wanted)
+                .into_iter()
+                .map(str::to_string)
+                .collect(),
+        };
+        for path in removals {
             if let Some(r) = records.remove(&path) {
                 self.remove(&path, &r, policy).await;
             }
@@ -235,7 +247,9 @@ impl Payloads {
             .filter_map(|p| p.sha256.as_deref())
             .chain(self.retained.iter().map(String::as_str))
             .collect();
-        fetch::collect_garbage(&blobs, &keep);
+        if pass.stopped_by().is_none() {
+            fetch::collect_garbage(&blobs, &keep);
+        }
         if records != before {
             if let Some(s) = &self.store {
                 if let Err(e) = s.save_payload_records(&records).await {

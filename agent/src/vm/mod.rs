@@ -314,13 +314,15 @@ impl Vms {
     /// Observe → plan → heal → apply → report for every VM of `spec` (the pass's effective
     /// spec, of `generation`). `unusable` holds bridges that are not Steward's to use, with the
     /// reason; `heal` the VMs' ladders and rollback memory, which the caller stores. The names
-    /// rolled back in this pass come back in `VmPass::rolled_back_now`.
+    /// rolled back in this pass come back in `VmPass::rolled_back_now`. Once `pass` is
+    /// superseded, the actions left are not carried out (a VM's create-and-start is one).
     pub async fn reconcile(
         &mut self,
         spec: &NodeSpec,
         unusable: &BTreeMap<String, String>,
         heal: &mut BTreeMap<String, crate::heal::vms::VmEntry>,
         generation: u64,
+        pass: &crate::pass::Pass,
     ) -> VmPass {
         let statuses = |v: Vec<ResourceStatus>| VmPass {
             statuses: v,
@@ -380,6 +382,7 @@ impl Vms {
         // Ladders and rollback memory of VMs gone from the spec go; a VM whose config cannot
         // be launched right now keeps its own (its last healthy config among them).
         heal.retain(|n, _| spec.vms.iter().any(|v| &v.name == n));
+        let unhealed = heal.clone();
         let healed = crate::heal::vms::heal_vms(
             heal,
             &mut actions,
@@ -401,7 +404,18 @@ impl Vms {
             }
         }
         self.start_failed.clear();
-        for a in &actions {
+        pass.planned(actions.len());
+        for (i, a) in actions.iter().enumerate() {
+            if pass.superseded().is_some() {
+                // Steps not taken are neither counted on the ladders nor waited for.
+                for name in actions[i..].iter().map(VmAction::name) {
+                    match unhealed.get(name) {
+                        Some(e) => heal.insert(name.to_string(), e.clone()),
+                        None => heal.remove(name),
+                    };
+                }
+                break;
+            }
             let name = a.name().to_string();
             let vm = spec.vms.iter().find(|v| v.name == name);
             let span = info_span!("vm", action = a.kind(), vm = %name);
@@ -410,6 +424,7 @@ impl Vms {
                 .instrument(span)
                 .await;
             crate::metrics::get().action(a.kind(), res.is_ok());
+            pass.step();
             match res {
                 Ok(()) => info!(action = a.kind(), vm = %name, "applied"),
                 Err(e) => {
@@ -428,7 +443,8 @@ impl Vms {
         }
         // Taps of running VMs put back on their bridge if it was recreated meanwhile.
         for (name, l) in &launches {
-            if !self.seen.contains(name) || failed.contains_key(name) {
+            if !self.seen.contains(name) || failed.contains_key(name) || pass.stopped_by().is_some()
+            {
                 continue;
             }
             for n in &l.nics {

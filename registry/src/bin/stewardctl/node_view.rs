@@ -22,32 +22,41 @@ pub fn describe(n: &Node, now: DateTime<Utc>) -> String {
         (Some(t), None) => when(now, t),
         (Some(t), Some(rtt)) => format!("{}, rtt {rtt:.1} ms", when(now, t)),
     };
-    let mut out = render_kv(
-        &[
-            ("ID", n.id.clone()),
-            ("Hostname", or_dash(&n.hostname)),
-            ("Health", n.health.to_string()),
-            ("Labels", labels(&n.labels)),
-            ("Enrolled", when(now, n.enrolled_at)),
-            ("Last heartbeat", heartbeat),
-            (
-                "Generation",
-                format!(
-                    "{} (observed {}, {sync})",
-                    n.generation, n.observed_generation
-                ),
+    let mut head = vec![
+        ("ID", n.id.clone()),
+        ("Hostname", or_dash(&n.hostname)),
+        ("Health", n.health.to_string()),
+        ("Labels", labels(&n.labels)),
+        ("Enrolled", when(now, n.enrolled_at)),
+        ("Last heartbeat", heartbeat),
+        (
+            "Generation",
+            format!(
+                "{} (observed {}, {sync})",
+                n.generation, n.observed_generation
             ),
-            (
-                "Drift",
-                if n.drifted {
-                    format!("DRIFTED ({} resource(s), listed below)", n.drift.len())
-                } else {
-                    "none".into()
-                },
-            ),
-        ],
-        0,
-    );
+        ),
+        (
+            "Drift",
+            if n.drifted {
+                format!("DRIFTED ({} resource(s), listed below)", n.drift.len())
+            } else {
+                "none".into()
+            },
+        ),
+    ];
+    if let Some(p) = &n.progress {
+        let row = format!(
+            "generation {}: {} of {} actions done so far ({}), started {}",
+            p.generation,
+            p.done,
+            p.total,
+            p.phase,
+            when(now, p.started_at)
+        );
+        head.insert(7, ("Applying", row));
+    }
+    let mut out = render_kv(&head, 0);
     let f = &n.facts;
     let disks: Vec<String> = f
         .disks
@@ -248,6 +257,25 @@ mod tests {
         );
         assert!(s.contains("Resources: no status reported yet"), "{s}");
         assert!(s.contains("Drift:           none\n"), "{s}");
+    }
+
+    #[test]
+    fn describes_the_pass_in_progress() {
+        let now = DateTime::parse_from_rfc3339("2024-05-01T12:00:10Z")
+            .expect("valid time")
+            .with_timezone(&Utc);
+        let p = serde_json::json!({"progress": {"generation": 3, "done": 12, "total": 40,
+            "phase": "containers", "started_at": "2024-05-01T12:00:04Z"}});
+        let s = describe(&node(p), now);
+        assert!(
+            s.contains(
+                "Applying:        generation 3: 12 of 40 actions done so far (containers), \
+                 started 2024-05-01 12:00:04 UTC (6s ago)\n"
+            ),
+            "{s}"
+        );
+        let s = describe(&node(serde_json::json!({})), now);
+        assert!(!s.contains("Applying"), "no pass, no line: {s}");
     }
 
     #[test]
