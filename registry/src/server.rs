@@ -123,7 +123,8 @@ pub async fn serve(cfg: RegistryConfig) -> anyhow::Result<()> {
         tracing::info!("shutting down");
         h.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
     });
-    let svc = app.into_make_service();
+    // The peer address reaches handlers that record it (refused enrolments).
+    let svc = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     match &cfg.tls {
         Some((cert, key)) => {
             // One crypto provider for the whole process (ring), chosen explicitly.
