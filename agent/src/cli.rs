@@ -7,7 +7,7 @@ use steward_proto::parse::{parse_document, Format};
 use steward_proto::validate::{validate_spec, SpecLimits};
 use steward_proto::{NodeSpec, NodeStatus, ResourceState};
 
-use crate::client::{RegistryClient, TlsOptions};
+use crate::client::{ClientError, RegistryClient, TlsOptions};
 use crate::config::AgentConfig;
 use crate::docker::Docker;
 use crate::facts::collect_facts;
@@ -23,15 +23,19 @@ fn tls(cfg: &AgentConfig) -> TlsOptions {
     }
 }
 
-/// The stored identity, or a fresh enrolment with the configured token.
+/// The stored identity, or a fresh enrolment with the configured token. With `force` and a
+/// stored identity for the same registry, the enrolment proves to be that node with its
+/// current secret (the registry refuses a plain token for an enrolled machine); when the
+/// registry no longer accepts that secret (the node was decommissioned), it enrols plainly.
 pub async fn ensure_identity(
     cfg: &AgentConfig,
     force: bool,
 ) -> anyhow::Result<(Identity, RegistryClient)> {
     let paths = Paths::new(&cfg.data_dir);
     paths.ensure_dir()?;
+    let stored = paths.load_identity()?;
     if !force {
-        if let Some(id) = paths.load_identity()? {
+        if let Some(id) = stored {
             let url = cfg.registry.clone().unwrap_or_else(|| id.registry.clone());
             let client = RegistryClient::new(&url, &tls(cfg))?
                 .with_credentials(id.node_id.clone(), id.node_secret.clone());
@@ -50,10 +54,21 @@ pub async fn ensure_identity(
         Err(_) => None,
     };
     let facts = collect_facts(VERSION, docker_version);
-    let resp = client
-        .enroll(&token, &facts)
-        .await
-        .with_context(|| format!("enrolling with {registry}"))?;
+    // The secret goes only to the registry it came from.
+    let proof = stored
+        .filter(|id| id.registry == registry)
+        .map(|id| client.clone().with_credentials(id.node_id, id.node_secret));
+    let resp = match proof {
+        Some(node) => match node.reenroll(&token, &facts).await {
+            Err(ClientError::EnrollmentRefused { message }) => {
+                tracing::warn!(%message, "the registry no longer accepts the stored node secret; enrolling as a new node");
+                client.enroll(&token, &facts).await
+            }
+            other => other,
+        },
+        None => client.enroll(&token, &facts).await,
+    }
+    .with_context(|| format!("enrolling with {registry}"))?;
     let id = Identity {
         registry: registry.clone(),
         node_id: resp.node_id.clone(),

@@ -21,7 +21,8 @@ pub struct AgentArgs {
     /// Registry URL, e.g. https://registry.example:7700.
     #[arg(long, env = "STEWARD_REGISTRY", global = true)]
     pub registry: Option<String>,
-    /// Enrollment token, used once when the agent has no node identity yet.
+    /// Enrollment token, used once when the agent has no node identity yet (or a re-enrolment
+    /// grant from `stewardctl nodes reenroll`, for a reinstalled host).
     #[arg(
         long,
         env = "STEWARD_ENROLLMENT_TOKEN",

@@ -25,9 +25,11 @@ struct Cli {
 enum Cmd {
     /// Run the agent: enrol if needed, then heartbeat, watch the spec and reconcile until stopped.
     Run,
-    /// Enrol with the registry using an enrollment token and store the node identity (0600).
+    /// Enrol with the registry using an enrollment token (or a re-enrolment grant for a
+    /// reinstalled host) and store the node identity (0600).
     Enroll {
-        /// Enrol again even if an identity is stored (the registry rotates the secret).
+        /// Enrol again even if an identity is stored: the stored secret proves this host is
+        /// that node and the registry rotates it.
         #[arg(long)]
         force: bool,
     },

@@ -308,14 +308,18 @@ async fn pin_mode_accepts_the_pinned_certificate_whatever_its_names() {
         .map(|c| std::str::from_utf8(c).unwrap().to_string())
         .collect::<Vec<_>>()
         .join(":");
-    for p in [pin.clone(), colons] {
+    for (i, p) in [pin.clone(), colons].into_iter().enumerate() {
         let tls = TlsOptions {
             ca_file: None,
             pin_sha256: Some(p),
         };
         let client = RegistryClient::new(&r.url(), &tls).unwrap();
         let token = r.token(1).await;
-        let en = client.enroll(&token, &facts("m-pin")).await.unwrap();
+        // One machine per pin form: a second plain enrolment of one machine is refused.
+        let en = client
+            .enroll(&token, &facts(&format!("m-pin-{i}")))
+            .await
+            .unwrap();
         let client = client.with_credentials(en.node_id, en.node_secret);
         client.heartbeat(&Heartbeat::default()).await.unwrap();
         assert!(client
@@ -470,9 +474,28 @@ async fn wrong_credentials_are_unauthorised_and_never_printed() {
     assert!(matches!(e, ClientError::EnrollmentRefused { .. }), "{e:?}");
     assert_no_secret("an enrollment error", &format!("{e} {e:?}"), &[&token]);
 
-    // Re-enrolling the same machine rotates the secret: the old one stops working.
+    // The same machine with a plain token is refused (409, naming the node), spending nothing;
+    // proving to be the node with its current secret re-enrols it with the same one-use
+    // token and rotates the secret: the old one stops working.
     let token = r.token(1).await;
-    let en = good.enroll(&token, &facts("m-auth")).await.unwrap();
+    let e = RegistryClient::new(&r.url(), &tls)
+        .unwrap()
+        .enroll(&token, &facts("m-auth"))
+        .await
+        .unwrap_err();
+    match &e {
+        ClientError::Refused { status: 409, error } => {
+            assert!(error.error.contains(&id), "{e}");
+            assert!(error.error.contains("reenroll"), "{e}");
+        }
+        other => panic!("expected a 409 refusal, got {other:?}"),
+    }
+    assert_no_secret(
+        "a refused re-enrolment",
+        &format!("{e} {e:?}"),
+        &[&token, &secret],
+    );
+    let en = good.reenroll(&token, &facts("m-auth")).await.unwrap();
     assert!(en.rotated);
     assert_eq!(en.node_id, id);
     let e = good.heartbeat(&Heartbeat::default()).await.unwrap_err();

@@ -55,8 +55,34 @@ pub struct EnrollmentTokenCreated {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EnrollRequest {
+    /// An enrollment token (creates a new node), or a re-enrolment grant issued by an admin
+    /// for one node (`POST /v1/nodes/{id}/reenroll`; re-enrols that node).
     pub token: String,
     pub facts: NodeFacts,
+    /// Proof that the caller is the node already enrolled: its current node secret. With a
+    /// valid one an enrollment token re-enrols that node (secret rotated); without it, a
+    /// machine id that belongs to an enrolled node is refused (409).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_secret: Option<String>,
+}
+
+/// `POST /v1/nodes/{id}/reenroll` (body optional).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct CreateReenrollGrant {
+    /// Lifetime such as `1h` (default `1h`, 1s to 7d).
+    pub expires: Option<String>,
+}
+
+/// Answer to `POST /v1/nodes/{id}/reenroll`: the only time the grant is shown. The host enrols
+/// with it as its token (`steward-agent --token GRANT enroll`): once, before `expires_at`, as
+/// node `node_id`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ReenrollGrantCreated {
+    pub grant: String,
+    pub id: String,
+    pub node_id: String,
+    pub expires_at: DateTime<Utc>,
 }
 
 /// Answer to an enrolment.
@@ -142,6 +168,11 @@ pub enum EventKind {
     TokenRevoked,
     NodeEnrolled,
     NodeReenrolled,
+    /// An enrolment refused: a machine id of an enrolled node without proof, a node secret
+    /// that is not the node's current one, or a grant that does not fit.
+    EnrollRefused,
+    /// An admin issued a re-enrolment grant for a node.
+    ReenrollGrantCreated,
     SpecWritten,
     FragmentWritten,
     FragmentDeleted,

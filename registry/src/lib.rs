@@ -11,6 +11,7 @@ pub mod error;
 pub mod metrics;
 pub mod nodes;
 pub mod payloads;
+pub mod reenroll;
 pub mod rollout;
 pub mod schemas;
 pub mod server;

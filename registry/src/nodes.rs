@@ -13,10 +13,10 @@ use steward_proto::{
     Node, NodeStatus, Problem,
 };
 
-use crate::auth;
 use crate::error::{ApiResult, RegistryError};
 use crate::state::{AppState, Live};
 use crate::store::NodeRecord;
+use crate::{auth, reenroll};
 
 /// The wire view of a node: its stored record overlaid with live heartbeat data.
 pub fn to_wire(state: &AppState, rec: NodeRecord) -> Node {
@@ -82,55 +82,37 @@ fn check_facts(req: &EnrollRequest) -> ApiResult<()> {
     }
 }
 
-/// `POST /v1/enroll`: trades an enrollment token for a node id and secret. The same machine
-/// enrolling again keeps its node and gets its secret rotated.
-pub async fn enroll(state: &AppState, req: EnrollRequest) -> ApiResult<EnrollResponse> {
+/// `POST /v1/enroll`: trades an enrollment token for a new node's id and secret, or
+/// re-enrols an existing node (secret rotated) when the caller proves to be it: its current
+/// secret, or a re-enrolment grant (see [`crate::reenroll`]). A machine id alone never does.
+pub async fn enroll(
+    state: &AppState,
+    req: EnrollRequest,
+    client: Option<std::net::SocketAddr>,
+) -> ApiResult<EnrollResponse> {
     check_facts(&req)?;
-    let refused = || RegistryError::Enrollment("unknown enrollment token".into());
-    let token_id = auth::secret_id(&req.token).ok_or_else(refused)?;
-    let presented = auth::sha256(&req.token);
     let now = Utc::now();
-    let taken = state
-        .store
-        .take_token_use(token_id, |t| {
-            if !auth::hash_eq(&t.secret_sha256, &presented) {
-                Err("unknown enrollment token".to_string())
-            } else if t.revoked {
-                Err(format!("enrollment token {} was revoked", t.id))
-            } else if t.expires_at <= now {
-                Err(format!(
-                    "enrollment token {} expired at {}",
-                    t.id, t.expires_at
-                ))
-            } else if t.uses_left == 0 {
-                Err(format!("enrollment token {} has no uses left", t.id))
-            } else {
-                Ok(())
-            }
-        })?
-        .ok_or_else(refused)?
-        .map_err(RegistryError::Enrollment)?;
-
+    // One enrolment at a time: what `admit` saw of the machine map still holds when writing.
     let _guard = state.spec_lock.lock().await;
-    let existing = match state.store.node_for_machine(&req.facts.machine_id)? {
-        Some(id) => state
-            .store
-            .node(&id)?
-            .filter(|n| n.health != Health::Decommissioned),
-        None => None,
-    };
-    let rotated = existing.is_some();
-    let mut rec = match existing {
+    let admitted = reenroll::admit(state, &req, now, client)?;
+    let via = admitted.credential.describe();
+    let labels = admitted.credential.labels();
+    let rotated = admitted.existing.is_some();
+    let old_machine = admitted
+        .existing
+        .as_ref()
+        .map(|r| r.facts.machine_id.clone());
+    let mut rec = match admitted.existing {
         Some(mut rec) => {
             rec.facts = req.facts;
-            for (k, v) in &taken.labels {
+            for (k, v) in &labels {
                 rec.labels.entry(k.clone()).or_insert_with(|| v.clone());
             }
             rec
         }
         None => NodeRecord {
             id: uuid::Uuid::new_v4().to_string(),
-            labels: taken.labels.clone(),
+            labels,
             facts: req.facts,
             health: Health::Ready,
             enrolled_at: now,
@@ -146,11 +128,18 @@ pub async fn enroll(state: &AppState, req: EnrollRequest) -> ApiResult<EnrollRes
     if !problems.is_empty() {
         return Err(RegistryError::Invalid(problems));
     }
+    reenroll::spend(state, &admitted.credential, now)?;
     let secret = auth::new_secret(&rec.id);
     rec.secret_sha256 = Some(auth::sha256(&secret));
     rec.health = Health::Ready;
     rec.last_heartbeat = Some(now);
     state.store.put_node(&rec)?;
+    // A grant may move the node to a new machine id: the old one no longer names it.
+    if let Some(old) = old_machine.filter(|m| *m != rec.facts.machine_id) {
+        if state.store.node_for_machine(&old)?.as_deref() == Some(rec.id.as_str()) {
+            state.store.set_machine(&old, None)?;
+        }
+    }
     state
         .store
         .set_machine(&rec.facts.machine_id, Some(&rec.id))?;
@@ -182,10 +171,8 @@ pub async fn enroll(state: &AppState, req: EnrollRequest) -> ApiResult<EnrollRes
         Some(&rec.id),
         None,
         CredentialKind::Enrollment,
-        format!(
-            "{} ({}) {what} with token {}",
-            rec.facts.hostname, rec.facts.machine_id, taken.id
-        ),
+        // No machine id: events are readable with the read token.
+        format!("{} {what} with {via}", rec.facts.hostname),
     )?;
     state.store.flush().await?;
     tracing::info!(node = %rec.id, hostname = %rec.facts.hostname, rotated, "node enrolled");

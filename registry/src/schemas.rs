@@ -28,6 +28,8 @@ pub fn all() -> Map<String, Value> {
     add::<p::EnrollmentTokenInfo>(&mut gen, &mut out);
     add::<p::EnrollRequest>(&mut gen, &mut out);
     add::<p::EnrollResponse>(&mut gen, &mut out);
+    add::<p::CreateReenrollGrant>(&mut gen, &mut out);
+    add::<p::ReenrollGrantCreated>(&mut gen, &mut out);
     add::<p::Node>(&mut gen, &mut out);
     add::<p::NodePatch>(&mut gen, &mut out);
     add::<p::SpecDocument>(&mut gen, &mut out);

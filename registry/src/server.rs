@@ -126,7 +126,8 @@ pub async fn serve(cfg: RegistryConfig) -> anyhow::Result<()> {
         tracing::info!("shutting down");
         h.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
     });
-    let svc = app.into_make_service();
+    // The peer address reaches handlers that record it (refused enrolments).
+    let svc = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     let nofile = crate::connections::raise_nofile_limit();
     let max_total = crate::connections::fit_to_nofile(cfg.max_connections, nofile);
     if max_total < cfg.max_connections {

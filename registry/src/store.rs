@@ -550,6 +550,50 @@ impl Store {
     }
 }
 
+/// A re-enrolment grant as stored (hash only): lets one host enrol once as node `node_id`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GrantRecord {
+    pub id: String,
+    pub node_id: String,
+    pub secret_sha256: [u8; 32],
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Re-enrolment grants, in their own tree `reenroll_grants` (opened on use: sled keeps one
+/// handle per tree, so this costs a map lookup).
+impl Store {
+    fn grants_tree(&self) -> Result<sled::Tree> {
+        Ok(self.db.open_tree("reenroll_grants")?)
+    }
+
+    /// Stores a grant and drops the expired ones (grants are few: one per reinstall).
+    pub fn put_grant(&self, g: &GrantRecord, now: DateTime<Utc>) -> Result<()> {
+        let tree = self.grants_tree()?;
+        for kv in tree.iter() {
+            let (k, v) = kv?;
+            let old: GrantRecord = dec("reenroll_grants", &v)?;
+            if old.expires_at <= now {
+                tree.remove(k)?;
+            }
+        }
+        tree.insert(g.id.as_bytes(), enc(g))?;
+        Ok(())
+    }
+
+    pub fn grant(&self, id: &str) -> Result<Option<GrantRecord>> {
+        self.grants_tree()?
+            .get(id)?
+            .map(|b| dec("reenroll_grants", &b))
+            .transpose()
+    }
+
+    /// Removes a grant (its one use); `false` when it was already gone.
+    pub fn take_grant(&self, id: &str) -> Result<bool> {
+        Ok(self.grants_tree()?.remove(id)?.is_some())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

@@ -292,8 +292,30 @@ async fn queued_reset_survives_a_restart_and_is_delivered_once() {
 async fn reenrolment_rotates_the_secret_and_decommission_revokes_it() {
     let r = Registry::start(&[]).await;
     let (id1, s1) = r.enroll("m-same", json!({"a": "1"})).await;
-    let (id2, s2) = r.enroll("m-same", json!({"b": "2"})).await;
-    assert_eq!(id1, id2, "same machine-id must keep its node");
+    // Enrolling the same machine again needs proof of being its node: the current secret
+    // (without it: 409, see e2e_identity.rs).
+    let (_, tok) = r
+        .req(
+            Method::POST,
+            "/v1/enrollment-tokens",
+            Some(&r.admin),
+            Some(json!({"labels": {"b": "2"}})),
+        )
+        .await;
+    let (st, en) = r
+        .req(
+            Method::POST,
+            "/v1/enroll",
+            None,
+            Some(json!({"token": tok["token"], "node_secret": s1,
+                "facts": {"machine_id": "m-same", "hostname": "host-m-same"}})),
+        )
+        .await;
+    assert_eq!(st, 200, "{en}");
+    assert_eq!(en["rotated"], true);
+    let id2 = en["node_id"].as_str().unwrap().to_string();
+    let s2 = en["node_secret"].as_str().unwrap().to_string();
+    assert_eq!(id1, id2, "the proven node keeps its id");
     assert_ne!(s1, s2);
     let hb = json!({"observed_generation": 0});
     let (st, _) = r

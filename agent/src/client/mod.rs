@@ -102,7 +102,8 @@ pub enum ClientError {
     #[error(
         "the registry no longer accepts this node's credentials ({message}): the node was \
          decommissioned or enrolled again with another secret; enrol again with a new \
-         enrollment token"
+         enrollment token (or, if the node is still enrolled, with a re-enrolment grant: \
+         stewardctl nodes reenroll NODE_ID)"
     )]
     Unauthorized { message: String },
 
@@ -237,6 +238,9 @@ impl fmt::Debug for RegistryClient {
 struct EnrollBody<'a> {
     token: &'a str,
     facts: &'a NodeFacts,
+    /// Proof of being the enrolled node: its current secret.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node_secret: Option<&'a str>,
 }
 
 impl RegistryClient {
@@ -293,14 +297,41 @@ impl RegistryClient {
         self.base.as_str()
     }
 
-    /// `POST /v1/enroll`: enrols this machine with an enrollment token.
+    /// `POST /v1/enroll`: enrols this machine with an enrollment token (a new node), or with
+    /// a re-enrolment grant an admin issued for its node (as `token`). Never sends the
+    /// client's node secret: see [`RegistryClient::reenroll`].
     pub async fn enroll(
         &self,
         token: &str,
         facts: &NodeFacts,
     ) -> Result<EnrollResponse, ClientError> {
+        self.enroll_with(token, facts, None).await
+    }
+
+    /// `POST /v1/enroll` as the node of this client's credentials, proving it with its
+    /// current secret: the node keeps its id and gets a new secret (the old one stops
+    /// working; use the answer's). `NotEnrolled` without credentials.
+    pub async fn reenroll(
+        &self,
+        token: &str,
+        facts: &NodeFacts,
+    ) -> Result<EnrollResponse, ClientError> {
+        let node_secret = Some(self.creds()?.secret.0.as_str());
+        self.enroll_with(token, facts, node_secret).await
+    }
+
+    async fn enroll_with(
+        &self,
+        token: &str,
+        facts: &NodeFacts,
+        node_secret: Option<&str>,
+    ) -> Result<EnrollResponse, ClientError> {
         let url = self.endpoint(&["v1", "enroll"]);
-        let body = EnrollBody { token, facts };
+        let body = EnrollBody {
+            token,
+            facts,
+            node_secret,
+        };
         let resp = self
             .call(
                 Method::POST,

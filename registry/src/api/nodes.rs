@@ -1,14 +1,18 @@
-//! Node endpoints: enrol, list, get, label, decommission, heartbeat, status.
+//! Node endpoints: enrol, re-enrolment grants, list, get, label, decommission, heartbeat,
+//! status.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::{Extension, Json};
+use steward_proto::parse::{parse_document, Format};
 use steward_proto::selector::Selector;
 use steward_proto::{
-    EnrollRequest, EnrollResponse, Health, Heartbeat, HeartbeatResponse, Node, NodePatch,
-    NodeStatus,
+    CreateReenrollGrant, EnrollRequest, EnrollResponse, Health, Heartbeat, HeartbeatResponse, Node,
+    NodePatch, NodeStatus, ReenrollGrantCreated,
 };
 
 use super::Doc;
@@ -19,13 +23,48 @@ use crate::state::AppState;
 
 pub async fn enroll(
     State(state): State<AppState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     Doc(req): Doc<EnrollRequest>,
 ) -> ApiResult<Json<EnrollResponse>> {
-    Ok(Json(ops::enroll(&state, req).await?))
+    let client = peer.map(|Extension(ConnectInfo(a))| a);
+    Ok(Json(ops::enroll(&state, req, client).await?))
+}
+
+/// `POST /v1/nodes/{id}/reenroll`; the body is optional (an empty one takes the defaults).
+pub async fn reenroll(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<ReenrollGrantCreated>)> {
+    let req: CreateReenrollGrant = if body.iter().all(u8::is_ascii_whitespace) {
+        CreateReenrollGrant::default()
+    } else {
+        let format = Format::from_content_type(
+            headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok()),
+        );
+        parse_document(&body, format).map_err(|p| RegistryError::Invalid(vec![p]))?
+    };
+    let created = crate::reenroll::create_grant(&state, &id, req, caller.kind()).await?;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// The machine id is not a secret, but with an enrollment token it used to be enough to take
+/// a node over: only the admin and the node itself see it.
+fn redact(caller: &Caller, mut node: Node) -> Node {
+    let own = matches!(caller, Caller::Node(id) if *id == node.id);
+    if !(own || *caller == Caller::Admin) {
+        node.facts.machine_id = String::new();
+    }
+    node
 }
 
 pub async fn list(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Vec<Node>>> {
     let selector: Selector = q
@@ -55,17 +94,22 @@ pub async fn list(
         .map(|r| to_wire(&state, r))
         .filter(|n| health.as_ref().is_none_or(|h| h.contains(&n.health)))
         .filter(|n| drifted.is_none_or(|d| d == n.drifted))
+        .map(|n| redact(&caller, n))
         .collect();
     out.sort_by(|a, b| a.hostname.cmp(&b.hostname).then(a.id.cmp(&b.id)));
     Ok(Json(out))
 }
 
-pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Node>> {
+pub async fn get(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Node>> {
     let rec = state
         .store
         .node(&id)?
         .ok_or_else(|| RegistryError::NotFound(format!("no node with id {id:?}")))?;
-    Ok(Json(to_wire(&state, rec)))
+    Ok(Json(redact(&caller, to_wire(&state, rec))))
 }
 
 pub async fn patch(

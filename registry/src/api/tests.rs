@@ -150,6 +150,11 @@ fn expectations() -> Vec<(Method, &'static str, [bool; 4])> {
         (M::GET, "/v1/nodes/{id}", [true, true, true, false]),
         (M::PATCH, "/v1/nodes/{id}", [true, false, false, false]),
         (M::DELETE, "/v1/nodes/{id}", [true, false, false, false]),
+        (
+            M::POST,
+            "/v1/nodes/{id}/reenroll",
+            [true, false, false, false],
+        ),
         (M::GET, "/v1/nodes/{id}/spec", [true, true, true, false]),
         (M::PUT, "/v1/nodes/{id}/spec", [true, false, false, false]),
         (

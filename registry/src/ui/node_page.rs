@@ -1,6 +1,7 @@
 //! HTML of one node's page: facts, stats, resources with their errors, payload hashes,
 //! networks and the node's recent events. Nothing secret is shown (no spec environment, no
-//! credentials): the page is the same for every viewer.
+//! credentials, no machine id — with an enrollment token it was enough to take a node over):
+//! the page is the same for every viewer.
 
 use chrono::{DateTime, Utc};
 use maud::{html, Markup};
@@ -43,7 +44,6 @@ fn facts(n: &Node) -> Markup {
     html! {
         table.kv {
             (kv("Id", html! { code { (n.id) } }))
-            (kv("Machine id", html! { code { (f.machine_id) } }))
             (kv("Kind", html! { (kind_str(f.kind)) }))
             (kv("OS", html! { (f.os) }))
             (kv("Kernel", html! { (f.kernel) }))

@@ -1,4 +1,5 @@
-//! `stewardctl nodes`: list, show, label, reset a workload and decommission nodes.
+//! `stewardctl nodes`: list, show, label, re-enrolment grants, reset a workload and
+//! decommission nodes.
 
 use std::collections::BTreeMap;
 
@@ -51,6 +52,16 @@ pub enum NodesCmd {
     Delete {
         /// Node id.
         id: String,
+    },
+    /// Issue a one-time re-enrolment grant for a node whose host lost its secret (reinstalled).
+    /// The grant is printed on stdout, once; the host enrols with it as its token
+    /// (`steward-agent --token GRANT enroll`) and keeps the node's id, labels and spec.
+    Reenroll {
+        /// Node id.
+        id: String,
+        /// Lifetime of the grant, e.g. `30m`, `1h` (1s to 7d).
+        #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = crate::tokens::parse_duration)]
+        expires: String,
     },
     /// Reset a workload's escalation ladder (and rollback): a container kept stopped as
     /// failed is started afresh. Takes effect at the node's next heartbeat.
@@ -139,6 +150,30 @@ pub async fn run(cmd: NodesCmd, ctx: &Ctx) -> Result<Exit, CliError> {
                     "reset of {} on node {} queued for its next heartbeat",
                     q.workload, q.node_id
                 ));
+            }
+            Ok(Exit::Ok)
+        }
+        NodesCmd::Reenroll { id, expires } => {
+            let body = steward_proto::CreateReenrollGrant {
+                expires: Some(expires),
+            };
+            let g: steward_proto::ReenrollGrantCreated = client
+                .send_json(Method::POST, &["v1", "nodes", &id, "reenroll"], &body)
+                .await?;
+            if ctx.json() {
+                output::json(&g)?;
+            } else {
+                output::line(&g.grant);
+                output::note(
+                    ctx.quiet,
+                    format_args!(
+                        "re-enrolment grant {} for node {}: one use, expires {}. It is shown \
+                         only once: on the host, run steward-agent --token GRANT enroll --force",
+                        g.id,
+                        g.node_id,
+                        g.expires_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                    ),
+                );
             }
             Ok(Exit::Ok)
         }

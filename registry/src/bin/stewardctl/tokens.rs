@@ -38,7 +38,7 @@ pub enum TokensCmd {
     },
 }
 
-fn parse_duration(s: &str) -> Result<String, String> {
+pub fn parse_duration(s: &str) -> Result<String, String> {
     humantime::parse_duration(s).map_err(|e| format!("not a duration like 24h: {e}"))?;
     Ok(s.to_string())
 }

@@ -1,0 +1,376 @@
+//! Who may enrol, and as which node: enrollment tokens checked before they are spent, the
+//! node's current secret as proof of being an enrolled node, and the re-enrolment grants an
+//! admin issues for a reinstalled host (one use, bound to one node id, expiring, stored hashed).
+//!
+//! A machine id is not a secret (`/etc/machine-id` is world-readable), so it never hands an
+//! existing node to a caller: an enrollment token alone creates new nodes only.
+
+use std::net::SocketAddr;
+
+use chrono::{DateTime, Utc};
+use steward_proto::{
+    CreateReenrollGrant, CredentialKind, EnrollRequest, EventKind, Health, Labels, Problem,
+    ReenrollGrantCreated,
+};
+
+use crate::auth;
+use crate::error::{ApiResult, RegistryError};
+use crate::state::AppState;
+use crate::store::{GrantRecord, NodeRecord, TokenRecord};
+
+/// Start of a grant's id, so a grant and an enrollment token are told apart by their form.
+pub const GRANT_PREFIX: &str = "reenroll-";
+/// Lifetime of a grant when the request names none.
+const DEFAULT_GRANT_TTL: &str = "1h";
+/// Longest lifetime of a grant.
+const MAX_GRANT_TTL_SECS: u64 = 7 * 86400;
+
+/// What an enrolment presents, checked but not yet spent.
+pub enum Credential {
+    Token(TokenRecord),
+    Grant(GrantRecord),
+}
+
+impl Credential {
+    /// Labels given to the node (a grant gives none).
+    pub fn labels(&self) -> Labels {
+        match self {
+            Credential::Token(t) => t.labels.clone(),
+            Credential::Grant(_) => Labels::new(),
+        }
+    }
+
+    /// How the event log names it (ids only, never the secret).
+    pub fn describe(&self) -> String {
+        match self {
+            Credential::Token(t) => format!("enrollment token {}", t.id),
+            Credential::Grant(g) => format!("re-enrolment grant {}", g.id),
+        }
+    }
+}
+
+/// An enrolment allowed to go ahead.
+pub struct Admitted {
+    /// The enrolled node the caller proved to be; `None` creates a new node.
+    pub existing: Option<NodeRecord>,
+    pub credential: Credential,
+}
+
+/// Why an enrollment token cannot be used now, if it cannot.
+fn token_problem(t: &TokenRecord, presented: &[u8; 32], now: DateTime<Utc>) -> Option<String> {
+    if !auth::hash_eq(&t.secret_sha256, presented) {
+        Some("unknown enrollment token".to_string())
+    } else if t.revoked {
+        Some(format!("enrollment token {} was revoked", t.id))
+    } else if t.expires_at <= now {
+        Some(format!(
+            "enrollment token {} expired at {}",
+            t.id, t.expires_at
+        ))
+    } else if t.uses_left == 0 {
+        Some(format!("enrollment token {} has no uses left", t.id))
+    } else {
+        None
+    }
+}
+
+/// Checks the body's `token` (an enrollment token or a grant) without spending it.
+fn check_credential(state: &AppState, token: &str, now: DateTime<Utc>) -> ApiResult<Credential> {
+    let unknown = || RegistryError::Enrollment("unknown enrollment token".into());
+    let id = auth::secret_id(token).ok_or_else(unknown)?;
+    let presented = auth::sha256(token);
+    if id.starts_with(GRANT_PREFIX) {
+        let unknown = || {
+            RegistryError::Enrollment(
+                "unknown re-enrolment grant (already used, or never issued)".into(),
+            )
+        };
+        let g = state.store.grant(id)?.ok_or_else(unknown)?;
+        if !auth::hash_eq(&g.secret_sha256, &presented) {
+            return Err(unknown());
+        }
+        if g.expires_at <= now {
+            return Err(RegistryError::Enrollment(format!(
+                "re-enrolment grant {} expired at {}; ask an admin for a new one \
+                 (stewardctl nodes reenroll {})",
+                g.id, g.expires_at, g.node_id
+            )));
+        }
+        return Ok(Credential::Grant(g));
+    }
+    let t = state.store.token(id)?.ok_or_else(unknown)?;
+    match token_problem(&t, &presented, now) {
+        Some(p) => Err(RegistryError::Enrollment(p)),
+        None => Ok(Credential::Token(t)),
+    }
+}
+
+/// Records a refused enrolment (no secret in it) and returns the error to answer with.
+fn refuse(
+    state: &AppState,
+    node: Option<&str>,
+    client: Option<SocketAddr>,
+    what: String,
+    err: RegistryError,
+) -> RegistryError {
+    let from = client.map(|a| format!(" from {a}")).unwrap_or_default();
+    if let Err(e) = state.event(
+        EventKind::EnrollRefused,
+        node,
+        None,
+        CredentialKind::Enrollment,
+        format!("enrolment refused{from}: {what}"),
+    ) {
+        tracing::error!(error = %format!("{e:#}"), "recording a refused enrolment failed");
+    }
+    tracing::warn!(node = ?node, client = ?client, "enrolment refused: {what}");
+    err
+}
+
+fn conflict(message: String) -> RegistryError {
+    RegistryError::Conflict {
+        message,
+        problems: Vec::new(),
+    }
+}
+
+/// Decides whether `req` may enrol, and as which node. Refusals change nothing (no token use
+/// or grant spent) and are recorded as `enroll-refused` events.
+pub fn admit(
+    state: &AppState,
+    req: &EnrollRequest,
+    now: DateTime<Utc>,
+    client: Option<SocketAddr>,
+) -> ApiResult<Admitted> {
+    let credential = check_credential(state, &req.token, now)?;
+    let at = Attempt {
+        state,
+        client,
+        hostname: &req.facts.hostname,
+    };
+    let mapped = match state.store.node_for_machine(&req.facts.machine_id)? {
+        Some(id) => state
+            .store
+            .node(&id)?
+            .filter(|n| n.health != Health::Decommissioned),
+        None => None,
+    };
+    let proven = match (&credential, &req.node_secret) {
+        (Credential::Grant(g), _) => at.grant_node(g)?,
+        (Credential::Token(t), Some(secret)) => at.secret_node(t, secret)?,
+        (Credential::Token(t), None) => {
+            return match mapped {
+                Some(m) => Err(at.unproven(t, &m)),
+                None => Ok(Admitted {
+                    existing: None,
+                    credential,
+                }),
+            };
+        }
+    };
+    if let Some(m) = mapped.filter(|m| m.id != proven.id) {
+        return Err(at.refuse(
+            Some(&proven.id),
+            format!(
+                "re-enrolment of node {} with {} on the machine id of node {}",
+                proven.id,
+                credential.describe(),
+                m.id
+            ),
+            conflict(format!(
+                "this machine id belongs to another enrolled node, {id}; decommission node {id} \
+                 (stewardctl nodes delete {id}) before enrolling this host as node {}",
+                proven.id,
+                id = m.id
+            )),
+        ));
+    }
+    Ok(Admitted {
+        existing: Some(proven),
+        credential,
+    })
+}
+
+/// One enrolment being decided: what refusals record.
+struct Attempt<'a> {
+    state: &'a AppState,
+    client: Option<SocketAddr>,
+    hostname: &'a str,
+}
+
+impl Attempt<'_> {
+    /// Records a refused enrolment (no secret in it) and returns the error to answer with.
+    fn refuse(&self, node: Option<&str>, what: String, err: RegistryError) -> RegistryError {
+        refuse(self.state, node, self.client, what, err)
+    }
+
+    /// The live node a grant is for.
+    fn grant_node(&self, g: &GrantRecord) -> ApiResult<NodeRecord> {
+        let found = self.state.store.node(&g.node_id)?;
+        let why = match found {
+            Some(n) if n.health != Health::Decommissioned => return Ok(n),
+            Some(_) => "was decommissioned",
+            None => "does not exist",
+        };
+        let what = format!(
+            "re-enrolment grant {} is for node {}, which {why}",
+            g.id, g.node_id
+        );
+        Err(self.refuse(
+            Some(&g.node_id),
+            what.clone(),
+            RegistryError::Enrollment(format!(
+                "{what}; enrol with an enrollment token to create a new node"
+            )),
+        ))
+    }
+
+    /// The live node whose current secret `secret` is.
+    fn secret_node(&self, t: &TokenRecord, secret: &str) -> ApiResult<NodeRecord> {
+        if let Some(n) = node_by_secret(self.state, secret)? {
+            return Ok(n);
+        }
+        let claimed =
+            auth::secret_id(secret).filter(|id| self.state.store.node(id).ok().flatten().is_some());
+        Err(self.refuse(
+            claimed,
+            format!(
+                "node_secret is not the current secret of an enrolled node (enrollment token \
+                 {}, hostname given {:?})",
+                t.id, self.hostname
+            ),
+            RegistryError::Enrollment(
+                "node_secret is not the current secret of an enrolled node (the node was \
+                 decommissioned, or its secret was rotated since); enrol without node_secret to \
+                 create a new node, or ask an admin for a re-enrolment grant"
+                    .into(),
+            ),
+        ))
+    }
+
+    /// The refusal of an enrollment token on the machine id of enrolled node `m`.
+    fn unproven(&self, t: &TokenRecord, m: &NodeRecord) -> RegistryError {
+        self.refuse(
+            Some(&m.id),
+            format!(
+                "the machine id of node {} was presented with enrollment token {} and no proof \
+                 of being that node (hostname given {:?})",
+                m.id, t.id, self.hostname
+            ),
+            conflict(format!(
+                "this machine id is already enrolled as node {id}, and an enrollment token only \
+                 creates new nodes. If this host is node {id}, enrol with its current secret as \
+                 node_secret (steward-agent enroll --force sends the one in its identity file). \
+                 If the host was reinstalled and lost its secret, an admin issues a re-enrolment \
+                 grant (stewardctl nodes reenroll {id}) and the host enrols with the grant as its \
+                 token; or an admin decommissions node {id} (stewardctl nodes delete {id}) and \
+                 the host enrols as a new node",
+                id = m.id
+            )),
+        )
+    }
+}
+
+/// The enrolled (not decommissioned) node whose current secret `secret` is.
+fn node_by_secret(state: &AppState, secret: &str) -> ApiResult<Option<NodeRecord>> {
+    let Some(id) = auth::secret_id(secret) else {
+        return Ok(None);
+    };
+    let presented = auth::sha256(secret);
+    Ok(state.store.node(id)?.filter(|n| {
+        n.health != Health::Decommissioned
+            && n.secret_sha256
+                .is_some_and(|h| auth::hash_eq(&h, &presented))
+    }))
+}
+
+/// Spends what an admitted enrolment presented: one use of the token (checked again inside
+/// the compare-and-swap) or the grant.
+pub fn spend(state: &AppState, credential: &Credential, now: DateTime<Utc>) -> ApiResult<()> {
+    match credential {
+        Credential::Token(t) => {
+            let presented = t.secret_sha256;
+            state
+                .store
+                .take_token_use(&t.id, |t| match token_problem(t, &presented, now) {
+                    Some(p) => Err(p),
+                    None => Ok(()),
+                })?
+                .ok_or_else(|| RegistryError::Enrollment("unknown enrollment token".into()))?
+                .map_err(RegistryError::Enrollment)?;
+        }
+        Credential::Grant(g) => {
+            if !state.store.take_grant(&g.id)? {
+                return Err(RegistryError::Enrollment(format!(
+                    "re-enrolment grant {} was already used",
+                    g.id
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `POST /v1/nodes/{id}/reenroll`: issues a one-time grant for node `id`, shown only in this
+/// answer and stored hashed.
+pub async fn create_grant(
+    state: &AppState,
+    node_id: &str,
+    req: CreateReenrollGrant,
+    cred: CredentialKind,
+) -> ApiResult<ReenrollGrantCreated> {
+    let text = req.expires.as_deref().unwrap_or(DEFAULT_GRANT_TTL);
+    let ttl = match humantime::parse_duration(text) {
+        Ok(d) if d.as_secs() >= 1 && d.as_secs() <= MAX_GRANT_TTL_SECS => d,
+        Ok(_) => {
+            return Err(RegistryError::invalid(
+                "expires",
+                "must be between 1s and 7d",
+            ))
+        }
+        Err(e) => {
+            return Err(RegistryError::Invalid(vec![Problem::new(
+                "expires",
+                format!("not a duration like 1h: {e}"),
+            )]))
+        }
+    };
+    let node = state
+        .store
+        .node(node_id)?
+        .ok_or_else(|| RegistryError::NotFound(format!("no node with id {node_id:?}")))?;
+    if node.health == Health::Decommissioned {
+        return Err(conflict(format!(
+            "node {node_id} is decommissioned: it cannot be enrolled again; enrol the host with \
+             an enrollment token to create a new node"
+        )));
+    }
+    let id = format!("{GRANT_PREFIX}{}", auth::new_id());
+    let grant = auth::new_secret(&id);
+    let now = Utc::now();
+    let rec = GrantRecord {
+        id: id.clone(),
+        node_id: node_id.to_string(),
+        secret_sha256: auth::sha256(&grant),
+        created_at: now,
+        expires_at: now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::hours(1)),
+    };
+    state.store.put_grant(&rec, now)?;
+    state.event(
+        EventKind::ReenrollGrantCreated,
+        Some(node_id),
+        None,
+        cred,
+        format!(
+            "re-enrolment grant {id} created for node {node_id} ({}), expires {}",
+            node.facts.hostname, rec.expires_at
+        ),
+    )?;
+    state.store.flush().await?;
+    Ok(ReenrollGrantCreated {
+        grant,
+        id,
+        node_id: node_id.to_string(),
+        expires_at: rec.expires_at,
+    })
+}
