@@ -1,5 +1,6 @@
 //! The registry's embedded store (sled): nodes, specs, fragments, enrollment tokens, events,
-//! payload version metadata, rollouts and queued workload resets (payload contents are files,
+//! payload version metadata, rollouts, queued workload resets and re-enrolment grants (payload
+//! contents are files,
 //! see `payloads/blobs.rs`).
 //!
 //! Only this module touches sled. Writes that must be durable before they are acknowledged
@@ -118,6 +119,8 @@ struct Trees {
     rollouts: sled::Tree,
     /// Node id -> JSON list of workload names whose reset awaits the node's next heartbeat.
     resets: sled::Tree,
+    /// Re-enrolment grants (hash only), one use each.
+    grants: sled::Tree,
 }
 
 fn enc<T: Serialize>(v: &T) -> Vec<u8> {
@@ -148,6 +151,7 @@ impl Trees {
             payloads: db.open_tree("payloads")?,
             rollouts: db.open_tree("rollouts")?,
             resets: db.open_tree("resets")?,
+            grants: db.open_tree("reenroll_grants")?,
             db,
         })
     }
@@ -560,29 +564,27 @@ pub struct GrantRecord {
     pub expires_at: DateTime<Utc>,
 }
 
-/// Re-enrolment grants, in their own tree `reenroll_grants` (opened on use: sled keeps one
-/// handle per tree, so this costs a map lookup).
+/// Re-enrolment grants, in the tree `reenroll_grants`.
 impl Store {
-    fn grants_tree(&self) -> Result<sled::Tree> {
-        Ok(self.db.open_tree("reenroll_grants")?)
-    }
-
     /// Stores a grant and drops the expired ones (grants are few: one per reinstall).
     pub fn put_grant(&self, g: &GrantRecord, now: DateTime<Utc>) -> Result<()> {
-        let tree = self.grants_tree()?;
-        for kv in tree.iter() {
+        let t = self.w(health::WriteKind::Ordinary)?;
+        for kv in t.grants.iter() {
             let (k, v) = kv?;
             let old: GrantRecord = dec("reenroll_grants", &v)?;
             if old.expires_at <= now {
-                tree.remove(k)?;
+                t.grants.remove(k).map_err(|e| self.fail(e))?;
             }
         }
-        tree.insert(g.id.as_bytes(), enc(g))?;
+        t.grants
+            .insert(g.id.as_bytes(), enc(g))
+            .map_err(|e| self.fail(e))?;
         Ok(())
     }
 
     pub fn grant(&self, id: &str) -> Result<Option<GrantRecord>> {
-        self.grants_tree()?
+        self.t()?
+            .grants
             .get(id)?
             .map(|b| dec("reenroll_grants", &b))
             .transpose()
@@ -590,7 +592,8 @@ impl Store {
 
     /// Removes a grant (its one use); `false` when it was already gone.
     pub fn take_grant(&self, id: &str) -> Result<bool> {
-        Ok(self.grants_tree()?.remove(id)?.is_some())
+        let t = self.w(health::WriteKind::Ordinary)?;
+        Ok(t.grants.remove(id).map_err(|e| self.fail(e))?.is_some())
     }
 }
 
