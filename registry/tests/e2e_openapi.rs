@@ -261,9 +261,22 @@ async fn schemathesis_finds_no_server_error_nor_undocumented_status_for_any_cred
     );
     assert!(run_none.count(|m, p, s| is_public(m, p) && s == 200) > 0);
 
-    // Admin: everything.
+    // Admin: everything; the node routes that write also get an enrolled node's id, so
+    // generated labels, specs and resets reach the handlers (not only 404).
+    let (target, _) = r.enroll("schemathesis-target", json!({})).await;
+    let config = format!(
+        "[[operations]]\ninclude-operation-id-regex = '{}'\nparameters = {{ \"path.id\" = \"{target}\" }}\n",
+        r"^(PATCH /v1/nodes/\{id\}|GET /v1/nodes/\{id\}(/spec)?|PUT /v1/nodes/\{id\}/spec|POST /v1/nodes/\{id\}/workloads/\{name\}/reset)$"
+    );
     let admin = r.admin.clone();
-    let run_admin = tokio::task::block_in_place(|| run(&r, &st, "admin", Some(&admin), "", &[]));
+    let run_admin =
+        tokio::task::block_in_place(|| run(&r, &st, "admin", Some(&admin), &config, &[]));
+    assert!(
+        run_admin
+            .count(|m, p, s| m == "PUT" && p == format!("/v1/nodes/{target}/spec") && s == 200)
+            > 0,
+        "a generated spec was written to the enrolled node"
+    );
     assert!(
         run_admin.count(|m, p, s| !is_public(m, p) && (200..300).contains(&s) && m != "GET") > 0,
         "the admin token was accepted for writes"
