@@ -22,10 +22,12 @@ pub struct ApiError {
 #[serde(deny_unknown_fields, default)]
 pub struct CreateEnrollmentToken {
     /// How many enrolments the token allows (default 1).
+    #[schemars(range(min = 1, max = crate::patterns::TOKEN_USES_MAX))]
     pub uses: Option<u32>,
     /// Lifetime such as `24h` (default `24h`).
     pub expires_in: Option<String>,
     /// Labels given to nodes enrolled with this token.
+    #[schemars(schema_with = "crate::patterns::labels_schema")]
     pub labels: Labels,
     pub description: Option<String>,
 }
@@ -35,6 +37,7 @@ pub struct CreateEnrollmentToken {
 pub struct EnrollmentTokenInfo {
     pub id: String,
     pub description: Option<String>,
+    #[schemars(schema_with = "crate::patterns::labels_schema")]
     pub labels: Labels,
     pub uses_total: u32,
     pub uses_left: u32,
@@ -146,6 +149,7 @@ pub struct FragmentWritten {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct NodePatch {
+    #[schemars(schema_with = "crate::patterns::label_patch_schema")]
     pub labels: BTreeMap<String, Option<String>>,
 }
 
@@ -272,6 +276,7 @@ pub struct PackageInfo {
     pub arch: String,
     pub size: u64,
     /// sha256 of the file, lower-case hex.
+    #[schemars(regex(pattern = crate::patterns::SHA256))]
     pub sha256: String,
     /// Where to download it, relative to the registry's base URL: `/packages/{file}`.
     pub path: String,
@@ -281,9 +286,12 @@ pub struct PackageInfo {
 /// blob `GET /v1/blobs/{sha256}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PayloadVersion {
+    #[schemars(regex(pattern = crate::patterns::RESOURCE_NAME))]
     pub name: String,
+    #[schemars(regex(pattern = crate::patterns::PAYLOAD_VERSION))]
     pub version: String,
     /// sha256 of the content, lower-case hex.
+    #[schemars(regex(pattern = crate::patterns::SHA256))]
     pub sha256: String,
     /// Size in bytes.
     pub size: u64,
@@ -304,7 +312,9 @@ pub struct PayloadSummary {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StartRollout {
+    #[schemars(regex(pattern = crate::patterns::RESOURCE_NAME))]
     pub payload: String,
+    #[schemars(regex(pattern = crate::patterns::PAYLOAD_VERSION))]
     pub version: String,
     /// Label selector (empty: every node whose spec has the payload).
     #[serde(default)]
@@ -371,6 +381,7 @@ pub struct RolloutNode {
     pub batch: usize,
     /// The payload version in its effective spec before the rollout.
     pub previous_version: String,
+    #[schemars(regex(pattern = crate::patterns::SHA256))]
     pub previous_sha256: Option<String>,
     /// The rollout override it had before (from an earlier rollout), restored on rollback.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -387,6 +398,7 @@ pub struct Rollout {
     pub payload: String,
     pub version: String,
     /// sha256 of `payload@version`.
+    #[schemars(regex(pattern = crate::patterns::SHA256))]
     pub sha256: String,
     pub selector: String,
     pub batch: String,

@@ -8,6 +8,7 @@ pub mod merge;
 pub mod metrics_text;
 pub mod node;
 pub mod parse;
+pub mod patterns;
 pub mod quantity;
 pub mod selector;
 pub mod spec;

@@ -125,6 +125,7 @@ pub struct HostStats {
 pub struct Node {
     pub id: String,
     pub hostname: String,
+    #[schemars(schema_with = "crate::patterns::labels_schema")]
     pub labels: Labels,
     pub facts: NodeFacts,
     pub health: Health,

@@ -195,6 +195,7 @@ pub struct HealthCheck {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ContainerSpec {
+    #[schemars(regex(pattern = crate::patterns::RESOURCE_NAME))]
     pub name: String,
     pub image: String,
     /// Replaces the image's entrypoint when given.
@@ -282,6 +283,7 @@ pub struct CloudInit {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VmSpec {
+    #[schemars(regex(pattern = crate::patterns::RESOURCE_NAME))]
     pub name: String,
     /// Base image: an absolute path on the node.
     pub image: String,
@@ -347,7 +349,9 @@ pub struct OnChange {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PayloadSpec {
+    #[schemars(regex(pattern = crate::patterns::RESOURCE_NAME))]
     pub name: String,
+    #[schemars(regex(pattern = crate::patterns::PAYLOAD_VERSION))]
     pub version: String,
     pub path: String,
     #[serde(default)]
@@ -360,6 +364,7 @@ pub struct PayloadSpec {
     pub owner: Option<String>,
     /// Lower-case hex sha256; pinned by the registry when the spec is written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = crate::patterns::SHA256))]
     pub sha256: Option<String>,
     /// Size in bytes; pinned by the registry with `sha256` when the spec is written.
     #[serde(default, skip_serializing_if = "Option::is_none")]

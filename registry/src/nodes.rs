@@ -274,12 +274,7 @@ pub async fn reset_workload(
     if state.live(id).is_none() {
         return Err(RegistryError::NotFound(format!("no node with id {id:?}")));
     }
-    let valid = !name.is_empty()
-        && name.len() <= 128
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if !valid {
+    if !steward_proto::patterns::is_workload_name(name) {
         return Err(RegistryError::Invalid(vec![steward_proto::Problem::new(
             "name",
             format!("{name:?} is not a workload name: give the name of a container or VM of the node's spec"),

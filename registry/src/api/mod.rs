@@ -38,11 +38,20 @@ pub struct Route {
     pub request: Option<&'static str>,
     /// Success response schema name, if any.
     pub response: Option<&'static str>,
+    /// Every status the handler itself can answer (successes and the errors of its domain
+    /// code); the OpenAPI generator adds the ones every route of a kind shares (see
+    /// `openapi::statuses`).
+    pub statuses: &'static [u16],
     pub handler: fn() -> MethodRouter<AppState>,
 }
 
+/// `route!(METHOD "/path", Access, "summary", request, response, handler; statuses...)`; without
+/// statuses the route answers only 200 (plus the shared ones).
 macro_rules! route {
     ($m:ident $path:literal, $access:ident, $summary:literal, $req:expr, $resp:expr, $h:path) => {
+        route!($m $path, $access, $summary, $req, $resp, $h; 200)
+    };
+    ($m:ident $path:literal, $access:ident, $summary:literal, $req:expr, $resp:expr, $h:path; $($st:literal),+) => {
         Route {
             method: Method::$m,
             path: $path,
@@ -50,6 +59,7 @@ macro_rules! route {
             summary: $summary,
             request: $req,
             response: $resp,
+            statuses: &[$($st),+],
             handler: || on(MethodFilter::$m, $h),
         }
     };
@@ -58,45 +68,45 @@ macro_rules! route {
 /// Every route of the registry.
 pub fn routes() -> Vec<Route> {
     vec![
-        route!(GET "/healthz", Public, "Liveness: the process answers.", None, None, meta::healthz),
-        route!(GET "/readyz", Public, "Readiness: the store answers.", None, None, meta::readyz),
-        route!(GET "/v1/openapi.json", Public, "This document.", None, None, meta::openapi),
-        route!(GET "/install.sh", Public, "The agent install script for `curl -fsSL URL/install.sh | sh -s -- --token TOKEN`, filled in with this registry's URL, certificate pin and packages (see docs/INSTALL.md).", None, None, install::install_sh),
-        route!(GET "/v1/packages", Public, "The Debian packages in packages_dir (the agent's), with size and sha256.", None, Some("PackageInfo[]"), install::list),
-        route!(GET "/packages/{file}", Public, "Download a file from packages_dir (public: packages hold no secret).", None, None, install::download),
-        route!(POST "/v1/enrollment-tokens", Admin, "Create an enrollment token; the token is shown only in this answer.", Some("CreateEnrollmentToken"), Some("EnrollmentTokenCreated"), tokens::create),
-        route!(GET "/v1/enrollment-tokens", AdminOrRead, "List enrollment tokens (never the tokens themselves).", None, Some("EnrollmentTokenInfo[]"), tokens::list),
-        route!(DELETE "/v1/enrollment-tokens/{id}", Admin, "Revoke an enrollment token.", None, Some("EnrollmentTokenInfo"), tokens::revoke),
-        route!(POST "/v1/enroll", Public, "Trade an enrollment token (in the body) for a new node's id and secret. An enrolled node enrols again (secret rotated) only with proof: its current secret as node_secret, or a re-enrolment grant as token. 200 enrolled; 400 invalid facts; 403 token, grant or node_secret refused; 409 the machine id belongs to an enrolled node and no proof was given (nothing is spent).", Some("EnrollRequest"), Some("EnrollResponse"), nodes::enroll),
-        route!(GET "/v1/nodes", AdminOrRead, "List nodes; filter with ?selector=, ?health= and ?drifted=true|false (payload or resource drift in the last status).", None, Some("Node[]"), nodes::list),
-        route!(GET "/v1/nodes/{id}", ReadOrOwnNode, "One node.", None, Some("Node"), nodes::get),
-        route!(PATCH "/v1/nodes/{id}", Admin, "Change labels (JSON merge patch; null removes a key).", Some("NodePatch"), Some("Node"), nodes::patch),
-        route!(DELETE "/v1/nodes/{id}", Admin, "Decommission: revoke the node's secret, keep its record and history.", None, Some("Node"), nodes::decommission),
-        route!(GET "/v1/nodes/{id}/spec", ReadOrOwnNode, "The node's effective spec; long-poll with ?after=GENERATION&wait=30s (304 when nothing newer arrived).", None, Some("SpecDocument"), spec::get),
-        route!(PUT "/v1/nodes/{id}/spec", Admin, "Write the node's own spec (JSON or YAML by Content-Type); If-Match: GENERATION for optimistic concurrency.", Some("NodeSpec"), Some("SpecWritten"), spec::put),
-        route!(POST "/v1/nodes/{id}/reenroll", Admin, "Issue a one-time re-enrolment grant for a node whose host lost its secret (reinstalled); body optional {\"expires\": \"1h\"} (1s-7d, default 1h). 201 with the grant, shown only here; 400 bad expires; 404 no such node; 409 node decommissioned.", Some("CreateReenrollGrant"), Some("ReenrollGrantCreated"), nodes::reenroll),
-        route!(POST "/v1/nodes/{id}/heartbeat", OwnNode, "Heartbeat: small, frequent; kept in memory.", Some("Heartbeat"), Some("HeartbeatResponse"), nodes::heartbeat),
-        route!(POST "/v1/nodes/{id}/workloads/{name}/reset", Admin, "Reset a workload's escalation ladder (and rollback): a container kept stopped as failed is started afresh. Queued (durably: it survives a registry restart) for the node's next heartbeat.", None, Some("ResetQueued"), nodes::reset),
-        route!(PUT "/v1/nodes/{id}/status", OwnNode, "Full observed status, sent when it changed.", Some("NodeStatus"), None, nodes::put_status),
-        route!(GET "/v1/fragments", AdminOrRead, "List fleet-wide spec fragments.", None, Some("Fragment[]"), fragments::list),
-        route!(GET "/v1/fragments/{name}", AdminOrRead, "One fragment.", None, Some("Fragment"), fragments::get),
-        route!(PUT "/v1/fragments/{name}", Admin, "Write a fragment (selector + spec); bumps the generation of exactly the nodes whose effective spec changes.", Some("FragmentWrite"), Some("FragmentWritten"), fragments::put),
-        route!(DELETE "/v1/fragments/{name}", Admin, "Delete a fragment.", None, Some("FragmentWritten"), fragments::delete),
-        route!(GET "/v1/events", AdminOrRead, "Events after ?after=SEQ (oldest first, ?limit= up to 1000, ?node= to filter).", None, Some("Event[]"), events::list),
-        route!(PUT "/v1/payloads/{name}/{version}", Admin, "Upload a payload version: the raw body is streamed to disk and hashed (no body-size limit; optional x-steward-sha256 header checked). 201 new, 200 same content again, 409 other content (versions are immutable).", None, Some("PayloadVersion"), payloads::put),
-        route!(GET "/v1/payloads", AdminOrRead, "List payloads and their versions.", None, Some("PayloadSummary[]"), payloads::list),
-        route!(GET "/v1/payloads/{name}", AdminOrRead, "The versions of one payload, oldest first.", None, Some("PayloadVersion[]"), payloads::versions),
-        route!(GET "/v1/payloads/{name}/{version}", AdminOrRead, "One payload version's metadata.", None, Some("PayloadVersion"), payloads::get),
-        route!(DELETE "/v1/payloads/{name}/{version}", Admin, "Delete a payload version; 409 naming the nodes and fragments that still reference it. Its blob is removed when no other version has the same content.", None, Some("PayloadVersion"), payloads::delete),
-        route!(GET "/v1/blobs/{sha256}", ReadOrAnyNode, "Download a blob by sha256, as stored on disk; Range (bytes=N-, bytes=N-M) answers 206 with Content-Range; ETag is the quoted sha256. A node secret may read only blobs its effective spec references.", None, None, payloads::blob),
-        route!(POST "/v1/rollouts", Admin, "Start a rollout: move a payload to a version across the nodes matching a selector, in batches (count or percent); each batch must report converged and attested before the next starts.", Some("StartRollout"), Some("Rollout"), rollouts::start),
-        route!(GET "/v1/rollouts", AdminOrRead, "List rollouts, oldest first.", None, Some("Rollout[]"), rollouts::list),
-        route!(GET "/v1/rollouts/{rollout}", AdminOrRead, "One rollout: state, batches, per-node outcome, last message.", None, Some("Rollout"), rollouts::get),
-        route!(POST "/v1/rollouts/{rollout}/pause", Admin, "Pause a running rollout: no new batch starts.", None, Some("Rollout"), rollouts::pause),
-        route!(POST "/v1/rollouts/{rollout}/resume", Admin, "Resume a paused or halted rollout (the current batch gets a fresh time-out).", None, Some("Rollout"), rollouts::resume),
-        route!(POST "/v1/rollouts/{rollout}/abort", Admin, "Abort: stop for good; nodes keep the version they have.", None, Some("Rollout"), rollouts::abort),
-        route!(POST "/v1/rollouts/{rollout}/rollback", Admin, "Roll back: put the previous version back on every node the rollout touched.", None, Some("Rollout"), rollouts::rollback),
-        route!(GET "/v1/events/stream", AdminOrRead, "Server-sent events: replays from ?after=SEQ (or Last-Event-ID), then follows live.", None, None, events::stream),
+        route!(GET "/healthz", Public, "Liveness: the process answers.", None, None, meta::healthz; 200),
+        route!(GET "/readyz", Public, "Readiness: the store answers.", None, None, meta::readyz; 200, 503),
+        route!(GET "/v1/openapi.json", Public, "This document.", None, None, meta::openapi; 200),
+        route!(GET "/install.sh", Public, "The agent install script for `curl -fsSL URL/install.sh | sh -s -- --token TOKEN`, filled in with this registry's URL, certificate pin and packages (see docs/INSTALL.md).", None, None, install::install_sh; 200, 400),
+        route!(GET "/v1/packages", Public, "The Debian packages in packages_dir (the agent's), with size and sha256.", None, Some("PackageInfo[]"), install::list; 200),
+        route!(GET "/packages/{file}", Public, "Download a file from packages_dir (public: packages hold no secret).", None, None, install::download; 200, 404),
+        route!(POST "/v1/enrollment-tokens", Admin, "Create an enrollment token; the token is shown only in this answer.", Some("CreateEnrollmentToken"), Some("EnrollmentTokenCreated"), tokens::create; 201, 400),
+        route!(GET "/v1/enrollment-tokens", AdminOrRead, "List enrollment tokens (never the tokens themselves).", None, Some("EnrollmentTokenInfo[]"), tokens::list; 200),
+        route!(DELETE "/v1/enrollment-tokens/{id}", Admin, "Revoke an enrollment token.", None, Some("EnrollmentTokenInfo"), tokens::revoke; 200, 404),
+        route!(POST "/v1/enroll", Public, "Trade an enrollment token (in the body) for a new node's id and secret. An enrolled node enrols again (secret rotated) only with proof: its current secret as node_secret, or a re-enrolment grant as token. 200 enrolled; 400 invalid facts; 403 token, grant or node_secret refused; 409 the machine id belongs to an enrolled node and no proof was given (nothing is spent).", Some("EnrollRequest"), Some("EnrollResponse"), nodes::enroll; 200, 400, 403, 409),
+        route!(GET "/v1/nodes", AdminOrRead, "List nodes; filter with ?selector=, ?health= and ?drifted=true|false (payload or resource drift in the last status).", None, Some("Node[]"), nodes::list; 200, 400),
+        route!(GET "/v1/nodes/{id}", ReadOrOwnNode, "One node.", None, Some("Node"), nodes::get; 200, 404),
+        route!(PATCH "/v1/nodes/{id}", Admin, "Change labels (JSON merge patch; null removes a key).", Some("NodePatch"), Some("Node"), nodes::patch; 200, 400, 404, 409, 422),
+        route!(DELETE "/v1/nodes/{id}", Admin, "Decommission: revoke the node's secret, keep its record and history.", None, Some("Node"), nodes::decommission; 200, 404),
+        route!(GET "/v1/nodes/{id}/spec", ReadOrOwnNode, "The node's effective spec; long-poll with ?after=GENERATION&wait=30s (304 when nothing newer arrived).", None, Some("SpecDocument"), spec::get; 200, 304, 400, 404),
+        route!(PUT "/v1/nodes/{id}/spec", Admin, "Write the node's own spec (JSON or YAML by Content-Type); If-Match: GENERATION for optimistic concurrency.", Some("NodeSpec"), Some("SpecWritten"), spec::put; 200, 400, 404, 409, 412, 422),
+        route!(POST "/v1/nodes/{id}/reenroll", Admin, "Issue a one-time re-enrolment grant for a node whose host lost its secret (reinstalled); body optional {\"expires\": \"1h\"} (1s-7d, default 1h). 201 with the grant, shown only here; 400 bad expires; 404 no such node; 409 node decommissioned.", Some("CreateReenrollGrant"), Some("ReenrollGrantCreated"), nodes::reenroll; 201, 400, 404, 409),
+        route!(POST "/v1/nodes/{id}/heartbeat", OwnNode, "Heartbeat: small, frequent; kept in memory.", Some("Heartbeat"), Some("HeartbeatResponse"), nodes::heartbeat; 200, 404),
+        route!(POST "/v1/nodes/{id}/workloads/{name}/reset", Admin, "Reset a workload's escalation ladder (and rollback): a container kept stopped as failed is started afresh. Queued (durably: it survives a registry restart) for the node's next heartbeat.", None, Some("ResetQueued"), nodes::reset; 200, 400, 404),
+        route!(PUT "/v1/nodes/{id}/status", OwnNode, "Full observed status, sent when it changed.", Some("NodeStatus"), None, nodes::put_status; 204, 404),
+        route!(GET "/v1/fragments", AdminOrRead, "List fleet-wide spec fragments.", None, Some("Fragment[]"), fragments::list; 200),
+        route!(GET "/v1/fragments/{name}", AdminOrRead, "One fragment.", None, Some("Fragment"), fragments::get; 200, 404),
+        route!(PUT "/v1/fragments/{name}", Admin, "Write a fragment (selector + spec); bumps the generation of exactly the nodes whose effective spec changes.", Some("FragmentWrite"), Some("FragmentWritten"), fragments::put; 200, 400, 409, 422),
+        route!(DELETE "/v1/fragments/{name}", Admin, "Delete a fragment.", None, Some("FragmentWritten"), fragments::delete; 200, 404, 409, 422),
+        route!(GET "/v1/events", AdminOrRead, "Events after ?after=SEQ (oldest first, ?limit= up to 1000, ?node= to filter).", None, Some("Event[]"), events::list; 200, 400),
+        route!(PUT "/v1/payloads/{name}/{version}", Admin, "Upload a payload version: the raw body is streamed to disk and hashed (no body-size limit; optional x-steward-sha256 header checked). 201 new, 200 same content again, 409 other content (versions are immutable).", Some(openapi::RAW_BODY), Some("PayloadVersion"), payloads::put; 200, 201, 400, 409),
+        route!(GET "/v1/payloads", AdminOrRead, "List payloads and their versions.", None, Some("PayloadSummary[]"), payloads::list; 200),
+        route!(GET "/v1/payloads/{name}", AdminOrRead, "The versions of one payload, oldest first.", None, Some("PayloadVersion[]"), payloads::versions; 200, 404),
+        route!(GET "/v1/payloads/{name}/{version}", AdminOrRead, "One payload version's metadata.", None, Some("PayloadVersion"), payloads::get; 200, 404),
+        route!(DELETE "/v1/payloads/{name}/{version}", Admin, "Delete a payload version; 409 naming the nodes and fragments that still reference it. Its blob is removed when no other version has the same content.", None, Some("PayloadVersion"), payloads::delete; 200, 404, 409),
+        route!(GET "/v1/blobs/{sha256}", ReadOrAnyNode, "Download a blob by sha256, as stored on disk; Range (bytes=N-, bytes=N-M) answers 206 with Content-Range; ETag is the quoted sha256. A node secret may read only blobs its effective spec references.", None, None, payloads::blob; 200, 206, 400, 404, 416),
+        route!(POST "/v1/rollouts", Admin, "Start a rollout: move a payload to a version across the nodes matching a selector, in batches (count or percent); each batch must report converged and attested before the next starts.", Some("StartRollout"), Some("Rollout"), rollouts::start; 201, 400, 409, 422),
+        route!(GET "/v1/rollouts", AdminOrRead, "List rollouts, oldest first.", None, Some("Rollout[]"), rollouts::list; 200),
+        route!(GET "/v1/rollouts/{rollout}", AdminOrRead, "One rollout: state, batches, per-node outcome, last message.", None, Some("Rollout"), rollouts::get; 200, 404),
+        route!(POST "/v1/rollouts/{rollout}/pause", Admin, "Pause a running rollout: no new batch starts.", None, Some("Rollout"), rollouts::pause; 200, 404, 409),
+        route!(POST "/v1/rollouts/{rollout}/resume", Admin, "Resume a paused or halted rollout (the current batch gets a fresh time-out).", None, Some("Rollout"), rollouts::resume; 200, 404, 409),
+        route!(POST "/v1/rollouts/{rollout}/abort", Admin, "Abort: stop for good; nodes keep the version they have.", None, Some("Rollout"), rollouts::abort; 200, 404, 409),
+        route!(POST "/v1/rollouts/{rollout}/rollback", Admin, "Roll back: put the previous version back on every node the rollout touched.", None, Some("Rollout"), rollouts::rollback; 200, 404, 409),
+        route!(GET "/v1/events/stream", AdminOrRead, "Server-sent events: replays from ?after=SEQ (or Last-Event-ID), then follows live.", None, None, events::stream; 200, 400),
     ]
 }
 

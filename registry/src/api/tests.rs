@@ -382,6 +382,15 @@ async fn auth_matrix_every_route_and_credential() {
                 body_for(&method, path),
             )
             .await;
+            let documented = super::routes()
+                .into_iter()
+                .find(|r| r.method == method && r.path == path)
+                .map(|r| super::openapi::statuses(&r))
+                .unwrap_or_default();
+            assert!(
+                documented.contains(&st.as_u16()),
+                "{method} {path} as {who} answered {st}, not in its documented {documented:?}"
+            );
             let want = match (who, may) {
                 ("none" | "wrong", _) => Some(StatusCode::UNAUTHORIZED),
                 (_, false) => Some(StatusCode::FORBIDDEN),
