@@ -222,6 +222,10 @@ fn transition(state: &AppState, id: &str, from: Health, l: &Live) -> ApiResult<(
 
 /// `POST /v1/nodes/{id}/heartbeat` (already authorised for that node).
 pub async fn heartbeat(state: &AppState, id: &str, hb: Heartbeat) -> ApiResult<HeartbeatResponse> {
+    let problems = steward_proto::validate::validate_heartbeat(&hb);
+    if !problems.is_empty() {
+        return Err(RegistryError::Invalid(problems));
+    }
     let ln = state
         .live(id)
         .ok_or_else(|| RegistryError::NotFound(format!("no node with id {id:?}")))?;

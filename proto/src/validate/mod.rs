@@ -71,6 +71,34 @@ pub fn validate_spec(spec: &NodeSpec, limits: &SpecLimits) -> Result<(), Validat
 
 /// Checks labels (keys and values); `field` is the path prefix, e.g. `labels`, and each problem
 /// is reported on `<field>.<key>`.
+/// A heartbeat's numbers: finite and not negative (JSON has no NaN, but a number too large for
+/// an `f32` parses as infinity, which would be stored as `null` and could not be read back).
+pub fn validate_heartbeat(hb: &crate::Heartbeat) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let mut check = |field: &str, v: f64| {
+        if !v.is_finite() || v < 0.0 {
+            out.push(Problem::new(
+                field,
+                format!("{v} is not a finite number >= 0"),
+            ));
+        }
+    };
+    if let Some(rtt) = hb.rtt_ms {
+        check("rtt_ms", rtt);
+    }
+    if let Some(s) = &hb.stats {
+        for (field, v) in [
+            ("stats.cpu_percent", s.cpu_percent),
+            ("stats.load1", s.load1),
+            ("stats.load5", s.load5),
+            ("stats.load15", s.load15),
+        ] {
+            check(field, f64::from(v));
+        }
+    }
+    out
+}
+
 pub fn validate_labels(labels: &Labels, field: &str) -> Vec<Problem> {
     let mut out = Vec::new();
     for (key, value) in labels {

@@ -637,3 +637,54 @@ async fn decommission_drops_queued_resets() {
         vec!["web"]
     );
 }
+
+/// A heartbeat number too large for its type (parsed as infinity) or negative is refused
+/// naming the field, and the node's record stays readable (schemathesis found a stored
+/// infinity that made `GET /v1/nodes/{id}` answer 500).
+#[tokio::test]
+async fn heartbeat_numbers_must_be_finite_and_not_negative() {
+    let fx = fixture().await;
+    let (id, secret) = (&fx.own.0, &fx.own.1);
+    let uri = format!("/v1/nodes/{id}/heartbeat");
+    let hb = |extra: Value| {
+        let mut v = json!({"observed_generation": 0, "status_digest": ""});
+        v.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        Some(("application/json", v.to_string()))
+    };
+    for (extra, field) in [
+        (json!({"stats": {"cpu_percent": 1e40}}), "stats.cpu_percent"),
+        (json!({"stats": {"load5": -1.0}}), "stats.load5"),
+        (json!({"rtt_ms": -7.7e15}), "rtt_ms"),
+    ] {
+        let (st, err) = call(
+            &fx.state,
+            Method::POST,
+            &uri,
+            Some(secret),
+            hb(extra.clone()),
+        )
+        .await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{extra}: {err}");
+        assert_eq!(err["problems"][0]["field"], field, "{err}");
+    }
+    let (st, _) = call(
+        &fx.state,
+        Method::POST,
+        &uri,
+        Some(secret),
+        hb(json!({"stats": {"cpu_percent": 12.5, "load1": 0.5}, "rtt_ms": 1.5})),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK);
+    let (st, node) = call(
+        &fx.state,
+        Method::GET,
+        &format!("/v1/nodes/{id}"),
+        Some(ADMIN),
+        None,
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{node}");
+}
