@@ -315,16 +315,9 @@ async fn an_unhealthy_container_is_failed_and_counted_failing() {
     // Steady now: the digest stays, and no more status-changed events come (the agent resyncs
     // every 2 s, so several passes run meanwhile).
     let events = || async {
-        let v: serde_json::Value = r
-            .http
-            .get(r.url(&format!("/v1/events?node={}&limit=1000", a.node_id)))
-            .bearer_auth(&r.admin)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = r
+            .get_json(&format!("/v1/events?node={}&limit=1000", a.node_id))
+            .await;
         v.as_array()
             .unwrap()
             .iter()

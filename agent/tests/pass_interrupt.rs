@@ -107,17 +107,12 @@ async fn wait_started(node: &str, n: usize) {
 
 /// The generations the registry logged a status for (`status-changed` events of the node).
 async fn observed_in_events(r: &Registry, node: &str) -> Vec<u64> {
-    let events: Vec<Value> = r
-        .http
-        .get(r.url(&format!("/v1/events?node={node}&limit=1000")))
-        .bearer_auth(&r.admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let events = r
+        .get_json(&format!("/v1/events?node={node}&limit=1000"))
+        .await;
     events
+        .as_array()
+        .unwrap()
         .iter()
         .filter(|e| e["kind"] == "status-changed")
         .filter_map(|e| e["generation"].as_u64())

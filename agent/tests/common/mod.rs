@@ -173,15 +173,20 @@ impl Registry {
     }
 
     pub async fn node(&self, id: &str) -> Value {
+        self.get_json(&format!("/v1/nodes/{id}")).await
+    }
+
+    /// `GET path` as the admin, the body as JSON (`Null` when it is not JSON).
+    pub async fn get_json(&self, path: &str) -> Value {
         self.http
-            .get(self.url(&format!("/v1/nodes/{id}")))
+            .get(self.url(path))
             .bearer_auth(&self.admin)
             .send()
             .await
             .unwrap()
             .json()
             .await
-            .unwrap()
+            .unwrap_or(Value::Null)
     }
 
     /// Waits until the node reports `generation` applied; returns its resources by name.
