@@ -15,12 +15,14 @@ use steward_proto::{NodeSpec, NodeStatus, ResourceKind, ResourceState, ResourceS
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::docker::Docker;
-use crate::heal::containers::{effective, heal, HealState, Healed};
+use crate::heal::containers::HealState;
 use crate::heal::ladder::LadderPolicy;
 use crate::network::{EventFeed, NetOutcome, Networks};
 use crate::pass::{Outcome, Pass};
 use crate::reconcile::{plan, Action, Policy, Verdict};
 use crate::store::Store;
+
+mod heal_state;
 
 /// Carries out plans against the host and reports what came of them.
 pub struct Reconciler {
@@ -235,7 +237,9 @@ impl Reconciler {
         }
         let generation = self.generation;
         let h = &mut self.heal;
-        let state = h.state.get_or_insert_with(|| load_heal(h.store.as_ref()));
+        let state = h
+            .state
+            .get_or_insert_with(|| heal_state::load_heal(h.store.as_ref()));
         let (vms, vms_rolled_back) = match self.vms.as_mut() {
             Some(v) => {
                 let out = v
@@ -536,125 +540,6 @@ impl Reconciler {
             .collect();
         (statuses, rolled_back_now)
     }
-}
-
-impl Reconciler {
-    /// How long until an agent-side probe of `spec`'s containers or VMs is due, if any runs.
-    pub fn next_probe_in(&self, spec: &NodeSpec) -> Option<std::time::Duration> {
-        let containers = self
-            .probes
-            .next_due(&spec.containers, std::time::Instant::now());
-        let vms = self.vms.as_ref().and_then(|v| v.next_probe_in(&spec.vms));
-        containers.into_iter().chain(vms).min()
-    }
-
-    /// An operator's reset: the workload's ladder back to the bottom and its rollback dropped,
-    /// so the next pass converges it to its spec afresh.
-    pub fn reset_workload(&mut self, name: &str) {
-        let state = self.heal_state();
-        let mut found = false;
-        if let Some(e) = state.containers.get_mut(name) {
-            e.ladder.reset();
-            e.track.reset();
-            found = true;
-        }
-        if let Some(e) = state.vms.get_mut(name) {
-            e.ladder.reset();
-            e.track.reset();
-            found = true;
-        }
-        if found {
-            info!(workload = %name, "escalation ladder reset by an operator (any rollback dropped)");
-        } else {
-            info!(workload = %name, "reset asked for a workload with no escalation; nothing to do");
-        }
-    }
-
-    /// The ladders and rollback memory, loaded from the store on first use.
-    fn heal_state(&mut self) -> &mut HealState {
-        let h = &mut self.heal;
-        h.state.get_or_insert_with(|| load_heal(h.store.as_ref()))
-    }
-
-    /// Stores the ladders when they differ from `before`.
-    async fn save_heal_state(&mut self, before: &HealState) {
-        let h = &self.heal;
-        if let (Some(state), Some(store)) = (&h.state, &h.store) {
-            if state != before {
-                if let Err(e) = store.save_heal_state(state).await {
-                    warn!(error = %e, "storing the escalation ladders failed");
-                }
-            }
-        }
-    }
-
-    /// What a pass converges: the spec, with rolled-back containers and VMs at their last
-    /// healthy configuration and those workloads' payloads at the versions they had then.
-    fn effective_spec(&mut self, spec: &NodeSpec) -> NodeSpec {
-        let state = self.heal_state();
-        let mut eff = spec.clone();
-        eff.containers = effective(state, &spec.containers, &spec.payloads);
-        eff.vms = crate::heal::vms::effective(&mut state.vms, &spec.vms, &spec.payloads);
-        let back = state.payloads_in_force();
-        for (name, from) in crate::heal::rollback::restore_payloads(&mut eff.payloads, &back) {
-            info!(payload = %name, from_version = %from, "payload held at its version from before the rollback");
-        }
-        eff
-    }
-
-    /// A pass that stopped early did not carry out `skipped`: their containers' ladders and
-    /// rollbacks go back to what they were before this pass (`unhealed`), so a step never
-    /// taken is neither counted nor waited for, and the next pass decides afresh.
-    fn unheal(
-        &mut self,
-        skipped: &[Action],
-        unhealed: &BTreeMap<String, crate::heal::containers::Entry>,
-    ) {
-        let state = self.heal_state();
-        for name in skipped.iter().filter_map(Action::container) {
-            match unhealed.get(name) {
-                Some(e) => state.containers.insert(name.to_string(), e.clone()),
-                None => state.containers.remove(name),
-            };
-        }
-    }
-
-    /// Walks the failing containers' ladders, rewriting `plan`.
-    fn heal_containers(
-        &mut self,
-        spec: &NodeSpec,
-        observed: &crate::reconcile::Observed,
-        plan: &mut crate::reconcile::Plan,
-    ) -> Healed {
-        let (policy, node_id, generation) =
-            (self.heal.policy, self.node_id.clone(), self.generation);
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        heal(
-            self.heal_state(),
-            &spec.containers,
-            &spec.payloads,
-            observed,
-            plan,
-            &policy,
-            &node_id,
-            generation,
-            now,
-        )
-    }
-}
-
-fn load_heal(store: Option<&Store>) -> HealState {
-    store
-        .map(|s| {
-            s.heal_state().unwrap_or_else(|e| {
-                warn!(error = %e, "reading the escalation ladders failed; starting afresh");
-                HealState::default()
-            })
-        })
-        .unwrap_or_default()
 }
 
 /// Creates and starts a container, at its lab address when it has one.

@@ -1,0 +1,132 @@
+//! The reconciler's self-healing state: the containers' and VMs' escalation ladders and
+//! rollbacks (loaded from the store on first use, saved when changed), the spec a pass
+//! converges once rollbacks are applied, operator resets, and when the next probe is due.
+
+use std::collections::BTreeMap;
+
+use steward_proto::NodeSpec;
+use tracing::{info, warn};
+
+use super::Reconciler;
+use crate::heal::containers::{effective, heal, HealState, Healed};
+use crate::reconcile::Action;
+use crate::store::Store;
+
+impl Reconciler {
+    /// How long until an agent-side probe of `spec`'s containers or VMs is due, if any runs.
+    pub fn next_probe_in(&self, spec: &NodeSpec) -> Option<std::time::Duration> {
+        let containers = self
+            .probes
+            .next_due(&spec.containers, std::time::Instant::now());
+        let vms = self.vms.as_ref().and_then(|v| v.next_probe_in(&spec.vms));
+        containers.into_iter().chain(vms).min()
+    }
+
+    /// An operator's reset: the workload's ladder back to the bottom and its rollback dropped,
+    /// so the next pass converges it to its spec afresh.
+    pub fn reset_workload(&mut self, name: &str) {
+        let state = self.heal_state();
+        let mut found = false;
+        if let Some(e) = state.containers.get_mut(name) {
+            e.ladder.reset();
+            e.track.reset();
+            found = true;
+        }
+        if let Some(e) = state.vms.get_mut(name) {
+            e.ladder.reset();
+            e.track.reset();
+            found = true;
+        }
+        if found {
+            info!(workload = %name, "escalation ladder reset by an operator (any rollback dropped)");
+        } else {
+            info!(workload = %name, "reset asked for a workload with no escalation; nothing to do");
+        }
+    }
+
+    /// The ladders and rollback memory, loaded from the store on first use.
+    pub(super) fn heal_state(&mut self) -> &mut HealState {
+        let h = &mut self.heal;
+        h.state.get_or_insert_with(|| load_heal(h.store.as_ref()))
+    }
+
+    /// Stores the ladders when they differ from `before`.
+    pub(super) async fn save_heal_state(&mut self, before: &HealState) {
+        let h = &self.heal;
+        if let (Some(state), Some(store)) = (&h.state, &h.store) {
+            if state != before {
+                if let Err(e) = store.save_heal_state(state).await {
+                    warn!(error = %e, "storing the escalation ladders failed");
+                }
+            }
+        }
+    }
+
+    /// What a pass converges: the spec, with rolled-back containers and VMs at their last
+    /// healthy configuration and those workloads' payloads at the versions they had then.
+    pub(super) fn effective_spec(&mut self, spec: &NodeSpec) -> NodeSpec {
+        let state = self.heal_state();
+        let mut eff = spec.clone();
+        eff.containers = effective(state, &spec.containers, &spec.payloads);
+        eff.vms = crate::heal::vms::effective(&mut state.vms, &spec.vms, &spec.payloads);
+        let back = state.payloads_in_force();
+        for (name, from) in crate::heal::rollback::restore_payloads(&mut eff.payloads, &back) {
+            info!(payload = %name, from_version = %from, "payload held at its version from before the rollback");
+        }
+        eff
+    }
+
+    /// A pass that stopped early did not carry out `skipped`: their containers' ladders and
+    /// rollbacks go back to what they were before this pass (`unhealed`), so a step never
+    /// taken is neither counted nor waited for, and the next pass decides afresh.
+    pub(super) fn unheal(
+        &mut self,
+        skipped: &[Action],
+        unhealed: &BTreeMap<String, crate::heal::containers::Entry>,
+    ) {
+        let state = self.heal_state();
+        for name in skipped.iter().filter_map(Action::container) {
+            match unhealed.get(name) {
+                Some(e) => state.containers.insert(name.to_string(), e.clone()),
+                None => state.containers.remove(name),
+            };
+        }
+    }
+
+    /// Walks the failing containers' ladders, rewriting `plan`.
+    pub(super) fn heal_containers(
+        &mut self,
+        spec: &NodeSpec,
+        observed: &crate::reconcile::Observed,
+        plan: &mut crate::reconcile::Plan,
+    ) -> Healed {
+        let (policy, node_id, generation) =
+            (self.heal.policy, self.node_id.clone(), self.generation);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        heal(
+            self.heal_state(),
+            &spec.containers,
+            &spec.payloads,
+            observed,
+            plan,
+            &policy,
+            &node_id,
+            generation,
+            now,
+        )
+    }
+}
+
+pub(super) fn load_heal(store: Option<&Store>) -> HealState {
+    store
+        .map(|s| {
+            s.heal_state().unwrap_or_else(|e| {
+                warn!(error = %e, "reading the escalation ladders failed; starting afresh");
+                HealState::default()
+            })
+        })
+        .unwrap_or_default()
+}
