@@ -14,7 +14,9 @@ use steward_proto::{
     Event, Fragment, Health, HostStats, Labels, NodeFacts, NodeSpec, NodeStatus, PayloadVersion,
 };
 
+mod grants;
 mod health;
+pub use grants::GrantRecord;
 pub use health::WriteKind;
 
 /// Errors of the store.
@@ -551,49 +553,6 @@ impl Store {
             .map(|b| dec("resets", &b))
             .transpose()
             .map(Option::unwrap_or_default)
-    }
-}
-
-/// A re-enrolment grant as stored (hash only): lets one host enrol once as node `node_id`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct GrantRecord {
-    pub id: String,
-    pub node_id: String,
-    pub secret_sha256: [u8; 32],
-    pub created_at: DateTime<Utc>,
-    pub expires_at: DateTime<Utc>,
-}
-
-/// Re-enrolment grants, in the tree `reenroll_grants`.
-impl Store {
-    /// Stores a grant and drops the expired ones (grants are few: one per reinstall).
-    pub fn put_grant(&self, g: &GrantRecord, now: DateTime<Utc>) -> Result<()> {
-        let t = self.w(health::WriteKind::Ordinary)?;
-        for kv in t.grants.iter() {
-            let (k, v) = kv?;
-            let old: GrantRecord = dec("reenroll_grants", &v)?;
-            if old.expires_at <= now {
-                t.grants.remove(k).map_err(|e| self.fail(e))?;
-            }
-        }
-        t.grants
-            .insert(g.id.as_bytes(), enc(g))
-            .map_err(|e| self.fail(e))?;
-        Ok(())
-    }
-
-    pub fn grant(&self, id: &str) -> Result<Option<GrantRecord>> {
-        self.t()?
-            .grants
-            .get(id)?
-            .map(|b| dec("reenroll_grants", &b))
-            .transpose()
-    }
-
-    /// Removes a grant (its one use); `false` when it was already gone.
-    pub fn take_grant(&self, id: &str) -> Result<bool> {
-        let t = self.w(health::WriteKind::Ordinary)?;
-        Ok(t.grants.remove(id).map_err(|e| self.fail(e))?.is_some())
     }
 }
 
