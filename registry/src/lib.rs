@@ -8,6 +8,7 @@ pub mod config;
 pub mod connections;
 pub mod disk;
 pub mod error;
+pub mod kv;
 pub mod metrics;
 pub mod nodes;
 pub mod payloads;

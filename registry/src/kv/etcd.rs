@@ -1,0 +1,1 @@
+//! [`Kv`](super::Kv) on an etcd cluster (etcd-client), for several registry replicas.
