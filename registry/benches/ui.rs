@@ -145,12 +145,14 @@ async fn main() {
     let runs = if quick { 3 } else { 15 };
 
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let store = Store::open_embedded(dir.path()).unwrap();
     let started = Instant::now();
     for i in 0..nodes {
-        store.put_node(&record(i)).unwrap();
+        store.put_node(&record(i)).await.unwrap();
     }
-    let state = AppState::new(Settings::default(), store, ADMIN, None).unwrap();
+    let state = AppState::new(Settings::default(), store, dir.path(), ADMIN, None)
+        .await
+        .unwrap();
     println!(
         "status page bench: {nodes} nodes stored in {} ms; {runs} runs per view (in process, real router and store)",
         ms(started.elapsed())

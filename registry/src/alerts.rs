@@ -259,6 +259,7 @@ pub fn start(state: &AppState, cfg: &AlertsConfig) -> anyhow::Result<Option<Aler
                 a.hostname = state
                     .store
                     .node(&a.node_id)
+                    .await
                     .ok()
                     .flatten()
                     .map(|n| n.facts.hostname);
@@ -321,7 +322,8 @@ async fn deliver(
                     EventKind::AlertDelivered,
                     &a.node_id,
                     format!("{what} delivered to {} (attempt {n})", hook.shown),
-                );
+                )
+                .await;
                 return;
             }
             Ok(r) => format!("answered {}", r.status()),
@@ -341,7 +343,7 @@ async fn deliver(
             ),
         };
         warn!("{msg}");
-        record(&state, EventKind::AlertFailed, &a.node_id, msg);
+        record(&state, EventKind::AlertFailed, &a.node_id, msg).await;
         match next {
             Some(d) => tokio::time::sleep(d).await,
             None => return,
@@ -349,8 +351,11 @@ async fn deliver(
     }
 }
 
-fn record(state: &AppState, kind: EventKind, node: &str, msg: String) {
-    if let Err(e) = state.event(kind, Some(node), None, CredentialKind::System, msg) {
+async fn record(state: &AppState, kind: EventKind, node: &str, msg: String) {
+    if let Err(e) = state
+        .event(kind, Some(node), None, CredentialKind::System, msg)
+        .await
+    {
         warn!(error = %e, "recording an alert event failed");
     }
 }

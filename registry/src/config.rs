@@ -57,6 +57,31 @@ pub struct ServeArgs {
     /// payload deletions can still be written [default: 33554432 (32 MiB); 0: none].
     #[arg(long, env = "STEWARD_STORE_RESERVE_BYTES")]
     pub store_reserve_bytes: Option<u64>,
+    /// Where the registry keeps its records: `embedded` (a sled database in the data dir, one
+    /// registry) or `etcd://host1:2379,host2:2379,...` (`etcds://` for TLS): several identical
+    /// registry replicas share the etcd cluster [default: embedded]
+    #[arg(long, env = "STEWARD_STORE")]
+    pub store: Option<String>,
+    /// Key prefix of this registry's records in etcd [default: /steward]
+    #[arg(long, env = "STEWARD_ETCD_PREFIX")]
+    pub etcd_prefix: Option<String>,
+    /// CA certificate (PEM) that signs the etcd servers' certificates (etcds://)
+    #[arg(long, env = "STEWARD_ETCD_CA_FILE")]
+    pub etcd_ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd client-certificate authentication
+    #[arg(long, env = "STEWARD_ETCD_CERT_FILE", requires = "etcd_key_file")]
+    pub etcd_cert_file: Option<PathBuf>,
+    /// Key (PEM) of --etcd-cert-file
+    #[arg(long, env = "STEWARD_ETCD_KEY_FILE", requires = "etcd_cert_file")]
+    pub etcd_key_file: Option<PathBuf>,
+    /// Lease of this replica in etcd: when a replica dies, another takes over its jobs within
+    /// this time (e.g. "10s") [default: 10s]
+    #[arg(long, env = "STEWARD_ETCD_LEASE_TTL", value_parser = humantime::parse_duration)]
+    pub etcd_lease_ttl: Option<Duration>,
+    /// This replica's name among the replicas sharing an etcd store [default: the host name
+    /// and the listen port]
+    #[arg(long, env = "STEWARD_REPLICA_ID")]
+    pub replica_id: Option<String>,
     /// Time a connection has to send a complete request head once it waits for one: after it
     /// opens and after each response (so also the keep-alive idle timeout) [default: 30s].
     #[arg(long, env = "STEWARD_HEADER_READ_TIMEOUT", value_parser = humantime::parse_duration)]
@@ -100,6 +125,14 @@ struct FileConfig {
     max_wait: Option<Duration>,
     max_body_bytes: Option<usize>,
     store_reserve_bytes: Option<u64>,
+    store: Option<String>,
+    etcd_prefix: Option<String>,
+    etcd_ca_file: Option<PathBuf>,
+    etcd_cert_file: Option<PathBuf>,
+    etcd_key_file: Option<PathBuf>,
+    #[serde(default, with = "humantime_serde_opt")]
+    etcd_lease_ttl: Option<Duration>,
+    replica_id: Option<String>,
     #[serde(default, with = "humantime_serde_opt")]
     header_read_timeout: Option<Duration>,
     max_connections: Option<usize>,
@@ -109,6 +142,70 @@ struct FileConfig {
     public_url: Option<String>,
     alerts: Option<crate::alerts::AlertsConfig>,
     limits: Option<SpecLimits>,
+}
+
+/// The store settings: flags > env > file > defaults.
+fn store_config(
+    args: &mut ServeArgs,
+    file: &mut FileConfig,
+    port: u16,
+) -> anyhow::Result<StoreConfig> {
+    let url = args.store.take().or(file.store.take());
+    let url = match url.as_deref().map(str::trim) {
+        None | Some("" | "embedded") => return Ok(StoreConfig::Embedded),
+        Some(u) if u.starts_with("etcd://") || u.starts_with("etcds://") => u.to_string(),
+        Some(u) => bail!(
+            "store: {u:?} is not a store: give \"embedded\" or etcd://host1:2379,host2:2379 \
+             (etcds:// for TLS)"
+        ),
+    };
+    let prefix = args
+        .etcd_prefix
+        .take()
+        .or(file.etcd_prefix.take())
+        .unwrap_or_else(|| "/steward".into());
+    if !prefix.starts_with('/') || prefix.len() < 2 {
+        bail!("etcd_prefix: {prefix:?} must start with '/' and name something (e.g. /steward)");
+    }
+    let lease_ttl = args
+        .etcd_lease_ttl
+        .or(file.etcd_lease_ttl)
+        .unwrap_or(Duration::from_secs(10));
+    if lease_ttl < Duration::from_secs(2) {
+        bail!("etcd_lease_ttl must be at least 2s");
+    }
+    let replica_id = args
+        .replica_id
+        .take()
+        .or(file.replica_id.take())
+        .unwrap_or_else(|| {
+            let host = nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| "registry".into());
+            format!("{host}-{port}")
+        });
+    if replica_id.is_empty()
+        || !replica_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        bail!("replica_id: {replica_id:?} must be letters, digits, '-', '_' or '.'");
+    }
+    let cert_file = args.etcd_cert_file.take().or(file.etcd_cert_file.take());
+    let key_file = args.etcd_key_file.take().or(file.etcd_key_file.take());
+    if cert_file.is_some() != key_file.is_some() {
+        bail!("etcd_cert_file and etcd_key_file must be given together");
+    }
+    Ok(StoreConfig::Etcd {
+        url,
+        prefix,
+        ca_file: args.etcd_ca_file.take().or(file.etcd_ca_file.take()),
+        cert_file,
+        key_file,
+        lease_ttl,
+        replica_id,
+    })
 }
 
 mod humantime_serde_opt {
@@ -138,6 +235,8 @@ pub struct RegistryConfig {
     pub max_body_bytes: usize,
     /// Bytes of the data dir's disk reserve (`disk.rs`); 0: none.
     pub store_reserve_bytes: u64,
+    /// Where the records live.
+    pub store: StoreConfig,
     /// hyper's header read timeout, which also bounds a kept-alive connection's idle time.
     pub header_read_timeout: Duration,
     pub max_connections: usize,
@@ -153,6 +252,24 @@ pub struct RegistryConfig {
     pub limits: SpecLimits,
 }
 
+/// Where the registry keeps its records.
+#[derive(Debug, Clone)]
+pub enum StoreConfig {
+    /// A sled database in the data dir: one registry process.
+    Embedded,
+    /// An etcd cluster shared by several registry replicas.
+    Etcd {
+        /// The `etcd://` or `etcds://` URL as given.
+        url: String,
+        prefix: String,
+        ca_file: Option<PathBuf>,
+        cert_file: Option<PathBuf>,
+        key_file: Option<PathBuf>,
+        lease_ttl: Duration,
+        replica_id: String,
+    },
+}
+
 /// Where the registry's Debian package puts the agent's package.
 pub const DEFAULT_PACKAGES_DIR: &str = "/usr/share/steward/packages";
 
@@ -160,12 +277,14 @@ pub const DEFAULT_CONFIG: &str = "/etc/steward/registry.toml";
 
 impl RegistryConfig {
     /// Resolves flags/env over the config file over defaults, and checks the result.
-    pub fn resolve(args: ServeArgs) -> anyhow::Result<Self> {
-        let file = match &args.config {
+    pub fn resolve(mut args: ServeArgs) -> anyhow::Result<Self> {
+        let mut file = match &args.config {
             Some(p) => load(p)?,
             None if Path::new(DEFAULT_CONFIG).exists() => load(Path::new(DEFAULT_CONFIG))?,
             None => FileConfig::default(),
         };
+        let port = args.listen.or(file.listen).map_or(7700, |l| l.port());
+        let store = store_config(&mut args, &mut file, port)?;
         let tls = match (
             args.tls_cert.or(file.tls_cert),
             args.tls_key.or(file.tls_key),
@@ -205,6 +324,7 @@ impl RegistryConfig {
                 .store_reserve_bytes
                 .or(file.store_reserve_bytes)
                 .unwrap_or(32 * 1024 * 1024),
+            store,
             header_read_timeout: args
                 .header_read_timeout
                 .or(file.header_read_timeout)

@@ -5,6 +5,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use steward_proto::{ApiError, Problem};
 
+use crate::kv::KvError;
 use crate::store::StoreError;
 
 /// Everything a request can fail with; each variant knows its status code.
@@ -69,11 +70,14 @@ impl RegistryError {
                 (StatusCode::BAD_REQUEST, "body")
             }
             RegistryError::Blob(crate::payloads::blobs::BlobError::Full { .. })
-            | RegistryError::Store(StoreError::Full { .. }) => {
+            | RegistryError::Store(StoreError::Kv(KvError::Full { .. })) => {
                 (StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage")
             }
-            RegistryError::Store(StoreError::Io { .. } | StoreError::Unavailable { .. }) => {
-                (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
+            RegistryError::Store(StoreError::Kv(
+                KvError::Io { .. } | KvError::Unavailable { .. },
+            )) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+            RegistryError::Store(StoreError::Busy { .. } | StoreError::Stale) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "store_busy")
             }
             RegistryError::Blob(_) => (StatusCode::INTERNAL_SERVER_ERROR, "blob_store"),
             RegistryError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage"),

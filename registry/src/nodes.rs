@@ -94,7 +94,7 @@ pub async fn enroll(
     let now = Utc::now();
     // One enrolment at a time: what `admit` saw of the machine map still holds when writing.
     let _guard = state.spec_lock.lock().await;
-    let admitted = reenroll::admit(state, &req, now, client)?;
+    let admitted = reenroll::admit(state, &req, now, client).await?;
     let via = admitted.credential.describe();
     let labels = admitted.credential.labels();
     let rotated = admitted.existing.is_some();
@@ -128,24 +128,26 @@ pub async fn enroll(
     if !problems.is_empty() {
         return Err(RegistryError::Invalid(problems));
     }
-    reenroll::spend(state, &admitted.credential, now)?;
+    reenroll::spend(state, &admitted.credential, now).await?;
     let secret = auth::new_secret(&rec.id);
     rec.secret_sha256 = Some(auth::sha256(&secret));
     rec.health = Health::Ready;
     rec.last_heartbeat = Some(now);
-    state.store.put_node(&rec)?;
+    state.store.put_node(&rec).await?;
     // A grant may move the node to a new machine id: the old one no longer names it.
     if let Some(old) = old_machine.filter(|m| *m != rec.facts.machine_id) {
-        if state.store.node_for_machine(&old)?.as_deref() == Some(rec.id.as_str()) {
-            state.store.set_machine(&old, None)?;
+        if state.store.node_for_machine(&old).await?.as_deref() == Some(rec.id.as_str()) {
+            state.store.set_machine(&old, None).await?;
         }
     }
     state
         .store
-        .set_machine(&rec.facts.machine_id, Some(&rec.id))?;
+        .set_machine(&rec.facts.machine_id, Some(&rec.id))
+        .await?;
     let generation = state
         .store
-        .spec(&rec.id)?
+        .spec(&rec.id)
+        .await?
         .map(|s| s.generation)
         .unwrap_or(0);
     match state.live(&rec.id) {
@@ -166,15 +168,16 @@ pub async fn enroll(
     } else {
         (EventKind::NodeEnrolled, "enrolled")
     };
-    state.event(
-        kind,
-        Some(&rec.id),
-        None,
-        CredentialKind::Enrollment,
-        // No machine id: events are readable with the read token.
-        format!("{} {what} with {via}", rec.facts.hostname),
-    )?;
-    state.store.flush().await?;
+    state
+        .event(
+            kind,
+            Some(&rec.id),
+            None,
+            CredentialKind::Enrollment,
+            // No machine id: events are readable with the read token.
+            format!("{} {what} with {via}", rec.facts.hostname),
+        )
+        .await?;
     tracing::info!(node = %rec.id, hostname = %rec.facts.hostname, rotated, "node enrolled");
     Ok(EnrollResponse {
         node_id: rec.id,
@@ -184,27 +187,60 @@ pub async fn enroll(
     })
 }
 
-/// Records a health transition in the store and the event log.
-fn transition(state: &AppState, id: &str, from: Health, l: &Live) -> ApiResult<()> {
-    let to = l.health;
-    let last = l.last_heartbeat;
-    let (rtt, stats, observed) = (l.rtt_ms, l.stats.clone(), l.observed_generation);
-    state.store.update_node(id, |r| {
-        if r.health != Health::Decommissioned {
-            r.health = to;
+/// A health change to record, with the live data written along.
+struct Transition {
+    from: Health,
+    to: Health,
+    last: Option<chrono::DateTime<Utc>>,
+    rtt: Option<f64>,
+    stats: Option<steward_proto::HostStats>,
+    observed: u64,
+}
+
+impl Transition {
+    fn of(from: Health, l: &Live) -> Self {
+        Self {
+            from,
+            to: l.health,
+            last: l.last_heartbeat,
+            rtt: l.rtt_ms,
+            stats: l.stats.clone(),
+            observed: l.observed_generation,
         }
-        r.last_heartbeat = last;
-        r.heartbeat_rtt_ms = rtt;
-        r.stats = stats.clone();
-        r.observed_generation = observed;
-    })?;
-    state.event(
-        EventKind::HealthChanged,
-        Some(id),
-        None,
-        CredentialKind::System,
-        format!("{from} -> {to}"),
-    )?;
+    }
+}
+
+/// Records a health transition in the store and the event log.
+async fn transition(state: &AppState, id: &str, t: Transition) -> ApiResult<()> {
+    let Transition {
+        from,
+        to,
+        last,
+        rtt,
+        stats,
+        observed,
+    } = t;
+    state
+        .store
+        .update_node(id, |r| {
+            if r.health != Health::Decommissioned {
+                r.health = to;
+            }
+            r.last_heartbeat = last;
+            r.heartbeat_rtt_ms = rtt;
+            r.stats = stats.clone();
+            r.observed_generation = observed;
+        })
+        .await?;
+    state
+        .event(
+            EventKind::HealthChanged,
+            Some(id),
+            None,
+            CredentialKind::System,
+            format!("{from} -> {to}"),
+        )
+        .await?;
     tracing::info!(node = %id, %from, %to, "node health changed");
     if to == Health::Down && from != Health::Down {
         state.alert(crate::alerts::alert(
@@ -233,6 +269,7 @@ pub async fn heartbeat(state: &AppState, id: &str, hb: Heartbeat) -> ApiResult<H
     let status_wanted = {
         let mut l = ln.lock();
         l.last_seen = Instant::now();
+        l.heard_here = Some(l.last_seen);
         l.last_heartbeat = Some(Utc::now());
         l.observed_generation = hb.observed_generation;
         l.progress = hb.progress;
@@ -245,18 +282,25 @@ pub async fn heartbeat(state: &AppState, id: &str, hb: Heartbeat) -> ApiResult<H
         let from = l.health;
         l.health = Health::Ready;
         let wanted = !hb.status_digest.is_empty() && hb.status_digest != l.status_digest;
-        if from != Health::Ready {
-            transition(state, id, from, &l)?;
-        }
-        wanted
+        (
+            wanted,
+            (from != Health::Ready).then(|| Transition::of(from, &l)),
+        )
     };
-    // Queued resets are stored (they survive a registry restart) and taken once; their removal
-    // is made durable before they are handed over, so a restart does not deliver them again.
-    // Without resets nothing is written.
-    let reset = state.store.take_resets(id)?;
-    if !reset.is_empty() {
-        state.store.flush().await?;
+    let (status_wanted, change) = status_wanted;
+    if let Some(t) = change {
+        transition(state, id, t).await?;
     }
+    // Queued resets are stored (they survive a registry restart) and taken once; their removal
+    // is durable before they are handed over, so a restart does not deliver them again. The
+    // store is read only for nodes the fleet view knows to have resets queued.
+    let reset = if state.fleet.has_resets(id) {
+        let r = state.store.take_resets(id).await?;
+        state.fleet.set_resets(id, false);
+        r
+    } else {
+        Vec::new()
+    };
     Ok(HeartbeatResponse {
         generation,
         server_time: Utc::now(),
@@ -284,15 +328,16 @@ pub async fn reset_workload(
             format!("{name:?} is not a workload name: give the name of a container or VM of the node's spec"),
         )]));
     }
-    state.store.queue_reset(id, name)?;
-    state.event(
-        EventKind::WorkloadReset,
-        Some(id),
-        None,
-        cred,
-        format!("reset of {name}'s escalation ladder queued for the next heartbeat"),
-    )?;
-    state.store.flush().await?;
+    state.store.queue_reset(id, name).await?;
+    state
+        .event(
+            EventKind::WorkloadReset,
+            Some(id),
+            None,
+            cred,
+            format!("reset of {name}'s escalation ladder queued for the next heartbeat"),
+        )
+        .await?;
     Ok(steward_proto::api::ResetQueued {
         node_id: id.to_string(),
         workload: name.to_string(),
@@ -314,22 +359,27 @@ pub async fn put_status(state: &AppState, id: &str, status: NodeStatus) -> ApiRe
     };
     let summary = summarize(&status);
     let observed = status.observed_generation;
-    let before = state.store.node(id)?.and_then(|r| r.status);
+    let before = state.store.node(id).await?.and_then(|r| r.status);
     let alerts = crate::alerts::from_status(id, before.as_ref(), &status);
-    state.store.update_node(id, |r| {
-        r.status = Some(status.clone());
-        r.observed_generation = observed;
-        r.last_heartbeat = last;
-        r.heartbeat_rtt_ms = rtt;
-        r.stats = stats.clone();
-    })?;
-    state.event(
-        EventKind::StatusChanged,
-        Some(id),
-        Some(observed),
-        CredentialKind::Node,
-        summary,
-    )?;
+    state
+        .store
+        .update_node(id, |r| {
+            r.status = Some(status.clone());
+            r.observed_generation = observed;
+            r.last_heartbeat = last;
+            r.heartbeat_rtt_ms = rtt;
+            r.stats = stats.clone();
+        })
+        .await?;
+    state
+        .event(
+            EventKind::StatusChanged,
+            Some(id),
+            Some(observed),
+            CredentialKind::Node,
+            summary,
+        )
+        .await?;
     for a in alerts {
         state.alert(a);
     }
@@ -381,34 +431,37 @@ pub async fn decommission(state: &AppState, id: &str, cred: CredentialKind) -> A
         .update_node(id, |r| {
             r.health = Health::Decommissioned;
             r.secret_sha256 = None;
-        })?
+        })
+        .await?
         .ok_or_else(|| RegistryError::NotFound(format!("no node with id {id:?}")))?;
     if state
         .store
-        .node_for_machine(&rec.facts.machine_id)?
+        .node_for_machine(&rec.facts.machine_id)
+        .await?
         .as_deref()
         == Some(id)
     {
-        state.store.set_machine(&rec.facts.machine_id, None)?;
+        state.store.set_machine(&rec.facts.machine_id, None).await?;
     }
     // Its queued resets can never be delivered now.
-    state.store.take_resets(id)?;
+    state.store.take_resets(id).await?;
     if let Some(ln) = state.live(id) {
         let mut l = ln.lock();
         l.secret_sha256 = None;
         l.health = Health::Decommissioned;
     }
-    state.event(
-        EventKind::NodeDecommissioned,
-        Some(id),
-        None,
-        cred,
-        format!(
-            "{} decommissioned; its secret is revoked",
-            rec.facts.hostname
-        ),
-    )?;
-    state.store.flush().await?;
+    state
+        .event(
+            EventKind::NodeDecommissioned,
+            Some(id),
+            None,
+            cred,
+            format!(
+                "{} decommissioned; its secret is revoked",
+                rec.facts.hostname
+            ),
+        )
+        .await?;
     Ok(to_wire(state, rec))
 }
 
@@ -429,27 +482,31 @@ pub fn health_for(
 }
 
 /// One pass of the health monitor: moves silent nodes to stale or down.
-pub fn check_health(state: &AppState) {
+pub async fn check_health(state: &AppState) {
     let s = &state.settings;
     let now = Instant::now();
     for (id, ln) in state.all_live() {
-        let mut l = ln.lock();
-        if l.health == Health::Decommissioned {
-            continue;
-        }
-        let next = health_for(
-            now.duration_since(l.last_seen),
-            s.heartbeat_interval,
-            s.stale_after,
-            s.down_after,
-        );
-        // Only silence degrades health here; recovery happens on the next heartbeat.
-        if next > l.health {
+        let change = {
+            let mut l = ln.lock();
+            if l.health == Health::Decommissioned {
+                continue;
+            }
+            let next = health_for(
+                now.duration_since(l.last_seen),
+                s.heartbeat_interval,
+                s.stale_after,
+                s.down_after,
+            );
+            // Only silence degrades health here; recovery happens on the next heartbeat.
+            if next <= l.health {
+                continue;
+            }
             let from = l.health;
             l.health = next;
-            if let Err(e) = transition(state, &id, from, &l) {
-                tracing::error!(node = %id, error = %format!("{e:#}"), "recording health change failed");
-            }
+            Transition::of(from, &l)
+        };
+        if let Err(e) = transition(state, &id, change).await {
+            tracing::error!(node = %id, error = %format!("{e:#}"), "recording health change failed");
         }
     }
 }
@@ -461,7 +518,7 @@ pub async fn health_monitor(state: AppState) {
     iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         iv.tick().await;
-        check_health(&state);
+        check_health(&state).await;
     }
 }
 

@@ -75,7 +75,11 @@ fn token_problem(t: &TokenRecord, presented: &[u8; 32], now: DateTime<Utc>) -> O
 }
 
 /// Checks the body's `token` (an enrollment token or a grant) without spending it.
-fn check_credential(state: &AppState, token: &str, now: DateTime<Utc>) -> ApiResult<Credential> {
+async fn check_credential(
+    state: &AppState,
+    token: &str,
+    now: DateTime<Utc>,
+) -> ApiResult<Credential> {
     let unknown = || RegistryError::Enrollment("unknown enrollment token".into());
     let id = auth::secret_id(token).ok_or_else(unknown)?;
     let presented = auth::sha256(token);
@@ -85,7 +89,7 @@ fn check_credential(state: &AppState, token: &str, now: DateTime<Utc>) -> ApiRes
                 "unknown re-enrolment grant (already used, or never issued)".into(),
             )
         };
-        let g = state.store.grant(id)?.ok_or_else(unknown)?;
+        let g = state.store.grant(id).await?.ok_or_else(unknown)?;
         if !auth::hash_eq(&g.secret_sha256, &presented) {
             return Err(unknown());
         }
@@ -98,7 +102,7 @@ fn check_credential(state: &AppState, token: &str, now: DateTime<Utc>) -> ApiRes
         }
         return Ok(Credential::Grant(g));
     }
-    let t = state.store.token(id)?.ok_or_else(unknown)?;
+    let t = state.store.token(id).await?.ok_or_else(unknown)?;
     match token_problem(&t, &presented, now) {
         Some(p) => Err(RegistryError::Enrollment(p)),
         None => Ok(Credential::Token(t)),
@@ -106,7 +110,7 @@ fn check_credential(state: &AppState, token: &str, now: DateTime<Utc>) -> ApiRes
 }
 
 /// Records a refused enrolment (no secret in it) and returns the error to answer with.
-fn refuse(
+async fn refuse(
     state: &AppState,
     node: Option<&str>,
     client: Option<SocketAddr>,
@@ -114,13 +118,16 @@ fn refuse(
     err: RegistryError,
 ) -> RegistryError {
     let from = client.map(|a| format!(" from {a}")).unwrap_or_default();
-    if let Err(e) = state.event(
-        EventKind::EnrollRefused,
-        node,
-        None,
-        CredentialKind::Enrollment,
-        format!("enrolment refused{from}: {what}"),
-    ) {
+    if let Err(e) = state
+        .event(
+            EventKind::EnrollRefused,
+            node,
+            None,
+            CredentialKind::Enrollment,
+            format!("enrolment refused{from}: {what}"),
+        )
+        .await
+    {
         tracing::error!(error = %format!("{e:#}"), "recording a refused enrolment failed");
     }
     tracing::warn!(node = ?node, client = ?client, "enrolment refused: {what}");
@@ -136,31 +143,32 @@ fn conflict(message: String) -> RegistryError {
 
 /// Decides whether `req` may enrol, and as which node. Refusals change nothing (no token use
 /// or grant spent) and are recorded as `enroll-refused` events.
-pub fn admit(
+pub async fn admit(
     state: &AppState,
     req: &EnrollRequest,
     now: DateTime<Utc>,
     client: Option<SocketAddr>,
 ) -> ApiResult<Admitted> {
-    let credential = check_credential(state, &req.token, now)?;
+    let credential = check_credential(state, &req.token, now).await?;
     let at = Attempt {
         state,
         client,
         hostname: &req.facts.hostname,
     };
-    let mapped = match state.store.node_for_machine(&req.facts.machine_id)? {
+    let mapped = match state.store.node_for_machine(&req.facts.machine_id).await? {
         Some(id) => state
             .store
-            .node(&id)?
+            .node(&id)
+            .await?
             .filter(|n| n.health != Health::Decommissioned),
         None => None,
     };
     let proven = match (&credential, &req.node_secret) {
-        (Credential::Grant(g), _) => at.grant_node(g)?,
-        (Credential::Token(t), Some(secret)) => at.secret_node(t, secret)?,
+        (Credential::Grant(g), _) => at.grant_node(g).await?,
+        (Credential::Token(t), Some(secret)) => at.secret_node(t, secret).await?,
         (Credential::Token(t), None) => {
             return match mapped {
-                Some(m) => Err(at.unproven(t, &m)),
+                Some(m) => Err(at.unproven(t, &m).await),
                 None => Ok(Admitted {
                     existing: None,
                     credential,
@@ -169,21 +177,23 @@ pub fn admit(
         }
     };
     if let Some(m) = mapped.filter(|m| m.id != proven.id) {
-        return Err(at.refuse(
-            Some(&proven.id),
-            format!(
-                "re-enrolment of node {} with {} on the machine id of node {}",
-                proven.id,
-                credential.describe(),
-                m.id
-            ),
-            conflict(format!(
+        return Err(at
+            .refuse(
+                Some(&proven.id),
+                format!(
+                    "re-enrolment of node {} with {} on the machine id of node {}",
+                    proven.id,
+                    credential.describe(),
+                    m.id
+                ),
+                conflict(format!(
                 "this machine id belongs to another enrolled node, {id}; decommission node {id} \
                  (stewardctl nodes delete {id}) before enrolling this host as node {}",
                 proven.id,
                 id = m.id
             )),
-        ));
+            )
+            .await);
     }
     Ok(Admitted {
         existing: Some(proven),
@@ -200,13 +210,13 @@ struct Attempt<'a> {
 
 impl Attempt<'_> {
     /// Records a refused enrolment (no secret in it) and returns the error to answer with.
-    fn refuse(&self, node: Option<&str>, what: String, err: RegistryError) -> RegistryError {
-        refuse(self.state, node, self.client, what, err)
+    async fn refuse(&self, node: Option<&str>, what: String, err: RegistryError) -> RegistryError {
+        refuse(self.state, node, self.client, what, err).await
     }
 
     /// The live node a grant is for.
-    fn grant_node(&self, g: &GrantRecord) -> ApiResult<NodeRecord> {
-        let found = self.state.store.node(&g.node_id)?;
+    async fn grant_node(&self, g: &GrantRecord) -> ApiResult<NodeRecord> {
+        let found = self.state.store.node(&g.node_id).await?;
         let why = match found {
             Some(n) if n.health != Health::Decommissioned => return Ok(n),
             Some(_) => "was decommissioned",
@@ -216,40 +226,48 @@ impl Attempt<'_> {
             "re-enrolment grant {} is for node {}, which {why}",
             g.id, g.node_id
         );
-        Err(self.refuse(
-            Some(&g.node_id),
-            what.clone(),
-            RegistryError::Enrollment(format!(
-                "{what}; enrol with an enrollment token to create a new node"
-            )),
-        ))
+        Err(self
+            .refuse(
+                Some(&g.node_id),
+                what.clone(),
+                RegistryError::Enrollment(format!(
+                    "{what}; enrol with an enrollment token to create a new node"
+                )),
+            )
+            .await)
     }
 
     /// The live node whose current secret `secret` is.
-    fn secret_node(&self, t: &TokenRecord, secret: &str) -> ApiResult<NodeRecord> {
-        if let Some(n) = node_by_secret(self.state, secret)? {
+    async fn secret_node(&self, t: &TokenRecord, secret: &str) -> ApiResult<NodeRecord> {
+        if let Some(n) = node_by_secret(self.state, secret).await? {
             return Ok(n);
         }
-        let claimed =
-            auth::secret_id(secret).filter(|id| self.state.store.node(id).ok().flatten().is_some());
-        Err(self.refuse(
-            claimed,
-            format!(
-                "node_secret is not the current secret of an enrolled node (enrollment token \
+        let mut claimed = auth::secret_id(secret);
+        if let Some(id) = claimed {
+            if !matches!(self.state.store.node(id).await, Ok(Some(_))) {
+                claimed = None;
+            }
+        }
+        Err(self
+            .refuse(
+                claimed,
+                format!(
+                    "node_secret is not the current secret of an enrolled node (enrollment token \
                  {}, hostname given {:?})",
-                t.id, self.hostname
-            ),
-            RegistryError::Enrollment(
-                "node_secret is not the current secret of an enrolled node (the node was \
+                    t.id, self.hostname
+                ),
+                RegistryError::Enrollment(
+                    "node_secret is not the current secret of an enrolled node (the node was \
                  decommissioned, or its secret was rotated since); enrol without node_secret to \
                  create a new node, or ask an admin for a re-enrolment grant"
-                    .into(),
-            ),
-        ))
+                        .into(),
+                ),
+            )
+            .await)
     }
 
     /// The refusal of an enrollment token on the machine id of enrolled node `m`.
-    fn unproven(&self, t: &TokenRecord, m: &NodeRecord) -> RegistryError {
+    async fn unproven(&self, t: &TokenRecord, m: &NodeRecord) -> RegistryError {
         self.refuse(
             Some(&m.id),
             format!(
@@ -268,16 +286,17 @@ impl Attempt<'_> {
                 id = m.id
             )),
         )
+        .await
     }
 }
 
 /// The enrolled (not decommissioned) node whose current secret `secret` is.
-fn node_by_secret(state: &AppState, secret: &str) -> ApiResult<Option<NodeRecord>> {
+async fn node_by_secret(state: &AppState, secret: &str) -> ApiResult<Option<NodeRecord>> {
     let Some(id) = auth::secret_id(secret) else {
         return Ok(None);
     };
     let presented = auth::sha256(secret);
-    Ok(state.store.node(id)?.filter(|n| {
+    Ok(state.store.node(id).await?.filter(|n| {
         n.health != Health::Decommissioned
             && n.secret_sha256
                 .is_some_and(|h| auth::hash_eq(&h, &presented))
@@ -286,7 +305,7 @@ fn node_by_secret(state: &AppState, secret: &str) -> ApiResult<Option<NodeRecord
 
 /// Spends what an admitted enrolment presented: one use of the token (checked again inside
 /// the compare-and-swap) or the grant.
-pub fn spend(state: &AppState, credential: &Credential, now: DateTime<Utc>) -> ApiResult<()> {
+pub async fn spend(state: &AppState, credential: &Credential, now: DateTime<Utc>) -> ApiResult<()> {
     match credential {
         Credential::Token(t) => {
             let presented = t.secret_sha256;
@@ -295,12 +314,13 @@ pub fn spend(state: &AppState, credential: &Credential, now: DateTime<Utc>) -> A
                 .take_token_use(&t.id, |t| match token_problem(t, &presented, now) {
                     Some(p) => Err(p),
                     None => Ok(()),
-                })?
+                })
+                .await?
                 .ok_or_else(|| RegistryError::Enrollment("unknown enrollment token".into()))?
                 .map_err(RegistryError::Enrollment)?;
         }
         Credential::Grant(g) => {
-            if !state.store.take_grant(&g.id)? {
+            if !state.store.take_grant(&g.id).await? {
                 return Err(RegistryError::Enrollment(format!(
                     "re-enrolment grant {} was already used",
                     g.id
@@ -337,7 +357,8 @@ pub async fn create_grant(
     };
     let node = state
         .store
-        .node(node_id)?
+        .node(node_id)
+        .await?
         .ok_or_else(|| RegistryError::NotFound(format!("no node with id {node_id:?}")))?;
     if node.health == Health::Decommissioned {
         return Err(conflict(format!(
@@ -355,18 +376,19 @@ pub async fn create_grant(
         created_at: now,
         expires_at: now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::hours(1)),
     };
-    state.store.put_grant(&rec, now)?;
-    state.event(
-        EventKind::ReenrollGrantCreated,
-        Some(node_id),
-        None,
-        cred,
-        format!(
-            "re-enrolment grant {id} created for node {node_id} ({}), expires {}",
-            node.facts.hostname, rec.expires_at
-        ),
-    )?;
-    state.store.flush().await?;
+    state.store.put_grant(&rec, now).await?;
+    state
+        .event(
+            EventKind::ReenrollGrantCreated,
+            Some(node_id),
+            None,
+            cred,
+            format!(
+                "re-enrolment grant {id} created for node {node_id} ({}), expires {}",
+                node.facts.hostname, rec.expires_at
+            ),
+        )
+        .await?;
     Ok(ReenrollGrantCreated {
         grant,
         id,

@@ -1,4 +1,6 @@
-//! Start-up: resolve secrets, open the store, spawn the health monitor, serve HTTP(S).
+//! Start-up: resolve secrets, open the store (embedded or etcd), start the store watch, the jobs
+//! (health monitor, rollout drivers: on the replica holding the leadership) and the heartbeat
+//! batches, serve HTTP(S).
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -6,7 +8,12 @@ use std::path::Path;
 
 use anyhow::Context;
 
-use crate::config::RegistryConfig;
+use std::sync::Arc;
+
+use crate::config::{RegistryConfig, StoreConfig};
+use crate::kv::etcd::{EtcdKv, EtcdOptions};
+use crate::kv::sled::SledKv;
+use crate::kv::Kv;
 use crate::state::{AppState, Settings};
 use crate::store::Store;
 
@@ -58,13 +65,12 @@ fn cert_pin(path: &Path) -> anyhow::Result<String> {
 }
 
 /// Opens the store and builds the shared state (without serving).
-pub fn build_state(cfg: &RegistryConfig) -> anyhow::Result<AppState> {
+pub async fn build_state(cfg: &RegistryConfig) -> anyhow::Result<AppState> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
     let admin = admin_token(cfg)?;
     let read = cfg.read_token_file.as_deref().map(read_token).transpose()?;
-    let store = Store::open_with_reserve(&cfg.data_dir, cfg.store_reserve_bytes)
-        .with_context(|| format!("opening store in {}", cfg.data_dir.display()))?;
+    let store = Store::new(open_kv(cfg).await?);
     let settings = Settings {
         heartbeat_interval: cfg.heartbeat_interval,
         stale_after: cfg.stale_after,
@@ -80,8 +86,44 @@ pub fn build_state(cfg: &RegistryConfig) -> anyhow::Result<AppState> {
             .map(|(cert, _)| cert_pin(cert))
             .transpose()?,
         limits: cfg.limits.clone(),
+        replica_id: match &cfg.store {
+            StoreConfig::Embedded => None,
+            StoreConfig::Etcd { replica_id, .. } => Some(replica_id.clone()),
+        },
     };
-    Ok(AppState::new(settings, store, &admin, read.as_deref())?)
+    Ok(AppState::new(settings, store, &cfg.data_dir, &admin, read.as_deref()).await?)
+}
+
+/// Opens the store backend the config names: the embedded sled database in the data dir, or a
+/// connection to etcd.
+pub async fn open_kv(cfg: &RegistryConfig) -> anyhow::Result<Arc<dyn Kv>> {
+    Ok(match &cfg.store {
+        StoreConfig::Embedded => Arc::new(
+            SledKv::open(&cfg.data_dir, cfg.store_reserve_bytes)
+                .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?,
+        ),
+        StoreConfig::Etcd {
+            url,
+            prefix,
+            ca_file,
+            cert_file,
+            key_file,
+            lease_ttl,
+            ..
+        } => {
+            let mut opts = EtcdOptions::from_url(url).context("store")?;
+            opts.prefix = prefix.clone();
+            opts.ca_file = ca_file.clone();
+            opts.cert_file = cert_file.clone();
+            opts.key_file = key_file.clone();
+            opts.lease_ttl = *lease_ttl;
+            Arc::new(
+                EtcdKv::connect(opts)
+                    .await
+                    .with_context(|| format!("connecting to the store {url}"))?,
+            )
+        }
+    })
 }
 
 /// Serves until SIGINT/SIGTERM.
@@ -105,19 +147,21 @@ pub async fn serve(cfg: RegistryConfig) -> anyhow::Result<()> {
         webhooks = cfg.alerts.webhooks.len(),
         "starting steward-registry"
     );
-    let state = build_state(&cfg)?;
+    let state = build_state(&cfg).await?;
     if let Some(alerts) = crate::alerts::start(&state, &cfg.alerts)? {
         let _ = state.alerts.set(alerts);
     }
-    let monitor = tokio::spawn(crate::nodes::health_monitor(state.clone()));
-    let collected = crate::payloads::collect_at_start(&state).context("cleaning the blob store")?;
+    let jobs = tokio::spawn(crate::replica::run_jobs(state.clone()));
+    let batches = tokio::spawn(crate::replica::publish_heartbeats(state.clone()));
+    let collected = crate::payloads::collect_at_start(&state)
+        .await
+        .context("cleaning the blob store")?;
     if collected > 0 {
         tracing::info!(
             files = collected,
             "removed interrupted uploads and unreferenced blobs"
         );
     }
-    crate::rollout::resume_all(&state).context("resuming rollouts")?;
     let app = crate::api::router(state.clone(), cfg.max_body_bytes);
     let handle = axum_server::Handle::new();
     let h = handle.clone();
@@ -166,8 +210,8 @@ pub async fn serve(cfg: RegistryConfig) -> anyhow::Result<()> {
             server.handle(handle).serve(svc).await?;
         }
     }
-    monitor.abort();
-    state.store.flush().await?;
+    jobs.abort();
+    batches.abort();
     Ok(())
 }
 

@@ -10,13 +10,13 @@ use steward_proto::merge::{merge_specs, Source};
 use steward_proto::selector::Selector;
 use steward_proto::validate::{validate_labels, validate_spec, SpecLimits};
 use steward_proto::{
-    CredentialKind, EventKind, Fragment, FragmentWrite, FragmentWritten, Health, Labels, NodePatch,
-    NodeSpec, Problem, SpecWritten,
+    CredentialKind, Event, EventKind, Fragment, FragmentWrite, FragmentWritten, Health, Labels,
+    NodePatch, NodeSpec, Problem, SpecWritten,
 };
 
 use crate::error::{ApiResult, RegistryError};
 use crate::state::AppState;
-use crate::store::{NodeRecord, SpecRecord, SpecWrite};
+use crate::store::{NodeRecord, SpecRecord, SpecWrite, StoreError};
 
 /// The effective spec of a node with these labels, and the fragments merged in; it must be
 /// valid and within `limits` (so fragments cannot add up past them).
@@ -72,41 +72,87 @@ pub fn check_name(field: &str, name: &str) -> ApiResult<()> {
     }
 }
 
-fn live_node(state: &AppState, id: &str) -> ApiResult<NodeRecord> {
+/// How often a spec change is computed again when another replica's change committed first.
+pub const ATTEMPTS: usize = 16;
+
+/// Runs a `*_once` step again while it fails with [`StoreError::Stale`] (another writer
+/// committed a spec change since it read the spec epoch), at most [`ATTEMPTS`] times.
+macro_rules! retry_stale {
+    ($e:expr) => {{
+        let mut tries = 0;
+        loop {
+            match $e.await {
+                Err(RegistryError::Store(StoreError::Stale)) if tries < ATTEMPTS => tries += 1,
+                Err(RegistryError::Store(StoreError::Stale)) => {
+                    break Err(StoreError::Busy {
+                        what: "spec change",
+                    }
+                    .into())
+                }
+                r => break r,
+            }
+        }
+    }};
+}
+
+/// Held while a spec change is computed and written: this process's spec lock, and the spec
+/// epoch read under it (the change commits only if no other replica's change did meanwhile).
+struct SpecGuard<'a> {
+    _lock: tokio::sync::MutexGuard<'a, ()>,
+    epoch: crate::kv::Revision,
+}
+
+impl<'a> SpecGuard<'a> {
+    async fn take(state: &'a AppState) -> ApiResult<SpecGuard<'a>> {
+        let lock = state.spec_lock.lock().await;
+        let epoch = state.store.spec_epoch().await?;
+        Ok(SpecGuard { _lock: lock, epoch })
+    }
+}
+
+async fn live_node(state: &AppState, id: &str) -> ApiResult<NodeRecord> {
     state
         .store
-        .node(id)?
+        .node(id)
+        .await?
         .ok_or_else(|| RegistryError::NotFound(format!("no node with id {id:?}")))
 }
 
 /// Stores, flushes, then wakes watchers and logs one event per changed node.
 async fn commit(
     state: &AppState,
+    guard: &SpecGuard<'_>,
     writes: Vec<SpecWrite>,
     fragment: Option<(&str, Option<&Fragment>)>,
     node: Option<&NodeRecord>,
     cred: CredentialKind,
     why: &str,
 ) -> ApiResult<Vec<SpecWritten>> {
-    state.store.write_specs(&writes, fragment, node)?;
-    state.store.flush().await?;
+    state
+        .store
+        .write_specs(guard.epoch, &writes, fragment, node)
+        .await?;
+    let mut events = Vec::with_capacity(writes.len());
     let mut out = Vec::with_capacity(writes.len());
     for w in writes {
         if let Some(ln) = state.live(&w.node_id) {
-            ln.generation.send_replace(w.record.generation);
+            ln.raise_generation(w.record.generation);
         }
-        state.event(
-            EventKind::SpecWritten,
-            Some(&w.node_id),
-            Some(w.record.generation),
-            cred,
-            format!("generation {} ({why})", w.record.generation),
-        )?;
+        events.push(Event {
+            seq: 0,
+            time: Utc::now(),
+            kind: EventKind::SpecWritten,
+            node_id: Some(w.node_id.clone()),
+            generation: Some(w.record.generation),
+            credential: cred,
+            message: format!("generation {} ({why})", w.record.generation),
+        });
         out.push(SpecWritten {
             node_id: w.node_id,
             generation: w.record.generation,
         });
     }
+    state.events_many(events).await?;
     Ok(out)
 }
 
@@ -114,22 +160,32 @@ async fn commit(
 pub async fn write_node_spec(
     state: &AppState,
     id: &str,
+    own: NodeSpec,
+    if_match: Option<u64>,
+    cred: CredentialKind,
+) -> ApiResult<SpecWritten> {
+    retry_stale!(write_node_spec_once(state, id, own.clone(), if_match, cred))
+}
+
+async fn write_node_spec_once(
+    state: &AppState,
+    id: &str,
     mut own: NodeSpec,
     if_match: Option<u64>,
     cred: CredentialKind,
 ) -> ApiResult<SpecWritten> {
     validate_spec(&own, &state.settings.limits).map_err(|e| RegistryError::Invalid(e.0))?;
-    let _guard = state.spec_lock.lock().await;
+    let guard = SpecGuard::take(state).await?;
     // Under spec_lock: a version cannot be deleted between pinning and storing.
-    crate::payloads::pin(state, &mut own, "")?;
-    let node = live_node(state, id)?;
+    crate::payloads::pin(state, &mut own, "").await?;
+    let node = live_node(state, id).await?;
     if node.health == Health::Decommissioned {
         return Err(RegistryError::Conflict {
             message: format!("node {id:?} is decommissioned"),
             problems: vec![],
         });
     }
-    let current = state.store.spec(id)?.unwrap_or_default();
+    let current = state.store.spec(id).await?.unwrap_or_default();
     if let Some(expected) = if_match {
         if expected != current.generation {
             return Err(RegistryError::PreconditionFailed {
@@ -138,7 +194,7 @@ pub async fn write_node_spec(
             });
         }
     }
-    let fragments = state.store.fragments()?;
+    let fragments = state.store.fragments().await?;
     let (mut effective, names) =
         effective_spec(&own, &node.labels, &fragments, &state.settings.limits).map_err(
             |problems| RegistryError::Conflict {
@@ -146,7 +202,7 @@ pub async fn write_node_spec(
                 problems,
             },
         )?;
-    crate::payloads::apply_overrides(state, &mut effective, &current.payload_overrides)?;
+    crate::payloads::apply_overrides(state, &mut effective, &current.payload_overrides).await?;
     if current.generation > 0 && current.own == own && current.effective == effective {
         return Ok(SpecWritten {
             node_id: id.to_string(),
@@ -165,7 +221,16 @@ pub async fn write_node_spec(
         node_id: id.to_string(),
         record,
     };
-    let mut done = commit(state, vec![write], None, None, cred, "node spec written").await?;
+    let mut done = commit(
+        state,
+        &guard,
+        vec![write],
+        None,
+        None,
+        cred,
+        "node spec written",
+    )
+    .await?;
     Ok(done.remove(0))
 }
 
@@ -174,7 +239,7 @@ pub async fn write_node_spec(
 /// spec changed, or every problem found. Nodes are selected on the labels kept in memory, so
 /// only the matching nodes' specs are read from the store. `label_override` recomputes just
 /// that node, with the labels it is about to get.
-fn recompute(
+async fn recompute(
     state: &AppState,
     fragments: &[Fragment],
     touches: impl Fn(&Labels) -> bool,
@@ -195,14 +260,11 @@ fn recompute(
     let mut writes = Vec::new();
     let mut problems = Vec::new();
     for (id, labels) in candidates {
-        let current = state.store.spec(&id)?.unwrap_or_default();
+        let current = state.store.spec(&id).await?.unwrap_or_default();
         match effective_spec(&current.own, &labels, fragments, &state.settings.limits) {
             Ok((mut effective, names)) => {
-                crate::payloads::apply_overrides(
-                    state,
-                    &mut effective,
-                    &current.payload_overrides,
-                )?;
+                crate::payloads::apply_overrides(state, &mut effective, &current.payload_overrides)
+                    .await?;
                 if effective != current.effective || names != current.fragments {
                     writes.push(SpecWrite {
                         node_id: id.clone(),
@@ -237,6 +299,15 @@ pub async fn write_fragment(
     body: FragmentWrite,
     cred: CredentialKind,
 ) -> ApiResult<FragmentWritten> {
+    retry_stale!(write_fragment_once(state, name, body.clone(), cred))
+}
+
+async fn write_fragment_once(
+    state: &AppState,
+    name: &str,
+    body: FragmentWrite,
+    cred: CredentialKind,
+) -> ApiResult<FragmentWritten> {
     check_name("name", name)?;
     let mut problems = Vec::new();
     if let Err(e) = body.selector.parse::<Selector>() {
@@ -249,9 +320,9 @@ pub async fn write_fragment(
         return Err(RegistryError::Invalid(problems));
     }
     let mut body = body;
-    let _guard = state.spec_lock.lock().await;
-    crate::payloads::pin(state, &mut body.spec, "spec.")?;
-    let mut fragments = state.store.fragments()?;
+    let guard = SpecGuard::take(state).await?;
+    crate::payloads::pin(state, &mut body.spec, "spec.").await?;
+    let mut fragments = state.store.fragments().await?;
     let old = fragments.iter().position(|f| f.name == name);
     let old_selector = old.map(|i| fragments[i].selector.clone());
     let frag = Fragment {
@@ -274,21 +345,33 @@ pub async fn write_fragment(
         &fragments,
         |l| matches(&new_sel, l) || matches(&old_sel, l),
         None,
-    )?;
+    )
+    .await?;
     let why = format!("fragment {name:?} revision {}", frag.revision);
-    let affected = commit(state, writes, Some((name, Some(&frag))), None, cred, &why).await?;
-    state.event(
-        EventKind::FragmentWritten,
-        None,
+    let affected = commit(
+        state,
+        &guard,
+        writes,
+        Some((name, Some(&frag))),
         None,
         cred,
-        format!(
-            "fragment {name:?} revision {} (selector {:?}) written; {} node(s) affected",
-            frag.revision,
-            frag.selector,
-            affected.len()
-        ),
-    )?;
+        &why,
+    )
+    .await?;
+    state
+        .event(
+            EventKind::FragmentWritten,
+            None,
+            None,
+            cred,
+            format!(
+                "fragment {name:?} revision {} (selector {:?}) written; {} node(s) affected",
+                frag.revision,
+                frag.selector,
+                affected.len()
+            ),
+        )
+        .await?;
     Ok(FragmentWritten {
         name: name.to_string(),
         revision: frag.revision,
@@ -302,8 +385,16 @@ pub async fn delete_fragment(
     name: &str,
     cred: CredentialKind,
 ) -> ApiResult<FragmentWritten> {
-    let _guard = state.spec_lock.lock().await;
-    let mut fragments = state.store.fragments()?;
+    retry_stale!(delete_fragment_once(state, name, cred))
+}
+
+async fn delete_fragment_once(
+    state: &AppState,
+    name: &str,
+    cred: CredentialKind,
+) -> ApiResult<FragmentWritten> {
+    let guard = SpecGuard::take(state).await?;
+    let mut fragments = state.store.fragments().await?;
     let Some(i) = fragments.iter().position(|f| f.name == name) else {
         return Err(RegistryError::NotFound(format!(
             "no fragment named {name:?}"
@@ -316,19 +407,22 @@ pub async fn delete_fragment(
         &fragments,
         |l| old_sel.as_ref().is_some_and(|s| s.matches(l)),
         None,
-    )?;
+    )
+    .await?;
     let why = format!("fragment {name:?} deleted");
-    let affected = commit(state, writes, Some((name, None)), None, cred, &why).await?;
-    state.event(
-        EventKind::FragmentDeleted,
-        None,
-        None,
-        cred,
-        format!(
-            "fragment {name:?} deleted; {} node(s) affected",
-            affected.len()
-        ),
-    )?;
+    let affected = commit(state, &guard, writes, Some((name, None)), None, cred, &why).await?;
+    state
+        .event(
+            EventKind::FragmentDeleted,
+            None,
+            None,
+            cred,
+            format!(
+                "fragment {name:?} deleted; {} node(s) affected",
+                affected.len()
+            ),
+        )
+        .await?;
     Ok(FragmentWritten {
         name: name.to_string(),
         revision: old.revision,
@@ -343,8 +437,17 @@ pub async fn patch_node(
     patch: NodePatch,
     cred: CredentialKind,
 ) -> ApiResult<NodeRecord> {
-    let _guard = state.spec_lock.lock().await;
-    let mut node = live_node(state, id)?;
+    retry_stale!(patch_node_once(state, id, patch.clone(), cred))
+}
+
+async fn patch_node_once(
+    state: &AppState,
+    id: &str,
+    patch: NodePatch,
+    cred: CredentialKind,
+) -> ApiResult<NodeRecord> {
+    let guard = SpecGuard::take(state).await?;
+    let mut node = live_node(state, id).await?;
     if node.health == Health::Decommissioned {
         return Err(RegistryError::Conflict {
             message: format!("node {id:?} is decommissioned"),
@@ -365,9 +468,18 @@ pub async fn patch_node(
     if node.labels == before {
         return Ok(node);
     }
-    let fragments = state.store.fragments()?;
-    let writes = recompute(state, &fragments, |_| true, Some(&node))?;
-    commit(state, writes, None, Some(&node), cred, "labels changed").await?;
+    let fragments = state.store.fragments().await?;
+    let writes = recompute(state, &fragments, |_| true, Some(&node)).await?;
+    commit(
+        state,
+        &guard,
+        writes,
+        None,
+        Some(&node),
+        cred,
+        "labels changed",
+    )
+    .await?;
     if let Some(ln) = state.live(id) {
         ln.lock().labels = node.labels.clone();
     }
@@ -377,13 +489,15 @@ pub async fn patch_node(
             .collect::<Vec<_>>()
             .join(",")
     };
-    state.event(
-        EventKind::LabelsChanged,
-        Some(id),
-        Some(state.generation(id)),
-        cred,
-        format!("labels {} -> {}", fmt(&before), fmt(&node.labels)),
-    )?;
+    state
+        .event(
+            EventKind::LabelsChanged,
+            Some(id),
+            Some(state.generation(id)),
+            cred,
+            format!("labels {} -> {}", fmt(&before), fmt(&node.labels)),
+        )
+        .await?;
     Ok(node)
 }
 
@@ -396,15 +510,24 @@ pub async fn set_payload_overrides(
     cred: CredentialKind,
     why: &str,
 ) -> ApiResult<Vec<SpecWritten>> {
-    let _guard = state.spec_lock.lock().await;
-    let fragments = state.store.fragments()?;
+    retry_stale!(set_payload_overrides_once(state, changes, cred, why))
+}
+
+async fn set_payload_overrides_once(
+    state: &AppState,
+    changes: &[(String, String, Option<String>)],
+    cred: CredentialKind,
+    why: &str,
+) -> ApiResult<Vec<SpecWritten>> {
+    let guard = SpecGuard::take(state).await?;
+    let fragments = state.store.fragments().await?;
     let mut writes = Vec::new();
     for (id, payload, version) in changes {
         let labels = state
             .live(id)
             .map(|l| l.lock().labels.clone())
             .unwrap_or_default();
-        let current = state.store.spec(id)?.unwrap_or_default();
+        let current = state.store.spec(id).await?.unwrap_or_default();
         let mut overrides = current.payload_overrides.clone();
         match version {
             Some(v) => overrides.insert(payload.clone(), v.clone()),
@@ -420,7 +543,7 @@ pub async fn set_payload_overrides(
                     problems,
                 },
             )?;
-        crate::payloads::apply_overrides(state, &mut effective, &overrides)?;
+        crate::payloads::apply_overrides(state, &mut effective, &overrides).await?;
         let bump = u64::from(effective != current.effective || names != current.fragments);
         writes.push(SpecWrite {
             node_id: id.clone(),
@@ -434,5 +557,5 @@ pub async fn set_payload_overrides(
             },
         });
     }
-    commit(state, writes, None, None, cred, why).await
+    commit(state, &guard, writes, None, None, cred, why).await
 }

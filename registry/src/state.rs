@@ -1,14 +1,16 @@
-//! Shared state of a running registry: the store, the in-memory view of live nodes (heartbeats,
-//! credentials, spec generation watchers) and the event log.
+//! Shared state of a running registry, as the HTTP layer sees it: settings, the store, the fleet
+//! view, the event broadcast, metrics, login sessions, alerts, blobs and rollouts.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
-use steward_proto::{CredentialKind, Event, EventKind, Health, HostStats};
-use tokio::sync::{broadcast, watch};
+use chrono::Utc;
+use steward_proto::{CredentialKind, Event, EventKind};
+use tokio::sync::broadcast;
 
+use crate::fleet::Fleet;
+pub use crate::fleet::{Live, LiveNode};
 use crate::store::{NodeRecord, Store, StoreError};
 
 /// Settings the request handlers need (a subset of the server's config).
@@ -31,6 +33,9 @@ pub struct Settings {
     pub public_url: Option<String>,
     /// sha256 (hex) of the registry's TLS certificate, pinned by `/install.sh`.
     pub tls_pin: Option<String>,
+    /// This replica's id when the store is shared with other replicas (etcd); `None` with the
+    /// embedded store.
+    pub replica_id: Option<String>,
     /// Upper bounds on node specs, fragments and effective specs (`[limits]`).
     pub limits: steward_proto::validate::SpecLimits,
 }
@@ -47,38 +52,9 @@ impl Default for Settings {
             packages_dir: crate::config::DEFAULT_PACKAGES_DIR.into(),
             public_url: None,
             tls_pin: None,
+            replica_id: None,
             limits: Default::default(),
         }
-    }
-}
-
-/// What the registry keeps in memory per node: heartbeats never touch the disk by themselves.
-#[derive(Debug)]
-pub struct Live {
-    pub secret_sha256: Option<[u8; 32]>,
-    /// The node's labels, kept here so fragment writes select nodes without reading the store.
-    pub labels: steward_proto::Labels,
-    pub health: Health,
-    pub last_seen: Instant,
-    pub last_heartbeat: Option<DateTime<Utc>>,
-    pub rtt_ms: Option<f64>,
-    pub stats: Option<HostStats>,
-    pub observed_generation: u64,
-    pub status_digest: String,
-    /// The reconcile pass in progress, per the last heartbeat (memory only).
-    pub progress: Option<steward_proto::PassProgress>,
-}
-
-/// One node's live entry: its heartbeat data and its spec generation channel.
-#[derive(Debug)]
-pub struct LiveNode {
-    pub live: Mutex<Live>,
-    pub generation: watch::Sender<u64>,
-}
-
-impl LiveNode {
-    pub fn lock(&self) -> std::sync::MutexGuard<'_, Live> {
-        self.live.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -88,10 +64,12 @@ pub struct Inner {
     pub store: Store,
     pub admin_sha256: [u8; 32],
     pub read_sha256: Option<[u8; 32]>,
-    pub nodes: RwLock<HashMap<String, Arc<LiveNode>>>,
-    /// Serialises writes that change specs (spec, fragment and label writes).
+    /// The nodes as this process sees them (kept in step with the store by `replica.rs`).
+    pub fleet: Fleet,
+    /// Serialises this process's writes that change specs (spec, fragment and label writes);
+    /// across replicas the store's spec epoch does (`store.rs`).
     pub spec_lock: tokio::sync::Mutex<()>,
-    event_seq: Mutex<u64>,
+    /// Events as they are stored (by any replica), fed by the store watch.
     pub events: broadcast::Sender<Event>,
     pub started: Instant,
     pub metrics: crate::metrics::Metrics,
@@ -118,75 +96,63 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
-    /// Loads nodes and generations from the store. Nodes are given a fresh grace period: their
-    /// heartbeat clock starts at registry start-up, so a restart does not mark the fleet down.
-    pub fn new(
+    /// Loads nodes and generations from the store and starts following its changes. Nodes are
+    /// given a fresh grace period: their heartbeat clock starts now, so a restart does not mark
+    /// the fleet down.
+    pub async fn new(
         settings: Settings,
         store: Store,
+        blobs_dir: &std::path::Path,
         admin_token: &str,
         read_token: Option<&str>,
     ) -> Result<Self, StoreError> {
-        let generations: HashMap<String, u64> = store.generations()?.into_iter().collect();
-        let mut nodes = HashMap::new();
-        let now = Instant::now();
-        for rec in store.nodes()? {
+        let revision = store.kv().revision().await?;
+        let generations: HashMap<String, u64> = store.generations().await?.into_iter().collect();
+        let fleet = Fleet::default();
+        for rec in store.nodes().await? {
             let generation = generations.get(&rec.id).copied().unwrap_or(0);
-            nodes.insert(
-                rec.id.clone(),
-                Arc::new(live_from_record(&rec, generation, now)),
-            );
+            fleet.insert_live(&rec, generation);
         }
-        let seq = store.last_event_seq()?;
+        for node in store.reset_nodes().await? {
+            fleet.set_resets(&node, true);
+        }
         let (events, _) = broadcast::channel(4096);
-        let blobs = crate::payloads::blobs::Blobs::new(store.dir());
-        Ok(AppState(Arc::new(Inner {
+        let blobs = crate::payloads::blobs::Blobs::new(blobs_dir);
+        let state = AppState(Arc::new(Inner {
             settings,
             store,
             admin_sha256: crate::auth::sha256(admin_token),
             read_sha256: read_token.map(crate::auth::sha256),
-            nodes: RwLock::new(nodes),
+            fleet,
             spec_lock: tokio::sync::Mutex::new(()),
-            event_seq: Mutex::new(seq),
             events,
-            started: now,
+            started: Instant::now(),
             metrics: crate::metrics::Metrics::new(),
             sessions: Default::default(),
             alerts: Default::default(),
             blobs,
             payload_lock: tokio::sync::Mutex::new(()),
             rollouts: Default::default(),
-        })))
+        }));
+        crate::replica::follow_store(&state, revision + 1).await?;
+        Ok(state)
     }
 
     pub fn live(&self, id: &str) -> Option<Arc<LiveNode>> {
-        self.nodes
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(id)
-            .cloned()
+        self.fleet.live(id)
     }
 
     pub fn all_live(&self) -> Vec<(String, Arc<LiveNode>)> {
-        self.nodes
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
+        self.fleet.all_live()
     }
 
     pub fn insert_live(&self, rec: &NodeRecord, generation: u64) -> Arc<LiveNode> {
-        let ln = Arc::new(live_from_record(rec, generation, Instant::now()));
-        self.nodes
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(rec.id.clone(), ln.clone());
-        ln
+        self.fleet.insert_live(rec, generation)
     }
 
     /// Current spec generation of a node (0 when unknown).
     pub fn generation(&self, id: &str) -> u64 {
-        self.live(id).map(|l| *l.generation.borrow()).unwrap_or(0)
+        self.fleet.generation(id)
     }
 
     /// Raises an alert (sent to the webhooks that take its kind, if any are configured).
@@ -196,8 +162,9 @@ impl AppState {
         }
     }
 
-    /// Appends an event to the log and to live subscribers.
-    pub fn event(
+    /// Appends an event to the log (numbered by the store); live subscribers get it from the
+    /// store watch.
+    pub async fn event(
         &self,
         kind: EventKind,
         node_id: Option<&str>,
@@ -205,9 +172,8 @@ impl AppState {
         credential: CredentialKind,
         message: impl Into<String>,
     ) -> Result<Event, StoreError> {
-        let mut seq = self.event_seq.lock().unwrap_or_else(|p| p.into_inner());
         let ev = Event {
-            seq: *seq + 1,
+            seq: 0,
             time: Utc::now(),
             kind,
             node_id: node_id.map(str::to_string),
@@ -215,34 +181,17 @@ impl AppState {
             credential,
             message: message.into(),
         };
-        self.store.put_event(&ev)?;
-        *seq = ev.seq;
+        let ev = self.store.append_events(vec![ev]).await?.remove(0);
         self.metrics.event(ev.kind);
-        // No subscribers is fine.
-        let _ = self.events.send(ev.clone());
         Ok(ev)
     }
-}
 
-fn live_from_record(rec: &NodeRecord, generation: u64, now: Instant) -> LiveNode {
-    let (generation, _) = watch::channel(generation);
-    LiveNode {
-        live: Mutex::new(Live {
-            secret_sha256: rec.secret_sha256,
-            labels: rec.labels.clone(),
-            health: rec.health,
-            last_seen: now,
-            last_heartbeat: rec.last_heartbeat,
-            rtt_ms: rec.heartbeat_rtt_ms,
-            stats: rec.stats.clone(),
-            observed_generation: rec.observed_generation,
-            status_digest: rec
-                .status
-                .as_ref()
-                .map(|s| s.digest.clone())
-                .unwrap_or_default(),
-            progress: None,
-        }),
-        generation,
+    /// Appends several events in one store transaction (numbered in order).
+    pub async fn events_many(&self, events: Vec<Event>) -> Result<Vec<Event>, StoreError> {
+        let events = self.store.append_events(events).await?;
+        for e in &events {
+            self.metrics.event(e.kind);
+        }
+        Ok(events)
     }
 }

@@ -1,57 +1,56 @@
-//! The registry's embedded store (sled): nodes, specs, fragments, enrollment tokens, events,
-//! payload version metadata, rollouts, queued workload resets and re-enrolment grants (payload
-//! contents are files,
-//! see `payloads/blobs.rs`).
+//! The registry's typed records and where they live in the key-value store ([`crate::kv::Kv`]):
+//! nodes, machines, specs, fragments, enrollment tokens, events, payload version metadata,
+//! rollouts, queued workload resets (`store/resets.rs`) and re-enrolment grants
+//! (`store/grants.rs`). Payload contents are files (`payloads/blobs.rs`).
 //!
-//! Only this module touches sled. Writes that must be durable before they are acknowledged
-//! call [`Store::flush`] (fsync of the log) before the handler answers.
+//! Keys: `nodes/{id}`, `machines/{machine_id}`, `specs/{id}`, `fragments/{name}`, `tokens/{id}`,
+//! `events/{seq:020}` (with the counter `meta/event-seq`), `payloads/{name}/{version}`,
+//! `rollouts/{id}`, `resets/{node}`, `grants/{id}`, and `meta/spec-epoch`, raised by every change
+//! that can alter effective specs (spec, fragment and label writes, payload deletions): such a
+//! change reads the epoch first and commits only if it did not move (optimistic concurrency
+//! across replicas). Values are JSON. Every write is durable before the call returns.
+
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
-use sled::transaction::{ConflictableTransactionError, TransactionError};
-use sled::Transactional;
 use steward_proto::{
     Event, Fragment, Health, HostStats, Labels, NodeFacts, NodeSpec, NodeStatus, PayloadVersion,
 };
 
+use crate::kv::{KeyValue, Kv, KvError, Revision, Txn, TxnOutcome};
+
 mod grants;
-mod health;
+mod resets;
 pub use grants::GrantRecord;
-pub use health::WriteKind;
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("storage error: {0}")]
-    Sled(#[from] sled::Error),
-    #[error("corrupt record in {tree}: {source}")]
+    #[error(transparent)]
+    Kv(#[from] KvError),
+    #[error("corrupt record {key} in the registry store: {source}")]
     Corrupt {
-        tree: &'static str,
+        key: String,
+        #[source]
         source: serde_json::Error,
     },
-    /// The disk holding the data dir is full: writes are refused until space is freed.
-    #[error(
-        "registry store at {} is out of disk space (ENOSPC): free space or delete payload versions",
-        .dir.display()
-    )]
-    Full { dir: std::path::PathBuf },
-    /// The store cannot write (an I/O error); it is reopened at the next write or /readyz.
-    #[error("registry store at {} cannot write: {source}", .dir.display())]
-    Io {
-        dir: std::path::PathBuf,
-        #[source]
-        source: sled::Error,
-    },
-    /// A reopen after an error did not complete; the next write or /readyz tries again.
-    #[error("registry store at {} is unavailable: {reason}", .dir.display())]
-    Unavailable {
-        dir: std::path::PathBuf,
-        reason: String,
-    },
+    /// Another writer changed the records this change was computed from; compute it again.
+    #[error("the records changed while this change was computed (another registry replica wrote at the same time)")]
+    Stale,
+    /// Too many writers at once on the same records.
+    #[error("registry store busy: {what} kept conflicting with concurrent writes; try again")]
+    Busy { what: &'static str },
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+/// How often a compare-and-swap loop retries before answering [`StoreError::Busy`].
+const CAS_ATTEMPTS: usize = 64;
+/// The key raised by every change that can alter effective specs.
+const SPEC_EPOCH: &str = "meta/spec-epoch";
+/// The counter of event sequence numbers (gap-free: raised in the event's own transaction).
+const EVENT_SEQ: &str = "meta/event-seq";
 /// A node as stored: the wire `Node` fields that are persisted, plus its credential hash.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NodeRecord {
@@ -98,31 +97,20 @@ pub struct TokenRecord {
     pub revoked: bool,
 }
 
-/// The store: the open sled database (reopened after an I/O error such as a full disk, since
-/// sled keeps failing every write once one happened), its health and the disk reserve.
-#[derive(Clone)]
-pub struct Store {
-    trees: std::sync::Arc<std::sync::RwLock<Option<std::sync::Arc<Trees>>>>,
-    health: std::sync::Arc<health::Health>,
-    reserve: crate::disk::Reserve,
-    dir: std::path::PathBuf,
+/// A node's spec record to write with a spec change.
+pub struct SpecWrite {
+    pub node_id: String,
+    pub record: SpecRecord,
 }
 
-/// The sled database and its trees.
-struct Trees {
-    db: sled::Db,
-    nodes: sled::Tree,
-    machines: sled::Tree,
-    specs: sled::Tree,
-    fragments: sled::Tree,
-    tokens: sled::Tree,
-    events: sled::Tree,
-    payloads: sled::Tree,
-    rollouts: sled::Tree,
-    /// Node id -> JSON list of workload names whose reset awaits the node's next heartbeat.
-    resets: sled::Tree,
-    /// Re-enrolment grants (hash only), one use each.
-    grants: sled::Tree,
+/// What a read-modify-write step decides.
+pub enum Update<T, R> {
+    /// Store this value, answer `R`.
+    Put(T, R),
+    /// Delete the key, answer `R`.
+    Delete(R),
+    /// Write nothing, answer `R`.
+    Keep(R),
 }
 
 fn enc<T: Serialize>(v: &T) -> Vec<u8> {
@@ -130,452 +118,395 @@ fn enc<T: Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).unwrap_or_default()
 }
 
-fn dec<T: DeserializeOwned>(tree: &'static str, bytes: &[u8]) -> Result<T> {
-    serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt { tree, source })
+fn dec<T: DeserializeOwned>(kv: &KeyValue) -> Result<T> {
+    serde_json::from_slice(&kv.value).map_err(|source| StoreError::Corrupt {
+        key: kv.key.clone(),
+        source,
+    })
 }
 
-/// Changes to write atomically with a spec change.
-pub struct SpecWrite {
-    pub node_id: String,
-    pub record: SpecRecord,
-}
-
-impl Trees {
-    fn open(dir: &std::path::Path) -> std::result::Result<Self, sled::Error> {
-        let db = sled::Config::new().path(dir.join("db")).open()?;
-        Ok(Self {
-            nodes: db.open_tree("nodes")?,
-            machines: db.open_tree("machines")?,
-            specs: db.open_tree("specs")?,
-            fragments: db.open_tree("fragments")?,
-            tokens: db.open_tree("tokens")?,
-            events: db.open_tree("events")?,
-            payloads: db.open_tree("payloads")?,
-            rollouts: db.open_tree("rollouts")?,
-            resets: db.open_tree("resets")?,
-            grants: db.open_tree("reenroll_grants")?,
-            db,
-        })
-    }
+/// The store: typed access to the registry's records in a [`Kv`] backend.
+#[derive(Clone)]
+pub struct Store {
+    kv: Arc<dyn Kv>,
 }
 
 impl Store {
-    /// Opens the store in `dir` without a disk reserve.
-    pub fn open(dir: &std::path::Path) -> Result<Self> {
-        Self::open_with_reserve(dir, 0)
+    pub fn new(kv: Arc<dyn Kv>) -> Self {
+        Self { kv }
     }
 
-    /// Opens the store in `dir` and keeps a reserve file of `reserve_bytes` there (created now
-    /// when the disk has room, else once it has).
-    pub fn open_with_reserve(dir: &std::path::Path, reserve_bytes: u64) -> Result<Self> {
-        let trees = Trees::open(dir)?;
-        let store = Self {
-            trees: std::sync::Arc::new(std::sync::RwLock::new(Some(std::sync::Arc::new(trees)))),
-            health: Default::default(),
-            reserve: crate::disk::Reserve::new(dir, reserve_bytes),
-            dir: dir.to_path_buf(),
-        };
-        store.start_reserve();
-        Ok(store)
+    /// The embedded store in `dir` without a disk reserve (tests, tools).
+    pub fn open_embedded(dir: &std::path::Path) -> Result<Self> {
+        let kv = crate::kv::sled::SledKv::open(dir, 0)?;
+        Ok(Self::new(Arc::new(kv)))
     }
 
-    /// Makes every write so far durable (fsync).
-    pub async fn flush(&self) -> Result<()> {
-        let t = self.w(health::WriteKind::Freeing)?;
-        t.db.flush_async().await.map_err(|e| self.fail(e))?;
-        Ok(())
+    /// The backend (for watches, sessions and the leader election).
+    pub fn kv(&self) -> &Arc<dyn Kv> {
+        &self.kv
     }
 
-    pub fn node(&self, id: &str) -> Result<Option<NodeRecord>> {
-        self.t()?
-            .nodes
-            .get(id)?
-            .map(|b| dec("nodes", &b))
-            .transpose()
+    /// Ready when the backend can serve writes.
+    pub async fn readiness(&self) -> Result<()> {
+        Ok(self.kv.readiness().await?)
     }
 
-    pub fn nodes(&self) -> Result<Vec<NodeRecord>> {
-        self.t()?
-            .nodes
+    async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<(T, Revision)>> {
+        match self.kv.get(key).await? {
+            Some(kv) => Ok(Some((dec(&kv)?, kv.mod_revision))),
+            None => Ok(None),
+        }
+    }
+
+    async fn value<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        Ok(self.get(key).await?.map(|(v, _)| v))
+    }
+
+    /// Every record under `prefix` with its key minus the prefix, in key order.
+    async fn list<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<(String, T)>> {
+        self.kv
+            .range(prefix, None, 0)
+            .await?
             .iter()
-            .values()
-            .map(|v| dec("nodes", &v?))
+            .map(|kv| Ok((kv.key[prefix.len()..].to_string(), dec(kv)?)))
             .collect()
     }
 
-    pub fn put_node(&self, n: &NodeRecord) -> Result<()> {
-        let t = self.w(health::WriteKind::Ordinary)?;
-        t.nodes
-            .insert(n.id.as_bytes(), enc(n))
-            .map_err(|e| self.fail(e))?;
-        Ok(())
-    }
-
-    pub fn node_for_machine(&self, machine_id: &str) -> Result<Option<String>> {
+    async fn values<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<T>> {
         Ok(self
-            .t()?
-            .machines
-            .get(machine_id)?
-            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+            .list(prefix)
+            .await?
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect())
     }
 
-    pub fn set_machine(&self, machine_id: &str, node_id: Option<&str>) -> Result<()> {
-        let t = self.w(health::WriteKind::Ordinary)?;
-        match node_id {
-            Some(id) => t.machines.insert(machine_id, id.as_bytes()),
-            None => t.machines.remove(machine_id),
+    async fn put<T: Serialize>(&self, key: &str, v: &T) -> Result<()> {
+        self.commit(Txn::new().put(key, enc(v))).await.map(drop)
+    }
+
+    /// Commits a transaction; a failed compare is [`StoreError::Stale`].
+    async fn commit(&self, txn: Txn) -> Result<Revision> {
+        match self.kv.txn(txn).await? {
+            TxnOutcome::Committed(rev) => Ok(rev),
+            TxnOutcome::Conflict => Err(StoreError::Stale),
         }
-        .map_err(|e| self.fail(e))?;
-        Ok(())
     }
 
-    pub fn spec(&self, node_id: &str) -> Result<Option<SpecRecord>> {
-        self.t()?
-            .specs
-            .get(node_id)?
-            .map(|b| dec("specs", &b))
-            .transpose()
+    /// Read-modify-write of one record, retried while another writer changes it in between.
+    pub async fn update<T, R>(
+        &self,
+        key: &str,
+        freeing: bool,
+        what: &'static str,
+        mut f: impl FnMut(Option<T>) -> Update<T, R>,
+    ) -> Result<R>
+    where
+        T: Serialize + DeserializeOwned,
+    {
+        for _ in 0..CAS_ATTEMPTS {
+            let (old, rev) = match self.get::<T>(key).await? {
+                Some((v, rev)) => (Some(v), rev),
+                None => (None, 0),
+            };
+            let (txn, out) = match f(old) {
+                Update::Keep(r) => return Ok(r),
+                Update::Put(v, r) => (Txn::new().when(key, rev).put(key, enc(&v)), r),
+                Update::Delete(r) => (Txn::new().when(key, rev).delete(key), r),
+            };
+            let txn = if freeing { txn.freeing() } else { txn };
+            match self.commit(txn).await {
+                Ok(_) => return Ok(out),
+                Err(StoreError::Stale) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(StoreError::Busy { what })
+    }
+}
+
+/// Nodes and machines.
+impl Store {
+    pub async fn node(&self, id: &str) -> Result<Option<NodeRecord>> {
+        self.value(&format!("nodes/{id}")).await
+    }
+
+    pub async fn nodes(&self) -> Result<Vec<NodeRecord>> {
+        self.values("nodes/").await
+    }
+
+    pub async fn put_node(&self, n: &NodeRecord) -> Result<()> {
+        self.put(&format!("nodes/{}", n.id), n).await
+    }
+
+    /// Read-modify-write of one node record (so concurrent updates of other fields are not
+    /// lost). Returns the new record, or `None` when absent.
+    pub async fn update_node(
+        &self,
+        id: &str,
+        mut f: impl FnMut(&mut NodeRecord),
+    ) -> Result<Option<NodeRecord>> {
+        self.update(
+            &format!("nodes/{id}"),
+            false,
+            "node update",
+            |old| match old {
+                Some(mut rec) => {
+                    f(&mut rec);
+                    Update::Put(rec.clone(), Some(rec))
+                }
+                None => Update::Keep(None),
+            },
+        )
+        .await
+    }
+
+    pub async fn node_for_machine(&self, machine_id: &str) -> Result<Option<String>> {
+        Ok(self
+            .kv
+            .get(&format!("machines/{machine_id}"))
+            .await?
+            .map(|kv| String::from_utf8_lossy(&kv.value).into_owned()))
+    }
+
+    pub async fn set_machine(&self, machine_id: &str, node_id: Option<&str>) -> Result<()> {
+        let key = format!("machines/{machine_id}");
+        let txn = match node_id {
+            Some(id) => Txn::new().put(key, id.as_bytes()),
+            None => Txn::new().delete(key),
+        };
+        self.commit(txn).await.map(drop)
+    }
+}
+
+/// Specs and fragments.
+impl Store {
+    pub async fn spec(&self, node_id: &str) -> Result<Option<SpecRecord>> {
+        self.value(&format!("specs/{node_id}")).await
+    }
+
+    /// Every node's spec record.
+    pub async fn specs(&self) -> Result<Vec<(String, SpecRecord)>> {
+        self.list("specs/").await
     }
 
     /// Every node's spec generation, for the watchers at start-up.
-    pub fn generations(&self) -> Result<Vec<(String, u64)>> {
-        self.t()?
-            .specs
-            .iter()
-            .map(|kv| {
-                let (k, v) = kv?;
-                let rec: SpecRecord = dec("specs", &v)?;
-                Ok((String::from_utf8_lossy(&k).into_owned(), rec.generation))
-            })
-            .collect()
+    pub async fn generations(&self) -> Result<Vec<(String, u64)>> {
+        Ok(self
+            .specs()
+            .await?
+            .into_iter()
+            .map(|(id, r)| (id, r.generation))
+            .collect())
     }
 
-    pub fn fragment(&self, name: &str) -> Result<Option<Fragment>> {
-        self.t()?
-            .fragments
-            .get(name)?
-            .map(|b| dec("fragments", &b))
-            .transpose()
+    pub async fn fragment(&self, name: &str) -> Result<Option<Fragment>> {
+        self.value(&format!("fragments/{name}")).await
     }
 
-    pub fn fragments(&self) -> Result<Vec<Fragment>> {
-        self.t()?
-            .fragments
-            .iter()
-            .values()
-            .map(|v| dec("fragments", &v?))
-            .collect()
+    pub async fn fragments(&self) -> Result<Vec<Fragment>> {
+        self.values("fragments/").await
     }
 
-    /// Writes node specs, optionally a fragment change and a node record, in one transaction:
-    /// either all of them are stored or none is. `fragment`: `(name, Some(f))` stores,
-    /// `(name, None)` deletes.
-    pub fn write_specs(
+    /// The revision of the spec epoch: read it before reading what a spec change is computed
+    /// from, and pass it to [`Store::write_specs`].
+    pub async fn spec_epoch(&self) -> Result<Revision> {
+        Ok(self
+            .kv
+            .get(SPEC_EPOCH)
+            .await?
+            .map_or(0, |kv| kv.mod_revision))
+    }
+
+    /// Writes node specs, optionally a fragment change and a node record, in one transaction,
+    /// only if no other spec change committed since `epoch` was read ([`StoreError::Stale`]
+    /// otherwise: compute again). `fragment`: `(name, Some(f))` stores, `(name, None)` deletes.
+    pub async fn write_specs(
         &self,
+        epoch: Revision,
         specs: &[SpecWrite],
         fragment: Option<(&str, Option<&Fragment>)>,
         node: Option<&NodeRecord>,
     ) -> Result<()> {
-        let encoded: Vec<(&str, Vec<u8>)> = specs
-            .iter()
-            .map(|w| (w.node_id.as_str(), enc(&w.record)))
-            .collect();
-        let frag = fragment.map(|(name, f)| (name, f.map(enc)));
-        let node = node.map(|n| (n.id.as_str(), enc(n)));
-        let t = self.w(health::WriteKind::Ordinary)?;
-        let res: std::result::Result<(), TransactionError<()>> = (&t.specs, &t.fragments, &t.nodes)
-            .transaction(|(s, f, n)| {
-                if let Some((id, bytes)) = &node {
-                    n.insert(id.as_bytes(), bytes.as_slice())?;
-                }
-                for (id, bytes) in &encoded {
-                    s.insert(id.as_bytes(), bytes.as_slice())?;
-                }
-                if let Some((name, val)) = &frag {
-                    match val {
-                        Some(bytes) => {
-                            f.insert(name.as_bytes(), bytes.as_slice())?;
-                        }
-                        None => {
-                            f.remove(name.as_bytes())?;
-                        }
-                    }
-                }
-                Ok::<(), ConflictableTransactionError<()>>(())
-            });
-        match res {
-            Ok(()) => Ok(()),
-            Err(TransactionError::Storage(e)) => Err(self.fail(e)),
-            Err(TransactionError::Abort(())) => Ok(()),
+        let mut txn = Txn::new()
+            .when(SPEC_EPOCH, epoch)
+            .put(SPEC_EPOCH, Vec::new());
+        if let Some(n) = node {
+            txn = txn.put(format!("nodes/{}", n.id), enc(n));
         }
+        for w in specs {
+            txn = txn.put(format!("specs/{}", w.node_id), enc(&w.record));
+        }
+        if let Some((name, f)) = fragment {
+            let key = format!("fragments/{name}");
+            txn = match f {
+                Some(f) => txn.put(key, enc(f)),
+                None => txn.delete(key),
+            };
+        }
+        self.commit(txn).await.map(drop)
+    }
+}
+
+/// Enrollment tokens.
+impl Store {
+    pub async fn token(&self, id: &str) -> Result<Option<TokenRecord>> {
+        self.value(&format!("tokens/{id}")).await
     }
 
-    pub fn token(&self, id: &str) -> Result<Option<TokenRecord>> {
-        self.t()?
-            .tokens
-            .get(id)?
-            .map(|b| dec("tokens", &b))
-            .transpose()
+    pub async fn tokens(&self) -> Result<Vec<TokenRecord>> {
+        self.values("tokens/").await
     }
 
-    pub fn tokens(&self) -> Result<Vec<TokenRecord>> {
-        self.t()?
-            .tokens
-            .iter()
-            .values()
-            .map(|v| dec("tokens", &v?))
-            .collect()
-    }
-
-    pub fn put_token(&self, t: &TokenRecord) -> Result<()> {
-        let trees = self.w(health::WriteKind::Ordinary)?;
-        trees
-            .tokens
-            .insert(t.id.as_bytes(), enc(t))
-            .map_err(|e| self.fail(e))?;
-        Ok(())
+    pub async fn put_token(&self, t: &TokenRecord) -> Result<()> {
+        self.put(&format!("tokens/{}", t.id), t).await
     }
 
     /// Takes one use of a token atomically; returns the record as it was before, or `None`
     /// when it does not exist. The caller checks expiry, revocation and uses left first via
     /// `check`, which runs inside the compare-and-swap loop.
-    pub fn take_token_use<E>(
+    pub async fn take_token_use<E>(
         &self,
         id: &str,
         check: impl Fn(&TokenRecord) -> std::result::Result<(), E>,
     ) -> Result<Option<std::result::Result<TokenRecord, E>>> {
-        let t = self.w(health::WriteKind::Ordinary)?;
-        loop {
-            let Some(old) = t.tokens.get(id)? else {
-                return Ok(None);
+        self.update(&format!("tokens/{id}"), false, "token use", |old| {
+            let Some(rec): Option<TokenRecord> = old else {
+                return Update::Keep(None);
             };
-            let rec: TokenRecord = dec("tokens", &old)?;
             if let Err(e) = check(&rec) {
-                return Ok(Some(Err(e)));
+                return Update::Keep(Some(Err(e)));
             }
             let mut next = rec.clone();
             next.uses_left = next.uses_left.saturating_sub(1);
-            if t.tokens
-                .compare_and_swap(id, Some(old), Some(enc(&next)))
-                .map_err(|e| self.fail(e))?
-                .is_ok()
-            {
-                return Ok(Some(Ok(rec)));
+            Update::Put(next, Some(Ok(rec)))
+        })
+        .await
+    }
+}
+
+fn event_key(seq: u64) -> String {
+    format!("events/{seq:020}")
+}
+
+/// The event log.
+impl Store {
+    /// Sequence number of the last stored event (0 when none).
+    pub async fn last_event_seq(&self) -> Result<u64> {
+        Ok(self.value::<u64>(EVENT_SEQ).await?.unwrap_or(0))
+    }
+
+    /// Appends events in one transaction, numbering them after the last stored one (gap-free
+    /// across replicas: the counter is raised in the same transaction); returns them numbered.
+    pub async fn append_events(&self, mut events: Vec<Event>) -> Result<Vec<Event>> {
+        if events.is_empty() {
+            return Ok(events);
+        }
+        for _ in 0..CAS_ATTEMPTS {
+            let (last, rev) = self.get::<u64>(EVENT_SEQ).await?.unwrap_or((0, 0));
+            let mut txn = Txn::new().freeing().when(EVENT_SEQ, rev);
+            for (i, e) in events.iter_mut().enumerate() {
+                e.seq = last + 1 + i as u64;
+                txn = txn.put(event_key(e.seq), enc(e));
+            }
+            txn = txn.put(EVENT_SEQ, enc(&(last + events.len() as u64)));
+            match self.commit(txn).await {
+                Ok(_) => return Ok(events),
+                Err(StoreError::Stale) => continue,
+                Err(e) => return Err(e),
             }
         }
-    }
-
-    /// Sequence number of the last stored event (0 when none).
-    pub fn last_event_seq(&self) -> Result<u64> {
-        Ok(self
-            .t()?
-            .events
-            .last()?
-            .map(|(k, _)| seq_from_key(&k))
-            .unwrap_or(0))
-    }
-
-    pub fn put_event(&self, e: &Event) -> Result<()> {
-        let t = self.w(health::WriteKind::Freeing)?;
-        t.events
-            .insert(e.seq.to_be_bytes(), enc(e))
-            .map_err(|e| self.fail(e))?;
-        Ok(())
+        Err(StoreError::Busy { what: "event log" })
     }
 
     /// Events with `seq > after`, oldest first, at most `limit`.
-    pub fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>> {
-        let start = after.saturating_add(1).to_be_bytes();
-        self.t()?
-            .events
-            .range(start..)
-            .values()
-            .take(limit)
-            .map(|v| dec("events", &v?))
+    pub async fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>> {
+        let start = (after > 0).then(|| event_key(after));
+        self.kv
+            .range("events/", start.as_deref(), limit)
+            .await?
+            .iter()
+            .map(dec)
             .collect()
     }
-}
 
-fn seq_from_key(k: &[u8]) -> u64 {
-    let mut b = [0u8; 8];
-    let n = k.len().min(8);
-    b[..n].copy_from_slice(&k[..n]);
-    u64::from_be_bytes(b)
-}
-
-impl Store {
-    /// Read-modify-write of one node record (compare-and-swap loop, so concurrent updates of
-    /// other fields are not lost). Returns the new record, or `None` when absent.
-    pub fn update_node(
-        &self,
-        id: &str,
-        mut f: impl FnMut(&mut NodeRecord),
-    ) -> Result<Option<NodeRecord>> {
-        let t = self.w(health::WriteKind::Ordinary)?;
-        loop {
-            let Some(old) = t.nodes.get(id)? else {
-                return Ok(None);
-            };
-            let mut rec: NodeRecord = dec("nodes", &old)?;
-            f(&mut rec);
-            if t.nodes
-                .compare_and_swap(id, Some(old), Some(enc(&rec)))
-                .map_err(|e| self.fail(e))?
-                .is_ok()
-            {
-                return Ok(Some(rec));
+    /// Deletes events with `seq <= upto` (the oldest), at most `limit` of them; returns how
+    /// many were deleted.
+    pub async fn trim_events(&self, upto: u64, limit: usize) -> Result<usize> {
+        let old = self.kv.range("events/", None, limit).await?;
+        let mut txn = Txn::new().freeing();
+        let mut n = 0;
+        for kv in &old {
+            if dec::<Event>(kv)?.seq > upto {
+                break;
             }
+            txn = txn.delete(kv.key.clone());
+            n += 1;
         }
+        if n > 0 {
+            self.commit(txn).await?;
+        }
+        Ok(n)
     }
 }
 
-/// Key of a payload version: `name`, a NUL, `version` (so one name's versions are a prefix).
-fn payload_key(name: &str, version: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(name.len() + version.len() + 1);
-    k.extend_from_slice(name.as_bytes());
-    k.push(0);
-    k.extend_from_slice(version.as_bytes());
-    k
+fn payload_key(name: &str, version: &str) -> String {
+    format!("payloads/{name}/{version}")
 }
 
+/// Payload version metadata and rollouts.
 impl Store {
-    /// The data directory the store was opened in (blobs live under `<dir>/blobs`).
-    pub fn dir(&self) -> &std::path::Path {
-        &self.dir
-    }
-
-    pub fn payload_version(&self, name: &str, version: &str) -> Result<Option<PayloadVersion>> {
-        self.t()?
-            .payloads
-            .get(payload_key(name, version))?
-            .map(|b| dec("payloads", &b))
-            .transpose()
+    pub async fn payload_version(
+        &self,
+        name: &str,
+        version: &str,
+    ) -> Result<Option<PayloadVersion>> {
+        self.value(&payload_key(name, version)).await
     }
 
     /// Every payload version (ordered by name, then version bytes).
-    pub fn payload_versions(&self) -> Result<Vec<PayloadVersion>> {
-        self.t()?
-            .payloads
-            .iter()
-            .values()
-            .map(|v| dec("payloads", &v?))
-            .collect()
+    pub async fn payload_versions(&self) -> Result<Vec<PayloadVersion>> {
+        self.values("payloads/").await
     }
 
-    pub fn put_payload_version(&self, v: &PayloadVersion) -> Result<()> {
-        let t = self.w(health::WriteKind::Ordinary)?;
-        t.payloads
-            .insert(payload_key(&v.name, &v.version), enc(v))
-            .map_err(|e| self.fail(e))?;
-        Ok(())
+    /// Stores a new version; `false` (nothing written) when it exists already.
+    pub async fn create_payload_version(&self, v: &PayloadVersion) -> Result<bool> {
+        let key = payload_key(&v.name, &v.version);
+        match self.commit(Txn::new().when(&key, 0).put(key, enc(v))).await {
+            Ok(_) => Ok(true),
+            Err(StoreError::Stale) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
-    pub fn remove_payload_version(&self, name: &str, version: &str) -> Result<()> {
-        let t = self.w(health::WriteKind::Freeing)?;
-        t.payloads
-            .remove(payload_key(name, version))
-            .map_err(|e| self.fail(e))?;
-        Ok(())
-    }
-
-    /// Every node's spec record.
-    pub fn specs(&self) -> Result<Vec<(String, SpecRecord)>> {
-        self.t()?
-            .specs
-            .iter()
-            .map(|kv| {
-                let (k, v) = kv?;
-                Ok((String::from_utf8_lossy(&k).into_owned(), dec("specs", &v)?))
-            })
-            .collect()
+    /// Removes a version, only if no spec change committed since `epoch` (a spec write
+    /// could have pinned it): [`StoreError::Stale`] otherwise.
+    pub async fn remove_payload_version(
+        &self,
+        epoch: Revision,
+        name: &str,
+        version: &str,
+    ) -> Result<()> {
+        let txn = Txn::new()
+            .freeing()
+            .when(SPEC_EPOCH, epoch)
+            .put(SPEC_EPOCH, Vec::new())
+            .delete(payload_key(name, version));
+        self.commit(txn).await.map(drop)
     }
 
     /// A stored rollout record (opaque JSON owned by `rollout/`).
-    pub fn rollout<T: DeserializeOwned>(&self, id: &str) -> Result<Option<T>> {
-        self.t()?
-            .rollouts
-            .get(id)?
-            .map(|b| dec("rollouts", &b))
-            .transpose()
+    pub async fn rollout<T: DeserializeOwned>(&self, id: &str) -> Result<Option<T>> {
+        self.value(&format!("rollouts/{id}")).await
     }
 
-    pub fn rollouts<T: DeserializeOwned>(&self) -> Result<Vec<T>> {
-        self.t()?
-            .rollouts
-            .iter()
-            .values()
-            .map(|v| dec("rollouts", &v?))
-            .collect()
+    pub async fn rollouts<T: DeserializeOwned>(&self) -> Result<Vec<T>> {
+        self.values("rollouts/").await
     }
 
-    pub fn put_rollout<T: Serialize>(&self, id: &str, r: &T) -> Result<()> {
-        let t = self.w(health::WriteKind::Ordinary)?;
-        t.rollouts
-            .insert(id.as_bytes(), enc(r))
-            .map_err(|e| self.fail(e))?;
-        Ok(())
-    }
-}
-
-impl Store {
-    /// Queues a reset of workload `name` for node `node` (once: a name already queued is not
-    /// added again). Compare-and-swap loop, so a concurrent [`Store::take_resets`] or queueing
-    /// loses nothing. Durable once [`Store::flush`] returns.
-    pub fn queue_reset(&self, node: &str, name: &str) -> Result<()> {
-        let t = self.w(health::WriteKind::Ordinary)?;
-        loop {
-            let old = t.resets.get(node)?;
-            let mut names: Vec<String> = match &old {
-                Some(b) => dec("resets", b)?,
-                None => Vec::new(),
-            };
-            if names.iter().any(|n| n == name) {
-                return Ok(());
-            }
-            names.push(name.to_string());
-            if t.resets
-                .compare_and_swap(node, old, Some(enc(&names)))
-                .map_err(|e| self.fail(e))?
-                .is_ok()
-            {
-                return Ok(());
-            }
-        }
-    }
-
-    /// Takes (reads and removes, in one atomic step) the resets queued for `node`, oldest first.
-    /// Writes nothing when none are queued, so calling it on every heartbeat costs no disk.
-    pub fn take_resets(&self, node: &str) -> Result<Vec<String>> {
-        let t = self.w(health::WriteKind::Freeing)?;
-        t.resets
-            .remove(node)
-            .map_err(|e| self.fail(e))?
-            .map(|b| dec("resets", &b))
-            .transpose()
-            .map(Option::unwrap_or_default)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    #[test]
-    fn queued_resets_survive_reopen_and_are_taken_once() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let store = Store::open(dir.path()).unwrap();
-            store.queue_reset("n1", "web").unwrap();
-            store.queue_reset("n1", "db").unwrap();
-            store.queue_reset("n1", "web").unwrap();
-            store.queue_reset("n2", "vm").unwrap();
-            store.flush_blocking().unwrap();
-        }
-        let store = Store::open(dir.path()).unwrap();
-        assert_eq!(store.take_resets("n1").unwrap(), vec!["web", "db"]);
-        assert!(store.take_resets("n1").unwrap().is_empty());
-        assert_eq!(store.take_resets("n2").unwrap(), vec!["vm"]);
-        assert!(store.take_resets("unknown").unwrap().is_empty());
+    /// Stores a rollout record.
+    pub async fn put_rollout<T: Serialize>(&self, id: &str, r: &T) -> Result<()> {
+        self.put(&format!("rollouts/{id}"), r).await
     }
 }

@@ -45,13 +45,13 @@ pub async fn list(
     };
     let node = q.get("node");
     let events = match node {
-        None => state.store.events_after(after, limit)?,
+        None => state.store.events_after(after, limit).await?,
         Some(n) => {
             // Filtered read: scan forward in pages until `limit` matches are found.
             let mut out = Vec::new();
             let mut cursor = after;
             loop {
-                let page = state.store.events_after(cursor, 1000)?;
+                let page = state.store.events_after(cursor, 1000).await?;
                 let Some(last) = page.last() else { break };
                 cursor = last.seq;
                 out.extend(page.into_iter().filter(|e| e.node_id.as_ref() == Some(n)));
@@ -103,7 +103,7 @@ pub async fn stream(
                     .data(data);
                 return Some((Ok(sse), f));
             }
-            match f.state.store.events_after(f.last, 500) {
+            match f.state.store.events_after(f.last, 500).await {
                 Ok(page) if !page.is_empty() => {
                     f.backlog.extend(page);
                     continue;

@@ -10,7 +10,7 @@ use crate::error::{ApiResult, RegistryError};
 use crate::state::AppState;
 
 pub async fn list(State(state): State<AppState>) -> ApiResult<Json<Vec<Fragment>>> {
-    let mut v = state.store.fragments()?;
+    let mut v = state.store.fragments().await?;
     v.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(Json(v))
 }
@@ -21,7 +21,8 @@ pub async fn get(
 ) -> ApiResult<Json<Fragment>> {
     state
         .store
-        .fragment(&name)?
+        .fragment(&name)
+        .await?
         .map(Json)
         .ok_or_else(|| RegistryError::NotFound(format!("no fragment named {name:?}")))
 }

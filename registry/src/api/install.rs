@@ -368,12 +368,20 @@ mod tests {
         state: AppState,
     }
 
-    fn fixture(settings: impl FnOnce(&Path) -> Settings) -> Fx {
+    async fn fixture(settings: impl FnOnce(&Path) -> Settings) -> Fx {
         let dir = tempfile::tempdir().unwrap();
         let pkgs = dir.path().join("packages");
         std::fs::create_dir(&pkgs).unwrap();
-        let store = Store::open(&dir.path().join("store")).unwrap();
-        let state = AppState::new(settings(&pkgs), store, "admin-token-0123456789", None).unwrap();
+        let store = Store::open_embedded(&dir.path().join("store")).unwrap();
+        let state = AppState::new(
+            settings(&pkgs),
+            store,
+            dir.path(),
+            "admin-token-0123456789",
+            None,
+        )
+        .await
+        .unwrap();
         Fx {
             _dir: dir,
             pkgs,
@@ -439,7 +447,8 @@ mod tests {
         let fx = fixture(|p| Settings {
             packages_dir: p.to_path_buf(),
             ..Default::default()
-        });
+        })
+        .await;
         for (name, body) in [
             ("steward-agent_0.1.0_amd64.deb", "old"),
             ("steward-agent_0.2.0_amd64.deb", "new"),
@@ -502,7 +511,8 @@ mod tests {
             tls: true,
             tls_pin: Some(pin.clone()),
             ..Default::default()
-        });
+        })
+        .await;
         for (name, body) in [
             ("steward-agent_0.9.0_amd64.deb", "old"),
             ("steward-agent_0.10.0_amd64.deb", "new"),
@@ -550,7 +560,8 @@ mod tests {
             packages_dir: p.join("missing"),
             public_url: Some("http://10.1.2.3:7700".into()),
             ..Default::default()
-        });
+        })
+        .await;
         let (st, _, body) = get(&fx.state, "/v1/packages", None).await;
         assert_eq!((st, body.as_str()), (StatusCode::OK, "[]"));
         let (st, _, script) = get(&fx.state, "/install.sh", Some("ignored:1")).await;

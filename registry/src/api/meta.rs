@@ -14,7 +14,7 @@ pub async fn healthz() -> &'static str {
 /// Ready when the store can read and write (503 naming the reason otherwise: a full disk, an
 /// I/O error); a failed store is recovered here when it can be.
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    let ready = match state.store.last_event_seq() {
+    let ready = match state.store.last_event_seq().await {
         Ok(_) => state.store.readiness().await,
         Err(e) => Err(e),
     };

@@ -88,7 +88,8 @@ pub async fn list(
     };
     let mut out: Vec<Node> = state
         .store
-        .nodes()?
+        .nodes()
+        .await?
         .into_iter()
         .filter(|r| selector.matches(&r.labels))
         .map(|r| to_wire(&state, r))
@@ -107,7 +108,8 @@ pub async fn get(
 ) -> ApiResult<Json<Node>> {
     let rec = state
         .store
-        .node(&id)?
+        .node(&id)
+        .await?
         .ok_or_else(|| RegistryError::NotFound(format!("no node with id {id:?}")))?;
     Ok(Json(redact(&caller, to_wire(&state, rec))))
 }

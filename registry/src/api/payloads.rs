@@ -52,21 +52,21 @@ pub async fn put(
 }
 
 pub async fn list(State(state): State<AppState>) -> ApiResult<Json<Vec<PayloadSummary>>> {
-    Ok(Json(ops::list(&state)?))
+    Ok(Json(ops::list(&state).await?))
 }
 
 pub async fn versions(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Vec<PayloadVersion>>> {
-    Ok(Json(ops::versions(&state, &name)?))
+    Ok(Json(ops::versions(&state, &name).await?))
 }
 
 pub async fn get(
     State(state): State<AppState>,
     Path((name, version)): Path<(String, String)>,
 ) -> ApiResult<Json<PayloadVersion>> {
-    Ok(Json(ops::get(&state, &name, &version)?))
+    Ok(Json(ops::get(&state, &name, &version).await?))
 }
 
 pub async fn delete(
@@ -95,7 +95,7 @@ pub async fn blob(
         ));
     }
     if let Caller::Node(id) = &caller {
-        if !ops::node_may_read(&state, id, &sha256)? {
+        if !ops::node_may_read(&state, id, &sha256).await? {
             return Err(RegistryError::Forbidden(format!(
                 "node {id} may download only blobs its spec references; {sha256} is not one"
             )));

@@ -23,14 +23,14 @@ pub async fn start(
 }
 
 pub async fn list(State(state): State<AppState>) -> ApiResult<Json<Vec<Rollout>>> {
-    Ok(Json(ops::list(&state)?))
+    Ok(Json(ops::list(&state).await?))
 }
 
 pub async fn get(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Rollout>> {
-    Ok(Json(ops::get(&state, &id)?))
+    Ok(Json(ops::get(&state, &id).await?))
 }
 
 async fn command(

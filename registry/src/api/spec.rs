@@ -14,8 +14,8 @@ use crate::auth::Caller;
 use crate::error::{ApiResult, RegistryError};
 use crate::state::AppState;
 
-fn document(state: &AppState, id: &str) -> ApiResult<Response> {
-    let rec = state.store.spec(id)?.unwrap_or_default();
+async fn document(state: &AppState, id: &str) -> ApiResult<Response> {
+    let rec = state.store.spec(id).await?.unwrap_or_default();
     let etag = HeaderValue::from_str(&format!("\"{}\"", rec.generation))
         .unwrap_or(HeaderValue::from_static("\"0\""));
     let doc = SpecDocument {
@@ -38,7 +38,7 @@ pub async fn get(
         .live(&id)
         .ok_or_else(|| RegistryError::NotFound(format!("no node with id {id:?}")))?;
     let Some(after) = q.get("after") else {
-        return document(&state, &id);
+        return document(&state, &id).await;
     };
     let after: u64 = after
         .parse()
@@ -66,7 +66,7 @@ pub async fn get(
     // Sender gone (cannot happen while the node exists) or time-out: check once more.
     let newer = woke || *rx.borrow() > after;
     if newer {
-        document(&state, &id)
+        document(&state, &id).await
     } else {
         Ok(StatusCode::NOT_MODIFIED.into_response())
     }

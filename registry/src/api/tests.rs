@@ -83,8 +83,10 @@ async fn enroll(state: &AppState, machine: &str) -> (String, String) {
 
 async fn fixture() -> Fx {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    let state = AppState::new(Settings::default(), store, ADMIN, Some(READ)).unwrap();
+    let store = Store::open_embedded(dir.path()).unwrap();
+    let state = AppState::new(Settings::default(), store, dir.path(), ADMIN, Some(READ))
+        .await
+        .unwrap();
     let own = enroll(&state, "own-machine").await;
     let other = enroll(&state, "other-machine").await;
     let frag = json!({"selector": "x=y", "spec": {}}).to_string();
@@ -630,10 +632,16 @@ async fn decommission_drops_queued_resets() {
     )
     .await;
     assert_eq!(st, StatusCode::OK, "{body}");
-    assert!(fx.state.store.take_resets(&fx.own.0).unwrap().is_empty());
+    assert!(fx
+        .state
+        .store
+        .take_resets(&fx.own.0)
+        .await
+        .unwrap()
+        .is_empty());
     // Another node's queue is untouched.
     assert_eq!(
-        fx.state.store.take_resets(&fx.other.0).unwrap(),
+        fx.state.store.take_resets(&fx.other.0).await.unwrap(),
         vec!["web"]
     );
 }

@@ -72,18 +72,19 @@ pub async fn create(
         expires_at: now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::days(1)),
         revoked: false,
     };
-    state.store.put_token(&rec)?;
-    state.event(
-        EventKind::TokenCreated,
-        None,
-        None,
-        caller.kind(),
-        format!(
-            "enrollment token {id} created ({uses} use(s), expires {})",
-            rec.expires_at
-        ),
-    )?;
-    state.store.flush().await?;
+    state.store.put_token(&rec).await?;
+    state
+        .event(
+            EventKind::TokenCreated,
+            None,
+            None,
+            caller.kind(),
+            format!(
+                "enrollment token {id} created ({uses} use(s), expires {})",
+                rec.expires_at
+            ),
+        )
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(EnrollmentTokenCreated {
@@ -94,7 +95,7 @@ pub async fn create(
 }
 
 pub async fn list(State(state): State<AppState>) -> ApiResult<Json<Vec<EnrollmentTokenInfo>>> {
-    let mut v: Vec<_> = state.store.tokens()?.iter().map(info).collect();
+    let mut v: Vec<_> = state.store.tokens().await?.iter().map(info).collect();
     v.sort_by_key(|t| t.created_at);
     Ok(Json(v))
 }
@@ -104,21 +105,22 @@ pub async fn revoke(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<EnrollmentTokenInfo>> {
-    let mut rec = state
-        .store
-        .token(&id)?
-        .ok_or_else(|| RegistryError::NotFound(format!("no enrollment token with id {id:?}")))?;
+    let mut rec =
+        state.store.token(&id).await?.ok_or_else(|| {
+            RegistryError::NotFound(format!("no enrollment token with id {id:?}"))
+        })?;
     if !rec.revoked {
         rec.revoked = true;
-        state.store.put_token(&rec)?;
-        state.event(
-            EventKind::TokenRevoked,
-            None,
-            None,
-            caller.kind(),
-            format!("enrollment token {id} revoked"),
-        )?;
-        state.store.flush().await?;
+        state.store.put_token(&rec).await?;
+        state
+            .event(
+                EventKind::TokenRevoked,
+                None,
+                None,
+                caller.kind(),
+                format!("enrollment token {id} revoked"),
+            )
+            .await?;
     }
     Ok(Json(info(&rec)))
 }

@@ -16,6 +16,7 @@ use steward_proto::{
 
 use crate::error::{ApiResult, RegistryError};
 use crate::state::AppState;
+use crate::store::StoreError;
 
 /// Checks a payload name and version with the same rules as a spec's `payloads[]` entry.
 pub fn check_name_version(name: &str, version: &str) -> ApiResult<()> {
@@ -77,7 +78,7 @@ where
     // Received and hashed before taking the lock: a slow upload does not block others.
     let ing = state.blobs.ingest(body, expected_sha256).await?;
     let _guard = state.payload_lock.lock().await;
-    if let Some(existing) = state.store.payload_version(name, version)? {
+    if let Some(existing) = state.store.payload_version(name, version).await? {
         if existing.sha256 == ing.sha256 {
             return Ok(Uploaded {
                 version: existing,
@@ -101,24 +102,42 @@ where
         created_at: Utc::now(),
     };
     let new_blob = state.blobs.commit(ing).await?;
-    state.store.put_payload_version(&pv)?;
-    state.store.flush().await?;
-    state.event(
-        EventKind::PayloadUploaded,
-        None,
-        None,
-        cred,
-        format!(
-            "payload {name:?} version {version:?} uploaded: sha256 {} ({} bytes{})",
-            pv.sha256,
-            pv.size,
-            if new_blob {
-                ""
-            } else {
-                ", content already stored"
-            }
-        ),
-    )?;
+    if !state.store.create_payload_version(&pv).await? {
+        // Another replica stored this version meanwhile: same content is the same version.
+        let existing = get(state, name, version).await?;
+        if existing.sha256 != pv.sha256 {
+            return Err(RegistryError::Conflict {
+                message: format!(
+                    "payload {name:?} version {version:?} was just uploaded with other content \
+                     (sha256 {}); versions are immutable",
+                    existing.sha256
+                ),
+                problems: vec![],
+            });
+        }
+        return Ok(Uploaded {
+            version: existing,
+            created: false,
+        });
+    }
+    state
+        .event(
+            EventKind::PayloadUploaded,
+            None,
+            None,
+            cred,
+            format!(
+                "payload {name:?} version {version:?} uploaded: sha256 {} ({} bytes{})",
+                pv.sha256,
+                pv.size,
+                if new_blob {
+                    ""
+                } else {
+                    ", content already stored"
+                }
+            ),
+        )
+        .await?;
     Ok(Uploaded {
         version: pv,
         created: true,
@@ -126,10 +145,11 @@ where
 }
 
 /// Start-up: removes interrupted uploads and blobs no version references.
-pub fn collect_at_start(state: &AppState) -> ApiResult<usize> {
+pub async fn collect_at_start(state: &AppState) -> ApiResult<usize> {
     let used: std::collections::HashSet<String> = state
         .store
-        .payload_versions()?
+        .payload_versions()
+        .await?
         .into_iter()
         .map(|v| v.sha256)
         .collect();
@@ -137,9 +157,9 @@ pub fn collect_at_start(state: &AppState) -> ApiResult<usize> {
 }
 
 /// Every payload with its versions.
-pub fn list(state: &AppState) -> ApiResult<Vec<PayloadSummary>> {
+pub async fn list(state: &AppState) -> ApiResult<Vec<PayloadSummary>> {
     let mut by_name: BTreeMap<String, PayloadSummary> = BTreeMap::new();
-    let mut all = state.store.payload_versions()?;
+    let mut all = state.store.payload_versions().await?;
     all.sort_by_key(|a| a.created_at);
     for v in all {
         let e = by_name
@@ -156,10 +176,11 @@ pub fn list(state: &AppState) -> ApiResult<Vec<PayloadSummary>> {
 }
 
 /// The versions of one payload, oldest first (404 when it has none).
-pub fn versions(state: &AppState, name: &str) -> ApiResult<Vec<PayloadVersion>> {
+pub async fn versions(state: &AppState, name: &str) -> ApiResult<Vec<PayloadVersion>> {
     let mut v: Vec<PayloadVersion> = state
         .store
-        .payload_versions()?
+        .payload_versions()
+        .await?
         .into_iter()
         .filter(|v| v.name == name)
         .collect();
@@ -172,10 +193,11 @@ pub fn versions(state: &AppState, name: &str) -> ApiResult<Vec<PayloadVersion>> 
     Ok(v)
 }
 
-pub fn get(state: &AppState, name: &str, version: &str) -> ApiResult<PayloadVersion> {
+pub async fn get(state: &AppState, name: &str, version: &str) -> ApiResult<PayloadVersion> {
     state
         .store
-        .payload_version(name, version)?
+        .payload_version(name, version)
+        .await?
         .ok_or_else(|| not_found(name, version))
 }
 
@@ -185,14 +207,14 @@ fn not_found(name: &str, version: &str) -> RegistryError {
 
 /// What references `name@version`: node specs (own or effective, rollout overrides included)
 /// and fragments, as human-readable strings.
-fn references(state: &AppState, name: &str, version: &str) -> ApiResult<Vec<String>> {
+async fn references(state: &AppState, name: &str, version: &str) -> ApiResult<Vec<String>> {
     let uses = |s: &NodeSpec| {
         s.payloads
             .iter()
             .any(|p| p.name == name && p.version == version)
     };
     let mut out = Vec::new();
-    for (id, rec) in state.store.specs()? {
+    for (id, rec) in state.store.specs().await? {
         if uses(&rec.own)
             || uses(&rec.effective)
             || rec
@@ -203,13 +225,13 @@ fn references(state: &AppState, name: &str, version: &str) -> ApiResult<Vec<Stri
             out.push(format!("node {id}"));
         }
     }
-    for f in state.store.fragments()? {
+    for f in state.store.fragments().await? {
         if uses(&f.spec) {
             out.push(format!("fragment {}", f.name));
         }
     }
     // An active rollout may still move nodes to, or back to, these versions.
-    for r in state.store.rollouts::<steward_proto::Rollout>()? {
+    for r in state.store.rollouts::<steward_proto::Rollout>().await? {
         let needs = r.version == version
             || r.nodes.iter().any(|n| {
                 n.previous_version == version || n.previous_override.as_deref() == Some(version)
@@ -229,11 +251,33 @@ pub async fn delete(
     version: &str,
     cred: CredentialKind,
 ) -> ApiResult<PayloadVersion> {
-    // spec_lock first: no spec write can pin this version while it is being deleted.
+    for _ in 0..crate::specs::ATTEMPTS {
+        match delete_once(state, name, version, cred).await {
+            Err(RegistryError::Store(StoreError::Stale)) => continue,
+            r => return r,
+        }
+    }
+    Err(StoreError::Busy {
+        what: "payload deletion",
+    }
+    .into())
+}
+
+/// One attempt of [`delete`]: [`StoreError::Stale`] when a spec change (on any replica)
+/// committed while the references were checked.
+async fn delete_once(
+    state: &AppState,
+    name: &str,
+    version: &str,
+    cred: CredentialKind,
+) -> ApiResult<PayloadVersion> {
+    // spec_lock first: no spec write of this process can pin this version while it is being
+    // deleted; the spec epoch does the same for other replicas.
     let _specs = state.spec_lock.lock().await;
     let _guard = state.payload_lock.lock().await;
-    let pv = get(state, name, version)?;
-    let refs = references(state, name, version)?;
+    let epoch = state.store.spec_epoch().await?;
+    let pv = get(state, name, version).await?;
+    let refs = references(state, name, version).await?;
     if !refs.is_empty() {
         return Err(RegistryError::Conflict {
             message: format!(
@@ -246,39 +290,44 @@ pub async fn delete(
                 .collect(),
         });
     }
-    state.store.remove_payload_version(name, version)?;
-    state.store.flush().await?;
+    state
+        .store
+        .remove_payload_version(epoch, name, version)
+        .await?;
     let shared = state
         .store
-        .payload_versions()?
+        .payload_versions()
+        .await?
         .iter()
         .any(|v| v.sha256 == pv.sha256);
     if !shared {
         state.blobs.remove(&pv.sha256).await?;
     }
-    state.event(
-        EventKind::PayloadDeleted,
-        None,
-        None,
-        cred,
-        format!(
-            "payload {name:?} version {version:?} deleted{}",
-            if shared {
-                "; its content is kept for other versions"
-            } else {
-                "; its blob was collected"
-            }
-        ),
-    )?;
+    state
+        .event(
+            EventKind::PayloadDeleted,
+            None,
+            None,
+            cred,
+            format!(
+                "payload {name:?} version {version:?} deleted{}",
+                if shared {
+                    "; its content is kept for other versions"
+                } else {
+                    "; its blob was collected"
+                }
+            ),
+        )
+        .await?;
     Ok(pv)
 }
 
 /// Pins `sha256` and `size` of every payload of `spec` from the stored versions. A missing
 /// version or a client-given sha256 that differs is a problem on `{prefix}payloads[i]...`.
-pub fn pin(state: &AppState, spec: &mut NodeSpec, prefix: &str) -> ApiResult<()> {
+pub async fn pin(state: &AppState, spec: &mut NodeSpec, prefix: &str) -> ApiResult<()> {
     let mut problems = Vec::new();
     for (i, p) in spec.payloads.iter_mut().enumerate() {
-        let Some(v) = state.store.payload_version(&p.name, &p.version)? else {
+        let Some(v) = state.store.payload_version(&p.name, &p.version).await? else {
             problems.push(Problem::new(
                 format!("{prefix}payloads[{i}].version"),
                 format!(
@@ -325,7 +374,7 @@ pub fn pin(state: &AppState, spec: &mut NodeSpec, prefix: &str) -> ApiResult<()>
 
 /// Applies per-node rollout overrides (payload name -> version) to an effective spec, pinning
 /// the overriding version's sha256 and size.
-pub fn apply_overrides(
+pub async fn apply_overrides(
     state: &AppState,
     spec: &mut NodeSpec,
     overrides: &BTreeMap<String, String>,
@@ -336,7 +385,8 @@ pub fn apply_overrides(
         };
         let v = state
             .store
-            .payload_version(&p.name, version)?
+            .payload_version(&p.name, version)
+            .await?
             .ok_or_else(|| not_found(&p.name, version))?;
         p.version = v.version;
         p.sha256 = Some(v.sha256);
@@ -346,8 +396,8 @@ pub fn apply_overrides(
 }
 
 /// True when the node's effective spec references a blob with this sha256.
-pub fn node_may_read(state: &AppState, node_id: &str, sha256: &str) -> ApiResult<bool> {
-    Ok(state.store.spec(node_id)?.is_some_and(|r| {
+pub async fn node_may_read(state: &AppState, node_id: &str, sha256: &str) -> ApiResult<bool> {
+    Ok(state.store.spec(node_id).await?.is_some_and(|r| {
         r.effective
             .payloads
             .iter()

@@ -26,7 +26,7 @@ pub async fn drive(state: &AppState, id: &str) {
             Ok(true) => tokio::time::sleep(POLL).await,
             Ok(false) | Err(RegistryError::NotFound(_)) => {
                 let _guard = state.rollouts.lock.lock().await;
-                let again = super::get(state, id).is_ok_and(|r| {
+                let again = super::get(state, id).await.is_ok_and(|r| {
                     matches!(r.state, RolloutState::Running | RolloutState::RollingBack)
                 });
                 if !again {
@@ -52,7 +52,7 @@ pub async fn drive(state: &AppState, id: &str) {
 
 async fn halt_on_error(state: &AppState, id: &str, e: &RegistryError) -> ApiResult<()> {
     let _guard = state.rollouts.lock.lock().await;
-    let mut r = super::get(state, id)?;
+    let mut r = super::get(state, id).await?;
     r.state = RolloutState::Halted;
     let msg = format!(
         "halted at batch {}/{}: {e}",
@@ -65,7 +65,7 @@ async fn halt_on_error(state: &AppState, id: &str, e: &RegistryError) -> ApiResu
 /// One step; `Ok(true)` to be called again.
 async fn step(state: &AppState, id: &str) -> ApiResult<bool> {
     let _guard = state.rollouts.lock.lock().await;
-    let mut r = super::get(state, id)?;
+    let mut r = super::get(state, id).await?;
     match r.state {
         RolloutState::Running => forward(state, &mut r).await,
         RolloutState::RollingBack => back(state, &mut r).await,
@@ -78,8 +78,7 @@ fn timed_out(r: &Rollout) -> bool {
         (Utc::now() - t).to_std().unwrap_or_default() > Duration::from_secs(r.timeout_secs)
     })
 }
-
-fn progress_of(
+async fn progress_of(
     state: &AppState,
     r: &Rollout,
     node: &str,
@@ -88,7 +87,7 @@ fn progress_of(
     let Some(sha) = sha256 else {
         return Ok(Progress::Converged);
     };
-    let status = state.store.node(node)?.and_then(|n| n.status);
+    let status = state.store.node(node).await?.and_then(|n| n.status);
     Ok(plan::node_progress(
         state.generation(node),
         status.as_ref(),
@@ -107,9 +106,8 @@ fn names(halt: &[(String, String)]) -> String {
 async fn finish(state: &AppState, r: &mut Rollout, msg: String) -> ApiResult<()> {
     r.message = msg.clone();
     // The event first: whoever sees the new state also finds its event.
-    log(state, r, CRED, msg)?;
-    save(state, r)?;
-    state.store.flush().await?;
+    log(state, r, CRED, msg).await?;
+    save(state, r).await?;
     Ok(())
 }
 
@@ -144,7 +142,10 @@ async fn forward(state: &AppState, r: &mut Rollout) -> ApiResult<bool> {
     }
     let mut progress = Vec::new();
     for id in &batch {
-        progress.push((id.clone(), progress_of(state, r, id, Some(&r.sha256))?));
+        progress.push((
+            id.clone(),
+            progress_of(state, r, id, Some(&r.sha256)).await?,
+        ));
     }
     match plan::verdict(&progress, timed_out(r)) {
         Verdict::Waiting => Ok(true),
@@ -220,7 +221,7 @@ async fn back(state: &AppState, r: &mut Rollout) -> ApiResult<bool> {
         let n = &r.nodes[i];
         progress.push((
             n.node_id.clone(),
-            progress_of(state, r, &n.node_id, n.previous_sha256.as_deref())?,
+            progress_of(state, r, &n.node_id, n.previous_sha256.as_deref()).await?,
         ));
     }
     let failed = match plan::verdict(&progress, timed_out(r)) {

@@ -5,7 +5,8 @@
 pub mod driver;
 pub mod plan;
 
-use std::collections::HashSet;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -23,19 +24,62 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// In-memory coordination of rollouts: one lock for record changes, and which rollouts have a
 /// driver task running.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Rollouts {
     pub lock: tokio::sync::Mutex<()>,
-    drivers: std::sync::Mutex<HashSet<String>>,
+    drivers: std::sync::Mutex<HashMap<String, Option<tokio::task::AbortHandle>>>,
+    /// Whether this replica runs the drivers (holds the jobs leadership, `replica.rs`).
+    leading: AtomicBool,
+}
+
+impl Default for Rollouts {
+    fn default() -> Self {
+        Self {
+            lock: Default::default(),
+            drivers: Default::default(),
+            leading: AtomicBool::new(true),
+        }
+    }
 }
 
 impl Rollouts {
     /// Claims the driver slot of a rollout; false when a driver already runs.
     fn claim(&self, id: &str) -> bool {
-        self.drivers
+        let mut d = self.drivers.lock().unwrap_or_else(|p| p.into_inner());
+        if d.contains_key(id) {
+            return false;
+        }
+        d.insert(id.to_string(), None);
+        true
+    }
+
+    fn started(&self, id: &str, h: tokio::task::AbortHandle) {
+        if let Some(slot) = self
+            .drivers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id.to_string())
+            .get_mut(id)
+        {
+            *slot = Some(h);
+        }
+    }
+
+    /// Whether this replica runs rollout drivers.
+    pub fn leading(&self) -> bool {
+        self.leading.load(Ordering::SeqCst)
+    }
+
+    /// Starts (`true`) or stops (`false`, every driver aborted) running drivers here.
+    pub fn set_leading(&self, leading: bool) {
+        self.leading.store(leading, Ordering::SeqCst);
+        if !leading {
+            let mut d = self.drivers.lock().unwrap_or_else(|p| p.into_inner());
+            for (_, h) in d.drain() {
+                if let Some(h) = h {
+                    h.abort();
+                }
+            }
+        }
     }
 
     pub(crate) fn release(&self, id: &str) {
@@ -46,17 +90,19 @@ impl Rollouts {
     }
 }
 
-/// Starts the driver of rollout `id` unless one runs already.
+/// Starts the driver of rollout `id` unless one runs already or another replica runs them
+/// (it sees the rollout through the store watch).
 pub fn spawn_driver(state: &AppState, id: &str) {
-    if state.rollouts.claim(id) {
-        let (state, id) = (state.clone(), id.to_string());
-        tokio::spawn(async move { driver::drive(&state, &id).await });
+    if state.rollouts.leading() && state.rollouts.claim(id) {
+        let (st, id2) = (state.clone(), id.to_string());
+        let h = tokio::spawn(async move { driver::drive(&st, &id2).await });
+        state.rollouts.started(id, h.abort_handle());
     }
 }
 
-/// At start-up: drivers for every rollout that was running or rolling back.
-pub fn resume_all(state: &AppState) -> ApiResult<()> {
-    for r in state.store.rollouts::<Rollout>()? {
+/// On taking the lead: drivers for every rollout that was running or rolling back.
+pub async fn resume_all(state: &AppState) -> ApiResult<()> {
+    for r in state.store.rollouts::<Rollout>().await? {
         if matches!(r.state, RolloutState::Running | RolloutState::RollingBack) {
             spawn_driver(state, &r.id);
         }
@@ -64,25 +110,27 @@ pub fn resume_all(state: &AppState) -> ApiResult<()> {
     Ok(())
 }
 
-pub(crate) fn save(state: &AppState, r: &mut Rollout) -> ApiResult<()> {
+pub(crate) async fn save(state: &AppState, r: &mut Rollout) -> ApiResult<()> {
     r.updated_at = Utc::now();
-    state.store.put_rollout(&r.id, r)?;
+    state.store.put_rollout(&r.id, r).await?;
     Ok(())
 }
 
-pub(crate) fn log(
+pub(crate) async fn log(
     state: &AppState,
     r: &Rollout,
     cred: CredentialKind,
     msg: String,
 ) -> ApiResult<()> {
-    state.event(
-        EventKind::Rollout,
-        None,
-        None,
-        cred,
-        format!("rollout {} ({}@{}): {msg}", r.id, r.payload, r.version),
-    )?;
+    state
+        .event(
+            EventKind::Rollout,
+            None,
+            None,
+            cred,
+            format!("rollout {} ({}@{}): {msg}", r.id, r.payload, r.version),
+        )
+        .await?;
     Ok(())
 }
 
@@ -145,7 +193,8 @@ pub async fn start(
     let _guard = state.rollouts.lock.lock().await;
     let target = state
         .store
-        .payload_version(&req.payload, &req.version)?
+        .payload_version(&req.payload, &req.version)
+        .await?
         .ok_or_else(|| {
             RegistryError::Unprocessable(vec![Problem::new(
                 "version",
@@ -157,7 +206,8 @@ pub async fn start(
         })?;
     if let Some(active) = state
         .store
-        .rollouts::<Rollout>()?
+        .rollouts::<Rollout>()
+        .await?
         .into_iter()
         .find(|r| r.payload == req.payload && r.state.is_active())
     {
@@ -181,7 +231,7 @@ pub async fn start(
     candidates.sort();
     let mut nodes = Vec::new();
     for id in candidates {
-        let Some(rec) = state.store.spec(&id)? else {
+        let Some(rec) = state.store.spec(&id).await? else {
             continue;
         };
         let Some(p) = rec
@@ -233,8 +283,7 @@ pub async fn start(
         created_at: now,
         updated_at: now,
     };
-    save(state, &mut r)?;
-    state.store.flush().await?;
+    save(state, &mut r).await?;
     log(
         state,
         &r,
@@ -247,21 +296,23 @@ pub async fn start(
             r.selector,
             r.timeout_secs
         ),
-    )?;
+    )
+    .await?;
     spawn_driver(state, &r.id);
     Ok(r)
 }
 
-pub fn list(state: &AppState) -> ApiResult<Vec<Rollout>> {
-    let mut v = state.store.rollouts::<Rollout>()?;
+pub async fn list(state: &AppState) -> ApiResult<Vec<Rollout>> {
+    let mut v = state.store.rollouts::<Rollout>().await?;
     v.sort_by_key(|a| a.created_at);
     Ok(v)
 }
 
-pub fn get(state: &AppState, id: &str) -> ApiResult<Rollout> {
+pub async fn get(state: &AppState, id: &str) -> ApiResult<Rollout> {
     state
         .store
-        .rollout(id)?
+        .rollout(id)
+        .await?
         .ok_or_else(|| RegistryError::NotFound(format!("no rollout with id {id:?}")))
 }
 
@@ -283,7 +334,7 @@ pub async fn command(
 ) -> ApiResult<Rollout> {
     use RolloutState as S;
     let _guard = state.rollouts.lock.lock().await;
-    let mut r = get(state, id)?;
+    let mut r = get(state, id).await?;
     let next = match (cmd, r.state) {
         (Command::Pause, S::Running) => S::Paused,
         (Command::Resume, S::Paused | S::Halted) => S::Running,
@@ -323,9 +374,8 @@ pub async fn command(
     };
     r.state = next;
     r.message = what.clone();
-    log(state, &r, cred, what)?;
-    save(state, &mut r)?;
-    state.store.flush().await?;
+    log(state, &r, cred, what).await?;
+    save(state, &mut r).await?;
     if matches!(next, S::Running | S::RollingBack) {
         spawn_driver(state, id);
     }

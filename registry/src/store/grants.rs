@@ -1,10 +1,11 @@
-//! Re-enrolment grants in the store's tree `reenroll_grants`: one host may enrol once as an
-//! existing node (hash only, one use, expiring).
+//! Re-enrolment grants (`grants/{id}`): one host may enrol once as an existing node (hash only,
+//! one use, expiring).
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{dec, enc, health, Result, Store};
+use super::{enc, Result, Store, StoreError, Update};
+use crate::kv::Txn;
 
 /// A re-enrolment grant as stored (hash only): lets one host enrol once as node `node_id`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -16,35 +17,39 @@ pub struct GrantRecord {
     pub expires_at: DateTime<Utc>,
 }
 
-/// Re-enrolment grants, in the tree `reenroll_grants`.
 impl Store {
     /// Stores a grant and drops the expired ones (grants are few: one per reinstall).
-    pub fn put_grant(&self, g: &GrantRecord, now: DateTime<Utc>) -> Result<()> {
-        let t = self.w(health::WriteKind::Ordinary)?;
-        for kv in t.grants.iter() {
-            let (k, v) = kv?;
-            let old: GrantRecord = dec("reenroll_grants", &v)?;
+    pub async fn put_grant(&self, g: &GrantRecord, now: DateTime<Utc>) -> Result<()> {
+        let mut txn = Txn::new();
+        for (id, old) in self.list::<GrantRecord>("grants/").await? {
             if old.expires_at <= now {
-                t.grants.remove(k).map_err(|e| self.fail(e))?;
+                txn = txn.delete(format!("grants/{id}"));
             }
         }
-        t.grants
-            .insert(g.id.as_bytes(), enc(g))
-            .map_err(|e| self.fail(e))?;
-        Ok(())
+        txn = txn.put(format!("grants/{}", g.id), enc(g));
+        self.commit(txn).await.map(drop)
     }
 
-    pub fn grant(&self, id: &str) -> Result<Option<GrantRecord>> {
-        self.t()?
-            .grants
-            .get(id)?
-            .map(|b| dec("reenroll_grants", &b))
-            .transpose()
+    pub async fn grant(&self, id: &str) -> Result<Option<GrantRecord>> {
+        self.value(&format!("grants/{id}")).await
     }
 
     /// Removes a grant (its one use); `false` when it was already gone.
-    pub fn take_grant(&self, id: &str) -> Result<bool> {
-        let t = self.w(health::WriteKind::Ordinary)?;
-        Ok(t.grants.remove(id).map_err(|e| self.fail(e))?.is_some())
+    pub async fn take_grant(&self, id: &str) -> Result<bool> {
+        let key = format!("grants/{id}");
+        self.update(
+            &key,
+            false,
+            "grant use",
+            |old: Option<GrantRecord>| match old {
+                Some(_) => Update::Delete(true),
+                None => Update::Keep(false),
+            },
+        )
+        .await
+        .or_else(|e| match e {
+            StoreError::Stale => Ok(false),
+            e => Err(e),
+        })
     }
 }

@@ -87,18 +87,19 @@ async fn on_event(
         return Ok(send(tx, "seen", Some(ev.seq), json!({})).await);
     }
     if let Some(id) = &ev.node_id {
-        if let Some(r) = view::row(state, id)? {
+        if let Some(r) = view::row(state, id).await? {
             let html = pages::row(&r, now).into_string();
             if !send(tx, "row", None, json!({"id": id, "html": html})).await {
                 return Ok(false);
             }
         }
         if node == Some(id.as_str()) {
-            if let Some(rec) = state.store.node(id)? {
+            if let Some(rec) = state.store.node(id).await? {
                 let n = crate::nodes::to_wire(state, rec);
                 let nets = state
                     .store
-                    .spec(id)?
+                    .spec(id)
+                    .await?
                     .map(|s| s.effective.networks)
                     .unwrap_or_default();
                 let html = node_page::detail(&n, &nets, now).into_string();
@@ -126,7 +127,7 @@ async fn follow(
 ) -> Result<(), StoreError> {
     // Subscribe before reading the backlog so no event falls between the two.
     let mut rx = state.events.subscribe();
-    let now = state.store.last_event_seq()?;
+    let now = state.store.last_event_seq().await?;
     let mut last = after.unwrap_or(now);
     if now.saturating_sub(last) > MAX_REPLAY {
         // Cheaper for both sides to render the page afresh than to replay that much.
@@ -136,7 +137,7 @@ async fn follow(
     let mut dirty = false;
     let mut summary_at: Option<Instant> = None;
     loop {
-        let page = state.store.events_after(last, 200)?;
+        let page = state.store.events_after(last, 200).await?;
         if !page.is_empty() {
             for ev in &page {
                 if !on_event(&state, &tx, node.as_deref(), ev).await? {
@@ -151,7 +152,7 @@ async fn follow(
             SUMMARY_EVERY.saturating_sub(t.elapsed())
         });
         if dirty && due.is_zero() && node.is_none() {
-            let rows = view::all_rows(&state)?;
+            let rows = view::all_rows(&state).await?;
             let html = pages::summary(&view::Summary::of(&rows)).into_string();
             if !send(&tx, "summary", None, json!({ "html": html })).await {
                 return Ok(());

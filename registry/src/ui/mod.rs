@@ -189,8 +189,8 @@ async fn fleet(
         Err(r) => return Ok(r.into_response()),
     };
     // Before reading the nodes: the live stream replays anything that happens after this.
-    let seq = state.store.last_event_seq()?;
-    let rows = view::all_rows(&state)?;
+    let seq = state.store.last_event_seq().await?;
+    let rows = view::all_rows(&state).await?;
     let summary = view::Summary::of(&rows);
     let q = view::TableQuery::from_params(&params);
     let (page, error, status) = match view::table(rows, &q) {
@@ -209,7 +209,8 @@ async fn fleet(
     let n = LAST_EVENTS as u64;
     let last = state
         .store
-        .events_after(seq.saturating_sub(n), LAST_EVENTS)?;
+        .events_after(seq.saturating_sub(n), LAST_EVENTS)
+        .await?;
     let now = chrono::Utc::now();
     let body = pages::fleet(&summary, &q, &page, error.as_deref(), &last, now);
     let stream = format!("/ui/events?after={seq}");
@@ -227,21 +228,24 @@ async fn node(
         Ok(v) => v,
         Err(r) => return Ok(r.into_response()),
     };
-    let seq = state.store.last_event_seq()?;
+    let seq = state.store.last_event_seq().await?;
     let rec = state
         .store
-        .node(&id)?
+        .node(&id)
+        .await?
         .ok_or_else(|| UiError::NotFound(format!("no node with id {id:?}")))?;
     let n = crate::nodes::to_wire(&state, rec);
     let nets = state
         .store
-        .spec(&id)?
+        .spec(&id)
+        .await?
         .map(|s| s.effective.networks)
         .unwrap_or_default();
     let window = seq.saturating_sub(NODE_EVENTS_WINDOW);
     let mut recent: Vec<_> = state
         .store
-        .events_after(window, NODE_EVENTS_WINDOW as usize)?
+        .events_after(window, NODE_EVENTS_WINDOW as usize)
+        .await?
         .into_iter()
         .filter(|e| e.node_id.as_deref() == Some(id.as_str()))
         .collect();
@@ -320,7 +324,7 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Re
     if let Err(d) = access::viewer(&state, &headers) {
         return Ok(deny_api(d));
     }
-    let rows = view::all_rows(&state)?;
+    let rows = view::all_rows(&state).await?;
     let (by_health, drifted) = view::fleet_gauges(&rows);
     state.metrics.ui_sessions.set(gauge(state.sessions.alive()));
     let om = crate::metrics::wants_openmetrics(

@@ -76,13 +76,15 @@ fn form(uri: &str, body: &str, cookie: Option<&str>) -> Request<Body> {
 
 async fn fixture(public_status: bool, tls: bool) -> Fx {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let store = Store::open_embedded(dir.path()).unwrap();
     let settings = Settings {
         public_status,
         tls,
         ..Settings::default()
     };
-    let state = AppState::new(settings, store, ADMIN, Some(READ)).unwrap();
+    let state = AppState::new(settings, store, dir.path(), ADMIN, Some(READ))
+        .await
+        .unwrap();
     let (st, _, tok) = send(
         &state,
         post_json("/v1/enrollment-tokens", Some(ADMIN), json!({})),

@@ -111,20 +111,22 @@ impl Row {
 }
 
 /// Every node as a row (live heartbeat data overlaid), in no particular order.
-pub fn all_rows(state: &AppState) -> Result<Vec<Row>, StoreError> {
+pub async fn all_rows(state: &AppState) -> Result<Vec<Row>, StoreError> {
     Ok(state
         .store
-        .nodes()?
+        .nodes()
+        .await?
         .into_iter()
         .map(|rec| Row::from_node(&crate::nodes::to_wire(state, rec)))
         .collect())
 }
 
 /// One node's row, if it exists.
-pub fn row(state: &AppState, id: &str) -> Result<Option<Row>, StoreError> {
+pub async fn row(state: &AppState, id: &str) -> Result<Option<Row>, StoreError> {
     Ok(state
         .store
-        .node(id)?
+        .node(id)
+        .await?
         .map(|rec| Row::from_node(&crate::nodes::to_wire(state, rec))))
 }
 

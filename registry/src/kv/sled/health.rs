@@ -1,28 +1,22 @@
-//! The store's health and its recovery without a restart. A sled I/O error marks the store
-//! failed; since sled 0.34 keeps that error and fails every later write, the database is
-//! reopened (its log recovered to the last flushed write) at the next write or `/readyz`. A
-//! full disk first releases the disk reserve (`disk.rs`), so that reopening and deletions — the
-//! way to free space — can be written; other writes are refused with [`StoreError::Full`]
-//! until the disk has room for the reserve and as much again, when the reserve is re-created.
+//! The embedded store's health and its recovery without a restart (moved from
+//! `store/health.rs`). A sled I/O error marks the store failed; since sled 0.34 keeps that error
+//! and fails every later write, the database is reopened (its log recovered to the last flushed
+//! write) at the next read, write or readiness check. A full disk first releases the disk
+//! reserve (`disk.rs`), so that reopening and `Freeing` writes (deletions, the way to free space)
+//! can be written; `Ordinary` writes are refused with [`KvError::Full`] until the disk has room
+//! for the reserve and as much again, when the reserve is re-created.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{Result, Store, StoreError, Trees};
+use super::{lock, Db, Inner};
 use crate::disk;
+use crate::kv::{KvError, WriteKind};
 
 /// How often a failed reopen is tried again at most.
 const REOPEN_RETRY: Duration = Duration::from_secs(1);
 /// How long a reopen waits for requests still holding the old database.
 const HANDLES_WAIT: Duration = Duration::from_secs(5);
-
-/// What a write does to the disk: deletions (and the events recording them) go through while
-/// the disk is full, on the space of the released reserve.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WriteKind {
-    Ordinary,
-    Freeing,
-}
 
 #[derive(Debug, Clone)]
 struct Failure {
@@ -45,26 +39,26 @@ pub(super) struct Health {
     recovery: Mutex<()>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-impl Store {
+impl Inner {
     /// The open database (for reads), reopened first after a failed write, so that reads do
     /// not show writes that were refused.
-    pub(super) fn t(&self) -> Result<Arc<Trees>> {
+    pub(super) fn t(&self) -> Result<Arc<Db>, KvError> {
         if lock(&self.health.state).needs_reopen {
             drop(self.recover(WriteKind::Freeing));
         }
-        lock_read(&self.trees).ok_or_else(|| StoreError::Unavailable {
-            dir: self.dir.clone(),
-            reason: "it is being reopened after an error".into(),
-        })
+        self.slot
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| KvError::Unavailable {
+                store: self.describe(),
+                reason: "it is being reopened after an error".into(),
+            })
     }
 
     /// The open database for a write of `kind`: recovers a failed store first, and refuses an
     /// ordinary write while the disk is full.
-    pub(super) fn w(&self, kind: WriteKind) -> Result<Arc<Trees>> {
+    pub(super) fn w(&self, kind: WriteKind) -> Result<Arc<Db>, KvError> {
         if lock(&self.health.state).failure.is_none() {
             return self.t();
         }
@@ -72,9 +66,9 @@ impl Store {
     }
 
     /// Records a sled error of a write; returns the error to answer with.
-    pub(super) fn fail(&self, e: sled::Error) -> StoreError {
-        let sled::Error::Io(io) = &e else {
-            return StoreError::Sled(e);
+    pub(super) fn fail(&self, e: ::sled::Error) -> KvError {
+        let ::sled::Error::Io(io) = &e else {
+            return self.backend(e);
         };
         let full = disk::is_out_of_space(io);
         {
@@ -91,13 +85,13 @@ impl Store {
         }
         if full {
             self.reserve.release();
-            StoreError::Full {
+            KvError::Full {
                 dir: self.dir.clone(),
             }
         } else {
-            StoreError::Io {
+            KvError::Io {
                 dir: self.dir.clone(),
-                source: e,
+                source: Box::new(e),
             }
         }
     }
@@ -111,20 +105,20 @@ impl Store {
         }
     }
 
-    /// Ready when the store can write: recovers it if it can, and surfaces an error sled's
-    /// background flush met.
-    pub async fn readiness(&self) -> Result<()> {
+    /// Ready when the store can write: recovers it if it can, re-creates the reserve when
+    /// there is room, and surfaces an error sled's background flush met.
+    pub(super) fn readiness_blocking(&self) -> Result<(), KvError> {
         drop(self.w(WriteKind::Ordinary)?);
         if !self.reserve.held() && self.has_room() {
             self.start_reserve();
         }
-        self.flush().await
+        self.flush_blocking()
     }
 
-    /// Makes every write so far durable, from a synchronous context.
-    pub fn flush_blocking(&self) -> Result<()> {
-        let t = self.w(WriteKind::Freeing)?;
-        t.db.flush().map_err(|e| self.fail(e))?;
+    /// Makes every write so far durable.
+    pub(super) fn flush_blocking(&self) -> Result<(), KvError> {
+        let db = self.w(WriteKind::Freeing)?;
+        db.db.flush().map_err(|e| self.fail(e))?;
         Ok(())
     }
 
@@ -138,24 +132,25 @@ impl Store {
         disk::available_bytes(&self.dir).is_ok_and(|a| a >= want)
     }
 
-    fn failure_error(&self, f: &Failure) -> StoreError {
+    fn failure_error(&self, f: &Failure) -> KvError {
         if f.full {
-            StoreError::Full {
+            KvError::Full {
                 dir: self.dir.clone(),
             }
         } else {
-            StoreError::Unavailable {
-                dir: self.dir.clone(),
+            KvError::Unavailable {
+                store: self.describe(),
                 reason: f.reason.clone(),
             }
         }
     }
 
-    fn recover(&self, kind: WriteKind) -> Result<Arc<Trees>> {
+    fn recover(&self, kind: WriteKind) -> Result<Arc<Db>, KvError> {
         let _one = lock(&self.health.recovery);
         let (failure, reopen) = {
             let st = lock(&self.health.state);
             let Some(f) = st.failure.clone() else {
+                drop(st);
                 return self.t();
             };
             let due = st.last_reopen.is_none_or(|t| t.elapsed() >= REOPEN_RETRY);
@@ -190,9 +185,11 @@ impl Store {
         }
     }
 
-    /// Drops the database (once no request holds it any more) and opens it again.
-    fn reopen(&self) -> Result<()> {
-        let mut slot = self.trees.write().unwrap_or_else(|p| p.into_inner());
+    /// Drops the database (once no request holds it any more) and opens it again. When the
+    /// reopened database is at another revision than the watchers were told (a write whose
+    /// flush failed made it to disk after all), the watch history restarts there.
+    fn reopen(&self) -> Result<(), KvError> {
+        let mut slot = self.slot.write().unwrap_or_else(|p| p.into_inner());
         if let Some(old) = slot.take() {
             let deadline = Instant::now() + HANDLES_WAIT;
             while Arc::strong_count(&old) > 1 && Instant::now() < deadline {
@@ -200,8 +197,8 @@ impl Store {
             }
             if Arc::strong_count(&old) > 1 {
                 *slot = Some(old);
-                return Err(StoreError::Unavailable {
-                    dir: self.dir.clone(),
+                return Err(KvError::Unavailable {
+                    store: self.describe(),
                     reason: "requests still hold the database".into(),
                 });
             }
@@ -209,23 +206,20 @@ impl Store {
         }
         // sled's lock on its files can outlive the last handle by a moment.
         let mut tries = 0;
-        loop {
-            match Trees::open(&self.dir) {
-                Ok(t) => {
-                    *slot = Some(Arc::new(t));
-                    tracing::info!(dir = %self.dir.display(), "store reopened");
-                    return Ok(());
-                }
+        let db = loop {
+            match Db::open(&self.dir) {
+                Ok(db) => break db,
                 Err(e) if tries < 40 && e.to_string().contains("lock") => {
                     tries += 1;
                     std::thread::sleep(Duration::from_millis(50));
                 }
                 Err(e) => return Err(self.fail(e)),
             }
-        }
+        };
+        let revision = db.revision().map_err(|e| self.fail(e))?;
+        lock(&self.hub).reopened_at(revision);
+        *slot = Some(Arc::new(db));
+        tracing::info!(dir = %self.dir.display(), revision, "store reopened");
+        Ok(())
     }
-}
-
-fn lock_read(l: &std::sync::RwLock<Option<Arc<Trees>>>) -> Option<Arc<Trees>> {
-    l.read().unwrap_or_else(|p| p.into_inner()).clone()
 }

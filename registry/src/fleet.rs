@@ -1,0 +1,191 @@
+//! The fleet view: what this registry process keeps in memory per node (heartbeat data, the
+//! secret hash, labels, health, and a `watch` channel carrying the node's spec generation), kept
+//! in step with the store by [`Fleet::apply`], which the store watch (`replica.rs`) feeds with
+//! every change, including those written by other replicas. Heartbeats never touch the store by
+//! themselves.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use steward_proto::{Health, HostStats};
+use tokio::sync::watch;
+
+use crate::store::{NodeRecord, SpecRecord};
+
+/// What the registry keeps in memory per node.
+#[derive(Debug)]
+pub struct Live {
+    pub secret_sha256: Option<[u8; 32]>,
+    /// The node's labels, kept here so fragment writes select nodes without reading the store.
+    pub labels: steward_proto::Labels,
+    pub health: Health,
+    pub last_seen: Instant,
+    /// When this replica itself last received a heartbeat of the node (published in its
+    /// heartbeat batch, `replica.rs`).
+    pub heard_here: Option<Instant>,
+    pub last_heartbeat: Option<DateTime<Utc>>,
+    pub rtt_ms: Option<f64>,
+    pub stats: Option<HostStats>,
+    pub observed_generation: u64,
+    pub status_digest: String,
+    /// The reconcile pass in progress, per the last heartbeat (memory only).
+    pub progress: Option<steward_proto::PassProgress>,
+}
+
+/// One node's live entry: its heartbeat data and its spec generation channel.
+#[derive(Debug)]
+pub struct LiveNode {
+    pub live: Mutex<Live>,
+    pub generation: watch::Sender<u64>,
+}
+
+impl LiveNode {
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, Live> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Raises the generation (never lowers it: watch events may arrive after a local write).
+    pub fn raise_generation(&self, generation: u64) {
+        self.generation.send_if_modified(|g| {
+            let raise = generation > *g;
+            if raise {
+                *g = generation;
+            }
+            raise
+        });
+    }
+}
+
+/// Every node this process knows, by id, and the nodes with queued resets.
+#[derive(Debug, Default)]
+pub struct Fleet {
+    nodes: RwLock<HashMap<String, Arc<LiveNode>>>,
+    /// Nodes with resets queued in the store (so heartbeats read the store only for those).
+    resets: Mutex<HashSet<String>>,
+}
+
+impl Fleet {
+    pub fn live(&self, id: &str) -> Option<Arc<LiveNode>> {
+        self.nodes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    pub fn all_live(&self) -> Vec<(String, Arc<LiveNode>)> {
+        self.nodes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Adds a node (or replaces its entry); its heartbeat clock starts now.
+    pub fn insert_live(&self, rec: &NodeRecord, generation: u64) -> Arc<LiveNode> {
+        let ln = Arc::new(live_from_record(rec, generation, Instant::now()));
+        self.nodes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(rec.id.clone(), ln.clone());
+        ln
+    }
+
+    /// Current spec generation of a node (0 when unknown).
+    pub fn generation(&self, id: &str) -> u64 {
+        self.live(id).map(|l| *l.generation.borrow()).unwrap_or(0)
+    }
+
+    /// Whether resets may be queued for `node` (read the store then).
+    pub fn has_resets(&self, node: &str) -> bool {
+        self.resets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(node)
+    }
+
+    pub fn set_resets(&self, node: &str, queued: bool) {
+        let mut r = self.resets.lock().unwrap_or_else(|p| p.into_inner());
+        if queued {
+            r.insert(node.to_string());
+        } else {
+            r.remove(node);
+        }
+    }
+
+    /// Applies a stored node record (written here or by another replica): a new node is added;
+    /// for a known one the stored credential, labels and health are taken. Health is taken
+    /// only when it degrades or the node was decommissioned: recovery comes from heartbeats.
+    pub fn apply_node(&self, rec: &NodeRecord) {
+        let Some(ln) = self.live(&rec.id) else {
+            self.insert_live(rec, 0);
+            return;
+        };
+        let mut l = ln.lock();
+        l.secret_sha256 = rec.secret_sha256;
+        l.labels = rec.labels.clone();
+        if rec.health == Health::Decommissioned || rec.health > l.health {
+            l.health = rec.health;
+        }
+        if rec.health == Health::Ready && l.health != Health::Decommissioned {
+            l.health = Health::Ready;
+        }
+        if let Some(s) = &rec.status {
+            l.status_digest = s.digest.clone();
+        }
+    }
+
+    /// Applies a stored spec record: wakes the node's long-polls when its generation rose.
+    pub fn apply_spec(&self, node: &str, rec: &SpecRecord) {
+        if let Some(ln) = self.live(node) {
+            ln.raise_generation(rec.generation);
+        }
+    }
+
+    /// Applies heartbeat data published by another replica: a node heard from there counts as
+    /// seen at `seen`, if that is later than what this replica knows.
+    pub fn apply_heard(&self, node: &str, seen: Instant, at: DateTime<Utc>, observed: u64) {
+        let Some(ln) = self.live(node) else { return };
+        let mut l = ln.lock();
+        if seen > l.last_seen {
+            l.last_seen = seen;
+            l.last_heartbeat = Some(at);
+            l.observed_generation = observed;
+        }
+    }
+}
+
+fn live_from_record(rec: &NodeRecord, generation: u64, now: Instant) -> LiveNode {
+    let (generation, _) = watch::channel(generation);
+    LiveNode {
+        live: Mutex::new(Live {
+            secret_sha256: rec.secret_sha256,
+            labels: rec.labels.clone(),
+            health: rec.health,
+            last_seen: now,
+            heard_here: None,
+            last_heartbeat: rec.last_heartbeat,
+            rtt_ms: rec.heartbeat_rtt_ms,
+            stats: rec.stats.clone(),
+            observed_generation: rec.observed_generation,
+            status_digest: rec
+                .status
+                .as_ref()
+                .map(|s| s.digest.clone())
+                .unwrap_or_default(),
+            progress: None,
+        }),
+        generation,
+    }
+}

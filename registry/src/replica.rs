@@ -1,0 +1,210 @@
+//! Running as one of several replicas on a shared store: the store watch that keeps this
+//! process's fleet view and event stream in step with writes made by any replica
+//! ([`follow_store`]), the heartbeat batches each replica publishes so that health is judged on
+//! the union of what all replicas heard ([`publish_heartbeats`]), and the jobs that must run on
+//! exactly one replica at a time, started and stopped with the store's leader election
+//! ([`run_jobs`]).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use crate::kv::{Revision, WatchEvent};
+use crate::state::{AppState, Inner};
+use crate::store::StoreError;
+
+/// Key prefix of the heartbeat batches (`hb/{replica}`).
+const HEARTBEATS: &str = "hb/";
+
+/// What one replica heard since its previous batch: node id -> (milliseconds before the batch
+/// was written, observed generation). Ages, not times, so replicas' clocks need not agree.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct HeartbeatBatch {
+    pub written_at: DateTime<Utc>,
+    pub nodes: BTreeMap<String, (u64, u64)>,
+}
+
+/// Starts following the store from revision `from` in the background, for as long as `state`
+/// lives. Changes are applied to the fleet view and stored events are broadcast to live
+/// subscribers (the SSE streams), whichever replica wrote them.
+pub async fn follow_store(state: &AppState, from: Revision) -> Result<(), StoreError> {
+    let stream = state.store.kv().watch("", from).await?;
+    let weak = Arc::downgrade(&state.0);
+    tokio::spawn(follow(weak, stream));
+    Ok(())
+}
+
+async fn follow(weak: Weak<Inner>, mut stream: crate::kv::WatchStream) {
+    loop {
+        let Some(item) = stream.next().await else {
+            tracing::warn!("store watch ended; following again");
+            match rewatch(&weak).await {
+                Some(s) => stream = s,
+                None => return,
+            }
+            continue;
+        };
+        let Some(inner) = weak.upgrade() else { return };
+        let state = AppState(inner);
+        match item {
+            Ok(changes) => {
+                for c in &changes {
+                    apply(&state, c);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "store watch failed; reloading the fleet view");
+                drop(state);
+                match rewatch(&weak).await {
+                    Some(s) => stream = s,
+                    None => return,
+                }
+            }
+        }
+    }
+}
+
+/// Reloads what a broken watch may have missed and watches again (retrying every second).
+async fn rewatch(weak: &Weak<Inner>) -> Option<crate::kv::WatchStream> {
+    loop {
+        let state = AppState(weak.upgrade()?);
+        match reload(&state).await {
+            Ok(s) => return Some(s),
+            Err(e) => tracing::warn!(error = %e, "cannot follow the store yet; retrying"),
+        }
+        drop(state);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn reload(state: &AppState) -> Result<crate::kv::WatchStream, StoreError> {
+    let rev = state.store.kv().revision().await?;
+    for rec in state.store.nodes().await? {
+        state.fleet.apply_node(&rec);
+    }
+    for (id, rec) in state.store.specs().await? {
+        state.fleet.apply_spec(&id, &rec);
+    }
+    Ok(state.store.kv().watch("", rev + 1).await?)
+}
+
+fn apply(state: &AppState, c: &WatchEvent) {
+    let (area, id) = c.key.split_once('/').unwrap_or((c.key.as_str(), ""));
+    let Some(value) = &c.value else {
+        if area == "resets" {
+            state.fleet.set_resets(id, false);
+        }
+        return;
+    };
+    let decoded = match area {
+        "events" => serde_json::from_slice(value).map(|e| {
+            let _ = state.events.send(e);
+        }),
+        "specs" => serde_json::from_slice(value).map(|r| state.fleet.apply_spec(id, &r)),
+        "nodes" => serde_json::from_slice(value).map(|r| state.fleet.apply_node(&r)),
+        "rollouts" => serde_json::from_slice::<steward_proto::Rollout>(value).map(|r| {
+            use steward_proto::RolloutState as S;
+            if matches!(r.state, S::Running | S::RollingBack) {
+                crate::rollout::spawn_driver(state, &r.id);
+            }
+        }),
+        "resets" => {
+            state.fleet.set_resets(id, true);
+            Ok(())
+        }
+        "hb" if Some(id) != state.settings.replica_id.as_deref() => {
+            serde_json::from_slice(value).map(|b| apply_batch(state, &b))
+        }
+        _ => Ok(()),
+    };
+    if let Err(e) = decoded {
+        tracing::warn!(key = %c.key, error = %e, "undecodable record in the store watch");
+    }
+}
+
+fn apply_batch(state: &AppState, b: &HeartbeatBatch) {
+    let now = Instant::now();
+    for (node, (age_ms, observed)) in &b.nodes {
+        let age = Duration::from_millis(*age_ms);
+        let seen = now.checked_sub(age).unwrap_or(now);
+        let at = b.written_at - chrono::Duration::milliseconds(*age_ms as i64);
+        state.fleet.apply_heard(node, seen, at, *observed);
+    }
+}
+
+/// Publishes, once per heartbeat interval, the nodes this replica heard from since its last
+/// batch (one store write per interval whatever the fleet size). Only with a replica id (a
+/// shared store).
+pub async fn publish_heartbeats(state: AppState) {
+    let Some(me) = state.settings.replica_id.clone() else {
+        return;
+    };
+    let key = format!("{HEARTBEATS}{me}");
+    let mut iv = tokio::time::interval(state.settings.heartbeat_interval);
+    iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = Instant::now();
+    loop {
+        iv.tick().await;
+        let now = Instant::now();
+        let mut batch = HeartbeatBatch {
+            written_at: Utc::now(),
+            nodes: BTreeMap::new(),
+        };
+        for (id, ln) in state.all_live() {
+            let l = ln.lock();
+            if l.heard_here.is_some_and(|t| t >= last) {
+                let age = now.duration_since(l.last_seen).as_millis() as u64;
+                batch.nodes.insert(id, (age, l.observed_generation));
+            }
+        }
+        last = now;
+        let value = serde_json::to_vec(&batch).unwrap_or_default();
+        if let Err(e) = state.store.kv().put_session(&key, value).await {
+            tracing::warn!(error = %e, "publishing the heartbeat batch failed");
+        }
+    }
+}
+
+/// Runs the jobs that must run on one replica at a time — the health monitor and the rollout
+/// drivers — while this process holds the store's leadership, and stops them when it loses it.
+pub async fn run_jobs(state: AppState) {
+    let me = state
+        .settings
+        .replica_id
+        .clone()
+        .unwrap_or_else(|| "embedded".into());
+    state.rollouts.set_leading(false);
+    let mut leadership = loop {
+        match state.store.kv().elect("jobs", &me).await {
+            Ok(l) => break l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot campaign for the jobs leadership; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
+    loop {
+        if leadership
+            .is_leader
+            .wait_for(|leader| *leader)
+            .await
+            .is_err()
+        {
+            return;
+        }
+        tracing::info!(replica = %me, "leading: running the health monitor and rollout drivers");
+        let monitor = tokio::spawn(crate::nodes::health_monitor(state.clone()));
+        state.rollouts.set_leading(true);
+        if let Err(e) = crate::rollout::resume_all(&state).await {
+            tracing::warn!(error = %e, "resuming rollouts failed; they resume when next written");
+        }
+        let _ = leadership.is_leader.wait_for(|leader| !*leader).await;
+        tracing::warn!(replica = %me, "leadership lost: stopping the jobs");
+        monitor.abort();
+        state.rollouts.set_leading(false);
+    }
+}
