@@ -209,6 +209,26 @@ async fn etcd_leadership_ends_when_the_lease_is_lost() {
     suite::eventually("a leads again on a new lease", || async { *la.borrow() }).await;
 }
 
+/// Without quorum the leader's keep-alives fail, so it stops claiming leadership (before its
+/// lease could expire at the server); with quorum back it leads again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_leadership_ends_when_quorum_is_lost() {
+    let Some(mut cluster) = EtcdCluster::start(3).await else {
+        return;
+    };
+    let a = etcd_connect(&cluster, "/conformance/elect-quorum").await;
+    let la = a.elect("jobs", "a").await.unwrap().is_leader;
+    suite::eventually("a leads", || async { *la.borrow() }).await;
+    cluster.kill(0);
+    cluster.kill(1);
+    let mut changes = la.clone();
+    suite::within("leadership to end", changes.wait_for(|l| !*l))
+        .await
+        .unwrap();
+    cluster.restart(0).await;
+    suite::eventually("a leads again", || async { *la.borrow() }).await;
+}
+
 async fn write(kv: &EtcdKv, i: usize) -> Result<TxnOutcome, KvError> {
     kv.txn(Txn::new().put(format!("q/{i}"), i.to_string()))
         .await
@@ -261,6 +281,15 @@ async fn etcd_writes_fail_unavailable_with_two_of_three_members_killed() {
     assert!(
         msg.contains(&cluster.endpoint(2).replace("http://", "")),
         "{msg}"
+    );
+    // A new connection cannot start either: it checks a linearizable read.
+    let mut opts = EtcdOptions::from_url(&cluster.url("/quorum")).unwrap();
+    opts.request_timeout = Duration::from_secs(2);
+    let refused = suite::within("a connect without quorum", EtcdKv::connect(opts)).await;
+    assert!(
+        matches!(refused, Err(KvError::Unavailable { .. })),
+        "{:?}",
+        refused.err()
     );
     cluster.restart(1).await;
     suite::eventually("writes again with quorum back", || async {

@@ -5,6 +5,7 @@
 //! `CI` is set (`bash scripts/deps.sh` installs it).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, Weak};
@@ -45,7 +46,9 @@ pub fn require_etcd() -> Option<PathBuf> {
     let msg = "etcd not found (`etcd` on PATH, or $STEWARD_ETCD); install it with \
                `bash scripts/deps.sh` (Debian package etcd-server)";
     assert!(!in_ci(), "CI is set and {msg}");
-    eprintln!(
+    // Straight to stderr (not eprintln!, which the test harness captures): a skip must show.
+    let _ = writeln!(
+        std::io::stderr(),
         "\n*** SKIP {}: {msg}; this test did NOT run (with CI=true it fails). ***",
         std::thread::current().name().unwrap_or("test")
     );

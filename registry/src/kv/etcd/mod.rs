@@ -235,6 +235,18 @@ impl Inner {
                  `etcdctl alarm disarm`"
                         .into(),
                 ),
+            E::GRpcStatus(s) if s.message().contains("too many operations in txn") => {
+                self.backend(format!(
+                    "{what}: {} (etcd's --max-txn-ops, default 128, limits one transaction)",
+                    s.message()
+                ))
+            }
+            E::GRpcStatus(s) if s.message().contains("request is too large") => {
+                self.backend(format!(
+                    "{what}: {} (etcd's --max-request-bytes, default 1.5 MiB, limits one request)",
+                    s.message()
+                ))
+            }
             E::GRpcStatus(s) if TRANSIENT.contains(&i32::from(s.code())) => {
                 self.unavailable(what, s.message().to_string())
             }
