@@ -298,3 +298,74 @@ async fn etcd_writes_fail_unavailable_with_two_of_three_members_killed() {
     .await;
     assert!(kv.get("q/2").await.unwrap().is_some());
 }
+
+/// CA, server certificate (for 127.0.0.1) and client certificate, written under `dir`.
+fn tls_files(dir: &std::path::Path) -> (common::etcd::EtcdTls, common::etcd::EtcdTls) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose as Eku, IsCa, KeyPair,
+        KeyUsagePurpose,
+    };
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca = ca.self_signed(&ca_key).unwrap();
+    let write = |name: &str, pem: String| {
+        let p = dir.join(name);
+        std::fs::write(&p, pem).unwrap();
+        p
+    };
+    let ca_path = write("ca.pem", ca.pem());
+    let leaf = |names: Vec<String>, eku: Eku, stem: &str| {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(names).unwrap();
+        params.extended_key_usages = vec![eku];
+        let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+        common::etcd::EtcdTls {
+            ca: ca_path.clone(),
+            cert: write(&format!("{stem}.pem"), cert.pem()),
+            key: write(&format!("{stem}-key.pem"), key.serialize_pem()),
+        }
+    };
+    let server = leaf(
+        vec!["127.0.0.1".into(), "localhost".into()],
+        Eku::ServerAuth,
+        "server",
+    );
+    let client = leaf(vec!["steward-registry".into()], Eku::ClientAuth, "client");
+    (server, client)
+}
+
+/// `etcds://` with a CA and a client certificate talks to a cluster that requires client
+/// certificates; without the client certificate the connection is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_tls_with_client_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, client) = tls_files(dir.path());
+    let Some(cluster) = EtcdCluster::start_with(3, Some(server)).await else {
+        return;
+    };
+    let url = cluster.url("/tls");
+    assert!(url.starts_with("etcds://"), "{url}");
+    let mut opts = EtcdOptions::from_url(&url).unwrap();
+    opts.ca_file = Some(client.ca.clone());
+    opts.cert_file = Some(client.cert.clone());
+    opts.key_file = Some(client.key.clone());
+    let kv = EtcdKv::connect(opts.clone()).await.unwrap();
+    suite::get_put_delete(&kv).await;
+    opts.cert_file = None;
+    opts.key_file = None;
+    opts.request_timeout = Duration::from_secs(2);
+    let refused = suite::within(
+        "a connect without client certificate",
+        EtcdKv::connect(opts),
+    )
+    .await;
+    assert!(
+        refused.is_err(),
+        "a connection without client certificate was accepted"
+    );
+}

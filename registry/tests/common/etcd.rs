@@ -15,7 +15,18 @@ struct Member {
     name: String,
     client_port: u16,
     peer_port: u16,
+    /// Plain-HTTP `/health` and `/metrics`, also when the client port speaks TLS.
+    metrics_port: u16,
     child: Option<Child>,
+}
+
+/// Certificates for a cluster whose client port speaks TLS and requires client certificates
+/// signed by `ca` (the server certificate must name 127.0.0.1).
+#[derive(Clone)]
+pub struct EtcdTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 pub struct EtcdCluster {
@@ -23,6 +34,7 @@ pub struct EtcdCluster {
     dir: tempfile::TempDir,
     members: Vec<Member>,
     token: String,
+    tls: Option<EtcdTls>,
 }
 
 /// True when running under CI (`CI` set to anything but empty, `0` or `false`).
@@ -77,6 +89,11 @@ impl EtcdCluster {
 
     /// Starts `n` members and waits until each answers its health check (it has a leader).
     pub async fn start(n: usize) -> Option<EtcdCluster> {
+        Self::start_with(n, None).await
+    }
+
+    /// Like [`EtcdCluster::start`], with TLS and client certificates on the client port.
+    pub async fn start_with(n: usize, tls: Option<EtcdTls>) -> Option<EtcdCluster> {
         let etcd = require_etcd()?;
         let dir = tempfile::tempdir().unwrap();
         let members = (0..n)
@@ -84,6 +101,7 @@ impl EtcdCluster {
                 name: format!("m{i}"),
                 client_port: super::free_port(),
                 peer_port: super::free_port(),
+                metrics_port: super::free_port(),
                 child: None,
             })
             .collect();
@@ -93,6 +111,7 @@ impl EtcdCluster {
             dir,
             members,
             token,
+            tls,
         };
         for i in 0..n {
             cluster.spawn(i);
@@ -125,9 +144,20 @@ impl EtcdCluster {
             .open(self.log_path(i))
             .unwrap();
         let m = &self.members[i];
-        let client = format!("http://127.0.0.1:{}", m.client_port);
+        let client = self.endpoint(i);
         let peer = format!("http://127.0.0.1:{}", m.peer_port);
-        let child = Command::new(&self.etcd)
+        let metrics = format!("http://127.0.0.1:{}", m.metrics_port);
+        let mut cmd = Command::new(&self.etcd);
+        if let Some(tls) = &self.tls {
+            cmd.arg("--cert-file")
+                .arg(&tls.cert)
+                .arg("--key-file")
+                .arg(&tls.key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--client-cert-auth");
+        }
+        let child = cmd
             .arg("--name")
             .arg(&m.name)
             .arg("--data-dir")
@@ -151,6 +181,7 @@ impl EtcdCluster {
                 "new",
             ])
             .args(["--initial-cluster-token", &self.token])
+            .args(["--listen-metrics-urls", &metrics])
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -162,7 +193,7 @@ impl EtcdCluster {
 
     /// Waits (hang guard: 60 s) until member `i` reports itself healthy.
     async fn wait_healthy(&self, i: usize) {
-        let url = format!("{}/health", self.endpoint(i));
+        let url = format!("http://127.0.0.1:{}/health", self.members[i].metrics_port);
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(2))
             .build()
@@ -185,7 +216,8 @@ impl EtcdCluster {
 
     /// The client URL of member `i`.
     pub fn endpoint(&self, i: usize) -> String {
-        format!("http://127.0.0.1:{}", self.members[i].client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.members[i].client_port)
     }
 
     /// The client URLs of every member.
@@ -193,17 +225,20 @@ impl EtcdCluster {
         (0..self.members.len()).map(|i| self.endpoint(i)).collect()
     }
 
-    /// `etcd://127.0.0.1:p1,127.0.0.1:p2,...` plus `prefix` (as the registry's `--store`).
+    /// `etcd://127.0.0.1:p1,127.0.0.1:p2,...` (`etcds://` with TLS) plus `prefix` (as the
+    /// registry's `--store`).
     pub fn url(&self, prefix: &str) -> String {
         let hosts: Vec<String> = self
             .members
             .iter()
             .map(|m| format!("127.0.0.1:{}", m.client_port))
             .collect();
-        format!("etcd://{}{prefix}", hosts.join(","))
+        let scheme = if self.tls.is_some() { "etcds" } else { "etcd" };
+        format!("{scheme}://{}{prefix}", hosts.join(","))
     }
 
-    /// Index of the member that is the raft leader now, as the live members see it.
+    /// Index of the member that is the raft leader now, as the live members see it (plain
+    /// clusters only).
     pub async fn leader(&self) -> Option<usize> {
         let mut ids = Vec::new(); // (index, own member id, leader id)
         for (i, m) in self.members.iter().enumerate() {
