@@ -144,7 +144,7 @@ impl Inner {
         format!("{}{key}", self.root)
     }
 
-    /// The registry key of a stored etcd key (`None` outside the prefix).
+    /// The registry key of a stored etcd key (an error outside the prefix or not UTF-8).
     fn strip(&self, key: &[u8]) -> Result<String, KvError> {
         let rest = key
             .strip_prefix(self.root.as_bytes())
