@@ -36,10 +36,12 @@ case "${1:-start}" in
   *) echo "usage: $0 [start|stop|clean]" >&2; exit 2 ;;
 esac
 
-# What this script itself uses (a fresh Debian has neither): curl and python3 (JSON reading).
+# What this script itself uses (a fresh Debian has neither): curl and python3 (JSON reading),
+# and protoc (protobuf-compiler), which building the registry needs (the etcd client's gRPC code).
 need=()
 command -v curl >/dev/null || need+=(curl)
 [ -x /usr/bin/python3 ] || need+=(python3)
+command -v protoc >/dev/null || need+=(protobuf-compiler)
 if [ ${#need[@]} -gt 0 ]; then
   echo "== installing ${need[*]} (Debian)"
   apt-get update -qq

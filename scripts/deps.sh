@@ -4,7 +4,8 @@
 # Debian's python3 has no pip, so the venv comes from python3-venv), busybox-static (test
 # images), a running Docker engine, and
 # for the QEMU guest and VM tests (tests/guest/) Debian's stock kernel, QEMU, qemu-utils, mtools
-# and iproute2.
+# and iproute2; etcd (etcd-server, and etcd-client for etcdctl) for the etcd store tests and
+# protoc (protobuf-compiler), which building the registry needs (the etcd client's gRPC code).
 # Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +15,11 @@ need_apt=()
 command -v curl >/dev/null || need_apt+=(curl)
 [ -x /bin/busybox ] || need_apt+=(busybox-static)
 command -v dockerd >/dev/null || need_apt+=(docker.io)
+# The etcd store: protoc builds the etcd client (a registry build dependency), etcd and etcdctl run the
+# test clusters (registry/tests/common/etcd.rs, kv_conformance.rs).
+command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
+command -v etcd >/dev/null || need_apt+=(etcd-server)
+command -v etcdctl >/dev/null || need_apt+=(etcd-client)
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
@@ -92,7 +98,7 @@ if [ ${#need_pkg[@]} -gt 0 ]; then
   fi
 fi
 # Everything the tests call, checked after all installs (one install can remove another's tools).
-for tool in docker qemu-system-x86_64 qemu-img mtype bridge chromium promtool debootstrap \
+for tool in protoc etcd etcdctl docker qemu-system-x86_64 qemu-img mtype bridge chromium promtool debootstrap \
   lintian shellcheck /opt/steward-pytest/bin/schemathesis; do
   command -v "$tool" >/dev/null || { echo "deps.sh: $tool is still missing after the installs" >&2; exit 1; }
 done

@@ -159,13 +159,11 @@ fn store_config(
              (etcds:// for TLS)"
         ),
     };
-    let prefix = args
-        .etcd_prefix
-        .take()
-        .or(file.etcd_prefix.take())
-        .unwrap_or_else(|| "/steward".into());
-    if !prefix.starts_with('/') || prefix.len() < 2 {
-        bail!("etcd_prefix: {prefix:?} must start with '/' and name something (e.g. /steward)");
+    let prefix = args.etcd_prefix.take().or(file.etcd_prefix.take());
+    if let Some(p) = &prefix {
+        if !p.starts_with('/') || p.len() < 2 {
+            bail!("etcd_prefix: {p:?} must start with '/' and name something (e.g. /steward)");
+        }
     }
     let lease_ttl = args
         .etcd_lease_ttl
@@ -261,7 +259,8 @@ pub enum StoreConfig {
     Etcd {
         /// The `etcd://` or `etcds://` URL as given.
         url: String,
-        prefix: String,
+        /// Key prefix (`--etcd-prefix`), over one given in the URL, over `/steward`.
+        prefix: Option<String>,
         ca_file: Option<PathBuf>,
         cert_file: Option<PathBuf>,
         key_file: Option<PathBuf>,

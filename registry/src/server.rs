@@ -112,7 +112,9 @@ pub async fn open_kv(cfg: &RegistryConfig) -> anyhow::Result<Arc<dyn Kv>> {
             ..
         } => {
             let mut opts = EtcdOptions::from_url(url).context("store")?;
-            opts.prefix = prefix.clone();
+            if let Some(p) = prefix {
+                opts.prefix = p.clone();
+            }
             opts.ca_file = ca_file.clone();
             opts.cert_file = cert_file.clone();
             opts.key_file = key_file.clone();

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+pub mod etcd;
+
 pub struct Registry {
     pub child: Option<Child>,
     pub port: u16,

@@ -1,0 +1,285 @@
+//! A real etcd cluster for tests: N members (3 by default) on free loopback ports, each with
+//! its own temporary data dir, started with Debian's `etcd` (or `$STEWARD_ETCD`). `kill(i)`
+//! sends SIGKILL to one member, `restart(i)` starts it again on the same dir and ports, and
+//! every member is killed on drop. Without `etcd` the test is skipped loudly, or fails when
+//! `CI` is set (`bash scripts/deps.sh` installs it).
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+struct Member {
+    name: String,
+    client_port: u16,
+    peer_port: u16,
+    /// Plain-HTTP `/health` and `/metrics`, also when the client port speaks TLS.
+    metrics_port: u16,
+    child: Option<Child>,
+}
+
+/// Certificates for a cluster whose client port speaks TLS and requires client certificates
+/// signed by `ca` (the server certificate must name 127.0.0.1).
+#[derive(Clone)]
+pub struct EtcdTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+pub struct EtcdCluster {
+    etcd: PathBuf,
+    dir: tempfile::TempDir,
+    members: Vec<Member>,
+    token: String,
+    tls: Option<EtcdTls>,
+}
+
+/// True when running under CI (`CI` set to anything but empty, `0` or `false`).
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && !v.eq_ignore_ascii_case("false"))
+}
+
+/// The etcd binary: `$STEWARD_ETCD` or `etcd` on `PATH`; `None` (a loud skip) when missing,
+/// a panic when `CI` is set.
+pub fn require_etcd() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("STEWARD_ETCD") {
+        return Some(PathBuf::from(p));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    if let Some(p) = std::env::split_paths(&path)
+        .map(|d| d.join("etcd"))
+        .find(|p| p.is_file())
+    {
+        return Some(p);
+    }
+    let msg = "etcd not found (`etcd` on PATH, or $STEWARD_ETCD); install it with \
+               `bash scripts/deps.sh` (Debian package etcd-server)";
+    assert!(!in_ci(), "CI is set and {msg}");
+    // Straight to stderr (not eprintln!, which the test harness captures): a skip must show.
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n*** SKIP {}: {msg}; this test did NOT run (with CI=true it fails). ***",
+        std::thread::current().name().unwrap_or("test")
+    );
+    None
+}
+
+static SHARED: Mutex<Weak<EtcdCluster>> = Mutex::new(Weak::new());
+
+impl EtcdCluster {
+    /// A 3-member cluster shared by the tests of this process that run at the same time (it
+    /// stops when the last of them drops it). Tests must not kill its members and should use
+    /// their own key prefix.
+    pub async fn shared() -> Option<Arc<EtcdCluster>> {
+        let existing = SHARED.lock().unwrap().upgrade();
+        if let Some(c) = existing {
+            return Some(c);
+        }
+        let fresh = Arc::new(Self::start(3).await?);
+        let mut slot = SHARED.lock().unwrap();
+        if let Some(c) = slot.upgrade() {
+            return Some(c); // another test won the race; ours stops on drop
+        }
+        *slot = Arc::downgrade(&fresh);
+        Some(fresh)
+    }
+
+    /// Starts `n` members and waits until each answers its health check (it has a leader).
+    pub async fn start(n: usize) -> Option<EtcdCluster> {
+        Self::start_with(n, None).await
+    }
+
+    /// Like [`EtcdCluster::start`], with TLS and client certificates on the client port.
+    pub async fn start_with(n: usize, tls: Option<EtcdTls>) -> Option<EtcdCluster> {
+        let etcd = require_etcd()?;
+        let dir = tempfile::tempdir().unwrap();
+        let members = (0..n)
+            .map(|i| Member {
+                name: format!("m{i}"),
+                client_port: super::free_port(),
+                peer_port: super::free_port(),
+                metrics_port: super::free_port(),
+                child: None,
+            })
+            .collect();
+        let token = format!("steward-test-{}", uuid::Uuid::new_v4());
+        let mut cluster = EtcdCluster {
+            etcd,
+            dir,
+            members,
+            token,
+            tls,
+        };
+        for i in 0..n {
+            cluster.spawn(i);
+        }
+        for i in 0..n {
+            cluster.wait_healthy(i).await;
+        }
+        Some(cluster)
+    }
+
+    fn initial_cluster(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn log_path(&self, i: usize) -> PathBuf {
+        self.dir
+            .path()
+            .join(format!("{}.log", self.members[i].name))
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let initial = self.initial_cluster();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(i))
+            .unwrap();
+        let m = &self.members[i];
+        let client = self.endpoint(i);
+        let peer = format!("http://127.0.0.1:{}", m.peer_port);
+        let metrics = format!("http://127.0.0.1:{}", m.metrics_port);
+        let mut cmd = Command::new(&self.etcd);
+        if let Some(tls) = &self.tls {
+            cmd.arg("--cert-file")
+                .arg(&tls.cert)
+                .arg("--key-file")
+                .arg(&tls.key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--client-cert-auth");
+        }
+        let child = cmd
+            .arg("--name")
+            .arg(&m.name)
+            .arg("--data-dir")
+            .arg(self.dir.path().join(&m.name))
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args([
+                "--initial-cluster",
+                &initial,
+                "--initial-cluster-state",
+                "new",
+            ])
+            .args(["--initial-cluster-token", &self.token])
+            .args(["--listen-metrics-urls", &metrics])
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("cannot start etcd");
+        self.members[i].child = Some(child);
+    }
+
+    /// Waits (hang guard: 60 s) until member `i` reports itself healthy.
+    async fn wait_healthy(&self, i: usize) {
+        let url = format!("http://127.0.0.1:{}/health", self.members[i].metrics_port);
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = client.get(&url).send().await {
+                if r.text().await.is_ok_and(|t| t.contains("\"true\"")) {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "etcd member {i} not healthy after 60 s; log:\n{}",
+                std::fs::read_to_string(self.log_path(i)).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The client URL of member `i`.
+    pub fn endpoint(&self, i: usize) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.members[i].client_port)
+    }
+
+    /// The client URLs of every member.
+    pub fn endpoints(&self) -> Vec<String> {
+        (0..self.members.len()).map(|i| self.endpoint(i)).collect()
+    }
+
+    /// `etcd://127.0.0.1:p1,127.0.0.1:p2,...` (`etcds://` with TLS) plus `prefix` (as the
+    /// registry's `--store`).
+    pub fn url(&self, prefix: &str) -> String {
+        let hosts: Vec<String> = self
+            .members
+            .iter()
+            .map(|m| format!("127.0.0.1:{}", m.client_port))
+            .collect();
+        let scheme = if self.tls.is_some() { "etcds" } else { "etcd" };
+        format!("{scheme}://{}{prefix}", hosts.join(","))
+    }
+
+    /// Index of the member that is the raft leader now, as the live members see it (plain
+    /// clusters only).
+    pub async fn leader(&self) -> Option<usize> {
+        let mut ids = Vec::new(); // (index, own member id, leader id)
+        for (i, m) in self.members.iter().enumerate() {
+            if m.child.is_none() {
+                continue;
+            }
+            let status = async {
+                let mut c = etcd_client::Client::connect([self.endpoint(i)], None)
+                    .await
+                    .ok()?;
+                c.status().await.ok()
+            };
+            if let Ok(Some(s)) = tokio::time::timeout(Duration::from_secs(2), status).await {
+                ids.push((i, s.header().map(|h| h.member_id()), s.leader()));
+            }
+        }
+        ids.iter()
+            .find(|(_, me, _)| ids.iter().any(|(_, _, l)| *me == Some(*l)))
+            .map(|(i, _, _)| *i)
+    }
+
+    /// SIGKILL to member `i` (its data dir stays).
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts member `i` again on its data dir and ports; waits until it is healthy.
+    pub async fn restart(&mut self, i: usize) {
+        self.kill(i);
+        self.spawn(i);
+        self.wait_healthy(i).await;
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+}
