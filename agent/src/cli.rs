@@ -208,7 +208,10 @@ mod tests {
     fn the_secret_goes_only_to_urls_it_was_enrolled_with() {
         assert!(same_registry("http://a:1", "http://a:1/"));
         assert!(same_registry("http://a:1,http://b:1", "http://b:1"));
-        assert!(same_registry("http://a:1,http://b:1", "http://b:1,http://a:1"));
+        assert!(same_registry(
+            "http://a:1,http://b:1",
+            "http://b:1,http://a:1"
+        ));
         assert!(!same_registry("http://a:1", "http://a:1,http://c:1"));
         assert!(!same_registry("http://a:1", "http://c:1"));
     }

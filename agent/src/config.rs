@@ -20,7 +20,12 @@ pub struct AgentArgs {
     pub config: Option<PathBuf>,
     /// Registry URL, e.g. https://registry.example:7700, or several URLs of one registry's
     /// replicas separated by commas (the agent moves to the next on a connection error).
-    #[arg(long, env = "STEWARD_REGISTRY", global = true, value_name = "URL[,URL...]")]
+    #[arg(
+        long,
+        env = "STEWARD_REGISTRY",
+        global = true,
+        value_name = "URL[,URL...]"
+    )]
     pub registry: Option<String>,
     /// Enrollment token, used once when the agent has no node identity yet (or a re-enrolment
     /// grant from `stewardctl nodes reenroll`, for a reinstalled host).

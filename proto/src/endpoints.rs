@@ -175,13 +175,17 @@ mod tests {
 
     #[test]
     fn parse_names_the_refused_url() {
-        let r = Endpoints::<u16>::parse("1,x,3", |e| e.to_string(), |s| {
-            s.parse::<u16>().map_err(|_| format!("bad {s}"))
-        });
+        let r = Endpoints::<u16>::parse(
+            "1,x,3",
+            |e| e.to_string(),
+            |s| s.parse::<u16>().map_err(|_| format!("bad {s}")),
+        );
         assert_eq!(r.unwrap_err(), "bad x");
-        let ok = Endpoints::<u16>::parse("1, 2", |e| e.to_string(), |s| {
-            s.parse::<u16>().map_err(|e| e.to_string())
-        })
+        let ok = Endpoints::<u16>::parse(
+            "1, 2",
+            |e| e.to_string(),
+            |s| s.parse::<u16>().map_err(|e| e.to_string()),
+        )
         .unwrap();
         assert_eq!(ok.all(), &[1, 2]);
         let empty = Endpoints::<u16>::parse(",", |e| e.to_string(), |_| Ok(0));

@@ -9,8 +9,8 @@ use rustls::{CertificateError, OtherError};
 use steward_proto::endpoints::is_failover_status;
 use steward_proto::{ApiError, Problem};
 
-use super::tls::{find_rustls_error, PinMismatchError};
 use super::display_url;
+use super::tls::{find_rustls_error, PinMismatchError};
 
 /// Why a call to the registry failed; each message says what to do about it.
 #[derive(Debug, thiserror::Error)]
@@ -191,7 +191,6 @@ fn problems_suffix(message: &str, problems: &[Problem]) -> String {
     }
 }
 
-
 /// `err` and its causes, joined by `: ` (repeated messages once).
 fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut parts: Vec<String> = Vec::new();
@@ -278,7 +277,12 @@ pub(super) async fn status_error(url: &Url, resp: reqwest::Response) -> ClientEr
         (_, None) if is_failover_status(status.as_u16()) => ClientError::Unavailable {
             url: display_url(url),
             status: status.as_u16(),
-            detail: text.chars().take(200).collect::<String>().trim().to_string(),
+            detail: text
+                .chars()
+                .take(200)
+                .collect::<String>()
+                .trim()
+                .to_string(),
         },
         (_, None) => {
             let snippet: String = text.chars().take(200).collect();

@@ -28,7 +28,9 @@ use reqwest::{Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use steward_proto::endpoints::Endpoints;
-use steward_proto::{EnrollResponse, Heartbeat, HeartbeatResponse, NodeFacts, NodeStatus, SpecDocument};
+use steward_proto::{
+    EnrollResponse, Heartbeat, HeartbeatResponse, NodeFacts, NodeStatus, SpecDocument,
+};
 
 mod errors;
 mod tls;
@@ -276,12 +278,12 @@ impl RegistryClient {
             node_secret,
         };
         let req = Req::new(Method::POST, &["v1", "enroll"]).body(&body);
-        self.json(&req, Attempt::EachUrl).await?.ok_or_else(|| {
-            ClientError::Protocol {
+        self.json(&req, Attempt::EachUrl)
+            .await?
+            .ok_or_else(|| ClientError::Protocol {
                 url: self.url().to_string(),
                 detail: "HTTP 304 to an enrolment".into(),
-            }
-        })
+            })
     }
 
     /// `POST /v1/nodes/{id}/heartbeat`.
@@ -633,7 +635,10 @@ mod tests {
         assert_eq!(attempts.len(), 2);
         let text = e.to_string();
         for port in [a, b] {
-            assert!(text.contains(&format!("http://127.0.0.1:{port}/: cannot reach")), "{text}");
+            assert!(
+                text.contains(&format!("http://127.0.0.1:{port}/: cannot reach")),
+                "{text}"
+            );
         }
         assert!(e.is_transient());
     }
