@@ -225,7 +225,7 @@ mod tests {
             "abc.def",
         ])
         .expect("resolves");
-        assert_eq!(s.registry.as_str(), "https://r.example:7700/");
+        assert_eq!(s.registries[0].as_str(), "https://r.example:7700/");
         assert_eq!(s.token.as_deref(), Some("abc.def"));
     }
 
