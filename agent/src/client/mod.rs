@@ -24,7 +24,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use reqwest::{Method, StatusCode, Url};
+use reqwest::{Method, Url};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use steward_proto::endpoints::Endpoints;
@@ -33,13 +33,14 @@ use steward_proto::{
 };
 
 mod errors;
+mod request;
 mod tls;
 
+use errors::transport_error;
 pub use errors::ClientError;
-use errors::{status_error, transport_error};
+use request::{Attempt, Req};
 pub use tls::cert_sha256_pem;
 use tls::tls_config;
-use tracing::info;
 
 /// Timeout of every request except the long-poll.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -127,60 +128,6 @@ struct EnrollBody<'a> {
     /// Proof of being the enrolled node: its current secret.
     #[serde(skip_serializing_if = "Option::is_none")]
     node_secret: Option<&'a str>,
-}
-
-/// Which URLs a request may go to.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Attempt {
-    /// The URL in use; a failure moves the client to the next URL for the following request.
-    UrlInUse,
-    /// Each URL in turn, from the one in use, until one answers (one-shot commands).
-    EachUrl,
-}
-
-/// One request, whichever URL it goes to.
-struct Req<'a, B: ?Sized> {
-    method: Method,
-    segments: &'a [&'a str],
-    query: &'a [(&'a str, String)],
-    body: Option<&'a B>,
-    creds: Option<&'a Credentials>,
-    timeout: Duration,
-    /// `Range: bytes=N-` when above 0; a `416` answer is then not an error.
-    range: Option<u64>,
-}
-
-impl<'a> Req<'a, ()> {
-    fn new(method: Method, segments: &'a [&'a str]) -> Self {
-        Req {
-            method,
-            segments,
-            query: &[],
-            body: None,
-            creds: None,
-            timeout: DEFAULT_TIMEOUT,
-            range: None,
-        }
-    }
-}
-
-impl<'a, B: ?Sized> Req<'a, B> {
-    fn body<C: Serialize + ?Sized>(self, body: &'a C) -> Req<'a, C> {
-        Req {
-            method: self.method,
-            segments: self.segments,
-            query: self.query,
-            body: Some(body),
-            creds: self.creds,
-            timeout: self.timeout,
-            range: self.range,
-        }
-    }
-
-    fn creds(mut self, creds: &'a Credentials) -> Self {
-        self.creds = Some(creds);
-        self
-    }
 }
 
 impl RegistryClient {
@@ -352,127 +299,6 @@ impl RegistryClient {
 
     fn creds(&self) -> Result<&Credentials, ClientError> {
         self.creds.as_ref().ok_or(ClientError::NotEnrolled)
-    }
-
-    /// `base` with `segments` appended (each percent-encoded as needed).
-    fn endpoint(base: &Url, segments: &[&str]) -> Url {
-        let mut url = base.clone();
-        if let Ok(mut path) = url.path_segments_mut() {
-            path.pop_if_empty().extend(segments);
-        }
-        url
-    }
-
-    /// Sends `req` to the URL in use (moving to the next URL when it fails over).
-    async fn send<B: Serialize + ?Sized>(
-        &self,
-        req: &Req<'_, B>,
-    ) -> Result<(Url, reqwest::Response), ClientError> {
-        let (i, base) = self.bases.pick();
-        let res = self.send_at(base, req).await;
-        if let Err(e) = &res {
-            self.after_failure(i, e);
-        }
-        res
-    }
-
-    /// Sends `req` and decodes the JSON answer (`None` for `304`): to the URL in use, or to
-    /// each URL in turn until one answers (the error then lists every URL's).
-    async fn json<B: Serialize + ?Sized, T: DeserializeOwned>(
-        &self,
-        req: &Req<'_, B>,
-        attempt: Attempt,
-    ) -> Result<Option<T>, ClientError> {
-        let order = match attempt {
-            Attempt::UrlInUse => vec![self.bases.current()],
-            Attempt::EachUrl => self.bases.order(),
-        };
-        let mut attempts = Vec::new();
-        for i in order {
-            let base = self.bases.get(i);
-            let res = match self.send_at(base, req).await {
-                Ok((_, resp)) if resp.status() == StatusCode::NOT_MODIFIED => Ok(None),
-                Ok((url, resp)) => self.decode(&url, resp).await.map(Some),
-                Err(e) => Err(e),
-            };
-            match res {
-                Ok(v) => {
-                    if let Some(prev) = self.bases.worked(i) {
-                        info!(
-                            registry = %base,
-                            did_not_answer = %self.bases.get(prev),
-                            "switched registry URL"
-                        );
-                    }
-                    return Ok(v);
-                }
-                Err(e) if e.fails_over() => {
-                    if attempt == Attempt::UrlInUse {
-                        self.after_failure(i, &e);
-                    }
-                    attempts.push((base.to_string(), e));
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Err(ClientError::all_failed(attempts))
-    }
-
-    /// After `e` from the URL at `index`: moves to the next URL when `e` calls for it (and
-    /// no other request has moved already), and says so.
-    fn after_failure(&self, index: usize, e: &ClientError) {
-        if !e.fails_over() {
-            return;
-        }
-        if let Some((from, to)) = self.bases.failed(index) {
-            info!(
-                from = %self.bases.get(from),
-                to = %self.bases.get(to),
-                error = %e,
-                "switching to the next registry URL"
-            );
-        }
-    }
-
-    /// Sends one request to `base`; `Ok` for 2xx and 304 (and 416 for a range request), the
-    /// matching [`ClientError`] otherwise.
-    async fn send_at<B: Serialize + ?Sized>(
-        &self,
-        base: &Url,
-        req: &Req<'_, B>,
-    ) -> Result<(Url, reqwest::Response), ClientError> {
-        let mut url = Self::endpoint(base, req.segments);
-        if !req.query.is_empty() {
-            let mut q = url.query_pairs_mut();
-            for (k, v) in req.query {
-                q.append_pair(k, v);
-            }
-        }
-        let mut rb = self
-            .http
-            .request(req.method.clone(), url.clone())
-            .timeout(req.timeout);
-        if let Some(c) = req.creds {
-            rb = rb.bearer_auth(&c.secret.0);
-        }
-        if let Some(b) = req.body {
-            rb = rb.json(b);
-        }
-        if let Some(offset) = req.range.filter(|o| *o > 0) {
-            rb = rb.header(reqwest::header::RANGE, format!("bytes={offset}-"));
-        }
-        let resp = rb
-            .send()
-            .await
-            .map_err(|e| transport_error(&url, &e, req.timeout, self.pin()))?;
-        let status = resp.status();
-        if status.is_success()
-            || status == StatusCode::NOT_MODIFIED
-            || (req.range.is_some() && status == StatusCode::RANGE_NOT_SATISFIABLE)
-        {
-            return Ok((url, resp));
-        }
-        Err(status_error(&url, resp).await)
     }
 
     async fn decode<T: DeserializeOwned>(
