@@ -1,6 +1,6 @@
 //! End-to-end: the real `stewardctl` binary given several registry URLs (flag, environment
 //! variable, config file) against the real registry: with nothing listening on the first URL it
-//! reads from and writes to the next; with every URL dead it fails (exit 3) naming each URL
+//! reads from and writes to the next (a streamed upload too); with every URL dead it fails (exit 3) naming each URL
 //! with its error; a malformed URL in the list is refused by name before anything is sent.
 #![allow(clippy::unwrap_used)]
 
@@ -84,6 +84,34 @@ async fn a_dead_first_url_is_skipped_and_all_dead_urls_are_named() {
     );
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains('.'));
+
+    // A streamed upload is sent once, to a URL that answers.
+    let file = r.dir.path().join("blob.bin");
+    std::fs::write(&file, b"failover payload").unwrap();
+    let out = ctl(
+        &r,
+        &list,
+        "flag",
+        &[
+            "payloads",
+            "upload",
+            "fo-blob",
+            "1",
+            file.to_str().unwrap(),
+            "-q",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (st, v) = r
+        .req(
+            reqwest::Method::GET,
+            "/v1/payloads/fo-blob/1",
+            Some(&r.admin),
+            None,
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["size"], 16, "{v}");
 
     // Every URL dead: exit 3, each URL named with its error.
     let (a, b) = (dead_url(), dead_url());

@@ -7,7 +7,8 @@
 //! connect (refused, DNS, TLS handshake), HTTP 503, and for requests that may be repeated
 //! (GET, PUT, DELETE) also a time-out, a connection reset and HTTP 502/504 (a POST that may have
 //! reached the registry is not sent twice). When every URL failed, the error names each URL
-//! with its failure. A streamed body (payload upload) goes to one URL only.
+//! with its failure. A streamed body (payload upload) goes to one URL only: the first that
+//! answers `GET /healthz` ([`Client::settle`]).
 
 use std::time::Duration;
 
@@ -128,6 +129,15 @@ impl Client {
             }
         }
         Err(all_failed(attempts))
+    }
+
+    /// With several URLs, finds one that answers (`GET /healthz`, each in turn) and uses it
+    /// from then on: for a request that can be sent only once (a streamed body).
+    pub async fn settle(&self) -> Result<(), CliError> {
+        if self.bases.len() > 1 {
+            self.send(self.http.get(self.url(&["healthz"]))).await?;
+        }
+        Ok(())
     }
 
     /// Sends `req` to the URL at `index` only.
