@@ -36,14 +36,9 @@ pub enum Compare {
 /// A change made by a transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
-    Put {
-        key: String,
-        value: Vec<u8>,
-    },
+    Put { key: String, value: Vec<u8> },
     /// Deleting a key that does not exist is not an error.
-    Delete {
-        key: String,
-    },
+    Delete { key: String },
 }
 
 /// What a transaction is for, which decides whether it may run when the disk is short of space:
@@ -204,5 +199,5 @@ pub trait Kv: Send + Sync + 'static {
     async fn readiness(&self) -> Result<(), KvError>;
 }
 
-pub mod etcd;
 pub mod sled;
+pub mod etcd;
