@@ -27,6 +27,8 @@ fn tls(cfg: &AgentConfig) -> TlsOptions {
 /// stored identity for the same registry, the enrolment proves to be that node with its
 /// current secret (the registry refuses a plain token for an enrolled machine); when the
 /// registry no longer accepts that secret (the node was decommissioned), it enrols plainly.
+/// With several registry URLs, the enrolment tries each in turn (the error lists each URL's),
+/// and the identity records the whole list.
 pub async fn ensure_identity(
     cfg: &AgentConfig,
     force: bool,
@@ -54,9 +56,10 @@ pub async fn ensure_identity(
         Err(_) => None,
     };
     let facts = collect_facts(VERSION, docker_version);
-    // The secret goes only to the registry it came from.
+    // The secret goes only to the registry it came from: every URL configured now must have
+    // been one of those it was enrolled with.
     let proof = stored
-        .filter(|id| id.registry == registry)
+        .filter(|id| same_registry(&id.registry, &registry))
         .map(|id| client.clone().with_credentials(id.node_id, id.node_secret));
     let resp = match proof {
         Some(node) => match node.reenroll(&token, &facts).await {
@@ -79,6 +82,20 @@ pub async fn ensure_identity(
     tracing::info!(node = %id.node_id, rotated = resp.rotated, path = %paths.identity().display(), "enrolled; node secret stored (0600)");
     let client = client.with_credentials(id.node_id.clone(), id.node_secret.clone());
     Ok((id, client))
+}
+
+/// True when every URL of the list `now` is in the list `enrolled_with` (trailing `/` aside).
+fn same_registry(enrolled_with: &str, now: &str) -> bool {
+    let norm = |l: &str| -> Vec<String> {
+        steward_proto::endpoints::split_list(l)
+            .unwrap_or_default()
+            .iter()
+            .map(|u| u.trim_end_matches('/').to_string())
+            .collect()
+    };
+    let before = norm(enrolled_with);
+    let after = norm(now);
+    !after.is_empty() && after.iter().all(|u| before.contains(u))
 }
 
 /// Reads and validates a spec file (YAML or JSON by extension; `-` is stdin as YAML); a spec
@@ -114,7 +131,8 @@ pub fn local_reconciler(cfg: &AgentConfig) -> anyhow::Result<(Reconciler, Paths)
     let registry = cfg
         .registry
         .clone()
-        .or_else(|| identity.as_ref().map(|i| i.registry.clone()));
+        .or_else(|| identity.as_ref().map(|i| i.registry.clone()))
+        .and_then(|l| crate::config::first_registry_url(&l));
     let node_id = identity
         .map(|i| i.node_id)
         .unwrap_or_else(|| "local".into());
@@ -180,4 +198,21 @@ pub fn all_converged(s: &NodeStatus) -> bool {
     s.resources
         .iter()
         .all(|r| r.state == ResourceState::Converged)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_registry;
+
+    #[test]
+    fn the_secret_goes_only_to_urls_it_was_enrolled_with() {
+        assert!(same_registry("http://a:1", "http://a:1/"));
+        assert!(same_registry("http://a:1,http://b:1", "http://b:1"));
+        assert!(same_registry(
+            "http://a:1,http://b:1",
+            "http://b:1,http://a:1"
+        ));
+        assert!(!same_registry("http://a:1", "http://a:1,http://c:1"));
+        assert!(!same_registry("http://a:1", "http://c:1"));
+    }
 }

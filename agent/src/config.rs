@@ -18,8 +18,14 @@ pub struct AgentArgs {
     /// Config file (TOML) [default: /etc/steward/agent.toml, if it exists].
     #[arg(long, short = 'c', env = "STEWARD_AGENT_CONFIG", global = true)]
     pub config: Option<PathBuf>,
-    /// Registry URL, e.g. https://registry.example:7700.
-    #[arg(long, env = "STEWARD_REGISTRY", global = true)]
+    /// Registry URL, e.g. https://registry.example:7700, or several URLs of one registry's
+    /// replicas separated by commas (the agent moves to the next on a connection error).
+    #[arg(
+        long,
+        env = "STEWARD_REGISTRY",
+        global = true,
+        value_name = "URL[,URL...]"
+    )]
     pub registry: Option<String>,
     /// Enrollment token, used once when the agent has no node identity yet (or a re-enrolment
     /// grant from `stewardctl nodes reenroll`, for a reinstalled host).
@@ -60,7 +66,7 @@ pub struct AgentArgs {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
-    registry: Option<String>,
+    registry: Option<UrlList>,
     enrollment_token: Option<String>,
     data_dir: Option<PathBuf>,
     ca_file: Option<PathBuf>,
@@ -83,9 +89,27 @@ struct FileConfig {
     limits: steward_proto::validate::SpecLimits,
 }
 
+/// `registry` in the config file: one URL (or a comma-separated list) or a list of URLs.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum UrlList {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl UrlList {
+    fn joined(self) -> String {
+        match self {
+            UrlList::One(s) => s,
+            UrlList::Many(v) => steward_proto::endpoints::join_list(&v),
+        }
+    }
+}
+
 /// The resolved configuration.
 #[derive(Clone)]
 pub struct AgentConfig {
+    /// The registry's URL, or its URLs separated by commas (checked by [`check_registry`]).
     pub registry: Option<String>,
     pub enrollment_token: Option<String>,
     pub data_dir: PathBuf,
@@ -159,7 +183,7 @@ impl AgentConfig {
             .or(file.data_dir.clone())
             .unwrap_or_else(|| PathBuf::from("/var/lib/steward"));
         let mut cfg = AgentConfig {
-            registry: args.registry.or(file.registry),
+            registry: args.registry.or(file.registry.map(UrlList::joined)),
             enrollment_token: args
                 .token
                 .or(file.enrollment_token)
@@ -234,12 +258,26 @@ impl AgentConfig {
             bail!("long_poll_wait must be between 1s and 300s");
         }
         if let Some(r) = &cfg.registry {
-            if !(r.starts_with("http://") || r.starts_with("https://")) {
-                bail!("registry must be an http:// or https:// URL, got {r:?}");
-            }
+            cfg.registry = Some(check_registry(r)?);
         }
         Ok(cfg)
     }
+}
+
+/// Checks every URL of a registry list (naming the first bad one) and returns the list in
+/// its normal form: `URL,URL` without spaces.
+pub fn check_registry(raw: &str) -> anyhow::Result<String> {
+    crate::client::parse_urls(raw).map_err(|e| anyhow::anyhow!("config field registry: {e}"))?;
+    Ok(steward_proto::endpoints::join_list(
+        &steward_proto::endpoints::split_list(raw)?,
+    ))
+}
+
+/// The first URL of a registry list (the one whose route the network driver protects).
+pub fn first_registry_url(list: &str) -> Option<String> {
+    steward_proto::endpoints::split_list(list)
+        .ok()
+        .and_then(|v| v.into_iter().next())
 }
 
 fn load(path: &Path) -> anyhow::Result<FileConfig> {
@@ -276,6 +314,38 @@ mod tests {
         assert_eq!(c.metrics_listen, Some(([127, 0, 0, 1], 9475).into()));
         assert_eq!(c.vms.dir, PathBuf::from("/var/lib/steward/vms"));
         assert_eq!(c.vms.accel, crate::vm::Accel::Auto);
+    }
+
+    #[test]
+    fn registry_is_one_url_or_several() {
+        let dir = tempfile::tempdir().unwrap();
+        let resolve = |body: &str| {
+            let p = dir.path().join("r.toml");
+            std::fs::write(&p, body).unwrap();
+            AgentConfig::resolve(AgentArgs {
+                config: Some(p),
+                ..Default::default()
+            })
+        };
+        let list = "registry = [\"https://a:7700\", \"https://b:7700\"]\n";
+        assert_eq!(
+            resolve(list).unwrap().registry.as_deref(),
+            Some("https://a:7700,https://b:7700")
+        );
+        let commas = "registry = \"https://a:7700, https://b:7700\"\n";
+        assert_eq!(
+            resolve(commas).unwrap().registry.as_deref(),
+            Some("https://a:7700,https://b:7700")
+        );
+        let one = "registry = \"https://a:7700\"\n";
+        assert_eq!(
+            resolve(one).unwrap().registry.as_deref(),
+            Some("https://a:7700")
+        );
+        let bad = resolve("registry = [\"https://a:7700\", \"a-host:7700\"]\n").unwrap_err();
+        assert!(format!("{bad:#}").contains("\"a-host:7700\""), "{bad:#}");
+        let twice = resolve("registry = \"http://a:1,http://a:1/\"\n").unwrap_err();
+        assert!(format!("{twice:#}").contains("listed twice"), "{twice:#}");
     }
 
     #[test]

@@ -115,7 +115,7 @@ pub async fn run(
     .with_networks(
         cfg.lab_cidr_template.clone(),
         Some(store.clone()),
-        Some(cfg.registry.clone().unwrap_or(identity.registry.clone())),
+        crate::config::first_registry_url(cfg.registry.as_ref().unwrap_or(&identity.registry)),
     )
     .with_link_events(feed)
     .with_heal(cfg.heal, Some(store.clone()))

@@ -42,6 +42,7 @@ pub enum StoreError {
 /// Who this node is to the registry. Stored with mode 0600; Debug never shows the secret.
 #[derive(Clone, Serialize, Deserialize)]
 pub struct Identity {
+    /// The registry's URL, or its URLs separated by commas, as enrolled with.
     pub registry: String,
     pub node_id: String,
     pub node_secret: String,

@@ -1,6 +1,6 @@
 //! The agent's registry client against the real `steward-registry` binary over HTTPS with a
 //! self-signed certificate: CA-file mode, pin mode, a wrong pin, an untrusted certificate, an
-//! unreachable registry and refused credentials.
+//! unreachable registry and refused credentials; with several URLs, the pin holds for each.
 //!
 //! Needs the registry binary next to this test's executable (`target/debug/steward-registry`):
 //! run `cargo build -p steward-registry` first. `cargo test --workspace` builds every binary of
@@ -516,4 +516,45 @@ async fn wrong_credentials_are_unauthorised_and_never_printed() {
         other => panic!("expected Refused, got {other:?}"),
     }
     assert!(e.to_string().contains("wait"), "{e}");
+}
+
+#[tokio::test]
+async fn the_pin_holds_for_every_url_of_a_list() {
+    // Two registries, each with its own certificate; the pin is B's.
+    let a = Registry::start(&["127.0.0.1"]).await;
+    let b = Registry::start(&["127.0.0.1"]).await;
+    let pin = TlsOptions {
+        ca_file: None,
+        pin_sha256: Some(cert_sha256_pem(&b.cert_pem).unwrap()),
+    };
+    // A first: its certificate is refused by the pin, and enrolment moves on to B.
+    let client = RegistryClient::new(&format!("{},{}", a.url(), b.url()), &pin).unwrap();
+    let token = b.token(1).await;
+    let en = client.enroll(&token, &facts("m-list")).await.unwrap();
+    assert_eq!(client.url(), format!("{}/", b.url()));
+    let client = client.with_credentials(en.node_id, en.node_secret);
+    client.heartbeat(&Heartbeat::default()).await.unwrap();
+
+    // Neither URL presents B's certificate: each is refused by the pin, and each is named.
+    let other = Registry::start(&["127.0.0.1"]).await;
+    let client = RegistryClient::new(&format!("{},{}", a.url(), other.url()), &pin).unwrap();
+    let e = client
+        .enroll(&a.token(1).await, &facts("m-none"))
+        .await
+        .unwrap_err();
+    let ClientError::AllFailed { attempts } = &e else {
+        panic!("expected AllFailed, got {e:?}")
+    };
+    assert_eq!(attempts.len(), 2);
+    for (url, err) in attempts {
+        assert!(
+            matches!(err, ClientError::PinMismatch { .. }),
+            "{url}: {err:?}"
+        );
+    }
+    let msg = e.to_string();
+    assert!(
+        msg.contains(&a.url()) && msg.contains(&other.url()),
+        "{msg}"
+    );
 }

@@ -4,6 +4,7 @@
 //! side; what crosses the wire is defined here.
 
 pub mod api;
+pub mod endpoints;
 pub mod merge;
 pub mod metrics_text;
 pub mod node;

@@ -1,8 +1,12 @@
 //! The agent's client for the registry's HTTP API (see docs/API.md).
 //!
 //! One [`RegistryClient`] holds one `reqwest::Client` (so connections are kept alive and
-//! reused) over rustls with the *ring* crypto provider. For `https` URLs the server is
-//! verified either
+//! reused) over rustls with the *ring* crypto provider, and the registry's URLs
+//! ([`Endpoints`]: one, or several replicas of one registry). A request goes to the URL in use;
+//! when it fails in a way [`ClientError::fails_over`] names (connection, time-out, TLS
+//! handshake, HTTP 502/503/504) the client moves to the next URL for the following request
+//! (the daemon's loops retry with their jittered backoff) and logs the switch. Enrolment tries
+//! each URL in turn before failing. For `https` URLs the server is verified either
 //!
 //! - against the built-in web PKI roots plus the certificates of [`TlsOptions::ca_file`], with
 //!   the usual hostname check; or
@@ -12,25 +16,29 @@
 //!   validity period are checked, and `ca_file` is not used. [`cert_sha256_pem`] computes the
 //!   pin of a PEM certificate.
 //!
-//! The node secret and the enrollment token never appear in `Debug` output or in errors.
+//! The same verification applies to every URL of the list. The node secret and the
+//! enrollment token never appear in `Debug` output or in errors.
 
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use reqwest::{Method, StatusCode, Url};
+use reqwest::{Method, Url};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use steward_proto::endpoints::Endpoints;
 use steward_proto::{
-    ApiError, EnrollResponse, Heartbeat, HeartbeatResponse, NodeFacts, NodeStatus, Problem,
-    SpecDocument,
+    EnrollResponse, Heartbeat, HeartbeatResponse, NodeFacts, NodeStatus, SpecDocument,
 };
 
 mod errors;
+mod request;
 mod tls;
 
-use errors::{status_error, transport_error};
+use errors::transport_error;
+pub use errors::ClientError;
+use request::{Attempt, Req};
 pub use tls::cert_sha256_pem;
 use tls::tls_config;
 
@@ -51,129 +59,6 @@ pub struct TlsOptions {
     /// Hex sha256 of the server's end-entity certificate (DER); colons and case are ignored.
     /// When set, the certificate is pinned and `ca_file` is not used.
     pub pin_sha256: Option<String>,
-}
-
-/// Why a call to the registry failed; each message says what to do about it.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    #[error("invalid registry URL {url:?}: {reason}")]
-    InvalidUrl { url: String, reason: String },
-
-    #[error("invalid TLS settings: {0}")]
-    TlsConfig(String),
-
-    #[error(
-        "cannot reach the registry at {url}: {detail}; check the registry URL, that the registry \
-         is running, and that this host can reach it (DNS, routes, firewall)"
-    )]
-    Unreachable { url: String, detail: String },
-
-    #[error(
-        "the registry at {url} did not answer within {}: it may be overloaded or the network \
-         may be dropping packets; the request will be retried",
-        humantime::format_duration(*.after)
-    )]
-    Timeout { url: String, after: Duration },
-
-    #[error(
-        "the registry's certificate did not match the pin: {url} presented a certificate with \
-         sha256 {actual}, but the pin is {expected}; if the registry's certificate was replaced \
-         on purpose, set pin_sha256 to the new certificate's sha256, otherwise something between \
-         this host and the registry is intercepting the connection"
-    )]
-    PinMismatch {
-        url: String,
-        expected: String,
-        actual: String,
-    },
-
-    #[error(
-        "the registry's certificate at {url} is not trusted ({detail}); give the CA that signed \
-         it with ca_file, or pin the certificate with pin_sha256"
-    )]
-    UntrustedCertificate { url: String, detail: String },
-
-    #[error(
-        "TLS handshake with the registry at {url} failed: {detail}; check that the URL's scheme \
-         (http or https) and port are the registry's"
-    )]
-    Tls { url: String, detail: String },
-
-    #[error(
-        "the registry no longer accepts this node's credentials ({message}): the node was \
-         decommissioned or enrolled again with another secret; enrol again with a new \
-         enrollment token (or, if the node is still enrolled, with a re-enrolment grant: \
-         stewardctl nodes reenroll NODE_ID)"
-    )]
-    Unauthorized { message: String },
-
-    #[error(
-        "the registry refused the enrollment token ({message}): it is unknown, expired, revoked \
-         or used up; create a new one (POST /v1/enrollment-tokens) and enrol again"
-    )]
-    EnrollmentRefused { message: String },
-
-    #[error(
-        "the registry refused the request (HTTP {status}, {}): {}{}",
-        .error.code,
-        .error.error,
-        problems_suffix(&.error.error, &.error.problems)
-    )]
-    Refused { status: u16, error: ApiError },
-
-    #[error(
-        "this agent is not enrolled (no node id and secret): enrol with an enrollment token first"
-    )]
-    NotEnrolled,
-
-    #[error(
-        "unexpected answer from {url}: {detail}; check that the URL is a Steward registry of a \
-         compatible version"
-    )]
-    Protocol { url: String, detail: String },
-}
-
-impl ClientError {
-    /// The node's credentials are gone: only a new enrolment helps.
-    pub fn requires_reenrolment(&self) -> bool {
-        matches!(
-            self,
-            ClientError::Unauthorized { .. } | ClientError::NotEnrolled
-        )
-    }
-
-    /// Worth retrying later unchanged: the network, a time-out, or a server-side failure.
-    pub fn is_transient(&self) -> bool {
-        match self {
-            ClientError::Unreachable { .. } | ClientError::Timeout { .. } => true,
-            ClientError::Refused { status, .. } => *status >= 500 || *status == 429,
-            _ => false,
-        }
-    }
-
-    /// HTTP status of a refusal, if the registry answered with one.
-    pub fn status(&self) -> Option<u16> {
-        match self {
-            ClientError::Refused { status, .. } => Some(*status),
-            ClientError::Unauthorized { .. } => Some(401),
-            ClientError::EnrollmentRefused { .. } => Some(403),
-            _ => None,
-        }
-    }
-}
-
-/// Problems not already spelled out in the message, as `" (problems: a: x; b: y)"`.
-fn problems_suffix(message: &str, problems: &[Problem]) -> String {
-    let missing: Vec<String> = problems
-        .iter()
-        .map(ToString::to_string)
-        .filter(|p| !message.contains(p.as_str()))
-        .collect();
-    if missing.is_empty() {
-        String::new()
-    } else {
-        format!(" (problems: {})", missing.join("; "))
-    }
 }
 
 /// A secret string: usable, but never printed.
@@ -213,10 +98,11 @@ impl fmt::Debug for TlsMode {
     }
 }
 
-/// The agent's client for one registry.
+/// The agent's client for one registry (at one URL or several).
 #[derive(Clone)]
 pub struct RegistryClient {
-    base: Url,
+    /// Shared by the clones (the spec watcher's and the heartbeat's): a switch is seen by all.
+    bases: Arc<Endpoints<Url>>,
     http: reqwest::Client,
     tls: TlsMode,
     creds: Option<Credentials>,
@@ -225,7 +111,8 @@ pub struct RegistryClient {
 impl fmt::Debug for RegistryClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RegistryClient")
-            .field("url", &self.base.as_str())
+            .field("urls", &self.urls())
+            .field("in_use", &self.url())
             .field("tls", &self.tls)
             .field("node_id", &self.creds.as_ref().map(|c| c.node_id.as_str()))
             .field("secret", &self.creds.as_ref().map(|c| &c.secret))
@@ -245,12 +132,13 @@ struct EnrollBody<'a> {
 
 impl RegistryClient {
     /// A client for the registry at `url` (`http(s)://host:port`, optionally with a path
-    /// prefix). For `https`, the server is verified as `tls` says (see the module docs); for
-    /// `http`, `tls` is ignored.
+    /// prefix), or at each of several such URLs separated by commas (replicas of one
+    /// registry; the first is used until it fails). For `https`, the server is verified as
+    /// `tls` says (see the module docs); for `http`, `tls` is ignored.
     pub fn new(url: &str, tls: &TlsOptions) -> Result<Self, ClientError> {
-        let base = parse_base_url(url)?;
+        let bases = parse_urls(url)?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let (config, mode) = if base.scheme() == "https" {
+        let (config, mode) = if bases.all().iter().any(|b| b.scheme() == "https") {
             tls_config(provider, tls)?
         } else {
             (
@@ -269,7 +157,7 @@ impl RegistryClient {
             .build()
             .map_err(|e| ClientError::TlsConfig(format!("cannot build the HTTP client: {e}")))?;
         Ok(RegistryClient {
-            base,
+            bases: Arc::new(bases),
             http,
             tls: mode,
             creds: None,
@@ -292,9 +180,14 @@ impl RegistryClient {
         self.creds.as_ref().map(|c| c.node_id.as_str())
     }
 
-    /// The registry's base URL.
+    /// The base URL in use.
     pub fn url(&self) -> &str {
-        self.base.as_str()
+        self.bases.pick().1.as_str()
+    }
+
+    /// Every base URL, in the configured order.
+    pub fn urls(&self) -> Vec<&str> {
+        self.bases.all().iter().map(Url::as_str).collect()
     }
 
     /// `POST /v1/enroll`: enrols this machine with an enrollment token (a new node), or with
@@ -326,76 +219,62 @@ impl RegistryClient {
         facts: &NodeFacts,
         node_secret: Option<&str>,
     ) -> Result<EnrollResponse, ClientError> {
-        let url = self.endpoint(&["v1", "enroll"]);
         let body = EnrollBody {
             token,
             facts,
             node_secret,
         };
-        let resp = self
-            .call(
-                Method::POST,
-                url.clone(),
-                Some(&body),
-                None,
-                DEFAULT_TIMEOUT,
-            )
-            .await?;
-        self.decode(&url, resp).await
+        let req = Req::new(Method::POST, &["v1", "enroll"]).body(&body);
+        self.json(&req, Attempt::EachUrl)
+            .await?
+            .ok_or_else(|| ClientError::Protocol {
+                url: self.url().to_string(),
+                detail: "HTTP 304 to an enrolment".into(),
+            })
     }
 
     /// `POST /v1/nodes/{id}/heartbeat`.
     pub async fn heartbeat(&self, hb: &Heartbeat) -> Result<HeartbeatResponse, ClientError> {
         let creds = self.creds()?;
-        let url = self.endpoint(&["v1", "nodes", &creds.node_id, "heartbeat"]);
-        let resp = self
-            .call(
-                Method::POST,
-                url.clone(),
-                Some(hb),
-                Some(creds),
-                DEFAULT_TIMEOUT,
-            )
-            .await?;
-        self.decode(&url, resp).await
+        let segments = ["v1", "nodes", &creds.node_id, "heartbeat"];
+        let req = Req::new(Method::POST, &segments).body(hb).creds(creds);
+        self.json(&req, Attempt::UrlInUse)
+            .await?
+            .ok_or_else(|| ClientError::Protocol {
+                url: self.url().to_string(),
+                detail: "HTTP 304 to a heartbeat".into(),
+            })
     }
 
     /// `PUT /v1/nodes/{id}/status`.
     pub async fn put_status(&self, status: &NodeStatus) -> Result<(), ClientError> {
         let creds = self.creds()?;
-        let url = self.endpoint(&["v1", "nodes", &creds.node_id, "status"]);
-        self.call(Method::PUT, url, Some(status), Some(creds), DEFAULT_TIMEOUT)
-            .await?;
+        let segments = ["v1", "nodes", &creds.node_id, "status"];
+        let req = Req::new(Method::PUT, &segments).body(status).creds(creds);
+        self.send(&req).await?;
         Ok(())
     }
 
     /// Long-poll `GET /v1/nodes/{id}/spec?after=G&wait=W`: the spec document as soon as its
     /// generation is greater than `after`, or `Ok(None)` (`304`) when `wait` passed without
     /// one. `wait` must not exceed the registry's `max_wait` (300 s by default). The HTTP
-    /// timeout of this call is `wait` + [`LONG_POLL_MARGIN`].
+    /// timeout of this call is `wait` + [`LONG_POLL_MARGIN`]. After a switch of registry URL
+    /// the caller asks again with the same `after`: generations are the registry's, not a URL's.
     pub async fn wait_spec(
         &self,
         after: u64,
         wait: Duration,
     ) -> Result<Option<SpecDocument>, ClientError> {
         let creds = self.creds()?;
-        let mut url = self.endpoint(&["v1", "nodes", &creds.node_id, "spec"]);
-        url.query_pairs_mut()
-            .append_pair("after", &after.to_string())
-            .append_pair("wait", &format!("{}ms", wait.as_millis()));
-        let resp = self
-            .call(
-                Method::GET,
-                url.clone(),
-                None::<&()>,
-                Some(creds),
-                wait.saturating_add(LONG_POLL_MARGIN),
-            )
-            .await?;
-        if resp.status() == StatusCode::NOT_MODIFIED {
-            return Ok(None);
-        }
-        self.decode(&url, resp).await.map(Some)
+        let segments = ["v1", "nodes", &creds.node_id, "spec"];
+        let query = [
+            ("after", after.to_string()),
+            ("wait", format!("{}ms", wait.as_millis())),
+        ];
+        let mut req = Req::new(Method::GET, &segments).creds(creds);
+        req.query = &query;
+        req.timeout = wait.saturating_add(LONG_POLL_MARGIN);
+        self.json(&req, Attempt::UrlInUse).await
     }
 
     /// `GET /v1/blobs/{sha256}` from byte `offset` on (with `Range: bytes=offset-` when
@@ -404,24 +283,11 @@ impl RegistryClient {
     /// take up to [`BLOB_TIMEOUT`]; the caller watches for a stalled stream itself.
     pub async fn blob(&self, sha256: &str, offset: u64) -> Result<reqwest::Response, ClientError> {
         let creds = self.creds()?;
-        let url = self.endpoint(&["v1", "blobs", sha256]);
-        let mut rb = self
-            .http
-            .get(url.clone())
-            .timeout(BLOB_TIMEOUT)
-            .bearer_auth(&creds.secret.0);
-        if offset > 0 {
-            rb = rb.header(reqwest::header::RANGE, format!("bytes={offset}-"));
-        }
-        let resp = rb
-            .send()
-            .await
-            .map_err(|e| transport_error(&url, &e, BLOB_TIMEOUT, self.pin()))?;
-        let status = resp.status();
-        if status.is_success() || status == StatusCode::RANGE_NOT_SATISFIABLE {
-            return Ok(resp);
-        }
-        Err(status_error(&url, resp).await)
+        let segments = ["v1", "blobs", sha256];
+        let mut req = Req::new(Method::GET, &segments).creds(creds);
+        req.timeout = BLOB_TIMEOUT;
+        req.range = Some(offset);
+        Ok(self.send(&req).await?.1)
     }
 
     fn pin(&self) -> Option<&str> {
@@ -433,42 +299,6 @@ impl RegistryClient {
 
     fn creds(&self) -> Result<&Credentials, ClientError> {
         self.creds.as_ref().ok_or(ClientError::NotEnrolled)
-    }
-
-    /// The base URL with `segments` appended (each percent-encoded as needed).
-    fn endpoint(&self, segments: &[&str]) -> Url {
-        let mut url = self.base.clone();
-        if let Ok(mut path) = url.path_segments_mut() {
-            path.pop_if_empty().extend(segments);
-        }
-        url
-    }
-
-    /// Sends one request; `Ok` for 2xx and 304, the matching [`ClientError`] otherwise.
-    async fn call<B: Serialize + ?Sized>(
-        &self,
-        method: Method,
-        url: Url,
-        body: Option<&B>,
-        creds: Option<&Credentials>,
-        timeout: Duration,
-    ) -> Result<reqwest::Response, ClientError> {
-        let mut rb = self.http.request(method, url.clone()).timeout(timeout);
-        if let Some(c) = creds {
-            rb = rb.bearer_auth(&c.secret.0);
-        }
-        if let Some(b) = body {
-            rb = rb.json(b);
-        }
-        let resp = rb
-            .send()
-            .await
-            .map_err(|e| transport_error(&url, &e, timeout, self.pin()))?;
-        let status = resp.status();
-        if status.is_success() || status == StatusCode::NOT_MODIFIED {
-            return Ok(resp);
-        }
-        Err(status_error(&url, resp).await)
     }
 
     async fn decode<T: DeserializeOwned>(
@@ -486,6 +316,19 @@ impl RegistryClient {
             detail: format!("HTTP {status} with a body that is not the expected JSON: {e}"),
         })
     }
+}
+
+/// Checks a registry URL, or a comma-separated list of them (see [`RegistryClient::new`]):
+/// each must be a valid base URL (the error names the first that is not), none twice.
+pub fn parse_urls(raw: &str) -> Result<Endpoints<Url>, ClientError> {
+    Endpoints::parse(
+        raw,
+        |e| ClientError::InvalidUrl {
+            url: raw.to_string(),
+            reason: e.to_string(),
+        },
+        parse_base_url,
+    )
 }
 
 /// Checks and normalises the registry URL.
@@ -528,6 +371,7 @@ fn display_url(url: &Url) -> String {
 mod tests {
     use super::tls::parse_pin;
     use super::*;
+    use steward_proto::{ApiError, Problem};
 
     #[test]
     fn pins_parse_with_colons_and_any_case() {
@@ -560,14 +404,69 @@ mod tests {
     fn endpoints_keep_a_path_prefix_and_encode_ids() {
         let c = RegistryClient::new("https://r.example/steward/", &TlsOptions::default()).unwrap();
         assert_eq!(
-            c.endpoint(&["v1", "nodes", "a/b", "spec"]).as_str(),
+            RegistryClient::endpoint(c.bases.get(0), &["v1", "nodes", "a/b", "spec"]).as_str(),
             "https://r.example/steward/v1/nodes/a%2Fb/spec"
         );
         let c = RegistryClient::new("http://127.0.0.1:7080", &TlsOptions::default()).unwrap();
         assert_eq!(
-            c.endpoint(&["v1", "enroll"]).as_str(),
+            RegistryClient::endpoint(c.bases.get(0), &["v1", "enroll"]).as_str(),
             "http://127.0.0.1:7080/v1/enroll"
         );
+    }
+
+    /// A loopback port nothing listens on (bound, then released).
+    fn closed_port() -> u16 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    }
+
+    #[test]
+    fn every_url_of_a_list_is_checked_and_the_bad_one_named() {
+        let c = RegistryClient::new("http://a:1, https://b:2/", &TlsOptions::default()).unwrap();
+        assert_eq!(c.urls(), vec!["http://a:1/", "https://b:2/"]);
+        assert_eq!(c.url(), "http://a:1/");
+        let e = RegistryClient::new("http://a:1,ftp://b:2", &TlsOptions::default()).unwrap_err();
+        match e {
+            ClientError::InvalidUrl { url, .. } => assert_eq!(url, "ftp://b:2"),
+            other => panic!("{other:?}"),
+        }
+        let e = RegistryClient::new(" , ", &TlsOptions::default()).unwrap_err();
+        assert!(e.to_string().contains("no registry URL"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_connection_error_moves_the_client_to_the_next_url() {
+        let (a, b) = (closed_port(), closed_port());
+        let list = format!("http://127.0.0.1:{a},http://127.0.0.1:{b}");
+        let c = RegistryClient::new(&list, &TlsOptions::default())
+            .unwrap()
+            .with_credentials("n".into(), "n.s".into());
+        let shared = c.clone();
+        let e = c.heartbeat(&Heartbeat::default()).await.unwrap_err();
+        assert!(matches!(e, ClientError::Unreachable { .. }), "{e:?}");
+        assert!(e.fails_over());
+        // The clone shares the list: both now use the second URL.
+        assert_eq!(shared.url(), format!("http://127.0.0.1:{b}/"));
+    }
+
+    #[tokio::test]
+    async fn enrolment_tries_each_url_and_names_each_error() {
+        let (a, b) = (closed_port(), closed_port());
+        let list = format!("http://127.0.0.1:{a},http://127.0.0.1:{b}");
+        let c = RegistryClient::new(&list, &TlsOptions::default()).unwrap();
+        let e = c.enroll("t.x", &NodeFacts::default()).await.unwrap_err();
+        let ClientError::AllFailed { attempts } = &e else {
+            panic!("{e:?}")
+        };
+        assert_eq!(attempts.len(), 2);
+        let text = e.to_string();
+        for port in [a, b] {
+            assert!(
+                text.contains(&format!("http://127.0.0.1:{port}/: cannot reach")),
+                "{text}"
+            );
+        }
+        assert!(e.is_transient());
     }
 
     #[test]

@@ -91,10 +91,6 @@ pub async fn run(args: CloudInitArgs, ctx: &Ctx) -> Result<Exit, CliError> {
             Template::Apt => APT_TEMPLATE.to_string(),
         },
     };
-    let agent_url = agent_registry_url(args.agent_registry.as_deref(), &ctx.settings.registry)?;
-    let mut vars = Vars::new();
-    vars.insert("registry", Ok(agent_url.clone()));
-
     // What the registry serves (and the certificate it presents), before the token exists, so
     // a failure here does not leave an unused token behind.
     let wants_package = template.contains("{{deb_");
@@ -107,6 +103,10 @@ pub async fn run(args: CloudInitArgs, ctx: &Ctx) -> Result<Exit, CliError> {
         },
     )
     .await?;
+    // By default the agent uses the URL that answered (one URL: templates use it as a base).
+    let agent_url = agent_registry_url(args.agent_registry.as_deref(), &probe.url)?;
+    let mut vars = Vars::new();
+    vars.insert("registry", Ok(agent_url.clone()));
     let pin = match (&args.ca_pin, args.no_ca_pin) {
         (Some(p), _) => Some(normalize_pin(p)?),
         (None, true) => None,
@@ -368,6 +368,8 @@ fn apt_key_block(path: &PathBuf) -> Result<String, String> {
 
 /// A public GET on the registry that also yields the certificate it presents.
 struct Probe {
+    /// The registry URL that answered (the first of the list that could be reached).
+    url: Url,
     body: Vec<u8>,
     /// sha256 of the registry's certificate, when it speaks https.
     pin: Option<String>,
@@ -391,17 +393,27 @@ async fn probe(ctx: &Ctx, path: &str) -> Result<Probe, CliError> {
     let http = b
         .build()
         .map_err(|e| CliError::Usage(format!("setting up HTTP: {}", chain(&e))))?;
-    let mut url = s.registry.clone();
-    if let Ok(mut segs) = url.path_segments_mut() {
-        segs.pop_if_empty().extend(path.split('/'));
+    let mut failures = Vec::new();
+    let mut answered = None;
+    for base in &s.registries {
+        let mut url = base.clone();
+        if let Ok(mut segs) = url.path_segments_mut() {
+            segs.pop_if_empty().extend(path.split('/'));
+        }
+        match http.get(url.clone()).send().await {
+            Ok(resp) => {
+                answered = Some((base.clone(), url, resp));
+                break;
+            }
+            Err(e) => failures.push(format!(
+                "could not reach the registry at {base}: {}",
+                chain(&e.without_url())
+            )),
+        }
     }
-    let resp = http.get(url.clone()).send().await.map_err(|e| {
-        CliError::Unreachable(format!(
-            "could not reach the registry at {}: {}",
-            s.registry,
-            chain(&e.without_url())
-        ))
-    })?;
+    let Some((base, url, resp)) = answered else {
+        return Err(CliError::Unreachable(failures.join("; ")));
+    };
     if !resp.status().is_success() {
         return Err(CliError::Unexpected(format!(
             "GET {url} answered {}",
@@ -418,7 +430,11 @@ async fn probe(ctx: &Ctx, path: &str) -> Result<Probe, CliError> {
         .await
         .map_err(|e| CliError::Unreachable(format!("reading {url}: {}", chain(&e))))?
         .to_vec();
-    Ok(Probe { body, pin })
+    Ok(Probe {
+        url: base,
+        body,
+        pin,
+    })
 }
 
 #[cfg(test)]

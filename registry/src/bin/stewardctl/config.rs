@@ -6,6 +6,7 @@ use clap::parser::ValueSource;
 use clap::ArgMatches;
 use reqwest::Url;
 use serde::Deserialize;
+use steward_proto::endpoints::{join_list, split_list};
 
 use crate::error::CliError;
 
@@ -25,8 +26,15 @@ pub enum OutputFormat {
 #[derive(clap::Args)]
 #[command(next_help_heading = "Global options")]
 pub struct GlobalArgs {
-    /// Base URL of the registry [default: http://127.0.0.1:7700].
-    #[arg(long, global = true, env = "STEWARD_REGISTRY", value_name = "URL")]
+    /// Base URL of the registry [default: http://127.0.0.1:7700], or several URLs of one
+    /// registry's replicas separated by commas: a request that cannot reach one goes to the
+    /// next.
+    #[arg(
+        long,
+        global = true,
+        env = "STEWARD_REGISTRY",
+        value_name = "URL[,URL...]"
+    )]
     pub registry: Option<String>,
 
     /// Bearer token (admin or read-only). Prefer --token-file: command lines are visible to
@@ -67,15 +75,24 @@ pub struct GlobalArgs {
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
-    registry: Option<String>,
+    registry: Option<UrlList>,
     token: Option<String>,
     token_file: Option<PathBuf>,
     ca_file: Option<PathBuf>,
 }
 
+/// `registry` in the config file: one URL (or a comma-separated list) or a list of URLs.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum UrlList {
+    One(String),
+    Many(Vec<String>),
+}
+
 /// Resolved settings. Deliberately no `Debug`: it holds the token.
 pub struct Settings {
-    pub registry: Url,
+    /// The registry's URLs (at least one), in the order they are tried.
+    pub registries: Vec<Url>,
     pub token: Option<String>,
     pub ca_file: Option<PathBuf>,
 }
@@ -92,16 +109,20 @@ pub fn resolve(args: &GlobalArgs, matches: &ArgMatches) -> Result<Settings, CliE
     let raw = args
         .registry
         .clone()
-        .or(file.registry.clone())
+        .or(match &file.registry {
+            Some(UrlList::One(s)) => Some(s.clone()),
+            Some(UrlList::Many(v)) => Some(join_list(v)),
+            None => None,
+        })
         .unwrap_or_else(|| DEFAULT_REGISTRY.to_string());
-    let registry = parse_registry_url(&raw)?;
+    let registries = parse_registry_urls(&raw)?;
     let token = match pick_token_source(args, matches, &file)? {
         None => None,
         Some(TokenSource::Literal(t)) => Some(check_token(t.trim().to_string(), "the token")?),
         Some(TokenSource::File(p)) => Some(read_token_file(&p)?),
     };
     Ok(Settings {
-        registry,
+        registries,
         token,
         ca_file: args.ca_file.clone().or(file.ca_file),
     })
@@ -155,6 +176,12 @@ fn relative_to(dir: &Path, p: &Path) -> PathBuf {
     } else {
         p.to_path_buf()
     }
+}
+
+/// Checks every URL of a comma-separated list (the error names the first bad one).
+pub fn parse_registry_urls(raw: &str) -> Result<Vec<Url>, CliError> {
+    let urls = split_list(raw).map_err(|e| CliError::Usage(format!("registry {raw:?}: {e}")))?;
+    urls.iter().map(|u| parse_registry_url(u)).collect()
 }
 
 /// Checks and normalises the registry URL (http or https, no query or fragment).
@@ -247,6 +274,22 @@ mod tests {
         assert!(parse_registry_url("ftp://x").is_err());
         assert!(parse_registry_url("127.0.0.1:7700").is_err());
         assert!(parse_registry_url("http://x/?a=b").is_err());
+    }
+
+    #[test]
+    fn registry_lists_are_checked_url_by_url() {
+        let urls = parse_registry_urls("http://a:7700, https://b:7700/x").unwrap();
+        let urls: Vec<&str> = urls.iter().map(Url::as_str).collect();
+        assert_eq!(urls, ["http://a:7700/", "https://b:7700/x"]);
+        match parse_registry_urls("http://a:7700,b:7700") {
+            Err(CliError::Usage(m)) => assert!(m.contains("\"b:7700\""), "{m}"),
+            _ => panic!("a bad second URL was accepted"),
+        }
+        assert!(parse_registry_urls(",").is_err());
+        let file = parse_file_config("registry = [\"http://a:1\", \"http://b:1\"]\n");
+        assert!(
+            matches!(file, Ok(FileConfig { registry: Some(UrlList::Many(v)), .. }) if v.len() == 2)
+        );
     }
 
     #[test]

@@ -31,6 +31,14 @@ Configuration:
   defaults. The default config file is $XDG_CONFIG_HOME/steward/stewardctl.toml, i.e.
   ~/.config/steward/stewardctl.toml, and is read only if it exists.
 
+Several registry URLs:
+  --registry, STEWARD_REGISTRY and the file's registry take one URL or several replicas of one
+  registry separated by commas (the file also takes a list: registry = [\"https://a:7700\",
+  \"https://b:7700\"]). Each URL is checked first. A request goes to the next URL when one
+  cannot be reached (connection refused, DNS, TLS handshake) or answers 503, and for GET, PUT
+  and DELETE also on a time-out, a reset connection or 502/504 (a POST that may have arrived
+  is not sent twice). If every URL fails, the error names each URL with its failure (exit 3).
+
 Exit codes:
   0  success
   1  `spec diff`: the file differs from the node's spec
@@ -225,7 +233,7 @@ mod tests {
             "abc.def",
         ])
         .expect("resolves");
-        assert_eq!(s.registry.as_str(), "https://r.example:7700/");
+        assert_eq!(s.registries[0].as_str(), "https://r.example:7700/");
         assert_eq!(s.token.as_deref(), Some("abc.def"));
     }
 
@@ -252,5 +260,6 @@ mod tests {
         let help = Cli::command().render_long_help().to_string();
         assert!(help.contains("Exit codes:"), "{help}");
         assert!(help.contains("4  unauthorized"), "{help}");
+        assert!(help.contains("Several registry URLs:"), "{help}");
     }
 }

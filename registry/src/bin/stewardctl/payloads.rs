@@ -113,6 +113,8 @@ pub async fn run(cmd: PayloadsCmd, ctx: &Ctx) -> Result<Exit, CliError> {
                 .await
                 .map_err(|e| CliError::Usage(format!("cannot open {}: {e}", file.display())))?;
             let client = ctx.streaming_client()?;
+            // The file is streamed, so it is sent to one URL: one that answers now.
+            client.settle().await?;
             let rb = client
                 .request(Method::PUT, &["v1", "payloads", &name, &version])
                 .header("content-type", "application/octet-stream")
