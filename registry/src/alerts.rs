@@ -2,9 +2,10 @@
 //! and rollback, retried with exponential backoff. Every delivery and every failed attempt goes
 //! to the event log (`alert-delivered`, `alert-failed`). Alerts in flight are kept in memory
 //! only: a registry restart drops the retries still pending (documented in docs/API.md).
+//! [`Alerts`] is the service the rest of the registry raises alerts through.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -16,7 +17,17 @@ use steward_proto::{NodeStatus, ResourceKind};
 use tokio::sync::mpsc;
 use tracing::{info, warn, Instrument};
 
-use crate::state::AppState;
+use crate::events::EventLog;
+use crate::store::Store;
+
+/// A configuration the alerts cannot start with.
+#[derive(Debug, thiserror::Error)]
+pub enum AlertsError {
+    #[error("{0}")]
+    Config(String),
+    #[error("building the webhook HTTP client: {0}")]
+    Client(#[source] reqwest::Error),
+}
 
 /// `[alerts]` in the registry's config file.
 #[derive(Debug, Clone, Deserialize)]
@@ -98,9 +109,11 @@ fn shown(url: &reqwest::Url) -> String {
 }
 
 /// Checks the config and reads the secrets: an error names the field and the reason.
-fn webhooks(cfg: &AlertsConfig) -> anyhow::Result<Vec<Webhook>> {
+fn webhooks(cfg: &AlertsConfig) -> Result<Vec<Webhook>, AlertsError> {
     if cfg.max_attempts == 0 {
-        anyhow::bail!("alerts.max_attempts must be at least 1");
+        return Err(AlertsError::Config(
+            "alerts.max_attempts must be at least 1".into(),
+        ));
     }
     cfg.webhooks
         .iter()
@@ -110,12 +123,17 @@ fn webhooks(cfg: &AlertsConfig) -> anyhow::Result<Vec<Webhook>> {
                 .ok()
                 .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
                 .ok_or_else(|| {
-                    anyhow::anyhow!("alerts.webhooks[{i}].url: not an http(s) URL with a host")
+                    AlertsError::Config(format!(
+                        "alerts.webhooks[{i}].url: not an http(s) URL with a host"
+                    ))
                 })?;
             let secret = match &w.secret_file {
                 Some(p) => {
                     let s = std::fs::read_to_string(p).map_err(|e| {
-                        anyhow::anyhow!("alerts.webhooks[{i}].secret_file {}: {e}", p.display())
+                        AlertsError::Config(format!(
+                            "alerts.webhooks[{i}].secret_file {}: {e}",
+                            p.display()
+                        ))
                     })?;
                     Some(s.trim().as_bytes().to_vec())
                 }
@@ -138,13 +156,32 @@ pub fn signature(key: &[u8], body: &[u8]) -> String {
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
-/// Where the rest of the registry raises alerts.
+/// Where the rest of the registry raises alerts: sent to the webhooks that take their kind once
+/// [`Alerts::start`] found some configured, dropped otherwise.
 #[derive(Clone)]
-pub struct AlertSender(mpsc::UnboundedSender<Alert>);
+pub struct Alerts {
+    store: Store,
+    events: EventLog,
+    /// The registry's URL, written into each alert.
+    public_url: Option<String>,
+    sender: Arc<OnceLock<mpsc::UnboundedSender<Alert>>>,
+}
 
-impl AlertSender {
-    pub fn send(&self, alert: Alert) {
-        let _ = self.0.send(alert);
+impl Alerts {
+    pub fn new(store: Store, events: EventLog, public_url: Option<String>) -> Self {
+        Self {
+            store,
+            events,
+            public_url,
+            sender: Default::default(),
+        }
+    }
+
+    /// Raises an alert (sent to the webhooks that take its kind, if any are configured).
+    pub fn raise(&self, alert: Alert) {
+        if let Some(s) = self.sender.get() {
+            let _ = s.send(alert);
+        }
     }
 }
 
@@ -238,25 +275,38 @@ pub fn from_status(node_id: &str, before: Option<&NodeStatus>, now: &NodeStatus)
     out
 }
 
-/// Checks the config and starts the dispatcher; `None` when no webhook is configured.
-pub fn start(state: &AppState, cfg: &AlertsConfig) -> anyhow::Result<Option<AlertSender>> {
-    let hooks = webhooks(cfg)?;
-    if hooks.is_empty() {
-        return Ok(None);
+impl Alerts {
+    /// Checks the config and starts the dispatcher; false when no webhook is configured (alerts
+    /// raised are then dropped).
+    pub fn start(&self, cfg: &AlertsConfig) -> Result<bool, AlertsError> {
+        let hooks = webhooks(cfg)?;
+        if hooks.is_empty() {
+            return Ok(false);
+        }
+        info!(webhooks = ?hooks, "alerts enabled");
+        let client = reqwest::Client::builder()
+            .use_rustls_tls()
+            .timeout(cfg.timeout)
+            .build()
+            .map_err(AlertsError::Client)?;
+        let (tx, rx) = mpsc::unbounded_channel::<Alert>();
+        let hooks: Vec<Arc<Webhook>> = hooks.into_iter().map(Arc::new).collect();
+        tokio::spawn(self.clone().dispatch(rx, client, hooks, cfg.clone()));
+        let _ = self.sender.set(tx);
+        Ok(true)
     }
-    info!(webhooks = ?hooks, "alerts enabled");
-    let client = reqwest::Client::builder()
-        .use_rustls_tls()
-        .timeout(cfg.timeout)
-        .build()?;
-    let (tx, mut rx) = mpsc::unbounded_channel::<Alert>();
-    let hooks: Vec<Arc<Webhook>> = hooks.into_iter().map(Arc::new).collect();
-    let (state, cfg) = (state.clone(), cfg.clone());
-    tokio::spawn(async move {
+
+    async fn dispatch(
+        self,
+        mut rx: mpsc::UnboundedReceiver<Alert>,
+        client: reqwest::Client,
+        hooks: Vec<Arc<Webhook>>,
+        cfg: AlertsConfig,
+    ) {
         while let Some(mut a) = rx.recv().await {
-            a.registry = state.settings.public_url.clone();
+            a.registry = self.public_url.clone();
             if a.hostname.is_none() {
-                a.hostname = state
+                a.hostname = self
                     .store
                     .node(&a.node_id)
                     .await
@@ -274,7 +324,7 @@ pub fn start(state: &AppState, cfg: &AlertsConfig) -> anyhow::Result<Option<Aler
                 let span = tracing::info_span!("alert", id = %a.id, kind = a.kind.as_str(), webhook = %hook.shown);
                 tokio::spawn(
                     deliver(
-                        state.clone(),
+                        self.events.clone(),
                         client.clone(),
                         hook.clone(),
                         cfg.clone(),
@@ -285,8 +335,7 @@ pub fn start(state: &AppState, cfg: &AlertsConfig) -> anyhow::Result<Option<Aler
                 );
             }
         }
-    });
-    Ok(Some(AlertSender(tx)))
+    }
 }
 
 /// Delay before attempt `n + 1` (n ≥ 1): `initial · 2^(n-1)`, capped.
@@ -297,7 +346,7 @@ fn backoff(cfg: &AlertsConfig, n: u32) -> Duration {
 }
 
 async fn deliver(
-    state: AppState,
+    events: EventLog,
     client: reqwest::Client,
     hook: Arc<Webhook>,
     cfg: AlertsConfig,
@@ -318,7 +367,7 @@ async fn deliver(
             Ok(r) if r.status().is_success() => {
                 info!(attempt = n, "alert delivered");
                 record(
-                    &state,
+                    &events,
                     EventKind::AlertDelivered,
                     &a.node_id,
                     format!("{what} delivered to {} (attempt {n})", hook.shown),
@@ -343,7 +392,7 @@ async fn deliver(
             ),
         };
         warn!("{msg}");
-        record(&state, EventKind::AlertFailed, &a.node_id, msg).await;
+        record(&events, EventKind::AlertFailed, &a.node_id, msg).await;
         match next {
             Some(d) => tokio::time::sleep(d).await,
             None => return,
@@ -351,9 +400,9 @@ async fn deliver(
     }
 }
 
-async fn record(state: &AppState, kind: EventKind, node: &str, msg: String) {
-    if let Err(e) = state
-        .event(kind, Some(node), None, CredentialKind::System, msg)
+async fn record(events: &EventLog, kind: EventKind, node: &str, msg: String) {
+    if let Err(e) = events
+        .record(kind, Some(node), None, CredentialKind::System, msg)
         .await
     {
         warn!(error = %e, "recording an alert event failed");

@@ -1,4 +1,6 @@
-//! The registry's error type and how each error maps to an HTTP answer.
+//! The registry's error type and how each error maps to an HTTP answer: the domain services'
+//! errors ([`SpecError`], [`NodeError`], [`EnrollError`], [`PayloadError`], [`RolloutError`])
+//! become a [`RegistryError`] here, which knows its status code and `code` string.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -6,6 +8,11 @@ use axum::Json;
 use steward_proto::{ApiError, Problem};
 
 use crate::kv::KvError;
+use crate::nodes::NodeError;
+use crate::payloads::PayloadError;
+use crate::reenroll::EnrollError;
+use crate::rollout::RolloutError;
+use crate::specs::SpecError;
 use crate::store::StoreError;
 
 /// Everything a request can fail with; each variant knows its status code.
@@ -111,3 +118,84 @@ impl IntoResponse for RegistryError {
 }
 
 pub type ApiResult<T> = Result<T, RegistryError>;
+
+fn conflict(message: String) -> RegistryError {
+    RegistryError::Conflict {
+        message,
+        problems: Vec::new(),
+    }
+}
+
+impl From<PayloadError> for RegistryError {
+    fn from(e: PayloadError) -> Self {
+        match e {
+            PayloadError::Invalid(p) => RegistryError::Invalid(p),
+            e @ (PayloadError::NoPayload { .. } | PayloadError::NoVersion { .. }) => {
+                RegistryError::NotFound(e.to_string())
+            }
+            PayloadError::Immutable(message) => conflict(message),
+            PayloadError::InUse { message, problems } => {
+                RegistryError::Conflict { message, problems }
+            }
+            PayloadError::Unresolved(p) => RegistryError::Unprocessable(p),
+            PayloadError::Blob(e) => RegistryError::Blob(e),
+            PayloadError::Store(e) => RegistryError::Store(e),
+        }
+    }
+}
+
+impl From<SpecError> for RegistryError {
+    fn from(e: SpecError) -> Self {
+        match e {
+            e @ (SpecError::NoNode(_) | SpecError::NoFragment(_)) => {
+                RegistryError::NotFound(e.to_string())
+            }
+            SpecError::Invalid(p) => RegistryError::Invalid(p),
+            e @ SpecError::Decommissioned(_) => conflict(e.to_string()),
+            SpecError::Conflict { message, problems } => {
+                RegistryError::Conflict { message, problems }
+            }
+            SpecError::PreconditionFailed { current, expected } => {
+                RegistryError::PreconditionFailed { current, expected }
+            }
+            SpecError::Payload(e) => e.into(),
+            SpecError::Store(e) => RegistryError::Store(e),
+        }
+    }
+}
+
+impl From<EnrollError> for RegistryError {
+    fn from(e: EnrollError) -> Self {
+        match e {
+            EnrollError::Refused(why) => RegistryError::Enrollment(why),
+            EnrollError::Conflict(message) => conflict(message),
+            EnrollError::Invalid(p) => RegistryError::Invalid(p),
+            e @ EnrollError::NoNode(_) => RegistryError::NotFound(e.to_string()),
+            EnrollError::Store(e) => RegistryError::Store(e),
+        }
+    }
+}
+
+impl From<NodeError> for RegistryError {
+    fn from(e: NodeError) -> Self {
+        match e {
+            e @ NodeError::NoNode(_) => RegistryError::NotFound(e.to_string()),
+            NodeError::Invalid(p) => RegistryError::Invalid(p),
+            NodeError::Enroll(e) => e.into(),
+            NodeError::Store(e) => RegistryError::Store(e),
+        }
+    }
+}
+
+impl From<RolloutError> for RegistryError {
+    fn from(e: RolloutError) -> Self {
+        match e {
+            e @ RolloutError::NoRollout(_) => RegistryError::NotFound(e.to_string()),
+            RolloutError::Invalid(p) => RegistryError::Invalid(p),
+            RolloutError::Unresolved(p) => RegistryError::Unprocessable(p),
+            RolloutError::Conflict(message) => conflict(message),
+            RolloutError::Spec(e) => e.into(),
+            RolloutError::Store(e) => RegistryError::Store(e),
+        }
+    }
+}

@@ -1,9 +1,12 @@
 //! Nodes: enrolment, heartbeats, reported status, health transitions and decommissioning.
 //!
-//! Heartbeats update only the in-memory [`Live`](crate::state::Live) entry; the store is
+//! Heartbeats update only the in-memory [`Live`] entry; the store is
 //! written when a node's health changes, it reports a new status or a heartbeat takes queued
 //! workload resets, so disk writes do not grow with fleet size × heartbeat rate.
+//!
+//! The [`Nodes`] service and its [`NodeError`]; who may enrol is `reenroll.rs`'s.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -13,54 +16,116 @@ use steward_proto::{
     Node, NodeStatus, Problem,
 };
 
-use crate::error::{ApiResult, RegistryError};
-use crate::state::{AppState, Live};
-use crate::store::NodeRecord;
-use crate::{auth, reenroll};
+use crate::alerts::Alerts;
+use crate::auth;
+use crate::events::EventLog;
+use crate::fleet::{Fleet, Live};
+use crate::reenroll::{EnrollError, Enrolments};
+use crate::spec_gate::SpecGate;
+use crate::store::{NodeRecord, Store, StoreError};
 
-/// The wire view of a node: its stored record overlaid with live heartbeat data.
-pub fn to_wire(state: &AppState, rec: NodeRecord) -> Node {
-    let mut node = Node {
-        hostname: rec.facts.hostname.clone(),
-        id: rec.id,
-        labels: rec.labels,
-        facts: rec.facts,
-        health: rec.health,
-        enrolled_at: rec.enrolled_at,
-        last_heartbeat: rec.last_heartbeat,
-        heartbeat_rtt_ms: rec.heartbeat_rtt_ms,
-        generation: 0,
-        observed_generation: rec.observed_generation,
-        stats: rec.stats,
-        drift: rec.status.as_ref().map(|s| s.drift()).unwrap_or_default(),
-        drifted: false,
-        rolled_back_from: rec.status.as_ref().and_then(|s| {
-            s.resources
-                .iter()
-                .filter_map(|r| r.rolled_back.as_ref().map(|b| b.from_generation))
-                .max()
-        }),
-        status: rec.status,
-        progress: None,
-    };
-    node.drifted = !node.drift.is_empty();
-    if let Some(ln) = state.live(&node.id) {
-        node.generation = *ln.generation.borrow();
-        let l = ln.lock();
-        node.health = l.health;
-        node.last_heartbeat = l.last_heartbeat;
-        node.heartbeat_rtt_ms = l.rtt_ms;
-        node.observed_generation = l.observed_generation;
-        // A node that stopped heartbeating is in no pass we know of.
-        node.progress = l.progress.clone().filter(|_| l.health == Health::Ready);
-        if l.stats.is_some() {
-            node.stats = l.stats.clone();
-        }
-    }
-    node
+/// What a node operation can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("no node with id {0:?}")]
+    NoNode(String),
+    #[error("invalid input: {}", .0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; "))]
+    Invalid(Vec<Problem>),
+    #[error(transparent)]
+    Enroll(#[from] EnrollError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
-fn check_facts(req: &EnrollRequest) -> ApiResult<()> {
+type Result<T> = std::result::Result<T, NodeError>;
+
+/// How health is judged from heartbeats.
+#[derive(Debug, Clone)]
+pub struct HealthSettings {
+    pub heartbeat_interval: Duration,
+    /// Missed intervals before a node is stale.
+    pub stale_after: u32,
+    /// Missed intervals before a node is down.
+    pub down_after: u32,
+}
+
+/// Enrolment, heartbeats, status, health and decommissioning of nodes.
+#[derive(Clone)]
+pub struct Nodes {
+    store: Store,
+    fleet: Arc<Fleet>,
+    events: EventLog,
+    gate: SpecGate,
+    alerts: Alerts,
+    enrolments: Enrolments,
+    settings: HealthSettings,
+}
+
+impl Nodes {
+    pub fn new(
+        store: Store,
+        fleet: Arc<Fleet>,
+        events: EventLog,
+        gate: SpecGate,
+        alerts: Alerts,
+        enrolments: Enrolments,
+        settings: HealthSettings,
+    ) -> Self {
+        Self {
+            store,
+            fleet,
+            events,
+            gate,
+            alerts,
+            enrolments,
+            settings,
+        }
+    }
+
+    /// The wire view of a node: its stored record overlaid with live heartbeat data.
+    pub fn to_wire(&self, rec: NodeRecord) -> Node {
+        let mut node = Node {
+            hostname: rec.facts.hostname.clone(),
+            id: rec.id,
+            labels: rec.labels,
+            facts: rec.facts,
+            health: rec.health,
+            enrolled_at: rec.enrolled_at,
+            last_heartbeat: rec.last_heartbeat,
+            heartbeat_rtt_ms: rec.heartbeat_rtt_ms,
+            generation: 0,
+            observed_generation: rec.observed_generation,
+            stats: rec.stats,
+            drift: rec.status.as_ref().map(|s| s.drift()).unwrap_or_default(),
+            drifted: false,
+            rolled_back_from: rec.status.as_ref().and_then(|s| {
+                s.resources
+                    .iter()
+                    .filter_map(|r| r.rolled_back.as_ref().map(|b| b.from_generation))
+                    .max()
+            }),
+            status: rec.status,
+            progress: None,
+        };
+        node.drifted = !node.drift.is_empty();
+        if let Some(ln) = self.fleet.live(&node.id) {
+            node.generation = *ln.generation.borrow();
+            let l = ln.lock();
+            node.health = l.health;
+            node.last_heartbeat = l.last_heartbeat;
+            node.heartbeat_rtt_ms = l.rtt_ms;
+            node.observed_generation = l.observed_generation;
+            // A node that stopped heartbeating is in no pass we know of.
+            node.progress = l.progress.clone().filter(|_| l.health == Health::Ready);
+            if l.stats.is_some() {
+                node.stats = l.stats.clone();
+            }
+        }
+        node
+    }
+}
+
+fn check_facts(req: &EnrollRequest) -> Result<()> {
     let mut problems = Vec::new();
     let mid = &req.facts.machine_id;
     if mid.is_empty()
@@ -78,113 +143,114 @@ fn check_facts(req: &EnrollRequest) -> ApiResult<()> {
     if problems.is_empty() {
         Ok(())
     } else {
-        Err(RegistryError::Invalid(problems))
+        Err(NodeError::Invalid(problems))
     }
 }
 
-/// `POST /v1/enroll`: trades an enrollment token for a new node's id and secret, or
-/// re-enrols an existing node (secret rotated) when the caller proves to be it: its current
-/// secret, or a re-enrolment grant (see [`crate::reenroll`]). A machine id alone never does.
-pub async fn enroll(
-    state: &AppState,
-    req: EnrollRequest,
-    client: Option<std::net::SocketAddr>,
-) -> ApiResult<EnrollResponse> {
-    check_facts(&req)?;
-    let now = Utc::now();
-    // One enrolment at a time: what `admit` saw of the machine map still holds when writing.
-    let _guard = state.spec_lock.lock().await;
-    let admitted = reenroll::admit(state, &req, now, client).await?;
-    let via = admitted.credential.describe();
-    let labels = admitted.credential.labels();
-    let rotated = admitted.existing.is_some();
-    let old_machine = admitted
-        .existing
-        .as_ref()
-        .map(|r| r.facts.machine_id.clone());
-    let mut rec = match admitted.existing {
-        Some(mut rec) => {
-            rec.facts = req.facts;
-            for (k, v) in &labels {
-                rec.labels.entry(k.clone()).or_insert_with(|| v.clone());
+impl Nodes {
+    /// `POST /v1/enroll`: trades an enrollment token for a new node's id and secret, or
+    /// re-enrols an existing node (secret rotated) when the caller proves to be it: its current
+    /// secret, or a re-enrolment grant (see [`crate::reenroll`]). A machine id alone never does.
+    pub async fn enroll(
+        &self,
+        req: EnrollRequest,
+        client: Option<std::net::SocketAddr>,
+    ) -> Result<EnrollResponse> {
+        check_facts(&req)?;
+        let now = Utc::now();
+        // One enrolment at a time: what `admit` saw of the machine map still holds when writing.
+        let _guard = self.gate.lock().await;
+        let admitted = self.enrolments.admit(&req, now, client).await?;
+        let via = admitted.credential.describe();
+        let labels = admitted.credential.labels();
+        let rotated = admitted.existing.is_some();
+        let old_machine = admitted
+            .existing
+            .as_ref()
+            .map(|r| r.facts.machine_id.clone());
+        let mut rec = match admitted.existing {
+            Some(mut rec) => {
+                rec.facts = req.facts;
+                for (k, v) in &labels {
+                    rec.labels.entry(k.clone()).or_insert_with(|| v.clone());
+                }
+                rec
             }
-            rec
+            None => NodeRecord {
+                id: uuid::Uuid::new_v4().to_string(),
+                labels,
+                facts: req.facts,
+                health: Health::Ready,
+                enrolled_at: now,
+                last_heartbeat: Some(now),
+                heartbeat_rtt_ms: None,
+                stats: None,
+                status: None,
+                observed_generation: 0,
+                secret_sha256: None,
+            },
+        };
+        let problems = validate_labels(&rec.labels, "labels");
+        if !problems.is_empty() {
+            return Err(NodeError::Invalid(problems));
         }
-        None => NodeRecord {
-            id: uuid::Uuid::new_v4().to_string(),
-            labels,
-            facts: req.facts,
-            health: Health::Ready,
-            enrolled_at: now,
-            last_heartbeat: Some(now),
-            heartbeat_rtt_ms: None,
-            stats: None,
-            status: None,
-            observed_generation: 0,
-            secret_sha256: None,
-        },
-    };
-    let problems = validate_labels(&rec.labels, "labels");
-    if !problems.is_empty() {
-        return Err(RegistryError::Invalid(problems));
+        self.enrolments.spend(&admitted.credential, now).await?;
+        let secret = auth::new_secret(&rec.id);
+        rec.secret_sha256 = Some(auth::sha256(&secret));
+        rec.health = Health::Ready;
+        rec.last_heartbeat = Some(now);
+        self.store.put_node(&rec).await?;
+        // A grant may move the node to a new machine id: the old one no longer names it.
+        if let Some(old) = old_machine.filter(|m| *m != rec.facts.machine_id) {
+            if self.store.node_for_machine(&old).await?.as_deref() == Some(rec.id.as_str()) {
+                self.store.set_machine(&old, None).await?;
+            }
+        }
+        self.store
+            .set_machine(&rec.facts.machine_id, Some(&rec.id))
+            .await?;
+        let generation = self
+            .store
+            .spec(&rec.id)
+            .await?
+            .map(|s| s.generation)
+            .unwrap_or(0);
+        match self.fleet.live(&rec.id) {
+            Some(ln) => {
+                let mut l = ln.lock();
+                l.secret_sha256 = rec.secret_sha256;
+                l.labels = rec.labels.clone();
+                l.health = Health::Ready;
+                l.last_seen = Instant::now();
+                l.last_heartbeat = Some(now);
+            }
+            None => {
+                self.fleet.insert_live(&rec, generation);
+            }
+        }
+        let (kind, what) = if rotated {
+            (EventKind::NodeReenrolled, "enrolled again; secret rotated")
+        } else {
+            (EventKind::NodeEnrolled, "enrolled")
+        };
+        self.events
+            .record(
+                kind,
+                Some(&rec.id),
+                None,
+                CredentialKind::Enrollment,
+                // No machine id: events are readable with the read token.
+                format!("{} {what} with {via}", rec.facts.hostname),
+            )
+            .await?;
+        tracing::info!(node = %rec.id, hostname = %rec.facts.hostname, rotated, "node enrolled");
+        Ok(EnrollResponse {
+            node_id: rec.id,
+            node_secret: secret,
+            heartbeat_interval_secs: self.settings.heartbeat_interval.as_secs().max(1),
+            rotated,
+        })
     }
-    reenroll::spend(state, &admitted.credential, now).await?;
-    let secret = auth::new_secret(&rec.id);
-    rec.secret_sha256 = Some(auth::sha256(&secret));
-    rec.health = Health::Ready;
-    rec.last_heartbeat = Some(now);
-    state.store.put_node(&rec).await?;
-    // A grant may move the node to a new machine id: the old one no longer names it.
-    if let Some(old) = old_machine.filter(|m| *m != rec.facts.machine_id) {
-        if state.store.node_for_machine(&old).await?.as_deref() == Some(rec.id.as_str()) {
-            state.store.set_machine(&old, None).await?;
-        }
-    }
-    state
-        .store
-        .set_machine(&rec.facts.machine_id, Some(&rec.id))
-        .await?;
-    let generation = state
-        .store
-        .spec(&rec.id)
-        .await?
-        .map(|s| s.generation)
-        .unwrap_or(0);
-    match state.live(&rec.id) {
-        Some(ln) => {
-            let mut l = ln.lock();
-            l.secret_sha256 = rec.secret_sha256;
-            l.labels = rec.labels.clone();
-            l.health = Health::Ready;
-            l.last_seen = Instant::now();
-            l.last_heartbeat = Some(now);
-        }
-        None => {
-            state.insert_live(&rec, generation);
-        }
-    }
-    let (kind, what) = if rotated {
-        (EventKind::NodeReenrolled, "enrolled again; secret rotated")
-    } else {
-        (EventKind::NodeEnrolled, "enrolled")
-    };
-    state
-        .event(
-            kind,
-            Some(&rec.id),
-            None,
-            CredentialKind::Enrollment,
-            // No machine id: events are readable with the read token.
-            format!("{} {what} with {via}", rec.facts.hostname),
-        )
-        .await?;
-    tracing::info!(node = %rec.id, hostname = %rec.facts.hostname, rotated, "node enrolled");
-    Ok(EnrollResponse {
-        node_id: rec.id,
-        node_secret: secret,
-        heartbeat_interval_secs: state.settings.heartbeat_interval.as_secs().max(1),
-        rotated,
-    })
 }
 
 /// A health change to record, with the live data written along.
@@ -210,180 +276,182 @@ impl Transition {
     }
 }
 
-/// Records a health transition in the store and the event log.
-async fn transition(state: &AppState, id: &str, t: Transition) -> ApiResult<()> {
-    let Transition {
-        from,
-        to,
-        last,
-        rtt,
-        stats,
-        observed,
-    } = t;
-    state
-        .store
-        .update_node(id, |r| {
-            if r.health != Health::Decommissioned {
-                r.health = to;
+impl Nodes {
+    /// Records a health transition in the store and the event log.
+    async fn transition(&self, id: &str, t: Transition) -> Result<()> {
+        let Transition {
+            from,
+            to,
+            last,
+            rtt,
+            stats,
+            observed,
+        } = t;
+        self.store
+            .update_node(id, |r| {
+                if r.health != Health::Decommissioned {
+                    r.health = to;
+                }
+                r.last_heartbeat = last;
+                r.heartbeat_rtt_ms = rtt;
+                r.stats = stats.clone();
+                r.observed_generation = observed;
+            })
+            .await?;
+        self.events
+            .record(
+                EventKind::HealthChanged,
+                Some(id),
+                None,
+                CredentialKind::System,
+                format!("{from} -> {to}"),
+            )
+            .await?;
+        tracing::info!(node = %id, %from, %to, "node health changed");
+        if to == Health::Down && from != Health::Down {
+            self.alerts.raise(crate::alerts::alert(
+                steward_proto::api::AlertKind::NodeDown,
+                id,
+                None,
+                format!(
+                    "node {id} is down: no heartbeat for {} intervals (was {from})",
+                    self.settings.down_after
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `POST /v1/nodes/{id}/heartbeat` (already authorised for that node).
+    pub async fn heartbeat(&self, id: &str, hb: Heartbeat) -> Result<HeartbeatResponse> {
+        let problems = steward_proto::validate::validate_heartbeat(&hb);
+        if !problems.is_empty() {
+            return Err(NodeError::Invalid(problems));
+        }
+        let ln = self
+            .fleet
+            .live(id)
+            .ok_or_else(|| NodeError::NoNode(id.to_string()))?;
+        let generation = *ln.generation.borrow();
+        let status_wanted = {
+            let mut l = ln.lock();
+            l.last_seen = Instant::now();
+            l.heard_here = Some(l.last_seen);
+            l.last_heartbeat = Some(Utc::now());
+            l.observed_generation = hb.observed_generation;
+            l.progress = hb.progress;
+            if hb.rtt_ms.is_some() {
+                l.rtt_ms = hb.rtt_ms;
             }
-            r.last_heartbeat = last;
-            r.heartbeat_rtt_ms = rtt;
-            r.stats = stats.clone();
-            r.observed_generation = observed;
+            if hb.stats.is_some() {
+                l.stats = hb.stats;
+            }
+            let from = l.health;
+            l.health = Health::Ready;
+            let wanted = !hb.status_digest.is_empty() && hb.status_digest != l.status_digest;
+            (
+                wanted,
+                (from != Health::Ready).then(|| Transition::of(from, &l)),
+            )
+        };
+        let (status_wanted, change) = status_wanted;
+        if let Some(t) = change {
+            self.transition(id, t).await?;
+        }
+        // Queued resets are stored (they survive a registry restart) and taken once; their removal
+        // is durable before they are handed over, so a restart does not deliver them again. The
+        // store is read only for nodes the fleet view knows to have resets queued.
+        let reset = if self.fleet.has_resets(id) {
+            let r = self.store.take_resets(id).await?;
+            self.fleet.set_resets(id, false);
+            r
+        } else {
+            Vec::new()
+        };
+        Ok(HeartbeatResponse {
+            generation,
+            server_time: Utc::now(),
+            status_wanted,
+            heartbeat_interval_secs: self.settings.heartbeat_interval.as_secs().max(1),
+            reset,
         })
-        .await?;
-    state
-        .event(
-            EventKind::HealthChanged,
-            Some(id),
-            None,
-            CredentialKind::System,
-            format!("{from} -> {to}"),
-        )
-        .await?;
-    tracing::info!(node = %id, %from, %to, "node health changed");
-    if to == Health::Down && from != Health::Down {
-        state.alert(crate::alerts::alert(
-            steward_proto::api::AlertKind::NodeDown,
-            id,
-            None,
-            format!(
-                "node {id} is down: no heartbeat for {} intervals (was {from})",
-                state.settings.down_after
-            ),
-        ));
     }
-    Ok(())
-}
 
-/// `POST /v1/nodes/{id}/heartbeat` (already authorised for that node).
-pub async fn heartbeat(state: &AppState, id: &str, hb: Heartbeat) -> ApiResult<HeartbeatResponse> {
-    let problems = steward_proto::validate::validate_heartbeat(&hb);
-    if !problems.is_empty() {
-        return Err(RegistryError::Invalid(problems));
-    }
-    let ln = state
-        .live(id)
-        .ok_or_else(|| RegistryError::NotFound(format!("no node with id {id:?}")))?;
-    let generation = *ln.generation.borrow();
-    let status_wanted = {
-        let mut l = ln.lock();
-        l.last_seen = Instant::now();
-        l.heard_here = Some(l.last_seen);
-        l.last_heartbeat = Some(Utc::now());
-        l.observed_generation = hb.observed_generation;
-        l.progress = hb.progress;
-        if hb.rtt_ms.is_some() {
-            l.rtt_ms = hb.rtt_ms;
+    /// `POST /v1/nodes/{id}/workloads/{name}/reset`: queues a reset of the workload's escalation
+    /// ladder (and rollback) for the node's next heartbeat. The queue is in the store and flushed
+    /// before the answer, so it survives a registry restart.
+    pub async fn reset_workload(
+        &self,
+        id: &str,
+        name: &str,
+        cred: CredentialKind,
+    ) -> Result<steward_proto::api::ResetQueued> {
+        if self.fleet.live(id).is_none() {
+            return Err(NodeError::NoNode(id.to_string()));
         }
-        if hb.stats.is_some() {
-            l.stats = hb.stats;
-        }
-        let from = l.health;
-        l.health = Health::Ready;
-        let wanted = !hb.status_digest.is_empty() && hb.status_digest != l.status_digest;
-        (
-            wanted,
-            (from != Health::Ready).then(|| Transition::of(from, &l)),
-        )
-    };
-    let (status_wanted, change) = status_wanted;
-    if let Some(t) = change {
-        transition(state, id, t).await?;
-    }
-    // Queued resets are stored (they survive a registry restart) and taken once; their removal
-    // is durable before they are handed over, so a restart does not deliver them again. The
-    // store is read only for nodes the fleet view knows to have resets queued.
-    let reset = if state.fleet.has_resets(id) {
-        let r = state.store.take_resets(id).await?;
-        state.fleet.set_resets(id, false);
-        r
-    } else {
-        Vec::new()
-    };
-    Ok(HeartbeatResponse {
-        generation,
-        server_time: Utc::now(),
-        status_wanted,
-        heartbeat_interval_secs: state.settings.heartbeat_interval.as_secs().max(1),
-        reset,
-    })
-}
-
-/// `POST /v1/nodes/{id}/workloads/{name}/reset`: queues a reset of the workload's escalation
-/// ladder (and rollback) for the node's next heartbeat. The queue is in the store and flushed
-/// before the answer, so it survives a registry restart.
-pub async fn reset_workload(
-    state: &AppState,
-    id: &str,
-    name: &str,
-    cred: CredentialKind,
-) -> ApiResult<steward_proto::api::ResetQueued> {
-    if state.live(id).is_none() {
-        return Err(RegistryError::NotFound(format!("no node with id {id:?}")));
-    }
-    if !steward_proto::patterns::is_workload_name(name) {
-        return Err(RegistryError::Invalid(vec![steward_proto::Problem::new(
+        if !steward_proto::patterns::is_workload_name(name) {
+            return Err(NodeError::Invalid(vec![Problem::new(
             "name",
             format!("{name:?} is not a workload name: give the name of a container or VM of the node's spec"),
         )]));
-    }
-    state.store.queue_reset(id, name).await?;
-    state
-        .event(
-            EventKind::WorkloadReset,
-            Some(id),
-            None,
-            cred,
-            format!("reset of {name}'s escalation ladder queued for the next heartbeat"),
-        )
-        .await?;
-    Ok(steward_proto::api::ResetQueued {
-        node_id: id.to_string(),
-        workload: name.to_string(),
-    })
-}
-
-/// `PUT /v1/nodes/{id}/status`: stores a full status (only sent when it changed).
-pub async fn put_status(state: &AppState, id: &str, status: NodeStatus) -> ApiResult<()> {
-    let ln = state
-        .live(id)
-        .ok_or_else(|| RegistryError::NotFound(format!("no node with id {id:?}")))?;
-    let (last, rtt, stats) = {
-        let mut l = ln.lock();
-        l.status_digest = status.digest.clone();
-        l.observed_generation = status.observed_generation;
-        l.last_seen = Instant::now();
-        l.last_heartbeat = Some(Utc::now());
-        (l.last_heartbeat, l.rtt_ms, l.stats.clone())
-    };
-    let summary = summarize(&status);
-    let observed = status.observed_generation;
-    let before = state.store.node(id).await?.and_then(|r| r.status);
-    let alerts = crate::alerts::from_status(id, before.as_ref(), &status);
-    state
-        .store
-        .update_node(id, |r| {
-            r.status = Some(status.clone());
-            r.observed_generation = observed;
-            r.last_heartbeat = last;
-            r.heartbeat_rtt_ms = rtt;
-            r.stats = stats.clone();
+        }
+        self.store.queue_reset(id, name).await?;
+        self.events
+            .record(
+                EventKind::WorkloadReset,
+                Some(id),
+                None,
+                cred,
+                format!("reset of {name}'s escalation ladder queued for the next heartbeat"),
+            )
+            .await?;
+        Ok(steward_proto::api::ResetQueued {
+            node_id: id.to_string(),
+            workload: name.to_string(),
         })
-        .await?;
-    state
-        .event(
-            EventKind::StatusChanged,
-            Some(id),
-            Some(observed),
-            CredentialKind::Node,
-            summary,
-        )
-        .await?;
-    for a in alerts {
-        state.alert(a);
     }
-    Ok(())
+
+    /// `PUT /v1/nodes/{id}/status`: stores a full status (only sent when it changed).
+    pub async fn put_status(&self, id: &str, status: NodeStatus) -> Result<()> {
+        let ln = self
+            .fleet
+            .live(id)
+            .ok_or_else(|| NodeError::NoNode(id.to_string()))?;
+        let (last, rtt, stats) = {
+            let mut l = ln.lock();
+            l.status_digest = status.digest.clone();
+            l.observed_generation = status.observed_generation;
+            l.last_seen = Instant::now();
+            l.last_heartbeat = Some(Utc::now());
+            (l.last_heartbeat, l.rtt_ms, l.stats.clone())
+        };
+        let summary = summarize(&status);
+        let observed = status.observed_generation;
+        let before = self.store.node(id).await?.and_then(|r| r.status);
+        let alerts = crate::alerts::from_status(id, before.as_ref(), &status);
+        self.store
+            .update_node(id, |r| {
+                r.status = Some(status.clone());
+                r.observed_generation = observed;
+                r.last_heartbeat = last;
+                r.heartbeat_rtt_ms = rtt;
+                r.stats = stats.clone();
+            })
+            .await?;
+        self.events
+            .record(
+                EventKind::StatusChanged,
+                Some(id),
+                Some(observed),
+                CredentialKind::Node,
+                summary,
+            )
+            .await?;
+        for a in alerts {
+            self.alerts.raise(a);
+        }
+        Ok(())
+    }
 }
 
 fn summarize(s: &NodeStatus) -> String {
@@ -423,46 +491,48 @@ fn summarize(s: &NodeStatus) -> String {
     )
 }
 
-/// `DELETE /v1/nodes/{id}`: revokes the node's secret; its record and history stay.
-pub async fn decommission(state: &AppState, id: &str, cred: CredentialKind) -> ApiResult<Node> {
-    let _guard = state.spec_lock.lock().await;
-    let rec = state
-        .store
-        .update_node(id, |r| {
-            r.health = Health::Decommissioned;
-            r.secret_sha256 = None;
-        })
-        .await?
-        .ok_or_else(|| RegistryError::NotFound(format!("no node with id {id:?}")))?;
-    if state
-        .store
-        .node_for_machine(&rec.facts.machine_id)
-        .await?
-        .as_deref()
-        == Some(id)
-    {
-        state.store.set_machine(&rec.facts.machine_id, None).await?;
+impl Nodes {
+    /// `DELETE /v1/nodes/{id}`: revokes the node's secret; its record and history stay.
+    pub async fn decommission(&self, id: &str, cred: CredentialKind) -> Result<Node> {
+        let _guard = self.gate.lock().await;
+        let rec = self
+            .store
+            .update_node(id, |r| {
+                r.health = Health::Decommissioned;
+                r.secret_sha256 = None;
+            })
+            .await?
+            .ok_or_else(|| NodeError::NoNode(id.to_string()))?;
+        if self
+            .store
+            .node_for_machine(&rec.facts.machine_id)
+            .await?
+            .as_deref()
+            == Some(id)
+        {
+            self.store.set_machine(&rec.facts.machine_id, None).await?;
+        }
+        // Its queued resets can never be delivered now.
+        self.store.take_resets(id).await?;
+        if let Some(ln) = self.fleet.live(id) {
+            let mut l = ln.lock();
+            l.secret_sha256 = None;
+            l.health = Health::Decommissioned;
+        }
+        self.events
+            .record(
+                EventKind::NodeDecommissioned,
+                Some(id),
+                None,
+                cred,
+                format!(
+                    "{} decommissioned; its secret is revoked",
+                    rec.facts.hostname
+                ),
+            )
+            .await?;
+        Ok(self.to_wire(rec))
     }
-    // Its queued resets can never be delivered now.
-    state.store.take_resets(id).await?;
-    if let Some(ln) = state.live(id) {
-        let mut l = ln.lock();
-        l.secret_sha256 = None;
-        l.health = Health::Decommissioned;
-    }
-    state
-        .event(
-            EventKind::NodeDecommissioned,
-            Some(id),
-            None,
-            cred,
-            format!(
-                "{} decommissioned; its secret is revoked",
-                rec.facts.hostname
-            ),
-        )
-        .await?;
-    Ok(to_wire(state, rec))
 }
 
 /// Health a node should have after `silent` without heartbeats.
@@ -481,44 +551,46 @@ pub fn health_for(
     }
 }
 
-/// One pass of the health monitor: moves silent nodes to stale or down.
-pub async fn check_health(state: &AppState) {
-    let s = &state.settings;
-    let now = Instant::now();
-    for (id, ln) in state.all_live() {
-        let change = {
-            let mut l = ln.lock();
-            if l.health == Health::Decommissioned {
-                continue;
+impl Nodes {
+    /// One pass of the health monitor: moves silent nodes to stale or down.
+    pub async fn check_health(&self) {
+        let s = &self.settings;
+        let now = Instant::now();
+        for (id, ln) in self.fleet.all_live() {
+            let change = {
+                let mut l = ln.lock();
+                if l.health == Health::Decommissioned {
+                    continue;
+                }
+                let next = health_for(
+                    now.duration_since(l.last_seen),
+                    s.heartbeat_interval,
+                    s.stale_after,
+                    s.down_after,
+                );
+                // Only silence degrades health here; recovery happens on the next heartbeat.
+                if next <= l.health {
+                    continue;
+                }
+                let from = l.health;
+                l.health = next;
+                Transition::of(from, &l)
+            };
+            if let Err(e) = self.transition(&id, change).await {
+                tracing::error!(node = %id, error = %format!("{e:#}"), "recording health change failed");
             }
-            let next = health_for(
-                now.duration_since(l.last_seen),
-                s.heartbeat_interval,
-                s.stale_after,
-                s.down_after,
-            );
-            // Only silence degrades health here; recovery happens on the next heartbeat.
-            if next <= l.health {
-                continue;
-            }
-            let from = l.health;
-            l.health = next;
-            Transition::of(from, &l)
-        };
-        if let Err(e) = transition(state, &id, change).await {
-            tracing::error!(node = %id, error = %format!("{e:#}"), "recording health change failed");
         }
     }
 }
 
 /// Runs the health monitor until the task is dropped.
-pub async fn health_monitor(state: AppState) {
-    let tick = (state.settings.heartbeat_interval / 4).max(Duration::from_millis(50));
+pub async fn health_monitor(nodes: Nodes) {
+    let tick = (nodes.settings.heartbeat_interval / 4).max(Duration::from_millis(50));
     let mut iv = tokio::time::interval(tick);
     iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         iv.tick().await;
-        check_health(&state).await;
+        nodes.check_health().await;
     }
 }
 

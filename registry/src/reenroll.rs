@@ -4,6 +4,8 @@
 //!
 //! A machine id is not a secret (`/etc/machine-id` is world-readable), so it never hands an
 //! existing node to a caller: an enrollment token alone creates new nodes only.
+//!
+//! The [`Enrolments`] service and its [`EnrollError`].
 
 use std::net::SocketAddr;
 
@@ -14,9 +16,41 @@ use steward_proto::{
 };
 
 use crate::auth;
-use crate::error::{ApiResult, RegistryError};
-use crate::state::AppState;
-use crate::store::{GrantRecord, NodeRecord, TokenRecord};
+use crate::events::EventLog;
+use crate::store::{GrantRecord, NodeRecord, Store, StoreError, TokenRecord};
+
+/// What an enrolment or a grant's creation can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollError {
+    /// The credential does not allow this enrolment (unknown, expired, used up, no proof).
+    #[error("enrollment refused: {0}")]
+    Refused(String),
+    /// The enrolment or grant contradicts the nodes enrolled (a machine id of another node, a
+    /// decommissioned node).
+    #[error("{0}")]
+    Conflict(String),
+    #[error("invalid input: {}", .0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; "))]
+    Invalid(Vec<Problem>),
+    #[error("no node with id {0:?}")]
+    NoNode(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+type Result<T> = std::result::Result<T, EnrollError>;
+
+/// Enrollment credentials: checking and spending them, and re-enrolment grants.
+#[derive(Clone)]
+pub struct Enrolments {
+    store: Store,
+    events: EventLog,
+}
+
+impl Enrolments {
+    pub fn new(store: Store, events: EventLog) -> Self {
+        Self { store, events }
+    }
+}
 
 /// Start of a grant's id, so a grant and an enrollment token are told apart by their form.
 pub const GRANT_PREFIX: &str = "reenroll-";
@@ -74,149 +108,147 @@ fn token_problem(t: &TokenRecord, presented: &[u8; 32], now: DateTime<Utc>) -> O
     }
 }
 
-/// Checks the body's `token` (an enrollment token or a grant) without spending it.
-async fn check_credential(
-    state: &AppState,
-    token: &str,
-    now: DateTime<Utc>,
-) -> ApiResult<Credential> {
-    let unknown = || RegistryError::Enrollment("unknown enrollment token".into());
-    let id = auth::secret_id(token).ok_or_else(unknown)?;
-    let presented = auth::sha256(token);
-    if id.starts_with(GRANT_PREFIX) {
-        let unknown = || {
-            RegistryError::Enrollment(
-                "unknown re-enrolment grant (already used, or never issued)".into(),
-            )
-        };
-        let g = state.store.grant(id).await?.ok_or_else(unknown)?;
-        if !auth::hash_eq(&g.secret_sha256, &presented) {
-            return Err(unknown());
-        }
-        if g.expires_at <= now {
-            return Err(RegistryError::Enrollment(format!(
-                "re-enrolment grant {} expired at {}; ask an admin for a new one \
-                 (stewardctl nodes reenroll {})",
-                g.id, g.expires_at, g.node_id
-            )));
-        }
-        return Ok(Credential::Grant(g));
-    }
-    let t = state.store.token(id).await?.ok_or_else(unknown)?;
-    match token_problem(&t, &presented, now) {
-        Some(p) => Err(RegistryError::Enrollment(p)),
-        None => Ok(Credential::Token(t)),
-    }
-}
-
-/// Records a refused enrolment (no secret in it) and returns the error to answer with.
-async fn refuse(
-    state: &AppState,
-    node: Option<&str>,
-    client: Option<SocketAddr>,
-    what: String,
-    err: RegistryError,
-) -> RegistryError {
-    let from = client.map(|a| format!(" from {a}")).unwrap_or_default();
-    if let Err(e) = state
-        .event(
-            EventKind::EnrollRefused,
-            node,
-            None,
-            CredentialKind::Enrollment,
-            format!("enrolment refused{from}: {what}"),
-        )
-        .await
-    {
-        tracing::error!(error = %format!("{e:#}"), "recording a refused enrolment failed");
-    }
-    tracing::warn!(node = ?node, client = ?client, "enrolment refused: {what}");
-    err
-}
-
-fn conflict(message: String) -> RegistryError {
-    RegistryError::Conflict {
-        message,
-        problems: Vec::new(),
-    }
-}
-
-/// Decides whether `req` may enrol, and as which node. Refusals change nothing (no token use
-/// or grant spent) and are recorded as `enroll-refused` events.
-pub async fn admit(
-    state: &AppState,
-    req: &EnrollRequest,
-    now: DateTime<Utc>,
-    client: Option<SocketAddr>,
-) -> ApiResult<Admitted> {
-    let credential = check_credential(state, &req.token, now).await?;
-    let at = Attempt {
-        state,
-        client,
-        hostname: &req.facts.hostname,
-    };
-    let mapped = match state.store.node_for_machine(&req.facts.machine_id).await? {
-        Some(id) => state
-            .store
-            .node(&id)
-            .await?
-            .filter(|n| n.health != Health::Decommissioned),
-        None => None,
-    };
-    let proven = match (&credential, &req.node_secret) {
-        (Credential::Grant(g), _) => at.grant_node(g).await?,
-        (Credential::Token(t), Some(secret)) => at.secret_node(t, secret).await?,
-        (Credential::Token(t), None) => {
-            return match mapped {
-                Some(m) => Err(at.unproven(t, &m).await),
-                None => Ok(Admitted {
-                    existing: None,
-                    credential,
-                }),
+impl Enrolments {
+    /// Checks the body's `token` (an enrollment token or a grant) without spending it.
+    async fn check_credential(&self, token: &str, now: DateTime<Utc>) -> Result<Credential> {
+        let unknown = || EnrollError::Refused("unknown enrollment token".into());
+        let id = auth::secret_id(token).ok_or_else(unknown)?;
+        let presented = auth::sha256(token);
+        if id.starts_with(GRANT_PREFIX) {
+            let unknown = || {
+                EnrollError::Refused(
+                    "unknown re-enrolment grant (already used, or never issued)".into(),
+                )
             };
+            let g = self.store.grant(id).await?.ok_or_else(unknown)?;
+            if !auth::hash_eq(&g.secret_sha256, &presented) {
+                return Err(unknown());
+            }
+            if g.expires_at <= now {
+                return Err(EnrollError::Refused(format!(
+                    "re-enrolment grant {} expired at {}; ask an admin for a new one \
+                 (stewardctl nodes reenroll {})",
+                    g.id, g.expires_at, g.node_id
+                )));
+            }
+            return Ok(Credential::Grant(g));
         }
-    };
-    if let Some(m) = mapped.filter(|m| m.id != proven.id) {
-        return Err(at
-            .refuse(
-                Some(&proven.id),
-                format!(
-                    "re-enrolment of node {} with {} on the machine id of node {}",
-                    proven.id,
-                    credential.describe(),
-                    m.id
-                ),
-                conflict(format!(
+        let t = self.store.token(id).await?.ok_or_else(unknown)?;
+        match token_problem(&t, &presented, now) {
+            Some(p) => Err(EnrollError::Refused(p)),
+            None => Ok(Credential::Token(t)),
+        }
+    }
+
+    /// Records a refused enrolment (no secret in it) and returns the error to answer with.
+    async fn refuse(
+        &self,
+        node: Option<&str>,
+        client: Option<SocketAddr>,
+        what: String,
+        err: EnrollError,
+    ) -> EnrollError {
+        let from = client.map(|a| format!(" from {a}")).unwrap_or_default();
+        if let Err(e) = self
+            .events
+            .record(
+                EventKind::EnrollRefused,
+                node,
+                None,
+                CredentialKind::Enrollment,
+                format!("enrolment refused{from}: {what}"),
+            )
+            .await
+        {
+            tracing::error!(error = %format!("{e:#}"), "recording a refused enrolment failed");
+        }
+        tracing::warn!(node = ?node, client = ?client, "enrolment refused: {what}");
+        err
+    }
+}
+
+fn conflict(message: String) -> EnrollError {
+    EnrollError::Conflict(message)
+}
+
+impl Enrolments {
+    /// Decides whether `req` may enrol, and as which node. Refusals change nothing (no token use
+    /// or grant spent) and are recorded as `enroll-refused` events.
+    pub async fn admit(
+        &self,
+        req: &EnrollRequest,
+        now: DateTime<Utc>,
+        client: Option<SocketAddr>,
+    ) -> Result<Admitted> {
+        let credential = self.check_credential(&req.token, now).await?;
+        let at = Attempt {
+            enrolments: self,
+            client,
+            hostname: &req.facts.hostname,
+        };
+        let mapped = match self.store.node_for_machine(&req.facts.machine_id).await? {
+            Some(id) => self
+                .store
+                .node(&id)
+                .await?
+                .filter(|n| n.health != Health::Decommissioned),
+            None => None,
+        };
+        let proven = match (&credential, &req.node_secret) {
+            (Credential::Grant(g), _) => at.grant_node(g).await?,
+            (Credential::Token(t), Some(secret)) => at.secret_node(t, secret).await?,
+            (Credential::Token(t), None) => {
+                return match mapped {
+                    Some(m) => Err(at.unproven(t, &m).await),
+                    None => Ok(Admitted {
+                        existing: None,
+                        credential,
+                    }),
+                };
+            }
+        };
+        if let Some(m) = mapped.filter(|m| m.id != proven.id) {
+            return Err(at
+                .refuse(
+                    Some(&proven.id),
+                    format!(
+                        "re-enrolment of node {} with {} on the machine id of node {}",
+                        proven.id,
+                        credential.describe(),
+                        m.id
+                    ),
+                    conflict(format!(
                 "this machine id belongs to another enrolled node, {id}; decommission node {id} \
                  (stewardctl nodes delete {id}) before enrolling this host as node {}",
                 proven.id,
                 id = m.id
             )),
-            )
-            .await);
+                )
+                .await);
+        }
+        Ok(Admitted {
+            existing: Some(proven),
+            credential,
+        })
     }
-    Ok(Admitted {
-        existing: Some(proven),
-        credential,
-    })
 }
 
 /// One enrolment being decided: what refusals record.
 struct Attempt<'a> {
-    state: &'a AppState,
+    enrolments: &'a Enrolments,
     client: Option<SocketAddr>,
     hostname: &'a str,
 }
 
 impl Attempt<'_> {
     /// Records a refused enrolment (no secret in it) and returns the error to answer with.
-    async fn refuse(&self, node: Option<&str>, what: String, err: RegistryError) -> RegistryError {
-        refuse(self.state, node, self.client, what, err).await
+    async fn refuse(&self, node: Option<&str>, what: String, err: EnrollError) -> EnrollError {
+        self.enrolments.refuse(node, self.client, what, err).await
     }
 
     /// The live node a grant is for.
-    async fn grant_node(&self, g: &GrantRecord) -> ApiResult<NodeRecord> {
-        let found = self.state.store.node(&g.node_id).await?;
+    async fn grant_node(&self, g: &GrantRecord) -> Result<NodeRecord> {
+        let found = self.enrolments.store.node(&g.node_id).await?;
         let why = match found {
             Some(n) if n.health != Health::Decommissioned => return Ok(n),
             Some(_) => "was decommissioned",
@@ -230,7 +262,7 @@ impl Attempt<'_> {
             .refuse(
                 Some(&g.node_id),
                 what.clone(),
-                RegistryError::Enrollment(format!(
+                EnrollError::Refused(format!(
                     "{what}; enrol with an enrollment token to create a new node"
                 )),
             )
@@ -238,13 +270,13 @@ impl Attempt<'_> {
     }
 
     /// The live node whose current secret `secret` is.
-    async fn secret_node(&self, t: &TokenRecord, secret: &str) -> ApiResult<NodeRecord> {
-        if let Some(n) = node_by_secret(self.state, secret).await? {
+    async fn secret_node(&self, t: &TokenRecord, secret: &str) -> Result<NodeRecord> {
+        if let Some(n) = self.enrolments.node_by_secret(secret).await? {
             return Ok(n);
         }
         let mut claimed = auth::secret_id(secret);
         if let Some(id) = claimed {
-            if !matches!(self.state.store.node(id).await, Ok(Some(_))) {
+            if !matches!(self.enrolments.store.node(id).await, Ok(Some(_))) {
                 claimed = None;
             }
         }
@@ -256,7 +288,7 @@ impl Attempt<'_> {
                  {}, hostname given {:?})",
                     t.id, self.hostname
                 ),
-                RegistryError::Enrollment(
+                EnrollError::Refused(
                     "node_secret is not the current secret of an enrolled node (the node was \
                  decommissioned, or its secret was rotated since); enrol without node_secret to \
                  create a new node, or ask an admin for a re-enrolment grant"
@@ -267,7 +299,7 @@ impl Attempt<'_> {
     }
 
     /// The refusal of an enrollment token on the machine id of enrolled node `m`.
-    async fn unproven(&self, t: &TokenRecord, m: &NodeRecord) -> RegistryError {
+    async fn unproven(&self, t: &TokenRecord, m: &NodeRecord) -> EnrollError {
         self.refuse(
             Some(&m.id),
             format!(
@@ -290,109 +322,110 @@ impl Attempt<'_> {
     }
 }
 
-/// The enrolled (not decommissioned) node whose current secret `secret` is.
-async fn node_by_secret(state: &AppState, secret: &str) -> ApiResult<Option<NodeRecord>> {
-    let Some(id) = auth::secret_id(secret) else {
-        return Ok(None);
-    };
-    let presented = auth::sha256(secret);
-    Ok(state.store.node(id).await?.filter(|n| {
-        n.health != Health::Decommissioned
-            && n.secret_sha256
-                .is_some_and(|h| auth::hash_eq(&h, &presented))
-    }))
-}
+impl Enrolments {
+    /// The enrolled (not decommissioned) node whose current secret `secret` is.
+    async fn node_by_secret(&self, secret: &str) -> Result<Option<NodeRecord>> {
+        let Some(id) = auth::secret_id(secret) else {
+            return Ok(None);
+        };
+        let presented = auth::sha256(secret);
+        Ok(self.store.node(id).await?.filter(|n| {
+            n.health != Health::Decommissioned
+                && n.secret_sha256
+                    .is_some_and(|h| auth::hash_eq(&h, &presented))
+        }))
+    }
 
-/// Spends what an admitted enrolment presented: one use of the token (checked again inside
-/// the compare-and-swap) or the grant.
-pub async fn spend(state: &AppState, credential: &Credential, now: DateTime<Utc>) -> ApiResult<()> {
-    match credential {
-        Credential::Token(t) => {
-            let presented = t.secret_sha256;
-            state
-                .store
-                .take_token_use(&t.id, |t| match token_problem(t, &presented, now) {
-                    Some(p) => Err(p),
-                    None => Ok(()),
-                })
-                .await?
-                .ok_or_else(|| RegistryError::Enrollment("unknown enrollment token".into()))?
-                .map_err(RegistryError::Enrollment)?;
-        }
-        Credential::Grant(g) => {
-            if !state.store.take_grant(&g.id).await? {
-                return Err(RegistryError::Enrollment(format!(
-                    "re-enrolment grant {} was already used",
-                    g.id
-                )));
+    /// Spends what an admitted enrolment presented: one use of the token (checked again inside
+    /// the compare-and-swap) or the grant.
+    pub async fn spend(&self, credential: &Credential, now: DateTime<Utc>) -> Result<()> {
+        match credential {
+            Credential::Token(t) => {
+                let presented = t.secret_sha256;
+                self.store
+                    .take_token_use(&t.id, |t| match token_problem(t, &presented, now) {
+                        Some(p) => Err(p),
+                        None => Ok(()),
+                    })
+                    .await?
+                    .ok_or_else(|| EnrollError::Refused("unknown enrollment token".into()))?
+                    .map_err(EnrollError::Refused)?;
+            }
+            Credential::Grant(g) => {
+                if !self.store.take_grant(&g.id).await? {
+                    return Err(EnrollError::Refused(format!(
+                        "re-enrolment grant {} was already used",
+                        g.id
+                    )));
+                }
             }
         }
+        Ok(())
     }
-    Ok(())
-}
 
-/// `POST /v1/nodes/{id}/reenroll`: issues a one-time grant for node `id`, shown only in this
-/// answer and stored hashed.
-pub async fn create_grant(
-    state: &AppState,
-    node_id: &str,
-    req: CreateReenrollGrant,
-    cred: CredentialKind,
-) -> ApiResult<ReenrollGrantCreated> {
-    let text = req.expires.as_deref().unwrap_or(DEFAULT_GRANT_TTL);
-    let ttl = match humantime::parse_duration(text) {
-        Ok(d) if d.as_secs() >= 1 && d.as_secs() <= MAX_GRANT_TTL_SECS => d,
-        Ok(_) => {
-            return Err(RegistryError::invalid(
-                "expires",
-                "must be between 1s and 7d",
-            ))
-        }
-        Err(e) => {
-            return Err(RegistryError::Invalid(vec![Problem::new(
-                "expires",
-                format!("not a duration like 1h: {e}"),
-            )]))
-        }
-    };
-    let node = state
-        .store
-        .node(node_id)
-        .await?
-        .ok_or_else(|| RegistryError::NotFound(format!("no node with id {node_id:?}")))?;
-    if node.health == Health::Decommissioned {
-        return Err(conflict(format!(
+    /// `POST /v1/nodes/{id}/reenroll`: issues a one-time grant for node `id`, shown only in this
+    /// answer and stored hashed.
+    pub async fn create_grant(
+        &self,
+        node_id: &str,
+        req: CreateReenrollGrant,
+        cred: CredentialKind,
+    ) -> Result<ReenrollGrantCreated> {
+        let text = req.expires.as_deref().unwrap_or(DEFAULT_GRANT_TTL);
+        let ttl = match humantime::parse_duration(text) {
+            Ok(d) if d.as_secs() >= 1 && d.as_secs() <= MAX_GRANT_TTL_SECS => d,
+            Ok(_) => {
+                return Err(EnrollError::Invalid(vec![Problem::new(
+                    "expires",
+                    "must be between 1s and 7d",
+                )]))
+            }
+            Err(e) => {
+                return Err(EnrollError::Invalid(vec![Problem::new(
+                    "expires",
+                    format!("not a duration like 1h: {e}"),
+                )]))
+            }
+        };
+        let node = self
+            .store
+            .node(node_id)
+            .await?
+            .ok_or_else(|| EnrollError::NoNode(node_id.to_string()))?;
+        if node.health == Health::Decommissioned {
+            return Err(conflict(format!(
             "node {node_id} is decommissioned: it cannot be enrolled again; enrol the host with \
              an enrollment token to create a new node"
         )));
+        }
+        let id = format!("{GRANT_PREFIX}{}", auth::new_id());
+        let grant = auth::new_secret(&id);
+        let now = Utc::now();
+        let rec = GrantRecord {
+            id: id.clone(),
+            node_id: node_id.to_string(),
+            secret_sha256: auth::sha256(&grant),
+            created_at: now,
+            expires_at: now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::hours(1)),
+        };
+        self.store.put_grant(&rec, now).await?;
+        self.events
+            .record(
+                EventKind::ReenrollGrantCreated,
+                Some(node_id),
+                None,
+                cred,
+                format!(
+                    "re-enrolment grant {id} created for node {node_id} ({}), expires {}",
+                    node.facts.hostname, rec.expires_at
+                ),
+            )
+            .await?;
+        Ok(ReenrollGrantCreated {
+            grant,
+            id,
+            node_id: node_id.to_string(),
+            expires_at: rec.expires_at,
+        })
     }
-    let id = format!("{GRANT_PREFIX}{}", auth::new_id());
-    let grant = auth::new_secret(&id);
-    let now = Utc::now();
-    let rec = GrantRecord {
-        id: id.clone(),
-        node_id: node_id.to_string(),
-        secret_sha256: auth::sha256(&grant),
-        created_at: now,
-        expires_at: now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::hours(1)),
-    };
-    state.store.put_grant(&rec, now).await?;
-    state
-        .event(
-            EventKind::ReenrollGrantCreated,
-            Some(node_id),
-            None,
-            cred,
-            format!(
-                "re-enrolment grant {id} created for node {node_id} ({}), expires {}",
-                node.facts.hostname, rec.expires_at
-            ),
-        )
-        .await?;
-    Ok(ReenrollGrantCreated {
-        grant,
-        id,
-        node_id: node_id.to_string(),
-        expires_at: rec.expires_at,
-    })
 }

@@ -109,7 +109,7 @@ fn apply(state: &AppState, c: &WatchEvent) {
         "rollouts" => serde_json::from_slice::<steward_proto::Rollout>(value).map(|r| {
             use steward_proto::RolloutState as S;
             if matches!(r.state, S::Running | S::RollingBack) {
-                crate::rollout::spawn_driver(state, &r.id);
+                state.rollouts.spawn_driver(&r.id);
             }
         }),
         "resets" => {
@@ -197,9 +197,9 @@ pub async fn run_jobs(state: AppState) {
             return;
         }
         tracing::info!(replica = %me, "leading: running the health monitor and rollout drivers");
-        let monitor = tokio::spawn(crate::nodes::health_monitor(state.clone()));
+        let monitor = tokio::spawn(crate::nodes::health_monitor(state.nodes.clone()));
         state.rollouts.set_leading(true);
-        if let Err(e) = crate::rollout::resume_all(&state).await {
+        if let Err(e) = state.rollouts.resume_all().await {
             tracing::warn!(error = %e, "resuming rollouts failed; they resume when next written");
         }
         let _ = leadership.is_leader.wait_for(|leader| !*leader).await;

@@ -150,12 +150,12 @@ pub async fn serve(cfg: RegistryConfig) -> anyhow::Result<()> {
         "starting steward-registry"
     );
     let state = build_state(&cfg).await?;
-    if let Some(alerts) = crate::alerts::start(&state, &cfg.alerts)? {
-        let _ = state.alerts.set(alerts);
-    }
+    state.alerts.start(&cfg.alerts)?;
     let jobs = tokio::spawn(crate::replica::run_jobs(state.clone()));
     let batches = tokio::spawn(crate::replica::publish_heartbeats(state.clone()));
-    let collected = crate::payloads::collect_at_start(&state)
+    let collected = state
+        .payloads
+        .collect_at_start()
         .await
         .context("cleaning the blob store")?;
     if collected > 0 {

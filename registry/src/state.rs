@@ -1,17 +1,28 @@
-//! Shared state of a running registry, as the HTTP layer sees it: settings, the store, the fleet
-//! view, the event broadcast, metrics, login sessions, alerts, blobs and rollouts.
+//! The composition root: [`AppState`] builds the domain services (specs, nodes, payloads,
+//! rollouts, alerts) over one store, fleet view and event log, and holds them with what only the
+//! HTTP layer (`api/`, `ui/`) needs: settings, credentials, the event broadcast, metrics and
+//! login sessions. Domain modules never import this one.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
-use steward_proto::{CredentialKind, Event, EventKind};
+use steward_proto::Event;
 use tokio::sync::broadcast;
 
+use crate::alerts::Alerts;
+use crate::events::EventLog;
 use crate::fleet::Fleet;
 pub use crate::fleet::{Live, LiveNode};
-use crate::store::{NodeRecord, Store, StoreError};
+use crate::metrics::Metrics;
+use crate::nodes::{HealthSettings, Nodes};
+use crate::payloads::blobs::Blobs;
+use crate::payloads::Payloads;
+use crate::reenroll::Enrolments;
+use crate::rollout::Rollouts;
+use crate::spec_gate::SpecGate;
+use crate::specs::Specs;
+use crate::store::{Store, StoreError};
 
 /// Settings the request handlers need (a subset of the server's config).
 #[derive(Debug, Clone)]
@@ -65,24 +76,20 @@ pub struct Inner {
     pub admin_sha256: [u8; 32],
     pub read_sha256: Option<[u8; 32]>,
     /// The nodes as this process sees them (kept in step with the store by `replica.rs`).
-    pub fleet: Fleet,
-    /// Serialises this process's writes that change specs (spec, fragment and label writes);
-    /// across replicas the store's spec epoch does (`store.rs`).
-    pub spec_lock: tokio::sync::Mutex<()>,
+    pub fleet: Arc<Fleet>,
     /// Events as they are stored (by any replica), fed by the store watch.
     pub events: broadcast::Sender<Event>,
+    /// Where events are recorded (the store and the metrics hook).
+    pub event_log: EventLog,
     pub started: Instant,
-    pub metrics: crate::metrics::Metrics,
-    pub sessions: crate::ui::access::Sessions,
-    /// Set at start-up when webhooks are configured.
-    pub alerts: std::sync::OnceLock<crate::alerts::AlertSender>,
-    /// Payload contents (`<data_dir>/blobs`).
-    pub blobs: crate::payloads::blobs::Blobs,
-    /// Serialises payload metadata changes and blob collection (taken after `spec_lock`
-    /// when both are needed).
-    pub payload_lock: tokio::sync::Mutex<()>,
-    /// Rollout record lock and running drivers.
-    pub rollouts: crate::rollout::Rollouts,
+    pub metrics: Arc<Metrics>,
+    pub sessions: crate::ui::sessions::Sessions,
+    pub alerts: Alerts,
+    pub specs: Specs,
+    pub nodes: Nodes,
+    pub enrolments: Enrolments,
+    pub payloads: Payloads,
+    pub rollouts: Rollouts,
 }
 
 #[derive(Clone)]
@@ -92,6 +99,62 @@ impl std::ops::Deref for AppState {
     type Target = Inner;
     fn deref(&self) -> &Inner {
         &self.0
+    }
+}
+
+/// The domain services over one store, fleet view and event log.
+struct Services {
+    alerts: Alerts,
+    specs: Specs,
+    nodes: Nodes,
+    enrolments: Enrolments,
+    payloads: Payloads,
+    rollouts: Rollouts,
+}
+
+impl Services {
+    fn new(
+        settings: &Settings,
+        store: &Store,
+        fleet: &Arc<Fleet>,
+        events: &EventLog,
+        blobs: Blobs,
+    ) -> Self {
+        let gate = SpecGate::new(store.clone());
+        let alerts = Alerts::new(store.clone(), events.clone(), settings.public_url.clone());
+        let payloads = Payloads::new(store.clone(), events.clone(), blobs, gate.clone());
+        let specs = Specs::new(
+            store.clone(),
+            fleet.clone(),
+            events.clone(),
+            gate.clone(),
+            payloads.clone(),
+            settings.limits.clone(),
+        );
+        let enrolments = Enrolments::new(store.clone(), events.clone());
+        let health = HealthSettings {
+            heartbeat_interval: settings.heartbeat_interval,
+            stale_after: settings.stale_after,
+            down_after: settings.down_after,
+        };
+        let nodes = Nodes::new(
+            store.clone(),
+            fleet.clone(),
+            events.clone(),
+            gate,
+            alerts.clone(),
+            enrolments.clone(),
+            health,
+        );
+        let rollouts = Rollouts::new(store.clone(), fleet.clone(), events.clone(), specs.clone());
+        Self {
+            alerts,
+            specs,
+            nodes,
+            enrolments,
+            payloads,
+            rollouts,
+        }
     }
 }
 
@@ -108,7 +171,7 @@ impl AppState {
     ) -> Result<Self, StoreError> {
         let revision = store.kv().revision().await?;
         let generations: HashMap<String, u64> = store.generations().await?.into_iter().collect();
-        let fleet = Fleet::default();
+        let fleet = Arc::new(Fleet::default());
         for rec in store.nodes().await? {
             let generation = generations.get(&rec.id).copied().unwrap_or(0);
             fleet.insert_live(&rec, generation);
@@ -117,22 +180,27 @@ impl AppState {
             fleet.set_resets(&node, true);
         }
         let (events, _) = broadcast::channel(4096);
-        let blobs = crate::payloads::blobs::Blobs::new(blobs_dir);
+        let metrics = Arc::new(Metrics::new());
+        let event_log = EventLog::new(store.clone(), metrics.clone());
+        let blobs = Blobs::new(blobs_dir);
+        let s = Services::new(&settings, &store, &fleet, &event_log, blobs);
         let state = AppState(Arc::new(Inner {
             settings,
             store,
             admin_sha256: crate::auth::sha256(admin_token),
             read_sha256: read_token.map(crate::auth::sha256),
             fleet,
-            spec_lock: tokio::sync::Mutex::new(()),
             events,
+            event_log,
             started: Instant::now(),
-            metrics: crate::metrics::Metrics::new(),
+            metrics,
             sessions: Default::default(),
-            alerts: Default::default(),
-            blobs,
-            payload_lock: tokio::sync::Mutex::new(()),
-            rollouts: Default::default(),
+            alerts: s.alerts,
+            specs: s.specs,
+            nodes: s.nodes,
+            enrolments: s.enrolments,
+            payloads: s.payloads,
+            rollouts: s.rollouts,
         }));
         crate::replica::follow_store(&state, revision + 1).await?;
         Ok(state)
@@ -146,52 +214,13 @@ impl AppState {
         self.fleet.all_live()
     }
 
-    pub fn insert_live(&self, rec: &NodeRecord, generation: u64) -> Arc<LiveNode> {
-        self.fleet.insert_live(rec, generation)
-    }
-
     /// Current spec generation of a node (0 when unknown).
     pub fn generation(&self, id: &str) -> u64 {
         self.fleet.generation(id)
     }
 
-    /// Raises an alert (sent to the webhooks that take its kind, if any are configured).
-    pub fn alert(&self, a: steward_proto::api::Alert) {
-        if let Some(s) = self.alerts.get() {
-            s.send(a);
-        }
-    }
-
-    /// Appends an event to the log (numbered by the store); live subscribers get it from the
-    /// store watch.
-    pub async fn event(
-        &self,
-        kind: EventKind,
-        node_id: Option<&str>,
-        generation: Option<u64>,
-        credential: CredentialKind,
-        message: impl Into<String>,
-    ) -> Result<Event, StoreError> {
-        let ev = Event {
-            seq: 0,
-            time: Utc::now(),
-            kind,
-            node_id: node_id.map(str::to_string),
-            generation,
-            credential,
-            message: message.into(),
-        };
-        let ev = self.store.append_events(vec![ev]).await?.remove(0);
-        self.metrics.event(ev.kind);
-        Ok(ev)
-    }
-
-    /// Appends several events in one store transaction (numbered in order).
-    pub async fn events_many(&self, events: Vec<Event>) -> Result<Vec<Event>, StoreError> {
-        let events = self.store.append_events(events).await?;
-        for e in &events {
-            self.metrics.event(e.kind);
-        }
-        Ok(events)
+    /// The blob directory.
+    pub fn blobs(&self) -> &Blobs {
+        self.payloads.blobs()
     }
 }

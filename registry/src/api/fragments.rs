@@ -34,7 +34,10 @@ pub async fn put(
     Doc(body): Doc<FragmentWrite>,
 ) -> ApiResult<Json<FragmentWritten>> {
     Ok(Json(
-        crate::specs::write_fragment(&state, &name, body, caller.kind()).await?,
+        state
+            .specs
+            .write_fragment(&name, body, caller.kind())
+            .await?,
     ))
 }
 
@@ -44,6 +47,6 @@ pub async fn delete(
     Path(name): Path<String>,
 ) -> ApiResult<Json<FragmentWritten>> {
     Ok(Json(
-        crate::specs::delete_fragment(&state, &name, caller.kind()).await?,
+        state.specs.delete_fragment(&name, caller.kind()).await?,
     ))
 }

@@ -18,7 +18,6 @@ use steward_proto::{
 use super::Doc;
 use crate::auth::Caller;
 use crate::error::{ApiResult, RegistryError};
-use crate::nodes::{self as ops, to_wire};
 use crate::state::AppState;
 
 pub async fn enroll(
@@ -27,7 +26,7 @@ pub async fn enroll(
     Doc(req): Doc<EnrollRequest>,
 ) -> ApiResult<Json<EnrollResponse>> {
     let client = peer.map(|Extension(ConnectInfo(a))| a);
-    Ok(Json(ops::enroll(&state, req, client).await?))
+    Ok(Json(state.nodes.enroll(req, client).await?))
 }
 
 /// `POST /v1/nodes/{id}/reenroll`; the body is optional (an empty one takes the defaults).
@@ -48,7 +47,10 @@ pub async fn reenroll(
         );
         parse_document(&body, format).map_err(|p| RegistryError::Invalid(vec![p]))?
     };
-    let created = crate::reenroll::create_grant(&state, &id, req, caller.kind()).await?;
+    let created = state
+        .enrolments
+        .create_grant(&id, req, caller.kind())
+        .await?;
     Ok((StatusCode::CREATED, Json(created)))
 }
 
@@ -92,7 +94,7 @@ pub async fn list(
         .await?
         .into_iter()
         .filter(|r| selector.matches(&r.labels))
-        .map(|r| to_wire(&state, r))
+        .map(|r| state.nodes.to_wire(r))
         .filter(|n| health.as_ref().is_none_or(|h| h.contains(&n.health)))
         .filter(|n| drifted.is_none_or(|d| d == n.drifted))
         .map(|n| redact(&caller, n))
@@ -111,7 +113,7 @@ pub async fn get(
         .node(&id)
         .await?
         .ok_or_else(|| RegistryError::NotFound(format!("no node with id {id:?}")))?;
-    Ok(Json(redact(&caller, to_wire(&state, rec))))
+    Ok(Json(redact(&caller, state.nodes.to_wire(rec))))
 }
 
 pub async fn patch(
@@ -120,8 +122,8 @@ pub async fn patch(
     Path(id): Path<String>,
     Doc(p): Doc<NodePatch>,
 ) -> ApiResult<Json<Node>> {
-    let rec = crate::specs::patch_node(&state, &id, p, caller.kind()).await?;
-    Ok(Json(to_wire(&state, rec)))
+    let rec = state.specs.patch_node(&id, p, caller.kind()).await?;
+    Ok(Json(state.nodes.to_wire(rec)))
 }
 
 pub async fn decommission(
@@ -129,7 +131,7 @@ pub async fn decommission(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Node>> {
-    Ok(Json(ops::decommission(&state, &id, caller.kind()).await?))
+    Ok(Json(state.nodes.decommission(&id, caller.kind()).await?))
 }
 
 pub async fn reset(
@@ -138,7 +140,10 @@ pub async fn reset(
     Path((id, name)): Path<(String, String)>,
 ) -> ApiResult<Json<steward_proto::api::ResetQueued>> {
     Ok(Json(
-        ops::reset_workload(&state, &id, &name, caller.kind()).await?,
+        state
+            .nodes
+            .reset_workload(&id, &name, caller.kind())
+            .await?,
     ))
 }
 
@@ -147,7 +152,7 @@ pub async fn heartbeat(
     Path(id): Path<String>,
     Doc(hb): Doc<Heartbeat>,
 ) -> ApiResult<Json<HeartbeatResponse>> {
-    Ok(Json(ops::heartbeat(&state, &id, hb).await?))
+    Ok(Json(state.nodes.heartbeat(&id, hb).await?))
 }
 
 pub async fn put_status(
@@ -155,6 +160,6 @@ pub async fn put_status(
     Path(id): Path<String>,
     Doc(status): Doc<NodeStatus>,
 ) -> ApiResult<StatusCode> {
-    ops::put_status(&state, &id, status).await?;
+    state.nodes.put_status(&id, status).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -11,7 +11,7 @@ use tower::ServiceExt;
 
 use crate::auth::Caller;
 use crate::error::{ApiResult, RegistryError};
-use crate::payloads::{self as ops, blobs};
+use crate::payloads::blobs;
 use crate::state::AppState;
 
 /// Optional request header carrying the sha256 the uploader expects.
@@ -34,15 +34,10 @@ pub async fn put(
         })
         .transpose()?;
     let stream = body.into_data_stream().map_err(|e| e.to_string());
-    let up = ops::upload(
-        &state,
-        &name,
-        &version,
-        expected.as_deref(),
-        stream,
-        caller.kind(),
-    )
-    .await?;
+    let up = state
+        .payloads
+        .upload(&name, &version, expected.as_deref(), stream, caller.kind())
+        .await?;
     let status = if up.created {
         StatusCode::CREATED
     } else {
@@ -52,21 +47,21 @@ pub async fn put(
 }
 
 pub async fn list(State(state): State<AppState>) -> ApiResult<Json<Vec<PayloadSummary>>> {
-    Ok(Json(ops::list(&state).await?))
+    Ok(Json(state.payloads.list().await?))
 }
 
 pub async fn versions(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Vec<PayloadVersion>>> {
-    Ok(Json(ops::versions(&state, &name).await?))
+    Ok(Json(state.payloads.versions(&name).await?))
 }
 
 pub async fn get(
     State(state): State<AppState>,
     Path((name, version)): Path<(String, String)>,
 ) -> ApiResult<Json<PayloadVersion>> {
-    Ok(Json(ops::get(&state, &name, &version).await?))
+    Ok(Json(state.payloads.get(&name, &version).await?))
 }
 
 pub async fn delete(
@@ -75,7 +70,10 @@ pub async fn delete(
     Path((name, version)): Path<(String, String)>,
 ) -> ApiResult<Json<PayloadVersion>> {
     Ok(Json(
-        ops::delete(&state, &name, &version, caller.kind()).await?,
+        state
+            .payloads
+            .delete(&name, &version, caller.kind())
+            .await?,
     ))
 }
 
@@ -95,16 +93,16 @@ pub async fn blob(
         ));
     }
     if let Caller::Node(id) = &caller {
-        if !ops::node_may_read(&state, id, &sha256).await? {
+        if !state.payloads.node_may_read(id, &sha256).await? {
             return Err(RegistryError::Forbidden(format!(
                 "node {id} may download only blobs its spec references; {sha256} is not one"
             )));
         }
     }
-    if !state.blobs.exists(&sha256).await {
+    if !state.blobs().exists(&sha256).await {
         return Err(RegistryError::NotFound(format!("no blob {sha256}")));
     }
-    let path = state.blobs.path(&sha256);
+    let path = state.blobs().path(&sha256);
     // ServeFile's error type is Infallible: I/O failures come back as 500 responses.
     let Ok(resp) = tower_http::services::ServeFile::new(&path)
         .oneshot(req)

@@ -8,7 +8,7 @@ use steward_proto::{Rollout, StartRollout};
 use super::Doc;
 use crate::auth::Caller;
 use crate::error::ApiResult;
-use crate::rollout::{self as ops, Command};
+use crate::rollout::Command;
 use crate::state::AppState;
 
 pub async fn start(
@@ -18,19 +18,19 @@ pub async fn start(
 ) -> ApiResult<(StatusCode, Json<Rollout>)> {
     Ok((
         StatusCode::CREATED,
-        Json(ops::start(&state, req, caller.kind()).await?),
+        Json(state.rollouts.start(req, caller.kind()).await?),
     ))
 }
 
 pub async fn list(State(state): State<AppState>) -> ApiResult<Json<Vec<Rollout>>> {
-    Ok(Json(ops::list(&state).await?))
+    Ok(Json(state.rollouts.list().await?))
 }
 
 pub async fn get(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Rollout>> {
-    Ok(Json(ops::get(&state, &id).await?))
+    Ok(Json(state.rollouts.get(&id).await?))
 }
 
 async fn command(
@@ -39,7 +39,7 @@ async fn command(
     id: String,
     cmd: Command,
 ) -> ApiResult<Json<Rollout>> {
-    Ok(Json(ops::command(&state, &id, cmd, caller.kind()).await?))
+    Ok(Json(state.rollouts.command(&id, cmd, caller.kind()).await?))
 }
 
 pub async fn pause(

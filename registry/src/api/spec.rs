@@ -95,6 +95,9 @@ pub async fn put(
                 })
         })
         .transpose()?;
-    let written = crate::specs::write_node_spec(&state, &id, spec, if_match, caller.kind()).await?;
+    let written = state
+        .specs
+        .write_node_spec(&id, spec, if_match, caller.kind())
+        .await?;
     Ok(Json(written))
 }

@@ -74,7 +74,8 @@ pub async fn create(
     };
     state.store.put_token(&rec).await?;
     state
-        .event(
+        .event_log
+        .record(
             EventKind::TokenCreated,
             None,
             None,
@@ -113,7 +114,8 @@ pub async fn revoke(
         rec.revoked = true;
         state.store.put_token(&rec).await?;
         state
-            .event(
+            .event_log
+            .record(
                 EventKind::TokenRevoked,
                 None,
                 None,

@@ -9,9 +9,7 @@ use chrono::Utc;
 use steward_proto::{CredentialKind, Rollout, RolloutNodeState, RolloutState};
 
 use super::plan::{self, Progress, Verdict};
-use super::{log, save};
-use crate::error::{ApiResult, RegistryError};
-use crate::state::AppState;
+use super::{Result, RolloutError, Rollouts};
 
 /// How often a running batch is judged.
 const POLL: Duration = Duration::from_millis(300);
@@ -20,55 +18,55 @@ const CRED: CredentialKind = CredentialKind::System;
 /// Runs rollout `id` until it stops (paused, halted, aborted, done, rolled back), then gives
 /// up its driver slot — under the rollout lock, so a command that restarts the rollout either
 /// finds the slot free or is seen by this loop.
-pub async fn drive(state: &AppState, id: &str) {
+pub async fn drive(rollouts: &Rollouts, id: &str) {
     loop {
-        match step(state, id).await {
+        match step(rollouts, id).await {
             Ok(true) => tokio::time::sleep(POLL).await,
-            Ok(false) | Err(RegistryError::NotFound(_)) => {
-                let _guard = state.rollouts.lock.lock().await;
-                let again = super::get(state, id).await.is_ok_and(|r| {
-                    matches!(r.state, RolloutState::Running | RolloutState::RollingBack)
-                });
-                if !again {
-                    state.rollouts.release(id);
-                    return;
-                }
-            }
-            Err(e @ RegistryError::Store(_)) => {
+            Err(e) if e.is_store() => {
                 tracing::warn!(rollout = id, error = %format!("{e:#}"), "rollout step failed; retrying");
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }
-            Err(e) => {
+            Err(e) if !e.is_not_found() => {
                 // Not transient (e.g. a node's spec no longer merges): halt, saying why.
                 tracing::warn!(rollout = id, error = %format!("{e:#}"), "rollout halted by an error");
-                if let Err(e2) = halt_on_error(state, id, &e).await {
+                if let Err(e2) = halt_on_error(rollouts, id, &e).await {
                     tracing::warn!(rollout = id, error = %format!("{e2:#}"), "recording the halt failed");
                     tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+            }
+            Ok(false) | Err(_) => {
+                let _guard = rollouts.drivers.lock.lock().await;
+                let again = rollouts.get(id).await.is_ok_and(|r| {
+                    matches!(r.state, RolloutState::Running | RolloutState::RollingBack)
+                });
+                if !again {
+                    rollouts.drivers.release(id);
+                    return;
                 }
             }
         }
     }
 }
 
-async fn halt_on_error(state: &AppState, id: &str, e: &RegistryError) -> ApiResult<()> {
-    let _guard = state.rollouts.lock.lock().await;
-    let mut r = super::get(state, id).await?;
+async fn halt_on_error(rollouts: &Rollouts, id: &str, e: &RolloutError) -> Result<()> {
+    let _guard = rollouts.drivers.lock.lock().await;
+    let mut r = rollouts.get(id).await?;
     r.state = RolloutState::Halted;
     let msg = format!(
         "halted at batch {}/{}: {e}",
         r.current_batch + 1,
         r.batch_count
     );
-    finish(state, &mut r, msg).await
+    finish(rollouts, &mut r, msg).await
 }
 
 /// One step; `Ok(true)` to be called again.
-async fn step(state: &AppState, id: &str) -> ApiResult<bool> {
-    let _guard = state.rollouts.lock.lock().await;
-    let mut r = super::get(state, id).await?;
+async fn step(rollouts: &Rollouts, id: &str) -> Result<bool> {
+    let _guard = rollouts.drivers.lock.lock().await;
+    let mut r = rollouts.get(id).await?;
     match r.state {
-        RolloutState::Running => forward(state, &mut r).await,
-        RolloutState::RollingBack => back(state, &mut r).await,
+        RolloutState::Running => forward(rollouts, &mut r).await,
+        RolloutState::RollingBack => back(rollouts, &mut r).await,
         _ => Ok(false),
     }
 }
@@ -79,17 +77,17 @@ fn timed_out(r: &Rollout) -> bool {
     })
 }
 async fn progress_of(
-    state: &AppState,
+    rollouts: &Rollouts,
     r: &Rollout,
     node: &str,
     sha256: Option<&str>,
-) -> ApiResult<Progress> {
+) -> Result<Progress> {
     let Some(sha) = sha256 else {
         return Ok(Progress::Converged);
     };
-    let status = state.store.node(node).await?.and_then(|n| n.status);
+    let status = rollouts.store.node(node).await?.and_then(|n| n.status);
     Ok(plan::node_progress(
-        state.generation(node),
+        rollouts.fleet.generation(node),
         status.as_ref(),
         &r.payload,
         sha,
@@ -103,20 +101,20 @@ fn names(halt: &[(String, String)]) -> String {
         .join("; ")
 }
 
-async fn finish(state: &AppState, r: &mut Rollout, msg: String) -> ApiResult<()> {
+async fn finish(rollouts: &Rollouts, r: &mut Rollout, msg: String) -> Result<()> {
     r.message = msg.clone();
-    // The event first: whoever sees the new state also finds its event.
-    log(state, r, CRED, msg).await?;
-    save(state, r).await?;
+    // The event first: whoever sees the new rollouts also finds its event.
+    rollouts.log(r, CRED, msg).await?;
+    rollouts.save(r).await?;
     Ok(())
 }
 
-async fn forward(state: &AppState, r: &mut Rollout) -> ApiResult<bool> {
+async fn forward(rollouts: &Rollouts, r: &mut Rollout) -> Result<bool> {
     let (b, count) = (r.current_batch, r.batch_count);
     if b >= count {
         r.state = RolloutState::Done;
         let msg = format!("done: {} node(s) at version {}", r.nodes.len(), r.version);
-        finish(state, r, msg).await?;
+        finish(rollouts, r, msg).await?;
         return Ok(false);
     }
     let batch: Vec<String> = r
@@ -131,20 +129,23 @@ async fn forward(state: &AppState, r: &mut Rollout) -> ApiResult<bool> {
             .map(|id| (id.clone(), r.payload.clone(), Some(r.version.clone())))
             .collect();
         let why = format!("rollout {} batch {}/{count}", r.id, b + 1);
-        crate::specs::set_payload_overrides(state, &changes, CRED, &why).await?;
+        rollouts
+            .specs
+            .set_payload_overrides(&changes, CRED, &why)
+            .await?;
         for n in r.nodes.iter_mut().filter(|n| n.batch == b) {
             n.state = RolloutNodeState::Applying;
         }
         r.batch_started_at = Some(Utc::now());
         let msg = format!("batch {}/{count} started: {}", b + 1, batch.join(", "));
-        finish(state, r, msg).await?;
+        finish(rollouts, r, msg).await?;
         return Ok(true);
     }
     let mut progress = Vec::new();
     for id in &batch {
         progress.push((
             id.clone(),
-            progress_of(state, r, id, Some(&r.sha256)).await?,
+            progress_of(rollouts, r, id, Some(&r.sha256)).await?,
         ));
     }
     match plan::verdict(&progress, timed_out(r)) {
@@ -160,7 +161,7 @@ async fn forward(state: &AppState, r: &mut Rollout) -> ApiResult<bool> {
                 b + 1,
                 batch.join(", ")
             );
-            finish(state, r, msg).await?;
+            finish(rollouts, r, msg).await?;
             Ok(true)
         }
         Verdict::Halt(failed) => {
@@ -179,13 +180,13 @@ async fn forward(state: &AppState, r: &mut Rollout) -> ApiResult<bool> {
             }
             r.state = RolloutState::Halted;
             let msg = format!("halted at batch {}/{count}: {}", b + 1, names(&failed));
-            finish(state, r, msg).await?;
+            finish(rollouts, r, msg).await?;
             Ok(false)
         }
     }
 }
 
-async fn back(state: &AppState, r: &mut Rollout) -> ApiResult<bool> {
+async fn back(rollouts: &Rollouts, r: &mut Rollout) -> Result<bool> {
     let touched: Vec<usize> = (0..r.nodes.len())
         .filter(|&i| r.nodes[i].state != RolloutNodeState::Waiting)
         .collect();
@@ -202,7 +203,10 @@ async fn back(state: &AppState, r: &mut Rollout) -> ApiResult<bool> {
             })
             .collect();
         let why = format!("rollout {} rollback", r.id);
-        crate::specs::set_payload_overrides(state, &changes, CRED, &why).await?;
+        rollouts
+            .specs
+            .set_payload_overrides(&changes, CRED, &why)
+            .await?;
         r.batch_started_at = Some(Utc::now());
         let ids: Vec<&str> = touched
             .iter()
@@ -213,7 +217,7 @@ async fn back(state: &AppState, r: &mut Rollout) -> ApiResult<bool> {
             ids.len(),
             ids.join(", ")
         );
-        finish(state, r, msg).await?;
+        finish(rollouts, r, msg).await?;
         return Ok(true);
     }
     let mut progress = Vec::new();
@@ -221,7 +225,7 @@ async fn back(state: &AppState, r: &mut Rollout) -> ApiResult<bool> {
         let n = &r.nodes[i];
         progress.push((
             n.node_id.clone(),
-            progress_of(state, r, &n.node_id, n.previous_sha256.as_deref()).await?,
+            progress_of(rollouts, r, &n.node_id, n.previous_sha256.as_deref()).await?,
         ));
     }
     let failed = match plan::verdict(&progress, timed_out(r)) {
@@ -251,6 +255,6 @@ async fn back(state: &AppState, r: &mut Rollout) -> ApiResult<bool> {
     } else {
         format!("rolled back, but not confirmed by {}", names(&failed))
     };
-    finish(state, r, msg).await?;
+    finish(rollouts, r, msg).await?;
     Ok(false)
 }

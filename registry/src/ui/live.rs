@@ -95,7 +95,7 @@ async fn on_event(
         }
         if node == Some(id.as_str()) {
             if let Some(rec) = state.store.node(id).await? {
-                let n = crate::nodes::to_wire(state, rec);
+                let n = state.nodes.to_wire(rec);
                 let nets = state
                     .store
                     .spec(id)

@@ -7,6 +7,7 @@ pub mod access;
 mod live;
 mod node_page;
 mod pages;
+pub mod sessions;
 #[cfg(test)]
 mod tests;
 pub mod view;
@@ -234,7 +235,7 @@ async fn node(
         .node(&id)
         .await?
         .ok_or_else(|| UiError::NotFound(format!("no node with id {id:?}")))?;
-    let n = crate::nodes::to_wire(&state, rec);
+    let n = state.nodes.to_wire(rec);
     let nets = state
         .store
         .spec(&id)

@@ -117,7 +117,7 @@ pub async fn all_rows(state: &AppState) -> Result<Vec<Row>, StoreError> {
         .nodes()
         .await?
         .into_iter()
-        .map(|rec| Row::from_node(&crate::nodes::to_wire(state, rec)))
+        .map(|rec| Row::from_node(&state.nodes.to_wire(rec)))
         .collect())
 }
 
@@ -127,7 +127,7 @@ pub async fn row(state: &AppState, id: &str) -> Result<Option<Row>, StoreError> 
         .store
         .node(id)
         .await?
-        .map(|rec| Row::from_node(&crate::nodes::to_wire(state, rec))))
+        .map(|rec| Row::from_node(&state.nodes.to_wire(rec))))
 }
 
 /// The fleet overview.

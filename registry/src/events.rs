@@ -1,0 +1,54 @@
+//! The event log as the domain services write it: events appended to the store (numbered there,
+//! gap-free across replicas) and counted by the metrics hook. Live subscribers (SSE) get the
+//! stored events from the store watch (`replica.rs`), whichever replica wrote them.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use steward_proto::{CredentialKind, Event, EventKind};
+
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreError};
+
+/// Where services record what happened.
+#[derive(Clone)]
+pub struct EventLog {
+    store: Store,
+    metrics: Arc<Metrics>,
+}
+
+impl EventLog {
+    pub fn new(store: Store, metrics: Arc<Metrics>) -> Self {
+        Self { store, metrics }
+    }
+
+    /// Appends one event (numbered by the store).
+    pub async fn record(
+        &self,
+        kind: EventKind,
+        node_id: Option<&str>,
+        generation: Option<u64>,
+        credential: CredentialKind,
+        message: impl Into<String>,
+    ) -> Result<Event, StoreError> {
+        let ev = Event {
+            seq: 0,
+            time: Utc::now(),
+            kind,
+            node_id: node_id.map(str::to_string),
+            generation,
+            credential,
+            message: message.into(),
+        };
+        Ok(self.record_many(vec![ev]).await?.remove(0))
+    }
+
+    /// Appends several events in one store transaction (numbered in order).
+    pub async fn record_many(&self, events: Vec<Event>) -> Result<Vec<Event>, StoreError> {
+        let events = self.store.append_events(events).await?;
+        for e in &events {
+            self.metrics.event(e.kind);
+        }
+        Ok(events)
+    }
+}
