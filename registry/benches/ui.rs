@@ -153,6 +153,9 @@ async fn main() {
     let state = AppState::new(Settings::default(), store, dir.path(), ADMIN, None)
         .await
         .unwrap();
+    steward_registry::replica::follow_store(&state, state.loaded_at + 1)
+        .await
+        .unwrap();
     println!(
         "status page bench: {nodes} nodes stored in {} ms; {runs} runs per view (in process, real router and store)",
         ms(started.elapsed())

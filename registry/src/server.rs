@@ -91,7 +91,9 @@ pub async fn build_state(cfg: &RegistryConfig) -> anyhow::Result<AppState> {
             StoreConfig::Etcd { replica_id, .. } => Some(replica_id.clone()),
         },
     };
-    Ok(AppState::new(settings, store, &cfg.data_dir, &admin, read.as_deref()).await?)
+    let state = AppState::new(settings, store, &cfg.data_dir, &admin, read.as_deref()).await?;
+    crate::replica::follow_store(&state, state.loaded_at + 1).await?;
+    Ok(state)
 }
 
 /// Opens the store backend the config names: the embedded sled database in the data dir, or a

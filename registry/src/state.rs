@@ -90,6 +90,9 @@ pub struct Inner {
     pub enrolments: Enrolments,
     pub payloads: Payloads,
     pub rollouts: Rollouts,
+    /// The store revision the fleet view was loaded at: the store watch (`replica.rs`) follows
+    /// the store from the next one.
+    pub loaded_at: crate::kv::Revision,
 }
 
 #[derive(Clone)]
@@ -159,9 +162,10 @@ impl Services {
 }
 
 impl AppState {
-    /// Loads nodes and generations from the store and starts following its changes. Nodes are
-    /// given a fresh grace period: their heartbeat clock starts now, so a restart does not mark
-    /// the fleet down.
+    /// Loads nodes and generations from the store (the caller then starts following its
+    /// changes from [`Inner::loaded_at`] with `replica::follow_store`). Nodes are given a fresh
+    /// grace period: their heartbeat clock starts now, so a restart does not mark the fleet
+    /// down.
     pub async fn new(
         settings: Settings,
         store: Store,
@@ -201,8 +205,8 @@ impl AppState {
             enrolments: s.enrolments,
             payloads: s.payloads,
             rollouts: s.rollouts,
+            loaded_at: revision,
         }));
-        crate::replica::follow_store(&state, revision + 1).await?;
         Ok(state)
     }
 

@@ -87,6 +87,9 @@ async fn fixture() -> Fx {
     let state = AppState::new(Settings::default(), store, dir.path(), ADMIN, Some(READ))
         .await
         .unwrap();
+    crate::replica::follow_store(&state, state.loaded_at + 1)
+        .await
+        .unwrap();
     let own = enroll(&state, "own-machine").await;
     let other = enroll(&state, "other-machine").await;
     let frag = json!({"selector": "x=y", "spec": {}}).to_string();

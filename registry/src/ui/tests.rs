@@ -85,6 +85,9 @@ async fn fixture(public_status: bool, tls: bool) -> Fx {
     let state = AppState::new(settings, store, dir.path(), ADMIN, Some(READ))
         .await
         .unwrap();
+    crate::replica::follow_store(&state, state.loaded_at + 1)
+        .await
+        .unwrap();
     let (st, _, tok) = send(
         &state,
         post_json("/v1/enrollment-tokens", Some(ADMIN), json!({})),
