@@ -40,6 +40,8 @@ pub enum RegistryError {
     Blob(#[from] crate::payloads::blobs::BlobError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Peer(#[from] crate::payloads::peers::PeerError),
 }
 
 impl RegistryError {
@@ -80,6 +82,11 @@ impl RegistryError {
                 (StatusCode::SERVICE_UNAVAILABLE, "store_busy")
             }
             RegistryError::Blob(_) => (StatusCode::INTERNAL_SERVER_ERROR, "blob_store"),
+            RegistryError::Peer(crate::payloads::peers::PeerError::Store(_))
+            | RegistryError::Peer(crate::payloads::peers::PeerError::TooFewCopies { .. }) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "replicas_unavailable")
+            }
+            RegistryError::Peer(_) => (StatusCode::INTERNAL_SERVER_ERROR, "blob_store"),
             RegistryError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage"),
         }
     }

@@ -76,6 +76,9 @@ pub struct Inner {
     pub sessions: crate::ui::access::Sessions,
     /// Set at start-up when webhooks are configured.
     pub alerts: std::sync::OnceLock<crate::alerts::AlertSender>,
+    /// This replica as a peer of the others (set at start-up with an etcd store): payload
+    /// blobs are copied between replicas.
+    pub peers: std::sync::OnceLock<crate::payloads::peers::Peers>,
     /// Payload contents (`<data_dir>/blobs`).
     pub blobs: crate::payloads::blobs::Blobs,
     /// Serialises payload metadata changes and blob collection (taken after `spec_lock`
@@ -116,6 +119,10 @@ impl AppState {
         for node in store.reset_nodes().await? {
             fleet.set_resets(&node, true);
         }
+        let sessions = crate::ui::access::Sessions::default();
+        for (key, s) in store.ui_sessions().await? {
+            sessions.apply(&key, Some(s));
+        }
         let (events, _) = broadcast::channel(4096);
         let blobs = crate::payloads::blobs::Blobs::new(blobs_dir);
         let state = AppState(Arc::new(Inner {
@@ -128,8 +135,9 @@ impl AppState {
             events,
             started: Instant::now(),
             metrics: crate::metrics::Metrics::new(),
-            sessions: Default::default(),
+            sessions,
             alerts: Default::default(),
+            peers: Default::default(),
             blobs,
             payload_lock: tokio::sync::Mutex::new(()),
             rollouts: Default::default(),

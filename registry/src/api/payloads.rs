@@ -102,7 +102,14 @@ pub async fn blob(
         }
     }
     if !state.blobs.exists(&sha256).await {
-        return Err(RegistryError::NotFound(format!("no blob {sha256}")));
+        // With replicas, another one may hold it: fetch it (sha256 checked), then serve it.
+        let fetched = match state.peers.get() {
+            Some(p) => p.fetch(&state.store, &state.blobs, &sha256).await?,
+            None => false,
+        };
+        if !fetched {
+            return Err(RegistryError::NotFound(format!("no blob {sha256}")));
+        }
     }
     let path = state.blobs.path(&sha256);
     // ServeFile's error type is Infallible: I/O failures come back as 500 responses.

@@ -197,6 +197,7 @@ fn expectations() -> Vec<(Method, &'static str, [bool; 4])> {
         ),
         // A node may download only blobs its own spec references (the own node's does).
         (M::GET, "/v1/blobs/{sha256}", [true, true, true, false]),
+        (M::PUT, "/v1/blobs/{sha256}", [true, false, false, false]),
         (M::POST, "/v1/rollouts", [true, false, false, false]),
         (M::GET, "/v1/rollouts", [true, true, false, false]),
         (M::GET, "/v1/rollouts/{rollout}", [true, true, false, false]),

@@ -3,6 +3,7 @@
 //! collected when no version uses it), and pinning of `sha256`/`size` into specs.
 
 pub mod blobs;
+pub mod peers;
 
 use std::collections::BTreeMap;
 
@@ -102,6 +103,12 @@ where
         created_at: Utc::now(),
     };
     let new_blob = state.blobs.commit(ing).await?;
+    // With replicas: acknowledged only once `blob_copies` replicas hold the content.
+    if let Some(peers) = state.peers.get() {
+        peers
+            .replicate(&state.store, &state.blobs, &pv.sha256)
+            .await?;
+    }
     if !state.store.create_payload_version(&pv).await? {
         // Another replica stored this version meanwhile: same content is the same version.
         let existing = get(state, name, version).await?;
@@ -302,6 +309,8 @@ async fn delete_once(
         .any(|v| v.sha256 == pv.sha256);
     if !shared {
         state.blobs.remove(&pv.sha256).await?;
+        // Other replicas drop their copies at their next start (unreferenced blobs).
+        state.store.forget_blob(&pv.sha256).await?;
     }
     state
         .event(
