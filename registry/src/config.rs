@@ -82,6 +82,14 @@ pub struct ServeArgs {
     /// and the listen port]
     #[arg(long, env = "STEWARD_REPLICA_ID")]
     pub replica_id: Option<String>,
+    /// The URL the other replicas reach this one at, for copying payload blobs [default:
+    /// http(s)://<listen>]
+    #[arg(long, env = "STEWARD_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
+    /// Replicas that must hold an uploaded payload before the upload is acknowledged (fewer
+    /// when fewer replicas run) [default: 2]
+    #[arg(long, env = "STEWARD_BLOB_COPIES")]
+    pub blob_copies: Option<usize>,
     /// Time a connection has to send a complete request head once it waits for one: after it
     /// opens and after each response (so also the keep-alive idle timeout) [default: 30s].
     #[arg(long, env = "STEWARD_HEADER_READ_TIMEOUT", value_parser = humantime::parse_duration)]
@@ -133,6 +141,8 @@ struct FileConfig {
     #[serde(default, with = "humantime_serde_opt")]
     etcd_lease_ttl: Option<Duration>,
     replica_id: Option<String>,
+    advertise_url: Option<String>,
+    blob_copies: Option<usize>,
     #[serde(default, with = "humantime_serde_opt")]
     header_read_timeout: Option<Duration>,
     max_connections: Option<usize>,
@@ -148,8 +158,10 @@ struct FileConfig {
 fn store_config(
     args: &mut ServeArgs,
     file: &mut FileConfig,
-    port: u16,
+    listen: SocketAddr,
+    tls: bool,
 ) -> anyhow::Result<StoreConfig> {
+    let port = listen.port();
     let url = args.store.take().or(file.store.take());
     let url = match url.as_deref().map(str::trim) {
         None | Some("" | "embedded") => return Ok(StoreConfig::Embedded),
@@ -195,7 +207,24 @@ fn store_config(
     if cert_file.is_some() != key_file.is_some() {
         bail!("etcd_cert_file and etcd_key_file must be given together");
     }
+    let advertise_url = match args.advertise_url.take().or(file.advertise_url.take()) {
+        Some(u) => u.trim_end_matches('/').to_string(),
+        None if listen.ip().is_unspecified() => bail!(
+            "advertise_url is required with an etcd store when listening on {listen}: give the \
+             URL the other replicas reach this one at (e.g. https://registry-1.example:7700)"
+        ),
+        None => format!("{}://{listen}", if tls { "https" } else { "http" }),
+    };
+    if !(advertise_url.starts_with("http://") || advertise_url.starts_with("https://")) {
+        bail!("advertise_url: {advertise_url:?} must be an http:// or https:// URL");
+    }
+    let blob_copies = args.blob_copies.or(file.blob_copies).unwrap_or(2);
+    if blob_copies == 0 {
+        bail!("blob_copies must be at least 1");
+    }
     Ok(StoreConfig::Etcd {
+        advertise_url,
+        blob_copies,
         url,
         prefix,
         ca_file: args.etcd_ca_file.take().or(file.etcd_ca_file.take()),
@@ -266,6 +295,10 @@ pub enum StoreConfig {
         key_file: Option<PathBuf>,
         lease_ttl: Duration,
         replica_id: String,
+        /// Where the other replicas reach this one (blob copies).
+        advertise_url: String,
+        /// Replicas holding an upload before it is acknowledged.
+        blob_copies: usize,
     },
 }
 
@@ -282,8 +315,12 @@ impl RegistryConfig {
             None if Path::new(DEFAULT_CONFIG).exists() => load(Path::new(DEFAULT_CONFIG))?,
             None => FileConfig::default(),
         };
-        let port = args.listen.or(file.listen).map_or(7700, |l| l.port());
-        let store = store_config(&mut args, &mut file, port)?;
+        let listen = args
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7700)));
+        let tls = args.tls_cert.is_some() || file.tls_cert.is_some();
+        let store = store_config(&mut args, &mut file, listen, tls)?;
         let tls = match (
             args.tls_cert.or(file.tls_cert),
             args.tls_key.or(file.tls_key),
@@ -293,10 +330,7 @@ impl RegistryConfig {
             _ => bail!("tls_cert and tls_key must be given together"),
         };
         let cfg = RegistryConfig {
-            listen: args
-                .listen
-                .or(file.listen)
-                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7700))),
+            listen,
             data_dir: args
                 .data_dir
                 .or(file.data_dir)
@@ -353,6 +387,13 @@ impl RegistryConfig {
     }
 
     fn check(&self) -> anyhow::Result<()> {
+        if matches!(self.store, StoreConfig::Etcd { .. }) && self.admin_token_file.is_none() {
+            bail!(
+                "admin_token_file is required with an etcd store: every replica must accept the \
+                 same admin token, so give each one the same file (e.g. a 0600 copy of one \
+                 generated with `openssl rand -hex 32`)"
+            );
+        }
         if self.heartbeat_interval < Duration::from_millis(100) {
             bail!("heartbeat_interval must be at least 100ms");
         }

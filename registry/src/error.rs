@@ -47,6 +47,8 @@ pub enum RegistryError {
     Blob(#[from] crate::payloads::blobs::BlobError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Peer(#[from] crate::payloads::peers::PeerError),
 }
 
 impl RegistryError {
@@ -87,6 +89,11 @@ impl RegistryError {
                 (StatusCode::SERVICE_UNAVAILABLE, "store_busy")
             }
             RegistryError::Blob(_) => (StatusCode::INTERNAL_SERVER_ERROR, "blob_store"),
+            RegistryError::Peer(crate::payloads::peers::PeerError::Store(_))
+            | RegistryError::Peer(crate::payloads::peers::PeerError::TooFewCopies { .. }) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "replicas_unavailable")
+            }
+            RegistryError::Peer(_) => (StatusCode::INTERNAL_SERVER_ERROR, "blob_store"),
             RegistryError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage"),
         }
     }
@@ -139,6 +146,7 @@ impl From<PayloadError> for RegistryError {
             }
             PayloadError::Unresolved(p) => RegistryError::Unprocessable(p),
             PayloadError::Blob(e) => RegistryError::Blob(e),
+            PayloadError::Peer(e) => RegistryError::Peer(e),
             PayloadError::Store(e) => RegistryError::Store(e),
         }
     }

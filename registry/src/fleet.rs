@@ -125,8 +125,9 @@ impl Fleet {
     }
 
     /// Applies a stored node record (written here or by another replica): a new node is added;
-    /// for a known one the stored credential, labels and health are taken. Health is taken
-    /// only when it degrades or the node was decommissioned: recovery comes from heartbeats.
+    /// for a known one the stored credential, labels and health are taken (a decommissioned
+    /// node stays so). A record turned ready was written on a heartbeat just received by some
+    /// replica, so the node counts as seen now.
     pub fn apply_node(&self, rec: &NodeRecord) {
         let Some(ln) = self.live(&rec.id) else {
             self.insert_live(rec, 0);
@@ -135,11 +136,11 @@ impl Fleet {
         let mut l = ln.lock();
         l.secret_sha256 = rec.secret_sha256;
         l.labels = rec.labels.clone();
-        if rec.health == Health::Decommissioned || rec.health > l.health {
+        if l.health != Health::Decommissioned && rec.health != l.health {
+            if rec.health == Health::Ready {
+                l.last_seen = l.last_seen.max(Instant::now());
+            }
             l.health = rec.health;
-        }
-        if rec.health == Health::Ready && l.health != Health::Decommissioned {
-            l.health = Health::Ready;
         }
         if let Some(s) = &rec.status {
             l.status_digest = s.digest.clone();

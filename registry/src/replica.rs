@@ -95,8 +95,10 @@ async fn reload(state: &AppState) -> Result<crate::kv::WatchStream, StoreError> 
 fn apply(state: &AppState, c: &WatchEvent) {
     let (area, id) = c.key.split_once('/').unwrap_or((c.key.as_str(), ""));
     let Some(value) = &c.value else {
-        if area == "resets" {
-            state.fleet.set_resets(id, false);
+        match area {
+            "resets" => state.fleet.set_resets(id, false),
+            "ui-sessions" => state.sessions.apply(id, None),
+            _ => {}
         }
         return;
     };
@@ -116,6 +118,7 @@ fn apply(state: &AppState, c: &WatchEvent) {
             state.fleet.set_resets(id, true);
             Ok(())
         }
+        "ui-sessions" => serde_json::from_slice(value).map(|s| state.sessions.apply(id, Some(s))),
         "hb" if Some(id) != state.settings.replica_id.as_deref() => {
             serde_json::from_slice(value).map(|b| apply_batch(state, &b))
         }

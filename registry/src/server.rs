@@ -96,6 +96,19 @@ pub async fn build_state(cfg: &RegistryConfig) -> anyhow::Result<AppState> {
     Ok(state)
 }
 
+/// The HTTP client replicas use to copy blobs between them; with TLS it trusts the registry's
+/// own certificate (replicas share it, or one CA signs them all: see docs/INSTALL.md).
+fn peer_client(cfg: &RegistryConfig) -> anyhow::Result<reqwest::Client> {
+    let mut b = reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(5));
+    if let Some((cert, _)) = &cfg.tls {
+        let pem = std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;
+        for c in reqwest::Certificate::from_pem_bundle(&pem).context("tls_cert")? {
+            b = b.add_root_certificate(c);
+        }
+    }
+    b.build().context("building the replicas' HTTP client")
+}
+
 /// Opens the store backend the config names: the embedded sled database in the data dir, or a
 /// connection to etcd.
 pub async fn open_kv(cfg: &RegistryConfig) -> anyhow::Result<Arc<dyn Kv>> {
@@ -153,6 +166,27 @@ pub async fn serve(cfg: RegistryConfig) -> anyhow::Result<()> {
     );
     let state = build_state(&cfg).await?;
     state.alerts.start(&cfg.alerts)?;
+    if let StoreConfig::Etcd {
+        replica_id,
+        advertise_url,
+        blob_copies,
+        ..
+    } = &cfg.store
+    {
+        let peers = crate::payloads::peers::Peers::new(
+            replica_id.clone(),
+            advertise_url.clone(),
+            *blob_copies,
+            crate::payloads::peers::PeerToken::new(admin_token(&cfg)?),
+            peer_client(&cfg)?,
+        );
+        let held = peers
+            .announce(&state.store, state.blobs())
+            .await
+            .context("registering this replica in the store")?;
+        tracing::info!(replica = %replica_id, url = %advertise_url, blobs = held, "replica registered");
+        state.payloads.set_peers(peers);
+    }
     let jobs = tokio::spawn(crate::replica::run_jobs(state.clone()));
     let batches = tokio::spawn(crate::replica::publish_heartbeats(state.clone()));
     let collected = state

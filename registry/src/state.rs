@@ -183,6 +183,10 @@ impl AppState {
         for node in store.reset_nodes().await? {
             fleet.set_resets(&node, true);
         }
+        let sessions = crate::ui::sessions::Sessions::default();
+        for (key, s) in store.ui_sessions().await? {
+            sessions.apply(&key, Some(s));
+        }
         let (events, _) = broadcast::channel(4096);
         let metrics = Arc::new(Metrics::new());
         let event_log = EventLog::new(store.clone(), metrics.clone());
@@ -198,7 +202,7 @@ impl AppState {
             event_log,
             started: Instant::now(),
             metrics,
-            sessions: Default::default(),
+            sessions,
             alerts: s.alerts,
             specs: s.specs,
             nodes: s.nodes,

@@ -21,6 +21,7 @@ use steward_proto::{
 use crate::kv::{KeyValue, Kv, KvError, Revision, Txn, TxnOutcome};
 
 mod grants;
+mod replicas;
 mod resets;
 pub use grants::GrantRecord;
 

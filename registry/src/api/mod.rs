@@ -1,6 +1,7 @@
 //! The HTTP API: one table of routes (method, path, who may call it, handler) from which both
 //! the router and the OpenAPI document are built, so the two cannot drift apart.
 
+mod blobs;
 mod body;
 mod events;
 mod fragments;
@@ -98,6 +99,7 @@ pub fn routes() -> Vec<Route> {
         route!(GET "/v1/payloads/{name}", AdminOrRead, "The versions of one payload, oldest first.", None, Some("PayloadVersion[]"), payloads::versions; 200, 404),
         route!(GET "/v1/payloads/{name}/{version}", AdminOrRead, "One payload version's metadata.", None, Some("PayloadVersion"), payloads::get; 200, 404),
         route!(DELETE "/v1/payloads/{name}/{version}", Admin, "Delete a payload version; 409 naming the nodes and fragments that still reference it. Its blob is removed when no other version has the same content.", None, Some("PayloadVersion"), payloads::delete; 200, 404, 409),
+        route!(PUT "/v1/blobs/{sha256}", Admin, "Store a copy of a blob, pushed by another registry replica sharing an etcd store (the raw body must hash to sha256; 201 new, 200 already held).", Some(openapi::RAW_BODY), None, blobs::put; 200, 201, 400),
         route!(GET "/v1/blobs/{sha256}", ReadOrAnyNode, "Download a blob by sha256, as stored on disk; Range (bytes=N-, bytes=N-M) answers 206 with Content-Range; ETag is the quoted sha256. A node secret may read only blobs its effective spec references.", None, None, payloads::blob; 200, 206, 400, 404, 416),
         route!(POST "/v1/rollouts", Admin, "Start a rollout: move a payload to a version across the nodes matching a selector, in batches (count or percent); each batch must report converged and attested before the next starts.", Some("StartRollout"), Some("Rollout"), rollouts::start; 201, 400, 409, 422),
         route!(GET "/v1/rollouts", AdminOrRead, "List rollouts, oldest first.", None, Some("Rollout[]"), rollouts::list; 200),

@@ -99,7 +99,8 @@ pub async fn blob(
             )));
         }
     }
-    if !state.blobs().exists(&sha256).await {
+    // With replicas, another one may hold it: fetch it (sha256 checked), then serve it.
+    if !state.blobs().exists(&sha256).await && !state.payloads.fetch_blob(&sha256).await? {
         return Err(RegistryError::NotFound(format!("no blob {sha256}")));
     }
     let path = state.blobs().path(&sha256);

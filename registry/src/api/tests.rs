@@ -200,6 +200,7 @@ fn expectations() -> Vec<(Method, &'static str, [bool; 4])> {
         ),
         // A node may download only blobs its own spec references (the own node's does).
         (M::GET, "/v1/blobs/{sha256}", [true, true, true, false]),
+        (M::PUT, "/v1/blobs/{sha256}", [true, false, false, false]),
         (M::POST, "/v1/rollouts", [true, false, false, false]),
         (M::GET, "/v1/rollouts", [true, true, false, false]),
         (M::GET, "/v1/rollouts/{rollout}", [true, true, false, false]),
@@ -254,6 +255,8 @@ fn body_for(method: &Method, path: &str) -> Option<(&'static str, String)> {
         ("PUT", "/v1/payloads/{name}/{version}") => {
             Some(("application/octet-stream", "two".into()))
         }
+        // The content whose sha256 the path names (`{sha256}` is the hash of "one").
+        ("PUT", "/v1/blobs/{sha256}") => Some(("application/octet-stream", "one".into())),
         _ => None,
     }
 }

@@ -202,6 +202,17 @@ impl Blobs {
         removed
     }
 
+    /// The sha256 of every blob stored here.
+    pub fn list(&self) -> Vec<String> {
+        let Ok(rd) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        rd.flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| is_sha256(n))
+            .collect()
+    }
+
     /// Removes a blob (absent is fine).
     pub async fn remove(&self, sha256: &str) -> Result<(), BlobError> {
         let p = self.path(sha256);

@@ -4,6 +4,7 @@
 //! [`Payloads`] service and its [`PayloadError`].
 
 pub mod blobs;
+pub mod peers;
 
 use std::collections::BTreeMap;
 
@@ -19,6 +20,7 @@ use crate::events::EventLog;
 use crate::spec_gate::{SpecGate, ATTEMPTS};
 use crate::store::{Store, StoreError};
 use blobs::{BlobError, Blobs};
+use peers::{PeerError, Peers};
 
 /// What a payload operation can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +46,9 @@ pub enum PayloadError {
     Unresolved(Vec<Problem>),
     #[error(transparent)]
     Blob(#[from] BlobError),
+    /// Copying a blob to or from other replicas failed.
+    #[error(transparent)]
+    Peer(#[from] PeerError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -94,6 +99,9 @@ pub struct Payloads {
     /// Serialises payload metadata changes and blob collection (taken after the spec gate's
     /// lock when both are needed).
     lock: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// This replica as a peer of the others (set at start-up with an etcd store): blobs are
+    /// copied between replicas.
+    peers: std::sync::Arc<std::sync::OnceLock<Peers>>,
 }
 
 impl Payloads {
@@ -104,7 +112,39 @@ impl Payloads {
             blobs,
             gate,
             lock: Default::default(),
+            peers: Default::default(),
         }
+    }
+
+    /// Makes this replica a peer of the others (at start-up, with an etcd store).
+    pub fn set_peers(&self, peers: Peers) {
+        let _ = self.peers.set(peers);
+    }
+
+    /// Stores a blob copy pushed by another replica (only if `body` hashes to `sha256`) and
+    /// records that this replica holds it; true when it was new here.
+    pub async fn receive_copy<S, E>(&self, sha256: &str, body: S) -> Result<bool>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>>,
+        E: std::fmt::Display,
+    {
+        let ing = self.blobs.ingest(body, Some(sha256)).await?;
+        let created = self.blobs.commit(ing).await?;
+        if let Some(p) = self.peers.get() {
+            self.store
+                .record_blob_copies(&p.me, &[sha256.to_string()])
+                .await?;
+        }
+        Ok(created)
+    }
+
+    /// Fetches a blob this replica lacks from another replica (sha256 checked); false when no
+    /// replica has it, or there are no other replicas.
+    pub async fn fetch_blob(&self, sha256: &str) -> Result<bool> {
+        Ok(match self.peers.get() {
+            Some(p) => p.fetch(&self.store, &self.blobs, sha256).await?,
+            None => false,
+        })
     }
 
     /// The blob directory (downloads are served from its files).
@@ -161,6 +201,12 @@ impl Payloads {
             created_at: Utc::now(),
         };
         let new_blob = self.blobs.commit(ing).await?;
+        // With replicas: acknowledged only once `blob_copies` replicas hold the content.
+        if let Some(peers) = self.peers.get() {
+            peers
+                .replicate(&self.store, &self.blobs, &pv.sha256)
+                .await?;
+        }
         if !self.store.create_payload_version(&pv).await? {
             // Another replica stored this version meanwhile: same content is the same version.
             let existing = self.get(name, version).await?;
@@ -361,6 +407,8 @@ impl Payloads {
             .any(|v| v.sha256 == pv.sha256);
         if !shared {
             self.blobs.remove(&pv.sha256).await?;
+            // Other replicas drop their copies at their next start (unreferenced blobs).
+            self.store.forget_blob(&pv.sha256).await?;
         }
         self.events
             .record(

@@ -1,5 +1,6 @@
-//! Workload resets queued per node (`resets/{node}`: a JSON list of workload names) until the
-//! node's next heartbeat takes them.
+//! Records kept per node or per login until taken: workload resets queued per node
+//! (`resets/{node}`: a JSON list of workload names) until its next heartbeat, and status page
+//! login sessions.
 
 use super::{Result, Store, Update};
 
@@ -44,5 +45,28 @@ impl Store {
             .into_iter()
             .map(|(node, _)| node)
             .collect())
+    }
+}
+
+/// Login sessions of the status page (`ui-sessions/{sha256 of the cookie id, hex}`; the record
+/// is owned by `ui/access.rs`).
+impl Store {
+    pub async fn put_ui_session<T: serde::Serialize>(&self, hash_hex: &str, s: &T) -> Result<()> {
+        self.put(&format!("ui-sessions/{hash_hex}"), s).await
+    }
+
+    pub async fn remove_ui_sessions(&self, hashes: &[String]) -> Result<()> {
+        if hashes.is_empty() {
+            return Ok(());
+        }
+        let mut txn = crate::kv::Txn::new().freeing();
+        for h in hashes {
+            txn = txn.delete(format!("ui-sessions/{h}"));
+        }
+        self.commit(txn).await.map(drop)
+    }
+
+    pub async fn ui_sessions<T: serde::de::DeserializeOwned>(&self) -> Result<Vec<(String, T)>> {
+        self.list("ui-sessions/").await
     }
 }

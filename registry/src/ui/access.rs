@@ -2,14 +2,15 @@
 //! nobody at all when the registry serves it publicly (`--public-status`).
 //!
 //! A session cookie carries a random 256-bit id; the registry keeps only its sha256, mapped in
-//! memory to the credential kind and an expiry. The token itself never goes into the cookie.
+//! the store (shared by replicas) to the credential kind and an expiry. The token itself never
+//! goes into the cookie.
 
 use axum::http::{header, HeaderMap};
 
 use crate::auth;
 use crate::state::AppState;
 
-pub use super::sessions::{Sessions, Viewer, COOKIE, SESSION_TTL};
+pub use super::sessions::{Session, Sessions, Viewer, COOKIE, SESSION_TTL};
 
 /// Why a request may not see the page.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -117,16 +118,28 @@ pub fn safe_next(next: Option<&str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Store;
 
-    #[test]
-    fn sessions_and_cookies() {
+    #[tokio::test]
+    async fn sessions_are_stored_hashed_and_cookies() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_embedded(dir.path()).unwrap();
         let s = Sessions::default();
-        let id = s.create(Viewer::Read);
+        let id = s.create(&store, Viewer::Read).await.unwrap();
         assert_eq!(id.len(), 64);
         assert_eq!(s.get(&id), Some(Viewer::Read));
         assert_eq!(s.get("nope"), None);
-        s.remove(&id);
+        // Stored under the hash only, and found by a second process (a replica) from the store.
+        let stored: Vec<(String, Session)> = store.ui_sessions().await.unwrap();
+        assert_eq!(stored.len(), 1);
+        assert_eq!(stored[0].0, hex::encode(auth::sha256(&id)));
+        assert!(!stored[0].0.contains(&id));
+        let other = Sessions::default();
+        other.apply(&stored[0].0, Some(stored[0].1));
+        assert_eq!(other.get(&id), Some(Viewer::Read));
+        s.remove(&store, &id).await.unwrap();
         assert_eq!(s.get(&id), None);
+        assert!(store.ui_sessions::<Session>().await.unwrap().is_empty());
         let c = set_cookie("abc", true);
         assert!(c.contains("HttpOnly") && c.contains("SameSite=Strict") && c.ends_with("Secure"));
         assert!(!set_cookie("abc", false).contains("Secure"));

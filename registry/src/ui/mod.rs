@@ -278,7 +278,10 @@ async fn login(State(state): State<AppState>, Form(f): Form<LoginForm>) -> Respo
     let next = access::safe_next(f.next.as_deref());
     match access::token_viewer(&state, f.token.trim()) {
         Some(viewer) => {
-            let id = state.sessions.create(viewer);
+            let id = match state.sessions.create(&state.store, viewer).await {
+                Ok(id) => id,
+                Err(e) => return UiError::from(e).into_response(),
+            };
             state.metrics.ui_sessions.set(gauge(state.sessions.alive()));
             tracing::info!(viewer = viewer.as_str(), "status page sign-in");
             let mut resp = see_other(&next);
@@ -306,7 +309,9 @@ async fn login(State(state): State<AppState>, Form(f): Form<LoginForm>) -> Respo
 /// `POST /logout`: forgets the session and clears the cookie.
 async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Response {
     if let Some(id) = access::session_cookie(&headers) {
-        state.sessions.remove(id);
+        if let Err(e) = state.sessions.remove(&state.store, id).await {
+            return UiError::from(e).into_response();
+        }
     }
     state.metrics.ui_sessions.set(gauge(state.sessions.alive()));
     let mut resp = see_other("/login");

@@ -1,11 +1,15 @@
-//! Login sessions of the status page, in memory: a random cookie id, of which only the sha256
-//! is kept, mapped to the viewer and an expiry.
+//! Login sessions of the status page: a random cookie id, of which only the sha256 is kept,
+//! mapped to the viewer and an expiry; stored (shared by replicas, kept over a restart) and
+//! mirrored in memory.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
 
 use crate::auth;
+use crate::store::{Store, StoreError};
 
 /// Name of the session cookie.
 pub const COOKIE: &str = "steward_session";
@@ -15,7 +19,8 @@ pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 const MAX_SESSIONS: usize = 10_000;
 
 /// Who is looking at the page.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Viewer {
     Admin,
     Read,
@@ -33,56 +38,93 @@ impl Viewer {
     }
 }
 
-struct Session {
-    viewer: Viewer,
-    expires: Instant,
+/// A login session as stored (`ui-sessions/{sha256 of the id}`): shared by every replica.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+pub struct Session {
+    pub viewer: Viewer,
+    pub expires_at: DateTime<Utc>,
 }
 
-/// Login sessions, in memory only (a registry restart signs everyone out).
+/// Login sessions: kept in the store (so every replica knows them and a restart keeps them) and
+/// mirrored in memory, where the store watch (`replica.rs`) adds those made on other replicas.
 #[derive(Default)]
 pub struct Sessions {
-    map: Mutex<HashMap<[u8; 32], Session>>,
+    map: Mutex<HashMap<String, Session>>,
+}
+
+fn lock(
+    m: &Mutex<HashMap<String, Session>>,
+) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Sessions {
-    /// Creates a session for `viewer` and returns the id to put in the cookie.
-    pub fn create(&self, viewer: Viewer) -> String {
+    /// Creates a session for `viewer`, stores it, and returns the id to put in the cookie.
+    /// Expired sessions are removed on the way; past [`MAX_SESSIONS`] the oldest goes.
+    pub async fn create(&self, store: &Store, viewer: Viewer) -> Result<String, StoreError> {
         let id = auth::new_id() + &auth::new_id() + &auth::new_id() + &auth::new_id();
-        let now = Instant::now();
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        map.retain(|_, s| s.expires > now);
-        if map.len() >= MAX_SESSIONS {
-            if let Some(oldest) = map.iter().min_by_key(|(_, s)| s.expires).map(|(k, _)| *k) {
-                map.remove(&oldest);
+        let now = Utc::now();
+        let mut gone: Vec<String> = {
+            let map = lock(&self.map);
+            map.iter()
+                .filter(|(_, s)| s.expires_at <= now)
+                .map(|(k, _)| k.clone())
+                .collect()
+        };
+        {
+            let map = lock(&self.map);
+            if map.len() - gone.len() >= MAX_SESSIONS {
+                if let Some(oldest) = map.iter().min_by_key(|(_, s)| s.expires_at) {
+                    gone.push(oldest.0.clone());
+                }
             }
         }
-        map.insert(
-            auth::sha256(&id),
-            Session {
-                viewer,
-                expires: now + SESSION_TTL,
-            },
-        );
-        id
+        store.remove_ui_sessions(&gone).await?;
+        let key = hex::encode(auth::sha256(&id));
+        let s = Session {
+            viewer,
+            expires_at: now + chrono::Duration::from_std(SESSION_TTL).unwrap_or_default(),
+        };
+        store.put_ui_session(&key, &s).await?;
+        let mut map = lock(&self.map);
+        for k in &gone {
+            map.remove(k);
+        }
+        map.insert(key, s);
+        Ok(id)
     }
 
     /// The viewer of a live session.
     pub fn get(&self, id: &str) -> Option<Viewer> {
-        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(&auth::sha256(id))
-            .filter(|s| s.expires > Instant::now())
+        lock(&self.map)
+            .get(&hex::encode(auth::sha256(id)))
+            .filter(|s| s.expires_at > Utc::now())
             .map(|s| s.viewer)
     }
 
-    pub fn remove(&self, id: &str) {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        map.remove(&auth::sha256(id));
+    /// Forgets a session (signing out), in the store too.
+    pub async fn remove(&self, store: &Store, id: &str) -> Result<(), StoreError> {
+        let key = hex::encode(auth::sha256(id));
+        store.remove_ui_sessions(std::slice::from_ref(&key)).await?;
+        lock(&self.map).remove(&key);
+        Ok(())
+    }
+
+    /// Applies a stored session change (from the store watch or at start-up).
+    pub fn apply(&self, key: &str, s: Option<Session>) {
+        let mut map = lock(&self.map);
+        match s {
+            Some(s) => map.insert(key.to_string(), s),
+            None => map.remove(key),
+        };
     }
 
     /// Sessions not yet expired.
     pub fn alive(&self) -> usize {
-        let now = Instant::now();
-        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        map.values().filter(|s| s.expires > now).count()
+        let now = Utc::now();
+        lock(&self.map)
+            .values()
+            .filter(|s| s.expires_at > now)
+            .count()
     }
 }
