@@ -291,18 +291,36 @@ impl Alerts {
             .map_err(AlertsError::Client)?;
         let (tx, rx) = mpsc::unbounded_channel::<Alert>();
         let hooks: Vec<Arc<Webhook>> = hooks.into_iter().map(Arc::new).collect();
-        tokio::spawn(self.clone().dispatch(rx, client, hooks, cfg.clone()));
+        let d = Dispatcher {
+            store: self.store.clone(),
+            events: self.events.clone(),
+            public_url: self.public_url.clone(),
+            client,
+            hooks,
+            cfg: cfg.clone(),
+        };
+        tokio::spawn(d.run(rx));
         let _ = self.sender.set(tx);
         Ok(true)
     }
+}
 
-    async fn dispatch(
-        self,
-        mut rx: mpsc::UnboundedReceiver<Alert>,
-        client: reqwest::Client,
-        hooks: Vec<Arc<Webhook>>,
-        cfg: AlertsConfig,
-    ) {
+/// The dispatcher task: fills in each alert and starts a delivery per webhook that takes it;
+/// ends when every [`Alerts`] handle is gone.
+struct Dispatcher {
+    store: Store,
+    events: EventLog,
+    public_url: Option<String>,
+    client: reqwest::Client,
+    hooks: Vec<Arc<Webhook>>,
+    cfg: AlertsConfig,
+}
+
+impl Dispatcher {
+    async fn run(self, mut rx: mpsc::UnboundedReceiver<Alert>) {
+        let Dispatcher {
+            client, hooks, cfg, ..
+        } = &self;
         while let Some(mut a) = rx.recv().await {
             a.registry = self.public_url.clone();
             if a.hostname.is_none() {

@@ -130,6 +130,38 @@ impl Nodes {
     }
 }
 
+/// The record of an enrolling node: the existing node's with the new facts (and the token's
+/// labels it lacks), or a new node's.
+fn enrolled_record(
+    existing: Option<NodeRecord>,
+    facts: steward_proto::NodeFacts,
+    labels: steward_proto::Labels,
+    now: chrono::DateTime<Utc>,
+) -> NodeRecord {
+    match existing {
+        Some(mut rec) => {
+            rec.facts = facts;
+            for (k, v) in &labels {
+                rec.labels.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+            rec
+        }
+        None => NodeRecord {
+            id: uuid::Uuid::new_v4().to_string(),
+            labels,
+            facts,
+            health: Health::Ready,
+            enrolled_at: now,
+            last_heartbeat: Some(now),
+            heartbeat_rtt_ms: None,
+            stats: None,
+            status: None,
+            observed_generation: 0,
+            secret_sha256: None,
+        },
+    }
+}
+
 fn check_facts(req: &EnrollRequest) -> Result<()> {
     let mut problems = Vec::new();
     let mid = &req.facts.machine_id;
@@ -173,28 +205,7 @@ impl Nodes {
             .existing
             .as_ref()
             .map(|r| r.facts.machine_id.clone());
-        let mut rec = match admitted.existing {
-            Some(mut rec) => {
-                rec.facts = req.facts;
-                for (k, v) in &labels {
-                    rec.labels.entry(k.clone()).or_insert_with(|| v.clone());
-                }
-                rec
-            }
-            None => NodeRecord {
-                id: uuid::Uuid::new_v4().to_string(),
-                labels,
-                facts: req.facts,
-                health: Health::Ready,
-                enrolled_at: now,
-                last_heartbeat: Some(now),
-                heartbeat_rtt_ms: None,
-                stats: None,
-                status: None,
-                observed_generation: 0,
-                secret_sha256: None,
-            },
-        };
+        let mut rec = enrolled_record(admitted.existing, req.facts, labels, now);
         let problems = validate_labels(&rec.labels, "labels");
         if !problems.is_empty() {
             return Err(NodeError::Invalid(problems));
@@ -220,19 +231,7 @@ impl Nodes {
             .await?
             .map(|s| s.generation)
             .unwrap_or(0);
-        match self.fleet.live(&rec.id) {
-            Some(ln) => {
-                let mut l = ln.lock();
-                l.secret_sha256 = rec.secret_sha256;
-                l.labels = rec.labels.clone();
-                l.health = Health::Ready;
-                l.last_seen = Instant::now();
-                l.last_heartbeat = Some(now);
-            }
-            None => {
-                self.fleet.insert_live(&rec, generation);
-            }
-        }
+        self.show_enrolled(&rec, generation, now);
         let (kind, what) = if rotated {
             (EventKind::NodeReenrolled, "enrolled again; secret rotated")
         } else {
@@ -255,6 +254,23 @@ impl Nodes {
             heartbeat_interval_secs: self.settings.heartbeat_interval.as_secs().max(1),
             rotated,
         })
+    }
+
+    /// The fleet view takes an enrolled node at once (the store watch brings it too, later).
+    fn show_enrolled(&self, rec: &NodeRecord, generation: u64, now: chrono::DateTime<Utc>) {
+        match self.fleet.live(&rec.id) {
+            Some(ln) => {
+                let mut l = ln.lock();
+                l.secret_sha256 = rec.secret_sha256;
+                l.labels = rec.labels.clone();
+                l.health = Health::Ready;
+                l.last_seen = Instant::now();
+                l.last_heartbeat = Some(now);
+            }
+            None => {
+                self.fleet.insert_live(rec, generation);
+            }
+        }
     }
 }
 

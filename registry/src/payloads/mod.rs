@@ -83,6 +83,18 @@ pub fn check_name_version(name: &str, version: &str) -> Result<()> {
     }
 }
 
+/// Checks an upload's name, version and the sha256 its uploader expects, if any.
+fn check_upload(name: &str, version: &str, expected_sha256: Option<&str>) -> Result<()> {
+    check_name_version(name, version)?;
+    match expected_sha256 {
+        Some(s) if !blobs::is_sha256(s) => Err(PayloadError::Invalid(vec![Problem::new(
+            "x-steward-sha256",
+            "must be 64 lower-case hex characters",
+        )])),
+        _ => Ok(()),
+    }
+}
+
 /// Result of an upload: the version and whether it was new.
 pub struct Uploaded {
     pub version: PayloadVersion,
@@ -168,15 +180,7 @@ impl Payloads {
         S: Stream<Item = std::result::Result<Bytes, E>>,
         E: std::fmt::Display,
     {
-        check_name_version(name, version)?;
-        if let Some(s) = expected_sha256 {
-            if !blobs::is_sha256(s) {
-                return Err(PayloadError::Invalid(vec![Problem::new(
-                    "x-steward-sha256",
-                    "must be 64 lower-case hex characters",
-                )]));
-            }
-        }
+        check_upload(name, version, expected_sha256)?;
         // Received and hashed before taking the lock: a slow upload does not block others.
         let ing = self.blobs.ingest(body, expected_sha256).await?;
         let _guard = self.lock.lock().await;

@@ -151,6 +151,62 @@ impl Drivers {
     }
 }
 
+/// Checks a rollout request: its selector, batch size (its text kept), time-out and payload
+/// name and version, every problem named.
+fn check_start(req: &StartRollout) -> Result<(Selector, BatchSize, String, Duration)> {
+    let mut problems = Vec::new();
+    let selector = match req.selector.parse::<Selector>() {
+        Ok(s) => Some(s),
+        Err(e) => {
+            problems.push(Problem::new("selector", e.to_string()));
+            None
+        }
+    };
+    let batch_text = req.batch.clone().unwrap_or_else(|| "1".into());
+    let batch = match batch_text.parse::<BatchSize>() {
+        Ok(b) => Some(b),
+        Err(e) => {
+            problems.push(Problem::new("batch", e));
+            None
+        }
+    };
+    let timeout = match &req.timeout {
+        None => Some(DEFAULT_TIMEOUT),
+        Some(t) => match humantime::parse_duration(t) {
+            Ok(d) if d >= Duration::from_secs(1) => Some(d),
+            Ok(_) => {
+                problems.push(Problem::new("timeout", "must be at least 1s"));
+                None
+            }
+            Err(e) => {
+                problems.push(Problem::new(
+                    "timeout",
+                    format!("not a duration like 5m: {e}"),
+                ));
+                None
+            }
+        },
+    };
+    if let Err(PayloadError::Invalid(ps)) =
+        crate::payloads::check_name_version(&req.payload, &req.version)
+    {
+        problems.extend(ps.into_iter().map(|p| {
+            let field = if p.field == "name" {
+                "payload".into()
+            } else {
+                p.field
+            };
+            Problem::new(field, p.reason)
+        }));
+    }
+    let (Some(selector), Some(batch), Some(timeout), true) =
+        (selector, batch, timeout, problems.is_empty())
+    else {
+        return Err(RolloutError::Invalid(problems));
+    };
+    Ok((selector, batch, batch_text, timeout))
+}
+
 impl Rollouts {
     pub fn new(store: Store, fleet: Arc<Fleet>, events: EventLog, specs: Specs) -> Self {
         Self {
@@ -213,56 +269,7 @@ impl Rollouts {
 
     /// `POST /v1/rollouts`.
     pub async fn start(&self, req: StartRollout, cred: CredentialKind) -> Result<Rollout> {
-        let mut problems = Vec::new();
-        let selector = match req.selector.parse::<Selector>() {
-            Ok(s) => Some(s),
-            Err(e) => {
-                problems.push(Problem::new("selector", e.to_string()));
-                None
-            }
-        };
-        let batch_text = req.batch.clone().unwrap_or_else(|| "1".into());
-        let batch = match batch_text.parse::<BatchSize>() {
-            Ok(b) => Some(b),
-            Err(e) => {
-                problems.push(Problem::new("batch", e));
-                None
-            }
-        };
-        let timeout = match &req.timeout {
-            None => Some(DEFAULT_TIMEOUT),
-            Some(t) => match humantime::parse_duration(t) {
-                Ok(d) if d >= Duration::from_secs(1) => Some(d),
-                Ok(_) => {
-                    problems.push(Problem::new("timeout", "must be at least 1s"));
-                    None
-                }
-                Err(e) => {
-                    problems.push(Problem::new(
-                        "timeout",
-                        format!("not a duration like 5m: {e}"),
-                    ));
-                    None
-                }
-            },
-        };
-        if let Err(PayloadError::Invalid(ps)) =
-            crate::payloads::check_name_version(&req.payload, &req.version)
-        {
-            problems.extend(ps.into_iter().map(|p| {
-                let field = if p.field == "name" {
-                    "payload".into()
-                } else {
-                    p.field
-                };
-                Problem::new(field, p.reason)
-            }));
-        }
-        let (Some(selector), Some(batch), Some(timeout), true) =
-            (selector, batch, timeout, problems.is_empty())
-        else {
-            return Err(RolloutError::Invalid(problems));
-        };
+        let (selector, batch, batch_text, timeout) = check_start(&req)?;
         let _guard = self.drivers.lock.lock().await;
         let target = self
             .store
@@ -289,40 +296,7 @@ impl Rollouts {
                 active.id, req.payload, active.state
             )));
         }
-        // The nodes: matching, not decommissioned, and whose effective spec has the payload.
-        let mut candidates: Vec<String> = self
-            .fleet
-            .all_live()
-            .into_iter()
-            .filter_map(|(id, ln)| {
-                let l = ln.lock();
-                (l.health != Health::Decommissioned && selector.matches(&l.labels)).then_some(id)
-            })
-            .collect();
-        candidates.sort();
-        let mut nodes = Vec::new();
-        for id in candidates {
-            let Some(rec) = self.store.spec(&id).await? else {
-                continue;
-            };
-            let Some(p) = rec
-                .effective
-                .payloads
-                .iter()
-                .find(|p| p.name == req.payload)
-            else {
-                continue;
-            };
-            nodes.push(RolloutNode {
-                node_id: id.clone(),
-                batch: 0,
-                previous_version: p.version.clone(),
-                previous_sha256: p.sha256.clone(),
-                previous_override: rec.payload_overrides.get(&req.payload).cloned(),
-                state: RolloutNodeState::Waiting,
-                error: None,
-            });
-        }
+        let mut nodes = self.targets(&selector, &req.payload).await?;
         if nodes.is_empty() {
             return Err(RolloutError::Unresolved(vec![Problem::new(
                 "selector",
@@ -370,6 +344,40 @@ impl Rollouts {
         .await?;
         self.spawn_driver(&r.id);
         Ok(r)
+    }
+
+    /// The nodes a rollout of `payload` moves: matching, not decommissioned, and whose effective
+    /// spec has the payload; in id order.
+    async fn targets(&self, selector: &Selector, payload: &str) -> Result<Vec<RolloutNode>> {
+        let mut candidates: Vec<String> = self
+            .fleet
+            .all_live()
+            .into_iter()
+            .filter_map(|(id, ln)| {
+                let l = ln.lock();
+                (l.health != Health::Decommissioned && selector.matches(&l.labels)).then_some(id)
+            })
+            .collect();
+        candidates.sort();
+        let mut nodes = Vec::new();
+        for id in candidates {
+            let Some(rec) = self.store.spec(&id).await? else {
+                continue;
+            };
+            let Some(p) = rec.effective.payloads.iter().find(|p| p.name == payload) else {
+                continue;
+            };
+            nodes.push(RolloutNode {
+                node_id: id.clone(),
+                batch: 0,
+                previous_version: p.version.clone(),
+                previous_sha256: p.sha256.clone(),
+                previous_override: rec.payload_overrides.get(payload).cloned(),
+                state: RolloutNodeState::Waiting,
+                error: None,
+            });
+        }
+        Ok(nodes)
     }
 
     pub async fn list(&self) -> Result<Vec<Rollout>> {
