@@ -152,6 +152,48 @@ async fn revisions_rise_with_every_txn_that_has_ops_and_mark_the_keys_written() 
     assert_eq!(kv.revision().await.unwrap(), revs[15]);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_read_modify_write_loops_lose_no_update() {
+    let dir = tempfile::tempdir().unwrap();
+    let kv = open(dir.path());
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let kv = kv.clone();
+            tokio::spawn(async move {
+                let mut conflicts = 0;
+                for _ in 0..10 {
+                    loop {
+                        let cur = kv.get("counter").await.unwrap();
+                        let (n, rev) = cur.map_or((0, 0), |c| {
+                            (
+                                String::from_utf8(c.value).unwrap().parse().unwrap(),
+                                c.mod_revision,
+                            )
+                        });
+                        let t = Txn::new()
+                            .when("counter", rev)
+                            .put("counter", format!("{}", n + 1));
+                        match kv.txn(t).await.unwrap() {
+                            TxnOutcome::Committed(_) => break,
+                            TxnOutcome::Conflict => conflicts += 1,
+                        }
+                    }
+                }
+                conflicts
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(value(&kv, "counter").await.unwrap(), b"80");
+    assert_eq!(
+        kv.revision().await.unwrap(),
+        80,
+        "one revision per committed increment"
+    );
+}
+
 #[tokio::test]
 async fn range_returns_the_prefix_in_key_order_after_start_after_up_to_limit() {
     let dir = tempfile::tempdir().unwrap();
