@@ -11,7 +11,7 @@ use ::sled::Transactional;
 use tokio::sync::oneshot;
 
 use super::{be_u64, encode, lock, watch, CorruptRecord, Db, Inner, REVISION_KEY};
-use crate::kv::{Compare, KvError, Op, Revision, Txn, TxnOutcome, WatchEvent};
+use crate::kv::{Compare, KvError, Op, Revision, Txn, TxnOutcome, WatchEvent, WriteKind};
 
 type Reply = oneshot::Sender<Result<TxnOutcome, KvError>>;
 
@@ -152,7 +152,13 @@ impl Inner {
     fn commit_group(&self, batch: Vec<Pending>) {
         let mut group = Group::default();
         for Pending { txn, reply, .. } in batch {
-            let db = match self.w(txn.kind) {
+            // A transaction without ops writes nothing: it is answered on a full disk too.
+            let kind = if txn.ops.is_empty() {
+                WriteKind::Freeing
+            } else {
+                txn.kind
+            };
+            let db = match self.w(kind) {
                 Ok(db) => db,
                 Err(e) => {
                     let _ = reply.send(Err(e));

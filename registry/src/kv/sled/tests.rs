@@ -573,6 +573,11 @@ async fn a_full_disk_refuses_ordinary_writes_lets_freeing_ones_through_and_recov
     let again = kv.txn(Txn::new().put("specs/more", "x")).await;
     assert!(matches!(again, Err(KvError::Full { .. })), "{again:?}");
     assert!(matches!(kv.readiness().await, Err(KvError::Full { .. })));
+    let check = kv
+        .txn(Txn::new().when("payloads/filler/1", 0))
+        .await
+        .unwrap();
+    assert_eq!(check, TxnOutcome::Conflict, "a txn without ops is answered");
     for key in &acked {
         assert!(kv.get(key).await.unwrap().is_some(), "{key} readable");
     }
