@@ -19,6 +19,8 @@ use super::{KeyValue, Kv, KvError, Leadership, Revision, Txn, TxnOutcome, WatchS
 use crate::disk::Reserve;
 
 mod commit;
+#[cfg(test)]
+mod disk_tests;
 mod health;
 mod legacy;
 #[cfg(test)]
