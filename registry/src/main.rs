@@ -1,7 +1,10 @@
 //! `steward-registry`: the registry server.
 
 use clap::{Parser, Subcommand};
+use std::io::Write;
+
 use steward_registry::config::{RegistryConfig, ServeArgs};
+use steward_registry::migrate::MigrateArgs;
 
 #[derive(Parser)]
 #[command(
@@ -18,6 +21,9 @@ struct Cli {
 enum Cmd {
     /// Serve the HTTP API (see docs/API.md). Log filter: RUST_LOG (default info).
     Serve(ServeArgs),
+    /// Copy an embedded registry (stopped) into an etcd store for registry replicas, then read
+    /// every key back and compare (see docs/INSTALL.md, "Several registry replicas on etcd").
+    Migrate(MigrateArgs),
 }
 
 #[tokio::main]
@@ -34,6 +40,15 @@ async fn main() -> std::process::ExitCode {
         Cmd::Serve(args) => match RegistryConfig::resolve(args) {
             Ok(cfg) => steward_registry::server::serve(cfg).await,
             Err(e) => Err(e),
+        },
+        Cmd::Migrate(args) => match steward_registry::migrate::migrate(args).await {
+            Ok(summary) => {
+                let mut out = std::io::stdout().lock();
+                writeln!(out, "{summary}")
+                    .and_then(|()| out.flush())
+                    .map_err(anyhow::Error::from)
+            }
+            Err(e) => Err(e.into()),
         },
     };
     match res {
