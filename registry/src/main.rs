@@ -20,7 +20,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Serve the HTTP API (see docs/API.md). Log filter: RUST_LOG (default info).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Copy an embedded registry (stopped) into an etcd store for registry replicas, then read
     /// every key back and compare (see docs/INSTALL.md, "Several registry replicas on etcd").
     Migrate(MigrateArgs),
@@ -37,7 +37,7 @@ async fn main() -> std::process::ExitCode {
         .init();
     let cli = Cli::parse();
     let res = match cli.cmd {
-        Cmd::Serve(args) => match RegistryConfig::resolve(args) {
+        Cmd::Serve(args) => match RegistryConfig::resolve(*args) {
             Ok(cfg) => steward_registry::server::serve(cfg).await,
             Err(e) => Err(e),
         },

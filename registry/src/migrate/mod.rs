@@ -25,9 +25,10 @@ pub const MAX_OPS: usize = 100;
 /// Most bytes of keys and values in one transaction, well under etcd's default request limit
 /// (`--max-request-bytes`, 1.5 MiB).
 pub const MAX_TXN_BYTES: usize = 1024 * 1024;
-/// Largest record that can be written at all (alone in its transaction) under etcd's default
-/// request limit, with room for the request's framing.
-pub const MAX_RECORD_BYTES: usize = 1_536 * 1024 - 16 * 1024;
+/// etcd's default request limit (`--max-request-bytes`): 1.5 MiB.
+pub const ETCD_MAX_REQUEST_BYTES: usize = 1_536 * 1024;
+/// Room left in a request for its framing: a record may be this much smaller than the limit.
+const REQUEST_FRAMING: usize = 16 * 1024;
 /// Bytes counted per written key besides its key (twice: compare and put) and value: the
 /// protobuf framing of the compare and the put.
 const OP_OVERHEAD: usize = 32;
@@ -65,6 +66,10 @@ pub struct MigrateArgs {
     /// Key (PEM) of --etcd-cert-file.
     #[arg(long, requires = "etcd_cert_file")]
     pub etcd_key_file: Option<PathBuf>,
+    /// etcd's --max-request-bytes, if raised there (a record larger than this cannot be
+    /// copied, nor written by a replica) [default: 1572864].
+    #[arg(long)]
+    pub etcd_max_request_bytes: Option<usize>,
     /// Replace what the etcd prefix holds (every key under it is deleted first) instead of
     /// refusing a prefix that already holds registry data.
     #[arg(long)]
@@ -248,7 +253,8 @@ pub async fn migrate(args: MigrateArgs) -> Result<Summary, MigrateError> {
     let dest: Arc<dyn Kv> = etcd.clone();
     let replaced = prepare(dest.as_ref(), &store, args.force).await?;
     tracing::info!(from = %dir.display(), to = %store, "copying the registry's records");
-    let kinds = copy(source.as_ref(), dest.as_ref(), prefix_len).await?;
+    let limits = Limits::new(args.etcd_max_request_bytes);
+    let kinds = copy(source.as_ref(), dest.as_ref(), prefix_len, limits).await?;
     tracing::info!(to = %store, "verifying: reading every key back");
     let checked = verify::verify(&source, &dest).await?;
     let blobs = summary::blob_stats(&dir, &source).await?;
@@ -350,12 +356,34 @@ async fn prepare(dest: &dyn Kv, store: &str, force: bool) -> Result<usize, Migra
     Ok(deleted)
 }
 
+/// Sizes that bound the copy's transactions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest record (alone in a transaction).
+    pub record: usize,
+    /// Bytes of one transaction of several records.
+    pub txn: usize,
+}
+
+impl Limits {
+    /// The limits under etcd's request limit (`None`: etcd's default).
+    pub fn new(max_request_bytes: Option<usize>) -> Self {
+        let request = max_request_bytes.unwrap_or(ETCD_MAX_REQUEST_BYTES);
+        let record = request.saturating_sub(REQUEST_FRAMING).max(1);
+        Self {
+            record,
+            txn: MAX_TXN_BYTES.min(record),
+        }
+    }
+}
+
 /// Copies every record (but the [`SKIPPED`] ones) in key order; returns records and bytes per
 /// kind.
 async fn copy(
     source: &dyn Kv,
     dest: &dyn Kv,
     prefix_len: usize,
+    limits: Limits,
 ) -> Result<BTreeMap<String, KindCount>, MigrateError> {
     let mut kinds: BTreeMap<String, KindCount> = BTreeMap::new();
     let mut pages = Pages::new(source, SOURCE_PAGE);
@@ -372,14 +400,14 @@ async fn copy(
             break;
         }
         let sizes: Vec<usize> = page.iter().map(|kv| op_size(kv, prefix_len)).collect();
-        if let Some((kv, &bytes)) = page.iter().zip(&sizes).find(|(_, &s)| s > MAX_RECORD_BYTES) {
+        if let Some((kv, &bytes)) = page.iter().zip(&sizes).find(|(_, &s)| s > limits.record) {
             return Err(MigrateError::TooLarge {
                 key: kv.key.clone(),
                 bytes,
-                limit: MAX_RECORD_BYTES,
+                limit: limits.record,
             });
         }
-        for range in batches(&sizes, MAX_OPS, MAX_TXN_BYTES) {
+        for range in batches(&sizes, MAX_OPS, limits.txn) {
             write_batch(dest, &page[range.clone()]).await?;
             for kv in &page[range] {
                 let k = kind(&kv.key);

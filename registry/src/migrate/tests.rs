@@ -35,7 +35,14 @@ fn batches_of_real_record_sizes_fit_etcd_limits() {
         assert!(r.len() <= MAX_OPS);
         assert!(sizes[r].iter().sum::<usize>() <= MAX_TXN_BYTES);
     }
-    const { assert!(MAX_RECORD_BYTES < 1536 * 1024 && MAX_TXN_BYTES <= MAX_RECORD_BYTES) };
+    let l = Limits::new(None);
+    assert!(
+        l.record < ETCD_MAX_REQUEST_BYTES && l.txn <= l.record,
+        "{l:?}"
+    );
+    // A raised etcd limit lets bigger records through; a lowered one shrinks transactions too.
+    assert!(Limits::new(Some(8 << 20)).record > 7 << 20);
+    assert!(Limits::new(Some(512 * 1024)).txn < 512 * 1024);
 }
 
 #[test]
@@ -87,7 +94,9 @@ async fn copy_then_verify_between_embedded_stores_and_a_changed_byte_is_found() 
         .collect();
     let source = sled_with(a.path(), &refs).await;
     let dest = sled_with(b.path(), &[]).await;
-    let kinds = copy(source.as_ref(), dest.as_ref(), 9).await.unwrap();
+    let kinds = copy(source.as_ref(), dest.as_ref(), 9, Limits::new(None))
+        .await
+        .unwrap();
     assert_eq!(kinds["events"].records, 250);
     assert_eq!(kinds["specs"].records, 5);
     assert_eq!(kinds["meta"].records, 1);
@@ -98,7 +107,9 @@ async fn copy_then_verify_between_embedded_stores_and_a_changed_byte_is_found() 
         .unwrap();
     assert!(diffs.is_empty(), "{diffs:?}");
     // A second copy into the same store finds the keys there: nothing is overwritten.
-    let e = copy(source.as_ref(), dest.as_ref(), 9).await.unwrap_err();
+    let e = copy(source.as_ref(), dest.as_ref(), 9, Limits::new(None))
+        .await
+        .unwrap_err();
     assert!(matches!(e, MigrateError::Conflict { .. }), "{e}");
     dest.txn(Txn::new().put("events/00000000000000000007", b"{}".to_vec()))
         .await
@@ -129,4 +140,31 @@ async fn a_store_without_db_or_in_use_is_refused_with_what_to_do() {
     let e = open_source(d.path()).err().unwrap();
     assert!(matches!(e, MigrateError::Locked { .. }), "{e}");
     assert!(e.to_string().contains("still running"), "{e}");
+}
+
+#[tokio::test]
+async fn a_record_over_etcds_request_limit_is_refused_before_anything_is_written() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let huge = vec![b'x'; 2 << 20];
+    let source = sled_with(a.path(), &[("nodes/n1", b"{}"), ("specs/n1", &huge)]).await;
+    let dest = sled_with(b.path(), &[]).await;
+    let e = copy(source.as_ref(), dest.as_ref(), 9, Limits::new(None))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, MigrateError::TooLarge { ref key, .. } if key == "specs/n1"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("--max-request-bytes"), "{e}");
+    assert!(dest.range("", None, 0).await.unwrap().is_empty());
+    // With etcd's limit raised (and said so), it goes through.
+    copy(
+        source.as_ref(),
+        dest.as_ref(),
+        9,
+        Limits::new(Some(4 << 20)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(dest.range("", None, 0).await.unwrap().len(), 2);
 }
