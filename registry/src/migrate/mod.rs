@@ -276,7 +276,8 @@ pub async fn migrate(args: MigrateArgs) -> Result<Summary, MigrateError> {
 }
 
 /// Opens the embedded store (without a disk reserve). It must exist; a running registry holds
-/// sled's lock on it.
+/// sled's lock on it. Its records are only read, but opening a data dir of a registry older than
+/// the `Kv` interface converts it to the current layout (`kv/sled/legacy.rs`), as `serve` would.
 fn open_source(dir: &Path) -> Result<SledKv, MigrateError> {
     if !dir.join("db").is_dir() {
         return Err(MigrateError::NoStore {
