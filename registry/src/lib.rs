@@ -11,6 +11,7 @@ pub mod error;
 pub mod fleet;
 pub mod kv;
 pub mod metrics;
+pub mod migrate;
 pub mod nodes;
 pub mod payloads;
 pub mod reenroll;
