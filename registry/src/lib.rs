@@ -12,6 +12,7 @@ pub mod events;
 pub mod fleet;
 pub mod kv;
 pub mod metrics;
+pub mod migrate;
 pub mod names;
 pub mod nodes;
 pub mod payloads;

@@ -1,7 +1,10 @@
 //! `steward-registry`: the registry server.
 
 use clap::{Parser, Subcommand};
+use std::io::Write;
+
 use steward_registry::config::{RegistryConfig, ServeArgs};
+use steward_registry::migrate::MigrateArgs;
 
 #[derive(Parser)]
 #[command(
@@ -17,7 +20,10 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Serve the HTTP API (see docs/API.md). Log filter: RUST_LOG (default info).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
+    /// Copy an embedded registry (stopped) into an etcd store for registry replicas, then read
+    /// every key back and compare (see docs/INSTALL.md, "Several registry replicas on etcd").
+    Migrate(MigrateArgs),
 }
 
 #[tokio::main]
@@ -31,9 +37,18 @@ async fn main() -> std::process::ExitCode {
         .init();
     let cli = Cli::parse();
     let res = match cli.cmd {
-        Cmd::Serve(args) => match RegistryConfig::resolve(args) {
+        Cmd::Serve(args) => match RegistryConfig::resolve(*args) {
             Ok(cfg) => steward_registry::server::serve(cfg).await,
             Err(e) => Err(e),
+        },
+        Cmd::Migrate(args) => match steward_registry::migrate::migrate(args).await {
+            Ok(summary) => {
+                let mut out = std::io::stdout().lock();
+                writeln!(out, "{summary}")
+                    .and_then(|()| out.flush())
+                    .map_err(anyhow::Error::from)
+            }
+            Err(e) => Err(e.into()),
         },
     };
     match res {

@@ -172,8 +172,43 @@ pub async fn publish_heartbeats(state: AppState) {
     }
 }
 
-/// Runs the jobs that must run on one replica at a time — the health monitor and the rollout
-/// drivers — while this process holds the store's leadership, and stops them when it loses it.
+/// Events kept in the log: older ones are deleted by the leader, a batch at a time.
+pub const EVENTS_KEPT: u64 = 100_000;
+/// Most events deleted per transaction (etcd allows 128 operations in one).
+const TRIM_BATCH: usize = 100;
+
+/// Keeps the event log to its last [`EVENTS_KEPT`] events (on the leader; once a minute).
+async fn trim_events(state: AppState) {
+    let mut iv = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        iv.tick().await;
+        let last = match state.store.last_event_seq().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "event trimming: cannot read the event counter");
+                continue;
+            }
+        };
+        let upto = last.saturating_sub(EVENTS_KEPT);
+        let mut trimmed = 0;
+        loop {
+            match state.store.trim_events(upto, TRIM_BATCH).await {
+                Ok(0) => break,
+                Ok(n) => trimmed += n,
+                Err(e) => {
+                    tracing::warn!(error = %e, "event trimming failed; trying again later");
+                    break;
+                }
+            }
+        }
+        if trimmed > 0 {
+            tracing::info!(trimmed, kept_from = upto + 1, "old events deleted");
+        }
+    }
+}
+
+/// Runs the jobs that must run on one replica at a time — the health monitor, event trimming
+/// and the rollout drivers — while this process holds the store's leadership, and stops them when it loses it.
 pub async fn run_jobs(state: AppState) {
     let me = state
         .settings
@@ -201,6 +236,7 @@ pub async fn run_jobs(state: AppState) {
         }
         tracing::info!(replica = %me, "leading: running the health monitor and rollout drivers");
         let monitor = tokio::spawn(crate::nodes::health_monitor(state.nodes.clone()));
+        let trimmer = tokio::spawn(trim_events(state.clone()));
         state.rollouts.set_leading(true);
         if let Err(e) = state.rollouts.resume_all().await {
             tracing::warn!(error = %e, "resuming rollouts failed; they resume when next written");
@@ -208,6 +244,7 @@ pub async fn run_jobs(state: AppState) {
         let _ = leadership.is_leader.wait_for(|leader| !*leader).await;
         tracing::warn!(replica = %me, "leadership lost: stopping the jobs");
         monitor.abort();
+        trimmer.abort();
         state.rollouts.set_leading(false);
     }
 }

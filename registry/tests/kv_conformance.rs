@@ -5,11 +5,10 @@
 //!
 //! Run: `cargo test -p steward-registry --test kv_conformance`.
 //!
-//! Adding the sled backend: write `async fn sled_open(_test: &str) -> Option<(Guard, Arc<dyn
-//! Kv>)>` (a temp dir kept in the guard and `SledKv::open(dir, reserve)`) and add
-//! `conformance!(sled, sled_open);` next to the etcd line below. The session and election rules
-//! need two processes sharing a store, so for sled they become "put_session is a plain put"
-//! and "elect is always the leader"; compaction applies only if sled trims its history.
+//! Both backends run the same rules (`conformance!(etcd, ..)`, `conformance!(sled, ..)`). The
+//! session and election rules need two processes sharing a store, so for sled they are "put_session
+//! is a plain put" and "elect is always the leader"; sled's compaction (history bound) is
+//! covered by its unit tests (`kv/sled/tests.rs`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -22,6 +21,7 @@ use std::time::Duration;
 
 use common::etcd::EtcdCluster;
 use steward_registry::kv::etcd::{EtcdKv, EtcdOptions};
+use steward_registry::kv::sled::SledKv;
 use steward_registry::kv::{Kv, KvError, Txn, TxnOutcome};
 
 /// Keeps a backend's resources (cluster, temp dir) alive for the test.
@@ -88,6 +88,25 @@ macro_rules! conformance {
 }
 
 conformance!(etcd, etcd_open);
+conformance!(sled, sled_open);
+
+/// The embedded store in a temporary directory (kept alive by the guard).
+async fn sled_open(_test: &str) -> Option<(Guard, Arc<dyn Kv>)> {
+    let dir = tempfile::tempdir().unwrap();
+    let kv = SledKv::open(dir.path(), 0).unwrap();
+    Some((Box::new(dir), Arc::new(kv)))
+}
+
+/// The embedded store's session keys are plain keys and it is always the leader: there is one
+/// process per directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sled_session_keys_are_plain_and_it_always_leads() {
+    let (_dir, kv) = sled_open("session").await.unwrap();
+    kv.put_session("replicas/me", b"url".to_vec()).await.unwrap();
+    assert_eq!(kv.get("replicas/me").await.unwrap().unwrap().value, b"url");
+    let l = kv.elect("jobs", "me").await.unwrap();
+    assert!(*l.is_leader.borrow());
+}
 
 /// Compaction on its own cluster (it would cut the history other tests replay).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -109,7 +109,13 @@ impl Registry {
         }
         let mut guard = ChildGuard::new("steward-registry", cmd.spawn()?);
         wait_listening(addr, &mut guard).await?;
-        let admin = std::fs::read_to_string(data.join("admin.token"))
+        let token_file = extra
+            .iter()
+            .position(|a| *a == "--admin-token-file")
+            .and_then(|i| extra.get(i + 1))
+            .map(PathBuf::from)
+            .unwrap_or_else(|| data.join("admin.token"));
+        let admin = std::fs::read_to_string(&token_file)
             .context("reading admin.token")?
             .trim()
             .to_string();

@@ -255,7 +255,7 @@ fn body_for(method: &Method, path: &str) -> Option<(&'static str, String)> {
         ("PUT", "/v1/payloads/{name}/{version}") => {
             Some(("application/octet-stream", "two".into()))
         }
-        // The content whose sha256 the path names (`{sha256}` is the hash of "one").
+        // A replica's copy: the path's sha256 is that of "one".
         ("PUT", "/v1/blobs/{sha256}") => Some(("application/octet-stream", "one".into())),
         _ => None,
     }

@@ -4,25 +4,23 @@
 //! big-endian revision of the transaction that last wrote it; the tree `meta` holds the store
 //! revision. A transaction checks its compares, applies its ops and raises the revision by one in
 //! one sled transaction over both trees, is flushed (fsync) and only then published to watchers
-//! (`watch.rs`); a tokio mutex serialises commit, flush and publish, so watchers see revision
-//! order and never a change that is not durable. Reads see the trees directly, so a read may
-//! return a value whose flush is still under way (as the old store did). The store's health and
-//! its recovery from I/O errors and a full disk live in `health.rs`; the one-off import of the
-//! old per-record-type trees in `legacy.rs`.
+//! (`watch.rs`) and acknowledged; a tokio mutex serialises commit, flush and publish
+//! (`commit.rs`, where concurrent transactions share one flush), so watchers see revision order
+//! and never a change that is not durable. Reads see the trees directly, so a read may return a
+//! value whose flush is still under way (as the old store did). The store's health and its
+//! recovery from I/O errors and a full disk live in `health.rs`; the one-off import of the old
+//! per-record-type trees in `legacy.rs`.
 
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
-use ::sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
-use ::sled::Transactional;
-
-use super::{
-    Compare, KeyValue, Kv, KvError, Leadership, Op, Revision, Txn, TxnOutcome, WatchEvent,
-    WatchStream,
-};
+use super::{KeyValue, Kv, KvError, Leadership, Revision, Txn, TxnOutcome, WatchStream};
 use crate::disk::Reserve;
 
+mod commit;
+#[cfg(test)]
+mod disk_tests;
 mod health;
 mod legacy;
 #[cfg(test)]
@@ -47,8 +45,10 @@ struct Inner {
     slot: RwLock<Option<Arc<Db>>>,
     health: Health,
     reserve: Reserve,
-    /// Serialises commit, flush and publish.
+    /// Serialises commit, flush and publish (held by the task committing a group).
     commit: Arc<tokio::sync::Mutex<()>>,
+    /// Transactions waiting to be committed by the next group.
+    queue: Mutex<commit::Queue>,
     hub: Mutex<watch::Hub>,
     /// Always `true`: one process owns the directory.
     leader: tokio::sync::watch::Sender<bool>,
@@ -115,74 +115,6 @@ fn decode(key: String, stored: &[u8]) -> Result<KeyValue, CorruptRecord> {
     })
 }
 
-/// Why a sled transaction was aborted.
-enum Abort {
-    Conflict,
-    Corrupt(CorruptRecord),
-}
-
-/// What an applied transaction did.
-enum Applied {
-    /// No ops: the store is unchanged at this revision.
-    Unchanged(Revision),
-    /// The new revision and the changes to publish.
-    Changed(Revision, Vec<WatchEvent>),
-}
-
-type TxResult<T> = Result<T, ConflictableTransactionError<Abort>>;
-
-/// The mod_revision of `key` inside a transaction (0: absent).
-fn mod_revision(kv: &TransactionalTree, key: &str) -> TxResult<Revision> {
-    match kv.get(key.as_bytes())? {
-        None => Ok(0),
-        Some(v) if v.len() >= 8 => Ok(be_u64(&v)),
-        Some(v) => Err(ConflictableTransactionError::Abort(Abort::Corrupt(
-            CorruptRecord {
-                key: key.to_string(),
-                len: v.len(),
-            },
-        ))),
-    }
-}
-
-/// The body of a sled transaction (may run more than once; it has no side effects outside it).
-fn apply(kv: &TransactionalTree, meta: &TransactionalTree, txn: &Txn) -> TxResult<Applied> {
-    for Compare::ModRevision { key, revision } in &txn.compares {
-        if mod_revision(kv, key)? != *revision {
-            return Err(ConflictableTransactionError::Abort(Abort::Conflict));
-        }
-    }
-    let current = meta.get(REVISION_KEY)?.map_or(0, |v| be_u64(&v));
-    if txn.ops.is_empty() {
-        return Ok(Applied::Unchanged(current));
-    }
-    let rev = current + 1;
-    let mut events = Vec::with_capacity(txn.ops.len());
-    for op in &txn.ops {
-        match op {
-            Op::Put { key, value } => {
-                kv.insert(key.as_bytes(), encode(rev, value))?;
-                events.push(WatchEvent {
-                    key: key.clone(),
-                    value: Some(value.clone()),
-                    revision: rev,
-                });
-            }
-            Op::Delete { key } => {
-                if kv.remove(key.as_bytes())?.is_some() {
-                    events.push(WatchEvent {
-                        key: key.clone(),
-                        value: None,
-                        revision: rev,
-                    });
-                }
-            }
-        }
-    }
-    meta.insert(REVISION_KEY, &rev.to_be_bytes())?;
-    Ok(Applied::Changed(rev, events))
-}
-
 impl SledKv {
     /// Opens (or creates) the store in `dir` (database at `dir/db`), imports the records of the
     /// old per-type trees on first open, and keeps a disk reserve of `reserve_bytes` in `dir`
@@ -212,6 +144,7 @@ impl SledKv {
                 health: Health::default(),
                 reserve: Reserve::new(dir, reserve_bytes),
                 commit: Arc::new(tokio::sync::Mutex::new(())),
+                queue: Mutex::new(commit::Queue::default()),
                 hub: Mutex::new(watch::Hub::new(limits, revision)),
                 leader,
             }),
@@ -242,26 +175,6 @@ impl Inner {
             store: self.describe(),
             source: Box::new(e),
         }
-    }
-
-    /// Commits one transaction: apply, flush, publish (the caller holds the commit lock).
-    fn commit(&self, txn: &Txn) -> Result<TxnOutcome, KvError> {
-        let db = self.w(txn.kind)?;
-        let res = (&db.kv, &db.meta).transaction(|(kv, meta)| apply(kv, meta, txn));
-        let (rev, events) = match res {
-            Ok(Applied::Unchanged(rev)) => return Ok(TxnOutcome::Committed(rev)),
-            Ok(Applied::Changed(rev, events)) => (rev, events),
-            Err(TransactionError::Abort(Abort::Conflict)) => return Ok(TxnOutcome::Conflict),
-            Err(TransactionError::Abort(Abort::Corrupt(c))) => return Err(self.backend(c)),
-            Err(TransactionError::Storage(e)) => return Err(self.fail(e)),
-        };
-        db.db.flush().map_err(|e| self.fail(e))?;
-        // Published while the database handle is held, so a reopen cannot come in between.
-        lock(&self.hub).publish(watch::Change {
-            revision: rev,
-            events,
-        });
-        Ok(TxnOutcome::Committed(rev))
     }
 
     fn get(&self, key: &str) -> Result<Option<KeyValue>, KvError> {
@@ -324,16 +237,7 @@ impl Kv for SledKv {
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome, KvError> {
-        // The guard moves into the blocking task: a caller that stops waiting cannot let the
-        // next commit start before this one is flushed and published.
-        let guard = self.inner.commit.clone().lock_owned().await;
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let _guard = guard;
-            inner.commit(&txn)
-        })
-        .await
-        .map_err(|e| self.inner.backend(e))?
+        commit::txn(&self.inner, txn).await
     }
 
     async fn revision(&self) -> Result<Revision, KvError> {

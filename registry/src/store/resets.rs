@@ -70,3 +70,71 @@ impl Store {
         self.list("ui-sessions/").await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::kv::sled::SledKv;
+
+    #[tokio::test]
+    async fn queued_resets_survive_reopen_and_are_taken_once() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open_embedded(dir.path()).unwrap();
+            store.queue_reset("n1", "web").await.unwrap();
+            store.queue_reset("n1", "db").await.unwrap();
+            store.queue_reset("n1", "web").await.unwrap();
+            store.queue_reset("n2", "vm").await.unwrap();
+        }
+        let store = Store::new(Arc::new(SledKv::open(dir.path(), 0).unwrap()));
+        assert_eq!(store.reset_nodes().await.unwrap(), vec!["n1", "n2"]);
+        assert_eq!(store.take_resets("n1").await.unwrap(), vec!["web", "db"]);
+        assert!(store.take_resets("n1").await.unwrap().is_empty());
+        assert_eq!(store.take_resets("n2").await.unwrap(), vec!["vm"]);
+        assert!(store.take_resets("unknown").await.unwrap().is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn events_are_numbered_without_gaps_by_concurrent_writers_and_trimmed_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_embedded(dir.path()).unwrap();
+        let ev = |m: String| steward_proto::Event {
+            seq: 0,
+            time: chrono::Utc::now(),
+            kind: steward_proto::EventKind::SpecWritten,
+            node_id: None,
+            generation: None,
+            credential: steward_proto::CredentialKind::System,
+            message: m,
+        };
+        let mut tasks = Vec::new();
+        for t in 0..8 {
+            let (store, ev) = (store.clone(), ev);
+            tasks.push(tokio::spawn(async move {
+                for i in 0..5 {
+                    let evs = vec![ev(format!("{t}.{i}a")), ev(format!("{t}.{i}b"))];
+                    let got = store.append_events(evs).await.unwrap();
+                    assert_eq!(got[1].seq, got[0].seq + 1, "one append is contiguous");
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let all = store.events_after(0, 0).await.unwrap();
+        let seqs: Vec<u64> = all.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, (1..=80).collect::<Vec<_>>());
+        assert_eq!(store.last_event_seq().await.unwrap(), 80);
+        assert_eq!(store.events_after(78, 10).await.unwrap().len(), 2);
+        assert_eq!(store.trim_events(30, 100).await.unwrap(), 30);
+        let left = store.events_after(0, 0).await.unwrap();
+        assert_eq!(left.first().map(|e| e.seq), Some(31));
+        assert_eq!(left.len(), 50);
+        // Numbering continues after trimming.
+        let next = store.append_events(vec![ev("x".into())]).await.unwrap();
+        assert_eq!(next[0].seq, 81);
+    }
+}

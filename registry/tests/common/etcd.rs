@@ -220,6 +220,11 @@ impl EtcdCluster {
         format!("{scheme}://127.0.0.1:{}", self.members[i].client_port)
     }
 
+    /// Member `i`'s plain-HTTP Prometheus endpoint (`/metrics`).
+    pub fn metrics_url(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}/metrics", self.members[i].metrics_port)
+    }
+
     /// The client URLs of every member.
     pub fn endpoints(&self) -> Vec<String> {
         (0..self.members.len()).map(|i| self.endpoint(i)).collect()

@@ -17,6 +17,10 @@ use crate::kv::{KvError, WriteKind};
 const REOPEN_RETRY: Duration = Duration::from_secs(1);
 /// How long a reopen waits for requests still holding the old database.
 const HANDLES_WAIT: Duration = Duration::from_secs(5);
+/// How long a reopen waits for the old database to close. sled flushes a database when it is
+/// dropped, and after some ENOSPC errors that flush never returns; the store then stays
+/// unavailable (answering at once, never hanging) until the registry is restarted.
+const CLOSE_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 struct Failure {
@@ -29,6 +33,8 @@ struct State {
     failure: Option<Failure>,
     needs_reopen: bool,
     last_reopen: Option<Instant>,
+    /// The old database did not close: no reopen can succeed in this process.
+    stuck: bool,
 }
 
 /// Health of one store.
@@ -153,6 +159,9 @@ impl Inner {
                 drop(st);
                 return self.t();
             };
+            if st.stuck {
+                return Err(self.failure_error(&f));
+            }
             let due = st.last_reopen.is_none_or(|t| t.elapsed() >= REOPEN_RETRY);
             (f, st.needs_reopen && due)
         };
@@ -163,7 +172,10 @@ impl Inner {
             lock(&self.health.state).last_reopen = Some(Instant::now());
             if let Err(e) = self.reopen() {
                 tracing::warn!(dir = %self.dir.display(), error = %e, "reopening the store failed");
-                return Err(self.failure_error(&failure));
+                return Err(match lock(&self.health.state).failure.clone() {
+                    Some(f) => self.failure_error(&f),
+                    None => e,
+                });
             }
             lock(&self.health.state).needs_reopen = false;
         } else if lock(&self.health.state).needs_reopen {
@@ -185,6 +197,34 @@ impl Inner {
         }
     }
 
+    /// Drops the old database on a thread of its own and waits at most [`CLOSE_WAIT`] for it;
+    /// when it does not close, the store is marked stuck (the thread is left behind).
+    fn close(&self, old: Arc<Db>) -> Result<(), KvError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let closing = std::thread::Builder::new()
+            .name("sled-close".into())
+            .spawn(move || {
+                drop(old);
+                let _ = tx.send(());
+            });
+        if closing.is_err() || rx.recv_timeout(CLOSE_WAIT).is_ok() {
+            return Ok(());
+        }
+        let reason = "the database did not close after a write error (sled could not flush it): \
+                      restart the registry";
+        tracing::error!(dir = %self.dir.display(), "{reason}");
+        let mut st = lock(&self.health.state);
+        st.stuck = true;
+        st.failure = Some(Failure {
+            full: false,
+            reason: reason.into(),
+        });
+        Err(KvError::Unavailable {
+            store: self.describe(),
+            reason: reason.into(),
+        })
+    }
+
     /// Drops the database (once no request holds it any more) and opens it again. When the
     /// reopened database is at another revision than the watchers were told (a write whose
     /// flush failed made it to disk after all), the watch history restarts there.
@@ -202,7 +242,7 @@ impl Inner {
                     reason: "requests still hold the database".into(),
                 });
             }
-            drop(old);
+            self.close(old)?;
         }
         // sled's lock on its files can outlive the last handle by a moment.
         let mut tries = 0;

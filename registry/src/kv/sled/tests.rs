@@ -11,7 +11,7 @@ use super::SledKv;
 use crate::kv::{KeyValue, Kv, KvError, Revision, Txn, TxnOutcome, WatchEvent, WatchStream};
 
 /// Hang guard for one watch item (not a timing assertion).
-const GUARD: Duration = Duration::from_secs(20);
+pub(super) const GUARD: Duration = Duration::from_secs(20);
 
 /// Opens a store, retrying while sled's file lock of a just-dropped handle is still held.
 fn open_with(dir: &Path, limits: Limits) -> SledKv {
@@ -28,11 +28,11 @@ fn open_with(dir: &Path, limits: Limits) -> SledKv {
     }
 }
 
-fn open(dir: &Path) -> SledKv {
+pub(super) fn open(dir: &Path) -> SledKv {
     open_with(dir, Limits::default())
 }
 
-async fn commit(kv: &SledKv, txn: Txn) -> Revision {
+pub(super) async fn commit(kv: &SledKv, txn: Txn) -> Revision {
     match kv.txn(txn).await.unwrap() {
         TxnOutcome::Committed(rev) => rev,
         TxnOutcome::Conflict => panic!("unexpected conflict"),
@@ -150,6 +150,48 @@ async fn revisions_rise_with_every_txn_that_has_ops_and_mark_the_keys_written() 
     assert_eq!(revs.len(), 16, "distinct revisions: {revs:?}");
     assert!(revs[0] > last);
     assert_eq!(kv.revision().await.unwrap(), revs[15]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_read_modify_write_loops_lose_no_update() {
+    let dir = tempfile::tempdir().unwrap();
+    let kv = open(dir.path());
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let kv = kv.clone();
+            tokio::spawn(async move {
+                let mut conflicts = 0;
+                for _ in 0..10 {
+                    loop {
+                        let cur = kv.get("counter").await.unwrap();
+                        let (n, rev) = cur.map_or((0, 0), |c| {
+                            (
+                                String::from_utf8(c.value).unwrap().parse().unwrap(),
+                                c.mod_revision,
+                            )
+                        });
+                        let t = Txn::new()
+                            .when("counter", rev)
+                            .put("counter", format!("{}", n + 1));
+                        match kv.txn(t).await.unwrap() {
+                            TxnOutcome::Committed(_) => break,
+                            TxnOutcome::Conflict => conflicts += 1,
+                        }
+                    }
+                }
+                conflicts
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(value(&kv, "counter").await.unwrap(), b"80");
+    assert_eq!(
+        kv.revision().await.unwrap(),
+        80,
+        "one revision per committed increment"
+    );
 }
 
 #[tokio::test]
@@ -427,138 +469,4 @@ async fn the_old_store_format_is_imported_under_the_new_keys_once() {
         expected.len() - 1
     );
     assert_eq!(value(&kv, "nodes/n2").await, None);
-}
-
-/// A tmpfs mounted for a test, unmounted when dropped.
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    /// Mounts a tmpfs of `size` at `dir`; `None` when that is impossible here (not root), which
-    /// fails the test under CI=true.
-    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
-        std::fs::create_dir_all(dir).unwrap();
-        let out = std::process::Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0700"),
-                "tmpfs",
-            ])
-            .arg(dir)
-            .output();
-        match out {
-            Ok(o) if o.status.success() => Some(Tmpfs(dir.to_path_buf())),
-            other => {
-                let why = format!("cannot mount a tmpfs at {}: {other:?}", dir.display());
-                assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
-                tracing::warn!("skipped: {why}");
-                None
-            }
-        }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
-/// Writes zeros to `path` until the filesystem is full.
-fn fill(path: &Path) {
-    use std::io::Write;
-    let mut f = std::fs::File::create(path).unwrap();
-    let chunk = vec![0u8; 64 * 1024];
-    loop {
-        match f.write(&chunk) {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(e) if crate::disk::is_out_of_space(&e) => break,
-            Err(e) => panic!("filling {}: {e}", path.display()),
-        }
-    }
-    let _ = f.sync_all();
-}
-
-#[tokio::test]
-async fn a_full_disk_refuses_ordinary_writes_lets_freeing_ones_through_and_recovers() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let Some(mount) = Tmpfs::mount(&data, "16m") else {
-        return;
-    };
-    let reserve = data.join(crate::disk::RESERVE_FILE);
-    let kv = SledKv::open(&data, 2 * 1024 * 1024).unwrap();
-    assert!(reserve.exists(), "disk reserve created");
-    commit(
-        &kv,
-        Txn::new().put("payloads/filler/1", vec![1u8; 512 * 1024]),
-    )
-    .await;
-
-    let filler = data.join("filler");
-    fill(&filler);
-    let mut acked = Vec::new();
-    let mut refused = None;
-    for n in 0..400u32 {
-        let key = format!("specs/{n}");
-        match kv.txn(Txn::new().put(&key, vec![7u8; 64 * 1024])).await {
-            Ok(TxnOutcome::Committed(_)) => acked.push(key),
-            Err(e) => {
-                refused = Some(e);
-                break;
-            }
-            Ok(TxnOutcome::Conflict) => panic!("conflict without compares"),
-        }
-    }
-    let err = refused.expect("a write refused on the full disk");
-    assert!(matches!(err, KvError::Full { .. }), "{err}");
-    assert_eq!(
-        err.to_string(),
-        format!(
-            "registry store at {} is out of disk space (ENOSPC): free space or delete payload \
-             versions",
-            data.display()
-        )
-    );
-    assert!(!reserve.exists(), "reserve released");
-
-    // Ordinary writes and readiness refused, reads served, a freeing write goes through.
-    let again = kv.txn(Txn::new().put("specs/more", "x")).await;
-    assert!(matches!(again, Err(KvError::Full { .. })), "{again:?}");
-    assert!(matches!(kv.readiness().await, Err(KvError::Full { .. })));
-    for key in &acked {
-        assert!(kv.get(key).await.unwrap().is_some(), "{key} readable");
-    }
-    assert_eq!(kv.get("specs/more").await.unwrap(), None);
-    commit(&kv, Txn::new().delete("payloads/filler/1").freeing()).await;
-    assert_eq!(kv.get("payloads/filler/1").await.unwrap(), None);
-
-    // Space back: writes and readiness recover without a reopen by the caller.
-    std::fs::remove_file(&filler).unwrap();
-    let deadline = std::time::Instant::now() + GUARD;
-    let rev = loop {
-        match kv.txn(Txn::new().put("specs/after", "y")).await {
-            Ok(TxnOutcome::Committed(rev)) => break rev,
-            other if std::time::Instant::now() > deadline => panic!("no recovery: {other:?}"),
-            _ => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    };
-    kv.readiness().await.unwrap();
-    assert!(reserve.exists(), "disk reserve re-created");
-
-    // Every acknowledged write is there after a reopen.
-    drop(kv);
-    let kv = open(&data);
-    assert_eq!(kv.revision().await.unwrap(), rev);
-    for key in acked.iter().chain([&"specs/after".to_string()]) {
-        assert!(kv.get(key).await.unwrap().is_some(), "{key} kept");
-    }
-    assert_eq!(kv.get("payloads/filler/1").await.unwrap(), None);
-    drop(kv);
-    drop(mount);
 }
