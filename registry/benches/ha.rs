@@ -6,8 +6,15 @@
 //! heartbeat ingest per replica, and the etcd write rate while the fleet heartbeats (at two
 //! fleet sizes, to show it does not grow with the node count). Results: stdout and
 //! `target/bench-results/ha.json`. Timings are reported, never asserted; wrong answers fail.
-#![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used, dead_code)]
+#![allow(
+    clippy::print_stdout,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    dead_code
+)]
 
+#[path = "../tests/common/etcd.rs"]
+mod etcd;
 #[path = "ha/measure.rs"]
 mod measure;
 #[path = "registry/procfs.rs"]
@@ -16,8 +23,6 @@ mod procfs;
 mod stats;
 #[path = "registry/util.rs"]
 mod util;
-#[path = "../tests/common/etcd.rs"]
-mod etcd;
 
 use std::process::ExitCode;
 use std::time::Instant;

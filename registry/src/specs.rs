@@ -155,12 +155,13 @@ impl Specs {
         cred: CredentialKind,
         why: &str,
     ) -> Result<Vec<SpecWritten>> {
-        self.store
+        let written = self
+            .store
             .write_specs(guard.epoch, &writes, fragment, node)
             .await?;
-        let mut events = Vec::with_capacity(writes.len());
-        let mut out = Vec::with_capacity(writes.len());
-        for w in writes {
+        let mut events = Vec::with_capacity(written.len());
+        let mut out = Vec::with_capacity(written.len());
+        for w in written {
             if let Some(ln) = self.fleet.live(&w.node_id) {
                 ln.raise_generation(w.record.generation);
             }
@@ -174,7 +175,7 @@ impl Specs {
                 message: format!("generation {} ({why})", w.record.generation),
             });
             out.push(SpecWritten {
-                node_id: w.node_id,
+                node_id: w.node_id.clone(),
                 generation: w.record.generation,
             });
         }
@@ -208,7 +209,7 @@ impl Specs {
         if node.health == Health::Decommissioned {
             return Err(SpecError::Decommissioned(id.to_string()));
         }
-        let current = self.store.spec(id).await?.unwrap_or_default();
+        let (current, revision) = self.store.spec_rev(id).await?;
         if let Some(expected) = if_match {
             if expected != current.generation {
                 return Err(SpecError::PreconditionFailed {
@@ -243,6 +244,7 @@ impl Specs {
         let write = SpecWrite {
             node_id: id.to_string(),
             record,
+            revision,
         };
         let mut done = self
             .commit(&guard, vec![write], None, None, cred, "node spec written")
@@ -277,7 +279,7 @@ impl Specs {
         let mut writes = Vec::new();
         let mut problems = Vec::new();
         for (id, labels) in candidates {
-            let current = self.store.spec(&id).await?.unwrap_or_default();
+            let (current, revision) = self.store.spec_rev(&id).await?;
             match effective_spec(&current.own, &labels, fragments, &self.limits) {
                 Ok((mut effective, names)) => {
                     self.payloads
@@ -294,6 +296,7 @@ impl Specs {
                                 updated_at: Some(Utc::now()),
                                 payload_overrides: current.payload_overrides,
                             },
+                            revision,
                         });
                     }
                 }
@@ -529,7 +532,7 @@ impl Specs {
                 .live(id)
                 .map(|l| l.lock().labels.clone())
                 .unwrap_or_default();
-            let current = self.store.spec(id).await?.unwrap_or_default();
+            let (current, revision) = self.store.spec_rev(id).await?;
             let mut overrides = current.payload_overrides.clone();
             match version {
                 Some(v) => overrides.insert(payload.clone(), v.clone()),
@@ -559,6 +562,7 @@ impl Specs {
                     updated_at: Some(Utc::now()),
                     payload_overrides: overrides,
                 },
+                revision,
             });
         }
         self.commit(&guard, writes, None, None, cred, why).await

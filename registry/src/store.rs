@@ -23,6 +23,8 @@ use crate::kv::{KeyValue, Kv, KvError, Revision, Txn, TxnOutcome};
 mod grants;
 mod replicas;
 mod resets;
+#[cfg(test)]
+mod tests;
 pub use grants::GrantRecord;
 
 /// Errors of the store.
@@ -50,6 +52,10 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 const CAS_ATTEMPTS: usize = 64;
 /// The key raised by every change that can alter effective specs.
 const SPEC_EPOCH: &str = "meta/spec-epoch";
+/// Most operations in one transaction (etcd's default `--max-txn-ops` is 128).
+const TXN_OPS: usize = 100;
+/// Most value bytes in one transaction (etcd's default request limit is 1.5 MiB).
+const TXN_BYTES: usize = 1024 * 1024;
 /// The counter of event sequence numbers (gap-free: raised in the event's own transaction).
 const EVENT_SEQ: &str = "meta/event-seq";
 /// A node as stored: the wire `Node` fields that are persisted, plus its credential hash.
@@ -102,6 +108,8 @@ pub struct TokenRecord {
 pub struct SpecWrite {
     pub node_id: String,
     pub record: SpecRecord,
+    /// Revision of the spec record this one was computed from (`0`: there was none).
+    pub revision: Revision,
 }
 
 /// What a read-modify-write step decides.
@@ -320,33 +328,113 @@ impl Store {
             .map_or(0, |kv| kv.mod_revision))
     }
 
-    /// Writes node specs, optionally a fragment change and a node record, in one transaction,
-    /// only if no other spec change committed since `epoch` was read ([`StoreError::Stale`]
-    /// otherwise: compute again). `fragment`: `(name, Some(f))` stores, `(name, None)` deletes.
-    pub async fn write_specs(
+    /// Writes node specs, optionally a fragment change and a node record. The first
+    /// transaction holds the fragment, the node record and as many specs as fit (etcd bounds a
+    /// transaction to 128 operations and 1.5 MiB), and commits only if no other spec change
+    /// committed since `epoch` was read ([`StoreError::Stale`] otherwise: compute again).
+    /// Further specs follow in more transactions, each spec only if its record is still the
+    /// one it was computed from: a record another writer replaced meanwhile was computed by
+    /// that writer after the first transaction, so with this change taken into account, and is
+    /// left as it is. Returns the writes that were stored. A crash between transactions leaves
+    /// some nodes on their previous effective spec until the next change recomputes them.
+    /// `fragment`: `(name, Some(f))` stores, `(name, None)` deletes.
+    pub async fn write_specs<'a>(
         &self,
         epoch: Revision,
-        specs: &[SpecWrite],
+        specs: &'a [SpecWrite],
         fragment: Option<(&str, Option<&Fragment>)>,
         node: Option<&NodeRecord>,
-    ) -> Result<()> {
-        let mut txn = Txn::new()
+    ) -> Result<Vec<&'a SpecWrite>> {
+        let mut first = Txn::new()
             .when(SPEC_EPOCH, epoch)
             .put(SPEC_EPOCH, Vec::new());
+        let mut bytes = 0;
         if let Some(n) = node {
-            txn = txn.put(format!("nodes/{}", n.id), enc(n));
-        }
-        for w in specs {
-            txn = txn.put(format!("specs/{}", w.node_id), enc(&w.record));
+            let v = enc(n);
+            bytes += v.len();
+            first = first.put(format!("nodes/{}", n.id), v);
         }
         if let Some((name, f)) = fragment {
             let key = format!("fragments/{name}");
-            txn = match f {
-                Some(f) => txn.put(key, enc(f)),
-                None => txn.delete(key),
+            first = match f {
+                Some(f) => {
+                    let v = enc(f);
+                    bytes += v.len();
+                    first.put(key, v)
+                }
+                None => first.delete(key),
             };
         }
-        self.commit(txn).await.map(drop)
+        let encoded: Vec<(String, Vec<u8>, &SpecWrite)> = specs
+            .iter()
+            .map(|w| (format!("specs/{}", w.node_id), enc(&w.record), w))
+            .collect();
+        let mut rest = encoded.as_slice();
+        let mut written = Vec::with_capacity(specs.len());
+        while let Some(((key, value, w), tail)) = rest.split_first() {
+            if first.ops.len() >= TXN_OPS || bytes + value.len() > TXN_BYTES {
+                break;
+            }
+            first = first
+                .when(key.clone(), w.revision)
+                .put(key.clone(), value.clone());
+            bytes += value.len();
+            written.push(*w);
+            rest = tail;
+        }
+        self.commit(first).await?;
+        while !rest.is_empty() {
+            let (n, stored) = self.write_spec_chunk(rest).await?;
+            written.extend(stored);
+            rest = &rest[n..];
+        }
+        Ok(written)
+    }
+
+    /// Writes the first specs of `chunk` that fit in one transaction, each only if its record
+    /// is unchanged; returns how many were handled and the ones stored.
+    async fn write_spec_chunk<'a>(
+        &self,
+        chunk: &[(String, Vec<u8>, &'a SpecWrite)],
+    ) -> Result<(usize, Vec<&'a SpecWrite>)> {
+        let mut n = 0;
+        let mut bytes = 0;
+        while n < chunk.len() && n < TXN_OPS && (n == 0 || bytes + chunk[n].1.len() <= TXN_BYTES) {
+            bytes += chunk[n].1.len();
+            n += 1;
+        }
+        let mut todo: Vec<&(String, Vec<u8>, &SpecWrite)> = chunk[..n].iter().collect();
+        loop {
+            let mut txn = Txn::new();
+            for (key, value, w) in &todo {
+                txn = txn
+                    .when(key.clone(), w.revision)
+                    .put(key.clone(), value.clone());
+            }
+            if !matches!(self.kv.txn(txn).await?, TxnOutcome::Conflict) {
+                return Ok((n, todo.iter().map(|(_, _, w)| *w).collect()));
+            }
+            // Keep only the records nobody replaced meanwhile, and try again.
+            let mut kept = Vec::with_capacity(todo.len());
+            for item in todo {
+                let now = self.kv.get(&item.0).await?.map_or(0, |kv| kv.mod_revision);
+                if now == item.2.revision {
+                    kept.push(item);
+                }
+            }
+            todo = kept;
+            if todo.is_empty() {
+                return Ok((n, Vec::new()));
+            }
+        }
+    }
+
+    /// A node's spec record and its revision (`(default, 0)` when it has none yet).
+    pub async fn spec_rev(&self, node_id: &str) -> Result<(SpecRecord, Revision)> {
+        Ok(self
+            .get(&format!("specs/{node_id}"))
+            .await?
+            .unwrap_or_default())
     }
 }
 
@@ -398,12 +486,22 @@ impl Store {
         Ok(self.value::<u64>(EVENT_SEQ).await?.unwrap_or(0))
     }
 
-    /// Appends events in one transaction, numbering them after the last stored one (gap-free
-    /// across replicas: the counter is raised in the same transaction); returns them numbered.
-    pub async fn append_events(&self, mut events: Vec<Event>) -> Result<Vec<Event>> {
-        if events.is_empty() {
-            return Ok(events);
+    /// Appends events, numbering them after the last stored one (gap-free across replicas: the
+    /// counter is raised in the same transaction as the events it numbers); returns them
+    /// numbered. Up to [`TXN_OPS`] events go in one transaction, numbered consecutively; a
+    /// longer list takes several, between which other writers' events may be numbered.
+    pub async fn append_events(&self, events: Vec<Event>) -> Result<Vec<Event>> {
+        let mut out = Vec::with_capacity(events.len());
+        let mut rest = events;
+        while !rest.is_empty() {
+            let tail = rest.split_off(rest.len().min(TXN_OPS - 1));
+            out.extend(self.append_chunk(rest).await?);
+            rest = tail;
         }
+        Ok(out)
+    }
+
+    async fn append_chunk(&self, mut events: Vec<Event>) -> Result<Vec<Event>> {
         for _ in 0..CAS_ATTEMPTS {
             let (last, rev) = self.get::<u64>(EVENT_SEQ).await?.unwrap_or((0, 0));
             let mut txn = Txn::new().freeing().when(EVENT_SEQ, rev);

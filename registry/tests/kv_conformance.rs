@@ -102,7 +102,9 @@ async fn sled_open(_test: &str) -> Option<(Guard, Arc<dyn Kv>)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sled_session_keys_are_plain_and_it_always_leads() {
     let (_dir, kv) = sled_open("session").await.unwrap();
-    kv.put_session("replicas/me", b"url".to_vec()).await.unwrap();
+    kv.put_session("replicas/me", b"url".to_vec())
+        .await
+        .unwrap();
     assert_eq!(kv.get("replicas/me").await.unwrap().unwrap().value, b"url");
     let l = kv.elect("jobs", "me").await.unwrap();
     assert!(*l.is_leader.borrow());

@@ -61,7 +61,8 @@ pub async fn spec_writes(reg: &Registry, n: usize) -> Result<Lat> {
 /// matching all of them through the first and measures when each watcher gets its answer.
 pub async fn fanout(regs: &[&Registry], n: usize, label: &str) -> Result<Lat> {
     let reg0 = regs[0];
-    let (nodes, _) = enroll_many(reg0, n, &format!("fan-{label}"), json!({"fan": label}), 16).await?;
+    let (nodes, _) =
+        enroll_many(reg0, n, &format!("fan-{label}"), json!({"fan": label}), 16).await?;
     let parked = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for (i, node) in nodes.iter().enumerate() {
@@ -112,8 +113,12 @@ pub async fn fanout(regs: &[&Registry], n: usize, label: &str) -> Result<Lat> {
 pub async fn ingest(reg: &Registry, nodes: &[NodeCred], secs: u64) -> Result<f64> {
     let done = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let nodes: Arc<Vec<(String, String)>> =
-        Arc::new(nodes.iter().map(|n| (n.id.clone(), n.secret.clone())).collect());
+    let nodes: Arc<Vec<(String, String)>> = Arc::new(
+        nodes
+            .iter()
+            .map(|n| (n.id.clone(), n.secret.clone()))
+            .collect(),
+    );
     let mut tasks = Vec::new();
     for w in 0..64 {
         let (done, stop, nodes, addr) = (done.clone(), stop.clone(), nodes.clone(), reg.addr);
@@ -153,7 +158,12 @@ async fn etcd_counter(cluster: &EtcdCluster, name: &str) -> Result<f64> {
     let http = reqwest::Client::new();
     let mut total = 0.0;
     // The raft leader applies every write; any one member's applied count is the cluster's.
-    let text = http.get(cluster.metrics_url(0)).send().await?.text().await?;
+    let text = http
+        .get(cluster.metrics_url(0))
+        .send()
+        .await?
+        .text()
+        .await?;
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix(name) {
             if let Some(v) = rest.split_whitespace().last() {

@@ -89,7 +89,20 @@ mod tests {
             store.queue_reset("n1", "web").await.unwrap();
             store.queue_reset("n2", "vm").await.unwrap();
         }
-        let store = Store::new(Arc::new(SledKv::open(dir.path(), 0).unwrap()));
+        // The closed store's commit task lets go of the database a moment after the drop.
+        let mut tries = 0;
+        let kv = loop {
+            match SledKv::open(dir.path(), 0) {
+                Ok(kv) => break kv,
+                Err(e) if tries < 100 => {
+                    tries += 1;
+                    let _ = e;
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("reopening the store: {e}"),
+            }
+        };
+        let store = Store::new(Arc::new(kv));
         assert_eq!(store.reset_nodes().await.unwrap(), vec!["n1", "n2"]);
         assert_eq!(store.take_resets("n1").await.unwrap(), vec!["web", "db"]);
         assert!(store.take_resets("n1").await.unwrap().is_empty());

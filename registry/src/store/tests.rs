@@ -1,0 +1,69 @@
+//! Unit tests of the typed store on the embedded backend: spec writes split over several
+//! transactions.
+
+#![allow(clippy::unwrap_used)]
+
+use super::*;
+
+fn write(id: &str, generation: u64, revision: Revision) -> SpecWrite {
+    SpecWrite {
+        node_id: id.to_string(),
+        record: SpecRecord {
+            generation,
+            ..Default::default()
+        },
+        revision,
+    }
+}
+
+#[tokio::test]
+async fn a_spec_write_larger_than_one_transaction_is_stored_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_embedded(dir.path()).unwrap();
+    let writes: Vec<SpecWrite> = (0..250).map(|i| write(&format!("n{i:03}"), 1, 0)).collect();
+    let epoch = store.spec_epoch().await.unwrap();
+    let rev0 = store.kv().revision().await.unwrap();
+    let written = store.write_specs(epoch, &writes, None, None).await.unwrap();
+    assert_eq!(written.len(), 250);
+    assert_eq!(store.specs().await.unwrap().len(), 250);
+    // Three transactions (100 ops at most each, the first also raises the epoch).
+    assert_eq!(store.kv().revision().await.unwrap() - rev0, 3);
+    // The epoch moved: a change computed before this one is refused as stale.
+    assert!(matches!(
+        store.write_specs(epoch, &writes[..1], None, None).await,
+        Err(StoreError::Stale)
+    ));
+}
+
+#[tokio::test]
+async fn a_record_replaced_meanwhile_is_left_to_the_writer_that_replaced_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_embedded(dir.path()).unwrap();
+    let epoch = store.spec_epoch().await.unwrap();
+    let first: Vec<SpecWrite> = (0..150).map(|i| write(&format!("n{i:03}"), 1, 0)).collect();
+    store.write_specs(epoch, &first, None, None).await.unwrap();
+    // A second change computed from these records; meanwhile another writer replaces n140
+    // (which falls in the second transaction).
+    let mut second = Vec::new();
+    for i in 0..150 {
+        let id = format!("n{i:03}");
+        let (rec, rev) = store.spec_rev(&id).await.unwrap();
+        second.push(write(&id, rec.generation + 1, rev));
+    }
+    let epoch = store.spec_epoch().await.unwrap();
+    let (_, rev140) = store.spec_rev("n140").await.unwrap();
+    store
+        .kv()
+        .txn(
+            Txn::new()
+                .when("specs/n140", rev140)
+                .put("specs/n140", enc(&write("n140", 7, 0).record)),
+        )
+        .await
+        .unwrap();
+    let written = store.write_specs(epoch, &second, None, None).await.unwrap();
+    assert_eq!(written.len(), 149);
+    assert!(written.iter().all(|w| w.node_id != "n140"));
+    assert_eq!(store.spec("n140").await.unwrap().unwrap().generation, 7);
+    assert_eq!(store.spec("n139").await.unwrap().unwrap().generation, 2);
+}
