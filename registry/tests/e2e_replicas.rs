@@ -433,3 +433,90 @@ async fn replica_kill_while_writing_specs() {
         assert!(a.running(), "agent {} exited:\n{}", a.id, a.log());
     }
 }
+
+#[tokio::test]
+async fn rollout_in_flight_survives_leader_kill() {
+    let _serial = SERIAL.lock().await;
+    let Some(etcd) = EtcdCluster::start(3).await else {
+        return;
+    };
+    let mut rs = Replicas::start(&etcd, 3, &["--stale-after", "10", "--down-after", "30"]).await;
+    let mp = tempfile::tempdir().unwrap();
+    let agents = agents(&rs, 3, mp.path()).await;
+    let (v1, v2) = (content(200_000, 31), content(200_000, 32));
+    upload(rs.any(), "tc", "1", v1.clone()).await;
+    upload(rs.any(), "tc", "2", v2.clone()).await;
+    let r = rs.any();
+    for a in &agents {
+        let (st, w) = r
+            .req(
+                Method::PUT,
+                &format!("/v1/nodes/{}/spec", a.id),
+                Some(&r.admin),
+                Some(tc_spec(mp.path(), "1", "tc.bin")),
+            )
+            .await;
+        assert_eq!(st, 200, "{w}");
+    }
+    for a in &agents {
+        converged(r, a, &[("tc", &v1)]).await;
+    }
+
+    let (st, ro) = r
+        .req(
+            Method::POST,
+            "/v1/rollouts",
+            Some(&r.admin),
+            Some(
+                json!({"payload": "tc", "version": "2", "selector": "role=w",
+                        "batch": "1", "timeout": "60s"}),
+            ),
+        )
+        .await;
+    assert_eq!(st, 201, "{ro}");
+    assert_eq!(ro["batch_count"], 3);
+    let id = ro["id"].as_str().unwrap().to_string();
+    // Mid-rollout: the second batch has started, the third has not finished.
+    let seen = wait_for(120, "the rollout's second batch", || async {
+        let (_, ro) = r.get(&format!("/v1/rollouts/{id}"), &r.admin).await;
+        (ro["current_batch"].as_u64() >= Some(1)).then_some(ro)
+    })
+    .await;
+    assert_eq!(seen["state"], "running", "finished before the kill: {seen}");
+    let leader = rs.leader().await;
+    rs.regs[leader].kill9();
+    let r = rs.any();
+    let done = wait_for(120, "the rollout to finish", || async {
+        let (_, ro) = r.get(&format!("/v1/rollouts/{id}"), &r.admin).await;
+        (ro["state"] != "running").then_some(ro)
+    })
+    .await;
+    assert_eq!(done["state"], "done", "{done}");
+    assert_eq!(done["message"], "done: 3 node(s) at version 2");
+    let new_leader = rs.leader().await;
+    assert_ne!(new_leader, leader);
+    for a in &agents {
+        converged(r, a, &[("tc", &v2)]).await;
+    }
+
+    // Exactly once: every batch started and converged once, one finish, no gap in the log.
+    let events = all_events(r).await;
+    assert_gap_free(&events);
+    let steps: Vec<String> = events
+        .iter()
+        .filter(|e| e["kind"] == "rollout")
+        .map(|e| e["message"].as_str().unwrap().to_string())
+        .filter(|m| m.starts_with(&format!("rollout {id} ")))
+        .collect();
+    let count = |what: &str| steps.iter().filter(|m| m.contains(what)).count();
+    for b in 1..=3 {
+        assert_eq!(count(&format!("batch {b}/3 started")), 1, "{steps:#?}");
+        assert_eq!(
+            count(&format!("batch {b}/3 converged and attested")),
+            1,
+            "{steps:#?}"
+        );
+    }
+    assert_eq!(count(": done: "), 1, "{steps:#?}");
+    assert_eq!(count("started on 3 node(s)"), 1, "{steps:#?}");
+}
