@@ -520,3 +520,137 @@ async fn rollout_in_flight_survives_leader_kill() {
     assert_eq!(count(": done: "), 1, "{steps:#?}");
     assert_eq!(count("started on 3 node(s)"), 1, "{steps:#?}");
 }
+
+/// Status and body of `GET path` on `r` with `token`.
+async fn probe(r: &Registry, path: &str, token: &str) -> (u16, Value) {
+    let (st, v) = r.get(path, token).await;
+    eprintln!("quorum lost: GET {path} -> {st}");
+    (st, v)
+}
+
+#[tokio::test]
+async fn etcd_member_loss() {
+    let _serial = SERIAL.lock().await;
+    let Some(mut etcd) = EtcdCluster::start(3).await else {
+        return;
+    };
+    let rs = Replicas::start(&etcd, 2, &["--stale-after", "10", "--down-after", "30"]).await;
+    let mp = tempfile::tempdir().unwrap();
+    let mut agents = agents(&rs, 2, mp.path()).await;
+    let (v1, v2) = (content(100_000, 41), content(100_000, 42));
+    upload(rs.any(), "tc", "1", v1.clone()).await;
+    upload(rs.any(), "tc", "2", v2.clone()).await;
+    let r = &rs.regs[0];
+    let ids: Vec<String> = agents.iter().map(|a| a.id.clone()).collect();
+    let write = |a: usize, version: &'static str| {
+        let path = format!("/v1/nodes/{}/spec", ids[a]);
+        let body = tc_spec(mp.path(), version, "tc.bin");
+        async move { r.req(Method::PUT, &path, Some(&r.admin), Some(body)).await }
+    };
+    for a in 0..2 {
+        let (st, w) = write(a, "1").await;
+        assert_eq!(st, 200, "{w}");
+    }
+    for a in &agents {
+        converged(r, a, &[("tc", &v1)]).await;
+    }
+
+    // One member of three gone (the raft leader): writes go on.
+    let first = etcd.leader().await.expect("no etcd leader");
+    etcd.kill(first);
+    let (st, w) = write(0, "2").await;
+    assert_eq!(st, 200, "a write with 2 of 3 etcd members: {w}");
+    let g0 = w["generation"].as_u64().unwrap();
+    converged(r, &agents[0], &[("tc", &v2)]).await;
+
+    // Two of three gone: no quorum. Writes fail with a 503 naming the store; nothing is lost.
+    let (_, spec1) = r
+        .get(&format!("/v1/nodes/{}/spec", agents[1].id), &r.admin)
+        .await;
+    let second = (0..3).find(|&i| i != first).unwrap();
+    etcd.kill(second);
+    for reg in &rs.regs {
+        let path = format!("/v1/nodes/{}/spec", agents[1].id);
+        let body = tc_spec(mp.path(), "2", "tc.bin");
+        let (st, err) = reg
+            .req(Method::PUT, &path, Some(&reg.admin), Some(body))
+            .await;
+        assert_eq!(st, 503, "a write without etcd quorum: {err}");
+        let msg = err["error"].as_str().unwrap_or_default();
+        assert!(msg.contains("etcd://127.0.0.1:"), "{err}");
+        assert_eq!(err["code"], "store_unavailable", "{err}");
+    }
+    // What a replica can still answer.
+    let (st, _) = probe(r, "/healthz", "").await;
+    assert_eq!(st, 200, "liveness does not need the store");
+    let (st, ready) = probe(r, "/readyz", "").await;
+    assert_eq!(st, 503, "not ready without the store: {ready}");
+    let (id1, g1) = (agents[1].id.clone(), spec1["generation"].as_u64().unwrap());
+    let secret1 = node_secret(&agents[1]);
+    // An agent's long-poll is answered from memory: 304, nothing newer (the agents go on).
+    let (st, lp) = probe(
+        r,
+        &format!("/v1/nodes/{id1}/spec?after={g1}&wait=2s"),
+        &secret1,
+    )
+    .await;
+    assert_eq!(st, 304, "{lp}");
+    // Reads served from the store answer a clear 503 naming it (after the request time-out),
+    // never hang.
+    for (path, token) in [
+        ("/v1/nodes".to_string(), r.admin.as_str()),
+        (format!("/v1/nodes/{id1}/spec"), secret1.as_str()),
+    ] {
+        let (st, err) = probe(r, &path, token).await;
+        assert_eq!(st, 503, "{err}");
+        assert_eq!(err["code"], "store_unavailable", "{err}");
+        assert!(
+            err["error"]
+                .as_str()
+                .is_some_and(|m| m.contains("etcd://127.0.0.1:")),
+            "{err}"
+        );
+    }
+
+    // The agents keep what they run: files stay, processes run (a few resync intervals).
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    for (a, want) in agents.iter_mut().zip([&v2, &v1]) {
+        assert!(a.running(), "agent {} exited:\n{}", a.id, a.log());
+        assert_eq!(
+            &std::fs::read(a.target("tc")).unwrap(),
+            want,
+            "agent {} lost its file:\n{}",
+            a.id,
+            a.log()
+        );
+    }
+
+    // Members back: writes work again, and what was acknowledged is there.
+    etcd.restart(second).await;
+    etcd.restart(first).await;
+    let w = wait_for(60, "a write after etcd's quorum came back", || async {
+        let (st, w) = write(1, "2").await;
+        (st == 200).then_some(w)
+    })
+    .await;
+    assert!(w["generation"].as_u64().unwrap() > g1, "{w}");
+    for a in &agents {
+        converged(r, a, &[("tc", &v2)]).await;
+    }
+    let (_, doc) = r
+        .get(&format!("/v1/nodes/{}/spec", agents[0].id), &r.admin)
+        .await;
+    assert_eq!(doc["generation"], g0, "{doc}");
+    assert_eq!(doc["spec"]["payloads"][0]["version"], "2", "{doc}");
+    assert_gap_free(&all_events(r).await);
+    // The replicas still know each other: an upload is copied to both again.
+    upload(r, "tc", "3", content(50_000, 43)).await;
+}
+
+/// The node secret an agent stored.
+fn node_secret(a: &Agent) -> String {
+    let v: Value =
+        serde_json::from_slice(&std::fs::read(a.dir.path().join("state/node.json")).unwrap())
+            .unwrap();
+    v["node_secret"].as_str().unwrap().to_string()
+}

@@ -282,7 +282,9 @@ impl Inner {
 /// Pause before sending again a request that did not reach etcd.
 const RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
 
-/// True for errors that prove the request never reached a member that could apply it.
+/// True for errors that prove the request never reached a member that could apply it, or
+/// changed nothing: etcd answers "leader changed" only while confirming a linearizable read
+/// (before reading; writes go through raft and fail otherwise), as when its leader dies.
 fn not_sent(e: &etcd_client::Error) -> bool {
     let msg = e.to_string().to_ascii_lowercase();
     [
@@ -290,6 +292,7 @@ fn not_sent(e: &etcd_client::Error) -> bool {
         "error trying to connect",
         "connection refused",
         "etcdserver: no leader",
+        "etcdserver: leader changed",
     ]
     .iter()
     .any(|m| msg.contains(m))
