@@ -183,6 +183,12 @@ async fn upload_on_a_download_from_c_after_a_dies() {
         let (st, v) = r.get("/v1/payloads/tc/1", &r.admin).await;
         assert_eq!((st, v["sha256"].as_str()), (200, Some(sha.as_str())), "{v}");
     }
+    assert!(
+        rs.regs[1..]
+            .iter()
+            .any(|r| r.log().contains("blob fetched from a replica")),
+        "neither B nor C fetched the blob from the other"
+    );
 }
 
 /// A node's payload spec: `tc` at `version` in `file` under the agents' mount point.
@@ -410,6 +416,18 @@ async fn replica_kill_while_writing_specs() {
     let (tc3, fr3) = (body("tc", 3), body("fr", 3));
     for a in &agents {
         converged(r, a, &[("tc", &tc3), ("fr", &fr3)]).await;
+        let (_, doc) = r.get(&format!("/v1/nodes/{}/spec", a.id), &r.admin).await;
+        let last_acked = acks
+            .iter()
+            .filter(|(n, _)| *n == a.id)
+            .map(|(_, g)| *g)
+            .max();
+        assert!(doc["generation"].as_u64() > last_acked, "{doc}");
+        assert_eq!(
+            doc["spec"]["payloads"].as_array().unwrap().len(),
+            2,
+            "{doc}"
+        );
     }
 
     // Every acknowledged write is in the event log, whose seqs have no gap; the agents never
