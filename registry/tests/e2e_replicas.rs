@@ -661,8 +661,14 @@ async fn etcd_member_loss() {
     assert_eq!(doc["generation"], g0, "{doc}");
     assert_eq!(doc["spec"]["payloads"][0]["version"], "2", "{doc}");
     assert_gap_free(&all_events(r).await);
-    // The replicas still know each other: an upload is copied to both again.
-    upload(r, "tc", "3", content(50_000, 43)).await;
+    // The replicas still know each other: an upload is copied to both again; and one of them
+    // runs the jobs again.
+    let sha3 = upload(r, "tc", "3", content(50_000, 43)).await;
+    for reg in &rs.regs {
+        let copy = reg.dir.path().join("data/blobs").join(&sha3);
+        assert!(copy.is_file(), "no copy at {}", copy.display());
+    }
+    rs.leader().await;
 }
 
 /// The node secret an agent stored.

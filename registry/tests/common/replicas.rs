@@ -81,12 +81,17 @@ impl Replicas {
             .expect("no replica runs")
     }
 
-    /// The running replica that holds the jobs leadership now, from the logs: it logged
-    /// "leading:" more often than "leadership lost" (waits for one, hang guard 60 s).
+    /// The running replica that holds the jobs leadership now, from the logs: since it last
+    /// started, it logged "leading:" more often than "leadership lost" (waits for one, hang
+    /// guard 60 s).
     pub async fn leader(&self) -> usize {
         wait_for(60, "a replica to lead the jobs", || {
             let found = (0..self.regs.len()).find(|&i| {
-                let log = self.regs[i].log();
+                let whole = self.regs[i].log();
+                let log = whole
+                    .rsplit("starting steward-registry")
+                    .next()
+                    .unwrap_or("");
                 self.alive(i)
                     && log.matches("leading:").count() > log.matches("leadership lost").count()
             });
