@@ -12,12 +12,14 @@
 mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::etcd::EtcdCluster;
 use common::replicas::{
-    all_events, assert_gap_free, content, sha256_hex, upload, wait_for, Agent, Replicas,
+    acked_more, all_events, assert_gap_free, content, converged, download, fr_fragment,
+    node_secret, sha256_hex, start_agents, tc_spec, upload, wait_for, Acks, Agent, Replicas,
+    Writer,
 };
 use common::Registry;
 use futures_util::StreamExt;
@@ -147,19 +149,6 @@ async fn watcher_on_b_is_woken_by_a_write_on_a_and_sse_on_b_sees_a_events() {
     assert!(ev["seq"].as_u64().unwrap() > from);
 }
 
-/// Downloads blob `sha` from `r` (admin) and returns its bytes.
-async fn download(r: &Registry, sha: &str) -> (u16, Vec<u8>) {
-    let resp = r
-        .client
-        .get(r.url(&format!("/v1/blobs/{sha}")))
-        .bearer_auth(&r.admin)
-        .send()
-        .await
-        .unwrap();
-    let st = resp.status().as_u16();
-    (st, resp.bytes().await.unwrap().to_vec())
-}
-
 #[tokio::test]
 async fn upload_on_a_download_from_c_after_a_dies() {
     let _serial = SERIAL.lock().await;
@@ -191,126 +180,59 @@ async fn upload_on_a_download_from_c_after_a_dies() {
     );
 }
 
-/// A node's payload spec: `tc` at `version` in `file` under the agents' mount point.
-fn tc_spec(mp: &std::path::Path, version: &str, file: &str) -> Value {
-    json!({"payloads": [{"name": "tc", "version": version, "path": mp.join(file)}]})
+/// The generations acknowledged for `node`, in order.
+fn acked_generations(acks: &[(String, u64)], node: &str) -> Vec<u64> {
+    acks.iter()
+        .filter(|(n, _)| n == node)
+        .map(|(_, g)| *g)
+        .collect()
 }
 
-/// The fragment every agent gets: `fr` at `version` in `file`.
-fn fr_fragment(mp: &std::path::Path, version: &str, file: &str) -> Value {
-    json!({"selector": "role=w",
-           "spec": {"payloads": [{"name": "fr", "version": version, "path": mp.join(file)}]}})
-}
-
-/// What the writer sends, in turn through each replica: node specs and, every fourth write, the
-/// fragment, each with a path of its own (so every write changes the spec: an unchanged spec
-/// keeps its generation) and versions 1 and 2 in turn.
-struct Writer {
-    client: reqwest::Client,
-    urls: Vec<String>,
-    admin: String,
-    nodes: Vec<String>,
-    mp: std::path::PathBuf,
-}
-
-/// An acknowledged write: (node, generation) in the order acknowledged.
-type Acks = Arc<Mutex<Vec<(String, u64)>>>;
-
-impl Writer {
-    /// Write number `i`; `Ok` with the (node, generation) pairs it acknowledged.
-    async fn write(&self, i: usize) -> Result<Vec<(String, u64)>, String> {
-        let url = &self.urls[i % self.urls.len()];
-        let version = if (i / 4) % 2 == 0 { "1" } else { "2" };
-        let (path, body) = if i % 4 == 3 {
-            let spec = fr_fragment(&self.mp, version, &format!("fr-{i}.bin"));
-            ("/v1/fragments/fr".to_string(), spec)
-        } else {
-            let node = &self.nodes[i % self.nodes.len()];
-            let spec = tc_spec(&self.mp, version, &format!("tc-{i}.bin"));
-            (format!("/v1/nodes/{node}/spec"), spec)
-        };
-        let resp = self
-            .client
-            .put(format!("{url}{path}"))
-            .bearer_auth(&self.admin)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| format!("{url}: {e}"))?;
-        let st = resp.status();
-        let v: Value = resp.json().await.map_err(|e| format!("{url}: {e}"))?;
-        if !st.is_success() {
-            return Err(format!("{url}{path}: {st} {v}"));
-        }
-        let pair = |w: &Value| {
-            (
-                w["node_id"].as_str().unwrap().to_string(),
-                w["generation"].as_u64().unwrap(),
+/// Writes through `r` every agent's spec (`tc` at `version` in tc.bin) and the fragment (`fr`
+/// at `version` in fr.bin).
+async fn write_everywhere(r: &Registry, agents: &[Agent], mp: &std::path::Path, version: &str) {
+    for a in agents {
+        let (st, w) = r
+            .req(
+                Method::PUT,
+                &format!("/v1/nodes/{}/spec", a.id),
+                Some(&r.admin),
+                Some(tc_spec(mp, version, "tc.bin")),
             )
-        };
-        Ok(match v["affected"].as_array() {
-            Some(affected) => affected.iter().map(pair).collect(),
-            None => vec![pair(&v)],
-        })
+            .await;
+        assert_eq!(st, 200, "{w}");
     }
-
-    /// Writes until `stop`, recording every acknowledged write in `acks`.
-    async fn run(self, acks: Acks, stop: Arc<AtomicBool>) -> (usize, Vec<String>) {
-        let mut failed = Vec::new();
-        let mut i = 0;
-        while !stop.load(Ordering::SeqCst) {
-            match self.write(i).await {
-                Ok(w) => acks.lock().unwrap().extend(w),
-                Err(e) => failed.push(e),
-            }
-            i += 1;
-        }
-        (i, failed)
-    }
-}
-
-/// Waits until `more` writes beyond those acknowledged now are acknowledged.
-async fn acked_more(acks: &Acks, more: usize, what: &str) {
-    let target = acks.lock().unwrap().len() + more;
-    wait_for(60, what, || async {
-        (acks.lock().unwrap().len() >= target).then_some(())
-    })
-    .await;
-}
-
-/// Starts `n` agents on every replica (token with label role=w), sorted by node id.
-async fn agents(rs: &Replicas, n: usize, mp: &std::path::Path) -> Vec<Agent> {
-    let r = rs.any();
-    let (st, tok) = r
+    let (st, w) = r
         .req(
-            Method::POST,
-            "/v1/enrollment-tokens",
+            Method::PUT,
+            "/v1/fragments/fr",
             Some(&r.admin),
-            Some(json!({"uses": n, "labels": {"role": "w"}})),
+            Some(fr_fragment(mp, version, "fr.bin")),
         )
         .await;
-    assert_eq!(st, 201, "{tok}");
-    let token = tok["token"].as_str().unwrap();
-    let mut out = Vec::new();
-    for _ in 0..n {
-        out.push(Agent::start(&rs.urls(), token, mp).await);
-    }
-    out.sort_by(|a, b| a.id.cmp(&b.id));
-    out
+    assert_eq!(st, 200, "{w}");
 }
 
-/// Waits until node `a` reports its current generation applied and its payload files hold
-/// `want` (name -> bytes); asserts it is ready.
-async fn converged(r: &Registry, a: &Agent, want: &[(&str, &[u8])]) {
-    let node = wait_for(120, &format!("node {} to converge", a.id), || async {
-        let (st, n) = r.get(&format!("/v1/nodes/{}", a.id), &r.admin).await;
-        let files_ok = want
+/// Every acknowledged (node, generation) has its spec-written event in `events`, whose seqs
+/// have no gap; no agent's node ever left ready, and every agent still runs.
+fn assert_logged_and_ready(events: &[Value], acks: &[(String, u64)], agents: &mut [Agent]) {
+    assert_gap_free(events);
+    for (node, g) in acks {
+        assert!(
+            events.iter().any(|e| e["kind"] == "spec-written"
+                && e["node_id"] == node.as_str()
+                && e["generation"] == *g),
+            "no spec-written event for node {node} generation {g}"
+        );
+    }
+    for a in agents {
+        let moves: Vec<&Value> = events
             .iter()
-            .all(|(name, bytes)| std::fs::read(a.target(name)).is_ok_and(|g| g == *bytes));
-        (st == 200 && files_ok && n["generation"] == n["observed_generation"]).then_some(n)
-    })
-    .await;
-    assert_eq!(node["health"], "ready", "{node}\n{}", a.log());
+            .filter(|e| e["kind"] == "health-changed" && e["node_id"] == a.id.as_str())
+            .collect();
+        assert!(moves.is_empty(), "node {} left ready: {moves:#?}", a.id);
+        assert!(a.running(), "agent {} exited:\n{}", a.id, a.log());
+    }
 }
 
 #[tokio::test]
@@ -323,36 +245,18 @@ async fn replica_kill_while_writing_specs() {
     // assertion.
     let mut rs = Replicas::start(&etcd, 3, &["--stale-after", "10", "--down-after", "30"]).await;
     let mp = tempfile::tempdir().unwrap();
-    let mut agents = agents(&rs, 3, mp.path()).await;
-    let mut bodies = Vec::new();
-    for (k, name) in ["tc", "fr"].iter().enumerate() {
-        for v in 1..=3u64 {
-            let b = content(64 << 10, 10 * k as u64 + v);
-            upload(rs.any(), name, &v.to_string(), b.clone()).await;
-            bodies.push(((*name, v), b));
+    let mut agents = start_agents(&rs, 3, mp.path()).await;
+    // 64 KiB versions 1-3 of payloads tc and fr.
+    let body = |name: &str, v: u64| content(64 << 10, v + if name == "tc" { 0 } else { 10 });
+    for name in ["tc", "fr"] {
+        for v in 1..=3 {
+            upload(rs.any(), name, &v.to_string(), body(name, v)).await;
         }
     }
-    let body = |name: &str, v: u64| {
-        bodies
-            .iter()
-            .find(|((n, ver), _)| *n == name && *ver == v)
-            .unwrap()
-            .1
-            .clone()
-    };
 
     let acks: Acks = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
-    let writer = Writer {
-        client: reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .unwrap(),
-        urls: rs.regs.iter().map(|r| r.url("")).collect(),
-        admin: rs.admin.clone(),
-        nodes: agents.iter().map(|a| a.id.clone()).collect(),
-        mp: mp.path().to_path_buf(),
-    };
+    let writer = Writer::new(&rs, &agents, mp.path());
     let writing = tokio::spawn(writer.run(acks.clone(), stop.clone()));
     acked_more(&acks, 10, "the first writes").await;
 
@@ -380,11 +284,7 @@ async fn replica_kill_while_writing_specs() {
 
     // Generations strictly increase per node, in the order they were acknowledged.
     for a in &agents {
-        let gens: Vec<u64> = acks
-            .iter()
-            .filter(|(n, _)| *n == a.id)
-            .map(|(_, g)| *g)
-            .collect();
+        let gens = acked_generations(&acks, &a.id);
         assert!(
             gens.windows(2).all(|w| w[1] > w[0]),
             "node {}: {gens:?}",
@@ -393,35 +293,12 @@ async fn replica_kill_while_writing_specs() {
     }
     // Last writes, then everything converges.
     let r = rs.any();
-    for a in &agents {
-        let (st, w) = r
-            .req(
-                Method::PUT,
-                &format!("/v1/nodes/{}/spec", a.id),
-                Some(&r.admin),
-                Some(tc_spec(mp.path(), "3", "tc.bin")),
-            )
-            .await;
-        assert_eq!(st, 200, "{w}");
-    }
-    let (st, w) = r
-        .req(
-            Method::PUT,
-            "/v1/fragments/fr",
-            Some(&r.admin),
-            Some(fr_fragment(mp.path(), "3", "fr.bin")),
-        )
-        .await;
-    assert_eq!(st, 200, "{w}");
+    write_everywhere(r, &agents, mp.path(), "3").await;
     let (tc3, fr3) = (body("tc", 3), body("fr", 3));
     for a in &agents {
         converged(r, a, &[("tc", &tc3), ("fr", &fr3)]).await;
         let (_, doc) = r.get(&format!("/v1/nodes/{}/spec", a.id), &r.admin).await;
-        let last_acked = acks
-            .iter()
-            .filter(|(n, _)| *n == a.id)
-            .map(|(_, g)| *g)
-            .max();
+        let last_acked = acked_generations(&acks, &a.id).last().copied();
         assert!(doc["generation"].as_u64() > last_acked, "{doc}");
         assert_eq!(
             doc["spec"]["payloads"].as_array().unwrap().len(),
@@ -432,24 +309,7 @@ async fn replica_kill_while_writing_specs() {
 
     // Every acknowledged write is in the event log, whose seqs have no gap; the agents never
     // left ready.
-    let events = all_events(r).await;
-    assert_gap_free(&events);
-    for (node, g) in &acks {
-        assert!(
-            events.iter().any(|e| e["kind"] == "spec-written"
-                && e["node_id"] == node.as_str()
-                && e["generation"] == *g),
-            "no spec-written event for node {node} generation {g}"
-        );
-    }
-    for a in &mut agents {
-        let moves: Vec<&Value> = events
-            .iter()
-            .filter(|e| e["kind"] == "health-changed" && e["node_id"] == a.id.as_str())
-            .collect();
-        assert!(moves.is_empty(), "node {} left ready: {moves:#?}", a.id);
-        assert!(a.running(), "agent {} exited:\n{}", a.id, a.log());
-    }
+    assert_logged_and_ready(&all_events(r).await, &acks, &mut agents);
 }
 
 #[tokio::test]
@@ -460,7 +320,7 @@ async fn rollout_in_flight_survives_leader_kill() {
     };
     let mut rs = Replicas::start(&etcd, 3, &["--stale-after", "10", "--down-after", "30"]).await;
     let mp = tempfile::tempdir().unwrap();
-    let agents = agents(&rs, 3, mp.path()).await;
+    let agents = start_agents(&rs, 3, mp.path()).await;
     let (v1, v2) = (content(200_000, 31), content(200_000, 32));
     upload(rs.any(), "tc", "1", v1.clone()).await;
     upload(rs.any(), "tc", "2", v2.clone()).await;
@@ -546,6 +406,55 @@ async fn probe(r: &Registry, path: &str, token: &str) -> (u16, Value) {
     (st, v)
 }
 
+/// Without etcd quorum: a write through any replica answers 503 naming the store; liveness
+/// answers, readiness does not; `agent`'s long-poll (after generation `g1`) is answered from
+/// memory; reads served from the store answer a clear 503 (after the request time-out).
+async fn assert_without_quorum(rs: &Replicas, agent: &Agent, g1: u64, mp: &std::path::Path) {
+    let r = &rs.regs[0];
+    for reg in &rs.regs {
+        let path = format!("/v1/nodes/{}/spec", agent.id);
+        let body = tc_spec(mp, "2", "tc.bin");
+        let (st, err) = reg
+            .req(Method::PUT, &path, Some(&reg.admin), Some(body))
+            .await;
+        assert_eq!(st, 503, "a write without etcd quorum: {err}");
+        let msg = err["error"].as_str().unwrap_or_default();
+        assert!(msg.contains("etcd://127.0.0.1:"), "{err}");
+        assert_eq!(err["code"], "store_unavailable", "{err}");
+    }
+    // What a replica can still answer.
+    let (st, _) = probe(r, "/healthz", "").await;
+    assert_eq!(st, 200, "liveness does not need the store");
+    let (st, ready) = probe(r, "/readyz", "").await;
+    assert_eq!(st, 503, "not ready without the store: {ready}");
+    let id1 = &agent.id;
+    let secret1 = node_secret(agent);
+    // An agent's long-poll is answered from memory: 304, nothing newer (the agents go on).
+    let (st, lp) = probe(
+        r,
+        &format!("/v1/nodes/{id1}/spec?after={g1}&wait=2s"),
+        &secret1,
+    )
+    .await;
+    assert_eq!(st, 304, "{lp}");
+    // Reads served from the store answer a clear 503 naming it (after the request time-out),
+    // never hang.
+    for (path, token) in [
+        ("/v1/nodes".to_string(), r.admin.as_str()),
+        (format!("/v1/nodes/{id1}/spec"), secret1.as_str()),
+    ] {
+        let (st, err) = probe(r, &path, token).await;
+        assert_eq!(st, 503, "{err}");
+        assert_eq!(err["code"], "store_unavailable", "{err}");
+        assert!(
+            err["error"]
+                .as_str()
+                .is_some_and(|m| m.contains("etcd://127.0.0.1:")),
+            "{err}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn etcd_member_loss() {
     let _serial = SERIAL.lock().await;
@@ -554,7 +463,7 @@ async fn etcd_member_loss() {
     };
     let rs = Replicas::start(&etcd, 2, &["--stale-after", "10", "--down-after", "30"]).await;
     let mp = tempfile::tempdir().unwrap();
-    let mut agents = agents(&rs, 2, mp.path()).await;
+    let mut agents = start_agents(&rs, 2, mp.path()).await;
     let (v1, v2) = (content(100_000, 41), content(100_000, 42));
     upload(rs.any(), "tc", "1", v1.clone()).await;
     upload(rs.any(), "tc", "2", v2.clone()).await;
@@ -587,48 +496,8 @@ async fn etcd_member_loss() {
         .await;
     let second = (0..3).find(|&i| i != first).unwrap();
     etcd.kill(second);
-    for reg in &rs.regs {
-        let path = format!("/v1/nodes/{}/spec", agents[1].id);
-        let body = tc_spec(mp.path(), "2", "tc.bin");
-        let (st, err) = reg
-            .req(Method::PUT, &path, Some(&reg.admin), Some(body))
-            .await;
-        assert_eq!(st, 503, "a write without etcd quorum: {err}");
-        let msg = err["error"].as_str().unwrap_or_default();
-        assert!(msg.contains("etcd://127.0.0.1:"), "{err}");
-        assert_eq!(err["code"], "store_unavailable", "{err}");
-    }
-    // What a replica can still answer.
-    let (st, _) = probe(r, "/healthz", "").await;
-    assert_eq!(st, 200, "liveness does not need the store");
-    let (st, ready) = probe(r, "/readyz", "").await;
-    assert_eq!(st, 503, "not ready without the store: {ready}");
-    let (id1, g1) = (agents[1].id.clone(), spec1["generation"].as_u64().unwrap());
-    let secret1 = node_secret(&agents[1]);
-    // An agent's long-poll is answered from memory: 304, nothing newer (the agents go on).
-    let (st, lp) = probe(
-        r,
-        &format!("/v1/nodes/{id1}/spec?after={g1}&wait=2s"),
-        &secret1,
-    )
-    .await;
-    assert_eq!(st, 304, "{lp}");
-    // Reads served from the store answer a clear 503 naming it (after the request time-out),
-    // never hang.
-    for (path, token) in [
-        ("/v1/nodes".to_string(), r.admin.as_str()),
-        (format!("/v1/nodes/{id1}/spec"), secret1.as_str()),
-    ] {
-        let (st, err) = probe(r, &path, token).await;
-        assert_eq!(st, 503, "{err}");
-        assert_eq!(err["code"], "store_unavailable", "{err}");
-        assert!(
-            err["error"]
-                .as_str()
-                .is_some_and(|m| m.contains("etcd://127.0.0.1:")),
-            "{err}"
-        );
-    }
+    let g1 = spec1["generation"].as_u64().unwrap();
+    assert_without_quorum(&rs, &agents[1], g1, mp.path()).await;
 
     // The agents keep what they run: files stay, processes run (a few resync intervals).
     tokio::time::sleep(Duration::from_secs(8)).await;
@@ -669,12 +538,4 @@ async fn etcd_member_loss() {
         assert!(copy.is_file(), "no copy at {}", copy.display());
     }
     rs.leader().await;
-}
-
-/// The node secret an agent stored.
-fn node_secret(a: &Agent) -> String {
-    let v: Value =
-        serde_json::from_slice(&std::fs::read(a.dir.path().join("state/node.json")).unwrap())
-            .unwrap();
-    v["node_secret"].as_str().unwrap().to_string()
 }
