@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 pub mod etcd;
+pub mod replicas;
 
 pub struct Registry {
     pub child: Option<Child>,

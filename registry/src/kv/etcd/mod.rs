@@ -174,7 +174,32 @@ impl Inner {
     /// A request that certainly did not reach etcd (no connection to the member the client
     /// picked, a member without leader) is sent again until the timeout: the client keeps
     /// choosing dead members of a degraded cluster.
-    async fn call<T, F, Fut>(&self, what: &str, mut request: F) -> Result<T, KvError>
+    async fn call<T, F, Fut>(&self, what: &str, request: F) -> Result<T, KvError>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        self.call_retrying(what, not_sent, request).await
+    }
+
+    /// Like [`Inner::call`] for a read: it changes nothing, so it is also sent again after an
+    /// error that may pass (the member it went to died mid-request, etcd's leader changed),
+    /// until the timeout.
+    async fn call_read<T, F, Fut>(&self, what: &str, request: F) -> Result<T, KvError>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        self.call_retrying(what, |e| not_sent(e) || transient(e), request)
+            .await
+    }
+
+    async fn call_retrying<T, F, Fut>(
+        &self,
+        what: &str,
+        retry: impl Fn(&etcd_client::Error) -> bool,
+        mut request: F,
+    ) -> Result<T, KvError>
     where
         F: FnMut(Client) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
@@ -184,7 +209,7 @@ impl Inner {
         loop {
             match tokio::time::timeout_at(deadline, request(self.client.clone())).await {
                 Ok(Ok(v)) => return Ok(v),
-                Ok(Err(e)) if not_sent(&e) => {
+                Ok(Err(e)) if retry(&e) => {
                     last = Some(e.to_string());
                     let pause = tokio::time::Instant::now() + RETRY_PAUSE;
                     if pause >= deadline {
@@ -224,9 +249,6 @@ impl Inner {
 
     fn map_err(&self, what: &str, e: etcd_client::Error) -> KvError {
         use etcd_client::Error as E;
-        // gRPC codes of a request that may succeed later: Cancelled, Unknown, DeadlineExceeded,
-        // Aborted, Unavailable ("etcdserver: no leader", "request timed out").
-        const TRANSIENT: [i32; 5] = [1, 2, 4, 10, 14];
         match e {
             E::GRpcStatus(s) if s.message().contains("database space exceeded") => self
                 .unavailable(
@@ -276,6 +298,21 @@ impl Inner {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(handle);
+    }
+}
+
+/// gRPC codes of a request that may succeed later: Cancelled, Unknown, DeadlineExceeded,
+/// Aborted, Unavailable ("etcdserver: no leader", "leader changed", "request timed out").
+const TRANSIENT: [i32; 5] = [1, 2, 4, 10, 14];
+
+/// True for errors after which the same request may succeed (see [`TRANSIENT`]), connection
+/// errors included.
+fn transient(e: &etcd_client::Error) -> bool {
+    use etcd_client::Error as E;
+    match e {
+        E::GRpcStatus(s) => TRANSIENT.contains(&i32::from(s.code())),
+        E::TransportError(_) | E::IoError(_) => true,
+        _ => false,
     }
 }
 
@@ -351,7 +388,7 @@ impl Kv for EtcdKv {
         let full = self.inner.full(key);
         let resp = self
             .inner
-            .call("get", |mut c| {
+            .call_read("get", |mut c| {
                 let full = full.clone();
                 async move { c.get(full, None).await }
             })
@@ -394,7 +431,7 @@ impl Kv for EtcdKv {
                 opts = opts.with_revision(rev);
             }
             let resp = inner
-                .call("range", |mut c| {
+                .call_read("range", |mut c| {
                     let (key, opts) = (from.clone(), opts.clone());
                     async move { c.get(key, Some(opts)).await }
                 })
@@ -452,7 +489,7 @@ impl Kv for EtcdKv {
         let key = &self.inner.root;
         let resp = self
             .inner
-            .call("revision", |mut c| {
+            .call_read("revision", |mut c| {
                 let key = key.clone();
                 async move { c.get(key, Some(GetOptions::new().with_count_only())).await }
             })
