@@ -43,6 +43,11 @@ impl EventLog {
         Ok(self.record_many(vec![ev]).await?.remove(0))
     }
 
+    /// Counts an event another store transaction appended (with the change it records).
+    pub fn counted(&self, e: &Event) {
+        self.metrics.event(e.kind);
+    }
+
     /// Appends several events in one store transaction (numbered in order).
     pub async fn record_many(&self, events: Vec<Event>) -> Result<Vec<Event>, StoreError> {
         let events = self.store.append_events(events).await?;

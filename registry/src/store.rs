@@ -23,6 +23,7 @@ use crate::kv::{KeyValue, Kv, KvError, Revision, Txn, TxnOutcome};
 mod grants;
 mod replicas;
 mod resets;
+mod rollouts;
 #[cfg(test)]
 mod tests;
 pub use grants::GrantRecord;
@@ -554,7 +555,7 @@ fn payload_key(name: &str, version: &str) -> String {
     format!("payloads/{name}/{version}")
 }
 
-/// Payload version metadata and rollouts.
+/// Payload version metadata.
 impl Store {
     pub async fn payload_version(
         &self,
@@ -593,19 +594,5 @@ impl Store {
             .put(SPEC_EPOCH, Vec::new())
             .delete(payload_key(name, version));
         self.commit(txn).await.map(drop)
-    }
-
-    /// A stored rollout record (opaque JSON owned by `rollout/`).
-    pub async fn rollout<T: DeserializeOwned>(&self, id: &str) -> Result<Option<T>> {
-        self.value(&format!("rollouts/{id}")).await
-    }
-
-    pub async fn rollouts<T: DeserializeOwned>(&self) -> Result<Vec<T>> {
-        self.values("rollouts/").await
-    }
-
-    /// Stores a rollout record.
-    pub async fn put_rollout<T: Serialize>(&self, id: &str, r: &T) -> Result<()> {
-        self.put(&format!("rollouts/{id}"), r).await
     }
 }

@@ -6,6 +6,8 @@
 use std::time::Duration;
 
 use chrono::Utc;
+
+use crate::kv::Revision;
 use steward_proto::{CredentialKind, Rollout, RolloutNodeState, RolloutState};
 
 use super::plan::{self, Progress, Verdict};
@@ -50,23 +52,23 @@ pub async fn drive(rollouts: &Rollouts, id: &str) {
 
 async fn halt_on_error(rollouts: &Rollouts, id: &str, e: &RolloutError) -> Result<()> {
     let _guard = rollouts.drivers.lock.lock().await;
-    let mut r = rollouts.get(id).await?;
+    let (mut r, rev) = rollouts.get_rev(id).await?;
     r.state = RolloutState::Halted;
     let msg = format!(
         "halted at batch {}/{}: {e}",
         r.current_batch + 1,
         r.batch_count
     );
-    finish(rollouts, &mut r, msg).await
+    finish(rollouts, &mut r, rev, msg).await
 }
 
 /// One step; `Ok(true)` to be called again.
 async fn step(rollouts: &Rollouts, id: &str) -> Result<bool> {
     let _guard = rollouts.drivers.lock.lock().await;
-    let mut r = rollouts.get(id).await?;
+    let (mut r, rev) = rollouts.get_rev(id).await?;
     match r.state {
-        RolloutState::Running => forward(rollouts, &mut r).await,
-        RolloutState::RollingBack => back(rollouts, &mut r).await,
+        RolloutState::Running => forward(rollouts, &mut r, rev).await,
+        RolloutState::RollingBack => back(rollouts, &mut r, rev).await,
         _ => Ok(false),
     }
 }
@@ -101,20 +103,19 @@ fn names(halt: &[(String, String)]) -> String {
         .join("; ")
 }
 
-async fn finish(rollouts: &Rollouts, r: &mut Rollout, msg: String) -> Result<()> {
+/// Records a step: the rollout and its event in one transaction, only if the rollout is still
+/// the one this step read (a replica that lost the lead cannot record a step twice).
+async fn finish(rollouts: &Rollouts, r: &mut Rollout, rev: Revision, msg: String) -> Result<()> {
     r.message = msg.clone();
-    // The event first: whoever sees the new rollouts also finds its event.
-    rollouts.log(r, CRED, msg).await?;
-    rollouts.save(r).await?;
-    Ok(())
+    rollouts.save_logged(r, rev, CRED, msg).await
 }
 
-async fn forward(rollouts: &Rollouts, r: &mut Rollout) -> Result<bool> {
+async fn forward(rollouts: &Rollouts, r: &mut Rollout, rev: Revision) -> Result<bool> {
     let (b, count) = (r.current_batch, r.batch_count);
     if b >= count {
         r.state = RolloutState::Done;
         let msg = format!("done: {} node(s) at version {}", r.nodes.len(), r.version);
-        finish(rollouts, r, msg).await?;
+        finish(rollouts, r, rev, msg).await?;
         return Ok(false);
     }
     let batch: Vec<String> = r
@@ -138,7 +139,7 @@ async fn forward(rollouts: &Rollouts, r: &mut Rollout) -> Result<bool> {
         }
         r.batch_started_at = Some(Utc::now());
         let msg = format!("batch {}/{count} started: {}", b + 1, batch.join(", "));
-        finish(rollouts, r, msg).await?;
+        finish(rollouts, r, rev, msg).await?;
         return Ok(true);
     }
     let mut progress = Vec::new();
@@ -161,7 +162,7 @@ async fn forward(rollouts: &Rollouts, r: &mut Rollout) -> Result<bool> {
                 b + 1,
                 batch.join(", ")
             );
-            finish(rollouts, r, msg).await?;
+            finish(rollouts, r, rev, msg).await?;
             Ok(true)
         }
         Verdict::Halt(failed) => {
@@ -180,13 +181,13 @@ async fn forward(rollouts: &Rollouts, r: &mut Rollout) -> Result<bool> {
             }
             r.state = RolloutState::Halted;
             let msg = format!("halted at batch {}/{count}: {}", b + 1, names(&failed));
-            finish(rollouts, r, msg).await?;
+            finish(rollouts, r, rev, msg).await?;
             Ok(false)
         }
     }
 }
 
-async fn back(rollouts: &Rollouts, r: &mut Rollout) -> Result<bool> {
+async fn back(rollouts: &Rollouts, r: &mut Rollout, rev: Revision) -> Result<bool> {
     let touched: Vec<usize> = (0..r.nodes.len())
         .filter(|&i| r.nodes[i].state != RolloutNodeState::Waiting)
         .collect();
@@ -217,7 +218,7 @@ async fn back(rollouts: &Rollouts, r: &mut Rollout) -> Result<bool> {
             ids.len(),
             ids.join(", ")
         );
-        finish(rollouts, r, msg).await?;
+        finish(rollouts, r, rev, msg).await?;
         return Ok(true);
     }
     let mut progress = Vec::new();
@@ -255,6 +256,6 @@ async fn back(rollouts: &Rollouts, r: &mut Rollout) -> Result<bool> {
     } else {
         format!("rolled back, but not confirmed by {}", names(&failed))
     };
-    finish(rollouts, r, msg).await?;
+    finish(rollouts, r, rev, msg).await?;
     Ok(false)
 }

@@ -11,6 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use steward_proto::Event;
+
+use crate::kv::Revision;
 use steward_proto::selector::Selector;
 use steward_proto::{
     CredentialKind, EventKind, Health, Problem, Rollout, RolloutNode, RolloutNodeState,
@@ -248,23 +251,40 @@ impl Rollouts {
         Ok(())
     }
 
-    async fn save(&self, r: &mut Rollout) -> Result<()> {
+    /// Stores the rollout with the event saying what changed, in one transaction, only if the
+    /// record is still at `revision` (`0`: a new rollout): a step is recorded exactly once,
+    /// also when a replica that lost the leadership attempts it.
+    async fn save_logged(
+        &self,
+        r: &mut Rollout,
+        revision: Revision,
+        cred: CredentialKind,
+        msg: String,
+    ) -> Result<()> {
         r.updated_at = Utc::now();
-        self.store.put_rollout(&r.id, r).await?;
+        let event = Event {
+            seq: 0,
+            time: Utc::now(),
+            kind: EventKind::Rollout,
+            node_id: None,
+            generation: None,
+            credential: cred,
+            message: format!("rollout {} ({}@{}): {msg}", r.id, r.payload, r.version),
+        };
+        let event = self
+            .store
+            .put_rollout_logged(&r.id, r, revision, event)
+            .await?;
+        self.events.counted(&event);
         Ok(())
     }
 
-    async fn log(&self, r: &Rollout, cred: CredentialKind, msg: String) -> Result<()> {
-        self.events
-            .record(
-                EventKind::Rollout,
-                None,
-                None,
-                cred,
-                format!("rollout {} ({}@{}): {msg}", r.id, r.payload, r.version),
-            )
-            .await?;
-        Ok(())
+    /// A rollout and the revision of its record.
+    async fn get_rev(&self, id: &str) -> Result<(Rollout, Revision)> {
+        self.store
+            .rollout_rev(id)
+            .await?
+            .ok_or_else(|| RolloutError::NoRollout(id.to_string()))
     }
 
     /// `POST /v1/rollouts`.
@@ -328,20 +348,15 @@ impl Rollouts {
             created_at: now,
             updated_at: now,
         };
-        self.save(&mut r).await?;
-        self.log(
-            &r,
-            cred,
-            format!(
-                "started on {} node(s) in {} batch(es) of {} (selector {:?}, time-out {}s)",
-                r.nodes.len(),
-                r.batch_count,
-                r.batch,
-                r.selector,
-                r.timeout_secs
-            ),
-        )
-        .await?;
+        let msg = format!(
+            "started on {} node(s) in {} batch(es) of {} (selector {:?}, time-out {}s)",
+            r.nodes.len(),
+            r.batch_count,
+            r.batch,
+            r.selector,
+            r.timeout_secs
+        );
+        self.save_logged(&mut r, 0, cred, msg).await?;
         self.spawn_driver(&r.id);
         Ok(r)
     }
@@ -408,7 +423,7 @@ impl Rollouts {
     pub async fn command(&self, id: &str, cmd: Command, cred: CredentialKind) -> Result<Rollout> {
         use RolloutState as S;
         let _guard = self.drivers.lock.lock().await;
-        let mut r = self.get(id).await?;
+        let (mut r, revision) = self.get_rev(id).await?;
         let next = match (cmd, r.state) {
             (Command::Pause, S::Running) => S::Paused,
             (Command::Resume, S::Paused | S::Halted) => S::Running,
@@ -447,8 +462,7 @@ impl Rollouts {
         };
         r.state = next;
         r.message = what.clone();
-        self.log(&r, cred, what).await?;
-        self.save(&mut r).await?;
+        self.save_logged(&mut r, revision, cred, what).await?;
         if matches!(next, S::Running | S::RollingBack) {
             self.spawn_driver(id);
         }

@@ -69,6 +69,19 @@ pub fn require_etcd() -> Option<PathBuf> {
 
 static SHARED: Mutex<Weak<EtcdCluster>> = Mutex::new(Weak::new());
 
+/// A free loopback port below Linux's ephemeral range (32768-60999): a member's port must stay
+/// free while the member is killed and restarted, and a port from the ephemeral range can be
+/// taken meanwhile as the local end of any outgoing connection.
+fn etcd_port() -> u16 {
+    use rand::Rng;
+    loop {
+        let port = rand::thread_rng().gen_range(20_000..32_000);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 impl EtcdCluster {
     /// A 3-member cluster shared by the tests of this process that run at the same time (it
     /// stops when the last of them drops it). Tests must not kill its members and should use
@@ -99,9 +112,9 @@ impl EtcdCluster {
         let members = (0..n)
             .map(|i| Member {
                 name: format!("m{i}"),
-                client_port: super::free_port(),
-                peer_port: super::free_port(),
-                metrics_port: super::free_port(),
+                client_port: etcd_port(),
+                peer_port: etcd_port(),
+                metrics_port: etcd_port(),
                 child: None,
             })
             .collect();
