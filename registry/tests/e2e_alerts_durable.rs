@@ -1,6 +1,8 @@
 //! Alert deliveries are stored, not kept in one process's memory: a delivery failing when the
 //! registry is killed is sent by the restarted registry, with the same `x-steward-delivery` id
-//! as the failed attempts, and delivered exactly once.
+//! as the failed attempts, and delivered exactly once; with two replicas on a real etcd, a
+//! delivery being retried when the jobs leader is killed is delivered once by the other replica,
+//! with the same id.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -12,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
+use common::etcd::EtcdCluster;
+use common::replicas::Replicas;
 use common::Registry;
 use serde_json::{json, Value};
 
@@ -63,13 +67,9 @@ async fn events(r: &Registry, kind: &str) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test]
-async fn a_pending_delivery_is_sent_after_a_restart_with_the_same_delivery_id() {
-    let up = Arc::new(AtomicBool::new(false));
-    let seen: Seen = Arc::default();
-    let port = receiver(up.clone(), seen.clone()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("registry.toml");
+/// A config with one node-down webhook on `port`, retried (almost) forever, quickly.
+fn config(dir: &std::path::Path, port: u16) -> std::path::PathBuf {
+    let cfg = dir.join("registry.toml");
     std::fs::write(
         &cfg,
         format!(
@@ -78,6 +78,55 @@ async fn a_pending_delivery_is_sent_after_a_restart_with_the_same_delivery_id() 
         ),
     )
     .unwrap();
+    cfg
+}
+
+/// Waits until a request for it got a 200 (hang guard 60 s), lets a second (wrong) send happen,
+/// then checks that the delivery `failed_id` was refused at least 3 times, then accepted once
+/// and never sent again, and that no delivery id was accepted twice.
+async fn delivered_once(seen: &Seen, failed_id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !seen.lock().unwrap().iter().any(|(_, _, st)| *st == 200) {
+        assert!(Instant::now() < deadline, "never delivered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let got = seen.lock().unwrap().clone();
+    let mut answered: BTreeMap<&str, Vec<u16>> = BTreeMap::new();
+    for (id, kind, st) in &got {
+        assert_eq!(kind, "node-down", "{got:?}");
+        answered.entry(id).or_default().push(*st);
+    }
+    let of_failed = &answered[failed_id];
+    assert!(
+        of_failed.iter().filter(|s| **s == 503).count() >= 3,
+        "{got:?}"
+    );
+    assert_eq!(
+        of_failed.iter().filter(|s| **s == 200).count(),
+        1,
+        "the failed delivery is delivered once, with its id: {got:?}"
+    );
+    assert_eq!(
+        *of_failed.last().unwrap(),
+        200,
+        "nothing after the delivery: {got:?}"
+    );
+    for (id, sts) in &answered {
+        assert!(
+            sts.iter().filter(|s| **s == 200).count() <= 1,
+            "{id}: {sts:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_pending_delivery_is_sent_after_a_restart_with_the_same_delivery_id() {
+    let up = Arc::new(AtomicBool::new(false));
+    let seen: Seen = Arc::default();
+    let port = receiver(up.clone(), seen.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), port);
     let mut r = Registry::start(&[
         "--config",
         cfg.to_str().unwrap(),
@@ -103,40 +152,7 @@ async fn a_pending_delivery_is_sent_after_a_restart_with_the_same_delivery_id() 
     up.store(true, Ordering::SeqCst);
     r.spawn().await;
 
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !seen.lock().unwrap().iter().any(|(_, _, st)| *st == 200) {
-        assert!(Instant::now() < deadline, "never delivered:\n{}", r.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    // Give a second (wrong) send the time to happen before counting.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let got = seen.lock().unwrap().clone();
-    let mut answered: BTreeMap<&str, Vec<u16>> = BTreeMap::new();
-    for (id, kind, st) in &got {
-        assert_eq!(kind, "node-down", "{got:?}");
-        answered.entry(id).or_default().push(*st);
-    }
-    let of_failed = &answered[failed_id.as_str()];
-    assert!(
-        of_failed.iter().filter(|s| **s == 503).count() >= 3,
-        "{got:?}"
-    );
-    assert_eq!(
-        of_failed.iter().filter(|s| **s == 200).count(),
-        1,
-        "the failed delivery is delivered once, with its id: {got:?}"
-    );
-    assert_eq!(
-        *of_failed.last().unwrap(),
-        200,
-        "nothing after the delivery: {got:?}"
-    );
-    for (id, sts) in &answered {
-        assert!(
-            sts.iter().filter(|s| **s == 200).count() <= 1,
-            "{id}: {sts:?}"
-        );
-    }
+    delivered_once(&seen, &failed_id).await;
     let delivered = events(&r, "alert-delivered").await;
     assert!(
         delivered.iter().any(|m| m.contains(&failed_id)),
@@ -144,4 +160,41 @@ async fn a_pending_delivery_is_sent_after_a_restart_with_the_same_delivery_id() 
     );
     let failed: Value = json!(events(&r, "alert-failed").await);
     assert!(failed.to_string().contains(&failed_id), "{failed}");
+}
+
+#[tokio::test]
+async fn a_delivery_retried_when_the_leader_dies_is_delivered_once_by_the_next_leader() {
+    let Some(etcd) = EtcdCluster::shared().await else {
+        return;
+    };
+    let up = Arc::new(AtomicBool::new(false));
+    let seen: Seen = Arc::default();
+    let port = receiver(up.clone(), seen.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), port);
+    let cfg = cfg.to_str().unwrap();
+    let flags = ["--config", cfg, "--stale-after", "2", "--down-after", "4"];
+    let mut rs = Replicas::start(&etcd, 2, &flags).await;
+    rs.any().enroll("m-ha-alert", json!({})).await;
+
+    // The node goes down (no heartbeat); the leader's attempts are refused.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.lock().unwrap().len() < 3 {
+        assert!(Instant::now() < deadline, "too few attempts");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let leader = rs.leader().await;
+    rs.regs[leader].kill9();
+    let failed_id = seen.lock().unwrap()[0].0.clone();
+    assert!(!failed_id.is_empty(), "no x-steward-delivery header");
+    up.store(true, Ordering::SeqCst);
+
+    delivered_once(&seen, &failed_id).await;
+    let new_leader = rs.leader().await;
+    assert_ne!(new_leader, leader);
+    let delivered = events(rs.any(), "alert-delivered").await;
+    assert!(
+        delivered.iter().any(|m| m.contains(&failed_id)),
+        "{delivered:?}"
+    );
 }
