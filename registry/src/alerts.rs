@@ -1,32 +1,38 @@
 //! Alerts: JSON POSTed to the configured webhooks on node down, workload failed, payload drift
-//! and rollback, retried with exponential backoff. Every delivery and every failed attempt goes
-//! to the event log (`alert-delivered`, `alert-failed`). Alerts in flight are kept in memory
-//! only: a registry restart drops the retries still pending (documented in docs/API.md).
-//! [`Alerts`] is the service the rest of the registry raises alerts through.
+//! and rollback, retried with exponential backoff. Raising an alert stores one pending delivery
+//! per webhook that takes it (`store/alerts.rs`); the dispatcher (`alerts/dispatch.rs`) runs on
+//! the leader replica only, sends them and records each outcome, so retries survive the replica
+//! that raised them. Every delivery and every failed attempt goes to the event log
+//! (`alert-delivered`, `alert-failed`). [`Alerts`] is the service the rest of the registry raises
+//! alerts through.
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+mod dispatch;
+
 use chrono::Utc;
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use sha2::Sha256;
-use steward_proto::api::{Alert, AlertKind, CredentialKind, EventKind};
+use steward_proto::api::{Alert, AlertKind};
 use steward_proto::{NodeStatus, ResourceKind};
-use tokio::sync::mpsc;
-use tracing::{info, warn, Instrument};
+use tokio::sync::Notify;
+use tracing::info;
 
 use crate::events::EventLog;
-use crate::store::Store;
+use crate::store::{DeliveryRecord, Store, StoreError};
 
-/// A configuration the alerts cannot start with.
+/// A configuration the alerts cannot start with, or an alert that could not be stored.
 #[derive(Debug, thiserror::Error)]
 pub enum AlertsError {
     #[error("{0}")]
     Config(String),
     #[error("building the webhook HTTP client: {0}")]
     Client(#[source] reqwest::Error),
+    #[error("storing the alert's deliveries failed (the alert is not sent): {0}")]
+    Store(#[source] StoreError),
 }
 
 /// `[alerts]` in the registry's config file.
@@ -82,6 +88,8 @@ mod humantime_serde {
 
 /// A webhook ready to use: its secret read, its URL checked.
 struct Webhook {
+    /// Hex sha256 of the configured URL: how stored deliveries name it.
+    id: String,
     url: reqwest::Url,
     /// `scheme://host[:port]/path`: what logs and events show (no query, no credentials).
     shown: String,
@@ -140,6 +148,7 @@ fn webhooks(cfg: &AlertsConfig) -> Result<Vec<Webhook>, AlertsError> {
                 None => None,
             };
             Ok(Webhook {
+                id: hex::encode(<Sha256 as sha2::Digest>::digest(w.url.as_bytes())),
                 shown: shown(&url),
                 url,
                 kinds: w.kinds.clone(),
@@ -156,15 +165,24 @@ pub fn signature(key: &[u8], body: &[u8]) -> String {
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
-/// Where the rest of the registry raises alerts: sent to the webhooks that take their kind once
-/// [`Alerts::start`] found some configured, dropped otherwise.
+/// Where the rest of the registry raises alerts: stored as deliveries to the webhooks that take
+/// their kind once [`Alerts::start`] found some configured, dropped otherwise.
 #[derive(Clone)]
 pub struct Alerts {
     store: Store,
     events: EventLog,
     /// The registry's URL, written into each alert.
     public_url: Option<String>,
-    sender: Arc<OnceLock<mpsc::UnboundedSender<Alert>>>,
+    active: Arc<OnceLock<Arc<Active>>>,
+    /// Wakes the dispatcher when deliveries were stored.
+    wake: Arc<Notify>,
+}
+
+/// The checked configuration, set by [`Alerts::start`].
+struct Active {
+    client: reqwest::Client,
+    hooks: Vec<Webhook>,
+    cfg: AlertsConfig,
 }
 
 impl Alerts {
@@ -173,15 +191,69 @@ impl Alerts {
             store,
             events,
             public_url,
-            sender: Default::default(),
+            active: Default::default(),
+            wake: Default::default(),
         }
     }
 
-    /// Raises an alert (sent to the webhooks that take its kind, if any are configured).
-    pub fn raise(&self, alert: Alert) {
-        if let Some(s) = self.sender.get() {
-            let _ = s.send(alert);
+    /// Raises an alert: stores one pending delivery (with a new delivery id) per webhook that
+    /// takes its kind, durably, for the leader's dispatcher to send. Nothing is stored when no
+    /// webhook takes it; an error when it could not be stored.
+    pub async fn raise(&self, mut a: Alert) -> Result<(), AlertsError> {
+        let Some(active) = self.active.get() else {
+            return Ok(());
+        };
+        let hooks: Vec<&Webhook> = active
+            .hooks
+            .iter()
+            .filter(|h| h.kinds.is_empty() || h.kinds.contains(&a.kind))
+            .collect();
+        if hooks.is_empty() {
+            return Ok(());
         }
+        a.registry = self.public_url.clone();
+        if a.hostname.is_none() {
+            a.hostname = self
+                .store
+                .node(&a.node_id)
+                .await
+                .ok()
+                .flatten()
+                .map(|n| n.facts.hostname);
+        }
+        let body = serde_json::to_string(&a).unwrap_or_default();
+        let now = Utc::now();
+        let ds: Vec<DeliveryRecord> = hooks
+            .iter()
+            .map(|h| DeliveryRecord {
+                id: uuid::Uuid::new_v4().to_string(),
+                alert_id: a.id.clone(),
+                kind: a.kind.as_str().to_string(),
+                node_id: a.node_id.clone(),
+                webhook: h.id.clone(),
+                shown: h.shown.clone(),
+                body: body.clone(),
+                attempts: 0,
+                next_attempt: now,
+            })
+            .collect();
+        self.store
+            .add_deliveries(&ds)
+            .await
+            .map_err(AlertsError::Store)?;
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Wakes the dispatcher (deliveries were stored, by this replica or another).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// The dispatcher: sends the stored deliveries and records their outcome, until aborted.
+    /// Run on the leader only (`replica::run_jobs`). Returns at once without webhooks.
+    pub async fn dispatch(self) {
+        dispatch::run(self).await
     }
 }
 
@@ -276,8 +348,8 @@ pub fn from_status(node_id: &str, before: Option<&NodeStatus>, now: &NodeStatus)
 }
 
 impl Alerts {
-    /// Checks the config and starts the dispatcher; false when no webhook is configured (alerts
-    /// raised are then dropped).
+    /// Checks the config; false when no webhook is configured (alerts raised are then
+    /// dropped). The deliveries are sent by [`Alerts::dispatch`] on the leader.
     pub fn start(&self, cfg: &AlertsConfig) -> Result<bool, AlertsError> {
         let hooks = webhooks(cfg)?;
         if hooks.is_empty() {
@@ -289,70 +361,12 @@ impl Alerts {
             .timeout(cfg.timeout)
             .build()
             .map_err(AlertsError::Client)?;
-        let (tx, rx) = mpsc::unbounded_channel::<Alert>();
-        let hooks: Vec<Arc<Webhook>> = hooks.into_iter().map(Arc::new).collect();
-        let d = Dispatcher {
-            store: self.store.clone(),
-            events: self.events.clone(),
-            public_url: self.public_url.clone(),
+        let _ = self.active.set(Arc::new(Active {
             client,
             hooks,
             cfg: cfg.clone(),
-        };
-        tokio::spawn(d.run(rx));
-        let _ = self.sender.set(tx);
+        }));
         Ok(true)
-    }
-}
-
-/// The dispatcher task: fills in each alert and starts a delivery per webhook that takes it;
-/// ends when every [`Alerts`] handle is gone.
-struct Dispatcher {
-    store: Store,
-    events: EventLog,
-    public_url: Option<String>,
-    client: reqwest::Client,
-    hooks: Vec<Arc<Webhook>>,
-    cfg: AlertsConfig,
-}
-
-impl Dispatcher {
-    async fn run(self, mut rx: mpsc::UnboundedReceiver<Alert>) {
-        let Dispatcher {
-            client, hooks, cfg, ..
-        } = &self;
-        while let Some(mut a) = rx.recv().await {
-            a.registry = self.public_url.clone();
-            if a.hostname.is_none() {
-                a.hostname = self
-                    .store
-                    .node(&a.node_id)
-                    .await
-                    .ok()
-                    .flatten()
-                    .map(|n| n.facts.hostname);
-            }
-            let Ok(body) = serde_json::to_vec(&a) else {
-                continue;
-            };
-            for hook in hooks
-                .iter()
-                .filter(|h| h.kinds.is_empty() || h.kinds.contains(&a.kind))
-            {
-                let span = tracing::info_span!("alert", id = %a.id, kind = a.kind.as_str(), webhook = %hook.shown);
-                tokio::spawn(
-                    deliver(
-                        self.events.clone(),
-                        client.clone(),
-                        hook.clone(),
-                        cfg.clone(),
-                        a.clone(),
-                        body.clone(),
-                    )
-                    .instrument(span),
-                );
-            }
-        }
     }
 }
 
@@ -361,70 +375,6 @@ fn backoff(cfg: &AlertsConfig, n: u32) -> Duration {
     cfg.retry_initial
         .saturating_mul(1u32 << (n - 1).min(20))
         .min(cfg.retry_max)
-}
-
-async fn deliver(
-    events: EventLog,
-    client: reqwest::Client,
-    hook: Arc<Webhook>,
-    cfg: AlertsConfig,
-    a: Alert,
-    body: Vec<u8>,
-) {
-    let what = format!("{} alert {} for node {}", a.kind.as_str(), a.id, a.node_id);
-    for n in 1..=cfg.max_attempts {
-        let mut req = client
-            .post(hook.url.clone())
-            .header("content-type", "application/json")
-            .header("x-steward-alert", a.kind.as_str())
-            .body(body.clone());
-        if let Some(key) = &hook.secret {
-            req = req.header("x-steward-signature", signature(key, &body));
-        }
-        let why = match req.send().await {
-            Ok(r) if r.status().is_success() => {
-                info!(attempt = n, "alert delivered");
-                record(
-                    &events,
-                    EventKind::AlertDelivered,
-                    &a.node_id,
-                    format!("{what} delivered to {} (attempt {n})", hook.shown),
-                )
-                .await;
-                return;
-            }
-            Ok(r) => format!("answered {}", r.status()),
-            Err(e) => format!("{:#}", anyhow::Error::from(e.without_url())),
-        };
-        let next = (n < cfg.max_attempts).then(|| backoff(&cfg, n));
-        let msg = match next {
-            Some(d) => format!(
-                "{what} to {}: attempt {n}/{} failed ({why}); retrying in {}",
-                hook.shown,
-                cfg.max_attempts,
-                humantime::format_duration(d)
-            ),
-            None => format!(
-                "{what} to {}: attempt {n}/{} failed ({why}); giving up",
-                hook.shown, cfg.max_attempts
-            ),
-        };
-        warn!("{msg}");
-        record(&events, EventKind::AlertFailed, &a.node_id, msg).await;
-        match next {
-            Some(d) => tokio::time::sleep(d).await,
-            None => return,
-        }
-    }
-}
-
-async fn record(events: &EventLog, kind: EventKind, node: &str, msg: String) {
-    if let Err(e) = events
-        .record(kind, Some(node), None, CredentialKind::System, msg)
-        .await
-    {
-        warn!(error = %e, "recording an alert event failed");
-    }
 }
 
 #[cfg(test)]

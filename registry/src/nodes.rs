@@ -401,7 +401,9 @@ impl Nodes {
             )
             .await?;
         for a in alerts {
-            self.alerts.raise(a);
+            if let Err(e) = self.alerts.raise(a).await {
+                tracing::warn!(node = %id, error = %e, "raising an alert failed");
+            }
         }
         Ok(())
     }

@@ -118,6 +118,10 @@ fn apply(state: &AppState, c: &WatchEvent) {
             state.fleet.set_resets(id, true);
             Ok(())
         }
+        "alerts" => {
+            state.alerts.wake();
+            Ok(())
+        }
         "ui-sessions" => serde_json::from_slice(value).map(|s| state.sessions.apply(id, Some(s))),
         "hb" if Some(id) != state.settings.replica_id.as_deref() => {
             serde_json::from_slice(value).map(|b| apply_batch(state, &b))
@@ -207,8 +211,8 @@ async fn trim_events(state: AppState) {
     }
 }
 
-/// Runs the jobs that must run on one replica at a time — the health monitor, event trimming
-/// and the rollout drivers — while this process holds the store's leadership, and stops them when it loses it.
+/// Runs the jobs that must run on one replica at a time — the health monitor, event trimming,
+/// the alert dispatcher and the rollout drivers — while this process holds the store's leadership, and stops them when it loses it.
 pub async fn run_jobs(state: AppState) {
     let me = state
         .settings
@@ -234,9 +238,10 @@ pub async fn run_jobs(state: AppState) {
         {
             return;
         }
-        tracing::info!(replica = %me, "leading: running the health monitor and rollout drivers");
+        tracing::info!(replica = %me, "leading: running the health monitor, alert dispatcher and rollout drivers");
         let monitor = tokio::spawn(crate::nodes::health_monitor(state.nodes.clone()));
         let trimmer = tokio::spawn(trim_events(state.clone()));
+        let alerts = tokio::spawn(state.alerts.clone().dispatch());
         state.rollouts.set_leading(true);
         if let Err(e) = state.rollouts.resume_all().await {
             tracing::warn!(error = %e, "resuming rollouts failed; they resume when next written");
@@ -245,6 +250,7 @@ pub async fn run_jobs(state: AppState) {
         tracing::warn!(replica = %me, "leadership lost: stopping the jobs");
         monitor.abort();
         trimmer.abort();
+        alerts.abort();
         state.rollouts.set_leading(false);
     }
 }

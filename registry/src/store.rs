@@ -1,11 +1,11 @@
 //! The registry's typed records and where they live in the key-value store ([`crate::kv::Kv`]):
 //! nodes, machines, specs, fragments, enrollment tokens, events, payload version metadata,
-//! rollouts, queued workload resets (`store/resets.rs`) and re-enrolment grants
-//! (`store/grants.rs`). Payload contents are files (`payloads/blobs.rs`).
+//! rollouts, queued workload resets (`store/resets.rs`), re-enrolment grants
+//! (`store/grants.rs`) and pending webhook deliveries (`store/alerts.rs`). Payload contents are files (`payloads/blobs.rs`).
 //!
 //! Keys: `nodes/{id}`, `machines/{machine_id}`, `specs/{id}`, `fragments/{name}`, `tokens/{id}`,
 //! `events/{seq:020}` (with the counter `meta/event-seq`), `payloads/{name}/{version}`,
-//! `rollouts/{id}`, `resets/{node}`, `grants/{id}`, and `meta/spec-epoch`, raised by every change
+//! `rollouts/{id}`, `resets/{node}`, `grants/{id}`, `alerts/{delivery-id}`, and `meta/spec-epoch`, raised by every change
 //! that can alter effective specs (spec, fragment and label writes, payload deletions): such a
 //! change reads the epoch first and commits only if it did not move (optimistic concurrency
 //! across replicas). Values are JSON. Every write is durable before the call returns.
@@ -20,12 +20,14 @@ use steward_proto::{
 
 use crate::kv::{KeyValue, Kv, KvError, Revision, Txn, TxnOutcome};
 
+mod alerts;
 mod grants;
 mod replicas;
 mod resets;
 mod rollouts;
 #[cfg(test)]
 mod tests;
+pub use alerts::DeliveryRecord;
 pub use grants::GrantRecord;
 
 /// Errors of the store.

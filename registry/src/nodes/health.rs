@@ -66,7 +66,7 @@ impl Nodes {
             .await?;
         tracing::info!(node = %id, %from, %to, "node health changed");
         if to == Health::Down && from != Health::Down {
-            self.alerts.raise(crate::alerts::alert(
+            let a = crate::alerts::alert(
                 steward_proto::api::AlertKind::NodeDown,
                 id,
                 None,
@@ -74,7 +74,10 @@ impl Nodes {
                     "node {id} is down: no heartbeat for {} intervals (was {from})",
                     self.settings.down_after
                 ),
-            ));
+            );
+            if let Err(e) = self.alerts.raise(a).await {
+                tracing::warn!(node = %id, error = %e, "raising the node-down alert failed");
+            }
         }
         Ok(())
     }

@@ -1,5 +1,5 @@
 //! Unit tests of the typed store on the embedded backend: spec writes split over several
-//! transactions.
+//! transactions; alert deliveries recorded once.
 
 #![allow(clippy::unwrap_used)]
 
@@ -66,4 +66,42 @@ async fn a_record_replaced_meanwhile_is_left_to_the_writer_that_replaced_it() {
     assert!(written.iter().all(|w| w.node_id != "n140"));
     assert_eq!(store.spec("n140").await.unwrap().unwrap().generation, 7);
     assert_eq!(store.spec("n139").await.unwrap().unwrap().generation, 2);
+}
+
+#[tokio::test]
+async fn a_delivery_outcome_is_recorded_once_compared_on_its_revision() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_embedded(dir.path()).unwrap();
+    let d = DeliveryRecord {
+        id: "d1".into(),
+        alert_id: "a1".into(),
+        kind: "node-down".into(),
+        node_id: "n1".into(),
+        webhook: "h".into(),
+        shown: "http://x/hook".into(),
+        body: "{}".into(),
+        attempts: 0,
+        next_attempt: Utc::now(),
+    };
+    store
+        .add_deliveries(std::slice::from_ref(&d))
+        .await
+        .unwrap();
+    // The same delivery id cannot be stored twice.
+    assert!(matches!(
+        store.add_deliveries(std::slice::from_ref(&d)).await,
+        Err(StoreError::Stale)
+    ));
+    let (_, rev) = store.delivery("d1").await.unwrap().unwrap();
+    let failed = DeliveryRecord { attempts: 1, ..d };
+    let rev2 = store.save_delivery(&failed, rev).await.unwrap().unwrap();
+    // A replica still holding the old revision (a stale leader) records nothing.
+    assert_eq!(store.save_delivery(&failed, rev).await.unwrap(), None);
+    assert!(!store.finish_delivery("d1", rev).await.unwrap());
+    let all = store.deliveries().await.unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!((all[0].0.attempts, all[0].1), (1, rev2));
+    assert!(store.finish_delivery("d1", rev2).await.unwrap());
+    assert!(!store.finish_delivery("d1", rev2).await.unwrap());
+    assert!(store.deliveries().await.unwrap().is_empty());
 }
