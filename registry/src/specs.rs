@@ -278,8 +278,9 @@ impl Specs {
         };
         let mut writes = Vec::new();
         let mut problems = Vec::new();
-        for (id, labels) in candidates {
-            let (current, revision) = self.store.spec_rev(&id).await?;
+        let ids: Vec<String> = candidates.iter().map(|(id, _)| id.clone()).collect();
+        let records = self.store.spec_revs(&ids).await?;
+        for ((id, labels), (current, revision)) in candidates.into_iter().zip(records) {
             match effective_spec(&current.own, &labels, fragments, &self.limits) {
                 Ok((mut effective, names)) => {
                     self.payloads

@@ -432,6 +432,17 @@ impl Store {
         }
     }
 
+    /// The spec records and revisions of several nodes, in the order given (read 64 at a
+    /// time: a fragment write touching many nodes does not wait for each read in turn).
+    pub async fn spec_revs(&self, node_ids: &[String]) -> Result<Vec<(SpecRecord, Revision)>> {
+        let mut out = Vec::with_capacity(node_ids.len());
+        for chunk in node_ids.chunks(64) {
+            let reads: Vec<_> = chunk.iter().map(|id| self.spec_rev(id)).collect();
+            out.extend(futures_util::future::try_join_all(reads).await?);
+        }
+        Ok(out)
+    }
+
     /// A node's spec record and its revision (`(default, 0)` when it has none yet).
     pub async fn spec_rev(&self, node_id: &str) -> Result<(SpecRecord, Revision)> {
         Ok(self
