@@ -1,7 +1,7 @@
 //! Registry high-availability benchmarks, side by side in one run: the embedded store (one
 //! registry on sled) against three registry replicas on a three-member etcd cluster (loopback).
 //!
-//! `cargo bench -p steward-registry --bench ha [-- --quick]`. Measures spec write latency,
+//! `cargo bench -p steward-registry --bench ha [-- [write|fanout|heartbeat] [--quick]]`. Measures spec write latency,
 //! long-poll fan-out (watchers spread over the replicas, one fragment write matching all),
 //! heartbeat ingest per replica, and the etcd write rate while the fleet heartbeats (at two
 //! fleet sizes, to show it does not grow with the node count). Results: stdout and
@@ -85,9 +85,22 @@ async fn setup() -> Result<Setup> {
     })
 }
 
-async fn run(quick: bool) -> Result<Value> {
+async fn run(quick: bool, wants: impl Fn(&str) -> bool) -> Result<Value> {
     let s = setup().await?;
     let mut out = json!({"quick": quick});
+    if wants("write") {
+        spec_writes(&s, quick, &mut out).await?;
+    }
+    if wants("fanout") {
+        fanout(&s, quick, &mut out).await?;
+    }
+    if wants("heartbeat") {
+        heartbeats(&s, quick, &mut out).await?;
+    }
+    Ok(out)
+}
+
+async fn spec_writes(s: &Setup, quick: bool, out: &mut Value) -> Result<()> {
     let writes = if quick { 100 } else { 300 };
     println!("\n== spec write latency ({writes} sequential PUT /v1/nodes/{{id}}/spec) ==");
     let sled_w = measure::spec_writes(&s.sled, writes).await?;
@@ -96,7 +109,10 @@ async fn run(quick: bool) -> Result<Value> {
     out["spec_write"] = json!({"sled": sled_w.json(), "etcd": etcd_w.json(),
         "p50_ratio_etcd_over_sled": stats::r3(etcd_w.p50 / sled_w.p50),
         "p99_ratio_etcd_over_sled": stats::r3(etcd_w.p99 / sled_w.p99)});
+    Ok(())
+}
 
+async fn fanout(s: &Setup, quick: bool, out: &mut Value) -> Result<()> {
     let watchers = if quick { 200 } else { 1_000 };
     println!("\n== long-poll fan-out: {watchers} watchers, one fragment write matching all ==");
     let sled_f = measure::fanout(&[&s.sled], watchers, "sled").await?;
@@ -105,7 +121,12 @@ async fn run(quick: bool) -> Result<Value> {
     measure::print_pair("wake after write", &sled_f, &etcd_f);
     out["fanout"] = json!({"watchers": watchers, "sled_one_replica": sled_f.json(),
         "etcd_three_replicas": etcd_f.json()});
+    Ok(())
+}
 
+/// Heartbeat ingest on one replica, then the etcd write rate at two fleet sizes.
+async fn heartbeats(s: &Setup, quick: bool, out: &mut Value) -> Result<()> {
+    let reps: Vec<&Registry> = s.replicas.iter().collect();
     let fleet = if quick { 1_000 } else { 10_000 };
     println!("\n== heartbeat ingest (closed loop, 64 connections, {fleet} nodes) ==");
     let sled_nodes = measure::enroll(&s.sled, fleet, "hb").await?;
@@ -133,7 +154,7 @@ async fn run(quick: bool) -> Result<Value> {
     );
     out["etcd_write_rate"] = json!({"nodes_small": small.len(), "writes_per_s_small": stats::r3(w_small),
         "nodes_full": etcd_nodes.len(), "writes_per_s_full": stats::r3(w_full), "seconds": dur});
-    Ok(out)
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -145,7 +166,15 @@ fn main() -> ExitCode {
         .build()
         .expect("tokio runtime");
     let started = Instant::now();
-    let res = rt.block_on(run(quick));
+    // Bare words select parts: write, fanout, heartbeat (all by default).
+    let filters: Vec<String> = args
+        .iter()
+        .filter(|a| !a.starts_with('-'))
+        .cloned()
+        .collect();
+    let wants =
+        |name: &str| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()));
+    let res = rt.block_on(run(quick, wants));
     let path = measure::results_path();
     match &res {
         Ok(v) => {

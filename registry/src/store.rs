@@ -386,27 +386,34 @@ impl Store {
             rest = tail;
         }
         self.commit(first).await?;
+        // The rest in transactions of their own, committed side by side: each record is
+        // compared on its own revision, so their order does not matter.
+        let mut chunks = Vec::new();
         while !rest.is_empty() {
-            let (n, stored) = self.write_spec_chunk(rest).await?;
-            written.extend(stored);
+            let mut n = 0;
+            let mut size = 0;
+            while n < rest.len() && n < TXN_OPS && (n == 0 || size + rest[n].1.len() <= TXN_BYTES) {
+                size += rest[n].1.len();
+                n += 1;
+            }
+            chunks.push(&rest[..n]);
             rest = &rest[n..];
         }
+        let stored = futures_util::future::try_join_all(
+            chunks.into_iter().map(|c| self.write_spec_chunk(c)),
+        )
+        .await?;
+        written.extend(stored.into_iter().flatten());
         Ok(written)
     }
 
-    /// Writes the first specs of `chunk` that fit in one transaction, each only if its record
-    /// is unchanged; returns how many were handled and the ones stored.
+    /// Writes a chunk of specs in one transaction, each only if its record is unchanged;
+    /// returns the ones stored.
     async fn write_spec_chunk<'a>(
         &self,
         chunk: &[(String, Vec<u8>, &'a SpecWrite)],
-    ) -> Result<(usize, Vec<&'a SpecWrite>)> {
-        let mut n = 0;
-        let mut bytes = 0;
-        while n < chunk.len() && n < TXN_OPS && (n == 0 || bytes + chunk[n].1.len() <= TXN_BYTES) {
-            bytes += chunk[n].1.len();
-            n += 1;
-        }
-        let mut todo: Vec<&(String, Vec<u8>, &SpecWrite)> = chunk[..n].iter().collect();
+    ) -> Result<Vec<&'a SpecWrite>> {
+        let mut todo: Vec<&(String, Vec<u8>, &SpecWrite)> = chunk.iter().collect();
         loop {
             let mut txn = Txn::new();
             for (key, value, w) in &todo {
@@ -415,7 +422,7 @@ impl Store {
                     .put(key.clone(), value.clone());
             }
             if !matches!(self.kv.txn(txn).await?, TxnOutcome::Conflict) {
-                return Ok((n, todo.iter().map(|(_, _, w)| *w).collect()));
+                return Ok(todo.iter().map(|(_, _, w)| *w).collect());
             }
             // Keep only the records nobody replaced meanwhile, and try again.
             let mut kept = Vec::with_capacity(todo.len());
@@ -427,7 +434,7 @@ impl Store {
             }
             todo = kept;
             if todo.is_empty() {
-                return Ok((n, Vec::new()));
+                return Ok(Vec::new());
             }
         }
     }
