@@ -439,15 +439,31 @@ impl Store {
         }
     }
 
-    /// The spec records and revisions of several nodes, in the order given (read 64 at a
-    /// time: a fragment write touching many nodes does not wait for each read in turn).
+    /// The spec records and revisions of several nodes, in the order given: one by one for a
+    /// few, else from one read of every spec record (a fragment write touching many nodes does
+    /// not wait for a read per node).
     pub async fn spec_revs(&self, node_ids: &[String]) -> Result<Vec<(SpecRecord, Revision)>> {
-        let mut out = Vec::with_capacity(node_ids.len());
-        for chunk in node_ids.chunks(64) {
-            let reads: Vec<_> = chunk.iter().map(|id| self.spec_rev(id)).collect();
-            out.extend(futures_util::future::try_join_all(reads).await?);
+        if node_ids.len() <= 16 {
+            let mut out = Vec::with_capacity(node_ids.len());
+            for id in node_ids {
+                out.push(self.spec_rev(id).await?);
+            }
+            return Ok(out);
         }
-        Ok(out)
+        let mut all: std::collections::HashMap<String, KeyValue> = self
+            .kv
+            .range("specs/", None, 0)
+            .await?
+            .into_iter()
+            .map(|kv| (kv.key["specs/".len()..].to_string(), kv))
+            .collect();
+        node_ids
+            .iter()
+            .map(|id| match all.remove(id) {
+                Some(kv) => Ok((dec(&kv)?, kv.mod_revision)),
+                None => Ok((SpecRecord::default(), 0)),
+            })
+            .collect()
     }
 
     /// A node's spec record and its revision (`(default, 0)` when it has none yet).

@@ -95,6 +95,10 @@ pub async fn fanout(regs: &[&Registry], n: usize, label: &str) -> Result<Lat> {
     if st != StatusCode::OK {
         bail!("fragment write: {st} {v}");
     }
+    eprintln!(
+        "{label}: the fragment write answered after {:.1} ms",
+        t0.elapsed().as_secs_f64() * 1000.0
+    );
     let mut lats = Vec::with_capacity(n);
     for t in tasks {
         let at = tokio::time::timeout(Duration::from_secs(120), t)
