@@ -37,11 +37,14 @@ case "${1:-start}" in
 esac
 
 # What this script itself uses (a fresh Debian has neither): curl and python3 (JSON reading),
-# and protoc (protobuf-compiler), which building the registry needs (the etcd client's gRPC code).
+# and protoc (protobuf-compiler) with the well-known .proto files it imports (libprotobuf-dev,
+# which --no-install-recommends leaves out), which building the registry needs (the etcd
+# client's gRPC code).
 need=()
 command -v curl >/dev/null || need+=(curl)
 [ -x /usr/bin/python3 ] || need+=(python3)
 command -v protoc >/dev/null || need+=(protobuf-compiler)
+[ -f /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
 if [ ${#need[@]} -gt 0 ]; then
   echo "== installing ${need[*]} (Debian)"
   apt-get update -qq

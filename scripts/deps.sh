@@ -5,7 +5,8 @@
 # images), a running Docker engine, and
 # for the QEMU guest and VM tests (tests/guest/) Debian's stock kernel, QEMU, qemu-utils, mtools
 # and iproute2; etcd (etcd-server, and etcd-client for etcdctl) for the etcd store tests and
-# protoc (protobuf-compiler), which building the registry needs (the etcd client's gRPC code).
+# protoc (protobuf-compiler, with libprotobuf-dev for the .proto files it imports), which
+# building the registry needs (the etcd client's gRPC code).
 # Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +19,7 @@ command -v dockerd >/dev/null || need_apt+=(docker.io)
 # The etcd store: protoc builds the etcd client (a registry build dependency), etcd and etcdctl run the
 # test clusters (registry/tests/common/etcd.rs, kv_conformance.rs).
 command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
+[ -f /usr/include/google/protobuf/descriptor.proto ] || need_apt+=(libprotobuf-dev)
 command -v etcd >/dev/null || need_apt+=(etcd-server)
 command -v etcdctl >/dev/null || need_apt+=(etcd-client)
 if [ ${#need_apt[@]} -gt 0 ]; then
