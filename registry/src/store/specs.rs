@@ -1,0 +1,190 @@
+//! Specs and fragments in the store: `specs/{id}`, `fragments/{name}` and the spec epoch
+//! `meta/spec-epoch`; spec writes larger than one etcd transaction are split.
+
+use super::NodeRecord;
+use super::{dec, enc, Result, SpecRecord, SpecWrite, Store, SPEC_EPOCH, TXN_BYTES, TXN_OPS};
+use crate::kv::{KeyValue, Revision, Txn, TxnOutcome};
+use steward_proto::Fragment;
+
+/// Specs and fragments.
+impl Store {
+    pub async fn spec(&self, node_id: &str) -> Result<Option<SpecRecord>> {
+        self.value(&format!("specs/{node_id}")).await
+    }
+
+    /// Every node's spec record.
+    pub async fn specs(&self) -> Result<Vec<(String, SpecRecord)>> {
+        self.list("specs/").await
+    }
+
+    /// Every node's spec generation, for the watchers at start-up.
+    pub async fn generations(&self) -> Result<Vec<(String, u64)>> {
+        Ok(self
+            .specs()
+            .await?
+            .into_iter()
+            .map(|(id, r)| (id, r.generation))
+            .collect())
+    }
+
+    pub async fn fragment(&self, name: &str) -> Result<Option<Fragment>> {
+        self.value(&format!("fragments/{name}")).await
+    }
+
+    pub async fn fragments(&self) -> Result<Vec<Fragment>> {
+        self.values("fragments/").await
+    }
+
+    /// The revision of the spec epoch: read it before reading what a spec change is computed
+    /// from, and pass it to [`Store::write_specs`].
+    pub async fn spec_epoch(&self) -> Result<Revision> {
+        Ok(self
+            .kv
+            .get(SPEC_EPOCH)
+            .await?
+            .map_or(0, |kv| kv.mod_revision))
+    }
+
+    /// Writes node specs, optionally a fragment change and a node record. The first
+    /// transaction holds the fragment, the node record and as many specs as fit (etcd bounds a
+    /// transaction to 128 operations and 1.5 MiB), and commits only if no other spec change
+    /// committed since `epoch` was read ([`StoreError::Stale`] otherwise: compute again).
+    /// Further specs follow in more transactions, each spec only if its record is still the
+    /// one it was computed from: a record another writer replaced meanwhile was computed by
+    /// that writer after the first transaction, so with this change taken into account, and is
+    /// left as it is. Returns the writes that were stored. A crash between transactions leaves
+    /// some nodes on their previous effective spec until the next change recomputes them.
+    /// `fragment`: `(name, Some(f))` stores, `(name, None)` deletes.
+    pub async fn write_specs<'a>(
+        &self,
+        epoch: Revision,
+        specs: &'a [SpecWrite],
+        fragment: Option<(&str, Option<&Fragment>)>,
+        node: Option<&NodeRecord>,
+    ) -> Result<Vec<&'a SpecWrite>> {
+        let mut first = Txn::new()
+            .when(SPEC_EPOCH, epoch)
+            .put(SPEC_EPOCH, Vec::new());
+        let mut bytes = 0;
+        if let Some(n) = node {
+            let v = enc(n);
+            bytes += v.len();
+            first = first.put(format!("nodes/{}", n.id), v);
+        }
+        if let Some((name, f)) = fragment {
+            let key = format!("fragments/{name}");
+            first = match f {
+                Some(f) => {
+                    let v = enc(f);
+                    bytes += v.len();
+                    first.put(key, v)
+                }
+                None => first.delete(key),
+            };
+        }
+        let encoded: Vec<(String, Vec<u8>, &SpecWrite)> = specs
+            .iter()
+            .map(|w| (format!("specs/{}", w.node_id), enc(&w.record), w))
+            .collect();
+        let mut rest = encoded.as_slice();
+        let mut written = Vec::with_capacity(specs.len());
+        while let Some(((key, value, w), tail)) = rest.split_first() {
+            if first.ops.len() >= TXN_OPS || bytes + value.len() > TXN_BYTES {
+                break;
+            }
+            first = first
+                .when(key.clone(), w.revision)
+                .put(key.clone(), value.clone());
+            bytes += value.len();
+            written.push(*w);
+            rest = tail;
+        }
+        self.commit(first).await?;
+        // The rest in transactions of their own, committed side by side: each record is
+        // compared on its own revision, so their order does not matter.
+        let mut chunks = Vec::new();
+        while !rest.is_empty() {
+            let mut n = 0;
+            let mut size = 0;
+            while n < rest.len() && n < TXN_OPS && (n == 0 || size + rest[n].1.len() <= TXN_BYTES) {
+                size += rest[n].1.len();
+                n += 1;
+            }
+            chunks.push(&rest[..n]);
+            rest = &rest[n..];
+        }
+        let stored = futures_util::future::try_join_all(
+            chunks.into_iter().map(|c| self.write_spec_chunk(c)),
+        )
+        .await?;
+        written.extend(stored.into_iter().flatten());
+        Ok(written)
+    }
+
+    /// Writes a chunk of specs in one transaction, each only if its record is unchanged;
+    /// returns the ones stored.
+    async fn write_spec_chunk<'a>(
+        &self,
+        chunk: &[(String, Vec<u8>, &'a SpecWrite)],
+    ) -> Result<Vec<&'a SpecWrite>> {
+        let mut todo: Vec<&(String, Vec<u8>, &SpecWrite)> = chunk.iter().collect();
+        loop {
+            let mut txn = Txn::new();
+            for (key, value, w) in &todo {
+                txn = txn
+                    .when(key.clone(), w.revision)
+                    .put(key.clone(), value.clone());
+            }
+            if !matches!(self.kv.txn(txn).await?, TxnOutcome::Conflict) {
+                return Ok(todo.iter().map(|(_, _, w)| *w).collect());
+            }
+            // Keep only the records nobody replaced meanwhile, and try again.
+            let mut kept = Vec::with_capacity(todo.len());
+            for item in todo {
+                let now = self.kv.get(&item.0).await?.map_or(0, |kv| kv.mod_revision);
+                if now == item.2.revision {
+                    kept.push(item);
+                }
+            }
+            todo = kept;
+            if todo.is_empty() {
+                return Ok(Vec::new());
+            }
+        }
+    }
+
+    /// The spec records and revisions of several nodes, in the order given: one by one for a
+    /// few, else from one read of every spec record (a fragment write touching many nodes does
+    /// not wait for a read per node).
+    pub async fn spec_revs(&self, node_ids: &[String]) -> Result<Vec<(SpecRecord, Revision)>> {
+        if node_ids.len() <= 16 {
+            let mut out = Vec::with_capacity(node_ids.len());
+            for id in node_ids {
+                out.push(self.spec_rev(id).await?);
+            }
+            return Ok(out);
+        }
+        let mut all: std::collections::HashMap<String, KeyValue> = self
+            .kv
+            .range("specs/", None, 0)
+            .await?
+            .into_iter()
+            .map(|kv| (kv.key["specs/".len()..].to_string(), kv))
+            .collect();
+        node_ids
+            .iter()
+            .map(|id| match all.remove(id) {
+                Some(kv) => Ok((dec(&kv)?, kv.mod_revision)),
+                None => Ok((SpecRecord::default(), 0)),
+            })
+            .collect()
+    }
+
+    /// A node's spec record and its revision (`(default, 0)` when it has none yet).
+    pub async fn spec_rev(&self, node_id: &str) -> Result<(SpecRecord, Revision)> {
+        Ok(self
+            .get(&format!("specs/{node_id}"))
+            .await?
+            .unwrap_or_default())
+    }
+}
