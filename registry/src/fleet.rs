@@ -1,5 +1,6 @@
 //! The fleet view: what this registry process keeps in memory per node (heartbeat data, the
-//! secret hash, labels, health, and a `watch` channel carrying the node's spec generation), kept
+//! secret hash, labels, health, and a `watch` channel carrying the node's spec generation and,
+//! while long-polls wait on it, the spec record itself), kept
 //! in step with the store by [`Fleet::apply`], which the store watch (`replica.rs`) feeds with
 //! every change, including those written by other replicas. Heartbeats never touch the store by
 //! themselves.
@@ -34,11 +35,20 @@ pub struct Live {
     pub progress: Option<steward_proto::PassProgress>,
 }
 
-/// One node's live entry: its heartbeat data and its spec generation channel.
+/// What a node's spec long-polls wait on: the newest generation this process knows, and its
+/// record when it arrived while a long-poll was waiting (the woken polls answer from it instead of
+/// each reading the store; it is dropped once nobody waits).
+#[derive(Debug, Clone, Default)]
+pub struct Published {
+    pub generation: u64,
+    pub record: Option<Arc<SpecRecord>>,
+}
+
+/// One node's live entry: its heartbeat data and its spec channel.
 #[derive(Debug)]
 pub struct LiveNode {
     pub live: Mutex<Live>,
-    pub generation: watch::Sender<u64>,
+    pub spec: watch::Sender<Published>,
 }
 
 impl LiveNode {
@@ -46,15 +56,40 @@ impl LiveNode {
         self.live.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Raises the generation (never lowers it: watch events may arrive after a local write).
-    pub fn raise_generation(&self, generation: u64) {
-        self.generation.send_if_modified(|g| {
-            let raise = generation > *g;
-            if raise {
-                *g = generation;
+    /// The newest spec generation this process knows.
+    pub fn generation(&self) -> u64 {
+        self.spec.borrow().generation
+    }
+
+    /// Raises the generation to `rec`'s (never lowers it: watch events may arrive after a local
+    /// write) and wakes the long-polls; they get `rec` itself if any is waiting now.
+    pub fn publish(&self, rec: &SpecRecord) {
+        let record = (self.spec.receiver_count() > 0).then(|| Arc::new(rec.clone()));
+        self.spec.send_if_modified(|p| {
+            if rec.generation > p.generation {
+                *p = Published {
+                    generation: rec.generation,
+                    record,
+                };
+                return true;
             }
-            raise
+            if rec.generation == p.generation && p.record.is_none() {
+                // Same generation (a local write, then its watch event): nobody to wake.
+                p.record = record;
+            }
+            false
         });
+    }
+
+    /// Drops the published record once no long-poll waits on it (memory stays small when a
+    /// fleet's agents are between polls).
+    pub fn release_record(&self) {
+        if self.spec.receiver_count() == 0 {
+            self.spec.send_if_modified(|p| {
+                p.record = None;
+                false
+            });
+        }
     }
 }
 
@@ -104,7 +139,7 @@ impl Fleet {
 
     /// Current spec generation of a node (0 when unknown).
     pub fn generation(&self, id: &str) -> u64 {
-        self.live(id).map(|l| *l.generation.borrow()).unwrap_or(0)
+        self.live(id).map(|l| l.generation()).unwrap_or(0)
     }
 
     /// Whether resets may be queued for `node` (read the store then).
@@ -150,7 +185,7 @@ impl Fleet {
     /// Applies a stored spec record: wakes the node's long-polls when its generation rose.
     pub fn apply_spec(&self, node: &str, rec: &SpecRecord) {
         if let Some(ln) = self.live(node) {
-            ln.raise_generation(rec.generation);
+            ln.publish(rec);
         }
     }
 
@@ -168,7 +203,10 @@ impl Fleet {
 }
 
 fn live_from_record(rec: &NodeRecord, generation: u64, now: Instant) -> LiveNode {
-    let (generation, _) = watch::channel(generation);
+    let (spec, _) = watch::channel(Published {
+        generation,
+        record: None,
+    });
     LiveNode {
         live: Mutex::new(Live {
             secret_sha256: rec.secret_sha256,
@@ -187,6 +225,78 @@ fn live_from_record(rec: &NodeRecord, generation: u64, now: Instant) -> LiveNode
                 .unwrap_or_default(),
             progress: None,
         }),
-        generation,
+        spec,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node() -> LiveNode {
+        let rec = NodeRecord {
+            id: "n1".into(),
+            labels: Default::default(),
+            facts: Default::default(),
+            health: Health::Ready,
+            enrolled_at: Utc::now(),
+            last_heartbeat: None,
+            heartbeat_rtt_ms: None,
+            stats: None,
+            status: None,
+            observed_generation: 0,
+            secret_sha256: None,
+        };
+        live_from_record(&rec, 1, Instant::now())
+    }
+
+    fn spec(generation: u64) -> SpecRecord {
+        SpecRecord {
+            generation,
+            fragments: vec![format!("f{generation}")],
+            ..SpecRecord::default()
+        }
+    }
+
+    fn held(ln: &LiveNode) -> Option<u64> {
+        ln.spec.borrow().record.as_ref().map(|r| r.generation)
+    }
+
+    #[test]
+    fn published_records_are_kept_only_while_a_long_poll_waits() {
+        let ln = node();
+        // Nobody waits: the generation rises, no record is kept.
+        ln.publish(&spec(2));
+        assert_eq!((ln.generation(), held(&ln)), (2, None));
+        // A waiting poll is woken and finds the record itself.
+        let mut rx = ln.spec.subscribe();
+        ln.publish(&spec(3));
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(
+            rx.borrow_and_update().record.as_ref().unwrap().fragments,
+            ["f3"]
+        );
+        // An older generation (a late watch event) changes nothing and wakes nobody.
+        ln.publish(&spec(2));
+        assert!(!rx.has_changed().unwrap());
+        assert_eq!((ln.generation(), held(&ln)), (3, Some(3)));
+        // Released only once nobody waits.
+        ln.release_record();
+        assert_eq!(held(&ln), Some(3));
+        drop(rx);
+        ln.release_record();
+        assert_eq!((ln.generation(), held(&ln)), (3, None));
+    }
+
+    #[test]
+    fn the_same_generation_fills_in_the_record_without_waking() {
+        let ln = node();
+        ln.publish(&spec(4));
+        let mut rx = ln.spec.subscribe();
+        rx.borrow_and_update();
+        // The watch event of a local write: same generation, now someone waits.
+        ln.publish(&spec(4));
+        assert!(!rx.has_changed().unwrap());
+        assert_eq!(held(&ln), Some(4));
     }
 }

@@ -114,7 +114,7 @@ impl Nodes {
         };
         node.drifted = !node.drift.is_empty();
         if let Some(ln) = self.fleet.live(&node.id) {
-            node.generation = *ln.generation.borrow();
+            node.generation = ln.generation();
             let l = ln.lock();
             node.health = l.health;
             node.last_heartbeat = l.last_heartbeat;
@@ -285,7 +285,7 @@ impl Nodes {
             .fleet
             .live(id)
             .ok_or_else(|| NodeError::NoNode(id.to_string()))?;
-        let generation = *ln.generation.borrow();
+        let generation = ln.generation();
         let status_wanted = {
             let mut l = ln.lock();
             l.last_seen = Instant::now();

@@ -163,7 +163,7 @@ impl Specs {
         let mut out = Vec::with_capacity(written.len());
         for w in written {
             if let Some(ln) = self.fleet.live(&w.node_id) {
-                ln.raise_generation(w.record.generation);
+                ln.publish(&w.record);
             }
             events.push(Event {
                 seq: 0,

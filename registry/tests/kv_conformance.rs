@@ -278,6 +278,41 @@ async fn etcd_writes_continue_with_one_of_three_members_killed() {
     suite::committed(write(&kv, 22).await.unwrap());
 }
 
+/// The leader is killed and brought back three times in a row: after each kill writes go on
+/// through the same connection (it leaves the dead member for a live one), and the member that
+/// came back serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_writes_continue_through_repeated_leader_kills() {
+    let Some(mut cluster) = EtcdCluster::start(3).await else {
+        return;
+    };
+    let kv = &etcd_connect(&cluster, "/repeated").await;
+    let mut written = 0;
+    suite::committed(write(kv, written).await.unwrap());
+    for round in 0..3 {
+        let leader = cluster.leader().await.expect("the cluster has a leader");
+        cluster.kill(leader);
+        written += 1;
+        let i = written;
+        suite::eventually(
+            &format!("a write after leader kill {round}"),
+            || async move { write(kv, i).await.is_ok() },
+        )
+        .await;
+        for _ in 0..5 {
+            written += 1;
+            suite::committed(write(kv, written).await.unwrap());
+        }
+        cluster.restart(leader).await;
+    }
+    let keys = kv.range("q/", None, 0).await.unwrap();
+    assert_eq!(
+        keys.len(),
+        written + 1,
+        "every acknowledged write is stored"
+    );
+}
+
 /// With two members of three killed, a write fails with `Unavailable` naming the store (the
 /// request timeout, not a hang), and succeeds again once a member is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,7 @@
 //! A node's desired state: read (with long-poll) and write.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
@@ -13,9 +14,14 @@ use super::Doc;
 use crate::auth::Caller;
 use crate::error::{ApiResult, RegistryError};
 use crate::state::AppState;
+use crate::store::SpecRecord;
 
 async fn document(state: &AppState, id: &str) -> ApiResult<Response> {
     let rec = state.store.spec(id).await?.unwrap_or_default();
+    Ok(answer(id, rec))
+}
+
+fn answer(id: &str, rec: SpecRecord) -> Response {
     let etag = HeaderValue::from_str(&format!("\"{}\"", rec.generation))
         .unwrap_or(HeaderValue::from_static("\"0\""));
     let doc = SpecDocument {
@@ -25,7 +31,7 @@ async fn document(state: &AppState, id: &str) -> ApiResult<Response> {
         own: rec.own,
         fragments: rec.fragments,
     };
-    Ok(([(header::ETAG, etag)], Json(doc)).into_response())
+    ([(header::ETAG, etag)], Json(doc)).into_response()
 }
 
 /// `GET /v1/nodes/{id}/spec[?after=G[&wait=30s]]`.
@@ -57,18 +63,24 @@ pub async fn get(
             ),
         ));
     }
-    let mut rx = ln.generation.subscribe();
+    let mut rx = ln.spec.subscribe();
     drop(ln);
-    let woke = tokio::time::timeout(wait, rx.wait_for(|g| *g > after))
-        .await
-        .map(|r| r.is_ok())
-        .unwrap_or(false);
-    // Sender gone (cannot happen while the node exists) or time-out: check once more.
-    let newer = woke || *rx.borrow() > after;
-    if newer {
-        document(&state, &id).await
-    } else {
-        Ok(StatusCode::NOT_MODIFIED.into_response())
+    // A sender gone (cannot happen while the node exists) or a time-out: look once more.
+    let _ = tokio::time::timeout(wait, rx.wait_for(|p| p.generation > after)).await;
+    let published = rx.borrow().clone();
+    drop(rx);
+    if published.generation <= after {
+        return Ok(StatusCode::NOT_MODIFIED.into_response());
+    }
+    match published.record {
+        // Delivered while this poll waited: no store read for each of a thousand woken polls.
+        Some(rec) if rec.generation > after => {
+            if let Some(ln) = state.live(&id) {
+                ln.release_record();
+            }
+            Ok(answer(&id, Arc::unwrap_or_clone(rec)))
+        }
+        _ => document(&state, &id).await,
     }
 }
 

@@ -5,7 +5,10 @@
 //! under `{prefix}.internal/`, so a range or watch of the registry's keys never sees them.
 //! Revisions are etcd's (`mod_revision`, header revision). Every request runs under
 //! `request_timeout` and with "require leader", so a cluster without quorum answers
-//! [`KvError::Unavailable`] instead of hanging. Leases, session keys and elections are in
+//! [`KvError::Unavailable`] instead of hanging. Requests go to one pinned member (one
+//! connection per endpoint); a request that fails for want of that member moves the pin to the
+//! next endpoint, as etcd's own clients do, so a dead member is never chosen again and again by a
+//! balancer. Leases, session keys and elections are in
 //! `session.rs`, watches in `watch.rs`, options and the `etcd://` URL in `options.rs`.
 
 mod options;
@@ -13,6 +16,7 @@ mod session;
 mod watch;
 
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use etcd_client::{Client, Compare as EtcdCompare, CompareOp, ConnectOptions, GetOptions, TxnOp};
@@ -36,7 +40,10 @@ pub struct EtcdKv {
 
 /// What the background tasks share with the store handle.
 pub(crate) struct Inner {
-    client: Client,
+    /// One client per endpoint, in the order of `opts.endpoints`.
+    clients: Vec<Client>,
+    /// The index in `clients` that requests go to until one fails for want of its member.
+    pinned: AtomicUsize,
     opts: EtcdOptions,
     /// `{prefix}/`: the start of every registry key.
     root: String,
@@ -74,16 +81,22 @@ impl EtcdKv {
             store: store.clone(),
             reason,
         };
-        let client = tokio::time::timeout(
-            opts.request_timeout,
-            Client::connect(&opts.endpoints, Some(connect)),
-        )
-        .await
-        .map_err(|_| unavailable(format!("no connection within {:?}", opts.request_timeout)))?
-        .map_err(|e| unavailable(format!("cannot connect: {e}")))?;
+        let mut clients = Vec::with_capacity(opts.endpoints.len());
+        for endpoint in &opts.endpoints {
+            // Connections are made when first used: a member that is down now is no error.
+            let client = tokio::time::timeout(
+                opts.request_timeout,
+                Client::connect([endpoint], Some(connect.clone())),
+            )
+            .await
+            .map_err(|_| unavailable(format!("no connection within {:?}", opts.request_timeout)))?
+            .map_err(|e| unavailable(format!("cannot connect to {endpoint}: {e}")))?;
+            clients.push(client);
+        }
         let kv = EtcdKv {
             inner: Arc::new(Inner {
-                client,
+                clients,
+                pinned: AtomicUsize::new(0),
                 root: format!("{prefix}/"),
                 internal: format!("{prefix}.internal/"),
                 session: session::Session::new(),
@@ -207,9 +220,11 @@ impl Inner {
         let deadline = tokio::time::Instant::now() + self.opts.request_timeout;
         let mut last = None;
         loop {
-            match tokio::time::timeout_at(deadline, request(self.client.clone())).await {
+            let (pin, client) = self.client();
+            match tokio::time::timeout_at(deadline, request(client)).await {
                 Ok(Ok(v)) => return Ok(v),
                 Ok(Err(e)) if retry(&e) => {
+                    self.unpin(pin, &e);
                     last = Some(e.to_string());
                     let pause = tokio::time::Instant::now() + RETRY_PAUSE;
                     if pause >= deadline {
@@ -217,8 +232,14 @@ impl Inner {
                     }
                     tokio::time::sleep_until(pause).await;
                 }
-                Ok(Err(e)) => return Err(self.map_err(what, e)),
-                Err(_) => break,
+                Ok(Err(e)) => {
+                    self.unpin(pin, &e);
+                    return Err(self.map_err(what, e));
+                }
+                Err(_) => {
+                    self.move_pin(pin);
+                    break;
+                }
             }
         }
         let waited = format!("no answer within {:?}", self.opts.request_timeout);
@@ -229,6 +250,38 @@ impl Inner {
                 None => waited,
             },
         ))
+    }
+
+    /// The pinned member's client and its index.
+    pub(crate) fn client(&self) -> (usize, Client) {
+        let pin = self.pinned.load(Ordering::Relaxed) % self.clients.len();
+        (pin, self.clients[pin].clone())
+    }
+
+    /// Moves the pin off member `pin` after error `e` if the error may come from that member
+    /// (down, unreachable, without leader), so the next request tries another.
+    fn unpin(&self, pin: usize, e: &etcd_client::Error) {
+        if not_sent(e) || transient(e) {
+            self.move_pin(pin);
+        }
+    }
+
+    /// Moves the pin from `pin` to the next endpoint (unless another request already moved it).
+    pub(crate) fn move_pin(&self, pin: usize) {
+        let next = (pin + 1) % self.clients.len();
+        if self
+            .pinned
+            .compare_exchange(pin, next, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+            && self.clients.len() > 1
+        {
+            tracing::debug!(
+                store = %self.store,
+                from = %self.opts.endpoints[pin],
+                to = %self.opts.endpoints[next],
+                "etcd member did not answer; trying the next endpoint"
+            );
+        }
     }
 
     /// Like [`Inner::call`] for a request that cannot be repeated (on an open stream).
