@@ -210,6 +210,24 @@ impl Nodes {
         if !problems.is_empty() {
             return Err(NodeError::Invalid(problems));
         }
+        // Claimed first, against what `admit` saw: of two enrolments of one machine id at once
+        // (on two replicas), one gets it and the other changes nothing.
+        if !self
+            .store
+            .claim_machine(
+                &rec.facts.machine_id,
+                admitted.machine_was.as_deref(),
+                &rec.id,
+            )
+            .await?
+        {
+            return Err(EnrollError::Conflict(format!(
+                "machine id {:?} was enrolled by another request at the same moment; try again \
+                 (with this node's secret or a re-enrolment grant if it is now enrolled)",
+                rec.facts.machine_id
+            ))
+            .into());
+        }
         self.enrolments.spend(&admitted.credential, now).await?;
         let secret = auth::new_secret(&rec.id);
         rec.secret_sha256 = Some(auth::sha256(&secret));
@@ -222,9 +240,6 @@ impl Nodes {
                 self.store.set_machine(&old, None).await?;
             }
         }
-        self.store
-            .set_machine(&rec.facts.machine_id, Some(&rec.id))
-            .await?;
         let generation = self
             .store
             .spec(&rec.id)

@@ -88,6 +88,9 @@ pub struct Admitted {
     /// The enrolled node the caller proved to be; `None` creates a new node.
     pub existing: Option<NodeRecord>,
     pub credential: Credential,
+    /// The node id the machine id mapped to when this was decided (`None`: none); the
+    /// enrolment claims the mapping only if it is still that.
+    pub machine_was: Option<String>,
 }
 
 /// Why an enrollment token cannot be used now, if it cannot.
@@ -186,10 +189,11 @@ impl Enrolments {
             client,
             hostname: &req.facts.hostname,
         };
-        let mapped = match self.store.node_for_machine(&req.facts.machine_id).await? {
+        let machine_was = self.store.node_for_machine(&req.facts.machine_id).await?;
+        let mapped = match &machine_was {
             Some(id) => self
                 .store
-                .node(&id)
+                .node(id)
                 .await?
                 .filter(|n| n.health != Health::Decommissioned),
             None => None,
@@ -203,6 +207,7 @@ impl Enrolments {
                     None => Ok(Admitted {
                         existing: None,
                         credential,
+                        machine_was,
                     }),
                 };
             }
@@ -229,6 +234,7 @@ impl Enrolments {
         Ok(Admitted {
             existing: Some(proven),
             credential,
+            machine_was,
         })
     }
 }

@@ -283,6 +283,38 @@ impl Store {
             .map(|kv| String::from_utf8_lossy(&kv.value).into_owned()))
     }
 
+    /// Points `machines/{machine_id}` at `node_id` if it still names `seen`, the node (or none)
+    /// an enrolment was decided on. False, changing nothing, when another enrolment (on this
+    /// replica or another) changed the mapping meanwhile.
+    pub async fn claim_machine(
+        &self,
+        machine_id: &str,
+        seen: Option<&str>,
+        node_id: &str,
+    ) -> Result<bool> {
+        let key = format!("machines/{machine_id}");
+        let now = self.kv.get(&key).await?;
+        let (value, rev) = match &now {
+            Some(kv) => (Some(String::from_utf8_lossy(&kv.value)), kv.mod_revision),
+            None => (None, 0),
+        };
+        if value.as_deref() != seen {
+            return Ok(false);
+        }
+        match self
+            .commit(
+                Txn::new()
+                    .when(key.clone(), rev)
+                    .put(key, node_id.as_bytes()),
+            )
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(StoreError::Stale) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     pub async fn set_machine(&self, machine_id: &str, node_id: Option<&str>) -> Result<()> {
         let key = format!("machines/{machine_id}");
         let txn = match node_id {

@@ -539,3 +539,46 @@ async fn etcd_member_loss() {
     }
     rs.leader().await;
 }
+
+/// Two enrolments of one machine id at the same moment, one on each replica, with a token each:
+/// one enrols, the other is refused (409), and the fleet holds one node for the machine id,
+/// in every round (the per-process enrolment lock cannot order two replicas; the store does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_machine_enrolled_on_two_replicas_at_once_gives_one_node() {
+    let _serial = SERIAL.lock().await;
+    let Some(etcd) = EtcdCluster::start(3).await else {
+        return;
+    };
+    let rs = Replicas::start(&etcd, 2, &[]).await;
+    let (a, b) = (&rs.regs[0], &rs.regs[1]);
+    let (st, tok) = a
+        .req(
+            Method::POST,
+            "/v1/enrollment-tokens",
+            Some(&a.admin),
+            Some(json!({"uses": 100})),
+        )
+        .await;
+    assert_eq!(st, 201, "{tok}");
+    for round in 0..8 {
+        let machine = format!("m-race-{round}");
+        let body =
+            json!({"token": tok["token"], "facts": {"machine_id": machine, "hostname": machine}});
+        let (ra, rb) = tokio::join!(
+            a.req(Method::POST, "/v1/enroll", None, Some(body.clone())),
+            b.req(Method::POST, "/v1/enroll", None, Some(body.clone())),
+        );
+        let mut statuses = [ra.0, rb.0];
+        statuses.sort_unstable();
+        assert_eq!(statuses, [200, 409], "round {round}: {ra:?} {rb:?}");
+        let (st, nodes) = a.get("/v1/nodes", &a.admin).await;
+        assert_eq!(st, 200, "{nodes}");
+        let same = nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["facts"]["machine_id"] == machine.as_str())
+            .count();
+        assert_eq!(same, 1, "round {round}: nodes for {machine}: {nodes}");
+    }
+}
