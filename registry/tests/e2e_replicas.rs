@@ -15,11 +15,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::agent::{content, wait_for, Agent};
 use common::etcd::EtcdCluster;
 use common::replicas::{
-    acked_more, all_events, assert_gap_free, content, converged, download, fr_fragment,
-    node_secret, sha256_hex, start_agents, tc_spec, upload, wait_for, Acks, Agent, Replicas,
-    Writer,
+    acked_more, all_events, assert_gap_free, converged, download, fr_fragment, node_secret,
+    sha256_hex, start_agents, tc_spec, upload, Acks, Replicas, Writer,
 };
 use common::Registry;
 use futures_util::StreamExt;

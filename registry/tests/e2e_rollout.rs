@@ -7,131 +7,13 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
+use common::agent::{content, wait_for, Agent};
 use common::Registry;
 use reqwest::Method;
 use serde_json::{json, Value};
-
-/// A binary of the workspace built next to this test's executable (`cargo test --workspace`
-/// builds the agent too).
-fn workspace_bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let p = exe.parent().unwrap().parent().unwrap().join(name);
-    assert!(
-        p.exists(),
-        "{} is missing: run `cargo build -p steward-agent` first (cargo test --workspace does)",
-        p.display()
-    );
-    p
-}
-
-struct Agent {
-    child: Child,
-    dir: tempfile::TempDir,
-    root: tempfile::TempDir,
-    id: String,
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Agent {
-    async fn start(r: &Registry, token: &str) -> Agent {
-        let dir = tempfile::tempdir().unwrap();
-        let root = tempfile::tempdir().unwrap();
-        let config = dir.path().join("agent.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "registry = \"{}\"\nenrollment_token = \"{token}\"\ndata_dir = \"{}\"\n\
-                 resync_interval = \"2s\"\nlong_poll_wait = \"30s\"\nbackoff_max = \"1s\"\n\
-                 [policy]\npayload_roots = [\"{}\"]\n",
-                r.url(""),
-                dir.path().join("state").display(),
-                root.path().display()
-            ),
-        )
-        .unwrap();
-        let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
-        // Five agents on one host need five machine ids: each runs in its own mount namespace
-        // with its own file bind-mounted over /etc/machine-id (the agent reads it to enrol).
-        let machine_id = dir.path().join("machine-id");
-        std::fs::write(&machine_id, format!("{}\n", uuid::Uuid::new_v4().simple())).unwrap();
-        let child = Command::new("unshare")
-            .args(["--mount", "--propagation", "private", "sh", "-c"])
-            .arg("mount --bind \"$0\" /etc/machine-id && exec \"$@\"")
-            .arg(&machine_id)
-            .arg(workspace_bin("steward-agent"))
-            .arg("--config")
-            .arg(&config)
-            .arg("run")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let idfile = dir.path().join("state/node.json");
-        let id = wait_for(30, "an agent to enrol", || {
-            let v: Option<Value> = std::fs::read(&idfile)
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok());
-            async move { v.and_then(|v| v["node_id"].as_str().map(str::to_string)) }
-        })
-        .await;
-        Agent {
-            child,
-            dir,
-            root,
-            id,
-        }
-    }
-
-    fn target(&self) -> PathBuf {
-        self.root.path().join("tc.bin")
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
-    }
-}
-
-async fn wait_for<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {secs}s waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-fn content(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
 
 async fn upload(r: &Registry, version: &str, body: Vec<u8>) -> String {
     let resp = r
@@ -156,12 +38,12 @@ async fn all_at(r: &Registry, agents: &[Agent], want: &[u8], sha: &str, what: &s
             (att["actual"] == sha && att["expected"] == sha).then_some(())
         })
         .await;
-        let got = std::fs::read(a.target());
+        let got = std::fs::read(a.target("tc"));
         assert!(
             got.as_ref().is_ok_and(|g| g == want),
             "node {}: {} {:?}\n{:?}\n{}",
             a.id,
-            a.target().display(),
+            a.target("tc").display(),
             got.map(|g| g.len()),
             r.get(&format!("/v1/nodes/{}", a.id), &r.admin).await.1["status"],
             a.log()
@@ -188,7 +70,7 @@ async fn rollout_over_five_agents_halts_on_a_failing_batch_and_rolls_back() {
     let token = tok["token"].as_str().unwrap();
     let mut agents = Vec::new();
     for _ in 0..5 {
-        agents.push(Agent::start(&r, token).await);
+        agents.push(Agent::start(&r.url(""), token, None).await);
     }
     // Batches follow node id order.
     agents.sort_by(|a, b| a.id.cmp(&b.id));
@@ -199,7 +81,7 @@ async fn rollout_over_five_agents_halts_on_a_failing_batch_and_rolls_back() {
     for a in &agents {
         let yaml = format!(
             "payloads: [{{name: tc, version: '1', path: '{}'}}]",
-            a.target().display()
+            a.target("tc").display()
         );
         let (st, w) = r
             .put_yaml(&format!("/v1/nodes/{}/spec", a.id), &r.admin, &yaml)
@@ -267,15 +149,19 @@ async fn rollout_over_five_agents_halts_on_a_failing_batch_and_rolls_back() {
     for a in &agents[..2] {
         assert_eq!(node(&halted, &a.id)["state"], "converged");
         assert_eq!(
-            std::fs::read(a.target()).unwrap(),
+            std::fs::read(a.target("tc")).unwrap(),
             v2,
             "batch 1 got version 2"
         );
     }
     assert_eq!(node(&halted, &agents[4].id)["state"], "waiting");
-    assert_eq!(std::fs::read(bad.target()).unwrap(), v1, "never replaced");
     assert_eq!(
-        std::fs::read(agents[4].target()).unwrap(),
+        std::fs::read(bad.target("tc")).unwrap(),
+        v1,
+        "never replaced"
+    );
+    assert_eq!(
+        std::fs::read(agents[4].target("tc")).unwrap(),
         v1,
         "batch 3 never started"
     );
@@ -379,7 +265,7 @@ async fn pause_resume_survive_a_registry_restart_and_roll_back_a_finished_rollou
     let token = tok["token"].as_str().unwrap().to_string();
     let mut agents = Vec::new();
     for _ in 0..3 {
-        agents.push(Agent::start(&r, &token).await);
+        agents.push(Agent::start(&r.url(""), &token, None).await);
     }
     agents.sort_by(|a, b| a.id.cmp(&b.id));
     let (v1, v2) = (content(200_000, 11), content(200_000, 12));
@@ -388,7 +274,7 @@ async fn pause_resume_survive_a_registry_restart_and_roll_back_a_finished_rollou
     for a in &agents {
         let yaml = format!(
             "payloads: [{{name: tc, version: '1', path: '{}'}}]",
-            a.target().display()
+            a.target("tc").display()
         );
         let (st, w) = r
             .put_yaml(&format!("/v1/nodes/{}/spec", a.id), &r.admin, &yaml)
@@ -435,7 +321,7 @@ async fn pause_resume_survive_a_registry_restart_and_roll_back_a_finished_rollou
     for (i, a) in agents.iter().enumerate().skip(at as usize + 1) {
         assert_eq!(ro["nodes"][i]["node_id"], a.id.as_str());
         assert_eq!(ro["nodes"][i]["state"], "waiting", "{ro}");
-        assert_eq!(std::fs::read(a.target()).unwrap(), v1);
+        assert_eq!(std::fs::read(a.target("tc")).unwrap(), v1);
     }
 
     let (st, p) = r
@@ -493,8 +379,8 @@ async fn a_silent_node_times_the_batch_out_and_abort_stops_it() {
     assert_eq!(st, 201, "{tok}");
     let token = tok["token"].as_str().unwrap().to_string();
     let mut agents = vec![
-        Agent::start(&r, &token).await,
-        Agent::start(&r, &token).await,
+        Agent::start(&r.url(""), &token, None).await,
+        Agent::start(&r.url(""), &token, None).await,
     ];
     let (v1, v2) = (content(100_000, 21), content(100_000, 22));
     let sha1 = upload(&r, "1", v1.clone()).await;
@@ -502,7 +388,7 @@ async fn a_silent_node_times_the_batch_out_and_abort_stops_it() {
     for a in &agents {
         let yaml = format!(
             "payloads: [{{name: tc, version: '1', path: '{}'}}]",
-            a.target().display()
+            a.target("tc").display()
         );
         let (st, w) = r
             .put_yaml(&format!("/v1/nodes/{}/spec", a.id), &r.admin, &yaml)
