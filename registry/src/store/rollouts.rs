@@ -38,12 +38,14 @@ impl Store {
         mut event: Event,
     ) -> Result<Event> {
         let key = format!("rollouts/{id}");
-        for _ in 0..CAS_ATTEMPTS {
-            if self
-                .get::<serde_json::Value>(&key)
-                .await?
-                .map_or(0, |(_, rev)| rev)
-                != revision
+        for attempt in 0..CAS_ATTEMPTS {
+            // After a conflict: was it the rollout (stale, give up) or the event number (retry)?
+            if attempt > 0
+                && self
+                    .get::<serde_json::Value>(&key)
+                    .await?
+                    .map_or(0, |(_, rev)| rev)
+                    != revision
             {
                 return Err(StoreError::Stale);
             }
@@ -58,7 +60,7 @@ impl Store {
             match self.commit(txn).await {
                 Ok(_) => return Ok(event),
                 // Either the rollout changed (caught on the next turn) or another event was
-                // numbered meanwhile (number again).
+                // numbered meanwhile (number again). The first attempt reads neither back.
                 Err(StoreError::Stale) => continue,
                 Err(e) => return Err(e),
             }
