@@ -59,7 +59,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let paths = Paths::new(&cfg.data_dir);
     let store = Store::open(&paths)?;
-    let stored = store.spec()?;
+    let stored = store.load::<StoredSpec>()?;
     match &stored {
         Some(s) => info!(
             generation = s.generation,
@@ -176,12 +176,12 @@ async fn watch_spec(
                     generation: doc.generation,
                     spec: doc.spec,
                 };
-                // Durable before acting on it: a restart keeps enforcing it.
-                if let Err(e) = store.save_spec(&s).await {
-                    error!(error = %format!("{e:#}"), "storing the new spec failed");
+                if let Err(e) = take_spec(&store, &tx, s).await {
+                    // Not acted on: the same spec is asked for again after the backoff.
+                    let d = backoff.delay();
+                    error!(error = %format!("{e:#}"), retry_in = ?d, "storing the new spec failed; enforcing the stored one");
+                    tokio::time::sleep(d).await;
                 }
-                info!(generation = s.generation, "new spec received");
-                tx.send_replace(Some(s));
             }
             Ok(None) => {
                 backoff.reset();
@@ -200,6 +200,20 @@ async fn watch_spec(
             }
         }
     }
+}
+
+/// Hands a received spec to the reconcile loop only once it is stored durably, so a restart
+/// keeps enforcing whatever the agent has acted on; a spec that could not be stored is not
+/// acted on at all.
+async fn take_spec(
+    store: &Store,
+    tx: &watch::Sender<Option<StoredSpec>>,
+    s: StoredSpec,
+) -> Result<(), crate::store::StoreError> {
+    store.save(&s).await?;
+    info!(generation = s.generation, "new spec received");
+    tx.send_replace(Some(s));
+    Ok(())
 }
 
 async fn heartbeat(
@@ -397,7 +411,7 @@ pub(crate) async fn reconcile_loop(
             continue; // nothing known yet: never act on an empty spec we did not receive
         };
         if let Some(st) = refused_over_limits(&cfg.limits, &current) {
-            if let Err(e) = paths.save_status(&st) {
+            if let Err(e) = paths.save_status_off_runtime(&st).await {
                 warn!(error = %format!("{e:#}"), "writing status.json failed");
             }
             status.send_replace(st);
@@ -432,7 +446,7 @@ pub(crate) async fn reconcile_loop(
             .filter(|r| r.state != steward_proto::ResourceState::Converged)
             .count();
         info!(generation = current.generation, resources = st.resources.len(), not_converged = failed, took = ?started.elapsed(), "reconciled");
-        if let Err(e) = paths.save_status(&st) {
+        if let Err(e) = paths.save_status_off_runtime(&st).await {
             warn!(error = %format!("{e:#}"), "writing status.json failed");
         }
         status.send_replace(st);
@@ -488,5 +502,30 @@ mod tests {
         assert!(ds[7] >= Duration::from_secs(2), "{ds:?}");
         b.reset();
         assert!(b.delay() <= Duration::from_millis(500));
+    }
+
+    /// The documented rule "stored durably first": a spec the store could not keep never
+    /// reaches the reconcile loop; once storing works, it does, and a restart reads it back.
+    #[tokio::test]
+    async fn a_spec_is_acted_on_only_once_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::new(dir.path());
+        let store = Store::open(&paths).unwrap();
+        let (tx, rx) = watch::channel(None);
+        let spec = StoredSpec {
+            generation: 3,
+            spec: serde_norway::from_str("containers: [{name: a, image: x}]").unwrap(),
+        };
+        // A directory where the temp file goes makes every write of the spec fail.
+        let blocker = dir.path().join("state/spec.tmp");
+        std::fs::create_dir(&blocker).unwrap();
+        assert!(take_spec(&store, &tx, spec.clone()).await.is_err());
+        assert_eq!(*rx.borrow(), None, "acted on a spec that was not stored");
+        std::fs::remove_dir(&blocker).unwrap();
+        take_spec(&store, &tx, spec.clone()).await.unwrap();
+        assert_eq!(rx.borrow().as_ref(), Some(&spec));
+        drop(store);
+        let reopened = Store::open(&paths).unwrap();
+        assert_eq!(reopened.load::<StoredSpec>().unwrap(), Some(spec));
     }
 }

@@ -8,12 +8,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use steward_proto::{ContainerSpec, Escalation, PayloadSpec, RestartPolicy, RolledBack};
 
 use super::ladder::{Decision, Ladder, LadderPolicy, Rung, CONTAINER_RUNGS};
 use super::rollback::{config_hash, payloads_of, Track};
+use super::state::{escalation_of, verdict};
 use crate::reconcile::plan::spec_hash;
 use crate::reconcile::{Action, Observed, Plan};
 
@@ -38,6 +38,10 @@ pub struct HealState {
     /// The VMs' ladders and rollbacks (`vms.rs`).
     #[serde(default)]
     pub vms: BTreeMap<String, super::vms::VmEntry>,
+}
+
+impl crate::store::Record for HealState {
+    const KEY: &'static str = "heal";
 }
 
 impl HealState {
@@ -96,33 +100,8 @@ pub fn effective(
         .collect()
 }
 
-fn time(secs: u64) -> Option<DateTime<Utc>> {
-    DateTime::from_timestamp(i64::try_from(secs).ok()?, 0)
-}
-
 fn escalation(l: &Ladder) -> Escalation {
     escalation_of(l, CONTAINER_RUNGS)
-}
-
-/// A ladder as the status shows it.
-pub fn escalation_of(l: &Ladder, rungs: &[Rung]) -> Escalation {
-    Escalation {
-        position: l.position(rungs).to_string(),
-        attempts: l.attempts,
-        last_action: l.last_action.map(|(r, _)| r.as_str().to_string()),
-        last_action_at: l.last_action.and_then(|(_, t)| time(t)),
-        next_step_at: l.next_due.and_then(time),
-    }
-}
-
-/// A health state as a verdict for the rollback memory: `healthy` proves the spec, no check
-/// leaves it to time, `starting` proves nothing yet.
-pub fn verdict(health: Option<&str>) -> Option<bool> {
-    match health {
-        None => None,
-        Some("healthy") => Some(true),
-        Some(_) => Some(false),
-    }
 }
 
 /// Why `o` counts as failing now, if it does.

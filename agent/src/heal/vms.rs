@@ -11,9 +11,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use steward_proto::{Escalation, PayloadSpec, RolledBack, VmSpec};
 
-use super::containers::{escalation_of, verdict};
 use super::ladder::{Decision, Ladder, LadderPolicy, Rung, VM_RUNGS};
 use super::rollback::{config_hash, payloads_of, Track};
+use super::state::{escalation_of, verdict};
 use crate::vm::plan::VmAction;
 
 /// One VM's ladder and rollback memory (stored in `state/heal.json`).

@@ -5,12 +5,11 @@
 use std::collections::BTreeMap;
 
 use steward_proto::NodeSpec;
-use tracing::{info, warn};
+use tracing::info;
 
 use super::Reconciler;
 use crate::heal::containers::{effective, heal, HealState, Healed};
 use crate::reconcile::Action;
-use crate::store::Store;
 
 impl Reconciler {
     /// How long until an agent-side probe of `spec`'s containers or VMs is due, if any runs.
@@ -46,20 +45,7 @@ impl Reconciler {
 
     /// The ladders and rollback memory, loaded from the store on first use.
     pub(super) fn heal_state(&mut self) -> &mut HealState {
-        let h = &mut self.heal;
-        h.state.get_or_insert_with(|| load_heal(h.store.as_ref()))
-    }
-
-    /// Stores the ladders when they differ from `before`.
-    pub(super) async fn save_heal_state(&mut self, before: &HealState) {
-        let h = &self.heal;
-        if let (Some(state), Some(store)) = (&h.state, &h.store) {
-            if state != before {
-                if let Err(e) = store.save_heal_state(state).await {
-                    warn!(error = %e, "storing the escalation ladders failed");
-                }
-            }
-        }
+        self.heal.state.get()
     }
 
     /// What a pass converges: the spec, with rolled-back containers and VMs at their last
@@ -118,15 +104,4 @@ impl Reconciler {
             now,
         )
     }
-}
-
-pub(super) fn load_heal(store: Option<&Store>) -> HealState {
-    store
-        .map(|s| {
-            s.heal_state().unwrap_or_else(|e| {
-                warn!(error = %e, "reading the escalation ladders failed; starting afresh");
-                HealState::default()
-            })
-        })
-        .unwrap_or_default()
 }

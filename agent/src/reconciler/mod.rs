@@ -20,7 +20,7 @@ use crate::heal::ladder::LadderPolicy;
 use crate::network::{EventFeed, NetOutcome, Networks};
 use crate::pass::{Outcome, Pass};
 use crate::reconcile::{plan, Action, Policy, Verdict};
-use crate::store::Store;
+use crate::store::{Kept, Store};
 
 mod heal_state;
 
@@ -47,9 +47,8 @@ pub struct Reconciler {
 #[derive(Default)]
 struct Heal {
     policy: LadderPolicy,
-    store: Option<Store>,
-    /// Loaded from the store on first use.
-    state: Option<HealState>,
+    /// Loaded from the store on first use, stored at the end of every pass when changed.
+    state: Kept<HealState>,
 }
 
 /// Digest of a status (everything but the digest field itself).
@@ -97,8 +96,7 @@ impl Reconciler {
     pub fn with_heal(mut self, policy: LadderPolicy, store: Option<Store>) -> Self {
         self.heal = Heal {
             policy,
-            store,
-            state: None,
+            state: Kept::new(store),
         };
         self
     }
@@ -173,7 +171,6 @@ impl Reconciler {
         self.generation = generation;
         self.pass = pass.clone();
         let resources = async {
-            let before = self.heal_state().clone();
             let effective = self.effective_spec(spec);
             let (mut resources, again) = self.reconcile_all(&effective).await;
             if again && self.pass.stopped_by().is_none() {
@@ -183,7 +180,7 @@ impl Reconciler {
                 let effective = self.effective_spec(spec);
                 resources = self.reconcile_all(&effective).await.0;
             }
-            self.save_heal_state(&before).await;
+            self.heal.state.persist().await;
             resources
         }
         .instrument(info_span!("reconcile", generation))
@@ -236,10 +233,7 @@ impl Reconciler {
             }
         }
         let generation = self.generation;
-        let h = &mut self.heal;
-        let state = h
-            .state
-            .get_or_insert_with(|| heal_state::load_heal(h.store.as_ref()));
+        let state = self.heal.state.get();
         let (vms, vms_rolled_back) = match self.vms.as_mut() {
             Some(v) => {
                 let out = v
