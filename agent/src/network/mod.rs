@@ -160,9 +160,8 @@ impl Networks {
 
     /// Lets passes reuse the links observed by an earlier pass while `feed` (the netlink event
     /// listener) announces no change and the agent itself wrote nothing since.
-    pub fn with_event_feed(mut self, feed: Arc<EventFeed>) -> Self {
+    pub fn set_event_feed(&mut self, feed: Arc<EventFeed>) {
         self.feed = Some(feed);
-        self
     }
 
     /// Makes the next pass dump the kernel's links even if the event feed says nothing
