@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use rand::Rng;
 use steward_proto::validate::SpecLimits;
-use steward_proto::{Heartbeat, NodeStatus, ResourceKind, ResourceState, ResourceStatus};
+use steward_proto::{
+    Heartbeat, NodeStatus, ResourceKind, ResourceState, ResourceStatus, WorkloadKind, WorkloadRef,
+};
 use tokio::sync::{watch, Notify};
 use tracing::{debug, error, info, warn};
 
@@ -250,12 +252,13 @@ async fn heartbeat(
                 rtt_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
                 crate::metrics::get().heartbeat(Some(started.elapsed()));
                 interval = Duration::from_secs(resp.heartbeat_interval_secs.max(1));
-                if !resp.reset.is_empty() {
-                    info!(workloads = ?resp.reset, "the registry asks to reset these workloads");
+                let asked = asked_resets(resp.reset, resp.reset_workloads);
+                if !asked.is_empty() {
+                    info!(workloads = ?asked, "the registry asks to reset these workloads");
                     resets
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .extend(resp.reset);
+                        .extend(asked);
                     wake.notify_one();
                 }
                 let known = spec.borrow().as_ref().map(|s| s.generation).unwrap_or(0);
@@ -292,7 +295,18 @@ struct LoopLink {
 }
 
 /// Workload resets asked by the registry, waiting for the reconcile loop.
-pub(crate) type Resets = Arc<std::sync::Mutex<Vec<String>>>;
+pub(crate) type Resets = Arc<std::sync::Mutex<Vec<WorkloadRef>>>;
+
+/// The workloads a heartbeat's answer resets: a name alone (older registries, or a reset asked
+/// without a kind) names every kind's workload of that name.
+fn asked_resets(names: Vec<String>, refs: Vec<WorkloadRef>) -> Vec<WorkloadRef> {
+    let every_kind = names.into_iter().flat_map(|n| {
+        WorkloadKind::ALL
+            .into_iter()
+            .map(move |k| WorkloadRef::new(k, n.clone()))
+    });
+    every_kind.chain(refs).collect()
+}
 
 /// What the reconcile loop reports to (the watchdog's liveness, the progress of its pass) and
 /// takes orders from (resets, and wake-ups that skip the event debounce: a VM's QEMU exited).
@@ -418,8 +432,8 @@ pub(crate) async fn reconcile_loop(
             continue;
         }
         let asked = std::mem::take(&mut *resets.lock().unwrap_or_else(|p| p.into_inner()));
-        for name in asked {
-            rec.reset_workload(&name);
+        for w in asked {
+            rec.reset_workload(&w);
         }
         let started = Instant::now();
         live.pass_started();
@@ -502,6 +516,19 @@ mod tests {
         assert!(ds[7] >= Duration::from_secs(2), "{ds:?}");
         b.reset();
         assert!(b.delay() <= Duration::from_millis(500));
+    }
+
+    #[test]
+    fn a_reset_without_a_kind_names_every_kind_and_one_with_a_kind_only_that_one() {
+        let vm_db = WorkloadRef::new(WorkloadKind::Vm, "db");
+        assert_eq!(
+            asked_resets(vec!["web".into()], vec![vm_db.clone()]),
+            [
+                WorkloadRef::new(WorkloadKind::Container, "web"),
+                WorkloadRef::new(WorkloadKind::Vm, "web"),
+                vm_db,
+            ]
+        );
     }
 
     /// The documented rule "stored durably first": a spec the store could not keep never

@@ -9,11 +9,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
-use steward_proto::{ContainerSpec, Escalation, PayloadSpec, RestartPolicy, RolledBack};
+use steward_proto::{
+    ContainerSpec, Escalation, PayloadSpec, RestartPolicy, WorkloadKind, WorkloadRef,
+};
 
 use super::ladder::{Decision, Ladder, LadderPolicy, Rung, CONTAINER_RUNGS};
 use super::rollback::{config_hash, payloads_of, Track};
 use super::state::{escalation_of, verdict};
+pub use super::status::Healed;
 use crate::reconcile::plan::spec_hash;
 use crate::reconcile::{Action, Observed, Plan};
 
@@ -45,6 +48,22 @@ impl crate::store::Record for HealState {
 }
 
 impl HealState {
+    /// An operator's reset of one workload: its ladder back to the bottom, its rollback
+    /// dropped. False when it had no entry.
+    pub fn reset(&mut self, w: &WorkloadRef) -> bool {
+        match w.kind {
+            WorkloadKind::Container => self.containers.get_mut(&w.name).map(|e| {
+                e.ladder.reset();
+                e.track.reset();
+            }),
+            WorkloadKind::Vm => self.vms.get_mut(&w.name).map(|e| {
+                e.ladder.reset();
+                e.track.reset();
+            }),
+        }
+        .is_some()
+    }
+
     /// The payload versions the rollbacks in force hold their workloads' payloads at.
     pub fn payloads_in_force(&self) -> Vec<PayloadSpec> {
         let containers = self
@@ -66,18 +85,6 @@ impl HealState {
             .filter_map(|p| p.sha256.clone())
             .collect()
     }
-}
-
-/// What healing concluded in one pass, by container name.
-#[derive(Debug, Default)]
-pub struct Healed {
-    /// At the top of the ladder: why, for the status.
-    pub failed: BTreeMap<String, String>,
-    pub escalation: BTreeMap<String, (u32, Escalation)>,
-    /// Rolled back to their last healthy configuration.
-    pub rolled_back: BTreeMap<String, RolledBack>,
-    /// Rolled back in this pass.
-    pub rolled_back_now: Vec<String>,
 }
 
 /// The containers to converge: the spec's, except those rolled back, which keep their last

@@ -9,11 +9,12 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use steward_proto::{Escalation, PayloadSpec, RolledBack, VmSpec};
+use steward_proto::{PayloadSpec, VmSpec};
 
 use super::ladder::{Decision, Ladder, LadderPolicy, Rung, VM_RUNGS};
 use super::rollback::{config_hash, payloads_of, Track};
 use super::state::{escalation_of, verdict};
+use super::status::Healed;
 use crate::vm::plan::VmAction;
 
 /// One VM's ladder and rollback memory (stored in `state/heal.json`).
@@ -35,18 +36,6 @@ pub struct VmSeen {
     pub probe_error: Option<String>,
     /// Its start failed in the last pass (the error): QEMU would not run this configuration.
     pub start_failed: Option<String>,
-}
-
-/// What healing concluded for the VMs in one pass.
-#[derive(Debug, Default)]
-pub struct VmHealed {
-    pub failed: BTreeMap<String, String>,
-    pub escalation: BTreeMap<String, (u32, Escalation)>,
-    pub rolled_back: BTreeMap<String, RolledBack>,
-    /// Rolled back in this pass: the reconciler runs the pass again with the old configuration.
-    pub rolled_back_now: Vec<String>,
-    /// VMs acted on by the ladder: their probes start over.
-    pub acted: Vec<String>,
 }
 
 /// The VMs to converge: the spec's, with rolled-back ones at their last healthy configuration
@@ -86,9 +75,9 @@ pub fn heal_vms(
     entries: &mut BTreeMap<String, VmEntry>,
     actions: &mut Vec<VmAction>,
     pass: &Pass,
-) -> VmHealed {
+) -> Healed {
     let (policy, now) = (pass.policy, pass.now);
-    let mut out = VmHealed::default();
+    let mut out = Healed::default();
     let mut planned: BTreeMap<String, Vec<VmAction>> = BTreeMap::new();
     let mut rewritten = Vec::new();
     for a in actions.drain(..) {
@@ -234,7 +223,7 @@ pub fn heal_vms(
     out
 }
 
-fn report(name: &str, e: &VmEntry, out: &mut VmHealed) {
+fn report(name: &str, e: &VmEntry, out: &mut Healed) {
     if e.ladder.failed(VM_RUNGS) {
         out.failed.insert(
             name.to_string(),

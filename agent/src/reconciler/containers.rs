@@ -3,14 +3,17 @@
 //! is superseded, and one `ResourceStatus` per desired container.
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 
 use steward_proto::{NodeSpec, ResourceKind, ResourceState, ResourceStatus};
 use tracing::{info, info_span, warn, Instrument};
 
 use super::drivers::ContainerEngine;
 use super::{resource, Reconciler};
+use crate::docker::DockerError;
+use crate::heal::status::{workload_status, Healed, Outcome};
 use crate::network::NetOutcome;
-use crate::reconcile::{plan, Action, Verdict};
+use crate::reconcile::{plan, Action, Observed, Verdict};
 
 impl Reconciler {
     /// Docker networks for containers on managed bridges; returns why a container cannot be
@@ -67,26 +70,15 @@ impl Reconciler {
             spec.containers
                 .iter()
                 .map(|c| {
-                    resource(
-                        ResourceKind::Container,
-                        &c.name,
-                        ResourceState::Failed,
-                        Some(why.clone()),
-                    )
+                    let why = Some(why.clone());
+                    resource(ResourceKind::Container, &c.name, ResourceState::Failed, why)
                 })
                 .collect::<Vec<_>>()
         };
         if spec.containers.is_empty() && self.engine.is_none() && self.engine().await.is_err() {
             return (Vec::new(), false); // nothing wanted, and no engine to clean up on
         }
-        let observed = match self.engine().await {
-            Ok(d) => d
-                .observe()
-                .await
-                .map_err(|e| format!("observing Docker failed: {e:#}")),
-            Err(e) => Err(e),
-        };
-        let mut observed = match observed {
+        let observed = match self.observe_containers(spec).await {
             Ok(o) => o,
             Err(e) => {
                 warn!(error = %e, "cannot observe containers");
@@ -94,38 +86,65 @@ impl Reconciler {
                 return (failed_all(e), false);
             }
         };
-        let restart_counts: HashMap<String, u32> = observed
-            .containers
-            .iter()
-            .filter(|o| o.managed)
-            .map(|o| (o.name.clone(), o.restart_count))
-            .collect();
-        let desired = spec.containers.clone();
-        self.probes
-            .run(&desired, &mut observed, std::time::Instant::now())
-            .await;
-        let health: HashMap<String, String> = observed
-            .containers
-            .iter()
-            .filter_map(|o| Some((o.name.clone(), o.health.clone()?)))
-            .collect();
-        let mut plan = plan(&desired, &observed, &self.policy, &self.node_id);
+        let seen = Seen::of(&observed);
+        let mut plan = plan(&spec.containers, &observed, &self.policy, &self.node_id);
         let unhealed = self.heal_state().containers.clone();
         let healed = self.heal_containers(spec, &observed, &mut plan);
         let rolled_back_now = !healed.rolled_back_now.is_empty();
-        let mut failed: BTreeMap<String, String> = BTreeMap::new();
-        let node_id = self.node_id.clone();
-        let Ok(docker) = self.engine().await else {
+        let Ok(engine) = self.engine().await else {
             return (
                 failed_all("Docker engine unreachable".into()),
                 rolled_back_now,
             );
         };
-        let net_errors = self.container_networks(docker.as_ref(), spec, net).await;
+        let unplaceable = self.container_networks(engine.as_ref(), spec, net).await;
+        let mut failed = BTreeMap::new();
+        let skipped = self
+            .apply_containers(
+                engine.as_ref(),
+                plan.actions,
+                net,
+                &unplaceable,
+                &mut failed,
+            )
+            .await;
+        self.unheal(&skipped, &unhealed);
+        let statuses = plan
+            .verdicts
+            .into_iter()
+            .map(|(name, verdict)| self.container_status(&name, verdict, &failed, &seen, &healed))
+            .collect();
+        (statuses, rolled_back_now)
+    }
+
+    /// The engine's containers, with the verdicts of the agent's own probes that are due.
+    async fn observe_containers(&mut self, spec: &NodeSpec) -> Result<Observed, String> {
+        let mut observed = self
+            .engine()
+            .await?
+            .observe()
+            .await
+            .map_err(|e| format!("observing Docker failed: {e:#}"))?;
+        self.probes
+            .run(&spec.containers, &mut observed, std::time::Instant::now())
+            .await;
+        Ok(observed)
+    }
+
+    /// Carries out `actions` one by one until the pass is superseded; returns the actions not
+    /// carried out. A container in `unplaceable` (why it cannot be created) is not created;
+    /// `failed` gets why a container failed, and its further actions are not tried.
+    async fn apply_containers(
+        &mut self,
+        engine: &dyn ContainerEngine,
+        actions: Vec<Action>,
+        net: &NetOutcome,
+        unplaceable: &BTreeMap<String, String>,
+        failed: &mut BTreeMap<String, String>,
+    ) -> Vec<Action> {
         let pass = self.pass.clone();
-        pass.planned(plan.actions.len());
-        let mut actions = plan.actions.into_iter();
-        let mut skipped: Vec<Action> = Vec::new();
+        pass.planned(actions.len());
+        let mut actions = actions.into_iter();
         for action in actions.by_ref() {
             let kind = action.kind();
             let name = action.container().unwrap_or("").to_string();
@@ -135,15 +154,14 @@ impl Reconciler {
                     generation = self.generation,
                     newer, "a newer spec arrived; the containers' pass stops here"
                 );
-                skipped.push(action);
-                break;
+                return std::iter::once(action).chain(actions).collect();
             }
             if failed.contains_key(&name) {
                 pass.step();
                 continue;
             }
             if let (Action::Create { .. } | Action::Recreate { .. }, Some(e)) =
-                (&action, net_errors.get(&name))
+                (&action, unplaceable.get(&name))
             {
                 failed.insert(name, e.clone());
                 pass.step();
@@ -151,53 +169,10 @@ impl Reconciler {
             }
             let ip = net.container_ips.get(&name).copied();
             let span = info_span!("action", kind, container = %name);
-            let res = async {
-                match &action {
-                    Action::Pull {
-                        image,
-                        for_containers,
-                    } => {
-                        if let Err(e) = docker.pull(image).await {
-                            for c in for_containers {
-                                failed.insert(c.clone(), format!("{e:#}"));
-                            }
-                        }
-                        Ok(())
-                    }
-                    Action::Create { spec, hash } => {
-                        docker.create_and_start(spec, hash, &node_id, ip).await
-                    }
-                    Action::Recreate {
-                        spec,
-                        hash,
-                        old_id,
-                        reason,
-                    } => {
-                        info!(%reason, "recreating");
-                        docker.remove(old_id).await?;
-                        docker.create_and_start(spec, hash, &node_id, ip).await
-                    }
-                    Action::Start { id, .. } => {
-                        *self.starts.entry(name.clone()).or_default() += 1;
-                        docker.start(id).await
-                    }
-                    Action::Restart { id, .. } => {
-                        *self.starts.entry(name.clone()).or_default() += 1;
-                        info!("restarting (escalation)");
-                        docker.restart(id).await
-                    }
-                    Action::Stop { id, .. } => {
-                        warn!("stopping: escalation exhausted, the container stays stopped");
-                        docker.stop(id).await
-                    }
-                    Action::Remove { id, reason, .. } => {
-                        info!(%reason, "removing");
-                        docker.remove(id).await
-                    }
-                }
-            }
-            .instrument(span)
-            .await;
+            let res = self
+                .apply_container(engine, &action, ip, failed)
+                .instrument(span)
+                .await;
             crate::metrics::get().action(kind, res.is_ok());
             pass.step();
             match res {
@@ -210,54 +185,112 @@ impl Reconciler {
                 }
             }
         }
-        skipped.extend(actions);
-        self.unheal(&skipped, &unhealed);
-        let statuses = plan
-            .verdicts
-            .into_iter()
-            .map(|(name, verdict)| {
-                let (state, error) = match verdict {
-                    Verdict::Conflict(why) => (ResourceState::Conflict, Some(why)),
-                    Verdict::Refused(why) => (ResourceState::Failed, Some(why)),
-                    Verdict::Converged | Verdict::Pending | Verdict::Drifted(_) => {
-                        match failed.get(&name) {
-                            Some(e) => (ResourceState::Failed, Some(e.clone())),
-                            None => (ResourceState::Converged, None),
-                        }
+        Vec::new()
+    }
+
+    /// One action; a failed pull fails the containers waiting for its image.
+    async fn apply_container(
+        &mut self,
+        engine: &dyn ContainerEngine,
+        action: &Action,
+        ip: Option<IpAddr>,
+        failed: &mut BTreeMap<String, String>,
+    ) -> Result<(), DockerError> {
+        let node_id = &self.node_id;
+        match action {
+            Action::Pull {
+                image,
+                for_containers,
+            } => {
+                if let Err(e) = engine.pull(image).await {
+                    for c in for_containers {
+                        failed.insert(c.clone(), format!("{e:#}"));
                     }
-                };
-                let (state, error) = match (healed.failed.get(&name), healed.rolled_back.get(&name)) {
-                    (Some(why), _) if state != ResourceState::Conflict => {
-                        (ResourceState::Failed, Some(why.clone()))
-                    }
-                    (None, Some(rb)) if state != ResourceState::Conflict => (
-                        ResourceState::Failed,
-                        Some(format!(
-                            "rolled back from generation {} to the configuration of generation {}: {}",
-                            rb.from_generation, rb.to_generation, rb.reason
-                        )),
-                    ),
-                    _ => (state, error),
-                };
-                let seen = crate::heal::state::Seen {
-                    health: health.get(&name).map(String::as_str),
-                    probe_error: self.probes.last_error(&name),
-                    escalation: healed.escalation.get(&name).map(|(_, e)| e),
-                    now: chrono::Utc::now(),
-                };
-                let (state, error) = crate::heal::state::workload_state((state, error), seen);
-                let mut r = resource(ResourceKind::Container, &name, state, error);
-                if let Some((level, e)) = healed.escalation.get(&name) {
-                    r.escalation_level = *level;
-                    r.escalation = Some(e.clone());
                 }
-                r.rolled_back = healed.rolled_back.get(&name).cloned();
-                r.health = health.get(&name).cloned();
-                r.restarts = restart_counts.get(&name).copied().unwrap_or(0)
-                    + self.starts.get(&name).copied().unwrap_or(0);
-                r
-            })
-            .collect();
-        (statuses, rolled_back_now)
+                Ok(())
+            }
+            Action::Create { spec, hash } => engine.create_and_start(spec, hash, node_id, ip).await,
+            Action::Recreate {
+                spec,
+                hash,
+                old_id,
+                reason,
+            } => {
+                info!(%reason, "recreating");
+                engine.remove(old_id).await?;
+                engine.create_and_start(spec, hash, node_id, ip).await
+            }
+            Action::Start { name, id } => {
+                *self.starts.entry(name.clone()).or_default() += 1;
+                engine.start(id).await
+            }
+            Action::Restart { name, id } => {
+                *self.starts.entry(name.clone()).or_default() += 1;
+                info!("restarting (escalation)");
+                engine.restart(id).await
+            }
+            Action::Stop { id, .. } => {
+                warn!("stopping: escalation exhausted, the container stays stopped");
+                engine.stop(id).await
+            }
+            Action::Remove { id, reason, .. } => {
+                info!(%reason, "removing");
+                engine.remove(id).await
+            }
+        }
+    }
+
+    /// One container's status from its planner verdict, the pass's failures, what was seen of
+    /// it and what healing concluded.
+    fn container_status(
+        &self,
+        name: &str,
+        verdict: Verdict,
+        failed: &BTreeMap<String, String>,
+        seen: &Seen,
+        healed: &Healed,
+    ) -> ResourceStatus {
+        let pass = match verdict {
+            Verdict::Conflict(why) => (ResourceState::Conflict, Some(why)),
+            Verdict::Refused(why) => (ResourceState::Failed, Some(why)),
+            Verdict::Converged | Verdict::Pending | Verdict::Drifted(_) => match failed.get(name) {
+                Some(e) => (ResourceState::Failed, Some(e.clone())),
+                None => (ResourceState::Converged, None),
+            },
+        };
+        let outcome = Outcome {
+            kind: ResourceKind::Container,
+            name,
+            pass,
+            health: seen.health.get(name).map(String::as_str),
+            probe_error: self.probes.last_error(name),
+            restarts: seen.restarts.get(name).copied().unwrap_or(0)
+                + self.starts.get(name).copied().unwrap_or(0),
+            detail: None,
+        };
+        workload_status(outcome, healed, chrono::Utc::now())
+    }
+}
+
+/// What the engine showed of each container at the start of the pass.
+struct Seen {
+    /// Docker's restart count of each managed container.
+    restarts: HashMap<String, u32>,
+    health: HashMap<String, String>,
+}
+
+impl Seen {
+    fn of(observed: &Observed) -> Self {
+        let containers = observed.containers.iter();
+        Seen {
+            restarts: containers
+                .clone()
+                .filter(|o| o.managed)
+                .map(|o| (o.name.clone(), o.restart_count))
+                .collect(),
+            health: containers
+                .filter_map(|o| Some((o.name.clone(), o.health.clone()?)))
+                .collect(),
+        }
     }
 }

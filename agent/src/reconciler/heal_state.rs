@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use steward_proto::NodeSpec;
+use steward_proto::{NodeSpec, WorkloadRef};
 use tracing::info;
 
 use super::Reconciler;
@@ -22,24 +22,13 @@ impl Reconciler {
     }
 
     /// An operator's reset: the workload's ladder back to the bottom and its rollback dropped,
-    /// so the next pass converges it to its spec afresh.
-    pub fn reset_workload(&mut self, name: &str) {
-        let state = self.heal_state();
-        let mut found = false;
-        if let Some(e) = state.containers.get_mut(name) {
-            e.ladder.reset();
-            e.track.reset();
-            found = true;
-        }
-        if let Some(e) = state.vms.get_mut(name) {
-            e.ladder.reset();
-            e.track.reset();
-            found = true;
-        }
-        if found {
-            info!(workload = %name, "escalation ladder reset by an operator (any rollback dropped)");
+    /// so the next pass converges it to its spec afresh (a workload of another kind with the
+    /// same name is left alone).
+    pub fn reset_workload(&mut self, w: &WorkloadRef) {
+        if self.heal_state().reset(w) {
+            info!(workload = %w, "escalation ladder reset by an operator (any rollback dropped)");
         } else {
-            info!(workload = %name, "reset asked for a workload with no escalation; nothing to do");
+            info!(workload = %w, "reset asked for a workload with no escalation; nothing to do");
         }
     }
 

@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use steward_proto::{NodeSpec, NodeStatus, ResourceKind, ResourceState};
+use steward_proto::{NodeSpec, NodeStatus, ResourceKind, ResourceState, ResourceStatus};
 
 use super::fakes::{Drivers, FakeEngine, FakeNetworks, FakePayloads, FakeVms, Journal};
 use super::Reconciler;
@@ -33,6 +33,14 @@ fn state_of(st: Option<&NodeStatus>, kind: ResourceKind, name: &str) -> Option<R
         .iter()
         .find(|r| r.kind == kind && r.name == name)
         .map(|r| r.state)
+}
+
+fn web_status(st: Option<&NodeStatus>) -> Result<&ResourceStatus, String> {
+    st.ok_or("superseded")?
+        .resources
+        .iter()
+        .find(|r| r.kind == ResourceKind::Container && r.name == "web")
+        .ok_or_else(|| "no status for web".to_string())
 }
 
 fn all_converged(st: Option<&NodeStatus>) -> Result<(), String> {
@@ -67,42 +75,61 @@ vms: [{name: vm1, image: /base.qcow2, cpus: 1, memory: 256Mi}]
 const WEB_GOOD: &str = "containers: [{name: web, image: 'good:1'}]";
 const WEB_BAD: &str = "containers: [{name: web, image: 'bad:2'}]";
 
+/// The first pass over [`FULL`]: everything is made, in order.
+fn full_first() -> Step {
+    Step {
+        spec: FULL,
+        before: nothing,
+        newer_arrived: false,
+        journal: &[
+            "networks",
+            "deploy payload cfg@1",
+            "pull busybox:1",
+            "create web busybox:1",
+            "vm vm1",
+            "network deletions",
+        ],
+        check: all_converged,
+    }
+}
+
+/// The first pass over [`WEB_GOOD`]: `web` is made.
+fn web_good_first(before: fn(&FakeEngine)) -> Step {
+    Step {
+        spec: WEB_GOOD,
+        before,
+        newer_arrived: false,
+        journal: &[
+            "networks",
+            "pull good:1",
+            "create web good:1",
+            "network deletions",
+        ],
+        check: all_converged,
+    }
+}
+
+/// Another pass over [`WEB_GOOD`] with nothing to do.
+fn web_good_again() -> Step {
+    Step {
+        spec: WEB_GOOD,
+        before: nothing,
+        newer_arrived: false,
+        journal: &["networks", "network deletions"],
+        check: all_converged,
+    }
+}
+
 fn rows() -> Vec<(&'static str, Vec<Step>)> {
     vec![
         (
             "networks, then payloads, then the workloads that use them, deletions last",
-            vec![Step {
-                spec: FULL,
-                before: nothing,
-                newer_arrived: false,
-                journal: &[
-                    "networks",
-                    "deploy payload cfg@1",
-                    "pull busybox:1",
-                    "create web busybox:1",
-                    "vm vm1",
-                    "network deletions",
-                ],
-                check: all_converged,
-            }],
+            vec![full_first()],
         ),
         (
             "a payload change restarts the VMs that restart on it, before the VM pass",
             vec![
-                Step {
-                    spec: FULL,
-                    before: nothing,
-                    newer_arrived: false,
-                    journal: &[
-                        "networks",
-                        "deploy payload cfg@1",
-                        "pull busybox:1",
-                        "create web busybox:1",
-                        "vm vm1",
-                        "network deletions",
-                    ],
-                    check: all_converged,
-                },
+                full_first(),
                 Step {
                     spec: FULL_CFG2,
                     before: nothing,
@@ -121,37 +148,15 @@ fn rows() -> Vec<(&'static str, Vec<Step>)> {
         (
             "a container Docker restarted climbs the ladder's first rung: restart",
             vec![
-                Step {
-                    spec: WEB_GOOD,
-                    before: nothing,
-                    newer_arrived: false,
-                    journal: &[
-                        "networks",
-                        "pull good:1",
-                        "create web good:1",
-                        "network deletions",
-                    ],
-                    check: all_converged,
-                },
-                Step {
-                    spec: WEB_GOOD,
-                    before: nothing,
-                    newer_arrived: false,
-                    journal: &["networks", "network deletions"],
-                    check: all_converged,
-                },
+                web_good_first(nothing),
+                web_good_again(),
                 Step {
                     spec: WEB_GOOD,
                     before: |e| crash(e, "web"),
                     newer_arrived: false,
                     journal: &["networks", "restart web", "network deletions"],
                     check: |st| {
-                        let web = st
-                            .ok_or("superseded")?
-                            .resources
-                            .iter()
-                            .find(|r| r.name == "web")
-                            .ok_or("no status for web")?;
+                        let web = web_status(st)?;
                         // On the first rung after one attempt; Docker's restart and the
                         // agent's both counted. Healthy again, so converged.
                         match &web.escalation {
@@ -172,25 +177,8 @@ fn rows() -> Vec<(&'static str, Vec<Step>)> {
         (
             "an update left failing past the grace is rolled back in the same pass",
             vec![
-                Step {
-                    spec: WEB_GOOD,
-                    before: |e| bad_image(e, "bad:2"),
-                    newer_arrived: false,
-                    journal: &[
-                        "networks",
-                        "pull good:1",
-                        "create web good:1",
-                        "network deletions",
-                    ],
-                    check: all_converged,
-                },
-                Step {
-                    spec: WEB_GOOD,
-                    before: nothing,
-                    newer_arrived: false,
-                    journal: &["networks", "network deletions"],
-                    check: all_converged,
-                },
+                web_good_first(|e| bad_image(e, "bad:2")),
+                web_good_again(),
                 Step {
                     spec: WEB_BAD,
                     before: nothing,
@@ -217,12 +205,7 @@ fn rows() -> Vec<(&'static str, Vec<Step>)> {
                         "network deletions",
                     ],
                     check: |st| {
-                        let web = st
-                            .ok_or("superseded")?
-                            .resources
-                            .iter()
-                            .find(|r| r.name == "web")
-                            .ok_or("no status for web")?;
+                        let web = web_status(st)?;
                         match &web.rolled_back {
                             Some(rb) if rb.from_generation == 4 && rb.to_generation == 2 => Ok(()),
                             _ => Err(format!("web not rolled back: {web:?}")),
@@ -234,20 +217,7 @@ fn rows() -> Vec<(&'static str, Vec<Step>)> {
         (
             "with the engine down, containers are failed and nothing else is held up",
             vec![
-                Step {
-                    spec: FULL,
-                    before: nothing,
-                    newer_arrived: false,
-                    journal: &[
-                        "networks",
-                        "deploy payload cfg@1",
-                        "pull busybox:1",
-                        "create web busybox:1",
-                        "vm vm1",
-                        "network deletions",
-                    ],
-                    check: all_converged,
-                },
+                full_first(),
                 Step {
                     spec: FULL,
                     before: |e| e.offline.store(true, Ordering::SeqCst),
