@@ -99,7 +99,8 @@ pub fn effective(
         .iter()
         .map(|c| match state.containers.get_mut(&c.name) {
             Some(e) => {
-                let config = config_hash(c, &payloads_of(payloads, &c.name, false));
+                let config =
+                    config_hash(c, &payloads_of(payloads, WorkloadKind::Container, &c.name));
                 e.track.effective(c, &config)
             }
             None => c.clone(),
@@ -185,7 +186,7 @@ pub fn heal(
             e.restart_count = o.restart_count;
         }
         let why = failure(c, o, e);
-        let mine = payloads_of(payloads, &c.name, false);
+        let mine = payloads_of(payloads, WorkloadKind::Container, &c.name);
         let config = config_hash(c, &mine);
         e.restart_count = o.restart_count;
         let ours = |a: &Action| a.container() == Some(c.name.as_str());

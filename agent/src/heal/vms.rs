@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use steward_proto::{PayloadSpec, VmSpec};
+use steward_proto::{PayloadSpec, VmSpec, WorkloadKind};
 
 use super::ladder::{Decision, Ladder, LadderPolicy, Rung, VM_RUNGS};
 use super::rollback::{config_hash, payloads_of, Track};
@@ -49,7 +49,7 @@ pub fn effective(
         .iter()
         .map(|v| match entries.get_mut(&v.name) {
             Some(e) => {
-                let config = config_hash(v, &payloads_of(payloads, &v.name, true));
+                let config = config_hash(v, &payloads_of(payloads, WorkloadKind::Vm, &v.name));
                 e.track.effective(v, &config)
             }
             None => v.clone(),
@@ -89,7 +89,7 @@ pub fn heal_vms(
         }
     }
     for v in pass.desired {
-        let its_payloads = payloads_of(pass.payloads, &v.name, true);
+        let its_payloads = payloads_of(pass.payloads, WorkloadKind::Vm, &v.name);
         let hash = config_hash(v, &its_payloads);
         let e = entries.entry(v.name.clone()).or_default();
         let seen = pass.seen.get(&v.name).cloned().unwrap_or_default();
