@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use rand::Rng;
 use steward_proto::validate::SpecLimits;
-use steward_proto::{Heartbeat, NodeStatus, ResourceKind, ResourceState, ResourceStatus};
+use steward_proto::{
+    Heartbeat, NodeStatus, ResourceKind, ResourceState, ResourceStatus, WorkloadKind, WorkloadRef,
+};
 use tokio::sync::{watch, Notify};
 use tracing::{debug, error, info, warn};
 
@@ -59,7 +61,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let paths = Paths::new(&cfg.data_dir);
     let store = Store::open(&paths)?;
-    let stored = store.spec()?;
+    let stored = store.load::<StoredSpec>()?;
     match &stored {
         Some(s) => info!(
             generation = s.generation,
@@ -176,12 +178,12 @@ async fn watch_spec(
                     generation: doc.generation,
                     spec: doc.spec,
                 };
-                // Durable before acting on it: a restart keeps enforcing it.
-                if let Err(e) = store.save_spec(&s).await {
-                    error!(error = %format!("{e:#}"), "storing the new spec failed");
+                if let Err(e) = take_spec(&store, &tx, s).await {
+                    // Not acted on: the same spec is asked for again after the backoff.
+                    let d = backoff.delay();
+                    error!(error = %format!("{e:#}"), retry_in = ?d, "storing the new spec failed; enforcing the stored one");
+                    tokio::time::sleep(d).await;
                 }
-                info!(generation = s.generation, "new spec received");
-                tx.send_replace(Some(s));
             }
             Ok(None) => {
                 backoff.reset();
@@ -200,6 +202,20 @@ async fn watch_spec(
             }
         }
     }
+}
+
+/// Hands a received spec to the reconcile loop only once it is stored durably, so a restart
+/// keeps enforcing whatever the agent has acted on; a spec that could not be stored is not
+/// acted on at all.
+async fn take_spec(
+    store: &Store,
+    tx: &watch::Sender<Option<StoredSpec>>,
+    s: StoredSpec,
+) -> Result<(), crate::store::StoreError> {
+    store.save(&s).await?;
+    info!(generation = s.generation, "new spec received");
+    tx.send_replace(Some(s));
+    Ok(())
 }
 
 async fn heartbeat(
@@ -236,12 +252,13 @@ async fn heartbeat(
                 rtt_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
                 crate::metrics::get().heartbeat(Some(started.elapsed()));
                 interval = Duration::from_secs(resp.heartbeat_interval_secs.max(1));
-                if !resp.reset.is_empty() {
-                    info!(workloads = ?resp.reset, "the registry asks to reset these workloads");
+                let asked = asked_resets(resp.reset, resp.reset_workloads);
+                if !asked.is_empty() {
+                    info!(workloads = ?asked, "the registry asks to reset these workloads");
                     resets
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .extend(resp.reset);
+                        .extend(asked);
                     wake.notify_one();
                 }
                 let known = spec.borrow().as_ref().map(|s| s.generation).unwrap_or(0);
@@ -278,7 +295,18 @@ struct LoopLink {
 }
 
 /// Workload resets asked by the registry, waiting for the reconcile loop.
-pub(crate) type Resets = Arc<std::sync::Mutex<Vec<String>>>;
+pub(crate) type Resets = Arc<std::sync::Mutex<Vec<WorkloadRef>>>;
+
+/// The workloads a heartbeat's answer resets: a name alone (older registries, or a reset asked
+/// without a kind) names every kind's workload of that name.
+fn asked_resets(names: Vec<String>, refs: Vec<WorkloadRef>) -> Vec<WorkloadRef> {
+    let every_kind = names.into_iter().flat_map(|n| {
+        WorkloadKind::ALL
+            .into_iter()
+            .map(move |k| WorkloadRef::new(k, n.clone()))
+    });
+    every_kind.chain(refs).collect()
+}
 
 /// What the reconcile loop reports to (the watchdog's liveness, the progress of its pass) and
 /// takes orders from (resets, and wake-ups that skip the event debounce: a VM's QEMU exited).
@@ -397,15 +425,15 @@ pub(crate) async fn reconcile_loop(
             continue; // nothing known yet: never act on an empty spec we did not receive
         };
         if let Some(st) = refused_over_limits(&cfg.limits, &current) {
-            if let Err(e) = paths.save_status(&st) {
+            if let Err(e) = paths.save_status_off_runtime(&st).await {
                 warn!(error = %format!("{e:#}"), "writing status.json failed");
             }
             status.send_replace(st);
             continue;
         }
         let asked = std::mem::take(&mut *resets.lock().unwrap_or_else(|p| p.into_inner()));
-        for name in asked {
-            rec.reset_workload(&name);
+        for w in asked {
+            rec.reset_workload(&w);
         }
         let started = Instant::now();
         live.pass_started();
@@ -432,7 +460,7 @@ pub(crate) async fn reconcile_loop(
             .filter(|r| r.state != steward_proto::ResourceState::Converged)
             .count();
         info!(generation = current.generation, resources = st.resources.len(), not_converged = failed, took = ?started.elapsed(), "reconciled");
-        if let Err(e) = paths.save_status(&st) {
+        if let Err(e) = paths.save_status_off_runtime(&st).await {
             warn!(error = %format!("{e:#}"), "writing status.json failed");
         }
         status.send_replace(st);
@@ -488,5 +516,43 @@ mod tests {
         assert!(ds[7] >= Duration::from_secs(2), "{ds:?}");
         b.reset();
         assert!(b.delay() <= Duration::from_millis(500));
+    }
+
+    #[test]
+    fn a_reset_without_a_kind_names_every_kind_and_one_with_a_kind_only_that_one() {
+        let vm_db = WorkloadRef::new(WorkloadKind::Vm, "db");
+        assert_eq!(
+            asked_resets(vec!["web".into()], vec![vm_db.clone()]),
+            [
+                WorkloadRef::new(WorkloadKind::Container, "web"),
+                WorkloadRef::new(WorkloadKind::Vm, "web"),
+                vm_db,
+            ]
+        );
+    }
+
+    /// The documented rule "stored durably first": a spec the store could not keep never
+    /// reaches the reconcile loop; once storing works, it does, and a restart reads it back.
+    #[tokio::test]
+    async fn a_spec_is_acted_on_only_once_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::new(dir.path());
+        let store = Store::open(&paths).unwrap();
+        let (tx, rx) = watch::channel(None);
+        let spec = StoredSpec {
+            generation: 3,
+            spec: serde_norway::from_str("containers: [{name: a, image: x}]").unwrap(),
+        };
+        // A directory where the temp file goes makes every write of the spec fail.
+        let blocker = dir.path().join("state/spec.tmp");
+        std::fs::create_dir(&blocker).unwrap();
+        assert!(take_spec(&store, &tx, spec.clone()).await.is_err());
+        assert_eq!(*rx.borrow(), None, "acted on a spec that was not stored");
+        std::fs::remove_dir(&blocker).unwrap();
+        take_spec(&store, &tx, spec.clone()).await.unwrap();
+        assert_eq!(rx.borrow().as_ref(), Some(&spec));
+        drop(store);
+        let reopened = Store::open(&paths).unwrap();
+        assert_eq!(reopened.load::<StoredSpec>().unwrap(), Some(spec));
     }
 }

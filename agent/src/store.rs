@@ -1,15 +1,18 @@
-//! The agent's local state under its data dir: the node identity (a 0600 file), the last spec
-//! received (so a restart without the registry keeps enforcing it), the links the agent created
-//! (`state/network-links.json`: name -> ifindex and desired hash, plus the ports it enslaved),
-//! the lab address leases (`state/network-leases.json`), the payloads it deployed
-//! (`state/payloads.json`: path -> name, version, sha256, last hash), and the last status (`status.json`,
-//! which `steward-agent status` reads while the daemon runs).
+//! The agent's local state under its data dir, knowing no subsystem: the node identity (a 0600
+//! file), the last status (`status.json`, which `steward-agent status` reads while the daemon
+//! runs), and typed, versioned records under `state/` — one JSON file per [`Record`] type, whose
+//! key and format version the owning subsystem declares (the last spec here; the managed links,
+//! lab leases, deployed payloads and escalation ladders in their own modules). [`Kept`] is a
+//! record held in memory: loaded on first use, written only when it changed.
 //!
-//! Each record is a small JSON file replaced atomically (temp file, fsync, rename, fsync of the
-//! directory), so a crash leaves either the old or the new version. One process at a time holds
-//! the store: an exclusive `flock` on `agent.lock`, released by the kernel even on `kill -9`.
-//! (The design brief suggested sled; the agent keeps well under a kilobyte of state, and sled
-//! cost it eight threads and tens of MiB of lazily zeroed memory, so plain files serve better.)
+//! Each file is replaced atomically (temp file, fsync, rename, fsync of the directory), so a
+//! crash leaves either the old or the new version; the async writes run on tokio's blocking
+//! pool, never on the agent's single runtime thread. A record at a format version above 1
+//! carries it as `"_version"` in its JSON object (version 1, today's formats, is written as
+//! before, so older agents still read it); a file from a newer agent is refused, not misread. One process at a time holds the store: an
+//! exclusive `flock` on `agent.lock`, released by the kernel even on `kill -9`. (The design
+//! brief suggested sled; the agent keeps well under a kilobyte of state, and sled cost it eight
+//! threads and tens of MiB of lazily zeroed memory, so plain files serve better.)
 
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -18,9 +21,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use steward_proto::{NodeSpec, NodeStatus};
-
-use crate::network::types::NetState;
-use crate::network::Leases;
+use tracing::warn;
 
 /// Errors of the local store.
 #[derive(Debug, thiserror::Error)]
@@ -30,13 +31,66 @@ pub enum StoreError {
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
+        #[source]
         source: std::io::Error,
     },
     #[error("{path} is corrupt: {source}")]
     Corrupt {
         path: PathBuf,
+        #[source]
         source: serde_json::Error,
     },
+    #[error("{path} has format version {found}, newer than this agent's {known}: written by a newer steward-agent")]
+    Newer {
+        path: PathBuf,
+        found: u64,
+        known: u32,
+    },
+}
+
+/// A record the store keeps as `state/<KEY>.json`. The subsystem owning the type declares it.
+pub trait Record:
+    Serialize + DeserializeOwned + Default + Clone + PartialEq + Send + Sync + 'static
+{
+    /// The file's name without `.json`.
+    const KEY: &'static str;
+    /// The format version written; a file with a higher one is refused.
+    const VERSION: u32 = 1;
+}
+
+/// The key carrying a record's format version inside its JSON object.
+const VERSION_FIELD: &str = "_version";
+
+/// A record as JSON bytes: the object with `_version` added above version 1.
+fn encode<R: Record>(r: &R) -> Vec<u8> {
+    let mut v = serde_json::to_value(r).unwrap_or_default();
+    if R::VERSION > 1 {
+        if let Some(o) = v.as_object_mut() {
+            o.insert(VERSION_FIELD.into(), R::VERSION.into());
+        }
+    }
+    serde_json::to_vec(&v).unwrap_or_default()
+}
+
+/// A record from JSON bytes written by [`encode`] at this or an older version.
+fn decode<R: Record>(path: &Path, bytes: &[u8]) -> Result<R, StoreError> {
+    let corrupt = |source| StoreError::Corrupt {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut v: serde_json::Value = serde_json::from_slice(bytes).map_err(corrupt)?;
+    if let Some(o) = v.as_object_mut() {
+        if let Some(found) = o.remove(VERSION_FIELD).and_then(|f| f.as_u64()) {
+            if found > u64::from(R::VERSION) {
+                return Err(StoreError::Newer {
+                    path: path.to_path_buf(),
+                    found,
+                    known: R::VERSION,
+                });
+            }
+        }
+    }
+    serde_json::from_value(v).map_err(corrupt)
 }
 
 /// Who this node is to the registry. Stored with mode 0600; Debug never shows the secret.
@@ -60,11 +114,15 @@ impl std::fmt::Debug for Identity {
     }
 }
 
-/// The last desired state received.
+/// The last desired state received (`state/spec.json`): stored before it is acted on.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StoredSpec {
     pub generation: u64,
     pub spec: NodeSpec,
+}
+
+impl Record for StoredSpec {
+    const KEY: &'static str = "spec";
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -99,6 +157,32 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StoreErr
     Ok(())
 }
 
+/// [`write_atomic`] on tokio's blocking pool: the fsyncs never stall the runtime's thread.
+pub async fn write_atomic_off_runtime(
+    path: PathBuf,
+    bytes: Vec<u8>,
+    mode: u32,
+) -> Result<(), StoreError> {
+    let p = path.clone();
+    tokio::task::spawn_blocking(move || write_atomic(&p, &bytes, mode))
+        .await
+        .unwrap_or_else(|e| Err(io(&path)(std::io::Error::other(e))))
+}
+
+/// Reads a JSON file: `None` when it does not exist.
+fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StoreError> {
+    match std::fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|source| StoreError::Corrupt {
+                path: path.to_path_buf(),
+                source,
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io(path)(e)),
+    }
+}
+
 /// Paths inside the data dir.
 pub struct Paths {
     pub dir: PathBuf,
@@ -124,14 +208,7 @@ impl Paths {
     }
 
     pub fn load_identity(&self) -> Result<Option<Identity>, StoreError> {
-        let p = self.identity();
-        match std::fs::read(&p) {
-            Ok(b) => serde_json::from_slice(&b)
-                .map(Some)
-                .map_err(|source| StoreError::Corrupt { path: p, source }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io(&p)(e)),
-        }
+        read_json(&self.identity())
     }
 
     pub fn save_identity(&self, id: &Identity) -> Result<(), StoreError> {
@@ -140,19 +217,18 @@ impl Paths {
     }
 
     pub fn load_status(&self) -> Result<Option<NodeStatus>, StoreError> {
-        let p = self.status();
-        match std::fs::read(&p) {
-            Ok(b) => serde_json::from_slice(&b)
-                .map(Some)
-                .map_err(|source| StoreError::Corrupt { path: p, source }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io(&p)(e)),
-        }
+        read_json(&self.status())
     }
 
     pub fn save_status(&self, s: &NodeStatus) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec_pretty(s).unwrap_or_default();
         write_atomic(&self.status(), &bytes, 0o644)
+    }
+
+    /// [`Paths::save_status`] off the runtime's thread (the daemon writes it every pass).
+    pub async fn save_status_off_runtime(&self, s: &NodeStatus) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec_pretty(s).unwrap_or_default();
+        write_atomic_off_runtime(self.status(), bytes, 0o644).await
     }
 }
 
@@ -162,12 +238,6 @@ pub struct Store {
     dir: PathBuf,
     _lock: std::sync::Arc<nix::fcntl::Flock<std::fs::File>>,
 }
-
-const SPEC_KEY: &str = "spec";
-const NET_LINKS_KEY: &str = "network-links";
-const NET_LEASES_KEY: &str = "network-leases";
-const PAYLOADS_KEY: &str = "payloads";
-const HEAL_KEY: &str = "heal";
 
 impl Store {
     pub fn open(paths: &Paths) -> Result<Self, StoreError> {
@@ -192,158 +262,110 @@ impl Store {
         })
     }
 
-    fn path(&self, key: &str) -> PathBuf {
-        self.dir.join(format!("{key}.json"))
+    fn path<R: Record>(&self) -> PathBuf {
+        self.dir.join(format!("{}.json", R::KEY))
     }
 
-    fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
-        let p = self.path(key);
+    /// The stored record, `None` when none was ever stored.
+    pub fn load<R: Record>(&self) -> Result<Option<R>, StoreError> {
+        let p = self.path::<R>();
         match std::fs::read(&p) {
-            Ok(b) => serde_json::from_slice(&b)
-                .map(Some)
-                .map_err(|source| StoreError::Corrupt { path: p, source }),
+            Ok(b) => decode(&p, &b).map(Some),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io(&p)(e)),
         }
     }
 
-    fn put<T: Serialize>(&self, key: &str, v: &T) -> Result<(), StoreError> {
-        write_atomic(
-            &self.path(key),
-            &serde_json::to_vec(v).unwrap_or_default(),
-            0o600,
-        )
+    /// Stores a record durably; the fsyncs run off the runtime's thread.
+    pub async fn save<R: Record>(&self, r: &R) -> Result<(), StoreError> {
+        write_atomic_off_runtime(self.path::<R>(), encode(r), 0o600).await
     }
 
-    pub fn spec(&self) -> Result<Option<StoredSpec>, StoreError> {
-        self.get(SPEC_KEY)
+    /// The stored record, or the default when there is none or it cannot be read (logged; a
+    /// corrupt file is kept aside as `<key>.json.corrupt` for a post-mortem).
+    pub fn load_or_default<R: Record>(&self) -> R {
+        match self.load::<R>() {
+            Ok(r) => r.unwrap_or_default(),
+            Err(e) => {
+                if let StoreError::Corrupt { path, .. } = &e {
+                    let aside = path.with_extension("json.corrupt");
+                    if let Err(e) = std::fs::rename(path, &aside) {
+                        warn!(path = %path.display(), error = %e, "setting the corrupt record aside failed");
+                    }
+                }
+                warn!(record = R::KEY, error = %e, "reading a stored record failed; starting afresh");
+                R::default()
+            }
+        }
+    }
+}
+
+/// One record held in memory: loaded from the store on first use, written back only when it
+/// changed (a failed write is logged and tried again at the next [`Kept::persist`]). Without a
+/// store (tests, one-shot tools) it lives in memory only.
+pub struct Kept<R: Record> {
+    store: Option<Store>,
+    value: Option<R>,
+    /// What the store holds, as far as this process knows.
+    saved: Option<R>,
+}
+
+impl<R: Record> Default for Kept<R> {
+    fn default() -> Self {
+        Self::new(None)
+    }
+}
+
+impl<R: Record> Kept<R> {
+    pub fn new(store: Option<Store>) -> Self {
+        Self {
+            store,
+            value: None,
+            saved: None,
+        }
     }
 
-    /// Stores a spec durably (before it is acted on).
-    pub async fn save_spec(&self, s: &StoredSpec) -> Result<(), StoreError> {
-        self.put(SPEC_KEY, s)
+    /// Whether the record was loaded (or set) yet.
+    pub fn is_loaded(&self) -> bool {
+        self.value.is_some()
     }
 
-    /// The links (and ports) the agent created, as last recorded.
-    pub fn net_state(&self) -> Result<NetState, StoreError> {
-        Ok(self.get(NET_LINKS_KEY)?.unwrap_or_default())
+    /// The record, loaded on first use.
+    pub fn get(&mut self) -> &mut R {
+        if self.value.is_none() {
+            let r = self
+                .store
+                .as_ref()
+                .map(Store::load_or_default::<R>)
+                .unwrap_or_default();
+            self.saved = Some(r.clone());
+            self.value = Some(r);
+        }
+        self.value.get_or_insert_with(R::default)
     }
 
-    /// Records the managed links durably.
-    pub async fn save_net_state(&self, s: &NetState) -> Result<(), StoreError> {
-        self.put(NET_LINKS_KEY, s)
+    /// Replaces the record in memory (stored at the next [`Kept::persist`]).
+    pub fn set(&mut self, r: R) {
+        if self.value.is_none() {
+            self.get();
+        }
+        self.value = Some(r);
     }
 
-    /// The lab address leases.
-    pub fn lab_leases(&self) -> Result<Leases, StoreError> {
-        Ok(self.get(NET_LEASES_KEY)?.unwrap_or_default())
-    }
-
-    /// Records the lab address leases durably.
-    pub async fn save_lab_leases(&self, l: &Leases) -> Result<(), StoreError> {
-        self.put(NET_LEASES_KEY, l)
-    }
-
-    /// The payloads the agent deployed, by path.
-    pub fn payload_records(&self) -> Result<crate::payload::PayloadRecords, StoreError> {
-        Ok(self.get(PAYLOADS_KEY)?.unwrap_or_default())
-    }
-
-    /// Records the deployed payloads durably.
-    pub async fn save_payload_records(
-        &self,
-        r: &crate::payload::PayloadRecords,
-    ) -> Result<(), StoreError> {
-        self.put(PAYLOADS_KEY, r)
-    }
-
-    /// The containers' escalation ladders.
-    pub fn heal_state(&self) -> Result<crate::heal::containers::HealState, StoreError> {
-        Ok(self.get(HEAL_KEY)?.unwrap_or_default())
-    }
-
-    /// Records the escalation ladders durably.
-    pub async fn save_heal_state(
-        &self,
-        s: &crate::heal::containers::HealState,
-    ) -> Result<(), StoreError> {
-        self.put(HEAL_KEY, s)
+    /// Writes the record if it differs from what the store holds.
+    pub async fn persist(&mut self) {
+        let (Some(store), Some(value)) = (&self.store, &self.value) else {
+            return;
+        };
+        if self.saved.as_ref() == Some(value) {
+            return;
+        }
+        match store.save(value).await {
+            Ok(()) => self.saved = Some(value.clone()),
+            Err(e) => warn!(record = R::KEY, error = %format!("{e:#}"), "storing a record failed"),
+        }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn identity_is_0600_and_spec_survives_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let paths = Paths::new(&dir.path().join("state"));
-        paths.ensure_dir().unwrap();
-        assert!(paths.load_identity().unwrap().is_none());
-        let id = Identity {
-            registry: "http://r".into(),
-            node_id: "n1".into(),
-            node_secret: "n1.secret".into(),
-            heartbeat_interval_secs: 10,
-        };
-        paths.save_identity(&id).unwrap();
-        let mode = std::fs::metadata(paths.identity())
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600);
-        assert_eq!(
-            paths.load_identity().unwrap().unwrap().node_secret,
-            "n1.secret"
-        );
-        assert!(!format!("{id:?}").contains("secret\""));
-        assert!(!format!("{id:?}").contains("n1.secret"));
-
-        let s = StoredSpec {
-            generation: 4,
-            spec: serde_norway::from_str("containers: [{name: a, image: x}]").unwrap(),
-        };
-        {
-            let store = Store::open(&paths).unwrap();
-            assert!(
-                Store::open(&paths).is_err(),
-                "a second process must not open the same store"
-            );
-            store.save_spec(&s).await.unwrap();
-        }
-        let store = Store::open(&paths).unwrap();
-        assert_eq!(store.spec().unwrap(), Some(s));
-    }
-
-    #[tokio::test]
-    async fn network_records_survive_reopen() {
-        use crate::network::types::LinkRecord;
-        let dir = tempfile::tempdir().unwrap();
-        let paths = Paths::new(dir.path());
-        let mut net = NetState::default();
-        net.links.insert(
-            "br0".into(),
-            LinkRecord {
-                index: 7,
-                hash: "h".into(),
-            },
-        );
-        net.ports.insert("eth2".into(), "br0".into());
-        let mut leases = Leases::new();
-        leases
-            .entry("br142".into())
-            .or_default()
-            .insert("container:web".into(), "192.168.142.10".parse().unwrap());
-        {
-            let store = Store::open(&paths).unwrap();
-            assert_eq!(store.net_state().unwrap(), NetState::default());
-            assert!(store.lab_leases().unwrap().is_empty());
-            store.save_net_state(&net).await.unwrap();
-            store.save_lab_leases(&leases).await.unwrap();
-        }
-        let store = Store::open(&paths).unwrap();
-        assert_eq!(store.net_state().unwrap(), net);
-        assert_eq!(store.lab_leases().unwrap(), leases);
-    }
-}
+mod tests;

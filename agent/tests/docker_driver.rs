@@ -13,7 +13,7 @@ use docker_common::*;
 use futures_util::StreamExt;
 use serde_json::json;
 use steward_agent::docker::{ContainerEvent, Docker, DockerError};
-use steward_agent::reconcile::plan::limits;
+use steward_agent::reconcile::types::limits;
 use steward_agent::reconcile::types::{
     ObservedConfig, ObservedContainer, LABEL_MANAGED, LABEL_NAME, LABEL_NODE, LABEL_SPEC_HASH,
 };

@@ -202,6 +202,9 @@ pub enum EventKind {
 pub struct ResetQueued {
     pub node_id: String,
     pub workload: String,
+    /// The kind asked for; absent: every workload of that name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<crate::node::WorkloadKind>,
 }
 
 /// What an alert is about.

@@ -260,6 +260,74 @@ pub enum ResourceKind {
     Spec,
 }
 
+/// The kinds of workload an agent runs (a container and a VM may share a name).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum WorkloadKind {
+    Container,
+    Vm,
+}
+
+impl WorkloadKind {
+    pub const ALL: [WorkloadKind; 2] = [WorkloadKind::Container, WorkloadKind::Vm];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkloadKind::Container => "container",
+            WorkloadKind::Vm => "vm",
+        }
+    }
+
+    /// `container` or `vm`.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// The kind of resource a workload of this kind is reported as.
+    pub fn resource(self) -> ResourceKind {
+        match self {
+            WorkloadKind::Container => ResourceKind::Container,
+            WorkloadKind::Vm => ResourceKind::Vm,
+        }
+    }
+}
+
+/// One workload, named with its kind.
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, schemars::JsonSchema,
+)]
+pub struct WorkloadRef {
+    pub kind: WorkloadKind,
+    pub name: String,
+}
+
+impl WorkloadRef {
+    pub fn new(kind: WorkloadKind, name: impl Into<String>) -> Self {
+        Self {
+            kind,
+            name: name.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for WorkloadRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.kind.as_str(), self.name)
+    }
+}
+
 /// Observed state of one resource.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ResourceStatus {
@@ -387,7 +455,12 @@ pub struct HeartbeatResponse {
     pub status_wanted: bool,
     pub heartbeat_interval_secs: u64,
     /// Workloads whose escalation ladder (and rollback) an operator reset since the last
-    /// heartbeat; the agent starts them afresh.
+    /// heartbeat, by name only: every workload of that name, whatever its kind (the form older
+    /// registries send, and a reset asked without a kind); the agent starts them afresh.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reset: Vec<String>,
+    /// Resets asked for one kind of workload: only that workload is started afresh (older
+    /// agents ignore this field).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reset_workloads: Vec<WorkloadRef>,
 }

@@ -345,6 +345,16 @@ pub struct OnChange {
     pub restart_vms: Vec<String>,
 }
 
+impl OnChange {
+    /// The workloads of `kind` this payload restarts when it changes.
+    pub fn restarts(&self, kind: crate::node::WorkloadKind) -> &[String] {
+        match kind {
+            crate::node::WorkloadKind::Container => &self.restart_containers,
+            crate::node::WorkloadKind::Vm => &self.restart_vms,
+        }
+    }
+}
+
 /// A versioned artifact deployed to a path, verified by sha256.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]

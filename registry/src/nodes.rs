@@ -329,12 +329,12 @@ impl Nodes {
         // Queued resets are stored (they survive a registry restart) and taken once; their removal
         // is durable before they are handed over, so a restart does not deliver them again. The
         // store is read only for nodes the fleet view knows to have resets queued.
-        let reset = if self.fleet.has_resets(id) {
+        let (reset, reset_workloads) = if self.fleet.has_resets(id) {
             let r = self.store.take_resets(id).await?;
             self.fleet.set_resets(id, false);
-            r
+            crate::store::split_resets(r)
         } else {
-            Vec::new()
+            Default::default()
         };
         Ok(HeartbeatResponse {
             generation,
@@ -342,16 +342,19 @@ impl Nodes {
             status_wanted,
             heartbeat_interval_secs: self.settings.heartbeat_interval.as_secs().max(1),
             reset,
+            reset_workloads,
         })
     }
 
     /// `POST /v1/nodes/{id}/workloads/{name}/reset`: queues a reset of the workload's escalation
     /// ladder (and rollback) for the node's next heartbeat. The queue is in the store and flushed
-    /// before the answer, so it survives a registry restart.
+    /// before the answer, so it survives a registry restart. With `kind` (`container`, `vm`)
+    /// only the workload of that kind is reset; without, every workload of that name.
     pub async fn reset_workload(
         &self,
         id: &str,
         name: &str,
+        kind: Option<&str>,
         cred: CredentialKind,
     ) -> Result<steward_proto::api::ResetQueued> {
         if self.fleet.live(id).is_none() {
@@ -363,19 +366,36 @@ impl Nodes {
             format!("{name:?} is not a workload name: give the name of a container or VM of the node's spec"),
         )]));
         }
-        self.store.queue_reset(id, name).await?;
+        let kind = match kind.map(|k| (k, steward_proto::WorkloadKind::parse(k))) {
+            None => None,
+            Some((_, Some(k))) => Some(k),
+            Some((k, None)) => {
+                return Err(NodeError::Invalid(vec![Problem::new(
+                    "kind",
+                    format!("{k:?} is not a kind of workload: give container or vm"),
+                )]))
+            }
+        };
+        self.store
+            .queue_reset(id, &crate::store::queued_reset(name, kind))
+            .await?;
+        let what = match kind {
+            Some(k) => format!("{} {name}", k.as_str()),
+            None => name.to_string(),
+        };
         self.events
             .record(
                 EventKind::WorkloadReset,
                 Some(id),
                 None,
                 cred,
-                format!("reset of {name}'s escalation ladder queued for the next heartbeat"),
+                format!("reset of {what}'s escalation ladder queued for the next heartbeat"),
             )
             .await?;
         Ok(steward_proto::api::ResetQueued {
             node_id: id.to_string(),
             workload: name.to_string(),
+            kind,
         })
     }
 

@@ -30,6 +30,7 @@ mod specs;
 mod tests;
 pub use alerts::DeliveryRecord;
 pub use grants::GrantRecord;
+pub use resets::{queued_reset, split_resets};
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]

@@ -11,8 +11,7 @@ use steward_proto::validate::{parse_port, parse_volume, VolumeSource};
 use steward_proto::{ContainerSpec, HealthCheck, RestartPolicy};
 
 use super::DockerError;
-use crate::reconcile::plan::limits;
-use crate::reconcile::types::{LABEL_MANAGED, LABEL_NAME, LABEL_NODE, LABEL_SPEC_HASH};
+use crate::reconcile::types::{limits, LABEL_MANAGED, LABEL_NAME, LABEL_NODE, LABEL_SPEC_HASH};
 
 /// The body of `POST /containers/create` for `spec`, labelled as owned by Steward.
 pub(super) fn container_body(

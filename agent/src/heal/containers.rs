@@ -8,12 +8,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use steward_proto::{ContainerSpec, Escalation, PayloadSpec, RestartPolicy, RolledBack};
+use steward_proto::{
+    ContainerSpec, Escalation, PayloadSpec, RestartPolicy, WorkloadKind, WorkloadRef,
+};
 
 use super::ladder::{Decision, Ladder, LadderPolicy, Rung, CONTAINER_RUNGS};
 use super::rollback::{config_hash, payloads_of, Track};
+use super::state::{escalation_of, verdict};
+pub use super::status::Healed;
 use crate::reconcile::plan::spec_hash;
 use crate::reconcile::{Action, Observed, Plan};
 
@@ -40,7 +43,27 @@ pub struct HealState {
     pub vms: BTreeMap<String, super::vms::VmEntry>,
 }
 
+impl crate::store::Record for HealState {
+    const KEY: &'static str = "heal";
+}
+
 impl HealState {
+    /// An operator's reset of one workload: its ladder back to the bottom, its rollback
+    /// dropped. False when it had no entry.
+    pub fn reset(&mut self, w: &WorkloadRef) -> bool {
+        match w.kind {
+            WorkloadKind::Container => self.containers.get_mut(&w.name).map(|e| {
+                e.ladder.reset();
+                e.track.reset();
+            }),
+            WorkloadKind::Vm => self.vms.get_mut(&w.name).map(|e| {
+                e.ladder.reset();
+                e.track.reset();
+            }),
+        }
+        .is_some()
+    }
+
     /// The payload versions the rollbacks in force hold their workloads' payloads at.
     pub fn payloads_in_force(&self) -> Vec<PayloadSpec> {
         let containers = self
@@ -64,18 +87,6 @@ impl HealState {
     }
 }
 
-/// What healing concluded in one pass, by container name.
-#[derive(Debug, Default)]
-pub struct Healed {
-    /// At the top of the ladder: why, for the status.
-    pub failed: BTreeMap<String, String>,
-    pub escalation: BTreeMap<String, (u32, Escalation)>,
-    /// Rolled back to their last healthy configuration.
-    pub rolled_back: BTreeMap<String, RolledBack>,
-    /// Rolled back in this pass.
-    pub rolled_back_now: Vec<String>,
-}
-
 /// The containers to converge: the spec's, except those rolled back, which keep their last
 /// healthy configuration until their spec (or a payload they restart on) changes again (then
 /// the rollback is forgotten). `payloads` are the spec's.
@@ -88,7 +99,8 @@ pub fn effective(
         .iter()
         .map(|c| match state.containers.get_mut(&c.name) {
             Some(e) => {
-                let config = config_hash(c, &payloads_of(payloads, &c.name, false));
+                let config =
+                    config_hash(c, &payloads_of(payloads, WorkloadKind::Container, &c.name));
                 e.track.effective(c, &config)
             }
             None => c.clone(),
@@ -96,33 +108,8 @@ pub fn effective(
         .collect()
 }
 
-fn time(secs: u64) -> Option<DateTime<Utc>> {
-    DateTime::from_timestamp(i64::try_from(secs).ok()?, 0)
-}
-
 fn escalation(l: &Ladder) -> Escalation {
     escalation_of(l, CONTAINER_RUNGS)
-}
-
-/// A ladder as the status shows it.
-pub fn escalation_of(l: &Ladder, rungs: &[Rung]) -> Escalation {
-    Escalation {
-        position: l.position(rungs).to_string(),
-        attempts: l.attempts,
-        last_action: l.last_action.map(|(r, _)| r.as_str().to_string()),
-        last_action_at: l.last_action.and_then(|(_, t)| time(t)),
-        next_step_at: l.next_due.and_then(time),
-    }
-}
-
-/// A health state as a verdict for the rollback memory: `healthy` proves the spec, no check
-/// leaves it to time, `starting` proves nothing yet.
-pub fn verdict(health: Option<&str>) -> Option<bool> {
-    match health {
-        None => None,
-        Some("healthy") => Some(true),
-        Some(_) => Some(false),
-    }
 }
 
 /// Why `o` counts as failing now, if it does.
@@ -199,7 +186,7 @@ pub fn heal(
             e.restart_count = o.restart_count;
         }
         let why = failure(c, o, e);
-        let mine = payloads_of(payloads, &c.name, false);
+        let mine = payloads_of(payloads, WorkloadKind::Container, &c.name);
         let config = config_hash(c, &mine);
         e.restart_count = o.restart_count;
         let ours = |a: &Action| a.container() == Some(c.name.as_str());

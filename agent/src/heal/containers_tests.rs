@@ -416,3 +416,35 @@ fn a_payload_only_update_that_breaks_the_container_rolls_the_payload_back() {
     effective(&mut st, std::slice::from_ref(&c), &[conf("3")]);
     assert!(st.payloads_in_force().is_empty());
 }
+
+#[test]
+fn a_reset_names_one_kind_a_container_and_a_vm_may_share_a_name() {
+    let mut st = HealState::default();
+    let climbed = Ladder {
+        level: 2,
+        ..Ladder::default()
+    };
+    st.containers.insert(
+        "web".into(),
+        Entry {
+            ladder: climbed.clone(),
+            ..Entry::default()
+        },
+    );
+    st.vms.insert(
+        "web".into(),
+        crate::heal::vms::VmEntry {
+            ladder: climbed.clone(),
+            ..Default::default()
+        },
+    );
+    assert!(st.reset(&WorkloadRef::new(WorkloadKind::Container, "web")));
+    assert_eq!(st.containers["web"].ladder, Ladder::default());
+    assert_eq!(
+        st.vms["web"].ladder, climbed,
+        "the VM of the same name was reset too"
+    );
+    assert!(st.reset(&WorkloadRef::new(WorkloadKind::Vm, "web")));
+    assert_eq!(st.vms["web"].ladder, Ladder::default());
+    assert!(!st.reset(&WorkloadRef::new(WorkloadKind::Vm, "db")));
+}

@@ -1,7 +1,11 @@
-//! Self-healing building blocks: the escalation ladder (`ladder.rs`, pure), health probes
-//! (`probe.rs`: TCP and HTTP probes, the pure result tracker; `inside.rs`: probes from a
-//! container's network namespace) and the state a workload's status shows (`state.rs`, pure).
-//! The reconciler drives them and the drivers carry out their steps.
+//! Self-healing. Pure: the escalation ladder (`ladder.rs`), the rollback memory shared by
+//! every kind of workload (`rollback.rs`), each kind's heal tracker — failures found, the
+//! ladder's step or a rollback written into that kind's plan (`containers.rs`, with the stored
+//! `HealState` of both kinds; `vms.rs`) — the state a workload's status shows from its health and
+//! ladder (`state.rs`), and one workload's `ResourceStatus` whatever its kind (`status.rs`).
+//! I/O: the TCP and HTTP probes with their pure result tracker (`probe.rs`), the due probes of
+//! containers and VMs (`probes.rs`), and probes from a container's network namespace
+//! (`inside.rs`). The reconciler drives them and the drivers carry out their steps.
 
 pub mod containers;
 pub mod inside;
@@ -10,6 +14,7 @@ pub mod probe;
 pub mod probes;
 pub mod rollback;
 pub mod state;
+pub mod status;
 pub mod vms;
 
 use serde::Deserialize;

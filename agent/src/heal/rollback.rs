@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use steward_proto::{PayloadSpec, RolledBack};
+use steward_proto::{PayloadSpec, RolledBack, WorkloadKind};
 
 /// A configuration that ran healthy, and the generation it came with.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -198,20 +198,15 @@ pub fn config_hash<S: Serialize>(spec: &S, payloads: &[PayloadSpec]) -> String {
     hex::encode(h.finalize())[..16].to_string()
 }
 
-/// The payloads whose `on_change` restarts the container (`vm` false) or VM named `name`:
+/// The payloads whose `on_change` restarts the workload of `kind` named `name`:
 /// they are part of its configuration for a rollback.
-pub fn payloads_of(payloads: &[PayloadSpec], name: &str, vm: bool) -> Vec<PayloadSpec> {
+pub fn payloads_of(payloads: &[PayloadSpec], kind: WorkloadKind, name: &str) -> Vec<PayloadSpec> {
     payloads
         .iter()
         .filter(|p| {
-            p.on_change.as_ref().is_some_and(|o| {
-                let names = if vm {
-                    &o.restart_vms
-                } else {
-                    &o.restart_containers
-                };
-                names.iter().any(|n| n == name)
-            })
+            p.on_change
+                .as_ref()
+                .is_some_and(|o| o.restarts(kind).iter().any(|n| n == name))
         })
         .cloned()
         .collect()
@@ -308,11 +303,11 @@ mod tests {
             payload("conf", "1", &["web"]),
             payload("other", "1", &["db"]),
         ];
-        let mine = payloads_of(&spec, "web", false);
+        let mine = payloads_of(&spec, WorkloadKind::Container, "web");
         assert_eq!(mine.len(), 1);
         assert_eq!(mine[0].name, "conf");
         assert!(
-            payloads_of(&spec, "web", true).is_empty(),
+            payloads_of(&spec, WorkloadKind::Vm, "web").is_empty(),
             "VM names differ"
         );
         let mut now = vec![

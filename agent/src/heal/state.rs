@@ -9,6 +9,8 @@
 use chrono::{DateTime, Utc};
 use steward_proto::{Escalation, ResourceState};
 
+use super::ladder::{Ladder, Rung};
+
 /// What is known about one workload besides the pass's own outcome.
 #[derive(Debug, Clone, Copy)]
 pub struct Seen<'a> {
@@ -81,6 +83,31 @@ pub fn workload_state(
             Some("health check starting: not yet healthy".into()),
         ),
         _ => (state, error),
+    }
+}
+
+fn time(secs: u64) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp(i64::try_from(secs).ok()?, 0)
+}
+
+/// A ladder as the status shows it.
+pub fn escalation_of(l: &Ladder, rungs: &[Rung]) -> Escalation {
+    Escalation {
+        position: l.position(rungs).to_string(),
+        attempts: l.attempts,
+        last_action: l.last_action.map(|(r, _)| r.as_str().to_string()),
+        last_action_at: l.last_action.and_then(|(_, t)| time(t)),
+        next_step_at: l.next_due.and_then(time),
+    }
+}
+
+/// A health state as a verdict for the rollback memory: `healthy` proves the spec, no check
+/// leaves it to time, `starting` proves nothing yet.
+pub fn verdict(health: Option<&str>) -> Option<bool> {
+    match health {
+        None => None,
+        Some("healthy") => Some(true),
+        Some(_) => Some(false),
     }
 }
 

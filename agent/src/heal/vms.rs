@@ -9,11 +9,12 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use steward_proto::{Escalation, PayloadSpec, RolledBack, VmSpec};
+use steward_proto::{PayloadSpec, VmSpec, WorkloadKind};
 
-use super::containers::{escalation_of, verdict};
 use super::ladder::{Decision, Ladder, LadderPolicy, Rung, VM_RUNGS};
 use super::rollback::{config_hash, payloads_of, Track};
+use super::state::{escalation_of, verdict};
+use super::status::Healed;
 use crate::vm::plan::VmAction;
 
 /// One VM's ladder and rollback memory (stored in `state/heal.json`).
@@ -37,18 +38,6 @@ pub struct VmSeen {
     pub start_failed: Option<String>,
 }
 
-/// What healing concluded for the VMs in one pass.
-#[derive(Debug, Default)]
-pub struct VmHealed {
-    pub failed: BTreeMap<String, String>,
-    pub escalation: BTreeMap<String, (u32, Escalation)>,
-    pub rolled_back: BTreeMap<String, RolledBack>,
-    /// Rolled back in this pass: the reconciler runs the pass again with the old configuration.
-    pub rolled_back_now: Vec<String>,
-    /// VMs acted on by the ladder: their probes start over.
-    pub acted: Vec<String>,
-}
-
 /// The VMs to converge: the spec's, with rolled-back ones at their last healthy configuration
 /// (`payloads` are the spec's).
 pub fn effective(
@@ -60,7 +49,7 @@ pub fn effective(
         .iter()
         .map(|v| match entries.get_mut(&v.name) {
             Some(e) => {
-                let config = config_hash(v, &payloads_of(payloads, &v.name, true));
+                let config = config_hash(v, &payloads_of(payloads, WorkloadKind::Vm, &v.name));
                 e.track.effective(v, &config)
             }
             None => v.clone(),
@@ -86,9 +75,9 @@ pub fn heal_vms(
     entries: &mut BTreeMap<String, VmEntry>,
     actions: &mut Vec<VmAction>,
     pass: &Pass,
-) -> VmHealed {
+) -> Healed {
     let (policy, now) = (pass.policy, pass.now);
-    let mut out = VmHealed::default();
+    let mut out = Healed::default();
     let mut planned: BTreeMap<String, Vec<VmAction>> = BTreeMap::new();
     let mut rewritten = Vec::new();
     for a in actions.drain(..) {
@@ -100,7 +89,7 @@ pub fn heal_vms(
         }
     }
     for v in pass.desired {
-        let its_payloads = payloads_of(pass.payloads, &v.name, true);
+        let its_payloads = payloads_of(pass.payloads, WorkloadKind::Vm, &v.name);
         let hash = config_hash(v, &its_payloads);
         let e = entries.entry(v.name.clone()).or_default();
         let seen = pass.seen.get(&v.name).cloned().unwrap_or_default();
@@ -234,7 +223,7 @@ pub fn heal_vms(
     out
 }
 
-fn report(name: &str, e: &VmEntry, out: &mut VmHealed) {
+fn report(name: &str, e: &VmEntry, out: &mut Healed) {
     if e.ladder.failed(VM_RUNGS) {
         out.failed.insert(
             name.to_string(),

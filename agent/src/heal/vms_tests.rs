@@ -52,7 +52,7 @@ fn pass(
     p: &LadderPolicy,
     generation: u64,
     now: u64,
-) -> (Vec<VmAction>, VmHealed) {
+) -> (Vec<VmAction>, crate::heal::status::Healed) {
     let mut a = planned;
     let desired = [spec.clone()];
     let h = heal_vms(

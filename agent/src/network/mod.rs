@@ -23,6 +23,8 @@ pub mod error;
 pub mod events;
 pub mod lab;
 pub mod plan;
+#[cfg(test)]
+mod store_tests;
 pub mod types;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -36,7 +38,7 @@ use tracing::{info, info_span, warn, Instrument};
 
 use crate::pass::Pass;
 use crate::reconcile::{Policy, Verdict};
-use crate::store::Store;
+use crate::store::{Kept, Record, Store};
 pub use driver::NetlinkDriver;
 pub use error::NetworkError;
 pub use events::EventFeed;
@@ -44,6 +46,14 @@ use types::{LinkKind, LinkRecord, NetAction, NetObserved, NetState};
 
 /// Lab leases: bridge -> consumer (`container:<name>`, `vm:<name>/<nic>`) -> address.
 pub type Leases = BTreeMap<String, BTreeMap<String, IpAddr>>;
+
+impl Record for Leases {
+    const KEY: &'static str = "network-leases";
+}
+
+impl Record for NetState {
+    const KEY: &'static str = "network-links";
+}
 
 /// The IPv4 subnet and gateway a Docker network on a managed bridge gets.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,10 +105,11 @@ impl NetOutcome {
 pub struct Networks {
     driver: Option<NetlinkDriver>,
     lab_template: String,
-    store: Option<Store>,
     registry: Option<String>,
     registry_ip: Option<IpAddr>,
-    state: Option<NetState>,
+    /// The links (and ports) the agent created, as recorded.
+    state: Kept<NetState>,
+    leases: Kept<Leases>,
     /// The netlink event listener's feed, when one runs (the daemon): lets a pass reuse the
     /// links observed by an earlier one (see `observe`).
     feed: Option<Arc<EventFeed>>,
@@ -137,10 +148,10 @@ impl Networks {
         Self {
             driver: None,
             lab_template,
-            store,
             registry,
             registry_ip: None,
-            state: None,
+            state: Kept::new(store.clone()),
+            leases: Kept::new(store),
             feed: None,
             cache: None,
             full_observe: false,
@@ -149,9 +160,8 @@ impl Networks {
 
     /// Lets passes reuse the links observed by an earlier pass while `feed` (the netlink event
     /// listener) announces no change and the agent itself wrote nothing since.
-    pub fn with_event_feed(mut self, feed: Arc<EventFeed>) -> Self {
+    pub fn set_event_feed(&mut self, feed: Arc<EventFeed>) {
         self.feed = Some(feed);
-        self
     }
 
     /// Makes the next pass dump the kernel's links even if the event feed says nothing
@@ -190,38 +200,17 @@ impl Networks {
     }
 
     fn load_state(&mut self) -> NetState {
-        if let Some(s) = &self.state {
-            return s.clone();
-        }
-        let s = match &self.store {
-            Some(st) => st.net_state().unwrap_or_else(|e| {
-                warn!(error = %e, "reading the managed-links record failed; starting empty");
-                NetState::default()
-            }),
-            None => NetState::default(),
-        };
-        self.state = Some(s.clone());
-        s
+        self.state.get().clone()
     }
 
     async fn save_state(&mut self, s: NetState) {
-        if self.state.as_ref() == Some(&s) {
-            return;
-        }
-        if let Some(st) = &self.store {
-            if let Err(e) = st.save_net_state(&s).await {
-                warn!(error = %e, "storing the managed-links record failed");
-            }
-        }
-        self.state = Some(s);
+        self.state.set(s);
+        self.state.persist().await;
     }
 
     /// Lab leases for the spec's attached containers and VMs, kept stable through the store.
     async fn leases(&mut self, spec: &NodeSpec, labs: &[lab::Lab], out: &mut NetOutcome) {
-        let before: Leases = match &self.store {
-            Some(st) => st.lab_leases().unwrap_or_default(),
-            None => Leases::new(),
-        };
+        let before = self.leases.get().clone();
         let mut after = Leases::new();
         for l in labs {
             let consumers = lab::consumers(spec, &l.bridge);
@@ -241,13 +230,8 @@ impl Networks {
                 after.insert(l.bridge.clone(), got);
             }
         }
-        if after != before {
-            if let Some(st) = &self.store {
-                if let Err(e) = st.save_lab_leases(&after).await {
-                    warn!(error = %e, "storing lab leases failed");
-                }
-            }
-        }
+        self.leases.set(after);
+        self.leases.persist().await;
     }
 
     /// Phase one: observe, plan, apply creations and changes, report every desired link. Stops

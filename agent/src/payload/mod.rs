@@ -33,7 +33,7 @@ use crate::client::RegistryClient;
 use crate::docker::Docker;
 use crate::pass::Pass;
 use crate::reconcile::Policy;
-use crate::store::Store;
+use crate::store::{Kept, Record, Store};
 pub use attest::{hash_file, Hashed};
 pub use error::PayloadError;
 pub use plan::DriftPolicy;
@@ -59,16 +59,19 @@ pub struct PayloadRecord {
     pub images: Vec<String>,
 }
 
-/// The payload records, by path.
+/// The payload records, by path (`state/payloads.json`).
 pub type PayloadRecords = BTreeMap<String, PayloadRecord>;
+
+impl Record for PayloadRecords {
+    const KEY: &'static str = "payloads";
+}
 
 /// The payload side of the reconciler.
 pub struct Payloads {
     blobs: Option<PathBuf>,
-    store: Option<Store>,
     client: Option<Arc<RegistryClient>>,
     node_id: String,
-    records: Option<PayloadRecords>,
+    records: Kept<PayloadRecords>,
     /// The last full hash of every payload path seen (owned or not).
     hashes: HashMap<String, Hashed>,
     attestations: Vec<PayloadAttestation>,
@@ -116,10 +119,9 @@ impl Payloads {
     ) -> Self {
         Payloads {
             blobs: Some(data_dir.join("blobs")),
-            store,
             client,
             node_id,
-            records: None,
+            records: Kept::new(store),
             hashes: HashMap::new(),
             attestations: Vec::new(),
             vm_restarts: BTreeSet::new(),
@@ -131,10 +133,9 @@ impl Payloads {
     pub fn disabled() -> Self {
         Payloads {
             blobs: None,
-            store: None,
             client: None,
             node_id: String::new(),
-            records: None,
+            records: Kept::new(None),
             hashes: HashMap::new(),
             attestations: Vec::new(),
             vm_restarts: BTreeSet::new(),
@@ -159,16 +160,10 @@ impl Payloads {
     }
 
     fn load_records(&mut self) -> PayloadRecords {
-        if let Some(r) = self.records.take() {
-            return r;
+        if self.records.is_loaded() {
+            return self.records.get().clone();
         }
-        let recs = match &self.store {
-            Some(s) => s.payload_records().unwrap_or_else(|e| {
-                warn!(error = %format!("{e:#}"), "reading the payload records failed; starting empty");
-                PayloadRecords::new()
-            }),
-            None => PayloadRecords::new(),
-        };
+        let recs = self.records.get().clone();
         for (path, r) in &recs {
             if let Some(h) = &r.hashed {
                 self.hashes.entry(path.clone()).or_insert_with(|| h.clone());
@@ -203,7 +198,6 @@ impl Payloads {
                 .collect();
         };
         let mut records = self.load_records();
-        let before = records.clone();
         let mut out = Vec::new();
         let mut restart: BTreeSet<String> = BTreeSet::new();
         pass.planned(spec.payloads.len());
@@ -250,14 +244,8 @@ impl Payloads {
         if pass.stopped_by().is_none() {
             fetch::collect_garbage(&blobs, &keep);
         }
-        if records != before {
-            if let Some(s) = &self.store {
-                if let Err(e) = s.save_payload_records(&records).await {
-                    warn!(error = %format!("{e:#}"), "recording the deployed payloads failed");
-                }
-            }
-        }
-        self.records = Some(records);
+        self.records.set(records);
+        self.records.persist().await;
         if let Some(d) = docker {
             for c in restart {
                 match d.restart_managed(&c, &self.node_id).await {

@@ -4,18 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::{Deserialize, Serialize};
-
-/// What to do when a deployed payload no longer matches (`policy.payload_drift`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DriftPolicy {
-    /// Put the expected content back and report the drift.
-    #[default]
-    Restore,
-    /// Only report the drift; leave the file as it is.
-    Report,
-}
+pub use crate::reconcile::policy::DriftPolicy;
 
 /// What is at a payload's path.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,11 +6,10 @@
 use std::collections::{BTreeMap, HashSet};
 
 use sha2::{Digest, Sha256};
-use steward_proto::quantity::{parse_cpus, parse_memory};
 use steward_proto::{ContainerSpec, RestartPolicy};
 
 use super::policy::Policy;
-use super::types::{Action, Observed, ObservedContainer, Plan, Verdict};
+use super::types::{limits, Action, Observed, ObservedContainer, Plan, Verdict};
 
 /// Hash of a container spec, stored in the `io.steward.spec-hash` label; a different hash means
 /// the spec changed and the container is recreated.
@@ -40,25 +39,6 @@ pub fn normalize_image(image: &str) -> String {
     } else {
         format!("{s}:latest")
     }
-}
-
-/// Memory limit in bytes and CPU limit in nano-CPUs the spec asks for (0 = none).
-pub fn limits(c: &ContainerSpec) -> (i64, i64) {
-    let mem = c
-        .resources
-        .memory
-        .as_ref()
-        .and_then(|q| parse_memory(q).ok())
-        .map(|b| b as i64)
-        .unwrap_or(0);
-    let cpus = c
-        .resources
-        .cpus
-        .as_ref()
-        .and_then(|q| parse_cpus(q).ok())
-        .map(|c| (c * 1e9).round() as i64)
-        .unwrap_or(0);
-    (mem, cpus)
 }
 
 /// How a managed container differs from its spec beyond the hash (changed by hand).

@@ -6,6 +6,17 @@ use serde::{Deserialize, Serialize};
 use steward_proto::validate::{parse_volume, VolumeSource};
 use steward_proto::ContainerSpec;
 
+/// What to do when a deployed payload no longer matches (`policy.payload_drift`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DriftPolicy {
+    /// Put the expected content back and report the drift.
+    #[default]
+    Restore,
+    /// Only report the drift; leave the file as it is.
+    Report,
+}
+
 /// Bounds set in the agent's config file (`[policy]`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -28,7 +39,7 @@ pub struct Policy {
     /// refused). Paths with `..`, outside these roots or through a symbolic link are refused.
     pub payload_roots: Vec<PathBuf>,
     /// What to do when a deployed payload drifts: `restore` (default) or `report`.
-    pub payload_drift: crate::payload::DriftPolicy,
+    pub payload_drift: DriftPolicy,
     /// Full re-hash period of deployed payloads in seconds (default 3600); between full
     /// hashes a stat (size, mtime, ctime, inode) decides whether the file changed.
     pub attest_rehash_secs: Option<u64>,

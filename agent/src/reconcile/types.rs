@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 
+use steward_proto::quantity::{parse_cpus, parse_memory};
 use steward_proto::ContainerSpec;
 
 /// Labels Steward puts on everything it creates.
@@ -136,4 +137,23 @@ pub enum Verdict {
 pub struct Plan {
     pub actions: Vec<Action>,
     pub verdicts: Vec<(String, Verdict)>,
+}
+
+/// Memory limit in bytes and CPU limit in nano-CPUs the spec asks for (0 = none).
+pub fn limits(c: &ContainerSpec) -> (i64, i64) {
+    let mem = c
+        .resources
+        .memory
+        .as_ref()
+        .and_then(|q| parse_memory(q).ok())
+        .map(|b| b as i64)
+        .unwrap_or(0);
+    let cpus = c
+        .resources
+        .cpus
+        .as_ref()
+        .and_then(|q| parse_cpus(q).ok())
+        .map(|c| (c * 1e9).round() as i64)
+        .unwrap_or(0);
+    (mem, cpus)
 }

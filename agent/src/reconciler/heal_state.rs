@@ -4,13 +4,12 @@
 
 use std::collections::BTreeMap;
 
-use steward_proto::NodeSpec;
-use tracing::{info, warn};
+use steward_proto::{NodeSpec, WorkloadRef};
+use tracing::info;
 
 use super::Reconciler;
 use crate::heal::containers::{effective, heal, HealState, Healed};
 use crate::reconcile::Action;
-use crate::store::Store;
 
 impl Reconciler {
     /// How long until an agent-side probe of `spec`'s containers or VMs is due, if any runs.
@@ -23,43 +22,19 @@ impl Reconciler {
     }
 
     /// An operator's reset: the workload's ladder back to the bottom and its rollback dropped,
-    /// so the next pass converges it to its spec afresh.
-    pub fn reset_workload(&mut self, name: &str) {
-        let state = self.heal_state();
-        let mut found = false;
-        if let Some(e) = state.containers.get_mut(name) {
-            e.ladder.reset();
-            e.track.reset();
-            found = true;
-        }
-        if let Some(e) = state.vms.get_mut(name) {
-            e.ladder.reset();
-            e.track.reset();
-            found = true;
-        }
-        if found {
-            info!(workload = %name, "escalation ladder reset by an operator (any rollback dropped)");
+    /// so the next pass converges it to its spec afresh (a workload of another kind with the
+    /// same name is left alone).
+    pub fn reset_workload(&mut self, w: &WorkloadRef) {
+        if self.heal_state().reset(w) {
+            info!(workload = %w, "escalation ladder reset by an operator (any rollback dropped)");
         } else {
-            info!(workload = %name, "reset asked for a workload with no escalation; nothing to do");
+            info!(workload = %w, "reset asked for a workload with no escalation; nothing to do");
         }
     }
 
     /// The ladders and rollback memory, loaded from the store on first use.
     pub(super) fn heal_state(&mut self) -> &mut HealState {
-        let h = &mut self.heal;
-        h.state.get_or_insert_with(|| load_heal(h.store.as_ref()))
-    }
-
-    /// Stores the ladders when they differ from `before`.
-    pub(super) async fn save_heal_state(&mut self, before: &HealState) {
-        let h = &self.heal;
-        if let (Some(state), Some(store)) = (&h.state, &h.store) {
-            if state != before {
-                if let Err(e) = store.save_heal_state(state).await {
-                    warn!(error = %e, "storing the escalation ladders failed");
-                }
-            }
-        }
+        self.heal.state.get()
     }
 
     /// What a pass converges: the spec, with rolled-back containers and VMs at their last
@@ -118,15 +93,4 @@ impl Reconciler {
             now,
         )
     }
-}
-
-pub(super) fn load_heal(store: Option<&Store>) -> HealState {
-    store
-        .map(|s| {
-            s.heal_state().unwrap_or_else(|e| {
-                warn!(error = %e, "reading the escalation ladders failed; starting afresh");
-                HealState::default()
-            })
-        })
-        .unwrap_or_default()
 }

@@ -4,9 +4,11 @@
 //! networks on managed bridges first), then VMs (`vm/`), then the deletion of managed links no
 //! longer wanted. Every apply loop asks the pass ([`Pass`]) before each action whether a newer
 //! generation has arrived, and stops there if one has: the newer spec takes over between two
-//! actions, and the stopped pass reports nothing as observed.
+//! actions, and the stopped pass reports nothing as observed. The drivers are reached through
+//! the traits of `drivers.rs`, so the pass is unit-tested with in-memory fakes (`pass_tests.rs`);
+//! the containers' phase is in `containers.rs`, the self-healing state in `heal_state.rs`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -14,31 +16,41 @@ use sha2::{Digest, Sha256};
 use steward_proto::{NodeSpec, NodeStatus, ResourceKind, ResourceState, ResourceStatus};
 use tracing::{info, info_span, warn, Instrument};
 
-use crate::docker::Docker;
 use crate::heal::containers::HealState;
 use crate::heal::ladder::LadderPolicy;
-use crate::network::{EventFeed, NetOutcome, Networks};
+use crate::network::{EventFeed, Networks};
 use crate::pass::{Outcome, Pass};
-use crate::reconcile::{plan, Action, Policy, Verdict};
-use crate::store::Store;
+use crate::reconcile::Policy;
+use crate::store::{Kept, Store};
 
+mod containers;
+pub mod drivers;
+#[cfg(test)]
+mod fakes;
 mod heal_state;
+#[cfg(test)]
+mod pass_tests;
+
+use drivers::{
+    ContainerEngine, DockerConnector, EngineConnector, NetworkPhase, PayloadPhase, VmPhase,
+};
 
 /// Carries out plans against the host and reports what came of them.
 pub struct Reconciler {
-    docker: Option<Docker>,
-    socket: Option<PathBuf>,
+    /// How the container engine is reached, and the engine once reached.
+    connector: Box<dyn EngineConnector>,
+    engine: Option<Arc<dyn ContainerEngine>>,
     policy: Policy,
     node_id: String,
     /// Starts the agent made per container since it started (added to Docker's own count).
     starts: HashMap<String, u32>,
     /// The generation of the spec being reconciled (for rollback reports).
     generation: u64,
-    networks: Networks,
-    payloads: crate::payload::Payloads,
+    networks: Box<dyn NetworkPhase>,
+    payloads: Box<dyn PayloadPhase>,
     heal: Heal,
     probes: crate::heal::probes::Probes,
-    vms: Option<crate::vm::Vms>,
+    vms: Option<Box<dyn VmPhase>>,
     /// The pass under way: asked between actions whether a newer generation took over.
     pass: Arc<Pass>,
 }
@@ -47,9 +59,8 @@ pub struct Reconciler {
 #[derive(Default)]
 struct Heal {
     policy: LadderPolicy,
-    store: Option<Store>,
-    /// Loaded from the store on first use.
-    state: Option<HealState>,
+    /// Loaded from the store on first use, stored at the end of every pass when changed.
+    state: Kept<HealState>,
 }
 
 /// Digest of a status (everything but the digest field itself).
@@ -74,18 +85,18 @@ fn resource(
 impl Reconciler {
     pub fn new(socket: Option<PathBuf>, policy: Policy, node_id: String) -> Self {
         Self {
-            docker: None,
-            socket,
+            connector: Box::new(DockerConnector(socket)),
+            engine: None,
             policy,
             node_id,
             starts: HashMap::new(),
             generation: 0,
-            networks: Networks::new(
+            networks: Box::new(Networks::new(
                 crate::network::lab::DEFAULT_LAB_TEMPLATE.to_string(),
                 None,
                 None,
-            ),
-            payloads: crate::payload::Payloads::disabled(),
+            )),
+            payloads: Box::new(crate::payload::Payloads::disabled()),
             heal: Heal::default(),
             probes: Default::default(),
             vms: None,
@@ -97,21 +108,23 @@ impl Reconciler {
     pub fn with_heal(mut self, policy: LadderPolicy, store: Option<Store>) -> Self {
         self.heal = Heal {
             policy,
-            store,
-            state: None,
+            state: Kept::new(store),
         };
         self
     }
 
     /// VMs with these settings (without this, a spec's VMs are reported failed).
     pub fn with_vms(mut self, settings: crate::vm::VmSettings) -> Self {
-        self.vms = Some(crate::vm::Vms::new(settings, self.node_id.clone()));
+        self.vms = Some(Box::new(crate::vm::Vms::new(
+            settings,
+            self.node_id.clone(),
+        )));
         self
     }
 
     /// Payloads: blob cache, records and downloads (see `payload`).
     pub fn with_payloads(mut self, payloads: crate::payload::Payloads) -> Self {
-        self.payloads = payloads;
+        self.payloads = Box::new(payloads);
         self
     }
 
@@ -123,14 +136,14 @@ impl Reconciler {
         store: Option<Store>,
         registry: Option<String>,
     ) -> Self {
-        self.networks = Networks::new(lab_template, store, registry);
+        self.networks = Box::new(Networks::new(lab_template, store, registry));
         self
     }
 
     /// Host-network passes may reuse what an earlier pass observed while the netlink event
     /// listener behind `feed` announces no change (see `Networks::with_event_feed`).
     pub fn with_link_events(mut self, feed: Arc<EventFeed>) -> Self {
-        self.networks = self.networks.with_event_feed(feed);
+        self.networks.set_event_feed(feed);
         self
     }
 
@@ -139,17 +152,24 @@ impl Reconciler {
         self.networks.force_full_observe();
     }
 
-    /// The Docker driver, connecting on first use (and again after a failure).
-    pub async fn docker(&mut self) -> Result<&Docker, String> {
-        if self.docker.is_none() {
-            let d = Docker::connect(self.socket.as_deref())
-                .await
-                .map_err(|e| format!("Docker engine unreachable: {e:#}"))?;
-            self.docker = Some(d);
+    /// The drivers a pass goes through, replaced by in-memory fakes (the pass's unit tests).
+    #[cfg(test)]
+    pub(crate) fn with_drivers(mut self, d: fakes::Drivers) -> Self {
+        self.connector = d.connector;
+        self.networks = d.networks;
+        self.payloads = d.payloads;
+        self.vms = d.vms;
+        self
+    }
+
+    /// The container engine, connecting on first use (and again after a failure).
+    async fn engine(&mut self) -> Result<Arc<dyn ContainerEngine>, String> {
+        if let Some(e) = &self.engine {
+            return Ok(e.clone());
         }
-        self.docker
-            .as_ref()
-            .ok_or_else(|| "Docker engine unreachable".to_string())
+        let e = self.connector.connect().await?;
+        self.engine = Some(e.clone());
+        Ok(e)
     }
 
     /// Observe → plan → apply → report, for one generation of the spec, with nothing to
@@ -173,7 +193,6 @@ impl Reconciler {
         self.generation = generation;
         self.pass = pass.clone();
         let resources = async {
-            let before = self.heal_state().clone();
             let effective = self.effective_spec(spec);
             let (mut resources, again) = self.reconcile_all(&effective).await;
             if again && self.pass.stopped_by().is_none() {
@@ -183,7 +202,7 @@ impl Reconciler {
                 let effective = self.effective_spec(spec);
                 resources = self.reconcile_all(&effective).await.0;
             }
-            self.save_heal_state(&before).await;
+            self.heal.state.persist().await;
             resources
         }
         .instrument(info_span!("reconcile", generation))
@@ -236,10 +255,7 @@ impl Reconciler {
             }
         }
         let generation = self.generation;
-        let h = &mut self.heal;
-        let state = h
-            .state
-            .get_or_insert_with(|| heal_state::load_heal(h.store.as_ref()));
+        let state = self.heal.state.get();
         let (vms, vms_rolled_back) = match self.vms.as_mut() {
             Some(v) => {
                 let out = v
@@ -262,7 +278,7 @@ impl Reconciler {
         pass.phase("deletions");
         let doomed = net.bridges_to_delete();
         if !doomed.is_empty() && pass.superseded().is_none() {
-            if let Ok(d) = self.docker().await.cloned() {
+            if let Ok(d) = self.engine().await {
                 for b in doomed {
                     if let Err(e) = d.remove_bridge_network(&b).await {
                         warn!(bridge = %b, error = %e, "removing the Docker network on a bridge failed");
@@ -283,276 +299,13 @@ impl Reconciler {
         // registry serves a node only the blobs of its current spec).
         let keep = self.heal_state().healthy_blobs();
         self.payloads.retain_blobs(keep);
-        let docker = if crate::payload::needs_docker(spec) {
-            self.docker().await.ok().cloned()
+        let engine = if crate::payload::needs_docker(spec) {
+            self.engine().await.ok()
         } else {
             None
         };
         self.payloads
-            .reconcile(spec, &self.policy, docker.as_ref(), &self.pass)
+            .reconcile(spec, &self.policy, engine.as_deref(), &self.pass)
             .await
     }
-
-    /// Docker networks for containers on managed bridges; returns why a container cannot be
-    /// created, by name.
-    async fn container_networks(
-        &self,
-        docker: &Docker,
-        spec: &NodeSpec,
-        net: &NetOutcome,
-    ) -> BTreeMap<String, String> {
-        let mut errors = net.container_errors.clone();
-        let mut ensured: BTreeMap<&str, Result<(), String>> = BTreeMap::new();
-        for c in &spec.containers {
-            let Some(br) = c.network.as_deref() else {
-                continue;
-            };
-            if !net.desired_bridges.contains(br) {
-                continue; // a plain Docker network
-            }
-            let res = if let Some(why) = net.unusable.get(br) {
-                Err(format!("bridge {br} cannot be used: {why}"))
-            } else if let Some(bn) = net.bridges.get(br) {
-                match ensured.get(br) {
-                    Some(r) => r.clone(),
-                    None => {
-                        let r = docker
-                            .ensure_bridge_network(br, bn.subnet, bn.gateway, &self.node_id)
-                            .await
-                            .map_err(|e| e.to_string());
-                        ensured.insert(br, r.clone());
-                        r
-                    }
-                }
-            } else {
-                Err(format!(
-                    "bridge {br} has no IPv4 address, so Docker cannot address containers on \
-                     it; give it one under networks.bridges[].addresses"
-                ))
-            };
-            if let Err(e) = res {
-                errors.entry(c.name.clone()).or_insert(e);
-            }
-        }
-        errors
-    }
-
-    /// The containers' pass; true when one was rolled back in it.
-    async fn reconcile_containers(
-        &mut self,
-        spec: &NodeSpec,
-        net: &NetOutcome,
-    ) -> (Vec<ResourceStatus>, bool) {
-        let failed_all = |why: String| {
-            spec.containers
-                .iter()
-                .map(|c| {
-                    resource(
-                        ResourceKind::Container,
-                        &c.name,
-                        ResourceState::Failed,
-                        Some(why.clone()),
-                    )
-                })
-                .collect::<Vec<_>>()
-        };
-        if spec.containers.is_empty() && self.docker.is_none() && self.docker().await.is_err() {
-            return (Vec::new(), false); // nothing wanted, and no engine to clean up on
-        }
-        let observed = match self.docker().await {
-            Ok(d) => d
-                .observe()
-                .await
-                .map_err(|e| format!("observing Docker failed: {e:#}")),
-            Err(e) => Err(e),
-        };
-        let mut observed = match observed {
-            Ok(o) => o,
-            Err(e) => {
-                warn!(error = %e, "cannot observe containers");
-                self.docker = None;
-                return (failed_all(e), false);
-            }
-        };
-        let restart_counts: HashMap<String, u32> = observed
-            .containers
-            .iter()
-            .filter(|o| o.managed)
-            .map(|o| (o.name.clone(), o.restart_count))
-            .collect();
-        let desired = spec.containers.clone();
-        self.probes
-            .run(&desired, &mut observed, std::time::Instant::now())
-            .await;
-        let health: HashMap<String, String> = observed
-            .containers
-            .iter()
-            .filter_map(|o| Some((o.name.clone(), o.health.clone()?)))
-            .collect();
-        let mut plan = plan(&desired, &observed, &self.policy, &self.node_id);
-        let unhealed = self.heal_state().containers.clone();
-        let healed = self.heal_containers(spec, &observed, &mut plan);
-        let rolled_back_now = !healed.rolled_back_now.is_empty();
-        let mut failed: BTreeMap<String, String> = BTreeMap::new();
-        let node_id = self.node_id.clone();
-        let Ok(docker) = self.docker().await.cloned() else {
-            return (
-                failed_all("Docker engine unreachable".into()),
-                rolled_back_now,
-            );
-        };
-        let net_errors = self.container_networks(&docker, spec, net).await;
-        let pass = self.pass.clone();
-        pass.planned(plan.actions.len());
-        let mut actions = plan.actions.into_iter();
-        let mut skipped: Vec<Action> = Vec::new();
-        for action in actions.by_ref() {
-            let kind = action.kind();
-            let name = action.container().unwrap_or("").to_string();
-            // Between two actions: a newer generation takes over from here.
-            if let Some(newer) = pass.superseded() {
-                info!(
-                    generation = self.generation,
-                    newer, "a newer spec arrived; the containers' pass stops here"
-                );
-                skipped.push(action);
-                break;
-            }
-            if failed.contains_key(&name) {
-                pass.step();
-                continue;
-            }
-            if let (Action::Create { .. } | Action::Recreate { .. }, Some(e)) =
-                (&action, net_errors.get(&name))
-            {
-                failed.insert(name, e.clone());
-                pass.step();
-                continue;
-            }
-            let ip = net.container_ips.get(&name).copied();
-            let span = info_span!("action", kind, container = %name);
-            let res = async {
-                match &action {
-                    Action::Pull {
-                        image,
-                        for_containers,
-                    } => {
-                        if let Err(e) = docker.pull(image).await {
-                            for c in for_containers {
-                                failed.insert(c.clone(), format!("{e:#}"));
-                            }
-                        }
-                        Ok(())
-                    }
-                    Action::Create { spec, hash } => {
-                        create(&docker, spec, hash, &node_id, ip).await
-                    }
-                    Action::Recreate {
-                        spec,
-                        hash,
-                        old_id,
-                        reason,
-                    } => {
-                        info!(%reason, "recreating");
-                        docker.remove(old_id).await?;
-                        create(&docker, spec, hash, &node_id, ip).await
-                    }
-                    Action::Start { id, .. } => {
-                        *self.starts.entry(name.clone()).or_default() += 1;
-                        docker.start(id).await
-                    }
-                    Action::Restart { id, .. } => {
-                        *self.starts.entry(name.clone()).or_default() += 1;
-                        info!("restarting (escalation)");
-                        docker.restart(id).await
-                    }
-                    Action::Stop { id, .. } => {
-                        warn!("stopping: escalation exhausted, the container stays stopped");
-                        docker.stop(id).await
-                    }
-                    Action::Remove { id, reason, .. } => {
-                        info!(%reason, "removing");
-                        docker.remove(id).await
-                    }
-                }
-            }
-            .instrument(span)
-            .await;
-            crate::metrics::get().action(kind, res.is_ok());
-            pass.step();
-            match res {
-                Ok(()) => info!(kind, container = %name, "applied"),
-                Err(e) => {
-                    warn!(kind, container = %name, error = %format!("{e:#}"), "action failed");
-                    if !name.is_empty() {
-                        failed.insert(name, format!("{kind} failed: {e:#}"));
-                    }
-                }
-            }
-        }
-        skipped.extend(actions);
-        self.unheal(&skipped, &unhealed);
-        let statuses = plan
-            .verdicts
-            .into_iter()
-            .map(|(name, verdict)| {
-                let (state, error) = match verdict {
-                    Verdict::Conflict(why) => (ResourceState::Conflict, Some(why)),
-                    Verdict::Refused(why) => (ResourceState::Failed, Some(why)),
-                    Verdict::Converged | Verdict::Pending | Verdict::Drifted(_) => {
-                        match failed.get(&name) {
-                            Some(e) => (ResourceState::Failed, Some(e.clone())),
-                            None => (ResourceState::Converged, None),
-                        }
-                    }
-                };
-                let (state, error) = match (healed.failed.get(&name), healed.rolled_back.get(&name)) {
-                    (Some(why), _) if state != ResourceState::Conflict => {
-                        (ResourceState::Failed, Some(why.clone()))
-                    }
-                    (None, Some(rb)) if state != ResourceState::Conflict => (
-                        ResourceState::Failed,
-                        Some(format!(
-                            "rolled back from generation {} to the configuration of generation {}: {}",
-                            rb.from_generation, rb.to_generation, rb.reason
-                        )),
-                    ),
-                    _ => (state, error),
-                };
-                let seen = crate::heal::state::Seen {
-                    health: health.get(&name).map(String::as_str),
-                    probe_error: self.probes.last_error(&name),
-                    escalation: healed.escalation.get(&name).map(|(_, e)| e),
-                    now: chrono::Utc::now(),
-                };
-                let (state, error) = crate::heal::state::workload_state((state, error), seen);
-                let mut r = resource(ResourceKind::Container, &name, state, error);
-                if let Some((level, e)) = healed.escalation.get(&name) {
-                    r.escalation_level = *level;
-                    r.escalation = Some(e.clone());
-                }
-                r.rolled_back = healed.rolled_back.get(&name).cloned();
-                r.health = health.get(&name).cloned();
-                r.restarts = restart_counts.get(&name).copied().unwrap_or(0)
-                    + self.starts.get(&name).copied().unwrap_or(0);
-                r
-            })
-            .collect();
-        (statuses, rolled_back_now)
-    }
-}
-
-/// Creates and starts a container, at its lab address when it has one.
-async fn create(
-    docker: &Docker,
-    spec: &steward_proto::ContainerSpec,
-    hash: &str,
-    node_id: &str,
-    ip: Option<std::net::IpAddr>,
-) -> Result<(), crate::docker::DockerError> {
-    match ip {
-        Some(ip) => docker.create_and_start_at(spec, hash, node_id, ip).await,
-        None => docker.create_and_start(spec, hash, node_id).await,
-    }
-    .map(|_| ())
 }

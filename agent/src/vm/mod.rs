@@ -346,27 +346,7 @@ impl Vms {
         }
         self.clean_leftovers();
         let mut observed = self.observe().await;
-        let mut failed: BTreeMap<String, String> = BTreeMap::new();
-        let mut launches: BTreeMap<String, Launch> = BTreeMap::new();
-        let mut desired = Vec::new();
-        for v in &spec.vms {
-            match launch(v, &self.node) {
-                Ok(l) => {
-                    desired.push(DesiredVm {
-                        name: v.name.clone(),
-                        launch_hash: l.hash(),
-                        state: v.state,
-                        restart: v.restart,
-                    });
-                    launches.insert(v.name.clone(), l);
-                }
-                Err(e) => {
-                    // Never planned, never deleted.
-                    observed.retain(|o| o.name != v.name);
-                    failed.insert(v.name.clone(), e);
-                }
-            }
-        }
+        let (desired, launches, mut failed) = self.desired(spec, &mut observed);
         let (mut actions, verdicts) = plan::plan(&desired, &observed, &self.node);
         let seen = self.look(spec, &observed).await;
         let now = std::time::SystemTime::now()
@@ -405,17 +385,148 @@ impl Vms {
             }
         }
         self.start_failed.clear();
+        if let Some(i) = self
+            .apply_all(&actions, spec, &launches, unusable, pass, &mut failed)
+            .await
+        {
+            // Steps not taken are neither counted on the ladders nor waited for.
+            for name in actions[i..].iter().map(VmAction::name) {
+                match unhealed.get(name) {
+                    Some(e) => heal.insert(name.to_string(), e.clone()),
+                    None => heal.remove(name),
+                };
+            }
+        }
+        self.reattach_taps(&launches, &failed, pass).await;
+        let out = self.statuses(spec, &verdicts, &failed, &seen, &healed);
+        VmPass {
+            statuses: out,
+            rolled_back_now: healed.rolled_back_now,
+        }
+    }
+
+    /// Taps of running VMs put back on their bridge if it was recreated meanwhile.
+    async fn reattach_taps(
+        &self,
+        launches: &BTreeMap<String, Launch>,
+        failed: &BTreeMap<String, String>,
+        pass: &crate::pass::Pass,
+    ) {
+        for (name, l) in launches {
+            if !self.seen.contains(name) || failed.contains_key(name) || pass.stopped_by().is_some()
+            {
+                continue;
+            }
+            for n in &l.nics {
+                if tap::exists(&n.tap) && tap::master(&n.tap).as_deref() != Some(&n.bridge) {
+                    let alias = crate::network::types::alias_for(&self.node);
+                    match crate::network::attach_port(&n.tap, &n.bridge, n.vlan, &alias).await {
+                        Ok(()) => {
+                            info!(vm = %name, tap = %n.tap, bridge = %n.bridge, "tap put back on its bridge")
+                        }
+                        Err(e) => {
+                            warn!(vm = %name, tap = %n.tap, error = %e, "re-attaching a tap failed")
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// One status per VM of `spec`: the plan's verdict or the failure of its action, then
+    /// what healing concluded and what was seen (`heal::status::workload_status`).
+    fn statuses(
+        &self,
+        spec: &NodeSpec,
+        verdicts: &[(String, VmVerdict)],
+        failed: &BTreeMap<String, String>,
+        seen: &BTreeMap<String, crate::heal::vms::VmSeen>,
+        healed: &crate::heal::status::Healed,
+    ) -> Vec<ResourceStatus> {
+        let mut out = Vec::new();
+        for v in &spec.vms {
+            let p = self.paths(&v.name);
+            let verdict = verdicts.iter().find(|(n, _)| n == &v.name).map(|(_, v)| v);
+            let (state, error) = match (failed.get(&v.name), verdict) {
+                (Some(e), _) => (ResourceState::Failed, Some(e.clone())),
+                (None, Some(VmVerdict::Conflict(w))) => (ResourceState::Conflict, Some(w.clone())),
+                (None, Some(VmVerdict::Failed(w))) => (ResourceState::Failed, Some(w.clone())),
+                (None, Some(VmVerdict::Pending(w))) => (ResourceState::Pending, Some(w.clone())),
+                (None, _) => (ResourceState::Converged, None),
+            };
+            let seen_now = seen.get(&v.name);
+            let rec = p.load().filter(|r| r.node == self.node);
+            let outcome = crate::heal::status::Outcome {
+                kind: ResourceKind::Vm,
+                name: &v.name,
+                pass: (state, error),
+                health: seen_now.and_then(|s| s.health.as_deref()),
+                probe_error: seen_now.and_then(|s| s.probe_error.as_deref()),
+                restarts: rec.as_ref().map_or(0, |r| r.restarts),
+                detail: rec.filter(|r| r.started && !r.accel.is_empty()).map(|r| {
+                    match &r.accel_note {
+                        Some(n) => format!("accelerator {} ({n})", r.accel),
+                        None => format!("accelerator {}", r.accel),
+                    }
+                }),
+            };
+            let r = crate::heal::status::workload_status(outcome, healed, chrono::Utc::now());
+            out.push(r);
+        }
+        out
+    }
+
+    /// The VMs of `spec` as the planner wants them, with their QEMU inputs; a VM whose config
+    /// cannot be launched is failed with the reason and taken out of `observed` (never
+    /// planned, never deleted).
+    #[allow(clippy::type_complexity)]
+    fn desired(
+        &self,
+        spec: &NodeSpec,
+        observed: &mut Vec<ObservedVm>,
+    ) -> (
+        Vec<DesiredVm>,
+        BTreeMap<String, Launch>,
+        BTreeMap<String, String>,
+    ) {
+        let mut failed: BTreeMap<String, String> = BTreeMap::new();
+        let mut launches: BTreeMap<String, Launch> = BTreeMap::new();
+        let mut desired = Vec::new();
+        for v in &spec.vms {
+            match launch(v, &self.node) {
+                Ok(l) => {
+                    desired.push(DesiredVm {
+                        name: v.name.clone(),
+                        launch_hash: l.hash(),
+                        state: v.state,
+                        restart: v.restart,
+                    });
+                    launches.insert(v.name.clone(), l);
+                }
+                Err(e) => {
+                    observed.retain(|o| o.name != v.name);
+                    failed.insert(v.name.clone(), e);
+                }
+            }
+        }
+        (desired, launches, failed)
+    }
+
+    /// Carries out `actions` in order until the pass is superseded: then the index of the
+    /// first action not taken. Failures go into `failed` (and, for a start, `start_failed`).
+    async fn apply_all(
+        &mut self,
+        actions: &[VmAction],
+        spec: &NodeSpec,
+        launches: &BTreeMap<String, Launch>,
+        unusable: &BTreeMap<String, String>,
+        pass: &crate::pass::Pass,
+        failed: &mut BTreeMap<String, String>,
+    ) -> Option<usize> {
         pass.planned(actions.len());
         for (i, a) in actions.iter().enumerate() {
             if pass.superseded().is_some() {
-                // Steps not taken are neither counted on the ladders nor waited for.
-                for name in actions[i..].iter().map(VmAction::name) {
-                    match unhealed.get(name) {
-                        Some(e) => heal.insert(name.to_string(), e.clone()),
-                        None => heal.remove(name),
-                    };
-                }
-                break;
+                return Some(i);
             }
             let name = a.name().to_string();
             let vm = spec.vms.iter().find(|v| v.name == name);
@@ -442,81 +553,6 @@ impl Vms {
                 }
             }
         }
-        // Taps of running VMs put back on their bridge if it was recreated meanwhile.
-        for (name, l) in &launches {
-            if !self.seen.contains(name) || failed.contains_key(name) || pass.stopped_by().is_some()
-            {
-                continue;
-            }
-            for n in &l.nics {
-                if tap::exists(&n.tap) && tap::master(&n.tap).as_deref() != Some(&n.bridge) {
-                    let alias = crate::network::types::alias_for(&self.node);
-                    match crate::network::attach_port(&n.tap, &n.bridge, n.vlan, &alias).await {
-                        Ok(()) => {
-                            info!(vm = %name, tap = %n.tap, bridge = %n.bridge, "tap put back on its bridge")
-                        }
-                        Err(e) => {
-                            warn!(vm = %name, tap = %n.tap, error = %e, "re-attaching a tap failed")
-                        }
-                    }
-                }
-            }
-        }
-        let mut out = Vec::new();
-        for v in &spec.vms {
-            let p = self.paths(&v.name);
-            let verdict = verdicts.iter().find(|(n, _)| n == &v.name).map(|(_, v)| v);
-            let (state, error) = match (failed.get(&v.name), verdict) {
-                (Some(e), _) => (ResourceState::Failed, Some(e.clone())),
-                (None, _) if healed.failed.contains_key(&v.name) => {
-                    (ResourceState::Failed, healed.failed.get(&v.name).cloned())
-                }
-                (None, Some(VmVerdict::Conflict(w))) => (ResourceState::Conflict, Some(w.clone())),
-                (None, Some(VmVerdict::Failed(w))) => (ResourceState::Failed, Some(w.clone())),
-                (None, Some(VmVerdict::Pending(w))) => (ResourceState::Pending, Some(w.clone())),
-                (None, _) => (ResourceState::Converged, None),
-            };
-            let (state, error) = match healed.rolled_back.get(&v.name) {
-                Some(rb) if state != ResourceState::Conflict => (
-                    ResourceState::Failed,
-                    Some(format!(
-                        "rolled back from generation {} to the configuration of generation {}: {}",
-                        rb.from_generation, rb.to_generation, rb.reason
-                    )),
-                ),
-                _ => (state, error),
-            };
-            let seen_now = seen.get(&v.name);
-            let (state, error) = crate::heal::state::workload_state(
-                (state, error),
-                crate::heal::state::Seen {
-                    health: seen_now.and_then(|s| s.health.as_deref()),
-                    probe_error: seen_now.and_then(|s| s.probe_error.as_deref()),
-                    escalation: healed.escalation.get(&v.name).map(|(_, e)| e),
-                    now: chrono::Utc::now(),
-                },
-            );
-            let mut r = status(&v.name, state, error);
-            if let Some((level, e)) = healed.escalation.get(&v.name) {
-                r.escalation_level = *level;
-                r.escalation = Some(e.clone());
-            }
-            r.rolled_back = healed.rolled_back.get(&v.name).cloned();
-            r.health = seen.get(&v.name).and_then(|s| s.health.clone());
-            if let Some(rec) = p.load().filter(|r| r.node == self.node) {
-                r.restarts = rec.restarts;
-                if rec.started && !rec.accel.is_empty() {
-                    r.detail = Some(match &rec.accel_note {
-                        Some(n) => format!("accelerator {} ({n})", rec.accel),
-                        None => format!("accelerator {}", rec.accel),
-                    });
-                }
-            }
-            out.push(r);
-        }
-        VmPass {
-            statuses: out,
-            rolled_back_now: healed.rolled_back_now,
-        }
+        None
     }
 }

@@ -138,11 +138,13 @@ pub async fn reset(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path((id, name)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<steward_proto::api::ResetQueued>> {
+    let kind = q.get("kind").map(String::as_str);
     Ok(Json(
         state
             .nodes
-            .reset_workload(&id, &name, caller.kind())
+            .reset_workload(&id, &name, kind, caller.kind())
             .await?,
     ))
 }

@@ -160,6 +160,11 @@ fn other_params(r: &Route) -> Vec<Value> {
             ),
             query("node", string(), "only this node's events"),
         ],
+        ("POST", "/v1/nodes/{id}/workloads/{name}/reset") => vec![query(
+            "kind",
+            json!({"type": "string", "enum": ["container", "vm"]}),
+            "reset only the workload of this kind (default: every workload of that name)",
+        )],
         ("GET", "/v1/events/stream") => vec![query(
             "after",
             seq(),

@@ -1,8 +1,34 @@
 //! Records kept per node or per login until taken: workload resets queued per node
-//! (`resets/{node}`: a JSON list of workload names) until its next heartbeat, and status page
-//! login sessions.
+//! (`resets/{node}`: a JSON list of workload names, `kind/name` for a reset of one kind) until
+//! its next heartbeat, and status page login sessions.
+
+use steward_proto::{WorkloadKind, WorkloadRef};
 
 use super::{Result, Store, Update};
+
+/// How a reset is queued: the name, or `kind/name` for one kind (a name never holds a `/`).
+pub fn queued_reset(name: &str, kind: Option<WorkloadKind>) -> String {
+    match kind {
+        Some(k) => format!("{}/{name}", k.as_str()),
+        None => name.to_string(),
+    }
+}
+
+/// Taken resets as the heartbeat answers them: names (every kind), and one-kind resets.
+pub fn split_resets(queued: Vec<String>) -> (Vec<String>, Vec<WorkloadRef>) {
+    let mut names = Vec::new();
+    let mut refs = Vec::new();
+    for q in queued {
+        let one_kind = q
+            .split_once('/')
+            .and_then(|(k, n)| Some(WorkloadRef::new(WorkloadKind::parse(k)?, n)));
+        match one_kind {
+            Some(r) => refs.push(r),
+            None => names.push(q),
+        }
+    }
+    (names, refs)
+}
 
 impl Store {
     /// Queues a reset of workload `name` for node `node` (once: a name already queued is not
@@ -78,6 +104,25 @@ mod tests {
 
     use super::*;
     use crate::kv::sled::SledKv;
+
+    #[test]
+    fn one_kind_resets_are_queued_apart_from_names() {
+        let queued = vec![
+            queued_reset("web", None),
+            queued_reset("web", Some(WorkloadKind::Vm)),
+            queued_reset("db", Some(WorkloadKind::Container)),
+        ];
+        assert_eq!(queued, ["web", "vm/web", "container/db"]);
+        let (names, refs) = split_resets(queued);
+        assert_eq!(names, ["web"]);
+        assert_eq!(
+            refs,
+            [
+                WorkloadRef::new(WorkloadKind::Vm, "web"),
+                WorkloadRef::new(WorkloadKind::Container, "db")
+            ]
+        );
+    }
 
     #[tokio::test]
     async fn queued_resets_survive_reopen_and_are_taken_once() {

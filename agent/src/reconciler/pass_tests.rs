@@ -1,0 +1,331 @@
+//! The reconcile pass's orchestration against in-memory fakes of its drivers (`fakes.rs`): one
+//! table row per rule, each a sequence of passes with what the fakes must have been asked in
+//! each, in order, and what the status must say.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use steward_proto::{NodeSpec, NodeStatus, ResourceKind, ResourceState, ResourceStatus};
+
+use super::fakes::{Drivers, FakeEngine, FakeNetworks, FakePayloads, FakeVms, Journal};
+use super::Reconciler;
+use crate::heal::ladder::LadderPolicy;
+use crate::pass::{Board, Outcome, Pass};
+use crate::reconcile::Policy;
+
+/// One pass of a row.
+struct Step {
+    spec: &'static str,
+    /// Plays Docker (or its absence) before the pass.
+    before: fn(&FakeEngine),
+    /// A newer generation has arrived before the pass starts.
+    newer_arrived: bool,
+    /// What the fakes were asked in this pass, in order.
+    journal: &'static [&'static str],
+    /// What the status must say (`None`: the pass was superseded).
+    check: fn(Option<&NodeStatus>) -> Result<(), String>,
+}
+
+fn nothing(_: &FakeEngine) {}
+
+fn state_of(st: Option<&NodeStatus>, kind: ResourceKind, name: &str) -> Option<ResourceState> {
+    st?.resources
+        .iter()
+        .find(|r| r.kind == kind && r.name == name)
+        .map(|r| r.state)
+}
+
+fn web_status(st: Option<&NodeStatus>) -> Result<&ResourceStatus, String> {
+    st.ok_or("superseded")?
+        .resources
+        .iter()
+        .find(|r| r.kind == ResourceKind::Container && r.name == "web")
+        .ok_or_else(|| "no status for web".to_string())
+}
+
+fn all_converged(st: Option<&NodeStatus>) -> Result<(), String> {
+    let st = st.ok_or("superseded")?;
+    match st
+        .resources
+        .iter()
+        .find(|r| r.state != ResourceState::Converged)
+    {
+        Some(r) => Err(format!(
+            "{:?} {} is {:?}: {:?}",
+            r.kind, r.name, r.state, r.error
+        )),
+        None => Ok(()),
+    }
+}
+
+const FULL: &str = "
+networks: {bridges: [{name: br0}]}
+payloads: [{name: cfg, version: '1', path: /srv/cfg, on_change: {restart_vms: [vm1]}}]
+containers: [{name: web, image: 'busybox:1'}]
+vms: [{name: vm1, image: /base.qcow2, cpus: 1, memory: 256Mi}]
+";
+
+const FULL_CFG2: &str = "
+networks: {bridges: [{name: br0}]}
+payloads: [{name: cfg, version: '2', path: /srv/cfg, on_change: {restart_vms: [vm1]}}]
+containers: [{name: web, image: 'busybox:1'}]
+vms: [{name: vm1, image: /base.qcow2, cpus: 1, memory: 256Mi}]
+";
+
+const WEB_GOOD: &str = "containers: [{name: web, image: 'good:1'}]";
+const WEB_BAD: &str = "containers: [{name: web, image: 'bad:2'}]";
+
+/// The first pass over [`FULL`]: everything is made, in order.
+fn full_first() -> Step {
+    Step {
+        spec: FULL,
+        before: nothing,
+        newer_arrived: false,
+        journal: &[
+            "networks",
+            "deploy payload cfg@1",
+            "pull busybox:1",
+            "create web busybox:1",
+            "vm vm1",
+            "network deletions",
+        ],
+        check: all_converged,
+    }
+}
+
+/// The first pass over [`WEB_GOOD`]: `web` is made.
+fn web_good_first(before: fn(&FakeEngine)) -> Step {
+    Step {
+        spec: WEB_GOOD,
+        before,
+        newer_arrived: false,
+        journal: &[
+            "networks",
+            "pull good:1",
+            "create web good:1",
+            "network deletions",
+        ],
+        check: all_converged,
+    }
+}
+
+/// Another pass over [`WEB_GOOD`] with nothing to do.
+fn web_good_again() -> Step {
+    Step {
+        spec: WEB_GOOD,
+        before: nothing,
+        newer_arrived: false,
+        journal: &["networks", "network deletions"],
+        check: all_converged,
+    }
+}
+
+fn rows() -> Vec<(&'static str, Vec<Step>)> {
+    vec![
+        (
+            "networks, then payloads, then the workloads that use them, deletions last",
+            vec![full_first()],
+        ),
+        (
+            "a payload change restarts the VMs that restart on it, before the VM pass",
+            vec![
+                full_first(),
+                Step {
+                    spec: FULL_CFG2,
+                    before: nothing,
+                    newer_arrived: false,
+                    journal: &[
+                        "networks",
+                        "deploy payload cfg@2",
+                        "restart vm vm1",
+                        "vm vm1",
+                        "network deletions",
+                    ],
+                    check: all_converged,
+                },
+            ],
+        ),
+        (
+            "a container Docker restarted climbs the ladder's first rung: restart",
+            vec![
+                web_good_first(nothing),
+                web_good_again(),
+                Step {
+                    spec: WEB_GOOD,
+                    before: |e| crash(e, "web"),
+                    newer_arrived: false,
+                    journal: &["networks", "restart web", "network deletions"],
+                    check: |st| {
+                        let web = web_status(st)?;
+                        // On the first rung after one attempt; Docker's restart and the
+                        // agent's both counted. Healthy again, so converged.
+                        match &web.escalation {
+                            Some(e)
+                                if web.escalation_level == 1
+                                    && e.position == "restart"
+                                    && e.attempts == 1
+                                    && web.restarts == 2 =>
+                            {
+                                Ok(())
+                            }
+                            _ => Err(format!("web: {web:?}")),
+                        }
+                    },
+                },
+            ],
+        ),
+        (
+            "an update left failing past the grace is rolled back in the same pass",
+            vec![
+                web_good_first(|e| bad_image(e, "bad:2")),
+                web_good_again(),
+                Step {
+                    spec: WEB_BAD,
+                    before: nothing,
+                    newer_arrived: false,
+                    journal: &[
+                        "networks",
+                        "pull bad:2",
+                        "remove web",
+                        "create web bad:2",
+                        "network deletions",
+                    ],
+                    check: |_| Ok(()),
+                },
+                Step {
+                    spec: WEB_BAD,
+                    before: nothing,
+                    newer_arrived: false,
+                    journal: &[
+                        "networks",
+                        "remove web",
+                        "create web good:1",
+                        "network deletions",
+                        "networks",
+                        "network deletions",
+                    ],
+                    check: |st| {
+                        let web = web_status(st)?;
+                        match &web.rolled_back {
+                            Some(rb) if rb.from_generation == 4 && rb.to_generation == 2 => Ok(()),
+                            _ => Err(format!("web not rolled back: {web:?}")),
+                        }
+                    },
+                },
+            ],
+        ),
+        (
+            "with the engine down, containers are failed and nothing else is held up",
+            vec![
+                full_first(),
+                Step {
+                    spec: FULL,
+                    before: |e| e.offline.store(true, Ordering::SeqCst),
+                    newer_arrived: false,
+                    journal: &["networks", "vm vm1", "network deletions"],
+                    check: |st| {
+                        match state_of(st, ResourceKind::Container, "web") {
+                            Some(ResourceState::Failed) => {}
+                            s => return Err(format!("web is {s:?}")),
+                        }
+                        match state_of(st, ResourceKind::Vm, "vm1") {
+                            Some(ResourceState::Converged) => Ok(()),
+                            s => Err(format!("vm1 is {s:?}")),
+                        }
+                    },
+                },
+                Step {
+                    spec: FULL,
+                    before: |e| e.offline.store(false, Ordering::SeqCst),
+                    newer_arrived: false,
+                    // The container was never removed: back online, nothing to do.
+                    journal: &["networks", "vm vm1", "network deletions"],
+                    check: all_converged,
+                },
+            ],
+        ),
+        (
+            "a pass a newer spec has overtaken stops before its next action and reports nothing",
+            vec![Step {
+                spec: FULL,
+                before: nothing,
+                newer_arrived: true,
+                journal: &["networks", "network deletions"],
+                check: |st| match st {
+                    None => Ok(()),
+                    Some(_) => Err("a superseded pass reported a status".into()),
+                },
+            }],
+        ),
+    ]
+}
+
+/// Docker restarted the container (it crashed).
+fn crash(e: &FakeEngine, name: &str) {
+    let mut st = e.state.lock().unwrap();
+    if let Some(c) = st.containers.get_mut(name) {
+        c.restart_count += 1;
+    }
+}
+
+fn bad_image(e: &FakeEngine, image: &str) {
+    let mut st = e.state.lock().unwrap();
+    st.unhealthy_images.insert(image.to_string());
+}
+
+fn reconciler(journal: &Journal, engine: &FakeEngine) -> Reconciler {
+    let ladder = LadderPolicy {
+        attempts_per_rung: 3,
+        backoff_initial: 0,
+        backoff_max: 0,
+        cooldown: 600,
+        rollback_grace: 0,
+    };
+    Reconciler::new(None, Policy::default(), "n1".into())
+        .with_heal(ladder, None)
+        .with_drivers(Drivers {
+            connector: Box::new(engine.clone()),
+            networks: Box::new(FakeNetworks(journal.clone())),
+            payloads: Box::new(FakePayloads::new(journal.clone())),
+            vms: Some(Box::new(FakeVms(journal.clone()))),
+        })
+}
+
+#[tokio::test]
+async fn the_pass_table() {
+    let mut failures = Vec::new();
+    for (name, steps) in rows() {
+        let journal = Journal::default();
+        let engine = FakeEngine {
+            journal: journal.clone(),
+            ..FakeEngine::default()
+        };
+        let mut rec = reconciler(&journal, &engine);
+        for (i, step) in steps.iter().enumerate() {
+            let generation = i as u64 + 1;
+            let spec: NodeSpec = serde_norway::from_str(step.spec).unwrap();
+            (step.before)(&engine);
+            let newest = generation + u64::from(step.newer_arrived);
+            let pass = Arc::new(Pass::new(
+                generation,
+                Board::default(),
+                Arc::new(move || newest),
+            ));
+            let status = match rec.reconcile_pass(pass, &spec).await {
+                Outcome::Applied(st) => Some(st),
+                Outcome::Superseded { .. } => None,
+            };
+            let got = journal.take();
+            if got != step.journal {
+                failures.push(format!(
+                    "{name}, pass {generation}: asked\n    {got:?}\n  expected\n    {:?}",
+                    step.journal
+                ));
+            }
+            if let Err(e) = (step.check)(status.as_ref()) {
+                failures.push(format!("{name}, pass {generation}: {e}"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
