@@ -1,11 +1,13 @@
 //! Nodes: enrolment, heartbeats, reported status, health transitions and decommissioning.
 //!
 //! Heartbeats update only the in-memory [`Live`](crate::fleet::Live) entry; the store is
-//! written when a node's health changes, it reports a new status or a heartbeat takes queued
-//! workload resets, so disk writes do not grow with fleet size × heartbeat rate.
+//! written when a node's health changes (a small record, in batches, without the heartbeat
+//! waiting), it reports a new status or a heartbeat takes queued workload resets, so disk
+//! writes do not grow with fleet size × heartbeat rate.
 //!
 //! The [`Nodes`] service and its [`NodeError`]; who may enrol is `reenroll.rs`'s, health
-//! transitions and the health monitor are `nodes/health.rs`'s.
+//! transitions and the health monitor are `nodes/health.rs`'s, listing (filters, pages) is
+//! `nodes/list.rs`'s.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,10 +26,12 @@ use crate::fleet::Fleet;
 use crate::reenroll::{EnrollError, Enrolments};
 use crate::spec_gate::SpecGate;
 use crate::store::{NodeRecord, Store, StoreError};
-use health::Transition;
-pub use health::{health_for, health_monitor};
+pub use health::{health_for, health_monitor, health_writer};
+use health::{HealthQueue, Transition};
+pub use list::{NodePage, NodeQuery, MAX_PAGE, MAX_UNPAGED};
 
 mod health;
+mod list;
 
 /// What a node operation can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +68,8 @@ pub struct Nodes {
     alerts: Alerts,
     enrolments: Enrolments,
     settings: HealthSettings,
+    /// Health transitions waiting to be stored (`nodes/health.rs`).
+    health: HealthQueue,
 }
 
 impl Nodes {
@@ -84,6 +90,7 @@ impl Nodes {
             alerts,
             enrolments,
             settings,
+            health: HealthQueue::default(),
         }
     }
 
@@ -278,9 +285,14 @@ impl Nodes {
                 let mut l = ln.lock();
                 l.secret_sha256 = rec.secret_sha256;
                 l.labels = rec.labels.clone();
+                let from = l.health;
                 l.health = Health::Ready;
                 l.last_seen = Instant::now();
                 l.last_heartbeat = Some(now);
+                l.brief = crate::fleet::Brief::of(rec);
+                if from != Health::Ready {
+                    self.health.push(Transition::of(&rec.id, from, &l));
+                }
             }
             None => {
                 self.fleet.insert_live(rec, generation);
@@ -319,12 +331,13 @@ impl Nodes {
             let wanted = !hb.status_digest.is_empty() && hb.status_digest != l.status_digest;
             (
                 wanted,
-                (from != Health::Ready).then(|| Transition::of(from, &l)),
+                (from != Health::Ready).then(|| Transition::of(id, from, &l)),
             )
         };
         let (status_wanted, change) = status_wanted;
         if let Some(t) = change {
-            self.transition(id, t).await?;
+            // Stored by the health writer in a batch: the heartbeat does not wait for it.
+            self.health.push(t);
         }
         // Queued resets are stored (they survive a registry restart) and taken once; their removal
         // is durable before they are handed over, so a restart does not deliver them again. The
@@ -417,7 +430,8 @@ impl Nodes {
         let observed = status.observed_generation;
         let before = self.store.node(id).await?.and_then(|r| r.status);
         let alerts = crate::alerts::from_status(id, before.as_ref(), &status);
-        self.store
+        let stored = self
+            .store
             .update_node(id, |r| {
                 r.status = Some(status.clone());
                 r.observed_generation = observed;
@@ -426,6 +440,9 @@ impl Nodes {
                 r.stats = stats.clone();
             })
             .await?;
+        if let Some(rec) = &stored {
+            ln.lock().brief = crate::fleet::Brief::of(rec);
+        }
         self.events
             .record(
                 EventKind::StatusChanged,

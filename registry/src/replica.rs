@@ -86,6 +86,9 @@ async fn reload(state: &AppState) -> Result<crate::kv::WatchStream, StoreError> 
     for rec in state.store.nodes().await? {
         state.fleet.apply_node(&rec);
     }
+    for (id, rec) in state.store.healths().await? {
+        state.fleet.apply_health(&id, &rec);
+    }
     for (id, rec) in state.store.specs().await? {
         state.fleet.apply_spec(&id, &rec);
     }
@@ -108,6 +111,7 @@ fn apply(state: &AppState, c: &WatchEvent) {
         }),
         "specs" => serde_json::from_slice(value).map(|r| state.fleet.apply_spec(id, &r)),
         "nodes" => serde_json::from_slice(value).map(|r| state.fleet.apply_node(&r)),
+        "health" => serde_json::from_slice(value).map(|r| state.fleet.apply_health(id, &r)),
         "rollouts" => serde_json::from_slice::<steward_proto::Rollout>(value).map(|r| {
             use steward_proto::RolloutState as S;
             if matches!(r.state, S::Running | S::RollingBack) {

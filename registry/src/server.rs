@@ -189,6 +189,7 @@ pub async fn serve(cfg: RegistryConfig) -> anyhow::Result<()> {
     }
     let jobs = tokio::spawn(crate::replica::run_jobs(state.clone()));
     let batches = tokio::spawn(crate::replica::publish_heartbeats(state.clone()));
+    let health = tokio::spawn(crate::nodes::health_writer(state.nodes.clone()));
     let collected = state
         .payloads
         .collect_at_start()
@@ -250,6 +251,11 @@ pub async fn serve(cfg: RegistryConfig) -> anyhow::Result<()> {
     }
     jobs.abort();
     batches.abort();
+    health.abort();
+    // Health changes still queued are stored before the process ends.
+    if let Err(e) = state.nodes.store_health().await {
+        tracing::warn!(error = %format!("{e:#}"), "storing the last health changes failed");
+    }
     Ok(())
 }
 

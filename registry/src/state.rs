@@ -176,7 +176,7 @@ impl AppState {
         let revision = store.kv().revision().await?;
         let generations: HashMap<String, u64> = store.generations().await?.into_iter().collect();
         let fleet = Arc::new(Fleet::default());
-        for rec in store.nodes().await? {
+        for rec in store.nodes_with_health().await? {
             let generation = generations.get(&rec.id).copied().unwrap_or(0);
             fleet.insert_live(&rec, generation);
         }

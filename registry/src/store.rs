@@ -22,6 +22,7 @@ use crate::kv::{KeyValue, Kv, KvError, Revision, Txn, TxnOutcome};
 
 mod alerts;
 mod grants;
+mod node_health;
 mod replicas;
 mod resets;
 mod rollouts;
@@ -30,6 +31,7 @@ mod specs;
 mod tests;
 pub use alerts::DeliveryRecord;
 pub use grants::GrantRecord;
+pub use node_health::HealthRecord;
 pub use resets::{queued_reset, split_resets};
 
 /// Errors of the store.
@@ -79,6 +81,26 @@ pub struct NodeRecord {
     pub observed_generation: u64,
     /// sha256 of the node secret; `None` once decommissioned.
     pub secret_sha256: Option<[u8; 32]>,
+}
+
+#[cfg(test)]
+impl NodeRecord {
+    /// A ready node with empty facts, for unit tests.
+    pub fn test(id: &str) -> NodeRecord {
+        NodeRecord {
+            id: id.into(),
+            labels: Default::default(),
+            facts: Default::default(),
+            health: Health::Ready,
+            enrolled_at: Utc::now(),
+            last_heartbeat: None,
+            heartbeat_rtt_ms: None,
+            stats: None,
+            status: None,
+            observed_generation: 0,
+            secret_sha256: None,
+        }
+    }
 }
 
 /// A node's desired state as stored.

@@ -64,18 +64,27 @@ async fn ready_stale_down_and_back_with_events() {
         .await;
     assert_eq!(st, 200);
     assert_eq!(health(&r, &id).await, "ready");
-    let (_, ev) = r.get(&format!("/v1/events?node={id}"), &r.admin).await;
-    let seen: Vec<(String, String)> = ev
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            (
-                e["kind"].as_str().unwrap().to_string(),
-                e["message"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
+    // The recovery is stored by the health writer shortly after the heartbeat's answer (which
+    // does not wait for the store): wait for its event.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let seen = loop {
+        let (_, ev) = r.get(&format!("/v1/events?node={id}"), &r.admin).await;
+        let seen: Vec<(String, String)> = ev
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["kind"].as_str().unwrap().to_string(),
+                    e["message"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        if seen.len() >= 4 || std::time::Instant::now() > deadline {
+            break seen;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let expect = [
         ("node-enrolled", None),
         ("health-changed", Some("ready -> stale")),

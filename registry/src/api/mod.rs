@@ -4,6 +4,8 @@
 mod blobs;
 mod body;
 mod events;
+#[cfg(test)]
+mod fleet_view_tests;
 mod fragments;
 pub mod install;
 mod meta;
@@ -79,7 +81,7 @@ pub fn routes() -> Vec<Route> {
         route!(GET "/v1/enrollment-tokens", AdminOrRead, "List enrollment tokens (never the tokens themselves).", None, Some("EnrollmentTokenInfo[]"), tokens::list; 200),
         route!(DELETE "/v1/enrollment-tokens/{id}", Admin, "Revoke an enrollment token.", None, Some("EnrollmentTokenInfo"), tokens::revoke; 200, 404),
         route!(POST "/v1/enroll", Public, "Trade an enrollment token (in the body) for a new node's id and secret. An enrolled node enrols again (secret rotated) only with proof: its current secret as node_secret, or a re-enrolment grant as token. 200 enrolled; 400 invalid facts; 403 token, grant or node_secret refused; 409 the machine id belongs to an enrolled node and no proof was given (nothing is spent).", Some("EnrollRequest"), Some("EnrollResponse"), nodes::enroll; 200, 400, 403, 409),
-        route!(GET "/v1/nodes", AdminOrRead, "List nodes; filter with ?selector=, ?health= and ?drifted=true|false (payload or resource drift in the last status).", None, Some("Node[]"), nodes::list; 200, 400),
+        route!(GET "/v1/nodes", AdminOrRead, "List nodes, sorted by hostname then id; filter with ?selector=, ?health= and ?drifted=true|false (payload or resource drift in the last status). Pages: ?limit=N (1-1000) and ?after=<the x-next-after header of the previous page, absent on the last>. Without limit at most 10,000 nodes are listed (more: 400 naming limit).", None, Some("Node[]"), nodes::list; 200, 400),
         route!(GET "/v1/nodes/{id}", ReadOrOwnNode, "One node.", None, Some("Node"), nodes::get; 200, 404),
         route!(PATCH "/v1/nodes/{id}", Admin, "Change labels (JSON merge patch; null removes a key).", Some("NodePatch"), Some("Node"), nodes::patch; 200, 400, 404, 409, 422),
         route!(DELETE "/v1/nodes/{id}", Admin, "Decommission: revoke the node's secret, keep its record and history.", None, Some("Node"), nodes::decommission; 200, 404),

@@ -18,6 +18,7 @@ use steward_proto::{
 use super::Doc;
 use crate::auth::Caller;
 use crate::error::{ApiResult, RegistryError};
+use crate::nodes::{NodeQuery, MAX_PAGE};
 use crate::state::AppState;
 
 pub async fn enroll(
@@ -68,7 +69,22 @@ pub async fn list(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Query(q): Query<HashMap<String, String>>,
-) -> ApiResult<Json<Vec<Node>>> {
+) -> ApiResult<(HeaderMap, Json<Vec<Node>>)> {
+    let query = node_query(&q)?;
+    let page = state.nodes.list(&query).await?;
+    let mut headers = HeaderMap::new();
+    if let Some(next) = &page.next {
+        // The cursor is a node id: a header value as it is.
+        if let Ok(v) = header::HeaderValue::from_str(next) {
+            headers.insert("x-next-after", v);
+        }
+    }
+    let out = page.nodes.into_iter().map(|n| redact(&caller, n)).collect();
+    Ok((headers, Json(out)))
+}
+
+/// `GET /v1/nodes`'s query: `selector`, `health`, `drifted`, `limit`, `after`.
+fn node_query(q: &HashMap<String, String>) -> Result<NodeQuery, RegistryError> {
     let selector: Selector = q
         .get("selector")
         .map(|s| s.parse())
@@ -88,19 +104,19 @@ pub async fn list(
         Some("false") => Some(false),
         Some(_) => return Err(RegistryError::invalid("drifted", "must be true or false")),
     };
-    let mut out: Vec<Node> = state
-        .store
-        .nodes()
-        .await?
-        .into_iter()
-        .filter(|r| selector.matches(&r.labels))
-        .map(|r| state.nodes.to_wire(r))
-        .filter(|n| health.as_ref().is_none_or(|h| h.contains(&n.health)))
-        .filter(|n| drifted.is_none_or(|d| d == n.drifted))
-        .map(|n| redact(&caller, n))
-        .collect();
-    out.sort_by(|a, b| a.hostname.cmp(&b.hostname).then(a.id.cmp(&b.id)));
-    Ok(Json(out))
+    let limit = match q.get("limit").map(String::as_str) {
+        None | Some("") => None,
+        Some(s) => Some(s.parse::<usize>().map_err(|_| {
+            RegistryError::invalid("limit", format!("{s:?} is not a number: give 1-{MAX_PAGE}"))
+        })?),
+    };
+    Ok(NodeQuery {
+        selector,
+        health,
+        drifted,
+        limit,
+        after: q.get("after").filter(|a| !a.is_empty()).cloned(),
+    })
 }
 
 pub async fn get(

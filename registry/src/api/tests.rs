@@ -12,8 +12,8 @@ use tower::ServiceExt;
 use crate::state::{AppState, Settings};
 use crate::store::Store;
 
-const ADMIN: &str = "admin-token-0123456789";
-const READ: &str = "read-token-0123456789";
+pub(super) const ADMIN: &str = "admin-token-0123456789";
+pub(super) const READ: &str = "read-token-0123456789";
 
 struct Fx {
     _dir: tempfile::TempDir,
@@ -22,7 +22,7 @@ struct Fx {
     other: (String, String),
 }
 
-async fn call(
+pub(super) async fn call(
     state: &AppState,
     method: Method,
     uri: &str,
@@ -54,7 +54,7 @@ fn hex_sha256(b: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(b))
 }
 
-async fn enroll(state: &AppState, machine: &str) -> (String, String) {
+pub(super) async fn enroll(state: &AppState, machine: &str) -> (String, String) {
     let (st, tok) = call(
         state,
         Method::POST,

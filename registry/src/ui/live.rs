@@ -26,7 +26,7 @@ use super::{deny_api, node_page, pages, view};
 use crate::state::AppState;
 use crate::store::StoreError;
 
-/// Shortest time between two `summary` updates (each one reads every node).
+/// Shortest time between two `summary` updates (each one looks at every node of the fleet view).
 const SUMMARY_EVERY: Duration = Duration::from_secs(1);
 /// A client further behind than this many events is told to reload instead of replaying.
 const MAX_REPLAY: u64 = 2_000;
@@ -87,7 +87,7 @@ async fn on_event(
         return Ok(send(tx, "seen", Some(ev.seq), json!({})).await);
     }
     if let Some(id) = &ev.node_id {
-        if let Some(r) = view::row(state, id).await? {
+        if let Some(r) = view::row(&state.fleet, id) {
             let html = pages::row(&r, now).into_string();
             if !send(tx, "row", None, json!({"id": id, "html": html})).await {
                 return Ok(false);
@@ -152,8 +152,7 @@ async fn follow(
             SUMMARY_EVERY.saturating_sub(t.elapsed())
         });
         if dirty && due.is_zero() && node.is_none() {
-            let rows = view::all_rows(&state).await?;
-            let html = pages::summary(&view::Summary::of(&rows)).into_string();
+            let html = pages::summary(&view::Summary::of_fleet(&state.fleet)).into_string();
             if !send(&tx, "summary", None, json!({ "html": html })).await {
                 return Ok(());
             }

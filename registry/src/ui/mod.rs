@@ -191,7 +191,7 @@ async fn fleet(
     };
     // Before reading the nodes: the live stream replays anything that happens after this.
     let seq = state.store.last_event_seq().await?;
-    let rows = view::all_rows(&state).await?;
+    let rows = view::all_rows(&state.fleet);
     let summary = view::Summary::of(&rows);
     let q = view::TableQuery::from_params(&params);
     let (page, error, status) = match view::table(rows, &q) {
@@ -330,8 +330,7 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Re
     if let Err(d) = access::viewer(&state, &headers) {
         return Ok(deny_api(d));
     }
-    let rows = view::all_rows(&state).await?;
-    let (by_health, drifted) = view::fleet_gauges(&rows);
+    let (by_health, drifted) = view::fleet_gauges(&view::Summary::of_fleet(&state.fleet));
     state.metrics.ui_sessions.set(gauge(state.sessions.alive()));
     let om = crate::metrics::wants_openmetrics(
         headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()),

@@ -1,40 +1,18 @@
-//! What the status page shows, computed from the store and the live heartbeat data: one row per
+//! What the status page shows, computed from the in-memory fleet view (never the store): one row per
 //! node, the fleet summary, and the table query (filter, search, sort, page).
 
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use steward_proto::selector::Selector;
-use steward_proto::{Health, Labels, Node, NodeKind, ResourceKind, ResourceState};
+use steward_proto::{Health, Labels, Node, NodeKind};
 
-use crate::state::AppState;
-use crate::store::StoreError;
+use crate::fleet::{Brief, Fleet, LiveNode};
 
 /// Nodes per page unless `per_page` says otherwise.
 pub const PER_PAGE: usize = 100;
 
-/// Payload attestation state of a node.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Attest {
-    pub total: usize,
-    pub mismatched: usize,
-    pub missing: usize,
-}
-
-impl Attest {
-    pub fn label(&self) -> String {
-        match (self.total, self.mismatched, self.missing) {
-            (0, _, _) => "none".into(),
-            (t, 0, 0) => format!("{t} ok"),
-            (_, m, 0) => format!("{m} mismatch"),
-            (_, 0, x) => format!("{x} missing"),
-            (_, m, x) => format!("{m} mismatch, {x} missing"),
-        }
-    }
-    pub fn ok(&self) -> bool {
-        self.mismatched == 0 && self.missing == 0
-    }
-}
+pub use crate::fleet::Attest;
 
 /// One line of the node table.
 #[derive(Debug, Clone)]
@@ -59,48 +37,55 @@ pub struct Row {
 }
 
 impl Row {
+    /// A row from a wire node (the node page).
     pub fn from_node(n: &Node) -> Row {
-        let (mut containers, mut vms, mut payloads, mut failed, mut drifted) = (0, 0, 0, 0, false);
-        let mut attest = Attest::default();
-        if let Some(st) = &n.status {
-            for r in &st.resources {
-                match r.kind {
-                    ResourceKind::Container => containers += 1,
-                    ResourceKind::Vm => vms += 1,
-                    ResourceKind::Payload => payloads += 1,
-                    ResourceKind::Network | ResourceKind::Spec => {}
-                }
-                failed += usize::from(r.state == ResourceState::Failed);
-                drifted |= r.state == ResourceState::Drifted;
-            }
-            for p in &st.payloads {
-                attest.total += 1;
-                match &p.actual {
-                    None => attest.missing += 1,
-                    Some(a) if *a != p.expected => attest.mismatched += 1,
-                    Some(_) => {}
-                }
-            }
-            payloads = payloads.max(st.payloads.len());
-            drifted |= !attest.ok();
-        }
+        let brief = Brief::of_parts(&n.facts, n.status.as_ref());
         Row {
             id: n.id.clone(),
-            hostname: n.hostname.clone(),
             labels: n.labels.clone(),
-            kind: n.facts.kind,
             health: n.health,
             last_heartbeat: n.last_heartbeat,
             rtt_ms: n.heartbeat_rtt_ms,
-            agent_version: n.facts.agent_version.clone(),
             generation: n.generation,
             observed: n.observed_generation,
-            containers,
-            vms,
-            payloads,
-            failed,
-            drifted,
-            attest,
+            ..Row::of_brief(brief)
+        }
+    }
+
+    /// A row from the fleet view's entry (no store read).
+    pub fn from_live(id: &str, ln: &LiveNode) -> Row {
+        let generation = ln.generation();
+        let l = ln.lock();
+        Row {
+            id: id.to_string(),
+            labels: l.labels.clone(),
+            health: l.health,
+            last_heartbeat: l.last_heartbeat,
+            rtt_ms: l.rtt_ms,
+            generation,
+            observed: l.observed_generation,
+            ..Row::of_brief(l.brief.clone())
+        }
+    }
+
+    fn of_brief(b: Brief) -> Row {
+        Row {
+            id: String::new(),
+            hostname: b.hostname,
+            labels: Labels::default(),
+            kind: b.kind,
+            health: Health::Ready,
+            last_heartbeat: None,
+            rtt_ms: None,
+            agent_version: b.agent_version,
+            generation: 0,
+            observed: 0,
+            containers: b.containers,
+            vms: b.vms,
+            payloads: b.payloads,
+            failed: b.failed,
+            drifted: b.drifted,
+            attest: b.attest,
         }
     }
 
@@ -110,24 +95,16 @@ impl Row {
     }
 }
 
-/// Every node as a row (live heartbeat data overlaid), in no particular order.
-pub async fn all_rows(state: &AppState) -> Result<Vec<Row>, StoreError> {
-    Ok(state
-        .store
-        .nodes()
-        .await?
-        .into_iter()
-        .map(|rec| Row::from_node(&state.nodes.to_wire(rec)))
-        .collect())
+/// Every node as a row, from the fleet view, in no particular order.
+pub fn all_rows(fleet: &Fleet) -> Vec<Row> {
+    let mut rows = Vec::with_capacity(fleet.len());
+    fleet.for_each(|id, ln| rows.push(Row::from_live(id, ln)));
+    rows
 }
 
 /// One node's row, if it exists.
-pub async fn row(state: &AppState, id: &str) -> Result<Option<Row>, StoreError> {
-    Ok(state
-        .store
-        .node(id)
-        .await?
-        .map(|rec| Row::from_node(&state.nodes.to_wire(rec))))
+pub fn row(fleet: &Fleet, id: &str) -> Option<Row> {
+    fleet.live(id).map(|ln| Row::from_live(id, &ln))
 }
 
 /// The fleet overview.
@@ -146,25 +123,37 @@ pub struct Summary {
 
 impl Summary {
     pub fn of(rows: &[Row]) -> Summary {
-        let mut s = Summary {
-            total: rows.len(),
-            ..Default::default()
-        };
+        let mut s = Summary::default();
         for r in rows {
-            match r.health {
-                Health::Ready => s.ready += 1,
-                Health::Stale => s.stale += 1,
-                Health::Down => s.down += 1,
-                Health::Decommissioned => s.decommissioned += 1,
-            }
-            let active = r.health != Health::Decommissioned;
-            s.drifted += usize::from(active && r.drifted);
-            if active && r.failed > 0 {
-                s.failed_workloads += r.failed;
-                s.failing_nodes += 1;
-            }
+            s.add(r.health, r.drifted, r.failed);
         }
         s
+    }
+
+    /// The overview of the whole fleet view, without building rows.
+    pub fn of_fleet(fleet: &Fleet) -> Summary {
+        let mut s = Summary::default();
+        fleet.for_each(|_, ln| {
+            let l = ln.lock();
+            s.add(l.health, l.brief.drifted, l.brief.failed);
+        });
+        s
+    }
+
+    fn add(&mut self, health: Health, drifted: bool, failed: usize) {
+        self.total += 1;
+        match health {
+            Health::Ready => self.ready += 1,
+            Health::Stale => self.stale += 1,
+            Health::Down => self.down += 1,
+            Health::Decommissioned => self.decommissioned += 1,
+        }
+        let active = health != Health::Decommissioned;
+        self.drifted += usize::from(active && drifted);
+        if active && failed > 0 {
+            self.failed_workloads += failed;
+            self.failing_nodes += 1;
+        }
     }
 }
 
@@ -376,8 +365,7 @@ pub fn kind_str(k: NodeKind) -> &'static str {
 }
 
 /// Nodes by health and the number of drifted nodes, for `/metrics`.
-pub fn fleet_gauges(rows: &[Row]) -> (Vec<(Health, i64)>, i64) {
-    let s = Summary::of(rows);
+pub fn fleet_gauges(s: &Summary) -> (Vec<(Health, i64)>, i64) {
     let n = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
     (
         vec![

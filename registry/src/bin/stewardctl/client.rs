@@ -177,6 +177,44 @@ impl Client {
         self.json(self.request(Method::GET, path).query(&q)).await
     }
 
+    /// Every item of a paged list (`GET path?query&limit=1000`, then `&after=` the
+    /// `x-next-after` header until an answer has none). A registry that does not page answers
+    /// everything at once, without the header.
+    pub async fn get_pages<T: DeserializeOwned>(
+        &self,
+        path: &[&str],
+        query: &[(&str, String)],
+    ) -> Result<Vec<T>, CliError> {
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let mut q: Vec<(&str, String)> = query
+                .iter()
+                .filter(|(_, v)| !v.is_empty())
+                .cloned()
+                .collect();
+            q.push(("limit", "1000".into()));
+            if let Some(a) = &after {
+                q.push(("after", a.clone()));
+            }
+            let resp = self.send(self.request(Method::GET, path).query(&q)).await?;
+            let next = resp
+                .headers()
+                .get("x-next-after")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let bytes = resp.bytes().await.map_err(|e| self.unreachable(e))?;
+            let page: Vec<T> = serde_json::from_slice(&bytes).map_err(|e| {
+                CliError::Unexpected(format!("unexpected answer from the registry: {e}"))
+            })?;
+            out.extend(page);
+            match next {
+                Some(n) if after.as_deref() != Some(n.as_str()) => after = Some(n),
+                _ => return Ok(out),
+            }
+        }
+    }
+
     /// `GET path` as text (for the health probes).
     pub async fn get_text(&self, path: &[&str]) -> Result<String, CliError> {
         let resp = self.send(self.request(Method::GET, path)).await?;

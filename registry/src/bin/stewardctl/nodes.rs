@@ -108,7 +108,7 @@ pub async fn run(cmd: NodesCmd, ctx: &Ctx) -> Result<Exit, CliError> {
                     },
                 ),
             ];
-            let nodes: Vec<Node> = client.get(&["v1", "nodes"], &query).await?;
+            let nodes: Vec<Node> = client.get_pages(&["v1", "nodes"], &query).await?;
             print_list(ctx, &nodes)
         }
         NodesCmd::Get { id } => {

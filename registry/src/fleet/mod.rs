@@ -1,5 +1,6 @@
 //! The fleet view: what this registry process keeps in memory per node (heartbeat data, the
-//! secret hash, labels, health, and a `watch` channel carrying the node's spec generation and,
+//! secret hash, labels, health, the [`Brief`] of its stored facts and status that fleet-wide
+//! views read instead of the store, and a `watch` channel carrying the node's spec generation and,
 //! while long-polls wait on it, the spec record itself), kept
 //! in step with the store by [`Fleet::apply`], which the store watch (`replica.rs`) feeds with
 //! every change, including those written by other replicas. Heartbeats never touch the store by
@@ -13,7 +14,10 @@ use chrono::{DateTime, Utc};
 use steward_proto::{Health, HostStats};
 use tokio::sync::watch;
 
-use crate::store::{NodeRecord, SpecRecord};
+use crate::store::{HealthRecord, NodeRecord, SpecRecord};
+
+mod brief;
+pub use brief::{Attest, Brief};
 
 /// What the registry keeps in memory per node.
 #[derive(Debug)]
@@ -33,6 +37,8 @@ pub struct Live {
     pub status_digest: String,
     /// The reconcile pass in progress, per the last heartbeat (memory only).
     pub progress: Option<steward_proto::PassProgress>,
+    /// The stored record summed up for fleet-wide views.
+    pub brief: Brief,
 }
 
 /// What a node's spec long-polls wait on: the newest generation this process knows, and its
@@ -110,6 +116,14 @@ impl Fleet {
             .cloned()
     }
 
+    /// Calls `f` with every node, under the fleet's read lock (no copy of the fleet: keep `f`
+    /// short and never await in it).
+    pub fn for_each(&self, mut f: impl FnMut(&str, &LiveNode)) {
+        for (id, ln) in self.nodes.read().unwrap_or_else(|p| p.into_inner()).iter() {
+            f(id, ln);
+        }
+    }
+
     pub fn all_live(&self) -> Vec<(String, Arc<LiveNode>)> {
         self.nodes
             .read()
@@ -159,10 +173,10 @@ impl Fleet {
         }
     }
 
-    /// Applies a stored node record (written here or by another replica): a new node is added;
-    /// for a known one the stored credential, labels and health are taken (a decommissioned
-    /// node stays so). A record turned ready was written on a heartbeat just received by some
-    /// replica, so the node counts as seen now.
+    /// Applies a stored node record (written here or by another replica): a new node is added
+    /// (with the record's health); for a known one the stored credential, labels and brief are
+    /// taken, and its health only when decommissioned: health changes come as health records
+    /// ([`Fleet::apply_health`]).
     pub fn apply_node(&self, rec: &NodeRecord) {
         let Some(ln) = self.live(&rec.id) else {
             self.insert_live(rec, 0);
@@ -171,14 +185,30 @@ impl Fleet {
         let mut l = ln.lock();
         l.secret_sha256 = rec.secret_sha256;
         l.labels = rec.labels.clone();
-        if l.health != Health::Decommissioned && rec.health != l.health {
-            if rec.health == Health::Ready {
-                l.last_seen = l.last_seen.max(Instant::now());
-            }
-            l.health = rec.health;
+        if rec.health == Health::Decommissioned {
+            l.health = Health::Decommissioned;
         }
         if let Some(s) = &rec.status {
             l.status_digest = s.digest.clone();
+        }
+        l.brief = Brief::of(rec);
+    }
+
+    /// Applies a stored health record (written here or by another replica; a decommissioned
+    /// node stays so). Ready was written on a heartbeat some replica just received, so the node
+    /// counts as seen now. Stale or down is taken only when no heartbeat newer than the one it
+    /// was judged on has been received here (a late write never undoes a newer heartbeat).
+    pub fn apply_health(&self, id: &str, rec: &HealthRecord) {
+        let Some(ln) = self.live(id) else { return };
+        let mut l = ln.lock();
+        if l.health == Health::Decommissioned || l.health == rec.health {
+            return;
+        }
+        if rec.health == Health::Ready {
+            l.last_seen = l.last_seen.max(Instant::now());
+            l.health = Health::Ready;
+        } else if l.last_heartbeat <= rec.last_heartbeat {
+            l.health = rec.health;
         }
     }
 
@@ -224,6 +254,7 @@ fn live_from_record(rec: &NodeRecord, generation: u64, now: Instant) -> LiveNode
                 .map(|s| s.digest.clone())
                 .unwrap_or_default(),
             progress: None,
+            brief: Brief::of(rec),
         }),
         spec,
     }

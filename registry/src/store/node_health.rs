@@ -1,0 +1,67 @@
+//! Node health as its own small record, `health/{id}`, apart from the node record (kilobytes
+//! with its last status): a health transition writes a few dozen bytes, many of them in one
+//! transaction. The node record's `health` field counts only for a decommissioned node and for
+//! nodes without a health record (stores written before health records existed).
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use steward_proto::Health;
+
+use super::{enc, NodeRecord, Result, Store, TXN_OPS};
+use crate::kv::Txn;
+
+/// A node's health as last judged, and its last heartbeat then.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthRecord {
+    pub health: Health,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_heartbeat: Option<DateTime<Utc>>,
+}
+
+impl HealthRecord {
+    /// Overlays this health on a stored node record (a decommissioned node stays so).
+    pub fn apply_to(&self, rec: &mut NodeRecord) {
+        if rec.health != Health::Decommissioned {
+            rec.health = self.health;
+        }
+        if self.last_heartbeat > rec.last_heartbeat {
+            rec.last_heartbeat = self.last_heartbeat;
+        }
+    }
+}
+
+fn key(id: &str) -> String {
+    format!("health/{id}")
+}
+
+impl Store {
+    /// Every stored health record, by node id.
+    pub async fn healths(&self) -> Result<Vec<(String, HealthRecord)>> {
+        self.list("health/").await
+    }
+
+    /// Stores nodes' health records, up to [`TXN_OPS`] per transaction (written as they are:
+    /// the newest judgement wins).
+    pub async fn put_healths(&self, records: &[(String, HealthRecord)]) -> Result<()> {
+        for chunk in records.chunks(TXN_OPS) {
+            let txn = chunk
+                .iter()
+                .fold(Txn::new(), |txn, (id, r)| txn.put(key(id), enc(r)));
+            self.commit(txn).await?;
+        }
+        Ok(())
+    }
+
+    /// Every node record with its health record overlaid.
+    pub async fn nodes_with_health(&self) -> Result<Vec<NodeRecord>> {
+        let mut healths: std::collections::HashMap<String, HealthRecord> =
+            self.healths().await?.into_iter().collect();
+        let mut nodes = self.nodes().await?;
+        for n in &mut nodes {
+            if let Some(h) = healths.remove(&n.id) {
+                h.apply_to(n);
+            }
+        }
+        Ok(nodes)
+    }
+}
