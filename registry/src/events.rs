@@ -10,6 +10,11 @@ use steward_proto::{CredentialKind, Event, EventKind};
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 
+/// A change touching this many nodes or fewer is recorded as one event per node; one touching
+/// more as one event naming the count (a fragment matching the whole fleet, a fleet-wide outage:
+/// one line, not 100,000).
+pub const EACH_NODE_UP_TO: usize = 20;
+
 /// Where services record what happened.
 #[derive(Clone)]
 pub struct EventLog {

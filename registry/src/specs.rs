@@ -17,7 +17,7 @@ use steward_proto::{
     NodePatch, NodeSpec, Problem, SpecWritten,
 };
 
-use crate::events::EventLog;
+use crate::events::{EventLog, EACH_NODE_UP_TO};
 use crate::fleet::Fleet;
 use crate::payloads::{PayloadError, Payloads};
 use crate::spec_gate::{SpecGate, SpecGuard, ATTEMPTS};
@@ -145,7 +145,8 @@ impl Specs {
             .ok_or_else(|| SpecError::NoNode(id.to_string()))
     }
 
-    /// Stores, flushes, then wakes watchers and logs one event per changed node.
+    /// Stores, flushes, then wakes watchers and logs one event per changed node (or, when more
+    /// than [`EACH_NODE_UP_TO`] changed, one event naming the count).
     async fn commit(
         &self,
         guard: &SpecGuard,
@@ -159,26 +160,44 @@ impl Specs {
             .store
             .write_specs(guard.epoch, &writes, fragment, node)
             .await?;
-        let mut events = Vec::with_capacity(written.len());
         let mut out = Vec::with_capacity(written.len());
-        for w in written {
+        for w in &written {
             if let Some(ln) = self.fleet.live(&w.node_id) {
                 ln.publish(&w.record);
             }
-            events.push(Event {
-                seq: 0,
-                time: Utc::now(),
-                kind: EventKind::SpecWritten,
-                node_id: Some(w.node_id.clone()),
-                generation: Some(w.record.generation),
-                credential: cred,
-                message: format!("generation {} ({why})", w.record.generation),
-            });
             out.push(SpecWritten {
                 node_id: w.node_id.clone(),
                 generation: w.record.generation,
             });
         }
+        let event = |node_id: Option<String>, generation: Option<u64>, message: String| Event {
+            seq: 0,
+            time: Utc::now(),
+            kind: EventKind::SpecWritten,
+            node_id,
+            generation,
+            credential: cred,
+            message,
+        };
+        let events = if written.len() > EACH_NODE_UP_TO {
+            vec![event(
+                None,
+                None,
+                format!("new generation for {} nodes ({why})", written.len()),
+            )]
+        } else {
+            written
+                .iter()
+                .map(|w| {
+                    let g = w.record.generation;
+                    event(
+                        Some(w.node_id.clone()),
+                        Some(g),
+                        format!("generation {g} ({why})"),
+                    )
+                })
+                .collect()
+        };
         self.events.record_many(events).await?;
         Ok(out)
     }

@@ -196,3 +196,65 @@ async fn the_fleet_view_agrees_with_the_store_after_every_write_and_a_restart() 
         ]
     );
 }
+
+#[tokio::test]
+async fn a_fragment_for_many_nodes_is_one_event_naming_the_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_embedded(dir.path()).unwrap();
+    let state = state_on(store.clone(), dir.path()).await;
+    let n = crate::events::EACH_NODE_UP_TO + 2;
+    let mut ids = Vec::new();
+    for i in 0..n {
+        ids.push(enroll(&state, &format!("m-{i:02}")).await.0);
+    }
+    // Two nodes labelled: a fragment for them is one event each.
+    for id in &ids[..2] {
+        let (st, _) = call(
+            &state,
+            Method::PATCH,
+            &format!("/v1/nodes/{id}"),
+            Some(ADMIN),
+            Some((
+                "application/json",
+                json!({"labels": {"few": "yes"}}).to_string(),
+            )),
+        )
+        .await;
+        assert_eq!(st, StatusCode::OK);
+    }
+    let from = store.last_event_seq().await.unwrap();
+    for (name, selector) in [("few", "few=yes"), ("all", "")] {
+        let spec = json!({"containers": [{"name": name, "image": "nginx:1"}]});
+        let body = json!({"selector": selector, "spec": spec}).to_string();
+        let (st, w) = call(
+            &state,
+            Method::PUT,
+            &format!("/v1/fragments/{name}"),
+            Some(ADMIN),
+            Some(("application/json", body)),
+        )
+        .await;
+        assert_eq!(st, StatusCode::OK, "{w}");
+    }
+    let written: Vec<(Option<String>, String)> = store
+        .events_after(from, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == steward_proto::EventKind::SpecWritten)
+        .map(|e| (e.node_id, e.message))
+        .collect();
+    assert_eq!(written.len(), 3, "{written:?}");
+    assert!(
+        written[..2].iter().all(|(id, _)| id.is_some()),
+        "{written:?}"
+    );
+    assert_eq!(written[2].0, None);
+    assert!(
+        written[2]
+            .1
+            .starts_with(&format!("new generation for {n} nodes")),
+        "{}",
+        written[2].1
+    );
+}

@@ -16,8 +16,8 @@ use crate::fleet::Live;
 use crate::store::HealthRecord;
 
 /// One change of kind (`from -> to`) is recorded as one event per node up to this many nodes in
-/// a batch; more make one event naming the count (a fleet-wide outage is one line, not 100,000).
-pub const EVENTS_EACH_UP_TO: usize = 20;
+/// a batch; more make one event naming the count.
+use crate::events::EACH_NODE_UP_TO as EVENTS_EACH_UP_TO;
 /// Transitions arriving within this long of each other are stored together.
 const GATHER: Duration = Duration::from_millis(100);
 /// Wait after a failed store write before trying again.
