@@ -83,15 +83,17 @@ async fn rewatch(weak: &Weak<Inner>) -> Option<crate::kv::WatchStream> {
 
 async fn reload(state: &AppState) -> Result<crate::kv::WatchStream, StoreError> {
     let rev = state.store.kv().revision().await?;
-    for rec in state.store.nodes().await? {
-        state.fleet.apply_node(&rec);
-    }
+    state
+        .store
+        .scan("nodes/", |_, rec| state.fleet.apply_node(&rec))
+        .await?;
     for (id, rec) in state.store.healths().await? {
         state.fleet.apply_health(&id, &rec);
     }
-    for (id, rec) in state.store.specs().await? {
-        state.fleet.apply_spec(&id, &rec);
-    }
+    state
+        .store
+        .scan("specs/", |id, rec| state.fleet.apply_spec(&id, &rec))
+        .await?;
     Ok(state.store.kv().watch("", rev + 1).await?)
 }
 

@@ -176,10 +176,12 @@ impl AppState {
         let revision = store.kv().revision().await?;
         let generations: HashMap<String, u64> = store.generations().await?.into_iter().collect();
         let fleet = Arc::new(Fleet::default());
-        for rec in store.nodes_with_health().await? {
-            let generation = generations.get(&rec.id).copied().unwrap_or(0);
-            fleet.insert_live(&rec, generation);
-        }
+        store
+            .for_each_node(|rec| {
+                let generation = generations.get(&rec.id).copied().unwrap_or(0);
+                fleet.insert_live(&rec, generation);
+            })
+            .await?;
         for node in store.reset_nodes().await? {
             fleet.set_resets(&node, true);
         }

@@ -63,6 +63,8 @@ const SPEC_EPOCH: &str = "meta/spec-epoch";
 const TXN_OPS: usize = 100;
 /// Most value bytes in one transaction (etcd's default request limit is 1.5 MiB).
 const TXN_BYTES: usize = 1024 * 1024;
+/// Records read per page by [`Store::scan`].
+const SCAN_PAGE: usize = 1_000;
 /// The counter of event sequence numbers (gap-free: raised in the event's own transaction).
 const EVENT_SEQ: &str = "meta/event-seq";
 /// A node as stored: the wire `Node` fields that are persisted, plus its credential hash.
@@ -207,6 +209,29 @@ impl Store {
             .iter()
             .map(|kv| Ok((kv.key[prefix.len()..].to_string(), dec(kv)?)))
             .collect()
+    }
+
+    /// Calls `f` with every record under `prefix` (key minus the prefix) in key order, reading
+    /// [`SCAN_PAGE`] at a time, so a whole-fleet read never holds every record at once. Not at
+    /// one revision: callers that need a consistent view follow the store watch from a revision
+    /// read before the scan.
+    pub(crate) async fn scan<T: DeserializeOwned>(
+        &self,
+        prefix: &str,
+        mut f: impl FnMut(String, T),
+    ) -> Result<()> {
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.kv.range(prefix, after.as_deref(), SCAN_PAGE).await?;
+            let full = page.len() == SCAN_PAGE;
+            after = page.last().map(|kv| kv.key.clone());
+            for kv in &page {
+                f(kv.key[prefix.len()..].to_string(), dec(kv)?);
+            }
+            if !full {
+                return Ok(());
+            }
+        }
     }
 
     async fn values<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<T>> {

@@ -52,16 +52,23 @@ impl Store {
         Ok(())
     }
 
-    /// Every node record with its health record overlaid.
-    pub async fn nodes_with_health(&self) -> Result<Vec<NodeRecord>> {
+    /// Calls `f` with every node record, its health record overlaid (read a page at a time).
+    pub async fn for_each_node(&self, mut f: impl FnMut(NodeRecord)) -> Result<()> {
         let mut healths: std::collections::HashMap<String, HealthRecord> =
             self.healths().await?.into_iter().collect();
-        let mut nodes = self.nodes().await?;
-        for n in &mut nodes {
-            if let Some(h) = healths.remove(&n.id) {
-                h.apply_to(n);
+        self.scan("nodes/", |_, mut rec: NodeRecord| {
+            if let Some(h) = healths.remove(&rec.id) {
+                h.apply_to(&mut rec);
             }
-        }
-        Ok(nodes)
+            f(rec);
+        })
+        .await
+    }
+
+    /// Every node record with its health record overlaid.
+    pub async fn nodes_with_health(&self) -> Result<Vec<NodeRecord>> {
+        let mut out = Vec::new();
+        self.for_each_node(|rec| out.push(rec)).await?;
+        Ok(out)
     }
 }

@@ -19,12 +19,15 @@ impl Store {
 
     /// Every node's spec generation, for the watchers at start-up.
     pub async fn generations(&self) -> Result<Vec<(String, u64)>> {
-        Ok(self
-            .specs()
-            .await?
-            .into_iter()
-            .map(|(id, r)| (id, r.generation))
-            .collect())
+        /// Only the generation of a spec record is decoded (the specs are skipped).
+        #[derive(serde::Deserialize)]
+        struct Generation {
+            generation: u64,
+        }
+        let mut out = Vec::new();
+        self.scan("specs/", |id, g: Generation| out.push((id, g.generation)))
+            .await?;
+        Ok(out)
     }
 
     pub async fn fragment(&self, name: &str) -> Result<Option<Fragment>> {
