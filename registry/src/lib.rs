@@ -20,6 +20,7 @@ pub mod reenroll;
 pub mod replica;
 pub mod rollout;
 pub mod schemas;
+pub mod serve;
 pub mod server;
 pub mod spec_gate;
 pub mod specs;

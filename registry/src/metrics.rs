@@ -43,6 +43,7 @@ pub struct Metrics {
     pub spec_writes: Family<TargetLabel, Counter>,
     pub events: Family<KindLabel, Counter>,
     pub ui_sessions: Gauge,
+    pub accept_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -99,6 +100,12 @@ impl Metrics {
             "Status page login sessions alive",
             ui_sessions.clone(),
         );
+        let accept_errors = Counter::default();
+        registry.register(
+            "accept_errors",
+            "Failed accepts of new TCP connections (out of file descriptors, ...); each is logged",
+            accept_errors.clone(),
+        );
         Self {
             registry,
             nodes,
@@ -109,6 +116,7 @@ impl Metrics {
             spec_writes,
             events,
             ui_sessions,
+            accept_errors,
         }
     }
 

@@ -202,15 +202,6 @@ pub async fn serve(cfg: RegistryConfig) -> anyhow::Result<()> {
         );
     }
     let app = crate::api::router(state.clone(), cfg.max_body_bytes);
-    let handle = axum_server::Handle::new();
-    let h = handle.clone();
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        tracing::info!("shutting down");
-        h.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
-    });
-    // The peer address reaches handlers that record it (refused enrolments).
-    let svc = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     let nofile = crate::connections::raise_nofile_limit();
     let max_total = crate::connections::fit_to_nofile(cfg.max_connections, nofile);
     if max_total < cfg.max_connections {
@@ -222,6 +213,14 @@ pub async fn serve(cfg: RegistryConfig) -> anyhow::Result<()> {
         "connection limits");
     let (per_address, first_byte) = (cfg.max_connections_per_address, cfg.header_read_timeout);
     use crate::connections::LimitAcceptor;
+    let mut builder =
+        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    timeouts(&mut builder, cfg.header_read_timeout);
+    let (metrics, grace) = (state.metrics.clone(), std::time::Duration::from_secs(5));
+    let shutdown = async {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+    };
     match &cfg.tls {
         Some((cert, key)) => {
             // One crypto provider for the whole process (ring), chosen explicitly.
@@ -236,17 +235,25 @@ pub async fn serve(cfg: RegistryConfig) -> anyhow::Result<()> {
                     )
                 })?;
             tracing::info!(addr = %cfg.listen, "listening (https)");
-            let mut server = axum_server::from_tcp_rustls(listener(cfg.listen)?, tls)
-                .map(|a| LimitAcceptor::new(a, max_total, per_address, first_byte));
-            timeouts(server.http_builder(), cfg.header_read_timeout);
-            server.handle(handle).serve(svc).await?;
+            let acceptor = LimitAcceptor::new(
+                axum_server::tls_rustls::RustlsAcceptor::new(tls),
+                max_total,
+                per_address,
+                first_byte,
+            );
+            let l = listener(cfg.listen)?;
+            crate::serve::serve(l, acceptor, builder, app, metrics, shutdown, grace).await?;
         }
         None => {
             tracing::info!(addr = %cfg.listen, "listening (http)");
-            let mut server = axum_server::from_tcp(listener(cfg.listen)?)
-                .map(|a| LimitAcceptor::new(a, max_total, per_address, first_byte));
-            timeouts(server.http_builder(), cfg.header_read_timeout);
-            server.handle(handle).serve(svc).await?;
+            let acceptor = LimitAcceptor::new(
+                axum_server::accept::DefaultAcceptor::new(),
+                max_total,
+                per_address,
+                first_byte,
+            );
+            let l = listener(cfg.listen)?;
+            crate::serve::serve(l, acceptor, builder, app, metrics, shutdown, grace).await?;
         }
     }
     jobs.abort();

@@ -2,7 +2,8 @@
 //! 1,024 open-file limit, thousands of idle or half-sent connections neither exhaust its file
 //! descriptors nor keep /healthz from others (caps per client address and in total); idle and
 //! stalled connections are closed after the header read timeout, while a long-poll and an
-//! event stream outlive it.
+//! event stream outlive it; with almost no file descriptors left, failed accepts are counted and
+//! logged and accepting goes on.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -325,4 +326,69 @@ async fn tls_connections_idle_after_the_handshake_are_closed() {
     }
     // The registry still serves TLS.
     assert_eq!(r.get("/v1/nodes", &r.admin).await.0, 200);
+}
+
+/// `steward_registry_accept_errors_total` from `/metrics`.
+async fn accept_errors(r: &Registry) -> f64 {
+    let text = r
+        .client
+        .get(r.url("/metrics"))
+        .bearer_auth(&r.admin)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("steward_registry_accept_errors_total "))
+        .unwrap_or_else(|| panic!("no accept_errors_total in /metrics:\n{text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Sets the running registry's soft open-file limit with prlimit (the hard limit stays 1,024:
+/// raising a hard limit needs CAP_SYS_RESOURCE).
+fn set_nofile(r: &Registry, n: usize) {
+    let pid = r.child.as_ref().unwrap().id();
+    let st = Command::new("prlimit")
+        .arg(format!("--pid={pid}"))
+        .arg(format!("--nofile={n}:1024"))
+        .status()
+        .unwrap();
+    assert!(st.success(), "prlimit --pid {pid} failed");
+}
+
+#[tokio::test]
+async fn failed_accepts_are_counted_and_logged_and_accepting_goes_on() {
+    raise_own_nofile();
+    let r = start_with_nofile(1024, &[]).await;
+    assert_eq!(accept_errors(&r).await, 0.0);
+    // Leave the registry one free descriptor: one connection takes it, the next cannot be
+    // accepted (EMFILE) while the first stays open.
+    let pid = r.child.as_ref().unwrap().id();
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    set_nofile(&r, open + 1);
+    let held = TcpStream::connect(("127.0.0.1", r.port)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let refused = TcpStream::connect(("127.0.0.1", r.port)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Descriptors back: the waiting connection is accepted and everything answers again.
+    set_nofile(&r, 1024);
+    drop((held, refused));
+    let deadline = Instant::now() + GUARD;
+    while !healthz_from(&r, "127.0.0.1").await {
+        assert!(Instant::now() < deadline, "no /healthz; log:\n{}", r.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let failed = accept_errors(&r).await;
+    assert!(failed > 0.0, "no accept error counted; log:\n{}", r.log());
+    let log = r.log();
+    assert!(
+        log.contains("accepting a connection failed") && log.contains("Too many open files"),
+        "{log}"
+    );
 }
