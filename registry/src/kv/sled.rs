@@ -54,6 +54,10 @@ struct Inner {
     leader: tokio::sync::watch::Sender<bool>,
 }
 
+/// sled's page cache (its default is 1 GiB, which a 100,000-node registry would fill with node
+/// records it rarely reads: the fleet view answers fleet-wide reads from memory).
+const CACHE_BYTES: u64 = 256 * 1024 * 1024;
+
 /// The sled database and its two trees.
 struct Db {
     db: ::sled::Db,
@@ -63,7 +67,10 @@ struct Db {
 
 impl Db {
     fn open(dir: &Path) -> Result<Self, ::sled::Error> {
-        let db = ::sled::Config::new().path(dir.join("db")).open()?;
+        let db = ::sled::Config::new()
+            .path(dir.join("db"))
+            .cache_capacity(CACHE_BYTES)
+            .open()?;
         Ok(Self {
             kv: db.open_tree("kv")?,
             meta: db.open_tree("meta")?,

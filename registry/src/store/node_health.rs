@@ -40,16 +40,26 @@ impl Store {
         self.list("health/").await
     }
 
-    /// Stores nodes' health records, up to [`TXN_OPS`] per transaction (written as they are:
+    /// Stores nodes' health records, up to [`TXN_OPS`] per transaction, several transactions
+    /// in flight at once (the embedded store commits them with one fsync; written as they are:
     /// the newest judgement wins).
     pub async fn put_healths(&self, records: &[(String, HealthRecord)]) -> Result<()> {
-        for chunk in records.chunks(TXN_OPS) {
-            let txn = chunk
-                .iter()
-                .fold(Txn::new(), |txn, (id, r)| txn.put(key(id), enc(r)));
-            self.commit(txn).await?;
+        let txns: Vec<Txn> = records
+            .chunks(TXN_OPS)
+            .map(|chunk| {
+                chunk
+                    .iter()
+                    .fold(Txn::new(), |txn, (id, r)| txn.put(key(id), enc(r)))
+            })
+            .collect();
+        let mut txns = txns.into_iter();
+        loop {
+            let wave: Vec<_> = txns.by_ref().take(16).map(|t| self.commit(t)).collect();
+            if wave.is_empty() {
+                return Ok(());
+            }
+            futures_util::future::try_join_all(wave).await?;
         }
-        Ok(())
     }
 
     /// Calls `f` with every node record, its health record overlaid (read a page at a time).
@@ -70,5 +80,43 @@ impl Store {
         let mut out = Vec::new();
         self.for_each_node(|rec| out.push(rec)).await?;
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn health_records_of_many_nodes_go_in_several_transactions_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_embedded(dir.path()).unwrap();
+        let rec = |health| HealthRecord {
+            health,
+            last_heartbeat: None,
+        };
+        let many: Vec<(String, HealthRecord)> = (0..(TXN_OPS * 2 + 50))
+            .map(|i| (format!("n{i:04}"), rec(Health::Stale)))
+            .collect();
+        store.put_healths(&many).await.unwrap();
+        let back = store.healths().await.unwrap();
+        assert_eq!(back, many);
+        // The newest judgement wins; nothing else changes.
+        store
+            .put_healths(&[("n0001".to_string(), rec(Health::Ready))])
+            .await
+            .unwrap();
+        let back = store.healths().await.unwrap();
+        assert_eq!(back.len(), many.len());
+        assert_eq!(back[1], ("n0001".to_string(), rec(Health::Ready)));
+        assert_eq!(back[2], many[2]);
+        // A node record is overlaid with its health, unless decommissioned.
+        let mut n = NodeRecord::test("n0001");
+        n.health = Health::Down;
+        rec(Health::Ready).apply_to(&mut n);
+        assert_eq!(n.health, Health::Ready);
+        n.health = Health::Decommissioned;
+        rec(Health::Ready).apply_to(&mut n);
+        assert_eq!(n.health, Health::Decommissioned);
     }
 }
