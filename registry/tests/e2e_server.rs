@@ -7,6 +7,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
+use common::agent::{wait_for, Agent};
 use common::Registry;
 use futures_util::StreamExt;
 use reqwest::Method;
@@ -230,4 +231,69 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+/// Established TCP connections of process `pid` to `port`: its sockets (inodes under
+/// /proc/PID/fd) found in the kernel's table with remote port `port`.
+fn connections_of(pid: u32, port: u16) -> usize {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy().to_string();
+            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+        })
+        .collect();
+    let mut n = 0;
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // rem_address is HEXIP:HEXPORT; st 01 = ESTABLISHED; column 9 the inode.
+            let remote_port = f[2].rsplit(':').next().unwrap();
+            if u16::from_str_radix(remote_port, 16).unwrap() == port
+                && f[3] == "01"
+                && inodes.iter().any(|i| i == f[9])
+            {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+/// An agent's long-poll and heartbeats share one HTTP/2 connection to the registry (h2c over
+/// plain HTTP), so a registry needs one descriptor per agent, not two.
+#[tokio::test]
+async fn an_agent_holds_one_connection_to_the_registry() {
+    let r = Registry::start(&["--heartbeat-interval", "1s"]).await;
+    let (st, tok) = r
+        .req(
+            Method::POST,
+            "/v1/enrollment-tokens",
+            Some(&r.admin),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(st, 201, "{tok}");
+    let agent = Agent::start(&r.url(""), tok["token"].as_str().unwrap(), None).await;
+    // Several heartbeats while its long-poll waits (30 s).
+    let id = agent.id.clone();
+    wait_for(30, "heartbeats of the agent", || {
+        let r = &r;
+        let id = id.clone();
+        async move {
+            let (_, n) = r.get(&format!("/v1/nodes/{id}"), &r.admin).await;
+            n["last_heartbeat"].is_string().then_some(())
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let pid = agent.child.as_ref().unwrap().id();
+    assert_eq!(
+        connections_of(pid, r.port),
+        1,
+        "agent log:\n{}",
+        agent.log()
+    );
 }

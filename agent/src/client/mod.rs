@@ -1,7 +1,8 @@
 //! The agent's client for the registry's HTTP API (see docs/API.md).
 //!
-//! One [`RegistryClient`] holds one `reqwest::Client` (so connections are kept alive and
-//! reused) over rustls with the *ring* crypto provider, and the registry's URLs
+//! One [`RegistryClient`] holds one `reqwest::Client` speaking HTTP/2 (h2c on `http` URLs,
+//! ALPN on `https`), so the long-poll and the heartbeats share one kept-alive connection, over
+//! rustls with the *ring* crypto provider, and the registry's URLs
 //! ([`Endpoints`]: one, or several replicas of one registry). A request goes to the URL in use;
 //! when it fails in a way [`ClientError::fails_over`] names (connection, time-out, TLS
 //! handshake, HTTP 502/503/504) the client moves to the next URL for the following request
@@ -146,14 +147,25 @@ impl RegistryClient {
                 TlsMode::Plain,
             )
         };
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .use_preconfigured_tls(config)
             .timeout(DEFAULT_TIMEOUT)
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_keepalive(Duration::from_secs(60))
             .pool_idle_timeout(Duration::from_secs(90))
+            // One HTTP/2 connection carries the long-poll and the heartbeats side by side; its
+            // pings find a dead connection while a long-poll waits on it.
+            .http2_keep_alive_interval(Duration::from_secs(15))
+            .http2_keep_alive_timeout(Duration::from_secs(10))
+            .http2_keep_alive_while_idle(true)
             .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("steward-agent/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!("steward-agent/", env!("CARGO_PKG_VERSION")));
+        if bases.all().iter().all(|b| b.scheme() == "http") {
+            // Plain HTTP: HTTP/2 from the first byte (h2c; the registry serves both), so one
+            // connection is enough. Over HTTPS, ALPN picks HTTP/2 the same way.
+            builder = builder.http2_prior_knowledge();
+        }
+        let http = builder
             .build()
             .map_err(|e| ClientError::TlsConfig(format!("cannot build the HTTP client: {e}")))?;
         Ok(RegistryClient {
