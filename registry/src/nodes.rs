@@ -212,20 +212,23 @@ impl Nodes {
             .existing
             .as_ref()
             .map(|r| r.facts.machine_id.clone());
+        let previous = admitted.existing.clone();
         let mut rec = enrolled_record(admitted.existing, req.facts, labels, now);
         let problems = validate_labels(&rec.labels, "labels");
         if !problems.is_empty() {
             return Err(NodeError::Invalid(problems));
         }
-        // Claimed first, against what `admit` saw: of two enrolments of one machine id at once
-        // (on two replicas), one gets it and the other changes nothing.
+        let secret = auth::new_secret(&rec.id);
+        rec.secret_sha256 = Some(auth::sha256(&secret));
+        rec.health = Health::Ready;
+        rec.last_heartbeat = Some(now);
+        // Claimed with the node record in one transaction, against what `admit` saw: of two
+        // enrolments of one machine id at once (on two replicas), one gets it and the other
+        // changes nothing.
+        let seen = admitted.machine_was.as_deref();
         if !self
             .store
-            .claim_machine(
-                &rec.facts.machine_id,
-                admitted.machine_was.as_deref(),
-                &rec.id,
-            )
+            .claim_machine(&rec.facts.machine_id, seen, &rec)
             .await?
         {
             return Err(EnrollError::Conflict(format!(
@@ -235,12 +238,17 @@ impl Nodes {
             ))
             .into());
         }
-        self.enrolments.spend(&admitted.credential, now).await?;
-        let secret = auth::new_secret(&rec.id);
-        rec.secret_sha256 = Some(auth::sha256(&secret));
-        rec.health = Health::Ready;
-        rec.last_heartbeat = Some(now);
-        self.store.put_node(&rec).await?;
+        if let Err(e) = self.enrolments.spend(&admitted.credential, now).await {
+            // Not enrolled after all: the mapping and the node as they were.
+            let undo = self
+                .store
+                .unclaim_machine(&rec.facts.machine_id, seen, &rec.id, previous.as_ref())
+                .await;
+            if let Err(u) = undo {
+                tracing::error!(node = %rec.id, error = %u, "undoing a failed enrolment failed");
+            }
+            return Err(e.into());
+        }
         // A grant may move the node to a new machine id: the old one no longer names it.
         if let Some(old) = old_machine.filter(|m| *m != rec.facts.machine_id) {
             if self.store.node_for_machine(&old).await?.as_deref() == Some(rec.id.as_str()) {

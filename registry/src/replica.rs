@@ -167,13 +167,15 @@ pub async fn publish_heartbeats(state: AppState) {
             written_at: Utc::now(),
             nodes: BTreeMap::new(),
         };
-        for (id, ln) in state.all_live() {
+        state.fleet.for_each(|id, ln| {
             let l = ln.lock();
             if l.heard_here.is_some_and(|t| t >= last) {
                 let age = now.duration_since(l.last_seen).as_millis() as u64;
-                batch.nodes.insert(id, (age, l.observed_generation));
+                batch
+                    .nodes
+                    .insert(id.to_string(), (age, l.observed_generation));
             }
-        }
+        });
         last = now;
         let value = serde_json::to_vec(&batch).unwrap_or_default();
         if let Err(e) = state.store.kv().put_session(&key, value).await {

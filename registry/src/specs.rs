@@ -284,16 +284,16 @@ impl Specs {
     ) -> Result<Vec<SpecWrite>> {
         let candidates: Vec<(String, Labels)> = match label_override {
             Some(n) => vec![(n.id.clone(), n.labels.clone())],
-            None => self
-                .fleet
-                .all_live()
-                .into_iter()
-                .filter_map(|(id, ln)| {
+            None => {
+                let mut out = Vec::new();
+                self.fleet.for_each(|id, ln| {
                     let l = ln.lock();
-                    (l.health != Health::Decommissioned && touches(&l.labels))
-                        .then(|| (id, l.labels.clone()))
-                })
-                .collect(),
+                    if l.health != Health::Decommissioned && touches(&l.labels) {
+                        out.push((id.to_string(), l.labels.clone()));
+                    }
+                });
+                out
+            }
         };
         let mut writes = Vec::new();
         let mut problems = Vec::new();

@@ -220,10 +220,6 @@ impl AppState {
         self.fleet.live(id)
     }
 
-    pub fn all_live(&self) -> Vec<(String, Arc<LiveNode>)> {
-        self.fleet.all_live()
-    }
-
     /// Current spec generation of a node (0 when unknown).
     pub fn generation(&self, id: &str) -> u64 {
         self.fleet.generation(id)

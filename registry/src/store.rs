@@ -331,14 +331,16 @@ impl Store {
             .map(|kv| String::from_utf8_lossy(&kv.value).into_owned()))
     }
 
-    /// Points `machines/{machine_id}` at `node_id` if it still names `seen`, the node (or none)
-    /// an enrolment was decided on. False, changing nothing, when another enrolment (on this
-    /// replica or another) changed the mapping meanwhile.
+    /// Points `machines/{machine_id}` at `rec` and stores `rec`, in one transaction, if the
+    /// mapping still names `seen`, the node (or none) an enrolment was decided on. False,
+    /// changing nothing, when another enrolment (on this replica or another) changed the mapping
+    /// meanwhile. A mapping never names a node whose record is not stored yet, so a concurrent
+    /// enrolment of the same machine id sees either nothing or the whole node.
     pub async fn claim_machine(
         &self,
         machine_id: &str,
         seen: Option<&str>,
-        node_id: &str,
+        rec: &NodeRecord,
     ) -> Result<bool> {
         let key = format!("machines/{machine_id}");
         let now = self.kv.get(&key).await?;
@@ -349,18 +351,36 @@ impl Store {
         if value.as_deref() != seen {
             return Ok(false);
         }
-        match self
-            .commit(
-                Txn::new()
-                    .when(key.clone(), rev)
-                    .put(key, node_id.as_bytes()),
-            )
-            .await
-        {
+        let txn = Txn::new()
+            .when(key.clone(), rev)
+            .put(key, rec.id.as_bytes())
+            .put(format!("nodes/{}", rec.id), enc(rec));
+        match self.commit(txn).await {
             Ok(_) => Ok(true),
             Err(StoreError::Stale) => Ok(false),
             Err(e) => Err(e),
         }
+    }
+
+    /// Undoes [`Store::claim_machine`] for an enrolment that failed afterwards: the mapping
+    /// back to `seen` (or none) and the node record back to `previous` (or none).
+    pub async fn unclaim_machine(
+        &self,
+        machine_id: &str,
+        seen: Option<&str>,
+        node_id: &str,
+        previous: Option<&NodeRecord>,
+    ) -> Result<()> {
+        let (key, node_key) = (format!("machines/{machine_id}"), format!("nodes/{node_id}"));
+        let txn = match seen {
+            Some(s) => Txn::new().put(key, s.as_bytes()),
+            None => Txn::new().delete(key),
+        };
+        let txn = match previous {
+            Some(p) => txn.put(node_key, enc(p)),
+            None => txn.delete(node_key),
+        };
+        self.commit(txn).await.map(drop)
     }
 
     pub async fn set_machine(&self, machine_id: &str, node_id: Option<&str>) -> Result<()> {

@@ -124,15 +124,6 @@ impl Fleet {
         }
     }
 
-    pub fn all_live(&self) -> Vec<(String, Arc<LiveNode>)> {
-        self.nodes
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
-    }
-
     pub fn len(&self) -> usize {
         self.nodes.read().unwrap_or_else(|p| p.into_inner()).len()
     }

@@ -364,15 +364,13 @@ impl Rollouts {
     /// The nodes a rollout of `payload` moves: matching, not decommissioned, and whose effective
     /// spec has the payload; in id order.
     async fn targets(&self, selector: &Selector, payload: &str) -> Result<Vec<RolloutNode>> {
-        let mut candidates: Vec<String> = self
-            .fleet
-            .all_live()
-            .into_iter()
-            .filter_map(|(id, ln)| {
-                let l = ln.lock();
-                (l.health != Health::Decommissioned && selector.matches(&l.labels)).then_some(id)
-            })
-            .collect();
+        let mut candidates: Vec<String> = Vec::new();
+        self.fleet.for_each(|id, ln| {
+            let l = ln.lock();
+            if l.health != Health::Decommissioned && selector.matches(&l.labels) {
+                candidates.push(id.to_string());
+            }
+        });
         candidates.sort();
         let mut nodes = Vec::new();
         for id in candidates {

@@ -105,3 +105,43 @@ async fn a_delivery_outcome_is_recorded_once_compared_on_its_revision() {
     assert!(!store.finish_delivery("d1", rev2).await.unwrap());
     assert!(store.deliveries().await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn a_machine_claim_stores_the_node_with_it_and_is_undone_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_embedded(dir.path()).unwrap();
+    let a = NodeRecord::test("node-a");
+    assert!(store.claim_machine("m1", None, &a).await.unwrap());
+    assert_eq!(
+        store.node_for_machine("m1").await.unwrap().as_deref(),
+        Some("node-a")
+    );
+    assert!(store.node("node-a").await.unwrap().is_some());
+    // A second claim decided on "no node" loses and changes nothing.
+    let b = NodeRecord::test("node-b");
+    assert!(!store.claim_machine("m1", None, &b).await.unwrap());
+    assert!(store.node("node-b").await.unwrap().is_none());
+    // A claim over node-a (re-enrolment), then undone: node-a's record and mapping are back.
+    let mut a2 = a.clone();
+    a2.facts.hostname = "renamed".into();
+    assert!(store
+        .claim_machine("m1", Some("node-a"), &a2)
+        .await
+        .unwrap());
+    store
+        .unclaim_machine("m1", Some("node-a"), "node-a", Some(&a))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.node("node-a").await.unwrap().unwrap().facts.hostname,
+        ""
+    );
+    // A new node's claim undone: neither the mapping nor the node is left.
+    assert!(store.claim_machine("m2", None, &b).await.unwrap());
+    store
+        .unclaim_machine("m2", None, "node-b", None)
+        .await
+        .unwrap();
+    assert_eq!(store.node_for_machine("m2").await.unwrap(), None);
+    assert!(store.node("node-b").await.unwrap().is_none());
+}
