@@ -222,31 +222,10 @@ impl Nodes {
         rec.secret_sha256 = Some(auth::sha256(&secret));
         rec.health = Health::Ready;
         rec.last_heartbeat = Some(now);
-        // Claimed with the node record in one transaction, against what `admit` saw: of two
-        // enrolments of one machine id at once (on two replicas), one gets it and the other
-        // changes nothing.
-        let seen = admitted.machine_was.as_deref();
-        if !self
-            .store
-            .claim_machine(&rec.facts.machine_id, seen, &rec)
-            .await?
-        {
-            return Err(EnrollError::Conflict(format!(
-                "machine id {:?} was enrolled by another request at the same moment; try again \
-                 (with this node's secret or a re-enrolment grant if it is now enrolled)",
-                rec.facts.machine_id
-            ))
-            .into());
-        }
+        self.claim(&rec, admitted.machine_was.as_deref()).await?;
         if let Err(e) = self.enrolments.spend(&admitted.credential, now).await {
-            // Not enrolled after all: the mapping and the node as they were.
-            let undo = self
-                .store
-                .unclaim_machine(&rec.facts.machine_id, seen, &rec.id, previous.as_ref())
+            self.unclaim(&rec, admitted.machine_was.as_deref(), previous.as_ref())
                 .await;
-            if let Err(u) = undo {
-                tracing::error!(node = %rec.id, error = %u, "undoing a failed enrolment failed");
-            }
             return Err(e.into());
         }
         // A grant may move the node to a new machine id: the old one no longer names it.
@@ -284,6 +263,37 @@ impl Nodes {
             heartbeat_interval_secs: self.settings.heartbeat_interval.as_secs().max(1),
             rotated,
         })
+    }
+
+    /// Stores `rec` and points its machine id at it, in one transaction, against what `admit`
+    /// saw (`seen`): of two enrolments of one machine id at once (on two replicas), one gets it
+    /// and the other changes nothing (409).
+    async fn claim(&self, rec: &NodeRecord, seen: Option<&str>) -> Result<()> {
+        if self
+            .store
+            .claim_machine(&rec.facts.machine_id, seen, rec)
+            .await?
+        {
+            return Ok(());
+        }
+        Err(EnrollError::Conflict(format!(
+            "machine id {:?} was enrolled by another request at the same moment; try again \
+             (with this node's secret or a re-enrolment grant if it is now enrolled)",
+            rec.facts.machine_id
+        ))
+        .into())
+    }
+
+    /// Not enrolled after all (the credential could not be spent): the mapping and the node
+    /// record as they were.
+    async fn unclaim(&self, rec: &NodeRecord, seen: Option<&str>, previous: Option<&NodeRecord>) {
+        let undo = self
+            .store
+            .unclaim_machine(&rec.facts.machine_id, seen, &rec.id, previous)
+            .await;
+        if let Err(e) = undo {
+            tracing::error!(node = %rec.id, error = %e, "undoing a failed enrolment failed");
+        }
     }
 
     /// The fleet view takes an enrolled node at once (the store watch brings it too, later).

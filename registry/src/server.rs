@@ -202,6 +202,24 @@ pub async fn serve(cfg: RegistryConfig) -> anyhow::Result<()> {
         );
     }
     let app = crate::api::router(state.clone(), cfg.max_body_bytes);
+    listen(&cfg, app, state.metrics.clone()).await?;
+    jobs.abort();
+    batches.abort();
+    health.abort();
+    // Health changes still queued are stored before the process ends.
+    if let Err(e) = state.nodes.store_health().await {
+        tracing::warn!(error = %format!("{e:#}"), "storing the last health changes failed");
+    }
+    Ok(())
+}
+
+/// Listens on `cfg.listen` (HTTP or HTTPS) and serves `app` until a shutdown signal, with the
+/// connection caps fit to the open-file limit.
+async fn listen(
+    cfg: &RegistryConfig,
+    app: axum::Router,
+    metrics: Arc<crate::metrics::Metrics>,
+) -> anyhow::Result<()> {
     let nofile = crate::connections::raise_nofile_limit();
     let max_total = crate::connections::fit_to_nofile(cfg.max_connections, nofile);
     if max_total < cfg.max_connections {
@@ -216,7 +234,7 @@ pub async fn serve(cfg: RegistryConfig) -> anyhow::Result<()> {
     let mut builder =
         hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
     timeouts(&mut builder, cfg.header_read_timeout);
-    let (metrics, grace) = (state.metrics.clone(), std::time::Duration::from_secs(5));
+    let grace = std::time::Duration::from_secs(5);
     let shutdown = async {
         shutdown_signal().await;
         tracing::info!("shutting down");
@@ -255,13 +273,6 @@ pub async fn serve(cfg: RegistryConfig) -> anyhow::Result<()> {
             let l = listener(cfg.listen)?;
             crate::serve::serve(l, acceptor, builder, app, metrics, shutdown, grace).await?;
         }
-    }
-    jobs.abort();
-    batches.abort();
-    health.abort();
-    // Health changes still queued are stored before the process ends.
-    if let Err(e) = state.nodes.store_health().await {
-        tracing::warn!(error = %format!("{e:#}"), "storing the last health changes failed");
     }
     Ok(())
 }
