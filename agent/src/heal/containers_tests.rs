@@ -1,6 +1,8 @@
 use super::*;
+use crate::heal::ladder::Ladder;
 use crate::reconcile::{ObservedConfig, ObservedContainer};
 use steward_proto::PayloadSpec;
+use steward_proto::{WorkloadKind, WorkloadRef};
 
 fn spec(name: &str, restart: RestartPolicy) -> ContainerSpec {
     serde_json::from_value(serde_json::json!({"name": name, "image": "img:1", "restart": restart}))

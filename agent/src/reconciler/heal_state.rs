@@ -2,13 +2,12 @@
 //! rollbacks (loaded from the store on first use, saved when changed), the spec a pass
 //! converges once rollbacks are applied, operator resets, and when the next probe is due.
 
-use std::collections::BTreeMap;
-
 use steward_proto::{NodeSpec, WorkloadRef};
 use tracing::info;
 
 use super::Reconciler;
 use crate::heal::containers::{effective, heal, HealState, Healed};
+use crate::heal::tracker::{restore, Entries};
 use crate::reconcile::Action;
 
 impl Reconciler {
@@ -57,15 +56,10 @@ impl Reconciler {
     pub(super) fn unheal(
         &mut self,
         skipped: &[Action],
-        unhealed: &BTreeMap<String, crate::heal::containers::Entry>,
+        unhealed: &Entries<steward_proto::ContainerSpec>,
     ) {
-        let state = self.heal_state();
-        for name in skipped.iter().filter_map(Action::container) {
-            match unhealed.get(name) {
-                Some(e) => state.containers.insert(name.to_string(), e.clone()),
-                None => state.containers.remove(name),
-            };
-        }
+        let names = skipped.iter().filter_map(Action::container);
+        restore(&mut self.heal_state().containers, unhealed, names);
     }
 
     /// Walks the failing containers' ladders, rewriting `plan`.

@@ -390,12 +390,8 @@ impl Vms {
             .await
         {
             // Steps not taken are neither counted on the ladders nor waited for.
-            for name in actions[i..].iter().map(VmAction::name) {
-                match unhealed.get(name) {
-                    Some(e) => heal.insert(name.to_string(), e.clone()),
-                    None => heal.remove(name),
-                };
-            }
+            let skipped = actions[i..].iter().map(VmAction::name);
+            crate::heal::tracker::restore(heal, &unhealed, skipped);
         }
         self.reattach_taps(&launches, &failed, pass).await;
         let out = self.statuses(spec, &verdicts, &failed, &seen, &healed);
