@@ -125,7 +125,6 @@ pub async fn run(
         &cfg.data_dir,
         Some(store.clone()),
         Some(client.clone()),
-        identity.node_id.clone(),
     ))
     .with_vms(cfg.vms.clone());
     let recon = tokio::spawn(reconcile_loop(

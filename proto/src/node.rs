@@ -295,6 +295,14 @@ impl WorkloadKind {
         Self::ALL.into_iter().find(|k| k.as_str() == s)
     }
 
+    /// Its name in a sentence's first word: `Container`, `VM`.
+    pub fn title(self) -> &'static str {
+        match self {
+            WorkloadKind::Container => "Container",
+            WorkloadKind::Vm => "VM",
+        }
+    }
+
     /// The kind of resource a workload of this kind is reported as.
     pub fn resource(self) -> ResourceKind {
         match self {

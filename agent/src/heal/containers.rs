@@ -31,17 +31,6 @@ impl WorkloadSpec for ContainerSpec {
     }
 }
 
-/// The containers to converge: the spec's, except those rolled back, which keep their last
-/// healthy configuration until their spec (or a payload they restart on) changes again (then
-/// the rollback is forgotten). `payloads` are the spec's.
-pub fn effective(
-    state: &mut HealState,
-    desired: &[ContainerSpec],
-    payloads: &[PayloadSpec],
-) -> Vec<ContainerSpec> {
-    super::tracker::effective(&mut state.containers, desired, payloads)
-}
-
 /// Why `o` counts as failing now, if it does.
 fn failure(
     c: &ContainerSpec,

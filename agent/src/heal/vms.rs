@@ -49,16 +49,6 @@ pub struct VmSeen {
     pub start_failed: Option<String>,
 }
 
-/// The VMs to converge: the spec's, with rolled-back ones at their last healthy configuration
-/// (`payloads` are the spec's).
-pub fn effective(
-    entries: &mut Entries<VmSpec>,
-    desired: &[VmSpec],
-    payloads: &[PayloadSpec],
-) -> Vec<VmSpec> {
-    super::tracker::effective(entries, desired, payloads)
-}
-
 /// The pass being healed.
 pub struct Pass<'a> {
     /// The effective VMs of the pass.
