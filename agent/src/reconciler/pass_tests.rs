@@ -72,6 +72,16 @@ containers: [{name: web, image: 'busybox:1'}]
 vms: [{name: vm1, image: /base.qcow2, cpus: 1, memory: 256Mi}]
 ";
 
+const WEB_CFG: &str = "
+payloads: [{name: cfg, version: '1', path: /srv/cfg, on_change: {restart_containers: [web]}}]
+containers: [{name: web, image: 'busybox:1'}]
+";
+
+const WEB_CFG2: &str = "
+payloads: [{name: cfg, version: '2', path: /srv/cfg, on_change: {restart_containers: [web]}}]
+containers: [{name: web, image: 'busybox:1'}]
+";
+
 const WEB_GOOD: &str = "containers: [{name: web, image: 'good:1'}]";
 const WEB_BAD: &str = "containers: [{name: web, image: 'bad:2'}]";
 
@@ -139,6 +149,36 @@ fn rows() -> Vec<(&'static str, Vec<Step>)> {
                         "deploy payload cfg@2",
                         "restart vm vm1",
                         "vm vm1",
+                        "network deletions",
+                    ],
+                    check: all_converged,
+                },
+            ],
+        ),
+        (
+            "a payload change restarts the containers that restart on it, before their pass",
+            vec![
+                Step {
+                    spec: WEB_CFG,
+                    before: nothing,
+                    newer_arrived: false,
+                    journal: &[
+                        "networks",
+                        "deploy payload cfg@1",
+                        "pull busybox:1",
+                        "create web busybox:1",
+                        "network deletions",
+                    ],
+                    check: all_converged,
+                },
+                Step {
+                    spec: WEB_CFG2,
+                    before: nothing,
+                    newer_arrived: false,
+                    journal: &[
+                        "networks",
+                        "deploy payload cfg@2",
+                        "restart web",
                         "network deletions",
                     ],
                     check: all_converged,
