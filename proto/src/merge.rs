@@ -3,6 +3,7 @@
 //! A resource (same kind, same name) defined by two sources is a conflict naming both; there is
 //! no precedence between sources, so the merge is independent of fragment order.
 
+use crate::node::WorkloadKind;
 use crate::spec::NodeSpec;
 use crate::validate::Problem;
 use std::collections::BTreeMap;
@@ -52,19 +53,12 @@ pub fn merge_specs<'a>(parts: &[(Source<'a>, &NodeSpec)]) -> Result<NodeSpec, Ve
             Source::Node => String::new(),
             Source::Fragment(n) => format!("fragments[{n}]."),
         };
-        for (i, c) in spec.containers.iter().enumerate() {
-            if claim(
-                "container",
-                c.name.clone(),
-                format!("{prefix}containers[{i}].name"),
-                src,
-            ) {
-                out.containers.push(c.clone());
-            }
-        }
-        for (i, v) in spec.vms.iter().enumerate() {
-            if claim("vm", v.name.clone(), format!("{prefix}vms[{i}].name"), src) {
-                out.vms.push(v.clone());
+        for kind in WorkloadKind::ALL {
+            for (i, name) in spec.workload_names(kind).into_iter().enumerate() {
+                let f = format!("{prefix}{}[{i}].name", kind.field());
+                if claim(kind.as_str(), name.to_string(), f, src) {
+                    out.push_workload(spec, kind, i);
+                }
             }
         }
         for (i, p) in spec.payloads.iter().enumerate() {

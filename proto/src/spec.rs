@@ -43,6 +43,16 @@ impl NodeSpec {
             crate::node::WorkloadKind::Vm => self.vms.iter().map(|v| v.name.as_str()).collect(),
         }
     }
+
+    /// Appends `from`'s workload of `kind` at index `i` (by [`NodeSpec::workload_names`]).
+    pub fn push_workload(&mut self, from: &NodeSpec, kind: crate::node::WorkloadKind, i: usize) {
+        match kind {
+            crate::node::WorkloadKind::Container => {
+                self.containers.push(from.containers[i].clone())
+            }
+            crate::node::WorkloadKind::Vm => self.vms.push(from.vms[i].clone()),
+        }
+    }
 }
 
 /// Host networks: VLAN interfaces, bridges (with ports and VLAN membership) and lab shorthands.

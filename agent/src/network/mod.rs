@@ -35,7 +35,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use ipnet::{IpNet, Ipv4Net};
-use steward_proto::{NodeSpec, ResourceKind, ResourceState, ResourceStatus};
+use steward_proto::{NodeSpec, ResourceKind, ResourceState, ResourceStatus, WorkloadKind};
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::pass::Pass;
@@ -46,7 +46,8 @@ pub use error::NetworkError;
 pub use events::EventFeed;
 use types::{LinkKind, LinkRecord, NetAction, NetObserved, NetState};
 
-/// Lab leases: bridge -> consumer (`container:<name>`, `vm:<name>/<nic>`) -> address.
+/// Lab leases: bridge -> consumer (a workload's `lab::lease_key`: `container:<name>`,
+/// `vm:<name>/<nic>`) -> address.
 pub type Leases = BTreeMap<String, BTreeMap<String, IpAddr>>;
 
 impl Record for Leases {
@@ -206,14 +207,19 @@ impl Networks {
             let consumers = lab::consumers(spec, &l.bridge);
             let empty = BTreeMap::new();
             let (got, errors) = lab::assign(l, &consumers, before.get(&l.bridge).unwrap_or(&empty));
+            let container = |key: &str| {
+                lab::lease_holder(key)
+                    .filter(|w| w.kind == WorkloadKind::Container)
+                    .map(|w| w.name)
+            };
             for (c, ip) in &got {
-                if let Some(name) = c.strip_prefix("container:") {
-                    out.container_ips.insert(name.to_string(), *ip);
+                if let Some(name) = container(c) {
+                    out.container_ips.insert(name, *ip);
                 }
             }
             for (c, why) in errors {
-                if let Some(name) = c.strip_prefix("container:") {
-                    out.container_errors.insert(name.to_string(), why);
+                if let Some(name) = container(&c) {
+                    out.container_errors.insert(name, why);
                 }
             }
             if !got.is_empty() {

@@ -8,10 +8,9 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use steward_proto::{NodeSpec, ResourceKind, ResourceState, ResourceStatus, WorkloadKind};
+use steward_proto::{NodeSpec, ResourceState, ResourceStatus, WorkloadKind, WorkloadRef};
 use tracing::{info, info_span, warn, Instrument};
 
-use super::resource;
 use crate::docker::engine::ContainerEngine;
 use crate::docker::DockerError;
 use crate::heal::containers::heal;
@@ -82,7 +81,8 @@ impl Containers {
             statuses: (spec.containers.iter())
                 .map(|c| {
                     let why = Some(why.clone());
-                    resource(ResourceKind::Container, &c.name, ResourceState::Failed, why)
+                    let w = WorkloadRef::new(WorkloadKind::Container, &c.name);
+                    ResourceStatus::of_workload(&w, ResourceState::Failed, why)
                 })
                 .collect(),
             rolled_back: false,
@@ -271,8 +271,7 @@ impl Containers {
             },
         };
         let outcome = Outcome {
-            kind: ResourceKind::Container,
-            name,
+            workload: WorkloadRef::new(WorkloadKind::Container, name),
             pass,
             health: seen.health.get(name).map(String::as_str),
             probe_error: self.probes.last_error(name),

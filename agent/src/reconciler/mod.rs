@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use steward_proto::{
-    NodeSpec, NodeStatus, ResourceKind, ResourceState, ResourceStatus, WorkloadKind,
+    NodeSpec, NodeStatus, ResourceState, ResourceStatus, WorkloadKind, WorkloadRef,
 };
 use tracing::{info, info_span, warn, Instrument};
 
@@ -70,15 +70,6 @@ pub fn status_digest(s: &NodeStatus) -> String {
         serde_json::to_vec(&copy).unwrap_or_default(),
     ))[..32]
         .to_string()
-}
-
-fn resource(
-    kind: ResourceKind,
-    name: &str,
-    state: ResourceState,
-    error: Option<String>,
-) -> ResourceStatus {
-    ResourceStatus::new(kind, name, state, error)
 }
 
 impl Reconciler {
@@ -285,12 +276,8 @@ impl Reconciler {
             if self.workloads.iter().all(|p| p.kind() != kind) {
                 let why = format!("{}s are not enabled in this agent", kind.title());
                 out.extend(spec.workload_names(kind).into_iter().map(|name| {
-                    resource(
-                        kind.resource(),
-                        name,
-                        ResourceState::Failed,
-                        Some(why.clone()),
-                    )
+                    let w = WorkloadRef::new(kind, name);
+                    ResourceStatus::of_workload(&w, ResourceState::Failed, Some(why.clone()))
                 }));
             }
         }

@@ -25,7 +25,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use steward_proto::{NodeSpec, ResourceKind, ResourceState, ResourceStatus, VmSpec, WorkloadKind};
+use steward_proto::{
+    NodeSpec, ResourceKind, ResourceState, ResourceStatus, VmSpec, WorkloadKind, WorkloadRef,
+};
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::heal::status::Healed;
@@ -412,8 +414,7 @@ impl Vms {
             let seen_now = seen.get(&v.name);
             let rec = p.load().filter(|r| r.node == self.node);
             let outcome = crate::heal::status::Outcome {
-                kind: ResourceKind::Vm,
-                name: &v.name,
+                workload: WorkloadRef::new(WorkloadKind::Vm, &v.name),
                 pass: (state, error),
                 health: seen_now.and_then(|s| s.health.as_deref()),
                 probe_error: seen_now.and_then(|s| s.probe_error.as_deref()),
