@@ -139,7 +139,7 @@ impl Reconciler {
 
     /// The drivers a pass goes through, replaced by in-memory fakes (the pass's unit tests).
     #[cfg(test)]
-    pub(crate) fn with_drivers(mut self, d: fakes::Drivers) -> Self {
+    fn with_drivers(mut self, d: fakes::Drivers) -> Self {
         self.engine = EngineSlot::new(d.connector);
         self.networks = d.networks;
         self.payloads = d.payloads;
