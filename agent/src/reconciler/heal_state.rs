@@ -1,6 +1,7 @@
-//! The reconciler's self-healing state: the containers' and VMs' escalation ladders and
-//! rollbacks (loaded from the store on first use, saved when changed), the spec a pass
-//! converges once rollbacks are applied, operator resets, and when the next probe is due.
+//! The reconciler's self-healing state: every workload's escalation ladder and rollback (the
+//! heal tracker's `HealState`, loaded from the store on first use, saved when changed), the
+//! spec a pass converges once rollbacks are applied, operator resets, and when the next probe
+//! of any registered kind is due.
 
 use steward_proto::{NodeSpec, WorkloadRef};
 use tracing::info;
