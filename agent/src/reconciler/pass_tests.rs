@@ -28,6 +28,18 @@ struct Step {
 
 fn nothing(_: &FakeEngine) {}
 
+/// What a row's pass has unless it says otherwise: nothing played before it, no newer
+/// generation, nothing asked, everything converged.
+fn plain() -> Step {
+    Step {
+        spec: "",
+        before: nothing,
+        newer_arrived: false,
+        journal: &[],
+        check: all_converged,
+    }
+}
+
 fn state_of(st: Option<&NodeStatus>, kind: ResourceKind, name: &str) -> Option<ResourceState> {
     st?.resources
         .iter()
@@ -89,8 +101,6 @@ const WEB_BAD: &str = "containers: [{name: web, image: 'bad:2'}]";
 fn full_first() -> Step {
     Step {
         spec: FULL,
-        before: nothing,
-        newer_arrived: false,
         journal: &[
             "networks",
             "deploy payload cfg@1",
@@ -99,7 +109,7 @@ fn full_first() -> Step {
             "vm vm1",
             "network deletions",
         ],
-        check: all_converged,
+        ..plain()
     }
 }
 
@@ -108,14 +118,13 @@ fn web_good_first(before: fn(&FakeEngine)) -> Step {
     Step {
         spec: WEB_GOOD,
         before,
-        newer_arrived: false,
         journal: &[
             "networks",
             "pull good:1",
             "create web good:1",
             "network deletions",
         ],
-        check: all_converged,
+        ..plain()
     }
 }
 
@@ -123,10 +132,8 @@ fn web_good_first(before: fn(&FakeEngine)) -> Step {
 fn web_good_again() -> Step {
     Step {
         spec: WEB_GOOD,
-        before: nothing,
-        newer_arrived: false,
         journal: &["networks", "network deletions"],
-        check: all_converged,
+        ..plain()
     }
 }
 
@@ -142,8 +149,6 @@ fn rows() -> Vec<(&'static str, Vec<Step>)> {
                 full_first(),
                 Step {
                     spec: FULL_CFG2,
-                    before: nothing,
-                    newer_arrived: false,
                     journal: &[
                         "networks",
                         "deploy payload cfg@2",
@@ -151,7 +156,7 @@ fn rows() -> Vec<(&'static str, Vec<Step>)> {
                         "vm vm1",
                         "network deletions",
                     ],
-                    check: all_converged,
+                    ..plain()
                 },
             ],
         ),
@@ -160,8 +165,6 @@ fn rows() -> Vec<(&'static str, Vec<Step>)> {
             vec![
                 Step {
                     spec: WEB_CFG,
-                    before: nothing,
-                    newer_arrived: false,
                     journal: &[
                         "networks",
                         "deploy payload cfg@1",
@@ -169,19 +172,17 @@ fn rows() -> Vec<(&'static str, Vec<Step>)> {
                         "create web busybox:1",
                         "network deletions",
                     ],
-                    check: all_converged,
+                    ..plain()
                 },
                 Step {
                     spec: WEB_CFG2,
-                    before: nothing,
-                    newer_arrived: false,
                     journal: &[
                         "networks",
                         "deploy payload cfg@2",
                         "restart web",
                         "network deletions",
                     ],
-                    check: all_converged,
+                    ..plain()
                 },
             ],
         ),
@@ -193,7 +194,6 @@ fn rows() -> Vec<(&'static str, Vec<Step>)> {
                 Step {
                     spec: WEB_GOOD,
                     before: |e| crash(e, "web"),
-                    newer_arrived: false,
                     journal: &["networks", "restart web", "network deletions"],
                     check: |st| {
                         let web = web_status(st)?;
@@ -211,6 +211,7 @@ fn rows() -> Vec<(&'static str, Vec<Step>)> {
                             _ => Err(format!("web: {web:?}")),
                         }
                     },
+                    ..plain()
                 },
             ],
         ),
@@ -221,8 +222,6 @@ fn rows() -> Vec<(&'static str, Vec<Step>)> {
                 web_good_again(),
                 Step {
                     spec: WEB_BAD,
-                    before: nothing,
-                    newer_arrived: false,
                     journal: &[
                         "networks",
                         "pull bad:2",
@@ -231,11 +230,10 @@ fn rows() -> Vec<(&'static str, Vec<Step>)> {
                         "network deletions",
                     ],
                     check: |_| Ok(()),
+                    ..plain()
                 },
                 Step {
                     spec: WEB_BAD,
-                    before: nothing,
-                    newer_arrived: false,
                     journal: &[
                         "networks",
                         "remove web",
@@ -251,6 +249,7 @@ fn rows() -> Vec<(&'static str, Vec<Step>)> {
                             _ => Err(format!("web not rolled back: {web:?}")),
                         }
                     },
+                    ..plain()
                 },
             ],
         ),
@@ -261,7 +260,6 @@ fn rows() -> Vec<(&'static str, Vec<Step>)> {
                 Step {
                     spec: FULL,
                     before: |e| e.offline.store(true, Ordering::SeqCst),
-                    newer_arrived: false,
                     journal: &["networks", "vm vm1", "network deletions"],
                     check: |st| {
                         match state_of(st, ResourceKind::Container, "web") {
@@ -273,14 +271,15 @@ fn rows() -> Vec<(&'static str, Vec<Step>)> {
                             s => Err(format!("vm1 is {s:?}")),
                         }
                     },
+                    ..plain()
                 },
                 Step {
                     spec: FULL,
                     before: |e| e.offline.store(false, Ordering::SeqCst),
-                    newer_arrived: false,
                     // The container was never removed: back online, nothing to do.
                     journal: &["networks", "vm vm1", "network deletions"],
                     check: all_converged,
+                    ..plain()
                 },
             ],
         ),
@@ -288,13 +287,13 @@ fn rows() -> Vec<(&'static str, Vec<Step>)> {
             "a pass a newer spec has overtaken stops before its next action and reports nothing",
             vec![Step {
                 spec: FULL,
-                before: nothing,
                 newer_arrived: true,
                 journal: &["networks", "network deletions"],
                 check: |st| match st {
                     None => Ok(()),
                     Some(_) => Err("a superseded pass reported a status".into()),
                 },
+                ..plain()
             }],
         ),
     ]
