@@ -136,8 +136,7 @@ pub fn local_reconciler(cfg: &AgentConfig) -> anyhow::Result<(Reconciler, Paths)
     let node_id = identity
         .map(|i| i.node_id)
         .unwrap_or_else(|| "local".into());
-    let payloads =
-        crate::payload::Payloads::new(&cfg.data_dir, Some(store.clone()), None, node_id.clone());
+    let payloads = crate::payload::Payloads::new(&cfg.data_dir, Some(store.clone()), None);
     let rec = Reconciler::new(cfg.docker_socket.clone(), cfg.policy.clone(), node_id)
         .with_networks(cfg.lab_cidr_template.clone(), Some(store.clone()), registry)
         .with_payloads(payloads)

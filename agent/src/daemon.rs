@@ -125,7 +125,6 @@ pub async fn run(
         &cfg.data_dir,
         Some(store.clone()),
         Some(client.clone()),
-        identity.node_id.clone(),
     ))
     .with_vms(cfg.vms.clone());
     let recon = tokio::spawn(reconcile_loop(
@@ -295,7 +294,7 @@ struct LoopLink {
 }
 
 /// Workload resets asked by the registry, waiting for the reconcile loop.
-pub(crate) type Resets = Arc<std::sync::Mutex<Vec<WorkloadRef>>>;
+type Resets = Arc<std::sync::Mutex<Vec<WorkloadRef>>>;
 
 /// The workloads a heartbeat's answer resets: a name alone (older registries, or a reset asked
 /// without a kind) names every kind's workload of that name.

@@ -17,3 +17,4 @@ pub mod standalone;
 pub mod store;
 pub mod vm;
 pub mod watchdog;
+pub mod workload;

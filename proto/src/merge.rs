@@ -3,6 +3,7 @@
 //! A resource (same kind, same name) defined by two sources is a conflict naming both; there is
 //! no precedence between sources, so the merge is independent of fragment order.
 
+use crate::node::WorkloadKind;
 use crate::spec::NodeSpec;
 use crate::validate::Problem;
 use std::collections::BTreeMap;
@@ -52,19 +53,12 @@ pub fn merge_specs<'a>(parts: &[(Source<'a>, &NodeSpec)]) -> Result<NodeSpec, Ve
             Source::Node => String::new(),
             Source::Fragment(n) => format!("fragments[{n}]."),
         };
-        for (i, c) in spec.containers.iter().enumerate() {
-            if claim(
-                "container",
-                c.name.clone(),
-                format!("{prefix}containers[{i}].name"),
-                src,
-            ) {
-                out.containers.push(c.clone());
-            }
-        }
-        for (i, v) in spec.vms.iter().enumerate() {
-            if claim("vm", v.name.clone(), format!("{prefix}vms[{i}].name"), src) {
-                out.vms.push(v.clone());
+        for kind in WorkloadKind::ALL {
+            for (i, name) in spec.workload_names(kind).into_iter().enumerate() {
+                let f = format!("{prefix}{}[{i}].name", kind.field());
+                if claim(kind.as_str(), name.to_string(), f, src) {
+                    out.push_workload(spec, kind, i);
+                }
             }
         }
         for (i, p) in spec.payloads.iter().enumerate() {
@@ -140,5 +134,40 @@ mod tests {
         let own = spec("networks: {bridges: [{name: br1}]}");
         let frag = spec("networks: {vlans: [{name: br1, parent: eth0, id: 5}]}");
         assert!(merge_specs(&[(Source::Node, &own), (Source::Fragment("f"), &frag)]).is_err());
+    }
+
+    #[test]
+    fn workloads_of_every_kind_merge_and_a_container_and_a_vm_may_share_a_name() {
+        let own = spec("containers: [{name: web, image: nginx}]");
+        let vm = "vms: [{name: web, image: /b.qcow2, cpus: 1, memory: 256Mi}, \
+                  {name: db, image: /b.qcow2, cpus: 1, memory: 256Mi}]";
+        let frag = spec(vm);
+        let m = merge_specs(&[(Source::Node, &own), (Source::Fragment("f"), &frag)]).unwrap();
+        assert_eq!(m.workload_names(WorkloadKind::Container), ["web"]);
+        assert_eq!(m.workload_names(WorkloadKind::Vm), ["web", "db"]);
+        let again = spec(vm);
+        let errs =
+            merge_specs(&[(Source::Node, &frag), (Source::Fragment("g"), &again)]).unwrap_err();
+        assert_eq!(errs[0].field, "fragments[g].vms[0].name");
+        assert!(errs[0].reason.starts_with("vm \"web\" is defined by both"));
+    }
+
+    #[test]
+    fn statuses_and_on_change_name_workloads() {
+        use crate::node::{ResourceKind, ResourceState, ResourceStatus, WorkloadRef};
+        let w = WorkloadRef::new(WorkloadKind::Vm, "db");
+        let st = ResourceStatus::of_workload(&w, ResourceState::Converged, None);
+        assert_eq!(
+            (st.kind, st.workload()),
+            (ResourceKind::Vm, Some(w.clone()))
+        );
+        let net = ResourceStatus::new(ResourceKind::Network, "br0", ResourceState::Converged, None);
+        assert_eq!(net.workload(), None);
+        let oc = crate::spec::OnChange {
+            restart_containers: vec!["web".into()],
+            restart_vms: vec!["db".into()],
+        };
+        let web = WorkloadRef::new(WorkloadKind::Container, "web");
+        assert_eq!(oc.workloads().collect::<Vec<_>>(), [web, w]);
     }
 }

@@ -295,6 +295,22 @@ impl WorkloadKind {
         Self::ALL.into_iter().find(|k| k.as_str() == s)
     }
 
+    /// The list of a `NodeSpec` holding workloads of this kind: `containers`, `vms`.
+    pub fn field(self) -> &'static str {
+        match self {
+            WorkloadKind::Container => "containers",
+            WorkloadKind::Vm => "vms",
+        }
+    }
+
+    /// Its name in a sentence's first word: `Container`, `VM`.
+    pub fn title(self) -> &'static str {
+        match self {
+            WorkloadKind::Container => "Container",
+            WorkloadKind::Vm => "VM",
+        }
+    }
+
     /// The kind of resource a workload of this kind is reported as.
     pub fn resource(self) -> ResourceKind {
         match self {
@@ -366,6 +382,19 @@ pub struct RolledBack {
 }
 
 impl ResourceStatus {
+    /// The status of workload `w`, with no restarts, escalation, detail or rollback.
+    pub fn of_workload(w: &WorkloadRef, state: ResourceState, error: Option<String>) -> Self {
+        Self::new(w.kind.resource(), &w.name, state, error)
+    }
+
+    /// The workload it is the status of, when it is one's.
+    pub fn workload(&self) -> Option<WorkloadRef> {
+        let kind = WorkloadKind::ALL
+            .into_iter()
+            .find(|k| k.resource() == self.kind)?;
+        Some(WorkloadRef::new(kind, &self.name))
+    }
+
     /// A status with no restarts, escalation, detail or rollback.
     pub fn new(
         kind: ResourceKind,

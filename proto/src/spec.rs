@@ -33,6 +33,26 @@ impl NodeSpec {
             && self.vms.is_empty()
             && self.payloads.is_empty()
     }
+
+    /// The names of the spec's workloads of `kind`.
+    pub fn workload_names(&self, kind: crate::node::WorkloadKind) -> Vec<&str> {
+        match kind {
+            crate::node::WorkloadKind::Container => {
+                self.containers.iter().map(|c| c.name.as_str()).collect()
+            }
+            crate::node::WorkloadKind::Vm => self.vms.iter().map(|v| v.name.as_str()).collect(),
+        }
+    }
+
+    /// Appends `from`'s workload of `kind` at index `i` (by [`NodeSpec::workload_names`]).
+    pub fn push_workload(&mut self, from: &NodeSpec, kind: crate::node::WorkloadKind, i: usize) {
+        match kind {
+            crate::node::WorkloadKind::Container => {
+                self.containers.push(from.containers[i].clone())
+            }
+            crate::node::WorkloadKind::Vm => self.vms.push(from.vms[i].clone()),
+        }
+    }
 }
 
 /// Host networks: VLAN interfaces, bridges (with ports and VLAN membership) and lab shorthands.
@@ -352,6 +372,15 @@ impl OnChange {
             crate::node::WorkloadKind::Container => &self.restart_containers,
             crate::node::WorkloadKind::Vm => &self.restart_vms,
         }
+    }
+
+    /// Every workload this payload restarts when it changes, whatever its kind.
+    pub fn workloads(&self) -> impl Iterator<Item = crate::node::WorkloadRef> + '_ {
+        crate::node::WorkloadKind::ALL
+            .into_iter()
+            .flat_map(move |kind| {
+                (self.restarts(kind).iter()).map(move |n| crate::node::WorkloadRef::new(kind, n))
+            })
     }
 }
 

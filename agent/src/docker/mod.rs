@@ -4,6 +4,7 @@
 //! no bollard type appears in a public signature.
 
 mod create;
+pub mod engine;
 mod error;
 mod network;
 

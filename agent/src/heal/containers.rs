@@ -1,122 +1,41 @@
 //! The container side of self-healing, pure: finds failing managed containers (restarted by
-//! Docker since the last pass, stopped against their restart policy, or unhealthy), walks each
-//! one's ladder, and rewrites the plan with the ladder's step; a container at the top is stopped
-//! and kept stopped until its spec changes. It also remembers each container's last healthy
-//! configuration and rolls a spec change that keeps failing past the grace period back to it
-//! ([`effective`] then keeps the old configuration until the spec changes again). The
-//! reconciler stores [`HealState`] so a restart of the agent forgets neither.
+//! Docker since the last pass, stopped against their restart policy, or unhealthy), puts each
+//! through the heal tracker (`tracker.rs`: ladder, rollback) and rewrites the plan with its
+//! step — a restart, a recreate, a recreate at the last healthy configuration (a rollback;
+//! [`effective`] then keeps the old configuration until the spec changes again) or, at the top
+//! of the ladder, a stop that holds until its spec changes. The container rules: restart →
+//! recreate.
 
-use std::collections::{BTreeMap, BTreeSet};
+use steward_proto::{ContainerSpec, PayloadSpec, RestartPolicy, WorkloadKind};
 
-use serde::{Deserialize, Serialize};
-use steward_proto::{
-    ContainerSpec, Escalation, PayloadSpec, RestartPolicy, WorkloadKind, WorkloadRef,
-};
-
-use super::ladder::{Decision, Ladder, LadderPolicy, Rung, CONTAINER_RUNGS};
-use super::rollback::{config_hash, payloads_of, Track};
-use super::state::{escalation_of, verdict};
+use super::ladder::{Decision, LadderPolicy, Rung};
+use super::state::verdict;
 pub use super::status::Healed;
+use super::tracker::{Config, Rules, Step, WorkloadSpec};
+pub use super::tracker::{Entry, HealState};
 use crate::reconcile::plan::spec_hash;
 use crate::reconcile::{Action, Observed, Plan};
 
-/// One container's ladder and what it was last seen as.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Entry {
-    pub ladder: Ladder,
-    /// The spec the ladder is about: another spec starts a fresh ladder.
-    pub spec_hash: String,
-    pub container_id: String,
-    /// Docker's restart count of `container_id` at the last pass.
-    pub restart_count: u32,
-    /// Last healthy configuration and rollback (stored in the same JSON object).
-    #[serde(flatten)]
-    pub track: Track<ContainerSpec>,
-}
-
-/// Every managed container's ladder (stored as `state/heal.json`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct HealState {
-    pub containers: BTreeMap<String, Entry>,
-    /// The VMs' ladders and rollbacks (`vms.rs`).
-    #[serde(default)]
-    pub vms: BTreeMap<String, super::vms::VmEntry>,
-}
-
-impl crate::store::Record for HealState {
-    const KEY: &'static str = "heal";
-}
-
-impl HealState {
-    /// An operator's reset of one workload: its ladder back to the bottom, its rollback
-    /// dropped. False when it had no entry.
-    pub fn reset(&mut self, w: &WorkloadRef) -> bool {
-        match w.kind {
-            WorkloadKind::Container => self.containers.get_mut(&w.name).map(|e| {
-                e.ladder.reset();
-                e.track.reset();
-            }),
-            WorkloadKind::Vm => self.vms.get_mut(&w.name).map(|e| {
-                e.ladder.reset();
-                e.track.reset();
-            }),
-        }
-        .is_some()
+impl WorkloadSpec for ContainerSpec {
+    const KIND: WorkloadKind = WorkloadKind::Container;
+    const RULES: Rules = Rules {
+        rungs: &[Rung::Restart, Rung::Recreate],
+        gave_up: "restarts and recreates did not help, so it is stopped until its spec changes",
+        names_failure: true,
+    };
+    fn name(&self) -> &str {
+        &self.name
     }
-
-    /// The payload versions the rollbacks in force hold their workloads' payloads at.
-    pub fn payloads_in_force(&self) -> Vec<PayloadSpec> {
-        let containers = self
-            .containers
-            .values()
-            .map(|e| e.track.payloads_in_force());
-        let vms = self.vms.values().map(|e| e.track.payloads_in_force());
-        containers.chain(vms).flatten().cloned().collect()
+    fn rollback_allowed(&self) -> bool {
+        self.rollback
     }
-
-    /// The sha256 of every payload a workload last ran healthy with: what a rollback may need
-    /// again, so the blob cache keeps them.
-    pub fn healthy_blobs(&self) -> BTreeSet<String> {
-        let containers = self.containers.values().map(|e| &e.track.last_healthy);
-        let vms = self.vms.values().map(|e| &e.track.last_healthy);
-        containers
-            .flat_map(|h| h.iter().flat_map(|h| &h.payloads))
-            .chain(vms.flat_map(|h| h.iter().flat_map(|h| &h.payloads)))
-            .filter_map(|p| p.sha256.clone())
-            .collect()
-    }
-}
-
-/// The containers to converge: the spec's, except those rolled back, which keep their last
-/// healthy configuration until their spec (or a payload they restart on) changes again (then
-/// the rollback is forgotten). `payloads` are the spec's.
-pub fn effective(
-    state: &mut HealState,
-    desired: &[ContainerSpec],
-    payloads: &[PayloadSpec],
-) -> Vec<ContainerSpec> {
-    desired
-        .iter()
-        .map(|c| match state.containers.get_mut(&c.name) {
-            Some(e) => {
-                let config =
-                    config_hash(c, &payloads_of(payloads, WorkloadKind::Container, &c.name));
-                e.track.effective(c, &config)
-            }
-            None => c.clone(),
-        })
-        .collect()
-}
-
-fn escalation(l: &Ladder) -> Escalation {
-    escalation_of(l, CONTAINER_RUNGS)
 }
 
 /// Why `o` counts as failing now, if it does.
 fn failure(
     c: &ContainerSpec,
     o: &crate::reconcile::ObservedContainer,
-    e: &Entry,
+    e: &Entry<ContainerSpec>,
 ) -> Option<String> {
     if o.restart_count > e.restart_count {
         return Some(format!(
@@ -180,116 +99,79 @@ pub fn heal(
                 ..Entry::default()
             };
         }
-        if e.container_id != o.id {
+        if e.instance != o.id {
             // A new container (created, recreated): its restarts count from here.
-            e.container_id = o.id.clone();
+            e.instance = o.id.clone();
             e.restart_count = o.restart_count;
         }
         let why = failure(c, o, e);
-        let mine = payloads_of(payloads, WorkloadKind::Container, &c.name);
-        let config = config_hash(c, &mine);
+        let config = Config::of(c, payloads, generation);
         e.restart_count = o.restart_count;
         let ours = |a: &Action| a.container() == Some(c.name.as_str());
-        if e.ladder.failed(CONTAINER_RUNGS) {
+        let mut climbed = None;
+        if e.failed() {
             // Kept stopped: nothing the planner wanted for it (a start) happens.
             plan.actions.retain(|a| !ours(a));
-            if o.running {
-                plan.actions.push(Action::Stop {
-                    name: c.name.clone(),
-                    id: o.id.clone(),
-                });
-            }
+            plan.actions.extend(stop(c, o));
         } else if let Some(why) = why {
-            let back = e.track.failing(
-                &config,
-                c.rollback,
-                generation,
-                &why,
-                policy.rollback_grace,
-                now,
-            );
-            if let Some((h, failing_for)) = back {
-                plan.actions.retain(|a| !ours(a));
-                plan.actions.push(Action::Recreate {
-                    hash: spec_hash(&h.spec),
-                    spec: h.spec,
-                    old_id: o.id.clone(),
-                    reason: format!(
-                        "rollback to generation {}: generation {generation} failing for \
-                         {failing_for}s ({why})",
-                        h.generation
-                    ),
-                });
-                e.ladder.reset();
-                if let Some(rb) = e.track.reported() {
-                    out.rolled_back.insert(c.name.clone(), rb);
-                }
-                out.rolled_back_now.push(c.name.clone());
-                continue;
-            }
-            let decision = e.ladder.on_failure(CONTAINER_RUNGS, policy, now);
             plan.actions.retain(|a| !ours(a));
-            match decision {
-                Decision::Act(Rung::Restart) | Decision::Act(Rung::Reset) => {
-                    plan.actions.push(Action::Restart {
-                        name: c.name.clone(),
-                        id: o.id.clone(),
-                    })
+            match e.on_failure(&config, &why, policy, now) {
+                Step::RollBack { to, failing_for } => {
+                    plan.actions.push(Action::Recreate {
+                        hash: spec_hash(&to.spec),
+                        spec: to.spec,
+                        old_id: o.id.clone(),
+                        reason: format!(
+                            "rollback to generation {}: generation {generation} failing for \
+                             {failing_for}s ({why})",
+                            to.generation
+                        ),
+                    });
+                    out.rolled_back_now.push(c.name.clone());
                 }
-                Decision::Act(Rung::Recreate) => plan.actions.push(Action::Recreate {
-                    spec: c.clone(),
-                    hash: hash.clone(),
-                    old_id: o.id.clone(),
-                    reason: format!("escalation: {why}"),
-                }),
-                Decision::Wait(_) => {}
-                Decision::Failed { .. } => {
-                    if o.running {
-                        plan.actions.push(Action::Stop {
-                            name: c.name.clone(),
-                            id: o.id.clone(),
-                        });
-                    }
+                Step::Ladder(d) => {
+                    plan.actions.extend(step(c, o, &hash, d, &why));
+                    climbed = Some(why);
                 }
-            }
-            if e.ladder.failed(CONTAINER_RUNGS) {
-                out.failed.insert(
-                    c.name.clone(),
-                    format!(
-                        "failed: {why}; restarts and recreates did not help, so it is stopped \
-                         until its spec changes"
-                    ),
-                );
             }
         } else if o.running {
-            e.ladder.on_healthy(CONTAINER_RUNGS, policy, now);
-            e.track.running(
-                c,
-                &config,
-                generation,
-                mine,
-                verdict(o.health.as_deref()),
-                policy.rollback_grace,
-                now,
-            );
+            e.on_healthy(config, verdict(o.health.as_deref()), policy, now);
         }
-        if let Some(rb) = e.track.reported() {
-            out.rolled_back.insert(c.name.clone(), rb);
-        }
-        if e.ladder.failed(CONTAINER_RUNGS) && !out.failed.contains_key(&c.name) {
-            out.failed.insert(
-                c.name.clone(),
-                "failed: restarts and recreates did not help, so it is stopped until its spec \
-                 changes"
-                    .into(),
-            );
-        }
-        if e.ladder.level > 0 {
-            out.escalation
-                .insert(c.name.clone(), (e.ladder.level, escalation(&e.ladder)));
-        }
+        e.report(&c.name, climbed.as_deref(), &mut out);
     }
     out
+}
+
+/// A stop for a running container left at the top of its ladder.
+fn stop(c: &ContainerSpec, o: &crate::reconcile::ObservedContainer) -> Option<Action> {
+    o.running.then(|| Action::Stop {
+        name: c.name.clone(),
+        id: o.id.clone(),
+    })
+}
+
+/// The action of the ladder's decision `d` for container `c` (seen as `o`, failing for `why`).
+fn step(
+    c: &ContainerSpec,
+    o: &crate::reconcile::ObservedContainer,
+    hash: &str,
+    d: Decision,
+    why: &str,
+) -> Option<Action> {
+    match d {
+        Decision::Act(Rung::Restart) | Decision::Act(Rung::Reset) => Some(Action::Restart {
+            name: c.name.clone(),
+            id: o.id.clone(),
+        }),
+        Decision::Act(Rung::Recreate) => Some(Action::Recreate {
+            spec: c.clone(),
+            hash: hash.to_string(),
+            old_id: o.id.clone(),
+            reason: format!("escalation: {why}"),
+        }),
+        Decision::Wait(_) => None,
+        Decision::Failed { .. } => stop(c, o),
+    }
 }
 
 #[cfg(test)]

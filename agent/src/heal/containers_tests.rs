@@ -1,6 +1,9 @@
 use super::*;
+use crate::heal::ladder::Ladder;
+use crate::heal::tracker::effective;
 use crate::reconcile::{ObservedConfig, ObservedContainer};
 use steward_proto::PayloadSpec;
+use steward_proto::{WorkloadKind, WorkloadRef};
 
 fn spec(name: &str, restart: RestartPolicy) -> ContainerSpec {
     serde_json::from_value(serde_json::json!({"name": name, "image": "img:1", "restart": restart}))
@@ -287,7 +290,7 @@ fn a_failing_update_is_rolled_back_to_the_last_healthy_config_until_the_spec_cha
     let mut sick = seen(&v2, "b", true, 0);
     sick.health = Some("unhealthy".into());
     assert_eq!(
-        effective(&mut st, std::slice::from_ref(&v2), &[]),
+        effective(&mut st.containers, std::slice::from_ref(&v2), &[]),
         vec![v2.clone()]
     );
     let (a, h) = run(&mut st, &v2, sick.clone(), 2, 10);
@@ -308,7 +311,7 @@ fn a_failing_update_is_rolled_back_to_the_last_healthy_config_until_the_spec_cha
 
     // While the spec stays at generation 2, generation 1's configuration is what converges.
     assert_eq!(
-        effective(&mut st, std::slice::from_ref(&v2), &[]),
+        effective(&mut st.containers, std::slice::from_ref(&v2), &[]),
         vec![v1.clone()]
     );
     let (a, h) = run(&mut st, &v1, seen(&v1, "c", true, 0), 2, 50);
@@ -318,7 +321,7 @@ fn a_failing_update_is_rolled_back_to_the_last_healthy_config_until_the_spec_cha
     let mut v3 = v1.clone();
     v3.image = "img:3".into();
     assert_eq!(
-        effective(&mut st, std::slice::from_ref(&v3), &[]),
+        effective(&mut st.containers, std::slice::from_ref(&v3), &[]),
         vec![v3.clone()]
     );
     assert!(st.containers["web"].track.rolled_back.is_none());
@@ -406,14 +409,14 @@ fn a_payload_only_update_that_breaks_the_container_rolls_the_payload_back() {
     assert_eq!(h.rolled_back_now, ["web"]);
     // The payload goes back with it, while the spec stays at generation 2.
     assert_eq!(
-        effective(&mut st, std::slice::from_ref(&c), &[conf("2")]),
+        effective(&mut st.containers, std::slice::from_ref(&c), &[conf("2")]),
         std::slice::from_ref(&c)
     );
     let back = st.payloads_in_force();
     assert_eq!(back.len(), 1);
     assert_eq!(back[0].version, "1");
     // Payload version 3: a new chance, nothing held back.
-    effective(&mut st, std::slice::from_ref(&c), &[conf("3")]);
+    effective(&mut st.containers, std::slice::from_ref(&c), &[conf("3")]);
     assert!(st.payloads_in_force().is_empty());
 }
 

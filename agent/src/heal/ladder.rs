@@ -26,10 +26,6 @@ impl Rung {
     }
 }
 
-/// The rungs of a container and of a VM.
-pub const CONTAINER_RUNGS: &[Rung] = &[Rung::Restart, Rung::Recreate];
-pub const VM_RUNGS: &[Rung] = &[Rung::Restart, Rung::Reset, Rung::Recreate];
-
 /// How hard and how fast the ladder climbs (seconds).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LadderPolicy {
@@ -151,6 +147,10 @@ impl Ladder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The rungs of a container and of a VM (the kinds' `tracker::Rules`).
+    const CONTAINER_RUNGS: &[Rung] = &[Rung::Restart, Rung::Recreate];
+    const VM_RUNGS: &[Rung] = &[Rung::Restart, Rung::Reset, Rung::Recreate];
 
     fn policy() -> LadderPolicy {
         LadderPolicy {

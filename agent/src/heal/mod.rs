@@ -1,11 +1,13 @@
-//! Self-healing. Pure: the escalation ladder (`ladder.rs`), the rollback memory shared by
-//! every kind of workload (`rollback.rs`), each kind's heal tracker — failures found, the
-//! ladder's step or a rollback written into that kind's plan (`containers.rs`, with the stored
-//! `HealState` of both kinds; `vms.rs`) — the state a workload's status shows from its health and
-//! ladder (`state.rs`), and one workload's `ResourceStatus` whatever its kind (`status.rs`).
-//! I/O: the TCP and HTTP probes with their pure result tracker (`probe.rs`), the due probes of
-//! containers and VMs (`probes.rs`), and probes from a container's network namespace
-//! (`inside.rs`). The reconciler drives them and the drivers carry out their steps.
+//! Self-healing. Pure: the escalation ladder (`ladder.rs`), the rollback memory
+//! (`rollback.rs`), the one heal tracker every kind of workload goes through, with the stored
+//! `HealState` (`tracker.rs`: a workload's ladder and rollback, what a failure or a healthy
+//! pass does to them; each kind's rungs are data), each kind's own part — what counts as a
+//! failure, and the tracker's step as that kind's actions (`containers.rs`, `vms.rs`) — the
+//! state a workload's status shows from its health and ladder (`state.rs`), and one workload's
+//! `ResourceStatus` whatever its kind (`status.rs`). I/O: the TCP and HTTP probes with their
+//! pure result tracker (`probe.rs`), the due probes of containers and VMs (`probes.rs`), and
+//! probes from a container's network namespace (`inside.rs`). The reconciler drives them and
+//! the drivers carry out their steps.
 
 pub mod containers;
 pub mod inside;
@@ -15,6 +17,7 @@ pub mod probes;
 pub mod rollback;
 pub mod state;
 pub mod status;
+pub mod tracker;
 pub mod vms;
 
 use serde::Deserialize;

@@ -1,8 +1,8 @@
 //! Automatic rollback, pure and the same for every kind of workload: remembers the
 //! configuration a workload last ran healthy with (and the payload versions it had), decides
 //! when a spec change has been failing long enough to go back to it, and keeps the old
-//! configuration in force until the spec changes again. Containers (`containers.rs`) and VMs
-//! (`vms.rs`) each keep one [`Track`] per workload in the stored heal state.
+//! configuration in force until the spec changes again. Every workload's heal entry
+//! (`tracker.rs`) holds one [`Track`].
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};

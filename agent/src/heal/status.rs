@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use steward_proto::{Escalation, ResourceKind, ResourceState, ResourceStatus, RolledBack};
+use steward_proto::{Escalation, ResourceState, ResourceStatus, RolledBack, WorkloadRef};
 
 use super::state::{workload_state, Seen};
 
@@ -27,8 +27,7 @@ pub struct Healed {
 /// What is known of one workload at the end of a pass, besides what healing concluded.
 #[derive(Debug, Clone)]
 pub struct Outcome<'a> {
-    pub kind: ResourceKind,
-    pub name: &'a str,
+    pub workload: WorkloadRef,
     /// What the pass made of it: the planner's verdict, or why an action failed.
     pub pass: (ResourceState, Option<String>),
     /// `starting`, `healthy` or `unhealthy`; `None` without a health check.
@@ -43,8 +42,9 @@ pub struct Outcome<'a> {
 /// workload is not the agent's to heal.
 pub fn workload_status(o: Outcome<'_>, healed: &Healed, now: DateTime<Utc>) -> ResourceStatus {
     let (state, error) = o.pass;
-    let rolled_back = healed.rolled_back.get(o.name);
-    let (state, error) = match (healed.failed.get(o.name), rolled_back) {
+    let name = o.workload.name.as_str();
+    let rolled_back = healed.rolled_back.get(name);
+    let (state, error) = match (healed.failed.get(name), rolled_back) {
         _ if state == ResourceState::Conflict => (state, error),
         (Some(why), _) => (ResourceState::Failed, Some(why.clone())),
         (None, Some(rb)) => (
@@ -56,7 +56,7 @@ pub fn workload_status(o: Outcome<'_>, healed: &Healed, now: DateTime<Utc>) -> R
         ),
         (None, None) => (state, error),
     };
-    let escalation = healed.escalation.get(o.name);
+    let escalation = healed.escalation.get(name);
     let seen = Seen {
         health: o.health,
         probe_error: o.probe_error,
@@ -64,7 +64,7 @@ pub fn workload_status(o: Outcome<'_>, healed: &Healed, now: DateTime<Utc>) -> R
         now,
     };
     let (state, error) = workload_state((state, error), seen);
-    let mut r = ResourceStatus::new(o.kind, o.name, state, error);
+    let mut r = ResourceStatus::of_workload(&o.workload, state, error);
     if let Some((level, e)) = escalation {
         r.escalation_level = *level;
         r.escalation = Some(e.clone());
@@ -137,8 +137,7 @@ mod tests {
         ];
         for (name, pass, health, h, want) in cases {
             let o = Outcome {
-                kind: ResourceKind::Container,
-                name: "w",
+                workload: WorkloadRef::new(steward_proto::WorkloadKind::Container, "w"),
                 pass: (pass.0, pass.1.map(str::to_string)),
                 health,
                 probe_error: None,

@@ -1,4 +1,5 @@
 use super::*;
+use crate::heal::tracker::effective;
 
 fn vm(name: &str, cmdline: &str) -> VmSpec {
     serde_json::from_value(serde_json::json!({

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use steward_proto::{LabSpec, NodeSpec};
+use steward_proto::{LabSpec, NodeSpec, WorkloadKind, WorkloadRef};
 
 use super::types::{DesiredLink, DesiredPort, LinkKind};
 
@@ -170,20 +170,43 @@ impl Lab {
     }
 }
 
-/// Who is attached to `bridge`, in hand-out order: VM NICs (`vm:<name>/<nic>`) in spec order,
-/// then containers (`container:<name>`) in spec order.
+/// The lease key of workload `w`'s attachment to a bridge, as leases are stored:
+/// `<kind>:<name>`, with `/<nic>` for one NIC of a workload that has several (a VM's).
+pub fn lease_key(w: &WorkloadRef, nic: Option<usize>) -> String {
+    match nic {
+        Some(i) => format!("{}:{}/{i}", w.kind.as_str(), w.name),
+        None => format!("{}:{}", w.kind.as_str(), w.name),
+    }
+}
+
+/// The workload holding the lease of `key` (see [`lease_key`]).
+pub fn lease_holder(key: &str) -> Option<WorkloadRef> {
+    let (kind, rest) = key.split_once(':')?;
+    let name = match rest.rsplit_once('/') {
+        Some((name, nic)) if nic.parse::<usize>().is_ok() => name,
+        _ => rest,
+    };
+    Some(WorkloadRef::new(WorkloadKind::parse(kind)?, name))
+}
+
+/// Who is attached to `bridge`, as lease keys in hand-out order: VM NICs (`vm:<name>/<nic>`)
+/// in spec order, then containers (`container:<name>`) in spec order.
 pub fn consumers(spec: &NodeSpec, bridge: &str) -> Vec<String> {
     let mut out = Vec::new();
     for vm in &spec.vms {
+        let w = WorkloadRef::new(WorkloadKind::Vm, &vm.name);
         for (i, nic) in vm.nics.iter().enumerate() {
             if nic.bridge == bridge {
-                out.push(format!("vm:{}/{i}", vm.name));
+                out.push(lease_key(&w, Some(i)));
             }
         }
     }
     for c in &spec.containers {
         if c.network.as_deref() == Some(bridge) {
-            out.push(format!("container:{}", c.name));
+            out.push(lease_key(
+                &WorkloadRef::new(WorkloadKind::Container, &c.name),
+                None,
+            ));
         }
     }
     out
@@ -409,5 +432,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(consumers(&spec, "br142"), ["vm:k/1", "container:web"]);
+        let vm = WorkloadRef::new(WorkloadKind::Vm, "k");
+        assert_eq!(lease_holder("vm:k/1"), Some(vm));
+        let web = WorkloadRef::new(WorkloadKind::Container, "web");
+        assert_eq!(lease_holder("container:web"), Some(web));
+        assert_eq!(lease_holder("lxc:x"), None);
     }
 }

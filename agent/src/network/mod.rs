@@ -23,6 +23,7 @@ pub mod error;
 pub mod events;
 pub mod lab;
 pub mod plan;
+
 #[cfg(test)]
 mod store_tests;
 pub mod types;
@@ -32,8 +33,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Instant;
 
+use async_trait::async_trait;
 use ipnet::{IpNet, Ipv4Net};
-use steward_proto::{NodeSpec, ResourceKind, ResourceState, ResourceStatus};
+use steward_proto::{NodeSpec, ResourceKind, ResourceState, ResourceStatus, WorkloadKind};
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::pass::Pass;
@@ -44,7 +46,8 @@ pub use error::NetworkError;
 pub use events::EventFeed;
 use types::{LinkKind, LinkRecord, NetAction, NetObserved, NetState};
 
-/// Lab leases: bridge -> consumer (`container:<name>`, `vm:<name>/<nic>`) -> address.
+/// Lab leases: bridge -> consumer (a workload's `lab::lease_key`: `container:<name>`,
+/// `vm:<name>/<nic>`) -> address.
 pub type Leases = BTreeMap<String, BTreeMap<String, IpAddr>>;
 
 impl Record for Leases {
@@ -158,18 +161,6 @@ impl Networks {
         }
     }
 
-    /// Lets passes reuse the links observed by an earlier pass while `feed` (the netlink event
-    /// listener) announces no change and the agent itself wrote nothing since.
-    pub fn set_event_feed(&mut self, feed: Arc<EventFeed>) {
-        self.feed = Some(feed);
-    }
-
-    /// Makes the next pass dump the kernel's links even if the event feed says nothing
-    /// changed: the periodic resync does, so that a lost event costs at most one interval.
-    pub fn force_full_observe(&mut self) {
-        self.full_observe = true;
-    }
-
     /// The links as they are: from the cache when the event feed's epoch has not moved since it
     /// was filled (and no full observe is due), otherwise from the kernel. Returns whether the
     /// cache was used.
@@ -216,14 +207,19 @@ impl Networks {
             let consumers = lab::consumers(spec, &l.bridge);
             let empty = BTreeMap::new();
             let (got, errors) = lab::assign(l, &consumers, before.get(&l.bridge).unwrap_or(&empty));
+            let container = |key: &str| {
+                lab::lease_holder(key)
+                    .filter(|w| w.kind == WorkloadKind::Container)
+                    .map(|w| w.name)
+            };
             for (c, ip) in &got {
-                if let Some(name) = c.strip_prefix("container:") {
-                    out.container_ips.insert(name.to_string(), *ip);
+                if let Some(name) = container(c) {
+                    out.container_ips.insert(name, *ip);
                 }
             }
             for (c, why) in errors {
-                if let Some(name) = c.strip_prefix("container:") {
-                    out.container_errors.insert(name.to_string(), why);
+                if let Some(name) = container(&c) {
+                    out.container_errors.insert(name, why);
                 }
             }
             if !got.is_empty() {
@@ -232,22 +228,6 @@ impl Networks {
         }
         self.leases.set(after);
         self.leases.persist().await;
-    }
-
-    /// Phase one: observe, plan, apply creations and changes, report every desired link. Stops
-    /// between two actions once `pass` is superseded (the links left are reported failed and
-    /// not recorded as converged).
-    pub async fn reconcile(
-        &mut self,
-        spec: &NodeSpec,
-        policy: &Policy,
-        node_id: &str,
-        pass: &Pass,
-    ) -> NetOutcome {
-        let started = Instant::now();
-        let mut out = self.apply_changes(spec, policy, node_id, pass).await;
-        out.spent = Some(started.elapsed());
-        out
     }
 
     async fn apply_changes(
@@ -433,10 +413,100 @@ impl Networks {
         self.save_state(state).await;
         out
     }
+}
+
+/// Updates the agent's record after a successful action.
+fn record(state: &mut NetState, action: &NetAction, driver: &NetlinkDriver) {
+    match action {
+        NetAction::Create { link, .. } => {
+            if let Some(idx) = driver.index_of(&link.name) {
+                state.links.insert(
+                    link.name.clone(),
+                    LinkRecord {
+                        index: idx,
+                        hash: String::new(),
+                    },
+                );
+            }
+        }
+        NetAction::Delete { name, .. } => {
+            state.links.remove(name);
+            state.ports.retain(|p, b| p != name && b != name);
+        }
+        NetAction::Enslave { port, bridge, .. } => {
+            state.ports.insert(port.clone(), bridge.clone());
+        }
+        NetAction::Release { port, .. } => {
+            state.ports.remove(port);
+        }
+        _ => {}
+    }
+}
+
+/// Makes a VM's tap a port of a managed bridge, with its VLAN (see
+/// [`NetlinkDriver::attach_port`]); the VM module's way to netlink.
+pub async fn attach_port(
+    port: &str,
+    bridge: &str,
+    vlan: Option<u16>,
+    alias: &str,
+) -> Result<(), NetworkError> {
+    NetlinkDriver::connect()?
+        .attach_port(port, bridge, vlan, alias)
+        .await
+}
+
+/// The host networks as the reconcile pass sees them: links created and changed first,
+/// deletions last (`finish`). [`Networks`] is the real one; the pass's unit tests fake it.
+#[async_trait]
+pub trait NetworkPhase: Send + Sync {
+    async fn reconcile(
+        &mut self,
+        spec: &NodeSpec,
+        policy: &Policy,
+        node_id: &str,
+        pass: &Pass,
+    ) -> NetOutcome;
+    async fn finish(&mut self, out: &mut NetOutcome, pass: &Pass);
+    /// The next pass observes everything afresh.
+    fn force_full_observe(&mut self);
+    /// Passes may reuse what an earlier one observed while this netlink feed sees no change.
+    fn set_event_feed(&mut self, _feed: Arc<EventFeed>) {}
+}
+
+#[async_trait]
+impl NetworkPhase for Networks {
+    /// Lets passes reuse the links observed by an earlier pass while `feed` (the netlink event
+    /// listener) announces no change and the agent itself wrote nothing since.
+    fn set_event_feed(&mut self, feed: Arc<EventFeed>) {
+        self.feed = Some(feed);
+    }
+
+    /// Makes the next pass dump the kernel's links even if the event feed says nothing
+    /// changed: the periodic resync does, so that a lost event costs at most one interval.
+    fn force_full_observe(&mut self) {
+        self.full_observe = true;
+    }
+
+    /// Phase one: observe, plan, apply creations and changes, report every desired link. Stops
+    /// between two actions once `pass` is superseded (the links left are reported failed and
+    /// not recorded as converged).
+    async fn reconcile(
+        &mut self,
+        spec: &NodeSpec,
+        policy: &Policy,
+        node_id: &str,
+        pass: &Pass,
+    ) -> NetOutcome {
+        let started = Instant::now();
+        let mut out = self.apply_changes(spec, policy, node_id, pass).await;
+        out.spent = Some(started.elapsed());
+        out
+    }
 
     /// Phase two: delete the managed links no longer wanted (until `pass` is superseded: the
     /// newer pass plans the rest), forget links that are gone, log the pass's summary line.
-    pub async fn finish(&mut self, out: &mut NetOutcome, pass: &Pass) {
+    async fn finish(&mut self, out: &mut NetOutcome, pass: &Pass) {
         let Some(spent) = out.spent else {
             return;
         };
@@ -487,45 +557,4 @@ impl Networks {
             "networks reconciled"
         );
     }
-}
-
-/// Updates the agent's record after a successful action.
-fn record(state: &mut NetState, action: &NetAction, driver: &NetlinkDriver) {
-    match action {
-        NetAction::Create { link, .. } => {
-            if let Some(idx) = driver.index_of(&link.name) {
-                state.links.insert(
-                    link.name.clone(),
-                    LinkRecord {
-                        index: idx,
-                        hash: String::new(),
-                    },
-                );
-            }
-        }
-        NetAction::Delete { name, .. } => {
-            state.links.remove(name);
-            state.ports.retain(|p, b| p != name && b != name);
-        }
-        NetAction::Enslave { port, bridge, .. } => {
-            state.ports.insert(port.clone(), bridge.clone());
-        }
-        NetAction::Release { port, .. } => {
-            state.ports.remove(port);
-        }
-        _ => {}
-    }
-}
-
-/// Makes a VM's tap a port of a managed bridge, with its VLAN (see
-/// [`NetlinkDriver::attach_port`]); the VM module's way to netlink.
-pub async fn attach_port(
-    port: &str,
-    bridge: &str,
-    vlan: Option<u16>,
-    alias: &str,
-) -> Result<(), NetworkError> {
-    NetlinkDriver::connect()?
-        .attach_port(port, bridge, vlan, alias)
-        .await
 }

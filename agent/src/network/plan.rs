@@ -9,8 +9,9 @@
 //!
 //! Order: per desired link, parents before children (a VLAN after its parent, a bridge after
 //! the desired links that are its ports): create or change the link, its addresses, then
-//! enslave its ports and set their VLANs (a port that fails leaves the addresses in place). Deletions of links no longer wanted come separately in
-//! `removals`, children before parents.
+//! enslave its ports and set their VLANs (`plan/ports.rs`; a port that fails leaves the
+//! addresses in place). Deletions of links no longer wanted come separately in `removals`,
+//! children before parents.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -19,7 +20,7 @@ use sha2::{Digest, Sha256};
 
 use super::types::{
     alias_for, BridgeChange, DesiredLink, DesiredNetworks, LinkChange, LinkKind, NetAction,
-    NetObserved, NetPlan, NetState, ObservedKind, ObservedLink, VlanMembership,
+    NetObserved, NetPlan, NetState, ObservedKind, ObservedLink,
 };
 use crate::reconcile::{Policy, Verdict};
 
@@ -133,23 +134,6 @@ fn kind_mismatch(d: &DesiredLink, o: &ObservedLink) -> Option<String> {
     }
 }
 
-fn show(vlans: &[VlanMembership]) -> String {
-    let items: Vec<String> = vlans
-        .iter()
-        .map(|v| {
-            let mut s = v.id.to_string();
-            if v.pvid {
-                s.push_str(" pvid");
-            }
-            if v.untagged {
-                s.push_str(" untagged");
-            }
-            s
-        })
-        .collect();
-    format!("[{}]", items.join(", "))
-}
-
 /// Everything the planner looks at, bundled for the per-link helpers.
 struct Ctx<'a> {
     observed: &'a NetObserved,
@@ -192,127 +176,6 @@ struct LinkPlan {
     actions: Vec<NetAction>,
     drift: Vec<String>,
     problems: Vec<String>,
-}
-
-/// Actions for the ports of bridge `d` (observed as `o`, `None` when created in this pass).
-fn plan_ports(
-    cx: &Ctx,
-    d: &DesiredLink,
-    o: Option<&ObservedLink>,
-    unusable: &HashMap<String, String>,
-    lp: &mut LinkPlan,
-) {
-    let LinkKind::Bridge {
-        vlan_filtering,
-        default_pvid,
-        ..
-    } = d.kind
-    else {
-        return;
-    };
-    for p in &d.ports {
-        if let Some(why) = unusable.get(&p.iface) {
-            lp.problems
-                .push(format!("port {} is not usable: {why}", p.iface));
-            continue;
-        }
-        let managed_port = cx.wanted.contains_key(p.iface.as_str());
-        let po = cx.observed.link(&p.iface);
-        let enslaved = po.is_some_and(|po| po.master.as_deref() == Some(d.name.as_str()));
-        if !enslaved {
-            if let Some(po) = po {
-                if let Some(m) = &po.master {
-                    if cx.state.ports.get(&p.iface) != Some(m) {
-                        lp.problems.push(format!(
-                            "{} is already a port of {m}, where Steward did not put it; left alone",
-                            p.iface
-                        ));
-                        continue;
-                    }
-                }
-            } else if !managed_port {
-                lp.problems
-                    .push(format!("port {} does not exist on this host", p.iface));
-                continue;
-            }
-            if cx.protected.contains(&p.iface) {
-                lp.problems.push(cx.guard(&p.iface, "enslave"));
-                continue;
-            }
-            if o.is_some() && cx.state.ports.get(&p.iface) == Some(&d.name) {
-                lp.drift.push(format!(
-                    "port {} was taken out of {} by hand",
-                    p.iface, d.name
-                ));
-            }
-            lp.actions.push(NetAction::Enslave {
-                port: p.iface.clone(),
-                bridge: d.name.clone(),
-                up: !managed_port && po.is_some_and(|po| !po.up),
-            });
-        }
-        if !vlan_filtering || p.vlans.is_empty() {
-            continue;
-        }
-        // A fresh port gets the bridge's default PVID from the kernel.
-        let current: Vec<VlanMembership> = match po {
-            Some(po) if enslaved => po.vlans.clone().unwrap_or_default(),
-            _ => vec![VlanMembership {
-                id: default_pvid.unwrap_or(1),
-                pvid: true,
-                untagged: true,
-            }],
-        };
-        let mut changed = false;
-        for v in &p.vlans {
-            if !current.contains(v) {
-                changed = true;
-                lp.actions.push(NetAction::AddPortVlan {
-                    port: p.iface.clone(),
-                    bridge: d.name.clone(),
-                    vlan: *v,
-                });
-            }
-        }
-        for c in &current {
-            if !p.vlans.iter().any(|v| v.id == c.id) {
-                changed = true;
-                lp.actions.push(NetAction::DelPortVlan {
-                    port: p.iface.clone(),
-                    bridge: d.name.clone(),
-                    id: c.id,
-                });
-            }
-        }
-        if changed && enslaved {
-            lp.drift.push(format!(
-                "VLANs of port {} are {}, spec says {}",
-                p.iface,
-                show(&current),
-                show(&p.vlans)
-            ));
-        }
-    }
-    // Ports the agent enslaved that the spec no longer lists.
-    for (port, bridge) in &cx.state.ports {
-        if bridge != &d.name || d.ports.iter().any(|p| &p.iface == port) {
-            continue;
-        }
-        if cx
-            .observed
-            .link(port)
-            .is_some_and(|po| po.master.as_deref() == Some(d.name.as_str()))
-        {
-            if cx.protected.contains(port) {
-                lp.problems.push(cx.guard(port, "release"));
-                continue;
-            }
-            lp.actions.push(NetAction::Release {
-                port: port.clone(),
-                bridge: d.name.clone(),
-            });
-        }
-    }
 }
 
 /// Actions that change an existing, owned link of the right kind.
@@ -620,6 +483,9 @@ fn plan_removals(cx: &Ctx, refused: Vec<&ObservedLink>, out: &mut NetPlan) {
         });
     }
 }
+
+mod ports;
+use ports::plan_ports;
 
 #[cfg(test)]
 #[path = "plan_tests.rs"]

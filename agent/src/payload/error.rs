@@ -60,7 +60,7 @@ pub enum PayloadError {
 }
 
 impl PayloadError {
-    pub(crate) fn io(op: &'static str, path: &Path, source: std::io::Error) -> Self {
+    pub(super) fn io(op: &'static str, path: &Path, source: std::io::Error) -> Self {
         PayloadError::Io {
             op,
             path: path.to_path_buf(),

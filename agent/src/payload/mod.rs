@@ -3,12 +3,12 @@
 //! they drift. This module owns the blob cache (`<data_dir>/blobs/`), the record of what the
 //! agent deployed (`state/payloads.json`, through the store) and every file it writes.
 //!
-//! One pass ([`Payloads::reconcile`]), per payload: check the path against the policy
+//! One pass ([`PayloadPhase::reconcile`]), per payload: check the path against the policy
 //! ([`policy`]), look at the file ([`attest`]: cheap stat check, full hash when it changed or
 //! is due), decide ([`plan`]), then deploy or restore (download into the cache with resume
 //! ([`fetch`]), copy into a temp file next to the target while hashing, fsync, rename
-//! ([`install`])), load `docker-image` payloads into the engine, and restart the containers
-//! `on_change` names. Files the agent did not deploy are never replaced (unless they already
+//! ([`install`])), load `docker-image` payloads into the engine, and note the workloads `on_change` names
+//! (restarted by their kind's phase). Files the agent did not deploy are never replaced (unless they already
 //! hold the expected content, which the agent then records as its own).
 
 pub mod attest;
@@ -22,14 +22,16 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use steward_proto::{
     NodeSpec, PayloadAttestation, PayloadKind, PayloadSpec, ResourceKind, ResourceState,
-    ResourceStatus,
+    ResourceStatus, WorkloadRef,
 };
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::client::RegistryClient;
+use crate::docker::engine::ContainerEngine;
 use crate::docker::Docker;
 use crate::pass::Pass;
 use crate::reconcile::Policy;
@@ -70,13 +72,12 @@ impl Record for PayloadRecords {
 pub struct Payloads {
     blobs: Option<PathBuf>,
     client: Option<Arc<RegistryClient>>,
-    node_id: String,
     records: Kept<PayloadRecords>,
     /// The last full hash of every payload path seen (owned or not).
     hashes: HashMap<String, Hashed>,
     attestations: Vec<PayloadAttestation>,
-    /// VMs to restart because a payload they depend on changed (`on_change.restart_vms`).
-    vm_restarts: BTreeSet<String>,
+    /// Workloads to restart because a payload they depend on changed (`on_change`).
+    restarts: BTreeSet<WorkloadRef>,
     /// Blobs the cache keeps although the spec no longer names them (rollback targets).
     retained: BTreeSet<String>,
 }
@@ -100,31 +101,22 @@ fn status(name: &str, state: ResourceState, error: Option<String>) -> ResourceSt
 
 /// Whether a pass over `spec` needs the Docker engine (image loads or container restarts).
 pub fn needs_docker(spec: &NodeSpec) -> bool {
-    spec.payloads.iter().any(|p| {
-        p.kind == PayloadKind::DockerImage
-            || p.on_change
-                .as_ref()
-                .is_some_and(|o| !o.restart_containers.is_empty())
-    })
+    spec.payloads
+        .iter()
+        .any(|p| p.kind == PayloadKind::DockerImage)
 }
 
 impl Payloads {
     /// Payloads with the blob cache under `data_dir/blobs`, records in `store`, and blobs
     /// downloaded from `client` (`None`: only cached blobs can be deployed).
-    pub fn new(
-        data_dir: &Path,
-        store: Option<Store>,
-        client: Option<Arc<RegistryClient>>,
-        node_id: String,
-    ) -> Self {
+    pub fn new(data_dir: &Path, store: Option<Store>, client: Option<Arc<RegistryClient>>) -> Self {
         Payloads {
             blobs: Some(data_dir.join("blobs")),
             client,
-            node_id,
             records: Kept::new(store),
             hashes: HashMap::new(),
             attestations: Vec::new(),
-            vm_restarts: BTreeSet::new(),
+            restarts: BTreeSet::new(),
             retained: BTreeSet::new(),
         }
     }
@@ -134,29 +126,12 @@ impl Payloads {
         Payloads {
             blobs: None,
             client: None,
-            node_id: String::new(),
             records: Kept::new(None),
             hashes: HashMap::new(),
             attestations: Vec::new(),
-            vm_restarts: BTreeSet::new(),
+            restarts: BTreeSet::new(),
             retained: BTreeSet::new(),
         }
-    }
-
-    /// Keeps these blobs (sha256) in the cache even when the spec no longer names them: the
-    /// payload versions a rollback may return to.
-    pub fn retain_blobs(&mut self, keep: BTreeSet<String>) {
-        self.retained = keep;
-    }
-
-    /// The VMs whose payloads changed since the last call (`on_change.restart_vms`).
-    pub fn take_vm_restarts(&mut self) -> BTreeSet<String> {
-        std::mem::take(&mut self.vm_restarts)
-    }
-
-    /// The attestations of the last pass.
-    pub fn attestations(&self) -> Vec<PayloadAttestation> {
-        self.attestations.clone()
     }
 
     fn load_records(&mut self) -> PayloadRecords {
@@ -173,10 +148,10 @@ impl Payloads {
     }
 
     /// One pass over the spec's payloads (see the module docs); returns a status per payload
-    /// and keeps the attestations for [`Payloads::attestations`]. Once `pass` is superseded,
-    /// the payloads left are not looked at and nothing is removed; the records of what was
-    /// deployed are kept and its `on_change` restarts still happen.
-    pub async fn reconcile(
+    /// and keeps the attestations for [`PayloadPhase::attestations`]. Once `pass` is
+    /// superseded, the payloads left are not looked at and nothing is removed; the records of
+    /// what was deployed are kept and its `on_change` restarts are still owed.
+    async fn deploy_all(
         &mut self,
         spec: &NodeSpec,
         policy: &Policy,
@@ -199,7 +174,6 @@ impl Payloads {
         };
         let mut records = self.load_records();
         let mut out = Vec::new();
-        let mut restart: BTreeSet<String> = BTreeSet::new();
         pass.planned(spec.payloads.len());
         for p in &spec.payloads {
             if pass.superseded().is_some() {
@@ -211,11 +185,9 @@ impl Payloads {
                 .instrument(span)
                 .await;
             if changed {
-                if let Some(oc) = &p.on_change {
-                    restart.extend(oc.restart_containers.iter().cloned());
-                    // Restarted by the reconciler through the VM driver, after this phase.
-                    self.vm_restarts.extend(oc.restart_vms.iter().cloned());
-                }
+                // Restarted by the reconciler through their kind's phase, after this one.
+                let on_change = p.on_change.iter().flat_map(|o| o.workloads());
+                self.restarts.extend(on_change);
             }
             out.push(st);
             self.attestations.extend(att);
@@ -246,19 +218,6 @@ impl Payloads {
         }
         self.records.set(records);
         self.records.persist().await;
-        if let Some(d) = docker {
-            for c in restart {
-                match d.restart_managed(&c, &self.node_id).await {
-                    Ok(true) => info!(container = %c, "restarted after a payload changed"),
-                    Ok(false) => {}
-                    Err(e) => {
-                        warn!(container = %c, error = %format!("{e:#}"), "restart after a payload change failed")
-                    }
-                }
-            }
-        } else if !restart.is_empty() {
-            warn!(containers = ?restart, "cannot restart containers after a payload change: Docker engine unreachable");
-        }
         out
     }
 
@@ -582,5 +541,48 @@ impl Payloads {
             Ok(Err(e)) => warn!(path, error = %e, "removing a payload failed"),
             Err(e) => warn!(path, error = %e, "payload removal task failed"),
         }
+    }
+}
+
+/// The payloads as the reconcile pass sees them: deployed before the workloads that use them.
+/// [`Payloads`] is the real one; the pass's unit tests fake it.
+#[async_trait]
+pub trait PayloadPhase: Send + Sync {
+    /// Blobs the cache keeps although the spec no longer names them.
+    fn retain_blobs(&mut self, keep: BTreeSet<String>);
+    async fn reconcile(
+        &mut self,
+        spec: &NodeSpec,
+        policy: &Policy,
+        engine: Option<&dyn ContainerEngine>,
+        pass: &Pass,
+    ) -> Vec<ResourceStatus>;
+    /// The workloads to restart because a payload they restart on changed.
+    fn take_restarts(&mut self) -> BTreeSet<WorkloadRef>;
+    fn attestations(&self) -> Vec<PayloadAttestation>;
+}
+
+#[async_trait]
+impl PayloadPhase for Payloads {
+    /// The payload versions a rollback may return to.
+    fn retain_blobs(&mut self, keep: BTreeSet<String>) {
+        self.retained = keep;
+    }
+    async fn reconcile(
+        &mut self,
+        spec: &NodeSpec,
+        policy: &Policy,
+        engine: Option<&dyn ContainerEngine>,
+        pass: &Pass,
+    ) -> Vec<ResourceStatus> {
+        let docker = engine.and_then(|e| e.docker());
+        self.deploy_all(spec, policy, docker, pass).await
+    }
+    fn take_restarts(&mut self) -> BTreeSet<WorkloadRef> {
+        std::mem::take(&mut self.restarts)
+    }
+    /// The attestations of the last pass.
+    fn attestations(&self) -> Vec<PayloadAttestation> {
+        self.attestations.clone()
     }
 }

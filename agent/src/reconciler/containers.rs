@@ -1,28 +1,42 @@
-//! The containers' phase of a pass: Docker networks on managed bridges, observe, plan, heal
-//! (the ladder's step or a rollback rewrites the plan), apply action by action until the pass
-//! is superseded, and one `ResourceStatus` per desired container.
+//! The containers' phase of a pass, one registered kind of workload: Docker networks on
+//! managed bridges, observe, plan (`reconcile::plan`, pure), heal (the tracker's step or a
+//! rollback rewrites the plan), apply action by action until the pass is superseded, and one
+//! `ResourceStatus` per desired container.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
+use std::time::Duration;
 
-use steward_proto::{NodeSpec, ResourceKind, ResourceState, ResourceStatus};
+use async_trait::async_trait;
+use steward_proto::{NodeSpec, ResourceState, ResourceStatus, WorkloadKind, WorkloadRef};
 use tracing::{info, info_span, warn, Instrument};
 
-use super::drivers::ContainerEngine;
-use super::{resource, Reconciler};
+use crate::docker::engine::ContainerEngine;
 use crate::docker::DockerError;
+use crate::heal::containers::heal;
+use crate::heal::probes::Probes;
 use crate::heal::status::{workload_status, Healed, Outcome};
+use crate::heal::tracker::restore;
 use crate::network::NetOutcome;
 use crate::reconcile::{plan, Action, Observed, Verdict};
+use crate::workload::{PassCx, WorkloadPass, WorkloadPhase};
 
-impl Reconciler {
+/// The containers: their agent-side probes and the starts the agent made.
+#[derive(Default)]
+pub struct Containers {
+    probes: Probes,
+    /// Starts the agent made per container since it started (added to Docker's own count).
+    starts: HashMap<String, u32>,
+}
+
+impl Containers {
     /// Docker networks for containers on managed bridges; returns why a container cannot be
     /// created, by name.
     async fn container_networks(
-        &self,
         engine: &dyn ContainerEngine,
         spec: &NodeSpec,
         net: &NetOutcome,
+        node_id: &str,
     ) -> BTreeMap<String, String> {
         let mut errors = net.container_errors.clone();
         let mut ensured: BTreeMap<&str, Result<(), String>> = BTreeMap::new();
@@ -40,7 +54,7 @@ impl Reconciler {
                     Some(r) => r.clone(),
                     None => {
                         let r = engine
-                            .ensure_bridge_network(br, bn.subnet, bn.gateway, &self.node_id)
+                            .ensure_bridge_network(br, bn.subnet, bn.gateway, node_id)
                             .await
                             .map_err(|e| e.to_string());
                         ensured.insert(br, r.clone());
@@ -60,73 +74,71 @@ impl Reconciler {
         errors
     }
 
-    /// The containers' pass; true when one was rolled back in it.
-    pub(super) async fn reconcile_containers(
-        &mut self,
-        spec: &NodeSpec,
-        net: &NetOutcome,
-    ) -> (Vec<ResourceStatus>, bool) {
-        let failed_all = |why: String| {
-            spec.containers
-                .iter()
+    /// The containers' pass (see the module docs).
+    async fn pass(&mut self, cx: &mut PassCx<'_>) -> WorkloadPass {
+        let spec = cx.spec;
+        let failed_all = |why: String| WorkloadPass {
+            statuses: (spec.containers.iter())
                 .map(|c| {
                     let why = Some(why.clone());
-                    resource(ResourceKind::Container, &c.name, ResourceState::Failed, why)
+                    let w = WorkloadRef::new(WorkloadKind::Container, &c.name);
+                    ResourceStatus::of_workload(&w, ResourceState::Failed, why)
                 })
-                .collect::<Vec<_>>()
+                .collect(),
+            rolled_back: false,
         };
-        if spec.containers.is_empty() && self.engine.is_none() && self.engine().await.is_err() {
-            return (Vec::new(), false); // nothing wanted, and no engine to clean up on
+        if spec.containers.is_empty() && !cx.engine.is_connected() && cx.engine.get().await.is_err()
+        {
+            return WorkloadPass::default(); // nothing wanted, and no engine to clean up on
         }
-        let observed = match self.observe_containers(spec).await {
+        let observed = match self.observe(cx).await {
             Ok(o) => o,
             Err(e) => {
                 warn!(error = %e, "cannot observe containers");
-                self.engine = None;
-                return (failed_all(e), false);
+                cx.engine.lost();
+                return failed_all(e);
             }
         };
         let seen = Seen::of(&observed);
-        let mut plan = plan(&spec.containers, &observed, &self.policy, &self.node_id);
-        let unhealed = self.heal_state().containers.clone();
-        let healed = self.heal_containers(spec, &observed, &mut plan);
-        let rolled_back_now = !healed.rolled_back_now.is_empty();
-        let Ok(engine) = self.engine().await else {
-            return (
-                failed_all("Docker engine unreachable".into()),
-                rolled_back_now,
-            );
+        let mut plan = plan(&spec.containers, &observed, cx.policy, cx.node_id);
+        let unhealed = cx.heal.containers.clone();
+        let healed = heal_containers(cx, &observed, &mut plan);
+        let rolled_back = !healed.rolled_back_now.is_empty();
+        let Ok(engine) = cx.engine.get().await else {
+            return WorkloadPass {
+                rolled_back,
+                ..failed_all("Docker engine unreachable".into())
+            };
         };
-        let unplaceable = self.container_networks(engine.as_ref(), spec, net).await;
+        let unplaceable = Self::container_networks(engine.as_ref(), spec, cx.net, cx.node_id).await;
         let mut failed = BTreeMap::new();
         let skipped = self
-            .apply_containers(
-                engine.as_ref(),
-                plan.actions,
-                net,
-                &unplaceable,
-                &mut failed,
-            )
+            .apply(cx, engine.as_ref(), plan.actions, &unplaceable, &mut failed)
             .await;
-        self.unheal(&skipped, &unhealed);
+        // Steps not taken are neither counted on the ladders nor waited for.
+        let names = skipped.iter().filter_map(Action::container);
+        restore(&mut cx.heal.containers, &unhealed, names);
         let statuses = plan
             .verdicts
             .into_iter()
-            .map(|(name, verdict)| self.container_status(&name, verdict, &failed, &seen, &healed))
+            .map(|(name, verdict)| self.status(&name, verdict, &failed, &seen, &healed))
             .collect();
-        (statuses, rolled_back_now)
+        WorkloadPass {
+            statuses,
+            rolled_back,
+        }
     }
 
     /// The engine's containers, with the verdicts of the agent's own probes that are due.
-    async fn observe_containers(&mut self, spec: &NodeSpec) -> Result<Observed, String> {
-        let mut observed = self
-            .engine()
-            .await?
-            .observe()
-            .await
+    async fn observe(&mut self, cx: &mut PassCx<'_>) -> Result<Observed, String> {
+        let mut observed = (cx.engine.get().await?.observe().await)
             .map_err(|e| format!("observing Docker failed: {e:#}"))?;
-        self.probes
-            .run(&spec.containers, &mut observed, std::time::Instant::now())
+        (self.probes)
+            .run(
+                &cx.spec.containers,
+                &mut observed,
+                std::time::Instant::now(),
+            )
             .await;
         Ok(observed)
     }
@@ -134,15 +146,15 @@ impl Reconciler {
     /// Carries out `actions` one by one until the pass is superseded; returns the actions not
     /// carried out. A container in `unplaceable` (why it cannot be created) is not created;
     /// `failed` gets why a container failed, and its further actions are not tried.
-    async fn apply_containers(
+    async fn apply(
         &mut self,
+        cx: &PassCx<'_>,
         engine: &dyn ContainerEngine,
         actions: Vec<Action>,
-        net: &NetOutcome,
         unplaceable: &BTreeMap<String, String>,
         failed: &mut BTreeMap<String, String>,
     ) -> Vec<Action> {
-        let pass = self.pass.clone();
+        let pass = cx.pass;
         pass.planned(actions.len());
         let mut actions = actions.into_iter();
         for action in actions.by_ref() {
@@ -151,7 +163,7 @@ impl Reconciler {
             // Between two actions: a newer generation takes over from here.
             if let Some(newer) = pass.superseded() {
                 info!(
-                    generation = self.generation,
+                    generation = cx.generation,
                     newer, "a newer spec arrived; the containers' pass stops here"
                 );
                 return std::iter::once(action).chain(actions).collect();
@@ -167,10 +179,10 @@ impl Reconciler {
                 pass.step();
                 continue;
             }
-            let ip = net.container_ips.get(&name).copied();
+            let ip = cx.net.container_ips.get(&name).copied();
             let span = info_span!("action", kind, container = %name);
             let res = self
-                .apply_container(engine, &action, ip, failed)
+                .apply_one(engine, &action, ip, cx.node_id, failed)
                 .instrument(span)
                 .await;
             crate::metrics::get().action(kind, res.is_ok());
@@ -189,14 +201,14 @@ impl Reconciler {
     }
 
     /// One action; a failed pull fails the containers waiting for its image.
-    async fn apply_container(
+    async fn apply_one(
         &mut self,
         engine: &dyn ContainerEngine,
         action: &Action,
         ip: Option<IpAddr>,
+        node_id: &str,
         failed: &mut BTreeMap<String, String>,
     ) -> Result<(), DockerError> {
-        let node_id = &self.node_id;
         match action {
             Action::Pull {
                 image,
@@ -242,7 +254,7 @@ impl Reconciler {
 
     /// One container's status from its planner verdict, the pass's failures, what was seen of
     /// it and what healing concluded.
-    fn container_status(
+    fn status(
         &self,
         name: &str,
         verdict: Verdict,
@@ -259,8 +271,7 @@ impl Reconciler {
             },
         };
         let outcome = Outcome {
-            kind: ResourceKind::Container,
-            name,
+            workload: WorkloadRef::new(WorkloadKind::Container, name),
             pass,
             health: seen.health.get(name).map(String::as_str),
             probe_error: self.probes.last_error(name),
@@ -269,6 +280,56 @@ impl Reconciler {
             detail: None,
         };
         workload_status(outcome, healed, chrono::Utc::now())
+    }
+}
+
+/// Walks the failing containers' ladders, rewriting `plan`.
+fn heal_containers(
+    cx: &mut PassCx<'_>,
+    observed: &Observed,
+    plan: &mut crate::reconcile::Plan,
+) -> Healed {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let spec = cx.spec;
+    heal(
+        &mut *cx.heal,
+        &spec.containers,
+        &spec.payloads,
+        observed,
+        plan,
+        &cx.ladder,
+        cx.node_id,
+        cx.generation,
+        now,
+    )
+}
+
+#[async_trait]
+impl WorkloadPhase for Containers {
+    fn kind(&self) -> WorkloadKind {
+        WorkloadKind::Container
+    }
+
+    async fn restart(&mut self, name: &str, cx: &mut PassCx<'_>) -> Result<(), String> {
+        let engine = cx.engine.get().await?;
+        match engine.restart_managed(name, cx.node_id).await {
+            Ok(true) => info!(container = %name, "restarted after a payload changed"),
+            Ok(false) => {}
+            Err(e) => return Err(format!("{e:#}")),
+        }
+        Ok(())
+    }
+
+    async fn reconcile(&mut self, cx: &mut PassCx<'_>) -> WorkloadPass {
+        self.pass(cx).await
+    }
+
+    fn next_probe_in(&self, spec: &NodeSpec) -> Option<Duration> {
+        self.probes
+            .next_due(&spec.containers, std::time::Instant::now())
     }
 }
 

@@ -12,17 +12,17 @@ use async_trait::async_trait;
 use ipnet::Ipv4Net;
 use steward_proto::{
     ContainerSpec, NodeSpec, PayloadAttestation, ResourceKind, ResourceState, ResourceStatus,
-    VmSpec,
+    WorkloadKind, WorkloadRef,
 };
 
-use super::drivers::{ContainerEngine, EngineConnector, NetworkPhase, PayloadPhase, VmPhase};
+use crate::docker::engine::{ContainerEngine, EngineConnector};
 use crate::docker::DockerError;
-use crate::heal::vms::VmEntry;
-use crate::network::NetOutcome;
+use crate::network::{NetOutcome, NetworkPhase};
 use crate::pass::Pass;
+use crate::payload::PayloadPhase;
 use crate::reconcile::types::limits;
 use crate::reconcile::{Observed, ObservedConfig, ObservedContainer, Policy};
-use crate::vm::VmPass;
+use crate::workload::{PassCx, WorkloadPass, WorkloadPhase};
 
 /// What the fakes were asked, in order.
 #[derive(Clone, Default)]
@@ -43,7 +43,7 @@ pub struct Drivers {
     pub connector: Box<dyn EngineConnector>,
     pub networks: Box<dyn NetworkPhase>,
     pub payloads: Box<dyn PayloadPhase>,
-    pub vms: Option<Box<dyn VmPhase>>,
+    pub vms: Option<Box<dyn WorkloadPhase>>,
 }
 
 /// Host networks: a converged status per bridge of the spec.
@@ -72,11 +72,11 @@ impl NetworkPhase for FakeNetworks {
 }
 
 /// Payloads: "deploys" each new version until the pass is superseded; a changed version
-/// asks its `on_change` VMs to restart.
+/// asks its `on_change` workloads to restart.
 pub struct FakePayloads {
     pub journal: Journal,
     deployed: BTreeMap<String, String>,
-    vm_restarts: BTreeSet<String>,
+    restarts: BTreeSet<WorkloadRef>,
 }
 
 impl FakePayloads {
@@ -84,7 +84,7 @@ impl FakePayloads {
         Self {
             journal,
             deployed: BTreeMap::new(),
-            vm_restarts: BTreeSet::new(),
+            restarts: BTreeSet::new(),
         }
     }
 }
@@ -109,8 +109,8 @@ impl PayloadPhase for FakePayloads {
                 self.journal
                     .write(format!("deploy payload {}@{}", p.name, p.version));
                 if before.is_some() {
-                    let vms = p.on_change.iter().flat_map(|o| &o.restart_vms);
-                    self.vm_restarts.extend(vms.cloned());
+                    let on_change = p.on_change.iter().flat_map(|o| o.workloads());
+                    self.restarts.extend(on_change);
                 }
             }
             out.push(ResourceStatus::new(
@@ -122,8 +122,8 @@ impl PayloadPhase for FakePayloads {
         }
         out
     }
-    fn take_vm_restarts(&mut self) -> BTreeSet<String> {
-        std::mem::take(&mut self.vm_restarts)
+    fn take_restarts(&mut self) -> BTreeSet<WorkloadRef> {
+        std::mem::take(&mut self.restarts)
     }
     fn attestations(&self) -> Vec<PayloadAttestation> {
         Vec::new()
@@ -134,34 +134,28 @@ impl PayloadPhase for FakePayloads {
 pub struct FakeVms(pub Journal);
 
 #[async_trait]
-impl VmPhase for FakeVms {
-    async fn restart(&mut self, name: &str) -> Result<(), String> {
+impl WorkloadPhase for FakeVms {
+    fn kind(&self) -> WorkloadKind {
+        WorkloadKind::Vm
+    }
+    async fn restart(&mut self, name: &str, _: &mut PassCx<'_>) -> Result<(), String> {
         self.0.write(format!("restart vm {name}"));
         Ok(())
     }
-    async fn reconcile(
-        &mut self,
-        spec: &NodeSpec,
-        _: &BTreeMap<String, String>,
-        _: &mut BTreeMap<String, VmEntry>,
-        _: u64,
-        pass: &Pass,
-    ) -> VmPass {
-        let statuses = spec
-            .vms
-            .iter()
-            .take_while(|_| pass.superseded().is_none())
+    async fn reconcile(&mut self, cx: &mut PassCx<'_>) -> WorkloadPass {
+        let statuses = (cx.spec.vms.iter())
+            .take_while(|_| cx.pass.superseded().is_none())
             .map(|v| {
                 self.0.write(format!("vm {}", v.name));
                 ResourceStatus::new(ResourceKind::Vm, &v.name, ResourceState::Converged, None)
             })
             .collect();
-        VmPass {
+        WorkloadPass {
             statuses,
-            rolled_back_now: Vec::new(),
+            rolled_back: false,
         }
     }
-    fn next_probe_in(&self, _: &[VmSpec]) -> Option<Duration> {
+    fn next_probe_in(&self, _: &NodeSpec) -> Option<Duration> {
         None
     }
 }
@@ -261,6 +255,19 @@ impl ContainerEngine for FakeEngine {
     async fn restart(&self, id: &str) -> Result<(), DockerError> {
         self.by_id(id, "restart", |c| c.running = true);
         Ok(())
+    }
+    async fn restart_managed(&self, name: &str, _: &str) -> Result<bool, DockerError> {
+        let id = self
+            .state
+            .lock()
+            .unwrap()
+            .containers
+            .get(name)
+            .map(|c| c.id.clone());
+        match id {
+            Some(id) => self.restart(&id).await.map(|_| true),
+            None => Ok(false),
+        }
     }
     async fn stop(&self, id: &str) -> Result<(), DockerError> {
         self.by_id(id, "stop", |c| {

@@ -1,24 +1,19 @@
-//! The reconciler's self-healing state: the containers' and VMs' escalation ladders and
-//! rollbacks (loaded from the store on first use, saved when changed), the spec a pass
-//! converges once rollbacks are applied, operator resets, and when the next probe is due.
-
-use std::collections::BTreeMap;
+//! The reconciler's self-healing state: every workload's escalation ladder and rollback (the
+//! heal tracker's `HealState`, loaded from the store on first use, saved when changed), the
+//! spec a pass converges once rollbacks are applied, operator resets, and when the next probe
+//! of any registered kind is due.
 
 use steward_proto::{NodeSpec, WorkloadRef};
 use tracing::info;
 
 use super::Reconciler;
-use crate::heal::containers::{effective, heal, HealState, Healed};
-use crate::reconcile::Action;
+use crate::heal::tracker::{effective, HealState};
 
 impl Reconciler {
-    /// How long until an agent-side probe of `spec`'s containers or VMs is due, if any runs.
+    /// How long until an agent-side probe of `spec`'s workloads is due, if any runs.
     pub fn next_probe_in(&self, spec: &NodeSpec) -> Option<std::time::Duration> {
-        let containers = self
-            .probes
-            .next_due(&spec.containers, std::time::Instant::now());
-        let vms = self.vms.as_ref().and_then(|v| v.next_probe_in(&spec.vms));
-        containers.into_iter().chain(vms).min()
+        let due = self.workloads.iter().filter_map(|w| w.next_probe_in(spec));
+        due.min()
     }
 
     /// An operator's reset: the workload's ladder back to the bottom and its rollback dropped,
@@ -42,55 +37,12 @@ impl Reconciler {
     pub(super) fn effective_spec(&mut self, spec: &NodeSpec) -> NodeSpec {
         let state = self.heal_state();
         let mut eff = spec.clone();
-        eff.containers = effective(state, &spec.containers, &spec.payloads);
-        eff.vms = crate::heal::vms::effective(&mut state.vms, &spec.vms, &spec.payloads);
+        eff.containers = effective(&mut state.containers, &spec.containers, &spec.payloads);
+        eff.vms = effective(&mut state.vms, &spec.vms, &spec.payloads);
         let back = state.payloads_in_force();
         for (name, from) in crate::heal::rollback::restore_payloads(&mut eff.payloads, &back) {
             info!(payload = %name, from_version = %from, "payload held at its version from before the rollback");
         }
         eff
-    }
-
-    /// A pass that stopped early did not carry out `skipped`: their containers' ladders and
-    /// rollbacks go back to what they were before this pass (`unhealed`), so a step never
-    /// taken is neither counted nor waited for, and the next pass decides afresh.
-    pub(super) fn unheal(
-        &mut self,
-        skipped: &[Action],
-        unhealed: &BTreeMap<String, crate::heal::containers::Entry>,
-    ) {
-        let state = self.heal_state();
-        for name in skipped.iter().filter_map(Action::container) {
-            match unhealed.get(name) {
-                Some(e) => state.containers.insert(name.to_string(), e.clone()),
-                None => state.containers.remove(name),
-            };
-        }
-    }
-
-    /// Walks the failing containers' ladders, rewriting `plan`.
-    pub(super) fn heal_containers(
-        &mut self,
-        spec: &NodeSpec,
-        observed: &crate::reconcile::Observed,
-        plan: &mut crate::reconcile::Plan,
-    ) -> Healed {
-        let (policy, node_id, generation) =
-            (self.heal.policy, self.node_id.clone(), self.generation);
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        heal(
-            self.heal_state(),
-            &spec.containers,
-            &spec.payloads,
-            observed,
-            plan,
-            &policy,
-            &node_id,
-            generation,
-            now,
-        )
     }
 }

@@ -1,61 +1,60 @@
 //! The reconciler's I/O side: observe through the drivers, plan, apply the plan, and turn the
 //! outcome into a `NodeStatus`. Order of a pass: host networks (creations and changes), then
-//! payloads (so images loaded from `docker-image` payloads exist), then containers (Docker
-//! networks on managed bridges first), then VMs (`vm/`), then the deletion of managed links no
-//! longer wanted. Every apply loop asks the pass ([`Pass`]) before each action whether a newer
-//! generation has arrived, and stops there if one has: the newer spec takes over between two
-//! actions, and the stopped pass reports nothing as observed. The drivers are reached through
-//! the traits of `drivers.rs`, so the pass is unit-tested with in-memory fakes (`pass_tests.rs`);
-//! the containers' phase is in `containers.rs`, the self-healing state in `heal_state.rs`.
+//! payloads (so images loaded from `docker-image` payloads exist), then the restarts payload
+//! changes owe, then every registered kind of workload in turn (`workloads`: containers in
+//! `containers.rs`, with Docker networks on managed bridges first, then VMs, `vm/`), then the
+//! deletion of managed links no longer wanted. Every apply loop asks the pass ([`Pass`])
+//! before each action whether a newer generation has arrived, and stops there if one has: the
+//! newer spec takes over between two actions, and the stopped pass reports nothing as observed.
+//! The drivers are reached through traits (`network::NetworkPhase`, `payload::PayloadPhase`,
+//! `docker::engine::ContainerEngine`, `workload::WorkloadPhase`), so the pass is unit-tested
+//! with in-memory fakes (`fakes.rs`, `pass_tests.rs`); the self-healing state is in
+//! `heal_state.rs`.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
-use steward_proto::{NodeSpec, NodeStatus, ResourceKind, ResourceState, ResourceStatus};
+use steward_proto::{
+    NodeSpec, NodeStatus, ResourceState, ResourceStatus, WorkloadKind, WorkloadRef,
+};
 use tracing::{info, info_span, warn, Instrument};
 
-use crate::heal::containers::HealState;
+use crate::docker::engine::{DockerConnector, EngineSlot};
 use crate::heal::ladder::LadderPolicy;
-use crate::network::{EventFeed, Networks};
+use crate::heal::tracker::HealState;
+use crate::network::{EventFeed, NetOutcome, NetworkPhase, Networks};
 use crate::pass::{Outcome, Pass};
+use crate::payload::PayloadPhase;
 use crate::reconcile::Policy;
 use crate::store::{Kept, Store};
+use crate::workload::{PassCx, WorkloadPhase};
 
 mod containers;
-pub mod drivers;
 #[cfg(test)]
 mod fakes;
 mod heal_state;
 #[cfg(test)]
 mod pass_tests;
 
-use drivers::{
-    ContainerEngine, DockerConnector, EngineConnector, NetworkPhase, PayloadPhase, VmPhase,
-};
-
 /// Carries out plans against the host and reports what came of them.
 pub struct Reconciler {
-    /// How the container engine is reached, and the engine once reached.
-    connector: Box<dyn EngineConnector>,
-    engine: Option<Arc<dyn ContainerEngine>>,
+    /// The container engine, reached on first use (and again after a failure).
+    engine: EngineSlot,
     policy: Policy,
     node_id: String,
-    /// Starts the agent made per container since it started (added to Docker's own count).
-    starts: HashMap<String, u32>,
     /// The generation of the spec being reconciled (for rollback reports).
     generation: u64,
     networks: Box<dyn NetworkPhase>,
     payloads: Box<dyn PayloadPhase>,
     heal: Heal,
-    probes: crate::heal::probes::Probes,
-    vms: Option<Box<dyn VmPhase>>,
+    /// Every kind of workload, in the order a pass reconciles them: containers, then VMs.
+    workloads: Vec<Box<dyn WorkloadPhase>>,
     /// The pass under way: asked between actions whether a newer generation took over.
     pass: Arc<Pass>,
 }
 
-/// The escalation ladders of the containers and where they are kept.
+/// The workloads' escalation ladders and rollbacks, and where they are kept.
 #[derive(Default)]
 struct Heal {
     policy: LadderPolicy,
@@ -73,23 +72,12 @@ pub fn status_digest(s: &NodeStatus) -> String {
         .to_string()
 }
 
-fn resource(
-    kind: ResourceKind,
-    name: &str,
-    state: ResourceState,
-    error: Option<String>,
-) -> ResourceStatus {
-    ResourceStatus::new(kind, name, state, error)
-}
-
 impl Reconciler {
     pub fn new(socket: Option<PathBuf>, policy: Policy, node_id: String) -> Self {
         Self {
-            connector: Box::new(DockerConnector(socket)),
-            engine: None,
+            engine: EngineSlot::new(Box::new(DockerConnector(socket))),
             policy,
             node_id,
-            starts: HashMap::new(),
             generation: 0,
             networks: Box::new(Networks::new(
                 crate::network::lab::DEFAULT_LAB_TEMPLATE.to_string(),
@@ -98,8 +86,7 @@ impl Reconciler {
             )),
             payloads: Box::new(crate::payload::Payloads::disabled()),
             heal: Heal::default(),
-            probes: Default::default(),
-            vms: None,
+            workloads: vec![Box::new(containers::Containers::default())],
             pass: Arc::new(Pass::unbounded(0)),
         }
     }
@@ -115,10 +102,8 @@ impl Reconciler {
 
     /// VMs with these settings (without this, a spec's VMs are reported failed).
     pub fn with_vms(mut self, settings: crate::vm::VmSettings) -> Self {
-        self.vms = Some(Box::new(crate::vm::Vms::new(
-            settings,
-            self.node_id.clone(),
-        )));
+        let vms = crate::vm::Vms::new(settings, self.node_id.clone());
+        self.workloads.push(Box::new(vms));
         self
     }
 
@@ -154,22 +139,12 @@ impl Reconciler {
 
     /// The drivers a pass goes through, replaced by in-memory fakes (the pass's unit tests).
     #[cfg(test)]
-    pub(crate) fn with_drivers(mut self, d: fakes::Drivers) -> Self {
-        self.connector = d.connector;
+    fn with_drivers(mut self, d: fakes::Drivers) -> Self {
+        self.engine = EngineSlot::new(d.connector);
         self.networks = d.networks;
         self.payloads = d.payloads;
-        self.vms = d.vms;
+        self.workloads.extend(d.vms);
         self
-    }
-
-    /// The container engine, connecting on first use (and again after a failure).
-    async fn engine(&mut self) -> Result<Arc<dyn ContainerEngine>, String> {
-        if let Some(e) = &self.engine {
-            return Ok(e.clone());
-        }
-        let e = self.connector.connect().await?;
-        self.engine = Some(e.clone());
-        Ok(e)
     }
 
     /// Observe → plan → apply → report, for one generation of the spec, with nothing to
@@ -240,45 +215,13 @@ impl Reconciler {
             .reconcile(spec, &self.policy, &self.node_id, &pass)
             .await;
         pass.phase("payloads");
-        let payloads = self.reconcile_payloads(spec).await;
-        let vm_restarts = self.payloads.take_vm_restarts();
-        pass.phase("containers");
-        let (containers, containers_rolled_back) = self.reconcile_containers(spec, &net).await;
-        pass.phase("vms");
-        if let Some(v) = self.vms.as_mut() {
-            // Restarts owed to payloads deployed in this pass happen even when it stops early
-            // (the next pass would not know of them).
-            for name in vm_restarts {
-                if let Err(e) = v.restart(&name).await {
-                    warn!(vm = %name, error = %e, "restarting a VM after its payload changed failed");
-                }
-            }
-        }
-        let generation = self.generation;
-        let state = self.heal.state.get();
-        let (vms, vms_rolled_back) = match self.vms.as_mut() {
-            Some(v) => {
-                let out = v
-                    .reconcile(spec, &net.unusable, &mut state.vms, generation, &pass)
-                    .await;
-                (out.statuses, !out.rolled_back_now.is_empty())
-            }
-            None => (
-                spec.vms
-                    .iter()
-                    .map(|v| {
-                        let why = "VMs are not enabled in this agent".to_string();
-                        resource(ResourceKind::Vm, &v.name, ResourceState::Failed, Some(why))
-                    })
-                    .collect(),
-                false,
-            ),
-        };
+        let mut resources = self.reconcile_payloads(spec).await;
+        let (workloads, again) = self.reconcile_workloads(spec, &net, &pass).await;
         // Docker networks go before the bridges under them (and only for bridges going away).
         pass.phase("deletions");
         let doomed = net.bridges_to_delete();
         if !doomed.is_empty() && pass.superseded().is_none() {
-            if let Ok(d) = self.engine().await {
+            if let Ok(d) = self.engine.get().await {
                 for b in doomed {
                     if let Err(e) = d.remove_bridge_network(&b).await {
                         warn!(bridge = %b, error = %e, "removing the Docker network on a bridge failed");
@@ -287,11 +230,58 @@ impl Reconciler {
             }
         }
         self.networks.finish(&mut net, &pass).await;
-        let mut resources = std::mem::take(&mut net.resources);
-        resources.extend(payloads);
-        resources.extend(containers);
-        resources.extend(vms);
-        (resources, containers_rolled_back || vms_rolled_back)
+        let mut all = std::mem::take(&mut net.resources);
+        all.append(&mut resources);
+        all.extend(workloads);
+        (all, again)
+    }
+
+    /// Every registered kind's phase in turn, after the restarts the payloads' phase owes
+    /// (those happen even when the pass stops early: the next pass would not know of them).
+    /// A kind no phase is registered for is reported failed.
+    async fn reconcile_workloads(
+        &mut self,
+        spec: &NodeSpec,
+        net: &NetOutcome,
+        pass: &Pass,
+    ) -> (Vec<ResourceStatus>, bool) {
+        let restarts = self.payloads.take_restarts();
+        let mut cx = PassCx {
+            spec,
+            net,
+            heal: self.heal.state.get(),
+            ladder: self.heal.policy,
+            policy: &self.policy,
+            node_id: &self.node_id,
+            generation: self.generation,
+            pass,
+            engine: &mut self.engine,
+        };
+        for w in restarts {
+            let Some(phase) = self.workloads.iter_mut().find(|p| p.kind() == w.kind) else {
+                continue;
+            };
+            if let Err(e) = phase.restart(&w.name, &mut cx).await {
+                warn!(workload = %w, error = %e, "restarting a workload after its payload changed failed");
+            }
+        }
+        let (mut out, mut again) = (Vec::new(), false);
+        for phase in &mut self.workloads {
+            pass.phase(&format!("{}s", phase.kind().as_str()));
+            let done = phase.reconcile(&mut cx).await;
+            out.extend(done.statuses);
+            again |= done.rolled_back;
+        }
+        for kind in WorkloadKind::ALL {
+            if self.workloads.iter().all(|p| p.kind() != kind) {
+                let why = format!("{}s are not enabled in this agent", kind.title());
+                out.extend(spec.workload_names(kind).into_iter().map(|name| {
+                    let w = WorkloadRef::new(kind, name);
+                    ResourceStatus::of_workload(&w, ResourceState::Failed, Some(why.clone()))
+                }));
+            }
+        }
+        (out, again)
     }
 
     async fn reconcile_payloads(&mut self, spec: &NodeSpec) -> Vec<ResourceStatus> {
@@ -300,7 +290,7 @@ impl Reconciler {
         let keep = self.heal_state().healthy_blobs();
         self.payloads.retain_blobs(keep);
         let engine = if crate::payload::needs_docker(spec) {
-            self.engine().await.ok()
+            self.engine.get().await.ok()
         } else {
             None
         };

@@ -28,6 +28,18 @@ struct Step {
 
 fn nothing(_: &FakeEngine) {}
 
+/// What a row's pass has unless it says otherwise: nothing played before it, no newer
+/// generation, nothing asked, everything converged.
+fn plain() -> Step {
+    Step {
+        spec: "",
+        before: nothing,
+        newer_arrived: false,
+        journal: &[],
+        check: all_converged,
+    }
+}
+
 fn state_of(st: Option<&NodeStatus>, kind: ResourceKind, name: &str) -> Option<ResourceState> {
     st?.resources
         .iter()
@@ -72,6 +84,16 @@ containers: [{name: web, image: 'busybox:1'}]
 vms: [{name: vm1, image: /base.qcow2, cpus: 1, memory: 256Mi}]
 ";
 
+const WEB_CFG: &str = "
+payloads: [{name: cfg, version: '1', path: /srv/cfg, on_change: {restart_containers: [web]}}]
+containers: [{name: web, image: 'busybox:1'}]
+";
+
+const WEB_CFG2: &str = "
+payloads: [{name: cfg, version: '2', path: /srv/cfg, on_change: {restart_containers: [web]}}]
+containers: [{name: web, image: 'busybox:1'}]
+";
+
 const WEB_GOOD: &str = "containers: [{name: web, image: 'good:1'}]";
 const WEB_BAD: &str = "containers: [{name: web, image: 'bad:2'}]";
 
@@ -79,8 +101,6 @@ const WEB_BAD: &str = "containers: [{name: web, image: 'bad:2'}]";
 fn full_first() -> Step {
     Step {
         spec: FULL,
-        before: nothing,
-        newer_arrived: false,
         journal: &[
             "networks",
             "deploy payload cfg@1",
@@ -89,7 +109,7 @@ fn full_first() -> Step {
             "vm vm1",
             "network deletions",
         ],
-        check: all_converged,
+        ..plain()
     }
 }
 
@@ -98,14 +118,13 @@ fn web_good_first(before: fn(&FakeEngine)) -> Step {
     Step {
         spec: WEB_GOOD,
         before,
-        newer_arrived: false,
         journal: &[
             "networks",
             "pull good:1",
             "create web good:1",
             "network deletions",
         ],
-        check: all_converged,
+        ..plain()
     }
 }
 
@@ -113,10 +132,8 @@ fn web_good_first(before: fn(&FakeEngine)) -> Step {
 fn web_good_again() -> Step {
     Step {
         spec: WEB_GOOD,
-        before: nothing,
-        newer_arrived: false,
         journal: &["networks", "network deletions"],
-        check: all_converged,
+        ..plain()
     }
 }
 
@@ -132,8 +149,6 @@ fn rows() -> Vec<(&'static str, Vec<Step>)> {
                 full_first(),
                 Step {
                     spec: FULL_CFG2,
-                    before: nothing,
-                    newer_arrived: false,
                     journal: &[
                         "networks",
                         "deploy payload cfg@2",
@@ -141,7 +156,33 @@ fn rows() -> Vec<(&'static str, Vec<Step>)> {
                         "vm vm1",
                         "network deletions",
                     ],
-                    check: all_converged,
+                    ..plain()
+                },
+            ],
+        ),
+        (
+            "a payload change restarts the containers that restart on it, before their pass",
+            vec![
+                Step {
+                    spec: WEB_CFG,
+                    journal: &[
+                        "networks",
+                        "deploy payload cfg@1",
+                        "pull busybox:1",
+                        "create web busybox:1",
+                        "network deletions",
+                    ],
+                    ..plain()
+                },
+                Step {
+                    spec: WEB_CFG2,
+                    journal: &[
+                        "networks",
+                        "deploy payload cfg@2",
+                        "restart web",
+                        "network deletions",
+                    ],
+                    ..plain()
                 },
             ],
         ),
@@ -153,7 +194,6 @@ fn rows() -> Vec<(&'static str, Vec<Step>)> {
                 Step {
                     spec: WEB_GOOD,
                     before: |e| crash(e, "web"),
-                    newer_arrived: false,
                     journal: &["networks", "restart web", "network deletions"],
                     check: |st| {
                         let web = web_status(st)?;
@@ -171,6 +211,7 @@ fn rows() -> Vec<(&'static str, Vec<Step>)> {
                             _ => Err(format!("web: {web:?}")),
                         }
                     },
+                    ..plain()
                 },
             ],
         ),
@@ -181,8 +222,6 @@ fn rows() -> Vec<(&'static str, Vec<Step>)> {
                 web_good_again(),
                 Step {
                     spec: WEB_BAD,
-                    before: nothing,
-                    newer_arrived: false,
                     journal: &[
                         "networks",
                         "pull bad:2",
@@ -191,11 +230,10 @@ fn rows() -> Vec<(&'static str, Vec<Step>)> {
                         "network deletions",
                     ],
                     check: |_| Ok(()),
+                    ..plain()
                 },
                 Step {
                     spec: WEB_BAD,
-                    before: nothing,
-                    newer_arrived: false,
                     journal: &[
                         "networks",
                         "remove web",
@@ -211,6 +249,7 @@ fn rows() -> Vec<(&'static str, Vec<Step>)> {
                             _ => Err(format!("web not rolled back: {web:?}")),
                         }
                     },
+                    ..plain()
                 },
             ],
         ),
@@ -221,7 +260,6 @@ fn rows() -> Vec<(&'static str, Vec<Step>)> {
                 Step {
                     spec: FULL,
                     before: |e| e.offline.store(true, Ordering::SeqCst),
-                    newer_arrived: false,
                     journal: &["networks", "vm vm1", "network deletions"],
                     check: |st| {
                         match state_of(st, ResourceKind::Container, "web") {
@@ -233,14 +271,15 @@ fn rows() -> Vec<(&'static str, Vec<Step>)> {
                             s => Err(format!("vm1 is {s:?}")),
                         }
                     },
+                    ..plain()
                 },
                 Step {
                     spec: FULL,
                     before: |e| e.offline.store(false, Ordering::SeqCst),
-                    newer_arrived: false,
                     // The container was never removed: back online, nothing to do.
                     journal: &["networks", "vm vm1", "network deletions"],
                     check: all_converged,
+                    ..plain()
                 },
             ],
         ),
@@ -248,13 +287,13 @@ fn rows() -> Vec<(&'static str, Vec<Step>)> {
             "a pass a newer spec has overtaken stops before its next action and reports nothing",
             vec![Step {
                 spec: FULL,
-                before: nothing,
                 newer_arrived: true,
                 journal: &["networks", "network deletions"],
                 check: |st| match st {
                     None => Ok(()),
                     Some(_) => Err("a superseded pass reported a status".into()),
                 },
+                ..plain()
             }],
         ),
     ]

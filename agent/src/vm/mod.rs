@@ -1,5 +1,6 @@
-//! Virtual machines with QEMU: the only module speaking QMP. Observe (VM directories, their
-//! records, pidfiles and QMP) → plan (`plan.rs`, pure) → apply (`driver.rs` for QEMU, `disk.rs`
+//! Virtual machines with QEMU, one registered kind of workload (`workload::WorkloadPhase`):
+//! the only module speaking QMP. Observe (VM directories, their records, pidfiles and QMP) →
+//! plan (`plan.rs`, pure) → heal (`heal::vms`) → apply (`driver.rs` for QEMU, `disk.rs`
 //! for overlays, `seed.rs` for cloud-init, `tap.rs` for taps; bridge ports through
 //! `network::attach_port`) → report one `ResourceStatus` per VM, with the accelerator in
 //! `detail`.
@@ -23,9 +24,15 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use steward_proto::{NodeSpec, ResourceKind, ResourceState, ResourceStatus, VmSpec};
+use async_trait::async_trait;
+use steward_proto::{
+    NodeSpec, ResourceKind, ResourceState, ResourceStatus, VmSpec, WorkloadKind, WorkloadRef,
+};
 use tracing::{info, info_span, warn, Instrument};
 
+use crate::heal::status::Healed;
+use crate::heal::tracker::Entries;
+use crate::workload::{PassCx, WorkloadPass, WorkloadPhase};
 use driver::{Launch, VmPaths};
 pub use launch::{derive_mac, launch};
 use plan::{DesiredVm, ObservedVm, Proc, VmAction, VmVerdict};
@@ -159,13 +166,6 @@ pub fn watch_exits(dir: &Path, every: Duration, mut on_exit: impl FnMut(&str)) -
     }
 }
 
-/// What a VM pass reports.
-pub struct VmPass {
-    pub statuses: Vec<ResourceStatus>,
-    /// VMs rolled back in this pass: the old configuration applies from the next pass.
-    pub rolled_back_now: Vec<String>,
-}
-
 /// The VM side of the reconciler.
 pub struct Vms {
     s: VmSettings,
@@ -202,15 +202,6 @@ impl Vms {
             probes: Default::default(),
             start_failed: BTreeMap::new(),
         }
-    }
-
-    /// How long until the next health probe of `vms` is due, if any is probed.
-    pub fn next_probe_in(&self, vms: &[VmSpec]) -> Option<Duration> {
-        self.probes.next_due_of(
-            vms.iter()
-                .filter_map(|v| Some((v.name.as_str(), v.healthcheck.as_ref()?))),
-            std::time::Instant::now(),
-        )
     }
 
     /// Probes the running VMs with a health check; how each VM was found, for healing.
@@ -312,96 +303,62 @@ impl Vms {
         out
     }
 
-    /// Observe → plan → heal → apply → report for every VM of `spec` (the pass's effective
-    /// spec, of `generation`). `unusable` holds bridges that are not Steward's to use, with the
-    /// reason; `heal` the VMs' ladders and rollback memory, which the caller stores. The names
-    /// rolled back in this pass come back in `VmPass::rolled_back_now`. Once `pass` is
-    /// superseded, the actions left are not carried out (a VM's create-and-start is one).
-    pub async fn reconcile(
+    /// The planner's `actions` put through the heal tracker, for the VMs of `spec` that can be
+    /// launched (the others are reported failed, not healed). Returns what healing concluded
+    /// and the entries as they were before (for steps a superseded pass never takes).
+    fn heal(
         &mut self,
-        spec: &NodeSpec,
-        unusable: &BTreeMap<String, String>,
-        heal: &mut BTreeMap<String, crate::heal::vms::VmEntry>,
-        generation: u64,
-        pass: &crate::pass::Pass,
-    ) -> VmPass {
-        let statuses = |v: Vec<ResourceStatus>| VmPass {
-            statuses: v,
-            rolled_back_now: Vec::new(),
-        };
-        if spec.vms.is_empty() && !self.s.dir.exists() {
-            return statuses(Vec::new());
-        }
-        if let Err(e) = std::fs::create_dir_all(&self.s.dir) {
-            let why = format!(
-                "cannot create the VM directory {}: {e}",
-                self.s.dir.display()
-            );
-            return statuses(
-                spec.vms
-                    .iter()
-                    .map(|v| status(&v.name, ResourceState::Failed, Some(why.clone())))
-                    .collect(),
-            );
-        }
-        self.clean_leftovers();
-        let mut observed = self.observe().await;
-        let (desired, launches, mut failed) = self.desired(spec, &mut observed);
-        let (mut actions, verdicts) = plan::plan(&desired, &observed, &self.node);
-        let seen = self.look(spec, &observed).await;
+        cx: &mut PassCx<'_>,
+        launches: &BTreeMap<String, Launch>,
+        seen: &BTreeMap<String, crate::heal::vms::VmSeen>,
+        actions: &mut Vec<VmAction>,
+    ) -> (Healed, Entries<VmSpec>) {
+        let spec = cx.spec;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        // VMs whose config cannot be launched are not healed (they are reported failed).
-        let healable: Vec<VmSpec> = spec
-            .vms
-            .iter()
+        let healable: Vec<VmSpec> = (spec.vms.iter())
             .filter(|v| launches.contains_key(&v.name))
             .cloned()
             .collect();
         // Ladders and rollback memory of VMs gone from the spec go; a VM whose config cannot
         // be launched right now keeps its own (its last healthy config among them).
-        heal.retain(|n, _| spec.vms.iter().any(|v| &v.name == n));
-        let unhealed = heal.clone();
-        let healed = crate::heal::vms::heal_vms(
-            heal,
-            &mut actions,
-            &crate::heal::vms::Pass {
-                desired: &healable,
-                payloads: &spec.payloads,
-                seen: &seen,
-                policy: &self.s.heal,
-                generation,
-                now,
-            },
-        );
+        let entries = &mut cx.heal.vms;
+        entries.retain(|n, _| spec.vms.iter().any(|v| &v.name == n));
+        let unhealed = entries.clone();
+        let pass = crate::heal::vms::Pass {
+            desired: &healable,
+            payloads: &spec.payloads,
+            seen,
+            policy: &self.s.heal,
+            generation: cx.generation,
+            now,
+        };
+        let healed = crate::heal::vms::heal_vms(entries, actions, &pass);
         for name in &healed.acted {
             self.probes.forget(name);
         }
-        for o in &observed {
+        (healed, unhealed)
+    }
+
+    /// Logs each VM found running for the first time in this process.
+    fn note_adopted(&mut self, observed: &[ObservedVm]) {
+        for o in observed {
             if matches!(o.proc, Proc::Alive(_)) && self.seen.insert(o.name.clone()) {
                 info!(vm = %o.name, "found a running VM through its QMP socket: adopted, not restarted");
             }
         }
-        self.start_failed.clear();
-        if let Some(i) = self
-            .apply_all(&actions, spec, &launches, unusable, pass, &mut failed)
-            .await
-        {
-            // Steps not taken are neither counted on the ladders nor waited for.
-            for name in actions[i..].iter().map(VmAction::name) {
-                match unhealed.get(name) {
-                    Some(e) => heal.insert(name.to_string(), e.clone()),
-                    None => heal.remove(name),
-                };
-            }
-        }
-        self.reattach_taps(&launches, &failed, pass).await;
-        let out = self.statuses(spec, &verdicts, &failed, &seen, &healed);
-        VmPass {
-            statuses: out,
-            rolled_back_now: healed.rolled_back_now,
+    }
+
+    /// Every VM of `spec` failed for `why`.
+    fn failed_all(spec: &NodeSpec, why: &str) -> WorkloadPass {
+        let statuses = (spec.vms.iter())
+            .map(|v| status(&v.name, ResourceState::Failed, Some(why.to_string())))
+            .collect();
+        WorkloadPass {
+            statuses,
+            rolled_back: false,
         }
     }
 
@@ -457,8 +414,7 @@ impl Vms {
             let seen_now = seen.get(&v.name);
             let rec = p.load().filter(|r| r.node == self.node);
             let outcome = crate::heal::status::Outcome {
-                kind: ResourceKind::Vm,
-                name: &v.name,
+                workload: WorkloadRef::new(WorkloadKind::Vm, &v.name),
                 pass: (state, error),
                 health: seen_now.and_then(|s| s.health.as_deref()),
                 probe_error: seen_now.and_then(|s| s.probe_error.as_deref()),
@@ -554,5 +510,66 @@ impl Vms {
             }
         }
         None
+    }
+}
+
+#[async_trait]
+impl WorkloadPhase for Vms {
+    fn kind(&self) -> WorkloadKind {
+        WorkloadKind::Vm
+    }
+
+    async fn restart(&mut self, name: &str, _: &mut PassCx<'_>) -> Result<(), String> {
+        let restarted = Vms::restart(self, name).await.map_err(|e| e.to_string())?;
+        if restarted {
+            info!(vm = %name, "restarted after a payload changed");
+        }
+        Ok(())
+    }
+
+    /// Observe → plan → heal → apply → report for every VM of the pass's effective spec.
+    /// Bridges in `cx.net.unusable` are not Steward's to use. Once the pass is superseded, the
+    /// actions left are not carried out (a VM's create-and-start is one), and their ladders
+    /// are left as they were.
+    async fn reconcile(&mut self, cx: &mut PassCx<'_>) -> WorkloadPass {
+        let spec = cx.spec;
+        if spec.vms.is_empty() && !self.s.dir.exists() {
+            return WorkloadPass::default();
+        }
+        if let Err(e) = std::fs::create_dir_all(&self.s.dir) {
+            let why = format!(
+                "cannot create the VM directory {}: {e}",
+                self.s.dir.display()
+            );
+            return Self::failed_all(spec, &why);
+        }
+        self.clean_leftovers();
+        let mut observed = self.observe().await;
+        let (desired, launches, mut failed) = self.desired(spec, &mut observed);
+        let (mut actions, verdicts) = plan::plan(&desired, &observed, &self.node);
+        let seen = self.look(spec, &observed).await;
+        let (healed, unhealed) = self.heal(cx, &launches, &seen, &mut actions);
+        self.note_adopted(&observed);
+        self.start_failed.clear();
+        let unusable = &cx.net.unusable;
+        let stopped_at =
+            (self.apply_all(&actions, spec, &launches, unusable, cx.pass, &mut failed)).await;
+        if let Some(i) = stopped_at {
+            // Steps not taken are neither counted on the ladders nor waited for.
+            let skipped = actions[i..].iter().map(VmAction::name);
+            crate::heal::tracker::restore(&mut cx.heal.vms, &unhealed, skipped);
+        }
+        self.reattach_taps(&launches, &failed, cx.pass).await;
+        WorkloadPass {
+            statuses: self.statuses(spec, &verdicts, &failed, &seen, &healed),
+            rolled_back: !healed.rolled_back_now.is_empty(),
+        }
+    }
+
+    fn next_probe_in(&self, spec: &NodeSpec) -> Option<Duration> {
+        self.probes.next_due_of(
+            (spec.vms.iter()).filter_map(|v| Some((v.name.as_str(), v.healthcheck.as_ref()?))),
+            std::time::Instant::now(),
+        )
     }
 }

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use clap::Subcommand;
 use reqwest::Method;
 use steward_proto::selector::Selector;
-use steward_proto::{Health, Node, NodePatch, NodeStatus, ResourceState};
+use steward_proto::{Health, Node, NodePatch, NodeStatus, ResourceState, WorkloadKind};
 
 use crate::error::CliError;
 use crate::node_view;
@@ -70,7 +70,16 @@ pub enum NodesCmd {
         id: String,
         /// Container or VM name, as in the node's spec.
         workload: String,
+        /// Only the workload of this kind (a container and a VM may share a name); without
+        /// it, every workload of that name.
+        #[arg(long, value_name = "container|vm", value_parser = parse_kind)]
+        kind: Option<WorkloadKind>,
     },
+}
+
+/// A workload kind: `container` or `vm`.
+fn parse_kind(s: &str) -> Result<WorkloadKind, String> {
+    WorkloadKind::parse(s).ok_or_else(|| format!("{s:?} is not a workload kind: container or vm"))
 }
 
 /// Checks a selector locally so that typos fail before any request (exit 2).
@@ -136,19 +145,23 @@ pub async fn run(cmd: NodesCmd, ctx: &Ctx) -> Result<Exit, CliError> {
             }
             Ok(Exit::Ok)
         }
-        NodesCmd::Reset { id, workload } => {
-            let q: steward_proto::api::ResetQueued = client
-                .call(
-                    Method::POST,
-                    &["v1", "nodes", &id, "workloads", &workload, "reset"],
-                )
-                .await?;
+        NodesCmd::Reset { id, workload, kind } => {
+            let path = ["v1", "nodes", &id, "workloads", &workload, "reset"];
+            let mut rb = client.request(Method::POST, &path);
+            if let Some(k) = kind {
+                rb = rb.query(&[("kind", k.as_str())]);
+            }
+            let q: steward_proto::api::ResetQueued = client.json(rb).await?;
             if ctx.json() {
                 output::json(&q)?;
             } else if !ctx.quiet {
+                let what = match q.kind {
+                    Some(k) => format!("{} {}", k.as_str(), q.workload),
+                    None => q.workload.clone(),
+                };
                 output::line(format!(
-                    "reset of {} on node {} queued for its next heartbeat",
-                    q.workload, q.node_id
+                    "reset of {what} on node {} queued for its next heartbeat",
+                    q.node_id
                 ));
             }
             Ok(Exit::Ok)
