@@ -1,0 +1,255 @@
+//! The fleet's heartbeats: an open-loop load paced at N/10 per second (every node once per
+//! 10 s interval) that runs through all phases; every answer is recorded with the phase it was
+//! sent in, its latency from the scheduled time and its answer time (for the longest stall).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use hyper::body::Bytes;
+use hyper::header::HeaderValue;
+use hyper::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::stats::{r3, Lat};
+use crate::util::{bearer, Conn, NodeCred};
+
+/// Phase index meaning "between phases": recorded, never reported.
+pub const BETWEEN: usize = 0;
+
+/// One answer (or failure): phase, outcome, latency from the due time, answer time from start.
+#[derive(Clone, Copy)]
+struct Rec {
+    phase: u8,
+    /// 0 answered 2xx, 1 answered otherwise, 2 transport error (refused, reset).
+    outcome: u8,
+    lat_us: u32,
+    at_us: u32,
+}
+
+/// Heartbeat figures of one phase.
+#[derive(Clone, Debug, Default)]
+pub struct PhaseHb {
+    pub answered: usize,
+    pub lat: Lat,
+    /// The largest gap between two consecutive answers (ms).
+    pub gap_ms: f64,
+    pub non2xx: usize,
+    pub errors: usize,
+    pub first_bad: Option<String>,
+    /// Answers per second over the phase's span of answers.
+    pub rate: f64,
+}
+
+impl PhaseHb {
+    pub fn json(&self) -> Value {
+        json!({
+            "answered": self.answered, "latency_from_schedule": self.lat.json(),
+            "longest_gap_ms": r3(self.gap_ms), "non_2xx": self.non2xx,
+            "transport_errors": self.errors, "first_bad": self.first_bad,
+            "answers_per_sec": r3(self.rate),
+        })
+    }
+}
+
+/// A worker's records and its first bad answer per phase.
+type WorkerOut = (Vec<Rec>, Vec<Option<String>>);
+
+/// A running load; `phase` and `silence` steer it.
+pub struct Load {
+    pub phase: Arc<AtomicUsize>,
+    /// While set, every tenth node (see [`silenced`]) sends nothing.
+    pub silence: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<WorkerOut>>,
+    pub conns: usize,
+}
+
+/// The nodes that stop heartbeating in phase (c): every tenth, spread over the schedule.
+pub fn silenced(node: usize) -> bool {
+    node % 10 == 9
+}
+
+/// The heartbeat body: what an agent sends every interval (its status digest echoed).
+fn body(digest: &str) -> Bytes {
+    Bytes::from(
+        json!({"observed_generation": 0, "status_digest": digest, "rtt_ms": 1.2,
+            "stats": {"cpu_percent": 3.5, "load1": 0.1, "memory_used_bytes": 1_000_000_000u64,
+            "memory_total_bytes": 8_000_000_000u64}})
+        .to_string(),
+    )
+}
+
+impl Load {
+    /// Starts `rate` heartbeats per second over `conns` keep-alive connections to `addr`,
+    /// heartbeat `i` from node `i % nodes.len()` due at `start + i / rate`.
+    pub fn start(
+        addr: SocketAddr,
+        nodes: &[NodeCred],
+        digest: &str,
+        rate: f64,
+        conns: usize,
+    ) -> Result<Load> {
+        let targets: Arc<Vec<(String, HeaderValue)>> = Arc::new(
+            nodes
+                .iter()
+                .map(|n| Ok((format!("/v1/nodes/{}/heartbeat", n.id), bearer(&n.secret)?)))
+                .collect::<Result<_>>()?,
+        );
+        let phase = Arc::new(AtomicUsize::new(BETWEEN));
+        let silence = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let start = Instant::now() + Duration::from_millis(200);
+        let body = body(digest);
+        let mut tasks = Vec::new();
+        for j in 0..conns {
+            let w = Worker {
+                addr,
+                targets: targets.clone(),
+                phase: phase.clone(),
+                silence: silence.clone(),
+                stop: stop.clone(),
+                start,
+                rate,
+                body: body.clone(),
+            };
+            tasks.push(tokio::spawn(w.run(j, conns)));
+        }
+        Ok(Load {
+            phase,
+            silence,
+            stop,
+            tasks,
+            conns,
+        })
+    }
+
+    pub fn set_phase(&self, p: usize) {
+        self.phase.store(p, Ordering::SeqCst);
+    }
+
+    /// Stops the load; returns the figures of phases `0..phases`.
+    pub async fn finish(self, phases: usize) -> Vec<PhaseHb> {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut per: Vec<Vec<Rec>> = vec![Vec::new(); phases];
+        let mut bad: Vec<Option<String>> = vec![None; phases];
+        for t in self.tasks {
+            let Ok((recs, first_bad)) = t.await else {
+                continue;
+            };
+            for r in recs {
+                if let Some(v) = per.get_mut(r.phase as usize) {
+                    v.push(r);
+                }
+            }
+            for (b, f) in bad.iter_mut().zip(first_bad) {
+                if b.is_none() {
+                    *b = f;
+                }
+            }
+        }
+        per.into_iter()
+            .zip(bad)
+            .map(|(recs, b)| summarize(recs, b))
+            .collect()
+    }
+}
+
+fn summarize(mut recs: Vec<Rec>, first_bad: Option<String>) -> PhaseHb {
+    recs.sort_unstable_by_key(|r| r.at_us);
+    let answered: Vec<&Rec> = recs.iter().filter(|r| r.outcome != 2).collect();
+    let gap_us = answered
+        .windows(2)
+        .map(|w| w[1].at_us - w[0].at_us)
+        .max()
+        .unwrap_or(0);
+    let span = match (answered.first(), answered.last()) {
+        (Some(a), Some(b)) if b.at_us > a.at_us => (b.at_us - a.at_us) as f64 / 1e6,
+        _ => 0.0,
+    };
+    PhaseHb {
+        answered: answered.len(),
+        lat: Lat::of(
+            answered
+                .iter()
+                .map(|r| Duration::from_micros(r.lat_us as u64))
+                .collect(),
+        ),
+        gap_ms: gap_us as f64 / 1e3,
+        non2xx: recs.iter().filter(|r| r.outcome == 1).count(),
+        errors: recs.iter().filter(|r| r.outcome == 2).count(),
+        first_bad,
+        rate: if span > 0.0 {
+            answered.len() as f64 / span
+        } else {
+            0.0
+        },
+    }
+}
+
+struct Worker {
+    addr: SocketAddr,
+    targets: Arc<Vec<(String, HeaderValue)>>,
+    phase: Arc<AtomicUsize>,
+    silence: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    start: Instant,
+    rate: f64,
+    body: Bytes,
+}
+
+impl Worker {
+    /// Connection `j` of `k`: heartbeats j, j+k, j+2k, ...; a failed send or connect drops
+    /// that heartbeat (as an agent would) and reconnects for the next one.
+    async fn run(self, j: usize, k: usize) -> WorkerOut {
+        let (mut recs, mut first_bad) = (Vec::new(), vec![None::<String>; 256]);
+        let mut conn: Option<Conn> = None;
+        let n = self.targets.len();
+        let us = |d: Duration| d.as_micros().min(u32::MAX as u128) as u32;
+        for i in (j..).step_by(k) {
+            let due = self.start + Duration::from_secs_f64(i as f64 / self.rate);
+            tokio::time::sleep_until(due.into()).await;
+            if self.stop.load(Ordering::SeqCst) {
+                break;
+            }
+            let node = i % n;
+            if silenced(node) && self.silence.load(Ordering::SeqCst) {
+                continue;
+            }
+            let phase = self.phase.load(Ordering::SeqCst) as u8;
+            let (path, auth) = &self.targets[node];
+            let res = async {
+                if conn.is_none() {
+                    conn = Some(Conn::connect(self.addr).await?);
+                }
+                let c = conn
+                    .as_mut()
+                    .ok_or_else(|| anyhow::anyhow!("no connection"))?;
+                let req = c.request(Method::POST, path, Some(auth), Some(self.body.clone()))?;
+                c.send(req).await
+            }
+            .await;
+            let now = Instant::now();
+            let (outcome, bad) = match res {
+                Ok((st, _)) if st == StatusCode::OK => (0, None),
+                Ok((st, b)) => (1, Some(format!("{st} {}", String::from_utf8_lossy(&b)))),
+                Err(e) => {
+                    conn = None;
+                    (2, Some(format!("{e:#}")))
+                }
+            };
+            if first_bad[phase as usize].is_none() {
+                first_bad[phase as usize] = bad;
+            }
+            recs.push(Rec {
+                phase,
+                outcome,
+                lat_us: us(now.saturating_duration_since(due)),
+                at_us: us(now.saturating_duration_since(self.start)),
+            });
+        }
+        (recs, first_bad)
+    }
+}
