@@ -173,6 +173,12 @@ fn main() -> ExitCode {
     for f in &failures {
         eprintln!("WRONG ANSWERS: {f}");
     }
+    if let Some(tail) = results["registry_log_tail"].as_array() {
+        eprintln!("--- last lines of the registry's log ---");
+        for l in tail {
+            eprintln!("{}", l.as_str().unwrap_or_default());
+        }
+    }
     if res.is_err() {
         ExitCode::FAILURE
     } else {

@@ -1,10 +1,11 @@
 //! The fleet's heartbeats: an open-loop load paced at N/10 per second (every node once per
-//! 10 s interval) that runs through all phases; every answer is recorded with the phase it was
-//! sent in, its latency from the scheduled time and its answer time (for the longest stall).
+//! 10 s interval) that runs through all phases; every answer is recorded with its scheduled
+//! time (which names its phase), its latency from that time and its answer time (for the
+//! longest stall).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -19,17 +20,17 @@ use crate::util::{bearer, Conn, NodeCred};
 /// Phase index meaning "between phases": recorded, never reported.
 pub const BETWEEN: usize = 0;
 
-/// One answer (or failure): phase, outcome, latency from the due time, answer time from start.
+/// One answer (or failure): outcome, due time, latency from the due time, answer time (µs).
 #[derive(Clone, Copy)]
 struct Rec {
-    phase: u8,
     /// 0 answered 2xx, 1 answered otherwise, 2 transport error (refused, reset).
     outcome: u8,
+    due_us: u32,
     lat_us: u32,
     at_us: u32,
 }
 
-/// Heartbeat figures of one phase.
+/// Heartbeat figures of the heartbeats due in one phase.
 #[derive(Clone, Debug, Default)]
 pub struct PhaseHb {
     pub answered: usize,
@@ -38,7 +39,8 @@ pub struct PhaseHb {
     pub gap_ms: f64,
     pub non2xx: usize,
     pub errors: usize,
-    pub first_bad: Option<String>,
+    pub first_non2xx: Option<String>,
+    pub first_error: Option<String>,
     /// Answers per second over the phase's span of answers.
     pub rate: f64,
 }
@@ -48,18 +50,30 @@ impl PhaseHb {
         json!({
             "answered": self.answered, "latency_from_schedule": self.lat.json(),
             "longest_gap_ms": r3(self.gap_ms), "non_2xx": self.non2xx,
-            "transport_errors": self.errors, "first_bad": self.first_bad,
-            "answers_per_sec": r3(self.rate),
+            "transport_errors": self.errors, "first_non_2xx": self.first_non2xx,
+            "first_transport_error": self.first_error, "answers_per_sec": r3(self.rate),
         })
     }
 }
 
-/// A worker's records and its first bad answer per phase.
-type WorkerOut = (Vec<Rec>, Vec<Option<String>>);
+/// A bad answer's due time, outcome and text (a worker keeps its first few).
+type Bad = (u32, u8, String);
+/// A worker's records and bad answers.
+type WorkerOut = (Vec<Rec>, Vec<Bad>);
 
-/// A running load; `phase` and `silence` steer it.
+/// Microseconds from `start` (saturating).
+fn us_since(start: Instant, t: Instant) -> u32 {
+    t.saturating_duration_since(start)
+        .as_micros()
+        .min(u32::MAX as u128) as u32
+}
+
+/// A running load; `set_phase` and `silence` steer it. A heartbeat counts for the phase it
+/// was due in (so a backlog left by a stall is charged to the phase that caused it).
 pub struct Load {
-    pub phase: Arc<AtomicUsize>,
+    /// (µs since start, phase) at every phase change.
+    timeline: Arc<Mutex<Vec<(u32, usize)>>>,
+    start: Instant,
     /// While set, every tenth node (see [`silenced`]) sends nothing.
     pub silence: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
@@ -98,7 +112,6 @@ impl Load {
                 .map(|n| Ok((format!("/v1/nodes/{}/heartbeat", n.id), bearer(&n.secret)?)))
                 .collect::<Result<_>>()?,
         );
-        let phase = Arc::new(AtomicUsize::new(BETWEEN));
         let silence = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
         let start = Instant::now() + Duration::from_millis(200);
@@ -108,7 +121,6 @@ impl Load {
             let w = Worker {
                 addr,
                 targets: targets.clone(),
-                phase: phase.clone(),
                 silence: silence.clone(),
                 stop: stop.clone(),
                 start,
@@ -118,7 +130,8 @@ impl Load {
             tasks.push(tokio::spawn(w.run(j, conns)));
         }
         Ok(Load {
-            phase,
+            timeline: Arc::new(Mutex::new(vec![(0, BETWEEN)])),
+            start,
             silence,
             stop,
             tasks,
@@ -127,37 +140,49 @@ impl Load {
     }
 
     pub fn set_phase(&self, p: usize) {
-        self.phase.store(p, Ordering::SeqCst);
+        let at = us_since(self.start, Instant::now());
+        if let Ok(mut t) = self.timeline.lock() {
+            t.push((at, p));
+        }
     }
 
     /// Stops the load; returns the figures of phases `0..phases`.
     pub async fn finish(self, phases: usize) -> Vec<PhaseHb> {
         self.stop.store(true, Ordering::SeqCst);
+        let timeline = self.timeline.lock().map(|t| t.clone()).unwrap_or_default();
+        let phase_of = |due: u32| {
+            let i = timeline.partition_point(|(at, _)| *at <= due);
+            timeline[i.saturating_sub(1)].1
+        };
         let mut per: Vec<Vec<Rec>> = vec![Vec::new(); phases];
-        let mut bad: Vec<Option<String>> = vec![None; phases];
+        let mut firsts: Vec<[Option<String>; 3]> = vec![Default::default(); phases];
         for t in self.tasks {
-            let Ok((recs, first_bad)) = t.await else {
+            let Ok((recs, bad)) = t.await else {
                 continue;
             };
             for r in recs {
-                if let Some(v) = per.get_mut(r.phase as usize) {
+                if let Some(v) = per.get_mut(phase_of(r.due_us)) {
                     v.push(r);
                 }
             }
-            for (b, f) in bad.iter_mut().zip(first_bad) {
-                if b.is_none() {
-                    *b = f;
+            for (due, outcome, text) in bad {
+                if let Some(f) = firsts.get_mut(phase_of(due)) {
+                    f[outcome as usize].get_or_insert(text);
                 }
             }
         }
         per.into_iter()
-            .zip(bad)
-            .map(|(recs, b)| summarize(recs, b))
+            .zip(firsts)
+            .map(|(recs, [_, non2xx, err])| summarize(recs, non2xx, err))
             .collect()
     }
 }
 
-fn summarize(mut recs: Vec<Rec>, first_bad: Option<String>) -> PhaseHb {
+fn summarize(
+    mut recs: Vec<Rec>,
+    first_non2xx: Option<String>,
+    first_error: Option<String>,
+) -> PhaseHb {
     recs.sort_unstable_by_key(|r| r.at_us);
     let answered: Vec<&Rec> = recs.iter().filter(|r| r.outcome != 2).collect();
     let gap_us = answered
@@ -180,7 +205,8 @@ fn summarize(mut recs: Vec<Rec>, first_bad: Option<String>) -> PhaseHb {
         gap_ms: gap_us as f64 / 1e3,
         non2xx: recs.iter().filter(|r| r.outcome == 1).count(),
         errors: recs.iter().filter(|r| r.outcome == 2).count(),
-        first_bad,
+        first_non2xx,
+        first_error,
         rate: if span > 0.0 {
             answered.len() as f64 / span
         } else {
@@ -192,7 +218,6 @@ fn summarize(mut recs: Vec<Rec>, first_bad: Option<String>) -> PhaseHb {
 struct Worker {
     addr: SocketAddr,
     targets: Arc<Vec<(String, HeaderValue)>>,
-    phase: Arc<AtomicUsize>,
     silence: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     start: Instant,
@@ -204,10 +229,9 @@ impl Worker {
     /// Connection `j` of `k`: heartbeats j, j+k, j+2k, ...; a failed send or connect drops
     /// that heartbeat (as an agent would) and reconnects for the next one.
     async fn run(self, j: usize, k: usize) -> WorkerOut {
-        let (mut recs, mut first_bad) = (Vec::new(), vec![None::<String>; 256]);
+        let (mut recs, mut bad_list) = (Vec::new(), Vec::<Bad>::new());
         let mut conn: Option<Conn> = None;
         let n = self.targets.len();
-        let us = |d: Duration| d.as_micros().min(u32::MAX as u128) as u32;
         for i in (j..).step_by(k) {
             let due = self.start + Duration::from_secs_f64(i as f64 / self.rate);
             tokio::time::sleep_until(due.into()).await;
@@ -218,7 +242,6 @@ impl Worker {
             if silenced(node) && self.silence.load(Ordering::SeqCst) {
                 continue;
             }
-            let phase = self.phase.load(Ordering::SeqCst) as u8;
             let (path, auth) = &self.targets[node];
             let res = async {
                 if conn.is_none() {
@@ -240,16 +263,17 @@ impl Worker {
                     (2, Some(format!("{e:#}")))
                 }
             };
-            if first_bad[phase as usize].is_none() {
-                first_bad[phase as usize] = bad;
+            let due_us = us_since(self.start, due);
+            if let Some(text) = bad.filter(|_| bad_list.len() < 100) {
+                bad_list.push((due_us, outcome, text));
             }
             recs.push(Rec {
-                phase,
                 outcome,
-                lat_us: us(now.saturating_duration_since(due)),
-                at_us: us(now.saturating_duration_since(self.start)),
+                due_us,
+                lat_us: us_since(due, now),
+                at_us: us_since(self.start, now),
             });
         }
-        (recs, first_bad)
+        (recs, bad_list)
     }
 }

@@ -185,10 +185,11 @@ pub async fn run(cfg: &Config, out: &mut Value, failures: &mut Vec<String>) -> R
         for (name, h) in PHASES.iter().zip(hb).skip(1) {
             if h.non2xx > 0 || (h.errors > 0 && *name != PHASES[E_DOWN]) {
                 failures.push(format!(
-                    "{name}: {} non-2xx, {} transport errors; first: {}",
+                    "heartbeats due in {name}: {} non-2xx (first: {}), {} transport errors (first: {})",
                     h.non2xx,
+                    h.first_non2xx.as_deref().unwrap_or("-"),
                     h.errors,
-                    h.first_bad.as_deref().unwrap_or("?")
+                    h.first_error.as_deref().unwrap_or("-")
                 ));
             }
         }
@@ -196,6 +197,11 @@ pub async fn run(cfg: &Config, out: &mut Value, failures: &mut Vec<String>) -> R
     let wrong = out["d"]["fanout"]["wrong_answers"].as_u64().unwrap_or(0);
     if wrong > 0 {
         failures.push(format!("d: {wrong} wrong long-poll answers"));
+    }
+    if !failures.is_empty() {
+        let log = std::fs::read_to_string(dir.0.join("registry.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        out["registry_log_tail"] = json!(lines[lines.len().saturating_sub(40)..]);
     }
     res.map(|_| ())
 }
