@@ -226,6 +226,29 @@ struct Worker {
 }
 
 impl Worker {
+    /// One heartbeat on `conn` (connected first when `None`); `conn` is left `Some` only when
+    /// it was reused and failed, or succeeded.
+    async fn send(
+        &self,
+        conn: &mut Option<Conn>,
+        path: &str,
+        auth: &HeaderValue,
+    ) -> Result<(StatusCode, Bytes)> {
+        let fresh = conn.is_none();
+        if fresh {
+            *conn = Some(Conn::connect(self.addr).await?);
+        }
+        let c = conn
+            .as_mut()
+            .ok_or_else(|| anyhow::anyhow!("no connection"))?;
+        let req = c.request(Method::POST, path, Some(auth), Some(self.body.clone()))?;
+        let res = c.send(req).await;
+        if res.is_err() && fresh {
+            *conn = None;
+        }
+        res
+    }
+
     /// Connection `j` of `k`: heartbeats j, j+k, j+2k, ...; a failed send or connect drops
     /// that heartbeat (as an agent would) and reconnects for the next one.
     async fn run(self, j: usize, k: usize) -> WorkerOut {
@@ -243,17 +266,12 @@ impl Worker {
                 continue;
             }
             let (path, auth) = &self.targets[node];
-            let res = async {
-                if conn.is_none() {
-                    conn = Some(Conn::connect(self.addr).await?);
-                }
-                let c = conn
-                    .as_mut()
-                    .ok_or_else(|| anyhow::anyhow!("no connection"))?;
-                let req = c.request(Method::POST, path, Some(auth), Some(self.body.clone()))?;
-                c.send(req).await
+            let mut res = self.send(&mut conn, path, auth).await;
+            if res.is_err() && conn.take().is_some() {
+                // A kept-alive connection the server had closed (e.g. across the restart):
+                // retried at once on a new one, as HTTP clients do.
+                res = self.send(&mut conn, path, auth).await;
             }
-            .await;
             let now = Instant::now();
             let (outcome, bad) = match res {
                 Ok((st, _)) if st == StatusCode::OK => (0, None),

@@ -1,5 +1,5 @@
 //! The scenario: seed (cached), the bare comparison, then the registry on a copy of the seed
-//! through phases (a)-(f) under one continuous heartbeat load.
+//! through phases (a)-(f) under one continuous heartbeat load, then the bare comparison again.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -148,9 +148,14 @@ async fn bare_run(cfg: &Config, seed: &Seed) -> Result<Value> {
     load.set_phase(A);
     tokio::time::sleep(cfg.a).await;
     load.set_phase(BETWEEN);
-    let (cpu, _, secs) = Snap::take(bare.guard.pid()).cpu_since(&s0);
+    let s1 = Snap::take(bare.guard.pid());
+    let (cpu, _, secs) = s1.cpu_since(&s0);
+    let others = s1.others_since(&s0) / secs;
     let hb = load.finish(PHASES.len()).await.swap_remove(A);
-    Ok(json!({"heartbeats": hb.json(), "server_cores": r3(cpu / secs)}))
+    Ok(
+        json!({"heartbeats": hb.json(), "server_cores": r3(cpu / secs),
+        "other_processes_cores": r3(others)}),
+    )
 }
 
 /// Runs the whole scenario, filling `out`.
@@ -180,7 +185,15 @@ pub async fn run(cfg: &Config, out: &mut Value, failures: &mut Vec<String>) -> R
     wait_ready(&Api::of(&reg), Duration::from_secs(600)).await?;
     out["start"] = json!({"copy_seconds": r3(copy.as_secs_f64()),
         "ready_seconds": r3(t0.elapsed().as_secs_f64()), "flags": FLAGS});
-    let res = scenario(cfg, &seed, reg, &dir.0, out).await;
+    let mut res = scenario(cfg, &seed, reg, &dir.0, out).await;
+    if res.is_ok() {
+        // Once more at the end: the machine is shared, a second run shows how steady it was.
+        eprintln!("bare axum handler again: paced load for {:?} ...", cfg.a);
+        match bare_run(cfg, &seed).await {
+            Ok(v) => out["bare_end"] = v,
+            Err(e) => res = Err(e),
+        }
+    }
     if let Ok(hb) = &res {
         for (name, h) in PHASES.iter().zip(hb).skip(1) {
             if h.non2xx > 0 || (h.errors > 0 && *name != PHASES[E_DOWN]) {

@@ -24,6 +24,10 @@ fn num(v: &Value) -> String {
     v.as_f64().map_or("-".into(), |x| format!("{x:.0}"))
 }
 
+fn cores(v: &Value) -> String {
+    v.as_f64().map_or("-".into(), |c| format!("{c:.2}"))
+}
+
 fn hb_row(name: &str, h: &Value, reg: &Value) -> Vec<String> {
     let l = &h["latency_from_schedule"];
     vec![
@@ -35,11 +39,16 @@ fn hb_row(name: &str, h: &Value, reg: &Value) -> Vec<String> {
         ms(&l["max_ms"]),
         ms(&h["longest_gap_ms"]),
         format!("{}/{}", h["non_2xx"], h["transport_errors"]),
-        reg["registry_cores"]
-            .as_f64()
-            .map_or("-".into(), |c| format!("{c:.2}")),
+        cores(&reg["registry_cores"]),
+        cores(&reg["other_processes_cores"]),
         bytes(&reg["write_bytes"]),
     ]
+}
+
+fn bare_row(name: &str, b: &Value) -> Vec<String> {
+    let cpu = serde_json::json!({"registry_cores": b["server_cores"],
+        "other_processes_cores": b["other_processes_cores"]});
+    hb_row(name, &b["heartbeats"], &cpu)
 }
 
 fn ratio(r: &Value, b: &Value, key: &str) -> String {
@@ -56,11 +65,7 @@ fn ratio(r: &Value, b: &Value, key: &str) -> String {
 /// The heartbeat table and the ratios to the bare handler.
 fn heartbeats(r: &Value) -> String {
     let keys = ["a", "b", "c", "d", "", "e"];
-    let mut rows = vec![hb_row(
-        "bare axum handler (same load)",
-        &r["bare"]["heartbeats"],
-        &serde_json::json!({"registry_cores": r["bare"]["server_cores"]}),
-    )];
+    let mut rows = vec![bare_row("bare axum handler, first", &r["bare"])];
     let phases = r["heartbeats"].as_array().cloned().unwrap_or_default();
     for (p, k) in phases.iter().zip(keys) {
         let reg = if k.is_empty() {
@@ -74,9 +79,10 @@ fn heartbeats(r: &Value) -> String {
             reg,
         ));
     }
+    rows.push(bare_row("bare axum handler, last", &r["bare_end"]));
     let mut out = table(
         &[
-            "phase",
+            "heartbeats due in",
             "answered",
             "per s",
             "p50",
@@ -84,19 +90,22 @@ fn heartbeats(r: &Value) -> String {
             "max",
             "longest gap",
             "non2xx/err",
-            "reg cores",
+            "server cores",
+            "other cores",
             "written",
         ],
         &rows,
     );
-    let bare = &r["bare"]["heartbeats"];
+    out += "  (server cores: CPU of the registry or the bare server; other cores: CPU of every other process but\n   this load generator, i.e. the machine's other users; written: the registry's /proc/pid/io write_bytes)\n";
     for (i, name) in [(0, "a"), (1, "b")] {
-        if let Some(p) = phases.get(i) {
+        let Some(p) = phases.get(i) else { continue };
+        for (which, b) in [("first", &r["bare"]), ("last", &r["bare_end"])] {
+            let b = &b["heartbeats"];
             out += &format!(
-                "  registry/bare, phase {name}: p50 {}, p99 {}, max {}\n",
-                ratio(&p["figures"], bare, "p50_ms"),
-                ratio(&p["figures"], bare, "p99_ms"),
-                ratio(&p["figures"], bare, "max_ms")
+                "  registry phase {name} / bare {which}: p50 {}, p99 {}, max {}\n",
+                ratio(&p["figures"], b, "p50_ms"),
+                ratio(&p["figures"], b, "p99_ms"),
+                ratio(&p["figures"], b, "max_ms")
             );
         }
     }
