@@ -36,6 +36,27 @@ impl ChildGuard {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
 
+    /// SIGTERM, then waits at most `max` for the child to exit (SIGKILL after that).
+    #[allow(dead_code)] // the scale bench's
+    pub fn terminate(&mut self, max: Duration) -> Result<()> {
+        use nix::sys::signal::{kill, Signal};
+        use nix::unistd::Pid;
+        let Some(mut c) = self.child.take() else {
+            return Ok(());
+        };
+        kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM)?;
+        let deadline = Instant::now() + max;
+        while c.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                bail!("{} did not exit within {max:?} of SIGTERM", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
     /// Fails when the child already exited.
     pub fn check_alive(&mut self) -> Result<()> {
         if let Some(c) = self.child.as_mut() {
@@ -62,17 +83,35 @@ pub fn free_port() -> Result<u16> {
 
 /// Waits until something accepts TCP connections on `addr`.
 pub async fn wait_listening(addr: SocketAddr, guard: &mut ChildGuard) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    wait_listening_for(addr, guard, Duration::from_secs(30)).await
+}
+
+/// Waits at most `max` until something accepts TCP connections on `addr`.
+pub async fn wait_listening_for(
+    addr: SocketAddr,
+    guard: &mut ChildGuard,
+    max: Duration,
+) -> Result<()> {
+    let deadline = Instant::now() + max;
     loop {
         if TcpStream::connect(addr).await.is_ok() {
             return Ok(());
         }
         guard.check_alive()?;
         if Instant::now() > deadline {
-            bail!("{} did not listen on {addr} within 30 s", guard.name);
+            bail!("{} did not listen on {addr} within {max:?}", guard.name);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The registry binary the benches run: `STEWARD_BENCH_REGISTRY` when set (to measure another
+/// build, e.g. an older one, with the same bench), else the one cargo built.
+pub fn registry_bin() -> PathBuf {
+    std::env::var_os("STEWARD_BENCH_REGISTRY")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_steward-registry")))
 }
 
 /// The real `steward-registry` binary on a free port with a temporary data dir.
@@ -82,17 +121,35 @@ pub struct Registry {
     pub admin: String,
     pub data: PathBuf,
     log: PathBuf,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Registry {
     /// Starts the registry; `extra` are additional `serve` flags.
     pub async fn start(extra: &[&str]) -> Result<Registry> {
         let dir = tempfile::tempdir()?;
-        let data = dir.path().join("data");
-        let log = dir.path().join("registry.log");
+        let (data, log) = (dir.path().join("data"), dir.path().join("registry.log"));
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_steward-registry"));
+        let mut reg = Self::start_on(&data, &log, addr, extra, Duration::from_secs(30)).await?;
+        reg._dir = Some(dir);
+        Ok(reg)
+    }
+
+    /// Starts the registry on the data dir `data` (kept when the registry stops), listening on
+    /// `addr`, logging to `log` (appended); waits at most `max` for it to listen.
+    pub async fn start_on(
+        data: &std::path::Path,
+        log: &std::path::Path,
+        addr: SocketAddr,
+        extra: &[&str],
+        max: Duration,
+    ) -> Result<Registry> {
+        let (data, log) = (data.to_path_buf(), log.to_path_buf());
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
+        let mut cmd = Command::new(registry_bin());
         cmd.arg("serve")
             .arg("--data-dir")
             .arg(&data)
@@ -101,14 +158,14 @@ impl Registry {
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log)?);
+            .stderr(log_file);
         for (k, _) in std::env::vars() {
             if k.starts_with("STEWARD_") {
                 cmd.env_remove(k);
             }
         }
         let mut guard = ChildGuard::new("steward-registry", cmd.spawn()?);
-        wait_listening(addr, &mut guard).await?;
+        wait_listening_for(addr, &mut guard, max).await?;
         let token_file = extra
             .iter()
             .position(|a| *a == "--admin-token-file")
@@ -125,7 +182,7 @@ impl Registry {
             admin,
             data,
             log,
-            _dir: dir,
+            _dir: None,
         })
     }
 
@@ -203,6 +260,16 @@ impl Conn {
         let status = resp.status();
         let body = resp.into_body().collect().await?.to_bytes();
         Ok((status, body))
+    }
+
+    /// Sends and returns the answer with its body unread (for streams).
+    #[allow(dead_code)] // the scale bench's
+    pub async fn send_streaming(
+        &mut self,
+        req: Request<Full<Bytes>>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>> {
+        self.tx.ready().await?;
+        Ok(self.tx.send_request(req).await?)
     }
 
     pub async fn send(&mut self, req: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes)> {
