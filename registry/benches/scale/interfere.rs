@@ -149,8 +149,8 @@ async fn scrapes(reg: &Api, every: Duration, stop: Arc<AtomicBool>) -> Result<Ve
     }
 }
 
-/// Reads the whole node list: pages of `limit` following `next` when the answer is
-/// `{..., "next": ...}`, else the one unpaged answer.
+/// Reads the whole node list: pages of `limit` following the `x-next-after` cursor, or the one
+/// unpaged answer of a registry that does not page.
 pub async fn read_nodes(reg: &Api, limit: usize) -> Result<Value> {
     let mut c = Conn::connect(reg.addr).await?;
     let auth = bearer(&reg.admin)?;
@@ -164,24 +164,35 @@ pub async fn read_nodes(reg: &Api, limit: usize) -> Result<Value> {
         };
         let req = c.request(Method::GET, &path, Some(&auth), None)?;
         let t = Instant::now();
-        let (st, body) = c.send(req).await?;
+        let resp = c.send_streaming(req).await?;
+        let st = resp.status();
+        // The registry's pager: the next page's cursor in `x-next-after`, none on the last.
+        let next = resp
+            .headers()
+            .get("x-next-after")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await?
+            .to_bytes();
         let ms = t.elapsed().as_secs_f64() * 1e3;
         bytes += body.len();
-        let paged =
-            st == StatusCode::OK && body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
-        if !paged {
-            // No cursor: this was the whole list (not parsed: that would load this process).
+        if st != StatusCode::OK
+            || (next.is_none()
+                && after.is_none()
+                && pages.is_empty()
+                && !paged_answer(&body, limit))
+        {
+            // No cursor on a full first page: this was the whole list (not parsed: that would
+            // load this process).
             return Ok(json!({"paged": false, "status": st.as_u16(), "ms": r3(ms),
                 "bytes": body.len()}));
         }
         let v: Value = serde_json::from_slice(&body)?;
-        let n = ["nodes", "items", "data"]
-            .iter()
-            .find_map(|k| v[k].as_array().map(Vec::len))
-            .unwrap_or(0);
+        let n = v.as_array().map(Vec::len).unwrap_or(0);
         items += n;
         pages.push(ms);
-        after = v["next"].as_str().map(str::to_string);
+        after = next;
         if after.is_none() || n == 0 {
             break;
         }
@@ -195,6 +206,16 @@ pub async fn read_nodes(reg: &Api, limit: usize) -> Result<Value> {
         "bytes": bytes, "page_ms_p50": r3(p50), "page_ms_max": r3(max),
         "total_ms": r3(started.elapsed().as_secs_f64() * 1e3)}),
     )
+}
+
+/// Whether a first answer without a cursor is still a paged one (it holds at most `limit`
+/// nodes: the whole fleet fit on one page), judged without parsing a large body.
+fn paged_answer(body: &[u8], limit: usize) -> bool {
+    body.len() < limit * 16 * 1024
+        && serde_json::from_slice::<Value>(body)
+            .ok()
+            .and_then(|v| v.as_array().map(|a| a.len() <= limit))
+            .unwrap_or(false)
 }
 
 /// Runs phase (b) for at least `dur` (and until the node list is read); returns its figures.
