@@ -70,6 +70,9 @@ impl Db {
         let db = ::sled::Config::new()
             .path(dir.join("db"))
             .cache_capacity(CACHE_BYTES)
+            // Every commit is flushed by the store itself; sled's own flusher thread would also
+            // write and fsync twice a second with nothing to store.
+            .flush_every_ms(None)
             .open()?;
         Ok(Self {
             kv: db.open_tree("kv")?,
