@@ -92,7 +92,7 @@ fn invalid_after(after: &str) -> NodeError {
 impl Nodes {
     /// `GET /v1/nodes`: the page of nodes matching `q` (filtered and ordered from the fleet
     /// view; the page's records read from the store).
-    pub async fn list(&self, q: &NodeQuery) -> Result<NodePage> {
+    pub async fn list(&self, q: NodeQuery) -> Result<NodePage> {
         if let Some(n) = q.limit {
             if n == 0 || n > MAX_PAGE {
                 return Err(NodeError::Invalid(vec![steward_proto::Problem::new(
@@ -101,7 +101,11 @@ impl Nodes {
                 )]));
             }
         }
-        let (ids, next) = select(&self.fleet, q)?;
+        // A look at every node, sorted: CPU work kept off the async workers (heartbeats).
+        let fleet = self.fleet.clone();
+        let (ids, next) = tokio::task::spawn_blocking(move || select(&fleet, &q))
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
         let mut nodes = Vec::with_capacity(ids.len());
         for id in ids {
             if let Some(rec) = self.store.node(&id).await? {

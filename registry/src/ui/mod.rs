@@ -191,10 +191,16 @@ async fn fleet(
     };
     // Before reading the nodes: the live stream replays anything that happens after this.
     let seq = state.store.last_event_seq().await?;
-    let rows = view::all_rows(&state.fleet);
-    let summary = view::Summary::of(&rows);
     let q = view::TableQuery::from_params(&params);
-    let (page, error, status) = match view::table(rows, &q) {
+    // Rows of the whole fleet, sorted: CPU work kept off the async workers (heartbeats).
+    let (fleet, query) = (state.fleet.clone(), q.clone());
+    let (summary, table) = tokio::task::spawn_blocking(move || {
+        let rows = view::all_rows(&fleet);
+        (view::Summary::of(&rows), view::table(rows, &query))
+    })
+    .await
+    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    let (page, error, status) = match table {
         Ok(p) => (p, None, StatusCode::OK),
         Err(e) => (
             view::Page {
