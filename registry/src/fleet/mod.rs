@@ -256,20 +256,7 @@ mod tests {
     use super::*;
 
     fn node() -> LiveNode {
-        let rec = NodeRecord {
-            id: "n1".into(),
-            labels: Default::default(),
-            facts: Default::default(),
-            health: Health::Ready,
-            enrolled_at: Utc::now(),
-            last_heartbeat: None,
-            heartbeat_rtt_ms: None,
-            stats: None,
-            status: None,
-            observed_generation: 0,
-            secret_sha256: None,
-        };
-        live_from_record(&rec, 1, Instant::now())
+        live_from_record(&NodeRecord::test("n1"), 1, Instant::now())
     }
 
     fn spec(generation: u64) -> SpecRecord {
