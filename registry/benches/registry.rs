@@ -19,7 +19,6 @@ mod stats;
 #[path = "registry/util.rs"]
 mod util;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -75,33 +74,6 @@ impl Config {
             },
         })
     }
-}
-
-/// Raises the soft RLIMIT_NOFILE to the hard limit (children inherit it).
-fn raise_nofile() -> String {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok((soft, hard)) => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-            Ok(()) => format!("{hard} (was {soft})"),
-            Err(e) => format!("{soft} (raising to {hard} failed: {e})"),
-        },
-        Err(e) => format!("unknown ({e})"),
-    }
-}
-
-/// `<target>/bench-results/registry.json`: the target dir is the ancestor of this executable
-/// that holds cargo's CACHEDIR.TAG (or CARGO_TARGET_DIR).
-fn results_path() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .or_else(|| {
-            let exe = std::env::current_exe().ok()?;
-            exe.ancestors()
-                .find(|a| a.join("CACHEDIR.TAG").exists())
-                .map(PathBuf::from)
-        })
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")));
-    target.join("bench-results").join("registry.json")
 }
 
 /// Simulated nodes only heartbeat during the heartbeat runs; with the default thresholds (stale
@@ -174,7 +146,7 @@ fn main() -> ExitCode {
         println!("registry bench: no benchmark matches the filter (known: heartbeat, longpoll)");
         return ExitCode::SUCCESS;
     };
-    let nofile = raise_nofile();
+    let nofile = util::raise_nofile();
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -213,7 +185,7 @@ fn main() -> ExitCode {
     results["failures"] = json!(failures);
     results["error"] = json!(res.as_ref().err().map(|e| format!("{e:#}")));
     results["wall_seconds"] = json!(stats::r3(started.elapsed().as_secs_f64()));
-    let path = results_path();
+    let path = util::results_path("registry.json");
     let written = path
         .parent()
         .map(std::fs::create_dir_all)

@@ -35,7 +35,6 @@ mod stats;
 #[path = "registry/util.rs"]
 mod util;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -81,33 +80,6 @@ impl Config {
     }
 }
 
-/// Raises the soft RLIMIT_NOFILE to the hard limit (children inherit it).
-fn raise_nofile() -> String {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok((soft, hard)) => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-            Ok(()) => format!("{hard} (was {soft})"),
-            Err(e) => format!("{soft} (raising to {hard} failed: {e})"),
-        },
-        Err(e) => format!("unknown ({e})"),
-    }
-}
-
-/// `<target>/bench-results/scale.json` (the target dir: CARGO_TARGET_DIR, or the ancestor of
-/// this executable holding cargo's CACHEDIR.TAG).
-fn results_path() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .or_else(|| {
-            let exe = std::env::current_exe().ok()?;
-            exe.ancestors()
-                .find(|a| a.join("CACHEDIR.TAG").exists())
-                .map(PathBuf::from)
-        })
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")));
-    target.join("bench-results").join("scale.json")
-}
-
 fn uptime() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
@@ -125,7 +97,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let nofile = raise_nofile();
+    let nofile = util::raise_nofile();
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -187,7 +159,7 @@ fn main() -> ExitCode {
 }
 
 fn write_results(results: &Value, started: Instant) {
-    let path = results_path();
+    let path = util::results_path("scale.json");
     let written = path
         .parent()
         .map(std::fs::create_dir_all)

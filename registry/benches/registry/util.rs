@@ -411,3 +411,32 @@ pub async fn last_event_seq(conn: &mut Conn, admin: &str, from: u64) -> Result<u
         }
     }
 }
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit (children inherit it).
+#[allow(dead_code)] // not every bench
+pub fn raise_nofile() -> String {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => format!("{hard} (was {soft})"),
+            Err(e) => format!("{soft} (raising to {hard} failed: {e})"),
+        },
+        Err(e) => format!("unknown ({e})"),
+    }
+}
+
+/// `<target>/bench-results/<file>` (the target dir: CARGO_TARGET_DIR, or the ancestor of this
+/// executable holding cargo's CACHEDIR.TAG).
+#[allow(dead_code)] // not every bench
+pub fn results_path(file: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .or_else(|| {
+            let exe = std::env::current_exe().ok()?;
+            exe.ancestors()
+                .find(|a| a.join("CACHEDIR.TAG").exists())
+                .map(PathBuf::from)
+        })
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")));
+    target.join("bench-results").join(file)
+}
