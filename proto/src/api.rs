@@ -242,9 +242,12 @@ pub struct Alert {
     pub node_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
-    /// The workload or payload concerned, when the alert is about one.
+    /// The name of the workload or payload concerned, when the alert is about one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource: Option<String>,
+    /// The workload concerned, named with its kind (a container and a VM may share a name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<crate::node::WorkloadRef>,
     pub time: DateTime<Utc>,
     pub message: String,
     /// The registry's public URL, when configured.
@@ -262,8 +265,33 @@ pub struct Event {
     pub node_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generation: Option<u64>,
+    /// The workload the event is about, when it is about one (e.g. a reset of `vm kali`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<crate::node::WorkloadRef>,
     pub credential: CredentialKind,
     pub message: String,
+}
+
+impl Event {
+    /// An event to append (numbered by the store on append), now, with no generation.
+    pub fn new(
+        kind: EventKind,
+        node_id: Option<&str>,
+        workload: Option<crate::node::WorkloadRef>,
+        credential: CredentialKind,
+        message: String,
+    ) -> Self {
+        Event {
+            seq: 0,
+            time: Utc::now(),
+            kind,
+            node_id: node_id.map(str::to_string),
+            generation: None,
+            workload,
+            credential,
+            message,
+        }
+    }
 }
 
 /// A file the registry serves for download from its `packages_dir` (`GET /v1/packages`): the

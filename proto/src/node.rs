@@ -290,6 +290,11 @@ impl WorkloadKind {
         }
     }
 
+    /// The kinds for a message: `container or vm`.
+    pub fn choices() -> String {
+        Self::ALL.map(Self::as_str).join(" or ")
+    }
+
     /// `container` or `vm`.
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|k| k.as_str() == s)

@@ -17,7 +17,7 @@ use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use sha2::Sha256;
 use steward_proto::api::{Alert, AlertKind};
-use steward_proto::{NodeStatus, ResourceKind};
+use steward_proto::{NodeStatus, ResourceKind, WorkloadRef};
 use tokio::sync::Notify;
 use tracing::info;
 
@@ -265,6 +265,7 @@ pub fn alert(kind: AlertKind, node_id: &str, resource: Option<&str>, message: St
         node_id: node_id.to_string(),
         hostname: None,
         resource: resource.map(str::to_string),
+        workload: None,
         time: Utc::now(),
         message,
         registry: None,
@@ -297,8 +298,14 @@ pub fn from_status(node_id: &str, before: Option<&NodeStatus>, now: &NodeStatus)
             )
         })
         .collect();
-    // Workloads that reached the top of their escalation ladder since the last status.
-    let failed = |s: &NodeStatus| -> Vec<(String, String)> {
+    out.extend(workload_alerts(node_id, before, now));
+    out
+}
+
+/// The alerts about workloads in a new status against the one before it: rolled back, or at
+/// the top of the escalation ladder. Keyed by kind and name (a container and a VM may share one).
+fn workload_alerts(node_id: &str, before: Option<&NodeStatus>, now: &NodeStatus) -> Vec<Alert> {
+    let failed = |s: &NodeStatus| -> Vec<(WorkloadRef, String)> {
         s.resources
             .iter()
             .filter(|r| {
@@ -306,42 +313,42 @@ pub fn from_status(node_id: &str, before: Option<&NodeStatus>, now: &NodeStatus)
                     .as_ref()
                     .is_some_and(|e| e.position == "failed")
             })
-            .map(|r| (r.name.clone(), r.error.clone().unwrap_or_default()))
+            .filter_map(|r| Some((r.workload()?, r.error.clone().unwrap_or_default())))
             .collect()
     };
-    let was_failed: Vec<String> = before
-        .map(|b| failed(b).into_iter().map(|(n, _)| n).collect())
+    let was_failed: Vec<WorkloadRef> = before
+        .map(|b| failed(b).into_iter().map(|(w, _)| w).collect())
         .unwrap_or_default();
-    // Workloads rolled back since the last status (or rolled back from another generation).
-    let rolled = |s: &NodeStatus| -> Vec<(String, steward_proto::RolledBack)> {
+    // Rolled back since the last status (or rolled back from another generation).
+    let rolled = |s: &NodeStatus| -> Vec<(WorkloadRef, steward_proto::RolledBack)> {
         s.resources
             .iter()
-            .filter_map(|r| r.rolled_back.clone().map(|b| (r.name.clone(), b)))
+            .filter_map(|r| Some((r.workload()?, r.rolled_back.clone()?)))
             .collect()
     };
     let was_rolled = before.map(rolled).unwrap_or_default();
-    out.extend(rolled(now).into_iter().filter(|x| !was_rolled.contains(x)).map(|(name, b)| {
-        alert(
-            AlertKind::Rollback,
-            node_id,
-            Some(&name),
-            format!(
-                "workload {name} on node {node_id} rolled back from generation {} to the configuration of generation {}: {}",
+    let about = |kind, w: WorkloadRef, message| Alert {
+        workload: Some(w.clone()),
+        ..alert(kind, node_id, Some(&w.name), message)
+    };
+    let mut out: Vec<Alert> = rolled(now)
+        .into_iter()
+        .filter(|x| !was_rolled.contains(x))
+        .map(|(w, b)| {
+            let message = format!(
+                "{w} on node {node_id} rolled back from generation {} to the configuration of generation {}: {}",
                 b.from_generation, b.to_generation, b.reason
-            ),
-        )
-    }));
+            );
+            about(AlertKind::Rollback, w, message)
+        })
+        .collect();
     out.extend(
         failed(now)
             .into_iter()
-            .filter(|(name, _)| !was_failed.contains(name))
-            .map(|(name, why)| {
-                alert(
-                    AlertKind::WorkloadFailed,
-                    node_id,
-                    Some(&name),
-                    format!("workload {name} on node {node_id} {why}"),
-                )
+            .filter(|(w, _)| !was_failed.contains(w))
+            .map(|(w, why)| {
+                let message = format!("{w} on node {node_id} {why}");
+                about(AlertKind::WorkloadFailed, w, message)
             }),
     );
     out
@@ -410,6 +417,65 @@ mod tests {
                 assert_eq!(a.kind, AlertKind::PayloadDrift);
                 assert_eq!(a.resource.as_deref(), Some("tool"));
                 assert!(a.message.contains("/opt/tool"), "{}", a.message);
+            }
+        }
+    }
+
+    #[test]
+    fn workload_alerts_name_the_kind_so_a_vm_and_a_container_of_one_name_stay_apart() {
+        use steward_proto::{Escalation, ResourceState, ResourceStatus, WorkloadKind};
+        let failed = |kind: WorkloadKind| ResourceStatus {
+            escalation: Some(Escalation {
+                position: "failed".into(),
+                attempts: 1,
+                last_action: None,
+                last_action_at: None,
+                next_step_at: None,
+            }),
+            ..ResourceStatus::of_workload(
+                &WorkloadRef::new(kind, "web"),
+                ResourceState::Failed,
+                Some("exited 1".into()),
+            )
+        };
+        let status = |rs: Vec<ResourceStatus>| NodeStatus {
+            resources: rs,
+            ..Default::default()
+        };
+        let vm = WorkloadRef::new(WorkloadKind::Vm, "web");
+        let ct = WorkloadRef::new(WorkloadKind::Container, "web");
+        let cases = [
+            (None, vec![failed(WorkloadKind::Vm)], vec![vm.clone()]),
+            (
+                Some(vec![failed(WorkloadKind::Vm)]),
+                vec![failed(WorkloadKind::Vm)],
+                vec![],
+            ),
+            (
+                Some(vec![failed(WorkloadKind::Vm)]),
+                vec![failed(WorkloadKind::Vm), failed(WorkloadKind::Container)],
+                vec![ct.clone()],
+            ),
+            (
+                Some(vec![failed(WorkloadKind::Container)]),
+                vec![failed(WorkloadKind::Vm)],
+                vec![vm],
+            ),
+        ];
+        for (i, (before, now, want)) in cases.into_iter().enumerate() {
+            let before = before.map(status);
+            let got = from_status("n1", before.as_ref(), &status(now));
+            let named: Vec<WorkloadRef> = got.iter().filter_map(|a| a.workload.clone()).collect();
+            assert_eq!(named, want, "case {i}: {got:?}");
+            for a in &got {
+                let w = a.workload.as_ref().unwrap();
+                assert_eq!(a.kind, AlertKind::WorkloadFailed);
+                assert_eq!(a.resource.as_deref(), Some("web"));
+                assert!(
+                    a.message.starts_with(&format!("{w} on node n1")),
+                    "{}",
+                    a.message
+                );
             }
         }
     }

@@ -4,8 +4,7 @@
 
 use std::sync::Arc;
 
-use chrono::Utc;
-use steward_proto::{CredentialKind, Event, EventKind};
+use steward_proto::{CredentialKind, Event, EventKind, WorkloadRef};
 
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
@@ -36,15 +35,21 @@ impl EventLog {
         credential: CredentialKind,
         message: impl Into<String>,
     ) -> Result<Event, StoreError> {
-        let ev = Event {
-            seq: 0,
-            time: Utc::now(),
-            kind,
-            node_id: node_id.map(str::to_string),
-            generation,
-            credential,
-            message: message.into(),
-        };
+        let mut ev = Event::new(kind, node_id, None, credential, message.into());
+        ev.generation = generation;
+        Ok(self.record_many(vec![ev]).await?.remove(0))
+    }
+
+    /// Appends one event about a node's workload (numbered by the store).
+    pub async fn record_about(
+        &self,
+        kind: EventKind,
+        node_id: &str,
+        workload: Option<WorkloadRef>,
+        credential: CredentialKind,
+        message: impl Into<String>,
+    ) -> Result<Event, StoreError> {
+        let ev = Event::new(kind, Some(node_id), workload, credential, message.into());
         Ok(self.record_many(vec![ev]).await?.remove(0))
     }
 

@@ -403,7 +403,10 @@ impl Nodes {
             Some((k, None)) => {
                 return Err(NodeError::Invalid(vec![Problem::new(
                     "kind",
-                    format!("{k:?} is not a kind of workload: give container or vm"),
+                    format!(
+                        "{k:?} is not a kind of workload: give {}",
+                        steward_proto::WorkloadKind::choices()
+                    ),
                 )]))
             }
         };
@@ -415,10 +418,10 @@ impl Nodes {
             None => name.to_string(),
         };
         self.events
-            .record(
+            .record_about(
                 EventKind::WorkloadReset,
-                Some(id),
-                None,
+                id,
+                kind.map(|k| steward_proto::WorkloadRef::new(k, name)),
                 cred,
                 format!("reset of {what}'s escalation ladder queued for the next heartbeat"),
             )

@@ -176,6 +176,7 @@ impl Specs {
             kind: EventKind::SpecWritten,
             node_id,
             generation,
+            workload: None,
             credential: cred,
             message,
         };

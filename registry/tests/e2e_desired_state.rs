@@ -289,6 +289,53 @@ async fn queued_reset_survives_a_restart_and_is_delivered_once() {
 }
 
 #[tokio::test]
+async fn a_reset_of_one_kind_names_the_workload_in_its_event_and_in_the_heartbeat_answer() {
+    let r = Registry::start(&[]).await;
+    let (id, secret) = r.enroll("m-reset-kind", json!({})).await;
+    let (st, q) = r
+        .req(
+            Method::POST,
+            &format!("/v1/nodes/{id}/workloads/web/reset?kind=vm"),
+            Some(&r.admin),
+            None,
+        )
+        .await;
+    assert_eq!(st, 200, "{q}");
+    assert_eq!((&q["workload"], &q["kind"]), (&json!("web"), &json!("vm")));
+    let (st, bad) = r
+        .req(
+            Method::POST,
+            &format!("/v1/nodes/{id}/workloads/web/reset?kind=lxc"),
+            Some(&r.admin),
+            None,
+        )
+        .await;
+    assert_eq!(st, 400, "{bad}");
+    assert!(bad.to_string().contains("kind"), "{bad}");
+    let (_, ev) = r.get(&format!("/v1/events?node={id}"), &r.admin).await;
+    let resets: Vec<&Value> = ev
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "workload-reset")
+        .collect();
+    assert_eq!(resets.len(), 1, "the refused reset recorded an event: {ev}");
+    assert_eq!(resets[0]["workload"], json!({"kind": "vm", "name": "web"}));
+    let (st, hb) = heartbeat(&r, &id, &secret).await;
+    assert_eq!(st, 200, "{hb}");
+    assert_eq!(
+        hb["reset_workloads"],
+        json!([{"kind": "vm", "name": "web"}]),
+        "{hb}"
+    );
+    assert_eq!(
+        hb.get("reset").cloned().unwrap_or(json!([])),
+        json!([]),
+        "{hb}"
+    );
+}
+
+#[tokio::test]
 async fn reenrolment_rotates_the_secret_and_decommission_revokes_it() {
     let r = Registry::start(&[]).await;
     let (id1, s1) = r.enroll("m-same", json!({"a": "1"})).await;

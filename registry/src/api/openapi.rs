@@ -162,7 +162,7 @@ fn other_params(r: &Route) -> Vec<Value> {
         ],
         ("POST", "/v1/nodes/{id}/workloads/{name}/reset") => vec![query(
             "kind",
-            json!({"type": "string", "enum": ["container", "vm"]}),
+            json!({"type": "string", "enum": steward_proto::WorkloadKind::ALL.map(|k| k.as_str())}),
             "reset only the workload of this kind (default: every workload of that name)",
         )],
         ("GET", "/v1/events/stream") => vec![query(

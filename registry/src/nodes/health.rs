@@ -161,6 +161,7 @@ impl Nodes {
                     kind: EventKind::HealthChanged,
                     node_id: node,
                     generation: None,
+                    workload: None,
                     credential: CredentialKind::System,
                     message,
                 }

@@ -268,6 +268,7 @@ impl Rollouts {
             kind: EventKind::Rollout,
             node_id: None,
             generation: None,
+            workload: None,
             credential: cred,
             message: format!("rollout {} ({}@{}): {msg}", r.id, r.payload, r.version),
         };

@@ -165,6 +165,7 @@ mod tests {
             kind: steward_proto::EventKind::SpecWritten,
             node_id: None,
             generation: None,
+            workload: None,
             credential: steward_proto::CredentialKind::System,
             message: m,
         };

@@ -83,14 +83,7 @@ fn parse_duration(s: &str) -> Result<String, String> {
 type Vars = BTreeMap<&'static str, Result<String, String>>;
 
 pub async fn run(args: CloudInitArgs, ctx: &Ctx) -> Result<Exit, CliError> {
-    let template = match &args.template_file {
-        Some(p) => std::fs::read_to_string(p)
-            .map_err(|e| CliError::Usage(format!("reading template {}: {e}", p.display())))?,
-        None => match args.template {
-            Template::Registry => REGISTRY_TEMPLATE.to_string(),
-            Template::Apt => APT_TEMPLATE.to_string(),
-        },
-    };
+    let template = load_template(&args)?;
     // What the registry serves (and the certificate it presents), before the token exists, so
     // a failure here does not leave an unused token behind.
     let wants_package = template.contains("{{deb_");
@@ -105,53 +98,10 @@ pub async fn run(args: CloudInitArgs, ctx: &Ctx) -> Result<Exit, CliError> {
     .await?;
     // By default the agent uses the URL that answered (one URL: templates use it as a base).
     let agent_url = agent_registry_url(args.agent_registry.as_deref(), &probe.url)?;
+    let pin = choose_pin(&args, &agent_url, &probe, ctx)?;
     let mut vars = Vars::new();
     vars.insert("registry", Ok(agent_url.clone()));
-    let pin = match (&args.ca_pin, args.no_ca_pin) {
-        (Some(p), _) => Some(normalize_pin(p)?),
-        (None, true) => None,
-        (None, false) if agent_url.starts_with("https://") => match &probe.pin {
-            Some(p) => Some(p.clone()),
-            None => {
-                return Err(CliError::Usage(format!(
-                    "the agent URL {agent_url} is https, but stewardctl talks to the registry over \
-                     http and cannot learn its certificate: give --ca-pin SHA256 or --no-ca-pin"
-                )))
-            }
-        },
-        (None, false) => {
-            output::note(
-                ctx.quiet,
-                format_args!(
-                    "warning: {agent_url} is plain HTTP: the enrolment token and the node's \
-                     secret travel in the clear"
-                ),
-            );
-            None
-        }
-    };
-    vars.insert(
-        "ca_pin_line",
-        Ok(pin
-            .as_ref()
-            .map(|p| format!("ca_pin_sha256 = \"{p}\""))
-            .unwrap_or_default()),
-    );
-    let insecure = pin.is_some() && agent_url.starts_with("https://");
-    vars.insert(
-        "curl_tls",
-        Ok(if insecure { "--insecure" } else { "" }.into()),
-    );
-    vars.insert(
-        "curl_tls_note",
-        Ok(if insecure {
-            "# The certificate is pinned by the agent, not by curl: the sha256 check below\n\
-             # is what makes the download trustworthy."
-                .into()
-        } else {
-            String::new()
-        }),
-    );
+    insert_tls_vars(&mut vars, pin.as_deref(), &agent_url);
     if wants_package {
         let packages: Vec<PackageInfo> = serde_json::from_slice(&probe.body).map_err(|e| {
             CliError::Unexpected(format!("unexpected answer to GET /v1/packages: {e}"))
@@ -178,25 +128,7 @@ pub async fn run(args: CloudInitArgs, ctx: &Ctx) -> Result<Exit, CliError> {
     vars.insert("token", Ok("id.check".into()));
     render_checked(&template, &vars)?;
 
-    let mut labels = Labels::new();
-    for (k, v) in args.labels {
-        if labels.insert(k.clone(), v).is_some() {
-            return Err(CliError::Usage(format!("label {k:?} is given twice")));
-        }
-    }
-    let body = CreateEnrollmentToken {
-        uses: Some(args.uses),
-        expires_in: Some(args.expires_in),
-        labels,
-        description: Some(
-            args.description
-                .unwrap_or_else(|| "stewardctl cloud-init".into()),
-        ),
-    };
-    let created: EnrollmentTokenCreated = ctx
-        .client()?
-        .send_json(Method::POST, &["v1", "enrollment-tokens"], &body)
-        .await?;
+    let created = create_token(&args, ctx).await?;
     vars.insert("token", Ok(created.token.clone()));
     let user_data = render_checked(&template, &vars)?;
     output::stdout(&user_data);
@@ -217,6 +149,97 @@ pub async fn run(args: CloudInitArgs, ctx: &Ctx) -> Result<Exit, CliError> {
         ),
     );
     Ok(Exit::Ok)
+}
+
+/// The template's text: `--template-file`, or the built-in one `--template` names.
+fn load_template(args: &CloudInitArgs) -> Result<String, CliError> {
+    Ok(match &args.template_file {
+        Some(p) => std::fs::read_to_string(p)
+            .map_err(|e| CliError::Usage(format!("reading template {}: {e}", p.display())))?,
+        None => match args.template {
+            Template::Registry => REGISTRY_TEMPLATE.to_string(),
+            Template::Apt => APT_TEMPLATE.to_string(),
+        },
+    })
+}
+
+/// The certificate pin the agent gets: `--ca-pin`, none with `--no-ca-pin`, else the one the
+/// probe saw for an https agent URL (an error when it saw none); plain HTTP is warned about.
+fn choose_pin(
+    args: &CloudInitArgs,
+    agent_url: &str,
+    probe: &Probe,
+    ctx: &Ctx,
+) -> Result<Option<String>, CliError> {
+    match (&args.ca_pin, args.no_ca_pin) {
+        (Some(p), _) => Ok(Some(normalize_pin(p)?)),
+        (None, true) => Ok(None),
+        (None, false) if agent_url.starts_with("https://") => match &probe.pin {
+            Some(p) => Ok(Some(p.clone())),
+            None => Err(CliError::Usage(format!(
+                "the agent URL {agent_url} is https, but stewardctl talks to the registry over \
+                 http and cannot learn its certificate: give --ca-pin SHA256 or --no-ca-pin"
+            ))),
+        },
+        (None, false) => {
+            output::note(
+                ctx.quiet,
+                format_args!(
+                    "warning: {agent_url} is plain HTTP: the enrolment token and the node's \
+                     secret travel in the clear"
+                ),
+            );
+            Ok(None)
+        }
+    }
+}
+
+/// The placeholders about TLS: the agent's pin line, and curl's flags for the download.
+fn insert_tls_vars(vars: &mut Vars, pin: Option<&str>, agent_url: &str) {
+    vars.insert(
+        "ca_pin_line",
+        Ok(pin
+            .map(|p| format!("ca_pin_sha256 = \"{p}\""))
+            .unwrap_or_default()),
+    );
+    let insecure = pin.is_some() && agent_url.starts_with("https://");
+    vars.insert(
+        "curl_tls",
+        Ok(if insecure { "--insecure" } else { "" }.into()),
+    );
+    vars.insert(
+        "curl_tls_note",
+        Ok(if insecure {
+            "# The certificate is pinned by the agent, not by curl: the sha256 check below\n\
+             # is what makes the download trustworthy."
+                .into()
+        } else {
+            String::new()
+        }),
+    );
+}
+
+/// Creates the enrolment token the user-data carries.
+async fn create_token(args: &CloudInitArgs, ctx: &Ctx) -> Result<EnrollmentTokenCreated, CliError> {
+    let mut labels = Labels::new();
+    for (k, v) in &args.labels {
+        if labels.insert(k.clone(), v.clone()).is_some() {
+            return Err(CliError::Usage(format!("label {k:?} is given twice")));
+        }
+    }
+    let body = CreateEnrollmentToken {
+        uses: Some(args.uses),
+        expires_in: Some(args.expires_in.clone()),
+        labels,
+        description: Some(
+            args.description
+                .clone()
+                .unwrap_or_else(|| "stewardctl cloud-init".into()),
+        ),
+    };
+    ctx.client()?
+        .send_json(Method::POST, &["v1", "enrollment-tokens"], &body)
+        .await
 }
 
 /// Renders, then checks the result is YAML starting with `#cloud-config`.

@@ -204,6 +204,7 @@ mod tests {
             kind: EventKind::SpecWritten,
             node_id: Some("0123456789abcdef".into()),
             generation: Some(3),
+            workload: None,
             credential: CredentialKind::Admin,
             message: "spec written".into(),
         }

@@ -2,7 +2,7 @@
 //! and payloads of one node.
 
 use chrono::{DateTime, Utc};
-use steward_proto::{Node, NodeStatus};
+use steward_proto::{HostStats, Node, NodeFacts, NodeStatus};
 
 use crate::output::{bytes, kebab, labels, or_dash, render_kv, render_table, when};
 
@@ -12,6 +12,31 @@ fn yes_no(b: bool) -> String {
 
 /// The readable listing of `nodes get`.
 pub fn describe(n: &Node, now: DateTime<Utc>) -> String {
+    let mut out = describe_head(n, now);
+    out.push_str("\nFacts:\n");
+    out.push_str(&render_kv(&facts(&n.facts), 2));
+    if let Some(s) = &n.stats {
+        out.push_str("\nStats:\n");
+        out.push_str(&render_kv(&stats(s), 2));
+    }
+    match &n.status {
+        None => out.push_str("\nResources: no status reported yet\n"),
+        Some(st) => describe_status(st, &mut out),
+    }
+    if !n.drift.is_empty() {
+        out.push_str("\nDrift:\n");
+        let rows: Vec<Vec<String>> = n
+            .drift
+            .iter()
+            .map(|d| vec![kebab(&d.kind), d.name.clone(), d.detail.clone()])
+            .collect();
+        out.push_str(&render_table(&["KIND", "NAME", "DETAIL"], &rows, 2));
+    }
+    out
+}
+
+/// Identity, health, heartbeat, generation, drift and progress.
+fn describe_head(n: &Node, now: DateTime<Utc>) -> String {
     let sync = if n.generation == n.observed_generation {
         "in sync"
     } else {
@@ -56,8 +81,11 @@ pub fn describe(n: &Node, now: DateTime<Utc>) -> String {
         );
         head.insert(7, ("Applying", row));
     }
-    let mut out = render_kv(&head, 0);
-    let f = &n.facts;
+    render_kv(&head, 0)
+}
+
+/// The facts the agent reported.
+fn facts(f: &NodeFacts) -> Vec<(&'static str, String)> {
     let disks: Vec<String> = f
         .disks
         .iter()
@@ -93,46 +121,28 @@ pub fn describe(n: &Node, now: DateTime<Utc>) -> String {
         ("KVM", yes_no(f.kvm)),
         ("Agent", or_dash(&f.agent_version)),
     ]);
-    out.push_str("\nFacts:\n");
-    out.push_str(&render_kv(&facts, 2));
-    if let Some(s) = &n.stats {
-        let used = |u: u64, t: u64| format!("{} of {}", bytes(u), bytes(t));
-        out.push_str("\nStats:\n");
-        out.push_str(&render_kv(
-            &[
-                ("CPU", format!("{:.1}%", s.cpu_percent)),
-                (
-                    "Load",
-                    format!("{:.2} {:.2} {:.2}", s.load1, s.load5, s.load15),
-                ),
-                ("Memory", used(s.memory_used_bytes, s.memory_total_bytes)),
-                (
-                    "Data dir",
-                    used(s.data_dir_used_bytes, s.data_dir_total_bytes),
-                ),
-                (
-                    "Uptime",
-                    humantime::format_duration(std::time::Duration::from_secs(s.uptime_secs))
-                        .to_string(),
-                ),
-            ],
-            2,
-        ));
-    }
-    match &n.status {
-        None => out.push_str("\nResources: no status reported yet\n"),
-        Some(st) => describe_status(st, &mut out),
-    }
-    if !n.drift.is_empty() {
-        out.push_str("\nDrift:\n");
-        let rows: Vec<Vec<String>> = n
-            .drift
-            .iter()
-            .map(|d| vec![kebab(&d.kind), d.name.clone(), d.detail.clone()])
-            .collect();
-        out.push_str(&render_table(&["KIND", "NAME", "DETAIL"], &rows, 2));
-    }
-    out
+    facts
+}
+
+/// The host statistics of the last heartbeat.
+fn stats(s: &HostStats) -> Vec<(&'static str, String)> {
+    let used = |u: u64, t: u64| format!("{} of {}", bytes(u), bytes(t));
+    vec![
+        ("CPU", format!("{:.1}%", s.cpu_percent)),
+        (
+            "Load",
+            format!("{:.2} {:.2} {:.2}", s.load1, s.load5, s.load15),
+        ),
+        ("Memory", used(s.memory_used_bytes, s.memory_total_bytes)),
+        (
+            "Data dir",
+            used(s.data_dir_used_bytes, s.data_dir_total_bytes),
+        ),
+        (
+            "Uptime",
+            humantime::format_duration(std::time::Duration::from_secs(s.uptime_secs)).to_string(),
+        ),
+    ]
 }
 
 fn describe_status(st: &NodeStatus, out: &mut String) {

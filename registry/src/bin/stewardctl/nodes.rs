@@ -9,6 +9,7 @@ use reqwest::Method;
 use steward_proto::selector::Selector;
 use steward_proto::{Health, Node, NodePatch, NodeStatus, ResourceState, WorkloadKind};
 
+use crate::client::Client;
 use crate::error::CliError;
 use crate::node_view;
 use crate::output::{self, ago, kebab, or_dash};
@@ -79,7 +80,8 @@ pub enum NodesCmd {
 
 /// A workload kind: `container` or `vm`.
 fn parse_kind(s: &str) -> Result<WorkloadKind, String> {
-    WorkloadKind::parse(s).ok_or_else(|| format!("{s:?} is not a workload kind: container or vm"))
+    WorkloadKind::parse(s)
+        .ok_or_else(|| format!("{s:?} is not a workload kind: {}", WorkloadKind::choices()))
 }
 
 /// Checks a selector locally so that typos fail before any request (exit 2).
@@ -99,111 +101,141 @@ pub async fn run(cmd: NodesCmd, ctx: &Ctx) -> Result<Exit, CliError> {
             selector,
             health,
             drifted,
-        } => {
-            let health = health
-                .iter()
-                .map(|h| h.as_str())
-                .collect::<Vec<_>>()
-                .join(",");
-            let query = [
-                ("selector", selector.unwrap_or_default()),
-                ("health", health),
-                (
-                    "drifted",
-                    if drifted {
-                        "true".into()
-                    } else {
-                        String::new()
-                    },
-                ),
-            ];
-            let nodes: Vec<Node> = client.get_pages(&["v1", "nodes"], &query).await?;
-            print_list(ctx, &nodes)
-        }
-        NodesCmd::Get { id } => {
-            let node: Node = client.get(&["v1", "nodes", &id], &[]).await?;
-            if ctx.json() {
-                return output::json(&node).map(|()| Exit::Ok);
-            }
-            output::stdout(&node_view::describe(&node, Utc::now()));
-            Ok(Exit::Ok)
-        }
-        NodesCmd::Label { id, changes } => {
-            let labels = parse_label_changes(&changes).map_err(CliError::Usage)?;
-            let patch = NodePatch { labels };
-            let node: Node = client
-                .send_json(Method::PATCH, &["v1", "nodes", &id], &patch)
-                .await?;
-            if ctx.json() {
-                output::json(&node)?;
-            } else if !ctx.quiet {
-                output::line(format!(
-                    "node {}: labels {}",
-                    node.id,
-                    output::labels(&node.labels)
-                ));
-            }
-            Ok(Exit::Ok)
-        }
-        NodesCmd::Reset { id, workload, kind } => {
-            let path = ["v1", "nodes", &id, "workloads", &workload, "reset"];
-            let mut rb = client.request(Method::POST, &path);
-            if let Some(k) = kind {
-                rb = rb.query(&[("kind", k.as_str())]);
-            }
-            let q: steward_proto::api::ResetQueued = client.json(rb).await?;
-            if ctx.json() {
-                output::json(&q)?;
-            } else if !ctx.quiet {
-                let what = match q.kind {
-                    Some(k) => format!("{} {}", k.as_str(), q.workload),
-                    None => q.workload.clone(),
-                };
-                output::line(format!(
-                    "reset of {what} on node {} queued for its next heartbeat",
-                    q.node_id
-                ));
-            }
-            Ok(Exit::Ok)
-        }
-        NodesCmd::Reenroll { id, expires } => {
-            let body = steward_proto::CreateReenrollGrant {
-                expires: Some(expires),
-            };
-            let g: steward_proto::ReenrollGrantCreated = client
-                .send_json(Method::POST, &["v1", "nodes", &id, "reenroll"], &body)
-                .await?;
-            if ctx.json() {
-                output::json(&g)?;
-            } else {
-                output::line(&g.grant);
-                output::note(
-                    ctx.quiet,
-                    format_args!(
-                        "re-enrolment grant {} for node {}: one use, expires {}. It is shown \
-                         only once: on the host, run steward-agent --token GRANT enroll --force",
-                        g.id,
-                        g.node_id,
-                        g.expires_at.format("%Y-%m-%d %H:%M:%S UTC"),
-                    ),
-                );
-            }
-            Ok(Exit::Ok)
-        }
-        NodesCmd::Delete { id } => {
-            let node: Node = client.call(Method::DELETE, &["v1", "nodes", &id]).await?;
-            if ctx.json() {
-                output::json(&node)?;
-            } else if !ctx.quiet {
-                output::line(format!(
-                    "node {} ({}) decommissioned",
-                    node.id,
-                    or_dash(&node.hostname)
-                ));
-            }
-            Ok(Exit::Ok)
-        }
+        } => list(&client, ctx, selector, &health, drifted).await,
+        NodesCmd::Get { id } => get(&client, ctx, &id).await,
+        NodesCmd::Label { id, changes } => label(&client, ctx, &id, &changes).await,
+        NodesCmd::Reset { id, workload, kind } => reset(&client, ctx, &id, &workload, kind).await,
+        NodesCmd::Reenroll { id, expires } => reenroll(&client, ctx, &id, expires).await,
+        NodesCmd::Delete { id } => delete(&client, ctx, &id).await,
     }
+}
+
+/// `nodes list`: every page of the (filtered) list.
+async fn list(
+    client: &Client,
+    ctx: &Ctx,
+    selector: Option<String>,
+    health: &[Health],
+    drifted: bool,
+) -> Result<Exit, CliError> {
+    let health = health
+        .iter()
+        .map(|h| h.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    let query = [
+        ("selector", selector.unwrap_or_default()),
+        ("health", health),
+        (
+            "drifted",
+            if drifted {
+                "true".into()
+            } else {
+                String::new()
+            },
+        ),
+    ];
+    let nodes: Vec<Node> = client.get_pages(&["v1", "nodes"], &query).await?;
+    print_list(ctx, &nodes)
+}
+
+/// `nodes get`: one node, described (or as JSON).
+async fn get(client: &Client, ctx: &Ctx, id: &str) -> Result<Exit, CliError> {
+    let node: Node = client.get(&["v1", "nodes", id], &[]).await?;
+    if ctx.json() {
+        return output::json(&node).map(|()| Exit::Ok);
+    }
+    output::stdout(&node_view::describe(&node, Utc::now()));
+    Ok(Exit::Ok)
+}
+
+/// `nodes label`: sets and removes labels.
+async fn label(client: &Client, ctx: &Ctx, id: &str, changes: &[String]) -> Result<Exit, CliError> {
+    let labels = parse_label_changes(changes).map_err(CliError::Usage)?;
+    let patch = NodePatch { labels };
+    let node: Node = client
+        .send_json(Method::PATCH, &["v1", "nodes", id], &patch)
+        .await?;
+    if ctx.json() {
+        output::json(&node)?;
+    } else if !ctx.quiet {
+        output::line(format!(
+            "node {}: labels {}",
+            node.id,
+            output::labels(&node.labels)
+        ));
+    }
+    Ok(Exit::Ok)
+}
+
+/// `nodes reset`: queues a reset of a workload's escalation ladder.
+async fn reset(
+    client: &Client,
+    ctx: &Ctx,
+    id: &str,
+    workload: &str,
+    kind: Option<WorkloadKind>,
+) -> Result<Exit, CliError> {
+    let path = ["v1", "nodes", id, "workloads", workload, "reset"];
+    let mut rb = client.request(Method::POST, &path);
+    if let Some(k) = kind {
+        rb = rb.query(&[("kind", k.as_str())]);
+    }
+    let q: steward_proto::api::ResetQueued = client.json(rb).await?;
+    if ctx.json() {
+        output::json(&q)?;
+    } else if !ctx.quiet {
+        let what = match q.kind {
+            Some(k) => format!("{} {}", k.as_str(), q.workload),
+            None => q.workload.clone(),
+        };
+        output::line(format!(
+            "reset of {what} on node {} queued for its next heartbeat",
+            q.node_id
+        ));
+    }
+    Ok(Exit::Ok)
+}
+
+/// `nodes reenroll`: issues a re-enrolment grant.
+async fn reenroll(client: &Client, ctx: &Ctx, id: &str, expires: String) -> Result<Exit, CliError> {
+    let body = steward_proto::CreateReenrollGrant {
+        expires: Some(expires),
+    };
+    let g: steward_proto::ReenrollGrantCreated = client
+        .send_json(Method::POST, &["v1", "nodes", id, "reenroll"], &body)
+        .await?;
+    if ctx.json() {
+        output::json(&g)?;
+    } else {
+        output::line(&g.grant);
+        output::note(
+            ctx.quiet,
+            format_args!(
+                "re-enrolment grant {} for node {}: one use, expires {}. It is shown \
+                 only once: on the host, run steward-agent --token GRANT enroll --force",
+                g.id,
+                g.node_id,
+                g.expires_at.format("%Y-%m-%d %H:%M:%S UTC"),
+            ),
+        );
+    }
+    Ok(Exit::Ok)
+}
+
+/// `nodes delete`: decommissions a node.
+async fn delete(client: &Client, ctx: &Ctx, id: &str) -> Result<Exit, CliError> {
+    let node: Node = client.call(Method::DELETE, &["v1", "nodes", id]).await?;
+    if ctx.json() {
+        output::json(&node)?;
+    } else if !ctx.quiet {
+        output::line(format!(
+            "node {} ({}) decommissioned",
+            node.id,
+            or_dash(&node.hostname)
+        ));
+    }
+    Ok(Exit::Ok)
 }
 
 /// Parses `key=value` (set) and `key-` (remove) arguments into a merge patch.

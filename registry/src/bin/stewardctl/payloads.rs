@@ -107,42 +107,7 @@ pub async fn run(cmd: PayloadsCmd, ctx: &Ctx) -> Result<Exit, CliError> {
             name,
             version,
             file,
-        } => {
-            let sha = sha256_file(&file).await?;
-            let f = tokio::fs::File::open(&file)
-                .await
-                .map_err(|e| CliError::Usage(format!("cannot open {}: {e}", file.display())))?;
-            let client = ctx.streaming_client()?;
-            // The file is streamed, so it is sent to one URL: one that answers now.
-            client.settle().await?;
-            let rb = client
-                .request(Method::PUT, &["v1", "payloads", &name, &version])
-                .header("content-type", "application/octet-stream")
-                .header("x-steward-sha256", &sha)
-                .body(reqwest::Body::from(f));
-            let resp = client.send(rb).await?;
-            let created = resp.status() == reqwest::StatusCode::CREATED;
-            let v: PayloadVersion = resp
-                .json()
-                .await
-                .map_err(|e| CliError::Unexpected(format!("unexpected answer: {e}")))?;
-            if ctx.json() {
-                output::json(&v)?;
-            } else if !ctx.quiet {
-                output::line(format!(
-                    "payload {}@{} {}: sha256 {} ({})",
-                    v.name,
-                    v.version,
-                    if created {
-                        "uploaded"
-                    } else {
-                        "already stored with this content"
-                    },
-                    v.sha256,
-                    bytes(v.size)
-                ));
-            }
-        }
+        } => upload(ctx, &name, &version, &file).await?,
         PayloadsCmd::Delete { name, version } => {
             let v: PayloadVersion = ctx
                 .client()?
@@ -156,4 +121,48 @@ pub async fn run(cmd: PayloadsCmd, ctx: &Ctx) -> Result<Exit, CliError> {
         }
     }
     Ok(Exit::Ok)
+}
+
+/// `payloads upload`: streams a file as a new payload version, with its sha256.
+async fn upload(
+    ctx: &Ctx,
+    name: &str,
+    version: &str,
+    file: &std::path::Path,
+) -> Result<(), CliError> {
+    let sha = sha256_file(file).await?;
+    let f = tokio::fs::File::open(&file)
+        .await
+        .map_err(|e| CliError::Usage(format!("cannot open {}: {e}", file.display())))?;
+    let client = ctx.streaming_client()?;
+    // The file is streamed, so it is sent to one URL: one that answers now.
+    client.settle().await?;
+    let rb = client
+        .request(Method::PUT, &["v1", "payloads", name, version])
+        .header("content-type", "application/octet-stream")
+        .header("x-steward-sha256", &sha)
+        .body(reqwest::Body::from(f));
+    let resp = client.send(rb).await?;
+    let created = resp.status() == reqwest::StatusCode::CREATED;
+    let v: PayloadVersion = resp
+        .json()
+        .await
+        .map_err(|e| CliError::Unexpected(format!("unexpected answer: {e}")))?;
+    if ctx.json() {
+        output::json(&v)?;
+    } else if !ctx.quiet {
+        output::line(format!(
+            "payload {}@{} {}: sha256 {} ({})",
+            v.name,
+            v.version,
+            if created {
+                "uploaded"
+            } else {
+                "already stored with this content"
+            },
+            v.sha256,
+            bytes(v.size)
+        ));
+    }
+    Ok(())
 }
