@@ -131,6 +131,21 @@ impl Ctx {
         self.output == OutputFormat::Json
     }
 
+    /// Prints a command's answer: the JSON of `v` with `--output json`, else the line `line`
+    /// makes of it (nothing with `--quiet`).
+    pub fn answer<T: serde::Serialize>(
+        &self,
+        v: &T,
+        line: impl FnOnce(&T) -> String,
+    ) -> Result<Exit, CliError> {
+        if self.json() {
+            output::json(v)?;
+        } else if !self.quiet {
+            output::line(line(v));
+        }
+        Ok(Exit::Ok)
+    }
+
     /// A client for ordinary requests (30 s time-out).
     pub fn client(&self) -> Result<Client, CliError> {
         Client::new(&self.settings, Some(client::TIMEOUT), self.quiet)

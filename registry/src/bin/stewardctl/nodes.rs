@@ -156,16 +156,9 @@ async fn label(client: &Client, ctx: &Ctx, id: &str, changes: &[String]) -> Resu
     let node: Node = client
         .send_json(Method::PATCH, &["v1", "nodes", id], &patch)
         .await?;
-    if ctx.json() {
-        output::json(&node)?;
-    } else if !ctx.quiet {
-        output::line(format!(
-            "node {}: labels {}",
-            node.id,
-            output::labels(&node.labels)
-        ));
-    }
-    Ok(Exit::Ok)
+    ctx.answer(&node, |n| {
+        format!("node {}: labels {}", n.id, output::labels(&n.labels))
+    })
 }
 
 /// `nodes reset`: queues a reset of a workload's escalation ladder.
@@ -182,19 +175,16 @@ async fn reset(
         rb = rb.query(&[("kind", k.as_str())]);
     }
     let q: steward_proto::api::ResetQueued = client.json(rb).await?;
-    if ctx.json() {
-        output::json(&q)?;
-    } else if !ctx.quiet {
+    ctx.answer(&q, |q| {
         let what = match q.kind {
             Some(k) => format!("{} {}", k.as_str(), q.workload),
             None => q.workload.clone(),
         };
-        output::line(format!(
+        format!(
             "reset of {what} on node {} queued for its next heartbeat",
             q.node_id
-        ));
-    }
-    Ok(Exit::Ok)
+        )
+    })
 }
 
 /// `nodes reenroll`: issues a re-enrolment grant.
@@ -226,16 +216,9 @@ async fn reenroll(client: &Client, ctx: &Ctx, id: &str, expires: String) -> Resu
 /// `nodes delete`: decommissions a node.
 async fn delete(client: &Client, ctx: &Ctx, id: &str) -> Result<Exit, CliError> {
     let node: Node = client.call(Method::DELETE, &["v1", "nodes", id]).await?;
-    if ctx.json() {
-        output::json(&node)?;
-    } else if !ctx.quiet {
-        output::line(format!(
-            "node {} ({}) decommissioned",
-            node.id,
-            or_dash(&node.hostname)
-        ));
-    }
-    Ok(Exit::Ok)
+    ctx.answer(&node, |n| {
+        format!("node {} ({}) decommissioned", n.id, or_dash(&n.hostname))
+    })
 }
 
 /// Parses `key=value` (set) and `key-` (remove) arguments into a merge patch.

@@ -113,11 +113,7 @@ pub async fn run(cmd: PayloadsCmd, ctx: &Ctx) -> Result<Exit, CliError> {
                 .client()?
                 .call(Method::DELETE, &["v1", "payloads", &name, &version])
                 .await?;
-            if ctx.json() {
-                output::json(&v)?;
-            } else if !ctx.quiet {
-                output::line(format!("payload {}@{} deleted", v.name, v.version));
-            }
+            ctx.answer(&v, |v| format!("payload {}@{} deleted", v.name, v.version))?;
         }
     }
     Ok(Exit::Ok)
@@ -148,10 +144,8 @@ async fn upload(
         .json()
         .await
         .map_err(|e| CliError::Unexpected(format!("unexpected answer: {e}")))?;
-    if ctx.json() {
-        output::json(&v)?;
-    } else if !ctx.quiet {
-        output::line(format!(
+    ctx.answer(&v, |v| {
+        format!(
             "payload {}@{} {}: sha256 {} ({})",
             v.name,
             v.version,
@@ -162,7 +156,7 @@ async fn upload(
             },
             v.sha256,
             bytes(v.size)
-        ));
-    }
+        )
+    })?;
     Ok(())
 }
