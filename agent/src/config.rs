@@ -172,11 +172,7 @@ fn duration(field: &str, v: Option<String>) -> anyhow::Result<Option<Duration>> 
 impl AgentConfig {
     /// Resolves flags/env over the config file over defaults.
     pub fn resolve(args: AgentArgs) -> anyhow::Result<Self> {
-        let file = match &args.config {
-            Some(p) => load(p)?,
-            None if Path::new(DEFAULT_CONFIG).exists() => load(Path::new(DEFAULT_CONFIG))?,
-            None => FileConfig::default(),
-        };
+        let file = file_config(args.config.as_deref())?;
         let data_dir = args
             .data_dir
             .clone()
@@ -212,22 +208,12 @@ impl AgentConfig {
                 .unwrap_or_else(|| crate::network::lab::DEFAULT_LAB_TEMPLATE.to_string()),
             watchdog_max_pass: duration("watchdog_max_pass", file.watchdog_max_pass)?
                 .unwrap_or(Duration::from_secs(15 * 60)),
-            vms: crate::vm::VmSettings {
-                dir: args
-                    .vm_dir
-                    .or(file.vm_dir)
-                    .unwrap_or_else(|| data_dir.join("vms")),
-                accel: args
-                    .vm_accel
-                    .or(file.vm_accel)
-                    .map(|a| a.parse())
-                    .transpose()
-                    .map_err(|e| anyhow::anyhow!("config field vm_accel: {e}"))?
-                    .unwrap_or_default(),
-                stop_timeout: duration("vm_stop_timeout", file.vm_stop_timeout)?
-                    .unwrap_or(Duration::from_secs(30)),
-                ..Default::default()
-            },
+            vms: vm_settings(
+                args.vm_dir.or(file.vm_dir),
+                args.vm_accel.or(file.vm_accel),
+                file.vm_stop_timeout,
+                &data_dir,
+            )?,
             policy: file.policy,
             heal: file.heal.resolve()?,
             limits: file.limits,
@@ -236,9 +222,18 @@ impl AgentConfig {
             .apply_env(|k| std::env::var(k).ok())
             .map_err(anyhow::Error::msg)?;
         cfg.vms.heal = cfg.heal;
-        crate::network::lab::check_template(&cfg.lab_cidr_template)
+        cfg.check()?;
+        if let Some(r) = &cfg.registry {
+            cfg.registry = Some(check_registry(r)?);
+        }
+        Ok(cfg)
+    }
+
+    /// Refuses values no agent can run with (naming the field).
+    fn check(&self) -> anyhow::Result<()> {
+        crate::network::lab::check_template(&self.lab_cidr_template)
             .map_err(|e| anyhow::anyhow!("config field {e}"))?;
-        for r in &cfg.policy.payload_roots {
+        for r in &self.policy.payload_roots {
             if !r.is_absolute() || r.components().any(|c| c == std::path::Component::ParentDir) {
                 bail!(
                     "policy.payload_roots: {} must be an absolute path without '..'",
@@ -246,22 +241,47 @@ impl AgentConfig {
                 );
             }
         }
-        if cfg.policy.attest_rehash_secs == Some(0) {
+        if self.policy.attest_rehash_secs == Some(0) {
             bail!("policy.attest_rehash_secs must be at least 1");
         }
-        if cfg.resync_interval < Duration::from_secs(1) {
+        if self.resync_interval < Duration::from_secs(1) {
             bail!("resync_interval must be at least 1s");
         }
-        if cfg.long_poll_wait < Duration::from_secs(1)
-            || cfg.long_poll_wait > Duration::from_secs(300)
+        if self.long_poll_wait < Duration::from_secs(1)
+            || self.long_poll_wait > Duration::from_secs(300)
         {
             bail!("long_poll_wait must be between 1s and 300s");
         }
-        if let Some(r) = &cfg.registry {
-            cfg.registry = Some(check_registry(r)?);
-        }
-        Ok(cfg)
+        Ok(())
     }
+}
+
+/// The config file: the one given, else the default one when it exists, else empty.
+fn file_config(path: Option<&Path>) -> anyhow::Result<FileConfig> {
+    match path {
+        Some(p) => load(p),
+        None if Path::new(DEFAULT_CONFIG).exists() => load(Path::new(DEFAULT_CONFIG)),
+        None => Ok(FileConfig::default()),
+    }
+}
+
+/// The VM settings from their resolved values (directory default `<data_dir>/vms`).
+fn vm_settings(
+    dir: Option<PathBuf>,
+    accel: Option<String>,
+    stop_timeout: Option<String>,
+    data_dir: &Path,
+) -> anyhow::Result<crate::vm::VmSettings> {
+    Ok(crate::vm::VmSettings {
+        dir: dir.unwrap_or_else(|| data_dir.join("vms")),
+        accel: accel
+            .map(|a| a.parse())
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("config field vm_accel: {e}"))?
+            .unwrap_or_default(),
+        stop_timeout: duration("vm_stop_timeout", stop_timeout)?.unwrap_or(Duration::from_secs(30)),
+        ..Default::default()
+    })
 }
 
 /// Checks every URL of a registry list (naming the first bad one) and returns the list in

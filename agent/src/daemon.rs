@@ -2,15 +2,14 @@
 //! listeners and the reconciler, running concurrently. The agent keeps enforcing the last stored spec while the registry is
 //! unreachable and never stops a workload because of that.
 
+mod passes;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use rand::Rng;
-use steward_proto::validate::SpecLimits;
-use steward_proto::{
-    Heartbeat, NodeStatus, ResourceKind, ResourceState, ResourceStatus, WorkloadKind, WorkloadRef,
-};
+use steward_proto::{Heartbeat, NodeStatus, WorkloadKind, WorkloadRef};
 use tokio::sync::{watch, Notify};
 use tracing::{debug, error, info, warn};
 
@@ -19,10 +18,10 @@ use crate::config::AgentConfig;
 use crate::docker::Docker;
 use crate::facts::StatsSampler;
 use crate::network::EventFeed;
-use crate::pass::{Outcome, Pass};
 use crate::reconciler::Reconciler;
 use crate::store::{Identity, Paths, Store, StoredSpec};
 use crate::watchdog::Liveness;
+pub(crate) use passes::reconcile_loop;
 
 /// Jittered exponential backoff with a cap.
 pub struct Backoff {
@@ -61,14 +60,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let paths = Paths::new(&cfg.data_dir);
     let store = Store::open(&paths)?;
-    let stored = store.load::<StoredSpec>()?;
-    match &stored {
-        Some(s) => info!(
-            generation = s.generation,
-            "enforcing the stored spec until the registry answers"
-        ),
-        None => info!("no spec stored yet; waiting for the registry"),
-    }
+    let stored = load_stored(&store)?;
     let (spec_tx, spec_rx) = watch::channel(stored);
     let (status_tx, status_rx) =
         watch::channel(paths.load_status().ok().flatten().unwrap_or_default());
@@ -78,13 +70,7 @@ pub async fn run(
     let resets: Resets = Arc::default();
     let board = crate::pass::Board::default();
     let watchdog = crate::watchdog::start(live.clone(), cfg.watchdog_max_pass);
-    let metrics = match cfg.metrics_listen {
-        Some(addr) => crate::metrics::serve(addr)
-            .await
-            .map_err(|e| warn!(error = %e, "metrics endpoint disabled"))
-            .ok(),
-        None => None,
-    };
+    let metrics = serve_metrics(&cfg).await;
 
     let watcher = tokio::spawn(watch_spec(
         client.clone(),
@@ -109,24 +95,7 @@ pub async fn run(
     let link_events = tokio::spawn(netlink_events(cfg.clone(), wake.clone(), feed.clone()));
     let urgent = Arc::new(Notify::new());
     vm_exits(&cfg, urgent.clone());
-    let rec = Reconciler::new(
-        cfg.docker_socket.clone(),
-        cfg.policy.clone(),
-        identity.node_id.clone(),
-    )
-    .with_networks(
-        cfg.lab_cidr_template.clone(),
-        Some(store.clone()),
-        crate::config::first_registry_url(cfg.registry.as_ref().unwrap_or(&identity.registry)),
-    )
-    .with_link_events(feed)
-    .with_heal(cfg.heal, Some(store.clone()))
-    .with_payloads(crate::payload::Payloads::new(
-        &cfg.data_dir,
-        Some(store.clone()),
-        Some(client.clone()),
-    ))
-    .with_vms(cfg.vms.clone());
+    let rec = reconciler(&cfg, &identity, &store, &client, feed);
     let recon = tokio::spawn(reconcile_loop(
         cfg.clone(),
         rec,
@@ -152,6 +121,59 @@ pub async fn run(
         t.abort();
     }
     Ok(())
+}
+
+/// The spec stored by the last run, if any: enforced until the registry answers.
+fn load_stored(store: &Store) -> anyhow::Result<Option<StoredSpec>> {
+    let stored = store.load::<StoredSpec>()?;
+    match &stored {
+        Some(s) => info!(
+            generation = s.generation,
+            "enforcing the stored spec until the registry answers"
+        ),
+        None => info!("no spec stored yet; waiting for the registry"),
+    }
+    Ok(stored)
+}
+
+/// The metrics endpoint's task, when `metrics_listen` is set and it could listen.
+async fn serve_metrics(cfg: &AgentConfig) -> Option<tokio::task::JoinHandle<()>> {
+    match cfg.metrics_listen {
+        Some(addr) => crate::metrics::serve(addr)
+            .await
+            .map_err(|e| warn!(error = %e, "metrics endpoint disabled"))
+            .ok(),
+        None => None,
+    }
+}
+
+/// The daemon's reconciler: host networks (woken by `feed`), heal state and payload records in
+/// `store`, payload blobs from the registry, VMs when configured.
+fn reconciler(
+    cfg: &AgentConfig,
+    identity: &Identity,
+    store: &Store,
+    client: &Arc<RegistryClient>,
+    feed: Arc<EventFeed>,
+) -> Reconciler {
+    Reconciler::new(
+        cfg.docker_socket.clone(),
+        cfg.policy.clone(),
+        identity.node_id.clone(),
+    )
+    .with_networks(
+        cfg.lab_cidr_template.clone(),
+        Some(store.clone()),
+        crate::config::first_registry_url(cfg.registry.as_ref().unwrap_or(&identity.registry)),
+    )
+    .with_link_events(feed)
+    .with_heal(cfg.heal, Some(store.clone()))
+    .with_payloads(crate::payload::Payloads::new(
+        &cfg.data_dir,
+        Some(store.clone()),
+        Some(client.clone()),
+    ))
+    .with_vms(cfg.vms.clone())
 }
 
 async fn watch_spec(
@@ -377,114 +399,6 @@ pub(crate) async fn netlink_events(cfg: AgentConfig, wake: Arc<Notify>, feed: Ar
         warn!(error = %why, "netlink event listener stopped; restarting");
         tokio::time::sleep(backoff.delay()).await;
     }
-}
-
-pub(crate) async fn reconcile_loop(
-    cfg: AgentConfig,
-    mut rec: Reconciler,
-    mut spec: watch::Receiver<Option<StoredSpec>>,
-    status: watch::Sender<NodeStatus>,
-    wake: Arc<Notify>,
-    paths: Paths,
-    control: Control,
-) {
-    let Control {
-        live,
-        resets,
-        urgent,
-        progress,
-    } = control;
-    let mut resync = tokio::time::interval(cfg.resync_interval);
-    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let probe_in = spec
-            .borrow()
-            .as_ref()
-            .and_then(|s| rec.next_probe_in(&s.spec))
-            .unwrap_or(Duration::from_secs(3600));
-        tokio::select! {
-            r = spec.changed() => if r.is_err() { return },
-            // The resync looks at everything afresh, whatever the event feeds said.
-            _ = resync.tick() => rec.force_full_observe(),
-            // An agent-side health probe is due.
-            _ = tokio::time::sleep(probe_in) => {},
-            // A VM's QEMU exited: one event, nothing to debounce.
-            _ = urgent.notified() => {},
-            _ = wake.notified() => {
-                // Debounce bursts of events (a recreate emits several), but never make a new
-                // spec wait for the debounce.
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(100)) => {},
-                    r = spec.changed() => if r.is_err() { return },
-                }
-            },
-        }
-        let current = spec.borrow_and_update().clone();
-        let Some(current) = current else {
-            continue; // nothing known yet: never act on an empty spec we did not receive
-        };
-        if let Some(st) = refused_over_limits(&cfg.limits, &current) {
-            if let Err(e) = paths.save_status_off_runtime(&st).await {
-                warn!(error = %format!("{e:#}"), "writing status.json failed");
-            }
-            status.send_replace(st);
-            continue;
-        }
-        let asked = std::mem::take(&mut *resets.lock().unwrap_or_else(|p| p.into_inner()));
-        for w in asked {
-            rec.reset_workload(&w);
-        }
-        let started = Instant::now();
-        live.pass_started();
-        // The pass stops between two actions once a newer generation has been received.
-        let newest = spec.clone();
-        let newest: crate::pass::Newest =
-            Arc::new(move || newest.borrow().as_ref().map_or(0, |s| s.generation));
-        let pass = Arc::new(Pass::new(current.generation, progress.clone(), newest));
-        let outcome = rec.reconcile_pass(pass, &current.spec).await;
-        live.pass_finished();
-        progress.clear();
-        let st = match outcome {
-            Outcome::Applied(st) => st,
-            Outcome::Superseded { by, progress } => {
-                // Nothing of it is reported: the status keeps the last generation applied whole.
-                info!(generation = current.generation, newer = by, done = progress.done, planned = progress.total, took = ?started.elapsed(), "pass stopped between two actions: a newer spec takes over");
-                continue;
-            }
-        };
-        crate::metrics::get().reconciled(started.elapsed(), &st);
-        let failed = st
-            .resources
-            .iter()
-            .filter(|r| r.state != steward_proto::ResourceState::Converged)
-            .count();
-        info!(generation = current.generation, resources = st.resources.len(), not_converged = failed, took = ?started.elapsed(), "reconciled");
-        if let Err(e) = paths.save_status_off_runtime(&st).await {
-            warn!(error = %format!("{e:#}"), "writing status.json failed");
-        }
-        status.send_replace(st);
-    }
-}
-
-/// The status for a spec over this agent's `[limits]`, which is not acted on at all (nothing
-/// created, nothing removed): one failed `spec` entry naming every limit exceeded.
-fn refused_over_limits(limits: &SpecLimits, spec: &StoredSpec) -> Option<NodeStatus> {
-    let over = limits.check(&spec.spec);
-    if over.is_empty() {
-        return None;
-    }
-    let why: Vec<String> = over.iter().map(|p| p.to_string()).collect();
-    let why = format!("refused, nothing done: {}", why.join("; "));
-    warn!(generation = spec.generation, reason = %why, "spec over this agent's limits");
-    let failed = ResourceStatus::new(ResourceKind::Spec, "spec", ResourceState::Failed, Some(why));
-    let mut st = NodeStatus {
-        observed_generation: spec.generation,
-        resources: vec![failed],
-        payloads: Vec::new(),
-        digest: String::new(),
-    };
-    st.digest = crate::reconciler::status_digest(&st);
-    Some(st)
 }
 
 pub(crate) async fn shutdown_signal() {

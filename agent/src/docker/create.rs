@@ -13,6 +13,9 @@ use steward_proto::{ContainerSpec, HealthCheck, RestartPolicy};
 use super::DockerError;
 use crate::reconcile::types::{limits, LABEL_MANAGED, LABEL_NAME, LABEL_NODE, LABEL_SPEC_HASH};
 
+/// Exposed ports and their host bindings, by `port/protocol`.
+type Ports = (Vec<String>, HashMap<String, Option<Vec<PortBinding>>>);
+
 /// The body of `POST /containers/create` for `spec`, labelled as owned by Steward.
 pub(super) fn container_body(
     spec: &ContainerSpec,
@@ -23,7 +26,46 @@ pub(super) fn container_body(
         container: spec.name.clone(),
         reason,
     };
+    let (exposed, bindings) = ports(&spec.ports).map_err(invalid)?;
+    let binds = binds(&spec.volumes).map_err(invalid)?;
+    let (memory, nano_cpus) = checked_limits(spec).map_err(invalid)?;
+    let network_mode = network_mode(spec).map_err(invalid)?;
+    let healthcheck = match &spec.healthcheck {
+        Some(hc) => health_config(hc).map_err(|e| invalid(format!("healthcheck: {e}")))?,
+        None => None,
+    };
+    let host_config = HostConfig {
+        memory: (memory > 0).then_some(memory),
+        nano_cpus: (nano_cpus > 0).then_some(nano_cpus),
+        binds: (!binds.is_empty()).then_some(binds),
+        port_bindings: (!bindings.is_empty()).then_some(bindings),
+        restart_policy: Some(DockerRestart {
+            name: Some(restart_policy(spec.restart)),
+            maximum_retry_count: None,
+        }),
+        network_mode,
+        pid_mode: spec.host_pid.then(|| "host".to_string()),
+        privileged: Some(spec.privileged),
+        ..Default::default()
+    };
+    Ok(ContainerCreateBody {
+        // Exactly as given, so the observed Config.Image compares equal to the spec.
+        image: Some(spec.image.clone()),
+        entrypoint: (!spec.command.is_empty()).then(|| spec.command.clone()),
+        cmd: (!spec.args.is_empty()).then(|| spec.args.clone()),
+        env: (!spec.env.is_empty())
+            .then(|| spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+        hostname: spec.hostname.clone(),
+        labels: Some(labels(spec, hash, node_id)),
+        exposed_ports: (!exposed.is_empty()).then_some(exposed),
+        healthcheck,
+        host_config: Some(host_config),
+        ..Default::default()
+    })
+}
 
+/// The spec's labels and Steward's ownership labels.
+fn labels(spec: &ContainerSpec, hash: &str, node_id: &str) -> HashMap<String, String> {
     let mut labels: HashMap<String, String> = spec
         .labels
         .iter()
@@ -34,12 +76,15 @@ pub(super) fn container_body(
     labels.insert(LABEL_NAME.into(), spec.name.clone());
     labels.insert(LABEL_SPEC_HASH.into(), hash.into());
     labels.insert(LABEL_NODE.into(), node_id.into());
+    labels
+}
 
-    // Ports: one exposed port per container port, with every host binding asked for it.
+/// Ports: one exposed port per container port, with every host binding asked for it.
+fn ports(ports: &[String]) -> Result<Ports, String> {
     let mut exposed: Vec<String> = Vec::new();
     let mut bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
-    for p in &spec.ports {
-        let m = parse_port(p).map_err(|e| invalid(format!("ports: {e}")))?;
+    for p in ports {
+        let m = parse_port(p).map_err(|e| format!("ports: {e}"))?;
         let key = format!("{}/{}", m.container_port, m.protocol);
         if !exposed.contains(&key) {
             exposed.push(key.clone());
@@ -55,87 +100,59 @@ pub(super) fn container_body(
                 host_port: Some(m.host_port.map(|p| p.to_string()).unwrap_or_default()),
             });
     }
+    Ok((exposed, bindings))
+}
 
-    // Volumes as binds, exactly like `docker run -v`: `/host:/ctr[:ro]` bind-mounts a host
-    // path; `name:/ctr[:ro]` mounts a named volume, which Docker creates on first use (and
-    // seeds from the image) and keeps when the container is removed.
+/// Volumes as binds, exactly like `docker run -v`: `/host:/ctr[:ro]` bind-mounts a host path;
+/// `name:/ctr[:ro]` mounts a named volume, which Docker creates on first use (and seeds from the
+/// image) and keeps when the container is removed.
+fn binds(volumes: &[String]) -> Result<Vec<String>, String> {
     let mut binds = Vec::new();
-    for v in &spec.volumes {
-        let m = parse_volume(v).map_err(|e| invalid(format!("volumes: {e}")))?;
+    for v in volumes {
+        let m = parse_volume(v).map_err(|e| format!("volumes: {e}"))?;
         let source = match &m.source {
             VolumeSource::Host(path) => path
                 .to_str()
-                .ok_or_else(|| invalid(format!("volumes: host path {path:?} is not UTF-8")))?
+                .ok_or_else(|| format!("volumes: host path {path:?} is not UTF-8"))?
                 .to_string(),
             VolumeSource::Named(name) => name.clone(),
         };
         let mode = if m.read_only { ":ro" } else { "" };
         binds.push(format!("{source}:{}{mode}", m.target));
     }
+    Ok(binds)
+}
 
-    // Limits: the very numbers the planner compares against what it observes. `limits` maps an
-    // unparsable quantity to "no limit"; refuse that here rather than run unlimited.
+/// Limits: the very numbers the planner compares against what it observes. `limits` maps an
+/// unparsable quantity to "no limit"; refuse that here rather than run unlimited.
+fn checked_limits(spec: &ContainerSpec) -> Result<(i64, i64), String> {
     if let Some(q) = &spec.resources.memory {
-        steward_proto::quantity::parse_memory(q)
-            .map_err(|e| invalid(format!("resources.memory: {e}")))?;
+        steward_proto::quantity::parse_memory(q).map_err(|e| format!("resources.memory: {e}"))?;
     }
     if let Some(q) = &spec.resources.cpus {
-        steward_proto::quantity::parse_cpus(q)
-            .map_err(|e| invalid(format!("resources.cpus: {e}")))?;
+        steward_proto::quantity::parse_cpus(q).map_err(|e| format!("resources.cpus: {e}"))?;
     }
-    let (memory, nano_cpus) = limits(spec);
+    Ok(limits(spec))
+}
 
-    let restart = match spec.restart {
+fn restart_policy(p: RestartPolicy) -> RestartPolicyNameEnum {
+    match p {
         RestartPolicy::Always => RestartPolicyNameEnum::ALWAYS,
         RestartPolicy::OnFailure => RestartPolicyNameEnum::ON_FAILURE,
         RestartPolicy::Never => RestartPolicyNameEnum::NO,
-    };
+    }
+}
 
-    let network_mode = match (&spec.network, spec.host_network) {
-        (Some(net), true) if net != "host" => {
-            return Err(invalid(format!(
-                "network {net:?} cannot be combined with host_network: true"
-            )))
-        }
-        (_, true) => Some("host".to_string()),
-        (Some(net), false) => Some(net.clone()),
-        (None, false) => None,
-    };
-
-    let healthcheck = match &spec.healthcheck {
-        Some(hc) => health_config(hc).map_err(|e| invalid(format!("healthcheck: {e}")))?,
-        None => None,
-    };
-
-    let host_config = HostConfig {
-        memory: (memory > 0).then_some(memory),
-        nano_cpus: (nano_cpus > 0).then_some(nano_cpus),
-        binds: (!binds.is_empty()).then_some(binds),
-        port_bindings: (!bindings.is_empty()).then_some(bindings),
-        restart_policy: Some(DockerRestart {
-            name: Some(restart),
-            maximum_retry_count: None,
-        }),
-        network_mode,
-        pid_mode: spec.host_pid.then(|| "host".to_string()),
-        privileged: Some(spec.privileged),
-        ..Default::default()
-    };
-
-    Ok(ContainerCreateBody {
-        // Exactly as given, so the observed Config.Image compares equal to the spec.
-        image: Some(spec.image.clone()),
-        entrypoint: (!spec.command.is_empty()).then(|| spec.command.clone()),
-        cmd: (!spec.args.is_empty()).then(|| spec.args.clone()),
-        env: (!spec.env.is_empty())
-            .then(|| spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
-        hostname: spec.hostname.clone(),
-        labels: Some(labels),
-        exposed_ports: (!exposed.is_empty()).then_some(exposed),
-        healthcheck,
-        host_config: Some(host_config),
-        ..Default::default()
-    })
+/// Docker's network mode: `host` for `host_network`, else the spec's network, if any.
+fn network_mode(spec: &ContainerSpec) -> Result<Option<String>, String> {
+    match (&spec.network, spec.host_network) {
+        (Some(net), true) if net != "host" => Err(format!(
+            "network {net:?} cannot be combined with host_network: true"
+        )),
+        (_, true) => Ok(Some("host".to_string())),
+        (Some(net), false) => Ok(Some(net.clone())),
+        (None, false) => Ok(None),
+    }
 }
 
 /// Docker's own health check, for `exec` checks only. `http` and `tcp` checks are probed by the
@@ -209,8 +226,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn full_spec() {
+    /// A spec using every field `container_body` maps.
+    fn full() -> ContainerSpec {
         let mut s = spec("web");
         s.command = vec!["httpd".into()];
         s.args = vec!["-f".into(), "-p".into(), "8080".into()];
@@ -240,6 +257,12 @@ mod tests {
             start_period: Some("1m".into()),
             ..Default::default()
         });
+        s
+    }
+
+    #[test]
+    fn full_spec() {
+        let s = full();
         let b = container_body(&s, "h", "n").unwrap();
         assert_eq!(b.entrypoint, Some(vec!["httpd".to_string()]));
         assert_eq!(b.cmd.as_ref().unwrap().len(), 3);

@@ -7,6 +7,7 @@ mod create;
 pub mod engine;
 mod error;
 mod network;
+mod observe;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -22,13 +23,11 @@ use futures_util::{Stream, StreamExt};
 use steward_proto::ContainerSpec;
 use tokio::io::AsyncReadExt;
 
-use crate::reconcile::types::{
-    Observed, ObservedConfig, ObservedContainer, LABEL_MANAGED, LABEL_NAME, LABEL_NODE,
-    LABEL_SPEC_HASH,
-};
+use crate::reconcile::types::{Observed, ObservedContainer, LABEL_MANAGED, LABEL_NODE};
 pub use error::DockerError;
 use error::{describe, status};
 pub use network::BRIDGE_NAME_OPTION;
+use observe::{managed, unmanaged, OwnLabels};
 
 /// Where the engine listens unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
@@ -147,89 +146,19 @@ impl Docker {
 
     async fn observe_one(
         &self,
-        s: ContainerSummary,
+        mut s: ContainerSummary,
     ) -> Result<Option<ObservedContainer>, DockerError> {
-        let id = s.id.unwrap_or_default();
-        let labels = s.labels.unwrap_or_default();
-        let managed = labels.get(LABEL_MANAGED).map(String::as_str) == Some("true");
-        let steward_name = labels.get(LABEL_NAME).cloned();
-        let spec_hash = labels.get(LABEL_SPEC_HASH).cloned();
-        let node = labels.get(LABEL_NODE).cloned();
-        if !managed {
-            let state = s.state.map(|st| st.to_string()).unwrap_or_default();
-            let exit_code = match state.as_str() {
-                "exited" | "dead" => s.status.as_deref().and_then(exit_code_from_status),
-                _ => None,
-            };
-            return Ok(Some(ObservedContainer {
-                name: primary_name(s.names.as_deref().unwrap_or_default()),
-                id,
-                managed,
-                steward_name,
-                spec_hash,
-                node,
-                running: state == "running" || state == "restarting",
-                state,
-                exit_code,
-                restart_count: 0,
-                health: None,
-                pid: None,
-                config: ObservedConfig {
-                    image: s.image.unwrap_or_default(),
-                    ..Default::default()
-                },
-            }));
+        let id = s.id.take().unwrap_or_default();
+        let labels = OwnLabels::of(s.labels.take().unwrap_or_default());
+        if !labels.managed {
+            return Ok(Some(unmanaged(id, labels, s)));
         }
         let inspect = match self.api.inspect_container(&id, None).await {
             Ok(i) => i,
             Err(e) if status(&e) == Some(404) => return Ok(None),
             Err(e) => return Err(DockerError::engine(format!("inspect container {id}"), &e)),
         };
-        let state = inspect.state.unwrap_or_default();
-        let health = state
-            .health
-            .as_ref()
-            .and_then(|h| h.status)
-            .map(|s| s.to_string())
-            .filter(|s| !s.is_empty() && s != "none");
-        let state_word = state.status.map(|st| st.to_string()).unwrap_or_default();
-        let running = state.running.unwrap_or(false);
-        let exit_code = match state_word.as_str() {
-            "created" | "running" | "" => None,
-            _ => state.exit_code,
-        };
-        let host = inspect.host_config.unwrap_or_default();
-        let name = match inspect.name {
-            Some(n) => n.trim_start_matches('/').to_string(),
-            None => primary_name(s.names.as_deref().unwrap_or_default()),
-        };
-        Ok(Some(ObservedContainer {
-            id,
-            name,
-            managed,
-            steward_name,
-            spec_hash,
-            node,
-            running,
-            state: state_word,
-            exit_code,
-            restart_count: inspect
-                .restart_count
-                .map(|n| u32::try_from(n.max(0)).unwrap_or(u32::MAX))
-                .unwrap_or(0),
-            health,
-            pid: state
-                .pid
-                .filter(|_| running)
-                .and_then(|p| u32::try_from(p).ok())
-                .filter(|p| *p > 0),
-            config: ObservedConfig {
-                image: inspect.config.and_then(|c| c.image).unwrap_or_default(),
-                memory: host.memory.unwrap_or(0),
-                nano_cpus: host.nano_cpus.unwrap_or(0),
-                privileged: host.privileged.unwrap_or(false),
-            },
-        }))
+        Ok(Some(managed(id, labels, s, inspect)))
     }
 
     /// Pulls an image, following the progress stream to its end. A reference without a tag or

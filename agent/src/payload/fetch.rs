@@ -61,20 +61,8 @@ pub async fn ensure_blob(
     size: Option<u64>,
 ) -> Result<Fetched, PayloadError> {
     let path = blob_path(dir, sha256);
-    if let Ok(m) = tokio::fs::metadata(&path).await {
-        if size.is_none_or(|s| s == m.len()) {
-            return Ok(Fetched {
-                path,
-                downloaded: 0,
-                resumed_from: 0,
-            });
-        }
-        warn!(
-            sha256,
-            size = m.len(),
-            "cached blob has the wrong size; downloading it again"
-        );
-        let _ = tokio::fs::remove_file(&path).await;
+    if let Some(cached) = cached_blob(&path, sha256, size).await {
+        return Ok(cached);
     }
     let Some(client) = client else {
         return Err(PayloadError::NoRegistry {
@@ -88,17 +76,69 @@ pub async fn ensure_blob(
         .create(dir)
         .map_err(|e| PayloadError::io("create directory", dir, e))?;
     let partial = partial_path(dir, sha256);
+    let (resp, start, hasher) = request_blob(client, &partial, sha256, size).await?;
+    let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
+    let p = partial.clone();
+    let writer = tokio::task::spawn_blocking(move || write_chunks(&p, start, hasher, rx));
+    let failure = receive(resp.bytes_stream(), tx, start, size).await;
+    let (hasher, written) = writer
+        .await
+        .map_err(|e| dl_err(sha256, format!("writer thread: {e}")))?
+        .map_err(|e| PayloadError::io("write", &partial, e))?;
+    check_complete(&partial, sha256, size, failure, written).await?;
+    commit_blob(dir, &partial, &path, sha256, hasher, written).await?;
+    info!(
+        sha256,
+        bytes = written,
+        resumed_from = start,
+        "blob downloaded and verified"
+    );
+    Ok(Fetched {
+        path,
+        downloaded: written - start,
+        resumed_from: start,
+    })
+}
+
+/// The cached blob at `path` when it is there with the right size; a wrong-sized one is deleted.
+async fn cached_blob(path: &Path, sha256: &str, size: Option<u64>) -> Option<Fetched> {
+    let m = tokio::fs::metadata(path).await.ok()?;
+    if size.is_none_or(|s| s == m.len()) {
+        return Some(Fetched {
+            path: path.to_path_buf(),
+            downloaded: 0,
+            resumed_from: 0,
+        });
+    }
+    warn!(
+        sha256,
+        size = m.len(),
+        "cached blob has the wrong size; downloading it again"
+    );
+    let _ = tokio::fs::remove_file(path).await;
+    None
+}
+
+/// Asks the registry for the blob from where the partial file ends; returns the response, the
+/// offset its body starts at and the hasher holding the bytes before it. A partial file the
+/// registry cannot resume (416) is deleted and the request made again, once.
+async fn request_blob(
+    client: &RegistryClient,
+    partial: &Path,
+    sha256: &str,
+    size: Option<u64>,
+) -> Result<(reqwest::Response, u64, Sha256), PayloadError> {
     let mut restarted = false;
     loop {
-        let (p, limit) = (partial.clone(), size);
-        let (hasher, have) = tokio::task::spawn_blocking(move || hash_prefix(&p, limit))
+        let p = partial.to_path_buf();
+        let (hasher, have) = tokio::task::spawn_blocking(move || hash_prefix(&p, size))
             .await
             .map_err(|e| dl_err(sha256, format!("hashing the partial file: {e}")))??;
         let resp = client
             .blob(sha256, have)
             .await
             .map_err(|e| dl_err(sha256, format!("{e:#}")))?;
-        let (start, hasher) = match resp.status() {
+        match resp.status() {
             StatusCode::PARTIAL_CONTENT => {
                 let range = resp
                     .headers()
@@ -112,99 +152,104 @@ pub async fn ensure_blob(
                     ));
                 }
                 info!(sha256, from = have, "resuming download");
-                (have, hasher)
+                return Ok((resp, have, hasher));
             }
             StatusCode::RANGE_NOT_SATISFIABLE if !restarted => {
                 // The partial file is complete or longer than the blob: start over once.
                 restarted = true;
-                let _ = tokio::fs::remove_file(&partial).await;
-                continue;
+                let _ = tokio::fs::remove_file(partial).await;
             }
-            s if s.is_success() => (0, Sha256::new()),
+            s if s.is_success() => return Ok((resp, 0, Sha256::new())),
             s => return Err(dl_err(sha256, format!("the registry answered HTTP {s}"))),
-        };
-        let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
-        let p = partial.clone();
-        let writer = tokio::task::spawn_blocking(move || write_chunks(&p, start, hasher, rx));
-        let mut stream = resp.bytes_stream();
-        let mut received = start;
-        let mut failure: Option<String> = None;
-        loop {
-            match tokio::time::timeout(IDLE_TIMEOUT, stream.next()).await {
-                Err(_) => {
-                    failure = Some(format!("nothing received for {IDLE_TIMEOUT:?}"));
-                    break;
+        }
+    }
+}
+
+/// Streams the response body to the writer thread; returns why it stopped early, if it did.
+/// Dropping `tx` on return tells the writer the body is over.
+async fn receive<B: AsRef<[u8]>, E: std::fmt::Display>(
+    stream: impl futures_util::Stream<Item = Result<B, E>>,
+    tx: mpsc::Sender<B>,
+    start: u64,
+    size: Option<u64>,
+) -> Option<String> {
+    let mut stream = std::pin::pin!(stream);
+    let mut received = start;
+    loop {
+        match tokio::time::timeout(IDLE_TIMEOUT, stream.next()).await {
+            Err(_) => return Some(format!("nothing received for {IDLE_TIMEOUT:?}")),
+            Ok(None) => return None,
+            Ok(Some(Err(e))) => return Some(format!("the transfer broke off: {e}")),
+            Ok(Some(Ok(chunk))) => {
+                received += chunk.as_ref().len() as u64;
+                if size.is_some_and(|s| received > s) {
+                    return Some(format!(
+                        "the registry sent more than the {} bytes the spec pins",
+                        size.unwrap_or(0)
+                    ));
                 }
-                Ok(None) => break,
-                Ok(Some(Err(e))) => {
-                    failure = Some(format!("the transfer broke off: {e}"));
-                    break;
-                }
-                Ok(Some(Ok(chunk))) => {
-                    received += chunk.len() as u64;
-                    if size.is_some_and(|s| received > s) {
-                        failure = Some(format!(
-                            "the registry sent more than the {} bytes the spec pins",
-                            size.unwrap_or(0)
-                        ));
-                        break;
-                    }
-                    if tx.send(chunk).await.is_err() {
-                        break; // the writer failed: its error is reported below
-                    }
+                if tx.send(chunk).await.is_err() {
+                    return None; // the writer failed: its error is reported by the caller
                 }
             }
         }
-        drop(tx);
-        let (hasher, written) = writer
-            .await
-            .map_err(|e| dl_err(sha256, format!("writer thread: {e}")))?
-            .map_err(|e| PayloadError::io("write", &partial, e))?;
-        if let Some(f) = failure {
-            if size.is_some_and(|s| written > s) {
-                let _ = tokio::fs::remove_file(&partial).await;
-            }
+    }
+}
+
+/// Refuses a download that stopped early or short (keeping the partial file for a resume unless
+/// it is longer than the blob).
+async fn check_complete(
+    partial: &Path,
+    sha256: &str,
+    size: Option<u64>,
+    failure: Option<String>,
+    written: u64,
+) -> Result<(), PayloadError> {
+    if let Some(f) = failure {
+        if size.is_some_and(|s| written > s) {
+            let _ = tokio::fs::remove_file(partial).await;
+        }
+        return Err(dl_err(
+            sha256,
+            format!("{f} after {written} bytes; the download resumes from there next time"),
+        ));
+    }
+    if let Some(s) = size {
+        if written < s {
             return Err(dl_err(
                 sha256,
-                format!("{f} after {written} bytes; the download resumes from there next time"),
+                format!("the transfer ended after {written} of {s} bytes; it resumes next time"),
             ));
         }
-        if let Some(s) = size {
-            if written < s {
-                return Err(dl_err(
-                    sha256,
-                    format!(
-                        "the transfer ended after {written} of {s} bytes; it resumes next time"
-                    ),
-                ));
-            }
-        }
-        let actual = hex::encode(hasher.finalize());
-        if actual != sha256 {
-            let _ = tokio::fs::remove_file(&partial).await;
-            return Err(PayloadError::HashMismatch {
-                what: "downloaded blob",
-                expected: sha256.to_string(),
-                actual,
-                bytes: written,
-            });
-        }
-        std::fs::rename(&partial, &path).map_err(|e| PayloadError::io("rename", &path, e))?;
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| PayloadError::io("fsync", dir, e))?;
-        info!(
-            sha256,
-            bytes = written,
-            resumed_from = start,
-            "blob downloaded and verified"
-        );
-        return Ok(Fetched {
-            path,
-            downloaded: written - start,
-            resumed_from: start,
+    }
+    Ok(())
+}
+
+/// Checks the finished download's sha256 (deleting it on a mismatch) and renames it into the
+/// cache, fsyncing the directory.
+async fn commit_blob(
+    dir: &Path,
+    partial: &Path,
+    path: &Path,
+    sha256: &str,
+    hasher: Sha256,
+    written: u64,
+) -> Result<(), PayloadError> {
+    let actual = hex::encode(hasher.finalize());
+    if actual != sha256 {
+        let _ = tokio::fs::remove_file(partial).await;
+        return Err(PayloadError::HashMismatch {
+            what: "downloaded blob",
+            expected: sha256.to_string(),
+            actual,
+            bytes: written,
         });
     }
+    std::fs::rename(partial, path).map_err(|e| PayloadError::io("rename", path, e))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| PayloadError::io("fsync", dir, e))?;
+    Ok(())
 }
 
 /// Hashes what a partial download already holds (truncating it when it is longer than the

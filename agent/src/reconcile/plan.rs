@@ -3,7 +3,7 @@
 //! Order of the actions: pulls first, then removals (freeing names and ports), then, in spec
 //! order, what each desired container needs.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use sha2::{Digest, Sha256};
 use steward_proto::{ContainerSpec, RestartPolicy};
@@ -83,6 +83,47 @@ fn wants_start(c: &ContainerSpec, o: &ObservedContainer) -> bool {
     }
 }
 
+/// Whether this node created `o` (managed label and this node's id).
+fn owned(o: &ObservedContainer, node_id: &str) -> bool {
+    o.managed && o.node.as_deref() == Some(node_id)
+}
+
+/// The actions of a plan as they are found, before they are put in order: the images to pull
+/// (in first-needed order, with the containers each is for), the removals, the per-container
+/// steps.
+struct Steps<'a> {
+    /// Image references present locally.
+    images: &'a BTreeSet<String>,
+    pulls: Vec<(String, Vec<String>)>,
+    removals: Vec<Action>,
+    steps: Vec<Action>,
+}
+
+impl Steps<'_> {
+    /// Notes that container `name` needs `image`: a pull unless the image is present.
+    fn need_image(&mut self, image: &str, name: &str) {
+        if self.images.contains(&normalize_image(image)) || self.images.contains(image) {
+            return;
+        }
+        match self.pulls.iter_mut().find(|(i, _)| i == image) {
+            Some((_, v)) => v.push(name.to_string()),
+            None => self.pulls.push((image.to_string(), vec![name.to_string()])),
+        }
+    }
+
+    /// Pulls first, then removals (freeing names and ports), then the steps in spec order.
+    fn into_actions(self) -> Vec<Action> {
+        let pulls = self
+            .pulls
+            .into_iter()
+            .map(|(image, for_containers)| Action::Pull {
+                image,
+                for_containers,
+            });
+        pulls.chain(self.removals).chain(self.steps).collect()
+    }
+}
+
 /// Plans the container actions that make `observed` match `desired` within `policy`, for the
 /// agent whose identity is `node_id`. Only containers this node created (managed label and its
 /// node id) are ever changed; any other container holding a wanted name is a conflict.
@@ -92,29 +133,45 @@ pub fn plan(
     policy: &Policy,
     node_id: &str,
 ) -> Plan {
-    let owned = |o: &ObservedContainer| o.managed && o.node.as_deref() == Some(node_id);
     let by_name: BTreeMap<&str, &ObservedContainer> = observed
         .containers
         .iter()
         .map(|o| (o.name.as_str(), o))
         .collect();
-    let wanted: HashSet<&str> = desired.iter().map(|c| c.name.as_str()).collect();
-    let mut out = Plan::default();
-    let mut pulls: Vec<(String, Vec<String>)> = Vec::new();
-    let mut need_image = |image: &str, name: &str| {
-        if observed.images.contains(&normalize_image(image)) || observed.images.contains(image) {
-            return;
-        }
-        match pulls.iter_mut().find(|(i, _)| i == image) {
-            Some((_, v)) => v.push(name.to_string()),
-            None => pulls.push((image.to_string(), vec![name.to_string()])),
-        }
+    let mut acts = Steps {
+        images: &observed.images,
+        pulls: Vec::new(),
+        removals: unaccounted(desired, observed, node_id),
+        steps: Vec::new(),
     };
+    let mut out = Plan::default();
+    for c in desired {
+        let existing = by_name.get(c.name.as_str()).copied();
+        let verdict = match policy.refuses(c) {
+            Some(reason) => {
+                if let Some(o) = existing.filter(|o| owned(o, node_id)) {
+                    acts.removals.push(Action::Remove {
+                        name: o.name.clone(),
+                        id: o.id.clone(),
+                        reason: format!("refused by policy: {reason}"),
+                    });
+                }
+                Verdict::Refused(reason)
+            }
+            None => plan_one(c, existing, node_id, &mut acts),
+        };
+        out.verdicts.push((c.name.clone(), verdict));
+    }
+    out.actions = acts.into_actions();
+    out
+}
 
-    // Managed containers that no desired entry accounts for: dropped from the spec, or strays
-    // (a managed container whose Docker name is not the name it was created for).
+/// Removals of the managed containers that no desired entry accounts for: dropped from the
+/// spec, or strays (a managed container whose Docker name is not the name it was created for).
+fn unaccounted(desired: &[ContainerSpec], observed: &Observed, node_id: &str) -> Vec<Action> {
+    let wanted: HashSet<&str> = desired.iter().map(|c| c.name.as_str()).collect();
     let mut removals = Vec::new();
-    for o in observed.containers.iter().filter(|o| owned(o)) {
+    for o in observed.containers.iter().filter(|o| owned(o, node_id)) {
         let own_name = o.steward_name.as_deref() == Some(o.name.as_str());
         if !own_name {
             removals.push(Action::Remove {
@@ -133,88 +190,86 @@ pub fn plan(
             });
         }
     }
+    removals
+}
 
-    let mut steps = Vec::new();
-    for c in desired {
-        let existing = by_name.get(c.name.as_str()).copied();
-        if let Some(reason) = policy.refuses(c) {
-            if let Some(o) = existing.filter(|o| owned(o)) {
-                removals.push(Action::Remove {
-                    name: o.name.clone(),
-                    id: o.id.clone(),
-                    reason: format!("refused by policy: {reason}"),
-                });
-            }
-            out.verdicts
-                .push((c.name.clone(), Verdict::Refused(reason)));
-            continue;
+/// One desired container the policy allows, and what holds its name now: its verdict, its
+/// steps and pulls noted in `acts`.
+fn plan_one(
+    c: &ContainerSpec,
+    existing: Option<&ObservedContainer>,
+    node_id: &str,
+    acts: &mut Steps<'_>,
+) -> Verdict {
+    let hash = spec_hash(c);
+    match existing {
+        None => {
+            acts.need_image(&c.image, &c.name);
+            acts.steps.push(Action::Create {
+                spec: c.clone(),
+                hash,
+            });
+            Verdict::Pending
         }
-        let hash = spec_hash(c);
-        let verdict = match existing {
-            None => {
-                need_image(&c.image, &c.name);
-                steps.push(Action::Create { spec: c.clone(), hash });
-                Verdict::Pending
-            }
-            Some(o) if !owned(o) => Verdict::Conflict(match (&o.node, o.managed) {
-                (Some(other), true) => format!(
-                    "a container named {:?} belongs to another Steward node ({other}); left alone",
-                    o.name
-                ),
-                _ => format!(
-                    "a container named {:?} exists that Steward does not own (no {} label); left alone",
-                    o.name,
-                    super::types::LABEL_MANAGED
-                ),
-            }),
-            Some(o) if o.spec_hash.as_deref() != Some(hash.as_str()) => {
-                need_image(&c.image, &c.name);
-                steps.push(Action::Recreate {
-                    spec: c.clone(),
-                    hash,
-                    old_id: o.id.clone(),
-                    reason: "spec changed".into(),
-                });
-                Verdict::Pending
-            }
-            Some(o) => match drift(c, o) {
-                Some(why) => {
-                    need_image(&c.image, &c.name);
-                    let reason = format!("changed by hand: {why}");
-                    steps.push(Action::Recreate {
-                        spec: c.clone(),
-                        hash,
-                        old_id: o.id.clone(),
-                        reason: reason.clone(),
-                    });
-                    Verdict::Drifted(reason)
-                }
-                None if !o.running && wants_start(c, o) => {
-                    steps.push(Action::Start {
-                        name: c.name.clone(),
-                        id: o.id.clone(),
-                    });
-                    Verdict::Drifted(match o.exit_code {
-                        Some(code) if o.state != "created" => format!("not running ({}, exit code {code})", o.state),
-                        _ => format!("not running ({})", o.state),
-                    })
-                }
-                None => Verdict::Converged,
-            },
-        };
-        out.verdicts.push((c.name.clone(), verdict));
+        Some(o) if !owned(o, node_id) => Verdict::Conflict(match (&o.node, o.managed) {
+            (Some(other), true) => format!(
+                "a container named {:?} belongs to another Steward node ({other}); left alone",
+                o.name
+            ),
+            _ => format!(
+                "a container named {:?} exists that Steward does not own (no {} label); left alone",
+                o.name,
+                super::types::LABEL_MANAGED
+            ),
+        }),
+        Some(o) if o.spec_hash.as_deref() != Some(hash.as_str()) => {
+            acts.need_image(&c.image, &c.name);
+            acts.steps.push(Action::Recreate {
+                spec: c.clone(),
+                hash,
+                old_id: o.id.clone(),
+                reason: "spec changed".into(),
+            });
+            Verdict::Pending
+        }
+        Some(o) => plan_current(c, o, hash, acts),
     }
-    out.actions.extend(
-        pulls
-            .into_iter()
-            .map(|(image, for_containers)| Action::Pull {
-                image,
-                for_containers,
-            }),
-    );
-    out.actions.extend(removals);
-    out.actions.extend(steps);
-    out
+}
+
+/// A container of ours created from the current spec: recreated when changed by hand, started
+/// when stopped and its restart policy says so, else converged.
+fn plan_current(
+    c: &ContainerSpec,
+    o: &ObservedContainer,
+    hash: String,
+    acts: &mut Steps<'_>,
+) -> Verdict {
+    match drift(c, o) {
+        Some(why) => {
+            acts.need_image(&c.image, &c.name);
+            let reason = format!("changed by hand: {why}");
+            acts.steps.push(Action::Recreate {
+                spec: c.clone(),
+                hash,
+                old_id: o.id.clone(),
+                reason: reason.clone(),
+            });
+            Verdict::Drifted(reason)
+        }
+        None if !o.running && wants_start(c, o) => {
+            acts.steps.push(Action::Start {
+                name: c.name.clone(),
+                id: o.id.clone(),
+            });
+            Verdict::Drifted(match o.exit_code {
+                Some(code) if o.state != "created" => {
+                    format!("not running ({}, exit code {code})", o.state)
+                }
+                _ => format!("not running ({})", o.state),
+            })
+        }
+        None => Verdict::Converged,
+    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use steward_proto::quantity::parse_memory;
 use steward_proto::VmSpec;
 use tracing::{info, warn};
 
-use super::driver::{self, Launch, VmPaths, VmRecord};
+use super::driver::{self, Launch, LaunchNic, VmPaths, VmRecord};
 use super::plan::VmAction;
 use super::{disk, io_err, seed, tap, Accel, VmError, Vms};
 
@@ -142,74 +142,9 @@ impl Vms {
                 .collect::<Vec<_>>(),
         )?;
         tracing::debug!(us = t0.elapsed().as_micros() as u64, "seed built");
-        // Taps: recorded first, then made and put on their bridge.
-        let alias = crate::network::types::alias_for(&self.node);
-        for n in &l.nics {
-            if let Some(why) = unusable.get(&n.bridge) {
-                return Err(VmError::Nic {
-                    bridge: n.bridge.clone(),
-                    reason: format!("the bridge cannot be used: {why}"),
-                });
-            }
-            if !Path::new("/sys/class/net")
-                .join(&n.bridge)
-                .join("bridge")
-                .exists()
-            {
-                return Err(VmError::Nic {
-                    bridge: n.bridge.clone(),
-                    reason: "no such bridge on this host; declare it under networks.bridges".into(),
-                });
-            }
-            if !rec.taps.contains(&n.tap) {
-                if tap::exists(&n.tap) {
-                    return Err(VmError::Conflict(format!(
-                        "a link named {} exists that Steward did not create for this VM; left alone",
-                        n.tap
-                    )));
-                }
-                rec.taps.push(n.tap.clone());
-                p.save(&rec)?;
-            }
-            create_tap(&n.tap).await?;
-            crate::network::attach_port(&n.tap, &n.bridge, n.vlan, &alias)
-                .await
-                .map_err(|e| VmError::Nic {
-                    bridge: n.bridge.clone(),
-                    reason: e.to_string(),
-                })?;
-        }
-        // Taps of NICs no longer wanted.
-        let stale: Vec<String> = rec
-            .taps
-            .iter()
-            .filter(|t| !l.nics.iter().any(|n| &n.tap == *t))
-            .cloned()
-            .collect();
-        for t in stale {
-            tap::remove(&t)?;
-            rec.taps.retain(|x| x != &t);
-            p.save(&rec)?;
-        }
+        self.prepare_taps(&p, &mut rec, l, unusable).await?;
         tracing::debug!(us = t0.elapsed().as_micros() as u64, "taps ready");
-        let (accel, note) = match (self.s.accel, &self.kvm_broken) {
-            (Accel::Tcg, _) => ("tcg", Some("configured: vm_accel = tcg".to_string())),
-            (Accel::Kvm, _) => ("kvm", None),
-            (Accel::Auto, Some(why)) => ("tcg", Some(format!("KVM not used: {why}"))),
-            (Accel::Auto, None) => ("kvm", None),
-        };
-        let res = driver::spawn(&self.s.qemu, &p, l, accel).await;
-        let (accel, note) = match res {
-            Ok(_) => (accel, note),
-            Err(e) if self.s.accel == Accel::Auto && accel == "kvm" => {
-                let why = e.to_string();
-                warn!(vm = %name, error = %why, "QEMU with KVM failed; trying TCG");
-                driver::spawn(&self.s.qemu, &p, l, "tcg").await?;
-                self.kvm_broken = Some(why.clone());
-                ("tcg", Some(format!("KVM not used: {why}")))
-            }
-            Err(e) => return Err(e),
-        };
+        let (accel, note) = self.spawn_qemu(name, &p, l).await?;
         tracing::debug!(us = t0.elapsed().as_micros() as u64, "QEMU answers QMP");
         if accel == "kvm" && driver::kvm_enabled(&p).await == Some(false) {
             warn!(vm = %name, "QMP says KVM is not enabled");
@@ -225,6 +160,78 @@ impl Vms {
         self.seen.insert(name.to_string());
         info!(vm = %name, accel, pid = driver::live_pid(&p), "QEMU started (detached)");
         Ok(())
+    }
+
+    /// The VM's taps: each recorded first, then made and put on its bridge; taps of NICs no
+    /// longer wanted removed.
+    async fn prepare_taps(
+        &self,
+        p: &VmPaths,
+        rec: &mut VmRecord,
+        l: &Launch,
+        unusable: &BTreeMap<String, String>,
+    ) -> Result<(), VmError> {
+        let alias = crate::network::types::alias_for(&self.node);
+        for n in &l.nics {
+            check_bridge(n, unusable)?;
+            if !rec.taps.contains(&n.tap) {
+                if tap::exists(&n.tap) {
+                    return Err(VmError::Conflict(format!(
+                        "a link named {} exists that Steward did not create for this VM; left alone",
+                        n.tap
+                    )));
+                }
+                rec.taps.push(n.tap.clone());
+                p.save(rec)?;
+            }
+            create_tap(&n.tap).await?;
+            crate::network::attach_port(&n.tap, &n.bridge, n.vlan, &alias)
+                .await
+                .map_err(|e| VmError::Nic {
+                    bridge: n.bridge.clone(),
+                    reason: e.to_string(),
+                })?;
+        }
+        let stale: Vec<String> = rec
+            .taps
+            .iter()
+            .filter(|t| !l.nics.iter().any(|n| &n.tap == *t))
+            .cloned()
+            .collect();
+        for t in stale {
+            tap::remove(&t)?;
+            rec.taps.retain(|x| x != &t);
+            p.save(rec)?;
+        }
+        Ok(())
+    }
+
+    /// Spawns QEMU with KVM or TCG as configured; under `auto`, a KVM start that fails is tried
+    /// again with TCG and KVM is not tried again by this process. Returns the accelerator used
+    /// and the note on it for the status.
+    async fn spawn_qemu(
+        &mut self,
+        name: &str,
+        p: &VmPaths,
+        l: &Launch,
+    ) -> Result<(&'static str, Option<String>), VmError> {
+        let (accel, note) = match (self.s.accel, &self.kvm_broken) {
+            (Accel::Tcg, _) => ("tcg", Some("configured: vm_accel = tcg".to_string())),
+            (Accel::Kvm, _) => ("kvm", None),
+            (Accel::Auto, Some(why)) => ("tcg", Some(format!("KVM not used: {why}"))),
+            (Accel::Auto, None) => ("kvm", None),
+        };
+        match driver::spawn(&self.s.qemu, p, l, accel).await {
+            Ok(_) => Ok((accel, note)),
+            Err(e) if self.s.accel == Accel::Auto && accel == "kvm" => {
+                let why = e.to_string();
+                warn!(vm = %name, error = %why, "QEMU with KVM failed; trying TCG");
+                driver::spawn(&self.s.qemu, p, l, "tcg").await?;
+                self.kvm_broken = Some(why.clone());
+                Ok(("tcg", Some(format!("KVM not used: {why}"))))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Restarts a running VM this node owns (for a payload's `on_change.restart_vms`): a
@@ -292,4 +299,25 @@ async fn create_tap(name: &str) -> Result<(), VmError> {
             }
         }
     }
+}
+
+/// Refuses a NIC whose bridge the network pass found unusable or that is not a bridge here.
+fn check_bridge(n: &LaunchNic, unusable: &BTreeMap<String, String>) -> Result<(), VmError> {
+    if let Some(why) = unusable.get(&n.bridge) {
+        return Err(VmError::Nic {
+            bridge: n.bridge.clone(),
+            reason: format!("the bridge cannot be used: {why}"),
+        });
+    }
+    if !Path::new("/sys/class/net")
+        .join(&n.bridge)
+        .join("bridge")
+        .exists()
+    {
+        return Err(VmError::Nic {
+            bridge: n.bridge.clone(),
+            reason: "no such bridge on this host; declare it under networks.bridges".into(),
+        });
+    }
+    Ok(())
 }

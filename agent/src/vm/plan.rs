@@ -116,113 +116,9 @@ pub fn plan(
     let mut actions = Vec::new();
     let mut verdicts = Vec::new();
     for d in desired {
-        let name = d.name.clone();
-        let running = d.state == PowerState::Running;
-        let Some(o) = observed.iter().find(|o| o.name == d.name) else {
-            actions.push(VmAction::Create {
-                name: name.clone(),
-                start: running,
-            });
-            verdicts.push((name, VmVerdict::Converged));
-            continue;
-        };
-        match o.owner.as_deref() {
-            Some(n) if n == node => {}
-            Some(other) => {
-                verdicts.push((
-                    name,
-                    VmVerdict::Conflict(format!(
-                        "the VM directory {} belongs to node {other}; left alone",
-                        d.name
-                    )),
-                ));
-                continue;
-            }
-            None => {
-                verdicts.push((
-                    name,
-                    VmVerdict::Conflict(format!(
-                        "a VM directory named {} exists that Steward did not create (no record); \
-                         left alone",
-                        d.name
-                    )),
-                ));
-                continue;
-            }
-        }
-        let verdict = match (&o.proc, running) {
-            (Proc::Unresponsive(why), _) => {
-                VmVerdict::Pending(format!("QEMU is running but QMP does not answer: {why}"))
-            }
-            (Proc::Alive(_), false) => {
-                actions.push(VmAction::Stop {
-                    name: name.clone(),
-                    reason: "spec says stopped".into(),
-                });
-                VmVerdict::Converged
-            }
-            (Proc::Absent, false) => VmVerdict::Converged,
-            (Proc::Alive(st), true) => match st.as_str() {
-                "shutdown" => {
-                    // The guest powered itself off (QEMU runs with -no-shutdown).
-                    if d.restart == RestartPolicy::Always {
-                        actions.push(VmAction::Restart {
-                            name: name.clone(),
-                            reason: "the guest powered off; restart policy always".into(),
-                            crash: true,
-                        });
-                        VmVerdict::Converged
-                    } else {
-                        VmVerdict::Failed(format!(
-                            "the guest powered itself off; restart policy {} leaves it off",
-                            policy_word(d.restart)
-                        ))
-                    }
-                }
-                "internal-error" | "guest-panicked" => {
-                    match crashed(d.restart, &format!("the VM is in state {st}")) {
-                        Some(why) => VmVerdict::Failed(why),
-                        None => {
-                            actions.push(VmAction::Restart {
-                                name: name.clone(),
-                                reason: format!("VM state {st}"),
-                                crash: true,
-                            });
-                            VmVerdict::Converged
-                        }
-                    }
-                }
-                _ if o.launch_hash != d.launch_hash => {
-                    actions.push(VmAction::Restart {
-                        name: name.clone(),
-                        reason: "config changed (vCPUs, memory, NICs, boot or cloud-init)".into(),
-                        crash: false,
-                    });
-                    VmVerdict::Converged
-                }
-                _ => VmVerdict::Converged, // running (or paused by hand): adopted as it is
-            },
-            (Proc::Absent, true) if !o.started => {
-                actions.push(VmAction::Start {
-                    name: name.clone(),
-                    reason: "spec says running".into(),
-                    crash: false,
-                });
-                VmVerdict::Converged
-            }
-            (Proc::Absent, true) => match crashed(d.restart, "QEMU exited without being stopped") {
-                Some(why) => VmVerdict::Failed(why),
-                None => {
-                    actions.push(VmAction::Start {
-                        name: name.clone(),
-                        reason: "QEMU exited without being stopped".into(),
-                        crash: true,
-                    });
-                    VmVerdict::Converged
-                }
-            },
-        };
-        verdicts.push((name, verdict));
+        let (action, verdict) = plan_one(d, observed.iter().find(|o| o.name == d.name), node);
+        actions.extend(action);
+        verdicts.push((d.name.clone(), verdict));
     }
     for o in observed {
         if o.owner.as_deref() == Some(node) && !desired.iter().any(|d| d.name == o.name) {
@@ -233,6 +129,107 @@ pub fn plan(
         }
     }
     (actions, verdicts)
+}
+
+/// One desired VM and its directory, if there is one: the action it needs, if any, and what to
+/// report.
+fn plan_one(d: &DesiredVm, o: Option<&ObservedVm>, node: &str) -> (Option<VmAction>, VmVerdict) {
+    let running = d.state == PowerState::Running;
+    let Some(o) = o else {
+        let create = VmAction::Create {
+            name: d.name.clone(),
+            start: running,
+        };
+        return (Some(create), VmVerdict::Converged);
+    };
+    if let Some(conflict) = not_ours(d, o, node) {
+        return (None, VmVerdict::Conflict(conflict));
+    }
+    let start = |reason: &str, crash: bool| VmAction::Start {
+        name: d.name.clone(),
+        reason: reason.into(),
+        crash,
+    };
+    match (&o.proc, running) {
+        (Proc::Unresponsive(why), _) => (
+            None,
+            VmVerdict::Pending(format!("QEMU is running but QMP does not answer: {why}")),
+        ),
+        (Proc::Alive(_), false) => {
+            let stop = VmAction::Stop {
+                name: d.name.clone(),
+                reason: "spec says stopped".into(),
+            };
+            (Some(stop), VmVerdict::Converged)
+        }
+        (Proc::Absent, false) => (None, VmVerdict::Converged),
+        (Proc::Alive(st), true) => plan_alive(d, o, st),
+        (Proc::Absent, true) if !o.started => (
+            Some(start("spec says running", false)),
+            VmVerdict::Converged,
+        ),
+        (Proc::Absent, true) => match crashed(d.restart, "QEMU exited without being stopped") {
+            Some(why) => (None, VmVerdict::Failed(why)),
+            None => (
+                Some(start("QEMU exited without being stopped", true)),
+                VmVerdict::Converged,
+            ),
+        },
+    }
+}
+
+/// Why a VM directory is not this node's to touch (another node's record, or none), if it is not.
+fn not_ours(d: &DesiredVm, o: &ObservedVm, node: &str) -> Option<String> {
+    match o.owner.as_deref() {
+        Some(n) if n == node => None,
+        Some(other) => Some(format!(
+            "the VM directory {} belongs to node {other}; left alone",
+            d.name
+        )),
+        None => Some(format!(
+            "a VM directory named {} exists that Steward did not create (no record); \
+             left alone",
+            d.name
+        )),
+    }
+}
+
+/// A VM the spec wants running whose QEMU is alive with QMP status `st`.
+fn plan_alive(d: &DesiredVm, o: &ObservedVm, st: &str) -> (Option<VmAction>, VmVerdict) {
+    let restart = |reason: String, crash: bool| VmAction::Restart {
+        name: d.name.clone(),
+        reason,
+        crash,
+    };
+    match st {
+        "shutdown" => {
+            // The guest powered itself off (QEMU runs with -no-shutdown).
+            if d.restart == RestartPolicy::Always {
+                let reason = "the guest powered off; restart policy always".into();
+                (Some(restart(reason, true)), VmVerdict::Converged)
+            } else {
+                let why = format!(
+                    "the guest powered itself off; restart policy {} leaves it off",
+                    policy_word(d.restart)
+                );
+                (None, VmVerdict::Failed(why))
+            }
+        }
+        "internal-error" | "guest-panicked" => {
+            match crashed(d.restart, &format!("the VM is in state {st}")) {
+                Some(why) => (None, VmVerdict::Failed(why)),
+                None => (
+                    Some(restart(format!("VM state {st}"), true)),
+                    VmVerdict::Converged,
+                ),
+            }
+        }
+        _ if o.launch_hash != d.launch_hash => {
+            let reason = "config changed (vCPUs, memory, NICs, boot or cloud-init)".into();
+            (Some(restart(reason, false)), VmVerdict::Converged)
+        }
+        _ => (None, VmVerdict::Converged), // running (or paused by hand): adopted as it is
+    }
 }
 
 fn policy_word(p: RestartPolicy) -> &'static str {
