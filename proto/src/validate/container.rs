@@ -85,13 +85,18 @@ pub(super) fn check(containers: &[ContainerSpec], out: &mut Problems) {
 
 fn check_args(c: &ContainerSpec, f: &str, out: &mut Problems) {
     for (list, name) in [(&c.command, "command"), (&c.args, "args")] {
-        for (j, arg) in list.iter().enumerate() {
-            if arg.contains('\0') {
-                out.push(
-                    format!("{f}.{name}[{j}]"),
-                    format!("{name} element {arg:?} contains a NUL byte"),
-                );
-            }
+        check_no_nul(list, f, name, out);
+    }
+}
+
+/// Each element of the list `f.name` without a NUL byte.
+fn check_no_nul(list: &[String], f: &str, name: &str, out: &mut Problems) {
+    for (j, arg) in list.iter().enumerate() {
+        if arg.contains('\0') {
+            out.push(
+                format!("{f}.{name}[{j}]"),
+                format!("{name} element {arg:?} contains a NUL byte"),
+            );
         }
     }
 }
@@ -324,14 +329,7 @@ fn check_exec(cmd: &[String], f: &str, out: &mut Problems) {
         }
         Some(_) => {}
     }
-    for (j, arg) in cmd.iter().enumerate() {
-        if arg.contains('\0') {
-            out.push(
-                format!("{f}.exec[{j}]"),
-                format!("exec element {arg:?} contains a NUL byte"),
-            );
-        }
-    }
+    check_no_nul(cmd, f, "exec", out);
 }
 
 /// interval, timeout and start_period: durations greater than 0.

@@ -108,16 +108,12 @@ impl NetlinkDriver {
         self.index.insert(link.name.clone(), idx);
         // The alias, and the MTU: set on a bridge at creation, the kernel would still
         // adjust it to its ports' as if it had not been set explicitly.
-        self.writes += 1;
         let mut b = LinkUnspec::new_with_index(idx).alias(alias.to_string());
         if let Some(m) = link.mtu {
             b = b.mtu(m);
         }
-        links
-            .set(b.build())
-            .execute()
-            .await
-            .map_err(|e| kernel(format!("set the alias and MTU of {}", link.name), e))
+        let op = format!("set the alias and MTU of {}", link.name);
+        self.send_set(b.build(), op).await
     }
 
     async fn delete(&mut self, name: &str) -> Result<(), NetworkError> {
@@ -152,13 +148,7 @@ impl NetlinkDriver {
         if let Some(a) = &change.alias {
             b = b.alias(a.clone());
         }
-        self.writes += 1;
-        self.handle
-            .link()
-            .set(b.build())
-            .execute()
-            .await
-            .map_err(|e| kernel(op, e))
+        self.send_set(b.build(), op).await
     }
 
     async fn set_bridge(&mut self, name: &str, change: &BridgeChange) -> Result<(), NetworkError> {
@@ -190,19 +180,13 @@ impl NetlinkDriver {
         let op = format!("add address {addr} to {name}");
         let idx = self.idx(name, &op)?;
         self.writes += 1;
-        match self
+        let res = self
             .handle
             .address()
             .add(idx, addr.addr(), addr.prefix_len())
             .execute()
-            .await
-        {
-            Ok(()) => Ok(()),
-            Err(e) => match kernel(op, e) {
-                e if e.errno() == Some(EEXIST) => Ok(()),
-                e => Err(e),
-            },
-        }
+            .await;
+        tolerating(res, op, &[EEXIST])
     }
 
     async fn del_address(&mut self, name: &str, addr: &IpNet) -> Result<(), NetworkError> {
@@ -219,13 +203,8 @@ impl NetlinkDriver {
                 .build(),
         };
         self.writes += 1;
-        match self.handle.address().del(msg).execute().await {
-            Ok(()) => Ok(()),
-            Err(e) => match kernel(op, e) {
-                e if matches!(e.errno(), Some(EADDRNOTAVAIL | ENODEV)) => Ok(()),
-                e => Err(e),
-            },
-        }
+        let res = self.handle.address().del(msg).execute().await;
+        tolerating(res, op, &[EADDRNOTAVAIL, ENODEV])
     }
 
     async fn enslave(&mut self, port: &str, bridge: &str, up: bool) -> Result<(), NetworkError> {
@@ -235,13 +214,7 @@ impl NetlinkDriver {
         if up {
             b = b.up();
         }
-        self.writes += 1;
-        self.handle
-            .link()
-            .set(b.build())
-            .execute()
-            .await
-            .map_err(|e| kernel(op, e))
+        self.send_set(b.build(), op).await
     }
 
     async fn release(&mut self, port: &str, bridge: &str) -> Result<(), NetworkError> {
@@ -249,14 +222,8 @@ impl NetlinkDriver {
         let Some(idx) = self.index.get(port).copied() else {
             return Ok(());
         };
-        self.writes += 1;
         let msg = LinkUnspec::new_with_index(idx).nocontroller().build();
-        self.handle
-            .link()
-            .set(msg)
-            .execute()
-            .await
-            .map_err(|e| kernel(op, e))
+        self.send_set(msg, op).await
     }
 
     async fn add_port_vlan(
@@ -276,13 +243,7 @@ impl NetlinkDriver {
         let msg = LinkBridgeVlan::new(self.idx(port, &op)?)
             .vlan(vlan.id, flags)
             .build();
-        self.writes += 1;
-        self.handle
-            .link()
-            .set(msg)
-            .execute()
-            .await
-            .map_err(|e| kernel(op, e))
+        self.send_set(msg, op).await
     }
 
     async fn del_port_vlan(
@@ -296,12 +257,34 @@ impl NetlinkDriver {
             .vlan(id, BridgeVlanInfoFlags::empty())
             .build();
         self.writes += 1;
-        match self.handle.link().del_with_message(msg).execute().await {
-            Ok(()) => Ok(()),
-            Err(e) => match kernel(op, e) {
-                e if matches!(e.errno(), Some(ENOENT)) => Ok(()),
-                e => Err(e),
-            },
-        }
+        let res = self.handle.link().del_with_message(msg).execute().await;
+        tolerating(res, op, &[ENOENT])
+    }
+
+    /// Sends one link "set" request (counted), `op` naming it in the error.
+    async fn send_set(&mut self, msg: LinkMessage, op: String) -> Result<(), NetworkError> {
+        self.writes += 1;
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(|e| kernel(op, e))
+    }
+}
+
+/// `res` as our error, with the kernel's answers in `ok` (e.g. "already there") counted as
+/// success.
+fn tolerating(
+    res: Result<(), rtnetlink::Error>,
+    op: String,
+    ok: &[i32],
+) -> Result<(), NetworkError> {
+    match res {
+        Ok(()) => Ok(()),
+        Err(e) => match kernel(op, e) {
+            e if e.errno().is_some_and(|n| ok.contains(&n)) => Ok(()),
+            e => Err(e),
+        },
     }
 }
