@@ -245,6 +245,33 @@ impl Networks {
         Ok(())
     }
 
+    /// This pass's observation through the connected driver (`None` without one) and whether
+    /// it came from the cache; a failure drops the driver and the cache.
+    async fn observe_links(
+        &mut self,
+        bridge_vlans: bool,
+    ) -> Option<Result<(NetObserved, bool), NetworkError>> {
+        let registry_ip = self.registry_ip;
+        let driver = self.driver.as_mut()?;
+        let full = std::mem::take(&mut self.full_observe);
+        let feed = self.feed.as_deref();
+        let res = Self::observe(
+            driver,
+            feed,
+            &mut self.cache,
+            full,
+            bridge_vlans,
+            registry_ip,
+        )
+        .await;
+        if let Err(e) = &res {
+            warn!(error = %e, "cannot observe links");
+            self.driver = None;
+            self.cache = None;
+        }
+        Some(res)
+    }
+
     async fn apply_changes(
         &mut self,
         spec: &NodeSpec,
@@ -265,42 +292,20 @@ impl Networks {
             failed_all(&desired, e.to_string(), &mut out);
             return out;
         }
-        let registry_ip = self.registry_ip;
-        let Some(driver) = self.driver.as_mut() else {
-            return out;
-        };
-        let bridge_vlans = desired.links.iter().any(|d| {
-            matches!(
-                d.kind,
-                LinkKind::Bridge {
-                    vlan_filtering: true,
-                    ..
-                }
-            )
-        });
         let t_obs = Instant::now();
-        let full = std::mem::take(&mut self.full_observe);
-        let observed = match Self::observe(
-            driver,
-            self.feed.as_deref(),
-            &mut self.cache,
-            full,
-            bridge_vlans,
-            registry_ip,
-        )
-        .await
-        {
-            Ok((o, cached)) => {
+        let observed = match self.observe_links(wants_bridge_vlans(&desired)).await {
+            None => return out,
+            Some(Ok((o, cached))) => {
                 out.observed_from_cache = cached;
                 o
             }
-            Err(e) => {
-                warn!(error = %e, "cannot observe links");
-                self.driver = None;
-                self.cache = None;
+            Some(Err(e)) => {
                 failed_all(&desired, e.to_string(), &mut out);
                 return out;
             }
+        };
+        let Some(driver) = self.driver.as_mut() else {
+            return out;
         };
         let t_plan = Instant::now();
         let plan = plan::plan(&desired, &observed, &state, policy, node_id);
@@ -340,6 +345,19 @@ fn note_bridges(desired: &DesiredNetworks, out: &mut NetOutcome) {
             }
         }
     }
+}
+
+/// Bridge VLAN entries are observed only when a desired bridge filters VLANs.
+fn wants_bridge_vlans(desired: &DesiredNetworks) -> bool {
+    desired.links.iter().any(|d| {
+        matches!(
+            d.kind,
+            LinkKind::Bridge {
+                vlan_filtering: true,
+                ..
+            }
+        )
+    })
 }
 
 /// Every desired link failed for the same reason (no netlink, no observation).
