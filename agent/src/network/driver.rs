@@ -1,8 +1,8 @@
 //! The netlink driver: together with `events.rs`, the only code of the agent that imports
 //! rtnetlink / netlink-packet-route. It observes links, addresses and bridge VLAN entries in
 //! one dump each, looks up the route to the registry, and carries out [`NetAction`]s one
-//! request at a time, counting every write request it sends. Everything crossing its border
-//! is converted to our own types ([`NetObserved`], [`NetworkError`]).
+//! request at a time (`driver/apply.rs`), counting every write request it sends. Everything
+//! crossing its border is converted to our own types ([`NetObserved`], [`NetworkError`]).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -11,26 +11,20 @@ use futures_util::TryStreamExt;
 use ipnet::IpNet;
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{
-    AfSpecBridge, BridgeStpState, BridgeVlanInfoFlags, LinkAttribute, LinkExtentMask,
+    AfSpecBridge, BridgeVlanInfoFlags, LinkAttribute, LinkExtentMask,
 };
 use rtnetlink::packet_route::route::RouteAttribute;
 use rtnetlink::packet_route::AddressFamily;
-use rtnetlink::{
-    AddressMessageBuilder, Handle, LinkBridge, LinkBridgeVlan, LinkMessageBuilder, LinkUnspec,
-    LinkVlan, RouteMessageBuilder,
-};
+use rtnetlink::{Handle, RouteMessageBuilder};
 use tracing::debug;
 
 use super::dump::{self, RawLink};
 use super::error::{hint, NetworkError};
 use super::types::{
-    LinkKind, NetAction, NetObserved, ObservedKind, ObservedLink, RegistryRoute, VlanMembership,
+    NetAction, NetObserved, ObservedKind, ObservedLink, RegistryRoute, VlanMembership,
 };
 
-const ENODEV: i32 = nix::errno::Errno::ENODEV as i32;
-const EEXIST: i32 = nix::errno::Errno::EEXIST as i32;
-const EADDRNOTAVAIL: i32 = nix::errno::Errno::EADDRNOTAVAIL as i32;
-const ENOENT: i32 = nix::errno::Errno::ENOENT as i32;
+mod apply;
 
 /// A netlink connection to the kernel of the agent's network namespace.
 pub struct NetlinkDriver {
@@ -80,6 +74,23 @@ fn observe_err(what: &str, e: rtnetlink::Error) -> NetworkError {
     }
 }
 
+/// The dumped links with their master's and VLAN parent's ifindex turned into names.
+fn resolve_names(raw: Vec<RawLink>) -> Vec<ObservedLink> {
+    let names: HashMap<u32, String> = raw
+        .iter()
+        .map(|r| (r.link.index, r.link.name.clone()))
+        .collect();
+    raw.into_iter()
+        .map(|mut r| {
+            r.link.master = r.master.and_then(|i| names.get(&i).cloned());
+            if let ObservedKind::Vlan { parent, .. } = &mut r.link.kind {
+                *parent = r.parent.and_then(|i| names.get(&i).cloned());
+            }
+            r.link
+        })
+        .collect()
+}
+
 impl NetlinkDriver {
     /// Opens a netlink socket in the agent's current network namespace.
     pub fn connect() -> Result<Self, NetworkError> {
@@ -115,8 +126,49 @@ impl NetlinkDriver {
         // The link dump (blocking, on its own socket) and the address dump run concurrently.
         let t0 = std::time::Instant::now();
         let links_task = tokio::task::spawn_blocking(dump::links);
-        let addrs: Vec<(u32, IpNet)> = self
-            .handle
+        let addrs = self.dump_addresses().await?;
+        let raw: Vec<RawLink> = links_task.await.map_err(|e| NetworkError::Observe {
+            what: "dump links".into(),
+            reason: e.to_string(),
+        })??;
+        tracing::debug!(
+            links_us = t0.elapsed().as_micros() as u64,
+            "dumped links and addresses"
+        );
+        let t0 = std::time::Instant::now();
+        let mut links = resolve_names(raw);
+        let by_index: HashMap<u32, usize> = links
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l.index, i))
+            .collect();
+
+        tracing::debug!(index_us = t0.elapsed().as_micros() as u64, "indexed links");
+        for (idx, net) in addrs {
+            if let Some(&i) = by_index.get(&idx) {
+                links[i].addresses.push(net);
+            }
+        }
+
+        if bridge_vlans {
+            for (idx, vlans) in self.dump_bridge_vlans().await? {
+                if let Some(&i) = by_index.get(&idx) {
+                    // The bridge device itself also answers ("self" entries): ports only.
+                    if links[i].master.is_some() {
+                        links[i].vlans = Some(vlans);
+                    }
+                }
+            }
+        }
+
+        self.index = links.iter().map(|l| (l.name.clone(), l.index)).collect();
+        let registry_route = self.registry_route(registry).await?;
+        Ok(NetObserved::new(links, registry_route))
+    }
+
+    /// Every address, with the ifindex of its link.
+    async fn dump_addresses(&self) -> Result<Vec<(u32, IpNet)>, NetworkError> {
+        self.handle
             .address()
             .get()
             .execute()
@@ -137,83 +189,36 @@ impl NetlinkDriver {
             .try_filter_map(|x| async move { Ok(x) })
             .try_collect()
             .await
-            .map_err(|e| observe_err("dump addresses", e))?;
-        let raw: Vec<RawLink> = links_task.await.map_err(|e| NetworkError::Observe {
-            what: "dump links".into(),
-            reason: e.to_string(),
-        })??;
-        tracing::debug!(
-            links_us = t0.elapsed().as_micros() as u64,
-            "dumped links and addresses"
-        );
-        let t0 = std::time::Instant::now();
-        let names: HashMap<u32, String> = raw
-            .iter()
-            .map(|r| (r.link.index, r.link.name.clone()))
-            .collect();
-        let mut links: Vec<ObservedLink> = raw
-            .into_iter()
-            .map(|mut r| {
-                r.link.master = r.master.and_then(|i| names.get(&i).cloned());
-                if let ObservedKind::Vlan { parent, .. } = &mut r.link.kind {
-                    *parent = r.parent.and_then(|i| names.get(&i).cloned());
-                }
-                r.link
-            })
-            .collect();
-        let by_index: HashMap<u32, usize> = links
-            .iter()
-            .enumerate()
-            .map(|(i, l)| (l.index, i))
-            .collect();
+            .map_err(|e| observe_err("dump addresses", e))
+    }
 
-        tracing::debug!(index_us = t0.elapsed().as_micros() as u64, "indexed links");
-        for (idx, net) in addrs {
-            if let Some(&i) = by_index.get(&idx) {
-                links[i].addresses.push(net);
-            }
-        }
-
-        if bridge_vlans {
-            let entries: Vec<(u32, Vec<VlanMembership>)> = self
-                .handle
-                .link()
-                .get()
-                .set_filter_mask(AddressFamily::Bridge, vec![LinkExtentMask::Brvlan])
-                .execute()
-                .map_ok(|m| {
-                    let mut vlans = Vec::new();
-                    for a in m.attributes {
-                        if let LinkAttribute::AfSpecBridge(specs) = a {
-                            for s in specs {
-                                if let AfSpecBridge::VlanInfo(v) = s {
-                                    vlans.push(VlanMembership {
-                                        id: v.vid,
-                                        pvid: v.flags.contains(BridgeVlanInfoFlags::Pvid),
-                                        untagged: v.flags.contains(BridgeVlanInfoFlags::Untagged),
-                                    });
-                                }
+    /// The bridge VLAN entries of every link that has some, by ifindex.
+    async fn dump_bridge_vlans(&self) -> Result<Vec<(u32, Vec<VlanMembership>)>, NetworkError> {
+        self.handle
+            .link()
+            .get()
+            .set_filter_mask(AddressFamily::Bridge, vec![LinkExtentMask::Brvlan])
+            .execute()
+            .map_ok(|m| {
+                let mut vlans = Vec::new();
+                for a in m.attributes {
+                    if let LinkAttribute::AfSpecBridge(specs) = a {
+                        for s in specs {
+                            if let AfSpecBridge::VlanInfo(v) = s {
+                                vlans.push(VlanMembership {
+                                    id: v.vid,
+                                    pvid: v.flags.contains(BridgeVlanInfoFlags::Pvid),
+                                    untagged: v.flags.contains(BridgeVlanInfoFlags::Untagged),
+                                });
                             }
                         }
                     }
-                    (m.header.index, vlans)
-                })
-                .try_collect()
-                .await
-                .map_err(|e| observe_err("dump bridge VLANs", e))?;
-            for (idx, vlans) in entries {
-                if let Some(&i) = by_index.get(&idx) {
-                    // The bridge device itself also answers ("self" entries): ports only.
-                    if links[i].master.is_some() {
-                        links[i].vlans = Some(vlans);
-                    }
                 }
-            }
-        }
-
-        self.index = links.iter().map(|l| (l.name.clone(), l.index)).collect();
-        let registry_route = self.registry_route(registry).await?;
-        Ok(NetObserved::new(links, registry_route))
+                (m.header.index, vlans)
+            })
+            .try_collect()
+            .await
+            .map_err(|e| observe_err("dump bridge VLANs", e))
     }
 
     /// The interface carrying the route to the registry (names as of the last observe).
@@ -341,237 +346,5 @@ impl NetlinkDriver {
             }
         }
         Ok(())
-    }
-
-    /// Carries out one action. Idempotent where the kernel allows: deleting a missing link or
-    /// address, and adding an address that is there, succeed.
-    pub async fn apply(&mut self, action: &NetAction) -> Result<(), NetworkError> {
-        let links = self.handle.link();
-        match action {
-            NetAction::Create { link, alias } => {
-                let op = format!("create {} {}", link.kind.word(), link.name);
-                let msg = match &link.kind {
-                    LinkKind::Bridge {
-                        stp,
-                        vlan_filtering,
-                        default_pvid,
-                    } => {
-                        let mut b = LinkMessageBuilder::<LinkBridge>::new(&link.name);
-                        if *stp {
-                            b = b.stp_state(BridgeStpState::KernelStp);
-                        }
-                        if *vlan_filtering {
-                            b = b.vlan_filtering(true);
-                        }
-                        if let Some(p) = default_pvid {
-                            b = b.vlan_default_pvid(*p);
-                        }
-                        if link.up {
-                            b = b.up();
-                        }
-                        b.build()
-                    }
-                    LinkKind::Vlan { parent, id } => {
-                        let p = self.idx(parent, &op)?;
-                        let mut b = LinkVlan::new(&link.name, p, *id);
-                        if link.up {
-                            b = b.up();
-                        }
-                        b.build()
-                    }
-                };
-                // Ask for the next free ifindex, so no lookup is needed afterwards; if another
-                // link took it meanwhile (EEXIST), create without one and look the link up.
-                let want = self
-                    .index
-                    .values()
-                    .copied()
-                    .max()
-                    .unwrap_or(0)
-                    .max(self.high)
-                    + 1;
-                self.high = want;
-                let mut with_index = msg.clone();
-                with_index.header.index = want;
-                self.writes += 1;
-                let idx = match links.add(with_index).execute().await {
-                    Ok(()) => want,
-                    Err(e) => match kernel(op.clone(), e) {
-                        e if e.errno() == Some(EEXIST) => {
-                            self.writes += 1;
-                            links.add(msg).execute().await.map_err(|e| kernel(op, e))?;
-                            self.lookup(&link.name).await?
-                        }
-                        e => return Err(e),
-                    },
-                };
-                self.index.insert(link.name.clone(), idx);
-                // The alias, and the MTU: set on a bridge at creation, the kernel would still
-                // adjust it to its ports' as if it had not been set explicitly.
-                self.writes += 1;
-                let mut b = LinkUnspec::new_with_index(idx).alias(alias.clone());
-                if let Some(m) = link.mtu {
-                    b = b.mtu(m);
-                }
-                links
-                    .set(b.build())
-                    .execute()
-                    .await
-                    .map_err(|e| kernel(format!("set the alias and MTU of {}", link.name), e))
-            }
-            NetAction::Delete { name, .. } => {
-                let Some(idx) = self.index.get(name).copied() else {
-                    return Ok(());
-                };
-                self.writes += 1;
-                match links.del(idx).execute().await {
-                    Ok(()) => {}
-                    Err(e) => {
-                        let e = kernel(format!("delete {name}"), e);
-                        if e.errno() != Some(ENODEV) {
-                            return Err(e);
-                        }
-                    }
-                }
-                self.index.remove(name);
-                Ok(())
-            }
-            NetAction::Set { name, change } => {
-                let op = format!("change {name} (MTU/up/alias)");
-                let mut b = LinkUnspec::new_with_index(self.idx(name, &op)?);
-                if let Some(m) = change.mtu {
-                    b = b.mtu(m);
-                }
-                match change.up {
-                    Some(true) => b = b.up(),
-                    Some(false) => b = b.down(),
-                    None => {}
-                }
-                if let Some(a) = &change.alias {
-                    b = b.alias(a.clone());
-                }
-                self.writes += 1;
-                links
-                    .set(b.build())
-                    .execute()
-                    .await
-                    .map_err(|e| kernel(op, e))
-            }
-            NetAction::SetBridge { name, change } => {
-                let op = format!("change bridge {name} (stp/vlan_filtering/default_pvid)");
-                let mut b = LinkMessageBuilder::<LinkBridge>::new(name).index(self.idx(name, &op)?);
-                if let Some(s) = change.stp {
-                    b = b.stp_state(if s {
-                        BridgeStpState::KernelStp
-                    } else {
-                        BridgeStpState::Disabled
-                    });
-                }
-                if let Some(v) = change.vlan_filtering {
-                    b = b.vlan_filtering(v);
-                }
-                if let Some(p) = change.default_pvid {
-                    b = b.vlan_default_pvid(p);
-                }
-                self.writes += 1;
-                links
-                    .change(b.build())
-                    .execute()
-                    .await
-                    .map_err(|e| kernel(op, e))
-            }
-            NetAction::AddAddress { name, addr } => {
-                let op = format!("add address {addr} to {name}");
-                let idx = self.idx(name, &op)?;
-                self.writes += 1;
-                match self
-                    .handle
-                    .address()
-                    .add(idx, addr.addr(), addr.prefix_len())
-                    .execute()
-                    .await
-                {
-                    Ok(()) => Ok(()),
-                    Err(e) => match kernel(op, e) {
-                        e if e.errno() == Some(EEXIST) => Ok(()),
-                        e => Err(e),
-                    },
-                }
-            }
-            NetAction::DelAddress { name, addr } => {
-                let op = format!("remove address {addr} from {name}");
-                let idx = self.idx(name, &op)?;
-                let msg = match addr.addr() {
-                    IpAddr::V4(a) => AddressMessageBuilder::<std::net::Ipv4Addr>::new()
-                        .index(idx)
-                        .address(a, addr.prefix_len())
-                        .build(),
-                    IpAddr::V6(a) => AddressMessageBuilder::<std::net::Ipv6Addr>::new()
-                        .index(idx)
-                        .address(a, addr.prefix_len())
-                        .build(),
-                };
-                self.writes += 1;
-                match self.handle.address().del(msg).execute().await {
-                    Ok(()) => Ok(()),
-                    Err(e) => match kernel(op, e) {
-                        e if matches!(e.errno(), Some(EADDRNOTAVAIL | ENODEV)) => Ok(()),
-                        e => Err(e),
-                    },
-                }
-            }
-            NetAction::Enslave { port, bridge, up } => {
-                let op = format!("make {port} a port of {bridge}");
-                let mut b = LinkUnspec::new_with_index(self.idx(port, &op)?)
-                    .controller(self.idx(bridge, &op)?);
-                if *up {
-                    b = b.up();
-                }
-                self.writes += 1;
-                links
-                    .set(b.build())
-                    .execute()
-                    .await
-                    .map_err(|e| kernel(op, e))
-            }
-            NetAction::Release { port, bridge } => {
-                let op = format!("take {port} out of {bridge}");
-                let Some(idx) = self.index.get(port).copied() else {
-                    return Ok(());
-                };
-                self.writes += 1;
-                let msg = LinkUnspec::new_with_index(idx).nocontroller().build();
-                links.set(msg).execute().await.map_err(|e| kernel(op, e))
-            }
-            NetAction::AddPortVlan { port, bridge, vlan } => {
-                let op = format!("add VLAN {} to port {port} of {bridge}", vlan.id);
-                let mut flags = BridgeVlanInfoFlags::empty();
-                if vlan.pvid {
-                    flags |= BridgeVlanInfoFlags::Pvid;
-                }
-                if vlan.untagged {
-                    flags |= BridgeVlanInfoFlags::Untagged;
-                }
-                let msg = LinkBridgeVlan::new(self.idx(port, &op)?)
-                    .vlan(vlan.id, flags)
-                    .build();
-                self.writes += 1;
-                links.set(msg).execute().await.map_err(|e| kernel(op, e))
-            }
-            NetAction::DelPortVlan { port, bridge, id } => {
-                let op = format!("remove VLAN {id} from port {port} of {bridge}");
-                let msg = LinkBridgeVlan::new(self.idx(port, &op)?)
-                    .vlan(*id, BridgeVlanInfoFlags::empty())
-                    .build();
-                self.writes += 1;
-                match links.del_with_message(msg).execute().await {
-                    Ok(()) => Ok(()),
-                    Err(e) => match kernel(op, e) {
-                        e if matches!(e.errno(), Some(ENOENT)) => Ok(()),
-                        e => Err(e),
-                    },
-                }
-            }
-        }
     }
 }

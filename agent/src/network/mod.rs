@@ -2,8 +2,9 @@
 //! interfaces, bridge ports with their VLAN membership, IPv4/IPv6 addresses, up/down; lab
 //! networks; drift re-assertion.
 //!
-//! - `types.rs`, `desired.rs`, `lab.rs`, `plan.rs` — pure: the spec expanded to desired links,
-//!   the planner (table-tested), lab expansion and address leases.
+//! - `types.rs`, `desired.rs`, `lab.rs`, `plan.rs`, `report.rs` — pure: the spec expanded to
+//!   desired links, the planner (table-tested), lab expansion and address leases, the links'
+//!   statuses from the plan's verdicts and the failed actions.
 //! - `driver.rs`, `dump.rs`, `events.rs` — the only code importing rtnetlink: observe / apply
 //!   (the link dump parsed lean in `dump.rs`), and link and address events.
 //! - this file — the I/O side: observe → plan → apply → record → report, in two phases so the
@@ -23,6 +24,7 @@ pub mod error;
 pub mod events;
 pub mod lab;
 pub mod plan;
+mod report;
 
 #[cfg(test)]
 mod store_tests;
@@ -39,12 +41,12 @@ use steward_proto::{NodeSpec, ResourceKind, ResourceState, ResourceStatus, Workl
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::pass::Pass;
-use crate::reconcile::{Policy, Verdict};
+use crate::reconcile::Policy;
 use crate::store::{Kept, Record, Store};
 pub use driver::NetlinkDriver;
 pub use error::NetworkError;
 pub use events::EventFeed;
-use types::{LinkKind, LinkRecord, NetAction, NetObserved, NetState};
+use types::{DesiredNetworks, LinkKind, LinkRecord, NetAction, NetObserved, NetState};
 
 /// Lab leases: bridge -> consumer (a workload's `lab::lease_key`: `container:<name>`,
 /// `vm:<name>/<nic>`) -> address.
@@ -230,6 +232,46 @@ impl Networks {
         self.leases.persist().await;
     }
 
+    /// Connects the netlink driver when there is none; resolves the registry's address once.
+    async fn connect(&mut self) -> Result<(), NetworkError> {
+        if self.driver.is_none() {
+            self.driver = Some(NetlinkDriver::connect()?);
+        }
+        if self.registry_ip.is_none() {
+            if let Some(url) = &self.registry {
+                self.registry_ip = resolve(url).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// This pass's observation through the connected driver (`None` without one) and whether
+    /// it came from the cache; a failure drops the driver and the cache.
+    async fn observe_links(
+        &mut self,
+        bridge_vlans: bool,
+    ) -> Option<Result<(NetObserved, bool), NetworkError>> {
+        let registry_ip = self.registry_ip;
+        let driver = self.driver.as_mut()?;
+        let full = std::mem::take(&mut self.full_observe);
+        let feed = self.feed.as_deref();
+        let res = Self::observe(
+            driver,
+            feed,
+            &mut self.cache,
+            full,
+            bridge_vlans,
+            registry_ip,
+        )
+        .await;
+        if let Err(e) = &res {
+            warn!(error = %e, "cannot observe links");
+            self.driver = None;
+            self.cache = None;
+        }
+        Some(res)
+    }
+
     async fn apply_changes(
         &mut self,
         spec: &NodeSpec,
@@ -240,81 +282,30 @@ impl Networks {
         let mut out = NetOutcome::default();
         let (desired, labs) = desired::desired(&spec.networks, &self.lab_template);
         self.leases(spec, &labs, &mut out).await;
-        for d in &desired.links {
-            if let LinkKind::Bridge { .. } = d.kind {
-                out.desired_bridges.insert(d.name.clone());
-                if let Some(IpNet::V4(a)) = d.addresses.iter().find(|a| a.addr().is_ipv4()) {
-                    out.bridges.insert(
-                        d.name.clone(),
-                        BridgeNet {
-                            subnet: a.trunc(),
-                            gateway: a.addr(),
-                        },
-                    );
-                }
-            }
-        }
+        note_bridges(&desired, &mut out);
         let mut state = self.load_state();
         if desired.links.is_empty() && desired.invalid.is_empty() && state.links.is_empty() {
             return out; // nothing wanted, nothing of ours to clean up: no netlink at all
         }
         out.links = desired.links.len();
-        let failed_all = |why: String, out: &mut NetOutcome| {
-            for d in &desired.links {
-                out.resources
-                    .push(status(&d.name, ResourceState::Failed, Some(why.clone())));
-            }
-        };
-        if self.driver.is_none() {
-            match NetlinkDriver::connect() {
-                Ok(d) => self.driver = Some(d),
-                Err(e) => {
-                    failed_all(e.to_string(), &mut out);
-                    return out;
-                }
-            }
-        }
-        if self.registry_ip.is_none() {
-            if let Some(url) = &self.registry {
-                self.registry_ip = resolve(url).await;
-            }
-        }
-        let registry_ip = self.registry_ip;
-        let Some(driver) = self.driver.as_mut() else {
+        if let Err(e) = self.connect().await {
+            failed_all(&desired, e.to_string(), &mut out);
             return out;
-        };
-        let bridge_vlans = desired.links.iter().any(|d| {
-            matches!(
-                d.kind,
-                LinkKind::Bridge {
-                    vlan_filtering: true,
-                    ..
-                }
-            )
-        });
+        }
         let t_obs = Instant::now();
-        let full = std::mem::take(&mut self.full_observe);
-        let observed = match Self::observe(
-            driver,
-            self.feed.as_deref(),
-            &mut self.cache,
-            full,
-            bridge_vlans,
-            registry_ip,
-        )
-        .await
-        {
-            Ok((o, cached)) => {
+        let observed = match self.observe_links(wants_bridge_vlans(&desired)).await {
+            None => return out,
+            Some(Ok((o, cached))) => {
                 out.observed_from_cache = cached;
                 o
             }
-            Err(e) => {
-                warn!(error = %e, "cannot observe links");
-                self.driver = None;
-                self.cache = None;
-                failed_all(e.to_string(), &mut out);
+            Some(Err(e)) => {
+                failed_all(&desired, e.to_string(), &mut out);
                 return out;
             }
+        };
+        let Some(driver) = self.driver.as_mut() else {
+            return out;
         };
         let t_plan = Instant::now();
         let plan = plan::plan(&desired, &observed, &state, policy, node_id);
@@ -325,85 +316,8 @@ impl Networks {
             "observed and planned"
         );
         let writes_before = driver.writes();
-        let mut failed: BTreeMap<String, String> = BTreeMap::new();
-        pass.planned(plan.actions.len());
-        for action in &plan.actions {
-            let res = action.resource().to_string();
-            if failed.contains_key(&res) {
-                continue;
-            }
-            if let Some(newer) = pass.superseded() {
-                // Not applied, so never recorded as converged.
-                let why = format!("not applied: generation {newer} took over this pass");
-                failed.insert(res, why);
-                continue;
-            }
-            pass.step();
-            let span = info_span!("net_action", kind = action.kind(), link = %res);
-            match driver.apply(action).instrument(span).await {
-                Ok(()) => {
-                    tracing::debug!(kind = action.kind(), link = %res, "applied");
-                    record(&mut state, action, driver);
-                }
-                Err(e) => {
-                    warn!(kind = action.kind(), link = %res, error = %e, "network action failed");
-                    failed.insert(res, e.to_string());
-                }
-            }
-        }
-        for (name, verdict) in &plan.verdicts {
-            let problems = plan.problems.get(name).map(|p| p.join("; "));
-            let fail = failed.get(name);
-            let (st, error) = match verdict {
-                Verdict::Conflict(why) => {
-                    out.unusable.insert(name.clone(), why.clone());
-                    (ResourceState::Conflict, Some(why.clone()))
-                }
-                Verdict::Refused(why) => {
-                    out.unusable.insert(name.clone(), why.clone());
-                    (ResourceState::Failed, Some(why.clone()))
-                }
-                Verdict::Drifted(why) => match fail {
-                    Some(e) => (
-                        ResourceState::Failed,
-                        Some(format!("drifted ({why}); restoring failed: {e}")),
-                    ),
-                    None => {
-                        warn!(link = %name, drift = %why, "restored a managed link after drift");
-                        (
-                            ResourceState::Drifted,
-                            Some(format!("restored after drift: {why}")),
-                        )
-                    }
-                },
-                Verdict::Converged | Verdict::Pending => match fail {
-                    Some(e) => (ResourceState::Failed, Some(e.clone())),
-                    None => (ResourceState::Converged, None),
-                },
-            };
-            let (st, error) = match problems {
-                Some(p) => (
-                    ResourceState::Failed,
-                    Some(match error {
-                        Some(e) => format!("{e}; {p}"),
-                        None => p,
-                    }),
-                ),
-                None => (st, error),
-            };
-            if st == ResourceState::Converged || st == ResourceState::Drifted {
-                if let (Some(hash), Some(idx)) = (plan.hashes.get(name), driver.index_of(name)) {
-                    state.links.insert(
-                        name.clone(),
-                        LinkRecord {
-                            index: idx,
-                            hash: hash.clone(),
-                        },
-                    );
-                }
-            }
-            out.resources.push(status(name, st, error));
-        }
+        let failed = apply_actions(driver, &plan.actions, &mut state, pass).await;
+        report::report(&plan, &failed, driver, &mut state, &mut out);
         out.removals = plan.removals;
         out.writes += driver.writes() - writes_before;
         if out.writes > 0 {
@@ -413,6 +327,83 @@ impl Networks {
         self.save_state(state).await;
         out
     }
+}
+
+/// Notes the desired bridges, and those with an IPv4 address for Docker networks.
+fn note_bridges(desired: &DesiredNetworks, out: &mut NetOutcome) {
+    for d in &desired.links {
+        if let LinkKind::Bridge { .. } = d.kind {
+            out.desired_bridges.insert(d.name.clone());
+            if let Some(IpNet::V4(a)) = d.addresses.iter().find(|a| a.addr().is_ipv4()) {
+                out.bridges.insert(
+                    d.name.clone(),
+                    BridgeNet {
+                        subnet: a.trunc(),
+                        gateway: a.addr(),
+                    },
+                );
+            }
+        }
+    }
+}
+
+/// Bridge VLAN entries are observed only when a desired bridge filters VLANs.
+fn wants_bridge_vlans(desired: &DesiredNetworks) -> bool {
+    desired.links.iter().any(|d| {
+        matches!(
+            d.kind,
+            LinkKind::Bridge {
+                vlan_filtering: true,
+                ..
+            }
+        )
+    })
+}
+
+/// Every desired link failed for the same reason (no netlink, no observation).
+fn failed_all(desired: &DesiredNetworks, why: String, out: &mut NetOutcome) {
+    for d in &desired.links {
+        out.resources
+            .push(status(&d.name, ResourceState::Failed, Some(why.clone())));
+    }
+}
+
+/// Applies `actions` in order, recording each success in `state`; after a link's first
+/// failure its other actions are skipped, and once `pass` is superseded none is applied.
+/// Returns the failed links with the reason.
+async fn apply_actions(
+    driver: &mut NetlinkDriver,
+    actions: &[NetAction],
+    state: &mut NetState,
+    pass: &Pass,
+) -> BTreeMap<String, String> {
+    let mut failed: BTreeMap<String, String> = BTreeMap::new();
+    pass.planned(actions.len());
+    for action in actions {
+        let res = action.resource().to_string();
+        if failed.contains_key(&res) {
+            continue;
+        }
+        if let Some(newer) = pass.superseded() {
+            // Not applied, so never recorded as converged.
+            let why = format!("not applied: generation {newer} took over this pass");
+            failed.insert(res, why);
+            continue;
+        }
+        pass.step();
+        let span = info_span!("net_action", kind = action.kind(), link = %res);
+        match driver.apply(action).instrument(span).await {
+            Ok(()) => {
+                tracing::debug!(kind = action.kind(), link = %res, "applied");
+                record(state, action, driver);
+            }
+            Err(e) => {
+                warn!(kind = action.kind(), link = %res, error = %e, "network action failed");
+                failed.insert(res, e.to_string());
+            }
+        }
+    }
+    failed
 }
 
 /// Updates the agent's record after a successful action.

@@ -315,20 +315,7 @@ pub fn plan(
         out.verdicts
             .push((name.clone(), Verdict::Refused(why.clone())));
     }
-    let names: Vec<&str> = desired.links.iter().map(|d| d.name.as_str()).collect();
-    let (order, cyclic) = topo_order(&names, |n| {
-        let Some(d) = cx.wanted.get(n) else {
-            return Vec::new();
-        };
-        let mut deps: Vec<&str> = Vec::new();
-        if let LinkKind::Vlan { parent, .. } = &d.kind {
-            deps.extend(cx.wanted.get(parent.as_str()).map(|p| p.name.as_str()));
-        }
-        for p in &d.ports {
-            deps.extend(cx.wanted.get(p.iface.as_str()).map(|p| p.name.as_str()));
-        }
-        deps
-    });
+    let (order, cyclic) = creation_order(&cx, desired);
     let mut unusable: HashMap<String, String> = HashMap::new();
     let mut refused_owned: Vec<&ObservedLink> = Vec::new();
     for n in &cyclic {
@@ -342,83 +329,13 @@ pub fn plan(
         };
         let hash = link_hash(d);
         out.hashes.insert(d.name.clone(), hash.clone());
-        let existing = observed.link(&d.name);
-        let refuse = |why: String, unusable: &mut HashMap<String, String>| {
-            unusable.insert(d.name.clone(), why.clone());
-            Verdict::Refused(why)
+        let lp = match plan_link(&cx, d, &hash, policy, &mut unusable, &mut refused_owned) {
+            Ok(lp) => lp,
+            Err(verdict) => {
+                out.verdicts.push((d.name.clone(), verdict));
+                continue;
+            }
         };
-        if let LinkKind::Vlan { parent, .. } = &d.kind {
-            let blocked = unusable.get(parent).cloned();
-            let why = blocked
-                .map(|w| format!("its parent {parent} is not usable: {w}"))
-                .or_else(|| policy.refuses_vlan_parent(parent));
-            if let Some(why) = why {
-                if let Some(o) = existing.filter(|o| cx.deletable(o)) {
-                    refused_owned.push(o);
-                }
-                let v = refuse(why, &mut unusable);
-                out.verdicts.push((d.name.clone(), v));
-                continue;
-            }
-        }
-        let record = state.links.get(&d.name);
-        let mut lp = LinkPlan::default();
-        match existing {
-            Some(o) if !cx.owned(o) => {
-                let why = format!(
-                    "a link named {} exists that Steward does not manage (its alias is {:?}, \
-                     not {:?}); left alone",
-                    d.name,
-                    o.alias.as_deref().unwrap_or(""),
-                    cx.alias
-                );
-                unusable.insert(d.name.clone(), why.clone());
-                out.verdicts.push((d.name.clone(), Verdict::Conflict(why)));
-                continue;
-            }
-            Some(o) => match kind_mismatch(d, o) {
-                Some(why) => {
-                    lp.actions.push(NetAction::Delete {
-                        name: d.name.clone(),
-                        reason: format!("recreating: {why}"),
-                    });
-                    lp.actions.push(NetAction::Create {
-                        link: d.clone(),
-                        alias: cx.alias.clone(),
-                    });
-                    plan_addresses(d, None, &mut lp);
-                    plan_ports(&cx, d, None, &unusable, &mut lp);
-                    lp.drift.clear(); // a kind change comes from the spec
-                }
-                None => {
-                    plan_update(&cx, d, o, &mut lp);
-                    plan_addresses(d, Some(o), &mut lp);
-                    plan_ports(&cx, d, Some(o), &unusable, &mut lp);
-                    if record.map(|r| r.hash.as_str()) != Some(hash.as_str()) {
-                        lp.drift.clear(); // differences after a spec change are not drift
-                    }
-                }
-            },
-            None => {
-                lp.actions.push(NetAction::Create {
-                    link: d.clone(),
-                    alias: cx.alias.clone(),
-                });
-                plan_addresses(d, None, &mut lp);
-                plan_ports(&cx, d, None, &unusable, &mut lp);
-                lp.drift.clear();
-                if record.is_some() {
-                    lp.drift.push(format!("{} was deleted by hand", d.name));
-                }
-            }
-        }
-        if cx.protected.contains(&d.name) {
-            if let Some(a) = lp.actions.iter().find(|a| disruptive(a)) {
-                let v = refuse(cx.guard(&d.name, a.kind()), &mut unusable);
-                out.verdicts.push((d.name.clone(), v));
-                continue;
-            }
-        }
         let verdict = if lp.actions.is_empty() {
             Verdict::Converged
         } else if lp.drift.is_empty() {
@@ -434,6 +351,129 @@ pub fn plan(
     }
     plan_removals(&cx, refused_owned, &mut out);
     out
+}
+
+/// The desired links in creation order (a VLAN after its parent, a bridge after the desired
+/// links that are its ports), and those on a dependency cycle.
+fn creation_order<'a>(cx: &Ctx<'a>, desired: &'a DesiredNetworks) -> (Vec<&'a str>, Vec<&'a str>) {
+    let names: Vec<&str> = desired.links.iter().map(|d| d.name.as_str()).collect();
+    topo_order(&names, |n| {
+        let Some(d) = cx.wanted.get(n) else {
+            return Vec::new();
+        };
+        let mut deps: Vec<&str> = Vec::new();
+        if let LinkKind::Vlan { parent, .. } = &d.kind {
+            deps.extend(cx.wanted.get(parent.as_str()).map(|p| p.name.as_str()));
+        }
+        for p in &d.ports {
+            deps.extend(cx.wanted.get(p.iface.as_str()).map(|p| p.name.as_str()));
+        }
+        deps
+    })
+}
+
+/// One desired link's plan, or the verdict that refuses it (an unusable VLAN parent, a
+/// conflict with an unmanaged link, a disruptive change of a protected link). Refused links
+/// go to `unusable`; refused VLANs Steward owns to `refused_owned`, to be deleted.
+fn plan_link<'a>(
+    cx: &Ctx<'a>,
+    d: &DesiredLink,
+    hash: &str,
+    policy: &Policy,
+    unusable: &mut HashMap<String, String>,
+    refused_owned: &mut Vec<&'a ObservedLink>,
+) -> Result<LinkPlan, Verdict> {
+    let existing = cx.observed.link(&d.name);
+    let refuse = |why: String, unusable: &mut HashMap<String, String>| {
+        unusable.insert(d.name.clone(), why.clone());
+        Verdict::Refused(why)
+    };
+    if let LinkKind::Vlan { parent, .. } = &d.kind {
+        let blocked = unusable.get(parent).cloned();
+        let why = blocked
+            .map(|w| format!("its parent {parent} is not usable: {w}"))
+            .or_else(|| policy.refuses_vlan_parent(parent));
+        if let Some(why) = why {
+            if let Some(o) = existing.filter(|o| cx.deletable(o)) {
+                refused_owned.push(o);
+            }
+            return Err(refuse(why, unusable));
+        }
+    }
+    let lp = match existing {
+        Some(o) if !cx.owned(o) => {
+            let why = format!(
+                "a link named {} exists that Steward does not manage (its alias is {:?}, \
+                 not {:?}); left alone",
+                d.name,
+                o.alias.as_deref().unwrap_or(""),
+                cx.alias
+            );
+            unusable.insert(d.name.clone(), why.clone());
+            return Err(Verdict::Conflict(why));
+        }
+        Some(o) => plan_existing(cx, d, o, hash, unusable),
+        None => plan_missing(cx, d, unusable),
+    };
+    if cx.protected.contains(&d.name) {
+        if let Some(a) = lp.actions.iter().find(|a| disruptive(a)) {
+            return Err(refuse(cx.guard(&d.name, a.kind()), unusable));
+        }
+    }
+    Ok(lp)
+}
+
+/// An owned link that exists: recreated when of the wrong kind, else updated. Differences
+/// count as drift only when the spec did not change since the link was recorded.
+fn plan_existing(
+    cx: &Ctx,
+    d: &DesiredLink,
+    o: &ObservedLink,
+    hash: &str,
+    unusable: &HashMap<String, String>,
+) -> LinkPlan {
+    let mut lp = LinkPlan::default();
+    match kind_mismatch(d, o) {
+        Some(why) => {
+            lp.actions.push(NetAction::Delete {
+                name: d.name.clone(),
+                reason: format!("recreating: {why}"),
+            });
+            lp.actions.push(NetAction::Create {
+                link: d.clone(),
+                alias: cx.alias.clone(),
+            });
+            plan_addresses(d, None, &mut lp);
+            plan_ports(cx, d, None, unusable, &mut lp);
+            lp.drift.clear(); // a kind change comes from the spec
+        }
+        None => {
+            plan_update(cx, d, o, &mut lp);
+            plan_addresses(d, Some(o), &mut lp);
+            plan_ports(cx, d, Some(o), unusable, &mut lp);
+            let record = cx.state.links.get(&d.name);
+            if record.map(|r| r.hash.as_str()) != Some(hash) {
+                lp.drift.clear(); // differences after a spec change are not drift
+            }
+        }
+    }
+    lp
+}
+
+/// A link that does not exist: created; drift when the agent had recorded it.
+fn plan_missing(cx: &Ctx, d: &DesiredLink, unusable: &HashMap<String, String>) -> LinkPlan {
+    let mut lp = LinkPlan::default();
+    lp.actions.push(NetAction::Create {
+        link: d.clone(),
+        alias: cx.alias.clone(),
+    });
+    plan_addresses(d, None, &mut lp);
+    plan_ports(cx, d, None, unusable, &mut lp);
+    lp.drift.clear();
+    if cx.state.links.contains_key(&d.name) {
+        lp.drift.push(format!("{} was deleted by hand", d.name));
+    }
+    lp
 }
 
 /// Deletions of owned links that are not wanted (or refused by policy), children first.

@@ -67,78 +67,99 @@ pub(super) fn check(containers: &[ContainerSpec], out: &mut Problems) {
     for (i, c) in containers.iter().enumerate() {
         let f = format!("containers[{i}]");
         out.check(format!("{f}.image"), image_problem(&c.image));
-        for (list, name) in [(&c.command, "command"), (&c.args, "args")] {
-            for (j, arg) in list.iter().enumerate() {
-                if arg.contains('\0') {
-                    out.push(
-                        format!("{f}.{name}[{j}]"),
-                        format!("{name} element {arg:?} contains a NUL byte"),
-                    );
-                }
-            }
-        }
+        check_args(c, &f, out);
         check_env(c, &f, out);
         check_ports(c, &f, &mut bindings, out);
         check_volumes(c, &f, out);
-        for key in c.labels.keys() {
-            let field = format!("{f}.labels.{key}");
-            if key.is_empty() {
-                out.push(field, "label key is empty");
-            } else if key.starts_with(RESERVED_LABEL_PREFIX) {
-                out.push(
-                    field,
-                    format!(
-                        "label key {key:?} uses the prefix {RESERVED_LABEL_PREFIX} which is \
-                         reserved for Steward's ownership labels; choose another prefix"
-                    ),
-                );
-            } else if key.contains('\0') {
-                out.push(field, format!("label key {key:?} contains a NUL byte"));
-            }
-        }
-        for (key, value) in &c.labels {
-            if value.contains('\0') {
-                out.push(
-                    format!("{f}.labels.{key}"),
-                    "label value contains a NUL byte",
-                );
-            }
-        }
-        if let Some(net) = &c.network {
-            let field = format!("{f}.network");
-            if net.is_empty() {
-                out.push(
-                    field,
-                    "network is empty; name a Docker network or a managed bridge, or remove it",
-                );
-            } else if net.chars().any(|c| c.is_whitespace() || c == '\0') {
-                out.push(field, format!("network {net:?} contains whitespace or NUL"));
-            } else if c.host_network {
-                out.push(
-                    field,
-                    "network cannot be combined with host_network: true; remove one of them",
-                );
-            }
-        }
+        check_labels(c, &f, out);
+        check_network(c, &f, out);
         if let Some(h) = &c.hostname {
             out.check(format!("{f}.hostname"), hostname_problem(h));
         }
-        if let Some(q) = &c.resources.cpus {
-            out.ok(format!("{f}.resources.cpus"), parse_cpus(q));
-        }
-        if let Some(q) = &c.resources.memory {
-            let field = format!("{f}.resources.memory");
-            if let Some(bytes) = out.ok(&field, parse_memory(q)) {
-                if bytes < CONTAINER_MIN_MEMORY {
-                    out.push(
-                        field,
-                        format!("memory {q} is below the 4Mi minimum for a container"),
-                    );
-                }
-            }
-        }
+        check_resources(c, &f, out);
         if let Some(hc) = &c.healthcheck {
             check_healthcheck(hc, &format!("{f}.healthcheck"), out);
+        }
+    }
+}
+
+fn check_args(c: &ContainerSpec, f: &str, out: &mut Problems) {
+    for (list, name) in [(&c.command, "command"), (&c.args, "args")] {
+        check_no_nul(list, f, name, out);
+    }
+}
+
+/// Each element of the list `f.name` without a NUL byte.
+fn check_no_nul(list: &[String], f: &str, name: &str, out: &mut Problems) {
+    for (j, arg) in list.iter().enumerate() {
+        if arg.contains('\0') {
+            out.push(
+                format!("{f}.{name}[{j}]"),
+                format!("{name} element {arg:?} contains a NUL byte"),
+            );
+        }
+    }
+}
+
+fn check_labels(c: &ContainerSpec, f: &str, out: &mut Problems) {
+    for key in c.labels.keys() {
+        let field = format!("{f}.labels.{key}");
+        if key.is_empty() {
+            out.push(field, "label key is empty");
+        } else if key.starts_with(RESERVED_LABEL_PREFIX) {
+            out.push(
+                field,
+                format!(
+                    "label key {key:?} uses the prefix {RESERVED_LABEL_PREFIX} which is \
+                     reserved for Steward's ownership labels; choose another prefix"
+                ),
+            );
+        } else if key.contains('\0') {
+            out.push(field, format!("label key {key:?} contains a NUL byte"));
+        }
+    }
+    for (key, value) in &c.labels {
+        if value.contains('\0') {
+            out.push(
+                format!("{f}.labels.{key}"),
+                "label value contains a NUL byte",
+            );
+        }
+    }
+}
+
+fn check_network(c: &ContainerSpec, f: &str, out: &mut Problems) {
+    if let Some(net) = &c.network {
+        let field = format!("{f}.network");
+        if net.is_empty() {
+            out.push(
+                field,
+                "network is empty; name a Docker network or a managed bridge, or remove it",
+            );
+        } else if net.chars().any(|c| c.is_whitespace() || c == '\0') {
+            out.push(field, format!("network {net:?} contains whitespace or NUL"));
+        } else if c.host_network {
+            out.push(
+                field,
+                "network cannot be combined with host_network: true; remove one of them",
+            );
+        }
+    }
+}
+
+fn check_resources(c: &ContainerSpec, f: &str, out: &mut Problems) {
+    if let Some(q) = &c.resources.cpus {
+        out.ok(format!("{f}.resources.cpus"), parse_cpus(q));
+    }
+    if let Some(q) = &c.resources.memory {
+        let field = format!("{f}.resources.memory");
+        if let Some(bytes) = out.ok(&field, parse_memory(q)) {
+            if bytes < CONTAINER_MIN_MEMORY {
+                out.push(
+                    field,
+                    format!("memory {q} is below the 4Mi minimum for a container"),
+                );
+            }
         }
     }
 }
@@ -238,6 +259,24 @@ fn check_volumes(c: &ContainerSpec, f: &str, out: &mut Problems) {
 }
 
 pub(super) fn check_healthcheck(hc: &HealthCheck, f: &str, out: &mut Problems) {
+    check_one_probe(hc, f, out);
+    if let Some(url) = &hc.http {
+        out.check(format!("{f}.http"), http_check_problem(url));
+    }
+    if let Some(target) = &hc.tcp {
+        out.check(format!("{f}.tcp"), tcp_target_problem(target));
+    }
+    if let Some(cmd) = &hc.exec {
+        check_exec(cmd, f, out);
+    }
+    check_timings(hc, f, out);
+    if hc.retries == Some(0) {
+        out.push(format!("{f}.retries"), "retries must be at least 1");
+    }
+}
+
+/// Exactly one of http, tcp and exec.
+fn check_one_probe(hc: &HealthCheck, f: &str, out: &mut Problems) {
     let given: Vec<&str> = [
         ("http", hc.http.is_some()),
         ("tcp", hc.tcp.is_some()),
@@ -258,47 +297,43 @@ pub(super) fn check_healthcheck(hc: &HealthCheck, f: &str, out: &mut Problems) {
             ),
         ),
     }
-    if let Some(url) = &hc.http {
-        let rest = url
-            .strip_prefix("http://")
-            .or_else(|| url.strip_prefix("https://"));
-        let reason = match rest {
-            None => Some(format!(
-                "http check {url:?} must start with http:// or https://, e.g. http://localhost:80/"
-            )),
-            Some(r) if r.is_empty() || r.starts_with('/') => Some(format!(
-                "http check {url:?} has no host, e.g. http://localhost:80/"
-            )),
-            Some(_) if url.chars().any(|c| c.is_whitespace() || c.is_control()) => Some(format!(
-                "http check {url:?} contains whitespace or control characters"
-            )),
-            Some(_) => None,
-        };
-        out.check(format!("{f}.http"), reason);
+}
+
+/// Why `url` is not an http(s) URL with a host.
+fn http_check_problem(url: &str) -> Option<String> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"));
+    match rest {
+        None => Some(format!(
+            "http check {url:?} must start with http:// or https://, e.g. http://localhost:80/"
+        )),
+        Some(r) if r.is_empty() || r.starts_with('/') => Some(format!(
+            "http check {url:?} has no host, e.g. http://localhost:80/"
+        )),
+        Some(_) if url.chars().any(|c| c.is_whitespace() || c.is_control()) => Some(format!(
+            "http check {url:?} contains whitespace or control characters"
+        )),
+        Some(_) => None,
     }
-    if let Some(target) = &hc.tcp {
-        out.check(format!("{f}.tcp"), tcp_target_problem(target));
-    }
-    if let Some(cmd) = &hc.exec {
-        match cmd.first() {
-            None => out.push(
-                format!("{f}.exec"),
-                "exec is empty; give the command and its arguments, e.g. [pg_isready]",
-            ),
-            Some(first) if first.is_empty() => {
-                out.push(format!("{f}.exec[0]"), "the command to run is empty")
-            }
-            Some(_) => {}
+}
+
+fn check_exec(cmd: &[String], f: &str, out: &mut Problems) {
+    match cmd.first() {
+        None => out.push(
+            format!("{f}.exec"),
+            "exec is empty; give the command and its arguments, e.g. [pg_isready]",
+        ),
+        Some(first) if first.is_empty() => {
+            out.push(format!("{f}.exec[0]"), "the command to run is empty")
         }
-        for (j, arg) in cmd.iter().enumerate() {
-            if arg.contains('\0') {
-                out.push(
-                    format!("{f}.exec[{j}]"),
-                    format!("exec element {arg:?} contains a NUL byte"),
-                );
-            }
-        }
+        Some(_) => {}
     }
+    check_no_nul(cmd, f, "exec", out);
+}
+
+/// interval, timeout and start_period: durations greater than 0.
+fn check_timings(hc: &HealthCheck, f: &str, out: &mut Problems) {
     for (name, value) in [
         ("interval", &hc.interval),
         ("timeout", &hc.timeout),
@@ -313,9 +348,6 @@ pub(super) fn check_healthcheck(hc: &HealthCheck, f: &str, out: &mut Problems) {
             Ok(_) => None,
         };
         out.check(format!("{f}.{name}"), reason);
-    }
-    if hc.retries == Some(0) {
-        out.push(format!("{f}.retries"), "retries must be at least 1");
     }
 }
 

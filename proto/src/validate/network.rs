@@ -9,12 +9,24 @@ use std::net::IpAddr;
 const MTU_MIN: u32 = 68;
 const MTU_MAX: u32 = 65535;
 
+/// Link names are unique across VLAN interfaces, bridges and labs' bridges, and so are
+/// (parent, VLAN id) pairs across VLAN interfaces and labs.
 pub(super) fn check(n: &NetworksSpec, out: &mut Problems) {
     // Link name -> where it was first declared.
     let mut links: HashMap<&str, String> = HashMap::new();
     // (parent, VLAN id) -> where that VLAN interface was first declared.
     let mut vlan_ifaces: HashMap<(&str, u16), String> = HashMap::new();
+    check_vlans(n, &mut links, &mut vlan_ifaces, out);
+    check_bridges(n, &mut links, out);
+    check_labs(n, &links, &mut vlan_ifaces, out);
+}
 
+fn check_vlans<'a>(
+    n: &'a NetworksSpec,
+    links: &mut HashMap<&'a str, String>,
+    vlan_ifaces: &mut HashMap<(&'a str, u16), String>,
+    out: &mut Problems,
+) {
     for (i, v) in n.vlans.iter().enumerate() {
         let f = format!("networks.vlans[{i}]");
         let name_ok = out.check(format!("{f}.name"), iface_problem(&v.name));
@@ -27,29 +39,28 @@ pub(super) fn check(n: &NetworksSpec, out: &mut Problems) {
             );
         }
         if name_ok {
-            claim_link(&mut links, &v.name, &f, format!("{f}.name"), out);
+            claim_link(links, &v.name, &f, format!("{f}.name"), out);
         }
         if parent_ok && id_ok {
-            claim_vlan(
-                &mut vlan_ifaces,
-                &v.parent,
-                v.id,
-                &f,
-                format!("{f}.id"),
-                out,
-            );
+            claim_vlan(vlan_ifaces, &v.parent, v.id, &f, format!("{f}.id"), out);
         }
         check_mtu(v.mtu, &f, out);
         check_addresses(&v.addresses, &f, out);
     }
+}
 
+fn check_bridges<'a>(
+    n: &'a NetworksSpec,
+    links: &mut HashMap<&'a str, String>,
+    out: &mut Problems,
+) {
     let bridge_names: HashSet<&str> = n.bridges.iter().map(|b| b.name.as_str()).collect();
     // Port interface -> the port that first claimed it.
     let mut port_owner: HashMap<&str, String> = HashMap::new();
     for (i, b) in n.bridges.iter().enumerate() {
         let f = format!("networks.bridges[{i}]");
         if out.check(format!("{f}.name"), iface_problem(&b.name)) {
-            claim_link(&mut links, &b.name, &f, format!("{f}.name"), out);
+            claim_link(links, &b.name, &f, format!("{f}.name"), out);
         }
         check_mtu(b.mtu, &f, out);
         if let Some(pvid) = b.default_pvid {
@@ -68,7 +79,14 @@ pub(super) fn check(n: &NetworksSpec, out: &mut Problems) {
         check_addresses(&b.addresses, &f, out);
         check_ports(b, &f, &bridge_names, &mut port_owner, out);
     }
+}
 
+fn check_labs<'a>(
+    n: &'a NetworksSpec,
+    links: &HashMap<&'a str, String>,
+    vlan_ifaces: &mut HashMap<(&'a str, u16), String>,
+    out: &mut Problems,
+) {
     let mut lab_vlans: HashMap<u16, usize> = HashMap::new();
     for (i, lab) in n.labs.iter().enumerate() {
         let f = format!("networks.labs[{i}]");
@@ -97,7 +115,7 @@ pub(super) fn check(n: &NetworksSpec, out: &mut Problems) {
         lab_vlans.insert(lab.vlan, i);
         if parent_ok {
             claim_vlan(
-                &mut vlan_ifaces,
+                vlan_ifaces,
                 &lab.parent,
                 lab.vlan,
                 &f,

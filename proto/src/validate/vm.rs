@@ -3,7 +3,7 @@
 
 use super::{abs_path_problem, check_names, iface_problem, vlan_id_problem, Problems};
 use crate::quantity::parse_memory;
-use crate::spec::{Quantity, VmSpec};
+use crate::spec::{HealthCheck, Quantity, VmSpec};
 use std::collections::HashMap;
 
 const VM_MAX_CPUS: u32 = 256;
@@ -25,34 +25,7 @@ pub(super) fn check(vms: &[VmSpec], out: &mut Problems) {
             })
         });
         out.check(format!("{f}.image"), image);
-        for (what, v) in [("kernel", &vm.kernel), ("initrd", &vm.initrd)] {
-            if let Some(path) = v {
-                out.check(format!("{f}.{what}"), abs_path_problem(what, path));
-            }
-        }
-        if vm.kernel.is_none() {
-            for (what, set) in [
-                ("initrd", vm.initrd.is_some()),
-                ("cmdline", vm.cmdline.is_some()),
-            ] {
-                if set {
-                    out.push(
-                        format!("{f}.{what}"),
-                        format!(
-                            "{what} needs kernel (direct kernel boot); set kernel or remove {what}"
-                        ),
-                    );
-                }
-            }
-        }
-        if let Some(c) = &vm.cmdline {
-            if c.contains('\0') || c.contains('\n') || c.len() > 4096 {
-                out.push(
-                    format!("{f}.cmdline"),
-                    "cmdline must be one line of at most 4096 bytes without NUL".to_string(),
-                );
-            }
-        }
+        check_boot(vm, &f, out);
         if !(1..=VM_MAX_CPUS).contains(&vm.cpus) {
             out.push(
                 format!("{f}.cpus"),
@@ -64,36 +37,77 @@ pub(super) fn check(vms: &[VmSpec], out: &mut Problems) {
             check_size(disk, VM_MIN_DISK, "disk", "1Mi", &f, out);
         }
         if let Some(hc) = &vm.healthcheck {
-            let hf = format!("{f}.healthcheck");
-            super::container::check_healthcheck(hc, &hf, out);
-            if hc.exec.is_some() {
+            check_healthcheck(hc, &format!("{f}.healthcheck"), out);
+        }
+        check_nics(vm, &f, &mut macs, out);
+    }
+}
+
+/// Direct kernel boot: kernel and initrd paths, cmdline; initrd and cmdline need kernel.
+fn check_boot(vm: &VmSpec, f: &str, out: &mut Problems) {
+    for (what, v) in [("kernel", &vm.kernel), ("initrd", &vm.initrd)] {
+        if let Some(path) = v {
+            out.check(format!("{f}.{what}"), abs_path_problem(what, path));
+        }
+    }
+    if vm.kernel.is_none() {
+        for (what, set) in [
+            ("initrd", vm.initrd.is_some()),
+            ("cmdline", vm.cmdline.is_some()),
+        ] {
+            if set {
                 out.push(
-                    format!("{hf}.exec"),
-                    "exec checks run inside a container; for a VM use tcp or http against the \
-                     guest's address on its bridge, e.g. tcp: 10.0.0.2:22",
+                    format!("{f}.{what}"),
+                    format!(
+                        "{what} needs kernel (direct kernel boot); set kernel or remove {what}"
+                    ),
                 );
             }
         }
-        for (j, nic) in vm.nics.iter().enumerate() {
-            let nf = format!("{f}.nics[{j}]");
-            out.check(format!("{nf}.bridge"), iface_problem(&nic.bridge));
-            if let Some(vlan) = nic.vlan {
-                out.check(format!("{nf}.vlan"), vlan_id_problem(vlan));
+    }
+    if let Some(c) = &vm.cmdline {
+        if c.contains('\0') || c.contains('\n') || c.len() > 4096 {
+            out.push(
+                format!("{f}.cmdline"),
+                "cmdline must be one line of at most 4096 bytes without NUL".to_string(),
+            );
+        }
+    }
+}
+
+/// A container's health check rules, and no exec (it would run inside a container).
+fn check_healthcheck(hc: &HealthCheck, hf: &str, out: &mut Problems) {
+    super::container::check_healthcheck(hc, hf, out);
+    if hc.exec.is_some() {
+        out.push(
+            format!("{hf}.exec"),
+            "exec checks run inside a container; for a VM use tcp or http against the \
+             guest's address on its bridge, e.g. tcp: 10.0.0.2:22",
+        );
+    }
+}
+
+/// Each NIC's bridge, VLAN and MAC; MACs unique across the node (`macs`).
+fn check_nics(vm: &VmSpec, f: &str, macs: &mut HashMap<String, String>, out: &mut Problems) {
+    for (j, nic) in vm.nics.iter().enumerate() {
+        let nf = format!("{f}.nics[{j}]");
+        out.check(format!("{nf}.bridge"), iface_problem(&nic.bridge));
+        if let Some(vlan) = nic.vlan {
+            out.check(format!("{nf}.vlan"), vlan_id_problem(vlan));
+        }
+        if let Some(mac) = &nic.mac {
+            let field = format!("{nf}.mac");
+            if !out.check(&field, mac_problem(mac)) {
+                continue;
             }
-            if let Some(mac) = &nic.mac {
-                let field = format!("{nf}.mac");
-                if !out.check(&field, mac_problem(mac)) {
-                    continue;
-                }
-                let key = mac.to_ascii_lowercase();
-                match macs.get(&key) {
-                    Some(first) => out.push(
-                        field,
-                        format!("MAC {mac} is already used by {first}; MACs must be unique"),
-                    ),
-                    None => {
-                        macs.insert(key, nf);
-                    }
+            let key = mac.to_ascii_lowercase();
+            match macs.get(&key) {
+                Some(first) => out.push(
+                    field,
+                    format!("MAC {mac} is already used by {first}; MACs must be unique"),
+                ),
+                None => {
+                    macs.insert(key, nf);
                 }
             }
         }
