@@ -4,12 +4,13 @@
 //! `ip -batch`; then a no-op re-apply of the converged spec.
 //!
 //! `cargo bench -p steward-agent --bench network [-- --quick]` (root; `STEWARD_BENCH_BRIDGES`
-//! changes the count). Each round builds a fresh namespace per method with the veth pairs made
-//! beforehand (not timed). The agent is timed from inside (its `took_us`, the network phases of
-//! `apply`) and as the wall time of the whole process; `ip` only as wall time. Medians over
-//! the rounds are printed, and written to `target/bench-results/network.json`. Goals (reported,
-//! not asserted): agent ≥ 10× faster than ip-per-change, ≤ 1.5× `ip -batch`, no-op re-apply
-//! ≤ 1/20 of the create. A run where the agent does not converge, or writes on the no-op, fails.
+//! changes the count, `STEWARD_BENCH_AGENT` runs another agent binary). Each round builds a fresh
+//! namespace per method with the veth pairs made beforehand (not timed). The agent is timed from
+//! inside (its `took_us`, the network phases of `apply`) and as the wall time of the whole process;
+//! `ip` only as wall time. Medians over the rounds are printed, and written to
+//! `target/bench-results/network.json`. Goals (reported, not asserted): agent ≥ 10× faster than
+//! ip-per-change, ≤ 1.5× `ip -batch`, no-op re-apply ≤ 1/20 of the create. A run where the agent
+//! does not converge, or writes on the no-op, fails.
 //! The running agent (`apply --watch`, netlink event listener on) is measured too: its create,
 //! and re-applies (SIGHUP) of the converged spec, from a dump and from the event-fed cache.
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
@@ -101,10 +102,18 @@ struct AgentRun {
     writes: u64,
 }
 
+/// The agent binary: cargo's release build of this package, or `STEWARD_BENCH_AGENT` (to
+/// compare another build in the same way).
+fn agent_bin() -> std::ffi::OsString {
+    std::env::var_os("STEWARD_BENCH_AGENT")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_steward-agent").into())
+}
+
 fn agent(ns: &Ns, data: &Path, spec: &Path) -> AgentRun {
     let t = Instant::now();
     let out = Command::new("ip")
-        .args(["netns", "exec", &ns.0, env!("CARGO_BIN_EXE_steward-agent")])
+        .args(["netns", "exec", &ns.0])
+        .arg(agent_bin())
         .arg("--data-dir")
         .arg(data)
         .args([
@@ -180,7 +189,8 @@ fn wait_pass(log: &Path, index: usize) -> String {
 fn watch_agent(ns: &Ns, data: &Path, spec: &Path) -> (Duration, Duration, Duration) {
     let log = data.with_extension("log");
     let mut child = Command::new("ip")
-        .args(["netns", "exec", &ns.0, env!("CARGO_BIN_EXE_steward-agent")])
+        .args(["netns", "exec", &ns.0])
+        .arg(agent_bin())
         .arg("--data-dir")
         .arg(data)
         .args([
@@ -245,6 +255,7 @@ fn main() -> ExitCode {
         println!("network bench: `ip` (iproute2) is missing");
         return ExitCode::FAILURE;
     }
+    println!("agent: {}", std::path::Path::new(&agent_bin()).display());
     let tmp = tempfile::tempdir().unwrap();
     let spec_file = tmp.path().join("spec.yaml");
     std::fs::write(&spec_file, spec(n)).unwrap();
