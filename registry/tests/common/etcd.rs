@@ -72,15 +72,30 @@ static SHARED: Mutex<Weak<EtcdCluster>> = Mutex::new(Weak::new());
 /// A free loopback port below Linux's ephemeral range (32768-60999): a member's port must stay
 /// free while the member is killed and restarted, and a port from the ephemeral range can be
 /// taken meanwhile as the local end of any outgoing connection.
+/// Ports already handed out in this process are never handed out again, so two clusters started
+/// at the same time cannot pick the same one. (Another process can still take a port between this
+/// check and etcd's bind: [`EtcdCluster::start_with`] retries on fresh ports when that happens.)
 fn etcd_port() -> u16 {
     use rand::Rng;
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
     loop {
         let port = rand::thread_rng().gen_range(20_000..32_000);
+        let mut given = GIVEN.lock().unwrap();
+        if given.contains(&port) {
+            continue;
+        }
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
             return port;
         }
     }
 }
+
+/// The text etcd logs when a port it was given is taken.
+const PORT_TAKEN: &str = "address already in use";
+
+/// How many times a cluster start is tried on fresh ports when one of its ports was taken.
+const START_ATTEMPTS: usize = 5;
 
 impl EtcdCluster {
     /// A 3-member cluster shared by the tests of this process that run at the same time (it
@@ -106,8 +121,28 @@ impl EtcdCluster {
     }
 
     /// Like [`EtcdCluster::start`], with TLS and client certificates on the client port.
+    /// A member that cannot bind one of its ports (another process took it after it was found
+    /// free) makes the whole start be tried again on fresh ports.
     pub async fn start_with(n: usize, tls: Option<EtcdTls>) -> Option<EtcdCluster> {
         let etcd = require_etcd()?;
+        for attempt in 1..=START_ATTEMPTS {
+            let mut cluster = Self::new(etcd.clone(), n, tls.clone());
+            match cluster.start_members().await {
+                Ok(()) => return Some(cluster),
+                Err(log) if log.contains(PORT_TAKEN) && attempt < START_ATTEMPTS => {
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "etcd test cluster: a port was taken (attempt {attempt}); retrying on fresh ports"
+                    );
+                }
+                Err(log) => panic!("etcd test cluster did not start; member log:\n{log}"),
+            }
+        }
+        unreachable!("the last attempt returns or panics")
+    }
+
+    /// A cluster of `n` members on fresh ports and a fresh data dir, none started yet.
+    fn new(etcd: PathBuf, n: usize, tls: Option<EtcdTls>) -> EtcdCluster {
         let dir = tempfile::tempdir().unwrap();
         let members = (0..n)
             .map(|i| Member {
@@ -119,20 +154,30 @@ impl EtcdCluster {
             })
             .collect();
         let token = format!("steward-test-{}", uuid::Uuid::new_v4());
-        let mut cluster = EtcdCluster {
+        EtcdCluster {
             etcd,
             dir,
             members,
             token,
             tls,
-        };
-        for i in 0..n {
-            cluster.spawn(i);
         }
-        for i in 0..n {
-            cluster.wait_healthy(i).await;
+    }
+
+    /// Spawns every member and waits until each is healthy; on failure every member is killed
+    /// and the failing member's log is returned.
+    async fn start_members(&mut self) -> Result<(), String> {
+        for i in 0..self.members.len() {
+            self.spawn(i);
         }
-        Some(cluster)
+        for i in 0..self.members.len() {
+            if let Err(log) = self.try_wait_healthy(i).await {
+                for j in 0..self.members.len() {
+                    self.kill(j);
+                }
+                return Err(log);
+            }
+        }
+        Ok(())
     }
 
     fn initial_cluster(&self) -> String {
@@ -205,7 +250,15 @@ impl EtcdCluster {
     }
 
     /// Waits (hang guard: 60 s) until member `i` reports itself healthy.
-    async fn wait_healthy(&self, i: usize) {
+    async fn wait_healthy(&mut self, i: usize) {
+        if let Err(log) = self.try_wait_healthy(i).await {
+            panic!("etcd member {i} not healthy; log:\n{log}");
+        }
+    }
+
+    /// Waits until member `i` reports itself healthy; its log when it exits or is not healthy
+    /// after 60 s.
+    async fn try_wait_healthy(&mut self, i: usize) -> Result<(), String> {
         let url = format!("http://127.0.0.1:{}/health", self.members[i].metrics_port);
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(2))
@@ -215,14 +268,22 @@ impl EtcdCluster {
         loop {
             if let Ok(r) = client.get(&url).send().await {
                 if r.text().await.is_ok_and(|t| t.contains("\"true\"")) {
-                    return;
+                    return Ok(());
                 }
             }
-            assert!(
-                Instant::now() < deadline,
-                "etcd member {i} not healthy after 60 s; log:\n{}",
-                std::fs::read_to_string(self.log_path(i)).unwrap_or_default()
-            );
+            let exited = self.members[i]
+                .child
+                .as_mut()
+                .is_some_and(|c| c.try_wait().ok().flatten().is_some());
+            if exited || Instant::now() >= deadline {
+                let log = std::fs::read_to_string(self.log_path(i)).unwrap_or_default();
+                let why = if exited {
+                    "exited"
+                } else {
+                    "not healthy after 60 s"
+                };
+                return Err(format!("member {i} {why}:\n{log}"));
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
