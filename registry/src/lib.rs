@@ -10,6 +10,7 @@ pub mod disk;
 pub mod error;
 pub mod events;
 pub mod fleet;
+pub mod fragment_set;
 pub mod kv;
 pub mod metrics;
 pub mod migrate;

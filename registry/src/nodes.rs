@@ -234,13 +234,14 @@ impl Nodes {
                 self.store.set_machine(&old, None).await?;
             }
         }
-        let generation = self
+        let weight = self.fleet.fragments().weight(&rec.labels);
+        let base = self
             .store
             .spec(&rec.id)
             .await?
-            .map(|s| s.generation)
+            .map(|s| s.base_under(weight))
             .unwrap_or(0);
-        self.show_enrolled(&rec, generation, now);
+        self.show_enrolled(&rec, base, now);
         let (kind, what) = if rotated {
             (EventKind::NodeReenrolled, "enrolled again; secret rotated")
         } else {
@@ -297,7 +298,7 @@ impl Nodes {
     }
 
     /// The fleet view takes an enrolled node at once (the store watch brings it too, later).
-    fn show_enrolled(&self, rec: &NodeRecord, generation: u64, now: chrono::DateTime<Utc>) {
+    fn show_enrolled(&self, rec: &NodeRecord, base: i64, now: chrono::DateTime<Utc>) {
         match self.fleet.live(&rec.id) {
             Some(ln) => {
                 let mut l = ln.lock();
@@ -313,7 +314,7 @@ impl Nodes {
                 }
             }
             None => {
-                self.fleet.insert_live(rec, generation);
+                self.fleet.insert_live(rec, base);
             }
         }
     }

@@ -55,6 +55,16 @@ async fn follow(weak: Weak<Inner>, mut stream: crate::kv::WatchStream) {
                 for c in &changes {
                     apply(&state, c);
                 }
+                if changes.iter().any(|c| touches_fragments(&c.key)) {
+                    if let Err(e) = reload_fragments(&state).await {
+                        tracing::warn!(error = %e, "cannot read the fragments; reloading the fleet view");
+                        drop(state);
+                        match rewatch(&weak).await {
+                            Some(s) => stream = s,
+                            None => return,
+                        }
+                    }
+                }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "store watch failed; reloading the fleet view");
@@ -81,8 +91,24 @@ async fn rewatch(weak: &Weak<Inner>) -> Option<crate::kv::WatchStream> {
     }
 }
 
+/// Whether a change to `key` changes the fragment set.
+fn touches_fragments(key: &str) -> bool {
+    key.starts_with("fragments/") || key == crate::store::GHOSTS
+}
+
+/// Reads the fragment set from the store and gives it to the fleet view (which wakes the nodes
+/// whose generation it raised).
+async fn reload_fragments(state: &AppState) -> Result<(), StoreError> {
+    let (ghosts, version) = state.store.ghosts().await?;
+    let set =
+        crate::fragment_set::FragmentSet::new(state.store.fragments().await?, ghosts, version);
+    state.fleet.set_fragments(Arc::new(set));
+    Ok(())
+}
+
 async fn reload(state: &AppState) -> Result<crate::kv::WatchStream, StoreError> {
     let rev = state.store.kv().revision().await?;
+    reload_fragments(state).await?;
     state
         .store
         .scan("nodes/", |_, rec| state.fleet.apply_node(&rec))

@@ -14,6 +14,7 @@ use crate::alerts::Alerts;
 use crate::events::EventLog;
 use crate::fleet::Fleet;
 pub use crate::fleet::{Live, LiveNode};
+use crate::fragment_set::{base_for, FragmentSet};
 use crate::metrics::Metrics;
 use crate::nodes::{HealthSettings, Nodes};
 use crate::payloads::blobs::Blobs;
@@ -174,14 +175,39 @@ impl AppState {
         read_token: Option<&str>,
     ) -> Result<Self, StoreError> {
         let revision = store.kv().revision().await?;
-        let generations: HashMap<String, u64> = store.generations().await?.into_iter().collect();
         let fleet = Arc::new(Fleet::default());
+        let (ghosts, version) = store.ghosts().await?;
+        let set = Arc::new(FragmentSet::new(store.fragments().await?, ghosts, version));
+        fleet.set_fragments(set.clone());
+        let bases: HashMap<String, (u64, Option<i64>)> = store
+            .bases()
+            .await?
+            .into_iter()
+            .map(|(id, g, b)| (id, (g, b)))
+            .collect();
+        let mut legacy = Vec::new();
         store
             .for_each_node(|rec| {
-                let generation = generations.get(&rec.id).copied().unwrap_or(0);
-                fleet.insert_live(&rec, generation);
+                let base = match bases.get(&rec.id) {
+                    Some((_, Some(b))) => *b,
+                    Some((g, None)) => {
+                        let b = base_for(*g, set.weight(&rec.labels));
+                        legacy.push((rec.id.clone(), b));
+                        b
+                    }
+                    None => 0,
+                };
+                fleet.insert_live(&rec, base);
             })
             .await?;
+        if !legacy.is_empty() {
+            let n = store.set_bases(&legacy).await?;
+            tracing::info!(
+                records = legacy.len(),
+                written = n,
+                "spec records from before effective specs were computed when read: base stored"
+            );
+        }
         for node in store.reset_nodes().await? {
             fleet.set_resets(&node, true);
         }

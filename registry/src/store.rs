@@ -5,7 +5,8 @@
 //!
 //! Keys: `nodes/{id}`, `machines/{machine_id}`, `specs/{id}`, `fragments/{name}`, `tokens/{id}`,
 //! `events/{seq:020}` (with the counter `meta/event-seq`), `payloads/{name}/{version}`,
-//! `rollouts/{id}`, `resets/{node}`, `grants/{id}`, `alerts/{delivery-id}`, and `meta/spec-epoch`, raised by every change
+//! `rollouts/{id}`, `resets/{node}`, `grants/{id}`, `alerts/{delivery-id}`, `meta/fragment-ghosts`
+//! (what deleted fragments and old selectors add to generations, `fragment_set.rs`), and `meta/spec-epoch`, raised by every change
 //! that can alter effective specs (spec, fragment and label writes, payload deletions): such a
 //! change reads the epoch first and commits only if it did not move (optimistic concurrency
 //! across replicas). Values are JSON. Every write is durable before the call returns.
@@ -33,6 +34,7 @@ pub use alerts::DeliveryRecord;
 pub use grants::GrantRecord;
 pub use node_health::HealthRecord;
 pub use resets::{queued_reset, split_resets};
+pub use specs::GHOSTS;
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -105,18 +107,46 @@ impl NodeRecord {
     }
 }
 
-/// A node's desired state as stored.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// A node's desired state as stored: its own spec and payload overrides, and the `base` of its
+/// generation. The effective spec is not stored: it is computed when read, from the own spec and
+/// the fragments that match the node's labels (`fragment_set.rs`, which also explains `base`). The
+/// default is the record of a node that has none: base 0.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SpecRecord {
+    /// The node's generation when this record was written (for reading the store by hand;
+    /// the live generation is `base` plus the weight of the fragments that match the node).
     pub generation: u64,
+    /// `None` only in records written before effective specs were computed when read; they are
+    /// given one at start-up (`Specs::migrate_bases`).
+    #[serde(default)]
+    pub base: Option<i64>,
     pub own: NodeSpec,
-    pub effective: NodeSpec,
-    pub fragments: Vec<String>,
     pub updated_at: Option<DateTime<Utc>>,
     /// Payload versions set for this node alone by a rollout (payload name -> version),
     /// applied over the merged spec when the effective spec is computed.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub payload_overrides: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for SpecRecord {
+    fn default() -> Self {
+        Self {
+            generation: 0,
+            base: Some(0),
+            own: NodeSpec::default(),
+            updated_at: None,
+            payload_overrides: Default::default(),
+        }
+    }
+}
+
+impl SpecRecord {
+    /// The record's `base`; a record from before `base` existed is read as having the
+    /// generation it stored under this `weight`.
+    pub fn base_under(&self, weight: u64) -> i64 {
+        self.base
+            .unwrap_or_else(|| crate::fragment_set::base_for(self.generation, weight))
+    }
 }
 
 /// An enrollment token as stored (hash only).

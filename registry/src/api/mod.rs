@@ -6,6 +6,8 @@ mod body;
 mod events;
 #[cfg(test)]
 mod fleet_view_tests;
+#[cfg(test)]
+mod fragment_tests;
 mod fragments;
 pub mod install;
 mod meta;
@@ -85,7 +87,7 @@ pub fn routes() -> Vec<Route> {
         route!(GET "/v1/nodes/{id}", ReadOrOwnNode, "One node.", None, Some("Node"), nodes::get; 200, 404),
         route!(PATCH "/v1/nodes/{id}", Admin, "Change labels (JSON merge patch; null removes a key).", Some("NodePatch"), Some("Node"), nodes::patch; 200, 400, 404, 409, 422),
         route!(DELETE "/v1/nodes/{id}", Admin, "Decommission: revoke the node's secret, keep its record and history.", None, Some("Node"), nodes::decommission; 200, 404),
-        route!(GET "/v1/nodes/{id}/spec", ReadOrOwnNode, "The node's effective spec; long-poll with ?after=GENERATION&wait=30s (304 when nothing newer arrived).", None, Some("SpecDocument"), spec::get; 200, 304, 400, 404),
+        route!(GET "/v1/nodes/{id}/spec", ReadOrOwnNode, "The node's effective spec, merged when read from its own spec and the fragments matching its labels (409 when they do not merge); long-poll with ?after=GENERATION&wait=30s (304 when nothing newer arrived).", None, Some("SpecDocument"), spec::get; 200, 304, 400, 404, 409),
         route!(PUT "/v1/nodes/{id}/spec", Admin, "Write the node's own spec (JSON or YAML by Content-Type); If-Match: GENERATION for optimistic concurrency.", Some("NodeSpec"), Some("SpecWritten"), spec::put; 200, 400, 404, 409, 412, 422),
         route!(POST "/v1/nodes/{id}/reenroll", Admin, "Issue a one-time re-enrolment grant for a node whose host lost its secret (reinstalled); body optional {\"expires\": \"1h\"} (1s-7d, default 1h). 201 with the grant, shown only here; 400 bad expires; 404 no such node; 409 node decommissioned.", Some("CreateReenrollGrant"), Some("ReenrollGrantCreated"), nodes::reenroll; 201, 400, 404, 409),
         route!(POST "/v1/nodes/{id}/heartbeat", OwnNode, "Heartbeat: small, frequent; kept in memory.", Some("Heartbeat"), Some("HeartbeatResponse"), nodes::heartbeat; 200, 404),
@@ -93,7 +95,7 @@ pub fn routes() -> Vec<Route> {
         route!(PUT "/v1/nodes/{id}/status", OwnNode, "Full observed status, sent when it changed.", Some("NodeStatus"), None, nodes::put_status; 204, 404),
         route!(GET "/v1/fragments", AdminOrRead, "List fleet-wide spec fragments.", None, Some("Fragment[]"), fragments::list; 200),
         route!(GET "/v1/fragments/{name}", AdminOrRead, "One fragment.", None, Some("Fragment"), fragments::get; 200, 404),
-        route!(PUT "/v1/fragments/{name}", Admin, "Write a fragment (selector + spec); bumps the generation of exactly the nodes whose effective spec changes.", Some("FragmentWrite"), Some("FragmentWritten"), fragments::put; 200, 400, 409, 422),
+        route!(PUT "/v1/fragments/{name}", Admin, "Write a fragment (selector + spec): one record however many nodes it matches; bumps the generation of every node it matches now or matched before (writing the same selector and spec again changes nothing).", Some("FragmentWrite"), Some("FragmentWritten"), fragments::put; 200, 400, 409, 422),
         route!(DELETE "/v1/fragments/{name}", Admin, "Delete a fragment.", None, Some("FragmentWritten"), fragments::delete; 200, 404, 409, 422),
         route!(GET "/v1/events", AdminOrRead, "Events after ?after=SEQ (oldest first, ?limit= up to 1000, ?node= to filter).", None, Some("Event[]"), events::list; 200, 400),
         route!(PUT "/v1/payloads/{name}/{version}", Admin, "Upload a payload version: the raw body is streamed to disk and hashed (no body-size limit; optional x-steward-sha256 header checked). 201 new, 200 same content again, 409 other content (versions are immutable).", Some(openapi::RAW_BODY), Some("PayloadVersion"), payloads::put; 200, 201, 400, 409),
@@ -102,7 +104,7 @@ pub fn routes() -> Vec<Route> {
         route!(GET "/v1/payloads/{name}/{version}", AdminOrRead, "One payload version's metadata.", None, Some("PayloadVersion"), payloads::get; 200, 404),
         route!(DELETE "/v1/payloads/{name}/{version}", Admin, "Delete a payload version; 409 naming the nodes and fragments that still reference it. Its blob is removed when no other version has the same content.", None, Some("PayloadVersion"), payloads::delete; 200, 404, 409),
         route!(PUT "/v1/blobs/{sha256}", Admin, "Store a copy of a blob, pushed by another registry replica sharing an etcd store (the raw body must hash to sha256; 201 new, 200 already held).", Some(openapi::RAW_BODY), None, blobs::put; 200, 201, 400),
-        route!(GET "/v1/blobs/{sha256}", ReadOrAnyNode, "Download a blob by sha256, as stored on disk; Range (bytes=N-, bytes=N-M) answers 206 with Content-Range; ETag is the quoted sha256. A node secret may read only blobs its effective spec references.", None, None, payloads::blob; 200, 206, 400, 404, 416),
+        route!(GET "/v1/blobs/{sha256}", ReadOrAnyNode, "Download a blob by sha256, as stored on disk; Range (bytes=N-, bytes=N-M) answers 206 with Content-Range; ETag is the quoted sha256. A node secret may read only blobs its effective spec references.", None, None, payloads::blob; 200, 206, 400, 404, 409, 416),
         route!(POST "/v1/rollouts", Admin, "Start a rollout: move a payload to a version across the nodes matching a selector, in batches (count or percent); each batch must report converged and attested before the next starts.", Some("StartRollout"), Some("Rollout"), rollouts::start; 201, 400, 409, 422),
         route!(GET "/v1/rollouts", AdminOrRead, "List rollouts, oldest first.", None, Some("Rollout[]"), rollouts::list; 200),
         route!(GET "/v1/rollouts/{rollout}", AdminOrRead, "One rollout: state, batches, per-node outcome, last message.", None, Some("Rollout"), rollouts::get; 200, 404),

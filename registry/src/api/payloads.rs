@@ -93,7 +93,13 @@ pub async fn blob(
         ));
     }
     if let Caller::Node(id) = &caller {
-        if !state.payloads.node_may_read(id, &sha256).await? {
+        let doc = state.specs.document(id).await?;
+        let referenced = doc
+            .spec
+            .payloads
+            .iter()
+            .any(|p| p.sha256.as_deref() == Some(sha256.as_str()));
+        if !referenced {
             return Err(RegistryError::Forbidden(format!(
                 "node {id} may download only blobs its spec references; {sha256} is not one"
             )));

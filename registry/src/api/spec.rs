@@ -14,23 +14,14 @@ use super::Doc;
 use crate::auth::Caller;
 use crate::error::{ApiResult, RegistryError};
 use crate::state::AppState;
-use crate::store::SpecRecord;
 
 async fn document(state: &AppState, id: &str) -> ApiResult<Response> {
-    let rec = state.store.spec(id).await?.unwrap_or_default();
-    Ok(answer(id, rec))
+    Ok(answer(state.specs.document(id).await?))
 }
 
-fn answer(id: &str, rec: SpecRecord) -> Response {
-    let etag = HeaderValue::from_str(&format!("\"{}\"", rec.generation))
+fn answer(doc: SpecDocument) -> Response {
+    let etag = HeaderValue::from_str(&format!("\"{}\"", doc.generation))
         .unwrap_or(HeaderValue::from_static("\"0\""));
-    let doc = SpecDocument {
-        node_id: id.to_string(),
-        generation: rec.generation,
-        spec: rec.effective,
-        own: rec.own,
-        fragments: rec.fragments,
-    };
     ([(header::ETAG, etag)], Json(doc)).into_response()
 }
 
@@ -78,7 +69,7 @@ pub async fn get(
             if let Some(ln) = state.live(&id) {
                 ln.release_record();
             }
-            Ok(answer(&id, Arc::unwrap_or_clone(rec)))
+            Ok(answer(Arc::unwrap_or_clone(rec)))
         }
         _ => document(&state, &id).await,
     }

@@ -1,7 +1,8 @@
 //! The fleet view: what this registry process keeps in memory per node (heartbeat data, the
-//! secret hash, labels, health, the [`Brief`] of its stored facts and status that fleet-wide
-//! views read instead of the store, and a `watch` channel carrying the node's spec generation and,
-//! while long-polls wait on it, the spec record itself), kept
+//! secret hash, labels, health, the `base` of its generation, the [`Brief`] of its stored facts
+//! and status that fleet-wide views read instead of the store, and a `watch` channel carrying the
+//! node's spec generation and, while long-polls wait on it, its spec document), plus the
+//! fragment set every node's generation and effective spec are computed from; all kept
 //! in step with the store by [`Fleet::apply`], which the store watch (`replica.rs`) feeds with
 //! every change, including those written by other replicas. Heartbeats never touch the store by
 //! themselves.
@@ -14,6 +15,9 @@ use chrono::{DateTime, Utc};
 use steward_proto::{Health, HostStats};
 use tokio::sync::watch;
 
+use steward_proto::SpecDocument;
+
+use crate::fragment_set::{generation, FragmentSet};
 use crate::store::{HealthRecord, NodeRecord, SpecRecord};
 
 mod brief;
@@ -34,6 +38,8 @@ pub struct Live {
     pub rtt_ms: Option<f64>,
     pub stats: Option<HostStats>,
     pub observed_generation: u64,
+    /// The `base` of the node's generation (`fragment_set.rs`; 0 while it has no spec record).
+    pub base: i64,
     pub status_digest: String,
     /// The reconcile pass in progress, per the last heartbeat (memory only).
     pub progress: Option<steward_proto::PassProgress>,
@@ -42,12 +48,12 @@ pub struct Live {
 }
 
 /// What a node's spec long-polls wait on: the newest generation this process knows, and its
-/// record when it arrived while a long-poll was waiting (the woken polls answer from it instead of
-/// each reading the store; it is dropped once nobody waits).
+/// document when one was computed while a long-poll was waiting (the woken polls answer from it
+/// instead of each computing it; it is dropped once nobody waits).
 #[derive(Debug, Clone, Default)]
 pub struct Published {
     pub generation: u64,
-    pub record: Option<Arc<SpecRecord>>,
+    pub record: Option<Arc<SpecDocument>>,
 }
 
 /// One node's live entry: its heartbeat data and its spec channel.
@@ -67,19 +73,19 @@ impl LiveNode {
         self.spec.borrow().generation
     }
 
-    /// Raises the generation to `rec`'s (never lowers it: watch events may arrive after a local
-    /// write) and wakes the long-polls; they get `rec` itself if any is waiting now.
-    pub fn publish(&self, rec: &SpecRecord) {
-        let record = (self.spec.receiver_count() > 0).then(|| Arc::new(rec.clone()));
+    /// Raises the generation to `generation` (never lowers it: watch events may arrive after a
+    /// local write) and wakes the long-polls; they get `doc` (of that generation) if any is
+    /// waiting now, else they compute it.
+    pub fn publish(&self, generation: u64, doc: Option<SpecDocument>) {
+        let record = doc
+            .filter(|d| d.generation == generation && self.spec.receiver_count() > 0)
+            .map(Arc::new);
         self.spec.send_if_modified(|p| {
-            if rec.generation > p.generation {
-                *p = Published {
-                    generation: rec.generation,
-                    record,
-                };
+            if generation > p.generation {
+                *p = Published { generation, record };
                 return true;
             }
-            if rec.generation == p.generation && p.record.is_none() {
+            if generation == p.generation && p.record.is_none() {
                 // Same generation (a local write, then its watch event): nobody to wake.
                 p.record = record;
             }
@@ -103,6 +109,8 @@ impl LiveNode {
 #[derive(Debug, Default)]
 pub struct Fleet {
     nodes: RwLock<HashMap<String, Arc<LiveNode>>>,
+    /// Every fragment (and ghost), as of the newest change this process knows.
+    fragments: RwLock<Arc<FragmentSet>>,
     /// Nodes with resets queued in the store (so heartbeats read the store only for those).
     resets: Mutex<HashSet<String>>,
 }
@@ -133,13 +141,83 @@ impl Fleet {
     }
 
     /// Adds a node (or replaces its entry); its heartbeat clock starts now.
-    pub fn insert_live(&self, rec: &NodeRecord, generation: u64) -> Arc<LiveNode> {
-        let ln = Arc::new(live_from_record(rec, generation, Instant::now()));
+    /// Its generation is computed from `base` (0 for a node without a spec record).
+    pub fn insert_live(&self, rec: &NodeRecord, base: i64) -> Arc<LiveNode> {
+        let g = generation(base, self.fragments().weight(&rec.labels));
+        let mut live = live_from_record(rec, g, Instant::now());
+        live.live.get_mut().unwrap_or_else(|p| p.into_inner()).base = base;
+        let ln = Arc::new(live);
         self.nodes
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(rec.id.clone(), ln.clone());
         ln
+    }
+
+    /// The fragment set generations and effective specs are computed from.
+    pub fn fragments(&self) -> Arc<FragmentSet> {
+        self.fragments
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Takes a fragment set (written here or by another replica; ignored when older than the
+    /// one held, as a store read that raced a newer write can be) and wakes every node whose
+    /// generation it raised.
+    pub fn set_fragments(&self, set: Arc<FragmentSet>) {
+        {
+            let mut held = self.fragments.write().unwrap_or_else(|p| p.into_inner());
+            if set.version < held.version {
+                return;
+            }
+            *held = set.clone();
+        }
+        self.for_each(|_, ln| {
+            let g = {
+                let l = ln.lock();
+                generation(l.base, set.weight(&l.labels))
+            };
+            ln.publish(g, None);
+        });
+    }
+
+    /// The nodes whose generation differs between fragment sets `from` and `to`, with their
+    /// generation under `to`, by id.
+    pub fn moved(&self, from: &FragmentSet, to: &FragmentSet) -> Vec<(String, u64)> {
+        let mut out = Vec::new();
+        self.for_each(|id, ln| {
+            let l = ln.lock();
+            let (a, b) = (from.weight(&l.labels), to.weight(&l.labels));
+            if a != b {
+                out.push((id.to_string(), generation(l.base, b)));
+            }
+        });
+        out.sort();
+        out
+    }
+
+    /// Sets a node's labels (when given) and `base` together, and publishes the generation
+    /// they give (with `doc`, the node's document of that generation, when known); returns it.
+    pub fn set_base(
+        &self,
+        id: &str,
+        labels: Option<&steward_proto::Labels>,
+        base: i64,
+        doc: Option<SpecDocument>,
+    ) -> u64 {
+        let Some(ln) = self.live(id) else { return 0 };
+        let set = self.fragments();
+        let g = {
+            let mut l = ln.lock();
+            if let Some(labels) = labels {
+                l.labels = labels.clone();
+            }
+            l.base = base;
+            generation(base, set.weight(&l.labels))
+        };
+        ln.publish(g, doc);
+        g
     }
 
     /// Current spec generation of a node (0 when unknown).
@@ -203,11 +281,18 @@ impl Fleet {
         }
     }
 
-    /// Applies a stored spec record: wakes the node's long-polls when its generation rose.
+    /// Applies a stored spec record: takes its `base`, and wakes the node's long-polls when its
+    /// generation rose. (Labels are taken from node records, [`Fleet::apply_node`]; a label
+    /// change writes the node's spec record in the same transaction, so it follows at once.)
     pub fn apply_spec(&self, node: &str, rec: &SpecRecord) {
-        if let Some(ln) = self.live(node) {
-            ln.publish(rec);
-        }
+        let Some(ln) = self.live(node) else { return };
+        let set = self.fragments();
+        let g = {
+            let mut l = ln.lock();
+            l.base = rec.base_under(set.weight(&l.labels));
+            generation(l.base, set.weight(&l.labels))
+        };
+        ln.publish(g, None);
     }
 
     /// Applies heartbeat data published by another replica: a node heard from there counts as
@@ -239,6 +324,7 @@ fn live_from_record(rec: &NodeRecord, generation: u64, now: Instant) -> LiveNode
             rtt_ms: rec.heartbeat_rtt_ms,
             stats: rec.stats.clone(),
             observed_generation: rec.observed_generation,
+            base: 0,
             status_digest: rec
                 .status
                 .as_ref()
@@ -259,12 +345,19 @@ mod tests {
         live_from_record(&NodeRecord::test("n1"), 1, Instant::now())
     }
 
-    fn spec(generation: u64) -> SpecRecord {
-        SpecRecord {
+    fn spec(generation: u64) -> (u64, Option<SpecDocument>) {
+        let doc = SpecDocument {
+            node_id: "n1".into(),
             generation,
+            spec: Default::default(),
+            own: Default::default(),
             fragments: vec![format!("f{generation}")],
-            ..SpecRecord::default()
-        }
+        };
+        (generation, Some(doc))
+    }
+
+    fn publish(ln: &LiveNode, (g, doc): (u64, Option<SpecDocument>)) {
+        ln.publish(g, doc);
     }
 
     fn held(ln: &LiveNode) -> Option<u64> {
@@ -275,18 +368,18 @@ mod tests {
     fn published_records_are_kept_only_while_a_long_poll_waits() {
         let ln = node();
         // Nobody waits: the generation rises, no record is kept.
-        ln.publish(&spec(2));
+        publish(&ln, spec(2));
         assert_eq!((ln.generation(), held(&ln)), (2, None));
         // A waiting poll is woken and finds the record itself.
         let mut rx = ln.spec.subscribe();
-        ln.publish(&spec(3));
+        publish(&ln, spec(3));
         assert!(rx.has_changed().unwrap());
         assert_eq!(
             rx.borrow_and_update().record.as_ref().unwrap().fragments,
             ["f3"]
         );
         // An older generation (a late watch event) changes nothing and wakes nobody.
-        ln.publish(&spec(2));
+        publish(&ln, spec(2));
         assert!(!rx.has_changed().unwrap());
         assert_eq!((ln.generation(), held(&ln)), (3, Some(3)));
         // Released only once nobody waits.
@@ -300,12 +393,48 @@ mod tests {
     #[test]
     fn the_same_generation_fills_in_the_record_without_waking() {
         let ln = node();
-        ln.publish(&spec(4));
+        publish(&ln, spec(4));
         let mut rx = ln.spec.subscribe();
         rx.borrow_and_update();
         // The watch event of a local write: same generation, now someone waits.
-        ln.publish(&spec(4));
+        publish(&ln, spec(4));
         assert!(!rx.has_changed().unwrap());
         assert_eq!(held(&ln), Some(4));
+    }
+
+    #[test]
+    fn a_fragment_set_older_than_the_one_held_is_ignored_and_a_newer_one_raises_its_nodes() {
+        use crate::fragment_set::Ghosts;
+        let fleet = Fleet::default();
+        let mut rec = NodeRecord::test("n1");
+        rec.labels.insert("role".into(), "web".into());
+        fleet.insert_live(&rec, 2);
+        let frag = |revision| steward_proto::Fragment {
+            name: "f".into(),
+            selector: "role=web".into(),
+            spec: Default::default(),
+            revision,
+            updated_at: Utc::now(),
+        };
+        let set = |revision, version| {
+            Arc::new(FragmentSet::new(
+                vec![frag(revision)],
+                Ghosts::new(),
+                version,
+            ))
+        };
+        let mut rx = fleet.live("n1").unwrap().spec.subscribe();
+        fleet.set_fragments(set(3, 10));
+        assert_eq!(fleet.generation("n1"), 5);
+        assert!(rx.has_changed().unwrap());
+        rx.borrow_and_update();
+        // A store read that raced the write above comes in late: nothing moves back.
+        fleet.set_fragments(set(1, 9));
+        assert_eq!((fleet.fragments().version, fleet.generation("n1")), (10, 5));
+        assert!(!rx.has_changed().unwrap());
+        assert_eq!(
+            fleet.moved(&set(3, 10), &set(4, 11)),
+            [("n1".to_string(), 6)]
+        );
     }
 }

@@ -315,8 +315,8 @@ fn not_found(name: &str, version: &str) -> PayloadError {
 }
 
 impl Payloads {
-    /// What references `name@version`: node specs (own or effective, rollout overrides included)
-    /// and fragments, as human-readable strings.
+    /// What references `name@version`: node specs (own, rollout overrides included) and
+    /// fragments (which is what effective specs are merged from), as human-readable strings.
     async fn references(&self, name: &str, version: &str) -> Result<Vec<String>> {
         let uses = |s: &NodeSpec| {
             s.payloads
@@ -326,7 +326,6 @@ impl Payloads {
         let mut out = Vec::new();
         for (id, rec) in self.store.specs().await? {
             if uses(&rec.own)
-                || uses(&rec.effective)
                 || rec
                     .payload_overrides
                     .get(name)
@@ -504,15 +503,5 @@ impl Payloads {
             p.size = Some(v.size);
         }
         Ok(())
-    }
-
-    /// True when the node's effective spec references a blob with this sha256.
-    pub async fn node_may_read(&self, node_id: &str, sha256: &str) -> Result<bool> {
-        Ok(self.store.spec(node_id).await?.is_some_and(|r| {
-            r.effective
-                .payloads
-                .iter()
-                .any(|p| p.sha256.as_deref() == Some(sha256))
-        }))
     }
 }

@@ -375,12 +375,11 @@ impl Rollouts {
         candidates.sort();
         let mut nodes = Vec::new();
         for id in candidates {
-            let Some(rec) = self.store.spec(&id).await? else {
+            let doc = self.specs.document(&id).await?;
+            let Some(p) = doc.spec.payloads.iter().find(|p| p.name == payload) else {
                 continue;
             };
-            let Some(p) = rec.effective.payloads.iter().find(|p| p.name == payload) else {
-                continue;
-            };
+            let rec = self.store.spec(&id).await?.unwrap_or_default();
             nodes.push(RolloutNode {
                 node_id: id.clone(),
                 batch: 0,

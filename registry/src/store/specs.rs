@@ -1,10 +1,15 @@
-//! Specs and fragments in the store: `specs/{id}`, `fragments/{name}` and the spec epoch
-//! `meta/spec-epoch`; spec writes larger than one etcd transaction are split.
+//! Specs and fragments in the store: `specs/{id}`, `fragments/{name}`, the fragments' ghosts
+//! `meta/fragment-ghosts` and the spec epoch `meta/spec-epoch`; spec writes larger than one etcd
+//! transaction are split.
 
 use super::NodeRecord;
 use super::{dec, enc, Result, SpecRecord, SpecWrite, Store, SPEC_EPOCH, TXN_BYTES, TXN_OPS};
+use crate::fragment_set::Ghosts;
 use crate::kv::{KeyValue, Revision, Txn, TxnOutcome};
 use steward_proto::Fragment;
+
+/// The key of the fragments' ghosts.
+pub const GHOSTS: &str = "meta/fragment-ghosts";
 
 /// Specs and fragments.
 impl Store {
@@ -17,7 +22,21 @@ impl Store {
         self.list("specs/").await
     }
 
-    /// Every node's spec generation, for the watchers at start-up.
+    /// Every node's stored generation and `base` (the specs are skipped).
+    pub async fn bases(&self) -> Result<Vec<(String, u64, Option<i64>)>> {
+        #[derive(serde::Deserialize)]
+        struct Base {
+            generation: u64,
+            #[serde(default)]
+            base: Option<i64>,
+        }
+        let mut out = Vec::new();
+        self.scan("specs/", |id, b: Base| out.push((id, b.generation, b.base)))
+            .await?;
+        Ok(out)
+    }
+
+    /// Every node's stored spec generation (as written; see [`Store::bases`]).
     pub async fn generations(&self) -> Result<Vec<(String, u64)>> {
         /// Only the generation of a spec record is decoded (the specs are skipped).
         #[derive(serde::Deserialize)]
@@ -38,6 +57,38 @@ impl Store {
         self.values("fragments/").await
     }
 
+    /// What deleted fragments and old selectors add to generations (`fragment_set.rs`), and the
+    /// revision they were written at: every fragment change writes them, so it is the version of
+    /// the whole fragment set.
+    pub async fn ghosts(&self) -> Result<(Ghosts, Revision)> {
+        match self.kv.get(GHOSTS).await? {
+            Some(kv) => Ok((dec(&kv)?, kv.mod_revision)),
+            None => Ok((Ghosts::new(), 0)),
+        }
+    }
+
+    /// Stores (`Some`) or deletes (`None`) fragment `name` together with the new ghosts, if no
+    /// other spec change committed since `epoch` ([`StoreError::Stale`] otherwise). One
+    /// transaction whatever the number of nodes the fragment matches.
+    pub async fn write_fragment(
+        &self,
+        epoch: Revision,
+        name: &str,
+        fragment: Option<&Fragment>,
+        ghosts: &Ghosts,
+    ) -> Result<Revision> {
+        let key = format!("fragments/{name}");
+        let txn = Txn::new()
+            .when(SPEC_EPOCH, epoch)
+            .put(SPEC_EPOCH, Vec::new())
+            .put(GHOSTS, enc(ghosts));
+        let txn = match fragment {
+            Some(f) => txn.put(key, enc(f)),
+            None => txn.delete(key),
+        };
+        self.commit(txn).await
+    }
+
     /// The revision of the spec epoch: read it before reading what a spec change is computed
     /// from, and pass it to [`Store::write_specs`].
     pub async fn spec_epoch(&self) -> Result<Revision> {
@@ -48,8 +99,8 @@ impl Store {
             .map_or(0, |kv| kv.mod_revision))
     }
 
-    /// Writes node specs, optionally a fragment change and a node record. The first
-    /// transaction holds the fragment, the node record and as many specs as fit (etcd bounds a
+    /// Writes node specs and optionally a node record. The first
+    /// transaction holds the node record and as many specs as fit (etcd bounds a
     /// transaction to 128 operations and 1.5 MiB), and commits only if no other spec change
     /// committed since `epoch` was read ([`StoreError::Stale`] otherwise: compute again).
     /// Further specs follow in more transactions, each spec only if its record is still the
@@ -57,12 +108,10 @@ impl Store {
     /// that writer after the first transaction, so with this change taken into account, and is
     /// left as it is. Returns the writes that were stored. A crash between transactions leaves
     /// some nodes on their previous effective spec until the next change recomputes them.
-    /// `fragment`: `(name, Some(f))` stores, `(name, None)` deletes.
     pub async fn write_specs<'a>(
         &self,
         epoch: Revision,
         specs: &'a [SpecWrite],
-        fragment: Option<(&str, Option<&Fragment>)>,
         node: Option<&NodeRecord>,
     ) -> Result<Vec<&'a SpecWrite>> {
         let mut first = Txn::new()
@@ -73,17 +122,6 @@ impl Store {
             let v = enc(n);
             bytes += v.len();
             first = first.put(format!("nodes/{}", n.id), v);
-        }
-        if let Some((name, f)) = fragment {
-            let key = format!("fragments/{name}");
-            first = match f {
-                Some(f) => {
-                    let v = enc(f);
-                    bytes += v.len();
-                    first.put(key, v)
-                }
-                None => first.delete(key),
-            };
         }
         let encoded: Vec<(String, Vec<u8>, &SpecWrite)> = specs
             .iter()
@@ -181,6 +219,31 @@ impl Store {
                 None => Ok((SpecRecord::default(), 0)),
             })
             .collect()
+    }
+
+    /// Gives the spec records written before `base` existed the base they were read with
+    /// (`(node id, base)`; once, at start-up). A record changed meanwhile (by another replica
+    /// doing the same) is left as it is. Returns how many were written.
+    pub async fn set_bases(&self, bases: &[(String, i64)]) -> Result<usize> {
+        let mut written = 0;
+        for chunk in bases.chunks(TXN_OPS) {
+            let mut txn = Txn::new();
+            let mut n = 0;
+            for (id, base) in chunk {
+                let (mut rec, rev) = self.spec_rev(id).await?;
+                if rec.base.is_some() || rev == 0 {
+                    continue;
+                }
+                rec.base = Some(*base);
+                let key = format!("specs/{id}");
+                txn = txn.when(key.clone(), rev).put(key, enc(&rec));
+                n += 1;
+            }
+            if n > 0 && !matches!(self.kv.txn(txn).await?, TxnOutcome::Conflict) {
+                written += n;
+            }
+        }
+        Ok(written)
     }
 
     /// A node's spec record and its revision (`(default, 0)` when it has none yet).

@@ -23,14 +23,14 @@ async fn a_spec_write_larger_than_one_transaction_is_stored_whole() {
     let writes: Vec<SpecWrite> = (0..250).map(|i| write(&format!("n{i:03}"), 1, 0)).collect();
     let epoch = store.spec_epoch().await.unwrap();
     let rev0 = store.kv().revision().await.unwrap();
-    let written = store.write_specs(epoch, &writes, None, None).await.unwrap();
+    let written = store.write_specs(epoch, &writes, None).await.unwrap();
     assert_eq!(written.len(), 250);
     assert_eq!(store.specs().await.unwrap().len(), 250);
     // Three transactions (100 ops at most each, the first also raises the epoch).
     assert_eq!(store.kv().revision().await.unwrap() - rev0, 3);
     // The epoch moved: a change computed before this one is refused as stale.
     assert!(matches!(
-        store.write_specs(epoch, &writes[..1], None, None).await,
+        store.write_specs(epoch, &writes[..1], None).await,
         Err(StoreError::Stale)
     ));
 }
@@ -41,7 +41,7 @@ async fn a_record_replaced_meanwhile_is_left_to_the_writer_that_replaced_it() {
     let store = Store::open_embedded(dir.path()).unwrap();
     let epoch = store.spec_epoch().await.unwrap();
     let first: Vec<SpecWrite> = (0..150).map(|i| write(&format!("n{i:03}"), 1, 0)).collect();
-    store.write_specs(epoch, &first, None, None).await.unwrap();
+    store.write_specs(epoch, &first, None).await.unwrap();
     // A second change computed from these records; meanwhile another writer replaces n140
     // (which falls in the second transaction).
     let mut second = Vec::new();
@@ -61,7 +61,7 @@ async fn a_record_replaced_meanwhile_is_left_to_the_writer_that_replaced_it() {
         )
         .await
         .unwrap();
-    let written = store.write_specs(epoch, &second, None, None).await.unwrap();
+    let written = store.write_specs(epoch, &second, None).await.unwrap();
     assert_eq!(written.len(), 149);
     assert!(written.iter().all(|w| w.node_id != "n140"));
     assert_eq!(store.spec("n140").await.unwrap().unwrap().generation, 7);

@@ -97,10 +97,10 @@ async fn on_event(
             if let Some(rec) = state.store.node(id).await? {
                 let n = state.nodes.to_wire(rec);
                 let nets = state
-                    .store
-                    .spec(id)
-                    .await?
-                    .map(|s| s.effective.networks)
+                    .specs
+                    .document(id)
+                    .await
+                    .map(|d| d.spec.networks)
                     .unwrap_or_default();
                 let html = node_page::detail(&n, &nets, now).into_string();
                 if !send(tx, "detail", None, json!({"id": id, "html": html})).await {

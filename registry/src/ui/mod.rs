@@ -243,10 +243,10 @@ async fn node(
         .ok_or_else(|| UiError::NotFound(format!("no node with id {id:?}")))?;
     let n = state.nodes.to_wire(rec);
     let nets = state
-        .store
-        .spec(&id)
-        .await?
-        .map(|s| s.effective.networks)
+        .specs
+        .document(&id)
+        .await
+        .map(|d| d.spec.networks)
         .unwrap_or_default();
     let window = seq.saturating_sub(NODE_EVENTS_WINDOW);
     let mut recent: Vec<_> = state

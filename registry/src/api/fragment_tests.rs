@@ -1,0 +1,201 @@
+//! Fragments apply at read time: a fragment write stores one record whatever the number of nodes
+//! it matches, every matching node's generation rises and its document shows the fragment, the
+//! view is the same after a restart, spec records from before `base` keep their generation, and
+//! a fragment that would break one node is refused without changing anything.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+
+use axum::http::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use super::tests::{call, enroll, ADMIN};
+use crate::kv::Txn;
+use crate::state::{AppState, Settings};
+use crate::store::Store;
+
+async fn state_on(store: Store, dir: &std::path::Path) -> AppState {
+    AppState::new(Settings::default(), store, dir, ADMIN, None)
+        .await
+        .unwrap()
+}
+
+async fn send(state: &AppState, method: Method, path: &str, body: Value) -> (StatusCode, Value) {
+    call(
+        state,
+        method,
+        path,
+        Some(ADMIN),
+        Some(("application/json", body.to_string())),
+    )
+    .await
+}
+
+/// Every spec record's revision in the store.
+async fn spec_revisions(store: &Store) -> BTreeMap<String, u64> {
+    store
+        .kv()
+        .range("specs/", None, 0)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|kv| (kv.key, kv.mod_revision))
+        .collect()
+}
+
+/// Every node's generation and document, as this process serves them.
+async fn documents(state: &AppState, ids: &[String]) -> Vec<(u64, steward_proto::SpecDocument)> {
+    let mut out = Vec::new();
+    for id in ids {
+        out.push((
+            state.generation(id),
+            state.specs.document(id).await.unwrap(),
+        ));
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_fragment_for_every_node_stores_one_record_and_every_node_serves_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_embedded(dir.path()).unwrap();
+    let state = state_on(store.clone(), dir.path()).await;
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        ids.push(enroll(&state, &format!("m-{i:02}")).await.0);
+    }
+    // A third of the nodes have an own spec (generation 1), the others none (generation 0).
+    for id in ids.iter().step_by(3) {
+        let own = json!({"containers": [{"name": "own", "image": "nginx:1"}]});
+        let (st, w) = send(&state, Method::PUT, &format!("/v1/nodes/{id}/spec"), own).await;
+        assert_eq!(st, StatusCode::OK, "{w}");
+    }
+    let before = documents(&state, &ids).await;
+    let specs_before = spec_revisions(&store).await;
+    assert_eq!(specs_before.len(), 10);
+
+    let body =
+        json!({"selector": "", "spec": {"containers": [{"name": "all", "image": "busybox:1"}]}});
+    let (st, w) = send(&state, Method::PUT, "/v1/fragments/all", body.clone()).await;
+    assert_eq!(st, StatusCode::OK, "{w}");
+    assert_eq!(w["affected"].as_array().unwrap().len(), 30, "{w}");
+    assert_eq!(
+        spec_revisions(&store).await,
+        specs_before,
+        "no node's spec record is written"
+    );
+    let after = documents(&state, &ids).await;
+    for ((g0, _), (g1, doc)) in before.iter().zip(&after) {
+        assert_eq!(*g1, g0 + 1, "{doc:?}");
+        assert_eq!(doc.generation, *g1);
+        assert_eq!(doc.fragments, ["all"]);
+        assert!(doc.spec.containers.iter().any(|c| c.name == "all"));
+    }
+    // The same fragment again moves nobody.
+    let (st, w) = send(&state, Method::PUT, "/v1/fragments/all", body).await;
+    assert_eq!((st, w["affected"].clone()), (StatusCode::OK, json!([])));
+
+    // A restart serves the same generations and documents.
+    let restarted = state_on(store.clone(), dir.path()).await;
+    assert_eq!(documents(&restarted, &ids).await, after, "after a restart");
+
+    // Deleting it raises every node once more and takes it out of every document.
+    let (st, w) = send(&restarted, Method::DELETE, "/v1/fragments/all", Value::Null).await;
+    assert_eq!(st, StatusCode::OK, "{w}");
+    for ((g1, _), (g2, doc)) in after.iter().zip(documents(&restarted, &ids).await) {
+        assert_eq!(g2, g1 + 1);
+        assert!(doc.fragments.is_empty() && doc.spec.containers.iter().all(|c| c.name != "all"));
+    }
+    let again = state_on(store.clone(), dir.path()).await;
+    assert_eq!(
+        documents(&again, &ids).await,
+        documents(&restarted, &ids).await,
+        "the deleted fragment's ghost is stored"
+    );
+}
+
+#[tokio::test]
+async fn a_fragment_that_would_break_one_node_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_embedded(dir.path()).unwrap();
+    let state = state_on(store.clone(), dir.path()).await;
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        ids.push(enroll(&state, &format!("m-{i:02}")).await.0);
+    }
+    let own = json!({"containers": [{"name": "web", "image": "nginx:1"}]});
+    let (st, _) = send(
+        &state,
+        Method::PUT,
+        &format!("/v1/nodes/{}/spec", ids[7]),
+        own,
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK);
+    let before = documents(&state, &ids).await;
+    let revision = store.kv().revision().await.unwrap();
+    let clash =
+        json!({"selector": "", "spec": {"containers": [{"name": "web", "image": "httpd:2"}]}});
+    let (st, w) = send(&state, Method::PUT, "/v1/fragments/clash", clash).await;
+    assert_eq!(st, StatusCode::CONFLICT, "{w}");
+    let named = w.to_string();
+    assert!(named.contains(&format!("nodes[{}]", ids[7])), "{named}");
+    assert_eq!(
+        store.kv().revision().await.unwrap(),
+        revision,
+        "nothing stored"
+    );
+    assert!(store.fragments().await.unwrap().is_empty());
+    assert_eq!(documents(&state, &ids).await, before);
+}
+
+#[tokio::test]
+async fn spec_records_from_before_base_keep_their_generation_and_are_given_one_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_embedded(dir.path()).unwrap();
+    let state = state_on(store.clone(), dir.path()).await;
+    let (id, _) = enroll(&state, "m-old").await;
+    let body =
+        json!({"selector": "", "spec": {"containers": [{"name": "f", "image": "busybox:1"}]}});
+    let (st, _) = send(&state, Method::PUT, "/v1/fragments/f", body.clone()).await;
+    assert_eq!(st, StatusCode::OK);
+    drop(state);
+    // The record as the registry wrote it before: generation 7 with the merged spec stored.
+    let legacy = json!({
+        "generation": 7,
+        "own": {"containers": [{"name": "own", "image": "nginx:1"}]},
+        "effective": {"containers": [{"name": "own", "image": "nginx:1"}, {"name": "f", "image": "busybox:1"}]},
+        "fragments": ["f"],
+        "updated_at": null
+    });
+    let key = format!("specs/{id}");
+    store
+        .kv()
+        .txn(Txn::new().put(key.clone(), legacy.to_string()))
+        .await
+        .unwrap();
+    let state = state_on(store.clone(), dir.path()).await;
+    assert_eq!(state.generation(&id), 7);
+    let doc = state.specs.document(&id).await.unwrap();
+    assert_eq!(
+        (doc.generation, doc.fragments.clone()),
+        (7, vec!["f".to_string()])
+    );
+    let stored: Value =
+        serde_json::from_slice(&store.kv().get(&key).await.unwrap().unwrap().value).unwrap();
+    assert!(stored["base"].is_i64(), "{stored}");
+    assert!(stored.get("effective").is_none(), "{stored}");
+    // Given once: the next start reads the base, and a fragment change moves the node on.
+    let revision = store.kv().get(&key).await.unwrap().unwrap().mod_revision;
+    let state = state_on(store.clone(), dir.path()).await;
+    assert_eq!(state.generation(&id), 7);
+    assert_eq!(
+        store.kv().get(&key).await.unwrap().unwrap().mod_revision,
+        revision
+    );
+    let body =
+        json!({"selector": "", "spec": {"containers": [{"name": "f", "image": "busybox:2"}]}});
+    let (st, _) = send(&state, Method::PUT, "/v1/fragments/f", body).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(state.generation(&id), 8);
+}
