@@ -142,7 +142,22 @@ pub struct Fragment {
 pub struct FragmentWritten {
     pub name: String,
     pub revision: u64,
+    /// The nodes that got a new generation, by id: the first [`FragmentWritten::LISTED`] of them.
     pub affected: Vec<SpecWritten>,
+    /// How many nodes got a new generation (more than `affected` lists when above
+    /// [`FragmentWritten::LISTED`]). Older registries did not send it: read as `affected`'s length.
+    #[serde(default)]
+    pub affected_count: Option<u64>,
+}
+
+impl FragmentWritten {
+    /// The most affected nodes an answer lists.
+    pub const LISTED: usize = 1_000;
+
+    /// How many nodes got a new generation.
+    pub fn count(&self) -> u64 {
+        self.affected_count.unwrap_or(self.affected.len() as u64)
+    }
 }
 
 /// `PATCH /v1/nodes/{id}`: JSON merge patch of labels (`null` removes a key).

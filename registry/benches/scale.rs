@@ -1,7 +1,8 @@
 //! Fleet-scale benchmark (issue 16): one registry (the real binary, sled store) holding N nodes
-//! with full statuses, heartbeats paced at N/10 per second from every live node through six
+//! with full statuses, heartbeats paced at N/10 per second from every live node through seven
 //! phases: (a) heartbeats alone, (b) status pages, scrapes and node reads, (c) 10% of the nodes
-//! go stale then down, (d) a fragment to all with 10k parked long-polls, (e) kill -9 and
+//! go stale then down, (d) a fragment to all with 10k parked long-polls, (m) 99% go stale then
+//! down and 89% come back (a mass transition), (e) kill -9 and
 //! restart, (f) idle; the same load against a bare axum handler side by side.
 //!
 //! `cargo bench -p steward-registry --bench scale [-- --nodes N] [--quick] [--reseed]`

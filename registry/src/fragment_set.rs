@@ -81,6 +81,20 @@ impl FragmentSet {
             .map(|(f, _)| f)
     }
 
+    /// The positions of the fragments that apply to a node with these labels (a cheap key for
+    /// "the same fragments apply").
+    pub fn mask(&self, labels: &Labels) -> Vec<u16> {
+        (0..self.fragments.len())
+            .filter(|i| {
+                self.fragments[*i]
+                    .1
+                    .as_ref()
+                    .is_some_and(|s| s.matches(labels))
+            })
+            .map(|i| u16::try_from(i).unwrap_or(u16::MAX))
+            .collect()
+    }
+
     /// What the fragments and ghosts add to the generation of a node with these labels.
     pub fn weight(&self, labels: &Labels) -> u64 {
         let live: u64 = self.matching(labels).map(|f| f.revision).sum();

@@ -4,6 +4,12 @@ use clap::{Parser, Subcommand};
 use std::io::Write;
 
 use steward_registry::config::{RegistryConfig, ServeArgs};
+
+/// mimalloc instead of glibc's malloc: it gives freed memory back to the system (a page of 1,000
+/// nodes builds megabytes that glibc kept after the answer: RSS grew by 0.4 GB reading 100,000
+/// nodes and never came down).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use steward_registry::migrate::MigrateArgs;
 
 #[derive(Parser)]

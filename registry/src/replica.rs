@@ -56,14 +56,8 @@ async fn follow(weak: Weak<Inner>, mut stream: crate::kv::WatchStream) {
                     apply(&state, c);
                 }
                 if changes.iter().any(|c| touches_fragments(&c.key)) {
-                    if let Err(e) = reload_fragments(&state).await {
-                        tracing::warn!(error = %e, "cannot read the fragments; reloading the fleet view");
-                        drop(state);
-                        match rewatch(&weak).await {
-                            Some(s) => stream = s,
-                            None => return,
-                        }
-                    }
+                    // In a task of its own: it waits for this process's spec change in progress.
+                    tokio::spawn(follow_fragments(state));
                 }
             }
             Err(e) => {
@@ -96,13 +90,31 @@ fn touches_fragments(key: &str) -> bool {
     key.starts_with("fragments/") || key == crate::store::GHOSTS
 }
 
+/// Takes a fragment change from the store watch (retrying a failed store read every second, a
+/// few times; a broken watch reloads the set anyway).
+async fn follow_fragments(state: AppState) {
+    for attempt in 1..=5 {
+        match state.specs.follow_fragments().await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, attempt, "cannot read the fragments after a change");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
 /// Reads the fragment set from the store and gives it to the fleet view (which wakes the nodes
 /// whose generation it raised).
 async fn reload_fragments(state: &AppState) -> Result<(), StoreError> {
     let (ghosts, version) = state.store.ghosts().await?;
     let set =
         crate::fragment_set::FragmentSet::new(state.store.fragments().await?, ghosts, version);
-    state.fleet.set_fragments(Arc::new(set));
+    // A pass over every node: off the async workers.
+    let fleet = state.fleet.clone();
+    tokio::task::spawn_blocking(move || fleet.set_fragments(Arc::new(set)))
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
     Ok(())
 }
 

@@ -128,27 +128,6 @@ pub struct SpecRecord {
     pub payload_overrides: std::collections::BTreeMap<String, String>,
 }
 
-impl Default for SpecRecord {
-    fn default() -> Self {
-        Self {
-            generation: 0,
-            base: Some(0),
-            own: NodeSpec::default(),
-            updated_at: None,
-            payload_overrides: Default::default(),
-        }
-    }
-}
-
-impl SpecRecord {
-    /// The record's `base`; a record from before `base` existed is read as having the
-    /// generation it stored under this `weight`.
-    pub fn base_under(&self, weight: u64) -> i64 {
-        self.base
-            .unwrap_or_else(|| crate::fragment_set::base_for(self.generation, weight))
-    }
-}
-
 /// An enrollment token as stored (hash only).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TokenRecord {
@@ -257,6 +236,27 @@ impl Store {
             after = page.last().map(|kv| kv.key.clone());
             for kv in &page {
                 f(kv.key[prefix.len()..].to_string(), dec(kv)?);
+            }
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Calls `f` with every record under `prefix` (the id after the prefix, and the record as
+    /// stored), a page at a time.
+    pub(crate) async fn scan_raw(
+        &self,
+        prefix: &str,
+        mut f: impl FnMut(&str, &KeyValue) -> Result<()>,
+    ) -> Result<()> {
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.kv.range(prefix, after.as_deref(), SCAN_PAGE).await?;
+            let full = page.len() == SCAN_PAGE;
+            after = page.last().map(|kv| kv.key.clone());
+            for kv in &page {
+                f(&kv.key[prefix.len()..], kv)?;
             }
             if !full {
                 return Ok(());

@@ -62,13 +62,11 @@ async fn park(
     Ok((rx, parked, listen_overflows().saturating_sub(overflows0)))
 }
 
-/// The number of affected nodes in a fragment write's answer (a list, or a count).
+/// The number of affected nodes in a fragment write's answer (its count, else its list's length).
 fn affected(v: &Value) -> Option<u64> {
-    v["affected"]
-        .as_array()
-        .map(|a| a.len() as u64)
-        .or_else(|| v["affected"].as_u64())
-        .or_else(|| v["affected_count"].as_u64())
+    v["affected_count"]
+        .as_u64()
+        .or_else(|| v["affected"].as_array().map(|a| a.len() as u64))
 }
 
 /// Runs phase (d) with `watchers` parked; returns its figures and the wrong answers' count.

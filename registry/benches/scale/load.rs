@@ -4,7 +4,7 @@
 //! longest stall).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -71,11 +71,12 @@ fn us_since(start: Instant, t: Instant) -> u32 {
 /// A running load; `set_phase` and `silence` steer it. A heartbeat counts for the phase it
 /// was due in (so a backlog left by a stall is charged to the phase that caused it).
 pub struct Load {
+    targets: usize,
     /// (µs since start, phase) at every phase change.
     timeline: Arc<Mutex<Vec<(u32, usize)>>>,
     start: Instant,
-    /// While set, every tenth node (see [`silenced`]) sends nothing.
-    pub silence: Arc<AtomicBool>,
+    /// Which nodes send nothing: [`LOUD`], [`TENTH`] (see [`silenced`]) or [`ALL_BUT_1PC`].
+    pub silence: Arc<AtomicU8>,
     stop: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<WorkerOut>>,
     pub conns: usize,
@@ -84,6 +85,22 @@ pub struct Load {
 /// The nodes that stop heartbeating in phase (c): every tenth, spread over the schedule.
 pub fn silenced(node: usize) -> bool {
     node % 10 == 9
+}
+
+/// Silence modes: every node heartbeats.
+pub const LOUD: u8 = 0;
+/// Every tenth node ([`silenced`]) is silent (phase c).
+pub const TENTH: u8 = 1;
+/// Every node but every hundredth is silent: a mass transition (phase m).
+pub const ALL_BUT_1PC: u8 = 2;
+
+/// Whether `node` is silent in silence mode `mode`.
+pub fn silent_in(mode: u8, node: usize) -> bool {
+    match mode {
+        TENTH => silenced(node),
+        ALL_BUT_1PC => node % 100 != 0,
+        _ => false,
+    }
 }
 
 /// The heartbeat body: what an agent sends every interval (its status digest echoed).
@@ -112,7 +129,7 @@ impl Load {
                 .map(|n| Ok((format!("/v1/nodes/{}/heartbeat", n.id), bearer(&n.secret)?)))
                 .collect::<Result<_>>()?,
         );
-        let silence = Arc::new(AtomicBool::new(false));
+        let silence = Arc::new(AtomicU8::new(LOUD));
         let stop = Arc::new(AtomicBool::new(false));
         let start = Instant::now() + Duration::from_millis(200);
         let body = body(digest);
@@ -130,6 +147,7 @@ impl Load {
             tasks.push(tokio::spawn(w.run(j, conns)));
         }
         Ok(Load {
+            targets: targets.len(),
             timeline: Arc::new(Mutex::new(vec![(0, BETWEEN)])),
             start,
             silence,
@@ -137,6 +155,11 @@ impl Load {
             tasks,
             conns,
         })
+    }
+
+    /// How many nodes the load heartbeats for.
+    pub fn targets(&self) -> usize {
+        self.targets
     }
 
     pub fn set_phase(&self, p: usize) {
@@ -218,7 +241,7 @@ fn summarize(
 struct Worker {
     addr: SocketAddr,
     targets: Arc<Vec<(String, HeaderValue)>>,
-    silence: Arc<AtomicBool>,
+    silence: Arc<AtomicU8>,
     stop: Arc<AtomicBool>,
     start: Instant,
     rate: f64,
@@ -262,7 +285,7 @@ impl Worker {
                 break;
             }
             let node = i % n;
-            if silenced(node) && self.silence.load(Ordering::SeqCst) {
+            if silent_in(self.silence.load(Ordering::SeqCst), node) {
                 continue;
             }
             let (path, auth) = &self.targets[node];

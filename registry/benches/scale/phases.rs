@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use crate::bare::Bare;
 use crate::interfere::{metric, timed_get, Api};
-use crate::load::{silenced, Load, BETWEEN};
+use crate::load::{silenced, Load, ALL_BUT_1PC, BETWEEN, LOUD, TENTH};
 use crate::procfs::{dir_bytes, Snap};
 use crate::seed::{self, Seed, DIGEST};
 use crate::stats::r3;
@@ -19,12 +19,14 @@ use crate::util::{free_port, Registry};
 use crate::Config;
 
 /// Phase indexes of the heartbeat records (0 is between phases).
-pub const PHASES: [&str; 7] = [
+pub const PHASES: [&str; 9] = [
     "between",
     "a: heartbeats alone",
     "b: pages, scrapes, reads",
     "c: 10% go stale, down",
     "d: fragment to all",
+    "m: 99% go stale, down",
+    "m: 89% come back",
     "e: registry killed",
     "e: after restart",
 ];
@@ -32,8 +34,10 @@ const A: usize = 1;
 const B: usize = 2;
 const C: usize = 3;
 const D: usize = 4;
-const E_DOWN: usize = 5;
-const E: usize = 6;
+const M_DOWN: usize = 5;
+const M_BACK: usize = 6;
+const E_DOWN: usize = 7;
+const E: usize = 8;
 
 /// Heartbeats every 10 s; stale after 2 missed intervals (20 s), down after 5 (50 s).
 const FLAGS: [&str; 10] = [
@@ -62,7 +66,7 @@ const FAR_FLAGS: [&str; 10] = [
     "19000",
 ];
 /// The silent nodes go down after 50 s; the monitor looks every 2.5 s.
-const C_SECS: u64 = 65;
+pub const C_SECS: u64 = 65;
 
 /// The registry's counters over one phase.
 struct Window {
@@ -257,7 +261,7 @@ async fn scenario(
     eprintln!("c: {silent} nodes (every tenth) stop heartbeating, {C_SECS} s ...");
     let w = Window::open(&reg);
     load.set_phase(C);
-    load.silence.store(true, Ordering::SeqCst);
+    load.silence.store(TENTH, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_secs(C_SECS)).await;
     load.set_phase(BETWEEN);
     out["c"]["registry"] = w.close(&reg);
@@ -281,6 +285,8 @@ async fn scenario(
     out["d"]["fanout"] = d?.0;
     tokio::time::sleep(Duration::from_secs(3)).await;
 
+    mass(cfg, &reg, &api, &load, out).await;
+
     let reg = restart(cfg, reg, run_dir, &load, out).await?;
     eprintln!("f: idle, {:?} ...", cfg.idle);
     let hb = load.finish(PHASES.len()).await;
@@ -295,6 +301,38 @@ async fn scenario(
         .map(|(p, h)| json!({"phase": p, "figures": h.json()}))
         .collect();
     Ok(hb)
+}
+
+/// Phase (m): a mass transition. Every node but every hundredth stops heartbeating until all of
+/// them are down, then all but the tenth silent since phase c heartbeat again (89% come back;
+/// the tenth stays down for phase e). The hundredth that kept heartbeating shows the stalls while
+/// 99% go down, and every heartbeating node while 89% come back.
+async fn mass(cfg: &Config, reg: &Registry, api: &Api, load: &Load, out: &mut Value) {
+    let n = load.targets();
+    let silent = (0..n)
+        .filter(|i| crate::load::silent_in(ALL_BUT_1PC, *i))
+        .count();
+    out["m"] = json!({"silent_nodes": silent, "before": health_counts(api).await});
+    eprintln!(
+        "m: {silent} nodes stop heartbeating, {C_SECS} s, then all come back, {:?} ...",
+        cfg.e
+    );
+    let w = Window::open(reg);
+    load.set_phase(M_DOWN);
+    load.silence.store(ALL_BUT_1PC, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(C_SECS)).await;
+    load.set_phase(BETWEEN);
+    out["m"]["down"] = w.close(reg);
+    out["m"]["after_down"] = health_counts(api).await;
+    let w = Window::open(reg);
+    // The tenth silent since phase c stays silent: phase e restarts with it stored down.
+    load.silence.store(TENTH, Ordering::SeqCst);
+    load.set_phase(M_BACK);
+    tokio::time::sleep(cfg.e).await;
+    load.set_phase(BETWEEN);
+    out["m"]["back"] = w.close(reg);
+    out["m"]["after_back"] = health_counts(api).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
 }
 
 /// Phase (e): kill -9, restart on the same data dir (far thresholds), every node heartbeats.
@@ -323,7 +361,7 @@ async fn restart(
     wait_ready(&api, Duration::from_secs(600)).await?;
     let ready = t0.elapsed();
     let w = Window::open(&reg);
-    load.silence.store(false, Ordering::SeqCst);
+    load.silence.store(LOUD, Ordering::SeqCst);
     load.set_phase(E);
     tokio::time::sleep(cfg.e).await;
     load.set_phase(BETWEEN);

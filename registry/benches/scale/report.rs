@@ -197,6 +197,22 @@ fn phase_cdef(r: &Value) -> String {
         ms(&f["all_answered_ms"]),
         f["wrong_answers"]
     );
+    let m = &r["m"];
+    out += &format!(
+        "  m: {} nodes silent: after {} s ready {} stale {} down {} (written {}); after 89% came back: ready {} stale {} down {} (written {}); health-changed events {} -> {}\n",
+        m["silent_nodes"],
+        crate::phases::C_SECS,
+        num(&m["after_down"]["ready"]),
+        num(&m["after_down"]["stale"]),
+        num(&m["after_down"]["down"]),
+        bytes(&m["down"]["write_bytes"]),
+        num(&m["after_back"]["ready"]),
+        num(&m["after_back"]["stale"]),
+        num(&m["after_back"]["down"]),
+        bytes(&m["back"]["write_bytes"]),
+        num(&m["before"]["health_changed_events"]),
+        num(&m["after_back"]["health_changed_events"])
+    );
     let e = &r["e"];
     out += &format!(
         "  e: kill -9 -> listening {:.2} s, /readyz 200 after {:.2} s; then every node heartbeats: written since start {}, data dir +{} since the kill; \

@@ -79,14 +79,35 @@ async fn a_fragment_for_every_node_stores_one_record_and_every_node_serves_it() 
     let (st, w) = send(&state, Method::PUT, "/v1/fragments/all", body.clone()).await;
     assert_eq!(st, StatusCode::OK, "{w}");
     assert_eq!(w["affected"].as_array().unwrap().len(), 30, "{w}");
+    assert_eq!(w["affected_count"], 30, "{w}");
     assert_eq!(
         spec_revisions(&store).await,
         specs_before,
         "no node's spec record is written"
     );
     let after = documents(&state, &ids).await;
-    for ((g0, _), (g1, doc)) in before.iter().zip(&after) {
+    let answered: Vec<u64> = w["affected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["generation"].as_u64().unwrap())
+        .collect();
+    let mut served: Vec<(String, u64)> = ids
+        .iter()
+        .cloned()
+        .zip(after.iter().map(|(g, _)| *g))
+        .collect();
+    served.sort();
+    assert_eq!(
+        answered,
+        served.iter().map(|(_, g)| *g).collect::<Vec<_>>(),
+        "the answer names the generations served"
+    );
+    for (i, ((g0, _), (g1, doc))) in before.iter().zip(&after).enumerate() {
         assert_eq!(*g1, g0 + 1, "{doc:?}");
+        // Documents share merges only where the records agree: each keeps its own spec.
+        let has_own = doc.spec.containers.iter().any(|c| c.name == "own");
+        assert_eq!(has_own, i % 3 == 0, "{doc:?}");
         assert_eq!(doc.generation, *g1);
         assert_eq!(doc.fragments, ["all"]);
         assert!(doc.spec.containers.iter().any(|c| c.name == "all"));

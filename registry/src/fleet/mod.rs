@@ -166,9 +166,15 @@ impl Fleet {
     /// one held, as a store read that raced a newer write can be) and wakes every node whose
     /// generation it raised.
     pub fn set_fragments(&self, set: Arc<FragmentSet>) {
+        self.install(set);
+    }
+
+    fn install(&self, set: Arc<FragmentSet>) {
         {
             let mut held = self.fragments.write().unwrap_or_else(|p| p.into_inner());
-            if set.version < held.version {
+            // Older: a store read that raced a newer write. The same: a local write, then its
+            // watch event.
+            if set.version < held.version || (set.version == held.version && set.version != 0) {
                 return;
             }
             *held = set.clone();
@@ -180,21 +186,6 @@ impl Fleet {
             };
             ln.publish(g, None);
         });
-    }
-
-    /// The nodes whose generation differs between fragment sets `from` and `to`, with their
-    /// generation under `to`, by id.
-    pub fn moved(&self, from: &FragmentSet, to: &FragmentSet) -> Vec<(String, u64)> {
-        let mut out = Vec::new();
-        self.for_each(|id, ln| {
-            let l = ln.lock();
-            let (a, b) = (from.weight(&l.labels), to.weight(&l.labels));
-            if a != b {
-                out.push((id.to_string(), generation(l.base, b)));
-            }
-        });
-        out.sort();
-        out
     }
 
     /// Sets a node's labels (when given) and `base` together, and publishes the generation
@@ -432,9 +423,7 @@ mod tests {
         fleet.set_fragments(set(1, 9));
         assert_eq!((fleet.fragments().version, fleet.generation("n1")), (10, 5));
         assert!(!rx.has_changed().unwrap());
-        assert_eq!(
-            fleet.moved(&set(3, 10), &set(4, 11)),
-            [("n1".to_string(), 6)]
-        );
+        fleet.set_fragments(set(4, 11));
+        assert_eq!(fleet.generation("n1"), 6);
     }
 }

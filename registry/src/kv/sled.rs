@@ -55,8 +55,10 @@ struct Inner {
 }
 
 /// sled's page cache (its default is 1 GiB, which a 100,000-node registry would fill with node
-/// records it rarely reads: the fleet view answers fleet-wide reads from memory).
-const CACHE_BYTES: u64 = 256 * 1024 * 1024;
+/// records it rarely reads: the fleet view answers fleet-wide reads from memory). 128 MiB: at
+/// 100,000 nodes a page of 1,000 node records reads as fast as with 256 MiB (93 ms), and the
+/// registry settles at 0.53 GB after reading every node instead of 0.64 GB (issue 16).
+const CACHE_BYTES: u64 = 128 * 1024 * 1024;
 
 /// The sled database and its two trees.
 struct Db {

@@ -2,20 +2,26 @@
 //! record (plus the ghosts, `fragment_set.rs`) however many nodes they match, then given to the fleet
 //! view, which raises and wakes the nodes whose generation moved.
 
+use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
+
+use serde_json::value::RawValue;
 
 use chrono::Utc;
 use steward_proto::selector::Selector;
 use steward_proto::validate::validate_spec;
 use steward_proto::{
-    CredentialKind, EventKind, Fragment, FragmentWrite, FragmentWritten, Health, Labels, Problem,
+    CredentialKind, EventKind, Fragment, FragmentWrite, FragmentWritten, Health, Problem,
     SpecWritten,
 };
 
 use super::{prefixed, Result, SpecError, Specs};
-use crate::fragment_set::FragmentSet;
+use crate::fragment_set::{base_for, generation, FragmentSet};
+use crate::kv::KeyValue;
 use crate::spec_gate::SpecGuard;
+use crate::store::StoreError;
 
 /// Up to this many nodes a fragment change is checked node by node (reading each spec
 /// record); above it, the spec records are read in one pass.
@@ -63,6 +69,7 @@ impl Specs {
                 name: name.to_string(),
                 revision: old.revision,
                 affected: Vec::new(),
+                affected_count: Some(0),
             });
         }
         let frag = Fragment {
@@ -72,34 +79,24 @@ impl Specs {
             revision: old.as_ref().map_or(0, |o| o.revision) + 1,
             updated_at: Utc::now(),
         };
-        let next = set.with(frag.clone());
+        let next = Arc::new(set.with(frag.clone()));
         let selectors = [
             Some(frag.selector.as_str()),
             old.as_ref().map(|o| o.selector.as_str()),
         ];
-        self.check_nodes(&next, &selectors).await?;
-        let affected = self
-            .store_set(&guard, name, Some(&frag), &set, next)
-            .await?;
-        let why = format!("fragment {name:?} revision {}", frag.revision);
-        self.fragment_events(
-            &affected,
-            cred,
-            &why,
-            EventKind::FragmentWritten,
-            format!(
-                "fragment {name:?} revision {} (selector {:?}) written; {} node(s) affected",
-                frag.revision,
-                frag.selector,
-                affected.len()
-            ),
-        )
-        .await?;
-        Ok(FragmentWritten {
-            name: name.to_string(),
-            revision: frag.revision,
-            affected,
-        })
+        let affected = self.check_nodes(&set, &next, &selectors).await?;
+        let what = format!(
+            "fragment {name:?} revision {} (selector {:?}) written",
+            frag.revision, frag.selector
+        );
+        let change = Change {
+            name,
+            fragment: Some(&frag),
+            kind: EventKind::FragmentWritten,
+            why: format!("fragment {name:?} revision {}", frag.revision),
+            what,
+        };
+        self.store_set(&guard, change, affected, next, cred).await
     }
 
     /// `DELETE /v1/fragments/{name}`.
@@ -121,124 +118,264 @@ impl Specs {
         let Some(old) = set.get(name).cloned() else {
             return Err(SpecError::NoFragment(name.to_string()));
         };
-        let next = set.deleted(name);
-        self.check_nodes(&next, &[Some(old.selector.as_str())])
+        let next = Arc::new(set.deleted(name));
+        let affected = self
+            .check_nodes(&set, &next, &[Some(old.selector.as_str())])
             .await?;
-        let affected = self.store_set(&guard, name, None, &set, next).await?;
-        let why = format!("fragment {name:?} deleted");
-        let message = format!(
-            "fragment {name:?} deleted; {} node(s) affected",
-            affected.len()
-        );
-        self.fragment_events(&affected, cred, &why, EventKind::FragmentDeleted, message)
-            .await?;
-        Ok(FragmentWritten {
-            name: name.to_string(),
-            revision: old.revision,
-            affected,
-        })
+        let change = Change {
+            name,
+            fragment: None,
+            kind: EventKind::FragmentDeleted,
+            why: format!("fragment {name:?} deleted"),
+            what: format!("fragment {name:?} deleted"),
+        };
+        let mut done = self.store_set(&guard, change, affected, next, cred).await?;
+        done.revision = old.revision;
+        Ok(done)
     }
 
-    /// Stores the fragment change (`prev` -> `next`), gives the fleet view the new set and
-    /// returns the nodes whose generation it moved, by id.
-    async fn store_set(
-        &self,
-        guard: &SpecGuard,
-        name: &str,
-        fragment: Option<&Fragment>,
-        prev: &FragmentSet,
-        mut next: FragmentSet,
-    ) -> Result<Vec<SpecWritten>> {
-        next.version = self
-            .store
-            .write_fragment(guard.epoch, name, fragment, &next.ghosts())
-            .await?;
-        let moved = self.fleet.moved(prev, &next);
-        self.fleet.set_fragments(Arc::new(next));
-        Ok(moved
-            .into_iter()
-            .map(|(node_id, generation)| SpecWritten {
-                node_id,
-                generation,
-            })
-            .collect())
-    }
-
-    /// The events of a fragment change: the nodes' `spec-written` events (one naming the count
-    /// when many), then the fragment's own.
-    async fn fragment_events(
-        &self,
-        affected: &[SpecWritten],
-        cred: CredentialKind,
-        why: &str,
-        kind: EventKind,
-        message: String,
-    ) -> Result<()> {
-        self.spec_events(affected, cred, why).await?;
-        self.events.record(kind, None, None, cred, message).await?;
+    /// Takes a fragment change seen in the store watch (made here or by another replica): waits
+    /// until no spec change of this process is in progress (a local fragment write gives the
+    /// fleet view its set itself, after its events and just before its answer; its own watch
+    /// event must not wake the watchers before that), then reads the set from the store and gives
+    /// it to the fleet view (a newer one only).
+    pub async fn follow_fragments(&self) -> Result<()> {
+        let _guard = self.gate.take().await?;
+        let next = self.stored_set().await?;
+        let fleet = self.fleet.clone();
+        tokio::task::spawn_blocking(move || fleet.set_fragments(Arc::new(next)))
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
         Ok(())
     }
 
+    /// Stores the fragment change (to `next`; `affected`: the nodes it moves), logs its events,
+    /// then gives the fleet view the new set, which wakes those nodes, and answers at once (the
+    /// woken long-polls are served after the answer, not before it).
+    async fn store_set(
+        &self,
+        guard: &SpecGuard,
+        change: Change<'_>,
+        affected: Vec<SpecWritten>,
+        next: Arc<FragmentSet>,
+        cred: CredentialKind,
+    ) -> Result<FragmentWritten> {
+        let mut next = Arc::try_unwrap(next).unwrap_or_else(|shared| (*shared).clone());
+        next.version = self
+            .store
+            .write_fragment(guard.epoch, change.name, change.fragment, &next.ghosts())
+            .await?;
+        let next = Arc::new(next);
+        self.spec_events(&affected, cred, &change.why).await?;
+        let message = format!("{}; {} node(s) affected", change.what, affected.len());
+        self.events
+            .record(change.kind, None, None, cred, message)
+            .await?;
+        // No await from here to the answer: a pass over every node, on this worker (its other
+        // tasks handed to another while it runs).
+        let install = || self.fleet.set_fragments(next);
+        match tokio::runtime::Handle::current().runtime_flavor() {
+            tokio::runtime::RuntimeFlavor::CurrentThread => install(),
+            _ => tokio::task::block_in_place(install),
+        }
+        let count = affected.len() as u64;
+        let mut listed = affected;
+        listed.truncate(FragmentWritten::LISTED);
+        Ok(FragmentWritten {
+            name: change.name.to_string(),
+            revision: change.fragment.map_or(0, |f| f.revision),
+            affected: listed,
+            affected_count: Some(count),
+        })
+    }
+
     /// Checks that every (not decommissioned) node whose labels match one of `selectors` gets a
-    /// valid effective spec under `next`. Nodes are picked on the labels in memory; nodes with
-    /// the same own spec, overrides and fragments are merged once.
-    async fn check_nodes(&self, next: &FragmentSet, selectors: &[Option<&str>]) -> Result<()> {
+    /// valid effective spec under `next`, and returns those whose generation moves from `prev`
+    /// to `next`, with their new generation (computed from their stored base), by id. Nodes are
+    /// picked on the labels in memory (off the async workers); their spec records are read (one
+    /// by one for a few, else a page at a time) and grouped by own spec, overrides and matching
+    /// fragments: each group is merged once.
+    async fn check_nodes(
+        &self,
+        prev: &FragmentSet,
+        next: &Arc<FragmentSet>,
+        selectors: &[Option<&str>],
+    ) -> Result<Vec<SpecWritten>> {
         let parsed: Vec<Selector> = selectors
             .iter()
             .flatten()
             .filter_map(|s| s.parse().ok())
             .collect();
-        let mut nodes: Vec<(String, Labels)> = Vec::new();
-        self.fleet.for_each(|id, ln| {
-            let l = ln.lock();
-            if l.health != Health::Decommissioned && parsed.iter().any(|s| s.matches(&l.labels)) {
-                nodes.push((id.to_string(), l.labels.clone()));
-            }
-        });
-        let records = if nodes.len() <= ONE_BY_ONE_UP_TO {
-            let mut out = Vec::with_capacity(nodes.len());
-            for (id, _) in &nodes {
-                out.push(self.store.spec(id).await?.unwrap_or_default());
-            }
+        let (fleet, from, to) = (self.fleet.clone(), prev.clone(), next.clone());
+        let picked = tokio::task::spawn_blocking(move || {
+            let mut out: HashMap<String, Picked> = HashMap::new();
+            fleet.for_each(|id, ln| {
+                let l = ln.lock();
+                if l.health != Health::Decommissioned && parsed.iter().any(|s| s.matches(&l.labels))
+                {
+                    let p = Picked {
+                        mask: to.mask(&l.labels),
+                        from: from.weight(&l.labels),
+                        to: to.weight(&l.labels),
+                    };
+                    out.insert(id.to_string(), p);
+                }
+            });
             out
-        } else {
-            let ids: Vec<String> = nodes.iter().map(|(id, _)| id.clone()).collect();
-            self.store
-                .spec_revs(&ids)
-                .await?
-                .into_iter()
-                .map(|(r, _)| r)
-                .collect()
-        };
-        let mut seen: HashMap<(Vec<u8>, Vec<String>), ()> = HashMap::new();
-        let mut problems = Vec::new();
-        for ((id, labels), rec) in nodes.iter().zip(records) {
-            let names: Vec<String> = next.matching(labels).map(|f| f.name.clone()).collect();
-            let key = (
-                serde_json::to_vec(&(&rec.own, &rec.payload_overrides)).unwrap_or_default(),
-                names,
-            );
-            if seen.insert(key, ()).is_some() {
-                continue;
+        })
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        let mut groups = Groups::default();
+        let mut bases: HashMap<&str, i64> = HashMap::new();
+        if picked.len() <= ONE_BY_ONE_UP_TO {
+            for (id, p) in &picked {
+                if let Some(kv) = self.store.spec_raw(id).await? {
+                    bases.insert(id, groups.add(id, p, Some(&kv))?);
+                }
             }
+        } else {
+            self.store
+                .scan_raw("specs/", |id, kv| {
+                    if let Some((id, p)) = picked.get_key_value(id) {
+                        bases.insert(id, groups.add(id, p, Some(kv))?);
+                    }
+                    Ok(())
+                })
+                .await?;
+        }
+        // Nodes without a spec record (base 0): one group per set of matching fragments.
+        for (id, p) in &picked {
+            if !bases.contains_key(id.as_str()) {
+                groups.add(id, p, None)?;
+            }
+        }
+        let mut problems = Vec::new();
+        for g in groups.0.into_values().flatten() {
+            let rec = match &g.record {
+                Some(kv) => crate::store::Store::decode_spec(kv)?,
+                None => Default::default(),
+            };
+            let labels = match self.fleet.live(&g.id) {
+                Some(ln) => ln.lock().labels.clone(),
+                None => continue, // removed meanwhile
+            };
             let checked = self
-                .check(next, &rec.own, labels, &rec.payload_overrides, String::new)
+                .check(next, &rec.own, &labels, &rec.payload_overrides, String::new)
                 .await;
             match checked {
                 Ok(()) => {}
                 Err(SpecError::Conflict { problems: ps, .. }) => {
-                    problems.extend(prefixed(ps, &format!("nodes[{id}].")));
+                    problems.extend(prefixed(ps, &format!("nodes[{}].", g.id)));
                 }
                 Err(e) => return Err(e),
             }
         }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(SpecError::Conflict {
+        if !problems.is_empty() {
+            return Err(SpecError::Conflict {
                 message: "the change would give some nodes a conflicting or invalid spec".into(),
                 problems,
-            })
+            });
         }
+        let mut moved: Vec<SpecWritten> = picked
+            .iter()
+            .filter(|(_, p)| p.from != p.to)
+            .map(|(id, p)| SpecWritten {
+                node_id: id.clone(),
+                generation: generation(bases.get(id.as_str()).copied().unwrap_or(0), p.to),
+            })
+            .collect();
+        moved.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        Ok(moved)
+    }
+}
+
+/// A fragment change to store: the fragment (`None`: deleted), its event's kind, why nodes got
+/// a new generation, and what happened (for the events).
+struct Change<'a> {
+    name: &'a str,
+    fragment: Option<&'a Fragment>,
+    kind: EventKind,
+    why: String,
+    what: String,
+}
+
+/// A node a fragment change may move: the fragments matching it under the new set, and the
+/// weight of what matches it under the old and the new set.
+struct Picked {
+    mask: Vec<u16>,
+    from: u64,
+    to: u64,
+}
+
+/// The parts of a stored spec record the effective spec depends on (undecoded), and its base.
+#[derive(serde::Deserialize)]
+struct Parts<'a> {
+    #[serde(borrow)]
+    own: &'a RawValue,
+    #[serde(borrow, default)]
+    payload_overrides: Option<&'a RawValue>,
+    generation: u64,
+    #[serde(default)]
+    base: Option<i64>,
+}
+
+/// One group of nodes with the same own spec, overrides and matching fragments: the first node
+/// seen stands for it (its labels are read when it is checked).
+struct Group {
+    own: String,
+    overrides: String,
+    mask: Vec<u16>,
+    id: String,
+    record: Option<KeyValue>,
+}
+
+/// Groups by a hash of their key (exact keys compared within a bucket).
+#[derive(Default)]
+struct Groups(HashMap<u64, Vec<Group>>);
+
+impl Groups {
+    /// Adds a node (with its stored record, if any); returns its stored base.
+    fn add(
+        &mut self,
+        id: &str,
+        picked: &Picked,
+        kv: Option<&KeyValue>,
+    ) -> std::result::Result<i64, StoreError> {
+        let mask = picked.mask.as_slice();
+        let (own, overrides, base) = match kv {
+            Some(kv) => {
+                let p: Parts =
+                    serde_json::from_slice(&kv.value).map_err(|source| StoreError::Corrupt {
+                        key: kv.key.clone(),
+                        source,
+                    })?;
+                let base = p
+                    .base
+                    .unwrap_or_else(|| base_for(p.generation, picked.from));
+                (
+                    p.own.get(),
+                    p.payload_overrides.map_or("", |o| o.get()),
+                    base,
+                )
+            }
+            None => ("", "", 0),
+        };
+        let mut h = DefaultHasher::new();
+        (own, overrides, mask).hash(&mut h);
+        let bucket = self.0.entry(h.finish()).or_default();
+        if bucket
+            .iter()
+            .any(|g| g.own == own && g.overrides == overrides && g.mask == mask)
+        {
+            return Ok(base);
+        }
+        bucket.push(Group {
+            own: own.to_string(),
+            overrides: overrides.to_string(),
+            mask: mask.to_vec(),
+            id: id.to_string(),
+            record: kv.cloned(),
+        });
+        Ok(base)
     }
 }

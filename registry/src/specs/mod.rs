@@ -13,8 +13,7 @@ use std::sync::Arc;
 use chrono::Utc;
 use steward_proto::validate::{validate_labels, validate_spec, SpecLimits};
 use steward_proto::{
-    CredentialKind, Event, EventKind, Health, Labels, NodePatch, NodeSpec, Problem, SpecDocument,
-    SpecWritten,
+    CredentialKind, Event, EventKind, Health, Labels, NodePatch, NodeSpec, Problem, SpecWritten,
 };
 
 use crate::events::{EventLog, EACH_NODE_UP_TO};
@@ -62,6 +61,8 @@ pub struct Specs {
     payloads: Payloads,
     /// Upper bounds on node specs, fragments and effective specs (`[limits]`).
     limits: SpecLimits,
+    /// Merges shared by the documents of nodes with the same record and fragments.
+    docs: Arc<document::DocCache>,
 }
 
 fn prefixed(problems: Vec<Problem>, prefix: &str) -> Vec<Problem> {
@@ -96,6 +97,7 @@ macro_rules! retry_stale {
 }
 
 // After the macro: fragment writes use `retry_stale!` too.
+mod document;
 mod fragments;
 
 impl Specs {
@@ -114,6 +116,7 @@ impl Specs {
             gate,
             payloads,
             limits,
+            docs: Arc::default(),
         }
     }
 
@@ -125,50 +128,19 @@ impl Specs {
     }
 
     /// The fragment set as stored (read under the spec gate, so it is the one a change is
-    /// computed against even when this replica's view lags).
+    /// computed against). When this process's view lags behind it (another replica's fragment
+    /// change whose watch event has not arrived yet), the view takes it first, so generations
+    /// published here are the ones the change is computed with.
     async fn stored_set(&self) -> Result<FragmentSet> {
         let (ghosts, version) = self.store.ghosts().await?;
-        Ok(FragmentSet::new(
-            self.store.fragments().await?,
-            ghosts,
-            version,
-        ))
-    }
-
-    /// A node's document: its generation, own spec, the fragments that match its labels and
-    /// the effective spec merged from them. Computed from this process's view (the node's base
-    /// and labels, then the fragment set) and then its stored own spec, so the content is never
-    /// older than the generation it is served under.
-    pub async fn document(&self, id: &str) -> Result<SpecDocument> {
-        let ln = self
-            .fleet
-            .live(id)
-            .ok_or_else(|| SpecError::NoNode(id.to_string()))?;
-        let (base, labels) = {
-            let l = ln.lock();
-            (l.base, l.labels.clone())
-        };
-        drop(ln);
-        let set = self.fleet.fragments();
-        let rec = self.store.spec(id).await?.unwrap_or_default();
-        let (mut effective, names) =
-            set.effective(&rec.own, &labels, &self.limits)
-                .map_err(|problems| SpecError::Conflict {
-                    message: format!(
-                        "node {id}'s spec does not merge with the fragments that match its labels"
-                    ),
-                    problems,
-                })?;
-        self.payloads
-            .apply_overrides(&mut effective, &rec.payload_overrides)
-            .await?;
-        Ok(SpecDocument {
-            node_id: id.to_string(),
-            generation: generation(base, set.weight(&labels)),
-            spec: effective,
-            own: rec.own,
-            fragments: names,
-        })
+        let set = FragmentSet::new(self.store.fragments().await?, ghosts, version);
+        if set.version > self.fleet.fragments().version {
+            let (fleet, newer) = (self.fleet.clone(), Arc::new(set.clone()));
+            tokio::task::spawn_blocking(move || fleet.set_fragments(newer))
+                .await
+                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        }
+        Ok(set)
     }
 
     /// Checks that a node with this record and labels gets a valid effective spec under `set`.
@@ -208,10 +180,10 @@ impl Specs {
         for w in &written {
             let labels = node.filter(|n| n.id == w.node_id).map(|n| &n.labels);
             let base = w.record.base.unwrap_or_default();
-            let generation = self.fleet.set_base(&w.node_id, labels, base, None);
+            self.fleet.set_base(&w.node_id, labels, base, None);
             out.push(SpecWritten {
                 node_id: w.node_id.clone(),
-                generation,
+                generation: w.record.generation,
             });
         }
         self.spec_events(&out, cred, why).await?;

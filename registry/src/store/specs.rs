@@ -6,7 +6,7 @@ use super::NodeRecord;
 use super::{dec, enc, Result, SpecRecord, SpecWrite, Store, SPEC_EPOCH, TXN_BYTES, TXN_OPS};
 use crate::fragment_set::Ghosts;
 use crate::kv::{KeyValue, Revision, Txn, TxnOutcome};
-use steward_proto::Fragment;
+use steward_proto::{Fragment, NodeSpec};
 
 /// The key of the fragments' ghosts.
 pub const GHOSTS: &str = "meta/fragment-ghosts";
@@ -15,6 +15,16 @@ pub const GHOSTS: &str = "meta/fragment-ghosts";
 impl Store {
     pub async fn spec(&self, node_id: &str) -> Result<Option<SpecRecord>> {
         self.value(&format!("specs/{node_id}")).await
+    }
+
+    /// A node's spec record as stored (undecoded), to decode with [`Store::decode_spec`].
+    pub async fn spec_raw(&self, node_id: &str) -> Result<Option<KeyValue>> {
+        Ok(self.kv.get(&format!("specs/{node_id}")).await?)
+    }
+
+    /// Decodes a spec record read with [`Store::spec_raw`].
+    pub fn decode_spec(kv: &KeyValue) -> Result<SpecRecord> {
+        dec(kv)
     }
 
     /// Every node's spec record.
@@ -252,5 +262,26 @@ impl Store {
             .get(&format!("specs/{node_id}"))
             .await?
             .unwrap_or_default())
+    }
+}
+
+impl Default for SpecRecord {
+    fn default() -> Self {
+        Self {
+            generation: 0,
+            base: Some(0),
+            own: NodeSpec::default(),
+            updated_at: None,
+            payload_overrides: Default::default(),
+        }
+    }
+}
+
+impl SpecRecord {
+    /// The record's `base`; a record from before `base` existed is read as having the
+    /// generation it stored under this `weight`.
+    pub fn base_under(&self, weight: u64) -> i64 {
+        self.base
+            .unwrap_or_else(|| crate::fragment_set::base_for(self.generation, weight))
     }
 }

@@ -157,6 +157,10 @@ fn print_written(ctx: &Ctx, w: &FragmentWritten, verb: &str) -> Result<(), CliEr
     for a in &w.affected {
         output::line(format!("  node {}: generation {}", a.node_id, a.generation));
     }
+    let more = w.count().saturating_sub(w.affected.len() as u64);
+    if more > 0 {
+        output::line(format!("  ... and {more} more nodes"));
+    }
     Ok(())
 }
 
