@@ -229,18 +229,11 @@ impl Store {
         prefix: &str,
         mut f: impl FnMut(String, T),
     ) -> Result<()> {
-        let mut after: Option<String> = None;
-        loop {
-            let page = self.kv.range(prefix, after.as_deref(), SCAN_PAGE).await?;
-            let full = page.len() == SCAN_PAGE;
-            after = page.last().map(|kv| kv.key.clone());
-            for kv in &page {
-                f(kv.key[prefix.len()..].to_string(), dec(kv)?);
-            }
-            if !full {
-                return Ok(());
-            }
-        }
+        self.scan_raw(prefix, |id, kv| {
+            f(id.to_string(), dec(kv)?);
+            Ok(())
+        })
+        .await
     }
 
     /// Calls `f` with every record under `prefix` (the id after the prefix, and the record as
