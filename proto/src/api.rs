@@ -172,8 +172,12 @@ pub struct NodePatch {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum CredentialKind {
+    /// The admin token file.
     Admin,
+    /// The read token.
     Read,
+    /// A named credential (`/v1/credentials`); the event's `actor` names it.
+    Named,
     Node,
     Enrollment,
     System,
@@ -185,6 +189,10 @@ pub enum CredentialKind {
 pub enum EventKind {
     TokenCreated,
     TokenRevoked,
+    /// A named API credential was created.
+    CredentialCreated,
+    /// A named API credential was revoked.
+    CredentialRevoked,
     NodeEnrolled,
     NodeReenrolled,
     /// An enrolment refused: a machine id of an enrolled node without proof, a node secret
@@ -284,7 +292,41 @@ pub struct Event {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload: Option<crate::node::WorkloadRef>,
     pub credential: CredentialKind,
+    /// Who did it: the credential's name (`admin-token`, a named credential, a node id) for
+    /// writes; absent for the registry's own doings and in events of older registries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
     pub message: String,
+}
+
+/// Who does something: the kind of credential and, when known, its name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    pub credential: CredentialKind,
+    pub name: Option<String>,
+}
+
+impl Actor {
+    /// The registry itself (health monitor, rollout driver, ...).
+    pub const SYSTEM: Actor = Actor {
+        credential: CredentialKind::System,
+        name: None,
+    };
+
+    pub fn new(credential: CredentialKind, name: impl Into<String>) -> Self {
+        Actor {
+            credential,
+            name: Some(name.into()),
+        }
+    }
+
+    /// Without a name (an enrollment token, a grant: their ids are not who).
+    pub fn kind(credential: CredentialKind) -> Self {
+        Actor {
+            credential,
+            name: None,
+        }
+    }
 }
 
 impl Event {
@@ -293,7 +335,7 @@ impl Event {
         kind: EventKind,
         node_id: Option<&str>,
         workload: Option<crate::node::WorkloadRef>,
-        credential: CredentialKind,
+        by: &Actor,
         message: String,
     ) -> Self {
         Event {
@@ -303,7 +345,8 @@ impl Event {
             node_id: node_id.map(str::to_string),
             generation: None,
             workload,
-            credential,
+            credential: by.credential,
+            actor: by.name.clone(),
             message,
         }
     }

@@ -3,6 +3,7 @@
 //! Both the agent and the registry compile this crate. Inner types of either side stay in that
 //! side; what crosses the wire is defined here.
 
+pub mod access;
 pub mod api;
 pub mod endpoints;
 pub mod merge;
@@ -15,6 +16,7 @@ pub mod selector;
 pub mod spec;
 pub mod validate;
 
+pub use access::*;
 pub use api::*;
 pub use node::*;
 pub use spec::*;

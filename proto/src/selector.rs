@@ -97,6 +97,27 @@ impl Selector {
             Requirement::Absent(k) => !labels.contains_key(k),
         })
     }
+
+    /// True when every label set this selector matches also matches `wider`, judged term by
+    /// term (a selector within a credential's scope). Conservative: `false` may be answered for
+    /// a selector that only implies `wider` through a contradiction.
+    pub fn implies(&self, wider: &Selector) -> bool {
+        wider.0.iter().all(|t| {
+            self.0.iter().any(|r| match (t, r) {
+                (Requirement::Equals(k, v), Requirement::Equals(k2, v2)) => k == k2 && v == v2,
+                (Requirement::NotEquals(k, v), Requirement::Equals(k2, v2)) => k == k2 && v != v2,
+                (Requirement::NotEquals(k, v), Requirement::NotEquals(k2, v2)) => {
+                    k == k2 && v == v2
+                }
+                (Requirement::NotEquals(k, _), Requirement::Absent(k2)) => k == k2,
+                (Requirement::Exists(k), Requirement::Equals(k2, _) | Requirement::Exists(k2)) => {
+                    k == k2
+                }
+                (Requirement::Absent(k), Requirement::Absent(k2)) => k == k2,
+                _ => false,
+            })
+        })
+    }
 }
 
 #[cfg(test)]
@@ -132,6 +153,37 @@ mod tests {
         for (sel, want) in cases {
             let s: Selector = sel.parse().unwrap();
             assert_eq!(s.matches(&l), *want, "selector {sel:?}");
+        }
+    }
+
+    #[test]
+    fn implication_table() {
+        let cases: &[(&str, &str, bool)] = &[
+            ("env=lab", "env=lab", true),
+            ("env=lab,role=web", "env=lab", true),
+            ("", "env=lab", false),
+            ("role=web", "env=lab", false),
+            ("env=prod", "env=lab", false),
+            ("env!=lab", "env=lab", false),
+            ("env", "env=lab", false),
+            ("anything", "", true),
+            ("", "", true),
+            ("env=lab", "env", true),
+            ("env", "env", true),
+            ("!env", "env", false),
+            ("env=dev", "env!=prod", true),
+            ("env=prod", "env!=prod", false),
+            ("env!=prod", "env!=prod", true),
+            ("!env", "env!=prod", true),
+            ("!env", "!env", true),
+            ("env=lab", "!env", false),
+            ("env=lab,team=a", "env=lab,team=a", true),
+            ("env=lab", "env=lab,team=a", false),
+        ];
+        for (narrow, wide, want) in cases {
+            let n: Selector = narrow.parse().unwrap();
+            let w: Selector = wide.parse().unwrap();
+            assert_eq!(n.implies(&w), *want, "{narrow:?} implies {wide:?}");
         }
     }
 

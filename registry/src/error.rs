@@ -110,12 +110,15 @@ impl IntoResponse for RegistryError {
             RegistryError::Conflict { problems, .. } => problems.clone(),
             _ => Vec::new(),
         };
+        let message = self.to_string();
+        let reason = AuditReason(message.chars().take(1000).collect());
         let body = ApiError {
-            error: self.to_string(),
+            error: message,
             code: code.to_string(),
             problems,
         };
         let mut resp = (status, Json(body)).into_response();
+        resp.extensions_mut().insert(reason);
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -171,6 +174,23 @@ impl From<SpecError> for RegistryError {
         }
     }
 }
+
+impl From<crate::credentials::CredentialError> for RegistryError {
+    fn from(e: crate::credentials::CredentialError) -> Self {
+        use crate::credentials::CredentialError as C;
+        match e {
+            C::Invalid(p) => RegistryError::Invalid(p),
+            e @ C::Exists(_) => conflict(e.to_string()),
+            e @ C::NotFound(_) => RegistryError::NotFound(e.to_string()),
+            C::Store(e) => RegistryError::Store(e),
+        }
+    }
+}
+
+/// Why a request was refused or failed, carried in the answer's extensions for the audit
+/// trail (the message of the error body; never a secret: errors do not echo credentials).
+#[derive(Debug, Clone)]
+pub struct AuditReason(pub String);
 
 impl From<EnrollError> for RegistryError {
     fn from(e: EnrollError) -> Self {

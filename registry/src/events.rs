@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use steward_proto::{CredentialKind, Event, EventKind, WorkloadRef};
+use steward_proto::{Actor, Event, EventKind, WorkloadRef};
 
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
@@ -32,10 +32,10 @@ impl EventLog {
         kind: EventKind,
         node_id: Option<&str>,
         generation: Option<u64>,
-        credential: CredentialKind,
+        by: &Actor,
         message: impl Into<String>,
     ) -> Result<Event, StoreError> {
-        let mut ev = Event::new(kind, node_id, None, credential, message.into());
+        let mut ev = Event::new(kind, node_id, None, by, message.into());
         ev.generation = generation;
         Ok(self.record_many(vec![ev]).await?.remove(0))
     }
@@ -46,10 +46,10 @@ impl EventLog {
         kind: EventKind,
         node_id: &str,
         workload: Option<WorkloadRef>,
-        credential: CredentialKind,
+        by: &Actor,
         message: impl Into<String>,
     ) -> Result<Event, StoreError> {
-        let ev = Event::new(kind, Some(node_id), workload, credential, message.into());
+        let ev = Event::new(kind, Some(node_id), workload, by, message.into());
         Ok(self.record_many(vec![ev]).await?.remove(0))
     }
 

@@ -3,9 +3,12 @@
 
 pub mod alerts;
 pub mod api;
+pub mod audit;
 pub mod auth;
+pub mod clock;
 pub mod config;
 pub mod connections;
+pub mod credentials;
 pub mod disk;
 pub mod error;
 pub mod events;

@@ -44,6 +44,7 @@ pub struct Metrics {
     pub events: Family<KindLabel, Counter>,
     pub ui_sessions: Gauge,
     pub accept_errors: Counter,
+    pub audit_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -106,6 +107,12 @@ impl Metrics {
             "Failed accepts of new TCP connections (out of file descriptors, ...); each is logged",
             accept_errors.clone(),
         );
+        let audit_failures = Counter::default();
+        registry.register(
+            "audit_failures",
+            "Writes whose audit record could not be stored (each is logged)",
+            audit_failures.clone(),
+        );
         Self {
             registry,
             nodes,
@@ -117,7 +124,13 @@ impl Metrics {
             events,
             ui_sessions,
             accept_errors,
+            audit_failures,
         }
+    }
+
+    /// Counts one audit record that could not be stored.
+    pub fn audit_failed(&self) {
+        self.audit_failures.inc();
     }
 
     /// Counts one logged event.

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use steward_proto::validate::validate_labels;
 use steward_proto::{
-    CredentialKind, EnrollRequest, EnrollResponse, EventKind, Health, Heartbeat, HeartbeatResponse,
-    Node, NodeStatus, Problem,
+    Actor, CredentialKind, EnrollRequest, EnrollResponse, EventKind, Health, Heartbeat,
+    HeartbeatResponse, Node, NodeStatus, Problem,
 };
 
 use crate::alerts::Alerts;
@@ -252,7 +252,7 @@ impl Nodes {
                 kind,
                 Some(&rec.id),
                 None,
-                CredentialKind::Enrollment,
+                &Actor::kind(CredentialKind::Enrollment),
                 // No machine id: events are readable with the read token.
                 format!("{} {what} with {via}", rec.facts.hostname),
             )
@@ -387,7 +387,7 @@ impl Nodes {
         id: &str,
         name: &str,
         kind: Option<&str>,
-        cred: CredentialKind,
+        cred: &Actor,
     ) -> Result<steward_proto::api::ResetQueued> {
         if self.fleet.live(id).is_none() {
             return Err(NodeError::NoNode(id.to_string()));
@@ -470,7 +470,7 @@ impl Nodes {
                 EventKind::StatusChanged,
                 Some(id),
                 Some(observed),
-                CredentialKind::Node,
+                &Actor::new(CredentialKind::Node, id),
                 summary,
             )
             .await?;
@@ -522,7 +522,7 @@ fn summarize(s: &NodeStatus) -> String {
 
 impl Nodes {
     /// `DELETE /v1/nodes/{id}`: revokes the node's secret; its record and history stay.
-    pub async fn decommission(&self, id: &str, cred: CredentialKind) -> Result<Node> {
+    pub async fn decommission(&self, id: &str, cred: &Actor) -> Result<Node> {
         let _guard = self.gate.lock().await;
         let rec = self
             .store

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 
 use chrono::{DateTime, Utc};
 use steward_proto::{
-    CreateReenrollGrant, CredentialKind, EnrollRequest, EventKind, Health, Labels, Problem,
+    Actor, CreateReenrollGrant, CredentialKind, EnrollRequest, EventKind, Health, Labels, Problem,
     ReenrollGrantCreated,
 };
 
@@ -158,7 +158,7 @@ impl Enrolments {
                 EventKind::EnrollRefused,
                 node,
                 None,
-                CredentialKind::Enrollment,
+                &Actor::kind(CredentialKind::Enrollment),
                 format!("enrolment refused{from}: {what}"),
             )
             .await
@@ -375,7 +375,7 @@ impl Enrolments {
         &self,
         node_id: &str,
         req: CreateReenrollGrant,
-        cred: CredentialKind,
+        cred: &Actor,
     ) -> Result<ReenrollGrantCreated> {
         let text = req.expires.as_deref().unwrap_or(DEFAULT_GRANT_TTL);
         let ttl = match humantime::parse_duration(text) {

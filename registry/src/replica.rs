@@ -141,6 +141,7 @@ fn apply(state: &AppState, c: &WatchEvent) {
         match area {
             "resets" => state.fleet.set_resets(id, false),
             "ui-sessions" => state.sessions.apply(id, None),
+            "credentials" => state.credentials.apply(id, None),
             _ => {}
         }
         return;
@@ -167,6 +168,9 @@ fn apply(state: &AppState, c: &WatchEvent) {
             Ok(())
         }
         "ui-sessions" => serde_json::from_slice(value).map(|s| state.sessions.apply(id, Some(s))),
+        "credentials" => {
+            serde_json::from_slice(value).map(|c| state.credentials.apply(id, Some(c)))
+        }
         "hb" if Some(id) != state.settings.replica_id.as_deref() => {
             serde_json::from_slice(value).map(|b| apply_batch(state, &b))
         }
@@ -184,6 +188,19 @@ fn apply_batch(state: &AppState, b: &HeartbeatBatch) {
         let seen = now.checked_sub(age).unwrap_or(now);
         let at = b.written_at - chrono::Duration::milliseconds(*age_ms as i64);
         state.fleet.apply_heard(node, seen, at, *observed);
+    }
+}
+
+/// Stores the last use of the named credentials this replica saw, once a minute (every
+/// replica: each knows only the requests it took).
+pub async fn store_credential_use(state: AppState) {
+    let mut iv = tokio::time::interval(Duration::from_secs(60));
+    iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        iv.tick().await;
+        if let Err(e) = state.credentials.flush_last_used().await {
+            tracing::warn!(error = %e, "cannot store the credentials' last use; trying again later");
+        }
     }
 }
 
@@ -227,7 +244,8 @@ pub const EVENTS_KEPT: u64 = 100_000;
 /// Most events deleted per transaction (etcd allows 128 operations in one).
 const TRIM_BATCH: usize = 100;
 
-/// Keeps the event log to its last [`EVENTS_KEPT`] events (on the leader; once a minute).
+/// Keeps the event log to its last [`EVENTS_KEPT`] events and the audit trail to
+/// [`crate::audit::AUDIT_KEPT`] (on the leader; once a minute).
 async fn trim_events(state: AppState) {
     let mut iv = tokio::time::interval(Duration::from_secs(60));
     loop {
@@ -253,6 +271,11 @@ async fn trim_events(state: AppState) {
         }
         if trimmed > 0 {
             tracing::info!(trimmed, kept_from = upto + 1, "old events deleted");
+        }
+        match state.audit.trim(TRIM_BATCH).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(trimmed = n, "old audit records deleted"),
+            Err(e) => tracing::warn!(error = %e, "audit trimming failed; trying again later"),
         }
     }
 }

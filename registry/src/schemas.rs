@@ -48,6 +48,10 @@ pub fn all() -> Map<String, Value> {
     add::<p::PayloadSummary>(&mut gen, &mut out);
     add::<p::StartRollout>(&mut gen, &mut out);
     add::<p::Rollout>(&mut gen, &mut out);
+    add::<p::CreateCredential>(&mut gen, &mut out);
+    add::<p::CredentialCreated>(&mut gen, &mut out);
+    add::<p::CredentialInfo>(&mut gen, &mut out);
+    add::<p::AuditRecord>(&mut gen, &mut out);
     for (k, v) in gen.take_definitions(true) {
         out.entry(k).or_insert(v);
     }

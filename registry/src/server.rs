@@ -190,6 +190,7 @@ pub async fn serve(cfg: RegistryConfig) -> anyhow::Result<()> {
     let jobs = tokio::spawn(crate::replica::run_jobs(state.clone()));
     let batches = tokio::spawn(crate::replica::publish_heartbeats(state.clone()));
     let health = tokio::spawn(crate::nodes::health_writer(state.nodes.clone()));
+    let used = tokio::spawn(crate::replica::store_credential_use(state.clone()));
     let collected = state
         .payloads
         .collect_at_start()
@@ -206,6 +207,10 @@ pub async fn serve(cfg: RegistryConfig) -> anyhow::Result<()> {
     jobs.abort();
     batches.abort();
     health.abort();
+    used.abort();
+    if let Err(e) = state.credentials.flush_last_used().await {
+        tracing::warn!(error = %e, "storing the credentials' last use failed");
+    }
     // Health changes still queued are stored before the process ends.
     if let Err(e) = state.nodes.store_health().await {
         tracing::warn!(error = %format!("{e:#}"), "storing the last health changes failed");

@@ -91,6 +91,11 @@ pub struct Inner {
     pub enrolments: Enrolments,
     pub payloads: Payloads,
     pub rollouts: Rollouts,
+    /// Named API credentials (in memory, kept in step by the store watch).
+    pub credentials: crate::credentials::Credentials,
+    pub audit: crate::audit::Audit,
+    /// Where "now" comes from for things that expire.
+    pub clock: Arc<dyn crate::clock::Clock>,
     /// The store revision the fleet view was loaded at: the store watch (`replica.rs`) follows
     /// the store from the next one.
     pub loaded_at: crate::kv::Revision,
@@ -174,6 +179,19 @@ impl AppState {
         admin_token: &str,
         read_token: Option<&str>,
     ) -> Result<Self, StoreError> {
+        let clock = crate::clock::system();
+        Self::with_clock(settings, store, blobs_dir, admin_token, read_token, clock).await
+    }
+
+    /// [`AppState::new`] with the clock that expiring things read (tests move it by hand).
+    pub async fn with_clock(
+        settings: Settings,
+        store: Store,
+        blobs_dir: &std::path::Path,
+        admin_token: &str,
+        read_token: Option<&str>,
+        clock: Arc<dyn crate::clock::Clock>,
+    ) -> Result<Self, StoreError> {
         let revision = store.kv().revision().await?;
         let fleet = Arc::new(Fleet::default());
         let (ghosts, version) = store.ghosts().await?;
@@ -220,6 +238,9 @@ impl AppState {
         let event_log = EventLog::new(store.clone(), metrics.clone());
         let blobs = Blobs::new(blobs_dir);
         let s = Services::new(&settings, &store, &fleet, &event_log, blobs);
+        let credentials =
+            crate::credentials::Credentials::load(store.clone(), clock.clone()).await?;
+        let audit = crate::audit::Audit::new(store.clone(), clock.clone());
         let state = AppState(Arc::new(Inner {
             settings,
             store,
@@ -237,9 +258,38 @@ impl AppState {
             enrolments: s.enrolments,
             payloads: s.payloads,
             rollouts: s.rollouts,
+            credentials,
+            audit,
+            clock,
             loaded_at: revision,
         }));
         Ok(state)
+    }
+
+    /// Which credential a bearer token is, if any: the admin or read token, a named credential
+    /// (`stc_...`), a node secret. Every comparison is constant-time on hashes; nothing is read
+    /// from the store.
+    pub fn identify(&self, token: &str) -> Option<crate::auth::Caller> {
+        use crate::auth::{self, Caller};
+        if token.starts_with(crate::credentials::TOKEN_PREFIX) {
+            return self.credentials.identify(token);
+        }
+        let h = auth::sha256(token);
+        let is_admin = auth::hash_eq(&h, &self.admin_sha256);
+        let is_read = self
+            .read_sha256
+            .as_ref()
+            .is_some_and(|r| auth::hash_eq(&h, r));
+        if is_admin {
+            return Some(Caller::admin_token());
+        }
+        if is_read {
+            return Some(Caller::read_token());
+        }
+        let id = auth::secret_id(token)?;
+        let ln = self.live(id)?;
+        let stored = ln.lock().secret_sha256?;
+        auth::hash_eq(&h, &stored).then(|| Caller::Node(id.to_string()))
     }
 
     pub fn live(&self, id: &str) -> Option<Arc<LiveNode>> {

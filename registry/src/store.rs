@@ -5,7 +5,9 @@
 //!
 //! Keys: `nodes/{id}`, `machines/{machine_id}`, `specs/{id}`, `fragments/{name}`, `tokens/{id}`,
 //! `events/{seq:020}` (with the counter `meta/event-seq`), `payloads/{name}/{version}`,
-//! `rollouts/{id}`, `resets/{node}`, `grants/{id}`, `alerts/{delivery-id}`, `meta/fragment-ghosts`
+//! `rollouts/{id}`, `resets/{node}`, `grants/{id}`, `alerts/{delivery-id}`, `credentials/{name}` (named API credentials,
+//! `store/credentials.rs`), `audit/{ns}-{random}` (the audit trail, `store/audit.rs`),
+//! `meta/fragment-ghosts`
 //! (what deleted fragments and old selectors add to generations, `fragment_set.rs`), and `meta/spec-epoch`, raised by every change
 //! that can alter effective specs (spec, fragment and label writes, payload deletions): such a
 //! change reads the epoch first and commits only if it did not move (optimistic concurrency
@@ -22,6 +24,8 @@ use steward_proto::{
 use crate::kv::{KeyValue, Kv, KvError, Revision, Txn, TxnOutcome};
 
 mod alerts;
+mod audit;
+mod credentials;
 mod grants;
 mod node_health;
 mod replicas;
@@ -31,6 +35,8 @@ mod specs;
 #[cfg(test)]
 mod tests;
 pub use alerts::DeliveryRecord;
+pub use audit::audit_id_at;
+pub use credentials::{CredentialRecord, CREDENTIALS};
 pub use grants::GrantRecord;
 pub use node_health::HealthRecord;
 pub use resets::{queued_reset, split_resets};

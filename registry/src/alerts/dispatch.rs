@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use steward_proto::api::{CredentialKind, EventKind};
+use steward_proto::api::EventKind;
 use tokio::task::{Id, JoinSet};
 use tracing::{info, warn, Instrument};
 
@@ -199,7 +199,7 @@ async fn send(client: &reqwest::Client, hook: &Webhook, d: &DeliveryRecord) -> R
 
 async fn record(events: &EventLog, kind: EventKind, node: &str, msg: String) {
     if let Err(e) = events
-        .record(kind, Some(node), None, CredentialKind::System, msg)
+        .record(kind, Some(node), None, &steward_proto::Actor::SYSTEM, msg)
         .await
     {
         warn!(error = %e, "recording an alert event failed");

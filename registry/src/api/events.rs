@@ -7,11 +7,13 @@ use std::time::Duration;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use axum::Json;
+use axum::{Extension, Json};
 use futures_util::Stream;
 use steward_proto::Event;
 use tokio::sync::broadcast::{self, error::RecvError};
 
+use super::guard::sees_event;
+use crate::auth::Caller;
 use crate::error::{ApiResult, RegistryError};
 use crate::state::AppState;
 
@@ -31,22 +33,16 @@ fn after_param(q: &HashMap<String, String>, headers: &HeaderMap) -> ApiResult<u6
 /// `GET /v1/events?after=SEQ&limit=N&node=ID`.
 pub async fn list(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> ApiResult<Json<Vec<Event>>> {
     let after = after_param(&q, &headers)?;
-    let limit = match q.get("limit") {
-        None => 100,
-        Some(l) => l
-            .parse::<usize>()
-            .ok()
-            .filter(|l| (1..=1000).contains(l))
-            .ok_or_else(|| RegistryError::invalid("limit", "must be 1-1000"))?,
-    };
+    let limit = super::page_limit(&q)?;
     let node = q.get("node");
     let events = match node {
-        None => state.store.events_after(after, limit).await?,
-        Some(n) => {
+        None if caller.scope().is_none() => state.store.events_after(after, limit).await?,
+        _ => {
             // Filtered read: scan forward in pages until `limit` matches are found.
             let mut out = Vec::new();
             let mut cursor = after;
@@ -54,7 +50,10 @@ pub async fn list(
                 let page = state.store.events_after(cursor, 1000).await?;
                 let Some(last) = page.last() else { break };
                 cursor = last.seq;
-                out.extend(page.into_iter().filter(|e| e.node_id.as_ref() == Some(n)));
+                out.extend(page.into_iter().filter(|e| {
+                    node.is_none_or(|n| e.node_id.as_ref() == Some(n))
+                        && sees_event(&state, &caller, e)
+                }));
                 if out.len() >= limit {
                     out.truncate(limit);
                     break;
@@ -68,6 +67,7 @@ pub async fn list(
 
 struct Follow {
     state: AppState,
+    caller: Caller,
     rx: broadcast::Receiver<Event>,
     backlog: VecDeque<Event>,
     last: u64,
@@ -77,6 +77,7 @@ struct Follow {
 /// reader that falls behind the live channel is caught up from the store, so nothing is lost.
 pub async fn stream(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
@@ -85,6 +86,7 @@ pub async fn stream(
     let rx = state.events.subscribe();
     let follow = Follow {
         state,
+        caller,
         rx,
         backlog: VecDeque::new(),
         last: after,
@@ -96,6 +98,9 @@ pub async fn stream(
                     continue;
                 }
                 f.last = ev.seq;
+                if !sees_event(&f.state, &f.caller, &ev) {
+                    continue;
+                }
                 let data = serde_json::to_string(&ev).unwrap_or_default();
                 let sse = SseEvent::default()
                     .id(ev.seq.to_string())

@@ -4,27 +4,58 @@ use axum::extract::{Path, State};
 use axum::{Extension, Json};
 use steward_proto::{Fragment, FragmentWrite, FragmentWritten};
 
+use super::guard::{sees_selector, within_scope};
 use super::Doc;
 use crate::auth::Caller;
 use crate::error::{ApiResult, RegistryError};
 use crate::state::AppState;
 
-pub async fn list(State(state): State<AppState>) -> ApiResult<Json<Vec<Fragment>>> {
+pub async fn list(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Json<Vec<Fragment>>> {
     let mut v = state.store.fragments().await?;
+    v.retain(|f| sees_selector(&caller, &f.selector));
     v.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(Json(v))
 }
 
 pub async fn get(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Fragment>> {
-    state
+    let f = state
         .store
         .fragment(&name)
         .await?
-        .map(Json)
-        .ok_or_else(|| RegistryError::NotFound(format!("no fragment named {name:?}")))
+        .ok_or_else(|| RegistryError::NotFound(format!("no fragment named {name:?}")))?;
+    within_scope(&caller, &f.selector, &format!("fragment {name}"))?;
+    Ok(Json(f))
+}
+
+/// A scoped caller may change a fragment only if both its stored selector and the new one
+/// stay within the scope.
+async fn check_scope(
+    state: &AppState,
+    caller: &Caller,
+    name: &str,
+    new: Option<&str>,
+) -> ApiResult<()> {
+    if caller.scope().is_none() {
+        return Ok(());
+    }
+    if let Some(sel) = new {
+        within_scope(caller, sel, &format!("fragment {name}"))?;
+    }
+    if let Some(old) = state.store.fragment(name).await? {
+        within_scope(
+            caller,
+            &old.selector,
+            &format!("the stored fragment {name}"),
+        )?;
+    }
+    Ok(())
 }
 
 pub async fn put(
@@ -33,10 +64,11 @@ pub async fn put(
     Path(name): Path<String>,
     Doc(body): Doc<FragmentWrite>,
 ) -> ApiResult<Json<FragmentWritten>> {
+    check_scope(&state, &caller, &name, Some(&body.selector)).await?;
     Ok(Json(
         state
             .specs
-            .write_fragment(&name, body, caller.kind())
+            .write_fragment(&name, body, &caller.actor())
             .await?,
     ))
 }
@@ -46,7 +78,8 @@ pub async fn delete(
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<FragmentWritten>> {
+    check_scope(&state, &caller, &name, None).await?;
     Ok(Json(
-        state.specs.delete_fragment(&name, caller.kind()).await?,
+        state.specs.delete_fragment(&name, &caller.actor()).await?,
     ))
 }

@@ -1,14 +1,19 @@
 //! The HTTP API: one table of routes (method, path, who may call it, handler) from which both
 //! the router and the OpenAPI document are built, so the two cannot drift apart.
 
+mod audit;
+#[cfg(test)]
+mod auth_matrix_tests;
 mod blobs;
 mod body;
+mod credentials;
 mod events;
 #[cfg(test)]
 mod fleet_view_tests;
 #[cfg(test)]
 mod fragment_tests;
 mod fragments;
+pub mod guard;
 pub mod install;
 mod meta;
 mod nodes;
@@ -20,15 +25,14 @@ mod spec;
 mod tests;
 mod tokens;
 
-use axum::extract::{MatchedPath, RawPathParams, Request, State};
-use axum::http::{header, Method};
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::Method;
 use axum::middleware::{from_fn_with_state, Next};
 use axum::response::Response;
 use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::Router;
 
-use crate::auth::{self, Access, Caller};
-use crate::error::RegistryError;
+use crate::auth::Access;
 use crate::state::AppState;
 
 pub use body::Doc;
@@ -80,40 +84,58 @@ pub fn routes() -> Vec<Route> {
         route!(GET "/v1/packages", Public, "The Debian packages in packages_dir (the agent's), with size and sha256.", None, Some("PackageInfo[]"), install::list; 200),
         route!(GET "/packages/{file}", Public, "Download a file from packages_dir (public: packages hold no secret).", None, None, install::download; 200, 404),
         route!(POST "/v1/enrollment-tokens", Admin, "Create an enrollment token; the token is shown only in this answer.", Some("CreateEnrollmentToken"), Some("EnrollmentTokenCreated"), tokens::create; 201, 400),
-        route!(GET "/v1/enrollment-tokens", AdminOrRead, "List enrollment tokens (never the tokens themselves).", None, Some("EnrollmentTokenInfo[]"), tokens::list; 200),
+        route!(GET "/v1/enrollment-tokens", Read, "List enrollment tokens (never the tokens themselves).", None, Some("EnrollmentTokenInfo[]"), tokens::list; 200),
         route!(DELETE "/v1/enrollment-tokens/{id}", Admin, "Revoke an enrollment token.", None, Some("EnrollmentTokenInfo"), tokens::revoke; 200, 404),
         route!(POST "/v1/enroll", Public, "Trade an enrollment token (in the body) for a new node's id and secret. An enrolled node enrols again (secret rotated) only with proof: its current secret as node_secret, or a re-enrolment grant as token. 200 enrolled; 400 invalid facts; 403 token, grant or node_secret refused; 409 the machine id belongs to an enrolled node and no proof was given (nothing is spent).", Some("EnrollRequest"), Some("EnrollResponse"), nodes::enroll; 200, 400, 403, 409),
-        route!(GET "/v1/nodes", AdminOrRead, "List nodes, sorted by hostname then id; filter with ?selector=, ?health= and ?drifted=true|false (payload or resource drift in the last status). Pages: ?limit=N (1-1000) and ?after=<the x-next-after header of the previous page, absent on the last>. Without limit at most 10,000 nodes are listed (more: 400 naming limit).", None, Some("Node[]"), nodes::list; 200, 400),
+        route!(GET "/v1/nodes", Read, "List nodes, sorted by hostname then id; filter with ?selector=, ?health= and ?drifted=true|false (payload or resource drift in the last status). Pages: ?limit=N (1-1000) and ?after=<the x-next-after header of the previous page, absent on the last>. Without limit at most 10,000 nodes are listed (more: 400 naming limit).", None, Some("Node[]"), nodes::list; 200, 400),
         route!(GET "/v1/nodes/{id}", ReadOrOwnNode, "One node.", None, Some("Node"), nodes::get; 200, 404),
-        route!(PATCH "/v1/nodes/{id}", Admin, "Change labels (JSON merge patch; null removes a key).", Some("NodePatch"), Some("Node"), nodes::patch; 200, 400, 404, 409, 422),
+        route!(PATCH "/v1/nodes/{id}", Operate, "Change labels (JSON merge patch; null removes a key).", Some("NodePatch"), Some("Node"), nodes::patch; 200, 400, 404, 409, 422),
         route!(DELETE "/v1/nodes/{id}", Admin, "Decommission: revoke the node's secret, keep its record and history.", None, Some("Node"), nodes::decommission; 200, 404),
         route!(GET "/v1/nodes/{id}/spec", ReadOrOwnNode, "The node's effective spec, merged when read from its own spec and the fragments matching its labels (409 when they do not merge); long-poll with ?after=GENERATION&wait=30s (304 when nothing newer arrived).", None, Some("SpecDocument"), spec::get; 200, 304, 400, 404, 409),
-        route!(PUT "/v1/nodes/{id}/spec", Admin, "Write the node's own spec (JSON or YAML by Content-Type); If-Match: GENERATION for optimistic concurrency.", Some("NodeSpec"), Some("SpecWritten"), spec::put; 200, 400, 404, 409, 412, 422),
+        route!(PUT "/v1/nodes/{id}/spec", Operate, "Write the node's own spec (JSON or YAML by Content-Type); If-Match: GENERATION for optimistic concurrency.", Some("NodeSpec"), Some("SpecWritten"), spec::put; 200, 400, 404, 409, 412, 422),
         route!(POST "/v1/nodes/{id}/reenroll", Admin, "Issue a one-time re-enrolment grant for a node whose host lost its secret (reinstalled); body optional {\"expires\": \"1h\"} (1s-7d, default 1h). 201 with the grant, shown only here; 400 bad expires; 404 no such node; 409 node decommissioned.", Some("CreateReenrollGrant"), Some("ReenrollGrantCreated"), nodes::reenroll; 201, 400, 404, 409),
         route!(POST "/v1/nodes/{id}/heartbeat", OwnNode, "Heartbeat: small, frequent; kept in memory.", Some("Heartbeat"), Some("HeartbeatResponse"), nodes::heartbeat; 200, 404),
-        route!(POST "/v1/nodes/{id}/workloads/{name}/reset", Admin, "Reset a workload's escalation ladder (and rollback): a container kept stopped as failed is started afresh; `?kind=container|vm` resets only the workload of that kind (default: every workload of that name). Queued (durably: it survives a registry restart) for the node's next heartbeat.", None, Some("ResetQueued"), nodes::reset; 200, 400, 404),
+        route!(POST "/v1/nodes/{id}/workloads/{name}/reset", Operate, "Reset a workload's escalation ladder (and rollback): a container kept stopped as failed is started afresh; `?kind=container|vm` resets only the workload of that kind (default: every workload of that name). Queued (durably: it survives a registry restart) for the node's next heartbeat.", None, Some("ResetQueued"), nodes::reset; 200, 400, 404),
         route!(PUT "/v1/nodes/{id}/status", OwnNode, "Full observed status, sent when it changed.", Some("NodeStatus"), None, nodes::put_status; 204, 404),
-        route!(GET "/v1/fragments", AdminOrRead, "List fleet-wide spec fragments.", None, Some("Fragment[]"), fragments::list; 200),
-        route!(GET "/v1/fragments/{name}", AdminOrRead, "One fragment.", None, Some("Fragment"), fragments::get; 200, 404),
-        route!(PUT "/v1/fragments/{name}", Admin, "Write a fragment (selector + spec): one record however many nodes it matches; bumps the generation of every node it matches now or matched before (writing the same selector and spec again changes nothing).", Some("FragmentWrite"), Some("FragmentWritten"), fragments::put; 200, 400, 409, 422),
-        route!(DELETE "/v1/fragments/{name}", Admin, "Delete a fragment.", None, Some("FragmentWritten"), fragments::delete; 200, 404, 409, 422),
-        route!(GET "/v1/events", AdminOrRead, "Events after ?after=SEQ (oldest first, ?limit= up to 1000, ?node= to filter).", None, Some("Event[]"), events::list; 200, 400),
-        route!(PUT "/v1/payloads/{name}/{version}", Admin, "Upload a payload version: the raw body is streamed to disk and hashed (no body-size limit; optional x-steward-sha256 header checked). 201 new, 200 same content again, 409 other content (versions are immutable).", Some(openapi::RAW_BODY), Some("PayloadVersion"), payloads::put; 200, 201, 400, 409),
-        route!(GET "/v1/payloads", AdminOrRead, "List payloads and their versions.", None, Some("PayloadSummary[]"), payloads::list; 200),
-        route!(GET "/v1/payloads/{name}", AdminOrRead, "The versions of one payload, oldest first.", None, Some("PayloadVersion[]"), payloads::versions; 200, 404),
-        route!(GET "/v1/payloads/{name}/{version}", AdminOrRead, "One payload version's metadata.", None, Some("PayloadVersion"), payloads::get; 200, 404),
-        route!(DELETE "/v1/payloads/{name}/{version}", Admin, "Delete a payload version; 409 naming the nodes and fragments that still reference it. Its blob is removed when no other version has the same content.", None, Some("PayloadVersion"), payloads::delete; 200, 404, 409),
+        route!(GET "/v1/fragments", Read, "List fleet-wide spec fragments.", None, Some("Fragment[]"), fragments::list; 200),
+        route!(GET "/v1/fragments/{name}", Read, "One fragment.", None, Some("Fragment"), fragments::get; 200, 404),
+        route!(PUT "/v1/fragments/{name}", Operate, "Write a fragment (selector + spec): one record however many nodes it matches; bumps the generation of every node it matches now or matched before (writing the same selector and spec again changes nothing).", Some("FragmentWrite"), Some("FragmentWritten"), fragments::put; 200, 400, 409, 422),
+        route!(DELETE "/v1/fragments/{name}", Operate, "Delete a fragment.", None, Some("FragmentWritten"), fragments::delete; 200, 404, 409, 422),
+        route!(GET "/v1/events", Read, "Events after ?after=SEQ (oldest first, ?limit= up to 1000, ?node= to filter).", None, Some("Event[]"), events::list; 200, 400),
+        route!(PUT "/v1/payloads/{name}/{version}", Operate, "Upload a payload version: the raw body is streamed to disk and hashed (no body-size limit; optional x-steward-sha256 header checked). 201 new, 200 same content again, 409 other content (versions are immutable).", Some(openapi::RAW_BODY), Some("PayloadVersion"), payloads::put; 200, 201, 400, 409),
+        route!(GET "/v1/payloads", Read, "List payloads and their versions.", None, Some("PayloadSummary[]"), payloads::list; 200),
+        route!(GET "/v1/payloads/{name}", Read, "The versions of one payload, oldest first.", None, Some("PayloadVersion[]"), payloads::versions; 200, 404),
+        route!(GET "/v1/payloads/{name}/{version}", Read, "One payload version's metadata.", None, Some("PayloadVersion"), payloads::get; 200, 404),
+        route!(DELETE "/v1/payloads/{name}/{version}", Operate, "Delete a payload version; 409 naming the nodes and fragments that still reference it. Its blob is removed when no other version has the same content.", None, Some("PayloadVersion"), payloads::delete; 200, 404, 409),
         route!(PUT "/v1/blobs/{sha256}", Admin, "Store a copy of a blob, pushed by another registry replica sharing an etcd store (the raw body must hash to sha256; 201 new, 200 already held).", Some(openapi::RAW_BODY), None, blobs::put; 200, 201, 400),
         route!(GET "/v1/blobs/{sha256}", ReadOrAnyNode, "Download a blob by sha256, as stored on disk; Range (bytes=N-, bytes=N-M) answers 206 with Content-Range; ETag is the quoted sha256. A node secret may read only blobs its effective spec references.", None, None, payloads::blob; 200, 206, 400, 404, 409, 416),
-        route!(POST "/v1/rollouts", Admin, "Start a rollout: move a payload to a version across the nodes matching a selector, in batches (count or percent); each batch must report converged and attested before the next starts.", Some("StartRollout"), Some("Rollout"), rollouts::start; 201, 400, 409, 422),
-        route!(GET "/v1/rollouts", AdminOrRead, "List rollouts, oldest first.", None, Some("Rollout[]"), rollouts::list; 200),
-        route!(GET "/v1/rollouts/{rollout}", AdminOrRead, "One rollout: state, batches, per-node outcome, last message.", None, Some("Rollout"), rollouts::get; 200, 404),
-        route!(POST "/v1/rollouts/{rollout}/pause", Admin, "Pause a running rollout: no new batch starts.", None, Some("Rollout"), rollouts::pause; 200, 404, 409),
-        route!(POST "/v1/rollouts/{rollout}/resume", Admin, "Resume a paused or halted rollout (the current batch gets a fresh time-out).", None, Some("Rollout"), rollouts::resume; 200, 404, 409),
-        route!(POST "/v1/rollouts/{rollout}/abort", Admin, "Abort: stop for good; nodes keep the version they have.", None, Some("Rollout"), rollouts::abort; 200, 404, 409),
-        route!(POST "/v1/rollouts/{rollout}/rollback", Admin, "Roll back: put the previous version back on every node the rollout touched.", None, Some("Rollout"), rollouts::rollback; 200, 404, 409),
-        route!(GET "/v1/events/stream", AdminOrRead, "Server-sent events: replays from ?after=SEQ (or Last-Event-ID), then follows live.", None, None, events::stream; 200, 400),
+        route!(POST "/v1/rollouts", Operate, "Start a rollout: move a payload to a version across the nodes matching a selector, in batches (count or percent); each batch must report converged and attested before the next starts.", Some("StartRollout"), Some("Rollout"), rollouts::start; 201, 400, 409, 422),
+        route!(GET "/v1/rollouts", Read, "List rollouts, oldest first.", None, Some("Rollout[]"), rollouts::list; 200),
+        route!(GET "/v1/rollouts/{rollout}", Read, "One rollout: state, batches, per-node outcome, last message.", None, Some("Rollout"), rollouts::get; 200, 404),
+        route!(POST "/v1/rollouts/{rollout}/pause", Operate, "Pause a running rollout: no new batch starts.", None, Some("Rollout"), rollouts::pause; 200, 404, 409),
+        route!(POST "/v1/rollouts/{rollout}/resume", Operate, "Resume a paused or halted rollout (the current batch gets a fresh time-out).", None, Some("Rollout"), rollouts::resume; 200, 404, 409),
+        route!(POST "/v1/rollouts/{rollout}/abort", Operate, "Abort: stop for good; nodes keep the version they have.", None, Some("Rollout"), rollouts::abort; 200, 404, 409),
+        route!(POST "/v1/rollouts/{rollout}/rollback", Operate, "Roll back: put the previous version back on every node the rollout touched.", None, Some("Rollout"), rollouts::rollback; 200, 404, 409),
+        route!(POST "/v1/credentials", Admin, "Create a named API credential with a role (admin, operator, viewer, sessions), optionally narrowed to the nodes matching a label selector and expiring; 201 with the token, shown only in this answer; 400 names the field; 409 the name is taken.", Some("CreateCredential"), Some("CredentialCreated"), credentials::create; 201, 400, 409),
+        route!(GET "/v1/credentials", Admin, "List named credentials: role, scope, created (by whom), expires, last used (to the minute), revoked; never the secrets.", None, Some("CredentialInfo[]"), credentials::list; 200),
+        route!(DELETE "/v1/credentials/{name}", Admin, "Revoke a named credential at once (it stays listed, revoked; its name is not reused).", None, Some("CredentialInfo"), credentials::revoke; 200, 404),
+        route!(GET "/v1/audit", Audit, "The audit trail: every write (who, when, from which address, route, target, outcome, why refused), oldest first. Filters ?actor=, ?target= (`node/ID`, or `node` for every node), ?since= and ?until= (RFC 3339); pages ?limit=N (1-1000, default 100) and ?after=<the x-next-after header of the previous page>. Unscoped admin or viewer credentials only.", None, Some("AuditRecord[]"), audit::list; 200, 400, 403),
+        route!(GET "/v1/events/stream", Read, "Server-sent events: replays from ?after=SEQ (or Last-Event-ID), then follows live.", None, None, events::stream; 200, 400),
     ]
+}
+
+/// The `?limit=` of a paged list: 1-1000, default 100.
+fn page_limit(
+    q: &std::collections::HashMap<String, String>,
+) -> Result<usize, crate::error::RegistryError> {
+    match q.get("limit") {
+        None => Ok(100),
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=1000).contains(l))
+            .ok_or_else(|| crate::error::RegistryError::invalid("limit", "must be 1-1000")),
+    }
 }
 
 /// Builds the router with authorisation, body-size limits and tracing.
@@ -122,7 +144,10 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     for route in routes() {
         let mut mr = (route.handler)();
         if route.access != Access::Public {
-            mr = mr.route_layer(from_fn_with_state((state.clone(), route.access), authorize));
+            mr = mr.route_layer(from_fn_with_state(
+                (state.clone(), route.access),
+                guard::authorize,
+            ));
         }
         r = r.route(route.path, mr);
     }
@@ -172,61 +197,4 @@ async fn instrument(State(state): State<AppState>, req: Request, next: Next) -> 
         }
         _ => next.run(req).await,
     }
-}
-
-/// Resolves the caller from `Authorization: Bearer` and checks it against the route's access.
-async fn authorize(
-    State((state, access)): State<(AppState, Access)>,
-    params: RawPathParams,
-    mut req: Request,
-    next: Next,
-) -> Result<Response, RegistryError> {
-    let token = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(auth::bearer)
-        .ok_or(RegistryError::Unauthorized)?;
-    let caller = identify(&state, token).ok_or(RegistryError::Unauthorized)?;
-    let path_id = params
-        .iter()
-        .find(|(k, _)| *k == "id")
-        .map(|(_, v)| v.to_string());
-    let own = |c: &Caller| matches!((c, &path_id), (Caller::Node(n), Some(p)) if n == p);
-    let allowed = match access {
-        Access::Public => true,
-        Access::Admin => caller == Caller::Admin,
-        Access::AdminOrRead => matches!(caller, Caller::Admin | Caller::Read),
-        Access::ReadOrOwnNode => matches!(caller, Caller::Admin | Caller::Read) || own(&caller),
-        Access::OwnNode => own(&caller),
-        Access::ReadOrAnyNode => true,
-    };
-    if !allowed {
-        return Err(RegistryError::Forbidden(format!(
-            "this endpoint needs {}",
-            access.describe()
-        )));
-    }
-    req.extensions_mut().insert(caller);
-    Ok(next.run(req).await)
-}
-
-/// Which credential a bearer token is, if any. Every comparison is constant-time on hashes.
-fn identify(state: &AppState, token: &str) -> Option<Caller> {
-    let h = auth::sha256(token);
-    let is_admin = auth::hash_eq(&h, &state.admin_sha256);
-    let is_read = state
-        .read_sha256
-        .as_ref()
-        .is_some_and(|r| auth::hash_eq(&h, r));
-    if is_admin {
-        return Some(Caller::Admin);
-    }
-    if is_read {
-        return Some(Caller::Read);
-    }
-    let id = auth::secret_id(token)?;
-    let ln = state.live(id)?;
-    let stored = ln.lock().secret_sha256?;
-    auth::hash_eq(&h, &stored).then(|| Caller::Node(id.to_string()))
 }

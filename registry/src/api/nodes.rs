@@ -50,7 +50,7 @@ pub async fn reenroll(
     };
     let created = state
         .enrolments
-        .create_grant(&id, req, caller.kind())
+        .create_grant(&id, req, &caller.actor())
         .await?;
     Ok((StatusCode::CREATED, Json(created)))
 }
@@ -59,7 +59,7 @@ pub async fn reenroll(
 /// a node over: only the admin and the node itself see it.
 fn redact(caller: &Caller, mut node: Node) -> Node {
     let own = matches!(caller, Caller::Node(id) if *id == node.id);
-    if !(own || *caller == Caller::Admin) {
+    if !(own || caller.role() == Some(steward_proto::Role::Admin)) {
         node.facts.machine_id = String::new();
     }
     node
@@ -70,7 +70,10 @@ pub async fn list(
     Extension(caller): Extension<Caller>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<axum::response::Response> {
-    let query = node_query(&q)?;
+    let mut query = node_query(&q)?;
+    if let Some(scope) = caller.scope() {
+        query.selector.0.extend(scope.selector.0.iter().cloned());
+    }
     let page = state.nodes.list(query).await?;
     let out: Vec<Node> = page.nodes.into_iter().map(|n| redact(&caller, n)).collect();
     // Megabytes of JSON for a large page: encoded off the async workers (heartbeats).
@@ -142,7 +145,7 @@ pub async fn patch(
     Path(id): Path<String>,
     Doc(p): Doc<NodePatch>,
 ) -> ApiResult<Json<Node>> {
-    let rec = state.specs.patch_node(&id, p, caller.kind()).await?;
+    let rec = state.specs.patch_node(&id, p, &caller.actor()).await?;
     Ok(Json(state.nodes.to_wire(rec)))
 }
 
@@ -151,7 +154,7 @@ pub async fn decommission(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Node>> {
-    Ok(Json(state.nodes.decommission(&id, caller.kind()).await?))
+    Ok(Json(state.nodes.decommission(&id, &caller.actor()).await?))
 }
 
 pub async fn reset(
@@ -164,7 +167,7 @@ pub async fn reset(
     Ok(Json(
         state
             .nodes
-            .reset_workload(&id, &name, kind, caller.kind())
+            .reset_workload(&id, &name, kind, &caller.actor())
             .await?,
     ))
 }

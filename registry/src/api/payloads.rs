@@ -36,7 +36,13 @@ pub async fn put(
     let stream = body.into_data_stream().map_err(|e| e.to_string());
     let up = state
         .payloads
-        .upload(&name, &version, expected.as_deref(), stream, caller.kind())
+        .upload(
+            &name,
+            &version,
+            expected.as_deref(),
+            stream,
+            &caller.actor(),
+        )
         .await?;
     let status = if up.created {
         StatusCode::CREATED
@@ -69,10 +75,16 @@ pub async fn delete(
     Extension(caller): Extension<Caller>,
     Path((name, version)): Path<(String, String)>,
 ) -> ApiResult<Json<PayloadVersion>> {
+    if let Some(scope) = caller.scope() {
+        return Err(RegistryError::Forbidden(format!(
+            "payloads serve the whole fleet; a credential narrowed to {} cannot delete one",
+            scope.text
+        )));
+    }
     Ok(Json(
         state
             .payloads
-            .delete(&name, &version, caller.kind())
+            .delete(&name, &version, &caller.actor())
             .await?,
     ))
 }

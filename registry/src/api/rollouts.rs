@@ -5,6 +5,7 @@ use axum::http::StatusCode;
 use axum::{Extension, Json};
 use steward_proto::{Rollout, StartRollout};
 
+use super::guard::{sees_selector, within_scope};
 use super::Doc;
 use crate::auth::Caller;
 use crate::error::ApiResult;
@@ -16,21 +17,30 @@ pub async fn start(
     Extension(caller): Extension<Caller>,
     Doc(req): Doc<StartRollout>,
 ) -> ApiResult<(StatusCode, Json<Rollout>)> {
+    within_scope(&caller, &req.selector, "the rollout")?;
     Ok((
         StatusCode::CREATED,
-        Json(state.rollouts.start(req, caller.kind()).await?),
+        Json(state.rollouts.start(req, &caller.actor()).await?),
     ))
 }
 
-pub async fn list(State(state): State<AppState>) -> ApiResult<Json<Vec<Rollout>>> {
-    Ok(Json(state.rollouts.list().await?))
+pub async fn list(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Json<Vec<Rollout>>> {
+    let mut v = state.rollouts.list().await?;
+    v.retain(|r| sees_selector(&caller, &r.selector));
+    Ok(Json(v))
 }
 
 pub async fn get(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Rollout>> {
-    Ok(Json(state.rollouts.get(&id).await?))
+    let r = state.rollouts.get(&id).await?;
+    within_scope(&caller, &r.selector, &format!("rollout {id}"))?;
+    Ok(Json(r))
 }
 
 async fn command(
@@ -39,7 +49,13 @@ async fn command(
     id: String,
     cmd: Command,
 ) -> ApiResult<Json<Rollout>> {
-    Ok(Json(state.rollouts.command(&id, cmd, caller.kind()).await?))
+    if caller.scope().is_some() {
+        let r = state.rollouts.get(&id).await?;
+        within_scope(&caller, &r.selector, &format!("rollout {id}"))?;
+    }
+    Ok(Json(
+        state.rollouts.command(&id, cmd, &caller.actor()).await?,
+    ))
 }
 
 pub async fn pause(

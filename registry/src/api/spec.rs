@@ -100,7 +100,7 @@ pub async fn put(
         .transpose()?;
     let written = state
         .specs
-        .write_node_spec(&id, spec, if_match, caller.kind())
+        .write_node_spec(&id, spec, if_match, &caller.actor())
         .await?;
     Ok(Json(written))
 }

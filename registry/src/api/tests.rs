@@ -15,11 +15,12 @@ use crate::store::Store;
 pub(super) const ADMIN: &str = "admin-token-0123456789";
 pub(super) const READ: &str = "read-token-0123456789";
 
-struct Fx {
-    _dir: tempfile::TempDir,
-    state: AppState,
-    own: (String, String),
-    other: (String, String),
+pub(super) struct Fx {
+    pub(super) _dir: tempfile::TempDir,
+    pub(super) state: AppState,
+    pub(super) own: (String, String),
+    pub(super) other: (String, String),
+    pub(super) clock: std::sync::Arc<crate::clock::ManualClock>,
 }
 
 pub(super) async fn call(
@@ -49,7 +50,7 @@ pub(super) async fn call(
     )
 }
 
-fn hex_sha256(b: &[u8]) -> String {
+pub(super) fn hex_sha256(b: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(b))
 }
@@ -81,12 +82,20 @@ pub(super) async fn enroll(state: &AppState, machine: &str) -> (String, String) 
     )
 }
 
-async fn fixture() -> Fx {
+pub(super) async fn fixture() -> Fx {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open_embedded(dir.path()).unwrap();
-    let state = AppState::new(Settings::default(), store, dir.path(), ADMIN, Some(READ))
-        .await
-        .unwrap();
+    let clock = crate::clock::ManualClock::new(chrono::Utc::now());
+    let state = AppState::with_clock(
+        Settings::default(),
+        store,
+        dir.path(),
+        ADMIN,
+        Some(READ),
+        clock.clone(),
+    )
+    .await
+    .unwrap();
     crate::replica::follow_store(&state, state.loaded_at + 1)
         .await
         .unwrap();
@@ -131,287 +140,7 @@ async fn fixture() -> Fx {
         state,
         own,
         other,
-    }
-}
-
-/// Who may call what, written out by hand (not derived from the route table), in the order
-/// none, wrong, admin, read, own node, other node. `true` = allowed.
-fn expectations() -> Vec<(Method, &'static str, [bool; 4])> {
-    use Method as M;
-    //                                                  admin  read   own    other
-    vec![
-        (
-            M::POST,
-            "/v1/enrollment-tokens",
-            [true, false, false, false],
-        ),
-        (M::GET, "/v1/enrollment-tokens", [true, true, false, false]),
-        (
-            M::DELETE,
-            "/v1/enrollment-tokens/{id}",
-            [true, false, false, false],
-        ),
-        (M::GET, "/v1/nodes", [true, true, false, false]),
-        (M::GET, "/v1/nodes/{id}", [true, true, true, false]),
-        (M::PATCH, "/v1/nodes/{id}", [true, false, false, false]),
-        (M::DELETE, "/v1/nodes/{id}", [true, false, false, false]),
-        (
-            M::POST,
-            "/v1/nodes/{id}/reenroll",
-            [true, false, false, false],
-        ),
-        (M::GET, "/v1/nodes/{id}/spec", [true, true, true, false]),
-        (M::PUT, "/v1/nodes/{id}/spec", [true, false, false, false]),
-        (
-            M::POST,
-            "/v1/nodes/{id}/heartbeat",
-            [false, false, true, false],
-        ),
-        (M::PUT, "/v1/nodes/{id}/status", [false, false, true, false]),
-        (
-            M::POST,
-            "/v1/nodes/{id}/workloads/{name}/reset",
-            [true, false, false, false],
-        ),
-        (M::GET, "/v1/fragments", [true, true, false, false]),
-        (M::GET, "/v1/fragments/{name}", [true, true, false, false]),
-        (M::PUT, "/v1/fragments/{name}", [true, false, false, false]),
-        (
-            M::DELETE,
-            "/v1/fragments/{name}",
-            [true, false, false, false],
-        ),
-        (
-            M::PUT,
-            "/v1/payloads/{name}/{version}",
-            [true, false, false, false],
-        ),
-        (M::GET, "/v1/payloads", [true, true, false, false]),
-        (M::GET, "/v1/payloads/{name}", [true, true, false, false]),
-        (
-            M::GET,
-            "/v1/payloads/{name}/{version}",
-            [true, true, false, false],
-        ),
-        (
-            M::DELETE,
-            "/v1/payloads/{name}/{version}",
-            [true, false, false, false],
-        ),
-        // A node may download only blobs its own spec references (the own node's does).
-        (M::GET, "/v1/blobs/{sha256}", [true, true, true, false]),
-        (M::PUT, "/v1/blobs/{sha256}", [true, false, false, false]),
-        (M::POST, "/v1/rollouts", [true, false, false, false]),
-        (M::GET, "/v1/rollouts", [true, true, false, false]),
-        (M::GET, "/v1/rollouts/{rollout}", [true, true, false, false]),
-        (
-            M::POST,
-            "/v1/rollouts/{rollout}/pause",
-            [true, false, false, false],
-        ),
-        (
-            M::POST,
-            "/v1/rollouts/{rollout}/resume",
-            [true, false, false, false],
-        ),
-        (
-            M::POST,
-            "/v1/rollouts/{rollout}/abort",
-            [true, false, false, false],
-        ),
-        (
-            M::POST,
-            "/v1/rollouts/{rollout}/rollback",
-            [true, false, false, false],
-        ),
-        (M::GET, "/v1/events", [true, true, false, false]),
-        (M::GET, "/v1/events/stream", [true, true, false, false]),
-    ]
-}
-
-const PUBLIC: &[(&str, &str)] = &[
-    ("GET", "/healthz"),
-    ("GET", "/readyz"),
-    ("GET", "/v1/openapi.json"),
-    ("POST", "/v1/enroll"),
-    ("GET", "/install.sh"),
-    ("GET", "/v1/packages"),
-    ("GET", "/packages/{file}"),
-];
-
-fn body_for(method: &Method, path: &str) -> Option<(&'static str, String)> {
-    let json = |v: Value| Some(("application/json", v.to_string()));
-    match (method.as_str(), path) {
-        ("POST", "/v1/enrollment-tokens") => json(json!({"uses": 1})),
-        ("PATCH", _) => json(json!({"labels": {"k": "v"}})),
-        ("PUT", "/v1/nodes/{id}/spec") => Some((
-            "application/yaml",
-            "containers: [{name: a, image: busybox}]".into(),
-        )),
-        ("POST", "/v1/nodes/{id}/heartbeat") => json(json!({"observed_generation": 0})),
-        ("PUT", "/v1/nodes/{id}/status") => json(json!({"observed_generation": 0, "digest": "d"})),
-        ("PUT", "/v1/fragments/{name}") => json(json!({"selector": "x=y", "spec": {}})),
-        ("POST", "/v1/rollouts") => json(json!({"payload": "f1", "version": "2", "timeout": "1h"})),
-        ("PUT", "/v1/payloads/{name}/{version}") => {
-            Some(("application/octet-stream", "two".into()))
-        }
-        // A replica's copy: the path's sha256 is that of "one".
-        ("PUT", "/v1/blobs/{sha256}") => Some(("application/octet-stream", "one".into())),
-        _ => None,
-    }
-}
-
-#[tokio::test]
-async fn route_table_is_the_documented_one() {
-    let mut documented: Vec<String> = expectations()
-        .iter()
-        .map(|(m, p, _)| format!("{m} {p}"))
-        .collect();
-    documented.extend(PUBLIC.iter().map(|(m, p)| format!("{m} {p}")));
-    documented.sort();
-    let mut actual: Vec<String> = super::routes()
-        .iter()
-        .map(|r| format!("{} {}", r.method, r.path))
-        .collect();
-    actual.sort();
-    assert_eq!(
-        actual, documented,
-        "a route was added or removed without updating the auth matrix"
-    );
-
-    // The OpenAPI document lists exactly the routes of the router.
-    let doc = super::openapi::document();
-    let mut in_doc: Vec<String> = doc["paths"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .flat_map(|(p, ops)| {
-            ops.as_object()
-                .unwrap()
-                .keys()
-                .map(move |m| format!("{} {p}", m.to_uppercase()))
-        })
-        .collect();
-    in_doc.sort();
-    assert_eq!(in_doc, actual);
-    // Every schema it names is defined.
-    let text = doc.to_string();
-    for r in text.split("#/components/schemas/").skip(1) {
-        let name = r.split('"').next().unwrap();
-        assert!(
-            doc["components"]["schemas"].get(name).is_some(),
-            "schema {name} is not defined"
-        );
-    }
-}
-
-#[tokio::test]
-async fn auth_matrix_every_route_and_credential() {
-    for (method, path, allowed) in expectations() {
-        // A fresh registry per route so destructive calls do not affect the next rows.
-        let fx = fixture().await;
-        let (_, tok) = call(
-            &fx.state,
-            Method::POST,
-            "/v1/enrollment-tokens",
-            Some(ADMIN),
-            Some(("application/json", "{}".into())),
-        )
-        .await;
-        let rollout = if path.contains("{rollout}") {
-            let body = body_for(&Method::POST, "/v1/rollouts");
-            let (st, r) = call(&fx.state, Method::POST, "/v1/rollouts", Some(ADMIN), body).await;
-            assert_eq!(st, StatusCode::CREATED, "{r}");
-            let id = r["id"].as_str().unwrap().to_string();
-            if path.ends_with("/resume") {
-                let (st, r) = call(
-                    &fx.state,
-                    Method::POST,
-                    &format!("/v1/rollouts/{id}/pause"),
-                    Some(ADMIN),
-                    None,
-                )
-                .await;
-                assert_eq!(st, StatusCode::OK, "{r}");
-            }
-            id
-        } else {
-            String::new()
-        };
-        let uri = path
-            .replace("{rollout}", &rollout)
-            .replace(
-                "{id}",
-                if path.starts_with("/v1/enrollment-tokens") {
-                    tok["id"].as_str().unwrap()
-                } else {
-                    &fx.own.0
-                },
-            )
-            .replace("{name}", "f1")
-            .replace("{version}", "2")
-            .replace("{sha256}", &hex_sha256(b"one"));
-        let creds: [(&str, Option<&str>); 6] = [
-            ("none", None),
-            ("wrong", Some("wrong-token")),
-            ("read", Some(READ)),
-            ("other node", Some(&fx.other.1)),
-            ("own node", Some(&fx.own.1)),
-            ("admin", Some(ADMIN)),
-        ];
-        for (who, token) in creds {
-            let may = match who {
-                "none" | "wrong" => false,
-                "admin" => allowed[0],
-                "read" => allowed[1],
-                "own node" => allowed[2],
-                _ => allowed[3],
-            };
-            if path == "/v1/events/stream" && may {
-                // The stream never ends; check the status line only.
-                let req = Request::builder()
-                    .method(method.clone())
-                    .uri(&uri)
-                    .header("authorization", format!("Bearer {}", token.unwrap()))
-                    .body(Body::empty())
-                    .unwrap();
-                let resp = super::router(fx.state.clone(), 64 * 1024)
-                    .oneshot(req)
-                    .await
-                    .unwrap();
-                assert_eq!(resp.status(), StatusCode::OK, "{method} {path} as {who}");
-                continue;
-            }
-            let (st, body) = call(
-                &fx.state,
-                method.clone(),
-                &uri,
-                token,
-                body_for(&method, path),
-            )
-            .await;
-            let documented = super::routes()
-                .into_iter()
-                .find(|r| r.method == method && r.path == path)
-                .map(|r| super::openapi::statuses(&r))
-                .unwrap_or_default();
-            assert!(
-                documented.contains(&st.as_u16()),
-                "{method} {path} as {who} answered {st}, not in its documented {documented:?}"
-            );
-            let want = match (who, may) {
-                ("none" | "wrong", _) => Some(StatusCode::UNAUTHORIZED),
-                (_, false) => Some(StatusCode::FORBIDDEN),
-                (_, true) => None,
-            };
-            match want {
-                Some(w) => assert_eq!(st, w, "{method} {path} as {who}: {body}"),
-                None => assert!(
-                    st.is_success(),
-                    "{method} {path} as {who} should succeed, got {st}: {body}"
-                ),
-            }
-        }
+        clock,
     }
 }
 

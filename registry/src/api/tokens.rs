@@ -79,7 +79,7 @@ pub async fn create(
             EventKind::TokenCreated,
             None,
             None,
-            caller.kind(),
+            &caller.actor(),
             format!(
                 "enrollment token {id} created ({uses} use(s), expires {})",
                 rec.expires_at
@@ -95,8 +95,18 @@ pub async fn create(
     ))
 }
 
-pub async fn list(State(state): State<AppState>) -> ApiResult<Json<Vec<EnrollmentTokenInfo>>> {
-    let mut v: Vec<_> = state.store.tokens().await?.iter().map(info).collect();
+pub async fn list(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Json<Vec<EnrollmentTokenInfo>>> {
+    let mut v: Vec<_> = state
+        .store
+        .tokens()
+        .await?
+        .iter()
+        .filter(|t| caller.sees(&t.labels))
+        .map(info)
+        .collect();
     v.sort_by_key(|t| t.created_at);
     Ok(Json(v))
 }
@@ -119,7 +129,7 @@ pub async fn revoke(
                 EventKind::TokenRevoked,
                 None,
                 None,
-                caller.kind(),
+                &caller.actor(),
                 format!("enrollment token {id} revoked"),
             )
             .await?;

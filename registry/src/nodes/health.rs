@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use steward_proto::{CredentialKind, Event, EventKind, Health};
+use steward_proto::{Event, EventKind, Health};
 
 use super::Nodes;
 use crate::fleet::Live;
@@ -155,16 +155,15 @@ impl Nodes {
                     }
                     None => tracing::warn!(change = %message, "health of many nodes changed"),
                 }
-                Event {
-                    seq: 0,
-                    time: now,
-                    kind: EventKind::HealthChanged,
-                    node_id: node,
-                    generation: None,
-                    workload: None,
-                    credential: CredentialKind::System,
+                let mut ev = Event::new(
+                    EventKind::HealthChanged,
+                    node.as_deref(),
+                    None,
+                    &steward_proto::Actor::SYSTEM,
                     message,
-                }
+                );
+                ev.time = now;
+                ev
             })
             .collect();
         if let Err(e) = self.events.record_many(events).await {

@@ -13,7 +13,7 @@ use chrono::Utc;
 use futures_util::Stream;
 use steward_proto::validate::{validate_spec, SpecLimits};
 use steward_proto::{
-    CredentialKind, EventKind, NodeSpec, PayloadSpec, PayloadSummary, PayloadVersion, Problem,
+    Actor, EventKind, NodeSpec, PayloadSpec, PayloadSummary, PayloadVersion, Problem,
 };
 
 use crate::events::EventLog;
@@ -174,7 +174,7 @@ impl Payloads {
         version: &str,
         expected_sha256: Option<&str>,
         body: S,
-        cred: CredentialKind,
+        cred: &Actor,
     ) -> Result<Uploaded>
     where
         S: Stream<Item = std::result::Result<Bytes, E>>,
@@ -354,12 +354,7 @@ impl Payloads {
 
     /// `DELETE /v1/payloads/{name}/{version}`: refused (409) while referenced; the blob is removed
     /// when no other version has the same content.
-    pub async fn delete(
-        &self,
-        name: &str,
-        version: &str,
-        cred: CredentialKind,
-    ) -> Result<PayloadVersion> {
+    pub async fn delete(&self, name: &str, version: &str, cred: &Actor) -> Result<PayloadVersion> {
         for _ in 0..ATTEMPTS {
             match self.delete_once(name, version, cred).await {
                 Err(PayloadError::Store(StoreError::Stale)) => continue,
@@ -374,12 +369,7 @@ impl Payloads {
 
     /// One attempt of [`delete`]: [`StoreError::Stale`] when a spec change (on any replica)
     /// committed while the references were checked.
-    async fn delete_once(
-        &self,
-        name: &str,
-        version: &str,
-        cred: CredentialKind,
-    ) -> Result<PayloadVersion> {
+    async fn delete_once(&self, name: &str, version: &str, cred: &Actor) -> Result<PayloadVersion> {
         // The spec lock first: no spec write of this process can pin this version while it is being
         // deleted; the spec epoch does the same for other replicas.
         let _specs = self.gate.lock().await;

@@ -8,14 +8,14 @@ use std::time::Duration;
 use chrono::Utc;
 
 use crate::kv::Revision;
-use steward_proto::{CredentialKind, Rollout, RolloutNodeState, RolloutState};
+use steward_proto::{Actor, Rollout, RolloutNodeState, RolloutState};
 
 use super::plan::{self, Progress, Verdict};
 use super::{Result, RolloutError, Rollouts};
 
 /// How often a running batch is judged.
 const POLL: Duration = Duration::from_millis(300);
-const CRED: CredentialKind = CredentialKind::System;
+const CRED: &Actor = &Actor::SYSTEM;
 
 /// Runs rollout `id` until it stops (paused, halted, aborted, done, rolled back), then gives
 /// up its driver slot — under the rollout lock, so a command that restarts the rollout either

@@ -16,8 +16,8 @@ use steward_proto::Event;
 use crate::kv::Revision;
 use steward_proto::selector::Selector;
 use steward_proto::{
-    CredentialKind, EventKind, Health, Problem, Rollout, RolloutNode, RolloutNodeState,
-    RolloutState, StartRollout,
+    Actor, EventKind, Health, Problem, Rollout, RolloutNode, RolloutNodeState, RolloutState,
+    StartRollout,
 };
 
 use crate::events::EventLog;
@@ -258,20 +258,17 @@ impl Rollouts {
         &self,
         r: &mut Rollout,
         revision: Revision,
-        cred: CredentialKind,
+        cred: &Actor,
         msg: String,
     ) -> Result<()> {
         r.updated_at = Utc::now();
-        let event = Event {
-            seq: 0,
-            time: Utc::now(),
-            kind: EventKind::Rollout,
-            node_id: None,
-            generation: None,
-            workload: None,
-            credential: cred,
-            message: format!("rollout {} ({}@{}): {msg}", r.id, r.payload, r.version),
-        };
+        let event = Event::new(
+            EventKind::Rollout,
+            None,
+            None,
+            cred,
+            format!("rollout {} ({}@{}): {msg}", r.id, r.payload, r.version),
+        );
         let event = self
             .store
             .put_rollout_logged(&r.id, r, revision, event)
@@ -289,7 +286,7 @@ impl Rollouts {
     }
 
     /// `POST /v1/rollouts`.
-    pub async fn start(&self, req: StartRollout, cred: CredentialKind) -> Result<Rollout> {
+    pub async fn start(&self, req: StartRollout, cred: &Actor) -> Result<Rollout> {
         let (selector, batch, batch_text, timeout) = check_start(&req)?;
         let _guard = self.drivers.lock.lock().await;
         let target = self
@@ -418,7 +415,7 @@ pub enum Command {
 
 impl Rollouts {
     /// `POST /v1/rollouts/{rollout}/{pause|resume|abort|rollback}`.
-    pub async fn command(&self, id: &str, cmd: Command, cred: CredentialKind) -> Result<Rollout> {
+    pub async fn command(&self, id: &str, cmd: Command, cred: &Actor) -> Result<Rollout> {
         use RolloutState as S;
         let _guard = self.drivers.lock.lock().await;
         let (mut r, revision) = self.get_rev(id).await?;

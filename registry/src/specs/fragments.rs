@@ -13,8 +13,7 @@ use chrono::Utc;
 use steward_proto::selector::Selector;
 use steward_proto::validate::validate_spec;
 use steward_proto::{
-    CredentialKind, EventKind, Fragment, FragmentWrite, FragmentWritten, Health, Problem,
-    SpecWritten,
+    Actor, EventKind, Fragment, FragmentWrite, FragmentWritten, Health, Problem, SpecWritten,
 };
 
 use super::{prefixed, Result, SpecError, Specs};
@@ -33,7 +32,7 @@ impl Specs {
         &self,
         name: &str,
         body: FragmentWrite,
-        cred: CredentialKind,
+        cred: &Actor,
     ) -> Result<FragmentWritten> {
         retry_stale!(self.write_fragment_once(name, body.clone(), cred))
     }
@@ -42,7 +41,7 @@ impl Specs {
         &self,
         name: &str,
         body: FragmentWrite,
-        cred: CredentialKind,
+        cred: &Actor,
     ) -> Result<FragmentWritten> {
         crate::names::check_name("name", name).map_err(|p| SpecError::Invalid(vec![p]))?;
         let mut problems = Vec::new();
@@ -100,19 +99,11 @@ impl Specs {
     }
 
     /// `DELETE /v1/fragments/{name}`.
-    pub async fn delete_fragment(
-        &self,
-        name: &str,
-        cred: CredentialKind,
-    ) -> Result<FragmentWritten> {
+    pub async fn delete_fragment(&self, name: &str, cred: &Actor) -> Result<FragmentWritten> {
         retry_stale!(self.delete_fragment_once(name, cred))
     }
 
-    async fn delete_fragment_once(
-        &self,
-        name: &str,
-        cred: CredentialKind,
-    ) -> Result<FragmentWritten> {
+    async fn delete_fragment_once(&self, name: &str, cred: &Actor) -> Result<FragmentWritten> {
         let guard = self.gate.take().await?;
         let set = self.stored_set().await?;
         let Some(old) = set.get(name).cloned() else {
@@ -158,7 +149,7 @@ impl Specs {
         change: Change<'_>,
         affected: Vec<SpecWritten>,
         next: Arc<FragmentSet>,
-        cred: CredentialKind,
+        cred: &Actor,
     ) -> Result<FragmentWritten> {
         let mut next = Arc::try_unwrap(next).unwrap_or_else(|shared| (*shared).clone());
         next.version = self

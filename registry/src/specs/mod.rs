@@ -13,7 +13,7 @@ use std::sync::Arc;
 use chrono::Utc;
 use steward_proto::validate::{validate_labels, validate_spec, SpecLimits};
 use steward_proto::{
-    CredentialKind, Event, EventKind, Health, Labels, NodePatch, NodeSpec, Problem, SpecWritten,
+    Actor, Event, EventKind, Health, Labels, NodePatch, NodeSpec, Problem, SpecWritten,
 };
 
 use crate::events::{EventLog, EACH_NODE_UP_TO};
@@ -172,7 +172,7 @@ impl Specs {
         guard: &SpecGuard,
         writes: Vec<SpecWrite>,
         node: Option<&NodeRecord>,
-        cred: CredentialKind,
+        cred: &Actor,
         why: &str,
     ) -> Result<Vec<SpecWritten>> {
         let written = self.store.write_specs(guard.epoch, &writes, node).await?;
@@ -191,21 +191,17 @@ impl Specs {
     }
 
     /// One `spec-written` event per node, or one naming the count above [`EACH_NODE_UP_TO`].
-    async fn spec_events(
-        &self,
-        written: &[SpecWritten],
-        cred: CredentialKind,
-        why: &str,
-    ) -> Result<()> {
-        let event = |node_id: Option<String>, generation: Option<u64>, message: String| Event {
-            seq: 0,
-            time: Utc::now(),
-            kind: EventKind::SpecWritten,
-            node_id,
-            generation,
-            workload: None,
-            credential: cred,
-            message,
+    async fn spec_events(&self, written: &[SpecWritten], cred: &Actor, why: &str) -> Result<()> {
+        let event = |node_id: Option<String>, generation: Option<u64>, message: String| {
+            let mut ev = Event::new(
+                EventKind::SpecWritten,
+                node_id.as_deref(),
+                None,
+                cred,
+                message,
+            );
+            ev.generation = generation;
+            ev
         };
         let events = if written.len() > EACH_NODE_UP_TO {
             vec![event(
@@ -236,7 +232,7 @@ impl Specs {
         id: &str,
         own: NodeSpec,
         if_match: Option<u64>,
-        cred: CredentialKind,
+        cred: &Actor,
     ) -> Result<SpecWritten> {
         retry_stale!(self.write_node_spec_once(id, own.clone(), if_match, cred))
     }
@@ -246,7 +242,7 @@ impl Specs {
         id: &str,
         mut own: NodeSpec,
         if_match: Option<u64>,
-        cred: CredentialKind,
+        cred: &Actor,
     ) -> Result<SpecWritten> {
         validate_spec(&own, &self.limits).map_err(|e| SpecError::Invalid(e.0))?;
         let guard = self.gate.take().await?;
@@ -302,12 +298,7 @@ impl Specs {
     }
 
     /// `PATCH /v1/nodes/{id}`: label merge patch; re-evaluates which fragments apply.
-    pub async fn patch_node(
-        &self,
-        id: &str,
-        patch: NodePatch,
-        cred: CredentialKind,
-    ) -> Result<NodeRecord> {
+    pub async fn patch_node(&self, id: &str, patch: NodePatch, cred: &Actor) -> Result<NodeRecord> {
         retry_stale!(self.patch_node_once(id, patch.clone(), cred))
     }
 
@@ -315,7 +306,7 @@ impl Specs {
         &self,
         id: &str,
         patch: NodePatch,
-        cred: CredentialKind,
+        cred: &Actor,
     ) -> Result<NodeRecord> {
         let guard = self.gate.take().await?;
         let mut node = self.live_node(id).await?;
@@ -395,7 +386,7 @@ impl Specs {
     pub async fn set_payload_overrides(
         &self,
         changes: &[(String, String, Option<String>)],
-        cred: CredentialKind,
+        cred: &Actor,
         why: &str,
     ) -> Result<Vec<SpecWritten>> {
         retry_stale!(self.set_payload_overrides_once(changes, cred, why))
@@ -404,7 +395,7 @@ impl Specs {
     async fn set_payload_overrides_once(
         &self,
         changes: &[(String, String, Option<String>)],
-        cred: CredentialKind,
+        cred: &Actor,
         why: &str,
     ) -> Result<Vec<SpecWritten>> {
         let guard = self.gate.take().await?;

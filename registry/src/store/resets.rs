@@ -167,6 +167,7 @@ mod tests {
             generation: None,
             workload: None,
             credential: steward_proto::CredentialKind::System,
+            actor: None,
             message: m,
         };
         let mut tasks = Vec::new();

@@ -1,4 +1,5 @@
-//! Who may see the status page: a bearer token (admin or read), a login session cookie, or
+//! Who may see the status page: a bearer token (admin or read token, or an unscoped named
+//! credential of the admin, operator or viewer role), a login session cookie, or
 //! nobody at all when the registry serves it publicly (`--public-status`).
 //!
 //! A session cookie carries a random 256-bit id; the registry keeps only its sha256, mapped in
@@ -7,7 +8,9 @@
 
 use axum::http::{header, HeaderMap};
 
-use crate::auth;
+use steward_proto::Role;
+
+use crate::auth::{self, Caller};
 use crate::state::AppState;
 
 pub use super::sessions::{Session, Sessions, Viewer, COOKIE, SESSION_TTL};
@@ -21,6 +24,10 @@ pub enum Denied {
     BadCredential,
     #[error("node secrets cannot open the status page; use the admin or read token")]
     NodeCredential,
+    #[error("a credential narrowed to some nodes cannot open the whole fleet's status page; use the API")]
+    Scoped,
+    #[error("the sessions role cannot open the status page")]
+    Role,
 }
 
 /// The value of our cookie in a request, if any.
@@ -36,20 +43,18 @@ pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
         .filter(|v| !v.is_empty())
 }
 
-/// Which admin/read credential a token is.
-pub fn token_viewer(state: &AppState, token: &str) -> Option<Viewer> {
-    let h = auth::sha256(token);
-    let admin = auth::hash_eq(&h, &state.admin_sha256);
-    let read = state
-        .read_sha256
-        .as_ref()
-        .is_some_and(|r| auth::hash_eq(&h, r));
-    if admin {
-        Some(Viewer::Admin)
-    } else if read {
-        Some(Viewer::Read)
-    } else {
-        None
+/// Which viewer a token is: the admin token or an unscoped admin credential see the page as
+/// admin; the read token and unscoped operator or viewer credentials read-only.
+pub fn token_viewer(state: &AppState, token: &str) -> Result<Viewer, Denied> {
+    match state.identify(token) {
+        Some(Caller::Principal(p)) if p.scope.is_some() => Err(Denied::Scoped),
+        Some(Caller::Principal(p)) => match p.role {
+            Role::Admin => Ok(Viewer::Admin),
+            Role::Operator | Role::Viewer => Ok(Viewer::Read),
+            Role::Sessions => Err(Denied::Role),
+        },
+        Some(Caller::Node(_)) => Err(Denied::NodeCredential),
+        None => Err(Denied::BadCredential),
     }
 }
 
@@ -60,18 +65,7 @@ pub fn viewer(state: &AppState, headers: &HeaderMap) -> Result<Viewer, Denied> {
         .and_then(|v| v.to_str().ok())
         .and_then(auth::bearer);
     if let Some(token) = bearer {
-        if let Some(v) = token_viewer(state, token) {
-            return Ok(v);
-        }
-        let is_node = auth::secret_id(token)
-            .and_then(|id| state.live(id))
-            .and_then(|ln| ln.lock().secret_sha256)
-            .is_some_and(|s| auth::hash_eq(&s, &auth::sha256(token)));
-        return Err(if is_node {
-            Denied::NodeCredential
-        } else {
-            Denied::BadCredential
-        });
+        return token_viewer(state, token);
     }
     if let Some(v) = session_cookie(headers).and_then(|id| state.sessions.get(id)) {
         return Ok(v);

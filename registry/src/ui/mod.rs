@@ -283,7 +283,7 @@ struct LoginForm {
 async fn login(State(state): State<AppState>, Form(f): Form<LoginForm>) -> Response {
     let next = access::safe_next(f.next.as_deref());
     match access::token_viewer(&state, f.token.trim()) {
-        Some(viewer) => {
+        Ok(viewer) => {
             let id = match state.sessions.create(&state.store, viewer).await {
                 Ok(id) => id,
                 Err(e) => return UiError::from(e).into_response(),
@@ -296,13 +296,16 @@ async fn login(State(state): State<AppState>, Form(f): Form<LoginForm>) -> Respo
             }
             resp
         }
-        None => {
-            tracing::warn!("status page sign-in refused: not the admin or read token");
-            let body = pages::login(
-                &next,
-                Some("That is neither the admin nor the read token."),
-                state.settings.public_status,
-            );
+        Err(denied) => {
+            tracing::warn!(reason = %denied, "status page sign-in refused");
+            let why = match denied {
+                access::Denied::BadCredential => {
+                    "That is neither the admin nor the read token, nor a named credential."
+                        .to_string()
+                }
+                other => format!("{}.", capitalise(&other.to_string())),
+            };
+            let body = pages::login(&next, Some(&why), state.settings.public_status);
             (
                 StatusCode::UNAUTHORIZED,
                 pages::layout("Sign in", None, None, body),
@@ -310,6 +313,13 @@ async fn login(State(state): State<AppState>, Form(f): Form<LoginForm>) -> Respo
                 .into_response()
         }
     }
+}
+
+fn capitalise(s: &str) -> String {
+    let mut c = s.chars();
+    c.next()
+        .map(|f| f.to_uppercase().chain(c).collect())
+        .unwrap_or_default()
 }
 
 /// `POST /logout`: forgets the session and clears the cookie.

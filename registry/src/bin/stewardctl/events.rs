@@ -75,19 +75,21 @@ pub async fn run(args: EventsArgs, ctx: &Ctx) -> Result<Exit, CliError> {
 /// The header matching `event_line`'s columns.
 pub fn header() -> String {
     format!(
-        "{:>6}  {:<20}  {:<19}  {:<36}  MESSAGE",
-        "SEQ", "TIME", "KIND", "NODE"
+        "{:>6}  {:<20}  {:<19}  {:<36}  {:<16}  MESSAGE",
+        "SEQ", "TIME", "KIND", "NODE", "BY"
     )
 }
 
-/// `SEQ TIME KIND NODE MESSAGE` with aligned columns.
+/// `SEQ TIME KIND NODE BY MESSAGE` with aligned columns; BY is who did it (`-`: the registry
+/// itself, or an event of an older registry).
 pub fn event_line(e: &Event) -> String {
     format!(
-        "{:>6}  {:<20}  {:<19}  {:<36}  {}",
+        "{:>6}  {:<20}  {:<19}  {:<36}  {:<16}  {}",
         e.seq,
         e.time.to_rfc3339_opts(SecondsFormat::Secs, true),
         kebab(&e.kind),
         e.node_id.as_deref().unwrap_or("-"),
+        e.actor.as_deref().unwrap_or("-"),
         e.message
     )
     .trim_end()
@@ -205,7 +207,8 @@ mod tests {
             node_id: Some("0123456789abcdef".into()),
             generation: Some(3),
             workload: None,
-            credential: CredentialKind::Admin,
+            credential: CredentialKind::Named,
+            actor: Some("alice".into()),
             message: "spec written".into(),
         }
     }
@@ -214,7 +217,7 @@ mod tests {
     fn event_lines_have_the_documented_columns() {
         assert_eq!(
             event_line(&sample()),
-            "    42  2024-05-01T12:00:00Z  spec-written         0123456789abcdef                      spec written"
+            "    42  2024-05-01T12:00:00Z  spec-written         0123456789abcdef                      alice             spec written"
         );
         assert!(header().starts_with("   SEQ  TIME"));
     }

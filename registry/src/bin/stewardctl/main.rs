@@ -1,8 +1,10 @@
 //! `stewardctl`, the admin CLI of the Steward registry: the command tree, global options and dispatch.
 
+mod audit;
 mod client;
 mod cloud_init;
 mod config;
+mod credentials;
 mod error;
 mod events;
 mod fragments;
@@ -88,7 +90,14 @@ enum Cmd {
         #[command(subcommand)]
         cmd: tokens::TokensCmd,
     },
-    /// Show the registry's event log, or follow it live with --follow.
+    /// Named API credentials with a role and an optional scope: create, list, revoke.
+    #[command(visible_alias = "credential")]
+    Credentials {
+        #[command(subcommand)]
+        cmd: credentials::CredentialsCmd,
+    },
+    /// The audit trail: every write, who made it, from where, and how it ended.
+    Audit(audit::AuditArgs),
     /// Versioned, content-addressed artifacts: upload, list, show, delete.
     #[command(visible_alias = "payload")]
     Payloads {
@@ -101,6 +110,7 @@ enum Cmd {
         #[command(subcommand)]
         cmd: rollout::RolloutCmd,
     },
+    /// Show the registry's event log, or follow it live with --follow.
     Events(events::EventsArgs),
     /// Print cloud-init user-data that installs, configures and starts the agent on a new host
     /// (with a fresh enrolment token; see docs/INSTALL.md).
@@ -187,6 +197,8 @@ async fn run(cli: Cli, matches: &ArgMatches) -> Result<Exit, CliError> {
         Cmd::Spec { cmd } => spec::run(cmd, &ctx).await,
         Cmd::Fragments { cmd } => fragments::run(cmd, &ctx).await,
         Cmd::Tokens { cmd } => tokens::run(cmd, &ctx).await,
+        Cmd::Credentials { cmd } => credentials::run(cmd, &ctx).await,
+        Cmd::Audit(args) => audit::run(args, &ctx).await,
         Cmd::Payloads { cmd } => payloads::run(cmd, &ctx).await,
         Cmd::Rollout { cmd } => rollout::run(cmd, &ctx).await,
         Cmd::Events(args) => events::run(args, &ctx).await,

@@ -1,0 +1,245 @@
+//! End-to-end: named credentials, roles, scopes and the audit trail on the real registry
+//! binary over HTTP, driven by the real `stewardctl`; on the embedded store across a restart,
+//! and on two etcd replicas (a credential made or revoked on one holds on the other).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::etcd::EtcdCluster;
+use common::replicas::Replicas;
+use common::Registry;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+fn ctl(r: &Registry, token: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_stewardctl"))
+        .arg("--registry")
+        .arg(r.url(""))
+        .args(args)
+        .env_remove("STEWARD_TOKEN_FILE")
+        .env("STEWARD_TOKEN", token)
+        .env("HOME", r.dir.path())
+        .output()
+        .unwrap()
+}
+
+fn ok(o: Output) -> String {
+    assert!(
+        o.status.success(),
+        "exit {:?}: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+async fn spec_put(r: &Registry, id: &str, token: &str, image: &str) -> (u16, Value) {
+    r.put_yaml(
+        &format!("/v1/nodes/{id}/spec"),
+        token,
+        &format!("containers: [{{name: web, image: '{image}'}}]"),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn named_credentials_roles_scopes_and_the_audit_trail() {
+    let mut r = Registry::start(&[]).await;
+    let admin = r.admin.clone();
+    let (lab_node, _) = r.enroll("m-lab", json!({"env": "lab"})).await;
+    let (prod_node, _) = r.enroll("m-prod", json!({"env": "prod"})).await;
+
+    // Created with stewardctl; -q prints only the token, shown this once.
+    let alice = ok(ctl(
+        &r,
+        &admin,
+        &["credentials", "create", "alice", "--role", "operator", "-q"],
+    ))
+    .trim()
+    .to_string();
+    assert!(alice.starts_with("stc_alice."), "{alice}");
+    let lab = ok(ctl(
+        &r,
+        &admin,
+        &[
+            "credentials",
+            "create",
+            "lab",
+            "--role",
+            "operator",
+            "--selector",
+            "env=lab",
+            "--expires",
+            "90d",
+            "-q",
+        ],
+    ))
+    .trim()
+    .to_string();
+    let viewer = ok(ctl(
+        &r,
+        &admin,
+        &["credentials", "create", "vic", "--role", "viewer", "-q"],
+    ))
+    .trim()
+    .to_string();
+    // A second credential of the same name is refused, naming the conflict.
+    let dup = ctl(
+        &r,
+        &admin,
+        &["credentials", "create", "alice", "--role", "admin"],
+    );
+    assert!(!dup.status.success());
+    assert!(String::from_utf8_lossy(&dup.stderr).contains("exists already"));
+
+    // The operator writes specs but cannot manage credentials; the viewer reads only.
+    assert_eq!(spec_put(&r, &lab_node, &alice, "nginx:1").await.0, 200);
+    let (st, _) = r.get("/v1/credentials", &alice).await;
+    assert_eq!(st, 403);
+    assert_eq!(spec_put(&r, &lab_node, &viewer, "nginx:2").await.0, 403);
+    assert_eq!(
+        r.get(&format!("/v1/nodes/{prod_node}"), &viewer).await.0,
+        200
+    );
+    // The scoped operator: its nodes only, for reads and writes.
+    assert_eq!(spec_put(&r, &lab_node, &lab, "nginx:3").await.0, 200);
+    assert_eq!(spec_put(&r, &prod_node, &lab, "nginx:3").await.0, 403);
+    assert_eq!(
+        r.get(&format!("/v1/nodes/{prod_node}/spec"), &lab).await.0,
+        403
+    );
+    let listed = ok(ctl(&r, &lab, &["-o", "json", "nodes", "list"]));
+    let listed: Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    assert_eq!(listed[0]["id"], lab_node.as_str());
+
+    // Events name who wrote (and stewardctl shows it).
+    let (_, events) = r.get(&format!("/v1/events?node={lab_node}"), &admin).await;
+    let writers: Vec<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "spec-written")
+        .map(|e| e["actor"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(writers, vec!["alice", "lab"], "{events}");
+    let shown = ok(ctl(&r, &admin, &["events", "--node", &lab_node]));
+    assert!(shown.contains(" BY ") && shown.contains("alice"), "{shown}");
+
+    // The audit trail: every write with its actor, refusals with their reason.
+    let trail = ok(ctl(
+        &r,
+        &admin,
+        &[
+            "-o",
+            "json",
+            "audit",
+            "--target",
+            &format!("node/{prod_node}"),
+        ],
+    ));
+    let trail: Value = serde_json::from_str(&trail).unwrap();
+    let trail = trail.as_array().unwrap();
+    assert_eq!(trail.len(), 1, "{trail:?}");
+    assert_eq!(trail[0]["actor"], "lab");
+    assert_eq!(trail[0]["outcome"], "refused");
+    assert_eq!(trail[0]["address"], "127.0.0.1");
+    assert!(trail[0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("outside this credential's scope"));
+    let by_alice = ok(ctl(&r, &admin, &["audit", "--actor", "alice"]));
+    assert!(
+        by_alice.contains("/v1/nodes/{id}/spec") && by_alice.contains("done 200"),
+        "{by_alice}"
+    );
+    // Viewers read the trail; operators do not.
+    assert!(ctl(&r, &viewer, &["audit"]).status.success());
+    assert!(!ctl(&r, &alice, &["audit"]).status.success());
+
+    // Revoked: refused at once, and still refused after a crash and restart; the others
+    // (stored hashed) still work, and so does the trail.
+    ok(ctl(&r, &admin, &["credentials", "revoke", "alice"]));
+    assert_eq!(spec_put(&r, &lab_node, &alice, "nginx:4").await.0, 401);
+    r.kill9();
+    r.spawn().await;
+    assert_eq!(spec_put(&r, &lab_node, &alice, "nginx:4").await.0, 401);
+    assert_eq!(spec_put(&r, &lab_node, &lab, "nginx:5").await.0, 200);
+    let list = ok(ctl(&r, &admin, &["credentials", "list"]));
+    for want in [
+        "alice",
+        "revoked",
+        "lab",
+        "env=lab",
+        "vic",
+        "viewer",
+        "by admin-token",
+    ] {
+        assert!(list.contains(want), "{want} not in:\n{list}");
+    }
+    let (_, all) = r.get("/v1/audit?limit=1000", &admin).await;
+    let text = all.to_string();
+    assert!(all.as_array().unwrap().len() >= 8, "{text}");
+    // No secret anywhere: not in the trail, not in the log.
+    let log = r.log();
+    for secret in [&alice, &lab, &viewer, &admin] {
+        let random = secret.rsplit('.').next().unwrap();
+        assert!(!text.contains(random), "a secret is in the audit trail");
+        assert!(!log.contains(random), "a secret is in the registry's log");
+    }
+}
+
+/// Polls `f` until it answers true (hang guard `secs`).
+async fn eventually<F, Fut>(secs: u64, what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f().await {
+        assert!(Instant::now() < deadline, "{what} within {secs} s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn credentials_and_audit_hold_across_etcd_replicas() {
+    let Some(etcd) = EtcdCluster::start(1).await else {
+        return;
+    };
+    let rs = Replicas::start(&etcd, 2, &[]).await;
+    let (a, b) = (&rs.regs[0], &rs.regs[1]);
+    let (node, _) = a.enroll("m-rep", json!({})).await;
+    let (st, made) = a
+        .req(
+            Method::POST,
+            "/v1/credentials",
+            Some(&rs.admin),
+            Some(json!({"name": "bob", "role": "operator"})),
+        )
+        .await;
+    assert_eq!(st, 201, "{made}");
+    let bob = made["token"].as_str().unwrap().to_string();
+    // Made on A, usable on B (B follows the store).
+    eventually(20, "B to know bob", || async {
+        spec_put(b, &node, &bob, "nginx:1").await.0 == 200
+    })
+    .await;
+    // Written on B, in the trail read on A.
+    let (st, trail) = a.get("/v1/audit?actor=bob", &rs.admin).await;
+    assert_eq!(st, 200);
+    assert_eq!(trail.as_array().unwrap().len(), 1, "{trail}");
+    assert_eq!(trail[0]["route"], "/v1/nodes/{id}/spec");
+    // Revoked on A, refused on B.
+    let (st, _) = a
+        .req(Method::DELETE, "/v1/credentials/bob", Some(&rs.admin), None)
+        .await;
+    assert_eq!(st, 200);
+    eventually(20, "B to refuse bob", || async {
+        spec_put(b, &node, &bob, "nginx:2").await.0 == 401
+    })
+    .await;
+}
