@@ -178,6 +178,8 @@ pub enum CredentialKind {
     Read,
     /// A named credential (`/v1/credentials`); the event's `actor` names it.
     Named,
+    /// A JWT from a configured OIDC issuer; the event's `actor` is its subject.
+    Jwt,
     Node,
     Enrollment,
     System,

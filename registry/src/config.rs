@@ -156,6 +156,8 @@ struct FileConfig {
     public_url: Option<String>,
     alerts: Option<crate::alerts::AlertsConfig>,
     limits: Option<SpecLimits>,
+    #[serde(default)]
+    oidc: Vec<crate::oidc::IssuerConfig>,
 }
 
 mod humantime_serde_opt {
@@ -200,6 +202,8 @@ pub struct RegistryConfig {
     pub alerts: crate::alerts::AlertsConfig,
     /// Upper bounds on specs (`[limits]`, each also `STEWARD_LIMITS_<KEY>`).
     pub limits: SpecLimits,
+    /// Trusted single sign-on issuers (`[[oidc]]`, config file only).
+    pub oidc: Vec<crate::oidc::IssuerConfig>,
 }
 
 /// Where the registry's Debian package puts the agent's package.
@@ -281,6 +285,7 @@ impl RegistryConfig {
                 .map(|u| u.trim_end_matches('/').to_string()),
             alerts: file.alerts.unwrap_or_default(),
             limits: limits(file.limits)?,
+            oidc: file.oidc,
         };
         cfg.check()?;
         Ok(cfg)
@@ -405,6 +410,29 @@ mod tests {
         assert_eq!(f.public_status, Some(false));
         // The example documents the real defaults.
         assert_eq!(f.limits, Some(SpecLimits::default()));
+    }
+
+    #[test]
+    fn the_example_oidc_issuer_parses_when_uncommented() {
+        let example = include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../packaging/registry.toml.example"
+        ));
+        let block = example.split("# [[oidc]]").nth(1).unwrap();
+        let mut text = String::from("[[oidc]]\n");
+        for line in block.lines().skip(1).take_while(|l| l.starts_with('#')) {
+            let l = line.trim_start_matches("# ");
+            if l.contains(" = ") && !l.starts_with("jwks_file") {
+                text.push_str(l);
+                text.push('\n');
+            }
+        }
+        let f: FileConfig = toml::from_str(&text).unwrap();
+        let o = &f.oidc[0];
+        assert_eq!(o.audience, "steward");
+        assert_eq!(o.roles_claim, "groups");
+        assert_eq!(o.roles["ops"], steward_proto::Role::Operator);
+        assert!(o.jwks_url.is_some());
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod migrate;
 pub mod names;
 pub mod nodes;
+pub mod oidc;
 pub mod payloads;
 pub mod reenroll;
 pub mod replica;

@@ -191,6 +191,12 @@ pub async fn serve(cfg: RegistryConfig) -> anyhow::Result<()> {
     let batches = tokio::spawn(crate::replica::publish_heartbeats(state.clone()));
     let health = tokio::spawn(crate::nodes::health_writer(state.nodes.clone()));
     let used = tokio::spawn(crate::replica::store_credential_use(state.clone()));
+    state
+        .oidc
+        .configure(&cfg.oidc)
+        .await
+        .context("single sign-on ([[oidc]] in the config)")?;
+    let jwks = tokio::spawn(state.oidc.clone().refresh());
     let collected = state
         .payloads
         .collect_at_start()
@@ -208,6 +214,7 @@ pub async fn serve(cfg: RegistryConfig) -> anyhow::Result<()> {
     batches.abort();
     health.abort();
     used.abort();
+    jwks.abort();
     if let Err(e) = state.credentials.flush_last_used().await {
         tracing::warn!(error = %e, "storing the credentials' last use failed");
     }

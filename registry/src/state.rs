@@ -93,6 +93,8 @@ pub struct Inner {
     pub rollouts: Rollouts,
     /// Named API credentials (in memory, kept in step by the store watch).
     pub credentials: crate::credentials::Credentials,
+    /// Trusted JWT issuers (configured by the server after start-up; none in tests unless set).
+    pub oidc: crate::oidc::Oidc,
     pub audit: crate::audit::Audit,
     /// Where "now" comes from for things that expire.
     pub clock: Arc<dyn crate::clock::Clock>,
@@ -241,6 +243,7 @@ impl AppState {
         let credentials =
             crate::credentials::Credentials::load(store.clone(), clock.clone()).await?;
         let audit = crate::audit::Audit::new(store.clone(), clock.clone());
+        let oidc = crate::oidc::Oidc::new(clock.clone());
         let state = AppState(Arc::new(Inner {
             settings,
             store,
@@ -259,6 +262,7 @@ impl AppState {
             payloads: s.payloads,
             rollouts: s.rollouts,
             credentials,
+            oidc,
             audit,
             clock,
             loaded_at: revision,
@@ -267,7 +271,7 @@ impl AppState {
     }
 
     /// Which credential a bearer token is, if any: the admin or read token, a named credential
-    /// (`stc_...`), a node secret. Every comparison is constant-time on hashes; nothing is read
+    /// (`stc_...`), a JWT from a configured issuer, a node secret. Every comparison is constant-time on hashes; nothing is read
     /// from the store.
     pub fn identify(&self, token: &str) -> Option<crate::auth::Caller> {
         use crate::auth::{self, Caller};
@@ -285,6 +289,15 @@ impl AppState {
         }
         if is_read {
             return Some(Caller::read_token());
+        }
+        if crate::oidc::Oidc::looks_like_jwt(token) && self.oidc.enabled() {
+            return match self.oidc.identify_hashed(token, &h) {
+                Ok(c) => Some(c),
+                Err(why) => {
+                    tracing::debug!(reason = %why, "bearer JWT refused");
+                    None
+                }
+            };
         }
         let id = auth::secret_id(token)?;
         let ln = self.live(id)?;

@@ -9,6 +9,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::etcd::EtcdCluster;
+use common::jwt::TestKey;
 use common::replicas::Replicas;
 use common::Registry;
 use reqwest::Method;
@@ -242,4 +243,116 @@ async fn credentials_and_audit_hold_across_etcd_replicas() {
         spec_put(b, &node, &bob, "nginx:2").await.0 == 401
     })
     .await;
+}
+
+fn sign(key: &TestKey, sub: &str, groups: &[&str], aud: &str) -> String {
+    key.sign(&common::jwt::claims_for(
+        "https://sso.test",
+        aud,
+        sub,
+        groups,
+    ))
+}
+
+/// Serves `jwks` (changeable while it runs) at http://127.0.0.1:PORT/jwks.
+async fn serve_jwks(jwks: std::sync::Arc<std::sync::Mutex<Value>>) -> String {
+    let app = axum::Router::new().route(
+        "/jwks",
+        axum::routing::get(move || {
+            let jwks = jwks.clone();
+            async move { axum::Json(jwks.lock().unwrap().clone()) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/jwks", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+#[tokio::test]
+async fn single_sign_on_with_jwts_from_a_served_jwks() {
+    let k1 = TestKey::new("k1");
+    let jwks = std::sync::Arc::new(std::sync::Mutex::new(common::jwt::jwks(&[&k1])));
+    let url = serve_jwks(jwks.clone()).await;
+    let conf_dir = tempfile::tempdir().unwrap();
+    let conf = conf_dir.path().join("registry.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "[[oidc]]\nissuer = \"https://sso.test\"\naudience = \"steward\"\njwks_url = \"{url}\"\n\
+             roles = {{ ops = \"operator\", auditors = \"viewer\" }}\n"
+        ),
+    )
+    .unwrap();
+    let r = Registry::start(&["--config", conf.to_str().unwrap()]).await;
+    let (node, _) = r.enroll("m-sso", json!({})).await;
+
+    // An operator by group: writes, and is named by its subject in the trail and events.
+    let carol = sign(&k1, "carol@example.com", &["ops"], "steward");
+    assert_eq!(spec_put(&r, &node, &carol, "nginx:1").await.0, 200);
+    let (_, trail) = r.get("/v1/audit?actor=carol@example.com", &r.admin).await;
+    assert_eq!(trail.as_array().unwrap().len(), 1, "{trail}");
+    let (_, events) = r.get(&format!("/v1/events?node={node}"), &r.admin).await;
+    assert!(
+        events
+            .to_string()
+            .contains("\"actor\":\"carol@example.com\""),
+        "{events}"
+    );
+    // A viewer by group reads but cannot write; other audiences and groups are nobody.
+    let dave = sign(&k1, "dave", &["auditors"], "steward");
+    assert_eq!(r.get("/v1/nodes", &dave).await.0, 200);
+    assert_eq!(spec_put(&r, &node, &dave, "nginx:2").await.0, 403);
+    assert_eq!(
+        r.get("/v1/nodes", &sign(&k1, "eve", &["ops"], "other-app"))
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        r.get("/v1/nodes", &sign(&k1, "eve", &["interns"], "steward"))
+            .await
+            .0,
+        401
+    );
+
+    // The status page's login takes a JWT as it takes a token.
+    let no_redirect = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let resp = no_redirect
+        .post(r.url("/login"))
+        .form(&[("token", carol.as_str()), ("next", "/")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 303);
+    let cookie = resp.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let page = no_redirect
+        .get(r.url("/"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+
+    // A rotated-in key: fetched again when a token names it.
+    let k2 = TestKey::new("k2");
+    *jwks.lock().unwrap() = common::jwt::jwks(&[&k1, &k2]);
+    let frank = sign(&k2, "frank", &["ops"], "steward");
+    eventually(20, "the registry to fetch the new key", || async {
+        r.get("/v1/nodes", &frank).await.0 == 200
+    })
+    .await;
+    assert!(
+        !r.log().contains(carol.rsplit('.').next().unwrap()),
+        "a JWT is in the log"
+    );
 }

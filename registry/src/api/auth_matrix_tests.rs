@@ -16,7 +16,7 @@ use steward_proto::{AuditOutcome, AuditRecord};
 use super::tests::{call, fixture, hex_sha256, Fx, ADMIN, READ};
 
 /// The credentials of the matrix, in the order of the table's columns.
-const COLUMNS: [&str; 9] = [
+const COLUMNS: [&str; 10] = [
     "admin-token",
     "read-token",
     "admin",
@@ -26,208 +26,64 @@ const COLUMNS: [&str; 9] = [
     "lab-operator",
     "own-node",
     "other-node",
+    "jwt-operator",
 ];
 
 /// Who may call what: one row per route, one column per entry of [`COLUMNS`] (`y` allowed,
-/// `.` refused with 403). No credential, a wrong one, an expired and a revoked credential are
-/// refused with 401 everywhere. The lab operator is scoped to `team=a`, which the own node has
-/// and the fragment `f1` (`x=y`) and rollouts over every node do not.
+/// `.` refused with 403). No credential, a wrong one, an expired and a revoked credential, and
+/// JWTs with a wrong signature, issuer or audience, expired or of an unknown group are refused
+/// with 401 everywhere. The JWT column is a token of the `ops` group (operator role). The lab
+/// operator is scoped to `team=a`, which the own node has and the fragment `f1` (`x=y`) and
+/// rollouts over every node do not.
+#[rustfmt::skip]
 fn expectations() -> Vec<(Method, &'static str, &'static str)> {
     use Method as M;
     vec![
-        //                                                AT RT ad op vi se lab own oth
-        (
-            M::POST,
-            "/v1/enrollment-tokens",
-            "               y  .  y  .  .  .  .   .   .",
-        ),
-        (
-            M::GET,
-            "/v1/enrollment-tokens",
-            "                y  y  y  y  y  .  y   .   .",
-        ),
-        (
-            M::DELETE,
-            "/v1/enrollment-tokens/{id}",
-            "        y  .  y  .  .  .  .   .   .",
-        ),
-        (
-            M::GET,
-            "/v1/nodes",
-            "                            y  y  y  y  y  .  y   .   .",
-        ),
-        (
-            M::GET,
-            "/v1/nodes/{id}",
-            "                       y  y  y  y  y  .  y   y   .",
-        ),
-        (
-            M::PATCH,
-            "/v1/nodes/{id}",
-            "                     y  .  y  y  .  .  y   .   .",
-        ),
-        (
-            M::DELETE,
-            "/v1/nodes/{id}",
-            "                    y  .  y  .  .  .  .   .   .",
-        ),
-        (
-            M::POST,
-            "/v1/nodes/{id}/reenroll",
-            "             y  .  y  .  .  .  .   .   .",
-        ),
-        (
-            M::GET,
-            "/v1/nodes/{id}/spec",
-            "                  y  y  y  y  y  .  y   y   .",
-        ),
-        (
-            M::PUT,
-            "/v1/nodes/{id}/spec",
-            "                  y  .  y  y  .  .  y   .   .",
-        ),
-        (
-            M::POST,
-            "/v1/nodes/{id}/heartbeat",
-            "            .  .  .  .  .  .  .   y   .",
-        ),
-        (
-            M::PUT,
-            "/v1/nodes/{id}/status",
-            "                .  .  .  .  .  .  .   y   .",
-        ),
-        (
-            M::POST,
-            "/v1/nodes/{id}/workloads/{name}/reset",
-            "y  .  y  y  .  .  y   .   .",
-        ),
-        (
-            M::GET,
-            "/v1/fragments",
-            "                        y  y  y  y  y  .  y   .   .",
-        ),
-        (
-            M::GET,
-            "/v1/fragments/{name}",
-            "                 y  y  y  y  y  .  .   .   .",
-        ),
-        (
-            M::PUT,
-            "/v1/fragments/{name}",
-            "                 y  .  y  y  .  .  .   .   .",
-        ),
-        (
-            M::DELETE,
-            "/v1/fragments/{name}",
-            "              y  .  y  y  .  .  .   .   .",
-        ),
-        (
-            M::PUT,
-            "/v1/payloads/{name}/{version}",
-            "        y  .  y  y  .  .  y   .   .",
-        ),
-        (
-            M::GET,
-            "/v1/payloads",
-            "                         y  y  y  y  y  .  y   .   .",
-        ),
-        (
-            M::GET,
-            "/v1/payloads/{name}",
-            "                  y  y  y  y  y  .  y   .   .",
-        ),
-        (
-            M::GET,
-            "/v1/payloads/{name}/{version}",
-            "        y  y  y  y  y  .  y   .   .",
-        ),
-        (
-            M::DELETE,
-            "/v1/payloads/{name}/{version}",
-            "     y  .  y  y  .  .  .   .   .",
-        ),
+        //                                                   AT RT ad op vi se lab own oth jwt
+        (M::POST, "/v1/enrollment-tokens",                 "y  .  y  .  .  .  .   .   .   ."),
+        (M::GET, "/v1/enrollment-tokens",                  "y  y  y  y  y  .  y   .   .   y"),
+        (M::DELETE, "/v1/enrollment-tokens/{id}",          "y  .  y  .  .  .  .   .   .   ."),
+        (M::GET, "/v1/nodes",                              "y  y  y  y  y  .  y   .   .   y"),
+        (M::GET, "/v1/nodes/{id}",                         "y  y  y  y  y  .  y   y   .   y"),
+        (M::PATCH, "/v1/nodes/{id}",                       "y  .  y  y  .  .  y   .   .   y"),
+        (M::DELETE, "/v1/nodes/{id}",                      "y  .  y  .  .  .  .   .   .   ."),
+        (M::POST, "/v1/nodes/{id}/reenroll",               "y  .  y  .  .  .  .   .   .   ."),
+        (M::GET, "/v1/nodes/{id}/spec",                    "y  y  y  y  y  .  y   y   .   y"),
+        (M::PUT, "/v1/nodes/{id}/spec",                    "y  .  y  y  .  .  y   .   .   y"),
+        (M::POST, "/v1/nodes/{id}/heartbeat",              ".  .  .  .  .  .  .   y   .   ."),
+        (M::PUT, "/v1/nodes/{id}/status",                  ".  .  .  .  .  .  .   y   .   ."),
+        (M::POST, "/v1/nodes/{id}/workloads/{name}/reset", "y  .  y  y  .  .  y   .   .   y"),
+        (M::GET, "/v1/fragments",                          "y  y  y  y  y  .  y   .   .   y"),
+        (M::GET, "/v1/fragments/{name}",                   "y  y  y  y  y  .  .   .   .   y"),
+        (M::PUT, "/v1/fragments/{name}",                   "y  .  y  y  .  .  .   .   .   y"),
+        (M::DELETE, "/v1/fragments/{name}",                "y  .  y  y  .  .  .   .   .   y"),
+        (M::PUT, "/v1/payloads/{name}/{version}",          "y  .  y  y  .  .  y   .   .   y"),
+        (M::GET, "/v1/payloads",                           "y  y  y  y  y  .  y   .   .   y"),
+        (M::GET, "/v1/payloads/{name}",                    "y  y  y  y  y  .  y   .   .   y"),
+        (M::GET, "/v1/payloads/{name}/{version}",          "y  y  y  y  y  .  y   .   .   y"),
+        (M::DELETE, "/v1/payloads/{name}/{version}",       "y  .  y  y  .  .  .   .   .   y"),
         // A node may download only blobs its own spec references (the own node's does).
-        (
-            M::GET,
-            "/v1/blobs/{sha256}",
-            "                   y  y  y  y  y  .  y   y   .",
-        ),
-        (
-            M::PUT,
-            "/v1/blobs/{sha256}",
-            "                   y  .  y  .  .  .  .   .   .",
-        ),
-        (
-            M::POST,
-            "/v1/rollouts",
-            "                         y  .  y  y  .  .  .   .   .",
-        ),
-        (
-            M::GET,
-            "/v1/rollouts",
-            "                          y  y  y  y  y  .  y   .   .",
-        ),
-        (
-            M::GET,
-            "/v1/rollouts/{rollout}",
-            "               y  y  y  y  y  .  .   .   .",
-        ),
-        (
-            M::POST,
-            "/v1/rollouts/{rollout}/pause",
-            "        y  .  y  y  .  .  .   .   .",
-        ),
-        (
-            M::POST,
-            "/v1/rollouts/{rollout}/resume",
-            "       y  .  y  y  .  .  .   .   .",
-        ),
-        (
-            M::POST,
-            "/v1/rollouts/{rollout}/abort",
-            "        y  .  y  y  .  .  .   .   .",
-        ),
-        (
-            M::POST,
-            "/v1/rollouts/{rollout}/rollback",
-            "     y  .  y  y  .  .  .   .   .",
-        ),
-        (
-            M::GET,
-            "/v1/events",
-            "                            y  y  y  y  y  .  y   .   .",
-        ),
-        (
-            M::GET,
-            "/v1/events/stream",
-            "                     y  y  y  y  y  .  y   .   .",
-        ),
-        (
-            M::POST,
-            "/v1/credentials",
-            "                      y  .  y  .  .  .  .   .   .",
-        ),
-        (
-            M::GET,
-            "/v1/credentials",
-            "                       y  .  y  .  .  .  .   .   .",
-        ),
-        (
-            M::DELETE,
-            "/v1/credentials/{name}",
-            "            y  .  y  .  .  .  .   .   .",
-        ),
-        (
-            M::GET,
-            "/v1/audit",
-            "                             y  y  y  .  y  .  .   .   .",
-        ),
+        (M::GET, "/v1/blobs/{sha256}",                     "y  y  y  y  y  .  y   y   .   y"),
+        (M::PUT, "/v1/blobs/{sha256}",                     "y  .  y  .  .  .  .   .   .   ."),
+        (M::POST, "/v1/rollouts",                          "y  .  y  y  .  .  .   .   .   y"),
+        (M::GET, "/v1/rollouts",                           "y  y  y  y  y  .  y   .   .   y"),
+        (M::GET, "/v1/rollouts/{rollout}",                 "y  y  y  y  y  .  .   .   .   y"),
+        (M::POST, "/v1/rollouts/{rollout}/pause",          "y  .  y  y  .  .  .   .   .   y"),
+        (M::POST, "/v1/rollouts/{rollout}/resume",         "y  .  y  y  .  .  .   .   .   y"),
+        (M::POST, "/v1/rollouts/{rollout}/abort",          "y  .  y  y  .  .  .   .   .   y"),
+        (M::POST, "/v1/rollouts/{rollout}/rollback",       "y  .  y  y  .  .  .   .   .   y"),
+        (M::GET, "/v1/events",                             "y  y  y  y  y  .  y   .   .   y"),
+        (M::GET, "/v1/events/stream",                      "y  y  y  y  y  .  y   .   .   y"),
+        (M::POST, "/v1/credentials",                       "y  .  y  .  .  .  .   .   .   ."),
+        (M::GET, "/v1/credentials",                        "y  .  y  .  .  .  .   .   .   ."),
+        (M::DELETE, "/v1/credentials/{name}",              "y  .  y  .  .  .  .   .   .   ."),
+        (M::GET, "/v1/audit",                              "y  y  y  .  y  .  .   .   .   ."),
     ]
 }
 
-fn allowed(row: &str) -> [bool; 9] {
+fn allowed(row: &str) -> [bool; 10] {
     let cells: Vec<bool> = row.split_whitespace().map(|c| c == "y").collect();
-    cells.try_into().expect("nine columns")
+    cells.try_into().expect("ten columns")
 }
 
 const PUBLIC: &[(&str, &str)] = &[
@@ -268,6 +124,43 @@ struct Creds {
     tokens: Vec<(&'static str, String)>,
     expired: String,
     revoked: String,
+    /// JWTs that must be refused, by why.
+    bad_jwts: Vec<(&'static str, String)>,
+}
+
+/// Trusts a test issuer (JWKS file) and mints its good and bad tokens.
+async fn jwts(fx: &Fx) -> (String, Vec<(&'static str, String)>) {
+    use crate::oidc::tests::{claims, issuer, TestKey};
+    let key = TestKey::new("k1");
+    let cfg = issuer(fx._dir.path(), &[&key]);
+    fx.state.oidc.configure(&[cfg]).await.unwrap();
+    let good = key.sign(&claims("jwt-operator", &["ops"]));
+    let with = |f: &dyn Fn(&mut Value)| {
+        let mut c = claims("jwt-operator", &["ops"]);
+        f(&mut c);
+        key.sign(&c)
+    };
+    let past = chrono::Utc::now().timestamp() - 3600;
+    let bad = vec![
+        (
+            "jwt wrong signature",
+            TestKey::new("k1").sign(&claims("jwt-operator", &["ops-admins"])),
+        ),
+        (
+            "jwt wrong issuer",
+            with(&|c| c["iss"] = json!("https://other.test")),
+        ),
+        (
+            "jwt wrong audience",
+            with(&|c| c["aud"] = json!("not-steward")),
+        ),
+        ("jwt expired", with(&|c| c["exp"] = json!(past))),
+        (
+            "jwt unknown group",
+            with(&|c| c["groups"] = json!(["interns"])),
+        ),
+    ];
+    (good, bad)
 }
 
 async fn create(fx: &Fx, name: &str, role: &str, extra: Value) -> String {
@@ -323,6 +216,8 @@ async fn credentials(fx: &Fx) -> Creds {
     tokens.push(("lab-operator", lab));
     tokens.push(("own-node", fx.own.1.clone()));
     tokens.push(("other-node", fx.other.1.clone()));
+    let (jwt, bad_jwts) = jwts(fx).await;
+    tokens.push(("jwt-operator", jwt));
     let expired = create(fx, "expired", "admin", json!({"expires_in": "1h"})).await;
     let revoked = create(fx, "revoked", "admin", json!({})).await;
     let (st, _) = call(
@@ -340,6 +235,7 @@ async fn credentials(fx: &Fx) -> Creds {
         tokens,
         expired,
         revoked,
+        bad_jwts,
     }
 }
 
@@ -467,6 +363,7 @@ async fn no_secret_in_the_trail(fx: &Fx, creds: &Creds) {
     let text = serde_json::to_string(&audit_trail(fx).await).unwrap();
     let mut secrets: Vec<&str> = creds.tokens.iter().map(|(_, t)| t.as_str()).collect();
     secrets.extend([creds.expired.as_str(), creds.revoked.as_str()]);
+    secrets.extend(creds.bad_jwts.iter().map(|(_, t)| t.as_str()));
     for s in secrets {
         let random = s.rsplit('.').next().unwrap();
         assert!(!text.contains(random), "a secret is in the audit trail");
@@ -536,6 +433,7 @@ async fn auth_matrix_every_route_and_credential() {
             ("revoked", Some(creds.revoked.clone())),
         ]
         .into_iter()
+        .chain(creds.bad_jwts.iter().map(|(w, t)| (*w, Some(t.clone()))))
         .map(|(w, t)| (w.to_string(), t, StatusCode::UNAUTHORIZED))
         .chain(
             creds

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 pub mod agent;
 pub mod etcd;
+pub mod jwt;
 pub mod replicas;
 
 pub struct Registry {
