@@ -84,6 +84,77 @@ async fn converges_recreates_on_change_and_removes() {
     assert_eq!(n["observed_generation"], g);
 }
 
+/// Spec history: write, change, revert to the first generation; the node converges back to the
+/// old containers (the reverted spec is a new generation, by the admin, in the history).
+#[tokio::test]
+async fn a_reverted_spec_brings_the_old_containers_back() {
+    if !engine_ready() {
+        return;
+    }
+    let r = Registry::start().await;
+    let a = Agent::start(&r, "").await;
+    let (old, new) = (format!("old-{}", suffix()), format!("new-{}", suffix()));
+    let g1 = r
+        .put_spec(&a.node_id, &format!("containers:\n{}", sleeper(&old, "1")))
+        .await;
+    r.wait_observed(&a.node_id, g1).await;
+    let first = running(&old).await.expect("old runs");
+    let g2 = r
+        .put_spec(&a.node_id, &format!("containers:\n{}", sleeper(&new, "2")))
+        .await;
+    r.wait_observed(&a.node_id, g2).await;
+    assert!(inspect(&old).is_none() && running(&new).await.is_some());
+
+    let resp = r
+        .http
+        .post(r.url(&format!("/v1/nodes/{}/spec/revert", a.node_id)))
+        .bearer_auth(&r.admin)
+        .json(&serde_json::json!({"to": g1}))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    let g3 = resp.json::<Value>().await.unwrap()["generation"]
+        .as_u64()
+        .unwrap();
+    assert!(g3 > g2, "a revert is a new generation");
+    let res = r.wait_observed(&a.node_id, g3).await;
+    assert_eq!(state_of(&res, &old).0, "converged");
+    let back = running(&old).await.expect("old runs again");
+    assert!(back.env.contains(&"V=1".to_string()), "{:?}", back.env);
+    assert_ne!(back.id, first.id, "a new container, as the spec says");
+    assert!(inspect(&new).is_none(), "the newer container is gone");
+
+    let history = r
+        .get_json(&format!("/v1/nodes/{}/spec/history", a.node_id))
+        .await;
+    let notes: Vec<(u64, &str, &str)> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["generation"].as_u64().unwrap(),
+                v["note"].as_str().unwrap(),
+                v["author"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    let reverted = format!("reverted to generation {g1}");
+    assert_eq!(
+        notes,
+        vec![
+            (g1, "written", "admin-token"),
+            (g2, "written", "admin-token"),
+            (g3, reverted.as_str(), "admin-token"),
+        ]
+    );
+    // Clean up: nothing left running.
+    let g = r.put_spec(&a.node_id, "containers: []\n").await;
+    r.wait_observed(&a.node_id, g).await;
+    assert!(inspect(&old).is_none());
+}
+
 #[tokio::test]
 async fn unmanaged_container_with_a_specd_name_is_left_alone() {
     if !engine_ready() {

@@ -6,6 +6,7 @@
 pub mod access;
 pub mod api;
 pub mod endpoints;
+pub mod history;
 pub mod merge;
 pub mod metrics_text;
 pub mod node;
@@ -18,6 +19,7 @@ pub mod validate;
 
 pub use access::*;
 pub use api::*;
+pub use history::*;
 pub use node::*;
 pub use spec::*;
 pub use validate::{Problem, ValidationErrors};

@@ -112,6 +112,10 @@ pub struct ServeArgs {
     /// [default: the scheme and Host of the request for /install.sh].
     #[arg(long, env = "STEWARD_PUBLIC_URL")]
     pub public_url: Option<String>,
+    /// Versions kept of each node's own spec and each fragment (spec history; the oldest
+    /// beyond this are deleted as new ones are written) [default: 100].
+    #[arg(long, env = "STEWARD_SPEC_HISTORY_KEPT", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub spec_history_kept: Option<u32>,
     /// Serve the status page (/, /nodes/{id}, its event stream) and /metrics read-only
     /// without credentials (env: true/false, 1/0, yes/no, on/off).
     #[arg(long, env = "STEWARD_PUBLIC_STATUS", value_parser = clap::builder::BoolishValueParser::new())]
@@ -154,6 +158,7 @@ struct FileConfig {
     public_status: Option<bool>,
     packages_dir: Option<PathBuf>,
     public_url: Option<String>,
+    spec_history_kept: Option<u32>,
     alerts: Option<crate::alerts::AlertsConfig>,
     limits: Option<SpecLimits>,
     #[serde(default)]
@@ -198,6 +203,8 @@ pub struct RegistryConfig {
     pub packages_dir: PathBuf,
     /// Base URL written into agent configs by /install.sh (no trailing slash).
     pub public_url: Option<String>,
+    /// Versions kept of each own spec and fragment.
+    pub spec_history_kept: u32,
     /// Webhooks and their retry policy (config file only).
     pub alerts: crate::alerts::AlertsConfig,
     /// Upper bounds on specs (`[limits]`, each also `STEWARD_LIMITS_<KEY>`).
@@ -283,6 +290,10 @@ impl RegistryConfig {
                 .public_url
                 .or(file.public_url)
                 .map(|u| u.trim_end_matches('/').to_string()),
+            spec_history_kept: args
+                .spec_history_kept
+                .or(file.spec_history_kept)
+                .unwrap_or(100),
             alerts: file.alerts.unwrap_or_default(),
             limits: limits(file.limits)?,
             oidc: file.oidc,
@@ -298,6 +309,9 @@ impl RegistryConfig {
                  same admin token, so give each one the same file (e.g. a 0600 copy of one \
                  generated with `openssl rand -hex 32`)"
             );
+        }
+        if !(1..=100_000).contains(&self.spec_history_kept) {
+            bail!("spec_history_kept must be 1-100000");
         }
         if self.heartbeat_interval < Duration::from_millis(100) {
             bail!("heartbeat_interval must be at least 100ms");
@@ -410,6 +424,9 @@ mod tests {
         assert_eq!(f.public_status, Some(false));
         // The example documents the real defaults.
         assert_eq!(f.limits, Some(SpecLimits::default()));
+        assert_eq!(f.spec_history_kept, Some(100));
+        let c = RegistryConfig::resolve(ServeArgs::default()).unwrap();
+        assert_eq!(c.spec_history_kept, 100);
     }
 
     #[test]

@@ -158,7 +158,7 @@ impl From<PayloadError> for RegistryError {
 impl From<SpecError> for RegistryError {
     fn from(e: SpecError) -> Self {
         match e {
-            e @ (SpecError::NoNode(_) | SpecError::NoFragment(_)) => {
+            e @ (SpecError::NoNode(_) | SpecError::NoFragment(_) | SpecError::NoVersion { .. }) => {
                 RegistryError::NotFound(e.to_string())
             }
             SpecError::Invalid(p) => RegistryError::Invalid(p),

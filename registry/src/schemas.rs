@@ -52,6 +52,8 @@ pub fn all() -> Map<String, Value> {
     add::<p::CredentialCreated>(&mut gen, &mut out);
     add::<p::CredentialInfo>(&mut gen, &mut out);
     add::<p::AuditRecord>(&mut gen, &mut out);
+    add::<p::SpecVersion>(&mut gen, &mut out);
+    add::<p::RevertSpec>(&mut gen, &mut out);
     for (k, v) in gen.take_definitions(true) {
         out.entry(k).or_insert(v);
     }

@@ -50,6 +50,8 @@ pub struct Settings {
     pub replica_id: Option<String>,
     /// Upper bounds on node specs, fragments and effective specs (`[limits]`).
     pub limits: steward_proto::validate::SpecLimits,
+    /// Versions kept of each node's own spec and each fragment.
+    pub spec_history_kept: usize,
 }
 
 impl Default for Settings {
@@ -66,6 +68,7 @@ impl Default for Settings {
             tls_pin: None,
             replica_id: None,
             limits: Default::default(),
+            spec_history_kept: 100,
         }
     }
 }
@@ -141,6 +144,7 @@ impl Services {
             gate.clone(),
             payloads.clone(),
             settings.limits.clone(),
+            settings.spec_history_kept,
         );
         let enrolments = Enrolments::new(store.clone(), events.clone());
         let health = HealthSettings {

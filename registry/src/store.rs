@@ -6,7 +6,8 @@
 //! Keys: `nodes/{id}`, `machines/{machine_id}`, `specs/{id}`, `fragments/{name}`, `tokens/{id}`,
 //! `events/{seq:020}` (with the counter `meta/event-seq`), `payloads/{name}/{version}`,
 //! `rollouts/{id}`, `resets/{node}`, `grants/{id}`, `alerts/{delivery-id}`, `credentials/{name}` (named API credentials,
-//! `store/credentials.rs`), `audit/{ns}-{random}` (the audit trail, `store/audit.rs`),
+//! `store/credentials.rs`), `history/{node|fragment}/{name}/{seq}` (spec history,
+//! `store/history.rs`), `audit/{ns}-{random}` (the audit trail, `store/audit.rs`),
 //! `meta/fragment-ghosts`
 //! (what deleted fragments and old selectors add to generations, `fragment_set.rs`), and `meta/spec-epoch`, raised by every change
 //! that can alter effective specs (spec, fragment and label writes, payload deletions): such a
@@ -27,6 +28,7 @@ mod alerts;
 mod audit;
 mod credentials;
 mod grants;
+mod history;
 mod node_health;
 mod replicas;
 mod resets;
@@ -38,6 +40,7 @@ pub use alerts::DeliveryRecord;
 pub use audit::audit_id_at;
 pub use credentials::{CredentialRecord, CREDENTIALS};
 pub use grants::GrantRecord;
+pub use history::{HistoryOf, HistoryWrite};
 pub use node_health::HealthRecord;
 pub use resets::{queued_reset, split_resets};
 pub use specs::GHOSTS;
@@ -154,6 +157,8 @@ pub struct SpecWrite {
     pub record: SpecRecord,
     /// Revision of the spec record this one was computed from (`0`: there was none).
     pub revision: Revision,
+    /// The version of the node's own spec to keep, when the own spec changed.
+    pub history: Option<HistoryWrite>,
 }
 
 /// What a read-modify-write step decides.

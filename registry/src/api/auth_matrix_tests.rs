@@ -50,6 +50,8 @@ fn expectations() -> Vec<(Method, &'static str, &'static str)> {
         (M::POST, "/v1/nodes/{id}/reenroll",               "y  .  y  .  .  .  .   .   .   ."),
         (M::GET, "/v1/nodes/{id}/spec",                    "y  y  y  y  y  .  y   y   .   y"),
         (M::PUT, "/v1/nodes/{id}/spec",                    "y  .  y  y  .  .  y   .   .   y"),
+        (M::GET, "/v1/nodes/{id}/spec/history",            "y  y  y  y  y  .  y   .   .   y"),
+        (M::POST, "/v1/nodes/{id}/spec/revert",            "y  .  y  y  .  .  y   .   .   y"),
         (M::POST, "/v1/nodes/{id}/heartbeat",              ".  .  .  .  .  .  .   y   .   ."),
         (M::PUT, "/v1/nodes/{id}/status",                  ".  .  .  .  .  .  .   y   .   ."),
         (M::POST, "/v1/nodes/{id}/workloads/{name}/reset", "y  .  y  y  .  .  y   .   .   y"),
@@ -57,6 +59,8 @@ fn expectations() -> Vec<(Method, &'static str, &'static str)> {
         (M::GET, "/v1/fragments/{name}",                   "y  y  y  y  y  .  .   .   .   y"),
         (M::PUT, "/v1/fragments/{name}",                   "y  .  y  y  .  .  .   .   .   y"),
         (M::DELETE, "/v1/fragments/{name}",                "y  .  y  y  .  .  .   .   .   y"),
+        (M::GET, "/v1/fragments/{name}/history",           "y  y  y  y  y  .  .   .   .   y"),
+        (M::POST, "/v1/fragments/{name}/revert",           "y  .  y  y  .  .  .   .   .   y"),
         (M::PUT, "/v1/payloads/{name}/{version}",          "y  .  y  y  .  .  y   .   .   y"),
         (M::GET, "/v1/payloads",                           "y  y  y  y  y  .  y   .   .   y"),
         (M::GET, "/v1/payloads/{name}",                    "y  y  y  y  y  .  y   .   .   y"),
@@ -115,6 +119,9 @@ fn body_for(method: &Method, path: &str) -> Option<(&'static str, String)> {
         // A replica's copy: the path's sha256 is that of "one".
         ("PUT", "/v1/blobs/{sha256}") => Some(("application/octet-stream", "one".into())),
         ("POST", "/v1/credentials") => json(json!({"name": "made-here", "role": "viewer"})),
+        ("POST", "/v1/nodes/{id}/spec/revert" | "/v1/fragments/{name}/revert") => {
+            json(json!({"to": 1}))
+        }
         _ => None,
     }
 }

@@ -20,7 +20,12 @@ async fn state_on(store: Store, dir: &std::path::Path) -> AppState {
         .unwrap()
 }
 
-async fn send(state: &AppState, method: Method, path: &str, body: Value) -> (StatusCode, Value) {
+pub(super) async fn send(
+    state: &AppState,
+    method: Method,
+    path: &str,
+    body: Value,
+) -> (StatusCode, Value) {
     call(
         state,
         method,

@@ -14,6 +14,9 @@ mod fleet_view_tests;
 mod fragment_tests;
 mod fragments;
 pub mod guard;
+mod history;
+#[cfg(test)]
+mod history_tests;
 pub mod install;
 mod meta;
 mod nodes;
@@ -93,6 +96,8 @@ pub fn routes() -> Vec<Route> {
         route!(DELETE "/v1/nodes/{id}", Admin, "Decommission: revoke the node's secret, keep its record and history.", None, Some("Node"), nodes::decommission; 200, 404),
         route!(GET "/v1/nodes/{id}/spec", ReadOrOwnNode, "The node's effective spec, merged when read from its own spec and the fragments matching its labels (409 when they do not merge); long-poll with ?after=GENERATION&wait=30s (304 when nothing newer arrived).", None, Some("SpecDocument"), spec::get; 200, 304, 400, 404, 409),
         route!(PUT "/v1/nodes/{id}/spec", Operate, "Write the node's own spec (JSON or YAML by Content-Type); If-Match: GENERATION for optimistic concurrency.", Some("NodeSpec"), Some("SpecWritten"), spec::put; 200, 400, 404, 409, 412, 422),
+        route!(GET "/v1/nodes/{id}/spec/history", Read, "The kept versions of the node's own spec, oldest first: seq, the generation it was written at, time, author, note (written, reverted to …) and the spec. The last spec_history_kept (default 100) are kept.", None, Some("SpecVersion[]"), history::node; 200, 404),
+        route!(POST "/v1/nodes/{id}/spec/revert", Operate, "Write again the own spec the node had at generation `to` (the last version written at or before it), as a new generation. 404 when no kept version is that old.", Some("RevertSpec"), Some("SpecWritten"), history::revert_node; 200, 400, 404, 409, 422),
         route!(POST "/v1/nodes/{id}/reenroll", Admin, "Issue a one-time re-enrolment grant for a node whose host lost its secret (reinstalled); body optional {\"expires\": \"1h\"} (1s-7d, default 1h). 201 with the grant, shown only here; 400 bad expires; 404 no such node; 409 node decommissioned.", Some("CreateReenrollGrant"), Some("ReenrollGrantCreated"), nodes::reenroll; 201, 400, 404, 409),
         route!(POST "/v1/nodes/{id}/heartbeat", OwnNode, "Heartbeat: small, frequent; kept in memory.", Some("Heartbeat"), Some("HeartbeatResponse"), nodes::heartbeat; 200, 404),
         route!(POST "/v1/nodes/{id}/workloads/{name}/reset", Operate, "Reset a workload's escalation ladder (and rollback): a container kept stopped as failed is started afresh; `?kind=container|vm` resets only the workload of that kind (default: every workload of that name). Queued (durably: it survives a registry restart) for the node's next heartbeat.", None, Some("ResetQueued"), nodes::reset; 200, 400, 404),
@@ -101,6 +106,8 @@ pub fn routes() -> Vec<Route> {
         route!(GET "/v1/fragments/{name}", Read, "One fragment.", None, Some("Fragment"), fragments::get; 200, 404),
         route!(PUT "/v1/fragments/{name}", Operate, "Write a fragment (selector + spec): one record however many nodes it matches; bumps the generation of every node it matches now or matched before (writing the same selector and spec again changes nothing).", Some("FragmentWrite"), Some("FragmentWritten"), fragments::put; 200, 400, 409, 422),
         route!(DELETE "/v1/fragments/{name}", Operate, "Delete a fragment.", None, Some("FragmentWritten"), fragments::delete; 200, 404, 409, 422),
+        route!(GET "/v1/fragments/{name}/history", Read, "The kept versions of a fragment (deletions too, without spec), oldest first; `generation` is the fragment's revision.", None, Some("SpecVersion[]"), history::fragment; 200, 404),
+        route!(POST "/v1/fragments/{name}/revert", Operate, "Write again revision `to` of a fragment (selector and spec), as a new revision. 404 when that revision is not kept.", Some("RevertSpec"), Some("FragmentWritten"), history::revert_fragment; 200, 400, 404, 409, 422),
         route!(GET "/v1/events", Read, "Events after ?after=SEQ (oldest first, ?limit= up to 1000, ?node= to filter).", None, Some("Event[]"), events::list; 200, 400),
         route!(PUT "/v1/payloads/{name}/{version}", Operate, "Upload a payload version: the raw body is streamed to disk and hashed (no body-size limit; optional x-steward-sha256 header checked). 201 new, 200 same content again, 409 other content (versions are immutable).", Some(openapi::RAW_BODY), Some("PayloadVersion"), payloads::put; 200, 201, 400, 409),
         route!(GET "/v1/payloads", Read, "List payloads and their versions.", None, Some("PayloadSummary[]"), payloads::list; 200),
@@ -185,16 +192,25 @@ async fn instrument(State(state): State<AppState>, req: Request, next: Next) -> 
         (method, "/v1/nodes/{id}/spec" | "/v1/fragments/{name}")
             if method == Method::PUT || method == Method::DELETE =>
         {
-            let resp = next.run(req).await;
-            if resp.status().is_success() {
-                m.spec_write(if path.starts_with("/v1/fragments") {
-                    "fragment"
-                } else {
-                    "node"
-                });
-            }
-            resp
+            spec_write(&state, next.run(req).await, &path)
+        }
+        (Method::POST, "/v1/nodes/{id}/spec/revert" | "/v1/fragments/{name}/revert") => {
+            spec_write(&state, next.run(req).await, &path)
         }
         _ => next.run(req).await,
     }
+}
+
+/// Counts an accepted spec write (a node's own spec or a fragment).
+fn spec_write(state: &AppState, resp: Response, path: &str) -> Response {
+    if resp.status().is_success() {
+        state
+            .metrics
+            .spec_write(if path.starts_with("/v1/fragments") {
+                "fragment"
+            } else {
+                "node"
+            });
+    }
+    resp
 }

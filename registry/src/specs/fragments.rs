@@ -20,7 +20,7 @@ use super::{prefixed, Result, SpecError, Specs};
 use crate::fragment_set::{base_for, generation, FragmentSet};
 use crate::kv::KeyValue;
 use crate::spec_gate::SpecGuard;
-use crate::store::StoreError;
+use crate::store::{HistoryOf, HistoryWrite, StoreError};
 
 /// Up to this many nodes a fragment change is checked node by node (reading each spec
 /// record); above it, the spec records are read in one pass.
@@ -34,14 +34,16 @@ impl Specs {
         body: FragmentWrite,
         cred: &Actor,
     ) -> Result<FragmentWritten> {
-        retry_stale!(self.write_fragment_once(name, body.clone(), cred))
+        retry_stale!(self.write_fragment_once(name, body.clone(), cred, "written"))
     }
 
-    async fn write_fragment_once(
+    /// Writes a fragment; `note` goes to its history (`written`, `reverted to …`).
+    pub(super) async fn write_fragment_once(
         &self,
         name: &str,
         body: FragmentWrite,
         cred: &Actor,
+        note: &str,
     ) -> Result<FragmentWritten> {
         crate::names::check_name("name", name).map_err(|p| SpecError::Invalid(vec![p]))?;
         let mut problems = Vec::new();
@@ -88,9 +90,21 @@ impl Specs {
             "fragment {name:?} revision {} (selector {:?}) written",
             frag.revision, frag.selector
         );
+        let history = self
+            .version(
+                HistoryOf::Fragment,
+                name,
+                frag.revision,
+                cred,
+                note,
+                Some(&frag.spec),
+                Some(&frag.selector),
+            )
+            .await?;
         let change = Change {
             name,
             fragment: Some(&frag),
+            history,
             kind: EventKind::FragmentWritten,
             why: format!("fragment {name:?} revision {}", frag.revision),
             what,
@@ -113,9 +127,21 @@ impl Specs {
         let affected = self
             .check_nodes(&set, &next, &[Some(old.selector.as_str())])
             .await?;
+        let history = self
+            .version(
+                HistoryOf::Fragment,
+                name,
+                old.revision,
+                cred,
+                "deleted",
+                None,
+                None,
+            )
+            .await?;
         let change = Change {
             name,
             fragment: None,
+            history,
             kind: EventKind::FragmentDeleted,
             why: format!("fragment {name:?} deleted"),
             what: format!("fragment {name:?} deleted"),
@@ -154,7 +180,13 @@ impl Specs {
         let mut next = Arc::try_unwrap(next).unwrap_or_else(|shared| (*shared).clone());
         next.version = self
             .store
-            .write_fragment(guard.epoch, change.name, change.fragment, &next.ghosts())
+            .write_fragment(
+                guard.epoch,
+                change.name,
+                change.fragment,
+                &next.ghosts(),
+                &change.history,
+            )
             .await?;
         let next = Arc::new(next);
         self.spec_events(&affected, cred, &change.why).await?;
@@ -285,6 +317,8 @@ impl Specs {
 struct Change<'a> {
     name: &'a str,
     fragment: Option<&'a Fragment>,
+    /// The version it adds to the fragment's history.
+    history: HistoryWrite,
     kind: EventKind,
     why: String,
     what: String,

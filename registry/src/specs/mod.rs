@@ -21,7 +21,7 @@ use crate::fleet::Fleet;
 use crate::fragment_set::{base_for, generation, FragmentSet};
 use crate::payloads::{PayloadError, Payloads};
 use crate::spec_gate::{SpecGate, SpecGuard};
-use crate::store::{NodeRecord, SpecRecord, SpecWrite, Store, StoreError};
+use crate::store::{HistoryOf, NodeRecord, SpecRecord, SpecWrite, Store, StoreError};
 
 /// What a spec, fragment or label change can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +43,9 @@ pub enum SpecError {
     /// `If-Match` named another generation than the stored one.
     #[error("generation is {current}, If-Match asked for {expected}")]
     PreconditionFailed { current: u64, expected: u64 },
+    /// A revert to a version the history does not hold.
+    #[error("no kept version of {what} at {at} ({kept}); see its history")]
+    NoVersion { what: String, at: u64, kept: String },
     #[error(transparent)]
     Payload(#[from] PayloadError),
     #[error(transparent)]
@@ -63,6 +66,8 @@ pub struct Specs {
     limits: SpecLimits,
     /// Merges shared by the documents of nodes with the same record and fragments.
     docs: Arc<document::DocCache>,
+    /// Versions of each own spec and fragment kept in the history.
+    history_kept: usize,
 }
 
 fn prefixed(problems: Vec<Problem>, prefix: &str) -> Vec<Problem> {
@@ -99,6 +104,7 @@ macro_rules! retry_stale {
 // After the macro: fragment writes use `retry_stale!` too.
 mod document;
 mod fragments;
+mod history;
 
 impl Specs {
     pub fn new(
@@ -108,6 +114,7 @@ impl Specs {
         gate: SpecGate,
         payloads: Payloads,
         limits: SpecLimits,
+        history_kept: usize,
     ) -> Self {
         Self {
             store,
@@ -117,6 +124,7 @@ impl Specs {
             payloads,
             limits,
             docs: Arc::default(),
+            history_kept,
         }
     }
 
@@ -234,15 +242,17 @@ impl Specs {
         if_match: Option<u64>,
         cred: &Actor,
     ) -> Result<SpecWritten> {
-        retry_stale!(self.write_node_spec_once(id, own.clone(), if_match, cred))
+        retry_stale!(self.write_node_spec_once(id, own.clone(), if_match, cred, "written"))
     }
 
+    /// Writes a node's own spec; `note` goes to its history (`written`, `reverted to …`).
     async fn write_node_spec_once(
         &self,
         id: &str,
         mut own: NodeSpec,
         if_match: Option<u64>,
         cred: &Actor,
+        note: &str,
     ) -> Result<SpecWritten> {
         validate_spec(&own, &self.limits).map_err(|e| SpecError::Invalid(e.0))?;
         let guard = self.gate.take().await?;
@@ -279,6 +289,9 @@ impl Specs {
                 generation: now,
             });
         }
+        let history = self
+            .version(HistoryOf::Node, id, now + 1, cred, note, Some(&own), None)
+            .await?;
         let record = SpecRecord {
             generation: now + 1,
             base: Some(base_for(now + 1, weight)),
@@ -290,6 +303,7 @@ impl Specs {
             node_id: id.to_string(),
             record,
             revision,
+            history: Some(history),
         };
         let mut done = self
             .commit(&guard, vec![write], None, cred, "node spec written")
@@ -359,6 +373,7 @@ impl Specs {
                     ..current
                 },
                 revision,
+                history: None,
             };
             self.commit(&guard, vec![write], Some(&node), cred, "labels changed")
                 .await?;
@@ -429,6 +444,7 @@ impl Specs {
                         node_id: id.clone(),
                         record: current,
                         revision,
+                        history: None,
                     });
                 }
                 continue;
@@ -448,6 +464,7 @@ impl Specs {
                     ..current
                 },
                 revision,
+                history: None,
             });
         }
         self.commit(&guard, writes, None, cred, why).await

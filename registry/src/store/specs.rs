@@ -3,7 +3,9 @@
 //! transaction are split.
 
 use super::NodeRecord;
-use super::{dec, enc, Result, SpecRecord, SpecWrite, Store, SPEC_EPOCH, TXN_BYTES, TXN_OPS};
+use super::{
+    dec, enc, HistoryWrite, Result, SpecRecord, SpecWrite, Store, SPEC_EPOCH, TXN_BYTES, TXN_OPS,
+};
 use crate::fragment_set::Ghosts;
 use crate::kv::{KeyValue, Revision, Txn, TxnOutcome};
 use steward_proto::{Fragment, NodeSpec};
@@ -77,7 +79,8 @@ impl Store {
         }
     }
 
-    /// Stores (`Some`) or deletes (`None`) fragment `name` together with the new ghosts, if no
+    /// Stores (`Some`) or deletes (`None`) fragment `name` together with the new ghosts and its
+    /// history version, if no
     /// other spec change committed since `epoch` ([`StoreError::Stale`] otherwise). One
     /// transaction whatever the number of nodes the fragment matches.
     pub async fn write_fragment(
@@ -86,12 +89,14 @@ impl Store {
         name: &str,
         fragment: Option<&Fragment>,
         ghosts: &Ghosts,
+        history: &HistoryWrite,
     ) -> Result<Revision> {
         let key = format!("fragments/{name}");
         let txn = Txn::new()
             .when(SPEC_EPOCH, epoch)
             .put(SPEC_EPOCH, Vec::new())
             .put(GHOSTS, enc(ghosts));
+        let txn = history.add_to(txn);
         let txn = match fragment {
             Some(f) => txn.put(key, enc(f)),
             None => txn.delete(key),
@@ -140,12 +145,16 @@ impl Store {
         let mut rest = encoded.as_slice();
         let mut written = Vec::with_capacity(specs.len());
         while let Some(((key, value, w), tail)) = rest.split_first() {
-            if first.ops.len() >= TXN_OPS || bytes + value.len() > TXN_BYTES {
+            let more = ops_of(w);
+            if first.ops.len() + more > TXN_OPS || bytes + value.len() > TXN_BYTES {
                 break;
             }
             first = first
                 .when(key.clone(), w.revision)
                 .put(key.clone(), value.clone());
+            if let Some(h) = &w.history {
+                first = h.add_to(first);
+            }
             bytes += value.len();
             written.push(*w);
             rest = tail;
@@ -155,10 +164,13 @@ impl Store {
         // compared on its own revision, so their order does not matter.
         let mut chunks = Vec::new();
         while !rest.is_empty() {
-            let mut n = 0;
-            let mut size = 0;
-            while n < rest.len() && n < TXN_OPS && (n == 0 || size + rest[n].1.len() <= TXN_BYTES) {
+            let (mut n, mut size, mut ops) = (0, 0, 0);
+            while n < rest.len()
+                && (n == 0
+                    || (ops + ops_of(rest[n].2) <= TXN_OPS && size + rest[n].1.len() <= TXN_BYTES))
+            {
                 size += rest[n].1.len();
+                ops += ops_of(rest[n].2);
                 n += 1;
             }
             chunks.push(&rest[..n]);
@@ -185,6 +197,9 @@ impl Store {
                 txn = txn
                     .when(key.clone(), w.revision)
                     .put(key.clone(), value.clone());
+                if let Some(h) = &w.history {
+                    txn = h.add_to(txn);
+                }
             }
             if !matches!(self.kv.txn(txn).await?, TxnOutcome::Conflict) {
                 return Ok(todo.iter().map(|(_, _, w)| *w).collect());
@@ -284,4 +299,9 @@ impl SpecRecord {
         self.base
             .unwrap_or_else(|| crate::fragment_set::base_for(self.generation, weight))
     }
+}
+
+/// Transaction operations one spec write takes: its record, and its history version.
+fn ops_of(w: &SpecWrite) -> usize {
+    1 + w.history.as_ref().map_or(0, HistoryWrite::ops)
 }

@@ -13,6 +13,7 @@ fn write(id: &str, generation: u64, revision: Revision) -> SpecWrite {
             ..Default::default()
         },
         revision,
+        history: None,
     }
 }
 

@@ -6,6 +6,7 @@ use reqwest::Method;
 use steward_proto::{Fragment, FragmentWrite, FragmentWritten, NodeSpec};
 
 use crate::error::CliError;
+use crate::history::{self, Of};
 use crate::nodes::parse_selector;
 use crate::output::{self, ago};
 use crate::spec::{parse_spec, read_input};
@@ -22,7 +23,8 @@ pub enum FragmentsCmd {
         /// Fragment name.
         name: String,
     },
-    /// Create or replace a fragment; prints the nodes whose effective spec changed.
+    /// Create or replace a fragment; prints the nodes whose generation moved (the first 1,000,
+    /// and how many more).
     Apply {
         /// Fragment name.
         name: String,
@@ -34,11 +36,35 @@ pub enum FragmentsCmd {
         #[arg(short = 'f', long = "file", value_name = "FILE")]
         file: String,
     },
-    /// Delete a fragment; prints the nodes whose effective spec changed.
+    /// Delete a fragment; prints the nodes whose generation moved.
     #[command(visible_alias = "rm")]
     Delete {
         /// Fragment name.
         name: String,
+    },
+    /// List the kept versions of a fragment (deletions too): revision, when, author, note.
+    History {
+        /// Fragment name.
+        name: String,
+    },
+    /// Show how revision --from of a fragment differs from revision --to (default: its latest
+    /// kept version), as a unified diff. Exit code 0 when equal, 1 when they differ.
+    Diff {
+        /// Fragment name.
+        name: String,
+        #[arg(long, value_name = "REV")]
+        from: u64,
+        #[arg(long, value_name = "REV")]
+        to: Option<u64>,
+    },
+    /// Write again revision REV of a fragment (selector and spec), as a new revision (audited
+    /// like any write); prints the nodes whose generation moved.
+    Revert {
+        /// Fragment name.
+        name: String,
+        /// The revision to go back to (see `fragments history`).
+        #[arg(long, value_name = "REV")]
+        to: u64,
     },
 }
 
@@ -74,6 +100,17 @@ pub async fn run(cmd: FragmentsCmd, ctx: &Ctx) -> Result<Exit, CliError> {
                 .call(Method::DELETE, &["v1", "fragments", &name])
                 .await?;
             print_written(ctx, &written, "deleted")?;
+        }
+        FragmentsCmd::History { name } => {
+            return history::show(ctx, &client, Of::Fragment, &name).await;
+        }
+        FragmentsCmd::Diff { name, from, to } => {
+            return history::diff(ctx, &client, Of::Fragment, &name, from, to).await;
+        }
+        FragmentsCmd::Revert { name, to } => {
+            let written: FragmentWritten =
+                history::revert(&client, Of::Fragment, &name, to).await?;
+            print_written(ctx, &written, &format!("reverted to revision {to}"))?;
         }
     }
     Ok(Exit::Ok)

@@ -8,6 +8,7 @@ mod credentials;
 mod error;
 mod events;
 mod fragments;
+mod history;
 mod node_view;
 mod nodes;
 mod output;

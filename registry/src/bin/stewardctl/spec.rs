@@ -9,6 +9,7 @@ use steward_proto::parse::{parse_document, Format};
 use steward_proto::{NodeSpec, SpecDocument, SpecWritten};
 
 use crate::error::CliError;
+use crate::history::{self, Of};
 use crate::output;
 use crate::{Ctx, Exit};
 
@@ -39,14 +40,42 @@ pub enum SpecCmd {
         #[arg(long, value_name = "GEN")]
         if_match: Option<u64>,
     },
-    /// Show how a spec file differs from the node's own spec in the registry, as a unified
-    /// diff (registry first, file second). Exit code 0 when equal, 1 when they differ.
+    /// Show how a spec file differs from the node's own spec in the registry (registry first,
+    /// file second), or, with --from, how the own spec at one generation differs from another
+    /// in its history (--to, default the latest). A unified diff; exit code 0 when equal, 1
+    /// when they differ.
     Diff {
         /// Node id.
         id: String,
         /// Spec file: YAML for .yaml/.yml, JSON otherwise; `-` reads YAML from stdin.
-        #[arg(short = 'f', long = "file", value_name = "FILE")]
-        file: String,
+        #[arg(
+            short = 'f',
+            long = "file",
+            value_name = "FILE",
+            required_unless_present = "from",
+            conflicts_with = "from"
+        )]
+        file: Option<String>,
+        /// Compare the own spec in force at this generation (from the history)...
+        #[arg(long, value_name = "GEN")]
+        from: Option<u64>,
+        /// ... with the one at this generation [default: the latest kept].
+        #[arg(long, value_name = "GEN", requires = "from")]
+        to: Option<u64>,
+    },
+    /// List the kept versions of the node's own spec: generation, when, author, note.
+    History {
+        /// Node id.
+        id: String,
+    },
+    /// Write again the own spec the node had at generation GEN, as a new generation (audited
+    /// like any write); prints the new generation.
+    Revert {
+        /// Node id.
+        id: String,
+        /// The generation to go back to (see `spec history`).
+        #[arg(long, value_name = "GEN")]
+        to: u64,
     },
 }
 
@@ -136,7 +165,24 @@ pub async fn run(cmd: SpecCmd, ctx: &Ctx) -> Result<Exit, CliError> {
             }
             Ok(Exit::Ok)
         }
-        SpecCmd::Diff { id, file } => {
+        SpecCmd::History { id } => history::show(ctx, &client, Of::Node, &id).await,
+        SpecCmd::Revert { id, to } => {
+            let w: SpecWritten = history::revert(&client, Of::Node, &id, to).await?;
+            ctx.answer(&w, |w| {
+                format!(
+                    "node {}: generation {} (the own spec of generation {to})",
+                    w.node_id, w.generation
+                )
+            })
+        }
+        SpecCmd::Diff {
+            id,
+            from: Some(from),
+            to,
+            ..
+        } => history::diff(ctx, &client, Of::Node, &id, from, to).await,
+        SpecCmd::Diff { id, file, .. } => {
+            let file = file.unwrap_or_else(|| "-".into());
             let input = read_input(&file)?;
             let mut local = parse_spec(&input)?;
             let doc: SpecDocument = client.get(&["v1", "nodes", &id, "spec"], &[]).await?;
