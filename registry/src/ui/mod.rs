@@ -224,6 +224,23 @@ async fn fleet(
     Ok((status, html("Fleet", viewer, Some(&stream), body)).into_response())
 }
 
+/// The node's audit records of the last 30 days, the newest [`NODE_EVENTS`].
+async fn node_changes(
+    state: &AppState,
+    id: &str,
+) -> Result<Vec<steward_proto::AuditRecord>, UiError> {
+    let filter = crate::audit::AuditFilter {
+        target: Some(format!("node/{id}")),
+        since: Some(chrono::Utc::now() - chrono::Duration::days(30)),
+        limit: 1000,
+        ..Default::default()
+    };
+    let mut records = state.audit.list(&filter).await?.records;
+    let skip = records.len().saturating_sub(NODE_EVENTS);
+    records.drain(..skip);
+    Ok(records)
+}
+
 /// `GET /nodes/{id}`.
 async fn node(
     State(state): State<AppState>,
@@ -258,7 +275,11 @@ async fn node(
         .collect();
     let skip = recent.len().saturating_sub(NODE_EVENTS);
     recent.drain(..skip);
-    let body = node_page::page(&n, &nets, &recent, chrono::Utc::now());
+    let changes = match viewer {
+        Viewer::Public => None,
+        Viewer::Admin | Viewer::Read => Some(node_changes(&state, &id).await?),
+    };
+    let body = node_page::page(&n, &nets, &recent, changes.as_deref(), chrono::Utc::now());
     let stream = format!("/ui/events?after={seq}&node={}", url_component(&n.id));
     Ok(html(&n.hostname, viewer, Some(&stream), body))
 }

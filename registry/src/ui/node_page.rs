@@ -5,7 +5,7 @@
 
 use chrono::{DateTime, Utc};
 use maud::{html, Markup};
-use steward_proto::{NetworksSpec, Node, ResourceState};
+use steward_proto::{AuditOutcome, AuditRecord, NetworksSpec, Node, ResourceState};
 
 use super::pages::{age_cell, events, health_badge, short};
 use super::view::{kind_str, Row};
@@ -195,11 +195,46 @@ pub fn detail(n: &Node, spec: &NetworksSpec, now: DateTime<Utc>) -> Markup {
     }
 }
 
-/// The node page.
+/// The writes made to the node, newest first (who, when, from where, what, how it ended).
+fn audit(records: &[AuditRecord]) -> Markup {
+    html! {
+        section.audit {
+            h2 { "Changes (audit trail)" }
+            @if records.is_empty() {
+                p.muted { "No writes to this node in the last 30 days." }
+            } @else {
+                table.audit {
+                    thead { tr { th { "When" } th { "Who" } th { "From" } th { "What" } th { "Outcome" } } }
+                    tbody {
+                        @for r in records.iter().rev() {
+                            tr {
+                                td { time datetime=(r.time.to_rfc3339()) { (r.time.format("%Y-%m-%d %H:%M:%S")) } }
+                                td { (r.actor) @if let Some(role) = r.role { " (" (role) ")" } }
+                                td { (r.address.as_deref().unwrap_or("-")) }
+                                td { (r.method) " " (r.route) }
+                                td {
+                                    @match r.outcome {
+                                        AuditOutcome::Done => span.badge.ready { "done" },
+                                        AuditOutcome::Refused => span.badge.stale { "refused" },
+                                        AuditOutcome::Failed => span.badge.down { "failed" },
+                                    }
+                                    @if let Some(why) = &r.reason { " " span.msg { (why) } }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The node page; `changes` (the node's audit records) only for signed-in viewers.
 pub fn page(
     n: &Node,
     spec: &NetworksSpec,
     recent: &[steward_proto::Event],
+    changes: Option<&[AuditRecord]>,
     now: DateTime<Utc>,
 ) -> Markup {
     html! {
@@ -209,5 +244,6 @@ pub fn page(
             h2 { "Recent events" }
             (events(recent))
         }
+        @if let Some(c) = changes { (audit(c)) }
     }
 }

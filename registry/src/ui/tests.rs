@@ -340,3 +340,32 @@ async fn metrics_count_heartbeats_spec_writes_and_events() {
         assert!(text.contains(want), "{want} missing in:\n{text}");
     }
 }
+
+/// The node page lists the writes made to the node (the audit trail) to signed-in viewers,
+/// refused ones too, and not to anonymous visitors of a public page.
+#[tokio::test]
+async fn node_page_shows_the_audit_trail_to_signed_in_viewers_only() {
+    let fx = fixture(true, false).await;
+    // A refused write (the read token may not write) is on the page too.
+    let req = Request::builder()
+        .method(Method::PUT)
+        .uri(format!("/v1/nodes/{}/spec", fx.node.0))
+        .header(header::AUTHORIZATION, format!("Bearer {READ}"))
+        .header(header::CONTENT_TYPE, "application/yaml")
+        .body(Body::from("containers: []"))
+        .unwrap();
+    assert_eq!(send(&fx.state, req).await.0, StatusCode::FORBIDDEN);
+    let page = format!("/nodes/{}", fx.node.0);
+    let (st, _, html) = send(&fx.state, get(&page, Some(READ), None)).await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(html.contains("Changes (audit trail)"), "{html}");
+    assert!(html.contains("admin-token (admin)") && html.contains("PUT /v1/nodes/{id}/spec"));
+    assert!(
+        html.contains("read-token (viewer)") && html.contains("refused"),
+        "{html}"
+    );
+    assert!(!html.contains("hunter2-secret"));
+    let (st, _, public) = send(&fx.state, get(&page, None, None)).await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(!public.contains("audit trail") && !public.contains("admin-token"));
+}
