@@ -128,6 +128,10 @@ pub struct AuditRecord {
     /// The caller's role, when it had a valid credential.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<Role>,
+    /// The kind of credential (`admin`, `read`, `named`, `jwt`, `node`), so that a JWT whose
+    /// subject happens to be a credential's name is told apart from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<crate::api::CredentialKind>,
     /// The client's address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,

@@ -4,8 +4,8 @@
 //! jobs leader.
 
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use steward_proto::{AuditOutcome, AuditRecord};
@@ -15,6 +15,10 @@ use crate::store::{audit_id_at, Store, StoreError};
 
 /// How long audit records are kept.
 pub const AUDIT_KEPT: Duration = Duration::from_secs(400 * 86400);
+/// Records of requests without a valid credential kept per second at most, and in a burst
+/// (a flood of anonymous writes must not fill the store; the rest are counted, not stored).
+const ANONYMOUS_PER_SECOND: f64 = 20.0;
+const ANONYMOUS_BURST: f64 = 200.0;
 /// Most records one listing reads from the store before it answers with what it found (and
 /// the cursor to go on from).
 const SCAN_MAX: usize = 20_000;
@@ -69,6 +73,8 @@ pub struct Audit {
     clock: Arc<dyn Clock>,
     /// The last id's nanoseconds.
     last: Arc<AtomicI64>,
+    /// Token bucket for records of anonymous requests: (tokens, when last filled).
+    anonymous: Arc<Mutex<(f64, Instant)>>,
 }
 
 impl Audit {
@@ -77,6 +83,22 @@ impl Audit {
             store,
             clock,
             last: Arc::default(),
+            anonymous: Arc::new(Mutex::new((ANONYMOUS_BURST, Instant::now()))),
+        }
+    }
+
+    /// Whether one more record of a request without a valid credential may be stored now.
+    pub fn admit_anonymous(&self) -> bool {
+        let mut b = self.anonymous.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let refill = now.duration_since(b.1).as_secs_f64() * ANONYMOUS_PER_SECOND;
+        b.0 = (b.0 + refill).min(ANONYMOUS_BURST);
+        b.1 = now;
+        if b.0 >= 1.0 {
+            b.0 -= 1.0;
+            true
+        } else {
+            false
         }
     }
 
@@ -159,6 +181,7 @@ mod tests {
             time: Utc::now(),
             actor: actor.into(),
             role: None,
+            credential: None,
             address: None,
             method: "PUT".into(),
             route: "/v1/nodes/{id}/spec".into(),
@@ -167,6 +190,16 @@ mod tests {
             status: 200,
             reason: None,
         }
+    }
+
+    #[tokio::test]
+    async fn anonymous_records_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(Arc::new(SledKv::open(dir.path(), 0).unwrap()));
+        let audit = Audit::new(store, ManualClock::new(Utc::now()));
+        let admitted = (0..1000).filter(|_| audit.admit_anonymous()).count();
+        // The burst, plus what refills while the loop runs (a few at most).
+        assert!((200..210).contains(&admitted), "{admitted}");
     }
 
     #[tokio::test]

@@ -45,6 +45,7 @@ pub struct Metrics {
     pub ui_sessions: Gauge,
     pub accept_errors: Counter,
     pub audit_failures: Counter,
+    pub audit_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -113,6 +114,12 @@ impl Metrics {
             "Writes whose audit record could not be stored (each is logged)",
             audit_failures.clone(),
         );
+        let audit_dropped = Counter::default();
+        registry.register(
+            "audit_dropped",
+            "Refused writes without a valid credential not put in the audit trail (over 20/s)",
+            audit_dropped.clone(),
+        );
         Self {
             registry,
             nodes,
@@ -125,7 +132,13 @@ impl Metrics {
             ui_sessions,
             accept_errors,
             audit_failures,
+            audit_dropped,
         }
+    }
+
+    /// Counts one anonymous refused write left out of the audit trail.
+    pub fn audit_dropped(&self) {
+        self.audit_dropped.inc();
     }
 
     /// Counts one audit record that could not be stored.

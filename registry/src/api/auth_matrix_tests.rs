@@ -564,6 +564,17 @@ async fn a_scoped_credential_stays_in_its_scope() {
     )
     .await;
     assert_eq!(before, after);
+    // Its nodes cannot be moved out of the scope by a label patch.
+    let (st, e) = call(
+        &fx.state,
+        Method::PATCH,
+        &format!("/v1/nodes/{own}"),
+        Some(lab),
+        Some(("application/json", json!({"labels": {"team": null}}).to_string())),
+    )
+    .await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("out of this credential's scope"));
     // Fragments: one whose selector stays inside the scope is fine, a wider one is refused.
     let put = |name: &str, sel: &str| {
         let body = json!({"selector": sel, "spec": {}}).to_string();

@@ -57,6 +57,10 @@ pub async fn authorize(
     if !audited {
         return resp;
     }
+    if caller.is_none() && !state.audit.admit_anonymous() {
+        state.metrics.audit_dropped();
+        return resp;
+    }
     let target = resp
         .extensions()
         .get::<AuditTarget>()
@@ -71,6 +75,7 @@ pub async fn authorize(
             .and_then(|c| c.actor().name)
             .unwrap_or_else(|| "-".into()),
         role: caller.as_ref().and_then(Caller::role),
+        credential: caller.as_ref().map(Caller::kind),
         address,
         method: method.to_string(),
         route,

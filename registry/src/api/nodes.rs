@@ -145,6 +145,22 @@ pub async fn patch(
     Path(id): Path<String>,
     Doc(p): Doc<NodePatch>,
 ) -> ApiResult<Json<Node>> {
+    if let (Some(scope), Some(ln)) = (caller.scope(), state.live(&id)) {
+        // A scoped caller may not move a node out of its scope.
+        let mut labels = ln.lock().labels.clone();
+        for (k, v) in &p.labels {
+            match v {
+                Some(v) => labels.insert(k.clone(), v.clone()),
+                None => labels.remove(k),
+            };
+        }
+        if !scope.sees(&labels) {
+            return Err(RegistryError::Forbidden(format!(
+                "these labels would take node {id} out of this credential's scope ({})",
+                scope.text
+            )));
+        }
+    }
     let rec = state.specs.patch_node(&id, p, &caller.actor()).await?;
     Ok(Json(state.nodes.to_wire(rec)))
 }
