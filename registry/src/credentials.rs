@@ -158,12 +158,51 @@ impl Credentials {
         Some(Caller::Principal(h.principal.clone()))
     }
 
+    /// Whether a credential of that name exists, is not revoked and has not expired.
+    pub fn is_live(&self, name: &str) -> bool {
+        let now = self.clock.now();
+        self.held
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .is_some_and(|h| !h.rec.revoked && Lifetime(h.rec.expires_at).live_at(now))
+    }
+
+    /// When a credential expires (`None`: never, or no such credential).
+    pub fn expiry(&self, name: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.held
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .and_then(|h| h.rec.expires_at)
+    }
+
+    /// Replaces every credential held with those stored (after a broken store watch).
+    pub fn reload(&self, records: Vec<CredentialRecord>) {
+        let names: std::collections::HashSet<String> =
+            records.iter().map(|r| r.name.clone()).collect();
+        for rec in records {
+            self.apply(&rec.name.clone(), Some(rec));
+        }
+        self.held
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|n, _| names.contains(n));
+    }
+
     fn check(&self, req: &CreateCredential) -> std::result::Result<Option<Duration>, Vec<Problem>> {
         let mut problems = Vec::new();
         if let Err(p) = crate::names::check_name("name", &req.name) {
             problems.push(p);
         }
         if let Some(sel) = &req.selector {
+            if req.role == steward_proto::Role::Admin {
+                problems.push(Problem::new(
+                    "selector",
+                    "an admin credential cannot be narrowed: it manages credentials and enrollment \
+                     tokens for the whole fleet; give a scoped credential the operator or viewer role",
+                ));
+            }
             match sel.parse::<Selector>() {
                 Ok(s) if s.0.is_empty() => problems.push(Problem::new(
                     "selector",

@@ -89,6 +89,7 @@ async fn bad_requests_name_the_field_and_store_nothing() {
         (req("x", Role::Viewer, Some(""), None), "selector"),
         (req("x", Role::Viewer, None, Some("soon")), "expires_in"),
         (req("x", Role::Viewer, None, Some("20y")), "expires_in"),
+        (req("x", Role::Admin, Some("env=lab"), None), "selector"),
     ];
     for (r, field) in cases {
         match c.create(r, &by()).await {

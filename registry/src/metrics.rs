@@ -117,7 +117,7 @@ impl Metrics {
         let audit_dropped = Counter::default();
         registry.register(
             "audit_dropped",
-            "Refused writes without a valid credential not put in the audit trail (over 20/s)",
+            "Refused writes without a valid credential or by a node secret left out of the audit trail (over 1/s)",
             audit_dropped.clone(),
         );
         Self {

@@ -201,7 +201,7 @@ impl Nodes {
         client: Option<std::net::SocketAddr>,
     ) -> Result<EnrollResponse> {
         check_facts(&req)?;
-        let now = Utc::now();
+        let now = self.enrolments.now();
         // One enrolment at a time: what `admit` saw of the machine map still holds when writing.
         let _guard = self.gate.lock().await;
         let admitted = self.enrolments.admit(&req, now, client).await?;

@@ -108,8 +108,9 @@ struct Issuer {
     fetched: Mutex<Option<Instant>>,
 }
 
-/// Verified tokens by sha256: who they are and until when (unix seconds).
-type Remembered = HashMap<[u8; 32], (Caller, i64)>;
+/// Verified tokens by sha256: who they are, until when they are remembered and their `exp`
+/// (unix seconds).
+type Remembered = HashMap<[u8; 32], (Caller, i64, i64)>;
 
 /// The configured issuers and the tokens verified lately.
 #[derive(Clone)]
@@ -232,6 +233,14 @@ impl Oidc {
         }
     }
 
+    /// When a JWT verified earlier expires (its `exp`), if it is still remembered.
+    pub fn expiry(&self, token: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+        let h = auth::sha256(token);
+        let mem = self.remembered.lock().unwrap_or_else(|p| p.into_inner());
+        mem.get(&h)
+            .and_then(|(_, _, exp)| chrono::DateTime::from_timestamp(*exp, 0))
+    }
+
     /// Whether a bearer token has the shape of a JWT.
     pub fn looks_like_jwt(token: &str) -> bool {
         token.starts_with("eyJ") && token.bytes().filter(|b| *b == b'.').count() == 2
@@ -245,7 +254,7 @@ impl Oidc {
     /// [`Oidc::identify`] with the token's sha256 already computed (`h`).
     pub fn identify_hashed(&self, token: &str, h: &[u8; 32]) -> Result<Caller, Refused> {
         let now = self.clock.now().timestamp();
-        if let Some((caller, until)) = self
+        if let Some((caller, until, _)) = self
             .remembered
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -260,7 +269,7 @@ impl Oidc {
         if mem.len() >= REMEMBERED_MAX {
             mem.clear();
         }
-        mem.insert(*h, (caller.clone(), exp.min(now + REMEMBER)));
+        mem.insert(*h, (caller.clone(), exp.min(now + REMEMBER), exp));
         Ok(caller)
     }
 

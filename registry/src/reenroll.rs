@@ -8,6 +8,8 @@
 //! The [`Enrolments`] service and its [`EnrollError`].
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use steward_proto::{
@@ -16,6 +18,7 @@ use steward_proto::{
 };
 
 use crate::auth;
+use crate::clock::{parse_ttl, Clock, Lifetime};
 use crate::events::EventLog;
 use crate::store::{GrantRecord, NodeRecord, Store, StoreError, TokenRecord};
 
@@ -44,11 +47,22 @@ type Result<T> = std::result::Result<T, EnrollError>;
 pub struct Enrolments {
     store: Store,
     events: EventLog,
+    /// Where "now" comes from for token and grant lifetimes.
+    clock: Arc<dyn Clock>,
 }
 
 impl Enrolments {
-    pub fn new(store: Store, events: EventLog) -> Self {
-        Self { store, events }
+    pub fn new(store: Store, events: EventLog, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            store,
+            events,
+            clock,
+        }
+    }
+
+    /// Now, as the lifetimes of tokens and grants are judged.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
     }
 }
 
@@ -57,7 +71,7 @@ pub const GRANT_PREFIX: &str = "reenroll-";
 /// Lifetime of a grant when the request names none.
 const DEFAULT_GRANT_TTL: &str = "1h";
 /// Longest lifetime of a grant.
-const MAX_GRANT_TTL_SECS: u64 = 7 * 86400;
+const MAX_GRANT_TTL: Duration = Duration::from_secs(7 * 86400);
 
 /// What an enrolment presents, checked but not yet spent.
 pub enum Credential {
@@ -99,7 +113,7 @@ fn token_problem(t: &TokenRecord, presented: &[u8; 32], now: DateTime<Utc>) -> O
         Some("unknown enrollment token".to_string())
     } else if t.revoked {
         Some(format!("enrollment token {} was revoked", t.id))
-    } else if t.expires_at <= now {
+    } else if !Lifetime(Some(t.expires_at)).live_at(now) {
         Some(format!(
             "enrollment token {} expired at {}",
             t.id, t.expires_at
@@ -127,7 +141,7 @@ impl Enrolments {
             if !auth::hash_eq(&g.secret_sha256, &presented) {
                 return Err(unknown());
             }
-            if g.expires_at <= now {
+            if !Lifetime(Some(g.expires_at)).live_at(now) {
                 return Err(EnrollError::Refused(format!(
                     "re-enrolment grant {} expired at {}; ask an admin for a new one \
                  (stewardctl nodes reenroll {})",
@@ -378,21 +392,8 @@ impl Enrolments {
         cred: &Actor,
     ) -> Result<ReenrollGrantCreated> {
         let text = req.expires.as_deref().unwrap_or(DEFAULT_GRANT_TTL);
-        let ttl = match humantime::parse_duration(text) {
-            Ok(d) if d.as_secs() >= 1 && d.as_secs() <= MAX_GRANT_TTL_SECS => d,
-            Ok(_) => {
-                return Err(EnrollError::Invalid(vec![Problem::new(
-                    "expires",
-                    "must be between 1s and 7d",
-                )]))
-            }
-            Err(e) => {
-                return Err(EnrollError::Invalid(vec![Problem::new(
-                    "expires",
-                    format!("not a duration like 1h: {e}"),
-                )]))
-            }
-        };
+        let ttl = parse_ttl("expires", text, Duration::from_secs(1), MAX_GRANT_TTL)
+            .map_err(|p| EnrollError::Invalid(vec![p]))?;
         let node = self
             .store
             .node(node_id)
@@ -406,13 +407,13 @@ impl Enrolments {
         }
         let id = format!("{GRANT_PREFIX}{}", auth::new_id());
         let grant = auth::new_secret(&id);
-        let now = Utc::now();
+        let now = self.clock.now();
         let rec = GrantRecord {
             id: id.clone(),
             node_id: node_id.to_string(),
             secret_sha256: auth::sha256(&grant),
             created_at: now,
-            expires_at: now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::hours(1)),
+            expires_at: Lifetime::starting(now, Some(ttl)).0.unwrap_or(now),
         };
         self.store.put_grant(&rec, now).await?;
         self.events

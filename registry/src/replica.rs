@@ -132,6 +132,8 @@ async fn reload(state: &AppState) -> Result<crate::kv::WatchStream, StoreError> 
         .store
         .scan("specs/", |id, rec| state.fleet.apply_spec(&id, &rec))
         .await?;
+    // A revocation the broken watch missed must not stay unseen.
+    state.credentials.reload(state.store.credentials().await?);
     Ok(state.store.kv().watch("", rev + 1).await?)
 }
 

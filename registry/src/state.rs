@@ -133,6 +133,7 @@ impl Services {
         fleet: &Arc<Fleet>,
         events: &EventLog,
         blobs: Blobs,
+        clock: &Arc<dyn crate::clock::Clock>,
     ) -> Self {
         let gate = SpecGate::new(store.clone());
         let alerts = Alerts::new(store.clone(), events.clone(), settings.public_url.clone());
@@ -146,7 +147,7 @@ impl Services {
             settings.limits.clone(),
             settings.spec_history_kept,
         );
-        let enrolments = Enrolments::new(store.clone(), events.clone());
+        let enrolments = Enrolments::new(store.clone(), events.clone(), clock.clone());
         let health = HealthSettings {
             heartbeat_interval: settings.heartbeat_interval,
             stale_after: settings.stale_after,
@@ -243,7 +244,7 @@ impl AppState {
         let metrics = Arc::new(Metrics::new());
         let event_log = EventLog::new(store.clone(), metrics.clone());
         let blobs = Blobs::new(blobs_dir);
-        let s = Services::new(&settings, &store, &fleet, &event_log, blobs);
+        let s = Services::new(&settings, &store, &fleet, &event_log, blobs, &clock);
         let credentials =
             crate::credentials::Credentials::load(store.clone(), clock.clone()).await?;
         let audit = crate::audit::Audit::new(store.clone(), clock.clone());

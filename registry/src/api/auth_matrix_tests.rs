@@ -534,6 +534,16 @@ async fn a_scoped_credential_stays_in_its_scope() {
             "{e}"
         );
     }
+    // A node it cannot know of is not found.
+    let (st, _) = call(
+        &fx.state,
+        Method::GET,
+        "/v1/nodes/unknown-node",
+        Some(lab),
+        None,
+    )
+    .await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
     // Writes to the other node are refused and change nothing.
     let before = call(
         &fx.state,
@@ -570,11 +580,17 @@ async fn a_scoped_credential_stays_in_its_scope() {
         Method::PATCH,
         &format!("/v1/nodes/{own}"),
         Some(lab),
-        Some(("application/json", json!({"labels": {"team": null}}).to_string())),
+        Some((
+            "application/json",
+            json!({"labels": {"team": null}}).to_string(),
+        )),
     )
     .await;
     assert_eq!(st, StatusCode::FORBIDDEN, "{e}");
-    assert!(e["error"].as_str().unwrap().contains("out of this credential's scope"));
+    assert!(e["error"]
+        .as_str()
+        .unwrap()
+        .contains("out of this credential's scope"));
     // Fragments: one whose selector stays inside the scope is fine, a wider one is refused.
     let put = |name: &str, sel: &str| {
         let body = json!({"selector": sel, "spec": {}}).to_string();

@@ -65,6 +65,16 @@ pub async fn list(
     Ok(Json(events))
 }
 
+/// Whether the stream's named credential (if it is one) is still live.
+fn still_valid(state: &AppState, caller: &Caller) -> bool {
+    match caller {
+        Caller::Principal(p) if p.credential == steward_proto::CredentialKind::Named => {
+            state.credentials.is_live(&p.name)
+        }
+        _ => true,
+    }
+}
+
 struct Follow {
     state: AppState,
     caller: Caller,
@@ -98,6 +108,10 @@ pub async fn stream(
                     continue;
                 }
                 f.last = ev.seq;
+                if !still_valid(&f.state, &f.caller) {
+                    // Revoked or expired while the stream was open.
+                    return None;
+                }
                 if !sees_event(&f.state, &f.caller, &ev) {
                     continue;
                 }

@@ -20,7 +20,8 @@ use crate::state::AppState;
 pub struct AuditTarget(pub String);
 
 /// Resolves the caller from `Authorization: Bearer`, checks it against the route's access and
-/// scope, runs the handler, and audits writes.
+/// scope, runs the handler, and audits writes. A write and its record run in a task of their
+/// own: a client that hangs up after the change was made does not cancel the record.
 pub async fn authorize(
     State((state, access)): State<(AppState, Access)>,
     params: RawPathParams,
@@ -37,59 +38,98 @@ pub async fn authorize(
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    let method = req.method().clone();
-    let address = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(a)| a.ip().to_string());
     let caller = identify(&state, &req);
     let checked = caller
         .clone()
         .ok_or(RegistryError::Unauthorized)
         .and_then(|c| check(&state, access, &route, &params, &c).map(|()| c));
-    let resp = match checked {
-        Ok(c) => {
-            req.extensions_mut().insert(c);
-            next.run(req).await
-        }
-        Err(e) => e.into_response(),
-    };
     if !audited {
-        return resp;
+        return match checked {
+            Ok(c) => {
+                req.extensions_mut().insert(c);
+                next.run(req).await
+            }
+            Err(e) => e.into_response(),
+        };
     }
-    if caller.is_none() && !state.audit.admit_anonymous() {
+    let seen = Seen {
+        method: req.method().to_string(),
+        address: req
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(a)| a.ip().to_string()),
+        route,
+        params,
+        caller,
+    };
+    let task = tokio::spawn(async move {
+        let resp = match checked {
+            Ok(c) => {
+                req.extensions_mut().insert(c);
+                next.run(req).await
+            }
+            Err(e) => e.into_response(),
+        };
+        let answer = Answer {
+            status: resp.status().as_u16(),
+            target: resp.extensions().get::<AuditTarget>().map(|t| t.0.clone()),
+            reason: resp.extensions().get::<AuditReason>().map(|r| r.0.clone()),
+        };
+        audit(&state, seen, answer).await;
+        resp
+    });
+    task.await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+}
+
+/// What the guard saw of an audited request.
+struct Seen {
+    method: String,
+    address: Option<String>,
+    route: String,
+    params: Vec<(String, String)>,
+    caller: Option<Caller>,
+}
+
+/// What the audit record takes from the answer.
+struct Answer {
+    status: u16,
+    target: Option<String>,
+    reason: Option<String>,
+}
+
+/// Stores the audit record of a write's answer. Refusals of callers that are not people
+/// (no valid credential, or a node's secret) are rate-limited.
+async fn audit(state: &AppState, seen: Seen, answer: Answer) {
+    let status = answer.status;
+    let person = matches!(seen.caller, Some(Caller::Principal(_)));
+    if !person && status >= 400 && !state.audit.admit_anonymous() {
         state.metrics.audit_dropped();
-        return resp;
+        return;
     }
-    let target = resp
-        .extensions()
-        .get::<AuditTarget>()
-        .map(|t| t.0.clone())
-        .or_else(|| target(&route, &params));
-    let status = resp.status().as_u16();
+    let target = answer.target.or_else(|| target(&seen.route, &seen.params));
+    let caller = seen.caller.as_ref();
     let rec = AuditRecord {
         id: String::new(),
         time: chrono::Utc::now(),
         actor: caller
-            .as_ref()
             .and_then(|c| c.actor().name)
             .unwrap_or_else(|| "-".into()),
-        role: caller.as_ref().and_then(Caller::role),
-        credential: caller.as_ref().map(Caller::kind),
-        address,
-        method: method.to_string(),
-        route,
+        role: caller.and_then(Caller::role),
+        credential: caller.map(Caller::kind),
+        address: seen.address,
+        method: seen.method,
+        route: seen.route,
         target,
         outcome: crate::audit::outcome(status),
         status,
-        reason: resp.extensions().get::<AuditReason>().map(|r| r.0.clone()),
+        reason: answer.reason,
     };
     if let Err(e) = state.audit.record(rec).await {
         // The write itself is done (or refused); its record could not be stored.
         state.metrics.audit_failed();
         tracing::error!(error = %e, "cannot store the audit record of a write");
     }
-    resp
 }
 
 /// Whether `caller` may call this route: the access table, then the caller's scope for a
@@ -113,9 +153,11 @@ fn check(
     }
     if let (Some(scope), Some(id)) = (caller.scope(), path_id) {
         if route.starts_with("/v1/nodes/{id}") {
-            let outside = state
-                .live(id)
-                .is_some_and(|ln| !scope.sees(&ln.lock().labels));
+            // A node this replica does not know yet is not shown to be inside the scope.
+            let Some(ln) = state.live(id) else {
+                return Err(RegistryError::NotFound(format!("no node with id {id:?}")));
+            };
+            let outside = !scope.sees(&ln.lock().labels);
             if outside {
                 return Err(RegistryError::Forbidden(format!(
                     "node {id} is outside this credential's scope ({})",

@@ -5,7 +5,9 @@ use axum::http::StatusCode;
 use axum::{Extension, Json};
 use steward_proto::{Rollout, StartRollout};
 
-use super::guard::{sees_selector, within_scope};
+use axum::response::{IntoResponse, Response};
+
+use super::guard::{sees_selector, within_scope, AuditTarget};
 use super::Doc;
 use crate::auth::Caller;
 use crate::error::ApiResult;
@@ -16,12 +18,13 @@ pub async fn start(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Doc(req): Doc<StartRollout>,
-) -> ApiResult<(StatusCode, Json<Rollout>)> {
+) -> ApiResult<Response> {
     within_scope(&caller, &req.selector, "the rollout")?;
-    Ok((
-        StatusCode::CREATED,
-        Json(state.rollouts.start(req, &caller.actor()).await?),
-    ))
+    let r = state.rollouts.start(req, &caller.actor()).await?;
+    let target = AuditTarget(format!("rollout/{}", r.id));
+    let mut resp = (StatusCode::CREATED, Json(r)).into_response();
+    resp.extensions_mut().insert(target);
+    Ok(resp)
 }
 
 pub async fn list(

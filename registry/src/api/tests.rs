@@ -431,3 +431,51 @@ async fn heartbeat_numbers_must_be_finite_and_not_negative() {
     .await;
     assert_eq!(st, StatusCode::OK, "{node}");
 }
+
+/// Enrollment tokens and re-enrolment grants expire on the registry's clock (moved by hand).
+#[tokio::test]
+async fn tokens_and_grants_expire_on_the_injected_clock() {
+    let fx = fixture().await;
+    let (st, tok) = call(
+        &fx.state,
+        Method::POST,
+        "/v1/enrollment-tokens",
+        Some(ADMIN),
+        Some(("application/json", json!({"expires_in": "1h"}).to_string())),
+    )
+    .await;
+    assert_eq!(st, StatusCode::CREATED, "{tok}");
+    let (st, grant) = call(
+        &fx.state,
+        Method::POST,
+        &format!("/v1/nodes/{}/reenroll", fx.own.0),
+        Some(ADMIN),
+        Some(("application/json", json!({"expires": "30m"}).to_string())),
+    )
+    .await;
+    assert_eq!(st, StatusCode::CREATED, "{grant}");
+    fx.clock.advance(std::time::Duration::from_secs(3600));
+    let enrol = |token: &Value, machine: &str| {
+        json!({"token": token, "facts": {"machine_id": machine, "hostname": machine}}).to_string()
+    };
+    let (st, e) = call(
+        &fx.state,
+        Method::POST,
+        "/v1/enroll",
+        None,
+        Some(("application/json", enrol(&tok["token"], "new-machine"))),
+    )
+    .await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("expired"), "{e}");
+    let (st, e) = call(
+        &fx.state,
+        Method::POST,
+        "/v1/enroll",
+        None,
+        Some(("application/json", enrol(&grant["grant"], "own-machine"))),
+    )
+    .await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("expired"), "{e}");
+}

@@ -3,14 +3,17 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
-use chrono::Utc;
 use steward_proto::validate::validate_labels;
 use steward_proto::{
     CreateEnrollmentToken, EnrollmentTokenCreated, EnrollmentTokenInfo, EventKind,
 };
 
+use axum::response::{IntoResponse, Response};
+
+use super::guard::AuditTarget;
 use super::Doc;
 use crate::auth::{self, Caller};
+use crate::clock::{parse_ttl, Lifetime};
 use crate::error::{ApiResult, RegistryError};
 use crate::state::AppState;
 use crate::store::TokenRecord;
@@ -32,26 +35,18 @@ pub async fn create(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Doc(req): Doc<CreateEnrollmentToken>,
-) -> ApiResult<(StatusCode, Json<EnrollmentTokenCreated>)> {
+) -> ApiResult<Response> {
     let mut problems = validate_labels(&req.labels, "labels");
     let uses = req.uses.unwrap_or(1);
     if uses == 0 || uses > 1_000_000 {
         problems.push(steward_proto::Problem::new("uses", "must be 1-1000000"));
     }
-    let ttl = match humantime::parse_duration(req.expires_in.as_deref().unwrap_or("24h")) {
-        Ok(d) if d.as_secs() >= 1 && d.as_secs() <= 366 * 86400 => Some(d),
-        Ok(_) => {
-            problems.push(steward_proto::Problem::new(
-                "expires_in",
-                "must be between 1s and 366d",
-            ));
-            None
-        }
-        Err(e) => {
-            problems.push(steward_proto::Problem::new(
-                "expires_in",
-                format!("not a duration like 24h: {e}"),
-            ));
+    let text = req.expires_in.as_deref().unwrap_or("24h");
+    let max = std::time::Duration::from_secs(366 * 86400);
+    let ttl = match parse_ttl("expires_in", text, std::time::Duration::from_secs(1), max) {
+        Ok(d) => Some(d),
+        Err(p) => {
+            problems.push(p);
             None
         }
     };
@@ -60,7 +55,7 @@ pub async fn create(
     };
     let id = auth::new_id();
     let token = auth::new_secret(&id);
-    let now = Utc::now();
+    let now = state.clock.now();
     let rec = TokenRecord {
         id: id.clone(),
         secret_sha256: auth::sha256(&token),
@@ -69,7 +64,7 @@ pub async fn create(
         uses_total: uses,
         uses_left: uses,
         created_at: now,
-        expires_at: now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::days(1)),
+        expires_at: Lifetime::starting(now, Some(ttl)).0.unwrap_or(now),
         revoked: false,
     };
     state.store.put_token(&rec).await?;
@@ -86,13 +81,17 @@ pub async fn create(
             ),
         )
         .await?;
-    Ok((
+    let mut resp = (
         StatusCode::CREATED,
         Json(EnrollmentTokenCreated {
             token,
             info: info(&rec),
         }),
-    ))
+    )
+        .into_response();
+    resp.extensions_mut()
+        .insert(AuditTarget(format!("enrollment-token/{id}")));
+    Ok(resp)
 }
 
 pub async fn list(

@@ -58,6 +58,11 @@ impl HistoryWrite {
         }
     }
 
+    /// Bytes it adds to a transaction.
+    pub fn bytes(&self) -> usize {
+        enc(&self.entry).len() + 32
+    }
+
     /// Operations it adds to a transaction.
     pub fn ops(&self) -> usize {
         2 + usize::from(self.drop.is_some())

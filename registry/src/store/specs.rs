@@ -146,7 +146,8 @@ impl Store {
         let mut written = Vec::with_capacity(specs.len());
         while let Some(((key, value, w), tail)) = rest.split_first() {
             let more = ops_of(w);
-            if first.ops.len() + more > TXN_OPS || bytes + value.len() > TXN_BYTES {
+            let size = value.len() + w.history.as_ref().map_or(0, HistoryWrite::bytes);
+            if first.ops.len() + more > TXN_OPS || bytes + size > TXN_BYTES {
                 break;
             }
             first = first
@@ -155,7 +156,7 @@ impl Store {
             if let Some(h) = &w.history {
                 first = h.add_to(first);
             }
-            bytes += value.len();
+            bytes += size;
             written.push(*w);
             rest = tail;
         }

@@ -8,12 +8,12 @@
 
 use axum::http::{header, HeaderMap};
 
-use steward_proto::Role;
+use steward_proto::{CredentialKind, Role};
 
 use crate::auth::{self, Caller};
 use crate::state::AppState;
 
-pub use super::sessions::{Session, Sessions, Viewer, COOKIE, SESSION_TTL};
+pub use super::sessions::{Session, Sessions, SignIn, Viewer, COOKIE, SESSION_TTL};
 
 /// Why a request may not see the page.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -46,16 +46,33 @@ pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
 /// Which viewer a token is: the admin token or an unscoped admin credential see the page as
 /// admin; the read token and unscoped operator or viewer credentials read-only.
 pub fn token_viewer(state: &AppState, token: &str) -> Result<Viewer, Denied> {
-    match state.identify(token) {
-        Some(Caller::Principal(p)) if p.scope.is_some() => Err(Denied::Scoped),
-        Some(Caller::Principal(p)) => match p.role {
-            Role::Admin => Ok(Viewer::Admin),
-            Role::Operator | Role::Viewer => Ok(Viewer::Read),
-            Role::Sessions => Err(Denied::Role),
-        },
-        Some(Caller::Node(_)) => Err(Denied::NodeCredential),
-        None => Err(Denied::BadCredential),
-    }
+    sign_in(state, token).map(|s| s.viewer)
+}
+
+/// Who a token signs in as (for `POST /login`): the viewer, the named credential (whose
+/// revocation or expiry ends the session) and when the credential stops being valid.
+pub fn sign_in(state: &AppState, token: &str) -> Result<SignIn, Denied> {
+    let p = match state.identify(token) {
+        Some(Caller::Principal(p)) if p.scope.is_some() => return Err(Denied::Scoped),
+        Some(Caller::Principal(p)) => p,
+        Some(Caller::Node(_)) => return Err(Denied::NodeCredential),
+        None => return Err(Denied::BadCredential),
+    };
+    let viewer = match p.role {
+        Role::Admin => Viewer::Admin,
+        Role::Operator | Role::Viewer => Viewer::Read,
+        Role::Sessions => return Err(Denied::Role),
+    };
+    let (named, until) = match p.credential {
+        CredentialKind::Named => (Some(p.name.to_string()), state.credentials.expiry(&p.name)),
+        CredentialKind::Jwt => (None, state.oidc.expiry(token)),
+        _ => (None, None),
+    };
+    Ok(SignIn {
+        viewer,
+        named,
+        until,
+    })
 }
 
 /// Resolves the viewer: a bearer token first, then the session cookie, then public access.
@@ -67,8 +84,14 @@ pub fn viewer(state: &AppState, headers: &HeaderMap) -> Result<Viewer, Denied> {
     if let Some(token) = bearer {
         return token_viewer(state, token);
     }
-    if let Some(v) = session_cookie(headers).and_then(|id| state.sessions.get(id)) {
-        return Ok(v);
+    if let Some(s) = session_cookie(headers).and_then(|id| state.sessions.get(id)) {
+        // A session opened with a named credential ends when the credential is revoked.
+        if s.named
+            .as_ref()
+            .is_none_or(|n| state.credentials.is_live(n))
+        {
+            return Ok(s.viewer);
+        }
     }
     if state.settings.public_status {
         Ok(Viewer::Public)
@@ -119,20 +142,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open_embedded(dir.path()).unwrap();
         let s = Sessions::default();
-        let id = s.create(&store, Viewer::Read).await.unwrap();
+        let who = SignIn {
+            viewer: Viewer::Read,
+            named: None,
+            until: None,
+        };
+        let id = s.create(&store, who).await.unwrap();
         assert_eq!(id.len(), 64);
-        assert_eq!(s.get(&id), Some(Viewer::Read));
-        assert_eq!(s.get("nope"), None);
+        assert_eq!(s.get(&id).map(|s| s.viewer), Some(Viewer::Read));
+        assert!(s.get("nope").is_none());
         // Stored under the hash only, and found by a second process (a replica) from the store.
         let stored: Vec<(String, Session)> = store.ui_sessions().await.unwrap();
         assert_eq!(stored.len(), 1);
         assert_eq!(stored[0].0, hex::encode(auth::sha256(&id)));
         assert!(!stored[0].0.contains(&id));
         let other = Sessions::default();
-        other.apply(&stored[0].0, Some(stored[0].1));
-        assert_eq!(other.get(&id), Some(Viewer::Read));
+        other.apply(&stored[0].0, Some(stored[0].1.clone()));
+        assert_eq!(other.get(&id).map(|s| s.viewer), Some(Viewer::Read));
         s.remove(&store, &id).await.unwrap();
-        assert_eq!(s.get(&id), None);
+        assert!(s.get(&id).is_none());
         assert!(store.ui_sessions::<Session>().await.unwrap().is_empty());
         let c = set_cookie("abc", true);
         assert!(c.contains("HttpOnly") && c.contains("SameSite=Strict") && c.ends_with("Secure"));

@@ -303,9 +303,10 @@ struct LoginForm {
 /// `POST /login`: checks the token once and sets a session cookie.
 async fn login(State(state): State<AppState>, Form(f): Form<LoginForm>) -> Response {
     let next = access::safe_next(f.next.as_deref());
-    match access::token_viewer(&state, f.token.trim()) {
-        Ok(viewer) => {
-            let id = match state.sessions.create(&state.store, viewer).await {
+    match access::sign_in(&state, f.token.trim()) {
+        Ok(who) => {
+            let viewer = who.viewer;
+            let id = match state.sessions.create(&state.store, who).await {
                 Ok(id) => id,
                 Err(e) => return UiError::from(e).into_response(),
             };

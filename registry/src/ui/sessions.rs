@@ -39,10 +39,24 @@ impl Viewer {
 }
 
 /// A login session as stored (`ui-sessions/{sha256 of the id}`): shared by every replica.
-#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Session {
     pub viewer: Viewer,
     pub expires_at: DateTime<Utc>,
+    /// The named credential it was opened with: the session ends when that is revoked or
+    /// expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub named: Option<String>,
+}
+
+/// Who signs in: the viewer, the named credential used (if one was), and when the credential
+/// itself stops being valid (a named credential's expiry, a JWT's `exp`), which caps the
+/// session's life.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SignIn {
+    pub viewer: Viewer,
+    pub named: Option<String>,
+    pub until: Option<DateTime<Utc>>,
 }
 
 /// Login sessions: kept in the store (so every replica knows them and a restart keeps them) and
@@ -61,7 +75,7 @@ fn lock(
 impl Sessions {
     /// Creates a session for `viewer`, stores it, and returns the id to put in the cookie.
     /// Expired sessions are removed on the way; past [`MAX_SESSIONS`] the oldest goes.
-    pub async fn create(&self, store: &Store, viewer: Viewer) -> Result<String, StoreError> {
+    pub async fn create(&self, store: &Store, who: SignIn) -> Result<String, StoreError> {
         let id = auth::new_id() + &auth::new_id() + &auth::new_id() + &auth::new_id();
         let now = Utc::now();
         let mut gone: Vec<String> = {
@@ -81,9 +95,11 @@ impl Sessions {
         }
         store.remove_ui_sessions(&gone).await?;
         let key = hex::encode(auth::sha256(&id));
+        let ttl_end = now + chrono::Duration::from_std(SESSION_TTL).unwrap_or_default();
         let s = Session {
-            viewer,
-            expires_at: now + chrono::Duration::from_std(SESSION_TTL).unwrap_or_default(),
+            viewer: who.viewer,
+            expires_at: who.until.map_or(ttl_end, |u| u.min(ttl_end)),
+            named: who.named,
         };
         store.put_ui_session(&key, &s).await?;
         let mut map = lock(&self.map);
@@ -94,12 +110,12 @@ impl Sessions {
         Ok(id)
     }
 
-    /// The viewer of a live session.
-    pub fn get(&self, id: &str) -> Option<Viewer> {
+    /// A live session (not expired; the caller checks its named credential).
+    pub fn get(&self, id: &str) -> Option<Session> {
         lock(&self.map)
             .get(&hex::encode(auth::sha256(id)))
             .filter(|s| s.expires_at > Utc::now())
-            .map(|s| s.viewer)
+            .cloned()
     }
 
     /// Forgets a session (signing out), in the store too.

@@ -369,3 +369,40 @@ async fn node_page_shows_the_audit_trail_to_signed_in_viewers_only() {
     assert_eq!(st, StatusCode::OK);
     assert!(!public.contains("audit trail") && !public.contains("admin-token"));
 }
+
+/// A session opened with a named credential ends when the credential is revoked.
+#[tokio::test]
+async fn a_session_of_a_named_credential_ends_with_it() {
+    let fx = fixture(false, false).await;
+    let (st, _, made) = send(
+        &fx.state,
+        post_json(
+            "/v1/credentials",
+            Some(ADMIN),
+            json!({"name": "ops", "role": "viewer"}),
+        ),
+    )
+    .await;
+    assert_eq!(st, StatusCode::CREATED, "{made}");
+    let made: Value = serde_json::from_str(&made).unwrap();
+    let token = made["token"].as_str().unwrap();
+    let (st, h, _) = send(&fx.state, form("/login", &format!("token={token}"), None)).await;
+    assert_eq!(st, StatusCode::SEE_OTHER);
+    let cookie = cookie_of(&h);
+    let (st, _, _) = send(&fx.state, get("/", None, Some(&cookie))).await;
+    assert_eq!(st, StatusCode::OK);
+    let req = Request::builder()
+        .method(Method::DELETE)
+        .uri("/v1/credentials/ops")
+        .header(header::AUTHORIZATION, format!("Bearer {ADMIN}"))
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(send(&fx.state, req).await.0, StatusCode::OK);
+    let (st, h, _) = send(&fx.state, get("/", None, Some(&cookie))).await;
+    assert_eq!(
+        st,
+        StatusCode::SEE_OTHER,
+        "the session ended with its credential"
+    );
+    assert_eq!(h[header::LOCATION], "/login");
+}
