@@ -311,8 +311,7 @@ impl Credentials {
         };
         for (name, used) in &due {
             let at = chrono::DateTime::from_timestamp(*used, 0);
-            let rec = self
-                .store
+            self.store
                 .update_credential(name, |c| {
                     if c.last_used < at {
                         c.last_used = at;
@@ -330,7 +329,6 @@ impl Credentials {
             {
                 h.stored.fetch_max(*used, Ordering::Relaxed);
             }
-            drop(rec);
         }
         Ok(due.len())
     }

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use common::etcd::EtcdCluster;
@@ -16,15 +16,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 fn ctl(r: &Registry, token: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_stewardctl"))
-        .arg("--registry")
-        .arg(r.url(""))
-        .args(args)
-        .env_remove("STEWARD_TOKEN_FILE")
-        .env("STEWARD_TOKEN", token)
-        .env("HOME", r.dir.path())
-        .output()
-        .unwrap()
+    r.ctl(token, args)
 }
 
 fn ok(o: Output) -> String {

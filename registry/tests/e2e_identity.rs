@@ -393,17 +393,7 @@ async fn machine_ids_are_shown_to_the_admin_and_the_node_only() {
 async fn stewardctl_prints_a_grant_that_re_enrols_the_node() {
     let (r, _rt) = start().await;
     let (id, _) = r.enroll("machine-a", json!({})).await;
-    let ctl = |args: &[&str], token: &str| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_stewardctl"))
-            .arg("--registry")
-            .arg(r.url(""))
-            .args(args)
-            .env_remove("STEWARD_TOKEN_FILE")
-            .env("STEWARD_TOKEN", token)
-            .env("HOME", r.dir.path())
-            .output()
-            .unwrap()
-    };
+    let ctl = |args: &[&str], token: &str| r.ctl(token, args);
     let out = ctl(&["nodes", "reenroll", &id, "--expires", "30m"], &r.admin);
     assert!(out.status.success(), "{out:?}");
     let grant = String::from_utf8_lossy(&out.stdout).trim().to_string();

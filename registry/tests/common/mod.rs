@@ -192,6 +192,19 @@ impl Registry {
         )
     }
 
+    /// Runs the real `stewardctl` against this registry with `token`.
+    pub fn ctl(&self, token: &str, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_stewardctl"))
+            .arg("--registry")
+            .arg(self.url(""))
+            .args(args)
+            .env_remove("STEWARD_TOKEN_FILE")
+            .env("STEWARD_TOKEN", token)
+            .env("HOME", self.dir.path())
+            .output()
+            .unwrap()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
