@@ -37,7 +37,13 @@ command -v bridge >/dev/null || need_guest+=(iproute2)
 # cloud-init seed read back with mtools.
 # Installed together with qemu-system-x86 in any case: Debian's qemu-system-x86 removes a newer
 # (backported) qemu-utils that a machine may come with, taking qemu-img away.
-if ! command -v qemu-img >/dev/null || [[ " ${need_guest[*]} " == *" qemu-system-x86 "* ]]; then
+# A locally installed newer qemu-utils (no repository offers it) would make apt refuse the
+# pair: ask for the version that matches qemu-system-x86 (a downgrade, allowed below).
+if [[ " ${need_guest[*]} " == *" qemu-system-x86 "* ]]; then
+  [ ${#need_apt[@]} -gt 0 ] || apt-get update -qq
+  qemu_version=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
+  need_guest+=("qemu-utils=$qemu_version")
+elif ! command -v qemu-img >/dev/null; then
   need_guest+=(qemu-utils)
 fi
 command -v mtype >/dev/null || need_guest+=(mtools)
@@ -45,7 +51,7 @@ if [ ${#need_guest[@]} -gt 0 ]; then
   [ ${#need_apt[@]} -gt 0 ] || apt-get update -qq
   echo "installing ${need_guest[*]} for the guest tests (Debian)" >&2
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    "${need_guest[@]}" >/tmp/steward-apt-guest.log 2>&1 \
+    --allow-downgrades "${need_guest[@]}" >/tmp/steward-apt-guest.log 2>&1 \
     || { tail -n 20 /tmp/steward-apt-guest.log >&2; exit 1; }
 fi
 # Status page and metrics tests (registry/tests/e2e_ui.rs, agent/tests/e2e_metrics.rs):

@@ -1,6 +1,7 @@
 //! `steward-agent run`: the heartbeat ticker, the spec watcher, the Docker and netlink event
 //! listeners and the reconciler, running concurrently. The agent keeps enforcing the last stored spec while the registry is
-//! unreachable and never stops a workload because of that.
+//! unreachable and never stops a workload because of that, with one exception: a session's
+//! workloads and volumes go at its lease's deadline, by the agent's clock (`reconcile::leases`).
 
 mod passes;
 

@@ -74,6 +74,10 @@ pub struct CreateCredential {
     pub expires_in: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// `sessions` role only: the credential acts for this session owner alone (creates,
+    /// sees, extends and ends only that owner's sessions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// A named credential as listed (never the secret).
@@ -85,6 +89,9 @@ pub struct CredentialInfo {
     pub selector: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// The session owner it acts for (`sessions` role).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
     pub created_at: DateTime<Utc>,
     /// Who created it.
     pub created_by: String,

@@ -220,6 +220,11 @@ pub enum EventKind {
     /// A rollout step: started, batch started/converged, halted, paused, resumed, aborted,
     /// done, rolled back (the message says which).
     Rollout,
+    TemplateWritten,
+    TemplateDeleted,
+    /// A session step: created, running, failed, extended, ended (the message says which, and
+    /// why it ended: expired, deleted, node decommissioned).
+    Session,
 }
 
 /// The answer to a workload reset: queued for the node's next heartbeat.

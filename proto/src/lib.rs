@@ -14,6 +14,7 @@ pub mod parse;
 pub mod patterns;
 pub mod quantity;
 pub mod selector;
+pub mod session;
 pub mod spec;
 pub mod validate;
 
@@ -21,5 +22,6 @@ pub use access::*;
 pub use api::*;
 pub use history::*;
 pub use node::*;
+pub use session::*;
 pub use spec::*;
 pub use validate::{Problem, ValidationErrors};

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 pub enum Source<'a> {
     Node,
     Fragment(&'a str),
+    Session(&'a str),
 }
 
 impl std::fmt::Display for Source<'_> {
@@ -20,6 +21,7 @@ impl std::fmt::Display for Source<'_> {
         match self {
             Source::Node => f.write_str("the node's own spec"),
             Source::Fragment(n) => write!(f, "fragment {n:?}"),
+            Source::Session(n) => write!(f, "session {n:?}"),
         }
     }
 }
@@ -52,6 +54,7 @@ pub fn merge_specs<'a>(parts: &[(Source<'a>, &NodeSpec)]) -> Result<NodeSpec, Ve
         let prefix = match src {
             Source::Node => String::new(),
             Source::Fragment(n) => format!("fragments[{n}]."),
+            Source::Session(n) => format!("sessions[{n}]."),
         };
         for kind in WorkloadKind::ALL {
             for (i, name) in spec.workload_names(kind).into_iter().enumerate() {
@@ -87,6 +90,12 @@ pub fn merge_specs<'a>(parts: &[(Source<'a>, &NodeSpec)]) -> Result<NodeSpec, Ve
             let f = format!("{prefix}networks.labs[{i}].vlan");
             if claim("lab", l.vlan.to_string(), f, src) {
                 out.networks.labs.push(l.clone());
+            }
+        }
+        for (i, l) in spec.sessions.iter().enumerate() {
+            let f = format!("{prefix}sessions[{i}].id");
+            if claim("session", l.id.clone(), f, src) {
+                out.sessions.push(l.clone());
             }
         }
     }

@@ -23,6 +23,26 @@ pub struct NodeSpec {
     pub vms: Vec<VmSpec>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub payloads: Vec<PayloadSpec>,
+    /// The sessions whose workloads this spec holds (written by the registry's sessions
+    /// service): the agent removes a session's workloads and volumes at its `expires_at`,
+    /// even when it cannot reach the registry.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sessions: Vec<SessionLease>,
+}
+
+/// A session's lease on a node: its id, its deadline and the Docker volumes it owns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SessionLease {
+    #[schemars(regex(pattern = crate::patterns::RESOURCE_NAME))]
+    pub id: String,
+    /// When the agent removes the session's workloads (and volumes, unless `keep_volumes`).
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+    /// Docker volumes created for the session (labelled with its id) and removed when it ends.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<String>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub keep_volumes: bool,
 }
 
 impl NodeSpec {
@@ -32,6 +52,7 @@ impl NodeSpec {
             && self.containers.is_empty()
             && self.vms.is_empty()
             && self.payloads.is_empty()
+            && self.sessions.is_empty()
     }
 
     /// The names of the spec's workloads of `kind`.
@@ -254,6 +275,9 @@ pub struct ContainerSpec {
     /// failing past the agent's rollback grace period (default true).
     #[serde(default = "default_true", skip_serializing_if = "is_true")]
     pub rollback: bool,
+    /// The session this container belongs to (one of the spec's `sessions`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
 }
 
 fn is_true(b: &bool) -> bool {
@@ -338,6 +362,9 @@ pub struct VmSpec {
     /// leaves the VM failing past the agent's rollback grace period (default true).
     #[serde(default = "default_true", skip_serializing_if = "is_true")]
     pub rollback: bool,
+    /// The session this VM belongs to (one of the spec's `sessions`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
 }
 
 fn default_vm_cpus() -> u32 {

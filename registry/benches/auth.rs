@@ -72,6 +72,7 @@ async fn main() {
                 selector: None,
                 expires_in: None,
                 description: None,
+                owner: None,
             },
             &steward_proto::Actor::SYSTEM,
         )

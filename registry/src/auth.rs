@@ -46,6 +46,9 @@ pub struct Principal {
     pub role: Role,
     pub scope: Option<Arc<Scope>>,
     pub credential: CredentialKind,
+    /// The session owner it acts for alone (a `sessions` credential created with an owner,
+    /// a `sessions` JWT: its subject); `None`: any owner.
+    pub owner: Option<Arc<str>>,
 }
 
 /// Who made a request.
@@ -63,6 +66,7 @@ impl Caller {
             role: Role::Admin,
             scope: None,
             credential: CredentialKind::Admin,
+            owner: None,
         })
     }
 
@@ -73,6 +77,7 @@ impl Caller {
             role: Role::Viewer,
             scope: None,
             credential: CredentialKind::Read,
+            owner: None,
         })
     }
 
@@ -106,6 +111,19 @@ impl Caller {
         }
     }
 
+    /// The only session owner the caller may act for, if it is narrowed to one.
+    pub fn owner(&self) -> Option<&str> {
+        match self {
+            Caller::Principal(p) => p.owner.as_deref(),
+            Caller::Node(_) => None,
+        }
+    }
+
+    /// Whether the caller may see or act on the sessions of `owner`.
+    pub fn acts_for(&self, owner: &str) -> bool {
+        self.owner().is_none_or(|o| o == owner)
+    }
+
     /// Whether the caller may see or touch a node with `labels` (always, without a scope).
     pub fn sees(&self, labels: &Labels) -> bool {
         self.scope().is_none_or(|s| s.sees(labels))
@@ -135,6 +153,12 @@ pub enum Access {
     ReadOrOwnNode,
     /// Only the node named by `{id}`.
     OwnNode,
+    /// `admin`, `operator` or `sessions`: creating, extending and ending sessions (an
+    /// owner-scoped caller only its owner's).
+    Sessions,
+    /// Any role: reading sessions and templates (an owner-scoped caller sees only its owner's
+    /// sessions).
+    SessionsRead,
     /// A reader, or any node's secret; the handler narrows what a node may see (blob
     /// downloads: only blobs the node's spec references).
     ReadOrAnyNode,
@@ -152,6 +176,8 @@ impl Access {
                 "the admin, operator or viewer role, or the node's own secret"
             }
             Access::OwnNode => "the node's own secret",
+            Access::Sessions => "the admin, operator or sessions role",
+            Access::SessionsRead => "the admin, operator, viewer or sessions role",
             Access::ReadOrAnyNode => {
                 "the admin, operator or viewer role, or a node secret (a node reads only what its spec references)"
             }
@@ -173,6 +199,11 @@ impl Access {
             Access::Audit => matches!(caller.role(), Some(Role::Admin | Role::Viewer)),
             Access::ReadOrOwnNode => reads || own,
             Access::OwnNode => own,
+            Access::Sessions => matches!(
+                caller.role(),
+                Some(Role::Admin | Role::Operator | Role::Sessions)
+            ),
+            Access::SessionsRead => caller.role().is_some(),
             Access::ReadOrAnyNode => reads || matches!(caller, Caller::Node(_)),
         }
     }
@@ -252,6 +283,7 @@ mod tests {
                 })
             }),
             credential: CredentialKind::Named,
+            owner: None,
         })
     }
 
@@ -268,6 +300,8 @@ mod tests {
             (ReadOrOwnNode, [true, true, true, false, true, false]),
             (OwnNode, [false, false, false, false, true, false]),
             (ReadOrAnyNode, [true, true, true, false, true, true]),
+            (Sessions, [true, true, false, true, false, false]),
+            (SessionsRead, [true, true, true, true, false, false]),
             (Public, [true, true, true, true, true, true]),
         ];
         for (access, want) in rows {

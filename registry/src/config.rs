@@ -163,6 +163,7 @@ struct FileConfig {
     limits: Option<SpecLimits>,
     #[serde(default)]
     oidc: Vec<crate::oidc::IssuerConfig>,
+    sessions: Option<crate::sessions::SessionsConfig>,
 }
 
 mod humantime_serde_opt {
@@ -211,6 +212,8 @@ pub struct RegistryConfig {
     pub limits: SpecLimits,
     /// Trusted single sign-on issuers (`[[oidc]]`, config file only).
     pub oidc: Vec<crate::oidc::IssuerConfig>,
+    /// Session limits, port range, VLAN pool (`[sessions]`, config file only).
+    pub sessions: crate::sessions::SessionsConfig,
 }
 
 /// Where the registry's Debian package puts the agent's package.
@@ -297,6 +300,7 @@ impl RegistryConfig {
             alerts: file.alerts.unwrap_or_default(),
             limits: limits(file.limits)?,
             oidc: file.oidc,
+            sessions: file.sessions.unwrap_or_default(),
         };
         cfg.check()?;
         Ok(cfg)
@@ -310,6 +314,7 @@ impl RegistryConfig {
                  generated with `openssl rand -hex 32`)"
             );
         }
+        self.sessions.check().map_err(|e| anyhow::anyhow!(e))?;
         if !(1..=100_000).contains(&self.spec_history_kept) {
             bail!("spec_history_kept must be 1-100000");
         }

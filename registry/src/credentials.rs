@@ -64,6 +64,7 @@ fn info(c: &CredentialRecord) -> CredentialInfo {
         role: c.role,
         selector: c.selector.clone(),
         description: c.description.clone(),
+        owner: c.owner.clone(),
         created_at: c.created_at,
         created_by: c.created_by.clone(),
         expires_at: c.expires_at,
@@ -91,6 +92,7 @@ fn held(rec: CredentialRecord) -> Held {
             role: rec.role,
             scope,
             credential: CredentialKind::Named,
+            owner: rec.owner.as_deref().map(Arc::from),
         },
         used: AtomicI64::new(last),
         stored: AtomicI64::new(last),
@@ -222,6 +224,17 @@ impl Credentials {
                 }
             },
         };
+        if let Some(owner) = &req.owner {
+            if req.role != steward_proto::Role::Sessions {
+                problems.push(Problem::new(
+                    "owner",
+                    "only a credential of the sessions role acts for one session owner",
+                ));
+            }
+            if let Err(p) = crate::names::check_name("owner", owner) {
+                problems.push(p);
+            }
+        }
         if req.description.as_ref().is_some_and(|d| d.len() > 1024) {
             problems.push(Problem::new("description", "at most 1024 bytes"));
         }
@@ -243,6 +256,7 @@ impl Credentials {
             role: req.role,
             selector: req.selector.map(|s| s.trim().to_string()),
             description: req.description,
+            owner: req.owner,
             secret_sha256: auth::sha256(&token),
             created_at: now,
             created_by: by.name.clone().unwrap_or_else(|| "-".into()),

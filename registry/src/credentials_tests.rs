@@ -22,6 +22,7 @@ fn req(name: &str, role: Role, selector: Option<&str>, expires: Option<&str>) ->
         selector: selector.map(str::to_string),
         expires_in: expires.map(str::to_string),
         description: None,
+        owner: None,
     }
 }
 

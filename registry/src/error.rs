@@ -187,6 +187,24 @@ impl From<crate::credentials::CredentialError> for RegistryError {
     }
 }
 
+impl From<crate::sessions::SessionError> for RegistryError {
+    fn from(e: crate::sessions::SessionError) -> Self {
+        use crate::sessions::SessionError as S;
+        match e {
+            S::Invalid(p) => RegistryError::Invalid(p),
+            e @ (S::NoTemplate(_) | S::NoSession(_)) => RegistryError::NotFound(e.to_string()),
+            e @ (S::Quota(_)
+            | S::Place(_)
+            | S::Alloc(_)
+            | S::Ended(_)
+            | S::TemplateInUse { .. }) => conflict(e.to_string()),
+            e @ S::NotYourOwner { .. } => RegistryError::Forbidden(e.to_string()),
+            S::Spec(e) => e.into(),
+            S::Store(e) => RegistryError::Store(e),
+        }
+    }
+}
+
 /// Why a request was refused or failed, carried in the answer's extensions for the audit
 /// trail (the message of the error body; never a secret: errors do not echo credentials).
 #[derive(Debug, Clone)]

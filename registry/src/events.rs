@@ -26,6 +26,11 @@ impl EventLog {
         Self { store, metrics }
     }
 
+    /// The metrics events are counted in (services count their own figures there too).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// Appends one event (numbered by the store).
     pub async fn record(
         &self,

@@ -146,12 +146,13 @@ impl FragmentSet {
         entry.0 += old.revision + 1;
     }
 
-    /// The effective spec of a node with this own spec and these labels, and the names of the
-    /// fragments merged in; it must be valid and within `limits` (so fragments cannot add up
+    /// The effective spec of a node with this own spec, session pieces and labels, and the
+    /// names of the fragments merged in; it must be valid and within `limits` (so fragments cannot add up
     /// past them).
     pub fn effective(
         &self,
         own: &NodeSpec,
+        sessions: &BTreeMap<String, NodeSpec>,
         labels: &Labels,
         limits: &SpecLimits,
     ) -> Result<(NodeSpec, Vec<String>), Vec<Problem>> {
@@ -162,6 +163,7 @@ impl FragmentSet {
                 .iter()
                 .map(|f| (Source::Fragment(f.name.as_str()), &f.spec)),
         );
+        parts.extend(sessions.iter().map(|(id, s)| (Source::Session(id), s)));
         let merged = merge_specs(&parts)?;
         validate_spec(&merged, limits).map_err(|e| e.0)?;
         Ok((merged, matching.iter().map(|f| f.name.clone()).collect()))

@@ -113,6 +113,7 @@ fn the_effective_spec_merges_the_matching_fragments_by_name() {
     let (_, names) = s
         .effective(
             &NodeSpec::default(),
+            &Default::default(),
             &labels(&[("role", "web")]),
             &SpecLimits::default(),
         )

@@ -27,6 +27,7 @@ pub mod rollout;
 pub mod schemas;
 pub mod serve;
 pub mod server;
+pub mod sessions;
 pub mod spec_gate;
 pub mod specs;
 pub mod state;

@@ -20,6 +20,18 @@ pub struct HealthLabel {
     pub health: &'static str,
 }
 
+/// A session count's template.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TemplateLabel {
+    pub template: String,
+}
+
+/// Why a session create was refused or a session ended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
     pub kind: String,
@@ -46,6 +58,11 @@ pub struct Metrics {
     pub accept_errors: Counter,
     pub audit_failures: Counter,
     pub audit_dropped: Counter,
+    pub sessions_created: Family<TemplateLabel, Counter>,
+    pub session_refusals: Family<ReasonLabel, Counter>,
+    pub sessions_ended: Family<ReasonLabel, Counter>,
+    pub sessions_live: Family<TemplateLabel, Gauge>,
+    pub session_start_seconds: Histogram,
 }
 
 impl Default for Metrics {
@@ -120,7 +137,43 @@ impl Metrics {
             "Refused writes without a valid credential or by a node secret left out of the audit trail (over 1/s)",
             audit_dropped.clone(),
         );
+        let sessions_created = Family::<TemplateLabel, Counter>::default();
+        registry.register(
+            "sessions_created",
+            "Sessions created, by template",
+            sessions_created.clone(),
+        );
+        let session_refusals = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "session_refusals",
+            "Session creates refused, by reason (the limit reached, placement, allocation, ...)",
+            session_refusals.clone(),
+        );
+        let sessions_ended = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "sessions_ended",
+            "Sessions ended, by reason (expired, deleted)",
+            sessions_ended.clone(),
+        );
+        let sessions_live = Family::<TemplateLabel, Gauge>::default();
+        registry.register(
+            "sessions_live",
+            "Live sessions by template (set by the jobs leader every few seconds)",
+            sessions_live.clone(),
+        );
+        // 0.1 s .. ~2 h
+        let session_start_seconds = Histogram::new(exponential_buckets(0.1, 3.0, 10));
+        registry.register(
+            "session_start_seconds",
+            "Time from a session's create to all its workloads running",
+            session_start_seconds.clone(),
+        );
         Self {
+            sessions_created,
+            session_refusals,
+            sessions_ended,
+            sessions_live,
+            session_start_seconds,
             registry,
             nodes,
             drifted_nodes,
@@ -144,6 +197,25 @@ impl Metrics {
     /// Counts one audit record that could not be stored.
     pub fn audit_failed(&self) {
         self.audit_failures.inc();
+    }
+
+    pub fn session_created(&self, template: &str) {
+        let template = template.to_string();
+        self.sessions_created
+            .get_or_create(&TemplateLabel { template })
+            .inc();
+    }
+
+    pub fn session_refused(&self, reason: &'static str) {
+        self.session_refusals
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    pub fn session_ended(&self, reason: &'static str) {
+        self.sessions_ended
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 
     /// Counts one logged event.

@@ -334,6 +334,8 @@ impl Oidc {
             role,
             scope: None,
             credential: CredentialKind::Jwt,
+            // A sessions JWT acts for its subject's sessions only.
+            owner: (role == Role::Sessions).then(|| Arc::from(name)),
         });
         Ok((caller, exp))
     }

@@ -142,7 +142,7 @@ fn apply(state: &AppState, c: &WatchEvent) {
     let Some(value) = &c.value else {
         match area {
             "resets" => state.fleet.set_resets(id, false),
-            "ui-sessions" => state.sessions.apply(id, None),
+            "ui-sessions" => state.logins.apply(id, None),
             "credentials" => state.credentials.apply(id, None),
             _ => {}
         }
@@ -169,7 +169,7 @@ fn apply(state: &AppState, c: &WatchEvent) {
             state.alerts.wake();
             Ok(())
         }
-        "ui-sessions" => serde_json::from_slice(value).map(|s| state.sessions.apply(id, Some(s))),
+        "ui-sessions" => serde_json::from_slice(value).map(|s| state.logins.apply(id, Some(s))),
         "credentials" => {
             serde_json::from_slice(value).map(|c| state.credentials.apply(id, Some(c)))
         }
@@ -309,10 +309,11 @@ pub async fn run_jobs(state: AppState) {
         {
             return;
         }
-        tracing::info!(replica = %me, "leading: running the health monitor, alert dispatcher and rollout drivers");
+        tracing::info!(replica = %me, "leading: running the health monitor, alert dispatcher, rollout drivers and session jobs");
         let monitor = tokio::spawn(crate::nodes::health_monitor(state.nodes.clone()));
         let trimmer = tokio::spawn(trim_events(state.clone()));
         let alerts = tokio::spawn(state.alerts.clone().dispatch());
+        let sessions = tokio::spawn(state.sessions.clone().run_jobs());
         state.rollouts.set_leading(true);
         if let Err(e) = state.rollouts.resume_all().await {
             tracing::warn!(error = %e, "resuming rollouts failed; they resume when next written");
@@ -322,6 +323,7 @@ pub async fn run_jobs(state: AppState) {
         monitor.abort();
         trimmer.abort();
         alerts.abort();
+        sessions.abort();
         state.rollouts.set_leading(false);
     }
 }

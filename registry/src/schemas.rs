@@ -54,6 +54,11 @@ pub fn all() -> Map<String, Value> {
     add::<p::AuditRecord>(&mut gen, &mut out);
     add::<p::SpecVersion>(&mut gen, &mut out);
     add::<p::RevertSpec>(&mut gen, &mut out);
+    add::<p::TemplateWrite>(&mut gen, &mut out);
+    add::<p::Template>(&mut gen, &mut out);
+    add::<p::SessionCreate>(&mut gen, &mut out);
+    add::<p::SessionExtend>(&mut gen, &mut out);
+    add::<p::Session>(&mut gen, &mut out);
     for (k, v) in gen.take_definitions(true) {
         out.entry(k).or_insert(v);
     }

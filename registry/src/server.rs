@@ -87,6 +87,7 @@ pub async fn build_state(cfg: &RegistryConfig) -> anyhow::Result<AppState> {
             .transpose()?,
         limits: cfg.limits.clone(),
         spec_history_kept: cfg.spec_history_kept as usize,
+        sessions: cfg.sessions.clone(),
         replica_id: match &cfg.store {
             StoreConfig::Embedded => None,
             StoreConfig::Etcd { replica_id, .. } => Some(replica_id.clone()),

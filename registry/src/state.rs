@@ -52,6 +52,8 @@ pub struct Settings {
     pub limits: steward_proto::validate::SpecLimits,
     /// Versions kept of each node's own spec and each fragment.
     pub spec_history_kept: usize,
+    /// Session limits, pools and ranges (`[sessions]`).
+    pub sessions: crate::sessions::SessionsConfig,
 }
 
 impl Default for Settings {
@@ -69,6 +71,7 @@ impl Default for Settings {
             replica_id: None,
             limits: Default::default(),
             spec_history_kept: 100,
+            sessions: Default::default(),
         }
     }
 }
@@ -87,7 +90,10 @@ pub struct Inner {
     pub event_log: EventLog,
     pub started: Instant,
     pub metrics: Arc<Metrics>,
-    pub sessions: crate::ui::sessions::Sessions,
+    /// Status page login sessions.
+    pub logins: crate::ui::sessions::Sessions,
+    /// Sessions: templates, placement, quotas, allocations (`sessions/`).
+    pub sessions: crate::sessions::Sessions,
     pub alerts: Alerts,
     pub specs: Specs,
     pub nodes: Nodes,
@@ -124,6 +130,7 @@ struct Services {
     enrolments: Enrolments,
     payloads: Payloads,
     rollouts: Rollouts,
+    sessions: crate::sessions::Sessions,
 }
 
 impl Services {
@@ -163,7 +170,17 @@ impl Services {
             health,
         );
         let rollouts = Rollouts::new(store.clone(), fleet.clone(), events.clone(), specs.clone());
+        let sessions = crate::sessions::Sessions::new(
+            store.clone(),
+            fleet.clone(),
+            events.clone(),
+            specs.clone(),
+            clock.clone(),
+            settings.sessions.clone(),
+            settings.limits.clone(),
+        );
         Self {
+            sessions,
             alerts,
             specs,
             nodes,
@@ -236,9 +253,9 @@ impl AppState {
         for node in store.reset_nodes().await? {
             fleet.set_resets(&node, true);
         }
-        let sessions = crate::ui::sessions::Sessions::default();
+        let logins = crate::ui::sessions::Sessions::default();
         for (key, s) in store.ui_sessions().await? {
-            sessions.apply(&key, Some(s));
+            logins.apply(&key, Some(s));
         }
         let (events, _) = broadcast::channel(4096);
         let metrics = Arc::new(Metrics::new());
@@ -259,7 +276,8 @@ impl AppState {
             event_log,
             started: Instant::now(),
             metrics,
-            sessions,
+            logins,
+            sessions: s.sessions,
             alerts: s.alerts,
             specs: s.specs,
             nodes: s.nodes,

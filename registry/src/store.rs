@@ -7,7 +7,8 @@
 //! `events/{seq:020}` (with the counter `meta/event-seq`), `payloads/{name}/{version}`,
 //! `rollouts/{id}`, `resets/{node}`, `grants/{id}`, `alerts/{delivery-id}`, `credentials/{name}` (named API credentials,
 //! `store/credentials.rs`), `history/{node|fragment}/{name}/{seq}` (spec history,
-//! `store/history.rs`), `audit/{ns}-{random}` (the audit trail, `store/audit.rs`),
+//! `store/history.rs`), `audit/{ns}-{random}` (the audit trail, `store/audit.rs`), `templates/{name}` and
+//! `sessions/{id}` (`store/sessions.rs`),
 //! `meta/fragment-ghosts`
 //! (what deleted fragments and old selectors add to generations, `fragment_set.rs`), and `meta/spec-epoch`, raised by every change
 //! that can alter effective specs (spec, fragment and label writes, payload deletions): such a
@@ -33,6 +34,7 @@ mod node_health;
 mod replicas;
 mod resets;
 mod rollouts;
+mod sessions;
 mod specs;
 #[cfg(test)]
 mod tests;
@@ -43,6 +45,7 @@ pub use grants::GrantRecord;
 pub use history::{HistoryOf, HistoryWrite};
 pub use node_health::HealthRecord;
 pub use resets::{queued_reset, split_resets};
+pub use sessions::{SESSIONS, TEMPLATES};
 pub use specs::GHOSTS;
 
 /// Errors of the store.
@@ -135,6 +138,10 @@ pub struct SpecRecord {
     /// applied over the merged spec when the effective spec is computed.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub payload_overrides: std::collections::BTreeMap<String, String>,
+    /// The pieces of the sessions placed on this node (session id -> rendered spec, with the
+    /// session's lease), merged into the effective spec like fragments (`sessions/`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub sessions: std::collections::BTreeMap<String, NodeSpec>,
 }
 
 /// An enrollment token as stored (hash only).

@@ -1,7 +1,11 @@
 //! The reconcile loop: waits for a reason to run a pass (a new spec, the periodic resync, a due
-//! health probe, a VM's exit, debounced events), takes the resets the heartbeat handed over,
-//! runs the pass (stopped between two actions by a newer spec) and publishes its status; a spec
-//! over this agent's `[limits]` is refused without being acted on.
+//! health probe, a session lease running out, a VM's exit, debounced events), takes the resets
+//! the heartbeat handed over, runs the pass (stopped between two actions by a newer spec) and
+//! publishes its status; a spec over this agent's `[limits]` is refused without being acted on.
+//!
+//! A lease's deadline wakes the loop by itself, so an expired session is removed on time with
+//! nothing else happening — the registry unreachable included: offline expiry is the one
+//! destructive act the agent takes without the registry (`reconcile::leases`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -59,8 +63,9 @@ pub(crate) async fn reconcile_loop(
     }
 }
 
-/// Waits for a reason to run a pass: a new spec, the periodic resync, a due health probe, a
-/// VM's exit, or events (debounced). False when the spec channel is closed.
+/// Waits for a reason to run a pass: a new spec, the periodic resync, a due health probe, the
+/// next session lease's deadline, a VM's exit, or events (debounced). False when the spec
+/// channel is closed.
 async fn wait_for_work(
     rec: &mut Reconciler,
     spec: &mut watch::Receiver<Option<StoredSpec>>,
@@ -73,8 +78,12 @@ async fn wait_for_work(
         .as_ref()
         .and_then(|s| rec.next_probe_in(&s.spec))
         .unwrap_or(Duration::from_secs(3600));
+    let expiry_in = (spec.borrow().as_ref())
+        .and_then(|s| crate::reconcile::leases::next_expiry_in(&s.spec, chrono::Utc::now()));
     tokio::select! {
         r = spec.changed() => if r.is_err() { return false },
+        // A session's lease runs out: its workloads go, whether the registry answers or not.
+        _ = sleep_or_never(expiry_in) => {},
         // The resync looks at everything afresh, whatever the event feeds said.
         _ = resync.tick() => rec.force_full_observe(),
         // An agent-side health probe is due.
@@ -91,6 +100,14 @@ async fn wait_for_work(
         },
     }
     true
+}
+
+/// Sleeps for `d`, or for ever without one.
+async fn sleep_or_never(d: Option<Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// One pass over `current`, which stops between two actions once `newest` holds a newer

@@ -11,7 +11,9 @@ use steward_proto::validate::{parse_port, parse_volume, VolumeSource};
 use steward_proto::{ContainerSpec, HealthCheck, RestartPolicy};
 
 use super::DockerError;
-use crate::reconcile::types::{limits, LABEL_MANAGED, LABEL_NAME, LABEL_NODE, LABEL_SPEC_HASH};
+use crate::reconcile::types::{
+    limits, LABEL_MANAGED, LABEL_NAME, LABEL_NODE, LABEL_SESSION, LABEL_SPEC_HASH,
+};
 
 /// Exposed ports and their host bindings, by `port/protocol`.
 type Ports = (Vec<String>, HashMap<String, Option<Vec<PortBinding>>>);
@@ -76,6 +78,10 @@ fn labels(spec: &ContainerSpec, hash: &str, node_id: &str) -> HashMap<String, St
     labels.insert(LABEL_NAME.into(), spec.name.clone());
     labels.insert(LABEL_SPEC_HASH.into(), hash.into());
     labels.insert(LABEL_NODE.into(), node_id.into());
+    match &spec.session {
+        Some(session) => labels.insert(LABEL_SESSION.into(), session.clone()),
+        None => labels.remove(LABEL_SESSION),
+    };
     labels
 }
 
@@ -344,6 +350,32 @@ mod tests {
         let labels = container_body(&s, "h", "n").unwrap().labels.unwrap();
         assert_eq!(labels[LABEL_MANAGED], "true");
         assert_eq!(labels[LABEL_NAME], "x");
+    }
+
+    /// A session's container carries its session's label beside the ownership labels; the
+    /// spec that asks for it passes validation (the label comes from `session`, not from the
+    /// spec's own labels, where the `io.steward.` prefix is refused).
+    #[test]
+    fn a_session_container_is_labelled_with_its_session() {
+        let node: steward_proto::NodeSpec = serde_norway::from_str(
+            "sessions: [{id: s1, expires_at: '2030-01-01T00:00:00Z', volumes: [d]}]\n\
+             containers: [{name: x, image: busybox, session: s1, volumes: ['d:/data']}]\n",
+        )
+        .unwrap();
+        let limits = steward_proto::validate::SpecLimits::default();
+        steward_proto::validate::validate_spec(&node, &limits).unwrap();
+        let labels = container_body(&node.containers[0], "h", "n")
+            .unwrap()
+            .labels
+            .unwrap();
+        assert_eq!(labels[LABEL_SESSION], "s1");
+        assert_eq!(labels[LABEL_MANAGED], "true");
+        assert_eq!(labels[LABEL_NODE], "n");
+        // No session: no session label, whatever the spec's labels hold.
+        let mut plain = spec("y");
+        plain.labels.insert(LABEL_SESSION.into(), "fake".into());
+        let labels = container_body(&plain, "h", "n").unwrap().labels.unwrap();
+        assert!(!labels.contains_key(LABEL_SESSION), "{labels:?}");
     }
 
     #[test]

@@ -13,6 +13,7 @@ use ipnet::Ipv4Net;
 use steward_proto::ContainerSpec;
 
 use super::{Docker, DockerError};
+use crate::reconcile::volumes::{ObservedVolume, SessionVolume};
 use crate::reconcile::Observed;
 
 /// A container engine: what the containers' phase observes and does.
@@ -46,6 +47,13 @@ pub trait ContainerEngine: Send + Sync {
         node_id: &str,
     ) -> Result<(), DockerError>;
     async fn remove_bridge_network(&self, bridge: &str) -> Result<(), DockerError>;
+    /// Every volume, with Steward's labels and whether a container uses it.
+    async fn observe_volumes(&self) -> Result<Vec<ObservedVolume>, DockerError>;
+    /// Creates a session volume labelled for `node_id` (an error if one of that name exists
+    /// without those labels).
+    async fn create_volume(&self, v: &SessionVolume, node_id: &str) -> Result<(), DockerError>;
+    /// Removes a volume: false when a container still uses it.
+    async fn remove_volume(&self, name: &str) -> Result<bool, DockerError>;
 }
 
 /// How the reconciler reaches its container engine (again after a failure).
@@ -153,5 +161,14 @@ impl ContainerEngine for Docker {
     }
     async fn remove_bridge_network(&self, bridge: &str) -> Result<(), DockerError> {
         Docker::remove_bridge_network(self, bridge).await
+    }
+    async fn observe_volumes(&self) -> Result<Vec<ObservedVolume>, DockerError> {
+        Docker::observe_volumes(self).await
+    }
+    async fn create_volume(&self, v: &SessionVolume, node_id: &str) -> Result<(), DockerError> {
+        Docker::create_volume(self, v, node_id).await
+    }
+    async fn remove_volume(&self, name: &str) -> Result<bool, DockerError> {
+        Docker::remove_volume(self, name).await
     }
 }

@@ -8,6 +8,7 @@ pub mod engine;
 mod error;
 mod network;
 mod observe;
+mod volume;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -182,7 +183,8 @@ impl Docker {
     /// Creates a container named `spec.name` for the spec and starts it; returns its id.
     ///
     /// It carries the spec's labels plus Steward's ownership labels (`io.steward.managed=true`,
-    /// `io.steward.name`, `io.steward.spec-hash` = `hash`, `io.steward.node` = `node_id`). When
+    /// `io.steward.name`, `io.steward.spec-hash` = `hash`, `io.steward.node` = `node_id`, and
+    /// `io.steward.session` for a container of a session). When
     /// it will not start, it is removed again before the error is returned: no leftovers.
     pub async fn create_and_start(
         &self,

@@ -11,6 +11,10 @@ pub const LABEL_MANAGED: &str = "io.steward.managed";
 pub const LABEL_NAME: &str = "io.steward.name";
 pub const LABEL_SPEC_HASH: &str = "io.steward.spec-hash";
 pub const LABEL_NODE: &str = "io.steward.node";
+/// The session (one of the spec's leases) a container or volume belongs to.
+pub const LABEL_SESSION: &str = "io.steward.session";
+/// On a session volume: kept when its session ends (`keep_volumes`).
+pub const LABEL_KEEP: &str = "io.steward.keep";
 
 /// Settings a container was observed to run with, compared against the spec to find drift.
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -1,7 +1,8 @@
 //! The containers' phase of a pass, one registered kind of workload: Docker networks on
 //! managed bridges, observe, plan (`reconcile::plan`, pure), heal (the tracker's step or a
-//! rollback rewrites the plan), apply action by action until the pass is superseded, and one
-//! `ResourceStatus` per desired container.
+//! rollback rewrites the plan), the live sessions' volumes (`volumes.rs`), apply action by
+//! action until the pass is superseded, the ended sessions' volumes, and one `ResourceStatus`
+//! per desired container.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -110,11 +111,25 @@ impl Containers {
                 ..failed_all("Docker engine unreachable".into())
             };
         };
-        let unplaceable = Self::container_networks(engine.as_ref(), spec, cx.net, cx.node_id).await;
+        let volumes = super::volumes::prepare(engine.as_ref(), spec, cx.node_id, cx.pass).await;
+        let blocked = volumes.blocked(&spec.containers);
+        let mut unplaceable =
+            Self::container_networks(engine.as_ref(), spec, cx.net, cx.node_id).await;
+        for (name, why) in &blocked {
+            unplaceable
+                .entry(name.clone())
+                .or_insert_with(|| why.clone());
+        }
         let mut failed = BTreeMap::new();
         let skipped = self
             .apply(cx, engine.as_ref(), plan.actions, &unplaceable, &mut failed)
             .await;
+        for (name, why) in blocked {
+            failed.entry(name).or_insert(why); // also when it already runs
+        }
+        if volumes.sweep {
+            super::volumes::sweep(engine.as_ref(), spec, cx.node_id, cx.pass).await;
+        }
         // Steps not taken are neither counted on the ladders nor waited for.
         let names = skipped.iter().filter_map(Action::container);
         restore(&mut cx.heal.containers, &unhealed, names);

@@ -21,6 +21,7 @@ use crate::network::{NetOutcome, NetworkPhase};
 use crate::pass::Pass;
 use crate::payload::PayloadPhase;
 use crate::reconcile::types::limits;
+use crate::reconcile::volumes::{ObservedVolume, SessionVolume};
 use crate::reconcile::{Observed, ObservedConfig, ObservedContainer, Policy};
 use crate::workload::{PassCx, WorkloadPass, WorkloadPhase};
 
@@ -167,7 +168,17 @@ pub struct Engine {
     pub images: BTreeSet<String>,
     /// Containers made from these images report `unhealthy`, others `healthy`.
     pub unhealthy_images: BTreeSet<String>,
+    /// Volumes by name (`in_use` computed from `mounts` when observed).
+    pub volumes: BTreeMap<String, ObservedVolume>,
+    /// The named volumes each container mounts.
+    pub mounts: BTreeMap<String, Vec<String>>,
     next_id: u32,
+}
+
+impl Engine {
+    fn in_use(&self, volume: &str) -> bool {
+        self.mounts.values().flatten().any(|v| v == volume)
+    }
 }
 
 /// A container engine in memory.
@@ -246,6 +257,11 @@ impl ContainerEngine for FakeEngine {
             },
         };
         st.containers.insert(spec.name.clone(), c);
+        let named = spec.volumes.iter().filter_map(|v| {
+            let source = v.split(':').next()?;
+            (!source.starts_with('/')).then(|| source.to_string())
+        });
+        st.mounts.insert(spec.name.clone(), named.collect());
         Ok(())
     }
     async fn start(&self, id: &str) -> Result<(), DockerError> {
@@ -278,11 +294,15 @@ impl ContainerEngine for FakeEngine {
     }
     async fn remove(&self, id: &str) -> Result<(), DockerError> {
         self.by_id(id, "remove", |_| {});
-        self.state
-            .lock()
-            .unwrap()
-            .containers
-            .retain(|_, c| c.id != id);
+        let mut st = self.state.lock().unwrap();
+        let gone: Vec<String> = (st.containers.values())
+            .filter(|c| c.id == id)
+            .map(|c| c.name.clone())
+            .collect();
+        st.containers.retain(|_, c| c.id != id);
+        for name in gone {
+            st.mounts.remove(&name);
+        }
         Ok(())
     }
     async fn ensure_bridge_network(
@@ -299,6 +319,38 @@ impl ContainerEngine for FakeEngine {
         self.journal
             .write(format!("remove docker network {bridge}"));
         Ok(())
+    }
+    async fn observe_volumes(&self) -> Result<Vec<ObservedVolume>, DockerError> {
+        let st = self.state.lock().unwrap();
+        let seen = st.volumes.values().map(|v| ObservedVolume {
+            in_use: st.in_use(&v.name),
+            ..v.clone()
+        });
+        Ok(seen.collect())
+    }
+    async fn create_volume(&self, v: &SessionVolume, node_id: &str) -> Result<(), DockerError> {
+        self.journal
+            .write(format!("create volume {} {}", v.name, v.session));
+        let seen = ObservedVolume {
+            name: v.name.clone(),
+            managed: true,
+            node: Some(node_id.to_string()),
+            session: Some(v.session.clone()),
+            keep: v.keep,
+            in_use: false,
+        };
+        let mut st = self.state.lock().unwrap();
+        st.volumes.insert(v.name.clone(), seen);
+        Ok(())
+    }
+    async fn remove_volume(&self, name: &str) -> Result<bool, DockerError> {
+        let mut st = self.state.lock().unwrap();
+        if st.in_use(name) {
+            return Ok(false);
+        }
+        self.journal.write(format!("remove volume {name}"));
+        st.volumes.remove(name);
+        Ok(true)
     }
 }
 

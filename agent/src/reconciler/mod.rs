@@ -36,6 +36,8 @@ mod fakes;
 mod heal_state;
 #[cfg(test)]
 mod pass_tests;
+mod sessions;
+mod volumes;
 
 /// Carries out plans against the host and reports what came of them.
 pub struct Reconciler {
@@ -52,6 +54,8 @@ pub struct Reconciler {
     workloads: Vec<Box<dyn WorkloadPhase>>,
     /// The pass under way: asked between actions whether a newer generation took over.
     pass: Arc<Pass>,
+    /// The sessions found expired so far (each logged once).
+    expired: std::collections::BTreeSet<String>,
 }
 
 /// The workloads' escalation ladders and rollbacks, and where they are kept.
@@ -88,6 +92,7 @@ impl Reconciler {
             heal: Heal::default(),
             workloads: vec![Box::new(containers::Containers::default())],
             pass: Arc::new(Pass::unbounded(0)),
+            expired: Default::default(),
         }
     }
 
@@ -167,14 +172,16 @@ impl Reconciler {
         let generation = pass.generation();
         self.generation = generation;
         self.pass = pass.clone();
+        // Expired sessions' workloads and volumes are not desired any more (offline too).
+        let live = self.unexpired(spec, chrono::Utc::now());
         let resources = async {
-            let effective = self.effective_spec(spec);
+            let effective = self.effective_spec(&live);
             let (mut resources, again) = self.reconcile_all(&effective).await;
             if again && self.pass.stopped_by().is_none() {
                 // A workload was rolled back: its old configuration (and payload versions)
                 // is converged now rather than a resync later.
                 info!("rolled back in this pass; converging the old configuration now");
-                let effective = self.effective_spec(spec);
+                let effective = self.effective_spec(&live);
                 resources = self.reconcile_all(&effective).await.0;
             }
             self.heal.state.persist().await;

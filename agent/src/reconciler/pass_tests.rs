@@ -97,6 +97,133 @@ containers: [{name: web, image: 'busybox:1'}]
 const WEB_GOOD: &str = "containers: [{name: web, image: 'good:1'}]";
 const WEB_BAD: &str = "containers: [{name: web, image: 'bad:2'}]";
 
+/// `web`, and `lab` of session `s1` on its volume `d1`, with `s1`'s lease as `lease` says.
+macro_rules! session_spec {
+    ($lease:literal) => {
+        concat!(
+            "sessions: [{id: s1, ",
+            $lease,
+            ", volumes: [d1]}]\n",
+            "containers: [{name: web, image: 'busybox:1'}, ",
+            "{name: lab, image: 'busybox:1', session: s1, volumes: ['d1:/data']}]\n",
+        )
+    };
+}
+
+const SESSION_LIVE: &str = session_spec!("expires_at: '2999-01-01T00:00:00Z'");
+const SESSION_EXTENDED: &str = session_spec!("expires_at: '3000-01-01T00:00:00Z'");
+const SESSION_EXPIRED: &str = session_spec!("expires_at: '2000-01-01T00:00:00Z'");
+const SESSION_KEPT_LIVE: &str =
+    session_spec!("expires_at: '2999-01-01T00:00:00Z', keep_volumes: true");
+const SESSION_KEPT_EXPIRED: &str =
+    session_spec!("expires_at: '2000-01-01T00:00:00Z', keep_volumes: true");
+
+/// The first pass over a live [`session_spec`]: its volume, then the containers.
+fn session_first(spec: &'static str) -> Step {
+    Step {
+        spec,
+        journal: &[
+            "networks",
+            "create volume d1 s1",
+            "pull busybox:1",
+            "create web busybox:1",
+            "create lab busybox:1",
+            "network deletions",
+        ],
+        ..plain()
+    }
+}
+
+/// Everything converged, and no status for the expired session's `lab`.
+fn lab_gone(st: Option<&NodeStatus>) -> Result<(), String> {
+    all_converged(st)?;
+    match state_of(st, ResourceKind::Container, "lab") {
+        None => Ok(()),
+        Some(s) => Err(format!("the expired lab is still reported: {s:?}")),
+    }
+}
+
+/// A volume named `d1` that Steward did not create.
+fn foreign_d1(e: &FakeEngine) {
+    let d1 = crate::reconcile::volumes::ObservedVolume {
+        name: "d1".into(),
+        ..Default::default()
+    };
+    e.state.lock().unwrap().volumes.insert("d1".into(), d1);
+}
+
+fn session_rows() -> Vec<(&'static str, Vec<Step>)> {
+    vec![
+        (
+            "a session's volume before its containers; an extended lease changes nothing; \
+             once expired, its container goes, then its volume",
+            vec![
+                session_first(SESSION_LIVE),
+                Step {
+                    spec: SESSION_EXTENDED,
+                    journal: &["networks", "network deletions"],
+                    ..plain()
+                },
+                Step {
+                    spec: SESSION_EXPIRED,
+                    journal: &[
+                        "networks",
+                        "remove lab",
+                        "remove volume d1",
+                        "network deletions",
+                    ],
+                    check: lab_gone,
+                    ..plain()
+                },
+            ],
+        ),
+        (
+            "an expired session's kept volume stays",
+            vec![
+                session_first(SESSION_KEPT_LIVE),
+                Step {
+                    spec: SESSION_KEPT_EXPIRED,
+                    journal: &["networks", "remove lab", "network deletions"],
+                    check: lab_gone,
+                    ..plain()
+                },
+            ],
+        ),
+        (
+            "a volume not the session's is not taken over: its containers fail, never removed",
+            vec![
+                Step {
+                    spec: SESSION_LIVE,
+                    before: foreign_d1,
+                    journal: &[
+                        "networks",
+                        "pull busybox:1",
+                        "create web busybox:1",
+                        "network deletions",
+                    ],
+                    check: |st| {
+                        let lab = (st.ok_or("superseded")?.resources.iter())
+                            .find(|r| r.name == "lab")
+                            .ok_or("no status for lab")?;
+                        let err = lab.error.as_deref().unwrap_or("");
+                        match lab.state == ResourceState::Failed && err.contains("not taken over") {
+                            true => Ok(()),
+                            false => Err(format!("lab: {lab:?}")),
+                        }
+                    },
+                    ..plain()
+                },
+                Step {
+                    spec: SESSION_EXPIRED,
+                    journal: &["networks", "network deletions"],
+                    check: lab_gone,
+                    ..plain()
+                },
+            ],
+        ),
+    ]
+}
+
 /// The first pass over [`FULL`]: everything is made, in order.
 fn full_first() -> Step {
     Step {
@@ -333,7 +460,7 @@ fn reconciler(journal: &Journal, engine: &FakeEngine) -> Reconciler {
 #[tokio::test]
 async fn the_pass_table() {
     let mut failures = Vec::new();
-    for (name, steps) in rows() {
+    for (name, steps) in rows().into_iter().chain(session_rows()) {
         let journal = Journal::default();
         let engine = FakeEngine {
             journal: journal.clone(),

@@ -62,6 +62,7 @@ pub fn validate_spec(spec: &NodeSpec, limits: &SpecLimits) -> Result<(), Validat
     container::check(&spec.containers, &mut out);
     vm::check(&spec.vms, &mut out);
     payload::check(spec, &mut out);
+    check_sessions(spec, &mut out);
     if out.0.is_empty() {
         Ok(())
     } else {
@@ -289,6 +290,44 @@ pub(crate) fn check_names<'a>(
             None => {
                 seen.insert(name, i);
             }
+        }
+    }
+}
+
+/// Session leases: valid, distinct ids and volume names; every workload's `session` names one
+/// of them.
+fn check_sessions(spec: &crate::NodeSpec, out: &mut Problems) {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (i, lease) in spec.sessions.iter().enumerate() {
+        let field = format!("sessions[{i}].id");
+        if !out.check(&field, resource_name_problem("session", &lease.id)) {
+            continue;
+        }
+        if let Some(first) = seen.insert(&lease.id, i) {
+            out.push(
+                field,
+                format!(
+                    "duplicate session {:?}: sessions[{first}] already uses it",
+                    lease.id
+                ),
+            );
+        }
+        for (j, v) in lease.volumes.iter().enumerate() {
+            out.check(
+                format!("sessions[{i}].volumes[{j}]"),
+                resource_name_problem("volume", v),
+            );
+        }
+    }
+    let workloads = (spec.containers.iter().map(|c| ("containers", &c.session)))
+        .enumerate()
+        .chain(spec.vms.iter().map(|v| ("vms", &v.session)).enumerate());
+    for (i, (section, session)) in workloads {
+        if let Some(id) = session.as_deref().filter(|id| !seen.contains_key(id)) {
+            out.push(
+                format!("{section}[{i}].session"),
+                format!("session {id:?} is not one of the spec's sessions"),
+            );
         }
     }
 }

@@ -82,6 +82,16 @@ fn expectations() -> Vec<(Method, &'static str, &'static str)> {
         (M::GET, "/v1/credentials",                        "y  .  y  .  .  .  .   .   .   ."),
         (M::DELETE, "/v1/credentials/{name}",              "y  .  y  .  .  .  .   .   .   ."),
         (M::GET, "/v1/audit",                              "y  y  y  .  y  .  .   .   .   ."),
+        // The template `f1` selects `team=a` (the lab operator's scope, where the own node is).
+        (M::PUT, "/v1/templates/{name}",                   "y  .  y  y  .  .  y   .   .   y"),
+        (M::GET, "/v1/templates",                          "y  y  y  y  y  y  y   .   .   y"),
+        (M::GET, "/v1/templates/{name}",                   "y  y  y  y  y  y  y   .   .   y"),
+        (M::DELETE, "/v1/templates/{name}",                "y  .  y  y  .  .  y   .   .   y"),
+        (M::POST, "/v1/sessions",                          "y  .  y  y  .  y  y   .   .   y"),
+        (M::GET, "/v1/sessions",                           "y  y  y  y  y  y  y   .   .   y"),
+        (M::GET, "/v1/sessions/{id}",                      "y  y  y  y  y  y  y   .   .   y"),
+        (M::POST, "/v1/sessions/{id}/extend",              "y  .  y  y  .  y  y   .   .   y"),
+        (M::DELETE, "/v1/sessions/{id}",                   "y  .  y  y  .  y  y   .   .   y"),
     ]
 }
 
@@ -119,11 +129,20 @@ fn body_for(method: &Method, path: &str) -> Option<(&'static str, String)> {
         // A replica's copy: the path's sha256 is that of "one".
         ("PUT", "/v1/blobs/{sha256}") => Some(("application/octet-stream", "one".into())),
         ("POST", "/v1/credentials") => json(json!({"name": "made-here", "role": "viewer"})),
+        ("PUT", "/v1/templates/{name}") => json(template()),
+        ("POST", "/v1/sessions") => json(json!({"template": "f1", "owner": "o1"})),
+        ("POST", "/v1/sessions/{id}/extend") => json(json!({"by": "1m"})),
         ("POST", "/v1/nodes/{id}/spec/revert" | "/v1/fragments/{name}/revert") => {
             json(json!({"to": 1}))
         }
         _ => None,
     }
+}
+
+/// The matrix's session template: one container, on the nodes of team `a`.
+fn template() -> Value {
+    json!({"selector": "team=a", "max_ttl": "2h",
+           "spec": {"containers": [{"name": "c-{{session}}", "image": "busybox"}]}})
 }
 
 /// Named credentials made through the API, by column name; plus an expired and a revoked one.
@@ -258,6 +277,26 @@ async fn setup(path: &str) -> (Fx, Creds, String) {
         Some(("application/json", "{}".into())),
     )
     .await;
+    if path.starts_with("/v1/templates/{name}") || path.starts_with("/v1/sessions") {
+        let body = Some(("application/json", template().to_string()));
+        let (st, r) = call(
+            &fx.state,
+            Method::PUT,
+            "/v1/templates/f1",
+            Some(ADMIN),
+            body,
+        )
+        .await;
+        assert_eq!(st, StatusCode::OK, "{r}");
+    }
+    let session = if path.starts_with("/v1/sessions/") {
+        let body = body_for(&Method::POST, "/v1/sessions");
+        let (st, r) = call(&fx.state, Method::POST, "/v1/sessions", Some(ADMIN), body).await;
+        assert_eq!(st, StatusCode::CREATED, "{r}");
+        r["id"].as_str().unwrap().to_string()
+    } else {
+        String::new()
+    };
     let rollout = if path.contains("{rollout}") {
         let body = body_for(&Method::POST, "/v1/rollouts");
         let (st, r) = call(&fx.state, Method::POST, "/v1/rollouts", Some(ADMIN), body).await;
@@ -278,6 +317,8 @@ async fn setup(path: &str) -> (Fx, Creds, String) {
             "{id}",
             if path.starts_with("/v1/enrollment-tokens") {
                 tok["id"].as_str().unwrap()
+            } else if path.starts_with("/v1/sessions/") {
+                &session
             } else {
                 &fx.own.0
             },

@@ -23,6 +23,7 @@ mod nodes;
 pub mod openapi;
 mod payloads;
 mod rollouts;
+mod sessions;
 mod spec;
 #[cfg(test)]
 mod tests;
@@ -127,6 +128,15 @@ pub fn routes() -> Vec<Route> {
         route!(GET "/v1/credentials", Admin, "List named credentials: role, scope, created (by whom), expires, last used (to the minute), revoked; never the secrets.", None, Some("CredentialInfo[]"), credentials::list; 200),
         route!(DELETE "/v1/credentials/{name}", Admin, "Revoke a named credential at once (it stays listed, revoked; its name is not reused).", None, Some("CredentialInfo"), credentials::revoke; 200, 404),
         route!(GET "/v1/audit", Audit, "The audit trail: every write (who, when, from which address, route, target, outcome, why refused), oldest first. Filters ?actor=, ?target= (`node/ID`, or `node` for every node), ?since= and ?until= (RFC 3339); pages ?limit=N (1-1000, default 100) and ?after=<the x-next-after header of the previous page>. Unscoped admin or viewer credentials only.", None, Some("AuditRecord[]"), audit::list; 200, 400, 403),
+        route!(PUT "/v1/templates/{name}", Operate, "Create or replace a session template (JSON or YAML): a spec piece whose strings hold placeholders ({{session}}, {{owner}}, {{param.NAME}}, {{port.NAME}}, {{volume.NAME}}, {{lab.vlan|bridge|cidr|gateway|ip.N}}), its typed parameters, the ports, volumes and lab each session is allocated, and its limits (ttl, max_ttl, per_owner, max_sessions, selector, reserve). Checked by rendering it for a sample session through the spec validation; 400 names the field. Sessions already made keep what they were rendered with.", Some("TemplateWrite"), Some("Template"), sessions::put_template; 200, 400),
+        route!(GET "/v1/templates", SessionsRead, "List session templates.", None, Some("Template[]"), sessions::list_templates; 200),
+        route!(GET "/v1/templates/{name}", SessionsRead, "One session template.", None, Some("Template"), sessions::get_template; 200, 404),
+        route!(DELETE "/v1/templates/{name}", Operate, "Delete a session template; 409 while live sessions use it.", None, None, sessions::delete_template; 204, 404, 409),
+        route!(POST "/v1/sessions", Sessions, "Create a session from a template for an owner (default: the caller; an owner-scoped credential only for its owner): quotas checked (sessions.max_live, sessions.per_owner, the template's per_owner and max_sessions), placed on the least loaded ready node with room for its reservation, allocated host ports, a VLAN and volumes, its piece merged into the node's spec, all in one transaction. 201 pending (see GET for running and endpoints); 400 names the field; 403 another owner; 404 no such template; 409 names the limit reached, why no node fits, or the spec conflict.", Some("SessionCreate"), Some("Session"), sessions::create; 201, 400, 403, 404, 409, 422),
+        route!(GET "/v1/sessions", SessionsRead, "List sessions (live, and ended in the last sessions.ended_kept), oldest first; filters ?owner=, ?template=, ?state=pending|running|failed|ended, ?node=. An owner-scoped credential sees only its owner's.", None, Some("Session[]"), sessions::list; 200, 400),
+        route!(GET "/v1/sessions/{id}", SessionsRead, "One session: node, allocations, state, expires_at, endpoints.", None, Some("Session"), sessions::get; 200, 404),
+        route!(POST "/v1/sessions/{id}/extend", Sessions, "Extend a live session by `by` (e.g. 1h), up to its template's max_ttl from its creation; only the deadline changes on the node. 400 names how much is left.", Some("SessionExtend"), Some("Session"), sessions::extend; 200, 400, 404, 409),
+        route!(DELETE "/v1/sessions/{id}", Sessions, "End a session: its piece leaves the node's spec (the agent removes its workloads and volumes), its allocations are free again.", None, Some("Session"), sessions::end; 200, 404, 409),
         route!(GET "/v1/events/stream", Read, "Server-sent events: replays from ?after=SEQ (or Last-Event-ID), then follows live.", None, None, events::stream; 200, 400),
     ]
 }

@@ -35,6 +35,9 @@ impl Attest {
 pub struct Brief {
     pub hostname: String,
     pub kind: NodeKind,
+    /// Capacity from the facts (session placement reads it here, not from the store).
+    pub cpus: u32,
+    pub memory_bytes: u64,
     pub agent_version: String,
     pub containers: usize,
     pub vms: usize,
@@ -56,6 +59,8 @@ impl Brief {
         let mut b = Brief {
             hostname: facts.hostname.clone(),
             kind: facts.kind,
+            cpus: facts.cpus,
+            memory_bytes: facts.memory_bytes,
             agent_version: facts.agent_version.clone(),
             ..Brief::default()
         };

@@ -326,6 +326,7 @@ impl Payloads {
         let mut out = Vec::new();
         for (id, rec) in self.store.specs().await? {
             if uses(&rec.own)
+                || rec.sessions.values().any(uses)
                 || rec
                     .payload_overrides
                     .get(name)

@@ -82,7 +82,7 @@ impl Specs {
                     Some(kv) => Store::decode_spec(kv)?,
                     None => Default::default(),
                 };
-                let mut result = set.effective(&rec.own, &labels, &self.limits);
+                let mut result = set.effective(&rec.own, &rec.sessions, &labels, &self.limits);
                 if let Ok((effective, _)) = &mut result {
                     self.payloads
                         .apply_overrides(effective, &rec.payload_overrides)

@@ -283,7 +283,14 @@ impl Specs {
                 None => continue, // removed meanwhile
             };
             let checked = self
-                .check(next, &rec.own, &labels, &rec.payload_overrides, String::new)
+                .check(
+                    next,
+                    &rec.own,
+                    &rec.sessions,
+                    &labels,
+                    &rec.payload_overrides,
+                    String::new,
+                )
                 .await;
             match checked {
                 Ok(()) => {}
@@ -339,16 +346,19 @@ struct Parts<'a> {
     own: &'a RawValue,
     #[serde(borrow, default)]
     payload_overrides: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    sessions: Option<&'a RawValue>,
     generation: u64,
     #[serde(default)]
     base: Option<i64>,
 }
 
-/// One group of nodes with the same own spec, overrides and matching fragments: the first node
-/// seen stands for it (its labels are read when it is checked).
+/// One group of nodes with the same own spec, overrides, session pieces and matching
+/// fragments: the first node seen stands for it (its labels are read when it is checked).
 struct Group {
     own: String,
     overrides: String,
+    sessions: String,
     mask: Vec<u16>,
     id: String,
     record: Option<KeyValue>,
@@ -367,7 +377,7 @@ impl Groups {
         kv: Option<&KeyValue>,
     ) -> std::result::Result<i64, StoreError> {
         let mask = picked.mask.as_slice();
-        let (own, overrides, base) = match kv {
+        let (own, overrides, sessions, base) = match kv {
             Some(kv) => {
                 let p: Parts =
                     serde_json::from_slice(&kv.value).map_err(|source| StoreError::Corrupt {
@@ -380,23 +390,24 @@ impl Groups {
                 (
                     p.own.get(),
                     p.payload_overrides.map_or("", |o| o.get()),
+                    p.sessions.map_or("", |o| o.get()),
                     base,
                 )
             }
-            None => ("", "", 0),
+            None => ("", "", "", 0),
         };
         let mut h = DefaultHasher::new();
-        (own, overrides, mask).hash(&mut h);
+        (own, overrides, sessions, mask).hash(&mut h);
         let bucket = self.0.entry(h.finish()).or_default();
-        if bucket
-            .iter()
-            .any(|g| g.own == own && g.overrides == overrides && g.mask == mask)
-        {
+        if bucket.iter().any(|g| {
+            g.own == own && g.overrides == overrides && g.sessions == sessions && g.mask == mask
+        }) {
             return Ok(base);
         }
         bucket.push(Group {
             own: own.to_string(),
             overrides: overrides.to_string(),
+            sessions: sessions.to_string(),
             mask: mask.to_vec(),
             id: id.to_string(),
             record: kv.cloned(),

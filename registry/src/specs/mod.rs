@@ -105,6 +105,7 @@ macro_rules! retry_stale {
 mod document;
 mod fragments;
 mod history;
+mod sessions;
 
 impl Specs {
     pub fn new(
@@ -156,16 +157,17 @@ impl Specs {
         &self,
         set: &FragmentSet,
         own: &NodeSpec,
+        sessions: &std::collections::BTreeMap<String, NodeSpec>,
         labels: &Labels,
         overrides: &std::collections::BTreeMap<String, String>,
         message: impl FnOnce() -> String,
     ) -> Result<()> {
-        let (mut effective, _) = set
-            .effective(own, labels, &self.limits)
-            .map_err(|problems| SpecError::Conflict {
-                message: message(),
-                problems,
-            })?;
+        let (mut effective, _) =
+            set.effective(own, sessions, labels, &self.limits)
+                .map_err(|problems| SpecError::Conflict {
+                    message: message(),
+                    problems,
+                })?;
         self.payloads
             .apply_overrides(&mut effective, overrides)
             .await?;
@@ -278,6 +280,7 @@ impl Specs {
         self.check(
             &set,
             &own,
+            &current.sessions,
             &node.labels,
             &current.payload_overrides,
             message,
@@ -298,6 +301,7 @@ impl Specs {
             own,
             updated_at: Some(Utc::now()),
             payload_overrides: current.payload_overrides,
+            sessions: current.sessions,
         };
         let write = SpecWrite {
             node_id: id.to_string(),
@@ -359,6 +363,7 @@ impl Specs {
             self.check(
                 &set,
                 &current.own,
+                &current.sessions,
                 &node.labels,
                 &current.payload_overrides,
                 message,
@@ -450,8 +455,15 @@ impl Specs {
                 continue;
             }
             let message = || format!("node {id}'s spec no longer merges");
-            self.check(&set, &current.own, &labels, &overrides, message)
-                .await?;
+            self.check(
+                &set,
+                &current.own,
+                &current.sessions,
+                &labels,
+                &overrides,
+                message,
+            )
+            .await?;
             let weight = set.weight(&labels);
             let now = generation(current.base_under(weight), weight);
             writes.push(SpecWrite {

@@ -19,6 +19,9 @@ pub struct CredentialRecord {
     pub selector: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// `sessions` role: the one session owner it acts for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
     pub secret_sha256: [u8; 32],
     pub created_at: DateTime<Utc>,
     pub created_by: String,

@@ -289,6 +289,7 @@ impl Default for SpecRecord {
             own: NodeSpec::default(),
             updated_at: None,
             payload_overrides: Default::default(),
+            sessions: Default::default(),
         }
     }
 }

@@ -84,7 +84,7 @@ pub fn viewer(state: &AppState, headers: &HeaderMap) -> Result<Viewer, Denied> {
     if let Some(token) = bearer {
         return token_viewer(state, token);
     }
-    if let Some(s) = session_cookie(headers).and_then(|id| state.sessions.get(id)) {
+    if let Some(s) = session_cookie(headers).and_then(|id| state.logins.get(id)) {
         // A session opened with a named credential ends when the credential is revoked.
         if s.named
             .as_ref()

@@ -8,6 +8,7 @@ mod live;
 mod node_page;
 mod pages;
 pub mod sessions;
+mod sessions_page;
 #[cfg(test)]
 mod tests;
 pub mod view;
@@ -78,6 +79,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/", get(fleet))
         .route("/nodes/{id}", get(node))
+        .route("/sessions", get(sessions_view))
         .route("/ui/events", get(live::stream))
         .route("/login", get(login_form).post(login))
         .route("/logout", post(logout))
@@ -284,6 +286,33 @@ async fn node(
     Ok(html(&n.hostname, viewer, Some(&stream), body))
 }
 
+/// `GET /sessions`: every session (live first), for signed-in viewers.
+async fn sessions_view(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    uri: OriginalUri,
+) -> Result<Response, UiError> {
+    let viewer = match page_viewer(&state, &headers, &uri) {
+        Ok(v) => v,
+        Err(r) => return Ok(r.into_response()),
+    };
+    let body = match viewer {
+        Viewer::Public => sessions_page::sign_in(),
+        Viewer::Admin | Viewer::Read => {
+            let all = state
+                .sessions
+                .list(&Default::default(), &crate::auth::Caller::read_token())
+                .await
+                .map_err(|e| match e {
+                    crate::sessions::SessionError::Store(e) => UiError::Store(e),
+                    other => UiError::NotFound(other.to_string()),
+                })?;
+            sessions_page::page(&all, chrono::Utc::now())
+        }
+    };
+    Ok(html("Sessions", viewer, None, body))
+}
+
 async fn login_form(
     State(state): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
@@ -306,11 +335,11 @@ async fn login(State(state): State<AppState>, Form(f): Form<LoginForm>) -> Respo
     match access::sign_in(&state, f.token.trim()) {
         Ok(who) => {
             let viewer = who.viewer;
-            let id = match state.sessions.create(&state.store, who).await {
+            let id = match state.logins.create(&state.store, who).await {
                 Ok(id) => id,
                 Err(e) => return UiError::from(e).into_response(),
             };
-            state.metrics.ui_sessions.set(gauge(state.sessions.alive()));
+            state.metrics.ui_sessions.set(gauge(state.logins.alive()));
             tracing::info!(viewer = viewer.as_str(), "status page sign-in");
             let mut resp = see_other(&next);
             if let Ok(v) = HeaderValue::from_str(&access::set_cookie(&id, state.settings.tls)) {
@@ -347,11 +376,11 @@ fn capitalise(s: &str) -> String {
 /// `POST /logout`: forgets the session and clears the cookie.
 async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Response {
     if let Some(id) = access::session_cookie(&headers) {
-        if let Err(e) = state.sessions.remove(&state.store, id).await {
+        if let Err(e) = state.logins.remove(&state.store, id).await {
             return UiError::from(e).into_response();
         }
     }
-    state.metrics.ui_sessions.set(gauge(state.sessions.alive()));
+    state.metrics.ui_sessions.set(gauge(state.logins.alive()));
     let mut resp = see_other("/login");
     if let Ok(v) = HeaderValue::from_str(&access::clear_cookie(state.settings.tls)) {
         resp.headers_mut().insert(header::SET_COOKIE, v);
@@ -369,7 +398,7 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Re
         return Ok(deny_api(d));
     }
     let (by_health, drifted) = view::fleet_gauges(&view::Summary::of_fleet(&state.fleet));
-    state.metrics.ui_sessions.set(gauge(state.sessions.alive()));
+    state.metrics.ui_sessions.set(gauge(state.logins.alive()));
     let om = crate::metrics::wants_openmetrics(
         headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()),
     );

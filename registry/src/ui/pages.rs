@@ -32,6 +32,7 @@ pub fn layout(title: &str, viewer: Option<Viewer>, stream: Option<&str>, body: M
                     a.brand href="/" { "Steward" }
                     span.sub { "fleet status" }
                     span #live.live title="Live updates" { "static" }
+                    a.nav href="/sessions" { "Sessions" }
                     @if let Some(v) = viewer {
                         span.viewer { (v.as_str()) " view" }
                         @if v == Viewer::Public {

@@ -132,13 +132,47 @@ fn views(node: &str) -> Vec<String> {
     vec![
         "/".into(),
         format!("/nodes/{node}"),
+        "/sessions".into(),
         "/metrics".into(),
         "/ui/events".into(),
     ]
 }
 
 fn is_page(v: &str) -> bool {
-    v == "/" || v.starts_with("/nodes/")
+    v == "/" || v.starts_with("/nodes/") || v == "/sessions"
+}
+
+/// The sessions page lists a session with its owner and endpoint to signed-in viewers, and
+/// only a sign-in prompt to the public.
+#[tokio::test]
+async fn the_sessions_page_shows_sessions_to_signed_in_viewers_only() {
+    for public in [false, true] {
+        let fx = fixture(public, false).await;
+        let t = json!({"ports": ["http"], "spec": {"containers": [
+            {"name": "c-{{session}}", "image": "busybox", "ports": ["{{port.http}}:80"]}]}});
+        let put = Request::builder()
+            .method(Method::PUT)
+            .uri("/v1/templates/conf")
+            .header(header::AUTHORIZATION, format!("Bearer {ADMIN}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(t.to_string()))
+            .unwrap();
+        assert_eq!(send(&fx.state, put).await.0, StatusCode::OK);
+        let body = json!({"template": "conf", "owner": "ada<b>"});
+        let (st, _, s) = send(&fx.state, post_json("/v1/sessions", Some(ADMIN), body)).await;
+        assert_eq!(st, StatusCode::CREATED, "{s}");
+        let (st, _, page) = send(&fx.state, get("/sessions", Some(READ), None)).await;
+        assert_eq!(st, StatusCode::OK);
+        assert!(
+            page.contains("ada&lt;b&gt;") && page.contains(":10000"),
+            "{page}"
+        );
+        if public {
+            let (st, _, page) = send(&fx.state, get("/sessions", None, None)).await;
+            assert_eq!(st, StatusCode::OK);
+            assert!(!page.contains("ada") && page.contains("Sign in to see sessions"));
+        }
+    }
 }
 
 #[tokio::test]

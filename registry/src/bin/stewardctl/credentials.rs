@@ -7,7 +7,7 @@ use reqwest::Method;
 use steward_proto::{CreateCredential, CredentialCreated, CredentialInfo, Role};
 
 use crate::error::CliError;
-use crate::output::{self, ago, relative};
+use crate::output::{self, ago, relative, ListView};
 use crate::tokens::parse_duration;
 use crate::{Ctx, Exit};
 
@@ -32,6 +32,10 @@ pub enum CredentialsCmd {
         /// Free text shown in `credentials list`.
         #[arg(long, value_name = "TEXT")]
         description: Option<String>,
+        /// With `--role sessions`: act for this session owner alone (create, see, extend and
+        /// end only its sessions).
+        #[arg(long, value_name = "OWNER")]
+        owner: Option<String>,
     },
     /// List named credentials: role, scope, created, expires, last used (never the secrets).
     #[command(visible_alias = "ls")]
@@ -49,6 +53,7 @@ pub async fn run(cmd: CredentialsCmd, ctx: &Ctx) -> Result<Exit, CliError> {
             selector,
             expires,
             description,
+            owner,
         } => {
             let body = CreateCredential {
                 name,
@@ -56,6 +61,7 @@ pub async fn run(cmd: CredentialsCmd, ctx: &Ctx) -> Result<Exit, CliError> {
                 selector,
                 expires_in: expires,
                 description,
+                owner,
             };
             let made: CredentialCreated = client
                 .send_json(Method::POST, &["v1", "credentials"], &body)
@@ -107,47 +113,39 @@ fn state(c: &CredentialInfo, now: chrono::DateTime<Utc>) -> &'static str {
 }
 
 fn print_list(ctx: &Ctx, list: &[CredentialInfo]) -> Result<(), CliError> {
-    if ctx.json() {
-        return output::json(list);
-    }
-    if ctx.quiet {
-        list.iter().for_each(|c| output::line(&c.name));
-        return Ok(());
-    }
-    if list.is_empty() {
-        output::note(false, "no named credentials");
-        return Ok(());
-    }
     let now = Utc::now();
-    let rows: Vec<Vec<String>> = list
-        .iter()
-        .map(|c| {
-            vec![
-                c.name.clone(),
-                c.role.to_string(),
-                c.selector.clone().unwrap_or_else(|| "-".into()),
-                state(c, now).to_string(),
-                format!("{} by {}", ago(now, c.created_at), c.created_by),
-                c.expires_at.map_or("never".into(), |t| relative(now, t)),
-                c.last_used.map_or("never".into(), |t| ago(now, t)),
-                c.description.clone().unwrap_or_else(|| "-".into()),
-            ]
-        })
-        .collect();
-    output::table(
-        &[
-            "NAME",
-            "ROLE",
-            "SCOPE",
-            "STATE",
-            "CREATED",
-            "EXPIRES",
-            "LAST USED",
-            "DESCRIPTION",
-        ],
-        &rows,
-    );
-    Ok(())
+    let row = |c: &CredentialInfo| {
+        vec![
+            c.name.clone(),
+            c.role.to_string(),
+            c.selector.clone().unwrap_or_else(|| "-".into()),
+            state(c, now).to_string(),
+            format!("{} by {}", ago(now, c.created_at), c.created_by),
+            c.expires_at.map_or("never".into(), |t| relative(now, t)),
+            c.last_used.map_or("never".into(), |t| ago(now, t)),
+            c.description.clone().unwrap_or_else(|| "-".into()),
+        ]
+    };
+    let headers = [
+        "NAME",
+        "ROLE",
+        "SCOPE",
+        "STATE",
+        "CREATED",
+        "EXPIRES",
+        "LAST USED",
+        "DESCRIPTION",
+    ];
+    output::list(
+        ctx,
+        list,
+        ListView {
+            what: "named credentials",
+            headers: &headers,
+            key: |c| c.name.clone(),
+            row: &row,
+        },
+    )
 }
 
 #[cfg(test)]
@@ -162,6 +160,7 @@ mod tests {
             role: Role::Viewer,
             selector: None,
             description: None,
+            owner: None,
             created_at: now,
             created_by: "admin-token".into(),
             expires_at: None,

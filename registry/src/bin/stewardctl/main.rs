@@ -14,8 +14,10 @@ mod nodes;
 mod output;
 mod payloads;
 mod rollout;
+mod sessions;
 mod spec;
 mod sse;
+mod templates;
 mod tokens;
 
 use std::process::ExitCode;
@@ -57,7 +59,7 @@ Exit codes:
 #[command(
     name = "stewardctl",
     version,
-    about = "Admin CLI for the Steward registry: nodes, specs, fragments, enrollment tokens and events",
+    about = "Admin CLI for the Steward registry: nodes, specs, fragments, session templates and sessions, enrollment tokens and events",
     after_help = AFTER_HELP
 )]
 struct Cli {
@@ -84,6 +86,20 @@ enum Cmd {
     Fragments {
         #[command(subcommand)]
         cmd: fragments::FragmentsCmd,
+    },
+    /// Session templates: spec pieces with placeholders, instantiated per session. Write from
+    /// a file, list, show, delete.
+    #[command(visible_alias = "template")]
+    Templates {
+        #[command(subcommand)]
+        cmd: templates::TemplatesCmd,
+    },
+    /// Sessions: owned, expiring instances of a template placed on a node. Create (and wait
+    /// until running), list, show, extend, end.
+    #[command(visible_alias = "session")]
+    Sessions {
+        #[command(subcommand)]
+        cmd: sessions::SessionsCmd,
     },
     /// Create, list and revoke enrollment tokens.
     #[command(visible_alias = "token")]
@@ -197,6 +213,8 @@ async fn run(cli: Cli, matches: &ArgMatches) -> Result<Exit, CliError> {
         Cmd::Nodes { cmd } => nodes::run(cmd, &ctx).await,
         Cmd::Spec { cmd } => spec::run(cmd, &ctx).await,
         Cmd::Fragments { cmd } => fragments::run(cmd, &ctx).await,
+        Cmd::Templates { cmd } => templates::run(cmd, &ctx).await,
+        Cmd::Sessions { cmd } => sessions::run(cmd, &ctx).await,
         Cmd::Tokens { cmd } => tokens::run(cmd, &ctx).await,
         Cmd::Credentials { cmd } => credentials::run(cmd, &ctx).await,
         Cmd::Audit(args) => audit::run(args, &ctx).await,

@@ -9,6 +9,7 @@ use serde::Serialize;
 use steward_proto::Labels;
 
 use crate::error::CliError;
+use crate::Ctx;
 
 /// Writes `text` to stdout. A closed pipe (`stewardctl ... | head`) ends the process quietly.
 pub fn stdout(text: &str) {
@@ -65,6 +66,37 @@ pub fn yaml<T: Serialize + ?Sized>(v: &T) -> Result<(), CliError> {
 /// Prints an aligned table (header row, then rows) on stdout.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) {
     stdout(&render_table(headers, rows, 0));
+}
+
+/// How a `list` command shows its items as a table.
+pub struct ListView<'a, T> {
+    /// What the items are, plural, for `no {what}` when there are none.
+    pub what: &'a str,
+    /// The column headers.
+    pub headers: &'a [&'a str],
+    /// The item's key, the one line printed per item with `--quiet`.
+    pub key: fn(&T) -> String,
+    /// The item's cells, one per header.
+    pub row: &'a dyn Fn(&T) -> Vec<String>,
+}
+
+/// Prints a list the way every `list` command does: the JSON array with `--output json`, one
+/// key per line with `--quiet`, `no {what}` on stderr when it is empty, else a table.
+pub fn list<T: Serialize>(ctx: &Ctx, items: &[T], view: ListView<'_, T>) -> Result<(), CliError> {
+    if ctx.json() {
+        return json(items);
+    }
+    if ctx.quiet {
+        items.iter().for_each(|i| line((view.key)(i)));
+        return Ok(());
+    }
+    if items.is_empty() {
+        note(false, format_args!("no {}", view.what));
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = items.iter().map(view.row).collect();
+    table(view.headers, &rows);
+    Ok(())
 }
 
 /// Aligns columns with three spaces between them; the last column is not padded.

@@ -6,7 +6,7 @@ use reqwest::Method;
 use steward_proto::{CreateEnrollmentToken, EnrollmentTokenCreated, EnrollmentTokenInfo, Labels};
 
 use crate::error::CliError;
-use crate::output::{self, ago, relative};
+use crate::output::{self, ago, relative, ListView};
 use crate::{Ctx, Exit};
 
 #[derive(Subcommand)]
@@ -130,47 +130,37 @@ pub fn token_state(t: &EnrollmentTokenInfo, now: DateTime<Utc>) -> &'static str 
 }
 
 fn print_list(ctx: &Ctx, tokens: &[EnrollmentTokenInfo]) -> Result<(), CliError> {
-    if ctx.json() {
-        return output::json(tokens);
-    }
-    if ctx.quiet {
-        for t in tokens {
-            output::line(&t.id);
-        }
-        return Ok(());
-    }
-    if tokens.is_empty() {
-        output::note(false, "no enrollment tokens");
-        return Ok(());
-    }
     let now = Utc::now();
-    let rows: Vec<Vec<String>> = tokens
-        .iter()
-        .map(|t| {
-            vec![
-                t.id.clone(),
-                token_state(t, now).to_string(),
-                format!("{}/{}", t.uses_left, t.uses_total),
-                ago(now, t.created_at),
-                relative(now, t.expires_at),
-                output::labels(&t.labels),
-                t.description.clone().unwrap_or_else(|| "-".into()),
-            ]
-        })
-        .collect();
-    output::table(
-        &[
-            "ID",
-            "STATE",
-            "USES LEFT",
-            "CREATED",
-            "EXPIRES",
-            "LABELS",
-            "DESCRIPTION",
-        ],
-        &rows,
-    );
-    Ok(())
+    let row = |t: &EnrollmentTokenInfo| {
+        vec![
+            t.id.clone(),
+            token_state(t, now).to_string(),
+            format!("{}/{}", t.uses_left, t.uses_total),
+            ago(now, t.created_at),
+            relative(now, t.expires_at),
+            output::labels(&t.labels),
+            t.description.clone().unwrap_or_else(|| "-".into()),
+        ]
+    };
+    let headers = [
+        "ID",
+        "STATE",
+        "USES LEFT",
+        "CREATED",
+        "EXPIRES",
+        "LABELS",
+        "DESCRIPTION",
+    ];
+    output::list(
+        ctx,
+        tokens,
+        ListView {
+            what: "enrollment tokens",
+            headers: &headers,
+            key: |t| t.id.clone(),
+            row: &row,
+        },
+    )
 }
 
 #[cfg(test)]

@@ -1,0 +1,239 @@
+//! The sessions' jobs, run on the jobs leader (`replica::run_jobs`): ending sessions at their
+//! deadline, following their state from their node's status (pending, running, failed), trimming
+//! ended ones, and the live-sessions gauge.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use steward_proto::{
+    EventKind, NodeSpec, ResourceKind, ResourceState, ResourceStatus, Session, SessionState,
+};
+
+use super::{EndReason, Result, Sessions};
+
+/// How often the jobs run.
+pub const EVERY: Duration = Duration::from_secs(1);
+
+/// A session's state from its workloads' statuses: running when every one is converged (and
+/// not unhealthy or still starting), failed when one failed, else pending.
+pub fn state_of(piece: &NodeSpec, status: &[ResourceStatus]) -> (SessionState, Option<String>) {
+    let wanted = (piece
+        .containers
+        .iter()
+        .map(|c| (ResourceKind::Container, &c.name)))
+    .chain(piece.vms.iter().map(|v| (ResourceKind::Vm, &v.name)));
+    let mut all_running = true;
+    for (kind, name) in wanted {
+        let Some(r) = status.iter().find(|r| r.kind == kind && &r.name == name) else {
+            all_running = false;
+            continue;
+        };
+        match r.state {
+            ResourceState::Failed | ResourceState::Conflict => {
+                let why = r.error.clone().unwrap_or_else(|| format!("{:?}", r.state));
+                return (SessionState::Failed, Some(format!("{name}: {why}")));
+            }
+            ResourceState::Converged
+                if !matches!(r.health.as_deref(), Some("starting" | "unhealthy")) => {}
+            _ => all_running = false,
+        }
+    }
+    if all_running {
+        (SessionState::Running, None)
+    } else {
+        (SessionState::Pending, None)
+    }
+}
+
+impl Sessions {
+    /// The jobs, until aborted (the leadership lost).
+    pub async fn run_jobs(self) {
+        let mut tick = tokio::time::interval(EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = self.jobs_once().await {
+                tracing::warn!(error = %e, "session jobs failed; trying again in a second");
+            }
+        }
+    }
+
+    /// One pass of every job.
+    pub async fn jobs_once(&self) -> Result<()> {
+        self.expire_due().await?;
+        self.follow_states().await?;
+        self.trim_and_count().await
+    }
+
+    /// Ends every live session whose deadline has passed.
+    pub async fn expire_due(&self) -> Result<usize> {
+        let now = self.clock.now();
+        let due: Vec<String> = (self.store.sessions().await?.into_iter())
+            .filter(|(s, _)| s.state.is_live() && s.expires_at <= now)
+            .map(|(s, _)| s.id)
+            .collect();
+        for id in &due {
+            match self.end_as(id, None, EndReason::Expired).await {
+                Ok(_) | Err(super::SessionError::Ended(_)) => {}
+                Err(super::SessionError::NoSession(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(due.len())
+    }
+
+    /// Moves live sessions between pending, running and failed from their node's status.
+    pub async fn follow_states(&self) -> Result<()> {
+        let mut by_node: HashMap<String, Vec<(Session, u64)>> = HashMap::new();
+        for (s, rev) in self.store.sessions().await? {
+            if s.state.is_live() {
+                by_node.entry(s.node.clone()).or_default().push((s, rev));
+            }
+        }
+        for (node, sessions) in by_node {
+            let (Some(rec), Some(spec)) =
+                (self.store.node(&node).await?, self.store.spec(&node).await?)
+            else {
+                continue;
+            };
+            let status = rec.status.map(|s| s.resources).unwrap_or_default();
+            for (mut s, rev) in sessions {
+                let Some(piece) = spec.sessions.get(&s.id) else {
+                    continue;
+                };
+                let (state, reason) = state_of(piece, &status);
+                if state == s.state && reason == s.reason {
+                    continue;
+                }
+                self.moved(&mut s, state, reason);
+                match self.store.put_session(&s, rev).await {
+                    // Changed meanwhile (ended, extended): seen again next pass.
+                    Err(crate::store::StoreError::Stale) => continue,
+                    Err(e) => return Err(e.into()),
+                    Ok(_) => {}
+                }
+                let message = match &s.reason {
+                    Some(r) => format!("session {} {}: {r}", s.id, s.state.as_str()),
+                    None => format!("session {} {}", s.id, s.state.as_str()),
+                };
+                (self.events)
+                    .record(
+                        EventKind::Session,
+                        Some(&s.node),
+                        None,
+                        &steward_proto::Actor::SYSTEM,
+                        message,
+                    )
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets a session's new state; the first time it runs: when, its endpoints, the metric.
+    fn moved(&self, s: &mut Session, state: SessionState, reason: Option<String>) {
+        s.state = state;
+        s.reason = reason;
+        if state == SessionState::Running && s.running_at.is_none() {
+            let now = self.clock.now();
+            s.running_at = Some(now);
+            let took = (now - s.created_at).to_std().unwrap_or_default();
+            (self.events.metrics().session_start_seconds).observe(took.as_secs_f64());
+        }
+        s.endpoints = self.endpoints(s);
+    }
+
+    /// Deletes sessions ended longer than `ended_kept` ago, and sets the live-sessions gauge.
+    async fn trim_and_count(&self) -> Result<()> {
+        let kept = self.config.kept().unwrap_or(Duration::from_secs(86_400));
+        let before = self.clock.now() - chrono::Duration::from_std(kept).unwrap_or_default();
+        let mut old = Vec::new();
+        let mut live: BTreeMap<String, i64> = BTreeMap::new();
+        for (s, rev) in self.store.sessions().await? {
+            if s.state.is_live() {
+                *live.entry(s.template).or_default() += 1;
+            } else if s.ended_at.is_some_and(|t| t < before) {
+                old.push((s.id, rev));
+            }
+        }
+        if !old.is_empty() {
+            self.store.delete_sessions(&old).await?;
+        }
+        let gauge = &self.events.metrics().sessions_live;
+        gauge.clear();
+        for (template, n) in live {
+            gauge
+                .get_or_create(&crate::metrics::TemplateLabel { template })
+                .set(n);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn status(
+        kind: ResourceKind,
+        name: &str,
+        state: ResourceState,
+        health: Option<&str>,
+    ) -> ResourceStatus {
+        let mut r = ResourceStatus::new(kind, name, state, Some("boom".into()));
+        r.health = health.map(str::to_string);
+        r
+    }
+
+    #[test]
+    fn a_sessions_state_follows_its_workloads() {
+        let piece: NodeSpec = serde_json::from_value(serde_json::json!({
+            "containers": [{"name": "web", "image": "busybox"}],
+            "vms": [{"name": "web", "image": "/i", "memory": "1Gi"}]
+        }))
+        .unwrap();
+        use ResourceKind::{Container as C, Vm as V};
+        use ResourceState::{Converged as Ok, Failed, Pending};
+        // (statuses, expected state)
+        let cases: Vec<(Vec<ResourceStatus>, SessionState)> = vec![
+            (vec![], SessionState::Pending),
+            (vec![status(C, "web", Ok, None)], SessionState::Pending),
+            (
+                vec![status(C, "web", Ok, None), status(V, "web", Ok, None)],
+                SessionState::Running,
+            ),
+            (
+                vec![
+                    status(C, "web", Ok, Some("starting")),
+                    status(V, "web", Ok, None),
+                ],
+                SessionState::Pending,
+            ),
+            (
+                vec![
+                    status(C, "web", Ok, Some("healthy")),
+                    status(V, "web", Ok, None),
+                ],
+                SessionState::Running,
+            ),
+            (
+                vec![
+                    status(C, "web", Failed, None),
+                    status(V, "web", Pending, None),
+                ],
+                SessionState::Failed,
+            ),
+            // Another kind's workload of the same name does not count.
+            (
+                vec![status(C, "web", Ok, None), status(C, "web2", Ok, None)],
+                SessionState::Pending,
+            ),
+        ];
+        for (statuses, want) in cases {
+            let (got, reason) = state_of(&piece, &statuses);
+            assert_eq!(got, want, "{statuses:?}");
+            assert_eq!(reason.is_some(), want == SessionState::Failed);
+        }
+    }
+}
