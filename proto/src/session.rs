@@ -60,6 +60,11 @@ pub struct TemplateWrite {
     /// What a session reserves on its node, for placement.
     #[serde(default)]
     pub reserve: Resources,
+    /// Unowned sessions kept running (hot spares): a create with the default parameters claims
+    /// one at once (its lifetime starts then) and the registry starts another. A spare is
+    /// rendered before it has an owner: `{{owner}}` is empty in it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spares: Option<u32>,
 }
 
 /// The type of a template parameter.
@@ -216,7 +221,11 @@ pub struct Session {
     pub id: String,
     pub template: String,
     pub template_revision: u64,
+    /// Empty for an unclaimed spare.
     pub owner: String,
+    /// An unclaimed hot spare (`spares` of its template).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub spare: bool,
     pub node: String,
     pub params: BTreeMap<String, serde_json::Value>,
     pub allocations: Allocations,

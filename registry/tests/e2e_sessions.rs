@@ -514,3 +514,87 @@ async fn no_node_fits_says_why() {
         "{e}"
     );
 }
+
+/// The ids of the live spares of template `warm`.
+async fn spares(r: &Registry) -> Vec<String> {
+    let all = sessions(r, &r.admin, "?template=warm").await;
+    all.iter()
+        .filter(|s| s["spare"] == true && s["state"] != "ended")
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn spares_are_kept_and_a_create_claims_one() {
+    let r = Registry::start(&[]).await;
+    node(&r, vec![r.url("")], "m1", json!({})).await;
+    let t = json!({"spares": 2, "ports": ["http"], "ttl": "1h", "per_owner": 1,
+                   "params": {"size": {"type": "string", "default": "s"}},
+                   "spec": {"containers": [{"name": "c-{{session}}", "image": "busybox",
+                                            "ports": ["{{port.http}}:80"],
+                                            "env": {"SIZE": "{{param.size}}"}}]}});
+    assert_eq!(put_template(&r, &r.admin, "warm", t).await.0, 200);
+    let first = wait_for(30, "two spares", || async {
+        let s = spares(&r).await;
+        (s.len() == 2).then_some(s)
+    })
+    .await;
+    // A create with the default parameters claims the oldest spare: its id, now owned, its
+    // lifetime starting now.
+    let (st, s) = create(
+        &r,
+        &r.admin,
+        json!({"template": "warm", "owner": "ada", "ttl": "10m"}),
+    )
+    .await;
+    assert_eq!(st, 201, "{s}");
+    assert!(
+        first.contains(&s["id"].as_str().unwrap().to_string()),
+        "{s}"
+    );
+    assert_eq!(s["owner"], "ada");
+    assert!(s.get("spare").is_none(), "{s}");
+    assert_eq!(s["endpoints"].as_array().unwrap().len(), 1);
+    let left = (chrono::DateTime::parse_from_rfc3339(s["expires_at"].as_str().unwrap())
+        .unwrap()
+        .with_timezone(&chrono::Utc)
+        - chrono::Utc::now())
+    .num_seconds();
+    assert!((590..=600).contains(&left), "{left}");
+    // Its lease on the node moved with it.
+    let (_, doc) = r
+        .get(
+            &format!("/v1/nodes/{}/spec", s["node"].as_str().unwrap()),
+            &r.admin,
+        )
+        .await;
+    let lease = doc["spec"]["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["id"] == s["id"])
+        .unwrap()
+        .clone();
+    assert_eq!(lease["expires_at"], s["expires_at"]);
+    // Another spare takes its place.
+    wait_for(30, "the spare to be replaced", || async {
+        let now = spares(&r).await;
+        (now.len() == 2 && !now.contains(&s["id"].as_str().unwrap().to_string())).then_some(())
+    })
+    .await;
+    // Other parameters make a new session; the owner's quota counts claimed sessions.
+    let (st, other) = create(
+        &r,
+        &r.admin,
+        json!({"template": "warm", "owner": "bob", "params": {"size": "m"}}),
+    )
+    .await;
+    assert_eq!(st, 201, "{other}");
+    assert!(!first.contains(&other["id"].as_str().unwrap().to_string()));
+    let (st, e) = create(&r, &r.admin, json!({"template": "warm", "owner": "ada"})).await;
+    assert_eq!(st, 409, "{e}");
+    assert!(
+        e["error"].as_str().unwrap().contains("its per_owner"),
+        "{e}"
+    );
+}

@@ -61,6 +61,7 @@ impl Sessions {
     /// One pass of every job.
     pub async fn jobs_once(&self) -> Result<()> {
         self.expire_due().await?;
+        self.keep_spares().await?;
         self.follow_states().await?;
         self.trim_and_count().await
     }
@@ -80,6 +81,42 @@ impl Sessions {
             }
         }
         Ok(due.len())
+    }
+
+    /// Starts the spares each template lacks (one at a time per template and pass). A spare
+    /// that cannot be made (a limit, no room) is logged, at most once a minute per template.
+    pub async fn keep_spares(&self) -> Result<()> {
+        let templates = self.store.templates().await?;
+        if templates.iter().all(|t| t.body.spares.unwrap_or(0) == 0) {
+            return Ok(());
+        }
+        let mut spares: HashMap<String, u32> = HashMap::new();
+        for (s, _) in self.store.sessions().await? {
+            if s.spare && s.state.is_live() {
+                *spares.entry(s.template).or_default() += 1;
+            }
+        }
+        for t in templates {
+            let want = t.body.spares.unwrap_or(0);
+            if spares.get(&t.name).copied().unwrap_or(0) >= want {
+                continue;
+            }
+            if let Err(e) = self.start_spare(&t.name).await {
+                let mut last = self
+                    .spare_warnings
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                let now = std::time::Instant::now();
+                if last
+                    .get(&t.name)
+                    .is_none_or(|at| now - *at > Duration::from_secs(60))
+                {
+                    last.insert(t.name.clone(), now);
+                    tracing::warn!(template = %t.name, error = %e, "cannot start a spare session");
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Moves live sessions between pending, running and failed from their node's status.

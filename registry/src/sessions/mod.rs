@@ -108,6 +108,8 @@ pub struct Sessions {
     /// their allocations moves the epoch, so under the gate a copy of the same epoch is
     /// current and creates need not read every session again.
     live: Arc<std::sync::Mutex<Option<LiveAt>>>,
+    /// When a spare of a template could last not be started was logged.
+    spare_warnings: Arc<std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>>,
 }
 
 /// The live sessions as of a spec epoch.
@@ -158,6 +160,7 @@ impl Sessions {
             config: Arc::new(config),
             limits,
             live: Arc::default(),
+            spare_warnings: Arc::default(),
         }
     }
 
@@ -256,7 +259,7 @@ impl Sessions {
         let owner = self.owner_for(&req, caller)?;
         let mut tries = 0;
         loop {
-            match self.create_once(&req, &owner, caller).await {
+            match self.create_once(&req, Some(&owner), &caller.actor()).await {
                 Err(SessionError::Spec(SpecError::Store(StoreError::Stale)))
                 | Err(SessionError::Store(StoreError::Stale))
                     if tries < crate::spec_gate::ATTEMPTS =>
@@ -276,11 +279,11 @@ impl Sessions {
     async fn create_once(
         &self,
         req: &SessionCreate,
-        owner: &str,
-        caller: &Caller,
+        owner: Option<&str>,
+        actor: &Actor,
     ) -> Result<Session> {
         let guard = self.specs.take_gate().await?;
-        let made = match self.create_under(&guard, req, owner, caller).await {
+        let made = match self.create_under(&guard, req, owner, actor).await {
             // A refusal computed from reads that another replica's change overtook (the
             // sessions read before it, the node's spec after) is computed again.
             Err(
@@ -298,18 +301,21 @@ impl Sessions {
             r => r?,
         };
         drop(guard);
-        self.events.metrics().session_created(&made.template);
+        if owner.is_some() {
+            self.events.metrics().session_created(&made.template);
+        }
         Ok(made)
     }
 
     /// Decides and stores a create under the spec gate (a template is not deleted between
-    /// its read and the store).
+    /// its read and the store): for `owner`, a spare claimed or a new session; `None`, a new
+    /// spare.
     async fn create_under(
         &self,
         guard: &SpecGuard,
         req: &SessionCreate,
-        owner: &str,
-        caller: &Caller,
+        owner: Option<&str>,
+        actor: &Actor,
     ) -> Result<Session> {
         let (template, _) = self
             .store
@@ -320,33 +326,53 @@ impl Sessions {
         let params =
             render::resolve_params(&t.params, &req.params).map_err(SessionError::Invalid)?;
         let (default_ttl, max_ttl) = templates::lifetimes(t).map_err(SessionError::Invalid)?;
-        let ttl = match &req.ttl {
-            Some(text) => Self::ttl("ttl", text, max_ttl)?,
-            None => default_ttl,
+        let ttl = match (&req.ttl, owner) {
+            (Some(text), _) => Self::ttl("ttl", text, max_ttl)?,
+            (None, Some(_)) => default_ttl,
+            // A spare waits as long as a session may live.
+            (None, None) => max_ttl,
         };
         let stored = self.live_under(guard).await?;
-        let live: Vec<&Session> = stored.iter().collect();
-        let own = place::TemplateLimits {
-            per_owner: t.per_owner,
-            max_sessions: t.max_sessions,
+        let all: Vec<&Session> = stored.iter().collect();
+        if let Some(owner) = owner {
+            // Spares count towards the fleet's limit only (checked below for a new session).
+            let owned: Vec<&Session> = all.iter().filter(|s| !s.spare).copied().collect();
+            let own = place::TemplateLimits {
+                per_owner: t.per_owner,
+                max_sessions: t.max_sessions,
+            };
+            let limits = place::Limits {
+                max_live: None,
+                ..self.config.limits()
+            };
+            place::check_quotas(&owned, &template.name, owner, &limits, own)
+                .map_err(SessionError::Quota)?;
+            if let Some(spare) = self.claimable(&all, &template.name, &params).await? {
+                return self.claim(guard, spare, owner, ttl, actor).await;
+            }
+        }
+        let fleet = place::Limits {
+            per_owner: None,
+            ..self.config.limits()
         };
-        place::check_quotas(&live, &template.name, owner, &self.config.limits(), own)
+        place::check_quotas(&all, &template.name, "", &fleet, Default::default())
             .map_err(SessionError::Quota)?;
         let reserve = reserve_of(&t.reserve);
         let candidates = self.candidates(&t.selector)?;
-        let node = place::place(&candidates, &t.selector, reserve, &live, |s| {
+        let node = place::place(&candidates, &t.selector, reserve, &all, |s| {
             reserve_of(&s.reserve)
         })
         .map_err(SessionError::Place)?;
         let id = format!("s-{}", &crate::auth::new_id()[..10]);
-        let alloc = self.allocate(&template, &id, &node, &live).await?;
+        let alloc = self.allocate(&template, &id, &node, &all).await?;
         let now = self.clock.now();
         let expires_at = now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
         let mut session = Session {
             id: id.clone(),
             template: template.name.clone(),
             template_revision: template.revision,
-            owner: owner.to_string(),
+            owner: owner.unwrap_or_default().to_string(),
+            spare: owner.is_none(),
             node: node.clone(),
             params,
             allocations: alloc,
@@ -354,7 +380,7 @@ impl Sessions {
             state: SessionState::Pending,
             reason: None,
             created_at: now,
-            created_by: caller.actor().name.unwrap_or_else(|| "-".into()),
+            created_by: actor.name.clone().unwrap_or_else(|| "-".into()),
             expires_at,
             running_at: None,
             ended_at: None,
@@ -363,19 +389,110 @@ impl Sessions {
         let piece = self.piece(&template, &session)?;
         session.endpoints = self.endpoints(&session);
         let why = format!("session {id} created");
-        let actor = caller.actor();
-        let message = format!(
-            "session {id} created from template {:?} for {owner:?}, expires {}",
-            template.name,
-            expires_at.to_rfc3339()
-        );
-        let event = Event::new(EventKind::Session, Some(&node), None, &actor, message);
+        let message = match owner {
+            Some(owner) => format!(
+                "session {id} created from template {:?} for {owner:?}, expires {}",
+                template.name,
+                expires_at.to_rfc3339()
+            ),
+            None => format!("spare session {id} of template {:?} started", template.name),
+        };
+        let event = Event::new(EventKind::Session, Some(&node), None, actor, message);
         let (_, revision) = self
             .specs
-            .write_session_piece(guard, &session, 0, Some(piece), &actor, &why, event)
+            .write_session_piece(guard, &session, 0, Some(piece), actor, &why, event)
             .await?;
         self.stored(guard.epoch, revision, &session);
         Ok(session)
+    }
+
+    /// A spare of `template` made with these parameters, running ones first, then the oldest.
+    async fn claimable(
+        &self,
+        live: &[&Session],
+        template: &str,
+        params: &BTreeMap<String, serde_json::Value>,
+    ) -> Result<Option<(Session, Revision)>> {
+        let mut spares: Vec<&&Session> = (live.iter())
+            .filter(|s| s.spare && s.template == template && &s.params == params)
+            .collect();
+        spares.sort_by_key(|s| s.created_at);
+        let mut best: Option<(Session, Revision)> = None;
+        for s in spares {
+            // The copy of the live sessions does not follow states: read the record.
+            if let Some((s, rev)) = self.store.session(&s.id).await? {
+                if s.state == SessionState::Running {
+                    return Ok(Some((s, rev)));
+                }
+                if best.is_none() && s.state.is_live() {
+                    best = Some((s, rev));
+                }
+            }
+        }
+        Ok(best)
+    }
+
+    /// Gives a spare to `owner`: its lifetime starts now (only its lease's deadline changes on
+    /// the node, its workloads keep running).
+    async fn claim(
+        &self,
+        guard: &SpecGuard,
+        (mut s, rev): (Session, Revision),
+        owner: &str,
+        ttl: Duration,
+        actor: &Actor,
+    ) -> Result<Session> {
+        let now = self.clock.now();
+        s.owner = owner.to_string();
+        s.spare = false;
+        s.created_at = now;
+        s.created_by = actor.name.clone().unwrap_or_else(|| "-".into());
+        s.expires_at = now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
+        let mut piece = self
+            .specs
+            .session_piece(&s.node, &s.id)
+            .await?
+            .unwrap_or_default();
+        for lease in piece.sessions.iter_mut().filter(|l| l.id == s.id) {
+            lease.expires_at = s.expires_at;
+        }
+        s.endpoints = self.endpoints(&s);
+        let message = format!(
+            "session {} claimed from the spares of template {:?} for {owner:?}, expires {}",
+            s.id,
+            s.template,
+            s.expires_at.to_rfc3339()
+        );
+        let why = format!("session {} claimed", s.id);
+        let event = Event::new(EventKind::Session, Some(&s.node), None, actor, message);
+        let (_, revision) = self
+            .specs
+            .write_session_piece(guard, &s, rev, Some(piece), actor, &why, event)
+            .await?;
+        self.stored(guard.epoch, revision, &s);
+        Ok(s)
+    }
+
+    /// Starts one spare of `template` (the jobs leader keeps each template's `spares`).
+    pub(crate) async fn start_spare(&self, template: &str) -> Result<Session> {
+        let req = SessionCreate {
+            template: template.to_string(),
+            owner: None,
+            params: Default::default(),
+            ttl: None,
+        };
+        let mut tries = 0;
+        loop {
+            match self.create_once(&req, None, &Actor::SYSTEM).await {
+                Err(SessionError::Spec(SpecError::Store(StoreError::Stale)))
+                | Err(SessionError::Store(StoreError::Stale))
+                    if tries < crate::spec_gate::ATTEMPTS =>
+                {
+                    tries += 1
+                }
+                r => return r,
+            }
+        }
     }
 
     /// The template's spec rendered for `session` (placeholders, lease).

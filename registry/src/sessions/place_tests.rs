@@ -10,6 +10,7 @@ fn session(id: &str, owner: &str, template: &str, node: &str) -> Session {
         template: template.into(),
         template_revision: 1,
         owner: owner.into(),
+        spare: false,
         node: node.into(),
         params: Default::default(),
         allocations: Allocations::default(),

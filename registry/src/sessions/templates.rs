@@ -59,6 +59,22 @@ fn check(t: &TemplateWrite, limits: &steward_proto::validate::SpecLimits) -> Vec
             ));
         }
     }
+    if t.spares.is_some_and(|n| n > 100) {
+        problems.push(Problem::new("spares", "at most 100"));
+    }
+    if t.spares.is_some_and(|n| n > 0) {
+        for name in t
+            .params
+            .iter()
+            .filter(|(_, p)| p.default.is_none())
+            .map(|(n, _)| n)
+        {
+            problems.push(Problem::new(
+                format!("params.{name}"),
+                "a template with spares needs a default for every parameter (spares are made with the defaults)",
+            ));
+        }
+    }
     if let Err(p) = render::check_template(t, limits) {
         problems.extend(p);
     }

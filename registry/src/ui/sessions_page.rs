@@ -43,7 +43,7 @@ pub fn page(sessions: &[Session], now: DateTime<Utc>) -> Markup {
                     @for s in sessions.iter().filter(|s| s.state.is_live()).chain(sessions.iter().filter(|s| !s.state.is_live())) {
                         tr {
                             td { code { (s.id) } }
-                            td { (s.owner) }
+                            td { @if s.spare { span.muted { "spare" } } @else { (s.owner) } }
                             td { (s.template) }
                             td { a href={"/nodes/" (s.node)} { code { (s.node.get(..8).unwrap_or(&s.node)) } } }
                             td { (state_badge(s)) @if let Some(r) = &s.reason { " " span.muted { (r) } } }

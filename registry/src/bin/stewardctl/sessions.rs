@@ -340,7 +340,11 @@ fn print_list(ctx: &Ctx, list: &[Session]) -> Result<(), CliError> {
     let row = |s: &Session| {
         vec![
             s.id.clone(),
-            s.owner.clone(),
+            if s.spare {
+                "(spare)".to_string()
+            } else {
+                s.owner.clone()
+            },
             s.template.clone(),
             output::or_dash(&s.node),
             s.state.as_str().to_string(),
@@ -412,6 +416,7 @@ mod tests {
             template: "web".into(),
             template_revision: 1,
             owner: "alice".into(),
+            spare: false,
             node: "n1".into(),
             params: BTreeMap::new(),
             allocations: Allocations::default(),
