@@ -375,6 +375,11 @@ pub struct ResourceStatus {
     /// probe; absent without a health check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<String>,
+    /// A workload's network activity: bytes received plus sent on its interfaces (a
+    /// container's, a VM's tap), cumulative and only ever compared for change (session idle
+    /// reaping); absent when unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activity: Option<u64>,
 }
 
 /// An automatic rollback: the spec of `from_generation` left the workload failing past its
@@ -418,6 +423,7 @@ impl ResourceStatus {
             escalation: None,
             rolled_back: None,
             health: None,
+            activity: None,
         }
     }
 }

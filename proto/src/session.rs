@@ -51,6 +51,10 @@ pub struct TemplateWrite {
     /// Longest lifetime a create or an extension may reach (default `24h`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_ttl: Option<String>,
+    /// End a session whose workloads' network activity (bytes in and out, reported by the
+    /// agent) has not moved for this long, such as `30m` (default: never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<String>,
     /// Most live sessions of this template per owner.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_owner: Option<u32>,

@@ -8,87 +8,14 @@ mod common;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use common::agent::wait_for;
 use common::etcd::EtcdCluster;
 use common::replicas::Replicas;
+use common::sessions::{create, credential, end, node, put_template, registry_with, sessions};
 use common::Registry;
 use reqwest::Method;
 use serde_json::{json, Value};
-
-/// Enrols a node with room for sessions (4 CPUs, 8 GiB) and keeps it ready with heartbeats
-/// sent to `urls` in turn, until the test ends.
-async fn node(r: &Registry, urls: Vec<String>, machine: &str, labels: Value) -> String {
-    let (st, tok) = r
-        .req(
-            Method::POST,
-            "/v1/enrollment-tokens",
-            Some(&r.admin),
-            Some(json!({"labels": labels})),
-        )
-        .await;
-    assert_eq!(st, 201, "{tok}");
-    let facts = json!({"machine_id": machine, "hostname": format!("host-{machine}"),
-                       "cpus": 4, "memory_bytes": 8u64 << 30});
-    let (st, en) = r
-        .req(
-            Method::POST,
-            "/v1/enroll",
-            None,
-            Some(json!({"token": tok["token"], "facts": facts})),
-        )
-        .await;
-    assert_eq!(st, 200, "{en}");
-    let id = en["node_id"].as_str().unwrap().to_string();
-    let secret = en["node_secret"].as_str().unwrap().to_string();
-    let (client, hb_id) = (r.client.clone(), id.clone());
-    tokio::spawn(async move {
-        for i in 0.. {
-            let url = format!("{}/v1/nodes/{hb_id}/heartbeat", urls[i % urls.len()]);
-            let body = json!({"observed_generation": 0});
-            let _ = client
-                .post(url)
-                .bearer_auth(&secret)
-                .json(&body)
-                .send()
-                .await;
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-    });
-    id
-}
-
-async fn put_template(r: &Registry, token: &str, name: &str, t: Value) -> (u16, Value) {
-    r.req(
-        Method::PUT,
-        &format!("/v1/templates/{name}"),
-        Some(token),
-        Some(t),
-    )
-    .await
-}
-
-async fn create(r: &Registry, token: &str, body: Value) -> (u16, Value) {
-    r.req(Method::POST, "/v1/sessions", Some(token), Some(body))
-        .await
-}
-
-async fn end(r: &Registry, token: &str, id: &str) -> (u16, Value) {
-    r.req(
-        Method::DELETE,
-        &format!("/v1/sessions/{id}"),
-        Some(token),
-        None,
-    )
-    .await
-}
-
-async fn sessions(r: &Registry, token: &str, query: &str) -> Vec<Value> {
-    let (st, v) = r.get(&format!("/v1/sessions{query}"), token).await;
-    assert_eq!(st, 200, "{v}");
-    v.as_array().unwrap().clone()
-}
 
 /// A template with two host ports, a lab and a volume, `max_sessions` of them at most.
 fn web_template(max_sessions: Option<u32>) -> Value {
@@ -245,29 +172,10 @@ async fn creates_and_ends_in_a_loop_never_give_a_port_or_vlan_twice_and_leak_non
     assert_eq!(leases, [s["id"].as_str().unwrap()]);
 }
 
-/// A named credential made with the admin token.
-async fn credential(r: &Registry, name: &str, role: &str, owner: Option<&str>) -> String {
-    let mut body = json!({"name": name, "role": role});
-    if let Some(o) = owner {
-        body["owner"] = json!(o);
-    }
-    let (st, c) = r
-        .req(Method::POST, "/v1/credentials", Some(&r.admin), Some(body))
-        .await;
-    assert_eq!(st, 201, "{c}");
-    c["token"].as_str().unwrap().to_string()
-}
-
 #[tokio::test]
 async fn limits_owners_extend_and_expiry() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("registry.toml");
-    std::fs::write(
-        &cfg,
-        "[sessions]\nmax_live = 5\nper_owner = 3\nports = \"12000-12010\"\n",
-    )
-    .unwrap();
-    let r = Registry::start(&["--config", cfg.to_str().unwrap()]).await;
+    let (r, _cfg) =
+        registry_with("[sessions]\nmax_live = 5\nper_owner = 3\nports = \"12000-12010\"\n").await;
     let node_id = node(&r, vec![r.url("")], "m1", json!({})).await;
     let mut t = web_template(None);
     t["per_owner"] = json!(2);
@@ -511,90 +419,6 @@ async fn no_node_fits_says_why() {
     assert_eq!(st, 409);
     assert!(
         e["error"].as_str().unwrap().contains("no node matches"),
-        "{e}"
-    );
-}
-
-/// The ids of the live spares of template `warm`.
-async fn spares(r: &Registry) -> Vec<String> {
-    let all = sessions(r, &r.admin, "?template=warm").await;
-    all.iter()
-        .filter(|s| s["spare"] == true && s["state"] != "ended")
-        .map(|s| s["id"].as_str().unwrap().to_string())
-        .collect()
-}
-
-#[tokio::test]
-async fn spares_are_kept_and_a_create_claims_one() {
-    let r = Registry::start(&[]).await;
-    node(&r, vec![r.url("")], "m1", json!({})).await;
-    let t = json!({"spares": 2, "ports": ["http"], "ttl": "1h", "per_owner": 1,
-                   "params": {"size": {"type": "string", "default": "s"}},
-                   "spec": {"containers": [{"name": "c-{{session}}", "image": "busybox",
-                                            "ports": ["{{port.http}}:80"],
-                                            "env": {"SIZE": "{{param.size}}"}}]}});
-    assert_eq!(put_template(&r, &r.admin, "warm", t).await.0, 200);
-    let first = wait_for(30, "two spares", || async {
-        let s = spares(&r).await;
-        (s.len() == 2).then_some(s)
-    })
-    .await;
-    // A create with the default parameters claims the oldest spare: its id, now owned, its
-    // lifetime starting now.
-    let (st, s) = create(
-        &r,
-        &r.admin,
-        json!({"template": "warm", "owner": "ada", "ttl": "10m"}),
-    )
-    .await;
-    assert_eq!(st, 201, "{s}");
-    assert!(
-        first.contains(&s["id"].as_str().unwrap().to_string()),
-        "{s}"
-    );
-    assert_eq!(s["owner"], "ada");
-    assert!(s.get("spare").is_none(), "{s}");
-    assert_eq!(s["endpoints"].as_array().unwrap().len(), 1);
-    let left = (chrono::DateTime::parse_from_rfc3339(s["expires_at"].as_str().unwrap())
-        .unwrap()
-        .with_timezone(&chrono::Utc)
-        - chrono::Utc::now())
-    .num_seconds();
-    assert!((590..=600).contains(&left), "{left}");
-    // Its lease on the node moved with it.
-    let (_, doc) = r
-        .get(
-            &format!("/v1/nodes/{}/spec", s["node"].as_str().unwrap()),
-            &r.admin,
-        )
-        .await;
-    let lease = doc["spec"]["sessions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["id"] == s["id"])
-        .unwrap()
-        .clone();
-    assert_eq!(lease["expires_at"], s["expires_at"]);
-    // Another spare takes its place.
-    wait_for(30, "the spare to be replaced", || async {
-        let now = spares(&r).await;
-        (now.len() == 2 && !now.contains(&s["id"].as_str().unwrap().to_string())).then_some(())
-    })
-    .await;
-    // Other parameters make a new session; the owner's quota counts claimed sessions.
-    let (st, other) = create(
-        &r,
-        &r.admin,
-        json!({"template": "warm", "owner": "bob", "params": {"size": "m"}}),
-    )
-    .await;
-    assert_eq!(st, 201, "{other}");
-    assert!(!first.contains(&other["id"].as_str().unwrap().to_string()));
-    let (st, e) = create(&r, &r.admin, json!({"template": "warm", "owner": "ada"})).await;
-    assert_eq!(st, 409, "{e}");
-    assert!(
-        e["error"].as_str().unwrap().contains("its per_owner"),
         "{e}"
     );
 }

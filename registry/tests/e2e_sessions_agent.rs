@@ -10,6 +10,7 @@ mod common;
 use std::process::Command;
 
 use common::agent::{wait_for, Agent};
+use common::sessions::{enrollment_token, registry_with};
 use common::Registry;
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -82,27 +83,12 @@ async fn conference_sessions_run_answer_expire_extend_and_end() {
     if !docker_ready() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("registry.toml");
     // A range of its own (100 ports from a random base): leftovers of an earlier run that
     // failed half-way hold none of them.
     let base = 21_000 + (std::process::id() % 80) * 100;
-    std::fs::write(
-        &cfg,
-        format!("[sessions]\nports = \"{base}-{}\"\n", base + 99),
-    )
-    .unwrap();
-    let r = Registry::start(&["--config", cfg.to_str().unwrap()]).await;
-    let (st, tok) = r
-        .req(
-            Method::POST,
-            "/v1/enrollment-tokens",
-            Some(&r.admin),
-            Some(json!({"labels": {"pool": "conf"}})),
-        )
-        .await;
-    assert_eq!(st, 201, "{tok}");
-    let agent = Agent::start(&r.url(""), tok["token"].as_str().unwrap(), None).await;
+    let (r, _cfg) = registry_with(&format!("[sessions]\nports = \"{base}-{}\"\n", base + 99)).await;
+    let tok = enrollment_token(&r, json!({"pool": "conf"})).await;
+    let agent = Agent::start(&r.url(""), &tok, None).await;
     let template = json!({
         "selector": "pool=conf", "ports": ["http"], "volumes": ["data"],
         "ttl": "1h", "max_ttl": "2h", "per_owner": 1, "max_sessions": 2,
@@ -273,25 +259,10 @@ async fn a_claimed_spare_answers_at_once_and_a_new_spare_starts() {
     if !docker_ready() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("registry.toml");
     let base = 29_000 + (std::process::id() % 50) * 20;
-    std::fs::write(
-        &cfg,
-        format!("[sessions]\nports = \"{base}-{}\"\n", base + 19),
-    )
-    .unwrap();
-    let r = Registry::start(&["--config", cfg.to_str().unwrap()]).await;
-    let (st, tok) = r
-        .req(
-            Method::POST,
-            "/v1/enrollment-tokens",
-            Some(&r.admin),
-            Some(json!({})),
-        )
-        .await;
-    assert_eq!(st, 201, "{tok}");
-    let _agent = Agent::start(&r.url(""), tok["token"].as_str().unwrap(), None).await;
+    let (r, _cfg) = registry_with(&format!("[sessions]\nports = \"{base}-{}\"\n", base + 19)).await;
+    let tok = enrollment_token(&r, json!({})).await;
+    let _agent = Agent::start(&r.url(""), &tok, None).await;
     let template = json!({
         "spares": 1, "ports": ["http"], "ttl": "1h",
         "spec": {"containers": [

@@ -7,54 +7,11 @@
 mod common;
 
 use std::process::Output;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use common::sessions::node;
 use common::Registry;
-use reqwest::Method;
 use serde_json::{json, Value};
-
-/// Enrols a node with room for sessions (4 CPUs, 8 GiB) and keeps it ready with heartbeats
-/// sent to `urls` in turn, until the test ends.
-async fn node(r: &Registry, urls: Vec<String>, machine: &str, labels: Value) -> String {
-    let (st, tok) = r
-        .req(
-            Method::POST,
-            "/v1/enrollment-tokens",
-            Some(&r.admin),
-            Some(json!({"labels": labels})),
-        )
-        .await;
-    assert_eq!(st, 201, "{tok}");
-    let facts = json!({"machine_id": machine, "hostname": format!("host-{machine}"),
-                       "cpus": 4, "memory_bytes": 8u64 << 30});
-    let (st, en) = r
-        .req(
-            Method::POST,
-            "/v1/enroll",
-            None,
-            Some(json!({"token": tok["token"], "facts": facts})),
-        )
-        .await;
-    assert_eq!(st, 200, "{en}");
-    let id = en["node_id"].as_str().unwrap().to_string();
-    let secret = en["node_secret"].as_str().unwrap().to_string();
-    let (client, hb_id) = (r.client.clone(), id.clone());
-    tokio::spawn(async move {
-        for i in 0.. {
-            let url = format!("{}/v1/nodes/{hb_id}/heartbeat", urls[i % urls.len()]);
-            let body = json!({"observed_generation": 0});
-            let _ = client
-                .post(url)
-                .bearer_auth(&secret)
-                .json(&body)
-                .send()
-                .await;
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-    });
-    id
-}
 
 /// A template with typed parameters, two host ports, a lab, a volume, and one live session
 /// per owner at most.

@@ -23,6 +23,8 @@ mod nodes;
 pub mod openapi;
 mod payloads;
 mod rollouts;
+#[cfg(test)]
+mod scope_tests;
 mod sessions;
 mod spec;
 #[cfg(test)]

@@ -31,6 +31,8 @@ pub struct SessionsConfig {
     pub address_label: String,
     /// How long ended sessions stay listed (default `24h`).
     pub ended_kept: String,
+    /// How long before an idle session is ended a `session` event warns of it (default `1m`).
+    pub idle_warning: String,
 }
 
 impl Default for SessionsConfig {
@@ -44,6 +46,7 @@ impl Default for SessionsConfig {
             lab_cidr: "192.168.{vlan}.0/24".into(),
             address_label: "steward.io/address".into(),
             ended_kept: "24h".into(),
+            idle_warning: "1m".into(),
         }
     }
 }
@@ -60,6 +63,8 @@ impl SessionsConfig {
             .map_err(|e| format!("sessions.lab_cidr: {e}"))?;
         self.kept()
             .map_err(|e| format!("sessions.ended_kept: {e}"))?;
+        self.warning()
+            .map_err(|e| format!("sessions.idle_warning: {e}"))?;
         Ok(())
     }
 
@@ -80,6 +85,11 @@ impl SessionsConfig {
 
     pub fn vlan_pool(&self) -> RangeInclusive<u16> {
         parse_range(&self.vlans).unwrap_or(100..=170)
+    }
+
+    /// How long before an idle session ends it is warned of.
+    pub fn warning(&self) -> Result<Duration, String> {
+        humantime::parse_duration(&self.idle_warning).map_err(|e| e.to_string())
     }
 
     /// How long ended sessions stay listed.

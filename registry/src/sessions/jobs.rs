@@ -9,7 +9,7 @@ use steward_proto::{
     EventKind, NodeSpec, ResourceKind, ResourceState, ResourceStatus, Session, SessionState,
 };
 
-use super::{EndReason, Result, Sessions};
+use super::{idle, EndReason, Result, Sessions};
 
 /// How often the jobs run.
 pub const EVERY: Duration = Duration::from_secs(1);
@@ -127,17 +127,42 @@ impl Sessions {
                 by_node.entry(s.node.clone()).or_default().push((s, rev));
             }
         }
+        let timeouts: HashMap<String, Duration> = (self.store.templates().await?.iter())
+            .filter_map(|t| super::templates::idle_timeout(&t.body).map(|d| (t.name.clone(), d)))
+            .collect();
+        let mut idle_seen = Vec::new();
         for (node, sessions) in by_node {
             let (Some(rec), Some(spec)) =
                 (self.store.node(&node).await?, self.store.spec(&node).await?)
             else {
                 continue;
             };
+            if rec.health == steward_proto::Health::Decommissioned {
+                for (s, _) in &sessions {
+                    match self
+                        .end_as(&s.id, None, EndReason::NodeDecommissioned)
+                        .await
+                    {
+                        Ok(_)
+                        | Err(super::SessionError::Ended(_) | super::SessionError::NoSession(_)) => {
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                continue;
+            }
             let status = rec.status.map(|s| s.resources).unwrap_or_default();
             for (mut s, rev) in sessions {
                 let Some(piece) = spec.sessions.get(&s.id) else {
                     continue;
                 };
+                if let Some(timeout) = timeouts.get(&s.template).filter(|_| !s.spare) {
+                    idle_seen.push(s.id.clone());
+                    let sum = idle::activity(piece, &status);
+                    if self.idle_pass(&s, sum, *timeout).await? {
+                        continue;
+                    }
+                }
                 let (state, reason) = state_of(piece, &status);
                 if state == s.state && reason == s.reason {
                     continue;
@@ -164,7 +189,54 @@ impl Sessions {
                     .await?;
             }
         }
+        let mut clocks = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        clocks.retain(|id, _| idle_seen.contains(id));
         Ok(())
+    }
+
+    /// One pass of a session's idle clock: warns, or ends it (`true`: ended).
+    async fn idle_pass(&self, s: &Session, sum: Option<u64>, timeout: Duration) -> Result<bool> {
+        let now = self.clock.now();
+        let warning = self.config.warning().unwrap_or(Duration::from_secs(60));
+        let to = |d: Duration| chrono::Duration::from_std(d).unwrap_or_default();
+        let verdict = {
+            let mut clocks = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            let prev = clocks.get(&s.id).copied();
+            let (next, verdict) = idle::step(prev, sum, now, to(timeout), to(warning.min(timeout)));
+            match next {
+                Some(c) => clocks.insert(s.id.clone(), c),
+                None => clocks.remove(&s.id),
+            };
+            verdict
+        };
+        match verdict {
+            idle::Verdict::Keep => Ok(false),
+            idle::Verdict::Warn => {
+                let message = format!(
+                    "session {} idle: no network activity for {}; it ends in {} unless its workloads see traffic",
+                    s.id,
+                    humantime::format_duration(timeout.saturating_sub(warning)),
+                    humantime::format_duration(warning.min(timeout))
+                );
+                let actor = steward_proto::Actor::SYSTEM;
+                (self.events)
+                    .record(EventKind::Session, Some(&s.node), None, &actor, message)
+                    .await?;
+                Ok(false)
+            }
+            idle::Verdict::End => {
+                match self.end_as(&s.id, None, EndReason::Idle).await {
+                    Ok(_)
+                    | Err(super::SessionError::Ended(_) | super::SessionError::NoSession(_)) => {}
+                    Err(e) => return Err(e),
+                }
+                self.idle
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&s.id);
+                Ok(true)
+            }
+        }
     }
 
     /// Sets a session's new state; the first time it runs: when, its endpoints, the metric.

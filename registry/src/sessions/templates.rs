@@ -18,6 +18,11 @@ const MAX_TTL: Duration = Duration::from_secs(365 * 86_400);
 const DEFAULT_TTL: Duration = Duration::from_secs(3_600);
 const DEFAULT_MAX_TTL: Duration = Duration::from_secs(86_400);
 
+/// A template's idle timeout, if it has one (checked when written).
+pub fn idle_timeout(t: &TemplateWrite) -> Option<Duration> {
+    (t.idle_timeout.as_deref()).and_then(|d| humantime::parse_duration(d.trim()).ok())
+}
+
 /// A template's default lifetime and longest lifetime.
 pub fn lifetimes(t: &TemplateWrite) -> std::result::Result<(Duration, Duration), Vec<Problem>> {
     let one = Duration::from_secs(1);
@@ -57,6 +62,12 @@ fn check(t: &TemplateWrite, limits: &steward_proto::validate::SpecLimits) -> Vec
                 field,
                 "must be 1 or more (leave it out for no limit)",
             ));
+        }
+    }
+    if let Some(idle) = &t.idle_timeout {
+        let (min, max) = (Duration::from_secs(10), Duration::from_secs(30 * 86_400));
+        if let Err(p) = parse_ttl("idle_timeout", idle, min, max) {
+            problems.push(p);
         }
     }
     if t.spares.is_some_and(|n| n > 100) {

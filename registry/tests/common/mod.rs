@@ -13,6 +13,7 @@ pub mod agent;
 pub mod etcd;
 pub mod jwt;
 pub mod replicas;
+pub mod sessions;
 
 pub struct Registry {
     pub child: Option<Child>,
