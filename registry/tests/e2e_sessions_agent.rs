@@ -347,3 +347,66 @@ async fn a_claimed_spare_answers_at_once_and_a_new_spare_starts() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn an_expired_session_is_removed_while_the_registry_is_down_and_nothing_else() {
+    if !docker_ready() {
+        return;
+    }
+    let base = 31_000 + (std::process::id() % 50) * 20;
+    let (mut r, _cfg) =
+        registry_with(&format!("[sessions]\nports = \"{base}-{}\"\n", base + 19)).await;
+    let tok = enrollment_token(&r, json!({})).await;
+    let agent = Agent::start(&r.url(""), &tok, None).await;
+    // The node's own workload, which must survive.
+    let own = format!("own-{}", &agent.id[..8]);
+    let spec = format!("containers: [{{name: {own}, image: '{IMAGE}', command: [sleep, '3600']}}]");
+    let (st, w) = r
+        .put_yaml(&format!("/v1/nodes/{}/spec", agent.id), &r.admin, &spec)
+        .await;
+    assert_eq!(st, 200, "{w}");
+    let template = json!({"volumes": ["data"], "ttl": "1h",
+        "spec": {"containers": [{"name": "s-{{session}}", "image": IMAGE,
+                                 "command": ["sleep", "3600"], "volumes": ["{{volume.data}}:/data"]}]}});
+    let (st, t) = r
+        .req(
+            Method::PUT,
+            "/v1/templates/conf",
+            Some(&r.admin),
+            Some(template),
+        )
+        .await;
+    assert_eq!(st, 200, "{t}");
+    let (st, s) = create(&r, "ada", "25s").await;
+    assert_eq!(st, 201, "{s}");
+    let id = s["id"].as_str().unwrap().to_string();
+    wait_for(60, "the session's container to run", || async {
+        (containers_of(&id).len() == 1).then_some(())
+    })
+    .await;
+    let own_filter = format!("name=^{own}$");
+    let own_id = wait_for(60, "the node's own container", || async {
+        let id = docker(&["ps", "-q", "--no-trunc", "--filter", &own_filter]);
+        (!id.is_empty()).then_some(id)
+    })
+    .await;
+    // The registry dies before the deadline; the agent removes the session on its own.
+    r.kill9();
+    wait_for(
+        90,
+        "the expired session's container and volume to go",
+        || async {
+            (containers_of(&id).is_empty() && !volume_exists(&format!("steward-{id}-data")))
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        docker(&["ps", "-q", "--no-trunc", "--filter", &own_filter]),
+        own_id,
+        "the node's own container runs on, untouched"
+    );
+    assert!(agent.log().contains(&id), "the agent logs the expiry");
+    drop(agent);
+    let _ = docker(&["rm", "-f", &own]);
+}
