@@ -140,6 +140,7 @@ pub fn local_reconciler(cfg: &AgentConfig) -> anyhow::Result<(Reconciler, Paths)
     let rec = Reconciler::new(cfg.docker_socket.clone(), cfg.policy.clone(), node_id)
         .with_networks(cfg.lab_cidr_template.clone(), Some(store.clone()), registry)
         .with_payloads(payloads)
+        .with_activity(cfg.activity_interval)
         .with_heal(cfg.heal, Some(store))
         .with_vms(cfg.vms.clone());
     Ok((rec, paths))

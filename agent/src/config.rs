@@ -51,6 +51,9 @@ pub struct AgentArgs {
     /// Periodic full reconcile even without changes [default: 30s].
     #[arg(long, env = "STEWARD_RESYNC_INTERVAL", value_parser = humantime::parse_duration, global = true)]
     pub resync_interval: Option<Duration>,
+    /// Shortest time between two readings of the workloads' network activity [default: 30s].
+    #[arg(long, env = "STEWARD_ACTIVITY_INTERVAL", value_parser = humantime::parse_duration, global = true)]
+    pub activity_interval: Option<Duration>,
     /// Address of the Prometheus metrics endpoint (GET /metrics), or "off" [default: 127.0.0.1:9475].
     #[arg(long, env = "STEWARD_METRICS_LISTEN", global = true)]
     pub metrics_listen: Option<String>,
@@ -73,6 +76,7 @@ struct FileConfig {
     ca_pin_sha256: Option<String>,
     docker_socket: Option<PathBuf>,
     resync_interval: Option<String>,
+    activity_interval: Option<String>,
     long_poll_wait: Option<String>,
     backoff_max: Option<String>,
     metrics_listen: Option<String>,
@@ -117,6 +121,8 @@ pub struct AgentConfig {
     pub ca_pin_sha256: Option<String>,
     pub docker_socket: Option<PathBuf>,
     pub resync_interval: Duration,
+    /// Shortest time between two readings of the workloads' network activity (`activity.rs`).
+    pub activity_interval: Duration,
     pub long_poll_wait: Duration,
     pub backoff_max: Duration,
     /// Where to serve metrics; `None` when "off".
@@ -148,6 +154,7 @@ impl std::fmt::Debug for AgentConfig {
             .field("ca_pin_sha256", &self.ca_pin_sha256)
             .field("docker_socket", &self.docker_socket)
             .field("resync_interval", &self.resync_interval)
+            .field("activity_interval", &self.activity_interval)
             .field("long_poll_wait", &self.long_poll_wait)
             .field("backoff_max", &self.backoff_max)
             .field("metrics_listen", &self.metrics_listen)
@@ -192,6 +199,10 @@ impl AgentConfig {
                 .resync_interval
                 .or(duration("resync_interval", file.resync_interval)?)
                 .unwrap_or(Duration::from_secs(30)),
+            activity_interval: args
+                .activity_interval
+                .or(duration("activity_interval", file.activity_interval)?)
+                .unwrap_or(crate::activity::DEFAULT_INTERVAL),
             long_poll_wait: duration("long_poll_wait", file.long_poll_wait)?
                 .unwrap_or(Duration::from_secs(60)),
             backoff_max: duration("backoff_max", file.backoff_max)?
@@ -246,6 +257,9 @@ impl AgentConfig {
         }
         if self.resync_interval < Duration::from_secs(1) {
             bail!("resync_interval must be at least 1s");
+        }
+        if self.activity_interval < Duration::from_secs(1) {
+            bail!("activity_interval must be at least 1s");
         }
         if self.long_poll_wait < Duration::from_secs(1)
             || self.long_poll_wait > Duration::from_secs(300)
@@ -451,6 +465,28 @@ mod tests {
         assert_eq!(f.policy.payload_drift, crate::payload::DriftPolicy::Restore);
         // The example documents the real defaults.
         assert_eq!(f.limits, steward_proto::validate::SpecLimits::default());
+        let activity = duration("activity_interval", f.activity_interval).unwrap();
+        assert_eq!(activity, Some(crate::activity::DEFAULT_INTERVAL));
+    }
+
+    #[test]
+    fn activity_interval_default_file_flag_and_floor() {
+        let c = AgentConfig::resolve(AgentArgs::default()).unwrap();
+        assert_eq!(c.activity_interval, Duration::from_secs(30));
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.toml");
+        std::fs::write(&p, "activity_interval = \"2m\"\n").unwrap();
+        let args = |flag: Option<Duration>| AgentArgs {
+            config: Some(p.clone()),
+            activity_interval: flag,
+            ..Default::default()
+        };
+        let c = AgentConfig::resolve(args(None)).unwrap();
+        assert_eq!(c.activity_interval, Duration::from_secs(120));
+        let c = AgentConfig::resolve(args(Some(Duration::from_secs(1)))).unwrap();
+        assert_eq!(c.activity_interval, Duration::from_secs(1));
+        let e = AgentConfig::resolve(args(Some(Duration::from_millis(10)))).unwrap_err();
+        assert!(e.to_string().contains("activity_interval"), "{e}");
     }
 
     #[test]

@@ -168,6 +168,7 @@ fn reconciler(
         crate::config::first_registry_url(cfg.registry.as_ref().unwrap_or(&identity.registry)),
     )
     .with_link_events(feed)
+    .with_activity(cfg.activity_interval)
     .with_heal(cfg.heal, Some(store.clone()))
     .with_payloads(crate::payload::Payloads::new(
         &cfg.data_dir,

@@ -1,5 +1,6 @@
 //! steward-agent: the on-host agent of a Steward fleet. See docs/ARCHITECTURE.md.
 
+pub mod activity;
 pub mod cli;
 pub mod client;
 pub mod config;

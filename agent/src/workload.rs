@@ -8,11 +8,12 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use steward_proto::{NodeSpec, ResourceStatus, WorkloadKind};
+use steward_proto::{NodeSpec, ResourceStatus, WorkloadKind, WorkloadRef};
 
 use crate::docker::engine::EngineSlot;
 use crate::heal::ladder::LadderPolicy;
 use crate::heal::tracker::HealState;
+use crate::network::counters::Interfaces;
 use crate::network::NetOutcome;
 use crate::pass::Pass;
 use crate::reconcile::Policy;
@@ -41,6 +42,10 @@ pub struct WorkloadPass {
     pub statuses: Vec<ResourceStatus>,
     /// A workload was rolled back: the reconciler converges the old configuration now.
     pub rolled_back: bool,
+    /// The workloads seen running, with where their traffic is counted (their activity,
+    /// `activity.rs`); one with no traffic of its own (a container on the host's network) is
+    /// not listed.
+    pub interfaces: Vec<(WorkloadRef, Interfaces)>,
 }
 
 /// One kind of workload (see the module docs).

@@ -119,7 +119,7 @@ fn vm_boots_on_bridge_outlives_agent_restarts_per_policy_and_is_removed() {
     std::fs::write(
         &cfg,
         format!(
-            "registry = \"{url}\"\nenrollment_token = \"{token}\"\ndata_dir = \"{}\"\nvm_dir = \"{}\"\nvm_stop_timeout = \"3s\"\nresync_interval = \"2s\"\nlong_poll_wait = \"30s\"\nbackoff_max = \"1s\"\nmetrics_listen = \"off\"\n[policy]\npayload_roots = [\"{}\"]\n",
+            "registry = \"{url}\"\nenrollment_token = \"{token}\"\ndata_dir = \"{}\"\nvm_dir = \"{}\"\nvm_stop_timeout = \"3s\"\nresync_interval = \"2s\"\nactivity_interval = \"2s\"\nlong_poll_wait = \"30s\"\nbackoff_max = \"1s\"\nmetrics_listen = \"off\"\n[policy]\npayload_roots = [\"{}\"]\n",
             data.display(),
             vms.display(),
             tmp.path().join("payloads").display()
@@ -186,6 +186,11 @@ fn vm_boots_on_bridge_outlives_agent_restarts_per_policy_and_is_removed() {
         text.contains("VM-PING-yes 10.77.0.1"),
         "the guest must reach the bridge:\n{text}"
     );
+    // That traffic went over the VM's tap: the VM's activity (its taps' bytes) moved.
+    wait(60, &|| format!("the VM's activity\n{}", log()), || {
+        let a = status_of(&data, "e2e")?["activity"].as_u64()?;
+        (a > 0).then_some(())
+    });
 
     // The tap is a port of br0, marked with the agent's alias, and carries the VM's MAC.
     let rec: Value = serde_json::from_slice(&std::fs::read(dir.join("vm.json")).unwrap()).unwrap();

@@ -155,7 +155,7 @@ async fn main() {
     println!("session benchmarks: {n} creates, {CONCURRENCY} in flight, {cpus} CPU(s) shared with the load generator; embedded store");
     let r = Arc::new(start().await);
     let mut nodes = Vec::new();
-    for i in 0..4 {
+    for i in 0..8 {
         nodes.push(r.node(&format!("bench-{i}")).await);
     }
     let template = json!({"ports": ["http"], "volumes": ["data"], "lab": true,

@@ -7,6 +7,8 @@
 //!   statuses from the plan's verdicts and the failed actions.
 //! - `driver.rs`, `dump.rs`, `events.rs` — the only code importing rtnetlink: observe / apply
 //!   (the link dump parsed lean in `dump.rs`), and link and address events.
+//! - `counters.rs` — workloads' byte counters (a container's veths, a VM's taps) from a
+//!   statistics dump, for their activity in the status.
 //! - this file — the I/O side: observe → plan → apply → record → report, in two phases so the
 //!   reconciler can deal with containers (and their Docker networks) before links are deleted.
 //!
@@ -17,6 +19,7 @@
 //! `apply --watch` only) announced no change since and the agent wrote nothing. Tests and the
 //! bench read it.
 
+pub mod counters;
 pub mod desired;
 pub mod driver;
 mod dump;
@@ -37,7 +40,9 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use ipnet::{IpNet, Ipv4Net};
-use steward_proto::{NodeSpec, ResourceKind, ResourceState, ResourceStatus, WorkloadKind};
+use steward_proto::{
+    NodeSpec, ResourceKind, ResourceState, ResourceStatus, WorkloadKind, WorkloadRef,
+};
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::pass::Pass;
@@ -463,10 +468,29 @@ pub trait NetworkPhase: Send + Sync {
     fn force_full_observe(&mut self);
     /// Passes may reuse what an earlier one observed while this netlink feed sees no change.
     fn set_event_feed(&mut self, _feed: Arc<EventFeed>) {}
+    /// The bytes each running workload received plus sent on its interfaces, cumulative
+    /// (`counters::read`; a workload none of whose interfaces is found is left out).
+    async fn activity(
+        &self,
+        wanted: Vec<(WorkloadRef, counters::Interfaces)>,
+    ) -> Result<BTreeMap<WorkloadRef, u64>, NetworkError>;
 }
 
 #[async_trait]
 impl NetworkPhase for Networks {
+    /// Read off the runtime (a statistics dump and one request per container).
+    async fn activity(
+        &self,
+        wanted: Vec<(WorkloadRef, counters::Interfaces)>,
+    ) -> Result<BTreeMap<WorkloadRef, u64>, NetworkError> {
+        tokio::task::spawn_blocking(move || counters::read(&wanted))
+            .await
+            .map_err(|e| NetworkError::Observe {
+                what: "read link statistics".into(),
+                reason: e.to_string(),
+            })?
+    }
+
     /// Lets passes reuse the links observed by an earlier pass while `feed` (the netlink event
     /// listener) announces no change and the agent itself wrote nothing since.
     fn set_event_feed(&mut self, feed: Arc<EventFeed>) {

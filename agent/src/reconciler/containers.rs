@@ -18,6 +18,7 @@ use crate::heal::containers::heal;
 use crate::heal::probes::Probes;
 use crate::heal::status::{workload_status, Healed, Outcome};
 use crate::heal::tracker::restore;
+use crate::network::counters::Interfaces;
 use crate::network::NetOutcome;
 use crate::reconcile::{plan, Action, Observed, Verdict};
 use crate::workload::{PassCx, WorkloadPass, WorkloadPhase};
@@ -87,6 +88,7 @@ impl Containers {
                 })
                 .collect(),
             rolled_back: false,
+            interfaces: Vec::new(),
         };
         if spec.containers.is_empty() && !cx.engine.is_connected() && cx.engine.get().await.is_err()
         {
@@ -101,6 +103,7 @@ impl Containers {
             }
         };
         let seen = Seen::of(&observed);
+        let interfaces = interfaces(spec, &observed, cx.node_id);
         let mut plan = plan(&spec.containers, &observed, cx.policy, cx.node_id);
         let unhealed = cx.heal.containers.clone();
         let healed = heal_containers(cx, &observed, &mut plan);
@@ -141,6 +144,7 @@ impl Containers {
         WorkloadPass {
             statuses,
             rolled_back,
+            interfaces,
         }
     }
 
@@ -298,6 +302,26 @@ impl Containers {
     }
 }
 
+/// The spec's containers this node runs, each with its network namespace (through its init
+/// process), where its traffic is counted; a container on the host's network has no traffic
+/// of its own and is left out.
+fn interfaces(
+    spec: &NodeSpec,
+    observed: &Observed,
+    node_id: &str,
+) -> Vec<(WorkloadRef, Interfaces)> {
+    (spec.containers.iter())
+        .filter(|c| !c.host_network)
+        .filter_map(|c| {
+            let o = (observed.containers.iter()).find(|o| {
+                o.name == c.name && o.managed && o.node.as_deref() == Some(node_id) && o.running
+            })?;
+            let w = WorkloadRef::new(WorkloadKind::Container, &c.name);
+            Some((w, Interfaces::NetnsOf(o.pid?)))
+        })
+        .collect()
+}
+
 /// Walks the failing containers' ladders, rewriting `plan`.
 fn heal_containers(
     cx: &mut PassCx<'_>,
@@ -368,5 +392,54 @@ impl Seen {
                 .filter_map(|o| Some((o.name.clone(), o.health.clone()?)))
                 .collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reconcile::{ObservedConfig, ObservedContainer};
+
+    fn seen(name: &str, node: &str, running: bool, pid: Option<u32>) -> ObservedContainer {
+        ObservedContainer {
+            id: format!("id-{name}"),
+            name: name.into(),
+            managed: true,
+            steward_name: Some(name.into()),
+            spec_hash: None,
+            node: Some(node.into()),
+            running,
+            state: if running { "running" } else { "exited" }.into(),
+            exit_code: None,
+            restart_count: 0,
+            health: None,
+            pid,
+            config: ObservedConfig::default(),
+        }
+    }
+
+    #[test]
+    fn traffic_is_counted_for_this_nodes_running_containers_off_the_host_network() {
+        let spec: NodeSpec = serde_norway::from_str(
+            "containers: [{name: web, image: i}, {name: host, image: i, host_network: true}, \
+             {name: stopped, image: i}, {name: theirs, image: i}, {name: nopid, image: i}]",
+        )
+        .unwrap();
+        let observed = Observed {
+            containers: vec![
+                seen("web", "n1", true, Some(10)),
+                seen("host", "n1", true, Some(11)),
+                seen("stopped", "n1", false, None),
+                seen("theirs", "n2", true, Some(12)),
+                seen("nopid", "n1", true, None),
+                seen("unwanted", "n1", true, Some(13)),
+            ],
+            images: Default::default(),
+        };
+        let w = WorkloadRef::new(WorkloadKind::Container, "web");
+        assert_eq!(
+            interfaces(&spec, &observed, "n1"),
+            vec![(w, Interfaces::NetnsOf(10))]
+        );
     }
 }

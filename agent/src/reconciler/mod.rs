@@ -9,20 +9,25 @@
 //! The drivers are reached through traits (`network::NetworkPhase`, `payload::PayloadPhase`,
 //! `docker::engine::ContainerEngine`, `workload::WorkloadPhase`), so the pass is unit-tested
 //! with in-memory fakes (`fakes.rs`, `pass_tests.rs`); the self-healing state is in
-//! `heal_state.rs`.
+//! `heal_state.rs`. The workloads each phase saw running get their network activity in the
+//! status, read through the network module at most once an interval (`activity.rs`).
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Instant;
 
 use sha2::{Digest, Sha256};
 use steward_proto::{
     NodeSpec, NodeStatus, ResourceState, ResourceStatus, WorkloadKind, WorkloadRef,
 };
-use tracing::{info, info_span, warn, Instrument};
+use tracing::{debug, info, info_span, warn, Instrument};
 
+use crate::activity::Activity;
 use crate::docker::engine::{DockerConnector, EngineSlot};
 use crate::heal::ladder::LadderPolicy;
 use crate::heal::tracker::HealState;
+use crate::network::counters::Interfaces;
 use crate::network::{EventFeed, NetOutcome, NetworkPhase, Networks};
 use crate::pass::{Outcome, Pass};
 use crate::payload::PayloadPhase;
@@ -56,6 +61,10 @@ pub struct Reconciler {
     pass: Arc<Pass>,
     /// The sessions found expired so far (each logged once).
     expired: std::collections::BTreeSet<String>,
+    /// The workloads' network activity, read at most once an interval.
+    activity: Activity,
+    /// The workloads the last pass saw running, with where their traffic is counted.
+    running: Vec<(WorkloadRef, Interfaces)>,
 }
 
 /// The workloads' escalation ladders and rollbacks, and where they are kept.
@@ -93,7 +102,15 @@ impl Reconciler {
             workloads: vec![Box::new(containers::Containers::default())],
             pass: Arc::new(Pass::unbounded(0)),
             expired: Default::default(),
+            activity: Activity::default(),
+            running: Vec::new(),
         }
+    }
+
+    /// Workloads' activity is read at most once per `interval` (`activity_interval`).
+    pub fn with_activity(mut self, interval: std::time::Duration) -> Self {
+        self.activity = Activity::new(interval);
+        self
     }
 
     /// Self-healing: the ladders climb at `policy`'s pace and are kept in `store`.
@@ -170,11 +187,12 @@ impl Reconciler {
     /// between two actions (its partial status is not reported: it observed nothing whole).
     pub async fn reconcile_pass(&mut self, pass: Arc<Pass>, spec: &NodeSpec) -> Outcome {
         let generation = pass.generation();
+        let started = Instant::now();
         self.generation = generation;
         self.pass = pass.clone();
         // Expired sessions' workloads and volumes are not desired any more (offline too).
         let live = self.unexpired(spec, chrono::Utc::now());
-        let resources = async {
+        let mut resources = async {
             let effective = self.effective_spec(&live);
             let (mut resources, again) = self.reconcile_all(&effective).await;
             if again && self.pass.stopped_by().is_none() {
@@ -202,6 +220,7 @@ impl Reconciler {
                 });
             return Outcome::Superseded { by, progress };
         }
+        self.report_activity(&mut resources, started).await;
         let mut status = NodeStatus {
             observed_generation: generation,
             resources,
@@ -210,6 +229,37 @@ impl Reconciler {
         };
         status.digest = status_digest(&status);
         Outcome::Applied(status)
+    }
+
+    /// Sets the workloads' activity in `resources`, read again if due at `started` (the
+    /// pass's start: see `activity.rs`) through the network module.
+    async fn report_activity(&mut self, resources: &mut [ResourceStatus], started: Instant) {
+        let wanted = std::mem::take(&mut self.running);
+        let running: BTreeSet<WorkloadRef> = wanted.iter().map(|(w, _)| w.clone()).collect();
+        // Nothing running: nothing to read (and the first workload to run is read at once).
+        if !wanted.is_empty() && self.activity.due(started) {
+            let span = info_span!("activity", workloads = wanted.len());
+            let read = async {
+                let t0 = Instant::now();
+                match self.networks.activity(wanted).await {
+                    Ok(v) => {
+                        debug!(
+                            read = v.len(),
+                            took_us = t0.elapsed().as_micros() as u64,
+                            "workloads' activity read"
+                        );
+                        Some(v)
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "reading the workloads' activity failed; the last values stay");
+                        None
+                    }
+                }
+            };
+            let read = read.instrument(span).await;
+            self.activity.refreshed(started, read);
+        }
+        self.activity.fill(resources, &running);
     }
 
     /// One pass over `spec` (already the effective spec); true when a workload was rolled
@@ -273,11 +323,13 @@ impl Reconciler {
             }
         }
         let (mut out, mut again) = (Vec::new(), false);
+        self.running.clear();
         for phase in &mut self.workloads {
             pass.phase(&format!("{}s", phase.kind().as_str()));
             let done = phase.reconcile(&mut cx).await;
             out.extend(done.statuses);
             again |= done.rolled_back;
+            self.running.extend(done.interfaces);
         }
         for kind in WorkloadKind::ALL {
             if self.workloads.iter().all(|p| p.kind() != kind) {

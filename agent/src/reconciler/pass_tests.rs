@@ -426,6 +426,57 @@ fn rows() -> Vec<(&'static str, Vec<Step>)> {
     ]
 }
 
+/// `web`'s activity is `want` (and everything converged).
+fn web_activity(st: Option<&NodeStatus>, want: Option<u64>) -> Result<(), String> {
+    all_converged(st)?;
+    match web_status(st)?.activity {
+        got if got == want => Ok(()),
+        got => Err(format!("web's activity is {got:?}, expected {want:?}")),
+    }
+}
+
+/// Docker shows `web`'s init process (a running container the agent counts traffic of).
+fn web_has_pid(e: &FakeEngine) {
+    let mut st = e.state.lock().unwrap();
+    if let Some(c) = st.containers.get_mut("web") {
+        c.pid = Some(4242);
+    }
+}
+
+fn activity_rows() -> Vec<(&'static str, Vec<Step>)> {
+    let web = "containers: [{name: web, image: 'busybox:1'}]";
+    vec![(
+        "a running container's activity: read through the network phase once an interval, \
+         held in between (the digest stays); none before it is seen running",
+        vec![
+            Step {
+                spec: web,
+                journal: &[
+                    "networks",
+                    "pull busybox:1",
+                    "create web busybox:1",
+                    "network deletions",
+                ],
+                check: |st| web_activity(st, None),
+                ..plain()
+            },
+            Step {
+                spec: web,
+                before: web_has_pid,
+                journal: &["networks", "network deletions", "activity of container web"],
+                check: |st| web_activity(st, Some(1)),
+                ..plain()
+            },
+            Step {
+                spec: web,
+                journal: &["networks", "network deletions"],
+                check: |st| web_activity(st, Some(1)),
+                ..plain()
+            },
+        ],
+    )]
+}
+
 /// Docker restarted the container (it crashed).
 fn crash(e: &FakeEngine, name: &str) {
     let mut st = e.state.lock().unwrap();
@@ -451,7 +502,7 @@ fn reconciler(journal: &Journal, engine: &FakeEngine) -> Reconciler {
         .with_heal(ladder, None)
         .with_drivers(Drivers {
             connector: Box::new(engine.clone()),
-            networks: Box::new(FakeNetworks(journal.clone())),
+            networks: Box::new(FakeNetworks(journal.clone(), Default::default())),
             payloads: Box::new(FakePayloads::new(journal.clone())),
             vms: Some(Box::new(FakeVms(journal.clone()))),
         })
@@ -460,7 +511,11 @@ fn reconciler(journal: &Journal, engine: &FakeEngine) -> Reconciler {
 #[tokio::test]
 async fn the_pass_table() {
     let mut failures = Vec::new();
-    for (name, steps) in rows().into_iter().chain(session_rows()) {
+    let all = rows()
+        .into_iter()
+        .chain(session_rows())
+        .chain(activity_rows());
+    for (name, steps) in all {
         let journal = Journal::default();
         let engine = FakeEngine {
             journal: journal.clone(),

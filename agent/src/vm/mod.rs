@@ -358,7 +358,7 @@ impl Vms {
             .collect();
         WorkloadPass {
             statuses,
-            rolled_back: false,
+            ..Default::default()
         }
     }
 
@@ -560,9 +560,19 @@ impl WorkloadPhase for Vms {
             crate::heal::tracker::restore(&mut cx.heal.vms, &unhealed, skipped);
         }
         self.reattach_taps(&launches, &failed, cx.pass).await;
+        // The taps of the VMs seen running, for their activity.
+        let interfaces = (launches.iter())
+            .filter(|(name, _)| seen.get(*name).is_some_and(|s| s.running))
+            .map(|(name, l)| {
+                let taps = l.nics.iter().map(|n| n.tap.clone()).collect();
+                let w = WorkloadRef::new(WorkloadKind::Vm, name);
+                (w, crate::network::counters::Interfaces::Named(taps))
+            })
+            .collect();
         WorkloadPass {
             statuses: self.statuses(spec, &verdicts, &failed, &seen, &healed),
             rolled_back: !healed.rolled_back_now.is_empty(),
+            interfaces,
         }
     }
 

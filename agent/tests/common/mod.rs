@@ -220,7 +220,10 @@ pub struct Agent {
 
 impl Agent {
     /// Writes a config for `registry` with `token` and `policy` (TOML lines), starts the agent
-    /// and waits until it has enrolled.
+    /// and waits until it has enrolled. Workloads' activity is read once and then held for an
+    /// hour: bytes the kernel floods to every port of a bridge (router solicitations, ARP)
+    /// would otherwise move a steady node's status every 30 s (`tests/activity.rs` covers
+    /// activity).
     pub async fn start(registry: &Registry, policy: &str) -> Agent {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("agent.toml");
@@ -228,7 +231,7 @@ impl Agent {
         std::fs::write(
             &config,
             format!(
-                "registry = \"{}\"\nenrollment_token = \"{token}\"\ndata_dir = \"{}\"\nresync_interval = \"2s\"\nlong_poll_wait = \"30s\"\nbackoff_max = \"1s\"\n[policy]\n{policy}\n",
+                "registry = \"{}\"\nenrollment_token = \"{token}\"\ndata_dir = \"{}\"\nresync_interval = \"2s\"\nactivity_interval = \"1h\"\nlong_poll_wait = \"30s\"\nbackoff_max = \"1s\"\n[policy]\n{policy}\n",
                 registry.base(),
                 dir.path().join("state").display()
             ),

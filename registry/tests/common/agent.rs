@@ -53,7 +53,7 @@ impl Agent {
             &config,
             format!(
                 "registry = \"{registries}\"\nenrollment_token = \"{token}\"\ndata_dir = \"{}\"\n\
-                 resync_interval = \"2s\"\nlong_poll_wait = \"30s\"\nbackoff_max = \"1s\"\n\
+                 resync_interval = \"2s\"\nactivity_interval = \"1h\"\nlong_poll_wait = \"30s\"\nbackoff_max = \"1s\"\n\
                  [policy]\npayload_roots = [\"{}\"]\n",
                 dir.path().join("state").display(),
                 allowed.display()
