@@ -116,10 +116,13 @@ fn vm_boots_on_bridge_outlives_agent_restarts_per_policy_and_is_removed() {
     let token = ctl(&ns, url, &admin, &["tokens", "create", "--uses", "1"]);
     let data = tmp.path().join("agent");
     let cfg = tmp.path().join("agent.toml");
+    // TCG unless STEWARD_VM_ACCEL says otherwise: on some machines /dev/kvm exists and QEMU
+    // starts with it, but the guest hangs (the guest harness sees the same and falls back).
+    let accel = std::env::var("STEWARD_VM_ACCEL").unwrap_or_else(|_| "tcg".into());
     std::fs::write(
         &cfg,
         format!(
-            "registry = \"{url}\"\nenrollment_token = \"{token}\"\ndata_dir = \"{}\"\nvm_dir = \"{}\"\nvm_stop_timeout = \"3s\"\nresync_interval = \"2s\"\nactivity_interval = \"2s\"\nlong_poll_wait = \"30s\"\nbackoff_max = \"1s\"\nmetrics_listen = \"off\"\n[policy]\npayload_roots = [\"{}\"]\n",
+            "registry = \"{url}\"\nenrollment_token = \"{token}\"\ndata_dir = \"{}\"\nvm_dir = \"{}\"\nvm_accel = \"{accel}\"\nvm_stop_timeout = \"3s\"\nresync_interval = \"2s\"\nactivity_interval = \"2s\"\nlong_poll_wait = \"30s\"\nbackoff_max = \"1s\"\nmetrics_listen = \"off\"\n[policy]\npayload_roots = [\"{}\"]\n",
             data.display(),
             vms.display(),
             tmp.path().join("payloads").display()
