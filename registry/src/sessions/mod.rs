@@ -9,7 +9,6 @@
 //! compared on the spec epoch (`store/sessions.rs`): a quota or an allocation decided here
 //! holds on every replica.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -391,15 +390,6 @@ impl Sessions {
             what: "session change",
         }
         .into())
-    }
-
-    /// Sessions per template and state, for the metrics.
-    pub async fn counts(&self) -> Result<BTreeMap<(String, SessionState), u64>> {
-        let mut out = BTreeMap::new();
-        for (s, _) in self.store.sessions().await? {
-            *out.entry((s.template, s.state)).or_default() += 1;
-        }
-        Ok(out)
     }
 }
 
