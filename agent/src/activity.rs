@@ -1,6 +1,6 @@
-//! Workloads' network activity in the status (`ResourceStatus.activity`): bytes received plus
-//! sent on a running container's or VM's interfaces, cumulative, which the registry only
-//! compares for change (to end idle sessions). The counters come from the network module
+//! Workloads' network activity in the status (`ResourceStatus.activity`): bytes a running
+//! container or VM sent on its interfaces (not what it received: see `network::counters`),
+//! cumulative, which the registry only compares for change (to end idle sessions). The counters come from the network module
 //! (`network::counters`: netlink statistics of a container's host-side veths and a VM's taps).
 //!
 //! Quantised, pure, unit-tested: the status is sent again whenever its digest changes, and

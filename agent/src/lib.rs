@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod docker;
 pub mod facts;
 pub mod heal;
+pub mod host_ports;
 pub mod metrics;
 pub mod network;
 pub mod pass;

@@ -18,13 +18,14 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
-use common::guest::Guest;
-use common::netns::{ctl, data_dir, registry, require_netns, strip_ansi, NetNs};
-use common::vm::{qemu_pids, qmp_status, require_tools, status_of, wait, Proc, QemuReaper};
+use common::netns::{ctl, data_dir, registry, require_netns, strip_ansi};
+use common::vm::{
+    base_image, qemu_pids, qmp_status, require_tools, status_of, vm_guest, wait, Daemon, QemuReaper,
+};
 use serde_json::Value;
 
 fn sha(path: &Path) -> String {
@@ -52,39 +53,6 @@ fn mtype(img: &Path, file: &str) -> String {
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
-struct Daemon {
-    ns_name: String,
-    cfg: PathBuf,
-    log: PathBuf,
-    child: Option<Proc>,
-}
-
-impl Daemon {
-    fn spawn(&mut self, ns: &NetNs) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        assert_eq!(ns.name, self.ns_name);
-        self.child = Some(Proc(
-            ns.command(env!("CARGO_BIN_EXE_steward-agent"))
-                .arg("--config")
-                .arg(&self.cfg)
-                .arg("run")
-                .env("RUST_LOG", "info")
-                .env("NO_COLOR", "1")
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .unwrap(),
-        ));
-    }
-    fn log(&self) -> String {
-        strip_ansi(&std::fs::read_to_string(&self.log).unwrap_or_default())
-    }
-}
-
 const USER_DATA: &str = "#cloud-config\nhostname: vm-e2e\nruncmd: [echo hello]\n";
 const META_DATA: &str = "instance-id: vm-e2e-1\nlocal-hostname: vm-e2e\n";
 
@@ -92,50 +60,22 @@ const META_DATA: &str = "instance-id: vm-e2e-1\nlocal-hostname: vm-e2e\n";
 fn vm_boots_on_bridge_outlives_agent_restarts_per_policy_and_is_removed() {
     let Some(ns) = require_netns() else { return };
     let Some(()) = require_tools() else { return };
-    let mut g = Guest::new("vm-e2e");
-    g.file(common::guest::harness_dir().join("vm/test.sh"), "/test.sh")
-        .module("virtio_pci")
-        .module("virtio_net");
-    let Some(image) = g.build() else { return };
+    let Some(image) = vm_guest("vm-e2e") else {
+        return;
+    };
 
     let tmp = tempfile::tempdir().unwrap();
     let vms = tmp.path().join("vms");
     let _reaper = QemuReaper(vms.clone());
     let base = tmp.path().join("base.qcow2");
-    let st = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&base)
-        .arg("32M")
-        .status()
-        .unwrap();
-    assert!(st.success());
+    base_image(&base);
     let base_sha = sha(&base);
 
     // Registry and agent daemon, both in the namespace.
     let (_registry, url, admin) = registry(&ns, tmp.path());
     let token = ctl(&ns, url, &admin, &["tokens", "create", "--uses", "1"]);
     let data = tmp.path().join("agent");
-    let cfg = tmp.path().join("agent.toml");
-    // TCG unless STEWARD_VM_ACCEL says otherwise: on some machines /dev/kvm exists and QEMU
-    // starts with it, but the guest hangs (the guest harness sees the same and falls back).
-    let accel = std::env::var("STEWARD_VM_ACCEL").unwrap_or_else(|_| "tcg".into());
-    std::fs::write(
-        &cfg,
-        format!(
-            "registry = \"{url}\"\nenrollment_token = \"{token}\"\ndata_dir = \"{}\"\nvm_dir = \"{}\"\nvm_accel = \"{accel}\"\nvm_stop_timeout = \"3s\"\nresync_interval = \"2s\"\nactivity_interval = \"2s\"\nlong_poll_wait = \"30s\"\nbackoff_max = \"1s\"\nmetrics_listen = \"off\"\n[policy]\npayload_roots = [\"{}\"]\n",
-            data.display(),
-            vms.display(),
-            tmp.path().join("payloads").display()
-        ),
-    )
-    .unwrap();
-    let mut agent = Daemon {
-        ns_name: ns.name.clone(),
-        cfg,
-        log: tmp.path().join("agent.log"),
-        child: None,
-    };
-    agent.spawn(&ns);
+    let mut agent = Daemon::new(&ns, tmp.path(), url, &token, &vms);
     let node: Value = wait(
         30,
         &|| format!("the agent to enrol\n{}", agent.log()),

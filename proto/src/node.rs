@@ -375,11 +375,16 @@ pub struct ResourceStatus {
     /// probe; absent without a health check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<String>,
-    /// A workload's network activity: bytes received plus sent on its interfaces (a
-    /// container's, a VM's tap), cumulative and only ever compared for change (session idle
+    /// A workload's network activity: bytes it sent on its interfaces (a container's veths, a
+    /// VM's taps; what it received is left out, as an idle workload receives the host's own
+    /// background traffic), cumulative and only ever compared for change (session idle
     /// reaping); absent when unknown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub activity: Option<u64>,
+    /// A workload's IP addresses on its networks: a container's on its Docker networks, a
+    /// VM's lab leases (one per NIC on a lab); absent when none is known.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<String>,
 }
 
 /// An automatic rollback: the spec of `from_generation` left the workload failing past its
@@ -424,6 +429,7 @@ impl ResourceStatus {
             rolled_back: None,
             health: None,
             activity: None,
+            addresses: Vec::new(),
         }
     }
 }
@@ -463,6 +469,14 @@ pub struct NodeStatus {
     pub observed_generation: u64,
     pub resources: Vec<ResourceStatus>,
     pub payloads: Vec<PayloadAttestation>,
+    /// Host ports in use in the agent's network namespace when the status was made: TCP
+    /// ports listened on and UDP ports bound by an unconnected socket, IPv4 and IPv6, sorted
+    /// and without duplicates — but the host ports the containers of the applied spec publish
+    /// (the registry accounts for those from the specs and the sessions). Empty when they
+    /// could not be read, and from older agents. The registry never allocates one of them to
+    /// a session.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports_in_use: Vec<u16>,
     /// Opaque digest of this status (the agent's choice of hash); echoed in heartbeats.
     pub digest: String,
 }

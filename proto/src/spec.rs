@@ -157,12 +157,16 @@ pub struct PortVlan {
 }
 
 /// Lab shorthand: expands to a VLAN interface on `parent`, a bridge and a /24 (see the network
-/// issue for the expansion rules).
+/// issue for the expansion rules). Without `parent` the lab is bridge-only: a bridge and its
+/// subnet on this host and no VLAN interface (the VLAN id still names the bridge and the subnet);
+/// what is on the bridge reaches nothing outside the host through it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LabSpec {
     pub vlan: u16,
-    pub parent: String,
+    /// The interface carrying the lab's VLAN (its trunk); none: a bridge-only lab.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
     /// Bridge name; defaults to `br<vlan>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bridge: Option<String>,

@@ -97,6 +97,7 @@ fn record(i: usize) -> NodeRecord {
                 }),
                 expected,
             }],
+            ports_in_use: Vec::new(),
             digest: format!("d{i}"),
         }),
         observed_generation: 3,

@@ -465,15 +465,17 @@ impl Nodes {
         if let Some(rec) = &stored {
             ln.lock().brief = crate::fleet::Brief::of(rec);
         }
-        self.events
-            .record(
-                EventKind::StatusChanged,
-                Some(id),
-                Some(observed),
-                &Actor::new(CredentialKind::Node, id),
-                summary,
-            )
-            .await?;
+        if !only_counters_moved(before.as_ref(), &status) {
+            self.events
+                .record(
+                    EventKind::StatusChanged,
+                    Some(id),
+                    Some(observed),
+                    &Actor::new(CredentialKind::Node, id),
+                    summary,
+                )
+                .await?;
+        }
         for a in alerts {
             if let Err(e) = self.alerts.raise(a).await {
                 tracing::warn!(node = %id, error = %e, "raising an alert failed");
@@ -481,6 +483,23 @@ impl Nodes {
         }
         Ok(())
     }
+}
+
+/// True when `after` differs from `before` only in what moves on its own (workloads'
+/// activity counters, the host ports in use): stored, but no `status-changed` event, or every
+/// node with traffic would log one per activity read.
+fn only_counters_moved(before: Option<&NodeStatus>, after: &NodeStatus) -> bool {
+    let Some(before) = before else { return false };
+    let bare = |s: &NodeStatus| {
+        let mut s = s.clone();
+        s.digest.clear();
+        s.ports_in_use.clear();
+        for r in &mut s.resources {
+            r.activity = None;
+        }
+        s
+    };
+    bare(before) == bare(after)
 }
 
 fn summarize(s: &NodeStatus) -> String {
@@ -563,3 +582,7 @@ impl Nodes {
         Ok(self.to_wire(rec))
     }
 }
+
+#[cfg(test)]
+#[path = "nodes_tests.rs"]
+mod tests;

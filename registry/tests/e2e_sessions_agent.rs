@@ -7,60 +7,15 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::agent::{wait_for, Agent};
-use common::sessions::{enrollment_token, registry_with};
+use common::docker::{containers_of, docker, docker_ready, IMAGE};
+use common::sessions::{enrollment_token, put_template, registry_with, running, session};
 use common::Registry;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-const IMAGE: &str = "steward-test/busybox:1";
-
-/// Whether the Docker engine answers; in CI (`CI=true`) a missing engine fails the test.
-fn docker_ready() -> bool {
-    let ok = Command::new("docker")
-        .arg("info")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok && std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("no Docker engine answers `docker info`: .ci/run must install and start dockerd");
-    }
-    if !ok {
-        eprintln!("skipped: no Docker engine (CI=true makes this a failure)");
-    }
-    ok
-}
-
-fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker").args(args).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// Ids of the running containers labelled with session `id`.
-fn containers_of(id: &str) -> Vec<String> {
-    let filter = format!("label=io.steward.session={id}");
-    let out = docker(&["ps", "-q", "--no-trunc", "--filter", &filter]);
-    let mut v: Vec<String> = out.lines().map(str::to_string).collect();
-    v.sort();
-    v
-}
-
 fn volume_exists(name: &str) -> bool {
     docker(&["volume", "ls", "-q", "--filter", &format!("name=^{name}$")]) == name
-}
-
-async fn session(r: &Registry, id: &str) -> Value {
-    r.get(&format!("/v1/sessions/{id}"), &r.admin).await.1
-}
-
-async fn running(r: &Registry, id: &str) -> Value {
-    wait_for(120, &format!("session {id} to run"), || async {
-        let s = session(r, id).await;
-        assert_ne!(s["state"], "failed", "{s}");
-        (s["state"] == "running").then_some(s)
-    })
-    .await
 }
 
 async fn create(r: &Registry, owner: &str, ttl: &str) -> (u16, Value) {
@@ -100,14 +55,7 @@ async fn conference_sessions_run_answer_expire_extend_and_end() {
              "env": {"SESSION": "{{session}}"}}
         ]}
     });
-    let (st, t) = r
-        .req(
-            Method::PUT,
-            "/v1/templates/conf",
-            Some(&r.admin),
-            Some(template),
-        )
-        .await;
+    let (st, t) = put_template(&r, &r.admin, "conf", template).await;
     assert_eq!(st, 200, "{t}");
 
     // Two owners fit; a second for one of them and a third owner do not.
@@ -156,6 +104,22 @@ async fn conference_sessions_run_answer_expire_extend_and_end() {
         assert!(volume_exists(&format!("steward-{id}-data")));
     }
     let alice_port = alice["allocations"]["ports"]["http"].clone();
+
+    // Bob's endpoints gain each container's address on its Docker network, as the agent
+    // reports it: the one Docker gave it.
+    for name in [format!("front-{bob_id}"), format!("back-{bob_id}")] {
+        let addr = wait_for(60, "a container's address in the endpoints", || async {
+            let s = session(&r, bob_id).await;
+            let e = s["endpoints"]
+                .as_array()?
+                .iter()
+                .find(|e| e["name"] == name.as_str());
+            e.map(|e| e["address"].as_str().unwrap().to_string())
+        })
+        .await;
+        let fmt = "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}";
+        assert_eq!(addr, docker(&["inspect", "-f", fmt, &name]), "{name}");
+    }
 
     // Extending bob changes only the deadline: the same containers keep running.
     let before = containers_of(bob_id);
@@ -270,14 +234,7 @@ async fn a_claimed_spare_answers_at_once_and_a_new_spare_starts() {
              "command": ["httpd", "-f", "-p", "80", "-h", "/www"], "ports": ["{{port.http}}:80"]}
         ]}
     });
-    let (st, t) = r
-        .req(
-            Method::PUT,
-            "/v1/templates/conf",
-            Some(&r.admin),
-            Some(template),
-        )
-        .await;
+    let (st, t) = put_template(&r, &r.admin, "conf", template).await;
     assert_eq!(st, 200, "{t}");
     let spare_running = || async {
         let (_, all) = r.get("/v1/sessions?state=running", &r.admin).await;
@@ -316,14 +273,7 @@ async fn a_claimed_spare_answers_at_once_and_a_new_spare_starts() {
     }
     // No spares: the template wants one, so take it away first by deleting the template's
     // spares setting, then wait for the engine to be clean.
-    let (st, _) = r
-        .req(
-            Method::PUT,
-            "/v1/templates/conf",
-            Some(&r.admin),
-            Some(json!({"spec": {}})),
-        )
-        .await;
+    let (st, _) = put_template(&r, &r.admin, "conf", json!({"spec": {}})).await;
     assert_eq!(st, 200);
     wait_for(60, "the session containers to be removed", || async {
         let (_, all) = r.get("/v1/sessions", &r.admin).await;
@@ -368,14 +318,7 @@ async fn an_expired_session_is_removed_while_the_registry_is_down_and_nothing_el
     let template = json!({"volumes": ["data"], "ttl": "1h",
         "spec": {"containers": [{"name": "s-{{session}}", "image": IMAGE,
                                  "command": ["sleep", "3600"], "volumes": ["{{volume.data}}:/data"]}]}});
-    let (st, t) = r
-        .req(
-            Method::PUT,
-            "/v1/templates/conf",
-            Some(&r.admin),
-            Some(template),
-        )
-        .await;
+    let (st, t) = put_template(&r, &r.admin, "conf", template).await;
     assert_eq!(st, 200, "{t}");
     let (st, s) = create(&r, "ada", "25s").await;
     assert_eq!(st, 201, "{s}");

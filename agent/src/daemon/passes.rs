@@ -1,7 +1,8 @@
 //! The reconcile loop: waits for a reason to run a pass (a new spec, the periodic resync, a due
 //! health probe, a session lease running out, a VM's exit, debounced events), takes the resets
 //! the heartbeat handed over, runs the pass (stopped between two actions by a newer spec) and
-//! publishes its status; a spec over this agent's `[limits]` is refused without being acted on.
+//! publishes its status with the host's ports in use (`host_ports`); a spec over this agent's
+//! `[limits]` is refused without being acted on.
 //!
 //! A lease's deadline wakes the loop by itself, so an expired session is removed on time with
 //! nothing else happening — the registry unreachable included: offline expiry is the one
@@ -50,7 +51,7 @@ pub(crate) async fn reconcile_loop(
             continue; // nothing known yet: never act on an empty spec we did not receive
         };
         if let Some(st) = refused_over_limits(&cfg.limits, &current) {
-            publish(&paths, &status, st).await;
+            publish(&paths, &status, st, &current).await;
             continue;
         }
         let asked = std::mem::take(&mut *resets.lock().unwrap_or_else(|p| p.into_inner()));
@@ -58,7 +59,7 @@ pub(crate) async fn reconcile_loop(
             rec.reset_workload(&w);
         }
         if let Some(st) = run_pass(&mut rec, &current, spec.clone(), &progress, &live).await {
-            publish(&paths, &status, st).await;
+            publish(&paths, &status, st, &current).await;
         }
     }
 }
@@ -145,8 +146,17 @@ async fn run_pass(
     Some(st)
 }
 
-/// Writes the status to `status.json` (off the runtime) and hands it to the heartbeat.
-async fn publish(paths: &Paths, status: &watch::Sender<NodeStatus>, st: NodeStatus) {
+/// Adds the host's ports in use to the status (but those `applied`'s containers publish; its
+/// digest made again), writes it to `status.json` (off the runtime) and hands it to the
+/// heartbeat.
+async fn publish(
+    paths: &Paths,
+    status: &watch::Sender<NodeStatus>,
+    mut st: NodeStatus,
+    applied: &StoredSpec,
+) {
+    st.ports_in_use = crate::host_ports::in_use_under(&applied.spec).await;
+    st.digest = crate::reconciler::status_digest(&st);
     if let Err(e) = paths.save_status_off_runtime(&st).await {
         warn!(error = %format!("{e:#}"), "writing status.json failed");
     }
@@ -168,6 +178,7 @@ fn refused_over_limits(limits: &SpecLimits, spec: &StoredSpec) -> Option<NodeSta
         observed_generation: spec.generation,
         resources: vec![failed],
         payloads: Vec::new(),
+        ports_in_use: Vec::new(), // `publish` adds them (and makes the digest again)
         digest: String::new(),
     };
     st.digest = crate::reconciler::status_digest(&st);

@@ -49,11 +49,27 @@ pub(super) fn unmanaged(id: String, l: OwnLabels, s: ContainerSummary) -> Observ
         restart_count: 0,
         health: None,
         pid: None,
+        addresses: Vec::new(),
         config: ObservedConfig {
             image: s.image.unwrap_or_default(),
             ..Default::default()
         },
     }
+}
+
+/// A container's addresses on its Docker networks, by network name (stable from pass to pass:
+/// the status digest must not move when nothing did).
+fn addresses(inspect: &ContainerInspectResponse) -> Vec<std::net::IpAddr> {
+    let Some(nets) = (inspect.network_settings.as_ref()).and_then(|n| n.networks.as_ref()) else {
+        return Vec::new();
+    };
+    let mut names: Vec<&String> = nets.keys().collect();
+    names.sort();
+    (names.into_iter().filter_map(|n| nets.get(n)))
+        .flat_map(|e| [e.ip_address.as_deref(), e.global_ipv6_address.as_deref()])
+        .flatten()
+        .filter_map(|a| a.parse().ok())
+        .collect()
 }
 
 /// A managed container from its inspection (state, health, restart count, limits).
@@ -63,6 +79,7 @@ pub(super) fn managed(
     s: ContainerSummary,
     inspect: ContainerInspectResponse,
 ) -> ObservedContainer {
+    let addresses = addresses(&inspect);
     let state = inspect.state.unwrap_or_default();
     let health = state
         .health
@@ -101,6 +118,7 @@ pub(super) fn managed(
             .filter(|_| running)
             .and_then(|p| u32::try_from(p).ok())
             .filter(|p| *p > 0),
+        addresses,
         config: ObservedConfig {
             image: inspect.config.and_then(|c| c.image).unwrap_or_default(),
             memory: host.memory.unwrap_or(0),

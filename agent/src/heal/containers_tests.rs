@@ -24,6 +24,7 @@ fn seen(c: &ContainerSpec, id: &str, running: bool, restarts: u32) -> ObservedCo
         restart_count: restarts,
         health: None,
         pid: None,
+        addresses: Vec::new(),
         config: ObservedConfig::default(),
     }
 }

@@ -1,5 +1,8 @@
-//! Byte counters of workloads' interfaces, for their network activity (`activity.rs`): bytes
-//! received plus sent on the host side of a container's veths and on a VM's taps.
+//! Byte counters of workloads' interfaces, for their network activity (`activity.rs`): the bytes
+//! a workload sent, i.e. those received on the host side of a container's veths and on a VM's
+//! taps. What the host sends into them is left out on purpose: the host's own IPv6 router
+//! solicitations and its neighbours' broadcasts reach an idle workload too, and would keep
+//! its session from ever being idle; a workload in use answers, so what it sends moves.
 //!
 //! Source: netlink link statistics (`IFLA_STATS64`) of the host's own links, read in one
 //! statistics dump (`dump::counters`). A container's interfaces are the host-side veths whose
@@ -10,8 +13,8 @@
 //! network it is attached to (a Docker bridge, a managed bridge, several), and never counts a
 //! host link it merely sits on: a macvlan's parent is no veth of its namespace. Docker's
 //! one-shot stats would cost one API call per container (and, without `one-shot`, a second of
-//! sampling each) for the same kernel counters. A veth counts the same bytes as its peer (one
-//! end's rx is the other's tx), so the sum is the container's traffic.
+//! sampling each) for the same kernel counters. A veth's rx is its peer's tx, so the sum over
+//! a container's veths is what it sent.
 //!
 //! Blocking (a dump and one request per container, a few milliseconds): run off the runtime.
 
@@ -40,7 +43,7 @@ enum Resolved {
     Named(Vec<String>),
 }
 
-/// The bytes each workload of `wanted` received plus sent, cumulative; a workload none of
+/// The bytes each workload of `wanted` sent, cumulative; a workload none of
 /// whose interfaces is found (its process gone, a container without a veth, taps not made
 /// yet) is left out. Blocking.
 pub fn read(

@@ -237,7 +237,9 @@ pub struct LinkCounters {
     /// The id this namespace gives the namespace of the link's peer (a veth's other end), when
     /// it lies in another one.
     pub peer_netns: Option<i32>,
-    /// Bytes received plus bytes sent.
+    /// Bytes received on this link. On the host side of a veth or on a tap that is what the
+    /// workload behind it sent; what the host sends into it is left out (the host's own IPv6
+    /// router solicitations, its neighbours' broadcasts: traffic an idle workload gets too).
     pub bytes: u64,
 }
 
@@ -262,10 +264,7 @@ fn parse_counters(p: &[u8]) -> Option<LinkCounters> {
             }
             IFLA_LINK_NETNSID => c.peer_netns = u32_at(v, 0).map(|n| n as i32),
             // struct rtnl_link_stats64: rx_packets, tx_packets, rx_bytes, tx_bytes, ...
-            IFLA_STATS64 => {
-                let (rx, tx) = (u64_at(v, 16).unwrap_or(0), u64_at(v, 24).unwrap_or(0));
-                c.bytes = rx.saturating_add(tx);
-            }
+            IFLA_STATS64 => c.bytes = u64_at(v, 16).unwrap_or(0),
             _ => {}
         }
     }
@@ -418,7 +417,7 @@ mod tests {
             name: "veth1".into(),
             kind: "veth".into(),
             peer_netns: Some(3),
-            bytes: 1234,
+            bytes: 1000,
         };
         assert_eq!(c, want);
 

@@ -1,7 +1,8 @@
 //! Lab networks, pure: a `networks.labs` entry expands to a VLAN interface `<parent>.<vlan>`, a
 //! bridge (`br<vlan>` unless named) carrying the VLAN interface as its port, and a subnet (the
 //! lab's `cidr`, else the agent's `lab_cidr_template`) whose first host address is the gateway
-//! on the bridge. Attached VMs and containers get host addresses from offset 10 on (`.10`,
+//! on the bridge. A lab without `parent` is bridge-only: the bridge and its subnet, no VLAN
+//! interface. Attached VMs and containers get host addresses from offset 10 on (`.10`,
 //! `.11`, ...), in order (VM NICs in spec order, then containers in spec order); an address
 //! once handed out stays with its consumer (the assignments are kept in the agent's store)
 //! until the consumer leaves the spec.
@@ -27,8 +28,8 @@ const IFNAMSIZ_MAX: usize = 15;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lab {
     pub vlan: u16,
-    pub parent: String,
-    pub vlan_iface: String,
+    /// `<parent>.<vlan>`, the bridge's port; none for a bridge-only lab.
+    pub vlan_iface: Option<(String, String)>,
     pub bridge: String,
     pub cidr: IpNet,
     /// The bridge's address: the subnet's first host, with the subnet's prefix length.
@@ -94,15 +95,10 @@ pub fn check_template(template: &str) -> Result<(), String> {
 
 /// Expands one lab entry.
 pub fn expand(lab: &LabSpec, template: &str) -> Result<Lab, String> {
-    let vlan_iface = format!("{}.{}", lab.parent, lab.vlan);
-    if vlan_iface.len() > IFNAMSIZ_MAX {
-        return Err(format!(
-            "the lab's VLAN interface name {vlan_iface:?} is {} bytes, the kernel allows at most \
-             {IFNAMSIZ_MAX}; declare the VLAN under networks.vlans and the bridge under \
-             networks.bridges instead",
-            vlan_iface.len()
-        ));
-    }
+    let vlan_iface = match &lab.parent {
+        Some(parent) => Some((parent.clone(), vlan_iface_name(parent, lab.vlan)?)),
+        None => None,
+    };
     let bridge = lab
         .bridge
         .clone()
@@ -126,7 +122,6 @@ pub fn expand(lab: &LabSpec, template: &str) -> Result<Lab, String> {
         IpNet::new(gateway_ip, cidr.prefix_len()).map_err(|e| format!("lab subnet {cidr}: {e}"))?;
     Ok(Lab {
         vlan: lab.vlan,
-        parent: lab.parent.clone(),
         vlan_iface,
         bridge,
         cidr,
@@ -134,14 +129,30 @@ pub fn expand(lab: &LabSpec, template: &str) -> Result<Lab, String> {
     })
 }
 
+/// `<parent>.<vlan>`, if the kernel accepts a name that long.
+fn vlan_iface_name(parent: &str, vlan: u16) -> Result<String, String> {
+    let name = format!("{parent}.{vlan}");
+    if name.len() > IFNAMSIZ_MAX {
+        return Err(format!(
+            "the lab's VLAN interface name {name:?} is {} bytes, the kernel allows at most \
+             {IFNAMSIZ_MAX}; declare the VLAN under networks.vlans and the bridge under \
+             networks.bridges instead",
+            name.len()
+        ));
+    }
+    Ok(name)
+}
+
 impl Lab {
-    /// The VLAN interface and the bridge the lab stands for, parent first.
-    pub fn links(&self, source: &str) -> [DesiredLink; 2] {
-        [
-            DesiredLink {
-                name: self.vlan_iface.clone(),
+    /// The VLAN interface (if the lab has a parent) and the bridge the lab stands for, in
+    /// creation order.
+    pub fn links(&self, source: &str) -> Vec<DesiredLink> {
+        let mut out = Vec::with_capacity(2);
+        if let Some((parent, iface)) = &self.vlan_iface {
+            out.push(DesiredLink {
+                name: iface.clone(),
                 kind: LinkKind::Vlan {
-                    parent: self.parent.clone(),
+                    parent: parent.clone(),
                     id: self.vlan,
                 },
                 mtu: None,
@@ -149,24 +160,27 @@ impl Lab {
                 up: true,
                 ports: Vec::new(),
                 source: source.to_string(),
+            });
+        }
+        out.push(DesiredLink {
+            name: self.bridge.clone(),
+            kind: LinkKind::Bridge {
+                stp: false,
+                vlan_filtering: false,
+                default_pvid: None,
             },
-            DesiredLink {
-                name: self.bridge.clone(),
-                kind: LinkKind::Bridge {
-                    stp: false,
-                    vlan_filtering: false,
-                    default_pvid: None,
-                },
-                mtu: None,
-                addresses: vec![self.gateway],
-                up: true,
-                ports: vec![DesiredPort {
-                    iface: self.vlan_iface.clone(),
+            mtu: None,
+            addresses: vec![self.gateway],
+            up: true,
+            ports: (self.vlan_iface.iter())
+                .map(|(_, iface)| DesiredPort {
+                    iface: iface.clone(),
                     vlans: Vec::new(),
-                }],
-                source: source.to_string(),
-            },
-        ]
+                })
+                .collect(),
+            source: source.to_string(),
+        });
+        out
     }
 }
 
@@ -321,10 +335,20 @@ mod tests {
                 "172.20.42.0/24",
                 "172.20.42.1/24",
             ),
+            // Bridge-only: no VLAN interface.
+            (
+                "{vlan: 120, bridge: vmbr120}",
+                t,
+                "",
+                "vmbr120",
+                "192.168.120.0/24",
+                "192.168.120.1/24",
+            ),
         ];
         for (spec, template, vif, br, cidr, gw) in ok {
             let l = expand(&lab(spec), template).unwrap();
-            assert_eq!(l.vlan_iface, *vif, "{spec}");
+            let iface = l.vlan_iface.as_ref().map(|(_, i)| i.as_str());
+            assert_eq!(iface.unwrap_or(""), *vif, "{spec}");
             assert_eq!(l.bridge, *br, "{spec}");
             assert_eq!(l.cidr.to_string(), *cidr, "{spec}");
             assert_eq!(l.gateway.to_string(), *gw, "{spec}");
@@ -356,7 +380,7 @@ mod tests {
     #[test]
     fn links_are_vlan_then_bridge_with_gateway() {
         let l = expand(&lab("{vlan: 142, parent: eth1}"), DEFAULT_LAB_TEMPLATE).unwrap();
-        let [v, b] = l.links("networks.labs[0]");
+        let [v, b] = <[DesiredLink; 2]>::try_from(l.links("networks.labs[0]")).unwrap();
         assert_eq!(
             v.kind,
             LinkKind::Vlan {
@@ -367,6 +391,13 @@ mod tests {
         assert_eq!(b.name, "br142");
         assert_eq!(b.addresses[0].to_string(), "192.168.142.1/24");
         assert_eq!(b.ports[0].iface, "eth1.142");
+        // Bridge-only: the bridge alone, with its gateway and no port.
+        let l = expand(&lab("{vlan: 142}"), DEFAULT_LAB_TEMPLATE).unwrap();
+        let links = l.links("networks.labs[0]");
+        assert_eq!(links.len(), 1);
+        assert_eq!(links[0].name, "br142");
+        assert_eq!(links[0].addresses[0].to_string(), "192.168.142.1/24");
+        assert!(links[0].ports.is_empty());
     }
 
     #[test]

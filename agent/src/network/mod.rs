@@ -87,6 +87,8 @@ pub struct NetOutcome {
     pub container_ips: BTreeMap<String, IpAddr>,
     /// Containers that cannot get a lab address, with the reason.
     pub container_errors: BTreeMap<String, String>,
+    /// Lab addresses of VMs, by VM name (labs in spec order).
+    pub vm_ips: BTreeMap<String, Vec<IpAddr>>,
     /// Deletions left for [`Networks::finish`].
     removals: Vec<NetAction>,
     /// Time spent in the network phases (the containers' phase in between is not counted).
@@ -222,6 +224,8 @@ impl Networks {
             for (c, ip) in &got {
                 if let Some(name) = container(c) {
                     out.container_ips.insert(name, *ip);
+                } else if let Some(vm) = lab::lease_holder(c) {
+                    out.vm_ips.entry(vm.name).or_default().push(*ip);
                 }
             }
             for (c, why) in errors {
@@ -468,7 +472,7 @@ pub trait NetworkPhase: Send + Sync {
     fn force_full_observe(&mut self);
     /// Passes may reuse what an earlier one observed while this netlink feed sees no change.
     fn set_event_feed(&mut self, _feed: Arc<EventFeed>) {}
-    /// The bytes each running workload received plus sent on its interfaces, cumulative
+    /// The bytes each running workload sent on its interfaces, cumulative
     /// (`counters::read`; a workload none of whose interfaces is found is left out).
     async fn activity(
         &self,

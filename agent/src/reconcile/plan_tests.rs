@@ -23,6 +23,7 @@ fn running(c: &ContainerSpec) -> ObservedContainer {
         restart_count: 0,
         health: None,
         pid: None,
+        addresses: Vec::new(),
         config: ObservedConfig {
             image: c.image.clone(),
             memory,

@@ -52,6 +52,8 @@ pub struct ObservedContainer {
     /// The pid of its init process while it runs (in the engine's pid namespace): the agent's
     /// own probes run in this process's network namespace.
     pub pid: Option<u32>,
+    /// Its IP addresses on its Docker networks (by network name, IPv4 then IPv6 of each).
+    pub addresses: Vec<std::net::IpAddr>,
     pub config: ObservedConfig,
 }
 

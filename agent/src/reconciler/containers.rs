@@ -298,7 +298,11 @@ impl Containers {
                 + self.starts.get(name).copied().unwrap_or(0),
             detail: None,
         };
-        workload_status(outcome, healed, chrono::Utc::now())
+        let mut status = workload_status(outcome, healed, chrono::Utc::now());
+        if let Some(a) = seen.addresses.get(name) {
+            status.addresses = a.iter().map(ToString::to_string).collect();
+        }
+        status
     }
 }
 
@@ -377,6 +381,8 @@ struct Seen {
     /// Docker's restart count of each managed container.
     restarts: HashMap<String, u32>,
     health: HashMap<String, String>,
+    /// Each running container's addresses on its Docker networks.
+    addresses: HashMap<String, Vec<std::net::IpAddr>>,
 }
 
 impl Seen {
@@ -389,7 +395,12 @@ impl Seen {
                 .map(|o| (o.name.clone(), o.restart_count))
                 .collect(),
             health: containers
+                .clone()
                 .filter_map(|o| Some((o.name.clone(), o.health.clone()?)))
+                .collect(),
+            addresses: containers
+                .filter(|o| o.running && !o.addresses.is_empty())
+                .map(|o| (o.name.clone(), o.addresses.clone()))
                 .collect(),
         }
     }
@@ -414,6 +425,7 @@ mod tests {
             restart_count: 0,
             health: None,
             pid,
+            addresses: Vec::new(),
             config: ObservedConfig::default(),
         }
     }

@@ -261,6 +261,7 @@ impl ContainerEngine for FakeEngine {
             restart_count: 0,
             health: Some(health.into()),
             pid: None,
+            addresses: Vec::new(),
             config: ObservedConfig {
                 image: spec.image.clone(),
                 memory,

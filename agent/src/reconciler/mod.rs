@@ -225,6 +225,8 @@ impl Reconciler {
             observed_generation: generation,
             resources,
             payloads: self.payloads.attestations(),
+            // The daemon adds the host's ports in use when it publishes the status.
+            ports_in_use: Vec::new(),
             digest: String::new(),
         };
         status.digest = status_digest(&status);
@@ -289,7 +291,17 @@ impl Reconciler {
         self.networks.finish(&mut net, &pass).await;
         let mut all = std::mem::take(&mut net.resources);
         all.append(&mut resources);
-        all.extend(workloads);
+        all.extend(workloads.into_iter().map(|mut r| {
+            // A VM's addresses are its lab leases (the guest is told them by its template).
+            if let Some(ips) = net
+                .vm_ips
+                .get(&r.name)
+                .filter(|_| r.kind == steward_proto::ResourceKind::Vm)
+            {
+                r.addresses = ips.iter().map(ToString::to_string).collect();
+            }
+            r
+        }));
         (all, again)
     }
 

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::guest::missing;
+use super::guest::{missing, Guest, Image};
+use super::netns::{strip_ansi, NetNs};
 
 /// Kills the child on drop.
 pub struct Proc(pub Child);
@@ -18,6 +19,90 @@ impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// The VM tests' guest (`tests/guest/vm/test.sh` with virtio-net), built or reused under
+/// `name`; `None` when skipped for a missing component.
+pub fn vm_guest(name: &str) -> Option<Image> {
+    let mut g = Guest::new(name);
+    g.file(super::guest::harness_dir().join("vm/test.sh"), "/test.sh")
+        .module("virtio_pci")
+        .module("virtio_net");
+    g.build()
+}
+
+/// An empty 32 MiB qcow2 at `path`, the base image of the VM tests.
+pub fn base_image(path: &Path) {
+    let st = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(path)
+        .arg("32M")
+        .status()
+        .unwrap();
+    assert!(st.success(), "qemu-img create {}", path.display());
+}
+
+/// The real agent daemon (`steward-agent run`) in a namespace, set up for VMs: its data in
+/// `<tmp>/agent`, its VMs in `vms`, its log appended to `<tmp>/agent.log`.
+pub struct Daemon {
+    pub ns_name: String,
+    pub cfg: PathBuf,
+    pub log: PathBuf,
+    pub child: Option<Proc>,
+}
+
+impl Daemon {
+    /// Writes the agent's config (enrolling with `token` at `url`) and starts it. The
+    /// accelerator is TCG unless STEWARD_VM_ACCEL says otherwise: on some machines /dev/kvm
+    /// exists and QEMU starts with it, but the guest hangs (the guest harness sees the same and
+    /// falls back).
+    pub fn new(ns: &NetNs, tmp: &Path, url: &str, token: &str, vms: &Path) -> Daemon {
+        let accel = std::env::var("STEWARD_VM_ACCEL").unwrap_or_else(|_| "tcg".into());
+        let cfg = tmp.join("agent.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "registry = \"{url}\"\nenrollment_token = \"{token}\"\ndata_dir = \"{}\"\nvm_dir = \"{}\"\nvm_accel = \"{accel}\"\nvm_stop_timeout = \"3s\"\nresync_interval = \"2s\"\nactivity_interval = \"2s\"\nlong_poll_wait = \"30s\"\nbackoff_max = \"1s\"\nmetrics_listen = \"off\"\n[policy]\npayload_roots = [\"{}\"]\n",
+                tmp.join("agent").display(),
+                vms.display(),
+                tmp.join("payloads").display()
+            ),
+        )
+        .unwrap();
+        let mut d = Daemon {
+            ns_name: ns.name.clone(),
+            cfg,
+            log: tmp.join("agent.log"),
+            child: None,
+        };
+        d.spawn(ns);
+        d
+    }
+
+    pub fn spawn(&mut self, ns: &NetNs) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        assert_eq!(ns.name, self.ns_name);
+        self.child = Some(Proc(
+            ns.command(env!("CARGO_BIN_EXE_steward-agent"))
+                .arg("--config")
+                .arg(&self.cfg)
+                .arg("run")
+                .env("RUST_LOG", "info")
+                .env("NO_COLOR", "1")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        ));
+    }
+
+    pub fn log(&self) -> String {
+        strip_ansi(&std::fs::read_to_string(&self.log).unwrap_or_default())
     }
 }
 

@@ -48,7 +48,7 @@ fn bridge(i: usize) -> BridgeSpec {
 fn lab(i: usize) -> LabSpec {
     LabSpec {
         vlan: 1 + (i % 4000) as u16,
-        parent: "eth1".into(),
+        parent: Some("eth1".into()),
         bridge: None,
         cidr: None,
     }

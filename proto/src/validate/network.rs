@@ -91,7 +91,8 @@ fn check_labs<'a>(
     for (i, lab) in n.labs.iter().enumerate() {
         let f = format!("networks.labs[{i}]");
         let vlan_ok = out.check(format!("{f}.vlan"), vlan_id_problem(lab.vlan));
-        let parent_ok = out.check(format!("{f}.parent"), iface_problem(&lab.parent));
+        let parent = lab.parent.as_deref();
+        let parent_ok = parent.is_some_and(|p| out.check(format!("{f}.parent"), iface_problem(p)));
         let bridge_ok = match &lab.bridge {
             Some(br) => out.check(format!("{f}.bridge"), iface_problem(br)),
             None => true,
@@ -113,15 +114,8 @@ fn check_labs<'a>(
             continue;
         }
         lab_vlans.insert(lab.vlan, i);
-        if parent_ok {
-            claim_vlan(
-                vlan_ifaces,
-                &lab.parent,
-                lab.vlan,
-                &f,
-                format!("{f}.vlan"),
-                out,
-            );
+        if let Some(parent) = parent.filter(|_| parent_ok) {
+            claim_vlan(vlan_ifaces, parent, lab.vlan, &f, format!("{f}.vlan"), out);
         }
         if bridge_ok {
             let bridge = lab
@@ -401,6 +395,8 @@ mod tests {
             "networks:\n  vlans:\n    - {name: fifteen-bytes-x, parent: eth1, id: 7, addresses: [\"10.0.0.1/31\", \"10.0.0.2/32\", \"fd00::1/64\", \"10.1.2.0/16\"]}\n",
             "networks:\n  bridges:\n    - {name: br0, vlan_filtering: true, default_pvid: 4094, ports: [{iface: eth2, vlans: [{id: 1, pvid: true, untagged: true}, {id: 4094}]}, {iface: eth3}]}\n",
             "networks:\n  labs:\n    - {vlan: 150, parent: eth1, cidr: 192.168.150.0/24}\n    - {vlan: 151, parent: eth1, bridge: lab151, cidr: \"fd00:151::/64\"}\n",
+            // Bridge-only labs: no parent, so no VLAN interface to clash with networks.vlans.
+            "networks:\n  vlans:\n    - {name: eth1.150, parent: eth1, id: 150}\n  labs:\n    - {vlan: 150}\n    - {vlan: 151, bridge: vmbr151}\n",
         ]);
     }
 }

@@ -142,6 +142,7 @@ pub fn status(i: usize, digest: &str) -> NodeStatus {
         observed_generation: 0,
         resources,
         payloads,
+        ports_in_use: Vec::new(),
         digest: digest.into(),
     }
 }

@@ -48,6 +48,9 @@ pub struct Brief {
     /// [`NodeStatus::drift`] being non-empty).
     pub drifted: bool,
     pub attest: Attest,
+    /// Host ports the node reports in use (`NodeStatus::ports_in_use`): session port
+    /// allocation never hands one out.
+    pub ports_in_use: Vec<u16>,
 }
 
 impl Brief {
@@ -91,6 +94,7 @@ impl Brief {
         }
         self.payloads = self.payloads.max(st.payloads.len());
         self.drifted |= !self.attest.ok();
+        self.ports_in_use = st.ports_in_use.clone();
     }
 }
 
@@ -185,5 +189,18 @@ mod tests {
             assert_eq!(b.drifted, drifted, "{name}");
             assert_eq!(b.drifted, !st.drift().is_empty(), "{name}: wire rule");
         }
+    }
+
+    /// The ports the node reports in use are kept for session allocation; without a status,
+    /// none.
+    #[test]
+    fn brief_keeps_the_ports_in_use() {
+        let st = NodeStatus {
+            ports_in_use: vec![22, 30000],
+            ..NodeStatus::default()
+        };
+        let facts = NodeFacts::default();
+        assert_eq!(Brief::of_parts(&facts, Some(&st)).ports_in_use, [22, 30000]);
+        assert!(Brief::of_parts(&facts, None).ports_in_use.is_empty());
     }
 }

@@ -234,6 +234,7 @@ mod tests {
                 expected: expected.into(),
                 actual: actual.map(str::to_string),
             }],
+            ports_in_use: Vec::new(),
             digest: String::new(),
         }
     }

@@ -223,7 +223,7 @@ impl Sessions {
         for lease in piece.sessions.iter_mut().filter(|l| l.id == s.id) {
             lease.expires_at = s.expires_at;
         }
-        s.endpoints = self.endpoints(&s);
+        // The spare's endpoints (its ports, its workloads' addresses) stay what they are.
         let message = format!(
             "session {} claimed from the spares of template {:?} for {owner:?}, expires {}",
             s.id,
@@ -301,8 +301,10 @@ impl Sessions {
         Ok(out)
     }
 
-    /// Host ports on `node` (none used by a live session there or by the node's own spec and
-    /// fragments), a VLAN from the fleet pool (none used by a live session), and volume names.
+    /// Host ports on `node` from its port range (none used by a live session there, published
+    /// by the node's own spec or the fragments matching it, or reported in use by the node in
+    /// its last status: see `place::taken_ports`), a VLAN from the fleet pool (none used by a
+    /// live session), and volume names.
     async fn allocate(
         &self,
         template: &Template,
@@ -313,15 +315,15 @@ impl Sessions {
         let t = &template.body;
         let mut alloc = Allocations::default();
         if !t.ports.is_empty() {
-            let labels = (self.fleet.live(node))
-                .map(|n| n.lock().labels.clone())
+            let (labels, in_use) = (self.fleet.live(node))
+                .map(|n| {
+                    let l = n.lock();
+                    (l.labels.clone(), l.brief.ports_in_use.clone())
+                })
                 .unwrap_or_default();
             let range = self.config.port_range_of(&labels);
-            let mut taken: BTreeSet<u16> = (live.iter())
-                .filter(|s| s.node == node)
-                .flat_map(|s| s.allocations.ports.values().copied())
-                .collect();
-            taken.extend(self.ports_in_spec(node).await?);
+            let in_spec = self.ports_in_spec(node).await?;
+            let taken = place::taken_ports(node, live, in_spec, &in_use);
             alloc.ports =
                 place::alloc_ports(node, &t.ports, &range, &taken).map_err(SessionError::Alloc)?;
         }

@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use steward_proto::{
-    EventKind, NodeSpec, ResourceKind, ResourceState, ResourceStatus, Session, SessionState,
+    Endpoint, EventKind, NodeSpec, ResourceKind, ResourceState, ResourceStatus, Session,
+    SessionState, Template,
 };
 
 use super::{idle, EndReason, Result, Sessions};
@@ -45,6 +46,27 @@ pub fn state_of(piece: &NodeSpec, status: &[ResourceStatus]) -> (SessionState, O
     }
 }
 
+/// The addresses the node reports for a session's workloads (VMs, then containers, in the
+/// piece's order), each named by its workload.
+pub fn addresses_of(piece: &NodeSpec, status: &[ResourceStatus]) -> Vec<Endpoint> {
+    let wanted = (piece.vms.iter().map(|v| (ResourceKind::Vm, &v.name))).chain(
+        piece
+            .containers
+            .iter()
+            .map(|c| (ResourceKind::Container, &c.name)),
+    );
+    let mut out = Vec::new();
+    for (kind, name) in wanted {
+        if let Some(r) = status.iter().find(|r| r.kind == kind && &r.name == name) {
+            out.extend(r.addresses.iter().map(|a| Endpoint {
+                name: name.clone(),
+                address: a.clone(),
+            }));
+        }
+    }
+    out
+}
+
 impl Sessions {
     /// The jobs, until aborted (the leadership lost).
     pub async fn run_jobs(self) {
@@ -59,19 +81,25 @@ impl Sessions {
     }
 
     /// One pass of every job.
+    /// One pass of every job over one read of the sessions and the templates (what a job
+    /// changes, the next ones may see as it was: a write from a stale copy is refused by its
+    /// revision and done again next pass, a count is right again a second later).
     pub async fn jobs_once(&self) -> Result<()> {
-        self.expire_due().await?;
-        self.keep_spares().await?;
-        self.follow_states().await?;
-        self.trim_and_count().await
+        let all = self.store.sessions().await?;
+        let templates = self.store.templates().await?;
+        self.expire_due(&all).await?;
+        self.keep_spares(&all, &templates).await?;
+        self.follow_states(all.iter().filter(|(s, _)| s.state.is_live()), &templates)
+            .await?;
+        self.trim_and_count(&all).await
     }
 
-    /// Ends every live session whose deadline has passed.
-    pub async fn expire_due(&self) -> Result<usize> {
+    /// Ends every live session of `all` whose deadline has passed.
+    async fn expire_due(&self, all: &[(Session, u64)]) -> Result<usize> {
         let now = self.clock.now();
-        let due: Vec<String> = (self.store.sessions().await?.into_iter())
+        let due: Vec<&str> = (all.iter())
             .filter(|(s, _)| s.state.is_live() && s.expires_at <= now)
-            .map(|(s, _)| s.id)
+            .map(|(s, _)| s.id.as_str())
             .collect();
         for id in &due {
             match self.end_as(id, None, EndReason::Expired).await {
@@ -85,20 +113,19 @@ impl Sessions {
 
     /// Starts the spares each template lacks (one at a time per template and pass). A spare
     /// that cannot be made (a limit, no room) is logged, at most once a minute per template.
-    pub async fn keep_spares(&self) -> Result<()> {
-        let templates = self.store.templates().await?;
+    async fn keep_spares(&self, all: &[(Session, u64)], templates: &[Template]) -> Result<()> {
         if templates.iter().all(|t| t.body.spares.unwrap_or(0) == 0) {
             return Ok(());
         }
-        let mut spares: HashMap<String, u32> = HashMap::new();
-        for (s, _) in self.store.sessions().await? {
+        let mut spares: HashMap<&str, u32> = HashMap::new();
+        for (s, _) in all {
             if s.spare && s.state.is_live() {
-                *spares.entry(s.template).or_default() += 1;
+                *spares.entry(s.template.as_str()).or_default() += 1;
             }
         }
         for t in templates {
             let want = t.body.spares.unwrap_or(0);
-            if spares.get(&t.name).copied().unwrap_or(0) >= want {
+            if spares.get(t.name.as_str()).copied().unwrap_or(0) >= want {
                 continue;
             }
             if let Err(e) = self.start_spare(&t.name).await {
@@ -119,15 +146,21 @@ impl Sessions {
         Ok(())
     }
 
-    /// Moves live sessions between pending, running and failed from their node's status.
-    pub async fn follow_states(&self) -> Result<()> {
+    /// Moves the `live` sessions between pending, running and failed from their node's status
+    /// (and keeps their endpoints), and ends idle ones.
+    async fn follow_states(
+        &self,
+        live: impl Iterator<Item = &(Session, u64)>,
+        templates: &[Template],
+    ) -> Result<()> {
         let mut by_node: HashMap<String, Vec<(Session, u64)>> = HashMap::new();
-        for (s, rev) in self.store.sessions().await? {
-            if s.state.is_live() {
-                by_node.entry(s.node.clone()).or_default().push((s, rev));
-            }
+        for (s, rev) in live {
+            by_node
+                .entry(s.node.clone())
+                .or_default()
+                .push((s.clone(), *rev));
         }
-        let timeouts: HashMap<String, Duration> = (self.store.templates().await?.iter())
+        let timeouts: HashMap<String, Duration> = (templates.iter())
             .filter_map(|t| super::templates::idle_timeout(&t.body).map(|d| (t.name.clone(), d)))
             .collect();
         let mut idle_seen = Vec::new();
@@ -164,15 +197,24 @@ impl Sessions {
                     }
                 }
                 let (state, reason) = state_of(piece, &status);
-                if state == s.state && reason == s.reason {
+                let mut endpoints = self.endpoints(&s);
+                endpoints.extend(addresses_of(piece, &status));
+                let moved = state != s.state || reason != s.reason;
+                if !moved && endpoints == s.endpoints {
                     continue;
                 }
-                self.moved(&mut s, state, reason);
+                if moved {
+                    self.moved(&mut s, state, reason);
+                }
+                s.endpoints = endpoints;
                 match self.store.put_session(&s, rev).await {
                     // Changed meanwhile (ended, extended): seen again next pass.
                     Err(crate::store::StoreError::Stale) => continue,
                     Err(e) => return Err(e.into()),
                     Ok(_) => {}
+                }
+                if !moved {
+                    continue;
                 }
                 let message = match &s.reason {
                     Some(r) => format!("session {} {}: {r}", s.id, s.state.as_str()),
@@ -239,7 +281,7 @@ impl Sessions {
         }
     }
 
-    /// Sets a session's new state; the first time it runs: when, its endpoints, the metric.
+    /// Sets a session's new state; the first time it runs: when, and the metric.
     fn moved(&self, s: &mut Session, state: SessionState, reason: Option<String>) {
         s.state = state;
         s.reason = reason;
@@ -249,20 +291,19 @@ impl Sessions {
             let took = (now - s.created_at).to_std().unwrap_or_default();
             (self.events.metrics().session_start_seconds).observe(took.as_secs_f64());
         }
-        s.endpoints = self.endpoints(s);
     }
 
     /// Deletes sessions ended longer than `ended_kept` ago, and sets the live-sessions gauge.
-    async fn trim_and_count(&self) -> Result<()> {
+    async fn trim_and_count(&self, all: &[(Session, u64)]) -> Result<()> {
         let kept = self.config.kept().unwrap_or(Duration::from_secs(86_400));
         let before = self.clock.now() - chrono::Duration::from_std(kept).unwrap_or_default();
         let mut old = Vec::new();
         let mut live: BTreeMap<String, i64> = BTreeMap::new();
-        for (s, rev) in self.store.sessions().await? {
+        for (s, rev) in all {
             if s.state.is_live() {
-                *live.entry(s.template).or_default() += 1;
+                *live.entry(s.template.clone()).or_default() += 1;
             } else if s.ended_at.is_some_and(|t| t < before) {
-                old.push((s.id, rev));
+                old.push((s.id.clone(), *rev));
             }
         }
         if !old.is_empty() {
@@ -344,5 +385,42 @@ mod tests {
             assert_eq!(got, want, "{statuses:?}");
             assert_eq!(reason.is_some(), want == SessionState::Failed);
         }
+    }
+
+    #[test]
+    fn a_sessions_addresses_are_its_workloads() {
+        let piece: NodeSpec = serde_json::from_value(serde_json::json!({
+            "containers": [{"name": "front", "image": "busybox"}],
+            "vms": [{"name": "kali", "image": "/i", "memory": "1Gi"}]
+        }))
+        .unwrap();
+        let with = |kind, name: &str, addrs: &[&str]| {
+            let mut r = status(kind, name, ResourceState::Converged, None);
+            r.addresses = addrs.iter().map(|a| a.to_string()).collect();
+            r
+        };
+        let statuses = vec![
+            with(ResourceKind::Container, "front", &["172.17.0.2"]),
+            with(ResourceKind::Container, "other", &["172.17.0.3"]),
+            with(ResourceKind::Vm, "front", &["10.0.0.9"]),
+            with(
+                ResourceKind::Vm,
+                "kali",
+                &["192.168.100.10", "192.168.101.10"],
+            ),
+        ];
+        let got: Vec<(String, String)> = (addresses_of(&piece, &statuses).into_iter())
+            .map(|e| (e.name, e.address))
+            .collect();
+        let want = [
+            ("kali", "192.168.100.10"),
+            ("kali", "192.168.101.10"),
+            ("front", "172.17.0.2"),
+        ];
+        let want: Vec<(String, String)> = (want.iter())
+            .map(|(n, a)| (n.to_string(), a.to_string()))
+            .collect();
+        assert_eq!(got, want);
+        assert!(addresses_of(&piece, &[]).is_empty());
     }
 }

@@ -262,8 +262,9 @@ impl Sessions {
             .map_err(|p| SessionError::Invalid(vec![p]))
     }
 
-    /// Where to reach a session: the node's address (its `address_label`, else its hostname)
-    /// and each allocated port.
+    /// Where to reach a session's published ports: the node's address (its `address_label`,
+    /// else its hostname) and each allocated port. The jobs add its workloads' own addresses
+    /// as the node reports them (`jobs::addresses_of`).
     fn endpoints(&self, s: &Session) -> Vec<steward_proto::Endpoint> {
         let host = (self.fleet.live(&s.node))
             .map(|n| {

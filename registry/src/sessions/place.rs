@@ -195,7 +195,26 @@ pub enum AllocError {
     Vlans { from: u16, to: u16 },
 }
 
-/// The lowest free ports of `range` for `names`, none of them in `taken`.
+/// The host ports of `node` no session may get: those of the live sessions placed there,
+/// those its own spec and the fragments matching it publish (`in_spec`), and those the node
+/// reports in use (`in_use`: a host process listens on them or has them bound).
+pub fn taken_ports(
+    node: &str,
+    live: &[&Session],
+    in_spec: impl IntoIterator<Item = u16>,
+    in_use: &[u16],
+) -> BTreeSet<u16> {
+    let mut taken: BTreeSet<u16> = (live.iter())
+        .filter(|s| s.node == node)
+        .flat_map(|s| s.allocations.ports.values().copied())
+        .collect();
+    taken.extend(in_spec);
+    taken.extend(in_use.iter().copied());
+    taken
+}
+
+/// The lowest free ports of `range` for `names`, none of them in `taken` (the refusal counts
+/// the ports of `range` taken).
 pub fn alloc_ports(
     node: &str,
     names: &[String],
@@ -209,7 +228,7 @@ pub fn alloc_ports(
             node: node.into(),
             from: *range.start(),
             to: *range.end(),
-            taken: taken.len(),
+            taken: taken.range(range.clone()).count(),
         })?;
         out.insert(n.clone(), port);
     }

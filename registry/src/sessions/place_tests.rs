@@ -158,3 +158,26 @@ fn ports_and_vlans_are_the_lowest_free_and_run_out_cleanly() {
         assert!(parse_range(bad).is_err(), "{bad}");
     }
 }
+
+/// Ports the node reports in use are never allocated, like those of its live sessions and
+/// spec; another node's sessions take nothing here; a full range names itself and counts only
+/// its own ports taken.
+#[test]
+fn ports_the_node_reports_in_use_are_never_allocated() {
+    let mut here = session("1", "alice", "conf", "n1");
+    here.allocations.ports = [("http".to_string(), 30002)].into();
+    let mut there = session("2", "bob", "conf", "n2");
+    there.allocations.ports = [("http".to_string(), 30003)].into();
+    let live = [&here, &there];
+    // The host listens on 22 and 30000; the spec publishes 30001.
+    let taken = taken_ports("n1", &live, [30001], &[22, 30000]);
+    assert_eq!(taken, [22, 30000, 30001, 30002].into());
+    let names = vec!["http".to_string()];
+    let got = alloc_ports("n1", &names, &(30000..=30003), &taken).unwrap();
+    assert_eq!(got["http"], 30003, "the lowest port nobody uses");
+    let e = alloc_ports("n1", &names, &(30000..=30002), &taken).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "node n1 has no free host port left in 30000-30002 (3 taken)"
+    );
+}

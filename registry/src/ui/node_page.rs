@@ -163,7 +163,7 @@ fn networks(spec: &NetworksSpec, n: &Node) -> Markup {
                     @for l in &spec.labs {
                         @let name = format!("lab-{}", l.vlan);
                         tr { td { "lab" } td { (name) }
-                            td { "VLAN " (l.vlan) " on " (l.parent) @if let Some(b) = &l.bridge { " → " (b) } }
+                            td { "VLAN " (l.vlan) @if let Some(p) = &l.parent { " on " (p) } @else { " (bridge only)" } @if let Some(b) = &l.bridge { " → " (b) } }
                             td { @if let Some(c) = &l.cidr { (c) } } td { (state_of(&name)) } }
                     }
                 }

@@ -44,7 +44,19 @@ pub fn workspace_bin(name: &str) -> PathBuf {
 impl Agent {
     /// Starts an agent on `registries` (comma-separated URLs) that enrols with `token`; its
     /// payload root is bound over `mp` (an existing directory) in its mount namespace if given.
+    /// Its workloads' activity is read at most once an hour (see [`Agent::start_with`]).
     pub async fn start(registries: &str, token: &str, mp: Option<&Path>) -> Agent {
+        Self::start_with(registries, token, mp, "1h").await
+    }
+
+    /// As [`Agent::start`], its workloads' activity read at most every `activity_interval`
+    /// (the agent's `activity_interval`, e.g. `"1s"`).
+    pub async fn start_with(
+        registries: &str,
+        token: &str,
+        mp: Option<&Path>,
+        activity_interval: &str,
+    ) -> Agent {
         let dir = tempfile::tempdir().unwrap();
         let root = tempfile::tempdir().unwrap();
         let allowed = mp.unwrap_or(root.path());
@@ -53,7 +65,7 @@ impl Agent {
             &config,
             format!(
                 "registry = \"{registries}\"\nenrollment_token = \"{token}\"\ndata_dir = \"{}\"\n\
-                 resync_interval = \"2s\"\nactivity_interval = \"1h\"\nlong_poll_wait = \"30s\"\nbackoff_max = \"1s\"\n\
+                 resync_interval = \"2s\"\nactivity_interval = \"{activity_interval}\"\nlong_poll_wait = \"30s\"\nbackoff_max = \"1s\"\n\
                  [policy]\npayload_roots = [\"{}\"]\n",
                 dir.path().join("state").display(),
                 allowed.display()

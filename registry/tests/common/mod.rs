@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 pub mod agent;
+pub mod docker;
 pub mod etcd;
 pub mod jwt;
 pub mod replicas;

@@ -12,6 +12,16 @@ use super::Registry;
 /// Enrols a node with room for sessions (4 CPUs, 8 GiB) and keeps it ready with heartbeats
 /// sent to `urls` in turn, until the test ends.
 pub async fn node(r: &Registry, urls: Vec<String>, machine: &str, labels: Value) -> String {
+    node_with_secret(r, urls, machine, labels).await.0
+}
+
+/// [`node`], and the node's secret (to send its status as the node).
+pub async fn node_with_secret(
+    r: &Registry,
+    urls: Vec<String>,
+    machine: &str,
+    labels: Value,
+) -> (String, String) {
     let (st, tok) = r
         .req(
             Method::POST,
@@ -34,21 +44,21 @@ pub async fn node(r: &Registry, urls: Vec<String>, machine: &str, labels: Value)
     assert_eq!(st, 200, "{en}");
     let id = en["node_id"].as_str().unwrap().to_string();
     let secret = en["node_secret"].as_str().unwrap().to_string();
-    let (client, hb_id) = (r.client.clone(), id.clone());
+    let (client, hb_id, hb_secret) = (r.client.clone(), id.clone(), secret.clone());
     tokio::spawn(async move {
         for i in 0.. {
             let url = format!("{}/v1/nodes/{hb_id}/heartbeat", urls[i % urls.len()]);
             let body = json!({"observed_generation": 0});
             let _ = client
                 .post(url)
-                .bearer_auth(&secret)
+                .bearer_auth(&hb_secret)
                 .json(&body)
                 .send()
                 .await;
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
     });
-    id
+    (id, secret)
 }
 
 pub async fn put_template(r: &Registry, token: &str, name: &str, t: Value) -> (u16, Value) {
@@ -64,6 +74,23 @@ pub async fn put_template(r: &Registry, token: &str, name: &str, t: Value) -> (u
 pub async fn create(r: &Registry, token: &str, body: Value) -> (u16, Value) {
     r.req(Method::POST, "/v1/sessions", Some(token), Some(body))
         .await
+}
+
+/// `GET /v1/sessions/{id}` with the admin token.
+pub async fn session(r: &Registry, id: &str) -> Value {
+    let (st, s) = r.get(&format!("/v1/sessions/{id}"), &r.admin).await;
+    assert_eq!(st, 200, "{s}");
+    s
+}
+
+/// Waits for session `id` to be running (never failed on the way).
+pub async fn running(r: &Registry, id: &str) -> Value {
+    super::agent::wait_for(120, &format!("session {id} to run"), || async {
+        let s = session(r, id).await;
+        assert_ne!(s["state"], "failed", "{s}");
+        (s["state"] == "running").then_some(s)
+    })
+    .await
 }
 
 pub async fn end(r: &Registry, token: &str, id: &str) -> (u16, Value) {

@@ -35,9 +35,10 @@ pub enum TemplatesCmd {
     /// Create or replace a template from a YAML or JSON file.
     ///
     /// The file holds `spec` (a node spec whose strings may hold placeholders such as
-    /// {{session}}, {{owner}}, {{param.NAME}}, {{port.NAME}}, {{volume.NAME}}, {{lab.vlan}}),
-    /// and optionally params, ports, volumes, keep_volumes, lab, selector, ttl, max_ttl,
-    /// per_owner, max_sessions and reserve. The registry checks it by rendering it for a
+    /// {{session}}, {{owner}}, {{param.NAME}}, {{port.NAME}}, {{volume.NAME}}, {{lab.vlan}},
+    /// {{lab.bridge}}, {{lab.cidr}}, {{lab.gateway}}, {{lab.ip.N}}), and optionally params,
+    /// ports, volumes, keep_volumes, lab, selector, ttl, max_ttl, idle_timeout, per_owner,
+    /// max_sessions, reserve and spares. The registry checks it by rendering it for a
     /// sample session; a problem names its field (exit 6). Sessions already made keep what
     /// they were rendered with.
     #[command(visible_alias = "apply")]
