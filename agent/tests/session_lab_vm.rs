@@ -3,15 +3,17 @@
 //! the real `stewardctl`. The template has `lab: true`: each session gets a VLAN from the
 //! registry's pool (100–170), a bridge-only lab for it (the bridge `br<vlan>` with the gateway
 //! `.1` and no VLAN interface: this host's kernel has no 802.1Q; a lab with `parent:` and a
-//! real VLAN is converged in the QEMU guest harness, `guest_vlan.rs`), and a VM on that bridge
-//! whose kernel command line carries `{{lab.ip.10}}` and `{{lab.gateway}}`.
+//! real VLAN is converged in the QEMU guest harness, `guest_vlan.rs`), and a VM on that bridge.
+//! The agent leases the VM's NIC an address from `.10` and writes it into the VM's cloud-init
+//! `network-config`, which the guest reads from its seed disk.
 //!
 //! - the first session gets VLAN 100: `br100` holds `192.168.100.1/24`, no VLAN interface, the
-//!   VM's tap is its port; the agent's lease for the VM's NIC is `.10`, the guest configured
-//!   with it pings the gateway, and the session's endpoints give the VM's address;
+//!   VM's tap is its port; the agent's lease for the VM's NIC is `.10`, the guest takes it
+//!   from its network-config and pings the gateway, and the session's endpoints give it;
 //! - a second session gets VLAN 101, its own bridge, its VM leased `192.168.101.10`;
 //! - ending the first removes its VM (QEMU gone), tap and bridge, and leaves the second's VM
-//!   running (same QEMU process); a third session then gets VLAN 100 again (freed).
+//!   running (same QEMU process); a third session (`gateway: none`) then gets VLAN 100 again
+//!   (freed): its bridge has no host address, its VM the `.10` lease.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -27,7 +29,7 @@ use serde_json::Value;
 /// The template: a bridge-only lab and one VM on it, addressed from the lab's `.10`.
 fn template(base: &Path, kernel: &Path, initrd: &Path) -> String {
     format!(
-        "lab: true\nttl: 1h\nspec:\n  networks:\n    labs:\n      - {{vlan: \"{{{{lab.vlan}}}}\", bridge: \"{{{{lab.bridge}}}}\"}}\n  vms:\n    - name: \"lab-{{{{session}}}}\"\n      image: {}\n      memory: 256Mi\n      disk: 64Mi\n      kernel: {}\n      initrd: {}\n      cmdline: \"console=ttyS0 panic=-1 quiet vm.ip={{{{lab.ip.10}}}}/24 vm.peer={{{{lab.gateway}}}}\"\n      nics: [{{bridge: \"{{{{lab.bridge}}}}\"}}]\n      restart: always\n",
+        "lab: true\nttl: 1h\nparams:\n  gateway: {{type: string, default: host, one_of: [host, none]}}\nspec:\n  networks:\n    labs:\n      - {{vlan: \"{{{{lab.vlan}}}}\", bridge: \"{{{{lab.bridge}}}}\", gateway: \"{{{{param.gateway}}}}\"}}\n  vms:\n    - name: \"lab-{{{{session}}}}\"\n      image: {}\n      memory: 256Mi\n      disk: 64Mi\n      kernel: {}\n      initrd: {}\n      cmdline: \"console=ttyS0 panic=-1 quiet\"\n      nics: [{{bridge: \"{{{{lab.bridge}}}}\"}}]\n      restart: always\n",
         base.display(),
         kernel.display(),
         initrd.display()
@@ -68,12 +70,15 @@ fn vm_dir(vms: &Path, id: &str) -> std::path::PathBuf {
 
 /// Creates a session of the `lab` template for `owner` and waits until it runs: its id and its
 /// record.
-fn create(ns: &NetNs, url: &str, admin: &Path, owner: &str) -> (String, Value) {
+fn create(ns: &NetNs, url: &str, admin: &Path, owner: &str, gateway: &str) -> (String, Value) {
+    let gateway = format!("gateway={gateway}");
     let id = ctl(
         ns,
         url,
         admin,
-        &["sessions", "create", "lab", "--owner", owner, "--wait"],
+        &[
+            "sessions", "create", "lab", "--owner", owner, "-p", &gateway, "--wait",
+        ],
     );
     let s = session(ns, url, admin, &id);
     assert_eq!(s["state"], "running", "{s}");
@@ -113,7 +118,7 @@ fn lab_session_vm_gets_vlan_from_pool_and_address_from_dot_ten() {
     );
 
     // The first session: VLAN 100, a bridge-only lab, the VM on it.
-    let (a, sa) = create(&ns, url, &admin, "alice");
+    let (a, sa) = create(&ns, url, &admin, "alice", "host");
     assert_eq!(sa["allocations"]["lab"]["vlan"], 100, "{sa}");
     assert_eq!(sa["allocations"]["lab"]["bridge"], "br100");
     assert_eq!(sa["allocations"]["lab"]["gateway"], "192.168.100.1");
@@ -137,13 +142,19 @@ fn lab_session_vm_gets_vlan_from_pool_and_address_from_dot_ten() {
         "{lease}"
     );
 
-    // The guest took the address the template gave it ({{lab.ip.10}}) and reaches the gateway.
+    // The guest took that address from the network-config the agent wrote into its seed, and
+    // reaches the gateway.
     let serial = vm_dir(&vms, &a).join("serial.log");
     let serial_text = || std::fs::read_to_string(&serial).unwrap_or_default();
     wait(
         300,
         &|| format!("the guest's ping result\n{}", serial_text()),
         || serial_text().contains("VM-READY").then_some(()),
+    );
+    assert!(
+        serial_text().contains("VM-NETCONF 192.168.100.10/24 via 192.168.100.1"),
+        "the guest reads its lease from its network-config:\n{}",
+        serial_text()
     );
     assert!(
         serial_text().contains("VM-PING-yes 192.168.100.1"),
@@ -164,7 +175,7 @@ fn lab_session_vm_gets_vlan_from_pool_and_address_from_dot_ten() {
     eprintln!("session {a}: {sa}");
 
     // A second session: the next VLAN, its own bridge and lease.
-    let (b, sb) = create(&ns, url, &admin, "bob");
+    let (b, sb) = create(&ns, url, &admin, "bob", "host");
     assert_eq!(sb["allocations"]["lab"]["vlan"], 101, "{sb}");
     assert_eq!(ns.addrs("br101"), vec!["192.168.101.1/24".to_string()]);
     let lease = leases(&data).unwrap();
@@ -188,9 +199,14 @@ fn lab_session_vm_gets_vlan_from_pool_and_address_from_dot_ten() {
     assert_eq!(qemu_pids(&vm_dir(&vms, &b)), b_pids);
     assert!(ns.link("br101").is_some());
 
-    // VLAN 100 is free again: the next session gets it.
-    let (c, sc) = create(&ns, url, &admin, "carol");
+    // VLAN 100 is free again: the next session gets it. With `gateway: none` the host takes
+    // no address on the lab's bridge (a router VM would own .1); the VM's lease is .10 still.
+    let (c, sc) = create(&ns, url, &admin, "carol", "none");
     assert_eq!(sc["allocations"]["lab"]["vlan"], 100, "{sc}");
+    assert!(ns.link("br100").is_some());
+    assert!(ns.addrs("br100").is_empty(), "{:?}", ns.addrs("br100"));
+    let lease = leases(&data).unwrap();
+    assert_eq!(lease["br100"][format!("vm:lab-{c}/0")], "192.168.100.10");
     for id in [&b, &c] {
         ctl(&ns, url, &admin, &["sessions", "end", id]);
     }

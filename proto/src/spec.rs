@@ -173,6 +173,30 @@ pub struct LabSpec {
     /// Subnet; defaults to the agent's lab template (`192.168.<vlan>.0/24`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cidr: Option<String>,
+    /// Who is the lab's gateway (`.1`): the host (its address on the bridge, the default), or
+    /// `none`: the host takes no address on the bridge and routes nothing for it (a router VM
+    /// on the lab, such as pfSense, owns `.1`).
+    #[serde(default, skip_serializing_if = "LabGateway::is_host")]
+    pub gateway: LabGateway,
+}
+
+/// A lab's gateway (see [`LabSpec::gateway`]).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum LabGateway {
+    /// The host holds `.1` on the lab's bridge.
+    #[default]
+    Host,
+    /// The host holds no address on the bridge: something on the lab owns `.1`.
+    None,
+}
+
+impl LabGateway {
+    pub fn is_host(&self) -> bool {
+        *self == LabGateway::Host
+    }
 }
 
 /// Restart policy of a container or VM.

@@ -1,8 +1,8 @@
 //! Lab networks, pure: a `networks.labs` entry expands to a VLAN interface `<parent>.<vlan>`, a
 //! bridge (`br<vlan>` unless named) carrying the VLAN interface as its port, and a subnet (the
 //! lab's `cidr`, else the agent's `lab_cidr_template`) whose first host address is the gateway
-//! on the bridge. A lab without `parent` is bridge-only: the bridge and its subnet, no VLAN
-//! interface. Attached VMs and containers get host addresses from offset 10 on (`.10`,
+//! on the bridge (with `gateway: none`, the host takes no address there: a router VM owns it).
+//! A lab without `parent` is bridge-only: the bridge and its subnet, no VLAN interface. Attached VMs and containers get host addresses from offset 10 on (`.10`,
 //! `.11`, ...), in order (VM NICs in spec order, then containers in spec order); an address
 //! once handed out stays with its consumer (the assignments are kept in the agent's store)
 //! until the consumer leaves the spec.
@@ -32,8 +32,11 @@ pub struct Lab {
     pub vlan_iface: Option<(String, String)>,
     pub bridge: String,
     pub cidr: IpNet,
-    /// The bridge's address: the subnet's first host, with the subnet's prefix length.
+    /// The lab's gateway: the subnet's first host, with the subnet's prefix length.
     pub gateway: IpNet,
+    /// The host holds the gateway's address on the bridge (`gateway: host`); else it holds
+    /// none and something on the lab (a router VM) owns it.
+    pub host_gateway: bool,
 }
 
 /// The address `offset` hosts into `net` (`None` past its end, or on an IPv4 broadcast).
@@ -122,6 +125,7 @@ pub fn expand(lab: &LabSpec, template: &str) -> Result<Lab, String> {
         IpNet::new(gateway_ip, cidr.prefix_len()).map_err(|e| format!("lab subnet {cidr}: {e}"))?;
     Ok(Lab {
         vlan: lab.vlan,
+        host_gateway: lab.gateway.is_host(),
         vlan_iface,
         bridge,
         cidr,
@@ -170,7 +174,11 @@ impl Lab {
                 default_pvid: None,
             },
             mtu: None,
-            addresses: vec![self.gateway],
+            addresses: if self.host_gateway {
+                vec![self.gateway]
+            } else {
+                Vec::new()
+            },
             up: true,
             ports: (self.vlan_iface.iter())
                 .map(|(_, iface)| DesiredPort {
@@ -201,6 +209,11 @@ pub fn lease_holder(key: &str) -> Option<WorkloadRef> {
         _ => rest,
     };
     Some(WorkloadRef::new(WorkloadKind::parse(kind)?, name))
+}
+
+/// The NIC index of a VM's lease key (`vm:<name>/<nic>`).
+pub fn lease_nic(key: &str) -> Option<usize> {
+    key.rsplit_once('/')?.1.parse().ok()
 }
 
 /// Who is attached to `bridge`, as lease keys in hand-out order: VM NICs (`vm:<name>/<nic>`)
@@ -398,6 +411,13 @@ mod tests {
         assert_eq!(links[0].name, "br142");
         assert_eq!(links[0].addresses[0].to_string(), "192.168.142.1/24");
         assert!(links[0].ports.is_empty());
+        // gateway: none: the bridge takes no address; the gateway stays .1 for the leases.
+        let l = expand(&lab("{vlan: 142, gateway: none}"), DEFAULT_LAB_TEMPLATE).unwrap();
+        let links = l.links("networks.labs[0]");
+        assert!(links[0].addresses.is_empty());
+        assert_eq!(l.gateway.to_string(), "192.168.142.1/24");
+        assert_eq!(lease_nic("vm:kali/2"), Some(2));
+        assert_eq!(lease_nic("container:web"), None);
     }
 
     #[test]

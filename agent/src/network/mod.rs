@@ -65,6 +65,16 @@ impl Record for NetState {
     const KEY: &'static str = "network-links";
 }
 
+/// A VM NIC's lab lease: its address (with the lab's prefix length) and the lab's gateway
+/// (`.1`, the host's or a router VM's), for its cloud-init `network-config`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NicLease {
+    pub address: IpNet,
+    pub gateway: IpAddr,
+    /// The DNS server to give: the gateway when a router VM owns it (`gateway: none`).
+    pub dns: Option<IpAddr>,
+}
+
 /// The IPv4 subnet and gateway a Docker network on a managed bridge gets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BridgeNet {
@@ -87,8 +97,8 @@ pub struct NetOutcome {
     pub container_ips: BTreeMap<String, IpAddr>,
     /// Containers that cannot get a lab address, with the reason.
     pub container_errors: BTreeMap<String, String>,
-    /// Lab addresses of VMs, by VM name (labs in spec order).
-    pub vm_ips: BTreeMap<String, Vec<IpAddr>>,
+    /// Lab leases of VMs' NICs, by VM name and NIC index.
+    pub vm_leases: BTreeMap<String, BTreeMap<usize, NicLease>>,
     /// Deletions left for [`Networks::finish`].
     removals: Vec<NetAction>,
     /// Time spent in the network phases (the containers' phase in between is not counted).
@@ -224,8 +234,13 @@ impl Networks {
             for (c, ip) in &got {
                 if let Some(name) = container(c) {
                     out.container_ips.insert(name, *ip);
-                } else if let Some(vm) = lab::lease_holder(c) {
-                    out.vm_ips.entry(vm.name).or_default().push(*ip);
+                } else if let (Some(vm), Some(nic)) = (lab::lease_holder(c), lab::lease_nic(c)) {
+                    let lease = NicLease {
+                        address: IpNet::new(*ip, l.cidr.prefix_len()).unwrap_or(l.gateway),
+                        gateway: l.gateway.addr(),
+                        dns: (!l.host_gateway).then(|| l.gateway.addr()),
+                    };
+                    out.vm_leases.entry(vm.name).or_default().insert(nic, lease);
                 }
             }
             for (c, why) in errors {

@@ -292,13 +292,16 @@ impl Reconciler {
         let mut all = std::mem::take(&mut net.resources);
         all.append(&mut resources);
         all.extend(workloads.into_iter().map(|mut r| {
-            // A VM's addresses are its lab leases (the guest is told them by its template).
-            if let Some(ips) = net
-                .vm_ips
+            // A VM's addresses are its NICs' lab leases (given to it in its network-config).
+            if let Some(nics) = net
+                .vm_leases
                 .get(&r.name)
                 .filter(|_| r.kind == steward_proto::ResourceKind::Vm)
             {
-                r.addresses = ips.iter().map(ToString::to_string).collect();
+                r.addresses = nics
+                    .values()
+                    .map(|l| l.address.addr().to_string())
+                    .collect();
             }
             r
         }));

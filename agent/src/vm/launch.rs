@@ -1,11 +1,15 @@
 //! From a `VmSpec` to what QEMU's command line needs ([`Launch`]): memory in MiB, tap names,
-//! MACs (given, or derived stably from node, VM and NIC index), boot, cloud-init files. Pure.
+//! MACs (given, or derived stably from node, VM and NIC index), boot, cloud-init files (with a
+//! `network-config` from the NICs' lab leases unless the spec gives one). Pure.
 
 use steward_proto::quantity::parse_memory;
 use steward_proto::VmSpec;
 
+use std::collections::BTreeMap;
+
 use super::driver::{Launch, LaunchNic};
-use super::{seed, tap};
+use super::{netconf, seed, tap};
+use crate::network::NicLease;
 
 /// The MAC of NIC `index` of VM `vm` on `node`: QEMU's 52:54:00 prefix and three bytes of a
 /// hash, stable across restarts and agents.
@@ -15,10 +19,15 @@ pub fn derive_mac(node: &str, vm: &str, index: usize) -> String {
     format!("52:54:00:{:02x}:{:02x}:{:02x}", h[0], h[1], h[2])
 }
 
-/// What QEMU's command line needs for `vm` on `node`.
-pub fn launch(vm: &VmSpec, node: &str) -> Result<Launch, String> {
+/// What QEMU's command line needs for `vm` on `node`, its NICs' lab `leases` (by NIC index)
+/// going into its `network-config`.
+pub fn launch(
+    vm: &VmSpec,
+    node: &str,
+    leases: Option<&BTreeMap<usize, NicLease>>,
+) -> Result<Launch, String> {
     let memory = parse_memory(&vm.memory).map_err(|e| format!("memory: {e}"))?;
-    let nics = vm
+    let nics: Vec<LaunchNic> = vm
         .nics
         .iter()
         .enumerate()
@@ -33,6 +42,10 @@ pub fn launch(vm: &VmSpec, node: &str) -> Result<Launch, String> {
                 .unwrap_or_else(|| derive_mac(node, &vm.name, i)),
         })
         .collect();
+    let with_leases: Vec<(&str, Option<&NicLease>)> = (nics.iter().enumerate())
+        .map(|(i, n)| (n.mac.as_str(), leases.and_then(|l| l.get(&i))))
+        .collect();
+    let generated = netconf::network_config(&with_leases);
     Ok(Launch {
         name: vm.name.clone(),
         cpus: vm.cpus,
@@ -41,7 +54,7 @@ pub fn launch(vm: &VmSpec, node: &str) -> Result<Launch, String> {
         kernel: vm.kernel.clone(),
         initrd: vm.initrd.clone(),
         cmdline: vm.cmdline.clone(),
-        seed: seed::files(&vm.name, vm.cloud_init.as_ref())
+        seed: seed::files(&vm.name, vm.cloud_init.as_ref(), generated)
             .into_iter()
             .map(|(n, c)| (n.to_string(), c))
             .collect(),
@@ -69,15 +82,15 @@ mod tests {
             "{name: a, image: /i.qcow2, memory: 256Mi, nics: [{bridge: br0}]}",
         )
         .unwrap();
-        let h = launch(&vm, "n").unwrap().hash();
-        assert_eq!(launch(&vm, "n").unwrap().memory_mib, 256);
+        let h = launch(&vm, "n", None).unwrap().hash();
+        assert_eq!(launch(&vm, "n", None).unwrap().memory_mib, 256);
         vm.state = steward_proto::PowerState::Stopped;
-        assert_eq!(launch(&vm, "n").unwrap().hash(), h);
+        assert_eq!(launch(&vm, "n", None).unwrap().hash(), h);
         vm.cpus = 2;
-        assert_ne!(launch(&vm, "n").unwrap().hash(), h);
+        assert_ne!(launch(&vm, "n", None).unwrap().hash(), h);
         vm.cpus = 1;
         vm.memory = steward_proto::Quantity::Text("512Mi".into());
-        assert_ne!(launch(&vm, "n").unwrap().hash(), h);
+        assert_ne!(launch(&vm, "n", None).unwrap().hash(), h);
     }
 
     #[test]
@@ -86,7 +99,7 @@ mod tests {
             "{name: a, image: /i.qcow2, memory: 256Mi, cpus: 2, nics: [{bridge: br0, mac: \"52:54:00:AA:00:01\"}], kernel: /k, initrd: /i, cmdline: console=ttyS0}",
         )
         .unwrap();
-        let l = launch(&vm, "n").unwrap();
+        let l = launch(&vm, "n", None).unwrap();
         let p = VmPaths::new(PathBuf::from("/v/a"));
         let args = driver::qemu_args(&p, &l, "tcg").join(" ");
         for want in [

@@ -13,6 +13,7 @@
 pub mod disk;
 pub mod driver;
 pub mod launch;
+pub mod netconf;
 pub mod plan;
 pub mod qmp;
 pub mod seed;
@@ -439,6 +440,7 @@ impl Vms {
     fn desired(
         &self,
         spec: &NodeSpec,
+        leases: &BTreeMap<String, BTreeMap<usize, crate::network::NicLease>>,
         observed: &mut Vec<ObservedVm>,
     ) -> (
         Vec<DesiredVm>,
@@ -449,7 +451,7 @@ impl Vms {
         let mut launches: BTreeMap<String, Launch> = BTreeMap::new();
         let mut desired = Vec::new();
         for v in &spec.vms {
-            match launch(v, &self.node) {
+            match launch(v, &self.node, leases.get(&v.name)) {
                 Ok(l) => {
                     desired.push(DesiredVm {
                         name: v.name.clone(),
@@ -545,7 +547,7 @@ impl WorkloadPhase for Vms {
         }
         self.clean_leftovers();
         let mut observed = self.observe().await;
-        let (desired, launches, mut failed) = self.desired(spec, &mut observed);
+        let (desired, launches, mut failed) = self.desired(spec, &cx.net.vm_leases, &mut observed);
         let (mut actions, verdicts) = plan::plan(&desired, &observed, &self.node);
         let seen = self.look(spec, &observed).await;
         let (healed, unhealed) = self.heal(cx, &launches, &seen, &mut actions);

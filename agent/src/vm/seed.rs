@@ -1,6 +1,6 @@
 //! The cloud-init NoCloud seed: a small FAT image labelled `CIDATA` (cloud-init matches the
 //! label case-insensitively) holding `user-data`, `meta-data` and, when the spec gives one,
-//! `network-config`, built in Rust with the `fatfs` crate and attached read-only as a disk.
+//! `network-config` (the spec's, else one made from the VM's lab leases), built in Rust with the `fatfs` crate and attached read-only as a disk.
 //! `meta-data` defaults to `instance-id` + `local-hostname` (the VM's name) when the spec has
 //! none, since cloud-init needs an instance id; `user-data` defaults to empty.
 
@@ -11,8 +11,13 @@ use steward_proto::CloudInit;
 
 use super::VmError;
 
-/// The files a seed holds, in order.
-pub fn files(vm: &str, ci: Option<&CloudInit>) -> Vec<(&'static str, String)> {
+/// The files a seed holds, in order: `network-config` is the spec's, else `generated` (from
+/// the VM's lab leases, `netconf.rs`).
+pub fn files(
+    vm: &str,
+    ci: Option<&CloudInit>,
+    generated: Option<String>,
+) -> Vec<(&'static str, String)> {
     let ci = ci.cloned().unwrap_or_default();
     let mut out = vec![
         ("user-data", ci.user_data.unwrap_or_default()),
@@ -22,7 +27,7 @@ pub fn files(vm: &str, ci: Option<&CloudInit>) -> Vec<(&'static str, String)> {
                 .unwrap_or_else(|| format!("instance-id: {vm}\nlocal-hostname: {vm}\n")),
         ),
     ];
-    if let Some(n) = ci.network_config {
+    if let Some(n) = ci.network_config.or(generated) {
         out.push(("network-config", n));
     }
     out
@@ -105,7 +110,7 @@ mod tests {
             meta_data: None,
             network_config: Some("version: 2\n".into()),
         };
-        build(&p, &files("vm1", Some(&ci))).unwrap();
+        build(&p, &files("vm1", Some(&ci), Some("ignored".into()))).unwrap();
         let (label, got) = read(&p).unwrap();
         assert_eq!(label.trim(), "CIDATA");
         assert_eq!(
@@ -123,7 +128,7 @@ mod tests {
             ]
         );
         // Rebuilt smaller: the old content is gone.
-        build(&p, &files("vm1", None)).unwrap();
+        build(&p, &files("vm1", None, None)).unwrap();
         let (_, got) = read(&p).unwrap();
         assert_eq!(got.len(), 2);
         assert_eq!(got[0], ("user-data".to_string(), String::new()));

@@ -22,13 +22,23 @@ impl Drop for Proc {
     }
 }
 
-/// The VM tests' guest (`tests/guest/vm/test.sh` with virtio-net), built or reused under
-/// `name`; `None` when skipped for a missing component.
+/// The VM tests' guest (`tests/guest/vm/test.sh` with virtio-net, and virtio-blk and vfat to
+/// read its cloud-init seed), built or reused under `name`; `None` when skipped for a missing
+/// component.
 pub fn vm_guest(name: &str) -> Option<Image> {
     let mut g = Guest::new(name);
-    g.file(super::guest::harness_dir().join("vm/test.sh"), "/test.sh")
-        .module("virtio_pci")
-        .module("virtio_net");
+    g.file(super::guest::harness_dir().join("vm/test.sh"), "/test.sh");
+    for m in [
+        "virtio_pci",
+        "virtio_net",
+        "virtio_blk",
+        "vfat",
+        "nls_cp437",
+        "nls_utf8",
+        "nls_ascii",
+    ] {
+        g.module(m);
+    }
     g.build()
 }
 

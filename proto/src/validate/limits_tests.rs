@@ -51,6 +51,7 @@ fn lab(i: usize) -> LabSpec {
         parent: Some("eth1".into()),
         bridge: None,
         cidr: None,
+        gateway: Default::default(),
     }
 }
 
