@@ -141,7 +141,7 @@ docs steward-agent
 man_page "$a/usr/bin/steward-agent" steward-agent \
   "Steward's on-host agent: keeps this host in the state declared in the registry" "$a"
 agent_deb=$(finish steward-agent "$(depends "$a/usr/bin/steward-agent")" \
-  "Recommends: docker.io" \
+  "Recommends: docker.io, nftables" \
   "Description: Steward agent: keeps this host in the state declared centrally
  The Steward agent runs on every hypervisor, Docker host and bare-metal node
  of a fleet. It enrols with a Steward registry, pulls this node's desired

@@ -2,7 +2,7 @@
 # Installs and starts what the test suite needs on a fresh Debian machine with Rust:
 # a Python venv at /opt/steward-pytest with openapi-spec-validator and schemathesis (from PyPI;
 # Debian's python3 has no pip, so the venv comes from python3-venv), busybox-static (test
-# images), a running Docker engine, and
+# images), nftables (nft, for the network isolation tests), a running Docker engine, and
 # for the QEMU guest and VM tests (tests/guest/) Debian's stock kernel, QEMU, qemu-utils, mtools
 # and iproute2; etcd (etcd-server, and etcd-client for etcdctl) for the etcd store tests and
 # protoc (protobuf-compiler, with libprotobuf-dev for the .proto files it imports), which
@@ -16,6 +16,8 @@ need_apt=()
 command -v curl >/dev/null || need_apt+=(curl)
 [ -x /bin/busybox ] || need_apt+=(busybox-static)
 command -v dockerd >/dev/null || need_apt+=(docker.io)
+# Network isolation (agent/tests/network_isolation.rs; the agent runs nft for its own table).
+[ -x /usr/sbin/nft ] || need_apt+=(nftables)
 # The etcd store: protoc builds the etcd client (a registry build dependency), etcd and etcdctl run the
 # test clusters (registry/tests/common/etcd.rs, kv_conformance.rs).
 command -v protoc >/dev/null || need_apt+=(protobuf-compiler)

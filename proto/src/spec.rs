@@ -134,6 +134,34 @@ pub struct BridgeSpec {
     pub ports: Vec<BridgePort>,
     #[serde(default = "default_true")]
     pub up: bool,
+    /// Who may talk to what is on this bridge (see [`Isolation`]); default `open`.
+    #[serde(default, skip_serializing_if = "Isolation::is_open")]
+    pub isolation: Isolation,
+}
+
+/// Network isolation of a managed bridge or a lab, enforced by the agent in its own nftables
+/// table (`inet steward`), never in anyone else's.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Isolation {
+    /// No rules: the host routes between this bridge and others as it would anyway.
+    #[default]
+    Open,
+    /// No traffic between this bridge and any other interface (other bridges, the uplink), and
+    /// none from the bridge to the host itself (not even to its own address on the bridge):
+    /// what is on the bridge reaches only what is on the same bridge.
+    Isolated,
+    /// Reserved: traffic out through the host but nothing in. Not supported yet (refused by
+    /// validation).
+    EgressOnly,
+}
+
+impl Isolation {
+    pub fn is_open(&self) -> bool {
+        *self == Isolation::Open
+    }
 }
 
 /// An interface enslaved to a bridge, with its VLAN membership on VLAN-filtering bridges.
@@ -178,6 +206,9 @@ pub struct LabSpec {
     /// on the lab, such as pfSense, owns `.1`).
     #[serde(default, skip_serializing_if = "LabGateway::is_host")]
     pub gateway: LabGateway,
+    /// Who may talk to what is on the lab's bridge (see [`Isolation`]); default `open`.
+    #[serde(default, skip_serializing_if = "Isolation::is_open")]
+    pub isolation: Isolation,
 }
 
 /// A lab's gateway (see [`LabSpec::gateway`]).

@@ -1,7 +1,7 @@
 //! The network driver's one error type. Every message says what was attempted on which link,
 //! what the kernel answered, and, for the answers we know, what to do about it.
 
-/// What went wrong talking to the kernel over netlink.
+/// What went wrong talking to the kernel over netlink (or to nftables through `nft`).
 #[derive(Debug, thiserror::Error)]
 pub enum NetworkError {
     /// The netlink socket could not be opened.
@@ -24,6 +24,14 @@ pub enum NetworkError {
     /// A link an action needs is not there (e.g. a port or parent removed meanwhile).
     #[error("{op} failed: link {link} does not exist")]
     NoSuchLink { op: String, link: String },
+
+    /// `nft` could not be run or refused the agent's table (`nft.rs`); `hint` as for `Kernel`.
+    #[error("nftables: {op} failed: {reason}{hint}")]
+    Nft {
+        op: String,
+        reason: String,
+        hint: String,
+    },
 }
 
 impl NetworkError {

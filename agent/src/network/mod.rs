@@ -7,14 +7,17 @@
 //!   statuses from the plan's verdicts and the failed actions.
 //! - `driver.rs`, `dump.rs`, `events.rs` — the only code importing rtnetlink: observe / apply
 //!   (the link dump parsed lean in `dump.rs`), and link and address events.
+//! - `firewall.rs` (pure: isolated bridges → the agent's nftables table, drift) and `nft.rs`
+//!   (the only code running `nft`), applied after the links exist.
 //! - `counters.rs` — workloads' byte counters (a container's veths, a VM's taps) from a
 //!   statistics dump, for their activity in the status.
 //! - this file — the I/O side: observe → plan → apply → record → report, in two phases so the
 //!   reconciler can deal with containers (and their Docker networks) before links are deleted.
 //!
-//! Every pass logs one line `networks reconciled links=N netlink_writes=W observed=dump|events
-//! took_us=T` (target `steward_agent::network`): `netlink_writes` counts the write requests sent
-//! to the kernel, so a converged host shows `netlink_writes=0`; `observed=events` says the pass
+//! Every pass logs one line `networks reconciled links=N netlink_writes=W nft_writes=F
+//! observed=dump|events took_us=T` (target `steward_agent::network`): `netlink_writes` counts
+//! the write requests sent to the kernel, so a converged host shows `netlink_writes=0`, and
+//! `nft_writes` the `nft` transactions (isolation); `observed=events` says the pass
 //! reused the links an earlier pass dumped, because the netlink event listener (daemon and
 //! `apply --watch` only) announced no change since and the agent wrote nothing. Tests and the
 //! bench read it.
@@ -25,7 +28,9 @@ pub mod driver;
 mod dump;
 pub mod error;
 pub mod events;
+pub mod firewall;
 pub mod lab;
+mod nft;
 pub mod plan;
 mod report;
 
@@ -51,7 +56,7 @@ use crate::store::{Kept, Record, Store};
 pub use driver::NetlinkDriver;
 pub use error::NetworkError;
 pub use events::EventFeed;
-use types::{DesiredNetworks, LinkKind, LinkRecord, NetAction, NetObserved, NetState};
+use types::{DesiredNetworks, LinkKind, NetAction, NetObserved, NetState};
 
 /// Lab leases: bridge -> consumer (a workload's `lab::lease_key`: `container:<name>`,
 /// `vm:<name>/<nic>`) -> address.
@@ -104,8 +109,9 @@ pub struct NetOutcome {
     /// Time spent in the network phases (the containers' phase in between is not counted).
     spent: Option<std::time::Duration>,
     links: usize,
-    /// Netlink write requests sent in this pass.
+    /// Netlink write requests sent in this pass, and `nft` transactions.
     writes: usize,
+    nft_writes: usize,
     /// The links came from the event-fed cache, not from a dump.
     pub observed_from_cache: bool,
 }
@@ -419,7 +425,7 @@ async fn apply_actions(
         match driver.apply(action).instrument(span).await {
             Ok(()) => {
                 tracing::debug!(kind = action.kind(), link = %res, "applied");
-                record(state, action, driver);
+                report::record(state, action, driver);
             }
             Err(e) => {
                 warn!(kind = action.kind(), link = %res, error = %e, "network action failed");
@@ -428,34 +434,6 @@ async fn apply_actions(
         }
     }
     failed
-}
-
-/// Updates the agent's record after a successful action.
-fn record(state: &mut NetState, action: &NetAction, driver: &NetlinkDriver) {
-    match action {
-        NetAction::Create { link, .. } => {
-            if let Some(idx) = driver.index_of(&link.name) {
-                state.links.insert(
-                    link.name.clone(),
-                    LinkRecord {
-                        index: idx,
-                        hash: String::new(),
-                    },
-                );
-            }
-        }
-        NetAction::Delete { name, .. } => {
-            state.links.remove(name);
-            state.ports.retain(|p, b| p != name && b != name);
-        }
-        NetAction::Enslave { port, bridge, .. } => {
-            state.ports.insert(port.clone(), bridge.clone());
-        }
-        NetAction::Release { port, .. } => {
-            state.ports.remove(port);
-        }
-        _ => {}
-    }
 }
 
 /// Makes a VM's tap a port of a managed bridge, with its VLAN (see
@@ -533,7 +511,9 @@ impl NetworkPhase for Networks {
         pass: &Pass,
     ) -> NetOutcome {
         let started = Instant::now();
+        let full = self.full_observe;
         let mut out = self.apply_changes(spec, policy, node_id, pass).await;
+        self.isolate(&spec.networks, full, pass, &mut out).await;
         out.spent = Some(started.elapsed());
         out
     }
@@ -561,7 +541,7 @@ impl NetworkPhase for Networks {
                     info!(link = %name, %reason, "deleting managed link");
                 }
                 match driver.apply(&action).instrument(span).await {
-                    Ok(()) => record(&mut state, &action, driver),
+                    Ok(()) => report::record(&mut state, &action, driver),
                     Err(e) => {
                         warn!(link = %name, error = %e, "deleting a managed link failed");
                         out.resources.push(status(
@@ -586,6 +566,7 @@ impl NetworkPhase for Networks {
             target: "steward_agent::network",
             links = out.links,
             netlink_writes = out.writes,
+            nft_writes = out.nft_writes,
             observed = %if out.observed_from_cache { "events" } else { "dump" },
             took_us = (spent + started.elapsed()).as_micros() as u64,
             "networks reconciled"

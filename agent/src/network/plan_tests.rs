@@ -215,6 +215,7 @@ fn run(cases: Vec<Case>) {
                 .iter()
                 .map(|(p, b)| (p.to_string(), b.to_string()))
                 .collect(),
+            isolated: Default::default(),
         };
         let p = plan(&desired, &observed, &state, &c.policy, NODE);
         let (a, v) = render(&p);

@@ -1,13 +1,14 @@
 //! The status of each desired link after a pass's first phase: the planner's verdict, the
 //! problems it found and the failures of applying, merged into one [`ResourceStatus`] each;
-//! converged links are recorded with their hash.
+//! converged links are recorded with their hash, and every successful action in the agent's
+//! link records (`record`).
 
 use std::collections::BTreeMap;
 
 use steward_proto::ResourceState;
 use tracing::warn;
 
-use super::types::{LinkRecord, NetPlan, NetState};
+use super::types::{LinkRecord, NetAction, NetPlan, NetState};
 use super::{status, NetOutcome, NetlinkDriver};
 use crate::reconcile::Verdict;
 
@@ -82,5 +83,33 @@ fn verdict_state(
             Some(e) => (ResourceState::Failed, Some(e.clone())),
             None => (ResourceState::Converged, None),
         },
+    }
+}
+
+/// Updates the agent's record after a successful action.
+pub(super) fn record(state: &mut NetState, action: &NetAction, driver: &NetlinkDriver) {
+    match action {
+        NetAction::Create { link, .. } => {
+            if let Some(idx) = driver.index_of(&link.name) {
+                state.links.insert(
+                    link.name.clone(),
+                    LinkRecord {
+                        index: idx,
+                        hash: String::new(),
+                    },
+                );
+            }
+        }
+        NetAction::Delete { name, .. } => {
+            state.links.remove(name);
+            state.ports.retain(|p, b| p != name && b != name);
+        }
+        NetAction::Enslave { port, bridge, .. } => {
+            state.ports.insert(port.clone(), bridge.clone());
+        }
+        NetAction::Release { port, .. } => {
+            state.ports.remove(port);
+        }
+        _ => {}
     }
 }

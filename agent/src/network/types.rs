@@ -2,7 +2,7 @@
 //! observed, the actions the planner asks for, and what the agent's store remembers about the
 //! links it manages. Nothing here knows about netlink; the driver converts at its border.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -165,6 +165,10 @@ pub struct NetState {
     pub links: BTreeMap<String, LinkRecord>,
     /// Interfaces the agent enslaved, and to which bridge: only these are ever released.
     pub ports: BTreeMap<String, String>,
+    /// Bridges whose isolation rules the agent put in its nftables table (`nft.rs`): a
+    /// difference found later in their rules is drift, not a spec change.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub isolated: BTreeSet<String>,
 }
 
 /// Changes to a link's generic attributes, made in one request.

@@ -188,9 +188,25 @@ impl NetNs {
     /// Runs `steward-agent --data-dir <data> apply --file <spec> --json` in the namespace, with
     /// no Docker engine (networks only) unless `docker` is set.
     pub fn apply(&self, data: &Path, spec: &str, config: Option<&Path>) -> Applied {
+        self.apply_in(
+            self.command(env!("CARGO_BIN_EXE_steward-agent")),
+            data,
+            spec,
+            config,
+        )
+    }
+
+    /// [`NetNs::apply`] through `c`, a command running the agent in the namespace (with an
+    /// environment of the caller's making).
+    pub fn apply_in(
+        &self,
+        mut c: Command,
+        data: &Path,
+        spec: &str,
+        config: Option<&Path>,
+    ) -> Applied {
         let file = data.with_extension("spec.yaml");
         std::fs::write(&file, spec).unwrap();
-        let mut c = self.command(env!("CARGO_BIN_EXE_steward-agent"));
         c.arg("--data-dir")
             .arg(data)
             .args(["--docker-socket", "/nonexistent/docker.sock"]);

@@ -42,6 +42,7 @@ fn bridge(i: usize) -> BridgeSpec {
         addresses: vec![],
         ports: vec![],
         up: true,
+        isolation: Default::default(),
     }
 }
 
@@ -52,6 +53,7 @@ fn lab(i: usize) -> LabSpec {
         bridge: None,
         cidr: None,
         gateway: Default::default(),
+        isolation: Default::default(),
     }
 }
 

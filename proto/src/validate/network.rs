@@ -1,7 +1,7 @@
 //! Host network checks: VLAN interfaces, bridges with their ports and VLAN membership, labs.
 
 use super::{iface_problem, vlan_id_problem, Problems};
-use crate::spec::{BridgeSpec, NetworksSpec};
+use crate::spec::{BridgeSpec, Isolation, NetworksSpec};
 use ipnet::IpNet;
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -77,6 +77,7 @@ fn check_bridges<'a>(
             }
         }
         check_addresses(&b.addresses, &f, out);
+        check_isolation(b.isolation, &f, out);
         check_ports(b, &f, &bridge_names, &mut port_owner, out);
     }
 }
@@ -100,6 +101,7 @@ fn check_labs<'a>(
         if let Some(cidr) = &lab.cidr {
             out.check(format!("{f}.cidr"), lab_cidr_problem(cidr));
         }
+        check_isolation(lab.isolation, &f, out);
         if !vlan_ok {
             continue;
         }
@@ -254,6 +256,16 @@ fn check_ports<'a>(
     }
 }
 
+/// Only `open` and `isolated` are enforced so far.
+fn check_isolation(isolation: Isolation, f: &str, out: &mut Problems) {
+    if isolation == Isolation::EgressOnly {
+        out.push(
+            format!("{f}.isolation"),
+            "isolation: egress-only is not supported yet; use isolated or open".to_string(),
+        );
+    }
+}
+
 fn check_mtu(mtu: Option<u32>, f: &str, out: &mut Problems) {
     if let Some(m) = mtu {
         if !(MTU_MIN..=MTU_MAX).contains(&m) {
@@ -384,6 +396,8 @@ mod tests {
             ("networks:\n  labs:\n    - {vlan: 150, parent: eth1, cidr: lab}\n", "networks.labs[0].cidr", "not a network in CIDR form"),
             ("networks:\n  vlans:\n    - {name: eth1.150, parent: eth1, id: 150}\n  labs:\n    - {vlan: 150, parent: eth1}\n", "networks.labs[0].vlan", "VLAN 150 on \"eth1\" is already declared by networks.vlans[0]"),
             ("networks:\n  bridges:\n    - {name: br150}\n  labs:\n    - {vlan: 150, parent: eth1}\n", "networks.labs[0].bridge", "the lab's bridge \"br150\" is already declared by networks.bridges[0]"),
+            ("networks:\n  bridges:\n    - {name: br0, isolation: egress-only}\n", "networks.bridges[0].isolation", "egress-only is not supported yet"),
+            ("networks:\n  labs:\n    - {vlan: 150, isolation: egress-only}\n", "networks.labs[0].isolation", "egress-only is not supported yet"),
         ];
         run_table(cases);
     }
@@ -397,6 +411,7 @@ mod tests {
             "networks:\n  labs:\n    - {vlan: 150, parent: eth1, cidr: 192.168.150.0/24}\n    - {vlan: 151, parent: eth1, bridge: lab151, cidr: \"fd00:151::/64\"}\n",
             // Bridge-only labs: no parent, so no VLAN interface to clash with networks.vlans.
             "networks:\n  vlans:\n    - {name: eth1.150, parent: eth1, id: 150}\n  labs:\n    - {vlan: 150}\n    - {vlan: 151, bridge: vmbr151}\n",
+            "networks:\n  bridges:\n    - {name: br0, isolation: isolated}\n    - {name: br1, isolation: open}\n  labs:\n    - {vlan: 150, isolation: isolated}\n",
         ]);
     }
 }
