@@ -137,6 +137,9 @@ pub struct BridgeSpec {
     /// Who may talk to what is on this bridge (see [`Isolation`]); default `open`.
     #[serde(default, skip_serializing_if = "Isolation::is_open")]
     pub isolation: Isolation,
+    /// Exceptions to `isolation` (see [`AllowRule`]); nothing without isolation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<AllowRule>,
 }
 
 /// Network isolation of a managed bridge or a lab, enforced by the agent in its own nftables
@@ -153,8 +156,9 @@ pub enum Isolation {
     /// none from the bridge to the host itself (not even to its own address on the bridge):
     /// what is on the bridge reaches only what is on the same bridge.
     Isolated,
-    /// Reserved: traffic out through the host but nothing in. Not supported yet (refused by
-    /// validation).
+    /// What is on the bridge reaches the outside through the host's uplink, masqueraded
+    /// (source-NATed to the host's address); nothing reaches it but replies and Docker's
+    /// published (DNAT'd) ports; no traffic to the spec's other bridges, none to the host itself.
     EgressOnly,
 }
 
@@ -162,6 +166,31 @@ impl Isolation {
     pub fn is_open(&self) -> bool {
         *self == Isolation::Open
     }
+}
+
+/// An exception to a bridge's isolation: traffic matching it may enter the bridge (routed
+/// from another interface) and, unless `from` names a bridge, reach the host itself from the
+/// bridge.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AllowRule {
+    pub proto: AllowProto,
+    /// Destination port (`tcp` and `udp` only); none: every port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Source: a network in CIDR form, or the name of another bridge of the spec (a managed
+    /// bridge or a lab's bridge); none: any source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+}
+
+/// The protocol of an [`AllowRule`]; `icmp` covers ICMPv6 too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AllowProto {
+    Tcp,
+    Udp,
+    Icmp,
 }
 
 /// An interface enslaved to a bridge, with its VLAN membership on VLAN-filtering bridges.
@@ -209,6 +238,9 @@ pub struct LabSpec {
     /// Who may talk to what is on the lab's bridge (see [`Isolation`]); default `open`.
     #[serde(default, skip_serializing_if = "Isolation::is_open")]
     pub isolation: Isolation,
+    /// Exceptions to `isolation` (see [`AllowRule`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<AllowRule>,
 }
 
 /// A lab's gateway (see [`LabSpec::gateway`]).

@@ -1,35 +1,64 @@
-//! Network isolation, pure: the bridges the spec isolates (`isolation: isolated` on a managed
-//! bridge or a lab) → the ruleset of the agent's own nftables table `inet steward`, and which
-//! bridges' rules differ between two rulesets (drift). `nft.rs` applies and observes it.
+//! Network isolation, pure: each bridge's policy in the spec (`isolation` and `allow` on a
+//! managed bridge or a lab) → the ruleset of the agent's own nftables table `inet steward`, and
+//! which bridges' rules differ between two rulesets (drift). `nft.rs` applies and observes it.
 //!
-//! The table has two base chains, both `policy accept`, at priority `filter - 1` (before the
-//! `filter` chains of Docker's and the operator's tables; a drop in any base chain is final):
-//! - `forward` (hook forward): per isolated bridge `B`, `iifname B oifname != B drop` (nothing
-//!   from `B` routed anywhere else) and `oifname B iifname != B drop` (nothing routed into
-//!   `B`). Traffic between two ports of `B` is bridged, not routed, so it never reaches this
-//!   hook — unless `br_netfilter` is loaded, and then `!= B` lets it through.
-//! - `input` (hook input): per isolated bridge `B`, `iifname B drop` (nothing from `B` to the
-//!   host itself, its own address on `B` included; replies to what the host sends into `B`
-//!   are dropped too, so nothing flows either way).
+//! The table has up to three base chains, all `policy accept`: `forward` and `input` (`type
+//! filter`, priority `filter - 1`: before the `filter` chains of Docker's and the operator's
+//! tables; a drop in any base chain is final) and, with an egress-only bridge, `postrouting`
+//! (`type nat`, priority `srcnat - 1`). Per bridge `B`, every rule commented `steward: B
+//! <isolation>`:
+//! - `isolated`: forward `iifname B oifname != B drop` (nothing from `B` routed anywhere
+//!   else), `oifname B iifname != B drop` (nothing routed into `B`); input `iifname B drop`
+//!   (nothing from `B` to the host itself, its own address on `B` included; replies to what
+//!   the host sends into `B` are dropped too). Traffic between two ports of `B` is bridged,
+//!   not routed, so it never reaches these hooks (with `br_netfilter` loaded, `!= B` lets it
+//!   through).
+//! - `egress-only`: forward `oifname B ct state established,related accept` (replies),
+//!   `iifname B ct state established,related accept`, `oifname B ct status dnat accept`
+//!   (Docker's published ports, DNAT'd to `B`), then `oifname B iifname != B drop` and, per
+//!   other bridge `C` of the spec (managed or a lab's, whatever its isolation), `iifname B
+//!   oifname C drop`; the rest (out the uplink) passes. Input: `iifname B ct state
+//!   established,related accept` (replies to the host's own connections), `iifname B drop`.
+//!   Postrouting: `iifname B oifname != B masquerade` (leaves with the outgoing interface's
+//!   address).
+//! - `allow` (on `isolated` or `egress-only` `B`; validation refuses it on `open`), each
+//!   `{proto, port?, from?}`: forward `oifname B [iifname C | ip(6) saddr N] <proto> [dport P]
+//!   accept` — matching traffic may be routed into `B` from the bridge `C`, from the network
+//!   `N`, or (no `from`) from anywhere; with `from` not naming a bridge, also input `iifname B
+//!   [ip(6) saddr N] <proto> [dport P] accept` — from `B` to the host's own port. `icmp`
+//!   means ICMP and ICMPv6. An isolated `B` with allows also gets forward `iifname B ct state
+//!   established,related accept`, so replies leave `B`.
 //!
-//! No isolated bridge: an empty ruleset, which means no table at all. Rules are in bridge
-//! name order (then chain, direction), so reordering the spec changes nothing.
+//! Order: in `forward`, every bridge's accepts come first, then every bridge's drops (an
+//! `allow` on `B` naming `from: C` lets `C`'s traffic in even when `C` is isolated or
+//! egress-only: the explicit exception wins; an `allow` without `from` does too — name a
+//! `from` to keep an isolated bridge's traffic out — and so does a port the host DNATs to an
+//! egress-only bridge); in `input`, per bridge, accepts then the
+//! drop. Within each part, bridges in name order, so reordering the spec changes nothing. No
+//! bridge with a policy: an empty ruleset, which means no table at all.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 
-use steward_proto::{Isolation, NetworksSpec};
+use ipnet::IpNet;
+use serde_json::{json, Value};
+use steward_proto::{AllowProto, AllowRule, Isolation, NetworksSpec};
 
 /// The agent's table: family and name. The agent never touches any other table.
 pub const FAMILY: &str = "inet";
 pub const TABLE: &str = "steward";
 /// `filter - 1`.
 pub const PRIORITY: i32 = -1;
+/// `srcnat - 1`.
+pub const NAT_PRIORITY: i32 = 99;
 
 /// A base chain's hook; the chain is named after it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Hook {
     Forward,
     Input,
+    /// `type nat`: the egress-only bridges' masquerading.
+    Postrouting,
 }
 
 impl Hook {
@@ -37,6 +66,14 @@ impl Hook {
         match self {
             Hook::Forward => "forward",
             Hook::Input => "input",
+            Hook::Postrouting => "postrouting",
+        }
+    }
+
+    pub fn priority(self) -> i32 {
+        match self {
+            Hook::Postrouting => NAT_PRIORITY,
+            _ => PRIORITY,
         }
     }
 }
@@ -58,22 +95,40 @@ pub struct IfMatch {
     pub name: String,
 }
 
-/// One rule: its interface matches, then `drop`. `extra` holds what a rule observed in the
-/// kernel has besides (another verdict, counters, other matches, or no `drop`), as text: the
-/// planned rules have none, so such a rule never equals a planned one.
+/// What a rule does with what it matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Accept,
+    Drop,
+    Masquerade,
+}
+
+/// One rule: its interface matches, its other matches (`conds`: nft JSON statements exactly
+/// as `nft -j list` prints them back, e.g. `ct state`, `tcp dport`), then its verdict.
+/// `extra` holds what a rule observed in the kernel has besides (another verdict, counters,
+/// or no verdict), as text: the planned rules have none, so such a rule never equals a
+/// planned one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
     pub matches: Vec<IfMatch>,
+    pub conds: Vec<Value>,
+    pub verdict: Verdict,
     pub extra: Vec<String>,
     pub comment: Option<String>,
 }
 
 impl Rule {
-    fn drop(matches: Vec<IfMatch>, bridge: &str) -> Self {
+    fn new(b: &str, p: Isolation, matches: Vec<IfMatch>, conds: Vec<Value>, v: Verdict) -> Self {
+        let what = match p {
+            Isolation::EgressOnly => "egress-only",
+            _ => "isolated",
+        };
         Rule {
             matches,
+            conds,
+            verdict: v,
             extra: Vec::new(),
-            comment: Some(format!("steward: {bridge} isolated")),
+            comment: Some(format!("steward: {b} {what}")),
         }
     }
 
@@ -83,12 +138,12 @@ impl Rule {
     }
 }
 
-/// A base chain of the table (`type filter`).
+/// A base chain of the table (`type filter`, or `type nat` for `postrouting`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chain {
     pub hook: Hook,
     pub priority: i32,
-    /// `policy accept` (ours always is).
+    /// `policy accept` (ours always is) and the hook's type.
     pub accept: bool,
     pub rules: Vec<Rule>,
 }
@@ -116,17 +171,57 @@ impl Ruleset {
     }
 }
 
-/// The bridges `n` isolates (managed bridges and labs' bridges), by name. `egress-only` is
-/// refused by validation; should it get here anyway it is isolated (closed rather than open).
-pub fn isolated(n: &NetworksSpec) -> BTreeSet<String> {
-    let closed = |i: Isolation| i != Isolation::Open;
-    let bridges = (n.bridges.iter())
-        .filter(|b| closed(b.isolation))
-        .map(|b| b.name.clone());
-    let labs = (n.labs.iter())
-        .filter(|l| closed(l.isolation))
-        .map(|l| l.bridge.clone().unwrap_or_else(|| format!("br{}", l.vlan)));
-    bridges.chain(labs).collect()
+/// A bridge's policy: its isolation (never `open` here) and the exceptions to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub isolation: Isolation,
+    pub allow: Vec<AllowRule>,
+}
+
+/// The spec's policies: every bridge with one (not `open`), and the names of all the spec's
+/// bridges (managed bridges and labs' bridges), which egress-only bridges may not reach.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Policies {
+    pub bridges: BTreeMap<String, Policy>,
+    pub all: BTreeSet<String>,
+}
+
+impl Policies {
+    /// The bridges with a policy, by name.
+    pub fn names(&self) -> BTreeSet<String> {
+        self.bridges.keys().cloned().collect()
+    }
+
+    /// `isolated` for each of `names`, no allow (tests).
+    #[cfg(test)]
+    pub fn isolating(names: &BTreeSet<String>) -> Self {
+        let p = Policy {
+            isolation: Isolation::Isolated,
+            allow: Vec::new(),
+        };
+        Policies {
+            bridges: names.iter().map(|n| (n.clone(), p.clone())).collect(),
+            all: names.clone(),
+        }
+    }
+}
+
+/// The policies of `n`'s bridges (managed bridges and labs' bridges).
+pub fn policies(n: &NetworksSpec) -> Policies {
+    let bridges = (n.bridges.iter()).map(|b| (b.name.clone(), b.isolation, &b.allow));
+    let labs = (n.labs.iter()).map(|l| {
+        let name = l.bridge.clone().unwrap_or_else(|| format!("br{}", l.vlan));
+        (name, l.isolation, &l.allow)
+    });
+    let mut out = Policies::default();
+    for (name, isolation, allow) in bridges.chain(labs) {
+        out.all.insert(name.clone());
+        if isolation != Isolation::Open {
+            let allow = allow.clone();
+            out.bridges.insert(name, Policy { isolation, allow });
+        }
+    }
+    out
 }
 
 fn m(dir: Dir, negate: bool, name: &str) -> IfMatch {
@@ -137,32 +232,185 @@ fn m(dir: Dir, negate: bool, name: &str) -> IfMatch {
     }
 }
 
-/// The table for `isolated` bridges (see the module's documentation); empty for none.
-pub fn plan(isolated: &BTreeSet<String>) -> Ruleset {
-    if isolated.is_empty() {
+fn is(left: Value, op: &str, right: Value) -> Value {
+    json!({"match": {"op": op, "left": left, "right": right}})
+}
+
+/// `ct state established,related`
+pub fn ct_replies() -> Value {
+    is(
+        json!({"ct": {"key": "state"}}),
+        "in",
+        json!(["established", "related"]),
+    )
+}
+
+/// `ct status dnat`
+pub fn ct_dnat() -> Value {
+    is(json!({"ct": {"key": "status"}}), "in", json!("dnat"))
+}
+
+/// `ip saddr N` / `ip6 saddr N` (a host address without its prefix length, as nft prints it).
+fn saddr(n: IpNet) -> Value {
+    let n = n.trunc();
+    let family = if matches!(n, IpNet::V4(_)) {
+        "ip"
+    } else {
+        "ip6"
+    };
+    let right = if n.prefix_len() == n.max_prefix_len() {
+        json!(n.addr().to_string())
+    } else {
+        json!({"prefix": {"addr": n.addr().to_string(), "len": n.prefix_len()}})
+    };
+    is(
+        json!({"payload": {"protocol": family, "field": "saddr"}}),
+        "==",
+        right,
+    )
+}
+
+/// `tcp dport P`, `meta l4proto tcp`, `meta l4proto { icmp, ipv6-icmp }`, ...
+fn proto(p: AllowProto, port: Option<u16>) -> Value {
+    let name = match p {
+        AllowProto::Tcp => "tcp",
+        AllowProto::Udp => "udp",
+        AllowProto::Icmp => {
+            let set = json!({"set": ["icmp", "ipv6-icmp"]});
+            return is(json!({"meta": {"key": "l4proto"}}), "==", set);
+        }
+    };
+    match port {
+        Some(port) => {
+            let field = json!({"payload": {"protocol": name, "field": "dport"}});
+            is(field, "==", json!(port))
+        }
+        None => is(json!({"meta": {"key": "l4proto"}}), "==", json!(name)),
+    }
+}
+
+/// `from` as a network, when it is one (else it names a bridge).
+fn from_net(a: &AllowRule) -> Option<IpNet> {
+    a.from.as_deref().and_then(|f| f.parse().ok())
+}
+
+/// `B`'s accepts in `forward` (see the module's documentation).
+fn forward_accepts(b: &str, p: &Policy) -> Vec<Rule> {
+    let rule = |ms, cs| Rule::new(b, p.isolation, ms, cs, Verdict::Accept);
+    let mut out = Vec::new();
+    if p.isolation == Isolation::EgressOnly {
+        out.push(rule(vec![m(Dir::Out, false, b)], vec![ct_replies()]));
+    }
+    if p.isolation == Isolation::EgressOnly || !p.allow.is_empty() {
+        out.push(rule(vec![m(Dir::In, false, b)], vec![ct_replies()]));
+    }
+    if p.isolation == Isolation::EgressOnly {
+        out.push(rule(vec![m(Dir::Out, false, b)], vec![ct_dnat()]));
+    }
+    for a in &p.allow {
+        let mut ms = vec![m(Dir::Out, false, b)];
+        let mut cs = Vec::new();
+        match (from_net(a), &a.from) {
+            (Some(n), _) => cs.push(saddr(n)),
+            (None, Some(bridge)) => ms.push(m(Dir::In, false, bridge)),
+            (None, None) => {}
+        }
+        cs.push(proto(a.proto, a.port));
+        out.push(rule(ms, cs));
+    }
+    out
+}
+
+/// `B`'s drops in `forward`; `all`: every bridge of the spec.
+fn forward_drops(b: &str, p: &Policy, all: &BTreeSet<String>) -> Vec<Rule> {
+    let drop = |ms| Rule::new(b, p.isolation, ms, Vec::new(), Verdict::Drop);
+    match p.isolation {
+        Isolation::EgressOnly => {
+            let others = all.iter().filter(|c| c.as_str() != b);
+            let to = others.map(|c| drop(vec![m(Dir::In, false, b), m(Dir::Out, false, c)]));
+            let into = drop(vec![m(Dir::Out, false, b), m(Dir::In, true, b)]);
+            std::iter::once(into).chain(to).collect()
+        }
+        _ => vec![
+            drop(vec![m(Dir::In, false, b), m(Dir::Out, true, b)]),
+            drop(vec![m(Dir::Out, false, b), m(Dir::In, true, b)]),
+        ],
+    }
+}
+
+/// `B`'s rules in `input`.
+fn input(b: &str, p: &Policy) -> Vec<Rule> {
+    let rule = |cs, v| Rule::new(b, p.isolation, vec![m(Dir::In, false, b)], cs, v);
+    let mut out = Vec::new();
+    if p.isolation == Isolation::EgressOnly {
+        out.push(rule(vec![ct_replies()], Verdict::Accept));
+    }
+    for a in p
+        .allow
+        .iter()
+        .filter(|a| a.from.is_none() || from_net(a).is_some())
+    {
+        let mut cs: Vec<Value> = from_net(a).map(saddr).into_iter().collect();
+        cs.push(proto(a.proto, a.port));
+        out.push(rule(cs, Verdict::Accept));
+    }
+    out.push(rule(Vec::new(), Verdict::Drop));
+    out
+}
+
+/// The table for `p` (see the module's documentation); empty when no bridge has a policy.
+pub fn plan(p: &Policies) -> Ruleset {
+    if p.bridges.is_empty() {
         return Ruleset::default();
     }
-    let forward = (isolated.iter())
-        .flat_map(|b| {
-            [
-                Rule::drop(vec![m(Dir::In, false, b), m(Dir::Out, true, b)], b),
-                Rule::drop(vec![m(Dir::Out, false, b), m(Dir::In, true, b)], b),
-            ]
+    let bridges = || p.bridges.iter();
+    let accepts = bridges().flat_map(|(b, pol)| forward_accepts(b, pol));
+    let drops = bridges().flat_map(|(b, pol)| forward_drops(b, pol, &p.all));
+    let input = bridges().flat_map(|(b, pol)| input(b, pol)).collect();
+    let masquerade: Vec<Rule> = (bridges())
+        .filter(|(_, pol)| pol.isolation == Isolation::EgressOnly)
+        .map(|(b, pol)| {
+            let ms = vec![m(Dir::In, false, b), m(Dir::Out, true, b)];
+            Rule::new(b, pol.isolation, ms, Vec::new(), Verdict::Masquerade)
         })
         .collect();
-    let input = (isolated.iter())
-        .map(|b| Rule::drop(vec![m(Dir::In, false, b)], b))
-        .collect();
-    let chain = |hook, rules| Chain {
+    let chain = |hook: Hook, rules| Chain {
         hook,
-        priority: PRIORITY,
+        priority: hook.priority(),
         accept: true,
         rules,
     };
+    let mut chains = vec![
+        chain(Hook::Forward, accepts.chain(drops).collect()),
+        chain(Hook::Input, input),
+    ];
+    if !masquerade.is_empty() {
+        chains.push(chain(Hook::Postrouting, masquerade));
+    }
     Ruleset {
-        chains: vec![chain(Hook::Forward, forward), chain(Hook::Input, input)],
+        chains,
         other: Vec::new(),
     }
+}
+
+/// The bridge among `p`'s whose policy would cut the agent's own route to the registry
+/// (`route`: the registry's address and the interface the kernel sends to it by), with the
+/// reason: an isolated bridge carrying the route drops, in `input`, the replies the host gets
+/// through it. Egress-only does not cut it (replies are accepted) and neither does an open
+/// bridge.
+pub fn cutting_registry(p: &Policies, route: Option<(IpAddr, &str)>) -> Option<(String, String)> {
+    let (ip, iface) = route?;
+    let policy = p.bridges.get(iface)?;
+    if policy.isolation != Isolation::Isolated {
+        return None;
+    }
+    let why = format!(
+        "refusing isolation: isolated on {iface} would cut this agent's route to the registry \
+         ({ip} via {iface}): the host's replies from it would be dropped; no rules were applied \
+         for {iface} (use egress-only, route the registry elsewhere, or set \
+         policy.allow_registry_interface_changes = true)"
+    );
+    Some((iface.to_string(), why))
 }
 
 /// How the table in the kernel (`None`: no table) differs from `want` (empty: no table

@@ -20,8 +20,48 @@ fn text(hook: Hook, r: &Rule) -> String {
             let op = if m.negate { "!= " } else { "" };
             format!("{key} {op}{}", m.name)
         })
+        .chain(r.conds.iter().map(cond))
         .collect();
-    format!("{}: {} drop", hook.name(), ms.join(" "))
+    let v = format!("{:?}", r.verdict).to_lowercase();
+    format!("{}: {} {v}", hook.name(), ms.join(" "))
+}
+
+/// A condition in nft's words (the shapes the planner makes).
+fn cond(c: &serde_json::Value) -> String {
+    let m = &c["match"];
+    let left = &m["left"];
+    let l = if let Some(k) = left["ct"]["key"].as_str() {
+        format!("ct {k}")
+    } else if let Some(k) = left["meta"]["key"].as_str() {
+        format!("meta {k}")
+    } else {
+        let p = &left["payload"];
+        format!(
+            "{} {}",
+            p["protocol"].as_str().unwrap(),
+            p["field"].as_str().unwrap()
+        )
+    };
+    let r = &m["right"];
+    let r = if let Some(p) = r.get("prefix") {
+        format!("{}/{}", p["addr"].as_str().unwrap(), p["len"])
+    } else if let Some(set) = r.get("set") {
+        let items: Vec<&str> = set
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        format!("{{ {} }}", items.join(", "))
+    } else if let Some(a) = r.as_array() {
+        let items: Vec<&str> = a.iter().map(|v| v.as_str().unwrap()).collect();
+        items.join(",")
+    } else {
+        r.as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| r.to_string())
+    };
+    format!("{l} {r}")
 }
 
 fn rules(rs: &Ruleset) -> Vec<String> {
@@ -41,11 +81,10 @@ fn isolated_bridges_from_the_spec() {
             "labs: [{vlan: 7, bridge: lab7, isolation: isolated}]\nbridges: [{name: zz, isolation: isolated}, {name: aa, isolation: isolated}]",
             &["aa", "lab7", "zz"],
         ),
-        // Refused by validation; closed rather than open should it get here.
         ("bridges: [{name: bre, isolation: egress-only}]", &["bre"]),
     ];
     for (yaml, want) in cases {
-        let got: Vec<String> = isolated(&spec(yaml)).into_iter().collect();
+        let got: Vec<String> = policies(&spec(yaml)).names().into_iter().collect();
         assert_eq!(got, *want, "{yaml}");
     }
 }
@@ -76,7 +115,7 @@ fn rules_per_isolated_bridge_in_a_stable_order() {
     ];
     for (bridges, want) in cases {
         let set: BTreeSet<String> = bridges.iter().map(|b| b.to_string()).collect();
-        let rs = plan(&set);
+        let rs = plan(&Policies::isolating(&set));
         assert_eq!(rules(&rs), *want, "{bridges:?}");
         assert_eq!(rs.is_empty(), bridges.is_empty(), "no bridge, no table");
         for c in &rs.chains {
@@ -91,7 +130,7 @@ fn rules_per_isolated_bridge_in_a_stable_order() {
             }
         }
     }
-    let hooks: Vec<Hook> = plan(&["x".to_string()].into())
+    let hooks: Vec<Hook> = plan(&Policies::isolating(&["x".to_string()].into()))
         .chains
         .iter()
         .map(|c| c.hook)
@@ -105,7 +144,7 @@ type Drift = Option<BTreeSet<String>>;
 #[test]
 fn drift_names_the_bridges_whose_rules_differ() {
     let both: BTreeSet<String> = ["bra".to_string(), "brb".to_string()].into();
-    let want = plan(&both);
+    let want = plan(&Policies::isolating(&both));
     let without = |hook: Hook, i: usize| {
         let mut rs = want.clone();
         let c = rs.chains.iter_mut().find(|c| c.hook == hook).unwrap();
@@ -128,9 +167,13 @@ fn drift_names_the_bridges_whose_rules_differ() {
     let mut policy = want.clone();
     policy.chains[0].accept = false;
     let mut foreign = want.clone();
-    foreign.chains[1]
-        .rules
-        .push(Rule::drop(vec![m(Dir::In, false, "eth0")], "eth0"));
+    foreign.chains[1].rules.push(Rule::new(
+        "eth0",
+        Isolation::Isolated,
+        vec![m(Dir::In, false, "eth0")],
+        Vec::new(),
+        Verdict::Drop,
+    ));
     let mut chain = want.clone();
     chain.other.push("mine".into());
     let set = |names: &[&str]| Some(names.iter().map(|n| n.to_string()).collect());
@@ -163,4 +206,79 @@ fn drift_names_the_bridges_whose_rules_differ() {
     for (what, want, have, expected) in cases {
         assert_eq!(drift(&want, have.as_ref()), expected, "{what}");
     }
+}
+
+#[test]
+fn egress_only_and_allow_rules() {
+    let yaml = "bridges:\n  - {name: bre, isolation: egress-only, allow: [{proto: udp, port: 53}]}\n  - {name: bro}\nlabs:\n  - {vlan: 7, isolation: isolated, allow: [{proto: tcp, port: 8080, from: bro}, {proto: icmp, from: 10.1.2.3/16}, {proto: tcp, from: \"fd00::1/128\"}]}";
+    let rs = plan(&policies(&spec(yaml)));
+    let want = [
+        // Every accept first (bridges in name order), then every drop.
+        "forward: iifname br7 ct state established,related accept",
+        "forward: oifname br7 iifname bro tcp dport 8080 accept",
+        "forward: oifname br7 ip saddr 10.1.0.0/16 meta l4proto { icmp, ipv6-icmp } accept",
+        "forward: oifname br7 ip6 saddr fd00::1 meta l4proto tcp accept",
+        "forward: oifname bre ct state established,related accept",
+        "forward: iifname bre ct state established,related accept",
+        "forward: oifname bre ct status dnat accept",
+        "forward: oifname bre udp dport 53 accept",
+        "forward: iifname br7 oifname != br7 drop",
+        "forward: oifname br7 iifname != br7 drop",
+        "forward: oifname bre iifname != bre drop",
+        "forward: iifname bre oifname br7 drop",
+        "forward: iifname bre oifname bro drop",
+        // A `from` bridge is about routed traffic only; a network also opens the host's port.
+        "input: iifname br7 ip saddr 10.1.0.0/16 meta l4proto { icmp, ipv6-icmp } accept",
+        "input: iifname br7 ip6 saddr fd00::1 meta l4proto tcp accept",
+        "input: iifname br7 drop",
+        "input: iifname bre ct state established,related accept",
+        "input: iifname bre udp dport 53 accept",
+        "input: iifname bre drop",
+        "postrouting: iifname bre oifname != bre masquerade",
+    ];
+    let got = rules(&rs);
+    assert_eq!(got, want, "{}", got.join("\n"));
+    let chains: Vec<(Hook, i32)> = rs.chains.iter().map(|c| (c.hook, c.priority)).collect();
+    assert_eq!(
+        chains,
+        [
+            (Hook::Forward, -1),
+            (Hook::Input, -1),
+            (Hook::Postrouting, 99)
+        ]
+    );
+    for c in &rs.chains {
+        for r in &c.rules {
+            let b = r.bridge().unwrap();
+            let what = if b == "bre" {
+                "egress-only"
+            } else {
+                "isolated"
+            };
+            assert_eq!(r.comment.as_deref(), Some(&*format!("steward: {b} {what}")));
+        }
+    }
+    // Only isolated bridges: no nat chain.
+    let iso = plan(&policies(&spec("labs: [{vlan: 7, isolation: isolated}]")));
+    assert_eq!(iso.chains.len(), 2);
+}
+
+#[test]
+fn a_policy_cutting_the_route_to_the_registry_is_named() {
+    let p = policies(&spec(
+        "bridges: [{name: bri, isolation: isolated}, {name: bre, isolation: egress-only}, {name: bro}]",
+    ));
+    let ip: IpAddr = "10.9.0.1".parse().unwrap();
+    let (bridge, why) = cutting_registry(&p, Some((ip, "bri"))).unwrap();
+    assert_eq!(bridge, "bri");
+    assert!(
+        why.contains("route to the registry (10.9.0.1 via bri)"),
+        "{why}"
+    );
+    assert!(why.contains("no rules were applied for bri"), "{why}");
+    // Egress-only accepts the replies; open has no rules; not a bridge of ours; no route.
+    for iface in ["bre", "bro", "eth0"] {
+        assert_eq!(cutting_registry(&p, Some((ip, iface))), None, "{iface}");
+    }
+    assert_eq!(cutting_registry(&p, None), None);
 }

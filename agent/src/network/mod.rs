@@ -7,7 +7,7 @@
 //!   statuses from the plan's verdicts and the failed actions.
 //! - `driver.rs`, `dump.rs`, `events.rs` — the only code importing rtnetlink: observe / apply
 //!   (the link dump parsed lean in `dump.rs`), and link and address events.
-//! - `firewall.rs` (pure: isolated bridges → the agent's nftables table, drift) and `nft.rs`
+//! - `firewall.rs` (pure: bridges' policies → the agent's nftables table, drift) and `nft.rs`
 //!   (the only code running `nft`), applied after the links exist.
 //! - `counters.rs` — workloads' byte counters (a container's veths, a VM's taps) from a
 //!   statistics dump, for their activity in the status.
@@ -513,7 +513,9 @@ impl NetworkPhase for Networks {
         let started = Instant::now();
         let full = self.full_observe;
         let mut out = self.apply_changes(spec, policy, node_id, pass).await;
-        self.isolate(&spec.networks, full, pass, &mut out).await;
+        let keep_route = !policy.allow_registry_interface_changes;
+        self.isolate(&spec.networks, full, keep_route, pass, &mut out)
+            .await;
         out.spent = Some(started.elapsed());
         out
     }

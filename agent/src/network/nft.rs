@@ -25,7 +25,7 @@ use steward_proto::{NetworksSpec, ResourceState};
 use tokio::io::AsyncWriteExt;
 use tracing::{info, warn};
 
-use super::firewall::{self, Chain, Dir, Hook, IfMatch, Rule, Ruleset, TABLE};
+use super::firewall::{self, Chain, Dir, Hook, IfMatch, Rule, Ruleset, Verdict, TABLE};
 use super::{status, NetOutcome, NetworkError, Networks};
 use crate::pass::Pass;
 
@@ -44,6 +44,14 @@ fn hook(h: Hook) -> NfHook {
     match h {
         Hook::Forward => NfHook::Forward,
         Hook::Input => NfHook::Input,
+        Hook::Postrouting => NfHook::Postrouting,
+    }
+}
+
+fn chain_type(h: Hook) -> NfChainType {
+    match h {
+        Hook::Postrouting => NfChainType::NAT,
+        _ => NfChainType::Filter,
     }
 }
 
@@ -68,7 +76,7 @@ fn chain_object(c: &Chain) -> NfListObject<'static> {
         family: NfFamily::INet,
         table: TABLE.into(),
         name: c.hook.name().into(),
-        _type: Some(NfChainType::Filter),
+        _type: Some(chain_type(c.hook)),
         hook: Some(hook(c.hook)),
         prio: Some(c.priority),
         policy: Some(if c.accept {
@@ -80,22 +88,31 @@ fn chain_object(c: &Chain) -> NfListObject<'static> {
     })
 }
 
-fn rule_object(hook: Hook, r: &Rule) -> NfListObject<'static> {
+fn rule_object(hook: Hook, r: &Rule) -> Result<NfListObject<'static>, serde_json::Error> {
     let mut expr: Vec<Statement<'static>> = r.matches.iter().map(if_match).collect();
-    expr.push(Statement::Drop(None));
-    NfListObject::Rule(schema::Rule {
+    // The planner's conditions are nft JSON statements.
+    for c in &r.conds {
+        expr.push(serde_json::from_value(c.clone())?);
+    }
+    expr.push(match r.verdict {
+        Verdict::Accept => Statement::Accept(None),
+        Verdict::Drop => Statement::Drop(None),
+        Verdict::Masquerade => Statement::Masquerade(None),
+    });
+    Ok(NfListObject::Rule(schema::Rule {
         family: NfFamily::INet,
         table: TABLE.into(),
         chain: hook.name().into(),
         expr: expr.into(),
         comment: r.comment.clone().map(Cow::Owned),
         ..Default::default()
-    })
+    }))
 }
 
 /// One transaction making the table exactly `rs`: `add table` first so that `delete table`
-/// cannot fail, then the table afresh with its chains and rules.
-pub fn replace_batch(rs: &Ruleset) -> Nftables<'static> {
+/// cannot fail, then the table afresh with its chains and rules (an error: a condition of the
+/// plan that is not an nft statement).
+pub fn replace_batch(rs: &Ruleset) -> Result<Nftables<'static>, serde_json::Error> {
     let mut b = Batch::new();
     b.add(table());
     b.delete(table());
@@ -105,10 +122,10 @@ pub fn replace_batch(rs: &Ruleset) -> Nftables<'static> {
     }
     for c in &rs.chains {
         for r in &c.rules {
-            b.add(rule_object(c.hook, r));
+            b.add(rule_object(c.hook, r)?);
         }
     }
-    b.to_nftables()
+    Ok(b.to_nftables())
 }
 
 /// `delete table inet steward`.
@@ -123,19 +140,20 @@ fn json(s: &Statement) -> String {
     serde_json::to_string(s).unwrap_or_else(|_| format!("{s:?}"))
 }
 
-/// A rule of the kernel's listing in our terms: its interface matches, its `drop`, and
-/// anything else as `extra`.
+/// A rule of the kernel's listing in our terms: its interface matches, its other matches (as
+/// JSON), its verdict, and anything else as `extra`.
 fn parse_rule(r: &schema::Rule) -> Rule {
     let mut matches = Vec::new();
+    let mut conds = Vec::new();
     let mut extra = Vec::new();
-    let mut dropped = false;
+    let mut verdict = None;
     for s in r.expr.iter() {
         match s {
             Statement::Match(Match {
                 left: Expression::Named(NamedExpression::Meta(Meta { key })),
                 right: Expression::String(name),
                 op: op @ (Operator::EQ | Operator::NEQ),
-            }) if matches!(key, MetaKey::Iifname | MetaKey::Oifname) && !dropped => {
+            }) if matches!(key, MetaKey::Iifname | MetaKey::Oifname) && verdict.is_none() => {
                 matches.push(IfMatch {
                     dir: if *key == MetaKey::Iifname {
                         Dir::In
@@ -146,15 +164,23 @@ fn parse_rule(r: &schema::Rule) -> Rule {
                     name: name.to_string(),
                 });
             }
-            Statement::Drop(_) if !dropped => dropped = true,
+            Statement::Match(_) if verdict.is_none() => match serde_json::to_value(s) {
+                Ok(v) => conds.push(v),
+                Err(_) => extra.push(json(s)),
+            },
+            Statement::Accept(_) if verdict.is_none() => verdict = Some(Verdict::Accept),
+            Statement::Drop(_) if verdict.is_none() => verdict = Some(Verdict::Drop),
+            Statement::Masquerade(None) if verdict.is_none() => verdict = Some(Verdict::Masquerade),
             other => extra.push(json(other)),
         }
     }
-    if !dropped {
-        extra.push("no drop".into());
+    if verdict.is_none() {
+        extra.push("no verdict".into());
     }
     Rule {
         matches,
+        conds,
+        verdict: verdict.unwrap_or(Verdict::Accept),
         extra,
         comment: r.comment.as_ref().map(|c| c.to_string()),
     }
@@ -172,6 +198,7 @@ pub fn parse(n: &Nftables) -> Ruleset {
                 let hook = match (c.name.as_ref(), c.hook) {
                     ("forward", Some(NfHook::Forward)) => Hook::Forward,
                     ("input", Some(NfHook::Input)) => Hook::Input,
+                    ("postrouting", Some(NfHook::Postrouting)) => Hook::Postrouting,
                     // A chain no plan makes: the table differs from any plan.
                     _ => {
                         foreign.push(c.name.to_string());
@@ -182,7 +209,7 @@ pub fn parse(n: &Nftables) -> Ruleset {
                     hook,
                     priority: c.prio.unwrap_or_default(),
                     accept: c.policy == Some(NfChainPolicy::Accept)
-                        && c._type == Some(NfChainType::Filter),
+                        && c._type == Some(chain_type(hook)),
                     rules: Vec::new(),
                 });
             }
@@ -294,7 +321,9 @@ pub async fn write(want: &Ruleset) -> Result<(), NetworkError> {
             other => other,
         }
     } else {
-        send("replace table inet steward", &replace_batch(want)).await
+        const OP: &str = "replace table inet steward";
+        let batch = replace_batch(want).map_err(|e| nft_error(OP, format!("bad plan: {e}")))?;
+        send(OP, &batch).await
     }
 }
 
@@ -323,15 +352,36 @@ impl Networks {
         &mut self,
         n: &NetworksSpec,
         full: bool,
+        keep_route: bool,
         pass: &Pass,
         out: &mut NetOutcome,
     ) {
-        let bridges = firewall::isolated(n);
+        let mut policies = firewall::policies(n);
+        // Looked up now, after this pass's link changes (a bridge just made may carry it).
+        let route = match (&self.driver, policies.bridges.is_empty()) {
+            (Some(d), false) => d.registry_route(self.registry_ip).await.ok().flatten(),
+            _ => None,
+        };
+        let route = route.as_ref().map(|r| (r.registry, r.iface.as_str()));
+        if let Some((bridge, why)) = firewall::cutting_registry(&policies, route) {
+            if keep_route {
+                warn!(%bridge, "{why}");
+                policies.bridges.remove(&bridge);
+                mark(
+                    out,
+                    &BTreeSet::from([bridge.clone()]),
+                    ResourceState::Failed,
+                    &why,
+                );
+                out.unusable.insert(bridge, why);
+            }
+        }
+        let bridges = policies.names();
         let before = self.state.get().isolated.clone();
         if (bridges.is_empty() && before.is_empty() && !full) || pass.superseded().is_some() {
             return; // never isolated anything (or a newer pass will)
         }
-        let want = firewall::plan(&bridges);
+        let want = firewall::plan(&policies);
         let have = match list().await {
             Ok(have) => have,
             Err(e) => return self.isolation_failed(&bridges, &before, e, out).await,

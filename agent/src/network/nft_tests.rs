@@ -6,14 +6,15 @@ use super::*;
 use serde_json::{json, Value};
 
 fn plan_of(bridges: &[&str]) -> Ruleset {
-    firewall::plan(&bridges.iter().map(|b| b.to_string()).collect())
+    let names = bridges.iter().map(|b| b.to_string()).collect();
+    firewall::plan(&firewall::Policies::isolating(&names))
 }
 
 const LISTED: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"table": {"family": "inet", "name": "steward", "handle": 4}}, {"chain": {"family": "inet", "table": "steward", "name": "forward", "handle": 1, "type": "filter", "hook": "forward", "prio": -1, "policy": "accept"}}, {"chain": {"family": "inet", "table": "steward", "name": "input", "handle": 2, "type": "filter", "hook": "input", "prio": -1, "policy": "accept"}}, {"rule": {"family": "inet", "table": "steward", "chain": "forward", "handle": 3, "comment": "steward: bra isolated", "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "bra"}}, {"match": {"op": "!=", "left": {"meta": {"key": "oifname"}}, "right": "bra"}}, {"drop": null}]}}, {"rule": {"family": "inet", "table": "steward", "chain": "forward", "handle": 4, "comment": "steward: bra isolated", "expr": [{"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "bra"}}, {"match": {"op": "!=", "left": {"meta": {"key": "iifname"}}, "right": "bra"}}, {"drop": null}]}}, {"rule": {"family": "inet", "table": "steward", "chain": "input", "handle": 5, "comment": "steward: bra isolated", "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "bra"}}, {"drop": null}]}}]}"#;
 
 #[test]
 fn replacement_is_one_batch_that_recreates_the_table() {
-    let v = serde_json::to_value(replace_batch(&plan_of(&["bra"]))).unwrap();
+    let v = serde_json::to_value(replace_batch(&plan_of(&["bra"])).unwrap()).unwrap();
     let objects = v["nftables"].as_array().unwrap();
     let table = json!({"table": {"family": "inet", "name": "steward"}});
     assert_eq!(objects[0], json!({ "add": table.clone() }));
@@ -144,5 +145,51 @@ fn hints() {
     assert_eq!(
         e.to_string(),
         "nftables: list table inet steward failed: Error: x"
+    );
+}
+
+/// What nft 1.0.6 printed for the plan of `POLICIES` (egress-only, allows of every kind).
+const POLICIES: &str = "bridges:\n  - {name: bre, isolation: egress-only, allow: [{proto: udp, port: 53}]}\n  - {name: bro}\nlabs:\n  - {vlan: 7, isolation: isolated, allow: [{proto: tcp, port: 8080, from: bro}, {proto: icmp, from: 10.1.2.3/16}, {proto: tcp, from: \"fd00::1/128\"}]}";
+const LISTED_POLICIES: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"table": {"family": "inet", "name": "steward", "handle": 3}}, {"chain": {"family": "inet", "table": "steward", "name": "forward", "handle": 1, "type": "filter", "hook": "forward", "prio": -1, "policy": "accept"}}, {"chain": {"family": "inet", "table": "steward", "name": "input", "handle": 2, "type": "filter", "hook": "input", "prio": -1, "policy": "accept"}}, {"chain": {"family": "inet", "table": "steward", "name": "postrouting", "handle": 3, "type": "nat", "hook": "postrouting", "prio": 99, "policy": "accept"}}, {"rule": {"family": "inet", "table": "steward", "chain": "forward", "handle": 4, "comment": "steward: br7 isolated", "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "br7"}}, {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}}, {"accept": null}]}}, {"rule": {"family": "inet", "table": "steward", "chain": "forward", "handle": 5, "comment": "steward: br7 isolated", "expr": [{"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "br7"}}, {"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "bro"}}, {"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 8080}}, {"accept": null}]}}, {"rule": {"family": "inet", "table": "steward", "chain": "forward", "handle": 7, "comment": "steward: br7 isolated", "expr": [{"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "br7"}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": {"prefix": {"addr": "10.1.0.0", "len": 16}}}}, {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": {"set": ["icmp", "ipv6-icmp"]}}}, {"accept": null}]}}, {"rule": {"family": "inet", "table": "steward", "chain": "forward", "handle": 8, "comment": "steward: br7 isolated", "expr": [{"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "br7"}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "saddr"}}, "right": "fd00::1"}}, {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "tcp"}}, {"accept": null}]}}, {"rule": {"family": "inet", "table": "steward", "chain": "forward", "handle": 9, "comment": "steward: bre egress-only", "expr": [{"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "bre"}}, {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}}, {"accept": null}]}}, {"rule": {"family": "inet", "table": "steward", "chain": "forward", "handle": 10, "comment": "steward: bre egress-only", "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "bre"}}, {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}}, {"accept": null}]}}, {"rule": {"family": "inet", "table": "steward", "chain": "forward", "handle": 11, "comment": "steward: bre egress-only", "expr": [{"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "bre"}}, {"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}}, {"accept": null}]}}, {"rule": {"family": "inet", "table": "steward", "chain": "forward", "handle": 12, "comment": "steward: bre egress-only", "expr": [{"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "bre"}}, {"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}}, "right": 53}}, {"accept": null}]}}, {"rule": {"family": "inet", "table": "steward", "chain": "forward", "handle": 13, "comment": "steward: br7 isolated", "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "br7"}}, {"match": {"op": "!=", "left": {"meta": {"key": "oifname"}}, "right": "br7"}}, {"drop": null}]}}, {"rule": {"family": "inet", "table": "steward", "chain": "forward", "handle": 14, "comment": "steward: br7 isolated", "expr": [{"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "br7"}}, {"match": {"op": "!=", "left": {"meta": {"key": "iifname"}}, "right": "br7"}}, {"drop": null}]}}, {"rule": {"family": "inet", "table": "steward", "chain": "forward", "handle": 15, "comment": "steward: bre egress-only", "expr": [{"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "bre"}}, {"match": {"op": "!=", "left": {"meta": {"key": "iifname"}}, "right": "bre"}}, {"drop": null}]}}, {"rule": {"family": "inet", "table": "steward", "chain": "forward", "handle": 16, "comment": "steward: bre egress-only", "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "bre"}}, {"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "br7"}}, {"drop": null}]}}, {"rule": {"family": "inet", "table": "steward", "chain": "forward", "handle": 17, "comment": "steward: bre egress-only", "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "bre"}}, {"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "bro"}}, {"drop": null}]}}, {"rule": {"family": "inet", "table": "steward", "chain": "input", "handle": 19, "comment": "steward: br7 isolated", "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "br7"}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": {"prefix": {"addr": "10.1.0.0", "len": 16}}}}, {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": {"set": ["icmp", "ipv6-icmp"]}}}, {"accept": null}]}}, {"rule": {"family": "inet", "table": "steward", "chain": "input", "handle": 20, "comment": "steward: br7 isolated", "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "br7"}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "saddr"}}, "right": "fd00::1"}}, {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "tcp"}}, {"accept": null}]}}, {"rule": {"family": "inet", "table": "steward", "chain": "input", "handle": 21, "comment": "steward: br7 isolated", "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "br7"}}, {"drop": null}]}}, {"rule": {"family": "inet", "table": "steward", "chain": "input", "handle": 22, "comment": "steward: bre egress-only", "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "bre"}}, {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}}, {"accept": null}]}}, {"rule": {"family": "inet", "table": "steward", "chain": "input", "handle": 23, "comment": "steward: bre egress-only", "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "bre"}}, {"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}}, "right": 53}}, {"accept": null}]}}, {"rule": {"family": "inet", "table": "steward", "chain": "input", "handle": 24, "comment": "steward: bre egress-only", "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "bre"}}, {"drop": null}]}}, {"rule": {"family": "inet", "table": "steward", "chain": "postrouting", "handle": 25, "comment": "steward: bre egress-only", "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "bre"}}, {"match": {"op": "!=", "left": {"meta": {"key": "oifname"}}, "right": "bre"}}, {"masquerade": null}]}}]}"#;
+
+#[test]
+fn egress_only_and_allow_rules_read_back_as_planned() {
+    let n: steward_proto::NetworksSpec = serde_norway::from_str(POLICIES).unwrap();
+    let want = firewall::plan(&firewall::policies(&n));
+    assert_eq!(want.chains.len(), 3);
+    let got = parse(&serde_json::from_str(LISTED_POLICIES).unwrap());
+    assert_eq!(got, want);
+    assert_eq!(firewall::drift(&want, Some(&got)), None);
+    // The batch carries the nat chain and the conditions as written.
+    let v = serde_json::to_value(replace_batch(&want).unwrap()).unwrap();
+    let objects = v["nftables"].as_array().unwrap();
+    assert!(objects.iter().any(|o| o["add"]["chain"]["type"] == "nat"
+        && o["add"]["chain"]["hook"] == "postrouting"
+        && o["add"]["chain"]["prio"] == 99));
+    assert!(objects
+        .iter()
+        .any(|o| o["add"]["rule"]["expr"][2] == json!({"masquerade": null})));
+    // A verdict changed, a condition changed: drift of that bridge only.
+    let mut edited: Value = serde_json::from_str(LISTED_POLICIES).unwrap();
+    let rules = edited["nftables"].as_array_mut().unwrap();
+    let dnat = (rules.iter_mut())
+        .find(|o| o["rule"]["expr"][1]["match"]["right"] == "dnat")
+        .unwrap();
+    dnat["rule"]["expr"][1]["match"]["right"] = json!("snat");
+    let got = parse(&serde_json::from_value(edited).unwrap());
+    assert_eq!(
+        firewall::drift(&want, Some(&got)),
+        Some(BTreeSet::from(["bre".to_string()]))
+    );
+    let mut edited: Value = serde_json::from_str(LISTED_POLICIES).unwrap();
+    let rules = edited["nftables"].as_array_mut().unwrap();
+    let masq = (rules.iter_mut())
+        .find(|o| o["rule"]["expr"][2] == json!({"masquerade": null}))
+        .unwrap();
+    masq["rule"]["expr"][2] = json!({"accept": null});
+    let got = parse(&serde_json::from_value(edited).unwrap());
+    assert_eq!(
+        firewall::drift(&want, Some(&got)),
+        Some(BTreeSet::from(["bre".to_string()]))
     );
 }

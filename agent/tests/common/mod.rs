@@ -4,6 +4,7 @@
 
 pub mod docker;
 pub mod guest;
+pub mod isolation;
 pub mod netns;
 pub mod payload;
 pub mod vm;

@@ -43,6 +43,7 @@ fn bridge(i: usize) -> BridgeSpec {
         ports: vec![],
         up: true,
         isolation: Default::default(),
+        allow: vec![],
     }
 }
 
@@ -54,6 +55,7 @@ fn lab(i: usize) -> LabSpec {
         cidr: None,
         gateway: Default::default(),
         isolation: Default::default(),
+        allow: vec![],
     }
 }
 

@@ -1,7 +1,7 @@
 //! Host network checks: VLAN interfaces, bridges with their ports and VLAN membership, labs.
 
 use super::{iface_problem, vlan_id_problem, Problems};
-use crate::spec::{BridgeSpec, Isolation, NetworksSpec};
+use crate::spec::{AllowProto, AllowRule, BridgeSpec, Isolation, NetworksSpec};
 use ipnet::IpNet;
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -19,6 +19,7 @@ pub(super) fn check(n: &NetworksSpec, out: &mut Problems) {
     check_vlans(n, &mut links, &mut vlan_ifaces, out);
     check_bridges(n, &mut links, out);
     check_labs(n, &links, &mut vlan_ifaces, out);
+    check_policies(n, out);
 }
 
 fn check_vlans<'a>(
@@ -77,7 +78,6 @@ fn check_bridges<'a>(
             }
         }
         check_addresses(&b.addresses, &f, out);
-        check_isolation(b.isolation, &f, out);
         check_ports(b, &f, &bridge_names, &mut port_owner, out);
     }
 }
@@ -101,7 +101,6 @@ fn check_labs<'a>(
         if let Some(cidr) = &lab.cidr {
             out.check(format!("{f}.cidr"), lab_cidr_problem(cidr));
         }
-        check_isolation(lab.isolation, &f, out);
         if !vlan_ok {
             continue;
         }
@@ -256,12 +255,62 @@ fn check_ports<'a>(
     }
 }
 
-/// Only `open` and `isolated` are enforced so far.
-fn check_isolation(isolation: Isolation, f: &str, out: &mut Problems) {
-    if isolation == Isolation::EgressOnly {
+/// Each bridge's and lab's `allow` list: an exception to an isolation (none on an open
+/// bridge), `port` with `tcp`/`udp` only, `from` a CIDR or another bridge of the spec.
+fn check_policies(n: &NetworksSpec, out: &mut Problems) {
+    let labs = (n.labs.iter().enumerate()).map(|(i, l)| {
+        let name = l.bridge.clone().unwrap_or_else(|| format!("br{}", l.vlan));
+        (format!("networks.labs[{i}]"), name, l.isolation, &l.allow)
+    });
+    let bridges = (n.bridges.iter().enumerate()).map(|(i, b)| {
+        (
+            format!("networks.bridges[{i}]"),
+            b.name.clone(),
+            b.isolation,
+            &b.allow,
+        )
+    });
+    let all: Vec<_> = bridges.chain(labs).collect();
+    let names: HashSet<&str> = all.iter().map(|(_, name, _, _)| name.as_str()).collect();
+    for (f, name, isolation, allow) in &all {
+        if *isolation == Isolation::Open && !allow.is_empty() {
+            out.push(
+                format!("{f}.allow"),
+                "allow lists exceptions to an isolation; this bridge is open (set isolation: \
+                 isolated or egress-only)",
+            );
+        }
+        for (j, a) in allow.iter().enumerate() {
+            check_allow(a, &format!("{f}.allow[{j}]"), name, &names, out);
+        }
+    }
+}
+
+fn check_allow(a: &AllowRule, f: &str, own: &str, names: &HashSet<&str>, out: &mut Problems) {
+    match (a.proto, a.port) {
+        (AllowProto::Icmp, Some(_)) => out.push(
+            format!("{f}.port"),
+            "icmp has no ports; remove port or use tcp/udp",
+        ),
+        (_, Some(0)) => out.push(format!("{f}.port"), "port must be 1-65535"),
+        _ => {}
+    }
+    let Some(from) = &a.from else { return };
+    if from.parse::<IpNet>().is_ok() {
+        return;
+    }
+    if from == own {
         out.push(
-            format!("{f}.isolation"),
-            "isolation: egress-only is not supported yet; use isolated or open".to_string(),
+            format!("{f}.from"),
+            format!("{from:?} is this bridge itself; traffic within a bridge is never filtered"),
+        );
+    } else if !names.contains(from.as_str()) {
+        out.push(
+            format!("{f}.from"),
+            format!(
+                "{from:?} is neither a network in CIDR form nor a bridge of this spec \
+                 (networks.bridges or networks.labs)"
+            ),
         );
     }
 }
@@ -396,8 +445,11 @@ mod tests {
             ("networks:\n  labs:\n    - {vlan: 150, parent: eth1, cidr: lab}\n", "networks.labs[0].cidr", "not a network in CIDR form"),
             ("networks:\n  vlans:\n    - {name: eth1.150, parent: eth1, id: 150}\n  labs:\n    - {vlan: 150, parent: eth1}\n", "networks.labs[0].vlan", "VLAN 150 on \"eth1\" is already declared by networks.vlans[0]"),
             ("networks:\n  bridges:\n    - {name: br150}\n  labs:\n    - {vlan: 150, parent: eth1}\n", "networks.labs[0].bridge", "the lab's bridge \"br150\" is already declared by networks.bridges[0]"),
-            ("networks:\n  bridges:\n    - {name: br0, isolation: egress-only}\n", "networks.bridges[0].isolation", "egress-only is not supported yet"),
-            ("networks:\n  labs:\n    - {vlan: 150, isolation: egress-only}\n", "networks.labs[0].isolation", "egress-only is not supported yet"),
+            ("networks:\n  bridges:\n    - {name: br0, allow: [{proto: tcp}]}\n", "networks.bridges[0].allow", "this bridge is open"),
+            ("networks:\n  labs:\n    - {vlan: 150, isolation: isolated, allow: [{proto: tcp}, {proto: icmp, port: 22}]}\n", "networks.labs[0].allow[1].port", "icmp has no ports"),
+            ("networks:\n  labs:\n    - {vlan: 150, isolation: isolated, allow: [{proto: udp, port: 0}]}\n", "networks.labs[0].allow[0].port", "1-65535"),
+            ("networks:\n  labs:\n    - {vlan: 150, isolation: isolated, allow: [{proto: tcp, from: brx}]}\n", "networks.labs[0].allow[0].from", "neither a network in CIDR form nor a bridge"),
+            ("networks:\n  labs:\n    - {vlan: 150, isolation: egress-only, allow: [{proto: tcp, from: br150}]}\n", "networks.labs[0].allow[0].from", "this bridge itself"),
         ];
         run_table(cases);
     }
@@ -412,6 +464,7 @@ mod tests {
             // Bridge-only labs: no parent, so no VLAN interface to clash with networks.vlans.
             "networks:\n  vlans:\n    - {name: eth1.150, parent: eth1, id: 150}\n  labs:\n    - {vlan: 150}\n    - {vlan: 151, bridge: vmbr151}\n",
             "networks:\n  bridges:\n    - {name: br0, isolation: isolated}\n    - {name: br1, isolation: open}\n  labs:\n    - {vlan: 150, isolation: isolated}\n",
+            "networks:\n  bridges:\n    - {name: br0, isolation: egress-only, allow: [{proto: tcp, port: 80}, {proto: icmp, from: br150}]}\n  labs:\n    - {vlan: 150, isolation: isolated, allow: [{proto: udp, port: 53, from: 10.0.0.0/8}, {proto: tcp, from: br0}, {proto: tcp, from: \"fd00::/64\"}]}\n",
         ]);
     }
 }

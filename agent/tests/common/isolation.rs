@@ -1,0 +1,123 @@
+//! Guests on bridges and traffic checks for the network isolation tests
+//! (`network_isolation.rs`, `network_egress.rs`): each guest a namespace of its own behind a
+//! veth, `nft` and busybox (`ping`, `nc`) run in namespaces. Nothing here touches the host's
+//! own namespace.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use super::docker::in_ci;
+use super::netns::{require_netns, NetNs};
+use super::vm::Proc;
+
+/// Skips (loudly; fails under CI) when `program args` cannot run.
+pub fn require(program: &str, args: &[&str], why: &str) -> bool {
+    let ok = Command::new(program)
+        .args(args)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(!in_ci(), "CI is set but {program} is missing: {why}");
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n*** SKIP {}: {program} is missing ({why}); this test did NOT run (with CI=true \
+             it fails). ***",
+            std::thread::current().name().unwrap_or("test")
+        );
+    }
+    ok
+}
+
+pub fn require_tools() -> bool {
+    require("nft", &["--version"], "install nftables")
+        && require("busybox", &["ping", "--help"], "install busybox-static")
+}
+
+/// busybox with an `nc` applet, for the TCP checks; skipped loudly (never under CI) without.
+pub fn have_nc() -> bool {
+    require(
+        "busybox",
+        &["nc", "--help"],
+        "the TCP checks need busybox nc",
+    )
+}
+
+/// A guest: its namespace (deleted on drop) and address.
+pub struct Guest {
+    pub ns: NetNs,
+    pub ip: String,
+}
+
+/// A guest on the far side of `port`, a veth made in `host` (the bridge's port), at `cidr`
+/// with a default route via `gateway`; the port is put on `bridge` unless the spec does it.
+pub fn guest(host: &NetNs, port: &str, bridge: Option<&str>, cidr: &str, gateway: &str) -> Guest {
+    let ns = require_netns().expect("a second namespace");
+    host.ip(&[
+        "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
+    ]);
+    if let Some(b) = bridge {
+        host.ip(&["link", "set", port, "master", b]);
+    }
+    host.ip(&["link", "set", port, "up"]);
+    ns.ip(&["addr", "add", cidr, "dev", "eth0"]);
+    ns.ip(&["link", "set", "eth0", "up"]);
+    ns.ip(&["route", "add", "default", "via", gateway]);
+    let ip = cidr.split('/').next().unwrap().to_string();
+    Guest { ns, ip }
+}
+
+/// `nft args...` in `ns`, asserting success; its stdout.
+pub fn nft(ns: &NetNs, args: &[&str]) -> String {
+    let out = ns.command("nft").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "nft {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+pub fn has_steward_table(ns: &NetNs) -> bool {
+    nft(ns, &["list", "tables"])
+        .lines()
+        .any(|l| l.trim() == "table inet steward")
+}
+
+/// One ICMP echo from `from` to `to` answered, within `tries` attempts of 1 s.
+pub fn ping(from: &NetNs, to: &str, tries: u32) -> bool {
+    (0..tries).any(|_| {
+        from.command("busybox")
+            .args(["ping", "-c", "1", "-W", "1", to])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    })
+}
+
+/// Connects over TCP from `from` to `to:port` (a listener made by [`listen`]).
+pub fn tcp(from: &NetNs, to: &str, port: u16, tries: u32) -> bool {
+    (0..tries).any(|_| {
+        from.command("busybox")
+            .args(["nc", "-w", "2", to, &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    })
+}
+
+/// A TCP listener in `ns` that accepts every connection and closes it; killed on drop.
+pub fn listen(ns: &NetNs, port: u16) -> Proc {
+    Proc(
+        ns.command("busybox")
+            .args(["nc", "-ll", "-p", &port.to_string(), "-e", "/bin/true"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
