@@ -19,14 +19,6 @@ fn ok(a: &Applied) {
     assert_eq!(a.code, 0, "{}\n{}", a.status, a.log);
 }
 
-fn forward(ns: &NetNs) {
-    let st = ns
-        .command("sysctl")
-        .args(["-qw", "net.ipv4.ip_forward=1"])
-        .status();
-    assert!(st.unwrap().success());
-}
-
 /// The internet: a namespace behind the host's uplink `up0` (10.200.0.1 on the host,
 /// 10.200.0.2 there), the host's default route, with a route back to the labs.
 fn internet(host: &NetNs) -> NetNs {
@@ -72,7 +64,7 @@ fn egress_only_reaches_out_masqueraded_and_nothing_reaches_in_but_published_port
     }
     let Some(ns) = require_netns() else { return };
     let (_tmp, data) = data_dir();
-    forward(&ns);
+    ns.enable_forwarding();
     let net = internet(&ns);
     let a = ns.apply(&data, EGRESS, None);
     ok(&a);
@@ -159,7 +151,7 @@ fn allow_lets_the_named_traffic_into_an_isolated_lab_and_nothing_else() {
     }
     let Some(ns) = require_netns() else { return };
     let (_tmp, data) = data_dir();
-    forward(&ns);
+    ns.enable_forwarding();
     let a = ns.apply(&data, ALLOW, None);
     ok(&a);
     assert_eq!(a.state("br101"), ("converged".into(), String::new()));

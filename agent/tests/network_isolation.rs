@@ -43,11 +43,7 @@ fn an_isolated_lab_reaches_nothing_and_open_restores_it() {
     }
     let Some(ns) = require_netns() else { return };
     let (_tmp, data) = data_dir();
-    let sysctl = ns
-        .command("sysctl")
-        .args(["-qw", "net.ipv4.ip_forward=1"])
-        .status();
-    assert!(sysctl.unwrap().success());
+    ns.enable_forwarding();
     let a = ns.apply(&data, OPEN, None);
     ok(&a);
     assert_eq!(a.summary("nft_writes"), 0, "{}", a.log);
@@ -174,12 +170,7 @@ fn drift_is_restored_and_other_tables_are_left_alone() {
     }
     let Some(ns) = require_netns() else { return };
     let (_tmp, data) = data_dir();
-    assert!(ns
-        .command("sysctl")
-        .args(["-qw", "net.ipv4.ip_forward=1"])
-        .status()
-        .unwrap()
-        .success());
+    ns.enable_forwarding();
     // Someone else's table, with a base chain on the same hooks.
     nft(&ns, &["add", "table", "inet", "other"]);
     nft(&ns, &["add chain inet other passthrough { type filter hook forward priority 0; policy accept; }"]);

@@ -180,6 +180,16 @@ impl NetNs {
             .collect()
     }
 
+    /// Turns IPv4 forwarding on in the namespace. Where `/proc/sys` is read-only (inside a
+    /// container: the fresh-Debian runs), through a procfs of its own, mounted in the private
+    /// mount namespace `ip netns exec` makes (it never reaches the host's mounts).
+    pub fn enable_forwarding(&self) {
+        let set = "sysctl -qw net.ipv4.ip_forward=1 2>/dev/null \
+                   || { mount -t proc proc /proc && sysctl -qw net.ipv4.ip_forward=1; }";
+        let st = self.command("sh").args(["-c", set]).status().unwrap();
+        assert!(st.success(), "cannot turn forwarding on in {}", self.name);
+    }
+
     /// A veth pair `a` / `b`, both in the namespace.
     pub fn veth(&self, a: &str, b: &str) {
         self.ip(&["link", "add", a, "type", "veth", "peer", "name", b]);
