@@ -201,9 +201,10 @@ async fn an_idle_session_is_warned_then_ended_while_one_with_traffic_runs_on() {
     assert_eq!(containers_of(&busy_id), busy_containers);
     let msgs = session_events(&r).await;
     assert_warned_then_ended(&msgs, &idle_id);
-    // Warned once: what the host sends into an idle container (IPv6 router solicitations from
-    // its veth, neighbours' broadcasts) is not its activity, so no new idle stretch started.
-    assert_eq!(warnings(&msgs, &idle_id).len(), 1, "{msgs:#?}");
+    // Not asserted: that it is warned only once. What the host sends into an idle container
+    // is not its activity any more, but what the container's own kernel sends is: where a
+    // container has IPv6 on (Docker inside a container, as in the fresh-Debian runs), its
+    // router solicitations move its counters and start a new idle stretch, warned of again.
     assert!(warnings(&msgs, &busy_id).is_empty(), "{msgs:#?}");
     wait_for(60, "the idle session's container to be removed", || async {
         containers_of(&idle_id).is_empty().then_some(())
