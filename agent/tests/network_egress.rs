@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::isolation::{guest, have_nc, listen, nft, ping, require_tools, tcp};
+use common::isolation::{have_nc, lab_guests, listen, nft, ping, require_tools, tcp};
 use common::netns::{data_dir, require_netns, Applied, NetNs};
 
 fn ok(a: &Applied) {
@@ -70,20 +70,7 @@ fn egress_only_reaches_out_masqueraded_and_nothing_reaches_in_but_published_port
     ok(&a);
     assert_eq!(a.state("br101"), ("converged".into(), String::new()));
     assert_eq!(a.summary("nft_writes"), 1, "{}", a.log);
-    let ga = guest(
-        &ns,
-        "va",
-        Some("br101"),
-        "192.168.101.10/24",
-        "192.168.101.1",
-    );
-    let gb = guest(
-        &ns,
-        "vb",
-        Some("br102"),
-        "192.168.102.10/24",
-        "192.168.102.1",
-    );
+    let (ga, gb) = lab_guests(&ns);
     let _servers = (
         listen(&net, 7100),
         listen(&ga.ns, 7001),
@@ -155,20 +142,7 @@ fn allow_lets_the_named_traffic_into_an_isolated_lab_and_nothing_else() {
     let a = ns.apply(&data, ALLOW, None);
     ok(&a);
     assert_eq!(a.state("br101"), ("converged".into(), String::new()));
-    let ga = guest(
-        &ns,
-        "va",
-        Some("br101"),
-        "192.168.101.10/24",
-        "192.168.101.1",
-    );
-    let gb = guest(
-        &ns,
-        "vb",
-        Some("br102"),
-        "192.168.102.10/24",
-        "192.168.102.1",
-    );
+    let (ga, gb) = lab_guests(&ns);
     let _servers = (
         listen(&ga.ns, 7001),
         listen(&ga.ns, 7005),

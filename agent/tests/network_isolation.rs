@@ -14,7 +14,9 @@ mod common;
 
 use std::process::{Command, Stdio};
 
-use common::isolation::{guest, has_steward_table, have_nc, listen, nft, ping, require_tools, tcp};
+use common::isolation::{
+    has_steward_table, have_nc, lab_guests, listen, nft, ping, require_tools, tcp,
+};
 use common::netns::{data_dir, require_netns, Applied, NetNs};
 use common::vm::Proc;
 use serde_json::Value;
@@ -48,20 +50,7 @@ fn an_isolated_lab_reaches_nothing_and_open_restores_it() {
     ok(&a);
     assert_eq!(a.summary("nft_writes"), 0, "{}", a.log);
     assert!(!has_steward_table(&ns), "nothing isolated: no table");
-    let ga = guest(
-        &ns,
-        "va",
-        Some("br101"),
-        "192.168.101.10/24",
-        "192.168.101.1",
-    );
-    let gb = guest(
-        &ns,
-        "vb",
-        Some("br102"),
-        "192.168.102.10/24",
-        "192.168.102.1",
-    );
+    let (ga, gb) = lab_guests(&ns);
     let (a_ns, b_ns) = (&ga.ns, &gb.ns);
     let nc = have_nc();
     let _servers = nc.then(|| (listen(a_ns, 7001), listen(b_ns, 7002), listen(&ns, 7003)));

@@ -66,6 +66,26 @@ pub fn guest(host: &NetNs, port: &str, bridge: Option<&str>, cidr: &str, gateway
     Guest { ns, ip }
 }
 
+/// The two lab guests most tests use: `va` on `br101` (192.168.101.10) and `vb` on `br102`
+/// (192.168.102.10), each routed through its lab's `.1`.
+pub fn lab_guests(host: &NetNs) -> (Guest, Guest) {
+    let a = guest(
+        host,
+        "va",
+        Some("br101"),
+        "192.168.101.10/24",
+        "192.168.101.1",
+    );
+    let b = guest(
+        host,
+        "vb",
+        Some("br102"),
+        "192.168.102.10/24",
+        "192.168.102.1",
+    );
+    (a, b)
+}
+
 /// `nft args...` in `ns`, asserting success; its stdout.
 pub fn nft(ns: &NetNs, args: &[&str]) -> String {
     let out = ns.command("nft").args(args).output().unwrap();
