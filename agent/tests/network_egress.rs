@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::isolation::{have_nc, lab_guests, listen, nft, ping, require_tools, tcp};
+use common::isolation::{guest, have_nc, lab_guests, listen, nft, ping, require_tools, tcp};
 use common::netns::{data_dir, require_netns, Applied, NetNs};
 
 fn ok(a: &Applied) {
@@ -106,6 +106,20 @@ fn egress_only_reaches_out_masqueraded_and_nothing_reaches_in_but_published_port
         !tcp(&ga.ns, "10.200.0.1", 7003, 1),
         "A to the host on the uplink"
     );
+    // Nor to a bridge the spec does not know (Docker's `docker0`, say): only the uplink is a
+    // way out. The open lab's guest reaches it (the test's setup can tell).
+    ns.ip(&["link", "add", "dk0", "type", "bridge"]);
+    ns.ip(&["addr", "add", "172.31.0.1/24", "dev", "dk0"]);
+    ns.ip(&["link", "set", "dk0", "up"]);
+    let gc = guest(&ns, "vc", Some("dk0"), "172.31.0.10/24", "172.31.0.1");
+    let _c = listen(&gc.ns, 7004);
+    assert!(
+        tcp(&gb.ns, &gc.ip, 7004, 5),
+        "open B to docker0's container"
+    );
+    assert!(!tcp(&ga.ns, &gc.ip, 7004, 1), "A to docker0's container");
+    assert!(!ping(&ga.ns, &gc.ip, 1), "A pings docker0's container");
+    assert!(!tcp(&gc.ns, &ga.ip, 7001, 1), "docker0's container to A");
     // The host's own probes into the lab get their replies.
     assert!(ping(&ns, &ga.ip, 3), "host to A");
 

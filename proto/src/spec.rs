@@ -140,6 +140,11 @@ pub struct BridgeSpec {
     /// Exceptions to `isolation` (see [`AllowRule`]); nothing without isolation.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow: Vec<AllowRule>,
+    /// The bridge's ports cannot talk to each other through it (containers or VMs sharing it,
+    /// one per session or user), while each still reaches the host's address on it, so its
+    /// egress, and the spec's own `ports` (the uplinks). Default `false`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub ports_isolated: bool,
 }
 
 /// Network isolation of a managed bridge or a lab, enforced by the agent in its own nftables
@@ -241,6 +246,11 @@ pub struct LabSpec {
     /// Exceptions to `isolation` (see [`AllowRule`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow: Vec<AllowRule>,
+    /// The lab's ports cannot talk to each other through its bridge, while each still reaches
+    /// the gateway (the host's `.1`) and the lab's VLAN interface; needs `gateway: host`.
+    /// Default `false`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub ports_isolated: bool,
 }
 
 /// A lab's gateway (see [`LabSpec::gateway`]).

@@ -40,6 +40,7 @@ pub fn desired(n: &NetworksSpec, template: &str) -> (DesiredNetworks, Vec<Lab>) 
                 addresses,
                 up: v.up,
                 ports: Vec::new(),
+                ports_isolated: false,
                 source: format!("networks.vlans[{i}]"),
             }),
             Err(e) => out.invalid.push((v.name.clone(), e)),
@@ -65,6 +66,7 @@ pub fn desired(n: &NetworksSpec, template: &str) -> (DesiredNetworks, Vec<Lab>) 
                         vlans: p.vlans.iter().map(membership).collect(),
                     })
                     .collect(),
+                ports_isolated: b.ports_isolated,
                 source: format!("networks.bridges[{i}]"),
             }),
             Err(e) => out.invalid.push((b.name.clone(), e)),

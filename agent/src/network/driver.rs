@@ -4,7 +4,7 @@
 //! request at a time (`driver/apply.rs`), counting every write request it sends. Everything
 //! crossing its border is converted to our own types ([`NetObserved`], [`NetworkError`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use futures_util::TryStreamExt;
@@ -17,6 +17,9 @@ use rtnetlink::packet_route::route::RouteAttribute;
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{Handle, RouteMessageBuilder};
 use tracing::debug;
+
+/// `RT_TABLE_MAIN`.
+const MAIN_TABLE: u8 = 254;
 
 use super::dump::{self, RawLink};
 use super::error::{hint, NetworkError};
@@ -235,6 +238,42 @@ impl NetlinkDriver {
         })
     }
 
+    /// The host's uplinks: the interfaces its default routes (IPv4 and IPv6, main table) leave
+    /// by, by name (a multipath default route's nexthops are not looked into).
+    pub async fn uplinks(&self) -> Result<BTreeSet<String>, NetworkError> {
+        let mut out = BTreeSet::new();
+        let dumps = [
+            RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
+            RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
+        ];
+        for msg in dumps {
+            let routes: Vec<_> = (self.handle.route().get(msg).execute())
+                .try_collect()
+                .await
+                .map_err(|e| observe_err("dump routes", e))?;
+            let defaults = routes.into_iter().filter(|r| {
+                r.header.destination_prefix_length == 0 && r.header.table == MAIN_TABLE
+            });
+            for r in defaults {
+                let oif = r.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Oif(i) => Some(*i),
+                    _ => None,
+                });
+                if let Some(name) = oif.and_then(|i| self.name_of(i)) {
+                    out.insert(name);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The name of the link with ifindex `i`, as last observed.
+    fn name_of(&self, i: u32) -> Option<String> {
+        (self.index.iter())
+            .find(|(_, v)| **v == i)
+            .map(|(k, _)| k.clone())
+    }
+
     /// The name of the interface the kernel would send packets for `ip` out of (`None` when
     /// there is no route).
     async fn route_iface(&self, ip: IpAddr) -> Result<Option<String>, NetworkError> {
@@ -260,12 +299,7 @@ impl NetlinkDriver {
                 _ => None,
             })
         });
-        Ok(oif.and_then(|i| {
-            self.index
-                .iter()
-                .find(|(_, v)| **v == i)
-                .map(|(k, _)| k.clone())
-        }))
+        Ok(oif.and_then(|i| self.name_of(i)))
     }
 
     fn idx(&self, name: &str, op: &str) -> Result<u32, NetworkError> {

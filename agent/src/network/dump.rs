@@ -33,6 +33,9 @@ const NETNSA_NSID: u16 = 1;
 const NETNSA_FD: u16 = 3;
 const IFLA_INFO_KIND: u16 = 1;
 const IFLA_INFO_DATA: u16 = 2;
+const IFLA_INFO_SLAVE_KIND: u16 = 4;
+const IFLA_INFO_SLAVE_DATA: u16 = 5;
+const IFLA_BRPORT_ISOLATED: u16 = 33;
 const IFLA_BR_STP_STATE: u16 = 5;
 const IFLA_BR_VLAN_FILTERING: u16 = 7;
 const IFLA_BR_VLAN_DEFAULT_PVID: u16 = 39;
@@ -72,6 +75,23 @@ fn attrs(mut b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
 
 fn text(v: &[u8]) -> String {
     String::from_utf8_lossy(v.split(|c| *c == 0).next().unwrap_or(&[])).into_owned()
+}
+
+/// Whether a link's `IFLA_LINKINFO` says it is a bridge port with the `isolated` flag.
+fn port_isolated(info: &[u8]) -> bool {
+    let mut bridge_port = false;
+    let mut isolated = false;
+    for (t, v) in attrs(info) {
+        match t {
+            IFLA_INFO_SLAVE_KIND => bridge_port = text(v) == "bridge",
+            IFLA_INFO_SLAVE_DATA => {
+                isolated = attrs(v)
+                    .any(|(t, v)| t == IFLA_BRPORT_ISOLATED && v.first().is_some_and(|b| *b != 0))
+            }
+            _ => {}
+        }
+    }
+    bridge_port && isolated
 }
 
 fn kind(info: &[u8]) -> ObservedKind {
@@ -127,6 +147,7 @@ pub(super) fn parse_link(p: &[u8]) -> Option<RawLink> {
             master: None,
             addresses: Vec::new(),
             vlans: None,
+            isolated: false,
         },
         master: None,
         parent: None,
@@ -138,7 +159,10 @@ pub(super) fn parse_link(p: &[u8]) -> Option<RawLink> {
             IFLA_LINK => l.parent = u32_at(v, 0).filter(|i| *i != 0),
             IFLA_MASTER => l.master = u32_at(v, 0).filter(|i| *i != 0),
             IFLA_IFALIAS => l.link.alias = Some(text(v)).filter(|s| !s.is_empty()),
-            IFLA_LINKINFO => l.link.kind = kind(v),
+            IFLA_LINKINFO => {
+                l.link.kind = kind(v);
+                l.link.isolated = port_isolated(v);
+            }
             _ => {}
         }
     }

@@ -15,12 +15,13 @@
 //!   through).
 //! - `egress-only`: forward `oifname B ct state established,related accept` (replies),
 //!   `iifname B ct state established,related accept`, `oifname B ct status dnat accept`
-//!   (Docker's published ports, DNAT'd to `B`), then `oifname B iifname != B drop` and, per
-//!   other bridge `C` of the spec (managed or a lab's, whatever its isolation), `iifname B
-//!   oifname C drop`; the rest (out the uplink) passes. Input: `iifname B ct state
+//!   (Docker's published ports, DNAT'd to `B`), per uplink `U` (the interfaces the host's
+//!   default routes leave by, [`Policies::uplinks`]) `iifname B oifname U accept`, then the
+//!   same two drops as `isolated`: nothing from `B` reaches any other interface (another
+//!   bridge of the spec, `docker0`, a VPN, ...) but an uplink. Input: `iifname B ct state
 //!   established,related accept` (replies to the host's own connections), `iifname B drop`.
 //!   Postrouting: `iifname B oifname != B masquerade` (leaves with the outgoing interface's
-//!   address).
+//!   address). No default route: no egress either.
 //! - `allow` (on `isolated` or `egress-only` `B`; validation refuses it on `open`), each
 //!   `{proto, port?, from?}`: forward `oifname B [iifname C | ip(6) saddr N] <proto> [dport P]
 //!   accept` — matching traffic may be routed into `B` from the bridge `C`, from the network
@@ -178,12 +179,13 @@ pub struct Policy {
     pub allow: Vec<AllowRule>,
 }
 
-/// The spec's policies: every bridge with one (not `open`), and the names of all the spec's
-/// bridges (managed bridges and labs' bridges), which egress-only bridges may not reach.
+/// The spec's policies: every bridge with one (not `open`), and the host's uplinks: the
+/// interfaces its default routes (IPv4 and IPv6, main table) leave by, the only ones an
+/// egress-only bridge's traffic may leave by. Observed by the caller; empty in `policies`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Policies {
     pub bridges: BTreeMap<String, Policy>,
-    pub all: BTreeSet<String>,
+    pub uplinks: BTreeSet<String>,
 }
 
 impl Policies {
@@ -201,7 +203,7 @@ impl Policies {
         };
         Policies {
             bridges: names.iter().map(|n| (n.clone(), p.clone())).collect(),
-            all: names.clone(),
+            uplinks: BTreeSet::new(),
         }
     }
 }
@@ -215,7 +217,6 @@ pub fn policies(n: &NetworksSpec) -> Policies {
     });
     let mut out = Policies::default();
     for (name, isolation, allow) in bridges.chain(labs) {
-        out.all.insert(name.clone());
         if isolation != Isolation::Open {
             let allow = allow.clone();
             out.bridges.insert(name, Policy { isolation, allow });
@@ -294,8 +295,9 @@ fn from_net(a: &AllowRule) -> Option<IpNet> {
     a.from.as_deref().and_then(|f| f.parse().ok())
 }
 
-/// `B`'s accepts in `forward` (see the module's documentation).
-fn forward_accepts(b: &str, p: &Policy) -> Vec<Rule> {
+/// `B`'s accepts in `forward` (see the module's documentation); `uplinks`: where an
+/// egress-only `B`'s traffic may go.
+fn forward_accepts(b: &str, p: &Policy, uplinks: &[&String]) -> Vec<Rule> {
     let rule = |ms, cs| Rule::new(b, p.isolation, ms, cs, Verdict::Accept);
     let mut out = Vec::new();
     if p.isolation == Isolation::EgressOnly {
@@ -306,6 +308,12 @@ fn forward_accepts(b: &str, p: &Policy) -> Vec<Rule> {
     }
     if p.isolation == Isolation::EgressOnly {
         out.push(rule(vec![m(Dir::Out, false, b)], vec![ct_dnat()]));
+        for u in uplinks.iter().filter(|u| u.as_str() != b) {
+            out.push(rule(
+                vec![m(Dir::In, false, b), m(Dir::Out, false, u)],
+                vec![],
+            ));
+        }
     }
     for a in &p.allow {
         let mut ms = vec![m(Dir::Out, false, b)];
@@ -321,21 +329,13 @@ fn forward_accepts(b: &str, p: &Policy) -> Vec<Rule> {
     out
 }
 
-/// `B`'s drops in `forward`; `all`: every bridge of the spec.
-fn forward_drops(b: &str, p: &Policy, all: &BTreeSet<String>) -> Vec<Rule> {
+/// `B`'s drops in `forward`: nothing routed out of `B` or into it (past the accepts).
+fn forward_drops(b: &str, p: &Policy) -> Vec<Rule> {
     let drop = |ms| Rule::new(b, p.isolation, ms, Vec::new(), Verdict::Drop);
-    match p.isolation {
-        Isolation::EgressOnly => {
-            let others = all.iter().filter(|c| c.as_str() != b);
-            let to = others.map(|c| drop(vec![m(Dir::In, false, b), m(Dir::Out, false, c)]));
-            let into = drop(vec![m(Dir::Out, false, b), m(Dir::In, true, b)]);
-            std::iter::once(into).chain(to).collect()
-        }
-        _ => vec![
-            drop(vec![m(Dir::In, false, b), m(Dir::Out, true, b)]),
-            drop(vec![m(Dir::Out, false, b), m(Dir::In, true, b)]),
-        ],
-    }
+    vec![
+        drop(vec![m(Dir::In, false, b), m(Dir::Out, true, b)]),
+        drop(vec![m(Dir::Out, false, b), m(Dir::In, true, b)]),
+    ]
 }
 
 /// `B`'s rules in `input`.
@@ -364,8 +364,12 @@ pub fn plan(p: &Policies) -> Ruleset {
         return Ruleset::default();
     }
     let bridges = || p.bridges.iter();
-    let accepts = bridges().flat_map(|(b, pol)| forward_accepts(b, pol));
-    let drops = bridges().flat_map(|(b, pol)| forward_drops(b, pol, &p.all));
+    // A bridge with a policy is nobody's way out, even when a default route says so.
+    let uplinks: Vec<&String> = (p.uplinks.iter())
+        .filter(|u| !p.bridges.contains_key(*u))
+        .collect();
+    let accepts = bridges().flat_map(|(b, pol)| forward_accepts(b, pol, &uplinks));
+    let drops = bridges().flat_map(|(b, pol)| forward_drops(b, pol));
     let input = bridges().flat_map(|(b, pol)| input(b, pol)).collect();
     let masquerade: Vec<Rule> = (bridges())
         .filter(|(_, pol)| pol.isolation == Isolation::EgressOnly)

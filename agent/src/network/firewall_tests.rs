@@ -224,9 +224,8 @@ fn egress_only_and_allow_rules() {
         "forward: oifname bre udp dport 53 accept",
         "forward: iifname br7 oifname != br7 drop",
         "forward: oifname br7 iifname != br7 drop",
+        "forward: iifname bre oifname != bre drop",
         "forward: oifname bre iifname != bre drop",
-        "forward: iifname bre oifname br7 drop",
-        "forward: iifname bre oifname bro drop",
         // A `from` bridge is about routed traffic only; a network also opens the host's port.
         "input: iifname br7 ip saddr 10.1.0.0/16 meta l4proto { icmp, ipv6-icmp } accept",
         "input: iifname br7 ip6 saddr fd00::1 meta l4proto tcp accept",
@@ -258,6 +257,22 @@ fn egress_only_and_allow_rules() {
             assert_eq!(r.comment.as_deref(), Some(&*format!("steward: {b} {what}")));
         }
     }
+    // With uplinks: out by them only (never by a bridge with a policy, itself included).
+    let mut p = policies(&spec(yaml));
+    p.uplinks = ["eth0", "wg0", "bre", "br7"].map(String::from).into();
+    let got = rules(&plan(&p));
+    let at = got
+        .iter()
+        .position(|r| r == "forward: oifname bre ct status dnat accept");
+    assert_eq!(
+        got[at.unwrap() + 1..at.unwrap() + 4],
+        [
+            "forward: iifname bre oifname eth0 accept",
+            "forward: iifname bre oifname wg0 accept",
+            "forward: oifname bre udp dport 53 accept",
+        ]
+    );
+    assert_eq!(got.iter().filter(|r| r.contains("oifname eth0")).count(), 1);
     // Only isolated bridges: no nat chain.
     let iso = plan(&policies(&spec("labs: [{vlan: 7, isolation: isolated}]")));
     assert_eq!(iso.chains.len(), 2);

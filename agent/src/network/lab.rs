@@ -37,6 +37,8 @@ pub struct Lab {
     /// The host holds the gateway's address on the bridge (`gateway: host`); else it holds
     /// none and something on the lab (a router VM) owns it.
     pub host_gateway: bool,
+    /// `ports_isolated`: no two ports of the bridge talk to each other through it.
+    pub ports_isolated: bool,
 }
 
 /// The address `offset` hosts into `net` (`None` past its end, or on an IPv4 broadcast).
@@ -126,6 +128,7 @@ pub fn expand(lab: &LabSpec, template: &str) -> Result<Lab, String> {
     Ok(Lab {
         vlan: lab.vlan,
         host_gateway: lab.gateway.is_host(),
+        ports_isolated: lab.ports_isolated,
         vlan_iface,
         bridge,
         cidr,
@@ -163,6 +166,7 @@ impl Lab {
                 addresses: Vec::new(),
                 up: true,
                 ports: Vec::new(),
+                ports_isolated: false,
                 source: source.to_string(),
             });
         }
@@ -186,6 +190,7 @@ impl Lab {
                     vlans: Vec::new(),
                 })
                 .collect(),
+            ports_isolated: self.ports_isolated,
             source: source.to_string(),
         });
         out

@@ -357,6 +357,12 @@ impl Networks {
         out: &mut NetOutcome,
     ) {
         let mut policies = firewall::policies(n);
+        if let (Some(d), false) = (&self.driver, policies.bridges.is_empty()) {
+            policies.uplinks = d.uplinks().await.unwrap_or_else(|e| {
+                warn!(error = %e, "cannot read the default routes: no egress for egress-only bridges");
+                BTreeSet::new()
+            });
+        }
         // Looked up now, after this pass's link changes (a bridge just made may carry it).
         let route = match (&self.driver, policies.bridges.is_empty()) {
             (Some(d), false) => d.registry_route(self.registry_ip).await.ok().flatten(),

@@ -253,3 +253,94 @@ fn registry_route_is_protected() {
         },
     ]);
 }
+
+#[test]
+fn ports_isolated_flags_every_port_but_the_uplinks() {
+    let plain = port(bridge("br142"), "eth1.142", &[]);
+    let mut shared = plain.clone();
+    shared.ports_isolated = true;
+    let v142 = vlan("eth1.142", "eth1", 142);
+    let uplink = enslaved(seen(&v142, 10), "br142", None);
+    let veth = |name: &str, i, on| ObservedLink {
+        isolated: on,
+        ..enslaved(foreign(name, i), "br142", None)
+    };
+    let flagged = |o: ObservedLink| ObservedLink {
+        isolated: true,
+        ..o
+    };
+    let elsewhere = enslaved(foreign("vethz", 30), "docker0", None);
+    let base = |d: &DesiredLink| {
+        vec![
+            foreign("eth1", 2),
+            uplink.clone(),
+            seen(d, 11),
+            elsewhere.clone(),
+        ]
+    };
+    let with = |d: &DesiredLink, more: Vec<ObservedLink>| {
+        let mut o = base(d);
+        o.extend(more);
+        o
+    };
+    run(vec![
+        Case {
+            name:
+                "two workloads' ports get the flag; the VLAN uplink and other bridges' ports do not",
+            desired: vec![v142.clone(), shared.clone()],
+            observed: with(
+                &shared,
+                vec![veth("veth1", 20, false), veth("tap0", 21, false)],
+            ),
+            records: vec![rec(&v142, 10), rec(&shared, 11)],
+            actions: &["isolate-port tap0 on", "isolate-port veth1 on"],
+            verdicts: &["eth1.142=converged", "br142=pending"],
+            ..Default::default()
+        },
+        Case {
+            name: "flags in place: nothing to do",
+            desired: vec![v142.clone(), shared.clone()],
+            observed: with(
+                &shared,
+                vec![veth("veth1", 20, true), veth("tap0", 21, true)],
+            ),
+            records: vec![rec(&v142, 10), rec(&shared, 11)],
+            verdicts: &["eth1.142=converged", "br142=converged"],
+            ..Default::default()
+        },
+        Case {
+            name: "an uplink flagged by hand loses the flag",
+            desired: vec![v142.clone(), shared.clone()],
+            observed: vec![
+                foreign("eth1", 2),
+                flagged(uplink.clone()),
+                seen(&shared, 11),
+                veth("veth1", 20, true),
+            ],
+            records: vec![rec(&v142, 10), rec(&shared, 11)],
+            actions: &["isolate-port eth1.142 off"],
+            verdicts: &["eth1.142=converged", "br142=pending"],
+            ..Default::default()
+        },
+        Case {
+            name: "policy removed: the flags are cleared",
+            desired: vec![v142.clone(), plain.clone()],
+            observed: with(
+                &plain,
+                vec![veth("veth1", 20, true), veth("tap0", 21, false)],
+            ),
+            records: vec![rec(&v142, 10), rec(&plain, 11)],
+            actions: &["isolate-port veth1 off"],
+            verdicts: &["eth1.142=converged", "br142=pending"],
+            ..Default::default()
+        },
+        Case {
+            name: "a bridge created in this pass has no workload ports yet",
+            desired: vec![v142.clone(), shared.clone()],
+            observed: vec![foreign("eth1", 2), elsewhere.clone()],
+            actions: &["create eth1.142", "create br142", "enslave eth1.142 br142"],
+            verdicts: &["eth1.142=pending", "br142=pending"],
+            ..Default::default()
+        },
+    ]);
+}

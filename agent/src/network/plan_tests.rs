@@ -20,6 +20,7 @@ fn bridge(name: &str) -> DesiredLink {
         addresses: Vec::new(),
         up: true,
         ports: Vec::new(),
+        ports_isolated: false,
         source: "test".into(),
     }
 }
@@ -88,6 +89,7 @@ fn seen(d: &DesiredLink, index: u32) -> ObservedLink {
         master: None,
         addresses: d.addresses.clone(),
         vlans: None,
+        isolated: false,
     }
 }
 
@@ -103,6 +105,7 @@ fn foreign(name: &str, index: u32) -> ObservedLink {
         master: None,
         addresses: Vec::new(),
         vlans: None,
+        isolated: false,
     }
 }
 
@@ -138,6 +141,9 @@ fn render(p: &NetPlan) -> (Vec<String>, Vec<String>) {
         }
         NetAction::AddPortVlan { port, vlan, .. } => format!("{} {port} {}", a.kind(), vlan.id),
         NetAction::DelPortVlan { port, id, .. } => format!("{} {port} {id}", a.kind()),
+        NetAction::IsolatePort { port, on, .. } => {
+            format!("{} {port} {}", a.kind(), if *on { "on" } else { "off" })
+        }
         other => format!("{} {}", other.kind(), other.resource()),
     };
     let mut actions: Vec<String> = p.actions.iter().map(one).collect();

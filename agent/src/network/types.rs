@@ -68,9 +68,17 @@ pub struct DesiredLink {
     pub up: bool,
     /// Bridges only.
     pub ports: Vec<DesiredPort>,
+    /// Bridges only: every port but `ports` (the uplinks) gets the kernel's bridge-port
+    /// `isolated` flag, so no two of them can talk through the bridge.
+    #[serde(skip_serializing_if = "is_false")]
+    pub ports_isolated: bool,
     /// Where in the spec it comes from (`networks.bridges[0]`, `networks.labs[1]`), for messages.
     #[serde(skip)]
     pub source: String,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// Every desired link, in spec order, plus entries that could not be expanded (name, reason).
@@ -113,6 +121,9 @@ pub struct ObservedLink {
     pub addresses: Vec<IpNet>,
     /// Bridge VLAN entries of a bridge port, when the driver dumped them (`None` otherwise).
     pub vlans: Option<Vec<VlanMembership>>,
+    /// A bridge port with the kernel's `isolated` flag (`IFLA_BRPORT_ISOLATED`): it cannot
+    /// talk through the bridge to another isolated port.
+    pub isolated: bool,
 }
 
 /// The interface that carries the agent's own route to the registry.
@@ -243,6 +254,12 @@ pub enum NetAction {
         bridge: String,
         id: u16,
     },
+    /// Set or clear the `isolated` flag of `port`, a port of `bridge` (`ports_isolated`).
+    IsolatePort {
+        port: String,
+        bridge: String,
+        on: bool,
+    },
 }
 
 impl NetAction {
@@ -259,6 +276,7 @@ impl NetAction {
             NetAction::Release { .. } => "release",
             NetAction::AddPortVlan { .. } => "add-port-vlan",
             NetAction::DelPortVlan { .. } => "del-port-vlan",
+            NetAction::IsolatePort { .. } => "isolate-port",
         }
     }
 
@@ -274,7 +292,8 @@ impl NetAction {
             NetAction::Enslave { bridge, .. }
             | NetAction::Release { bridge, .. }
             | NetAction::AddPortVlan { bridge, .. }
-            | NetAction::DelPortVlan { bridge, .. } => bridge,
+            | NetAction::DelPortVlan { bridge, .. }
+            | NetAction::IsolatePort { bridge, .. } => bridge,
         }
     }
 

@@ -44,6 +44,7 @@ fn bridge(i: usize) -> BridgeSpec {
         up: true,
         isolation: Default::default(),
         allow: vec![],
+        ports_isolated: false,
     }
 }
 
@@ -56,6 +57,7 @@ fn lab(i: usize) -> LabSpec {
         gateway: Default::default(),
         isolation: Default::default(),
         allow: vec![],
+        ports_isolated: false,
     }
 }
 

@@ -1,7 +1,7 @@
 //! Host network checks: VLAN interfaces, bridges with their ports and VLAN membership, labs.
 
 use super::{iface_problem, vlan_id_problem, Problems};
-use crate::spec::{AllowProto, AllowRule, BridgeSpec, Isolation, NetworksSpec};
+use crate::spec::{AllowProto, AllowRule, BridgeSpec, Isolation, LabGateway, NetworksSpec};
 use ipnet::IpNet;
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -271,6 +271,16 @@ fn check_policies(n: &NetworksSpec, out: &mut Problems) {
         )
     });
     let all: Vec<_> = bridges.chain(labs).collect();
+    for (i, l) in n.labs.iter().enumerate() {
+        if l.ports_isolated && l.gateway == LabGateway::None {
+            out.push(
+                format!("networks.labs[{i}].ports_isolated"),
+                "ports_isolated cuts every port of the bridge off from the others, a router on \
+                 the lab (gateway: none) too; use gateway: host, or leave ports_isolated off and \
+                 filter on the router",
+            );
+        }
+    }
     let names: HashSet<&str> = all.iter().map(|(_, name, _, _)| name.as_str()).collect();
     for (f, name, isolation, allow) in &all {
         if *isolation == Isolation::Open && !allow.is_empty() {
@@ -302,7 +312,7 @@ fn check_allow(a: &AllowRule, f: &str, own: &str, names: &HashSet<&str>, out: &m
     if from == own {
         out.push(
             format!("{f}.from"),
-            format!("{from:?} is this bridge itself; traffic within a bridge is never filtered"),
+            format!("{from:?} is this bridge itself; traffic within a bridge is not routed (see ports_isolated)"),
         );
     } else if !names.contains(from.as_str()) {
         out.push(
@@ -450,6 +460,7 @@ mod tests {
             ("networks:\n  labs:\n    - {vlan: 150, isolation: isolated, allow: [{proto: udp, port: 0}]}\n", "networks.labs[0].allow[0].port", "1-65535"),
             ("networks:\n  labs:\n    - {vlan: 150, isolation: isolated, allow: [{proto: tcp, from: brx}]}\n", "networks.labs[0].allow[0].from", "neither a network in CIDR form nor a bridge"),
             ("networks:\n  labs:\n    - {vlan: 150, isolation: egress-only, allow: [{proto: tcp, from: br150}]}\n", "networks.labs[0].allow[0].from", "this bridge itself"),
+            ("networks:\n  labs:\n    - {vlan: 150, gateway: none, ports_isolated: true}\n", "networks.labs[0].ports_isolated", "gateway: host"),
         ];
         run_table(cases);
     }
@@ -464,6 +475,7 @@ mod tests {
             // Bridge-only labs: no parent, so no VLAN interface to clash with networks.vlans.
             "networks:\n  vlans:\n    - {name: eth1.150, parent: eth1, id: 150}\n  labs:\n    - {vlan: 150}\n    - {vlan: 151, bridge: vmbr151}\n",
             "networks:\n  bridges:\n    - {name: br0, isolation: isolated}\n    - {name: br1, isolation: open}\n  labs:\n    - {vlan: 150, isolation: isolated}\n",
+            "networks:\n  bridges:\n    - {name: br0, ports_isolated: true, ports: [{iface: eth1}]}\n  labs:\n    - {vlan: 150, ports_isolated: true, isolation: egress-only}\n",
             "networks:\n  bridges:\n    - {name: br0, isolation: egress-only, allow: [{proto: tcp, port: 80}, {proto: icmp, from: br150}]}\n  labs:\n    - {vlan: 150, isolation: isolated, allow: [{proto: udp, port: 53, from: 10.0.0.0/8}, {proto: tcp, from: br0}, {proto: tcp, from: \"fd00::/64\"}]}\n",
         ]);
     }

@@ -6,7 +6,8 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use rtnetlink::packet_route::link::{BridgeStpState, BridgeVlanInfoFlags, LinkMessage};
 use rtnetlink::{
-    AddressMessageBuilder, LinkBridge, LinkBridgeVlan, LinkMessageBuilder, LinkUnspec, LinkVlan,
+    AddressMessageBuilder, LinkBridge, LinkBridgePort, LinkBridgeVlan, LinkMessageBuilder,
+    LinkUnspec, LinkVlan,
 };
 
 use super::{kernel, NetlinkDriver};
@@ -38,6 +39,9 @@ impl NetlinkDriver {
             }
             NetAction::DelPortVlan { port, bridge, id } => {
                 self.del_port_vlan(port, bridge, *id).await
+            }
+            NetAction::IsolatePort { port, bridge, on } => {
+                self.isolate_port(port, bridge, *on).await
             }
         }
     }
@@ -224,6 +228,26 @@ impl NetlinkDriver {
         };
         let msg = LinkUnspec::new_with_index(idx).nocontroller().build();
         self.send_set(msg, op).await
+    }
+
+    /// Sets port `port`'s `isolated` flag (`IFLA_BRPORT_ISOLATED`, as `bridge link set dev P
+    /// isolated on`).
+    async fn isolate_port(
+        &mut self,
+        port: &str,
+        bridge: &str,
+        on: bool,
+    ) -> Result<(), NetworkError> {
+        let op = format!(
+            "turn isolation {} on port {port} of {bridge}",
+            if on { "on" } else { "off" }
+        );
+        let msg = LinkBridgePort::new(self.idx(port, &op)?)
+            .isolated(on)
+            .build();
+        // Port options go in `IFLA_LINKINFO`, which only RTM_NEWLINK reads.
+        self.writes += 1;
+        (self.handle.link().set_port(msg).execute().await).map_err(|e| kernel(op, e))
     }
 
     async fn add_port_vlan(

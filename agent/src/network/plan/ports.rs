@@ -1,8 +1,11 @@
 //! The bridge ports' part of the network planner, pure: enslave the ports a bridge's spec
 //! lists (only links that exist or that the spec makes, never one another bridge holds unless
 //! the agent put it there, never the link carrying the route to the registry), set their VLANs
-//! on a VLAN-filtering bridge, and release the ports the agent enslaved that the spec no longer
-//! lists.
+//! on a VLAN-filtering bridge, release the ports the agent enslaved that the spec no longer
+//! lists, and, on a `ports_isolated` bridge, set the kernel's `isolated` flag on every other
+//! port (a container's veth, a VM's tap: whoever put it there) and clear it from the listed ones
+//! (the uplinks). The flag is cleared again from every port of a managed bridge that no longer
+//! asks for it.
 
 use std::collections::HashMap;
 
@@ -35,6 +38,26 @@ pub(super) fn plan_ports(
         }
     }
     release(cx, d, lp);
+    if o.is_some() {
+        isolate_ports(cx, d, lp);
+    }
+}
+
+/// The `isolated` flag of each port of bridge `d`: on for all but the spec's own ports when
+/// `d` is `ports_isolated`, off otherwise. (A port that appears after this pass, such as a
+/// container's veth, gets it in the pass its link event starts.)
+fn isolate_ports(cx: &Ctx, d: &DesiredLink, lp: &mut LinkPlan) {
+    let on_bridge = |l: &&ObservedLink| l.master.as_deref() == Some(d.name.as_str());
+    for port in cx.observed.links.iter().filter(on_bridge) {
+        let want = d.ports_isolated && !d.ports.iter().any(|p| p.iface == port.name);
+        if port.isolated != want {
+            lp.actions.push(NetAction::IsolatePort {
+                port: port.name.clone(),
+                bridge: d.name.clone(),
+                on: want,
+            });
+        }
+    }
 }
 
 /// Enslaves port `p` of bridge `d` unless it already is: whether it already was, or `None`
