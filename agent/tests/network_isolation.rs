@@ -18,6 +18,7 @@ use common::isolation::{
     has_steward_table, have_nc, lab_guests, listen, nft, ping, require_tools, tcp,
 };
 use common::netns::{data_dir, require_netns, Applied, NetNs};
+use common::udp::{count_udp, udp};
 use common::vm::Proc;
 use serde_json::Value;
 
@@ -61,6 +62,23 @@ fn an_isolated_lab_reaches_nothing_and_open_restores_it() {
         (&ns, &ga.ip),
     ];
     reach("both open", everything, true);
+    for (n, p) in [(a_ns, 7011), (b_ns, 7012), (&ns, 7013)] {
+        count_udp(n, p);
+    }
+    // (from, to's namespace, to's address, port)
+    let datagrams: &[(&NetNs, &NetNs, &str, u16)] = &[
+        (a_ns, b_ns, &gb.ip, 7012),
+        (b_ns, a_ns, &ga.ip, 7011),
+        (a_ns, &ns, "192.168.101.1", 7013),
+        (&ns, a_ns, &ga.ip, 7011),
+    ];
+    for (from, to_ns, to, port) in datagrams {
+        assert!(
+            udp(from, to_ns, to, *port, 5),
+            "open: UDP {} to {to}",
+            from.name
+        );
+    }
     if nc {
         assert!(tcp(a_ns, &gb.ip, 7002, 3), "open: TCP from A to B");
         assert!(
@@ -75,6 +93,13 @@ fn an_isolated_lab_reaches_nothing_and_open_restores_it() {
     assert_eq!(a.summary("nft_writes"), 1, "{}", a.log);
     assert!(has_steward_table(&ns));
     reach("lab 101 isolated", everything, false);
+    for (from, to_ns, to, port) in datagrams {
+        assert!(
+            !udp(from, to_ns, to, *port, 2),
+            "isolated: UDP {} to {to}",
+            from.name
+        );
+    }
     if nc {
         assert!(!tcp(a_ns, &gb.ip, 7002, 1), "isolated: TCP from A to B");
         assert!(!tcp(b_ns, &ga.ip, 7001, 1), "isolated: TCP from B to A");
@@ -212,19 +237,26 @@ fn drift_is_restored_and_other_tables_are_left_alone() {
     restored(&ns, &data, spec, &table, &other);
     reach("restored after the flush", &[(&ga, "10.62.0.10")], false);
 
-    let handle = first_rule_handle(&ns, "input");
-    nft(
-        &ns,
-        &[
-            "delete", "rule", "inet", "steward", "input", "handle", &handle,
-        ],
-    );
+    // Its input rule (bra to the host) and output rule (the host into bra: the replies).
+    for chain in ["input", "output"] {
+        let handle = first_rule_handle(&ns, chain);
+        nft(
+            &ns,
+            &[
+                "delete", "rule", "inet", "steward", chain, "handle", &handle,
+            ],
+        );
+    }
     assert!(
         ping(&ga, "10.61.0.1", 5),
-        "bra reaches the host without its input rule"
+        "bra reaches the host without its input and output rules"
     );
     restored(&ns, &data, spec, &table, &other);
-    reach("input rule restored", &[(&ga, "10.61.0.1")], false);
+    reach(
+        "input and output rules restored",
+        &[(&ga, "10.61.0.1")],
+        false,
+    );
 
     nft(&ns, &["delete", "table", "inet", "steward"]);
     restored(&ns, &data, spec, &table, &other);

@@ -2,17 +2,19 @@
 //! managed bridge or a lab) → the ruleset of the agent's own nftables table `inet steward`, and
 //! which bridges' rules differ between two rulesets (drift). `nft.rs` applies and observes it.
 //!
-//! The table has up to three base chains, all `policy accept`: `forward` and `input` (`type
-//! filter`, priority `filter - 1`: before the `filter` chains of Docker's and the operator's
-//! tables; a drop in any base chain is final) and, with an egress-only bridge, `postrouting`
-//! (`type nat`, priority `srcnat - 1`). Per bridge `B`, every rule commented `steward: B
-//! <isolation>`:
+//! The table has up to four base chains, all `policy accept`: `forward`, `input` and, with an
+//! isolated bridge, `output` (`type filter`, priority `filter - 1`: before the `filter` chains
+//! of Docker's and the operator's tables; a drop in any base chain is final) and, with an
+//! egress-only bridge, `postrouting` (`type nat`, priority `srcnat - 1`). Per bridge `B`, every
+//! rule commented `steward: B <isolation>`:
 //! - `isolated`: forward `iifname B oifname != B drop` (nothing from `B` routed anywhere
 //!   else), `oifname B iifname != B drop` (nothing routed into `B`); input `iifname B drop`
-//!   (nothing from `B` to the host itself, its own address on `B` included; replies to what
-//!   the host sends into `B` are dropped too). Traffic between two ports of `B` is bridged,
-//!   not routed, so it never reaches these hooks (with `br_netfilter` loaded, `!= B` lets it
-//!   through).
+//!   (nothing from `B` to the host itself, its own address on `B` included); output `oifname B
+//!   drop` (nothing from the host into `B`, not even a one-way datagram; with `allow`s, `oifname
+//!   B ct state established,related accept` first, so the allowed ports answer). Traffic
+//!   between two ports of `B` is bridged, not routed, so it never reaches these hooks (with
+//!   `br_netfilter` loaded, `!= B` lets it through; `ports_isolated` is the bridge's own
+//!   business, see `plan/ports.rs`).
 //! - `egress-only`: forward `oifname B ct state established,related accept` (replies),
 //!   `iifname B ct state established,related accept`, `oifname B ct status dnat accept`
 //!   (Docker's published ports, DNAT'd to `B`), per uplink `U` (the interfaces the host's
@@ -58,6 +60,8 @@ pub const NAT_PRIORITY: i32 = 99;
 pub enum Hook {
     Forward,
     Input,
+    /// What the host itself sends: into isolated bridges, nothing but replies.
+    Output,
     /// `type nat`: the egress-only bridges' masquerading.
     Postrouting,
 }
@@ -67,6 +71,7 @@ impl Hook {
         match self {
             Hook::Forward => "forward",
             Hook::Input => "input",
+            Hook::Output => "output",
             Hook::Postrouting => "postrouting",
         }
     }
@@ -358,6 +363,20 @@ fn input(b: &str, p: &Policy) -> Vec<Rule> {
     out
 }
 
+/// `B`'s rules in `output` (isolated bridges only).
+fn output(b: &str, p: &Policy) -> Vec<Rule> {
+    let rule = |cs, v| Rule::new(b, p.isolation, vec![m(Dir::Out, false, b)], cs, v);
+    if p.isolation != Isolation::Isolated {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    if !p.allow.is_empty() {
+        out.push(rule(vec![ct_replies()], Verdict::Accept));
+    }
+    out.push(rule(Vec::new(), Verdict::Drop));
+    out
+}
+
 /// The table for `p` (see the module's documentation); empty when no bridge has a policy.
 pub fn plan(p: &Policies) -> Ruleset {
     if p.bridges.is_empty() {
@@ -371,6 +390,7 @@ pub fn plan(p: &Policies) -> Ruleset {
     let accepts = bridges().flat_map(|(b, pol)| forward_accepts(b, pol, &uplinks));
     let drops = bridges().flat_map(|(b, pol)| forward_drops(b, pol));
     let input = bridges().flat_map(|(b, pol)| input(b, pol)).collect();
+    let output: Vec<Rule> = bridges().flat_map(|(b, pol)| output(b, pol)).collect();
     let masquerade: Vec<Rule> = (bridges())
         .filter(|(_, pol)| pol.isolation == Isolation::EgressOnly)
         .map(|(b, pol)| {
@@ -388,6 +408,9 @@ pub fn plan(p: &Policies) -> Ruleset {
         chain(Hook::Forward, accepts.chain(drops).collect()),
         chain(Hook::Input, input),
     ];
+    if !output.is_empty() {
+        chains.push(chain(Hook::Output, output));
+    }
     if !masquerade.is_empty() {
         chains.push(chain(Hook::Postrouting, masquerade));
     }

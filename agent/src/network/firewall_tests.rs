@@ -99,6 +99,7 @@ fn rules_per_isolated_bridge_in_a_stable_order() {
                 "forward: iifname br1 oifname != br1 drop",
                 "forward: oifname br1 iifname != br1 drop",
                 "input: iifname br1 drop",
+                "output: oifname br1 drop",
             ],
         ),
         (
@@ -110,6 +111,8 @@ fn rules_per_isolated_bridge_in_a_stable_order() {
                 "forward: oifname brb iifname != brb drop",
                 "input: iifname bra drop",
                 "input: iifname brb drop",
+                "output: oifname bra drop",
+                "output: oifname brb drop",
             ],
         ),
     ];
@@ -135,7 +138,7 @@ fn rules_per_isolated_bridge_in_a_stable_order() {
         .iter()
         .map(|c| c.hook)
         .collect();
-    assert_eq!(hooks, [Hook::Forward, Hook::Input]);
+    assert_eq!(hooks, [Hook::Forward, Hook::Input, Hook::Output]);
 }
 
 /// What `drift` answers.
@@ -233,6 +236,9 @@ fn egress_only_and_allow_rules() {
         "input: iifname bre ct state established,related accept",
         "input: iifname bre udp dport 53 accept",
         "input: iifname bre drop",
+        // Nothing from the host into an isolated bridge but replies (it has allows).
+        "output: oifname br7 ct state established,related accept",
+        "output: oifname br7 drop",
         "postrouting: iifname bre oifname != bre masquerade",
     ];
     let got = rules(&rs);
@@ -243,6 +249,7 @@ fn egress_only_and_allow_rules() {
         [
             (Hook::Forward, -1),
             (Hook::Input, -1),
+            (Hook::Output, -1),
             (Hook::Postrouting, 99)
         ]
     );
@@ -275,7 +282,7 @@ fn egress_only_and_allow_rules() {
     assert_eq!(got.iter().filter(|r| r.contains("oifname eth0")).count(), 1);
     // Only isolated bridges: no nat chain.
     let iso = plan(&policies(&spec("labs: [{vlan: 7, isolation: isolated}]")));
-    assert_eq!(iso.chains.len(), 2);
+    assert_eq!(iso.chains.len(), 3);
 }
 
 #[test]

@@ -44,6 +44,7 @@ fn hook(h: Hook) -> NfHook {
     match h {
         Hook::Forward => NfHook::Forward,
         Hook::Input => NfHook::Input,
+        Hook::Output => NfHook::Output,
         Hook::Postrouting => NfHook::Postrouting,
     }
 }
@@ -198,6 +199,7 @@ pub fn parse(n: &Nftables) -> Ruleset {
                 let hook = match (c.name.as_ref(), c.hook) {
                     ("forward", Some(NfHook::Forward)) => Hook::Forward,
                     ("input", Some(NfHook::Input)) => Hook::Input,
+                    ("output", Some(NfHook::Output)) => Hook::Output,
                     ("postrouting", Some(NfHook::Postrouting)) => Hook::Postrouting,
                     // A chain no plan makes: the table differs from any plan.
                     _ => {

@@ -7,6 +7,7 @@ pub mod guest;
 pub mod isolation;
 pub mod netns;
 pub mod payload;
+pub mod udp;
 pub mod vm;
 
 use std::net::TcpListener;
