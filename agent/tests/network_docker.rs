@@ -250,3 +250,92 @@ fn lab_containers_get_stable_addresses_from_dot_10() {
         .unwrap();
     assert!(!out.status.success(), "the lab's bridge must be gone");
 }
+
+/// Whether `port` (a bridge port in the host namespace) has the kernel's `isolated` flag.
+fn port_isolated(port: &str) -> bool {
+    let out = Command::new("ip")
+        .args(["-d", "-j", "link", "show", "dev", port])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v[0]["linkinfo"]["info_slave_data"]["isolated"] == true
+}
+
+/// The host-side veths of the ports of `bridge`.
+fn ports_of(bridge: &str) -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["-j", "link", "show", "master", bridge])
+        .output()
+        .unwrap();
+    let v: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    v.iter()
+        .map(|l| l["ifname"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// `ping` from inside `container`, one echo.
+fn pings(container: &str, to: &str) -> bool {
+    Command::new("docker")
+        .args(["exec", container, "ping", "-c", "1", "-W", "1", to])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+}
+
+#[test]
+fn two_sessions_containers_on_a_ports_isolated_bridge_cannot_reach_each_other() {
+    if !engine_ready() {
+        return;
+    }
+    let sfx = suffix();
+    let bridge = format!("stw{sfx}");
+    let (c1, c2) = (format!("stw-s1-{sfx}"), format!("stw-s2-{sfx}"));
+    let _cleanup = Cleanup {
+        bridge: bridge.clone(),
+        containers: vec![c1.clone(), c2.clone()],
+    };
+    let (a, b) = free_subnet();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("state");
+    let node = format!("test-{sfx}");
+    let spec = |isolated: bool| {
+        format!(
+            "networks:\n  bridges:\n    - {{name: {bridge}, addresses: [10.{a}.{b}.1/24], ports_isolated: {isolated}}}\ncontainers:\n{}{}",
+            sleeper(&c1, &bridge),
+            sleeper(&c2, &bridge)
+        )
+    };
+    let r = apply(&data, &node, &spec(true));
+    assert_eq!(r.code, 0, "{}", r.log);
+    assert_eq!(r.state(&c2).0, "converged", "{}", r.log);
+    let gw = format!("10.{a}.{b}.1");
+    let (ip1, _) = address_on(&c1, &bridge);
+    let (ip2, _) = address_on(&c2, &bridge);
+    let ports = ports_of(&bridge);
+    assert_eq!(ports.len(), 2, "{ports:?}");
+    // Docker plugs the veths in after the agent's network pass; the one-shot apply flags them
+    // before it ends.
+    for p in &ports {
+        assert!(port_isolated(p), "{p} not isolated:\n{}", r.log);
+    }
+    assert!(!pings(&c1, &ip2.to_string()), "session 1 reaches session 2");
+    assert!(!pings(&c2, &ip1.to_string()), "session 2 reaches session 1");
+    assert!(
+        pings(&c1, &gw) && pings(&c2, &gw),
+        "each reaches the gateway"
+    );
+
+    // The policy removed: the flags go and the containers reach each other.
+    let r = apply(&data, &node, &spec(false));
+    assert_eq!(r.code, 0, "{}", r.log);
+    assert!(ports_of(&bridge).iter().all(|p| !port_isolated(p)));
+    // (Neighbour entries that failed while isolated may take a retry.)
+    assert!(
+        (0..5).any(|_| pings(&c1, &ip2.to_string())),
+        "without the policy"
+    );
+    let r = apply(&data, &node, "{}\n");
+    assert_eq!(r.code, 0, "{}", r.log);
+}

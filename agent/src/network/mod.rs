@@ -32,6 +32,7 @@ pub mod firewall;
 pub mod lab;
 mod nft;
 pub mod plan;
+mod port_sweep;
 mod report;
 
 #[cfg(test)]
@@ -106,6 +107,9 @@ pub struct NetOutcome {
     pub vm_leases: BTreeMap<String, BTreeMap<usize, NicLease>>,
     /// Deletions left for [`Networks::finish`].
     removals: Vec<NetAction>,
+    /// The `ports_isolated` bridges that are Steward's, whose new ports (plugged in by the
+    /// workloads' phase) [`Networks::finish`] flags.
+    ports_isolated: Vec<types::DesiredLink>,
     /// Time spent in the network phases (the containers' phase in between is not counted).
     spent: Option<std::time::Duration>,
     links: usize,
@@ -349,6 +353,10 @@ impl Networks {
         let failed = apply_actions(driver, &plan.actions, &mut state, pass).await;
         report::report(&plan, &failed, driver, &mut state, &mut out);
         out.removals = plan.removals;
+        out.ports_isolated = (desired.links.iter())
+            .filter(|d| d.ports_isolated && !out.unusable.contains_key(&d.name))
+            .cloned()
+            .collect();
         out.writes += driver.writes() - writes_before;
         if out.writes > 0 {
             // What we observed is no longer what is there.
@@ -527,6 +535,7 @@ impl NetworkPhase for Networks {
             return;
         };
         let started = Instant::now();
+        self.isolate_new_ports(out, pass).await;
         let mut state = self.load_state();
         if let Some(driver) = self.driver.as_mut() {
             let writes_before = driver.writes();

@@ -526,6 +526,7 @@ fn plan_removals(cx: &Ctx, refused: Vec<&ObservedLink>, out: &mut NetPlan) {
 
 mod ports;
 use ports::plan_ports;
+pub use ports::port_flags;
 
 #[cfg(test)]
 #[path = "plan_tests.rs"]

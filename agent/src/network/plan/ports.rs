@@ -11,7 +11,9 @@ use std::collections::HashMap;
 
 use super::{Ctx, LinkPlan};
 use crate::network::types::VlanMembership;
-use crate::network::types::{DesiredLink, DesiredPort, LinkKind, NetAction, ObservedLink};
+use crate::network::types::{
+    DesiredLink, DesiredPort, LinkKind, NetAction, NetObserved, ObservedLink,
+};
 
 /// Actions for the ports of bridge `d` (observed as `o`, `None` when created in this pass).
 pub(super) fn plan_ports(
@@ -47,17 +49,23 @@ pub(super) fn plan_ports(
 /// `d` is `ports_isolated`, off otherwise. (A port that appears after this pass, such as a
 /// container's veth, gets it in the pass its link event starts.)
 fn isolate_ports(cx: &Ctx, d: &DesiredLink, lp: &mut LinkPlan) {
+    lp.actions.extend(port_flags(d, cx.observed));
+}
+
+/// The `IsolatePort` actions that make the flags of bridge `d`'s ports (as `observed`) what
+/// `d` asks for; also run after the workloads started, for the ports they plugged in.
+pub fn port_flags(d: &DesiredLink, observed: &NetObserved) -> Vec<NetAction> {
     let on_bridge = |l: &&ObservedLink| l.master.as_deref() == Some(d.name.as_str());
-    for port in cx.observed.links.iter().filter(on_bridge) {
-        let want = d.ports_isolated && !d.ports.iter().any(|p| p.iface == port.name);
-        if port.isolated != want {
-            lp.actions.push(NetAction::IsolatePort {
+    (observed.links.iter().filter(on_bridge))
+        .filter_map(|port| {
+            let want = d.ports_isolated && !d.ports.iter().any(|p| p.iface == port.name);
+            (port.isolated != want).then(|| NetAction::IsolatePort {
                 port: port.name.clone(),
                 bridge: d.name.clone(),
                 on: want,
-            });
-        }
-    }
+            })
+        })
+        .collect()
 }
 
 /// Enslaves port `p` of bridge `d` unless it already is: whether it already was, or `None`
