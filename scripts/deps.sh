@@ -2,7 +2,8 @@
 # Installs and starts what the test suite needs on a fresh Debian machine with Rust:
 # a Python venv at /opt/steward-pytest with openapi-spec-validator and schemathesis (from PyPI;
 # Debian's python3 has no pip, so the venv comes from python3-venv), busybox-static (test
-# images), nftables (nft, for the network isolation tests), a running Docker engine, and
+# images), nftables (nft, for the network isolation tests), iperf3 (the isolation bench's
+# throughput part), a running Docker engine, and
 # for the QEMU guest and VM tests (tests/guest/) Debian's stock kernel, QEMU, qemu-utils, mtools
 # and iproute2; etcd (etcd-server, and etcd-client for etcdctl) for the etcd store tests and
 # protoc (protobuf-compiler, with libprotobuf-dev for the .proto files it imports), which
@@ -18,6 +19,8 @@ command -v curl >/dev/null || need_apt+=(curl)
 command -v dockerd >/dev/null || need_apt+=(docker.io)
 # Network isolation (agent/tests/network_isolation.rs; the agent runs nft for its own table).
 [ -x /usr/sbin/nft ] || need_apt+=(nftables)
+# The isolation bench's throughput part (agent/benches/isolation.rs; skipped without it).
+command -v iperf3 >/dev/null || need_apt+=(iperf3)
 # The etcd store: protoc builds the etcd client (a registry build dependency), etcd and etcdctl run the
 # test clusters (registry/tests/common/etcd.rs, kv_conformance.rs).
 command -v protoc >/dev/null || need_apt+=(protobuf-compiler)

@@ -19,8 +19,9 @@
 //!    from inside (its `took_us`, the network phases of `apply`) and as the wall time of the
 //!    whole process; `nft` only as wall time. All processes run through `ip netns exec`, whose
 //!    own cost is shown. Agent minus baseline is the agent's nft part.
-//! 2. No-op: right after (a), the isolated spec applied again (the table is right: listed, not
-//!    written; asserted `nft_writes=0`, `netlink_writes=0`), against the create of (a).
+//! 2. No-op: right after (a), the isolated spec applied again (the table is right and the
+//!    agent knows it from the ruleset generation it kept: neither listed nor written; asserted
+//!    `nft_writes=0`, `netlink_writes=0`), against the create of (a).
 //! 3. Throughput: labs 101 and 102 open with a guest namespace each (A on 101, B on 102, the
 //!    namespace routing between them), labs 103..=202 isolated; `iperf3 -c` from A to B with the
 //!    table in place and with no table at all (the spec with every lab open), alternating.
@@ -216,7 +217,7 @@ struct Create {
     base_in: Vec<Duration>,
     nft_text: Vec<Duration>,
     nft_json: Vec<Duration>,
-    /// `nft -j list table inet steward` of the 300 rules (what the no-op runs).
+    /// `nft -j list table inet steward` of the 300 rules (what a pass runs when it must look).
     nft_list: Vec<Duration>,
     exec: Vec<Duration>,
 }
@@ -490,7 +491,7 @@ fn main() -> ExitCode {
     );
     let _ = writeln!(
         r,
-        "no-op minus baseline (its nft list): {:.1} ms wall, {:.1} ms inside",
+        "no-op minus baseline (its nft part): {:.1} ms wall, {:.1} ms inside",
         ms(nw.saturating_sub(bw)),
         ms(ni.saturating_sub(bi))
     );

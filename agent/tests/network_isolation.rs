@@ -115,11 +115,13 @@ fn an_isolated_lab_reaches_nothing_and_open_restores_it() {
     // The open lab still reaches the host.
     reach("lab 102 open", &[(b_ns, "192.168.102.1")], true);
 
-    // Converged: the table is read back as planned and not written again.
-    let again = ns.apply(&data, ISOLATED, None);
+    // Converged: the agent kept the ruleset generation after its write, nothing committed
+    // since, so it runs no nft at all (here there is none on its PATH) and writes nothing.
+    let again = ns.apply_in(without_nft(&ns), &data, ISOLATED, None);
     ok(&again);
     assert_eq!(again.summary("nft_writes"), 0, "{}", again.log);
     assert_eq!(again.writes(), 0, "{}", again.log);
+    assert_eq!(again.state("br101"), ("converged".into(), String::new()));
 
     // Back to open: the table goes, the guests reach each other again.
     let a = ns.apply(&data, OPEN, None);
@@ -261,6 +263,24 @@ fn drift_is_restored_and_other_tables_are_left_alone() {
     nft(&ns, &["delete", "table", "inet", "steward"]);
     restored(&ns, &data, spec, &table, &other);
 
+    // The agent's memory of its table lost, the table in place: believed absent, it is
+    // created, which fails as the table exists, and replaced; known again afterwards.
+    let state = data.join("state/network-links.json");
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    let o = v.as_object_mut().unwrap();
+    assert!(
+        o.remove("isolated").is_some() && o.remove("table").is_some(),
+        "{v}"
+    );
+    std::fs::write(&state, v.to_string()).unwrap();
+    let a = ns.apply(&data, spec, None);
+    ok(&a);
+    assert_eq!(a.summary("nft_writes"), 1, "{}", a.log);
+    assert_eq!(nft(&ns, &["list", "table", "inet", "steward"]), table);
+    let again = ns.apply_in(without_nft(&ns), &data, spec, None);
+    ok(&again);
+    assert_eq!(again.summary("nft_writes"), 0, "{}", again.log);
+
     // Policy removed: exactly our table goes.
     let open = spec.replace(", isolation: isolated", "");
     ok(&ns.apply(&data, &open, None));
@@ -282,18 +302,21 @@ fn which(program: &str) -> std::path::PathBuf {
         .unwrap_or_else(|| panic!("{program} is not on PATH"))
 }
 
+/// The agent run in `ns` with a PATH where there is no `nft`.
+fn without_nft(ns: &NetNs) -> Command {
+    let mut c = Command::new(which("ip"));
+    c.args(["netns", "exec", &ns.name])
+        .arg(env!("CARGO_BIN_EXE_steward-agent"))
+        .env("PATH", "/nonexistent");
+    c
+}
+
 #[test]
 fn without_nft_an_isolated_bridge_fails_with_the_reason() {
     // Needs no nft: the agent runs with a PATH where there is none.
     let Some(ns) = require_netns() else { return };
     let (_tmp, data) = data_dir();
-    let no_nft = || {
-        let mut c = Command::new(which("ip"));
-        c.args(["netns", "exec", &ns.name])
-            .arg(env!("CARGO_BIN_EXE_steward-agent"))
-            .env("PATH", "/nonexistent");
-        c
-    };
+    let no_nft = || without_nft(&ns);
     // Nothing isolated: nft is never needed.
     ok(&ns.apply_in(no_nft(), &data, OPEN, None));
     let a = ns.apply_in(no_nft(), &data, ISOLATED, None);

@@ -8,7 +8,9 @@
 //! - `driver.rs`, `dump.rs`, `events.rs` — the only code importing rtnetlink: observe / apply
 //!   (the link dump parsed lean in `dump.rs`), and link and address events.
 //! - `firewall.rs` (pure: bridges' policies → the agent's nftables table, drift) and `nft.rs`
-//!   (the only code running `nft`), applied after the links exist.
+//!   (the only code running `nft`), applied after the links exist; `nft_known.rs` (pure: list,
+//!   write or nothing, from what the agent knows of its table) and `nft_gen.rs` (the kernel's
+//!   nftables ruleset generation id, by netlink).
 //! - `counters.rs` — workloads' byte counters (a container's veths, a VM's taps) from a
 //!   statistics dump, for their activity in the status.
 //! - this file — the I/O side: observe → plan → apply → record → report, in two phases so the
@@ -31,6 +33,8 @@ pub mod events;
 pub mod firewall;
 pub mod lab;
 mod nft;
+mod nft_gen;
+mod nft_known;
 pub mod plan;
 mod port_sweep;
 mod report;

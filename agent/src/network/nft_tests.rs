@@ -10,6 +10,10 @@ fn plan_of(bridges: &[&str]) -> Ruleset {
     firewall::plan(&firewall::Policies::isolating(&names))
 }
 
+fn table_of(name: &str) -> Value {
+    json!({"table": {"family": "inet", "name": name}})
+}
+
 const LISTED: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"table": {"family": "inet", "name": "steward", "handle": 2}}, {"chain": {"family": "inet", "table": "steward", "name": "forward", "handle": 1, "type": "filter", "hook": "forward", "prio": -1, "policy": "accept"}}, {"chain": {"family": "inet", "table": "steward", "name": "input", "handle": 2, "type": "filter", "hook": "input", "prio": -1, "policy": "accept"}}, {"chain": {"family": "inet", "table": "steward", "name": "output", "handle": 3, "type": "filter", "hook": "output", "prio": -1, "policy": "accept"}}, {"rule": {"family": "inet", "table": "steward", "chain": "forward", "handle": 4, "comment": "steward: bra isolated", "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "bra"}}, {"match": {"op": "!=", "left": {"meta": {"key": "oifname"}}, "right": "bra"}}, {"drop": null}]}}, {"rule": {"family": "inet", "table": "steward", "chain": "forward", "handle": 5, "comment": "steward: bra isolated", "expr": [{"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "bra"}}, {"match": {"op": "!=", "left": {"meta": {"key": "iifname"}}, "right": "bra"}}, {"drop": null}]}}, {"rule": {"family": "inet", "table": "steward", "chain": "input", "handle": 6, "comment": "steward: bra isolated", "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "bra"}}, {"drop": null}]}}, {"rule": {"family": "inet", "table": "steward", "chain": "output", "handle": 7, "comment": "steward: bra isolated", "expr": [{"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "bra"}}, {"drop": null}]}}]}"#;
 
 #[test]
@@ -47,6 +51,10 @@ fn replacement_is_one_batch_that_recreates_the_table() {
         );
         assert_eq!(obj["family"], "inet");
     }
+    let create = serde_json::to_value(create_batch(&plan_of(&["bra"])).unwrap()).unwrap();
+    let made = create["nftables"].as_array().unwrap();
+    assert_eq!(made[0], json!({ "create": table_of("steward") }));
+    assert_eq!(&made[1..], &objects[3..], "the same chains and rules");
     let del = serde_json::to_value(delete_batch()).unwrap();
     assert_eq!(
         del,

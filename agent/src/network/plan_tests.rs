@@ -222,6 +222,7 @@ fn run(cases: Vec<Case>) {
                 .map(|(p, b)| (p.to_string(), b.to_string()))
                 .collect(),
             isolated: Default::default(),
+            table: None,
         };
         let p = plan(&desired, &observed, &state, &c.policy, NODE);
         let (a, v) = render(&p);

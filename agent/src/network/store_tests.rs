@@ -33,3 +33,20 @@ async fn network_records_survive_reopen() {
     assert_eq!(store.load_or_default::<NetState>(), net);
     assert_eq!(store.load_or_default::<Leases>(), leases);
 }
+
+#[test]
+fn state_files_without_the_table_still_load() {
+    let old: NetState =
+        serde_json::from_str(r#"{"links": {}, "ports": {}, "isolated": ["br101"]}"#).unwrap();
+    assert_eq!(old.table, None);
+    assert_eq!(old.isolated.len(), 1);
+    let mut now = old.clone();
+    now.table = Some(super::types::TableSeen {
+        generation: 42,
+        at: "boot/4026531840".into(),
+        digest: "ab".repeat(32),
+    });
+    let text = serde_json::to_string(&now).unwrap();
+    assert_eq!(serde_json::from_str::<NetState>(&text).unwrap(), now);
+    assert!(!serde_json::to_string(&old).unwrap().contains("table"));
+}

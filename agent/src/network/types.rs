@@ -180,6 +180,21 @@ pub struct NetState {
     /// difference found later in their rules is drift, not a spec change.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub isolated: BTreeSet<String>,
+    /// The agent's nftables table as last written or listed, with the kernel's ruleset
+    /// generation then (`nft_known.rs`): while both still hold, a pass needs no `nft` at all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<TableSeen>,
+}
+
+/// The table `inet steward` as the agent last knew it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableSeen {
+    /// The ruleset generation id (`NFTA_GEN_ID`) at which the table was known.
+    pub generation: u32,
+    /// Where that id was read: `<boot id>/<netns inode>` (`nft_gen.rs`).
+    pub at: String,
+    /// sha256 (hex) of the batch that makes the table what it was (`nft_known::digest`).
+    pub digest: String,
 }
 
 /// Changes to a link's generic attributes, made in one request.
