@@ -142,16 +142,23 @@ fn an_isolated_lab_reaches_nothing_and_open_restores_it() {
     );
 }
 
-/// The handle of the first rule of `chain` in our table.
-fn first_rule_handle(ns: &NetNs, chain: &str) -> String {
+/// The handle of the first drop rule of `chain` in our table.
+fn first_drop_handle(ns: &NetNs, chain: &str) -> String {
     let v: Value =
         serde_json::from_str(&nft(ns, &["-j", "list", "chain", "inet", "steward", chain])).unwrap();
     let rule = v["nftables"]
         .as_array()
         .unwrap()
         .iter()
-        .find_map(|o| o.get("rule"))
-        .unwrap_or_else(|| panic!("no rule in {chain}: {v}"));
+        .filter_map(|o| o.get("rule"))
+        .find(|r| {
+            r["expr"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| s.get("drop").is_some())
+        })
+        .unwrap_or_else(|| panic!("no drop rule in {chain}: {v}"));
     rule["handle"].to_string()
 }
 
@@ -239,9 +246,9 @@ fn drift_is_restored_and_other_tables_are_left_alone() {
     restored(&ns, &data, spec, &table, &other);
     reach("restored after the flush", &[(&ga, "10.62.0.10")], false);
 
-    // Its input rule (bra to the host) and output rule (the host into bra: the replies).
+    // Its input drop (bra to the host) and output drop (the host into bra: the replies).
     for chain in ["input", "output"] {
-        let handle = first_rule_handle(&ns, chain);
+        let handle = first_drop_handle(&ns, chain);
         nft(
             &ns,
             &[

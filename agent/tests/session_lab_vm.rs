@@ -13,13 +13,16 @@
 //! - a second session gets VLAN 101, its own bridge, its VM leased `192.168.101.10`;
 //! - ending the first removes its VM (QEMU gone), tap and bridge, and leaves the second's VM
 //!   running (same QEMU process); a third session (`gateway: none`) then gets VLAN 100 again
-//!   (freed): its bridge has no host address, its VM the `.10` lease.
+//!   (freed): its bridge has no host address, its VM the `.10` lease; a pfSense stand-in (a
+//!   namespace with a veth into `br100`) holds `.1`, and the guest, taking `.1` as its
+//!   gateway from its network-config, pings it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
 use std::path::Path;
 
+use common::isolation::on_bridge;
 use common::netns::{ctl, registry, require_netns, NetNs};
 use common::vm::{
     base_image, qemu_pids, require_tools, status_of, vm_guest, wait, Daemon, QemuReaper,
@@ -207,6 +210,41 @@ fn lab_session_vm_gets_vlan_from_pool_and_address_from_dot_ten() {
     assert!(ns.addrs("br100").is_empty(), "{:?}", ns.addrs("br100"));
     let lease = leases(&data).unwrap();
     assert_eq!(lease["br100"][format!("vm:lab-{c}/0")], "192.168.100.10");
+    // A pfSense stand-in: a namespace with a veth into the lab's bridge, holding the lab's
+    // `.1` the host does not. The guest reads `.1` as its gateway from its network-config and
+    // pings it (for up to a minute, time enough for the stand-in to be plugged in).
+    let router = on_bridge(&ns, "pf0", "br100", "192.168.100.1/24");
+    let serial = vm_dir(&vms, &c).join("serial.log");
+    let serial_text = || std::fs::read_to_string(&serial).unwrap_or_default();
+    wait(
+        300,
+        &|| format!("the third guest's ping result\n{}", serial_text()),
+        || serial_text().contains("VM-READY").then_some(()),
+    );
+    assert!(
+        serial_text().contains("VM-NETCONF 192.168.100.10/24 via 192.168.100.1"),
+        "the third guest reads its lease and gateway from its network-config:\n{}",
+        serial_text()
+    );
+    assert!(
+        serial_text().contains("VM-PING-yes 192.168.100.1"),
+        "the guest at .10 must reach the stand-in router at .1:\n{}",
+        serial_text()
+    );
+    // The stand-in answered it (the host holds no address on br100): it knows the guest's MAC.
+    assert!(ns.addrs("br100").is_empty(), "{:?}", ns.addrs("br100"));
+    let vm_mac = (serial_text().lines())
+        .find_map(|l| l.strip_prefix("VM-NIC "))
+        .map(str::to_string)
+        .unwrap();
+    let neigh = router
+        .ns
+        .ip(&["neigh", "show", "192.168.100.10", "dev", "eth0"]);
+    assert!(
+        neigh.contains(&vm_mac),
+        "the stand-in's neighbour entry for the guest ({vm_mac}): {neigh:?}"
+    );
+    drop(router);
     for id in [&b, &c] {
         ctl(&ns, url, &admin, &["sessions", "end", id]);
     }

@@ -11,7 +11,10 @@
 //!   else), `oifname B iifname != B drop` (nothing routed into `B`); input `iifname B drop`
 //!   (nothing from `B` to the host itself, its own address on `B` included); output `oifname B
 //!   drop` (nothing from the host into `B`, not even a one-way datagram; with `allow`s, `oifname
-//!   B ct state established,related accept` first, so the allowed ports answer). Traffic
+//!   B ct state established,related accept` first, so the allowed ports answer). In input and
+//!   output, `icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept` comes first, for
+//!   every bridge with a policy: IPv6 neighbour discovery, which these hooks see (ARP they do
+//!   not), as ARP gets through. Traffic
 //!   between two ports of `B` is bridged, not routed, so it never reaches these hooks (with
 //!   `br_netfilter` loaded, `!= B` lets it through; `ports_isolated` is the bridge's own
 //!   business, see `plan/ports.rs`).
@@ -251,6 +254,18 @@ pub fn ct_replies() -> Value {
     )
 }
 
+/// `icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert }`: IPv6 neighbour discovery, the
+/// ARP of IPv6 (which nftables' `inet` hooks see, unlike ARP): always let through between a
+/// bridge and the host, as ARP is, or nothing on the bridge could reach its gateway or an
+/// allowed port over IPv6.
+pub fn neighbour_discovery() -> Value {
+    is(
+        json!({"payload": {"protocol": "icmpv6", "field": "type"}}),
+        "==",
+        json!({"set": ["nd-neighbor-solicit", "nd-neighbor-advert"]}),
+    )
+}
+
 /// `ct status dnat`
 pub fn ct_dnat() -> Value {
     is(json!({"ct": {"key": "status"}}), "in", json!("dnat"))
@@ -346,7 +361,7 @@ fn forward_drops(b: &str, p: &Policy) -> Vec<Rule> {
 /// `B`'s rules in `input`.
 fn input(b: &str, p: &Policy) -> Vec<Rule> {
     let rule = |cs, v| Rule::new(b, p.isolation, vec![m(Dir::In, false, b)], cs, v);
-    let mut out = Vec::new();
+    let mut out = vec![rule(vec![neighbour_discovery()], Verdict::Accept)];
     if p.isolation == Isolation::EgressOnly {
         out.push(rule(vec![ct_replies()], Verdict::Accept));
     }
@@ -369,7 +384,7 @@ fn output(b: &str, p: &Policy) -> Vec<Rule> {
     if p.isolation != Isolation::Isolated {
         return Vec::new();
     }
-    let mut out = Vec::new();
+    let mut out = vec![rule(vec![neighbour_discovery()], Verdict::Accept)];
     if !p.allow.is_empty() {
         out.push(rule(vec![ct_replies()], Verdict::Accept));
     }

@@ -98,7 +98,9 @@ fn rules_per_isolated_bridge_in_a_stable_order() {
             &[
                 "forward: iifname br1 oifname != br1 drop",
                 "forward: oifname br1 iifname != br1 drop",
+                "input: iifname br1 icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept",
                 "input: iifname br1 drop",
+                "output: oifname br1 icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept",
                 "output: oifname br1 drop",
             ],
         ),
@@ -109,9 +111,13 @@ fn rules_per_isolated_bridge_in_a_stable_order() {
                 "forward: oifname bra iifname != bra drop",
                 "forward: iifname brb oifname != brb drop",
                 "forward: oifname brb iifname != brb drop",
+                "input: iifname bra icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept",
                 "input: iifname bra drop",
+                "input: iifname brb icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept",
                 "input: iifname brb drop",
+                "output: oifname bra icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept",
                 "output: oifname bra drop",
+                "output: oifname brb icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept",
                 "output: oifname brb drop",
             ],
         ),
@@ -166,7 +172,7 @@ fn drift_names_the_bridges_whose_rules_differ() {
         other: Vec::new(),
     };
     let mut accept = want.clone();
-    accept.chains[1].rules[1].extra.push("accept".into());
+    accept.chains[1].rules[3].extra.push("accept".into());
     let mut policy = want.clone();
     policy.chains[0].accept = false;
     let mut foreign = want.clone();
@@ -230,13 +236,17 @@ fn egress_only_and_allow_rules() {
         "forward: iifname bre oifname != bre drop",
         "forward: oifname bre iifname != bre drop",
         // A `from` bridge is about routed traffic only; a network also opens the host's port.
+        // IPv6 neighbour discovery with the host first, as ARP.
+        "input: iifname br7 icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept",
         "input: iifname br7 ip saddr 10.1.0.0/16 meta l4proto { icmp, ipv6-icmp } accept",
         "input: iifname br7 ip6 saddr fd00::1 meta l4proto tcp accept",
         "input: iifname br7 drop",
+        "input: iifname bre icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept",
         "input: iifname bre ct state established,related accept",
         "input: iifname bre udp dport 53 accept",
         "input: iifname bre drop",
         // Nothing from the host into an isolated bridge but replies (it has allows).
+        "output: oifname br7 icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept",
         "output: oifname br7 ct state established,related accept",
         "output: oifname br7 drop",
         "postrouting: iifname bre oifname != bre masquerade",

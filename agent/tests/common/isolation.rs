@@ -141,3 +141,82 @@ pub fn listen(ns: &NetNs, port: u16) -> Proc {
             .unwrap(),
     )
 }
+
+/// Sets sysctls (`key=value` each) in `ns`. Where `/proc/sys` is read-only (inside a
+/// container), through a procfs of its own in `ip netns exec`'s private mount namespace, as
+/// [`NetNs::enable_forwarding`] does.
+pub fn sysctl(ns: &NetNs, settings: &[&str]) {
+    let args = settings.join(" ");
+    let set = format!(
+        "sysctl -qw {args} 2>/dev/null || {{ mount -t proc proc /proc && sysctl -qw {args}; }}"
+    );
+    let st = ns.command("sh").args(["-c", &set]).status().unwrap();
+    assert!(st.success(), "cannot set {args} in {}", ns.name);
+}
+
+/// Turns IPv6 forwarding on in `ns` and duplicate address detection off (for the links made
+/// from now on too), so an address is usable as soon as it is added.
+pub fn enable_forwarding_v6(ns: &NetNs) {
+    sysctl(
+        ns,
+        &[
+            "net.ipv6.conf.all.forwarding=1",
+            "net.ipv6.conf.all.accept_dad=0",
+            "net.ipv6.conf.default.accept_dad=0",
+        ],
+    );
+}
+
+/// A namespace on `bridge` (in `host`) through the veth `port`, holding `cidr` on its `eth0`
+/// and no route but the subnet's: the stand-in for a router VM on a lab (`gateway: none`),
+/// which the test gives its other links and routes. IPv6 addresses skip duplicate address
+/// detection.
+pub fn on_bridge(host: &NetNs, port: &str, bridge: &str, cidr: &str) -> Guest {
+    let ns = require_netns().expect("a namespace on the bridge");
+    host.ip(&[
+        "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
+    ]);
+    host.ip(&["link", "set", port, "master", bridge]);
+    host.ip(&["link", "set", port, "up"]);
+    ns.ip(&["addr", "add", cidr, "dev", "eth0", "nodad"]);
+    ns.ip(&["link", "set", "eth0", "up"]);
+    let ip = cidr.split('/').next().unwrap().to_string();
+    Guest { ns, ip }
+}
+
+/// [`guest`] for IPv6: the guest at `cidr` (no duplicate address detection) with a default
+/// IPv6 route via `gateway`; the port is put on `bridge`.
+pub fn guest6(host: &NetNs, port: &str, bridge: &str, cidr: &str, gateway: &str) -> Guest {
+    let g = on_bridge(host, port, bridge, cidr);
+    g.ns.ip(&["-6", "route", "add", "default", "via", gateway]);
+    g
+}
+
+/// One ICMPv6 echo from `from` to `to` answered, within `tries` attempts of 1 s.
+pub fn ping6(from: &NetNs, to: &str, tries: u32) -> bool {
+    (0..tries).any(|_| {
+        from.command("busybox")
+            .args(["ping", "-6", "-c", "1", "-W", "1", to])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    })
+}
+
+/// The MAC address of `link` in `ns`.
+pub fn mac(ns: &NetNs, link: &str) -> String {
+    let l = ns
+        .link(link)
+        .unwrap_or_else(|| panic!("no {link} in {}", ns.name));
+    l["address"].as_str().unwrap().to_string()
+}
+
+/// An nft ruleset loaded in `ns` from text (`nft -f`).
+pub fn nft_load(ns: &NetNs, rules: &str) {
+    let file = std::env::temp_dir().join(format!("{}-{:08x}.nft", ns.name, rand::random::<u32>()));
+    std::fs::write(&file, rules).unwrap();
+    nft(ns, &["-f", file.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&file);
+}
