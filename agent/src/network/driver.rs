@@ -18,8 +18,11 @@ use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{Handle, RouteMessageBuilder};
 use tracing::debug;
 
-/// `RT_TABLE_MAIN`.
-const MAIN_TABLE: u8 = 254;
+/// Public addresses (Cloudflare's resolvers) whose route lookups say where the internet is.
+const INTERNET_V4: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(1, 1, 1, 1));
+const INTERNET_V6: IpAddr = IpAddr::V6(std::net::Ipv6Addr::new(
+    0x2606, 0x4700, 0x4700, 0, 0, 0, 0, 0x1111,
+));
 
 use super::dump::{self, RawLink};
 use super::error::{hint, NetworkError};
@@ -238,30 +241,14 @@ impl NetlinkDriver {
         })
     }
 
-    /// The host's uplinks: the interfaces its default routes (IPv4 and IPv6, main table) leave
-    /// by, by name (a multipath default route's nexthops are not looked into).
+    /// The host's uplinks: the interfaces the kernel would send IPv4 and IPv6 traffic for the
+    /// internet by (a route lookup of a public address of each family: the default route it
+    /// picks, policy routing and metrics included), by name. Two lookups, not a route dump.
     pub async fn uplinks(&self) -> Result<BTreeSet<String>, NetworkError> {
         let mut out = BTreeSet::new();
-        let dumps = [
-            RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
-            RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
-        ];
-        for msg in dumps {
-            let routes: Vec<_> = (self.handle.route().get(msg).execute())
-                .try_collect()
-                .await
-                .map_err(|e| observe_err("dump routes", e))?;
-            let defaults = routes.into_iter().filter(|r| {
-                r.header.destination_prefix_length == 0 && r.header.table == MAIN_TABLE
-            });
-            for r in defaults {
-                let oif = r.attributes.iter().find_map(|a| match a {
-                    RouteAttribute::Oif(i) => Some(*i),
-                    _ => None,
-                });
-                if let Some(name) = oif.and_then(|i| self.name_of(i)) {
-                    out.insert(name);
-                }
+        for ip in [INTERNET_V4, INTERNET_V6] {
+            if let Some(name) = self.route_iface(ip).await? {
+                out.insert(name);
             }
         }
         Ok(out)
@@ -289,7 +276,7 @@ impl NetlinkDriver {
         let route = match answer {
             Ok(r) => r,
             Err(e) => {
-                debug!(%ip, error = %e, "no route to the registry");
+                debug!(%ip, error = %e, "no route");
                 return Ok(None);
             }
         };

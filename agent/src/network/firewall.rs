@@ -35,6 +35,13 @@
 //!   means ICMP and ICMPv6. An isolated `B` with allows also gets forward `iifname B ct state
 //!   established,related accept`, so replies leave `B`.
 //!
+//! Each base chain starts with a fast path, commented `steward: not a bridge with a policy`:
+//! `iifname != P oifname != P accept` in `forward`, `iifname != P accept` in `input`, `oifname
+//! != I accept` in `output` (`P` the bridges with a policy, `I` the isolated ones; one name or
+//! an anonymous set): every rule after it names one of them, so traffic between bridges
+//! without a policy (or the host's own) costs two set lookups, not a walk through every
+//! bridge's rules.
+//!
 //! Order: in `forward`, every bridge's accepts come first, then every bridge's drops (an
 //! `allow` on `B` naming `from: C` lets `C`'s traffic in even when `C` is isolated or
 //! egress-only: the explicit exception wins; an `allow` without `from` does too — name a
@@ -262,9 +269,45 @@ pub fn neighbour_discovery() -> Value {
     is(
         json!({"payload": {"protocol": "icmpv6", "field": "type"}}),
         "==",
-        json!({"set": ["nd-neighbor-solicit", "nd-neighbor-advert"]}),
+        json!({"set": ["nd-neighbor-advert", "nd-neighbor-solicit"]}),
     )
 }
+
+/// `iifname != X` (or `oifname`), `X` one name or an anonymous set of them, sorted (nft lists
+/// a set's elements in an order of its own: `nft.rs` sorts them back); `names` not empty.
+fn none_of(dir: Dir, names: &[&str]) -> (Vec<IfMatch>, Vec<Value>) {
+    if let [one] = names {
+        return (vec![m(dir, true, one)], Vec::new());
+    }
+    let key = if dir == Dir::In { "iifname" } else { "oifname" };
+    let set = json!({"set": names});
+    (
+        Vec::new(),
+        vec![is(json!({"meta": {"key": key}}), "!=", set)],
+    )
+}
+
+/// The fast path at the head of a base chain: traffic touching none of `names` (the bridges
+/// with rules in that chain, in `dirs`) is accepted at once — one set lookup per direction
+/// instead of every bridge's rules.
+fn fast_path(names: &[&str], dirs: &[Dir]) -> Rule {
+    let (mut matches, mut conds) = (Vec::new(), Vec::new());
+    for d in dirs {
+        let (ms, cs) = none_of(*d, names);
+        matches.extend(ms);
+        conds.extend(cs);
+    }
+    Rule {
+        matches,
+        conds,
+        verdict: Verdict::Accept,
+        extra: Vec::new(),
+        comment: Some(FAST_PATH.to_string()),
+    }
+}
+
+/// The comment of the fast-path rules.
+pub const FAST_PATH: &str = "steward: not a bridge with a policy";
 
 /// `ct status dnat`
 pub fn ct_dnat() -> Value {
@@ -402,10 +445,21 @@ pub fn plan(p: &Policies) -> Ruleset {
     let uplinks: Vec<&String> = (p.uplinks.iter())
         .filter(|u| !p.bridges.contains_key(*u))
         .collect();
+    let all: Vec<&str> = p.bridges.keys().map(String::as_str).collect();
+    let isolated: Vec<&str> = (bridges())
+        .filter(|(_, pol)| pol.isolation == Isolation::Isolated)
+        .map(|(b, _)| b.as_str())
+        .collect();
+    let fast = std::iter::once(fast_path(&all, &[Dir::In, Dir::Out]));
     let accepts = bridges().flat_map(|(b, pol)| forward_accepts(b, pol, &uplinks));
     let drops = bridges().flat_map(|(b, pol)| forward_drops(b, pol));
-    let input = bridges().flat_map(|(b, pol)| input(b, pol)).collect();
-    let output: Vec<Rule> = bridges().flat_map(|(b, pol)| output(b, pol)).collect();
+    let input = std::iter::once(fast_path(&all, &[Dir::In]))
+        .chain(bridges().flat_map(|(b, pol)| input(b, pol)))
+        .collect();
+    let mut output: Vec<Rule> = bridges().flat_map(|(b, pol)| output(b, pol)).collect();
+    if !output.is_empty() {
+        output.insert(0, fast_path(&isolated, &[Dir::Out]));
+    }
     let masquerade: Vec<Rule> = (bridges())
         .filter(|(_, pol)| pol.isolation == Isolation::EgressOnly)
         .map(|(b, pol)| {
@@ -420,7 +474,7 @@ pub fn plan(p: &Policies) -> Ruleset {
         rules,
     };
     let mut chains = vec![
-        chain(Hook::Forward, accepts.chain(drops).collect()),
+        chain(Hook::Forward, fast.chain(accepts).chain(drops).collect()),
         chain(Hook::Input, input),
     ];
     if !output.is_empty() {

@@ -154,6 +154,8 @@ pub struct Networks {
     cache: Option<(u64, bool, NetObserved)>,
     /// The next pass dumps the kernel's links whatever the feed says (periodic resync).
     full_observe: bool,
+    /// The last isolation plan and its `nft` batch, reused while the plan stays the same.
+    planned: Option<Arc<nft::Planned>>,
 }
 
 fn status(name: &str, state: ResourceState, error: Option<String>) -> ResourceStatus {
@@ -191,6 +193,7 @@ impl Networks {
             feed: None,
             cache: None,
             full_observe: false,
+            planned: None,
         }
     }
 

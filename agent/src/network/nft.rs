@@ -35,7 +35,10 @@
 use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
+
+use serde_json::Value;
 
 use nftables::batch::Batch;
 use nftables::expr::{Expression, Meta, MetaKey, NamedExpression};
@@ -178,6 +181,17 @@ fn json(s: &Statement) -> String {
     serde_json::to_string(s).unwrap_or_else(|_| format!("{s:?}"))
 }
 
+/// `v` with the elements of each anonymous set of names sorted: nft lists them in an order of
+/// its own, the planner writes them sorted.
+fn sorted_sets(mut v: Value) -> Value {
+    if let Some(Value::Array(items)) = v.pointer_mut("/match/right/set") {
+        if items.iter().all(Value::is_string) {
+            items.sort_by(|a, b| a.as_str().cmp(&b.as_str()));
+        }
+    }
+    v
+}
+
 /// A rule of the kernel's listing in our terms: its interface matches, its other matches (as
 /// JSON), its verdict, and anything else as `extra`.
 fn parse_rule(r: &schema::Rule) -> Rule {
@@ -203,7 +217,7 @@ fn parse_rule(r: &schema::Rule) -> Rule {
                 });
             }
             Statement::Match(_) if verdict.is_none() => match serde_json::to_value(s) {
-                Ok(v) => conds.push(v),
+                Ok(v) => conds.push(sorted_sets(v)),
                 Err(_) => extra.push(json(s)),
             },
             Statement::Accept(_) if verdict.is_none() => verdict = Some(Verdict::Accept),
@@ -400,6 +414,14 @@ fn mark(out: &mut NetOutcome, bridges: &BTreeSet<String>, state: ResourceState, 
     }
 }
 
+/// The last policies planned, their table, its batch ([`batch_text`]) and that batch's digest.
+pub(super) struct Planned {
+    policies: firewall::Policies,
+    want: Ruleset,
+    text: String,
+    digest: String,
+}
+
 impl Networks {
     /// The isolation the spec asks for, in the agent's nftables table: unless the table is
     /// known to be the plan already (`nft_known.rs`), observe, compare with the plan, write
@@ -413,29 +435,54 @@ impl Networks {
         pass: &Pass,
         out: &mut NetOutcome,
     ) {
+        let t0 = std::time::Instant::now();
         let policies = self.policies(n, keep_route, out).await;
+        let t_policies = t0.elapsed();
         let bridges = policies.names();
         let before = self.state.get().isolated.clone();
         if (bridges.is_empty() && before.is_empty() && !full) || pass.superseded().is_some() {
             return; // never isolated anything (or a newer pass will)
         }
-        let want = firewall::plan(&policies);
-        let text = match batch_text(&want) {
-            Ok(text) => text,
-            Err(e) => return self.isolation_failed(&bridges, &before, e, out).await,
+        // The same policies as the last pass's: its plan, batch and digest (a running agent's
+        // re-apply builds no rule and no JSON).
+        let planned = match &self.planned {
+            Some(p) if p.policies == policies => p.clone(),
+            _ => {
+                let want = firewall::plan(&policies);
+                let text = match batch_text(&want) {
+                    Ok(text) => text,
+                    Err(e) => return self.isolation_failed(&bridges, &before, e, out).await,
+                };
+                let digest = nft_known::digest(&text);
+                let p = Arc::new(Planned {
+                    policies,
+                    want,
+                    text,
+                    digest,
+                });
+                self.planned = Some(p.clone());
+                p
+            }
         };
-        let digest = nft_known::digest(&text);
+        let (want, digest) = (&planned.want, &planned.digest);
+        let t_batch = t0.elapsed();
         let now = nft_gen::current()
             .inspect_err(|e| {
                 debug!(error = %e, "no nftables ruleset generation: the table is listed every pass")
             })
             .ok();
+        debug!(
+            policies_us = t_policies.as_micros() as u64,
+            plan_and_digest_us = (t_batch - t_policies).as_micros() as u64,
+            generation_us = (t0.elapsed() - t_batch).as_micros() as u64,
+            "isolation planned"
+        );
         let seen = self.state.get().table.clone();
         let facts = nft_known::Facts {
             full,
             seen: seen.as_ref(),
             now: now.as_ref(),
-            digest: &digest,
+            digest,
             want_empty: want.is_empty(),
             none_isolated: before.is_empty(),
         };
@@ -445,9 +492,9 @@ impl Networks {
             nft_known::Step::Write => (BTreeSet::new(), before.is_empty()),
             nft_known::Step::List => match list().await {
                 Err(e) => return self.isolation_failed(&bridges, &before, e, out).await,
-                Ok(have) => match firewall::drift(&want, have.as_ref()) {
+                Ok(have) => match firewall::drift(want, have.as_ref()) {
                     None => {
-                        let seen = nft_known::looked(now.as_ref(), &digest);
+                        let seen = nft_known::looked(now.as_ref(), digest);
                         return self.isolated_now(bridges, seen).await;
                     }
                     Some(d) => (d.intersection(&before).cloned().collect(), have.is_none()),
@@ -455,11 +502,11 @@ impl Networks {
             },
         };
         out.nft_writes += 1;
-        if let Err(e) = write(&want, text, absent).await {
+        if let Err(e) = write(want, planned.text.clone(), absent).await {
             return self.isolation_failed(&bridges, &before, e, out).await;
         }
         let after = nft_gen::current().ok();
-        let seen = nft_known::wrote(now.as_ref(), after.as_ref(), &digest);
+        let seen = nft_known::wrote(now.as_ref(), after.as_ref(), digest);
         if !restored.is_empty() {
             let why = "restored after drift: its isolation rules in nftables table inet \
                        steward were changed or removed";
