@@ -8,9 +8,12 @@
 //! - `driver.rs`, `dump.rs`, `events.rs` — the only code importing rtnetlink: observe / apply
 //!   (the link dump parsed lean in `dump.rs`), and link and address events.
 //! - `firewall.rs` (pure: bridges' policies → the agent's nftables table, drift) and `nft.rs`
-//!   (the only code running `nft`), applied after the links exist; `nft_known.rs` (pure: list,
-//!   write or nothing, from what the agent knows of its table) and `nft_gen.rs` (the kernel's
-//!   nftables ruleset generation id, by netlink).
+//!   (the table observed, compared and written; `nft_run.rs` the only code running `nft`),
+//!   applied after the links exist; `nft_known.rs` (pure: list, write or nothing, from what the
+//!   agent knows of its table) and `nft_gen.rs` (the kernel's nftables ruleset generation id,
+//!   by netlink).
+//! - `plan/ports.rs` also plans `ports_isolated` (the kernel's bridge-port `isolated` flag);
+//!   `port_sweep.rs` flags the ports the workloads' phase plugged in, before the pass ends.
 //! - `counters.rs` — workloads' byte counters (a container's veths, a VM's taps) from a
 //!   statistics dump, for their activity in the status.
 //! - this file — the I/O side: observe → plan → apply → record → report, in two phases so the
@@ -35,6 +38,7 @@ pub mod lab;
 mod nft;
 mod nft_gen;
 mod nft_known;
+mod nft_run;
 pub mod plan;
 mod port_sweep;
 mod report;
