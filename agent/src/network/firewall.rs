@@ -21,7 +21,7 @@
 //! - `egress-only`: forward `oifname B ct state established,related accept` (replies),
 //!   `iifname B ct state established,related accept`, `oifname B ct status dnat accept`
 //!   (Docker's published ports, DNAT'd to `B`), per uplink `U` (the interfaces the host's
-//!   default routes leave by, [`Policies::uplinks`]) `iifname B oifname U accept`, then the
+//!   internet routes leave by, [`Policies::uplinks`]) `iifname B oifname U accept`, then the
 //!   same two drops as `isolated`: nothing from `B` reaches any other interface (another
 //!   bridge of the spec, `docker0`, a VPN, ...) but an uplink. Input: `iifname B ct state
 //!   established,related accept` (replies to the host's own connections), `iifname B drop`.
@@ -195,7 +195,7 @@ pub struct Policy {
 }
 
 /// The spec's policies: every bridge with one (not `open`), and the host's uplinks: the
-/// interfaces its default routes (IPv4 and IPv6, main table) leave by, the only ones an
+/// interfaces the kernel routes the internet by (IPv4 and IPv6), the only ones an
 /// egress-only bridge's traffic may leave by. Observed by the caller; empty in `policies`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Policies {

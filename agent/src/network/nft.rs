@@ -43,7 +43,7 @@ use nftables::expr::{Expression, Meta, MetaKey, NamedExpression};
 use nftables::schema::{self, NfCmd, NfListObject, NfObject, Nftables};
 use nftables::stmt::{Match, Operator, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
-use steward_proto::{NetworksSpec, ResourceState};
+use steward_proto::{Isolation, NetworksSpec, ResourceState};
 use tracing::{debug, info, warn};
 
 use super::firewall::{self, Chain, Dir, Hook, IfMatch, Rule, Ruleset, Verdict, TABLE};
@@ -463,9 +463,10 @@ impl Networks {
         out: &mut NetOutcome,
     ) -> firewall::Policies {
         let mut policies = firewall::policies(n);
-        if let (Some(d), false) = (&self.driver, policies.bridges.is_empty()) {
+        let egress = (policies.bridges.values()).any(|p| p.isolation == Isolation::EgressOnly);
+        if let (Some(d), true) = (&self.driver, egress) {
             policies.uplinks = d.uplinks().await.unwrap_or_else(|e| {
-                warn!(error = %e, "cannot read the default routes: no egress for egress-only bridges");
+                warn!(error = %e, "cannot look up the routes to the internet: no egress for egress-only bridges");
                 BTreeSet::new()
             });
         }

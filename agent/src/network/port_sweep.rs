@@ -2,7 +2,9 @@
 //! Docker) and VMs' taps appear after the network pass planned the bridges' port flags, so
 //! `finish` dumps the links once more, when some bridge asks for isolated ports, and flags the
 //! new ports (`plan::port_flags`) before the pass ends, instead of leaving them open until the
-//! next pass.
+//! next pass. With an event feed (daemon) the links observed earlier are reused while no link
+//! event came since, as a pass's own observation is: a steady pass dumps nothing more, and a
+//! port whose event arrives after this look is flagged by the pass that event starts.
 
 use tracing::{info_span, warn, Instrument};
 
@@ -18,8 +20,10 @@ impl Networks {
         let Some(driver) = self.driver.as_mut() else {
             return;
         };
-        let observed = match driver.observe(false, None).await {
-            Ok(o) => o,
+        let feed = self.feed.as_deref();
+        let observed = match Self::observe(driver, feed, &mut self.cache, false, false, None).await
+        {
+            Ok((o, _)) => o,
             Err(e) => {
                 warn!(error = %e, "cannot look for new ports of ports_isolated bridges");
                 return;
