@@ -12,9 +12,10 @@
 //! 1. Create: a namespace with 100 bridge-only labs (`{vlan: N}`, N in 101..=200) made once
 //!    with isolation open (not timed), then per round, in an order rotating between rounds:
 //!    (a) `steward-agent apply --file` of the same labs with `isolation: isolated` (the table
-//!    goes from absent to 603 rules: per bridge two in `forward`, two in `input` and two in
-//!    `output`, and a fast path at the head of each chain), (b) `nft -f`
-//!    of the same ruleset as text (what `nft list table inet steward` printed after (a)),
+//!    goes from absent to 3 sets of the 100 bridges and 9 rules over them), (b) `nft -f`
+//!    of the same ruleset as text (what `nft list table inet steward` printed after (a)), and
+//!    for reference `nft -f` of the same isolation written without sets, one rule per bridge
+//!    and hook (603 rules: the agent's table before sets, and what one writes by hand),
 //!    recreating the table from nothing, and (c) the agent's apply of the open spec with the
 //!    links already there (no nft work at all: the baseline an apply costs). The agent is timed
 //!    from inside (its `took_us`, the network phases of `apply`) and as the wall time of the
@@ -137,6 +138,8 @@ fn labs(open: impl IntoIterator<Item = u16>, isolated: impl IntoIterator<Item = 
 struct AgentRun {
     wall: Duration,
     inside: Duration,
+    /// The part of `inside` spent on isolation.
+    isolation: Duration,
     netlink_writes: u64,
     nft_writes: u64,
 }
@@ -184,6 +187,7 @@ fn agent(ns: &Ns, data: &Path, spec: &Path) -> AgentRun {
     AgentRun {
         wall,
         inside: Duration::from_micros(num("took_us")),
+        isolation: Duration::from_micros(num("isolation_us")),
         netlink_writes: num("netlink_writes"),
         nft_writes: num("nft_writes"),
     }
@@ -220,13 +224,53 @@ struct Create {
     agent_in: Vec<Duration>,
     noop_wall: Vec<Duration>,
     noop_in: Vec<Duration>,
+    /// `isolation_us` of the create and of the no-op.
+    agent_iso: Vec<Duration>,
+    noop_iso: Vec<Duration>,
     base_wall: Vec<Duration>,
     base_in: Vec<Duration>,
     nft_text: Vec<Duration>,
+    /// `nft -f` of [`per_bridge_text`].
+    nft_per_bridge: Vec<Duration>,
     nft_json: Vec<Duration>,
     /// `nft -j list table inet steward` of all the rules (what a pass runs when it must look).
     nft_list: Vec<Duration>,
     exec: Vec<Duration>,
+}
+
+/// The isolation of `bridges` written without sets: per bridge two drops in `forward`, the
+/// neighbour-discovery accept and a drop in `input` and in `output`, and a fast path at the
+/// head of each chain (603 rules for 100 bridges).
+fn per_bridge_text(bridges: &[String]) -> String {
+    let q = |b: &String| format!("\"{b}\"");
+    let all = format!(
+        "{{ {} }}",
+        bridges.iter().map(q).collect::<Vec<_>>().join(", ")
+    );
+    let nd = "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept";
+    let head = |hook: &str| {
+        format!(
+            "  chain {hook} {{\n    type filter hook {hook} priority filter - 1; policy accept;\n"
+        )
+    };
+    let mut s = String::from("table inet steward {\n");
+    s += &head("forward");
+    let _ = writeln!(s, "    iifname != {all} oifname != {all} accept");
+    for b in bridges.iter().map(q) {
+        let _ = writeln!(
+            s,
+            "    iifname {b} oifname != {b} drop\n    oifname {b} iifname != {b} drop"
+        );
+    }
+    for (hook, key) in [("input", "iifname"), ("output", "oifname")] {
+        s += "  }\n";
+        s += &head(hook);
+        let _ = writeln!(s, "    {key} != {all} accept");
+        for b in bridges.iter().map(q) {
+            let _ = writeln!(s, "    {key} {b} {nd}\n    {key} {b} drop");
+        }
+    }
+    s + "  }\n}\n"
 }
 
 /// Parts 1 and 2.
@@ -246,6 +290,9 @@ fn create(dir: &Path, rounds: usize) -> (Create, usize) {
     let rules = text.lines().filter(|l| l.contains(" comment ")).count();
     let text_file = dir.join("steward.nft");
     std::fs::write(&text_file, &text).unwrap();
+    let bridges: Vec<String> = (101..=200).map(|v| format!("br{v}")).collect();
+    let per_bridge_file = dir.join("per-bridge.nft");
+    std::fs::write(&per_bridge_file, per_bridge_text(&bridges)).unwrap();
     let json_file = dir.join("steward.json");
     std::fs::write(
         &json_file,
@@ -270,6 +317,7 @@ fn create(dir: &Path, rounds: usize) -> (Create, usize) {
         println!("note: `nft -j -f` of the listed JSON did not recreate the table: row left out");
     }
     let (text_path, json_path) = (text_file.to_str().unwrap(), json_file.to_str().unwrap());
+    let per_bridge_path = per_bridge_file.to_str().unwrap();
     let mut c = Create::default();
     for round in 0..rounds {
         // Each step starts and ends with no table and the agent knowing of none.
@@ -288,10 +336,16 @@ fn create(dir: &Path, rounds: usize) -> (Create, usize) {
                     c.agent_in.push(a.inside);
                     c.noop_wall.push(again.wall);
                     c.noop_in.push(again.inside);
+                    c.agent_iso.push(a.isolation);
+                    c.noop_iso.push(again.isolation);
                     assert_eq!(agent(&ns, &data, &open).nft_writes, 1);
                 }
                 1 => {
                     c.nft_text.push(ns.time("nft", &["-f", text_path]));
+                    assert!(ns.has_table());
+                    ns.nft(&["delete", "table", "inet", "steward"]);
+                    c.nft_per_bridge
+                        .push(ns.time("nft", &["-f", per_bridge_path]));
                     assert!(ns.has_table());
                     ns.nft(&["delete", "table", "inet", "steward"]);
                 }
@@ -433,10 +487,11 @@ fn main() -> ExitCode {
         median(c.exec),
     );
     let nj = (!c.nft_json.is_empty()).then(|| median(c.nft_json));
+    let npb = median(c.nft_per_bridge);
     let nl = (!c.nft_list.is_empty()).then(|| median(c.nft_list));
     let (dw, di) = (aw.saturating_sub(bw), ai.saturating_sub(bi));
     let mut r = format!(
-        "isolation bench: 100 isolated bridge-only labs ({rules} rules in table inet steward), \
+        "isolation bench: 100 isolated bridge-only labs ({rules} rules over sets of the 100 bridges in table inet steward), \
          median of {rounds} rounds, alternating; load average {load_before} before, {load_after} after\n"
     );
     let _ = writeln!(
@@ -462,6 +517,12 @@ fn main() -> ExitCode {
     );
     row(&mut r, "(a) - (c): the agent's nft part", dw, Some(di));
     row(&mut r, "(b) nft -f <the same ruleset as text>", nt, None);
+    row(
+        &mut r,
+        "    nft -f <the same isolation, 603 rules, no sets>",
+        npb,
+        None,
+    );
     if let Some(nj) = nj {
         row(
             &mut r,
@@ -489,6 +550,12 @@ fn main() -> ExitCode {
         "agent's nft part / nft -f: {:.2}x (wall) {:.2}x (inside)   goal <= 1.5x",
         ratio(dw, nt),
         ratio(di, nt)
+    );
+    let _ = writeln!(
+        r,
+        "agent's nft part / nft -f of the 603 rules without sets: {:.2}x (wall) {:.2}x (inside)",
+        ratio(dw, npb),
+        ratio(di, npb)
     );
     let _ = writeln!(
         r,
@@ -523,6 +590,25 @@ fn main() -> ExitCode {
         ms(d_create),
         ratio(ai, d_noop)
     );
+    // The rules alone: the isolation part of each pass.
+    let (a_iso, n_iso) = (median(c.agent_iso.clone()), median(c.noop_iso.clone()));
+    let d_iso_create = Duration::from_micros(d.create_isolation_us);
+    let d_iso_noop = median(
+        (d.noop_isolation_us.iter())
+            .map(|us| Duration::from_micros(*us))
+            .collect(),
+    );
+    let _ = writeln!(
+        r,
+        "the rules alone (each pass's isolation_us): one-shot create {:.2} ms, no-op {:.2} ms = \
+         1/{:.0}; running agent: create pass {:.2} ms, no-op {:.3} ms = 1/{:.0}   goal <= 1/20",
+        ms(a_iso),
+        ms(n_iso),
+        ratio(a_iso, n_iso),
+        ms(d_iso_create),
+        ms(d_iso_noop),
+        ratio(d_iso_create, d_iso_noop)
+    );
     let mut tput_json = Value::Null;
     match &tput {
         None => {
@@ -546,7 +632,7 @@ fn main() -> ExitCode {
             };
             let _ = writeln!(
                 r,
-                "  with 100 other labs isolated (their 200 forward rules behind the fast path): {w:.2} Gbit/s median (runs: {})",
+                "  with 100 other labs isolated (forward: the fast path, two set lookups): {w:.2} Gbit/s median (runs: {})",
                 fmt(with)
             );
             let _ = writeln!(
@@ -570,15 +656,20 @@ fn main() -> ExitCode {
             "agent_wall": ms(aw), "agent_inside": ms(ai),
             "baseline_wall": ms(bw), "baseline_inside": ms(bi),
             "agent_nft_part_wall": ms(dw), "agent_nft_part_inside": ms(di),
-            "nft_f_text": ms(nt), "nft_j_f_json": nj.map(ms), "nft_j_list": nl.map(ms), "netns_exec_true": ms(ex),
+            "nft_f_text": ms(nt), "nft_f_per_bridge_603_rules": ms(npb), "nft_j_f_json": nj.map(ms), "nft_j_list": nl.map(ms), "netns_exec_true": ms(ex),
         },
         "noop_ms": {"agent_wall": ms(nw), "agent_inside": ms(ni)},
         "daemon_ms": {"create_pass": ms(d_create), "noop_pass": ms(d_noop),
             "noops": d.noops.iter().map(|(us, o)| json!({"us": us, "observed": o})).collect::<Vec<_>>(),
-            "create_over_noop": ratio(d_create, d_noop)},
+            "create_over_noop": ratio(d_create, d_noop),
+            "isolation_create": ms(d_iso_create), "isolation_noop": ms(d_iso_noop),
+            "isolation_create_over_noop": ratio(d_iso_create, d_iso_noop)},
+        "isolation_ms": {"create": ms(a_iso), "noop": ms(n_iso),
+            "create_over_noop": ratio(a_iso, n_iso)},
         "ratios": {
             "agent_nft_part_over_nft_f_wall": ratio(dw, nt),
             "agent_nft_part_over_nft_f_inside": ratio(di, nt),
+            "agent_nft_part_over_nft_f_per_bridge_wall": ratio(dw, npb),
             "create_over_noop_wall": ratio(aw, nw),
             "create_over_noop_inside": ratio(ai, ni),
         },

@@ -209,14 +209,20 @@ fn drift_is_restored_and_other_tables_are_left_alone() {
     let a = ns.apply(&data, spec, None);
     ok(&a);
     let table = nft(&ns, &["list", "table", "inet", "steward"]);
+    // bra's rules are those of the sets holding it.
+    for set in ["policy_bridges", "isolated_bridges"] {
+        let listed = nft(&ns, &["list", "set", "inet", "steward", set]);
+        assert!(listed.contains("elements = { \"bra\" }"), "{listed}");
+    }
+    let pairs = nft(&ns, &["list", "set", "inet", "steward", "policy_pairs"]);
     assert!(
-        table.contains("iifname \"bra\" oifname != \"bra\" drop"),
-        "{table}"
+        pairs.contains("elements = { \"bra\" . \"bra\" }"),
+        "{pairs}"
     );
-    assert!(
-        table.contains("oifname \"bra\" iifname != \"bra\" drop"),
-        "{table}"
-    );
+    for dir in ["iifname", "oifname"] {
+        let drop = format!("{dir} @policy_bridges iifname . oifname != @policy_pairs drop");
+        assert!(table.contains(&drop), "{table}");
+    }
     assert!(table.contains("chain input"), "{table}");
     assert!(!table.contains("brb"), "{table}");
     assert_eq!(nft(&ns, &["list", "table", "inet", "other"]), other);
@@ -266,6 +272,15 @@ fn drift_is_restored_and_other_tables_are_left_alone() {
         &[(&ga, "10.61.0.1")],
         false,
     );
+
+    // bra taken out of the set its forward and input drops look it up in.
+    nft(
+        &ns,
+        &["delete element inet steward policy_bridges { \"bra\" }"],
+    );
+    reach("bra out of its set", &[(&ga, "10.62.0.10")], true);
+    restored(&ns, &data, spec, &table, &other);
+    reach("bra back in its set", &[(&ga, "10.62.0.10")], false);
 
     nft(&ns, &["delete", "table", "inet", "steward"]);
     restored(&ns, &data, spec, &table, &other);

@@ -1,7 +1,8 @@
 //! Part 4 of the isolation bench: the running agent (`apply --watch --file`, the daemon's
 //! reconcile loop) with the 100 isolated labs: the pass that creates them (links and table),
 //! then re-applies of the same spec on SIGHUP, as a running agent re-applies an unchanged
-//! spec. Each figure is the pass's own `took_us` (the network phases); a re-apply counts only
+//! spec. Each figure is the pass's own `took_us` (the network phases) and its `isolation_us`
+//! (the part spent on the nftables table); a re-apply counts only
 //! when it wrote nothing (0 netlink, 0 nft) — the first ones after the create may still be
 //! woken by the kernel's events for the new links and dump them.
 
@@ -16,6 +17,9 @@ use super::{agent_bin, labs, Ns, Proc};
 pub struct Daemon {
     pub create_us: u64,
     pub noops: Vec<(u64, String)>,
+    /// The isolation part (`isolation_us`) of the create pass and of each no-op.
+    pub create_isolation_us: u64,
+    pub noop_isolation_us: Vec<u64>,
 }
 
 /// The `networks reconciled` lines of `log` so far.
@@ -66,6 +70,8 @@ pub fn daemon(dir: &Path, rounds: usize) -> Daemon {
     let first = wait_line(&log, 0);
     assert_eq!(field(&first, "nft_writes"), "1", "{first}");
     let create_us = field(&first, "took_us").parse().unwrap();
+    let create_isolation_us = field(&first, "isolation_us").parse().unwrap();
+    let mut noop_isolation_us = Vec::new();
     // Let the new links' own events (IPv6 DAD, ...) settle.
     std::thread::sleep(Duration::from_secs(3));
     let mut noops = Vec::new();
@@ -79,8 +85,14 @@ pub fn daemon(dir: &Path, rounds: usize) -> Daemon {
         if field(&line, "netlink_writes") == "0" && field(&line, "nft_writes") == "0" {
             let us = field(&line, "took_us").parse().unwrap();
             noops.push((us, field(&line, "observed").to_string()));
+            noop_isolation_us.push(field(&line, "isolation_us").parse().unwrap());
         }
         std::thread::sleep(Duration::from_millis(300));
     }
-    Daemon { create_us, noops }
+    Daemon {
+        create_us,
+        noops,
+        create_isolation_us,
+        noop_isolation_us,
+    }
 }

@@ -1,5 +1,5 @@
-//! The isolation planner, one table row per rule: which bridges a spec isolates, which rules
-//! they get and in which order, and what counts as drift.
+//! The isolation planner, one table row per rule: which bridges a spec isolates, which sets
+//! and rules they get and in which order, and what counts as drift.
 #![allow(clippy::unwrap_used)]
 
 use super::*;
@@ -26,14 +26,18 @@ fn text(hook: Hook, r: &Rule) -> String {
     format!("{}: {} {v}", hook.name(), ms.join(" "))
 }
 
-/// A condition in nft's words (the shapes the planner makes).
-fn cond(c: &serde_json::Value) -> String {
-    let m = &c["match"];
-    let left = &m["left"];
-    let l = if let Some(k) = left["ct"]["key"].as_str() {
+/// The left side of a condition in nft's words.
+fn left(left: &serde_json::Value) -> String {
+    if let Some(k) = left["ct"]["key"].as_str() {
         format!("ct {k}")
     } else if let Some(k) = left["meta"]["key"].as_str() {
         format!("meta {k}")
+    } else if let Some(parts) = left["concat"].as_array() {
+        let keys: Vec<&str> = parts
+            .iter()
+            .map(|p| p["meta"]["key"].as_str().unwrap())
+            .collect();
+        keys.join(" . ")
     } else {
         let p = &left["payload"];
         format!(
@@ -41,7 +45,13 @@ fn cond(c: &serde_json::Value) -> String {
             p["protocol"].as_str().unwrap(),
             p["field"].as_str().unwrap()
         )
-    };
+    }
+}
+
+/// A condition in nft's words (the shapes the planner makes).
+fn cond(c: &serde_json::Value) -> String {
+    let m = &c["match"];
+    let l = left(&m["left"]);
     let r = &m["right"];
     let r = if let Some(p) = r.get("prefix") {
         format!("{}/{}", p["addr"].as_str().unwrap(), p["len"])
@@ -71,6 +81,24 @@ fn rules(rs: &Ruleset) -> Vec<String> {
         .collect()
 }
 
+/// The sets as `name: a b` (`name: a.a b.b` for pairs).
+fn sets(rs: &Ruleset) -> Vec<String> {
+    (rs.sets.iter())
+        .map(|s| {
+            let items: Vec<String> = (s.bridges.iter())
+                .map(|b| {
+                    if s.pairs {
+                        format!("{b}.{b}")
+                    } else {
+                        b.clone()
+                    }
+                })
+                .collect();
+            format!("{}: {}", s.name, items.join(" "))
+        })
+        .collect()
+}
+
 #[test]
 fn isolated_bridges_from_the_spec() {
     let cases: &[(&str, &[&str])] = &[
@@ -90,61 +118,60 @@ fn isolated_bridges_from_the_spec() {
     }
 }
 
+/// Isolated bridges without allows: the same nine rules however many, over sets.
+const ISOLATED_RULES: &[&str] = &[
+    "forward: iifname != @policy_bridges oifname != @policy_bridges accept",
+    "forward: iifname @policy_bridges iifname . oifname != @policy_pairs drop",
+    "forward: oifname @policy_bridges iifname . oifname != @policy_pairs drop",
+    "input: iifname != @policy_bridges accept",
+    "input: iifname @policy_bridges icmpv6 type { nd-neighbor-advert, nd-neighbor-solicit } accept",
+    "input: iifname @policy_bridges drop",
+    "output: oifname != @isolated_bridges accept",
+    "output: oifname @isolated_bridges icmpv6 type { nd-neighbor-advert, nd-neighbor-solicit } accept",
+    "output: oifname @isolated_bridges drop",
+];
+
 #[test]
-fn rules_per_isolated_bridge_in_a_stable_order() {
+fn isolated_bridges_share_their_rules_through_sets() {
     let cases: &[(&[&str], &[&str])] = &[
         (&[], &[]),
         (
             &["br1"],
             &[
-                "forward: iifname != br1 oifname != br1 accept",
-                "forward: iifname br1 oifname != br1 drop",
-                "forward: oifname br1 iifname != br1 drop",
-                "input: iifname != br1 accept",
-                "input: iifname br1 icmpv6 type { nd-neighbor-advert, nd-neighbor-solicit } accept",
-                "input: iifname br1 drop",
-                "output: oifname != br1 accept",
-                "output: oifname br1 icmpv6 type { nd-neighbor-advert, nd-neighbor-solicit } accept",
-                "output: oifname br1 drop",
+                "isolated_bridges: br1",
+                "policy_bridges: br1",
+                "policy_pairs: br1.br1",
             ],
         ),
         (
             &["brb", "bra"],
             &[
-                "forward: meta iifname != { bra, brb } meta oifname != { bra, brb } accept",
-                "forward: iifname bra oifname != bra drop",
-                "forward: oifname bra iifname != bra drop",
-                "forward: iifname brb oifname != brb drop",
-                "forward: oifname brb iifname != brb drop",
-                "input: meta iifname != { bra, brb } accept",
-                "input: iifname bra icmpv6 type { nd-neighbor-advert, nd-neighbor-solicit } accept",
-                "input: iifname bra drop",
-                "input: iifname brb icmpv6 type { nd-neighbor-advert, nd-neighbor-solicit } accept",
-                "input: iifname brb drop",
-                "output: meta oifname != { bra, brb } accept",
-                "output: oifname bra icmpv6 type { nd-neighbor-advert, nd-neighbor-solicit } accept",
-                "output: oifname bra drop",
-                "output: oifname brb icmpv6 type { nd-neighbor-advert, nd-neighbor-solicit } accept",
-                "output: oifname brb drop",
+                "isolated_bridges: bra brb",
+                "policy_bridges: bra brb",
+                "policy_pairs: bra.bra brb.brb",
             ],
         ),
     ];
     for (bridges, want) in cases {
-        let set: BTreeSet<String> = bridges.iter().map(|b| b.to_string()).collect();
-        let rs = plan(&Policies::isolating(&set));
-        assert_eq!(rules(&rs), *want, "{bridges:?}");
+        let names: BTreeSet<String> = bridges.iter().map(|b| b.to_string()).collect();
+        let rs = plan(&Policies::isolating(&names));
+        assert_eq!(sets(&rs), *want, "{bridges:?}");
+        let want_rules: &[&str] = if bridges.is_empty() {
+            &[]
+        } else {
+            ISOLATED_RULES
+        };
+        assert_eq!(rules(&rs), want_rules, "{bridges:?}");
         assert_eq!(rs.is_empty(), bridges.is_empty(), "no bridge, no table");
         for c in &rs.chains {
             assert_eq!((c.priority, c.accept), (PRIORITY, true));
             for r in &c.rules {
-                let Some(b) = r.bridge() else {
-                    assert_eq!(r.comment.as_deref(), Some(FAST_PATH));
-                    continue;
+                let comment = match r.bridge() {
+                    None => FAST_PATH,
+                    Some("@isolated_bridges") => "steward: isolated bridges",
+                    Some(_) => "steward: bridges with a policy",
                 };
-                assert_eq!(
-                    r.comment.as_deref(),
-                    Some(&*format!("steward: {b} isolated"))
-                );
+                assert_eq!(r.comment.as_deref(), Some(comment));
                 assert!(r.extra.is_empty());
             }
         }
@@ -162,39 +189,66 @@ type Drift = Option<BTreeSet<String>>;
 
 #[test]
 fn drift_names_the_bridges_whose_rules_differ() {
-    let both: BTreeSet<String> = ["bra".to_string(), "brb".to_string()].into();
-    let want = plan(&Policies::isolating(&both));
-    let without = |hook: Hook, i: usize| {
+    let yaml = "bridges: [{name: bra, isolation: isolated, allow: [{proto: tcp, port: 22}]}, {name: brb, isolation: isolated}]";
+    let want = plan(&policies(&spec(yaml)));
+    let rule_at = |rs: &Ruleset, hook: Hook, what: &str| {
+        let c = rs.chains.iter().find(|c| c.hook == hook).unwrap();
+        c.rules
+            .iter()
+            .position(|r| text(hook, r) == what)
+            .unwrap_or_else(|| panic!("{what}"))
+    };
+    let without = |hook: Hook, what: &str| {
         let mut rs = want.clone();
+        let i = rule_at(&rs, hook, what);
         let c = rs.chains.iter_mut().find(|c| c.hook == hook).unwrap();
         c.rules.remove(i);
         rs
     };
     let flushed = Ruleset {
-        chains: want
-            .chains
-            .iter()
+        chains: (want.chains.iter())
             .map(|c| Chain {
                 rules: Vec::new(),
                 ..c.clone()
             })
             .collect(),
-        other: Vec::new(),
+        ..want.clone()
+    };
+    let out_of = |set: &str, b: &str| {
+        let mut rs = want.clone();
+        rs.sets
+            .iter_mut()
+            .find(|s| s.name == set)
+            .unwrap()
+            .bridges
+            .remove(b);
+        rs
     };
     let mut accept = want.clone();
-    accept.chains[1].rules[3].extra.push("accept".into());
+    let i = rule_at(
+        &accept,
+        Hook::Input,
+        "input: iifname bra tcp dport 22 accept",
+    );
+    accept.chains[1].rules[i].verdict = Verdict::Drop;
     let mut policy = want.clone();
     policy.chains[0].accept = false;
     let mut foreign = want.clone();
-    foreign.chains[1].rules.push(Rule::new(
+    foreign.chains[1].rules.push(rules::per_bridge(
         "eth0",
         Isolation::Isolated,
-        vec![m(Dir::In, false, "eth0")],
+        vec![IfMatch {
+            dir: Dir::In,
+            negate: false,
+            name: "eth0".into(),
+        }],
         Vec::new(),
         Verdict::Drop,
     ));
     let mut chain = want.clone();
     chain.other.push("mine".into());
+    let mut flagged = want.clone();
+    flagged.sets[0].other.push("flags".into());
     let set = |names: &[&str]| Some(names.iter().map(|n| n.to_string()).collect());
     let none = Ruleset::default;
     let w = || want.clone();
@@ -206,21 +260,51 @@ fn drift_names_the_bridges_whose_rules_differ() {
         ("table gone", w(), None, set(&["bra", "brb"])),
         ("table flushed", w(), Some(flushed), set(&["bra", "brb"])),
         (
-            "a forward rule of brb deleted",
+            "a shared drop deleted: every bridge of its set",
             w(),
-            Some(without(Hook::Forward, 3)),
+            Some(without(Hook::Input, "input: iifname @policy_bridges drop")),
+            set(&["bra", "brb"]),
+        ),
+        (
+            "the isolated bridges' output drop deleted",
+            w(),
+            Some(without(
+                Hook::Output,
+                "output: oifname @isolated_bridges drop",
+            )),
+            set(&["bra", "brb"]),
+        ),
+        (
+            "bra's own input rule deleted",
+            w(),
+            Some(without(
+                Hook::Input,
+                "input: iifname bra tcp dport 22 accept",
+            )),
+            set(&["bra"]),
+        ),
+        (
+            "bra's own input rule drops",
+            w(),
+            Some(accept),
+            set(&["bra"]),
+        ),
+        (
+            "brb taken out of a set",
+            w(),
+            Some(out_of(POLICY_SET, "brb")),
             set(&["brb"]),
         ),
         (
-            "bra's input rule deleted",
+            "bra's pair taken out",
             w(),
-            Some(without(Hook::Input, 1)),
+            Some(out_of(PAIRS_SET, "bra")),
             set(&["bra"]),
         ),
-        ("brb's input rule accepts", w(), Some(accept), set(&["brb"])),
         ("policy changed", w(), Some(policy), set(&[])),
         ("a foreign rule added", w(), Some(foreign), set(&[])),
         ("a foreign chain added", w(), Some(chain), set(&[])),
+        ("a set's flags", w(), Some(flagged), set(&[])),
     ];
     for (what, want, have, expected) in cases {
         assert_eq!(drift(&want, have.as_ref()), expected, "{what}");
@@ -231,38 +315,44 @@ fn drift_names_the_bridges_whose_rules_differ() {
 fn egress_only_and_allow_rules() {
     let yaml = "bridges:\n  - {name: bre, isolation: egress-only, allow: [{proto: udp, port: 53}]}\n  - {name: bro}\nlabs:\n  - {vlan: 7, isolation: isolated, allow: [{proto: tcp, port: 8080, from: bro}, {proto: icmp, from: 10.1.2.3/16}, {proto: tcp, from: \"fd00::1/128\"}]}";
     let rs = plan(&policies(&spec(yaml)));
+    assert_eq!(
+        sets(&rs),
+        [
+            "egress_bridges: bre",
+            "isolated_bridges: br7",
+            "policy_bridges: br7 bre",
+            "policy_pairs: br7.br7 bre.bre",
+        ]
+    );
     let want = [
-        // The fast path for everything else, every accept (bridges in name order), every drop.
-        "forward: meta iifname != { br7, bre } meta oifname != { br7, bre } accept",
+        // The fast path for everything else, the shared accepts, each bridge's own (in name
+        // order), the drops.
+        "forward: iifname != @policy_bridges oifname != @policy_bridges accept",
+        "forward: oifname @egress_bridges ct state established,related accept",
+        "forward: iifname @egress_bridges ct state established,related accept",
+        "forward: oifname @egress_bridges ct status dnat accept",
         "forward: iifname br7 ct state established,related accept",
         "forward: oifname br7 iifname bro tcp dport 8080 accept",
         "forward: oifname br7 ip saddr 10.1.0.0/16 meta l4proto { icmp, ipv6-icmp } accept",
         "forward: oifname br7 ip6 saddr fd00::1 meta l4proto tcp accept",
-        "forward: oifname bre ct state established,related accept",
-        "forward: iifname bre ct state established,related accept",
-        "forward: oifname bre ct status dnat accept",
         "forward: oifname bre udp dport 53 accept",
-        "forward: iifname br7 oifname != br7 drop",
-        "forward: oifname br7 iifname != br7 drop",
-        "forward: iifname bre oifname != bre drop",
-        "forward: oifname bre iifname != bre drop",
+        "forward: iifname @policy_bridges iifname . oifname != @policy_pairs drop",
+        "forward: oifname @policy_bridges iifname . oifname != @policy_pairs drop",
         // A `from` bridge is about routed traffic only; a network also opens the host's port.
         // IPv6 neighbour discovery with the host first, as ARP.
-        "input: meta iifname != { br7, bre } accept",
-        "input: iifname br7 icmpv6 type { nd-neighbor-advert, nd-neighbor-solicit } accept",
+        "input: iifname != @policy_bridges accept",
+        "input: iifname @policy_bridges icmpv6 type { nd-neighbor-advert, nd-neighbor-solicit } accept",
+        "input: iifname @egress_bridges ct state established,related accept",
         "input: iifname br7 ip saddr 10.1.0.0/16 meta l4proto { icmp, ipv6-icmp } accept",
         "input: iifname br7 ip6 saddr fd00::1 meta l4proto tcp accept",
-        "input: iifname br7 drop",
-        "input: iifname bre icmpv6 type { nd-neighbor-advert, nd-neighbor-solicit } accept",
-        "input: iifname bre ct state established,related accept",
         "input: iifname bre udp dport 53 accept",
-        "input: iifname bre drop",
+        "input: iifname @policy_bridges drop",
         // Nothing from the host into an isolated bridge but replies (it has allows).
-        "output: oifname != br7 accept",
-        "output: oifname br7 icmpv6 type { nd-neighbor-advert, nd-neighbor-solicit } accept",
+        "output: oifname != @isolated_bridges accept",
+        "output: oifname @isolated_bridges icmpv6 type { nd-neighbor-advert, nd-neighbor-solicit } accept",
         "output: oifname br7 ct state established,related accept",
-        "output: oifname br7 drop",
-        "postrouting: iifname bre oifname != bre masquerade",
+        "output: oifname @isolated_bridges drop",
+        "postrouting: iifname @egress_bridges iifname . oifname != @policy_pairs masquerade",
     ];
     let got = rules(&rs);
     assert_eq!(got, want, "{}", got.join("\n"));
@@ -278,16 +368,15 @@ fn egress_only_and_allow_rules() {
     );
     for c in &rs.chains {
         for r in &c.rules {
-            let Some(b) = r.bridge() else {
-                assert_eq!(r.comment.as_deref(), Some(FAST_PATH));
-                continue;
+            let comment = match r.bridge() {
+                None => FAST_PATH.to_string(),
+                Some("@egress_bridges") => "steward: egress-only bridges".into(),
+                Some("@isolated_bridges") => "steward: isolated bridges".into(),
+                Some("@policy_bridges") => "steward: bridges with a policy".into(),
+                Some("bre") => "steward: bre egress-only".into(),
+                Some(b) => format!("steward: {b} isolated"),
             };
-            let what = if b == "bre" {
-                "egress-only"
-            } else {
-                "isolated"
-            };
-            assert_eq!(r.comment.as_deref(), Some(&*format!("steward: {b} {what}")));
+            assert_eq!(r.comment.as_deref(), Some(&*comment));
         }
     }
     // With uplinks: out by them only (never by a bridge with a policy, itself included).
@@ -296,19 +385,22 @@ fn egress_only_and_allow_rules() {
     let got = rules(&plan(&p));
     let at = got
         .iter()
-        .position(|r| r == "forward: oifname bre ct status dnat accept");
+        .position(|r| r == "forward: oifname @egress_bridges ct status dnat accept");
     assert_eq!(
-        got[at.unwrap() + 1..at.unwrap() + 4],
-        [
-            "forward: iifname bre oifname eth0 accept",
-            "forward: iifname bre oifname wg0 accept",
-            "forward: oifname bre udp dport 53 accept",
-        ]
+        got[at.unwrap() + 1],
+        "forward: iifname @egress_bridges meta oifname { eth0, wg0 } accept",
     );
-    assert_eq!(got.iter().filter(|r| r.contains("oifname eth0")).count(), 1);
-    // Only isolated bridges: no nat chain.
+    p.uplinks = ["eth0"].map(String::from).into();
+    let got = rules(&plan(&p));
+    assert_eq!(
+        got[at.unwrap() + 1],
+        "forward: iifname @egress_bridges oifname eth0 accept"
+    );
+    assert_eq!(got.iter().filter(|r| r.contains("eth0")).count(), 1);
+    // Only isolated bridges: no nat chain, no egress set.
     let iso = plan(&policies(&spec("labs: [{vlan: 7, isolation: isolated}]")));
     assert_eq!(iso.chains.len(), 3);
+    assert_eq!(iso.sets.len(), 3);
 }
 
 #[test]

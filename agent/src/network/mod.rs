@@ -7,11 +7,11 @@
 //!   statuses from the plan's verdicts and the failed actions.
 //! - `driver.rs`, `dump.rs`, `events.rs` — the only code importing rtnetlink: observe / apply
 //!   (the link dump parsed lean in `dump.rs`), and link and address events.
-//! - `firewall.rs` (pure: bridges' policies → the agent's nftables table, drift) and `nft.rs`
-//!   (the table observed, compared and written; `nft_run.rs` the only code running `nft`),
-//!   applied after the links exist; `nft_known.rs` (pure: list, write or nothing, from what the
-//!   agent knows of its table) and `nft_gen.rs` (the kernel's nftables ruleset generation id,
-//!   by netlink).
+//! - `firewall.rs` (pure: bridges' policies → the agent's nftables table, drift; the rules in
+//!   `firewall/rules.rs`), `nft.rs` (the table observed, compared and written, applied after
+//!   the links exist; `nft_json.rs` its JSON both ways; `nft_run.rs` the only code running
+//!   `nft`), `nft_known.rs` (pure: list, write or nothing, from what the agent knows of its
+//!   table) and `nft_gen.rs` (the kernel's nftables ruleset generation id, by netlink).
 //! - `plan/ports.rs` also plans `ports_isolated` (the kernel's bridge-port `isolated` flag);
 //!   `port_sweep.rs` flags the ports the workloads' phase plugged in, before the pass ends.
 //! - `counters.rs` — workloads' byte counters (a container's veths, a VM's taps) from a
@@ -20,12 +20,11 @@
 //!   reconciler can deal with containers (and their Docker networks) before links are deleted.
 //!
 //! Every pass logs one line `networks reconciled links=N netlink_writes=W nft_writes=F
-//! observed=dump|events took_us=T` (target `steward_agent::network`): `netlink_writes` counts
-//! the write requests sent to the kernel, so a converged host shows `netlink_writes=0`, and
-//! `nft_writes` the `nft` transactions (isolation); `observed=events` says the pass
-//! reused the links an earlier pass dumped, because the netlink event listener (daemon and
-//! `apply --watch` only) announced no change since and the agent wrote nothing. Tests and the
-//! bench read it.
+//! isolation_us=I observed=dump|events took_us=T` (target `steward_agent::network`): the write
+//! requests sent to the kernel (a converged host: `netlink_writes=0`), the `nft` transactions,
+//! the part of `took_us` spent on isolation; `observed=events`: the pass reused the links an
+//! earlier pass dumped, as the netlink event listener (daemon and `apply --watch` only)
+//! announced no change since and the agent wrote nothing. Tests and the bench read it.
 
 pub mod counters;
 pub mod desired;
@@ -37,6 +36,7 @@ pub mod firewall;
 pub mod lab;
 mod nft;
 mod nft_gen;
+mod nft_json;
 mod nft_known;
 mod nft_run;
 pub mod plan;
@@ -124,6 +124,8 @@ pub struct NetOutcome {
     /// Netlink write requests sent in this pass, and `nft` transactions.
     writes: usize,
     nft_writes: usize,
+    /// Time spent on isolation (planning, looking at and writing the nftables table).
+    isolation: std::time::Duration,
     /// The links came from the event-fed cache, not from a dump.
     pub observed_from_cache: bool,
 }
@@ -158,8 +160,9 @@ pub struct Networks {
     cache: Option<(u64, bool, NetObserved)>,
     /// The next pass dumps the kernel's links whatever the feed says (periodic resync).
     full_observe: bool,
-    /// The last isolation plan and its `nft` batch, reused while the plan stays the same.
-    planned: Option<Arc<nft::Planned>>,
+    /// The last isolation plan and its `nft` batch (reused while the plan stays the same),
+    /// and the socket the ruleset generation is read by.
+    nft: nft::Memo,
 }
 
 fn status(name: &str, state: ResourceState, error: Option<String>) -> ResourceStatus {
@@ -197,7 +200,7 @@ impl Networks {
             feed: None,
             cache: None,
             full_observe: false,
-            planned: None,
+            nft: nft::Memo::default(),
         }
     }
 
@@ -532,9 +535,10 @@ impl NetworkPhase for Networks {
         let started = Instant::now();
         let full = self.full_observe;
         let mut out = self.apply_changes(spec, policy, node_id, pass).await;
-        let keep_route = !policy.allow_registry_interface_changes;
+        let (keep_route, t) = (!policy.allow_registry_interface_changes, Instant::now());
         self.isolate(&spec.networks, full, keep_route, pass, &mut out)
             .await;
+        out.isolation = t.elapsed();
         out.spent = Some(started.elapsed());
         out
     }
@@ -589,6 +593,7 @@ impl NetworkPhase for Networks {
             links = out.links,
             netlink_writes = out.writes,
             nft_writes = out.nft_writes,
+            isolation_us = out.isolation.as_micros() as u64,
             observed = %if out.observed_from_cache { "events" } else { "dump" },
             took_us = (spent + started.elapsed()).as_micros() as u64,
             "networks reconciled"

@@ -1,7 +1,8 @@
-//! The only code that runs `nft`: the agent's own table `inet steward` (planned by
-//! `firewall.rs`) observed with `nft -j list table inet steward` and replaced in one
-//! `nft -j -f -` transaction, as JSON in the `nftables` crate's schema types (the kernel's own
-//! parser reads it; no rule text is built by hand). No other table is ever listed or written.
+//! The agent's own table `inet steward` (planned by `firewall.rs`) observed with `nft -j list
+//! table inet steward` and replaced in one `nft -j -f -` transaction (through `nft_run.rs`, the
+//! only code running `nft`), as JSON in the `nftables` crate's schema types (`nft_json.rs`;
+//! nft's own parser reads it; no rule text is built by hand). No other table is ever listed
+//! or written.
 //!
 //! A pass that has a table to consider (a bridge is isolated, or was — `NetState::isolated` —
 //! or a full resync) first decides with what it knows (`nft_known.rs`): the digest of the batch
@@ -32,250 +33,21 @@
 //! generation count, would be taken for the old one until the next full resync (the daemon's
 //! periodic resync always lists).
 
-use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use serde_json::Value;
-
-use nftables::batch::Batch;
-use nftables::expr::{Expression, Meta, MetaKey, NamedExpression};
-use nftables::schema::{self, NfCmd, NfListObject, NfObject, Nftables};
-use nftables::stmt::{Match, Operator, Statement};
-use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
+use nftables::schema::Nftables;
 use steward_proto::{Isolation, NetworksSpec, ResourceState};
 use tracing::{debug, info, warn};
 
-use super::firewall::{self, Chain, Dir, Hook, IfMatch, Rule, Ruleset, Verdict, TABLE};
+use super::firewall::{self, Ruleset, TABLE};
+use super::nft_json::{create_batch, delete_batch, parse, replace_batch};
 #[cfg(test)]
 use super::nft_run::hint;
 use super::nft_run::{nft_error, run};
 use super::types::TableSeen;
 use super::{nft_gen, nft_known, status, NetOutcome, NetworkError, Networks};
 use crate::pass::Pass;
-
-fn table() -> NfListObject<'static> {
-    NfListObject::Table(schema::Table {
-        family: NfFamily::INet,
-        name: TABLE.into(),
-        handle: None,
-    })
-}
-
-fn hook(h: Hook) -> NfHook {
-    match h {
-        Hook::Forward => NfHook::Forward,
-        Hook::Input => NfHook::Input,
-        Hook::Output => NfHook::Output,
-        Hook::Postrouting => NfHook::Postrouting,
-    }
-}
-
-fn chain_type(h: Hook) -> NfChainType {
-    match h {
-        Hook::Postrouting => NfChainType::NAT,
-        _ => NfChainType::Filter,
-    }
-}
-
-fn if_match(m: &IfMatch) -> Statement<'static> {
-    let key = match m.dir {
-        Dir::In => MetaKey::Iifname,
-        Dir::Out => MetaKey::Oifname,
-    };
-    Statement::Match(Match {
-        left: Expression::Named(NamedExpression::Meta(Meta { key })),
-        right: Expression::String(Cow::Owned(m.name.clone())),
-        op: if m.negate {
-            Operator::NEQ
-        } else {
-            Operator::EQ
-        },
-    })
-}
-
-fn chain_object(c: &Chain) -> NfListObject<'static> {
-    NfListObject::Chain(schema::Chain {
-        family: NfFamily::INet,
-        table: TABLE.into(),
-        name: c.hook.name().into(),
-        _type: Some(chain_type(c.hook)),
-        hook: Some(hook(c.hook)),
-        prio: Some(c.priority),
-        policy: Some(if c.accept {
-            NfChainPolicy::Accept
-        } else {
-            NfChainPolicy::Drop
-        }),
-        ..Default::default()
-    })
-}
-
-fn rule_object(hook: Hook, r: &Rule) -> Result<NfListObject<'static>, serde_json::Error> {
-    let mut expr: Vec<Statement<'static>> = r.matches.iter().map(if_match).collect();
-    // The planner's conditions are nft JSON statements.
-    for c in &r.conds {
-        expr.push(serde_json::from_value(c.clone())?);
-    }
-    expr.push(match r.verdict {
-        Verdict::Accept => Statement::Accept(None),
-        Verdict::Drop => Statement::Drop(None),
-        Verdict::Masquerade => Statement::Masquerade(None),
-    });
-    Ok(NfListObject::Rule(schema::Rule {
-        family: NfFamily::INet,
-        table: TABLE.into(),
-        chain: hook.name().into(),
-        expr: expr.into(),
-        comment: r.comment.clone().map(Cow::Owned),
-        ..Default::default()
-    }))
-}
-
-/// One transaction making the table exactly `rs`: `add table` first so that `delete table`
-/// cannot fail, then the table afresh with its chains and rules (an error: a condition of the
-/// plan that is not an nft statement).
-pub fn replace_batch(rs: &Ruleset) -> Result<Nftables<'static>, serde_json::Error> {
-    let mut b = Batch::new();
-    b.add(table());
-    b.delete(table());
-    b.add(table());
-    fill(b, rs)
-}
-
-/// One transaction making the table `rs` where there is none: `create table` (which fails,
-/// changing nothing, when the table exists), its chains and rules. The kernel's cost of
-/// deleting a table, even one made in the same transaction, is spared: with 300 rules this
-/// takes half the time of [`replace_batch`].
-pub fn create_batch(rs: &Ruleset) -> Result<Nftables<'static>, serde_json::Error> {
-    let mut b = Batch::new();
-    b.add_cmd(NfCmd::Create(table()));
-    fill(b, rs)
-}
-
-/// `b` with `rs`'s chains and rules added.
-fn fill(mut b: Batch<'static>, rs: &Ruleset) -> Result<Nftables<'static>, serde_json::Error> {
-    for c in &rs.chains {
-        b.add(chain_object(c));
-    }
-    for c in &rs.chains {
-        for r in &c.rules {
-            b.add(rule_object(c.hook, r)?);
-        }
-    }
-    Ok(b.to_nftables())
-}
-
-/// `delete table inet steward`.
-pub fn delete_batch() -> Nftables<'static> {
-    let mut b = Batch::new();
-    b.delete(table());
-    b.to_nftables()
-}
-
-/// The statement as JSON, for a rule's `extra`.
-fn json(s: &Statement) -> String {
-    serde_json::to_string(s).unwrap_or_else(|_| format!("{s:?}"))
-}
-
-/// `v` with the elements of each anonymous set of names sorted: nft lists them in an order of
-/// its own, the planner writes them sorted.
-fn sorted_sets(mut v: Value) -> Value {
-    if let Some(Value::Array(items)) = v.pointer_mut("/match/right/set") {
-        if items.iter().all(Value::is_string) {
-            items.sort_by(|a, b| a.as_str().cmp(&b.as_str()));
-        }
-    }
-    v
-}
-
-/// A rule of the kernel's listing in our terms: its interface matches, its other matches (as
-/// JSON), its verdict, and anything else as `extra`.
-fn parse_rule(r: &schema::Rule) -> Rule {
-    let mut matches = Vec::new();
-    let mut conds = Vec::new();
-    let mut extra = Vec::new();
-    let mut verdict = None;
-    for s in r.expr.iter() {
-        match s {
-            Statement::Match(Match {
-                left: Expression::Named(NamedExpression::Meta(Meta { key })),
-                right: Expression::String(name),
-                op: op @ (Operator::EQ | Operator::NEQ),
-            }) if matches!(key, MetaKey::Iifname | MetaKey::Oifname) && verdict.is_none() => {
-                matches.push(IfMatch {
-                    dir: if *key == MetaKey::Iifname {
-                        Dir::In
-                    } else {
-                        Dir::Out
-                    },
-                    negate: *op == Operator::NEQ,
-                    name: name.to_string(),
-                });
-            }
-            Statement::Match(_) if verdict.is_none() => match serde_json::to_value(s) {
-                Ok(v) => conds.push(sorted_sets(v)),
-                Err(_) => extra.push(json(s)),
-            },
-            Statement::Accept(_) if verdict.is_none() => verdict = Some(Verdict::Accept),
-            Statement::Drop(_) if verdict.is_none() => verdict = Some(Verdict::Drop),
-            Statement::Masquerade(None) if verdict.is_none() => verdict = Some(Verdict::Masquerade),
-            other => extra.push(json(other)),
-        }
-    }
-    if verdict.is_none() {
-        extra.push("no verdict".into());
-    }
-    Rule {
-        matches,
-        conds,
-        verdict: verdict.unwrap_or(Verdict::Accept),
-        extra,
-        comment: r.comment.as_ref().map(|c| c.to_string()),
-    }
-}
-
-/// The agent's table as listed by `nft -j list table inet steward`, in our terms (handles
-/// left out; objects of any other table ignored).
-pub fn parse(n: &Nftables) -> Ruleset {
-    let ours = |family: &NfFamily, table: &str| *family == NfFamily::INet && table == TABLE;
-    let mut rs = Ruleset::default();
-    let mut foreign = Vec::new();
-    for o in n.objects.iter() {
-        match o {
-            NfObject::ListObject(NfListObject::Chain(c)) if ours(&c.family, &c.table) => {
-                let hook = match (c.name.as_ref(), c.hook) {
-                    ("forward", Some(NfHook::Forward)) => Hook::Forward,
-                    ("input", Some(NfHook::Input)) => Hook::Input,
-                    ("output", Some(NfHook::Output)) => Hook::Output,
-                    ("postrouting", Some(NfHook::Postrouting)) => Hook::Postrouting,
-                    // A chain no plan makes: the table differs from any plan.
-                    _ => {
-                        foreign.push(c.name.to_string());
-                        continue;
-                    }
-                };
-                rs.chains.push(Chain {
-                    hook,
-                    priority: c.prio.unwrap_or_default(),
-                    accept: c.policy == Some(NfChainPolicy::Accept)
-                        && c._type == Some(chain_type(hook)),
-                    rules: Vec::new(),
-                });
-            }
-            NfObject::ListObject(NfListObject::Rule(r)) if ours(&r.family, &r.table) => {
-                let chain = rs.chains.iter_mut().find(|c| c.hook.name() == r.chain);
-                match chain {
-                    Some(c) => c.rules.push(parse_rule(r)),
-                    None => foreign.push(r.chain.to_string()),
-                }
-            }
-            _ => {}
-        }
-    }
-    rs.other = foreign;
-    rs
-}
 
 /// The agent's table as it is, `None` when there is none.
 pub async fn list() -> Result<Option<Ruleset>, NetworkError> {
@@ -351,8 +123,31 @@ fn mark(out: &mut NetOutcome, bridges: &BTreeSet<String>, state: ResourceState, 
     }
 }
 
+/// What isolation keeps in memory between passes: the last plan, and the socket generation
+/// reads go through.
+#[derive(Default)]
+pub(super) struct Memo {
+    planned: Option<Arc<Planned>>,
+    generations: Option<nft_gen::Reader>,
+}
+
+impl Memo {
+    /// The ruleset generation now (the socket opened on first use, and again after an error).
+    fn generation(&mut self) -> std::io::Result<nft_gen::Generation> {
+        let reader = match &mut self.generations {
+            Some(r) => r,
+            None => self.generations.insert(nft_gen::Reader::open()?),
+        };
+        let now = reader.current();
+        if now.is_err() {
+            self.generations = None;
+        }
+        now
+    }
+}
+
 /// The last policies planned, their table, its batch ([`batch_text`]) and that batch's digest.
-pub(super) struct Planned {
+struct Planned {
     policies: firewall::Policies,
     want: Ruleset,
     text: String,
@@ -382,7 +177,7 @@ impl Networks {
         }
         // The same policies as the last pass's: its plan, batch and digest (a running agent's
         // re-apply builds no rule and no JSON).
-        let planned = match &self.planned {
+        let planned = match &self.nft.planned {
             Some(p) if p.policies == policies => p.clone(),
             _ => {
                 let want = firewall::plan(&policies);
@@ -397,13 +192,13 @@ impl Networks {
                     text,
                     digest,
                 });
-                self.planned = Some(p.clone());
+                self.nft.planned = Some(p.clone());
                 p
             }
         };
         let (want, digest) = (&planned.want, &planned.digest);
         let t_batch = t0.elapsed();
-        let now = nft_gen::current()
+        let now = (self.nft.generation())
             .inspect_err(|e| {
                 debug!(error = %e, "no nftables ruleset generation: the table is listed every pass")
             })
@@ -442,7 +237,7 @@ impl Networks {
         if let Err(e) = write(want, planned.text.clone(), absent).await {
             return self.isolation_failed(&bridges, &before, e, out).await;
         }
-        let after = nft_gen::current().ok();
+        let after = self.nft.generation().ok();
         let seen = nft_known::wrote(now.as_ref(), after.as_ref(), digest);
         if !restored.is_empty() {
             let why = "restored after drift: its isolation rules in nftables table inet \

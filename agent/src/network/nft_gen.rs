@@ -6,7 +6,8 @@
 //!
 //! The message types are `netlink-packet-netfilter`'s (rust-netlink, the family of the
 //! `rtnetlink` crate the agent already uses; it has `NfTablesMessage::GetGen`), sent through
-//! `netlink-sys`: no process is spawned, a few microseconds in all.
+//! `netlink-sys` on a socket the agent keeps open ([`Reader`]): no process is spawned, a few
+//! microseconds in all.
 
 use std::io;
 use std::os::unix::fs::MetadataExt;
@@ -36,11 +37,39 @@ pub fn next(id: u32) -> u32 {
     }
 }
 
-/// The current generation (an error: no nf_tables, no `CAP_NET_ADMIN`, no such netlink family).
-pub fn current() -> io::Result<Generation> {
-    let at = place()?;
-    let id = request()?;
-    Ok(Generation { id, at })
+/// A `NETLINK_NETFILTER` socket kept open for generation reads (a running agent reads two a
+/// pass), and the place it reads in.
+pub struct Reader {
+    socket: Socket,
+    at: String,
+    seq: u32,
+}
+
+impl Reader {
+    pub fn open() -> io::Result<Reader> {
+        let mut socket = Socket::new(NETLINK_NETFILTER)?;
+        socket.bind_auto()?;
+        socket.connect(&SocketAddr::new(0, 0))?;
+        // The kernel answers within `send` (nfnetlink handles a request in the sender's
+        // context), so the answer is already queued: a non-blocking read never waits.
+        socket.set_non_blocking(true)?;
+        Ok(Reader {
+            socket,
+            at: place()?,
+            seq: 0,
+        })
+    }
+
+    /// The current generation (an error: no nf_tables, no `CAP_NET_ADMIN`, no such netlink
+    /// family).
+    pub fn current(&mut self) -> io::Result<Generation> {
+        self.seq = self.seq.wrapping_add(1);
+        let id = request(&self.socket, self.seq)?;
+        Ok(Generation {
+            id,
+            at: self.at.clone(),
+        })
+    }
 }
 
 /// `<boot id>/<netns inode>` of this process.
@@ -54,13 +83,12 @@ fn bad(what: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.to_string())
 }
 
-/// One `NFT_MSG_GETGEN` and its answer's `NFTA_GEN_ID`.
-fn request() -> io::Result<u32> {
-    let mut socket = Socket::new(NETLINK_NETFILTER)?;
-    socket.bind_auto()?;
-    socket.connect(&SocketAddr::new(0, 0))?;
+/// One `NFT_MSG_GETGEN` with sequence number `seq` and its answer's `NFTA_GEN_ID` (answers to
+/// earlier requests left unread, after an error, are skipped).
+fn request(socket: &Socket, seq: u32) -> io::Result<u32> {
     let mut header = NetlinkHeader::default();
     header.flags = NLM_F_REQUEST;
+    header.sequence_number = seq;
     let get = NfTablesMessage::GetGen(GenMessage { attributes: vec![] });
     let nf = NetfilterHeader::new(NetfilterProtoFamily::Unspec, 0, 0);
     let mut msg = NetlinkMessage::new(header, NetfilterMessage::new(nf, get).into());
@@ -68,14 +96,19 @@ fn request() -> io::Result<u32> {
     let mut buf = vec![0; msg.buffer_len()];
     msg.serialize(&mut buf);
     socket.send(&buf, 0)?;
-    // The kernel answers within `send` (nfnetlink handles a request in the sender's context),
-    // so the answer is already queued: a non-blocking read never waits.
-    socket.set_non_blocking(true)?;
-    let mut rx = Vec::with_capacity(4096);
-    let n = socket.recv(&mut rx, 0)?;
-    let reply = NetlinkMessage::<NetfilterMessage>::deserialize(&rx[..n.min(rx.len())])
-        .map_err(|e| bad(format!("unreadable NFT_MSG_NEWGEN: {e}")))?;
-    match reply.payload {
+    loop {
+        let mut rx = Vec::with_capacity(4096);
+        let n = socket.recv(&mut rx, 0)?;
+        let reply = NetlinkMessage::<NetfilterMessage>::deserialize(&rx[..n.min(rx.len())])
+            .map_err(|e| bad(format!("unreadable NFT_MSG_NEWGEN: {e}")))?;
+        if reply.header.sequence_number == seq {
+            return generation_id(reply.payload);
+        }
+    }
+}
+
+fn generation_id(payload: NetlinkPayload<NetfilterMessage>) -> io::Result<u32> {
+    match payload {
         NetlinkPayload::InnerMessage(NetfilterMessage {
             inner: NetfilterMessageInner::NfTables(NfTablesMessage::NewGen(g)),
             ..

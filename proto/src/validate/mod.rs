@@ -349,6 +349,14 @@ pub(crate) fn iface_problem(name: &str) -> Option<String> {
     if name == "." || name == ".." {
         return Some(format!("interface name {name:?} is not allowed"));
     }
+    // The agent's nftables rules and sets name interfaces: there a leading '@' is a set
+    // reference and a '*' a wildcard, never a name.
+    if name.starts_with('@') || name.contains('*') {
+        return Some(format!(
+            "interface name {name:?} starts with '@' or contains '*', which nftables reads as a \
+             set reference or a wildcard; use letters, digits, '-', '_' and '.'"
+        ));
+    }
     if let Some(c) = name
         .chars()
         .find(|&c| matches!(c, '/' | ':' | '\0') || c.is_whitespace())

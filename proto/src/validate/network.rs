@@ -421,6 +421,8 @@ mod tests {
             ("networks:\n  vlans:\n    - {name: \"eth1:5\", parent: eth1, id: 5}\n", "networks.vlans[0].name", "contains ':'"),
             ("networks:\n  vlans:\n    - {name: v5, parent: \"eth 1\", id: 5}\n", "networks.vlans[0].parent", "contains ' '"),
             ("networks:\n  vlans:\n    - {name: v5, parent: \"..\", id: 5}\n", "networks.vlans[0].parent", "not allowed"),
+            ("networks:\n  bridges:\n    - {name: \"@policy_bridges\", isolation: isolated}\n", "networks.bridges[0].name", "nftables reads as a set reference or a wildcard"),
+            ("networks:\n  labs:\n    - {vlan: 7, bridge: \"br*\", isolation: isolated}\n", "networks.labs[0].bridge", "starts with '@' or contains '*'"),
             ("networks:\n  vlans:\n    - {name: v5, parent: \"\", id: 5}\n", "networks.vlans[0].parent", "interface name is empty"),
             ("networks:\n  vlans:\n    - {name: v5, parent: v5, id: 5}\n", "networks.vlans[0].parent", "its own parent"),
             ("networks:\n  vlans:\n    - {name: v0, parent: eth1, id: 0}\n", "networks.vlans[0].id", "VLAN id 0 is out of range 1-4094"),
