@@ -49,6 +49,9 @@ pub enum RegistryError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Peer(#[from] crate::payloads::peers::PeerError),
+    /// An answer serde cannot write as JSON (a bug).
+    #[error("cannot encode the answer as JSON: {0}")]
+    Encode(#[source] serde_json::Error),
 }
 
 impl RegistryError {
@@ -95,6 +98,7 @@ impl RegistryError {
             }
             RegistryError::Peer(_) => (StatusCode::INTERNAL_SERVER_ERROR, "blob_store"),
             RegistryError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage"),
+            RegistryError::Encode(_) => (StatusCode::INTERNAL_SERVER_ERROR, "encode"),
         }
     }
 }
@@ -171,6 +175,7 @@ impl From<SpecError> for RegistryError {
             }
             SpecError::Payload(e) => e.into(),
             SpecError::Store(e) => RegistryError::Store(e),
+            SpecError::Encode(e) => RegistryError::Encode(e),
         }
     }
 }

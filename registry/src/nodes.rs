@@ -239,8 +239,7 @@ impl Nodes {
             .store
             .spec(&rec.id)
             .await?
-            .map(|s| s.base_under(weight))
-            .unwrap_or(0);
+            .map(|s| s.base_under(weight));
         self.show_enrolled(&rec, base, now);
         let (kind, what) = if rotated {
             (EventKind::NodeReenrolled, "enrolled again; secret rotated")
@@ -298,7 +297,7 @@ impl Nodes {
     }
 
     /// The fleet view takes an enrolled node at once (the store watch brings it too, later).
-    fn show_enrolled(&self, rec: &NodeRecord, base: i64, now: chrono::DateTime<Utc>) {
+    fn show_enrolled(&self, rec: &NodeRecord, base: Option<i64>, now: chrono::DateTime<Utc>) {
         match self.fleet.live(&rec.id) {
             Some(ln) => {
                 let mut l = ln.lock();

@@ -231,13 +231,13 @@ impl AppState {
         store
             .for_each_node(|rec| {
                 let base = match bases.get(&rec.id) {
-                    Some((_, Some(b))) => *b,
+                    Some((_, Some(b))) => Some(*b),
                     Some((g, None)) => {
                         let b = base_for(*g, set.weight(&rec.labels));
                         legacy.push((rec.id.clone(), b));
-                        b
+                        Some(b)
                     }
-                    None => 0,
+                    None => None,
                 };
                 fleet.insert_live(&rec, base);
             })

@@ -48,14 +48,16 @@ async fn spec_revisions(store: &Store) -> BTreeMap<String, u64> {
         .collect()
 }
 
-/// Every node's generation and document, as this process serves them.
+/// Every node's generation and document, as this process serves them (the JSON served, with
+/// its parts serialised once per merge, the same as the document's own JSON).
 async fn documents(state: &AppState, ids: &[String]) -> Vec<(u64, steward_proto::SpecDocument)> {
     let mut out = Vec::new();
     for id in ids {
-        out.push((
-            state.generation(id),
-            state.specs.document(id).await.unwrap(),
-        ));
+        let doc = state.specs.document(id).await.unwrap();
+        let served = state.specs.document_json(id).await.unwrap();
+        let own = serde_json::to_string(&doc).unwrap();
+        assert_eq!(served, (doc.generation, own), "{id}");
+        out.push((state.generation(id), doc));
     }
     out
 }

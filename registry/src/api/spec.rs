@@ -15,14 +15,26 @@ use crate::auth::Caller;
 use crate::error::{ApiResult, RegistryError};
 use crate::state::AppState;
 
+/// The document as JSON serialised once per merge (thousands of polls one fragment write wakes
+/// share it), with its generation as `ETag`.
 async fn document(state: &AppState, id: &str) -> ApiResult<Response> {
-    Ok(answer(state.specs.document(id).await?))
+    let (generation, body) = state.specs.document_json(id).await?;
+    let headers = [
+        (header::ETAG, etag(generation)),
+        (
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        ),
+    ];
+    Ok((headers, body).into_response())
+}
+
+fn etag(generation: u64) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{generation}\"")).unwrap_or(HeaderValue::from_static("\"0\""))
 }
 
 fn answer(doc: SpecDocument) -> Response {
-    let etag = HeaderValue::from_str(&format!("\"{}\"", doc.generation))
-        .unwrap_or(HeaderValue::from_static("\"0\""));
-    ([(header::ETAG, etag)], Json(doc)).into_response()
+    ([(header::ETAG, etag(doc.generation))], Json(doc)).into_response()
 }
 
 /// `GET /v1/nodes/{id}/spec[?after=G[&wait=30s]]`.

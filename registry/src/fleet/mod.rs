@@ -40,6 +40,9 @@ pub struct Live {
     pub observed_generation: u64,
     /// The `base` of the node's generation (`fragment_set.rs`; 0 while it has no spec record).
     pub base: i64,
+    /// Whether the node has a spec record (set with `base`): without one, its document is the
+    /// fragments' alone and needs no store read.
+    pub has_spec: bool,
     pub status_digest: String,
     /// The reconcile pass in progress, per the last heartbeat (memory only).
     pub progress: Option<steward_proto::PassProgress>,
@@ -141,11 +144,12 @@ impl Fleet {
     }
 
     /// Adds a node (or replaces its entry); its heartbeat clock starts now.
-    /// Its generation is computed from `base` (0 for a node without a spec record).
-    pub fn insert_live(&self, rec: &NodeRecord, base: i64) -> Arc<LiveNode> {
-        let g = generation(base, self.fragments().weight(&rec.labels));
+    /// Its generation is computed from `base`, its spec record's (`None`: it has none; 0).
+    pub fn insert_live(&self, rec: &NodeRecord, base: Option<i64>) -> Arc<LiveNode> {
+        let g = generation(base.unwrap_or(0), self.fragments().weight(&rec.labels));
         let mut live = live_from_record(rec, g, Instant::now());
-        live.live.get_mut().unwrap_or_else(|p| p.into_inner()).base = base;
+        let l = live.live.get_mut().unwrap_or_else(|p| p.into_inner());
+        (l.base, l.has_spec) = (base.unwrap_or(0), base.is_some());
         let ln = Arc::new(live);
         self.nodes
             .write()
@@ -188,8 +192,8 @@ impl Fleet {
         });
     }
 
-    /// Sets a node's labels (when given) and `base` together, and publishes the generation
-    /// they give (with `doc`, the node's document of that generation, when known); returns it.
+    /// Sets a node's labels (when given) and `base` (of the spec record just written) together,
+    /// and publishes the generation they give (with `doc`, the node's document of that generation, when known); returns it.
     pub fn set_base(
         &self,
         id: &str,
@@ -204,7 +208,7 @@ impl Fleet {
             if let Some(labels) = labels {
                 l.labels = labels.clone();
             }
-            l.base = base;
+            (l.base, l.has_spec) = (base, true);
             generation(base, set.weight(&l.labels))
         };
         ln.publish(g, doc);
@@ -239,7 +243,7 @@ impl Fleet {
     /// ([`Fleet::apply_health`]).
     pub fn apply_node(&self, rec: &NodeRecord) {
         let Some(ln) = self.live(&rec.id) else {
-            self.insert_live(rec, 0);
+            self.insert_live(rec, None);
             return;
         };
         let mut l = ln.lock();
@@ -280,7 +284,7 @@ impl Fleet {
         let set = self.fragments();
         let g = {
             let mut l = ln.lock();
-            l.base = rec.base_under(set.weight(&l.labels));
+            (l.base, l.has_spec) = (rec.base_under(set.weight(&l.labels)), true);
             generation(l.base, set.weight(&l.labels))
         };
         ln.publish(g, None);
@@ -316,6 +320,7 @@ fn live_from_record(rec: &NodeRecord, generation: u64, now: Instant) -> LiveNode
             stats: rec.stats.clone(),
             observed_generation: rec.observed_generation,
             base: 0,
+            has_spec: false,
             status_digest: rec
                 .status
                 .as_ref()
@@ -399,7 +404,7 @@ mod tests {
         let fleet = Fleet::default();
         let mut rec = NodeRecord::test("n1");
         rec.labels.insert("role".into(), "web".into());
-        fleet.insert_live(&rec, 2);
+        fleet.insert_live(&rec, Some(2));
         let frag = |revision| steward_proto::Fragment {
             name: "f".into(),
             selector: "role=web".into(),
@@ -425,5 +430,28 @@ mod tests {
         assert!(!rx.has_changed().unwrap());
         fleet.set_fragments(set(4, 11));
         assert_eq!(fleet.generation("n1"), 6);
+    }
+
+    #[test]
+    fn whether_a_node_has_a_spec_record_follows_every_way_one_arrives() {
+        let fleet = Fleet::default();
+        let has = |id: &str| fleet.live(id).unwrap().lock().has_spec;
+        fleet.insert_live(&NodeRecord::test("none"), None);
+        fleet.insert_live(&NodeRecord::test("loaded"), Some(0));
+        fleet.apply_node(&NodeRecord::test("watched"));
+        assert_eq!(
+            (has("none"), has("loaded"), has("watched")),
+            (false, true, false)
+        );
+        // Written here, or by another replica (its watch event).
+        fleet.set_base("none", None, 1, None);
+        let rec = SpecRecord {
+            generation: 1,
+            base: Some(1),
+            ..Default::default()
+        };
+        fleet.apply_spec("watched", &rec);
+        assert!(has("none") && has("watched"));
+        assert_eq!(fleet.generation("watched"), 1);
     }
 }

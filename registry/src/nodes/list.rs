@@ -133,7 +133,7 @@ mod tests {
             } else {
                 Health::Ready
             };
-            fleet.insert_live(&rec, 1);
+            fleet.insert_live(&rec, Some(1));
         }
         fleet
     }

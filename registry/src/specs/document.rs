@@ -1,7 +1,8 @@
 //! A node's spec document, computed when read: its stored own spec and payload overrides merged
 //! with the fragments that match its labels. Merges are cached per fragment-set version, stored
-//! record and matching fragments, so the thousands of long-polls one fragment write wakes share
-//! a handful of merges instead of each doing its own.
+//! record and matching fragments, with their JSON, so the thousands of long-polls one fragment
+//! write wakes share a handful of merges and serialisations instead of each doing its own; a
+//! node without a spec record (the fleet view knows) costs no store read at all.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
@@ -18,11 +19,24 @@ use crate::store::Store;
 const ENTRIES: usize = 4096;
 
 /// One merge: the record it was computed from (as stored), its own spec, and the effective
-/// spec with the names of the fragments merged in (or why they do not merge).
+/// spec with the names of the fragments merged in (or why they do not merge); `tail`, the
+/// document's JSON after its node id and generation (`"spec":…,"own":…,"fragments":[…]}`).
 struct Merged {
     record: Vec<u8>,
     own: NodeSpec,
     result: std::result::Result<(NodeSpec, Vec<String>), Vec<Problem>>,
+    tail: String,
+}
+
+/// `"spec":…,"own":…,"fragments":…}`: [`SpecDocument`]'s JSON after `generation`, in its
+/// field order.
+fn tail(own: &NodeSpec, effective: &NodeSpec, names: &[String]) -> serde_json::Result<String> {
+    Ok(format!(
+        "\"spec\":{},\"own\":{},\"fragments\":{}}}",
+        serde_json::to_string(effective)?,
+        serde_json::to_string(own)?,
+        serde_json::to_string(names)?
+    ))
 }
 
 /// A merge's key: the hash of the stored record, and the matching fragments.
@@ -57,17 +71,55 @@ impl Specs {
     /// and labels, then the fragment set) and then its stored own spec, so the content is never
     /// older than the generation it is served under.
     pub async fn document(&self, id: &str) -> Result<SpecDocument> {
+        let (generation, merged) = self.merged(id).await?;
+        let (spec, fragments) = Self::merge_of(id, &merged)?.clone();
+        Ok(SpecDocument {
+            node_id: id.to_string(),
+            generation,
+            spec,
+            own: merged.own.clone(),
+            fragments,
+        })
+    }
+
+    /// [`Specs::document`] as its JSON, and its generation: the spec parts serialised once
+    /// per merge, not once per read.
+    pub async fn document_json(&self, id: &str) -> Result<(u64, String)> {
+        let (generation, merged) = self.merged(id).await?;
+        Self::merge_of(id, &merged)?;
+        let node_id = serde_json::to_string(id).map_err(SpecError::Encode)?;
+        let head = format!("{{\"node_id\":{node_id},\"generation\":{generation},");
+        Ok((generation, head + &merged.tail))
+    }
+
+    fn merge_of<'a>(id: &str, merged: &'a Merged) -> Result<&'a (NodeSpec, Vec<String>)> {
+        merged
+            .result
+            .as_ref()
+            .map_err(|problems| SpecError::Conflict {
+                message: format!(
+                    "node {id}'s spec does not merge with the fragments that match its labels"
+                ),
+                problems: problems.clone(),
+            })
+    }
+
+    /// The node's generation and merge (see [`Specs::document`]).
+    async fn merged(&self, id: &str) -> Result<(u64, Arc<Merged>)> {
         let ln = self
             .fleet
             .live(id)
             .ok_or_else(|| SpecError::NoNode(id.to_string()))?;
-        let (base, labels) = {
+        let (base, labels, has_spec) = {
             let l = ln.lock();
-            (l.base, l.labels.clone())
+            (l.base, l.labels.clone(), l.has_spec)
         };
         drop(ln);
         let set = self.fleet.fragments();
-        let raw = self.store.spec_raw(id).await?;
+        let raw = match has_spec {
+            true => self.store.spec_raw(id).await?,
+            false => None,
+        };
         let record = raw
             .as_ref()
             .map(|kv| kv.value.as_slice())
@@ -75,43 +127,33 @@ impl Specs {
         let mut h = DefaultHasher::new();
         record.hash(&mut h);
         let key = (h.finish(), set.mask(&labels));
-        let merged = match self.docs.get(set.version, &key, record) {
-            Some(m) => m,
-            None => {
-                let rec = match &raw {
-                    Some(kv) => Store::decode_spec(kv)?,
-                    None => Default::default(),
-                };
-                let mut result = set.effective(&rec.own, &rec.sessions, &labels, &self.limits);
-                if let Ok((effective, _)) = &mut result {
-                    self.payloads
-                        .apply_overrides(effective, &rec.payload_overrides)
-                        .await?;
-                }
-                let m = Arc::new(Merged {
-                    record: record.to_vec(),
-                    own: rec.own,
-                    result,
-                });
-                self.docs.put(set.version, key, m.clone());
-                m
-            }
+        let generation = generation(base, set.weight(&labels));
+        if let Some(m) = self.docs.get(set.version, &key, record) {
+            return Ok((generation, m));
+        }
+        let rec = match &raw {
+            Some(kv) => Store::decode_spec(kv)?,
+            None => Default::default(),
         };
-        let (effective, names) = merged
-            .result
-            .clone()
-            .map_err(|problems| SpecError::Conflict {
-                message: format!(
-                    "node {id}'s spec does not merge with the fragments that match its labels"
-                ),
-                problems,
-            })?;
-        Ok(SpecDocument {
-            node_id: id.to_string(),
-            generation: generation(base, set.weight(&labels)),
-            spec: effective,
-            own: merged.own.clone(),
-            fragments: names,
-        })
+        let mut result = set.effective(&rec.own, &rec.sessions, &labels, &self.limits);
+        if let Ok((effective, _)) = &mut result {
+            self.payloads
+                .apply_overrides(effective, &rec.payload_overrides)
+                .await?;
+        }
+        let tail = match &result {
+            Ok((effective, names)) => {
+                tail(&rec.own, effective, names).map_err(SpecError::Encode)?
+            }
+            Err(_) => String::new(),
+        };
+        let m = Arc::new(Merged {
+            record: record.to_vec(),
+            own: rec.own,
+            result,
+            tail,
+        });
+        self.docs.put(set.version, key, m.clone());
+        Ok((generation, m))
     }
 }

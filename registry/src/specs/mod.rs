@@ -50,6 +50,9 @@ pub enum SpecError {
     Payload(#[from] PayloadError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A spec document that serde cannot write as JSON (a bug, never the caller's input).
+    #[error("cannot encode a spec document as JSON: {0}")]
+    Encode(#[source] serde_json::Error),
 }
 
 type Result<T> = std::result::Result<T, SpecError>;
