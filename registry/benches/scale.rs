@@ -5,15 +5,20 @@
 //! down and 89% come back (a mass transition), (e) kill -9 and
 //! restart, (f) idle; the same load against a bare axum handler side by side.
 //!
-//! `cargo bench -p steward-registry --bench scale [-- --nodes N] [--quick] [--reseed]`
-//! (`--quick`: 10,000 nodes and shorter phases; `STEWARD_BENCH_REGISTRY=/path/to/binary`
-//! measures another registry build). The seeded fleet is cached in `/tmp/steward-scale-seed-N/`.
+//! `cargo bench -p steward-registry --bench scale [-- --nodes N] [--quick] [--reseed]
+//! [--phases abcdmef] [--store etcd]` (`--quick`: 10,000 nodes and shorter phases; `--phases`:
+//! only these phases and no bare run, for working on one of them; `--store etcd`: the registry
+//! on a one-member etcd holding the seed, migrated into it once and cached in
+//! `/tmp/steward-scale-etcd-N/`; `STEWARD_BENCH_REGISTRY=/path/to/binary` measures another
+//! registry build). The seeded fleet is cached in `/tmp/steward-scale-seed-N/`.
 //! Results: a table on stdout and JSON in `target/bench-results/scale.json`. Timings are only
 //! reported; wrong answers are counted and reported.
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
 
 #[path = "registry/bare.rs"]
 mod bare;
+#[path = "scale/etcd.rs"]
+mod etcd;
 #[path = "scale/fanout.rs"]
 mod fanout;
 #[path = "scale/interfere.rs"]
@@ -46,6 +51,11 @@ pub struct Config {
     pub nodes: usize,
     pub quick: bool,
     pub reseed: bool,
+    /// The phases to run (`--phases`, letters of a-f and m); all of them, and the bare runs, by
+    /// default.
+    pub phases: Option<String>,
+    /// The registry's store is etcd (`--store etcd`), else sled.
+    pub etcd: bool,
     /// Length of phases (a) (and of the bare run), (b) and (e); of the idle phase (f).
     pub a: Duration,
     pub b: Duration,
@@ -54,6 +64,11 @@ pub struct Config {
 }
 
 impl Config {
+    /// Whether phase `p` runs.
+    pub fn runs(&self, p: char) -> bool {
+        self.phases.as_ref().is_none_or(|ps| ps.contains(p))
+    }
+
     fn from_args() -> Result<Config, String> {
         let args: Vec<String> = std::env::args().skip(1).collect();
         let quick = args.iter().any(|a| a == "--quick")
@@ -69,8 +84,27 @@ impl Config {
         };
         let s =
             |quick_secs, full_secs| Duration::from_secs(if quick { quick_secs } else { full_secs });
+        let phases = match args.iter().position(|a| a == "--phases") {
+            Some(i) => Some(
+                args.get(i + 1)
+                    .filter(|p| !p.is_empty() && p.chars().all(|c| "abcdefm".contains(c)))
+                    .ok_or("--phases takes letters among a, b, c, d, m, e and f")?
+                    .clone(),
+            ),
+            None => None,
+        };
+        let etcd = match args.iter().position(|a| a == "--store") {
+            Some(i) => match args.get(i + 1).map(String::as_str) {
+                Some("etcd") => true,
+                Some("sled") => false,
+                _ => return Err("--store takes sled or etcd".into()),
+            },
+            None => false,
+        };
         Ok(Config {
             nodes,
+            phases,
+            etcd,
             quick,
             reseed: args.iter().any(|a| a == "--reseed"),
             a: s(20, 30),
@@ -104,9 +138,14 @@ fn main() -> ExitCode {
         .unwrap_or(1);
     let registry = util::registry_bin().display().to_string();
     println!(
-        "steward-registry fleet-scale benchmark: {} nodes{}; registry {registry}",
+        "steward-registry fleet-scale benchmark: {} nodes{}; registry {registry} on {}",
         cfg.nodes,
-        if cfg.quick { " (--quick)" } else { "" }
+        if cfg.quick { " (--quick)" } else { "" },
+        if cfg.etcd {
+            "etcd (one member, on this machine)"
+        } else {
+            "its embedded sled store"
+        }
     );
     println!(
         "machine: {cpus} CPU(s) shared by the registry, this load generator and the bare server; \
@@ -126,6 +165,7 @@ fn main() -> ExitCode {
     let started = Instant::now();
     let mut results = json!({
         "nodes": cfg.nodes, "quick": cfg.quick, "cpus": cpus, "registry": registry,
+        "store": if cfg.etcd { "etcd" } else { "sled" },
         "rlimit_nofile": nofile, "loadavg_start": uptime(),
         "note": "load generator, registry and bare server share these CPUs over loopback",
     });

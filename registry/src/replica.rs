@@ -17,8 +17,12 @@ use crate::kv::{Revision, WatchEvent};
 use crate::state::{AppState, Inner};
 use crate::store::StoreError;
 
-/// Key prefix of the heartbeat batches (`hb/{replica}`).
+/// Key prefix of the heartbeat batches (`hb/{replica}/{part}`).
 const HEARTBEATS: &str = "hb/";
+/// Most nodes in one part of a heartbeat batch (one key): node ids are 36-byte UUIDs, so a part
+/// is about 0.4 MB of JSON, well under etcd's request limit (1.5 MiB by default), which a whole
+/// batch of 100,000 nodes (5 MB) is not.
+const PER_PART: usize = 8_000;
 
 /// What one replica heard since its previous batch: node id -> (milliseconds before the batch
 /// was written, observed generation). Ages, not times, so replicas' clocks need not agree.
@@ -173,13 +177,36 @@ fn apply(state: &AppState, c: &WatchEvent) {
         "credentials" => {
             serde_json::from_slice(value).map(|c| state.credentials.apply(id, Some(c)))
         }
-        "hb" if Some(id) != state.settings.replica_id.as_deref() => {
+        "hb" if Some(batch_replica(id)) != state.settings.replica_id.as_deref() => {
             serde_json::from_slice(value).map(|b| apply_batch(state, &b))
         }
         _ => Ok(()),
     };
     if let Err(e) = decoded {
         tracing::warn!(key = %c.key, error = %e, "undecodable record in the store watch");
+    }
+}
+
+/// The replica a heartbeat batch key (`hb/{replica}/{part}`, or `hb/{replica}` from a
+/// registry before batches were cut in parts) was written by, from the key without `hb/`.
+fn batch_replica(id: &str) -> &str {
+    id.split_once('/').map_or(id, |(replica, _)| replica)
+}
+
+/// `batch` cut into parts of at most `per` nodes, each with the batch's time (one part at
+/// least: an empty batch is written too).
+fn parts(batch: HeartbeatBatch, per: usize) -> Vec<HeartbeatBatch> {
+    let mut out = Vec::with_capacity(batch.nodes.len().div_ceil(per.max(1)).max(1));
+    let mut rest = batch.nodes.into_iter().peekable();
+    loop {
+        let nodes: BTreeMap<_, _> = rest.by_ref().take(per.max(1)).collect();
+        out.push(HeartbeatBatch {
+            written_at: batch.written_at,
+            nodes,
+        });
+        if rest.peek().is_none() {
+            return out;
+        }
     }
 }
 
@@ -207,36 +234,59 @@ pub async fn store_credential_use(state: AppState) {
 }
 
 /// Publishes, once per heartbeat interval, the nodes this replica heard from since its last
-/// batch (one store write per interval whatever the fleet size). Only with a replica id (a
-/// shared store).
+/// batch, in parts of at most [`PER_PART`] nodes (one store write per part: a handful per
+/// interval whatever the fleet size; parts a smaller batch no longer fills are written empty,
+/// so none is left holding old news). Only with a replica id (a shared store).
 pub async fn publish_heartbeats(state: AppState) {
     let Some(me) = state.settings.replica_id.clone() else {
         return;
     };
-    let key = format!("{HEARTBEATS}{me}");
     let mut iv = tokio::time::interval(state.settings.heartbeat_interval);
     iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last = Instant::now();
+    let (mut last, mut written) = (Instant::now(), 0usize);
     loop {
         iv.tick().await;
         let now = Instant::now();
-        let mut batch = HeartbeatBatch {
-            written_at: Utc::now(),
-            nodes: BTreeMap::new(),
-        };
-        state.fleet.for_each(|id, ln| {
-            let l = ln.lock();
-            if l.heard_here.is_some_and(|t| t >= last) {
-                let age = now.duration_since(l.last_seen).as_millis() as u64;
-                batch
-                    .nodes
-                    .insert(id.to_string(), (age, l.observed_generation));
-            }
-        });
+        // A pass over the whole fleet and its JSON: off the async workers (heartbeats).
+        let fleet = state.fleet.clone();
+        let encoded = tokio::task::spawn_blocking(move || {
+            let mut batch = HeartbeatBatch {
+                written_at: Utc::now(),
+                nodes: BTreeMap::new(),
+            };
+            fleet.for_each(|id, ln| {
+                let l = ln.lock();
+                if l.heard_here.is_some_and(|t| t >= last) {
+                    let age = now.duration_since(l.last_seen).as_millis() as u64;
+                    batch
+                        .nodes
+                        .insert(id.to_string(), (age, l.observed_generation));
+                }
+            });
+            let at = batch.written_at;
+            let mut values: Vec<Vec<u8>> = parts(batch, PER_PART)
+                .iter()
+                .map(|p| serde_json::to_vec(p).unwrap_or_default())
+                .collect();
+            let empty = HeartbeatBatch {
+                written_at: at,
+                nodes: BTreeMap::new(),
+            };
+            values.resize(
+                values.len().max(written),
+                serde_json::to_vec(&empty).unwrap_or_default(),
+            );
+            values
+        })
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
         last = now;
-        let value = serde_json::to_vec(&batch).unwrap_or_default();
-        if let Err(e) = state.store.kv().put_session(&key, value).await {
-            tracing::warn!(error = %e, "publishing the heartbeat batch failed");
+        written = encoded.len();
+        for (i, value) in encoded.into_iter().enumerate() {
+            let key = format!("{HEARTBEATS}{me}/{i}");
+            if let Err(e) = state.store.kv().put_session(&key, value).await {
+                tracing::warn!(error = %e, part = i, "publishing the heartbeat batch failed");
+            }
         }
     }
 }
@@ -325,5 +375,57 @@ pub async fn run_jobs(state: AppState) {
         alerts.abort();
         sessions.abort();
         state.rollouts.set_leading(false);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(n: usize) -> HeartbeatBatch {
+        HeartbeatBatch {
+            written_at: Utc::now(),
+            nodes: (0..n)
+                .map(|i| (format!("node-{i:05}"), (i as u64, 1)))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_heartbeat_batch_is_cut_in_parts_that_together_hold_it_once() {
+        for (n, per, sizes) in [
+            (0, 8, vec![0]),
+            (1, 8, vec![1]),
+            (8, 8, vec![8]),
+            (9, 8, vec![8, 1]),
+            (20_001, 8_000, vec![8_000, 8_000, 4_001]),
+        ] {
+            let whole = batch(n);
+            let (at, nodes) = (whole.written_at, whole.nodes.clone());
+            let got = parts(whole, per);
+            let got_sizes: Vec<usize> = got.iter().map(|p| p.nodes.len()).collect();
+            assert_eq!(got_sizes, sizes, "{n} nodes, {per} per part");
+            assert!(got.iter().all(|p| p.written_at == at));
+            let union: BTreeMap<_, _> = got.into_iter().flat_map(|p| p.nodes).collect();
+            assert_eq!(union, nodes, "{n} nodes, {per} per part");
+        }
+    }
+
+    #[test]
+    fn a_full_part_fits_in_an_etcd_request_with_room_to_spare() {
+        let mut b = batch(0);
+        for i in 0..PER_PART {
+            let id = uuid::Uuid::new_v4().to_string();
+            b.nodes.insert(id, (u64::MAX, i as u64 * 1_000_000));
+        }
+        let bytes = serde_json::to_vec(&b).unwrap_or_default().len();
+        assert!(bytes < 1024 * 1024, "{bytes} bytes");
+    }
+
+    #[test]
+    fn the_replica_is_read_from_batch_keys_old_and_new() {
+        assert_eq!(batch_replica("r1/0"), "r1");
+        assert_eq!(batch_replica("r1/12"), "r1");
+        assert_eq!(batch_replica("r1"), "r1");
     }
 }

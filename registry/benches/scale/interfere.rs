@@ -1,7 +1,7 @@
-//! Phase (b), interference: the status page's first view, two live status pages
-//! (`GET /ui/events` streaming) while a trickle of status changes makes events flow, `/metrics`
-//! scraped every 15 s, and the node list read in pages (or whole, when the registry has no
-//! paging).
+//! Phase (b), interference: the status page's first view (alone, then every 5 s under the
+//! rest), two live status pages (`GET /ui/events` streaming) while a trickle of status changes
+//! makes events flow, `/metrics` scraped every 15 s, and the node list read in pages (or whole,
+//! when the registry has no paging).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -120,7 +120,13 @@ async fn status_trickle(
             break;
         }
         let i = k % nodes.len();
-        let body = serde_json::to_vec(&status(i, &format!("trickle-{k}")))?;
+        // A restart counted on the first container: a change the registry records as an event
+        // (a new digest alone, or moved activity counters, is not one).
+        let mut st = status(i, &format!("trickle-{k}"));
+        if let Some(r) = st.resources.first_mut() {
+            r.restarts = 1000 + k as u32;
+        }
+        let body = serde_json::to_vec(&st)?;
         let path = format!("/v1/nodes/{}/status", nodes[i].id);
         let req = c.request(
             Method::PUT,
@@ -137,7 +143,12 @@ async fn status_trickle(
 }
 
 /// `/metrics` every `every` until stopped.
-async fn scrapes(reg: &Api, every: Duration, stop: Arc<AtomicBool>) -> Result<Vec<Timed>> {
+async fn scrapes(
+    reg: &Api,
+    path: &'static str,
+    every: Duration,
+    stop: Arc<AtomicBool>,
+) -> Result<Vec<Timed>> {
     let mut out = Vec::new();
     let mut iv = tokio::time::interval(every);
     loop {
@@ -145,7 +156,7 @@ async fn scrapes(reg: &Api, every: Duration, stop: Arc<AtomicBool>) -> Result<Ve
         if stop.load(Ordering::SeqCst) {
             return Ok(out);
         }
-        out.push(timed_get(reg, "/metrics").await?.0);
+        out.push(timed_get(reg, path).await?.0);
     }
 }
 
@@ -235,7 +246,12 @@ pub async fn run(reg: &Registry, nodes: &[NodeCred], dur: Duration) -> Result<Va
         status_trickle(&r, trickle_nodes, Duration::from_millis(100), s).await
     });
     let (r, s) = (api.clone(), stop.clone());
-    let scraper = tokio::spawn(async move { scrapes(&r, Duration::from_secs(15), s).await });
+    let every = Duration::from_secs(15);
+    let scraper = tokio::spawn(async move { scrapes(&r, "/metrics", every, s).await });
+    // The status page's first view again every 5 s, under all of the above.
+    let (r, s) = (api.clone(), stop.clone());
+    let every = Duration::from_secs(5);
+    let viewer = tokio::spawn(async move { scrapes(&r, "/", every, s).await });
     tokio::time::sleep(Duration::from_secs(2)).await;
     let nodes_read = read_nodes(&api, 1000).await?;
     let rss_after_reads = Snap::take(reg.pid()).rss_kib;
@@ -247,8 +263,10 @@ pub async fn run(reg: &Registry, nodes: &[NodeCred], dur: Duration) -> Result<Va
     }
     let (trickle_lat, trickle_bad) = trickle.await??;
     let scrapes = scraper.await??;
+    let views = viewer.await??;
     Ok(json!({
         "first_view": first_view.json(),
+        "first_views_under_load": views.iter().map(Timed::json).collect::<Vec<_>>(),
         "live_pages": page_out,
         "status_changes": {"every_ms": 100, "put_latency": trickle_lat.json(), "non_2xx": trickle_bad},
         "metrics_scrapes": scrapes.iter().map(Timed::json).collect::<Vec<_>>(),

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -68,30 +69,70 @@ const FAR_FLAGS: [&str; 10] = [
 /// The silent nodes go down after 50 s; the monitor looks every 2.5 s.
 pub const C_SECS: u64 = 65;
 
-/// The registry's counters over one phase.
+/// With `--store etcd`: the etcd member's store URL, process and data dir (set once per run).
+struct EtcdSide {
+    url: String,
+    /// The admin token file every replica on etcd is given.
+    admin_token: PathBuf,
+    pid: u32,
+    dir: PathBuf,
+}
+
+static ETCD: OnceLock<EtcdSide> = OnceLock::new();
+
+/// The registry's `serve` flags: `base`, and the etcd store when there is one.
+fn flags(base: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = base.iter().map(|s| s.to_string()).collect();
+    if let Some(e) = ETCD.get() {
+        v.extend(["--store".to_string(), e.url.clone()]);
+        v.extend([
+            "--admin-token-file".to_string(),
+            e.admin_token.display().to_string(),
+        ]);
+    }
+    v
+}
+
+/// Where the store's data lives: the etcd member's data dir, else the registry's.
+fn store_dir(reg: &Registry) -> PathBuf {
+    ETCD.get()
+        .map_or_else(|| reg.data.clone(), |e| e.dir.clone())
+}
+
+/// The registry's counters over one phase (and etcd's, when it is the store).
 struct Window {
     s0: Snap,
     dir0: u64,
+    etcd0: Option<Snap>,
 }
 
 impl Window {
     fn open(reg: &Registry) -> Window {
         Window {
             s0: Snap::take(reg.pid()),
-            dir0: dir_bytes(&reg.data),
+            dir0: dir_bytes(&store_dir(reg)),
+            etcd0: ETCD.get().map(|e| Snap::take(e.pid)),
         }
     }
 
     fn close(&self, reg: &Registry) -> Value {
         let s1 = Snap::take(reg.pid());
         let (cpu, _, secs) = s1.cpu_since(&self.s0);
-        json!({
+        let mut v = json!({
             "seconds": r3(secs), "registry_cores": r3(cpu / secs.max(1e-9)),
             "other_processes_cores": r3(s1.others_since(&self.s0) / secs.max(1e-9)),
             "write_bytes": s1.write_bytes.saturating_sub(self.s0.write_bytes),
-            "data_dir_growth_bytes": dir_bytes(&reg.data) as i64 - self.dir0 as i64,
+            "data_dir_growth_bytes": dir_bytes(&store_dir(reg)) as i64 - self.dir0 as i64,
             "rss_kib": s1.rss_kib,
-        })
+        });
+        if let (Some(e), Some(e0)) = (ETCD.get(), &self.etcd0) {
+            let e1 = Snap::take(e.pid);
+            let (ecpu, _, esecs) = e1.cpu_since(e0);
+            v["etcd"] = json!({"cores": r3(ecpu / esecs.max(1e-9)),
+                "write_bytes": e1.write_bytes.saturating_sub(e0.write_bytes),
+                "rss_kib": e1.rss_kib});
+        }
+        v
     }
 }
 
@@ -167,30 +208,59 @@ pub async fn run(cfg: &Config, out: &mut Value, failures: &mut Vec<String>) -> R
     let seed = seed::ensure(cfg.nodes, cfg.reseed).await?;
     out["seed"] = seed.stats.clone();
     out["seed_cache"] = json!(seed.root.display().to_string());
-    eprintln!("bare axum handler: paced load for {:?} ...", cfg.a);
-    out["bare"] = bare_run(cfg, &seed).await?;
+    if cfg.phases.is_none() {
+        eprintln!("bare axum handler: paced load for {:?} ...", cfg.a);
+        out["bare"] = bare_run(cfg, &seed).await?;
+    }
     let dir = RunDir(PathBuf::from(format!(
         "/tmp/steward-scale-run-{}",
         std::process::id()
     )));
     std::fs::create_dir_all(&dir.0)?;
-    let copy = seed::copy_data(&seed, &dir.0)?;
+    // Kept until the end of the run (dropping it kills etcd).
+    let mut _etcd = None;
+    let copy = if cfg.etcd {
+        let (cached, stats) = crate::etcd::ensure(&seed, cfg.nodes).await?;
+        out["etcd_seed"] = stats;
+        let (etcd, copied) = crate::etcd::start_copy(&cached, &dir.0).await?;
+        let side = EtcdSide {
+            url: etcd.url.clone(),
+            admin_token: dir.0.join("data/admin.token"),
+            pid: etcd.guard.pid(),
+            dir: etcd.dir.clone(),
+        };
+        if ETCD.set(side).is_err() {
+            bail!("one run per process");
+        }
+        _etcd = Some(etcd);
+        // The registry's own data dir: its admin token (the seed's) only.
+        std::fs::create_dir_all(dir.0.join("data"))?;
+        std::fs::copy(
+            seed.data().join("admin.token"),
+            dir.0.join("data/admin.token"),
+        )?;
+        copied
+    } else {
+        seed::copy_data(&seed, &dir.0)?
+    };
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let t0 = Instant::now();
+    let start_flags = flags(&FLAGS);
+    let start_flags: Vec<&str> = start_flags.iter().map(String::as_str).collect();
     let reg = Registry::start_on(
         &dir.0.join("data"),
         &dir.0.join("registry.log"),
         addr,
-        &FLAGS,
+        &start_flags,
         Duration::from_secs(600),
     )
     .await
     .context("starting the registry on the copied seed")?;
     wait_ready(&Api::of(&reg), Duration::from_secs(600)).await?;
     out["start"] = json!({"copy_seconds": r3(copy.as_secs_f64()),
-        "ready_seconds": r3(t0.elapsed().as_secs_f64()), "flags": FLAGS});
+        "ready_seconds": r3(t0.elapsed().as_secs_f64()), "flags": start_flags});
     let mut res = scenario(cfg, &seed, reg, &dir.0, out).await;
-    if res.is_ok() {
+    if res.is_ok() && cfg.phases.is_none() {
         // Once more at the end: the machine is shared, a second run shows how steady it was.
         eprintln!("bare axum handler again: paced load for {:?} ...", cfg.a);
         match bare_run(cfg, &seed).await {
@@ -211,6 +281,10 @@ pub async fn run(cfg: &Config, out: &mut Value, failures: &mut Vec<String>) -> R
             }
         }
     }
+    // The registry's log outlives the run's copy of the seed.
+    let kept = crate::util::results_path("scale-registry.log");
+    let _ = std::fs::copy(dir.0.join("registry.log"), &kept);
+    out["registry_log"] = json!(kept.display().to_string());
     let wrong = out["d"]["fanout"]["wrong_answers"].as_u64().unwrap_or(0);
     if wrong > 0 {
         failures.push(format!("d: {wrong} wrong long-poll answers"));
@@ -239,36 +313,81 @@ async fn scenario(
     tokio::time::sleep(Duration::from_secs(11)).await;
     let api = Api::of(&reg);
 
-    eprintln!("a: heartbeats alone, {:?} ...", cfg.a);
-    let w = Window::open(&reg);
-    load.set_phase(A);
-    tokio::time::sleep(cfg.a).await;
-    load.set_phase(BETWEEN);
-    out["a"] = json!({"registry": w.close(&reg)});
+    if cfg.runs('a') {
+        eprintln!("a: heartbeats alone, {:?} ...", cfg.a);
+        let w = Window::open(&reg);
+        load.set_phase(A);
+        tokio::time::sleep(cfg.a).await;
+        load.set_phase(BETWEEN);
+        out["a"] = json!({"registry": w.close(&reg)});
+    }
+    if cfg.runs('b') {
+        eprintln!("b: status pages, scrapes, node reads, {:?} ...", cfg.b);
+        let w = Window::open(&reg);
+        load.set_phase(B);
+        let b = crate::interfere::run(&reg, &seed.nodes, cfg.b).await;
+        load.set_phase(BETWEEN);
+        out["b"] = json!({"registry": w.close(&reg)});
+        out["b"]["interference"] = b?;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    if cfg.runs('c') {
+        phase_c(&reg, &api, &load, out).await;
+    }
+    if cfg.runs('d') {
+        phase_d(&reg, &api, &load, &seed.nodes, out).await?;
+    }
+    if cfg.runs('m') {
+        mass(cfg, &reg, &api, &load, out).await;
+    }
+    let reg = if cfg.runs('e') {
+        restart(cfg, reg, run_dir, &load, out).await?
+    } else {
+        reg
+    };
+    let hb = load.finish(PHASES.len()).await;
+    if cfg.runs('f') {
+        eprintln!("f: idle, {:?} ...", cfg.idle);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let w = Window::open(&reg);
+        tokio::time::sleep(cfg.idle).await;
+        out["f"] = json!({"registry": w.close(&reg)});
+    }
+    out["heartbeats"] = PHASES
+        .iter()
+        .zip(&hb)
+        .skip(1)
+        .map(|(p, h)| json!({"phase": p, "figures": h.json()}))
+        .collect();
+    Ok(hb)
+}
 
-    eprintln!("b: status pages, scrapes, node reads, {:?} ...", cfg.b);
-    let w = Window::open(&reg);
-    load.set_phase(B);
-    let b = crate::interfere::run(&reg, &seed.nodes, cfg.b).await;
-    load.set_phase(BETWEEN);
-    out["b"] = json!({"registry": w.close(&reg)});
-    out["b"]["interference"] = b?;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-
+/// Phase (c): every tenth node stops heartbeating until it is down.
+async fn phase_c(reg: &Registry, api: &Api, load: &Load, out: &mut Value) {
+    let n = load.targets();
     let silent = (0..n).filter(|i| silenced(*i)).count();
-    out["c"] = json!({"silent_nodes": silent, "before": health_counts(&api).await});
+    out["c"] = json!({"silent_nodes": silent, "before": health_counts(api).await});
     tokio::time::sleep(Duration::from_secs(3)).await;
     eprintln!("c: {silent} nodes (every tenth) stop heartbeating, {C_SECS} s ...");
-    let w = Window::open(&reg);
+    let w = Window::open(reg);
     load.set_phase(C);
     load.silence.store(TENTH, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_secs(C_SECS)).await;
     load.set_phase(BETWEEN);
-    out["c"]["registry"] = w.close(&reg);
-    out["c"]["after"] = health_counts(&api).await;
+    out["c"]["registry"] = w.close(reg);
+    out["c"]["after"] = health_counts(api).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
+}
 
-    let watchers: Vec<_> = (seed.nodes.iter().enumerate())
+/// Phase (d): 10k long-polls of heartbeating nodes, then a fragment to all.
+async fn phase_d(
+    reg: &Registry,
+    api: &Api,
+    load: &Load,
+    nodes: &[crate::util::NodeCred],
+    out: &mut Value,
+) -> Result<()> {
+    let watchers: Vec<_> = (nodes.iter().enumerate())
         .filter(|(i, _)| !silenced(*i))
         .map(|(_, c)| c.clone())
         .take(10_000)
@@ -277,30 +396,14 @@ async fn scenario(
         "d: {} long-polls, then a fragment to all ...",
         watchers.len()
     );
-    let w = Window::open(&reg);
+    let w = Window::open(reg);
     load.set_phase(D);
-    let d = crate::fanout::run(&api, &watchers).await;
+    let d = crate::fanout::run(api, &watchers).await;
     load.set_phase(BETWEEN);
-    out["d"] = json!({"registry": w.close(&reg)});
+    out["d"] = json!({"registry": w.close(reg)});
     out["d"]["fanout"] = d?.0;
     tokio::time::sleep(Duration::from_secs(3)).await;
-
-    mass(cfg, &reg, &api, &load, out).await;
-
-    let reg = restart(cfg, reg, run_dir, &load, out).await?;
-    eprintln!("f: idle, {:?} ...", cfg.idle);
-    let hb = load.finish(PHASES.len()).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let w = Window::open(&reg);
-    tokio::time::sleep(cfg.idle).await;
-    out["f"] = json!({"registry": w.close(&reg)});
-    out["heartbeats"] = PHASES
-        .iter()
-        .zip(&hb)
-        .skip(1)
-        .map(|(p, h)| json!({"phase": p, "figures": h.json()}))
-        .collect();
-    Ok(hb)
+    Ok(())
 }
 
 /// Phase (m): a mass transition. Every node but every hundredth stops heartbeating until all of
@@ -344,7 +447,7 @@ async fn restart(
     out: &mut Value,
 ) -> Result<Registry> {
     let (data, addr) = (reg.data.clone(), reg.addr);
-    let (dir0, rss_before) = (dir_bytes(&data), Snap::take(reg.pid()).rss_kib);
+    let (dir0, rss_before) = (dir_bytes(&store_dir(&reg)), Snap::take(reg.pid()).rss_kib);
     eprintln!(
         "e: kill -9, restart, every node heartbeats, {:?} ...",
         cfg.e
@@ -353,7 +456,9 @@ async fn restart(
     let t0 = Instant::now();
     drop(reg);
     let log = run_dir.join("registry.log");
-    let reg = Registry::start_on(&data, &log, addr, &FAR_FLAGS, Duration::from_secs(600))
+    let far = flags(&FAR_FLAGS);
+    let far: Vec<&str> = far.iter().map(String::as_str).collect();
+    let reg = Registry::start_on(&data, &log, addr, &far, Duration::from_secs(600))
         .await
         .context("restarting the registry")?;
     let listening = t0.elapsed();
@@ -371,10 +476,10 @@ async fn restart(
         "listening_seconds": r3(listening.as_secs_f64()),
         "ready_seconds": r3(ready.as_secs_f64()),
         "write_bytes_since_start": s1.write_bytes,
-        "data_dir_growth_bytes_since_kill": dir_bytes(&data) as i64 - dir0 as i64,
+        "data_dir_growth_bytes_since_kill": dir_bytes(&store_dir(&reg)) as i64 - dir0 as i64,
         "rss_kib_before_kill": rss_before,
         "after": health_counts(&api).await,
-        "flags": FAR_FLAGS,
+        "flags": far,
     });
     Ok(reg)
 }

@@ -112,20 +112,36 @@ fn heartbeats(r: &Value) -> String {
     out
 }
 
+/// Timed requests as `12.3 ms (200), ...`.
+fn timed_list(v: &Value) -> String {
+    v.as_array()
+        .map(|v| {
+            v.iter()
+                .map(|s| format!("{} ({})", ms(&s["ms"]), s["status"]))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default()
+}
+
 fn phase_b(b: &Value) -> String {
     let i = &b["interference"];
     let mut out = format!(
         "  b: GET / first view {} ({}); /metrics scrapes: {}\n",
         ms(&i["first_view"]["ms"]),
         bytes(&i["first_view"]["bytes"]),
-        i["metrics_scrapes"]
-            .as_array()
-            .map(|v| v
-                .iter()
-                .map(|s| format!("{} ({})", ms(&s["ms"]), s["status"]))
-                .collect::<Vec<_>>()
-                .join(", "))
-            .unwrap_or_default()
+        timed_list(&i["metrics_scrapes"])
+    );
+    let views = &i["first_views_under_load"];
+    let mut sorted: Vec<f64> = (views.as_array().into_iter().flatten())
+        .filter_map(|s| s["ms"].as_f64())
+        .collect();
+    sorted.sort_by(f64::total_cmp);
+    out += &format!(
+        "  b: GET / first view every 5 s under the load above: median {}, max {}: {}\n",
+        ms(&sorted.get(sorted.len() / 2).copied().into()),
+        ms(&sorted.last().copied().into()),
+        timed_list(views)
     );
     let n = &i["nodes_read"];
     out += &if n["paged"].as_bool() == Some(true) {

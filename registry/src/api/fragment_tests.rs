@@ -1,7 +1,8 @@
 //! Fragments apply at read time: a fragment write stores one record whatever the number of nodes
 //! it matches, every matching node's generation rises and its document shows the fragment, the
 //! view is the same after a restart, spec records from before `base` keep their generation, and
-//! a fragment that would break one node is refused without changing anything.
+//! a fragment that would break one node is refused without changing anything; the long-polls a
+//! fragment write moves are woken as its answer goes out.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
@@ -226,4 +227,69 @@ async fn spec_records_from_before_base_keep_their_generation_and_are_given_one_o
     let (st, _) = send(&state, Method::PUT, "/v1/fragments/f", body).await;
     assert_eq!(st, StatusCode::OK);
     assert_eq!(state.generation(&id), 8);
+}
+
+/// A fragment write's answer is not queued behind the long-polls it wakes: they are woken as
+/// its answer's body is read, and not before; reads see the new set at once.
+#[tokio::test]
+async fn parked_long_polls_are_woken_as_the_fragment_answer_is_read() {
+    use axum::body::Body;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_embedded(dir.path()).unwrap();
+    let state = state_on(store, dir.path()).await;
+    let id = enroll(&state, "poll-1").await.0;
+    let poll = {
+        let (state, path) = (
+            state.clone(),
+            format!("/v1/nodes/{id}/spec?after=0&wait=60s"),
+        );
+        tokio::spawn(async move { call(&state, Method::GET, &path, Some(ADMIN), None).await })
+    };
+    // Hang guard only: the poll parks as soon as the spawned task runs.
+    for _ in 0..3000 {
+        if state.live(&id).unwrap().spec.receiver_count() > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(state.live(&id).unwrap().spec.receiver_count(), 1, "parked");
+
+    let body =
+        json!({"selector": "", "spec": {"containers": [{"name": "all", "image": "busybox:1"}]}});
+    let req = axum::http::Request::builder()
+        .method(Method::PUT)
+        .uri("/v1/fragments/all")
+        .header("authorization", format!("Bearer {ADMIN}"))
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    let resp = super::router(state.clone(), 64 * 1024)
+        .oneshot(req)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    // Answered, its body not read yet: the node's document already has the fragment, and its
+    // long-poll has not been woken.
+    assert_eq!(state.specs.document(&id).await.unwrap().generation, 1);
+    assert_eq!(
+        state.generation(&id),
+        0,
+        "published only once the answer goes out"
+    );
+    assert!(!poll.is_finished());
+
+    let answer = resp.into_body().collect().await.unwrap().to_bytes();
+    let answer: Value = serde_json::from_slice(&answer).unwrap();
+    assert_eq!(answer["affected"][0]["generation"], 1, "{answer}");
+    assert_eq!(state.generation(&id), 1);
+    let (st, doc) = poll.await.unwrap();
+    assert_eq!(
+        (st, doc["generation"].clone()),
+        (StatusCode::OK, json!(1)),
+        "{doc}"
+    );
+    assert_eq!(doc["fragments"], json!(["all"]));
 }

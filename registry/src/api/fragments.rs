@@ -1,8 +1,9 @@
 //! Fleet-wide spec fragments: list, get, write, delete.
 
 use axum::extract::{Path, State};
+use axum::response::Response;
 use axum::{Extension, Json};
-use steward_proto::{Fragment, FragmentWrite, FragmentWritten};
+use steward_proto::{Fragment, FragmentWrite};
 
 use super::guard::{sees_selector, within_scope};
 use super::Doc;
@@ -63,23 +64,21 @@ pub async fn put(
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     Doc(body): Doc<FragmentWrite>,
-) -> ApiResult<Json<FragmentWritten>> {
+) -> ApiResult<Response> {
     check_scope(&state, &caller, &name, Some(&body.selector)).await?;
-    Ok(Json(
-        state
-            .specs
-            .write_fragment(&name, body, &caller.actor())
-            .await?,
-    ))
+    let (written, wake) = state
+        .specs
+        .write_fragment(&name, body, &caller.actor())
+        .await?;
+    Ok(super::after::then(Json(written), wake))
 }
 
 pub async fn delete(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
-) -> ApiResult<Json<FragmentWritten>> {
+) -> ApiResult<Response> {
     check_scope(&state, &caller, &name, None).await?;
-    Ok(Json(
-        state.specs.delete_fragment(&name, &caller.actor()).await?,
-    ))
+    let (written, wake) = state.specs.delete_fragment(&name, &caller.actor()).await?;
+    Ok(super::after::then(Json(written), wake))
 }

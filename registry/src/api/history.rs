@@ -3,7 +3,7 @@
 
 use axum::extract::{Path, State};
 use axum::{Extension, Json};
-use steward_proto::{FragmentWritten, RevertSpec, SpecVersion, SpecWritten};
+use steward_proto::{RevertSpec, SpecVersion, SpecWritten};
 
 use super::guard::within_scope;
 use super::Doc;
@@ -61,7 +61,7 @@ pub async fn revert_fragment(
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     Doc(req): Doc<RevertSpec>,
-) -> ApiResult<Json<FragmentWritten>> {
+) -> ApiResult<axum::response::Response> {
     if caller.scope().is_some() {
         let versions = state.specs.fragment_history(&name).await?;
         check_scope(&caller, &name, &versions)?;
@@ -69,9 +69,9 @@ pub async fn revert_fragment(
             within_scope(&caller, &now.selector, &format!("fragment {name}"))?;
         }
     }
-    let done = state
+    let (done, wake) = state
         .specs
         .revert_fragment(&name, req.to, &caller.actor())
         .await?;
-    Ok(Json(done))
+    Ok(super::after::then(Json(done), wake))
 }

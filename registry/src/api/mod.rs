@@ -1,6 +1,7 @@
 //! The HTTP API: one table of routes (method, path, who may call it, handler) from which both
 //! the router and the OpenAPI document are built, so the two cannot drift apart.
 
+mod after;
 mod audit;
 #[cfg(test)]
 mod auth_matrix_tests;

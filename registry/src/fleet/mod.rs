@@ -108,6 +108,28 @@ impl LiveNode {
     }
 }
 
+/// The wake-up of the long-polls a fragment change raised, done when this is dropped. Reads see
+/// the new fragment set at once; the write's answer holds this and drops it when the answer has
+/// been handed to its connection, whose bytes go out right after the pass: the answer waits for
+/// the pass, not for the thousands of polls it wakes to be served, and every generation it
+/// moved is published before its client can read it.
+#[derive(Debug, Default)]
+pub struct Wake(Option<Arc<Fleet>>);
+
+impl Drop for Wake {
+    fn drop(&mut self) {
+        let Some(fleet) = self.0.take() else {
+            return;
+        };
+        let pass = || fleet.wake_all();
+        // A pass over every node: off the async worker's other tasks, which it hands over.
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(pass),
+            _ => pass(),
+        }
+    }
+}
+
 /// Every node this process knows, by id, and the nodes with queued resets.
 #[derive(Debug, Default)]
 pub struct Fleet {
@@ -170,26 +192,51 @@ impl Fleet {
     /// one held, as a store read that raced a newer write can be) and wakes every node whose
     /// generation it raised.
     pub fn set_fragments(&self, set: Arc<FragmentSet>) {
-        self.install(set);
+        if self.install(set) {
+            self.wake_all();
+        }
     }
 
-    fn install(&self, set: Arc<FragmentSet>) {
-        {
-            let mut held = self.fragments.write().unwrap_or_else(|p| p.into_inner());
-            // Older: a store read that raced a newer write. The same: a local write, then its
-            // watch event.
-            if set.version < held.version || (set.version == held.version && set.version != 0) {
-                return;
-            }
-            *held = set.clone();
+    /// Takes a fragment set like [`Fleet::set_fragments`] (reads see it at once) but leaves
+    /// waking the nodes it raised to the [`Wake`] returned, for a write to answer first.
+    pub fn take_fragments(self: &Arc<Self>, set: Arc<FragmentSet>) -> Wake {
+        Wake(self.install(set).then(|| self.clone()))
+    }
+
+    /// Holds `set` unless it is older than the one held; whether it was taken.
+    fn install(&self, set: Arc<FragmentSet>) -> bool {
+        let mut held = self.fragments.write().unwrap_or_else(|p| p.into_inner());
+        // Older: a store read that raced a newer write. The same: a local write, then its
+        // watch event.
+        if set.version < held.version || (set.version == held.version && set.version != 0) {
+            return false;
         }
+        *held = set;
+        true
+    }
+
+    /// Publishes every node's generation under the fragment set held now, which wakes the
+    /// long-polls of the nodes it raised (a pass over the whole fleet).
+    pub fn wake_all(&self) {
+        let (set, started) = (self.fragments(), Instant::now());
+        let mut nodes = 0usize;
         self.for_each(|_, ln| {
             let g = {
                 let l = ln.lock();
                 generation(l.base, set.weight(&l.labels))
             };
             ln.publish(g, None);
+            nodes += 1;
         });
+        let ms = started.elapsed().as_secs_f64() * 1e3;
+        if nodes > 0 {
+            tracing::info!(
+                nodes,
+                version = set.version,
+                ms,
+                "generations published under a new fragment set"
+            );
+        }
     }
 
     /// Sets a node's labels (when given) and `base` (of the spec record just written) together,
@@ -398,27 +445,26 @@ mod tests {
         assert_eq!(held(&ln), Some(4));
     }
 
-    #[test]
-    fn a_fragment_set_older_than_the_one_held_is_ignored_and_a_newer_one_raises_its_nodes() {
-        use crate::fragment_set::Ghosts;
-        let fleet = Fleet::default();
-        let mut rec = NodeRecord::test("n1");
-        rec.labels.insert("role".into(), "web".into());
-        fleet.insert_live(&rec, Some(2));
-        let frag = |revision| steward_proto::Fragment {
+    /// A set of one fragment `f` (selector `role=web`) at `revision`, its version `version`.
+    fn web_set(revision: u64, version: u64) -> Arc<FragmentSet> {
+        let frag = steward_proto::Fragment {
             name: "f".into(),
             selector: "role=web".into(),
             spec: Default::default(),
             revision,
             updated_at: Utc::now(),
         };
-        let set = |revision, version| {
-            Arc::new(FragmentSet::new(
-                vec![frag(revision)],
-                Ghosts::new(),
-                version,
-            ))
-        };
+        let ghosts = crate::fragment_set::Ghosts::new();
+        Arc::new(FragmentSet::new(vec![frag], ghosts, version))
+    }
+
+    #[test]
+    fn a_fragment_set_older_than_the_one_held_is_ignored_and_a_newer_one_raises_its_nodes() {
+        let fleet = Fleet::default();
+        let mut rec = NodeRecord::test("n1");
+        rec.labels.insert("role".into(), "web".into());
+        fleet.insert_live(&rec, Some(2));
+        let set = web_set;
         let mut rx = fleet.live("n1").unwrap().spec.subscribe();
         fleet.set_fragments(set(3, 10));
         assert_eq!(fleet.generation("n1"), 5);
@@ -430,6 +476,27 @@ mod tests {
         assert!(!rx.has_changed().unwrap());
         fleet.set_fragments(set(4, 11));
         assert_eq!(fleet.generation("n1"), 6);
+    }
+
+    #[test]
+    fn a_set_taken_is_read_at_once_and_wakes_its_nodes_only_when_the_wake_is_dropped() {
+        let fleet = Arc::new(Fleet::default());
+        let mut rec = NodeRecord::test("n1");
+        rec.labels.insert("role".into(), "web".into());
+        fleet.insert_live(&rec, Some(2));
+        let mut rx = fleet.live("n1").unwrap().spec.subscribe();
+        let wake = fleet.take_fragments(web_set(3, 10));
+        assert_eq!(fleet.fragments().version, 10);
+        assert_eq!(fleet.generation("n1"), 2);
+        assert!(!rx.has_changed().unwrap());
+        drop(wake);
+        assert_eq!(fleet.generation("n1"), 5);
+        assert!(rx.has_changed().unwrap());
+        rx.borrow_and_update();
+        // An older set is not taken: its wake does nothing.
+        drop(fleet.take_fragments(web_set(1, 9)));
+        assert_eq!((fleet.fragments().version, fleet.generation("n1")), (10, 5));
+        assert!(!rx.has_changed().unwrap());
     }
 
     #[test]

@@ -17,6 +17,7 @@ use steward_proto::{
 };
 
 use super::{prefixed, Result, SpecError, Specs};
+use crate::fleet::Wake;
 use crate::fragment_set::{base_for, generation, FragmentSet};
 use crate::kv::KeyValue;
 use crate::spec_gate::SpecGuard;
@@ -27,13 +28,14 @@ use crate::store::{HistoryOf, HistoryWrite, StoreError};
 const ONE_BY_ONE_UP_TO: usize = 16;
 
 impl Specs {
-    /// `PUT /v1/fragments/{name}`.
+    /// `PUT /v1/fragments/{name}`: its answer, and the wake-up of the nodes it moved (to drop
+    /// once the answer is on its way).
     pub async fn write_fragment(
         &self,
         name: &str,
         body: FragmentWrite,
         cred: &Actor,
-    ) -> Result<FragmentWritten> {
+    ) -> Result<(FragmentWritten, Wake)> {
         retry_stale!(self.write_fragment_once(name, body.clone(), cred, "written"))
     }
 
@@ -44,7 +46,7 @@ impl Specs {
         body: FragmentWrite,
         cred: &Actor,
         note: &str,
-    ) -> Result<FragmentWritten> {
+    ) -> Result<(FragmentWritten, Wake)> {
         crate::names::check_name("name", name).map_err(|p| SpecError::Invalid(vec![p]))?;
         let mut problems = Vec::new();
         if let Err(e) = body.selector.parse::<Selector>() {
@@ -66,12 +68,13 @@ impl Specs {
             .filter(|o| o.selector == body.selector && o.spec == body.spec)
         {
             // The same fragment again: nothing changes, no node moves.
-            return Ok(FragmentWritten {
+            let same = FragmentWritten {
                 name: name.to_string(),
                 revision: old.revision,
                 affected: Vec::new(),
                 affected_count: Some(0),
-            });
+            };
+            return Ok((same, Wake::default()));
         }
         let frag = Fragment {
             name: name.to_string(),
@@ -112,12 +115,20 @@ impl Specs {
         self.store_set(&guard, change, affected, next, cred).await
     }
 
-    /// `DELETE /v1/fragments/{name}`.
-    pub async fn delete_fragment(&self, name: &str, cred: &Actor) -> Result<FragmentWritten> {
+    /// `DELETE /v1/fragments/{name}`, like [`Specs::write_fragment`].
+    pub async fn delete_fragment(
+        &self,
+        name: &str,
+        cred: &Actor,
+    ) -> Result<(FragmentWritten, Wake)> {
         retry_stale!(self.delete_fragment_once(name, cred))
     }
 
-    async fn delete_fragment_once(&self, name: &str, cred: &Actor) -> Result<FragmentWritten> {
+    async fn delete_fragment_once(
+        &self,
+        name: &str,
+        cred: &Actor,
+    ) -> Result<(FragmentWritten, Wake)> {
         let guard = self.gate.take().await?;
         let set = self.stored_set().await?;
         let Some(old) = set.get(name).cloned() else {
@@ -146,9 +157,9 @@ impl Specs {
             why: format!("fragment {name:?} deleted"),
             what: format!("fragment {name:?} deleted"),
         };
-        let mut done = self.store_set(&guard, change, affected, next, cred).await?;
+        let (mut done, wake) = self.store_set(&guard, change, affected, next, cred).await?;
         done.revision = old.revision;
-        Ok(done)
+        Ok((done, wake))
     }
 
     /// Takes a fragment change seen in the store watch (made here or by another replica): waits
@@ -167,8 +178,9 @@ impl Specs {
     }
 
     /// Stores the fragment change (to `next`; `affected`: the nodes it moves), logs its events,
-    /// then gives the fleet view the new set, which wakes those nodes, and answers at once (the
-    /// woken long-polls are served after the answer, not before it).
+    /// then gives the fleet view the new set and answers, with the wake-up of those nodes for
+    /// the caller to drop once its answer is on its way (so that the answer is not queued behind
+    /// the woken long-polls).
     async fn store_set(
         &self,
         guard: &SpecGuard,
@@ -176,7 +188,7 @@ impl Specs {
         affected: Vec<SpecWritten>,
         next: Arc<FragmentSet>,
         cred: &Actor,
-    ) -> Result<FragmentWritten> {
+    ) -> Result<(FragmentWritten, Wake)> {
         let mut next = Arc::try_unwrap(next).unwrap_or_else(|shared| (*shared).clone());
         next.version = self
             .store
@@ -194,22 +206,17 @@ impl Specs {
         self.events
             .record(change.kind, None, None, cred, message)
             .await?;
-        // No await from here to the answer: a pass over every node, on this worker (its other
-        // tasks handed to another while it runs).
-        let install = || self.fleet.set_fragments(next);
-        match tokio::runtime::Handle::current().runtime_flavor() {
-            tokio::runtime::RuntimeFlavor::CurrentThread => install(),
-            _ => tokio::task::block_in_place(install),
-        }
+        let wake = self.fleet.take_fragments(next);
         let count = affected.len() as u64;
         let mut listed = affected;
         listed.truncate(FragmentWritten::LISTED);
-        Ok(FragmentWritten {
+        let written = FragmentWritten {
             name: change.name.to_string(),
             revision: change.fragment.map_or(0, |f| f.revision),
             affected: listed,
             affected_count: Some(count),
-        })
+        };
+        Ok((written, wake))
     }
 
     /// Checks that every (not decommissioned) node whose labels match one of `selectors` gets a

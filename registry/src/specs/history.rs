@@ -71,13 +71,14 @@ impl Specs {
     }
 
     /// Writes again revision `to` of a fragment (its last kept version of that revision) as a
-    /// new revision; a version that was a deletion deletes the fragment.
+    /// new revision; a version that was a deletion deletes the fragment. Like
+    /// [`Specs::write_fragment`], the wake-up of the nodes it moved comes with the answer.
     pub async fn revert_fragment(
         &self,
         name: &str,
         to: u64,
         by: &Actor,
-    ) -> Result<FragmentWritten> {
+    ) -> Result<(FragmentWritten, crate::fleet::Wake)> {
         let kept = self.fragment_history(name).await?;
         let old = kept
             .iter()
