@@ -334,6 +334,16 @@ impl Store {
         self.value(&format!("nodes/{id}")).await
     }
 
+    /// These nodes' records in the order asked (ids without one skipped), read at once
+    /// ([`Kv::get_many`]) and decoded off the async workers.
+    pub async fn nodes_by_id(&self, ids: &[String]) -> Result<Vec<NodeRecord>> {
+        let keys: Vec<String> = ids.iter().map(|id| format!("nodes/{id}")).collect();
+        let found = self.kv.get_many(&keys).await?;
+        tokio::task::spawn_blocking(move || found.iter().flatten().map(dec).collect())
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    }
+
     pub async fn nodes(&self) -> Result<Vec<NodeRecord>> {
         self.values("nodes/").await
     }

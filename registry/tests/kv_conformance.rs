@@ -66,6 +66,7 @@ macro_rules! conformance {
                 suite::range_order_prefix_start_after_limit(&*kv)
             });
             rule!(range_many_keys, |kv| suite::range_many_keys(&*kv));
+            rule!(get_many_in_order, |kv| suite::get_many_in_order(&*kv));
             rule!(revisions_strictly_increase, |kv| {
                 suite::revisions_strictly_increase(&*kv)
             });

@@ -4,7 +4,6 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -69,7 +68,7 @@ const FAR_FLAGS: [&str; 10] = [
 /// The silent nodes go down after 50 s; the monitor looks every 2.5 s.
 pub const C_SECS: u64 = 65;
 
-/// With `--store etcd`: the etcd member's store URL, process and data dir (set once per run).
+/// With `--store etcd`: the etcd member's store URL, process and data dir.
 struct EtcdSide {
     url: String,
     /// The admin token file every replica on etcd is given.
@@ -78,40 +77,46 @@ struct EtcdSide {
     dir: PathBuf,
 }
 
-static ETCD: OnceLock<EtcdSide> = OnceLock::new();
+/// Where the registry's store lives: its own data dir (sled), or an etcd member of this run.
+struct StoreSide(Option<EtcdSide>);
 
-/// The registry's `serve` flags: `base`, and the etcd store when there is one.
-fn flags(base: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = base.iter().map(|s| s.to_string()).collect();
-    if let Some(e) = ETCD.get() {
-        v.extend(["--store".to_string(), e.url.clone()]);
-        v.extend([
-            "--admin-token-file".to_string(),
-            e.admin_token.display().to_string(),
-        ]);
+impl StoreSide {
+    /// The registry's `serve` flags: `base`, and the etcd store when there is one.
+    fn flags(&self, base: &[&str]) -> Vec<String> {
+        let mut v: Vec<String> = base.iter().map(|s| s.to_string()).collect();
+        if let Some(e) = &self.0 {
+            v.extend(["--store".to_string(), e.url.clone()]);
+            v.extend([
+                "--admin-token-file".to_string(),
+                e.admin_token.display().to_string(),
+            ]);
+        }
+        v
     }
-    v
-}
 
-/// Where the store's data lives: the etcd member's data dir, else the registry's.
-fn store_dir(reg: &Registry) -> PathBuf {
-    ETCD.get()
-        .map_or_else(|| reg.data.clone(), |e| e.dir.clone())
+    /// Where the store's data lives: the etcd member's data dir, else the registry's.
+    fn dir(&self, reg: &Registry) -> PathBuf {
+        self.0
+            .as_ref()
+            .map_or_else(|| reg.data.clone(), |e| e.dir.clone())
+    }
 }
 
 /// The registry's counters over one phase (and etcd's, when it is the store).
-struct Window {
+struct Window<'a> {
+    store: &'a StoreSide,
     s0: Snap,
     dir0: u64,
     etcd0: Option<Snap>,
 }
 
-impl Window {
-    fn open(reg: &Registry) -> Window {
+impl<'a> Window<'a> {
+    fn open(reg: &Registry, store: &'a StoreSide) -> Window<'a> {
         Window {
+            store,
             s0: Snap::take(reg.pid()),
-            dir0: dir_bytes(&store_dir(reg)),
-            etcd0: ETCD.get().map(|e| Snap::take(e.pid)),
+            dir0: dir_bytes(&store.dir(reg)),
+            etcd0: store.0.as_ref().map(|e| Snap::take(e.pid)),
         }
     }
 
@@ -122,10 +127,10 @@ impl Window {
             "seconds": r3(secs), "registry_cores": r3(cpu / secs.max(1e-9)),
             "other_processes_cores": r3(s1.others_since(&self.s0) / secs.max(1e-9)),
             "write_bytes": s1.write_bytes.saturating_sub(self.s0.write_bytes),
-            "data_dir_growth_bytes": dir_bytes(&store_dir(reg)) as i64 - self.dir0 as i64,
+            "data_dir_growth_bytes": dir_bytes(&self.store.dir(reg)) as i64 - self.dir0 as i64,
             "rss_kib": s1.rss_kib,
         });
-        if let (Some(e), Some(e0)) = (ETCD.get(), &self.etcd0) {
+        if let (Some(e), Some(e0)) = (&self.store.0, &self.etcd0) {
             let e1 = Snap::take(e.pid);
             let (ecpu, _, esecs) = e1.cpu_since(e0);
             v["etcd"] = json!({"cores": r3(ecpu / esecs.max(1e-9)),
@@ -219,19 +224,17 @@ pub async fn run(cfg: &Config, out: &mut Value, failures: &mut Vec<String>) -> R
     std::fs::create_dir_all(&dir.0)?;
     // Kept until the end of the run (dropping it kills etcd).
     let mut _etcd = None;
+    let mut store = StoreSide(None);
     let copy = if cfg.etcd {
         let (cached, stats) = crate::etcd::ensure(&seed, cfg.nodes).await?;
         out["etcd_seed"] = stats;
         let (etcd, copied) = crate::etcd::start_copy(&cached, &dir.0).await?;
-        let side = EtcdSide {
+        store.0 = Some(EtcdSide {
             url: etcd.url.clone(),
             admin_token: dir.0.join("data/admin.token"),
             pid: etcd.guard.pid(),
             dir: etcd.dir.clone(),
-        };
-        if ETCD.set(side).is_err() {
-            bail!("one run per process");
-        }
+        });
         _etcd = Some(etcd);
         // The registry's own data dir: its admin token (the seed's) only.
         std::fs::create_dir_all(dir.0.join("data"))?;
@@ -245,7 +248,7 @@ pub async fn run(cfg: &Config, out: &mut Value, failures: &mut Vec<String>) -> R
     };
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let t0 = Instant::now();
-    let start_flags = flags(&FLAGS);
+    let start_flags = store.flags(&FLAGS);
     let start_flags: Vec<&str> = start_flags.iter().map(String::as_str).collect();
     let reg = Registry::start_on(
         &dir.0.join("data"),
@@ -259,7 +262,7 @@ pub async fn run(cfg: &Config, out: &mut Value, failures: &mut Vec<String>) -> R
     wait_ready(&Api::of(&reg), Duration::from_secs(600)).await?;
     out["start"] = json!({"copy_seconds": r3(copy.as_secs_f64()),
         "ready_seconds": r3(t0.elapsed().as_secs_f64()), "flags": start_flags});
-    let mut res = scenario(cfg, &seed, reg, &dir.0, out).await;
+    let mut res = scenario(cfg, &seed, (reg, &store), &dir.0, out).await;
     if res.is_ok() && cfg.phases.is_none() {
         // Once more at the end: the machine is shared, a second run shows how steady it was.
         eprintln!("bare axum handler again: paced load for {:?} ...", cfg.a);
@@ -301,7 +304,7 @@ pub async fn run(cfg: &Config, out: &mut Value, failures: &mut Vec<String>) -> R
 async fn scenario(
     cfg: &Config,
     seed: &Seed,
-    reg: Registry,
+    (reg, store): (Registry, &StoreSide),
     run_dir: &Path,
     out: &mut Value,
 ) -> Result<Vec<crate::load::PhaseHb>> {
@@ -315,7 +318,7 @@ async fn scenario(
 
     if cfg.runs('a') {
         eprintln!("a: heartbeats alone, {:?} ...", cfg.a);
-        let w = Window::open(&reg);
+        let w = Window::open(&reg, store);
         load.set_phase(A);
         tokio::time::sleep(cfg.a).await;
         load.set_phase(BETWEEN);
@@ -323,7 +326,7 @@ async fn scenario(
     }
     if cfg.runs('b') {
         eprintln!("b: status pages, scrapes, node reads, {:?} ...", cfg.b);
-        let w = Window::open(&reg);
+        let w = Window::open(&reg, store);
         load.set_phase(B);
         let b = crate::interfere::run(&reg, &seed.nodes, cfg.b).await;
         load.set_phase(BETWEEN);
@@ -332,16 +335,16 @@ async fn scenario(
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
     if cfg.runs('c') {
-        phase_c(&reg, &api, &load, out).await;
+        phase_c((&reg, store), &api, &load, out).await;
     }
     if cfg.runs('d') {
-        phase_d(&reg, &api, &load, &seed.nodes, out).await?;
+        phase_d((&reg, store), &api, &load, &seed.nodes, out).await?;
     }
     if cfg.runs('m') {
-        mass(cfg, &reg, &api, &load, out).await;
+        mass(cfg, (&reg, store), &api, &load, out).await;
     }
     let reg = if cfg.runs('e') {
-        restart(cfg, reg, run_dir, &load, out).await?
+        restart(cfg, (reg, store), run_dir, &load, out).await?
     } else {
         reg
     };
@@ -349,7 +352,7 @@ async fn scenario(
     if cfg.runs('f') {
         eprintln!("f: idle, {:?} ...", cfg.idle);
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let w = Window::open(&reg);
+        let w = Window::open(&reg, store);
         tokio::time::sleep(cfg.idle).await;
         out["f"] = json!({"registry": w.close(&reg)});
     }
@@ -363,13 +366,13 @@ async fn scenario(
 }
 
 /// Phase (c): every tenth node stops heartbeating until it is down.
-async fn phase_c(reg: &Registry, api: &Api, load: &Load, out: &mut Value) {
+async fn phase_c((reg, store): (&Registry, &StoreSide), api: &Api, load: &Load, out: &mut Value) {
     let n = load.targets();
     let silent = (0..n).filter(|i| silenced(*i)).count();
     out["c"] = json!({"silent_nodes": silent, "before": health_counts(api).await});
     tokio::time::sleep(Duration::from_secs(3)).await;
     eprintln!("c: {silent} nodes (every tenth) stop heartbeating, {C_SECS} s ...");
-    let w = Window::open(reg);
+    let w = Window::open(reg, store);
     load.set_phase(C);
     load.silence.store(TENTH, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_secs(C_SECS)).await;
@@ -381,7 +384,7 @@ async fn phase_c(reg: &Registry, api: &Api, load: &Load, out: &mut Value) {
 
 /// Phase (d): 10k long-polls of heartbeating nodes, then a fragment to all.
 async fn phase_d(
-    reg: &Registry,
+    (reg, store): (&Registry, &StoreSide),
     api: &Api,
     load: &Load,
     nodes: &[crate::util::NodeCred],
@@ -396,7 +399,7 @@ async fn phase_d(
         "d: {} long-polls, then a fragment to all ...",
         watchers.len()
     );
-    let w = Window::open(reg);
+    let w = Window::open(reg, store);
     load.set_phase(D);
     let d = crate::fanout::run(api, &watchers).await;
     load.set_phase(BETWEEN);
@@ -410,7 +413,13 @@ async fn phase_d(
 /// them are down, then all but the tenth silent since phase c heartbeat again (89% come back;
 /// the tenth stays down for phase e). The hundredth that kept heartbeating shows the stalls while
 /// 99% go down, and every heartbeating node while 89% come back.
-async fn mass(cfg: &Config, reg: &Registry, api: &Api, load: &Load, out: &mut Value) {
+async fn mass(
+    cfg: &Config,
+    (reg, store): (&Registry, &StoreSide),
+    api: &Api,
+    load: &Load,
+    out: &mut Value,
+) {
     let n = load.targets();
     let silent = (0..n)
         .filter(|i| crate::load::silent_in(ALL_BUT_1PC, *i))
@@ -420,14 +429,14 @@ async fn mass(cfg: &Config, reg: &Registry, api: &Api, load: &Load, out: &mut Va
         "m: {silent} nodes stop heartbeating, {C_SECS} s, then all come back, {:?} ...",
         cfg.e
     );
-    let w = Window::open(reg);
+    let w = Window::open(reg, store);
     load.set_phase(M_DOWN);
     load.silence.store(ALL_BUT_1PC, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_secs(C_SECS)).await;
     load.set_phase(BETWEEN);
     out["m"]["down"] = w.close(reg);
     out["m"]["after_down"] = health_counts(api).await;
-    let w = Window::open(reg);
+    let w = Window::open(reg, store);
     // The tenth silent since phase c stays silent: phase e restarts with it stored down.
     load.silence.store(TENTH, Ordering::SeqCst);
     load.set_phase(M_BACK);
@@ -441,13 +450,13 @@ async fn mass(cfg: &Config, reg: &Registry, api: &Api, load: &Load, out: &mut Va
 /// Phase (e): kill -9, restart on the same data dir (far thresholds), every node heartbeats.
 async fn restart(
     cfg: &Config,
-    reg: Registry,
+    (reg, store): (Registry, &StoreSide),
     run_dir: &Path,
     load: &Load,
     out: &mut Value,
 ) -> Result<Registry> {
     let (data, addr) = (reg.data.clone(), reg.addr);
-    let (dir0, rss_before) = (dir_bytes(&store_dir(&reg)), Snap::take(reg.pid()).rss_kib);
+    let (dir0, rss_before) = (dir_bytes(&store.dir(&reg)), Snap::take(reg.pid()).rss_kib);
     eprintln!(
         "e: kill -9, restart, every node heartbeats, {:?} ...",
         cfg.e
@@ -456,7 +465,7 @@ async fn restart(
     let t0 = Instant::now();
     drop(reg);
     let log = run_dir.join("registry.log");
-    let far = flags(&FAR_FLAGS);
+    let far = store.flags(&FAR_FLAGS);
     let far: Vec<&str> = far.iter().map(String::as_str).collect();
     let reg = Registry::start_on(&data, &log, addr, &far, Duration::from_secs(600))
         .await
@@ -465,7 +474,7 @@ async fn restart(
     let api = Api::of(&reg);
     wait_ready(&api, Duration::from_secs(600)).await?;
     let ready = t0.elapsed();
-    let w = Window::open(&reg);
+    let w = Window::open(&reg, store);
     load.silence.store(LOUD, Ordering::SeqCst);
     load.set_phase(E);
     tokio::time::sleep(cfg.e).await;
@@ -476,7 +485,7 @@ async fn restart(
         "listening_seconds": r3(listening.as_secs_f64()),
         "ready_seconds": r3(ready.as_secs_f64()),
         "write_bytes_since_start": s1.write_bytes,
-        "data_dir_growth_bytes_since_kill": dir_bytes(&store_dir(&reg)) as i64 - dir0 as i64,
+        "data_dir_growth_bytes_since_kill": dir_bytes(&store.dir(&reg)) as i64 - dir0 as i64,
         "rss_kib_before_kill": rss_before,
         "after": health_counts(&api).await,
         "flags": far,

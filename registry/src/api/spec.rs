@@ -1,14 +1,13 @@
 //! A node's desired state: read (with long-poll) and write.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use steward_proto::{NodeSpec, SpecDocument, SpecWritten};
+use steward_proto::{NodeSpec, SpecWritten};
 
 use super::Doc;
 use crate::auth::Caller;
@@ -31,10 +30,6 @@ async fn document(state: &AppState, id: &str) -> ApiResult<Response> {
 
 fn etag(generation: u64) -> HeaderValue {
     HeaderValue::from_str(&format!("\"{generation}\"")).unwrap_or(HeaderValue::from_static("\"0\""))
-}
-
-fn answer(doc: SpecDocument) -> Response {
-    ([(header::ETAG, etag(doc.generation))], Json(doc)).into_response()
 }
 
 /// `GET /v1/nodes/{id}/spec[?after=G[&wait=30s]]`.
@@ -69,22 +64,13 @@ pub async fn get(
     let mut rx = ln.spec.subscribe();
     drop(ln);
     // A sender gone (cannot happen while the node exists) or a time-out: look once more.
-    let _ = tokio::time::timeout(wait, rx.wait_for(|p| p.generation > after)).await;
-    let published = rx.borrow().clone();
+    let _ = tokio::time::timeout(wait, rx.wait_for(|g| *g > after)).await;
+    let published = *rx.borrow();
     drop(rx);
-    if published.generation <= after {
+    if published <= after {
         return Ok(StatusCode::NOT_MODIFIED.into_response());
     }
-    match published.record {
-        // Delivered while this poll waited: no store read for each of a thousand woken polls.
-        Some(rec) if rec.generation > after => {
-            if let Some(ln) = state.live(&id) {
-                ln.release_record();
-            }
-            Ok(answer(Arc::unwrap_or_clone(rec)))
-        }
-        _ => document(&state, &id).await,
-    }
+    document(&state, &id).await
 }
 
 /// `PUT /v1/nodes/{id}/spec`, JSON or YAML, optional `If-Match: <generation>`.

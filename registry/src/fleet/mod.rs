@@ -15,8 +15,6 @@ use chrono::{DateTime, Utc};
 use steward_proto::{Health, HostStats};
 use tokio::sync::watch;
 
-use steward_proto::SpecDocument;
-
 use crate::fragment_set::{generation, FragmentSet};
 use crate::store::{HealthRecord, NodeRecord, SpecRecord};
 
@@ -50,20 +48,12 @@ pub struct Live {
     pub brief: Brief,
 }
 
-/// What a node's spec long-polls wait on: the newest generation this process knows, and its
-/// document when one was computed while a long-poll was waiting (the woken polls answer from it
-/// instead of each computing it; it is dropped once nobody waits).
-#[derive(Debug, Clone, Default)]
-pub struct Published {
-    pub generation: u64,
-    pub record: Option<Arc<SpecDocument>>,
-}
-
 /// One node's live entry: its heartbeat data and its spec channel.
 #[derive(Debug)]
 pub struct LiveNode {
     pub live: Mutex<Live>,
-    pub spec: watch::Sender<Published>,
+    /// The newest spec generation this process knows; what the node's long-polls wait on.
+    pub spec: watch::Sender<u64>,
 }
 
 impl LiveNode {
@@ -73,38 +63,19 @@ impl LiveNode {
 
     /// The newest spec generation this process knows.
     pub fn generation(&self) -> u64 {
-        self.spec.borrow().generation
+        *self.spec.borrow()
     }
 
     /// Raises the generation to `generation` (never lowers it: watch events may arrive after a
-    /// local write) and wakes the long-polls; they get `doc` (of that generation) if any is
-    /// waiting now, else they compute it.
-    pub fn publish(&self, generation: u64, doc: Option<SpecDocument>) {
-        let record = doc
-            .filter(|d| d.generation == generation && self.spec.receiver_count() > 0)
-            .map(Arc::new);
-        self.spec.send_if_modified(|p| {
-            if generation > p.generation {
-                *p = Published { generation, record };
-                return true;
+    /// local write) and wakes the long-polls, which read the document of it.
+    pub fn publish(&self, generation: u64) {
+        self.spec.send_if_modified(|g| {
+            let raised = generation > *g;
+            if raised {
+                *g = generation;
             }
-            if generation == p.generation && p.record.is_none() {
-                // Same generation (a local write, then its watch event): nobody to wake.
-                p.record = record;
-            }
-            false
+            raised
         });
-    }
-
-    /// Drops the published record once no long-poll waits on it (memory stays small when a
-    /// fleet's agents are between polls).
-    pub fn release_record(&self) {
-        if self.spec.receiver_count() == 0 {
-            self.spec.send_if_modified(|p| {
-                p.record = None;
-                false
-            });
-        }
     }
 }
 
@@ -225,7 +196,7 @@ impl Fleet {
                 let l = ln.lock();
                 generation(l.base, set.weight(&l.labels))
             };
-            ln.publish(g, None);
+            ln.publish(g);
             nodes += 1;
         });
         let ms = started.elapsed().as_secs_f64() * 1e3;
@@ -240,14 +211,8 @@ impl Fleet {
     }
 
     /// Sets a node's labels (when given) and `base` (of the spec record just written) together,
-    /// and publishes the generation they give (with `doc`, the node's document of that generation, when known); returns it.
-    pub fn set_base(
-        &self,
-        id: &str,
-        labels: Option<&steward_proto::Labels>,
-        base: i64,
-        doc: Option<SpecDocument>,
-    ) -> u64 {
+    /// and publishes the generation they give; returns it.
+    pub fn set_base(&self, id: &str, labels: Option<&steward_proto::Labels>, base: i64) -> u64 {
         let Some(ln) = self.live(id) else { return 0 };
         let set = self.fragments();
         let g = {
@@ -258,7 +223,7 @@ impl Fleet {
             (l.base, l.has_spec) = (base, true);
             generation(base, set.weight(&l.labels))
         };
-        ln.publish(g, doc);
+        ln.publish(g);
         g
     }
 
@@ -334,7 +299,7 @@ impl Fleet {
             (l.base, l.has_spec) = (rec.base_under(set.weight(&l.labels)), true);
             generation(l.base, set.weight(&l.labels))
         };
-        ln.publish(g, None);
+        ln.publish(g);
     }
 
     /// Applies heartbeat data published by another replica: a node heard from there counts as
@@ -351,10 +316,7 @@ impl Fleet {
 }
 
 fn live_from_record(rec: &NodeRecord, generation: u64, now: Instant) -> LiveNode {
-    let (spec, _) = watch::channel(Published {
-        generation,
-        record: None,
-    });
+    let (spec, _) = watch::channel(generation);
     LiveNode {
         live: Mutex::new(Live {
             secret_sha256: rec.secret_sha256,
@@ -388,61 +350,20 @@ mod tests {
         live_from_record(&NodeRecord::test("n1"), 1, Instant::now())
     }
 
-    fn spec(generation: u64) -> (u64, Option<SpecDocument>) {
-        let doc = SpecDocument {
-            node_id: "n1".into(),
-            generation,
-            spec: Default::default(),
-            own: Default::default(),
-            fragments: vec![format!("f{generation}")],
-        };
-        (generation, Some(doc))
-    }
-
-    fn publish(ln: &LiveNode, (g, doc): (u64, Option<SpecDocument>)) {
-        ln.publish(g, doc);
-    }
-
-    fn held(ln: &LiveNode) -> Option<u64> {
-        ln.spec.borrow().record.as_ref().map(|r| r.generation)
-    }
-
     #[test]
-    fn published_records_are_kept_only_while_a_long_poll_waits() {
+    fn a_published_generation_only_rises_and_wakes_only_when_it_does() {
         let ln = node();
-        // Nobody waits: the generation rises, no record is kept.
-        publish(&ln, spec(2));
-        assert_eq!((ln.generation(), held(&ln)), (2, None));
-        // A waiting poll is woken and finds the record itself.
-        let mut rx = ln.spec.subscribe();
-        publish(&ln, spec(3));
-        assert!(rx.has_changed().unwrap());
-        assert_eq!(
-            rx.borrow_and_update().record.as_ref().unwrap().fragments,
-            ["f3"]
-        );
-        // An older generation (a late watch event) changes nothing and wakes nobody.
-        publish(&ln, spec(2));
-        assert!(!rx.has_changed().unwrap());
-        assert_eq!((ln.generation(), held(&ln)), (3, Some(3)));
-        // Released only once nobody waits.
-        ln.release_record();
-        assert_eq!(held(&ln), Some(3));
-        drop(rx);
-        ln.release_record();
-        assert_eq!((ln.generation(), held(&ln)), (3, None));
-    }
-
-    #[test]
-    fn the_same_generation_fills_in_the_record_without_waking() {
-        let ln = node();
-        publish(&ln, spec(4));
         let mut rx = ln.spec.subscribe();
         rx.borrow_and_update();
-        // The watch event of a local write: same generation, now someone waits.
-        publish(&ln, spec(4));
+        ln.publish(3);
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(*rx.borrow_and_update(), 3);
+        // An older or the same generation (a late watch event of a local write) changes
+        // nothing and wakes nobody.
+        ln.publish(2);
+        ln.publish(3);
         assert!(!rx.has_changed().unwrap());
-        assert_eq!(held(&ln), Some(4));
+        assert_eq!(ln.generation(), 3);
     }
 
     /// A set of one fragment `f` (selector `role=web`) at `revision`, its version `version`.
@@ -511,7 +432,7 @@ mod tests {
             (false, true, false)
         );
         // Written here, or by another replica (its watch event).
-        fleet.set_base("none", None, 1, None);
+        fleet.set_base("none", None, 1);
         let rec = SpecRecord {
             generation: 1,
             base: Some(1),

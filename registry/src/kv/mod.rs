@@ -172,6 +172,12 @@ pub trait Kv: Send + Sync + 'static {
     /// One key.
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, KvError>;
 
+    /// Several keys, each as [`Kv::get`] answers it, in the order asked (`None`: absent); a
+    /// key asked twice is answered twice. Not one snapshot: each key is as it was when read. For
+    /// pages of records: far fewer round trips than one `get` per key (etcd: read-only
+    /// transactions of many gets).
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<KeyValue>>, KvError>;
+
     /// Keys starting with `prefix`, in key order, starting after `start_after` (exclusive) when
     /// given, at most `limit` (0 = no limit).
     async fn range(

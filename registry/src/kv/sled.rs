@@ -239,6 +239,10 @@ impl Kv for SledKv {
         self.inner.get(key)
     }
 
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<KeyValue>>, KvError> {
+        keys.iter().map(|k| self.inner.get(k)).collect()
+    }
+
     async fn range(
         &self,
         prefix: &str,

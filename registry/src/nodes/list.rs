@@ -106,12 +106,8 @@ impl Nodes {
         let (ids, next) = tokio::task::spawn_blocking(move || select(&fleet, &q))
             .await
             .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
-        let mut nodes = Vec::with_capacity(ids.len());
-        for id in ids {
-            if let Some(rec) = self.store.node(&id).await? {
-                nodes.push(self.to_wire(rec));
-            }
-        }
+        let recs = self.store.nodes_by_id(&ids).await?;
+        let nodes = recs.into_iter().map(|r| self.to_wire(r)).collect();
         Ok(NodePage { nodes, next })
     }
 }

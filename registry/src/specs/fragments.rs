@@ -164,9 +164,9 @@ impl Specs {
 
     /// Takes a fragment change seen in the store watch (made here or by another replica): waits
     /// until no spec change of this process is in progress (a local fragment write gives the
-    /// fleet view its set itself, after its events and just before its answer; its own watch
-    /// event must not wake the watchers before that), then reads the set from the store and gives
-    /// it to the fleet view (a newer one only).
+    /// fleet view its set itself, after its events and before its answer, and wakes the watchers
+    /// as its answer goes out; its own watch event, of the same set version, changes nothing),
+    /// then reads the set from the store and gives it to the fleet view (a newer one only).
     pub async fn follow_fragments(&self) -> Result<()> {
         let _guard = self.gate.take().await?;
         let next = self.stored_set().await?;

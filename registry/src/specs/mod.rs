@@ -193,7 +193,7 @@ impl Specs {
         for w in &written {
             let labels = node.filter(|n| n.id == w.node_id).map(|n| &n.labels);
             let base = w.record.base.unwrap_or_default();
-            self.fleet.set_base(&w.node_id, labels, base, None);
+            self.fleet.set_base(&w.node_id, labels, base);
             out.push(SpecWritten {
                 node_id: w.node_id.clone(),
                 generation: w.record.generation,

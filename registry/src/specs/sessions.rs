@@ -92,7 +92,7 @@ impl Specs {
             .write_session(guard.epoch, &write, session, revision)
             .await?;
         let base = write.record.base.unwrap_or_default();
-        self.fleet.set_base(&node.id, None, base, None);
+        self.fleet.set_base(&node.id, None, base);
         let mut spec_event = Event::new(
             EventKind::SpecWritten,
             Some(&node.id),

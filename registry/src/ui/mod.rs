@@ -196,12 +196,9 @@ async fn fleet(
     let q = view::TableQuery::from_params(&params);
     // Rows of the whole fleet, sorted: CPU work kept off the async workers (heartbeats).
     let (fleet, query) = (state.fleet.clone(), q.clone());
-    let (summary, table) = tokio::task::spawn_blocking(move || {
-        let rows = view::all_rows(&fleet);
-        (view::Summary::of(&rows), view::table(rows, &query))
-    })
-    .await
-    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    let (summary, table) = tokio::task::spawn_blocking(move || view::fleet_table(&fleet, &query))
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
     let (page, error, status) = match table {
         Ok(p) => (p, None, StatusCode::OK),
         Err(e) => (

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use steward_proto::selector::Selector;
 use steward_proto::{Health, Labels, Node, NodeKind};
 
-use crate::fleet::{Brief, Fleet, LiveNode};
+use crate::fleet::{Brief, Fleet, Live, LiveNode};
 
 /// Nodes per page unless `per_page` says otherwise.
 pub const PER_PAGE: usize = 100;
@@ -57,8 +57,16 @@ impl Row {
         let generation = ln.generation();
         let l = ln.lock();
         Row {
-            id: id.to_string(),
             labels: l.labels.clone(),
+            ..Row::of_live(id, generation, &l)
+        }
+    }
+
+    /// A row from a locked fleet view entry, without its labels (the whole-fleet pass of the
+    /// table: only the rows of the page shown get them).
+    fn of_live(id: &str, generation: u64, l: &Live) -> Row {
+        Row {
+            id: id.to_string(),
             health: l.health,
             last_heartbeat: l.last_heartbeat,
             rtt_ms: l.rtt_ms,
@@ -95,11 +103,34 @@ impl Row {
     }
 }
 
-/// Every node as a row, from the fleet view, in no particular order.
-pub fn all_rows(fleet: &Fleet) -> Vec<Row> {
-    let mut rows = Vec::with_capacity(fleet.len());
-    fleet.for_each(|id, ln| rows.push(Row::from_live(id, ln)));
-    rows
+/// The fleet summary and the page of the table `q` asks for, in one pass over the fleet view:
+/// the nodes the filter keeps become rows (without labels, matched in place), and only the rows
+/// of the page get their labels.
+pub fn fleet_table(fleet: &Fleet, q: &TableQuery) -> (Summary, Result<Page, BadQuery>) {
+    let filter = Filter::parse(q);
+    let mut summary = Summary::default();
+    let mut rows = Vec::new();
+    fleet.for_each(|id, ln| {
+        let generation = ln.generation();
+        let l = ln.lock();
+        summary.add(l.health, l.brief.drifted, l.brief.failed);
+        if let Ok(f) = &filter {
+            let row = Row::of_live(id, generation, &l);
+            if f.keeps(&row, &l.labels) {
+                rows.push(row);
+            }
+        }
+    });
+    let page = filter.map(|_| {
+        let mut page = page_of(rows, q);
+        for r in &mut page.rows {
+            if let Some(ln) = fleet.live(&r.id) {
+                r.labels = ln.lock().labels.clone();
+            }
+        }
+        page
+    });
+    (summary, page)
 }
 
 /// One node's row, if it exists.
@@ -277,43 +308,67 @@ pub struct Page {
 
 /// Filters, sorts and cuts `rows` to the page asked for.
 pub fn table(mut rows: Vec<Row>, q: &TableQuery) -> Result<Page, BadQuery> {
-    let selector: Selector = q.selector.parse().map_err(|e| BadQuery {
-        field: "selector",
-        reason: format!("{e}"),
-    })?;
-    let health: Vec<Health> = q
-        .health
-        .split(',')
-        .map(str::trim)
-        .filter(|h| !h.is_empty())
-        .map(|h| h.parse::<Health>())
-        .collect::<Result<_, _>>()
-        .map_err(|reason| BadQuery {
-            field: "health",
-            reason,
+    let filter = Filter::parse(q)?;
+    rows.retain(|r| filter.keeps(r, &r.labels));
+    Ok(page_of(rows, q))
+}
+
+/// The table query's filter, parsed.
+struct Filter {
+    selector: Selector,
+    health: Vec<Health>,
+    flag: String,
+    needle: String,
+}
+
+impl Filter {
+    fn parse(q: &TableQuery) -> Result<Filter, BadQuery> {
+        let selector: Selector = q.selector.parse().map_err(|e| BadQuery {
+            field: "selector",
+            reason: format!("{e}"),
         })?;
-    let flag = match q.flag.as_str() {
-        "" | "drifted" | "failed" => q.flag.as_str(),
-        other => {
+        let health: Vec<Health> = q
+            .health
+            .split(',')
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
+            .map(|h| h.parse::<Health>())
+            .collect::<Result<_, _>>()
+            .map_err(|reason| BadQuery {
+                field: "health",
+                reason,
+            })?;
+        if !matches!(q.flag.as_str(), "" | "drifted" | "failed") {
             return Err(BadQuery {
                 field: "flag",
-                reason: format!("unknown flag {other:?}: expected drifted or failed"),
-            })
+                reason: format!("unknown flag {:?}: expected drifted or failed", q.flag),
+            });
         }
-    };
-    let needle = q.q.to_lowercase();
-    rows.retain(|r| {
-        selector.matches(&r.labels)
-            && (health.is_empty() || health.contains(&r.health))
-            && match flag {
+        Ok(Filter {
+            selector,
+            health,
+            flag: q.flag.clone(),
+            needle: q.q.to_lowercase(),
+        })
+    }
+
+    /// Whether the row (with these labels) passes.
+    fn keeps(&self, r: &Row, labels: &Labels) -> bool {
+        self.selector.matches(labels)
+            && (self.health.is_empty() || self.health.contains(&r.health))
+            && match self.flag.as_str() {
                 "drifted" => r.drifted,
                 "failed" => r.failed > 0,
                 _ => true,
             }
-            && (needle.is_empty()
-                || r.hostname.to_lowercase().contains(&needle)
-                || r.id.starts_with(&needle))
-    });
+            && (self.needle.is_empty()
+                || r.hostname.to_lowercase().contains(&self.needle)
+                || r.id.starts_with(&self.needle))
+    }
+}
+
+/// Sorts `rows` (all of them pass the filter) and cuts them to the page asked for.
+fn page_of(rows: Vec<Row>, q: &TableQuery) -> Page {
     let order = |a: &Row, b: &Row| {
         let by = match q.sort.as_str() {
             "kind" => kind_str(a.kind).cmp(kind_str(b.kind)),
@@ -343,24 +398,27 @@ pub fn table(mut rows: Vec<Row>, q: &TableQuery) -> Result<Page, BadQuery> {
     let pages = matching.div_ceil(q.per_page).max(1);
     let page = q.page.min(pages);
     // Only the rows up to the end of the page asked for are put in order (the fleet can hold
-    // 100,000 nodes; a page shows 50).
+    // 100,000 nodes; a page shows 100), and by index: rows are large to move.
     let end = (page * q.per_page).min(matching);
+    let mut at: Vec<usize> = (0..matching).collect();
+    let by = |a: &usize, b: &usize| order(&rows[*a], &rows[*b]);
     if end < matching {
-        rows.select_nth_unstable_by(end, order);
-        rows.truncate(end);
+        at.select_nth_unstable_by(end, by);
+        at.truncate(end);
     }
-    rows.sort_unstable_by(order);
-    let rows = rows
-        .into_iter()
+    at.sort_unstable_by(by);
+    let rows = at
+        .iter()
         .skip((page - 1) * q.per_page)
         .take(q.per_page)
+        .map(|i| rows[*i].clone())
         .collect();
-    Ok(Page {
+    Page {
         rows,
         matching,
         page,
         pages,
-    })
+    }
 }
 
 pub fn kind_str(k: NodeKind) -> &'static str {
@@ -387,88 +445,5 @@ pub fn fleet_gauges(s: &Summary) -> (Vec<(Health, i64)>, i64) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn row(name: &str, health: Health, failed: usize, drifted: bool) -> Row {
-        Row {
-            id: format!("id-{name}"),
-            hostname: name.into(),
-            labels: [("role".to_string(), name[..1].to_string())].into(),
-            kind: NodeKind::Vm,
-            health,
-            last_heartbeat: None,
-            rtt_ms: None,
-            agent_version: "0.1.0".into(),
-            generation: 2,
-            observed: 1,
-            containers: failed,
-            vms: 0,
-            payloads: 0,
-            failed,
-            drifted,
-            attest: Attest::default(),
-        }
-    }
-
-    #[test]
-    fn filter_sort_page() {
-        let rows = vec![
-            row("b1", Health::Ready, 0, false),
-            row("a1", Health::Stale, 2, false),
-            row("a2", Health::Ready, 0, true),
-            row("c1", Health::Down, 0, false),
-        ];
-        let s = Summary::of(&rows);
-        assert_eq!((s.ready, s.stale, s.down, s.drifted), (2, 1, 1, 1));
-        assert_eq!((s.failed_workloads, s.failing_nodes), (2, 1));
-        let q = |p: &[(&str, &str)]| {
-            TableQuery::from_params(
-                &p.iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-            )
-        };
-        let names = |p: Page| p.rows.into_iter().map(|r| r.hostname).collect::<Vec<_>>();
-        assert_eq!(
-            names(table(rows.clone(), &q(&[])).unwrap()),
-            ["a1", "a2", "b1", "c1"]
-        );
-        assert_eq!(
-            names(table(rows.clone(), &q(&[("selector", "role=a")])).unwrap()),
-            ["a1", "a2"]
-        );
-        assert_eq!(
-            names(table(rows.clone(), &q(&[("health", "ready")])).unwrap()),
-            ["a2", "b1"]
-        );
-        assert_eq!(
-            names(table(rows.clone(), &q(&[("flag", "drifted")])).unwrap()),
-            ["a2"]
-        );
-        assert_eq!(
-            names(table(rows.clone(), &q(&[("q", "B")])).unwrap()),
-            ["b1"]
-        );
-        assert_eq!(
-            names(table(rows.clone(), &q(&[("sort", "containers"), ("dir", "desc")])).unwrap()),
-            ["a1", "a2", "b1", "c1"]
-        );
-        let p = table(rows.clone(), &q(&[("per_page", "10"), ("page", "9")])).unwrap();
-        assert_eq!((p.page, p.pages, p.matching), (1, 1, 4));
-        assert_eq!(
-            table(rows.clone(), &q(&[("health", "sick")]))
-                .unwrap_err()
-                .field,
-            "health"
-        );
-        assert_eq!(
-            table(rows, &q(&[("selector", "a b")])).unwrap_err().field,
-            "selector"
-        );
-        assert_eq!(
-            q(&[("q", "<x y>"), ("sort", "rtt")]).href(|q| q.page = 2),
-            "/?q=%3Cx%20y%3E&sort=rtt&page=2"
-        );
-    }
-}
+#[path = "view_tests.rs"]
+mod tests;

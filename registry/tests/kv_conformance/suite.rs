@@ -148,6 +148,35 @@ pub async fn range_many_keys(kv: &dyn Kv) {
     assert_eq!(rest[0].key, format!("events/{:020}", 600));
 }
 
+/// `get_many` answers each key as `get` does, in the order asked, `None` for an absent one and
+/// twice for a key asked twice, across more keys than one etcd transaction holds.
+pub async fn get_many_in_order(kv: &dyn Kv) {
+    assert!(kv.get_many(&[]).await.unwrap().is_empty());
+    for batch in 0..3 {
+        let mut t = Txn::new();
+        for i in batch * 50..(batch + 1) * 50 {
+            t = t.put(format!("nodes/n{i:03}"), format!("v{i}"));
+        }
+        committed(kv.txn(t).await.unwrap());
+    }
+    // Backwards, half of them absent, and one asked twice.
+    let mut keys: Vec<String> = (0..300).rev().map(|i| format!("nodes/n{i:03}")).collect();
+    keys.push("nodes/n007".into());
+    let got = kv.get_many(&keys).await.unwrap();
+    assert_eq!(got.len(), keys.len());
+    for (k, g) in keys.iter().zip(&got) {
+        let i: usize = k["nodes/n".len()..].parse().unwrap();
+        match g {
+            Some(g) => {
+                assert!(i < 150, "{k} was never written");
+                assert_eq!((&g.key, &g.value[..]), (k, format!("v{i}").as_bytes()));
+            }
+            None => assert!(i >= 150, "{k} is missing"),
+        }
+        assert_eq!(g, &kv.get(k).await.unwrap(), "{k}: get_many and get differ");
+    }
+}
+
 /// Every committed txn with an op raises the revision; the store's revision is at least the
 /// last committed one; a txn with no ops commits at the current revision; each key's
 /// mod_revision is the revision of the txn that wrote it.

@@ -8,9 +8,10 @@
 //! [`KvError::Unavailable`] instead of hanging. Requests go to one pinned member (one
 //! connection per endpoint); a request that fails for want of that member moves the pin to the
 //! next endpoint, as etcd's own clients do, so a dead member is never chosen again and again by a
-//! balancer. Leases, session keys and elections are in
-//! `session.rs`, watches in `watch.rs`, options and the `etcd://` URL in `options.rs`.
+//! balancer. Leases, session keys and elections are in `session.rs`, watches in `watch.rs`,
+//! reads of many keys in `many.rs`, options and the `etcd://` URL in `options.rs`.
 
+mod many;
 mod options;
 mod session;
 mod watch;
@@ -450,6 +451,10 @@ impl Kv for EtcdKv {
             .first()
             .map(|kv| self.inner.key_value(kv))
             .transpose()
+    }
+
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<KeyValue>>, KvError> {
+        many::get_many(&self.inner, keys).await
     }
 
     async fn range(
