@@ -153,14 +153,6 @@ pub struct Summary {
 }
 
 impl Summary {
-    pub fn of(rows: &[Row]) -> Summary {
-        let mut s = Summary::default();
-        for r in rows {
-            s.add(r.health, r.drifted, r.failed);
-        }
-        s
-    }
-
     /// The overview of the whole fleet view, without building rows.
     pub fn of_fleet(fleet: &Fleet) -> Summary {
         let mut s = Summary::default();
@@ -304,13 +296,6 @@ pub struct Page {
     pub matching: usize,
     pub page: usize,
     pub pages: usize,
-}
-
-/// Filters, sorts and cuts `rows` to the page asked for.
-pub fn table(mut rows: Vec<Row>, q: &TableQuery) -> Result<Page, BadQuery> {
-    let filter = Filter::parse(q)?;
-    rows.retain(|r| filter.keeps(r, &r.labels));
-    Ok(page_of(rows, q))
 }
 
 /// The table query's filter, parsed.
