@@ -300,9 +300,10 @@ impl Nodes {
     fn show_enrolled(&self, rec: &NodeRecord, base: Option<i64>, now: chrono::DateTime<Utc>) {
         match self.fleet.live(&rec.id) {
             Some(ln) => {
+                let labels = self.fleet.intern(&rec.labels);
                 let mut l = ln.lock();
                 l.secret_sha256 = rec.secret_sha256;
-                l.labels = rec.labels.clone();
+                l.labels = labels;
                 let from = l.health;
                 l.health = Health::Ready;
                 l.last_seen = Instant::now();

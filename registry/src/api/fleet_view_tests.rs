@@ -31,7 +31,7 @@ fn view_of(fleet: &Fleet) -> BTreeMap<String, Seen> {
             id.to_string(),
             Seen {
                 health: l.health,
-                labels: l.labels.clone(),
+                labels: (*l.labels).clone(),
                 brief: l.brief.clone(),
                 secret: l.secret_sha256,
             },

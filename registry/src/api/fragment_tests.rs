@@ -178,6 +178,65 @@ async fn a_fragment_that_would_break_one_node_is_refused_and_changes_nothing() {
     assert_eq!(documents(&state, &ids).await, before);
 }
 
+/// Which nodes a fragment moves is decided once per distinct label set: nodes sharing a set are
+/// all moved or all left, a set that does not match moves nobody, and a node whose labels
+/// change is judged by its new set.
+#[tokio::test]
+async fn a_fragment_moves_exactly_the_nodes_whose_label_set_matches_including_after_a_relabel() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_embedded(dir.path()).unwrap();
+    let state = state_on(store.clone(), dir.path()).await;
+    let mut roles = BTreeMap::new();
+    for i in 0..24 {
+        let id = enroll(&state, &format!("r-{i:02}")).await.0;
+        let role = ["web", "db", "cache"][i % 3];
+        let path = format!("/v1/nodes/{id}");
+        let (st, w) = send(
+            &state,
+            Method::PATCH,
+            &path,
+            json!({"labels": {"role": role}}),
+        )
+        .await;
+        assert_eq!(st, StatusCode::OK, "{w}");
+        roles.insert(id, role);
+    }
+    let moved = |w: &Value| -> Vec<String> {
+        let listed = w["affected"].as_array().unwrap();
+        listed
+            .iter()
+            .map(|a| a["node_id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let with_role = |roles: &BTreeMap<String, &str>, want: &[&str]| -> Vec<String> {
+        let ids = roles.iter().filter(|(_, r)| want.contains(r));
+        ids.map(|(id, _)| id.clone()).collect()
+    };
+    let web = json!({"selector": "role=web", "spec": {"containers": [{"name": "w", "image": "nginx:1"}]}});
+    let (st, w) = send(&state, Method::PUT, "/v1/fragments/web", web).await;
+    assert_eq!(st, StatusCode::OK, "{w}");
+    assert_eq!(moved(&w), with_role(&roles, &["web"]), "{w}");
+    // One db node becomes web: the next fragment for web or db judges it by its new labels.
+    let turned = with_role(&roles, &["db"])[0].clone();
+    let path = format!("/v1/nodes/{turned}");
+    let (st, w) = send(
+        &state,
+        Method::PATCH,
+        &path,
+        json!({"labels": {"role": "web"}}),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{w}");
+    roles.insert(turned.clone(), "web");
+    let both = json!({"selector": "role!=cache", "spec": {"containers": [{"name": "b", "image": "busybox:1"}]}});
+    let (st, w) = send(&state, Method::PUT, "/v1/fragments/both", both).await;
+    assert_eq!(st, StatusCode::OK, "{w}");
+    assert_eq!(moved(&w), with_role(&roles, &["web", "db"]), "{w}");
+    assert_eq!(w["affected_count"], 16, "{w}");
+    let doc = documents(&state, std::slice::from_ref(&turned)).await;
+    assert_eq!(doc[0].1.fragments, ["both", "web"], "{doc:?}");
+}
+
 #[tokio::test]
 async fn spec_records_from_before_base_keep_their_generation_and_are_given_one_once() {
     let dir = tempfile::tempdir().unwrap();

@@ -147,7 +147,7 @@ pub async fn patch(
 ) -> ApiResult<Json<Node>> {
     if let (Some(scope), Some(ln)) = (caller.scope(), state.live(&id)) {
         // A scoped caller may not move a node out of its scope.
-        let mut labels = ln.lock().labels.clone();
+        let mut labels = (*ln.lock().labels).clone();
         for (k, v) in &p.labels {
             match v {
                 Some(v) => labels.insert(k.clone(), v.clone()),

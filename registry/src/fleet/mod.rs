@@ -19,14 +19,17 @@ use crate::fragment_set::{generation, FragmentSet};
 use crate::store::{HealthRecord, NodeRecord, SpecRecord};
 
 mod brief;
+pub mod labels;
 pub use brief::{Attest, Brief};
+use labels::{Interner, Memo, Shared};
 
 /// What the registry keeps in memory per node.
 #[derive(Debug)]
 pub struct Live {
     pub secret_sha256: Option<[u8; 32]>,
-    /// The node's labels, kept here so fragment writes select nodes without reading the store.
-    pub labels: steward_proto::Labels,
+    /// The node's labels, kept here so fragment writes select nodes without reading the store
+    /// (one copy per distinct set, [`Fleet::intern`]).
+    pub labels: Shared,
     pub health: Health,
     pub last_seen: Instant,
     /// When this replica itself last received a heartbeat of the node (published in its
@@ -109,6 +112,8 @@ pub struct Fleet {
     fragments: RwLock<Arc<FragmentSet>>,
     /// Nodes with resets queued in the store (so heartbeats read the store only for those).
     resets: Mutex<HashSet<String>>,
+    /// The distinct label sets nodes hold.
+    label_sets: Mutex<Interner>,
 }
 
 impl Fleet {
@@ -136,11 +141,19 @@ impl Fleet {
         self.len() == 0
     }
 
+    /// The shared copy of a label set, for [`Live::labels`].
+    pub fn intern(&self, labels: &steward_proto::Labels) -> Shared {
+        self.label_sets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .intern(labels)
+    }
+
     /// Adds a node (or replaces its entry); its heartbeat clock starts now.
     /// Its generation is computed from `base`, its spec record's (`None`: it has none; 0).
     pub fn insert_live(&self, rec: &NodeRecord, base: Option<i64>) -> Arc<LiveNode> {
         let g = generation(base.unwrap_or(0), self.fragments().weight(&rec.labels));
-        let mut live = live_from_record(rec, g, Instant::now());
+        let mut live = live_from_record(rec, self.intern(&rec.labels), g, Instant::now());
         let l = live.live.get_mut().unwrap_or_else(|p| p.into_inner());
         (l.base, l.has_spec) = (base.unwrap_or(0), base.is_some());
         let ln = Arc::new(live);
@@ -190,11 +203,11 @@ impl Fleet {
     /// long-polls of the nodes it raised (a pass over the whole fleet).
     pub fn wake_all(&self) {
         let (set, started) = (self.fragments(), Instant::now());
-        let mut nodes = 0usize;
+        let (mut nodes, mut weights) = (0usize, Memo::default());
         self.for_each(|_, ln| {
             let g = {
                 let l = ln.lock();
-                generation(l.base, set.weight(&l.labels))
+                generation(l.base, *weights.get(&l.labels, |l| set.weight(l)))
             };
             ln.publish(g);
             nodes += 1;
@@ -203,6 +216,7 @@ impl Fleet {
         if nodes > 0 {
             tracing::info!(
                 nodes,
+                label_sets = weights.len(),
                 version = set.version,
                 ms,
                 "generations published under a new fragment set"
@@ -214,11 +228,11 @@ impl Fleet {
     /// and publishes the generation they give; returns it.
     pub fn set_base(&self, id: &str, labels: Option<&steward_proto::Labels>, base: i64) -> u64 {
         let Some(ln) = self.live(id) else { return 0 };
-        let set = self.fragments();
+        let (set, labels) = (self.fragments(), labels.map(|l| self.intern(l)));
         let g = {
             let mut l = ln.lock();
             if let Some(labels) = labels {
-                l.labels = labels.clone();
+                l.labels = labels;
             }
             (l.base, l.has_spec) = (base, true);
             generation(base, set.weight(&l.labels))
@@ -258,9 +272,10 @@ impl Fleet {
             self.insert_live(rec, None);
             return;
         };
+        let labels = self.intern(&rec.labels);
         let mut l = ln.lock();
         l.secret_sha256 = rec.secret_sha256;
-        l.labels = rec.labels.clone();
+        l.labels = labels;
         if rec.health == Health::Decommissioned {
             l.health = Health::Decommissioned;
         }
@@ -315,12 +330,12 @@ impl Fleet {
     }
 }
 
-fn live_from_record(rec: &NodeRecord, generation: u64, now: Instant) -> LiveNode {
+fn live_from_record(rec: &NodeRecord, labels: Shared, generation: u64, now: Instant) -> LiveNode {
     let (spec, _) = watch::channel(generation);
     LiveNode {
         live: Mutex::new(Live {
             secret_sha256: rec.secret_sha256,
-            labels: rec.labels.clone(),
+            labels,
             health: rec.health,
             last_seen: now,
             heard_here: None,
@@ -347,7 +362,8 @@ mod tests {
     use super::*;
 
     fn node() -> LiveNode {
-        live_from_record(&NodeRecord::test("n1"), 1, Instant::now())
+        let rec = NodeRecord::test("n1");
+        live_from_record(&rec, Arc::new(rec.labels.clone()), 1, Instant::now())
     }
 
     #[test]
@@ -418,6 +434,28 @@ mod tests {
         drop(fleet.take_fragments(web_set(1, 9)));
         assert_eq!((fleet.fragments().version, fleet.generation("n1")), (10, 5));
         assert!(!rx.has_changed().unwrap());
+    }
+
+    #[test]
+    fn nodes_with_equal_labels_share_one_copy_however_the_labels_arrive() {
+        let fleet = Fleet::default();
+        let web = |id: &str| {
+            let mut rec = NodeRecord::test(id);
+            rec.labels.insert("role".into(), "web".into());
+            rec
+        };
+        fleet.insert_live(&web("a"), None);
+        fleet.apply_node(&web("b"));
+        fleet.insert_live(&NodeRecord::test("c"), None);
+        fleet.set_base("c", Some(&web("c").labels), 1);
+        let labels = |id: &str| fleet.live(id).unwrap().lock().labels.clone();
+        assert!(Arc::ptr_eq(&labels("a"), &labels("b")));
+        assert!(Arc::ptr_eq(&labels("a"), &labels("c")));
+        // A relabelled node gets the copy of its new set; the others keep theirs.
+        fleet.apply_node(&NodeRecord::test("b"));
+        assert!(!Arc::ptr_eq(&labels("a"), &labels("b")));
+        assert_eq!(*labels("b"), NodeRecord::test("b").labels);
+        assert_eq!(labels("a")["role"], "web");
     }
 
     #[test]

@@ -1,10 +1,13 @@
 //! Listing nodes: the filter (selector, health, drift) and the pager of `GET /v1/nodes`, served
 //! from the fleet view; only the records of the page asked for are read from the store.
 
+use std::collections::BinaryHeap;
+
 use steward_proto::selector::Selector;
 use steward_proto::{Health, Node};
 
 use super::{NodeError, Nodes, Result};
+use crate::fleet::labels::Memo;
 use crate::fleet::Fleet;
 
 /// The most nodes one page holds.
@@ -33,18 +36,10 @@ pub struct NodePage {
 }
 
 /// The ids of the nodes matching `q` in (hostname, id) order, cut to its page, and the next
-/// page's cursor. Pure over the fleet view.
+/// page's cursor. Pure over the fleet view; a page keeps only its `limit` + 1 first nodes while
+/// it looks at the fleet (no copy of every match's name), and the selector is matched once per
+/// distinct label set.
 pub fn select(fleet: &Fleet, q: &NodeQuery) -> Result<(Vec<String>, Option<String>)> {
-    let mut hits: Vec<(String, String)> = Vec::new();
-    fleet.for_each(|id, ln| {
-        let l = ln.lock();
-        if q.selector.matches(&l.labels)
-            && q.health.as_ref().is_none_or(|h| h.contains(&l.health))
-            && q.drifted.is_none_or(|d| d == l.brief.drifted)
-        {
-            hits.push((l.brief.hostname.clone(), id.to_string()));
-        }
-    });
     // Position of the cursor: the named node's (hostname, id), wherever it sorts now.
     let from = match &q.after {
         None => None,
@@ -54,9 +49,34 @@ pub fn select(fleet: &Fleet, q: &NodeQuery) -> Result<(Vec<String>, Option<Strin
             Some((host, after.clone()))
         }
     };
-    if let Some(from) = &from {
-        hits.retain(|h| h > from);
-    }
+    let after_cursor = |host: &str, id: &str| {
+        from.as_ref()
+            .is_none_or(|(h, i)| (host, id) > (h.as_str(), i.as_str()))
+    };
+    let mut memo = Memo::default();
+    let mut hits: BinaryHeap<(String, String)> = BinaryHeap::new();
+    // With a limit: the first `limit` + 1 in order (one more tells there is a next page).
+    let keep = q.limit.map(|n| n + 1);
+    fleet.for_each(|id, ln| {
+        let l = ln.lock();
+        let host = l.brief.hostname.as_str();
+        if !(q.health.as_ref().is_none_or(|h| h.contains(&l.health))
+            && q.drifted.is_none_or(|d| d == l.brief.drifted)
+            && after_cursor(host, id)
+            && *memo.get(&l.labels, |labels| q.selector.matches(labels)))
+        {
+            return;
+        }
+        match (keep, hits.peek()) {
+            (Some(k), Some(last)) if hits.len() >= k => {
+                if (host, id) < (last.0.as_str(), last.1.as_str()) {
+                    hits.pop();
+                    hits.push((host.to_string(), id.to_string()));
+                }
+            }
+            _ => hits.push((host.to_string(), id.to_string())),
+        }
+    });
     let limit = match q.limit {
         Some(n) => n,
         None if hits.len() > MAX_UNPAGED => {
@@ -71,13 +91,9 @@ pub fn select(fleet: &Fleet, q: &NodeQuery) -> Result<(Vec<String>, Option<Strin
         }
         None => hits.len(),
     };
+    let mut hits = hits.into_sorted_vec();
     let more = hits.len() > limit;
-    if more {
-        // Only the first `limit` in order are needed.
-        hits.select_nth_unstable(limit);
-        hits.truncate(limit);
-    }
-    hits.sort_unstable();
+    hits.truncate(limit);
     let next = more.then(|| hits.last().map(|h| h.1.clone())).flatten();
     Ok((hits.into_iter().map(|h| h.1).collect(), next))
 }
@@ -169,6 +185,27 @@ mod tests {
             assert_eq!(got.len(), 50usize.div_ceil(limit), "limit {limit}");
             assert!(got.iter().all(|p| p.len() <= limit));
             assert_eq!(got.concat(), *whole, "limit {limit}");
+        }
+    }
+
+    #[test]
+    fn pages_keep_hostname_then_id_order_when_hostnames_repeat() {
+        let f = Fleet::default();
+        for i in 0..40 {
+            let mut rec = NodeRecord::test(&format!("id-{:02}", (i * 13) % 40));
+            rec.facts.hostname = format!("host-{}", i % 5);
+            f.insert_live(&rec, Some(1));
+        }
+        let mut want: Vec<(String, String)> = Vec::new();
+        f.for_each(|id, ln| want.push((ln.lock().brief.hostname.clone(), id.to_string())));
+        want.sort();
+        let want: Vec<String> = want.into_iter().map(|w| w.1).collect();
+        for limit in [1, 3, 8, 39, 40] {
+            let q = NodeQuery {
+                limit: Some(limit),
+                ..NodeQuery::default()
+            };
+            assert_eq!(pages(&f, q).concat(), want, "limit {limit}");
         }
     }
 

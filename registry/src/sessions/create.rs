@@ -292,7 +292,7 @@ impl Sessions {
                 out.push(Candidate {
                     id: id.to_string(),
                     health: l.health,
-                    labels: l.labels.clone(),
+                    labels: (*l.labels).clone(),
                     cpu_milli: u64::from(l.brief.cpus) * 1000,
                     memory: l.brief.memory_bytes,
                 });

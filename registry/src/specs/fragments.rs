@@ -17,6 +17,7 @@ use steward_proto::{
 };
 
 use super::{prefixed, Result, SpecError, Specs};
+use crate::fleet::labels::Memo;
 use crate::fleet::Wake;
 use crate::fragment_set::{base_for, generation, FragmentSet};
 use crate::kv::KeyValue;
@@ -221,8 +222,9 @@ impl Specs {
 
     /// Checks that every (not decommissioned) node whose labels match one of `selectors` gets a
     /// valid effective spec under `next`, and returns those whose generation moves from `prev`
-    /// to `next`, with their new generation (computed from their stored base), by id. Nodes are
-    /// picked on the labels in memory (off the async workers); their spec records are read (one
+    /// to `next`, with their new generation (computed from their stored base), by id (the first
+    /// [`FragmentWritten::LISTED`]; the rest in no order). Nodes are picked on the labels in
+    /// memory (off the async workers, once per distinct label set); their spec records are read (one
     /// by one for a few, else a page at a time) and grouped by own spec, overrides and matching
     /// fragments: each group is merged once.
     async fn check_nodes(
@@ -238,17 +240,25 @@ impl Specs {
             .collect();
         let (fleet, from, to) = (self.fleet.clone(), prev.clone(), next.clone());
         let picked = tokio::task::spawn_blocking(move || {
-            let mut out: HashMap<String, Picked> = HashMap::new();
+            let mut out: HashMap<String, Arc<Picked>> = HashMap::new();
+            // Selectors and weights depend on labels alone: computed once per distinct set.
+            let mut memo = Memo::default();
             fleet.for_each(|id, ln| {
                 let l = ln.lock();
-                if l.health != Health::Decommissioned && parsed.iter().any(|s| s.matches(&l.labels))
-                {
-                    let p = Picked {
-                        mask: to.mask(&l.labels),
-                        from: from.weight(&l.labels),
-                        to: to.weight(&l.labels),
-                    };
-                    out.insert(id.to_string(), p);
+                if l.health == Health::Decommissioned {
+                    return;
+                }
+                let pick = memo.get(&l.labels, |labels| {
+                    parsed.iter().any(|s| s.matches(labels)).then(|| {
+                        Arc::new(Picked {
+                            mask: to.mask(labels),
+                            from: from.weight(labels),
+                            to: to.weight(labels),
+                        })
+                    })
+                });
+                if let Some(p) = pick {
+                    out.insert(id.to_string(), p.clone());
                 }
             });
             out
@@ -321,7 +331,14 @@ impl Specs {
                 generation: generation(bases.get(id.as_str()).copied().unwrap_or(0), p.to),
             })
             .collect();
-        moved.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        // Sorted by id as far as an answer lists them; the rest are only counted.
+        let by_id = |a: &SpecWritten, b: &SpecWritten| a.node_id.cmp(&b.node_id);
+        if moved.len() > FragmentWritten::LISTED {
+            moved.select_nth_unstable_by(FragmentWritten::LISTED, by_id);
+            moved[..FragmentWritten::LISTED].sort_unstable_by(by_id);
+        } else {
+            moved.sort_unstable_by(by_id);
+        }
         Ok(moved)
     }
 }

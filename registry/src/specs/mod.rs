@@ -358,7 +358,8 @@ impl Specs {
                 .write_specs(guard.epoch, &[], Some(&node))
                 .await?;
             if let Some(ln) = self.fleet.live(id) {
-                ln.lock().labels = node.labels.clone();
+                let labels = self.fleet.intern(&node.labels);
+                ln.lock().labels = labels;
             }
         } else {
             let now = generation(current.base_under(old_weight), old_weight);

@@ -57,7 +57,7 @@ impl Row {
         let generation = ln.generation();
         let l = ln.lock();
         Row {
-            labels: l.labels.clone(),
+            labels: (*l.labels).clone(),
             ..Row::of_live(id, generation, &l)
         }
     }
@@ -125,7 +125,7 @@ pub fn fleet_table(fleet: &Fleet, q: &TableQuery) -> (Summary, Result<Page, BadQ
         let mut page = page_of(rows, q);
         for r in &mut page.rows {
             if let Some(ln) = fleet.live(&r.id) {
-                r.labels = ln.lock().labels.clone();
+                r.labels = (*ln.lock().labels).clone();
             }
         }
         page
